@@ -1,0 +1,65 @@
+//! The local runner: a statistic over cached record batches, rayon map-reduce, no planning.
+
+use rayon::ThreadPool;
+use rayon::prelude::*;
+
+use super::Statistic;
+use crate::dataset::LocalFrame;
+use crate::error::{QuiverError, Result};
+
+/// Rows per parallel task: small enough to balance two to dozens of cores, large enough that
+/// the per-task merge is noise.
+const TASK_ROWS: usize = 16 * 1024;
+
+/// Runs `stat` over a cached frame on `pool`. Partial states are merged in row order, so the
+/// result is the same on every run, whatever the thread count.
+pub fn run_local<S: Statistic>(frame: &LocalFrame, stat: &S, pool: &ThreadPool) -> Result<S::Output> {
+    if frame.dim() != stat.dim() {
+        return Err(QuiverError::InvalidParam {
+            param: "features".to_string(),
+            reason: format!(
+                "{} expects {} features per row, the data has {}",
+                stat.name(),
+                stat.dim(),
+                frame.dim()
+            ),
+        });
+    }
+    let inputs = stat.inputs();
+    frame.check_inputs(inputs.label, inputs.weight)?;
+    // (chunk index, first row in chunk, end row in chunk)
+    let mut tasks = Vec::new();
+    for (i, chunk) in frame.chunks().iter().enumerate() {
+        let n = chunk.n_rows();
+        let mut start = 0;
+        while start < n {
+            let end = (start + TASK_ROWS).min(n);
+            tasks.push((i, start, end));
+            start = end;
+        }
+    }
+    let partials: Vec<Result<S::State>> = pool.install(|| {
+        tasks
+            .par_iter()
+            .map(|&(i, start, end)| {
+                let chunk = &frame.chunks()[i];
+                let batch = chunk.batch().slice(start, end);
+                let mut state = stat.init();
+                stat.update(&mut state, &batch).map_err(|e| match e {
+                    QuiverError::InvalidValueInBatch {
+                        kind,
+                        column,
+                        row_in_batch,
+                    } => frame.invalid_value(kind, &column, chunk.first_row() + (start + row_in_batch) as u64),
+                    other => other,
+                })?;
+                Ok(state)
+            })
+            .collect()
+    });
+    let mut total = stat.init();
+    for partial in partials {
+        stat.merge(&mut total, &partial?)?;
+    }
+    stat.finish(total)
+}

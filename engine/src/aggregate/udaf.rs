@@ -1,0 +1,251 @@
+//! The embedded runner: a statistic as a DataFusion `AggregateUDF` whose accumulator wraps it
+//! (partial aggregate per partition, final merge), with its parameters in the UDF instance.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::ScalarValue;
+use datafusion::error::Result as DFResult;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::utils::format_state_name;
+use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
+use datafusion::prelude::{Expr, cast, col};
+
+use super::Statistic;
+use crate::dataset::Dataset;
+use crate::error::{QuiverError, Result};
+use crate::vector::{FeatureBatch, numeric_values, vector_values};
+
+/// A [`Statistic`] as a DataFusion aggregate function. Its arguments are the feature vector,
+/// then the label and the weight when the statistic reads them; it returns the merged state
+/// as bytes, which [`run_embedded`] decodes and finishes.
+#[derive(Debug)]
+pub struct StatisticUdaf<S: Statistic> {
+    stat: Arc<S>,
+    params: Vec<u8>,
+    signature: Signature,
+}
+
+impl<S: Statistic> StatisticUdaf<S> {
+    pub fn new(stat: Arc<S>) -> Result<Self> {
+        let params = stat.params()?;
+        let inputs = stat.inputs();
+        let n_args = 1 + inputs.label as usize + inputs.weight as usize;
+        Ok(StatisticUdaf {
+            stat,
+            params,
+            signature: Signature::any(n_args, Volatility::Immutable),
+        })
+    }
+
+    /// The statistic this function computes.
+    pub fn statistic(&self) -> &Arc<S> {
+        &self.stat
+    }
+}
+
+impl<S: Statistic> PartialEq for StatisticUdaf<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.stat.name() == other.stat.name() && self.params == other.params
+    }
+}
+
+impl<S: Statistic> Eq for StatisticUdaf<S> {}
+
+impl<S: Statistic> Hash for StatisticUdaf<S> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.stat.name().hash(state);
+        self.params.hash(state);
+    }
+}
+
+impl<S: Statistic> AggregateUDFImpl for StatisticUdaf<S> {
+    fn name(&self) -> &str {
+        self.stat.name()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Binary)
+    }
+
+    fn accumulator(&self, _args: AccumulatorArgs) -> DFResult<Box<dyn Accumulator>> {
+        Ok(Box::new(StatisticAccumulator {
+            stat: Arc::clone(&self.stat),
+            state: self.stat.init(),
+        }))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> DFResult<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(
+            format_state_name(args.name, "state"),
+            DataType::Binary,
+            true,
+        ))])
+    }
+}
+
+#[derive(Debug)]
+struct StatisticAccumulator<S: Statistic> {
+    stat: Arc<S>,
+    state: S::State,
+}
+
+impl<S: Statistic> StatisticAccumulator<S> {
+    fn update(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let inputs = self.stat.inputs();
+        let features = values
+            .first()
+            .ok_or_else(|| QuiverError::internal("aggregate called without features"))?;
+        if features.is_empty() {
+            return Ok(());
+        }
+        let (vals, dim) = vector_values(features.as_ref(), "features")?;
+        if dim != self.stat.dim() {
+            return Err(QuiverError::InvalidParam {
+                param: "features".to_string(),
+                reason: format!(
+                    "{} expects {} features per row, the data has {dim}",
+                    self.stat.name(),
+                    self.stat.dim()
+                ),
+            });
+        }
+        let mut next = 1;
+        let label = if inputs.label {
+            next += 1;
+            Some(numeric_values(&values[next - 1], "label")?)
+        } else {
+            None
+        };
+        let weight = if inputs.weight {
+            Some(numeric_values(&values[next], "weight")?)
+        } else {
+            None
+        };
+        let mut batch = FeatureBatch::new(vals, dim)?;
+        batch.label = label.as_deref();
+        batch.weight = weight.as_deref();
+        self.stat.update(&mut self.state, &batch)
+    }
+
+    fn merge(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let states = states
+            .first()
+            .and_then(|a| a.as_binary_opt::<i32>())
+            .ok_or_else(|| QuiverError::internal("statistic state is not binary"))?;
+        for i in 0..states.len() {
+            if states.is_valid(i) {
+                let other = self.stat.decode_state(states.value(i))?;
+                self.stat.merge(&mut self.state, &other)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encoded(&self) -> ScalarValue {
+        let mut out = Vec::new();
+        self.stat.encode_state(&self.state, &mut out);
+        ScalarValue::Binary(Some(out))
+    }
+}
+
+impl<S: Statistic> Accumulator for StatisticAccumulator<S> {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DFResult<()> {
+        self.update(values).map_err(QuiverError::into_datafusion)
+    }
+
+    fn evaluate(&mut self) -> DFResult<ScalarValue> {
+        Ok(self.encoded())
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.stat.state_size(&self.state)
+    }
+
+    fn state(&mut self) -> DFResult<Vec<ScalarValue>> {
+        Ok(vec![self.encoded()])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DFResult<()> {
+        self.merge(states).map_err(QuiverError::into_datafusion)
+    }
+}
+
+/// The argument expressions for a statistic over `dataset`: features, then label and weight
+/// (cast to `Float64`) when the statistic reads them.
+pub(crate) fn statistic_args(dataset: &Dataset, stat: &impl Statistic) -> Result<Vec<Expr>> {
+    let inputs = stat.inputs();
+    let mut args = vec![dataset.features_expr()?];
+    if inputs.label {
+        let label = dataset.label().ok_or_else(|| QuiverError::InvalidParam {
+            param: "label".to_string(),
+            reason: format!("{} needs a label column; the dataset has none", stat.name()),
+        })?;
+        args.push(cast(col(quoted_name(label)), DataType::Float64));
+    }
+    if inputs.weight {
+        let weight = dataset.weight().ok_or_else(|| QuiverError::InvalidParam {
+            param: "weight".to_string(),
+            reason: format!("{} needs a weight column; the dataset has none", stat.name()),
+        })?;
+        args.push(cast(col(quoted_name(weight)), DataType::Float64));
+    }
+    Ok(args)
+}
+
+/// A column reference that keeps the name's case and punctuation.
+pub fn quoted_name(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Runs `stat` over `dataset` as one DataFusion aggregate query: a partial aggregate per
+/// partition, then the final merge. A null or NaN met on the way is reported with its column
+/// and its row in the dataset's natural order.
+pub async fn run_embedded<S: Statistic>(dataset: &Dataset, stat: Arc<S>) -> Result<S::Output> {
+    let dim = dataset.feature_dim()?;
+    if dim != stat.dim() {
+        return Err(QuiverError::InvalidParam {
+            param: "features".to_string(),
+            reason: format!(
+                "{} expects {} features per row, the data has {dim}",
+                stat.name(),
+                stat.dim()
+            ),
+        });
+    }
+    let args = statistic_args(dataset, stat.as_ref())?;
+    let udaf = AggregateUDF::from(StatisticUdaf::new(Arc::clone(&stat))?);
+    let df = dataset
+        .dataframe()
+        .clone()
+        .aggregate(vec![], vec![udaf.call(args).alias("state")])?;
+    let batches = match df.collect().await.map_err(QuiverError::from) {
+        Ok(b) => b,
+        Err(QuiverError::InvalidValueInBatch { .. }) => {
+            return Err(dataset.locate_invalid().await?.unwrap_or_else(|| {
+                QuiverError::internal("a null or NaN was reported but could not be located")
+            }));
+        }
+        Err(e) => return Err(e),
+    };
+    let batch = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .ok_or_else(|| QuiverError::internal("aggregate query returned no row"))?;
+    let states = batch
+        .column(0)
+        .as_binary_opt::<i32>()
+        .ok_or_else(|| QuiverError::internal("aggregate query returned a non-binary state"))?;
+    let state = if states.is_valid(0) {
+        stat.decode_state(states.value(0))?
+    } else {
+        stat.init()
+    };
+    stat.finish(state)
+}

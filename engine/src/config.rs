@@ -1,0 +1,261 @@
+//! Quiver's configuration: typed, namespaced `quiver.*` keys with documented defaults.
+
+use std::fmt;
+
+use crate::error::{QuiverError, Result};
+
+/// One documented configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigKey {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+/// Every key Quiver understands, with its default and meaning (the README's table is made
+/// from this list).
+pub const CONFIG_KEYS: &[ConfigKey] = &[
+    ConfigKey {
+        key: "quiver.target_partitions",
+        default: "number of cores",
+        doc: "Partitions DataFusion plans for (parallelism of the embedded runner).",
+    },
+    ConfigKey {
+        key: "quiver.compute_threads",
+        default: "number of cores",
+        doc: "Threads of the compute pool the local runner and the fan-out use.",
+    },
+    ConfigKey {
+        key: "quiver.batch_size",
+        default: "8192",
+        doc: "Rows per Arrow record batch when reading data and when caching it locally.",
+    },
+    ConfigKey {
+        key: "quiver.model_store",
+        default: "./quiver-models/",
+        doc: "URL or path of the model store (file://, plain path, memory://, s3://).",
+    },
+    ConfigKey {
+        key: "quiver.s3.endpoint",
+        default: "$AWS_ENDPOINT_URL or AWS",
+        doc: "Endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000.",
+    },
+    ConfigKey {
+        key: "quiver.s3.region",
+        default: "$AWS_REGION or us-east-1",
+        doc: "S3 region.",
+    },
+    ConfigKey {
+        key: "quiver.s3.access_key_id",
+        default: "$AWS_ACCESS_KEY_ID",
+        doc: "S3 access key id.",
+    },
+    ConfigKey {
+        key: "quiver.s3.secret_access_key",
+        default: "$AWS_SECRET_ACCESS_KEY",
+        doc: "S3 secret access key.",
+    },
+    ConfigKey {
+        key: "quiver.s3.allow_http",
+        default: "false (true when the endpoint is http://)",
+        doc: "Allow plain-HTTP endpoints (local S3-compatible servers).",
+    },
+];
+
+/// Settings for an S3-compatible object store. Unset fields fall back to the usual `AWS_*`
+/// environment variables.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub allow_http: Option<bool>,
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+/// Typed Quiver configuration. Build with [`QuiverConfig::default`] and adjust with
+/// [`QuiverConfig::set`] (string keys, validated) or the typed setters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuiverConfig {
+    /// Defaults to the number of cores.
+    pub target_partitions: usize,
+    /// Defaults to the number of cores.
+    pub compute_threads: usize,
+    /// Defaults to `8192`.
+    pub batch_size: usize,
+    /// Defaults to `./quiver-models/`.
+    pub model_store: String,
+    pub s3: S3Config,
+}
+
+/// Number of cores available to this process (at least 1).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl Default for QuiverConfig {
+    fn default() -> Self {
+        let cores = available_cores();
+        QuiverConfig {
+            target_partitions: cores,
+            compute_threads: cores,
+            batch_size: 8192,
+            model_store: "./quiver-models/".to_string(),
+            s3: S3Config::default(),
+        }
+    }
+}
+
+impl QuiverConfig {
+    /// Sets one `quiver.*` key from its string form. Unknown keys and bad values are errors
+    /// that name the key.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let bad = |reason: &str| QuiverError::InvalidConfigValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let positive = || -> Result<usize> {
+            match value.trim().parse::<usize>() {
+                Ok(0) | Err(_) => Err(bad("expected a positive integer")),
+                Ok(n) => Ok(n),
+            }
+        };
+        match key {
+            "quiver.target_partitions" => self.target_partitions = positive()?,
+            "quiver.compute_threads" => self.compute_threads = positive()?,
+            "quiver.batch_size" => self.batch_size = positive()?,
+            "quiver.model_store" => {
+                if value.trim().is_empty() {
+                    return Err(bad("expected a URL or a path"));
+                }
+                self.model_store = value.trim().to_string()
+            }
+            "quiver.s3.endpoint" => self.s3.endpoint = Some(value.to_string()),
+            "quiver.s3.region" => self.s3.region = Some(value.to_string()),
+            "quiver.s3.access_key_id" => self.s3.access_key_id = Some(value.to_string()),
+            "quiver.s3.secret_access_key" => self.s3.secret_access_key = Some(value.to_string()),
+            "quiver.s3.allow_http" => {
+                self.s3.allow_http = Some(match value.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(bad("expected true or false")),
+                })
+            }
+            _ => {
+                return Err(QuiverError::UnknownConfigKey {
+                    key: key.to_string(),
+                    known: CONFIG_KEYS
+                        .iter()
+                        .map(|k| k.key)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `key=value` pairs in order; the first bad one is the error.
+    pub fn with_pairs<'a>(
+        mut self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self> {
+        for (k, v) in pairs {
+            self.set(k, v)?;
+        }
+        Ok(self)
+    }
+
+    /// Defaults to the number of cores.
+    pub fn with_target_partitions(mut self, n: usize) -> Self {
+        self.target_partitions = n.max(1);
+        self
+    }
+
+    /// Defaults to the number of cores.
+    pub fn with_compute_threads(mut self, n: usize) -> Self {
+        self.compute_threads = n.max(1);
+        self
+    }
+
+    /// Defaults to `8192`.
+    pub fn with_batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Defaults to `./quiver-models/`.
+    pub fn with_model_store(mut self, url: impl Into<String>) -> Self {
+        self.model_store = url.into();
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_machine() {
+        let c = QuiverConfig::default();
+        assert_eq!(c.target_partitions, available_cores());
+        assert_eq!(c.compute_threads, available_cores());
+        assert_eq!(c.batch_size, 8192);
+        assert_eq!(c.model_store, "./quiver-models/");
+    }
+
+    #[test]
+    fn set_parses_and_validates() {
+        let c = QuiverConfig::default()
+            .with_pairs([
+                ("quiver.target_partitions", "3"),
+                ("quiver.batch_size", "100"),
+                ("quiver.s3.allow_http", "yes"),
+            ])
+            .unwrap();
+        assert_eq!(c.target_partitions, 3);
+        assert_eq!(c.batch_size, 100);
+        assert_eq!(c.s3.allow_http, Some(true));
+
+        let err = QuiverConfig::default()
+            .set("quiver.batch_size", "0")
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("quiver.batch_size") && msg.contains("positive"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = QuiverConfig::default()
+            .set("quiver.batchsize", "10")
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("unknown configuration key 'quiver.batchsize'"), "{msg}");
+        assert!(msg.contains("quiver.batch_size"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let mut c = QuiverConfig::default();
+        c.set("quiver.s3.secret_access_key", "hunter2").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

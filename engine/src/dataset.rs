@@ -1,0 +1,546 @@
+//! `Dataset` (a DataFrame plus roles: features, label, weight) and `LocalFrame` (a dataset
+//! cached in memory as assembled record batches, the local runner's input).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, RecordBatch};
+use arrow::buffer::ScalarBuffer;
+use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::prelude::{DataFrame, Expr, col};
+use futures::StreamExt;
+
+use crate::aggregate::quoted_name;
+use crate::error::{QuiverError, Result};
+use crate::functions::AssembleUdf;
+use crate::vector::{
+    FeatureBatch, assemble, feature_width, first_nan, is_numeric, numeric_values, vector_values,
+};
+
+/// A DataFusion `DataFrame` plus the roles of its columns. Transformations are lazy: they add
+/// projections to the plan; nothing runs until a statistic, a write or a collect asks.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    df: DataFrame,
+    features: Vec<String>,
+    label: Option<String>,
+    weight: Option<String>,
+}
+
+impl Dataset {
+    /// A dataset with no roles assigned yet.
+    pub fn new(df: DataFrame) -> Self {
+        Dataset {
+            df,
+            features: Vec::new(),
+            label: None,
+            weight: None,
+        }
+    }
+
+    pub fn dataframe(&self) -> &DataFrame {
+        &self.df
+    }
+
+    pub fn into_dataframe(self) -> DataFrame {
+        self.df
+    }
+
+    /// Feature columns, in order (numeric scalars or numeric fixed-size vectors).
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    pub fn label(&self) -> Option<&str> {
+        self.label.as_deref()
+    }
+
+    pub fn weight(&self) -> Option<&str> {
+        self.weight.as_deref()
+    }
+
+    /// Column names of the underlying data.
+    pub fn columns(&self) -> Vec<String> {
+        self.df.schema().fields().iter().map(|f| f.name().clone()).collect()
+    }
+
+    fn field(&self, name: &str) -> Result<&Field> {
+        self.df
+            .schema()
+            .field_with_unqualified_name(name)
+            .map(|f| f.as_ref())
+            .map_err(|_| QuiverError::ColumnNotFound {
+                column: name.to_string(),
+                available: self.columns().join(", "),
+            })
+    }
+
+    fn numeric_field(&self, name: &str) -> Result<&Field> {
+        let field = self.field(name)?;
+        if !is_numeric(field.data_type()) {
+            return Err(QuiverError::NonNumericColumn {
+                column: name.to_string(),
+                data_type: field.data_type().to_string(),
+            });
+        }
+        Ok(field)
+    }
+
+    /// Sets the feature columns; each must exist and be numeric (or a numeric vector).
+    pub fn with_features<S: AsRef<str>>(mut self, columns: impl IntoIterator<Item = S>) -> Result<Self> {
+        let columns: Vec<String> = columns.into_iter().map(|c| c.as_ref().to_string()).collect();
+        if columns.is_empty() {
+            return Err(QuiverError::InvalidParam {
+                param: "features".to_string(),
+                reason: "at least one feature column is needed".to_string(),
+            });
+        }
+        for c in &columns {
+            let field = self.field(c)?;
+            if feature_width(field.data_type()).is_none() {
+                return Err(QuiverError::NonNumericColumn {
+                    column: c.clone(),
+                    data_type: field.data_type().to_string(),
+                });
+            }
+        }
+        self.features = columns;
+        Ok(self)
+    }
+
+    /// Uses every numeric column except those in `exclude` (and the label and weight) as
+    /// features, in schema order.
+    pub fn with_numeric_features_except(self, exclude: &[&str]) -> Result<Self> {
+        let cols: Vec<String> = self
+            .df
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| feature_width(f.data_type()).is_some())
+            .map(|f| f.name().clone())
+            .filter(|n| {
+                !exclude.contains(&n.as_str())
+                    && Some(n.as_str()) != self.label.as_deref()
+                    && Some(n.as_str()) != self.weight.as_deref()
+            })
+            .collect();
+        self.with_features(cols)
+    }
+
+    /// Sets the label column (numeric).
+    pub fn with_label(mut self, column: &str) -> Result<Self> {
+        self.numeric_field(column)?;
+        self.label = Some(column.to_string());
+        Ok(self)
+    }
+
+    /// Sets the weight column (numeric, non-negative).
+    pub fn with_weight(mut self, column: &str) -> Result<Self> {
+        self.numeric_field(column)?;
+        self.weight = Some(column.to_string());
+        Ok(self)
+    }
+
+    fn require_features(&self) -> Result<&[String]> {
+        if self.features.is_empty() {
+            return Err(QuiverError::InvalidParam {
+                param: "features".to_string(),
+                reason: "the dataset has no feature columns; call with_features first".to_string(),
+            });
+        }
+        Ok(&self.features)
+    }
+
+    /// Number of feature values per row, summed over the feature columns.
+    pub fn feature_dim(&self) -> Result<usize> {
+        let mut dim = 0;
+        for c in self.require_features()? {
+            let field = self.field(c)?;
+            dim += feature_width(field.data_type()).ok_or_else(|| QuiverError::NonNumericColumn {
+                column: c.clone(),
+                data_type: field.data_type().to_string(),
+            })?;
+        }
+        Ok(dim)
+    }
+
+    /// One name per feature value: the column name, or `name[i]` for vector elements.
+    pub fn feature_names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for c in self.require_features()? {
+            match self.field(c)?.data_type() {
+                DataType::FixedSizeList(_, n) => names.extend((0..*n).map(|i| format!("{c}[{i}]"))),
+                _ => names.push(c.clone()),
+            }
+        }
+        Ok(names)
+    }
+
+    /// The expression that yields the feature vector: the column itself when it already is a
+    /// `Float64` vector, else `vector_assemble(…)` over the feature columns.
+    pub fn features_expr(&self) -> Result<Expr> {
+        let features = self.require_features()?;
+        if let [single] = features
+            && let DataType::FixedSizeList(f, _) = self.field(single)?.data_type()
+            && f.data_type() == &DataType::Float64
+        {
+            return Ok(col(quoted_name(single)));
+        }
+        let udf = ScalarUDF::from(AssembleUdf::new());
+        Ok(udf.call(features.iter().map(|c| col(quoted_name(c))).collect()))
+    }
+
+    /// Adds the assembled feature vector as column `output` (lazily, as a projection); the new
+    /// dataset's features are that one column.
+    pub fn assemble(self, output: &str) -> Result<Dataset> {
+        let expr = self.features_expr()?;
+        let df = self.df.with_column(output, expr)?;
+        Ok(Dataset {
+            df,
+            features: vec![output.to_string()],
+            label: self.label,
+            weight: self.weight,
+        })
+    }
+
+    /// Number of rows.
+    pub async fn count(&self) -> Result<usize> {
+        Ok(self.df.clone().count().await?)
+    }
+
+    /// The columns a role-aware scan needs: features, then label, then weight.
+    fn role_columns(&self) -> Result<Vec<String>> {
+        let mut cols = self.require_features()?.to_vec();
+        cols.extend(self.label.iter().cloned());
+        cols.extend(self.weight.iter().cloned());
+        Ok(cols)
+    }
+
+    /// Streams the role columns partition by partition, in the dataset's natural order, calling
+    /// `f(first_row_of_batch, batch)`.
+    async fn for_each_batch(
+        &self,
+        mut f: impl FnMut(u64, RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        let cols: Vec<Expr> = self.role_columns()?.iter().map(|c| col(quoted_name(c))).collect();
+        let streams = self.df.clone().select(cols)?.execute_stream_partitioned().await?;
+        let mut row = 0u64;
+        for mut stream in streams {
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let n = batch.num_rows() as u64;
+                f(row, batch)?;
+                row += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the first null or NaN in the feature, label or weight columns, in the dataset's
+    /// natural order (partition by partition), and returns it as an error value naming the
+    /// column and the row. `None` when every value is valid.
+    pub async fn locate_invalid(&self) -> Result<Option<QuiverError>> {
+        let names = self.role_columns()?;
+        let mut found: Option<QuiverError> = None;
+        self.for_each_batch(|first_row, batch| {
+            if found.is_some() {
+                return Ok(());
+            }
+            for (i, name) in names.iter().enumerate() {
+                if let Some((kind, row, detail)) = first_invalid(batch.column(i)) {
+                    found = Some(QuiverError::InvalidValue {
+                        kind,
+                        column: name.clone(),
+                        row: first_row + row as u64,
+                        detail,
+                    });
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// Runs the plan and caches the assembled features (and label, weight) in memory for the
+    /// local runner. Nulls and NaN are rejected here, with their column and row.
+    pub async fn cache_local(&self) -> Result<LocalFrame> {
+        let names = self.role_columns()?;
+        let n_feat = self.features.len();
+        let feature_names = self.feature_names()?;
+        let dim = feature_names.len();
+        let mut chunks = Vec::new();
+        self.for_each_batch(|first_row, batch| {
+            if batch.num_rows() == 0 {
+                return Ok(());
+            }
+            let at_row = |e: QuiverError| match e {
+                QuiverError::InvalidValueInBatch {
+                    kind,
+                    column,
+                    row_in_batch,
+                } => QuiverError::InvalidValue {
+                    kind,
+                    column,
+                    row: first_row + row_in_batch as u64,
+                    detail: String::new(),
+                },
+                other => other,
+            };
+            let cols: Vec<(&str, &ArrayRef)> = names[..n_feat]
+                .iter()
+                .map(String::as_str)
+                .zip(batch.columns())
+                .collect();
+            let features = assemble(&cols).map_err(at_row)?;
+            let mut next = n_feat;
+            let mut role = |name: &Option<String>| -> Result<Option<ScalarBuffer<f64>>> {
+                match name {
+                    None => Ok(None),
+                    Some(n) => {
+                        let v = numeric_values(batch.column(next), n).map_err(at_row)?;
+                        next += 1;
+                        if let Some(r) = first_nan(&v) {
+                            return Err(QuiverError::InvalidValue {
+                                kind: "NaN",
+                                column: n.clone(),
+                                row: first_row + r as u64,
+                                detail: String::new(),
+                            });
+                        }
+                        Ok(Some(v))
+                    }
+                }
+            };
+            let label = role(&self.label)?;
+            let weight = role(&self.weight)?;
+            chunks.push(LocalChunk {
+                features,
+                label,
+                weight,
+                first_row,
+            });
+            Ok(())
+        })
+        .await?;
+        Ok(LocalFrame {
+            chunks,
+            dim,
+            feature_names,
+            label: self.label.clone(),
+            weight: self.weight.clone(),
+        })
+    }
+}
+
+/// The first null or NaN in a column: (kind, row, detail).
+fn first_invalid(array: &ArrayRef) -> Option<(&'static str, usize, String)> {
+    if array.null_count() > 0 {
+        let row = (0..array.len()).find(|&r| array.is_null(r))?;
+        return Some(("null", row, String::new()));
+    }
+    match array.data_type() {
+        DataType::FixedSizeList(_, n) => {
+            let list = array.as_fixed_size_list();
+            let values = list.values();
+            let dim = (*n as usize).max(1);
+            if values.null_count() > 0 {
+                let i = (0..values.len()).find(|&i| values.is_null(i))?;
+                return Some(("null", i / dim, format!(" (element {})", i % dim)));
+            }
+            let values = values.as_primitive_opt::<Float64Type>()?;
+            let i = first_nan(values.values())?;
+            Some(("NaN", i / dim, format!(" (element {})", i % dim)))
+        }
+        DataType::Float64 => first_nan(array.as_primitive::<Float64Type>().values())
+            .map(|r| ("NaN", r, String::new())),
+        DataType::Float32 | DataType::Float16 => {
+            let v = numeric_values(array, "").ok()?;
+            first_nan(&v).map(|r| ("NaN", r, String::new()))
+        }
+        _ => None,
+    }
+}
+
+/// One cached batch of a [`LocalFrame`].
+#[derive(Debug, Clone)]
+pub struct LocalChunk {
+    features: FixedSizeListArray,
+    label: Option<ScalarBuffer<f64>>,
+    weight: Option<ScalarBuffer<f64>>,
+    first_row: u64,
+}
+
+impl LocalChunk {
+    pub fn n_rows(&self) -> usize {
+        self.features.len()
+    }
+
+    /// Row number of this chunk's first row in the dataset.
+    pub fn first_row(&self) -> u64 {
+        self.first_row
+    }
+
+    /// The zero-copy view the statistics work on.
+    pub fn batch(&self) -> FeatureBatch<'_> {
+        let dim = self.features.value_length() as usize;
+        let values: &[f64] = self.features.values().as_primitive::<Float64Type>().values();
+        FeatureBatch {
+            values: &values[..self.features.len() * dim],
+            n_rows: self.features.len(),
+            dim,
+            label: self.label.as_deref(),
+            weight: self.weight.as_deref(),
+        }
+    }
+
+    /// The chunk as a record batch with columns `features`, and `label`/`weight` when present.
+    pub fn record_batch(&self) -> Result<RecordBatch> {
+        let mut fields = vec![Field::new("features", self.features.data_type().clone(), false)];
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(self.features.clone())];
+        for (name, v) in [("label", &self.label), ("weight", &self.weight)] {
+            if let Some(v) = v {
+                fields.push(Field::new(name, DataType::Float64, false));
+                cols.push(Arc::new(arrow::array::Float64Array::new(v.clone(), None)));
+            }
+        }
+        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+    }
+}
+
+/// A dataset cached in memory as assembled, validated record batches: the input of the local
+/// runner. Built by [`Dataset::cache_local`] or [`LocalFrame::from_vectors`].
+#[derive(Debug, Clone)]
+pub struct LocalFrame {
+    chunks: Vec<LocalChunk>,
+    dim: usize,
+    feature_names: Vec<String>,
+    label: Option<String>,
+    weight: Option<String>,
+}
+
+impl LocalFrame {
+    /// A frame over ready-made feature vectors (and optional labels, weights), one chunk per
+    /// array. Every value is checked for null and NaN.
+    pub fn from_vectors(
+        features: Vec<FixedSizeListArray>,
+        labels: Option<Vec<ScalarBuffer<f64>>>,
+        weights: Option<Vec<ScalarBuffer<f64>>>,
+    ) -> Result<Self> {
+        let dim = features.first().map(|f| f.value_length() as usize).unwrap_or(0);
+        let mut chunks = Vec::with_capacity(features.len());
+        let mut first_row = 0u64;
+        for (i, f) in features.into_iter().enumerate() {
+            let (values, d) = vector_values(&f, "features").map_err(|e| match e {
+                QuiverError::InvalidValueInBatch {
+                    kind,
+                    column,
+                    row_in_batch,
+                } => QuiverError::InvalidValue {
+                    kind,
+                    column,
+                    row: first_row + row_in_batch as u64,
+                    detail: String::new(),
+                },
+                other => other,
+            })?;
+            if d != dim {
+                return Err(QuiverError::InconsistentVectorLength {
+                    column: "features".to_string(),
+                    row: first_row,
+                    expected: dim,
+                    found: d,
+                });
+            }
+            if let Some(k) = first_nan(values) {
+                return Err(QuiverError::InvalidValue {
+                    kind: "NaN",
+                    column: "features".to_string(),
+                    row: first_row + (k / dim) as u64,
+                    detail: format!(" (element {})", k % dim),
+                });
+            }
+            let n = f.len();
+            let pick = |v: &Option<Vec<ScalarBuffer<f64>>>| -> Result<Option<ScalarBuffer<f64>>> {
+                match v {
+                    None => Ok(None),
+                    Some(v) => {
+                        let b = v.get(i).cloned().ok_or_else(|| {
+                            QuiverError::internal("fewer label/weight chunks than feature chunks")
+                        })?;
+                        if b.len() != n {
+                            return Err(QuiverError::internal("label/weight chunk length differs"));
+                        }
+                        Ok(Some(b))
+                    }
+                }
+            };
+            chunks.push(LocalChunk {
+                label: pick(&labels)?,
+                weight: pick(&weights)?,
+                features: f,
+                first_row,
+            });
+            first_row += n as u64;
+        }
+        Ok(LocalFrame {
+            chunks,
+            dim,
+            feature_names: (0..dim).map(|j| format!("features[{j}]")).collect(),
+            label: labels.map(|_| "label".to_string()),
+            weight: weights.map(|_| "weight".to_string()),
+        })
+    }
+
+    pub fn chunks(&self) -> &[LocalChunk] {
+        &self.chunks
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn n_rows(&self) -> u64 {
+        self.chunks.iter().map(|c| c.n_rows() as u64).sum()
+    }
+
+    pub fn feature_names(&self) -> &[String] {
+        &self.feature_names
+    }
+
+    /// Bytes of feature data held (8 per value).
+    pub fn feature_bytes(&self) -> u64 {
+        self.n_rows() * self.dim as u64 * 8
+    }
+
+    /// The cached batches (columns `features`, and `label`/`weight` when present).
+    pub fn record_batches(&self) -> Result<Vec<RecordBatch>> {
+        self.chunks.iter().map(LocalChunk::record_batch).collect()
+    }
+
+    pub(crate) fn check_inputs(&self, label: bool, weight: bool) -> Result<()> {
+        if label && self.label.is_none() {
+            return Err(QuiverError::InvalidParam {
+                param: "label".to_string(),
+                reason: "the statistic needs a label column; the data has none".to_string(),
+            });
+        }
+        if weight && self.weight.is_none() {
+            return Err(QuiverError::InvalidParam {
+                param: "weight".to_string(),
+                reason: "the statistic needs a weight column; the data has none".to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn invalid_value(&self, kind: &'static str, column: &str, row: u64) -> QuiverError {
+        QuiverError::InvalidValue {
+            kind,
+            column: column.to_string(),
+            row,
+            detail: String::new(),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The engine's error type: one semantic variant per thing a user can get wrong.
+
+use std::path::PathBuf;
+
+use datafusion::error::DataFusionError;
+
+/// Result alias used throughout `quiver-engine`.
+pub type Result<T, E = QuiverError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the engine. Each variant carries the names a user needs to
+/// fix the input: the column, the row, the option, the file.
+#[derive(Debug, thiserror::Error)]
+pub enum QuiverError {
+    #[error("file not found: {path}")]
+    FileNotFound { path: String },
+
+    #[error("cannot read {path} as {format}: {reason}")]
+    UnreadableFile {
+        path: String,
+        format: String,
+        reason: String,
+    },
+
+    #[error("unsupported data format '{format}' for {path} (expected one of: parquet, csv, arrow, json)")]
+    UnsupportedFormat { path: String, format: String },
+
+    #[error("invalid URL '{url}': {reason}")]
+    InvalidUrl { url: String, reason: String },
+
+    #[error("column '{column}' not found; available columns: {available}")]
+    ColumnNotFound { column: String, available: String },
+
+    #[error("feature column '{column}' has type {data_type}, expected a numeric (integer or float) type or a vector of Float64")]
+    NonNumericColumn { column: String, data_type: String },
+
+    #[error("{kind} in feature column '{column}' at row {row}{detail}")]
+    InvalidValue {
+        /// "null" or "NaN"
+        kind: &'static str,
+        column: String,
+        /// Zero-based row number in the dataset's natural order.
+        row: u64,
+        /// Extra location information, e.g. the vector element.
+        detail: String,
+    },
+
+    /// A null or NaN was found by a kernel that does not know global row numbers; the runner
+    /// that catches it turns it into [`QuiverError::InvalidValue`] by locating the first bad row.
+    #[error("{kind} in feature column '{column}' (row {row_in_batch} of a batch)")]
+    InvalidValueInBatch {
+        kind: &'static str,
+        column: String,
+        row_in_batch: usize,
+    },
+
+    #[error("dataset is empty: {context} needs at least one row")]
+    EmptyDataset { context: String },
+
+    #[error("inconsistent vector lengths in column '{column}': row {row} has {found} elements, expected {expected}")]
+    InconsistentVectorLength {
+        column: String,
+        row: u64,
+        expected: usize,
+        found: usize,
+    },
+
+    #[error("{function} expects {expected} features per row, got {found}")]
+    FeatureCountMismatch {
+        function: String,
+        expected: usize,
+        found: usize,
+    },
+
+    #[error("unknown configuration key '{key}'; known keys: {known}")]
+    UnknownConfigKey { key: String, known: String },
+
+    #[error("invalid value '{value}' for configuration key '{key}': {reason}")]
+    InvalidConfigValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+
+    #[error("invalid parameter '{param}': {reason}")]
+    InvalidParam { param: String, reason: String },
+
+    #[error("model '{name}' not found in model store {store}")]
+    ModelNotFound { name: String, store: String },
+
+    #[error("model '{name}' has no version {version} in model store {store}; versions: {available}")]
+    ModelVersionNotFound {
+        name: String,
+        version: u64,
+        store: String,
+        available: String,
+    },
+
+    #[error("invalid model name '{name}': {reason}")]
+    InvalidModelName { name: String, reason: String },
+
+    #[error("corrupt model '{name}' version {version} ({path}): {reason}")]
+    CorruptModel {
+        name: String,
+        version: u64,
+        path: String,
+        reason: String,
+    },
+
+    #[error("task '{task}' failed: {reason}")]
+    TaskFailed { task: String, reason: String },
+
+    #[error("unknown task kind '{kind}'; registered kinds: {known}")]
+    UnknownTaskKind { kind: String, known: String },
+
+    #[error("object store error on {path}: {source}")]
+    ObjectStore {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    #[error("{0}")]
+    DataFusion(DataFusionError),
+
+    #[error("serialisation error in {context}: {source}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl QuiverError {
+    /// Wraps this error for crossing into DataFusion (inside a UDF or an accumulator).
+    pub fn into_datafusion(self) -> DataFusionError {
+        DataFusionError::External(Box::new(self))
+    }
+
+    pub(crate) fn internal(msg: impl Into<String>) -> Self {
+        QuiverError::Internal(msg.into())
+    }
+}
+
+/// Unwraps a DataFusion error back into the Quiver error it carries, if any: errors raised
+/// inside Quiver's functions cross DataFusion as `External` and come back out as themselves.
+impl From<DataFusionError> for QuiverError {
+    fn from(err: DataFusionError) -> Self {
+        match find_quiver_error(err) {
+            Ok(q) => q,
+            Err(df) => QuiverError::DataFusion(df),
+        }
+    }
+}
+
+fn find_quiver_error(err: DataFusionError) -> std::result::Result<QuiverError, DataFusionError> {
+    match err {
+        DataFusionError::External(boxed) => match boxed.downcast::<QuiverError>() {
+            Ok(q) => Ok(*q),
+            Err(other) => match other.downcast::<DataFusionError>() {
+                Ok(df) => find_quiver_error(*df),
+                Err(other) => Err(DataFusionError::External(other)),
+            },
+        },
+        DataFusionError::Context(ctx, inner) => match find_quiver_error(*inner) {
+            Ok(q) => Ok(q),
+            Err(df) => Err(DataFusionError::Context(ctx, Box::new(df))),
+        },
+        DataFusionError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
+            Ok(df) => find_quiver_error(df),
+            Err(shared) => Err(DataFusionError::Shared(shared)),
+        },
+        DataFusionError::ArrowError(arrow_err, ctx) => match *arrow_err {
+            arrow::error::ArrowError::ExternalError(boxed) => {
+                match boxed.downcast::<DataFusionError>() {
+                    Ok(df) => find_quiver_error(*df),
+                    Err(boxed) => match boxed.downcast::<QuiverError>() {
+                        Ok(q) => Ok(*q),
+                        Err(boxed) => Err(DataFusionError::ArrowError(
+                            Box::new(arrow::error::ArrowError::ExternalError(boxed)),
+                            ctx,
+                        )),
+                    },
+                }
+            }
+            other => Err(DataFusionError::ArrowError(Box::new(other), ctx)),
+        },
+        other => Err(other),
+    }
+}
+
+impl From<QuiverError> for DataFusionError {
+    fn from(err: QuiverError) -> Self {
+        err.into_datafusion()
+    }
+}

@@ -1,0 +1,199 @@
+//! `QuiverSession`: a DataFusion session with every Quiver function registered, Quiver's
+//! configuration, the compute pool of the local runner, and the data and model stores.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::catalog::MemTable;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use object_store::memory::InMemory;
+use rayon::ThreadPool;
+use url::Url;
+
+use crate::aggregate::{Statistic, run_embedded, run_local};
+use crate::config::QuiverConfig;
+use crate::dataset::{Dataset, LocalFrame};
+use crate::error::{QuiverError, Result};
+use crate::fanout::{Task, TaskResult, fan_out_embedded, fan_out_local};
+use crate::io::{self, DataFormat};
+use crate::registry::{self, FunctionRegistry};
+use crate::store::ModelStore;
+use crate::summary::{FeatureSummary, Summarizer};
+
+/// Where a statistic or a fan-out runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    /// Cached batches on the compute pool: no query planning.
+    Local,
+    /// A DataFusion query in this process.
+    Embedded,
+}
+
+/// A Quiver session. Cheap to clone (everything inside is shared).
+#[derive(Clone)]
+pub struct QuiverSession {
+    ctx: SessionContext,
+    config: QuiverConfig,
+    pool: Arc<ThreadPool>,
+    functions: Arc<FunctionRegistry>,
+}
+
+impl std::fmt::Debug for QuiverSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuiverSession")
+            .field("config", &self.config)
+            .field("functions", &self.functions.names())
+            .finish()
+    }
+}
+
+impl QuiverSession {
+    /// An in-process DataFusion session with the default configuration and every function of
+    /// the process-wide registry.
+    pub fn embedded() -> Result<Self> {
+        Self::embedded_with(QuiverConfig::default())
+    }
+
+    /// An in-process session with `config`.
+    pub fn embedded_with(config: QuiverConfig) -> Result<Self> {
+        Self::embedded_with_functions(config, registry::global())
+    }
+
+    /// An in-process session with `config` and exactly the functions of `functions`.
+    pub fn embedded_with_functions(config: QuiverConfig, functions: FunctionRegistry) -> Result<Self> {
+        let session_config = SessionConfig::new()
+            .with_target_partitions(config.target_partitions)
+            .with_batch_size(config.batch_size)
+            .with_information_schema(true);
+        let runtime = RuntimeEnvBuilder::new().build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(session_config, runtime);
+        let memory_url = Url::parse("memory://").map_err(|e| QuiverError::internal(e.to_string()))?;
+        ctx.register_object_store(&memory_url, Arc::new(InMemory::new()));
+        functions.register_into(&ctx);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.compute_threads)
+            .thread_name(|i| format!("quiver-compute-{i}"))
+            .build()
+            .map_err(|e| QuiverError::internal(format!("cannot start the compute pool: {e}")))?;
+        Ok(QuiverSession {
+            ctx,
+            config,
+            pool: Arc::new(pool),
+            functions: Arc::new(functions),
+        })
+    }
+
+    /// The DataFusion context (for SQL and DataFrames).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    pub fn config(&self) -> &QuiverConfig {
+        &self.config
+    }
+
+    /// The pool the local runner and local fan-out compute on.
+    pub fn compute_pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
+    pub fn functions(&self) -> &FunctionRegistry {
+        &self.functions
+    }
+
+    /// Runs a SQL statement (DataFusion's dialect, Quiver's functions registered).
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        Ok(self.ctx.sql(sql).await?)
+    }
+
+    /// Reads a file or a directory of files; the format comes from the extension.
+    pub async fn read(&self, location: &str) -> Result<DataFrame> {
+        io::read(&self.ctx, &self.config.s3, location, None).await
+    }
+
+    /// Reads with an explicit format.
+    pub async fn read_as(&self, location: &str, format: DataFormat) -> Result<DataFrame> {
+        io::read(&self.ctx, &self.config.s3, location, Some(format)).await
+    }
+
+    /// Writes `df` to one Parquet file, published atomically. Returns the rows written.
+    pub async fn write_parquet(&self, df: DataFrame, location: &str) -> Result<u64> {
+        io::write(&self.ctx, &self.config.s3, df, location, DataFormat::Parquet).await
+    }
+
+    /// Writes `df` to one Arrow IPC file, published atomically. Returns the rows written.
+    pub async fn write_ipc(&self, df: DataFrame, location: &str) -> Result<u64> {
+        io::write(&self.ctx, &self.config.s3, df, location, DataFormat::Arrow).await
+    }
+
+    /// An in-memory DataFrame over `batches`, dealt round-robin into `partitions` partitions.
+    pub fn from_batches(&self, batches: Vec<RecordBatch>, partitions: usize) -> Result<DataFrame> {
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .ok_or_else(|| QuiverError::EmptyDataset {
+                context: "an in-memory table".to_string(),
+            })?;
+        let partitions = partitions.max(1);
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+        let per = batches.len().div_ceil(partitions);
+        for (i, b) in batches.into_iter().enumerate() {
+            // Contiguous runs keep the natural row order partition by partition.
+            parts[i / per.max(1)].push(b);
+        }
+        parts.retain(|p| !p.is_empty());
+        Ok(self.ctx.read_table(Arc::new(MemTable::try_new(schema, parts)?))?)
+    }
+
+    /// The model store at `quiver.model_store`.
+    pub fn model_store(&self) -> Result<ModelStore> {
+        self.model_store_at(&self.config.model_store)
+    }
+
+    /// A model store at `location`.
+    pub fn model_store_at(&self, location: &str) -> Result<ModelStore> {
+        let loc = io::resolve(&self.ctx, &self.config.s3, location)?;
+        Ok(ModelStore::new(loc, location))
+    }
+
+    /// Runs a statistic over a cached frame on the compute pool.
+    pub fn aggregate_local<S: Statistic>(&self, frame: &LocalFrame, stat: &S) -> Result<S::Output> {
+        run_local(frame, stat, &self.pool)
+    }
+
+    /// Runs a statistic as a DataFusion aggregate query over `dataset`.
+    pub async fn aggregate<S: Statistic>(&self, dataset: &Dataset, stat: Arc<S>) -> Result<S::Output> {
+        run_embedded(dataset, stat).await
+    }
+
+    /// The feature summary of `dataset` (unweighted), on the given runner.
+    pub async fn summarize(&self, dataset: &Dataset, runner: Runner) -> Result<FeatureSummary> {
+        let stat = Summarizer::new(dataset.feature_dim()?);
+        match runner {
+            Runner::Local => {
+                let frame = dataset.cache_local().await?;
+                self.aggregate_local(&frame, &stat)
+            }
+            Runner::Embedded => self.aggregate(dataset, Arc::new(stat)).await,
+        }
+    }
+
+    /// Runs `tasks` with the session's task runners, `parallelism` at a time, calling
+    /// `on_result` as each finishes. Results come back ordered by task id.
+    pub async fn fan_out(
+        &self,
+        tasks: &[Task],
+        parallelism: usize,
+        runner: Runner,
+        on_result: impl FnMut(&TaskResult),
+    ) -> Result<Vec<TaskResult>> {
+        match runner {
+            Runner::Local => fan_out_local(tasks, self.functions.tasks(), &self.pool, parallelism, on_result),
+            Runner::Embedded => {
+                let registry = Arc::new(self.functions.tasks().clone());
+                fan_out_embedded(&self.ctx, tasks, registry, parallelism, on_result).await
+            }
+        }
+    }
+}

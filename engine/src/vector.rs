@@ -1,0 +1,328 @@
+//! Dense feature vectors (`FixedSizeList<Float64>`), assembling numeric columns into them, and
+//! the zero-copy row-major view of a batch that the hot loops work on.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array};
+use arrow::buffer::ScalarBuffer;
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Float64Type};
+
+use crate::error::{QuiverError, Result};
+
+/// The Arrow type of a dense feature vector of `dim` elements.
+pub fn vector_type(dim: usize) -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float64, false)), dim as i32)
+}
+
+/// Whether `dt` is a numeric type that can be a feature (any integer or float type).
+pub fn is_numeric(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Float16
+            | DataType::Float32
+            | DataType::Float64
+    ) || matches!(dt, DataType::Decimal128(_, _) | DataType::Decimal256(_, _))
+}
+
+/// Number of feature elements a column of type `dt` contributes: 1 for a numeric scalar, the
+/// list size for a fixed-size list of numbers, `None` if it cannot be a feature.
+pub fn feature_width(dt: &DataType) -> Option<usize> {
+    match dt {
+        DataType::FixedSizeList(f, n) if is_numeric(f.data_type()) => Some(*n as usize),
+        dt if is_numeric(dt) => Some(1),
+        _ => None,
+    }
+}
+
+/// A batch of feature rows as the hot loops see it: one contiguous row-major slice of
+/// `n_rows × dim` values, plus optional label and weight columns. Borrowed, never copied.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureBatch<'a> {
+    /// Row-major feature values, `values[r * dim + j]` is feature `j` of row `r`.
+    pub values: &'a [f64],
+    pub n_rows: usize,
+    pub dim: usize,
+    pub label: Option<&'a [f64]>,
+    pub weight: Option<&'a [f64]>,
+}
+
+impl<'a> FeatureBatch<'a> {
+    /// A batch of features only.
+    pub fn new(values: &'a [f64], dim: usize) -> Result<Self> {
+        if dim == 0 || values.len() % dim != 0 {
+            return Err(QuiverError::internal(format!(
+                "feature slice of {} values is not a whole number of rows of {dim}",
+                values.len()
+            )));
+        }
+        Ok(FeatureBatch {
+            values,
+            n_rows: values.len() / dim,
+            dim,
+            label: None,
+            weight: None,
+        })
+    }
+
+    /// Row `r` as a slice of `dim` values.
+    #[inline]
+    pub fn row(&self, r: usize) -> &'a [f64] {
+        &self.values[r * self.dim..(r + 1) * self.dim]
+    }
+
+    /// Rows `start..end` as a smaller batch (zero-copy).
+    pub fn slice(&self, start: usize, end: usize) -> FeatureBatch<'a> {
+        FeatureBatch {
+            values: &self.values[start * self.dim..end * self.dim],
+            n_rows: end - start,
+            dim: self.dim,
+            label: self.label.map(|l| &l[start..end]),
+            weight: self.weight.map(|w| &w[start..end]),
+        }
+    }
+}
+
+/// The zero-copy row-major view of a vector column: `(values, dim)`. Nulls (a null vector or a
+/// null element) are an error naming `column` and the row within the batch.
+pub fn vector_values<'a>(array: &'a dyn Array, column: &str) -> Result<(&'a [f64], usize)> {
+    let list = array
+        .as_fixed_size_list_opt()
+        .ok_or_else(|| QuiverError::NonNumericColumn {
+            column: column.to_string(),
+            data_type: array.data_type().to_string(),
+        })?;
+    let dim = list.value_length() as usize;
+    if let Some(nulls) = list.nulls()
+        && nulls.null_count() > 0
+        && let Some(row) = (0..list.len()).find(|&r| nulls.is_null(r))
+    {
+        return Err(QuiverError::InvalidValueInBatch {
+            kind: "null",
+            column: column.to_string(),
+            row_in_batch: row,
+        });
+    }
+    let values = list
+        .values()
+        .as_primitive_opt::<Float64Type>()
+        .ok_or_else(|| QuiverError::NonNumericColumn {
+            column: column.to_string(),
+            data_type: array.data_type().to_string(),
+        })?;
+    if values.null_count() > 0
+        && let Some(i) = (0..values.len()).find(|&i| values.is_null(i))
+    {
+        return Err(QuiverError::InvalidValueInBatch {
+            kind: "null",
+            column: column.to_string(),
+            row_in_batch: i / dim.max(1),
+        });
+    }
+    let raw: &[f64] = values.values();
+    let needed = list.len() * dim;
+    if raw.len() < needed {
+        return Err(QuiverError::internal(format!(
+            "vector column '{column}' has {} values for {} rows of {dim}",
+            raw.len(),
+            list.len()
+        )));
+    }
+    Ok((&raw[..needed], dim))
+}
+
+/// A plain numeric column as `f64`s (cast if needed; borrowed when already `Float64`).
+/// Nulls are an error naming `column`.
+pub fn numeric_values(array: &ArrayRef, column: &str) -> Result<ScalarBuffer<f64>> {
+    if !is_numeric(array.data_type()) {
+        return Err(QuiverError::NonNumericColumn {
+            column: column.to_string(),
+            data_type: array.data_type().to_string(),
+        });
+    }
+    if array.null_count() > 0
+        && let Some(row) = (0..array.len()).find(|&r| array.is_null(r))
+    {
+        return Err(QuiverError::InvalidValueInBatch {
+            kind: "null",
+            column: column.to_string(),
+            row_in_batch: row,
+        });
+    }
+    let as_f64 = if array.data_type() == &DataType::Float64 {
+        array.clone()
+    } else {
+        cast(array, &DataType::Float64)?
+    };
+    Ok(as_f64.as_primitive::<Float64Type>().values().clone())
+}
+
+/// Index of the first NaN in `values`, if any. Cheap when there is none: a branch-free scan.
+#[inline]
+pub fn first_nan(values: &[f64]) -> Option<usize> {
+    // Chunked so that the common (no NaN) case vectorises.
+    const CHUNK: usize = 256;
+    for (c, chunk) in values.chunks(CHUNK).enumerate() {
+        let any = chunk.iter().fold(false, |acc, v| acc | v.is_nan());
+        if any {
+            let i = chunk.iter().position(|v| v.is_nan()).unwrap_or(0);
+            return Some(c * CHUNK + i);
+        }
+    }
+    None
+}
+
+/// Assembles feature columns (numeric scalars of any integer/float type, and numeric
+/// fixed-size lists) into one dense vector column, in the order given. Nulls and NaN are errors
+/// that name the column and the row within the batch.
+pub fn assemble(columns: &[(&str, &ArrayRef)]) -> Result<FixedSizeListArray> {
+    let n_rows = columns.first().map(|(_, a)| a.len()).unwrap_or(0);
+    let mut widths = Vec::with_capacity(columns.len());
+    for (name, array) in columns {
+        let w = feature_width(array.data_type()).ok_or_else(|| QuiverError::NonNumericColumn {
+            column: name.to_string(),
+            data_type: array.data_type().to_string(),
+        })?;
+        if array.len() != n_rows {
+            return Err(QuiverError::internal(format!(
+                "column '{name}' has {} rows, expected {n_rows}",
+                array.len()
+            )));
+        }
+        widths.push(w);
+    }
+    let dim: usize = widths.iter().sum();
+    if dim == 0 {
+        return Err(QuiverError::InvalidParam {
+            param: "features".to_string(),
+            reason: "no feature columns to assemble".to_string(),
+        });
+    }
+    let mut out = vec![0.0f64; n_rows * dim];
+    let mut offset = 0;
+    for ((name, array), w) in columns.iter().zip(&widths) {
+        if let DataType::FixedSizeList(_, _) = array.data_type() {
+            let list = array.as_fixed_size_list();
+            let values = if list.value_type() == DataType::Float64 {
+                None
+            } else {
+                Some(FixedSizeListArray::try_new(
+                    Arc::new(Field::new_list_field(DataType::Float64, true)),
+                    *w as i32,
+                    cast(list.values(), &DataType::Float64)?,
+                    list.nulls().cloned(),
+                )?)
+            };
+            let (src, _) = vector_values(values.as_ref().map_or(list as &dyn Array, |v| v), name)?;
+            if let Some(i) = first_nan(src) {
+                return Err(QuiverError::InvalidValueInBatch {
+                    kind: "NaN",
+                    column: name.to_string(),
+                    row_in_batch: i / w,
+                });
+            }
+            for (dst, row) in out.chunks_exact_mut(dim).zip(src.chunks_exact(*w)) {
+                dst[offset..offset + w].copy_from_slice(row);
+            }
+        } else {
+            let src = numeric_values(array, name)?;
+            if let Some(row) = first_nan(&src) {
+                return Err(QuiverError::InvalidValueInBatch {
+                    kind: "NaN",
+                    column: name.to_string(),
+                    row_in_batch: row,
+                });
+            }
+            for (dst, v) in out.chunks_exact_mut(dim).zip(src.iter()) {
+                dst[offset] = *v;
+            }
+        }
+        offset += w;
+    }
+    vector_array(out, dim)
+}
+
+/// Wraps row-major values into a vector column of `dim` elements (no copy).
+pub fn vector_array(values: Vec<f64>, dim: usize) -> Result<FixedSizeListArray> {
+    Ok(FixedSizeListArray::try_new(
+        Arc::new(Field::new_list_field(DataType::Float64, false)),
+        dim as i32,
+        Arc::new(Float64Array::from(values)),
+        None,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float32Array, Int32Array, Int64Array, StringArray, UInt8Array};
+
+    #[test]
+    fn assembles_mixed_numeric_types_row_major() {
+        let a: ArrayRef = Arc::new(Int32Array::from(vec![1, 2, 3]));
+        let b: ArrayRef = Arc::new(Float32Array::from(vec![0.5, 1.5, 2.5]));
+        let c: ArrayRef = Arc::new(UInt8Array::from(vec![7, 8, 9]));
+        let v = assemble(&[("a", &a), ("b", &b), ("c", &c)]).unwrap();
+        let (vals, dim) = vector_values(&v, "features").unwrap();
+        assert_eq!(dim, 3);
+        assert_eq!(vals, &[1.0, 0.5, 7.0, 2.0, 1.5, 8.0, 3.0, 2.5, 9.0]);
+    }
+
+    #[test]
+    fn assembles_vectors_with_scalars() {
+        let v1: ArrayRef = Arc::new(vector_array(vec![1.0, 2.0, 3.0, 4.0], 2).unwrap());
+        let s: ArrayRef = Arc::new(Int64Array::from(vec![10, 20]));
+        let v = assemble(&[("s", &s), ("v", &v1)]).unwrap();
+        let (vals, dim) = vector_values(&v, "f").unwrap();
+        assert_eq!(dim, 3);
+        assert_eq!(vals, &[10.0, 1.0, 2.0, 20.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn view_of_a_sliced_vector_column_is_zero_copy() {
+        let v = vector_array((0..20).map(f64::from).collect(), 4).unwrap();
+        let base = vector_values(&v, "f").unwrap().0.as_ptr();
+        let sliced = v.slice(2, 2);
+        let (vals, dim) = vector_values(&sliced, "f").unwrap();
+        assert_eq!(dim, 4);
+        assert_eq!(vals, &[8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0]);
+        assert_eq!(vals.as_ptr(), base.wrapping_add(8), "the view must not copy");
+    }
+
+    #[test]
+    fn null_and_nan_name_column_and_row() {
+        let a: ArrayRef = Arc::new(Int32Array::from(vec![Some(1), None, Some(3)]));
+        let err = assemble(&[("age", &a)]).unwrap_err().to_string();
+        assert!(err.contains("null") && err.contains("'age'") && err.contains("row 1"), "{err}");
+
+        let b: ArrayRef = Arc::new(Float64Array::from(vec![1.0, 2.0, f64::NAN]));
+        let err = assemble(&[("age", &a.slice(0, 1)), ("x", &b.slice(2, 1))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NaN") && err.contains("'x'") && err.contains("row 0"), "{err}");
+    }
+
+    #[test]
+    fn non_numeric_column_is_rejected() {
+        let s: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
+        let err = assemble(&[("name", &s)]).unwrap_err().to_string();
+        assert!(err.contains("'name'") && err.contains("Utf8"), "{err}");
+    }
+
+    #[test]
+    fn first_nan_finds_the_first() {
+        let mut v = vec![0.0; 1000];
+        assert_eq!(first_nan(&v), None);
+        v[700] = f64::NAN;
+        v[900] = f64::NAN;
+        assert_eq!(first_nan(&v), Some(700));
+    }
+}
