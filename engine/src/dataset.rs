@@ -227,7 +227,20 @@ impl Dataset {
         let mut row = 0u64;
         for mut stream in streams {
             while let Some(batch) = stream.next().await {
-                let batch = batch?;
+                // A kernel upstream (e.g. `vector_assemble`) may reject a value of this batch.
+                let batch = batch.map_err(|e| match QuiverError::from(e) {
+                    QuiverError::InvalidValueInBatch {
+                        kind,
+                        column,
+                        row_in_batch,
+                    } => QuiverError::InvalidValue {
+                        kind,
+                        column,
+                        row: row + row_in_batch as u64,
+                        detail: String::new(),
+                    },
+                    other => other,
+                })?;
                 let n = batch.num_rows() as u64;
                 f(row, batch)?;
                 row += n;
@@ -242,7 +255,7 @@ impl Dataset {
     pub async fn locate_invalid(&self) -> Result<Option<QuiverError>> {
         let names = self.role_columns()?;
         let mut found: Option<QuiverError> = None;
-        self.for_each_batch(|first_row, batch| {
+        let result = self.for_each_batch(|first_row, batch| {
             if found.is_some() {
                 return Ok(());
             }
@@ -259,8 +272,13 @@ impl Dataset {
             }
             Ok(())
         })
-        .await?;
-        Ok(found)
+        .await;
+        match (result, found) {
+            (_, Some(found)) => Ok(Some(found)),
+            (Err(e @ QuiverError::InvalidValue { .. }), None) => Ok(Some(e)),
+            (Err(e), None) => Err(e),
+            (Ok(()), None) => Ok(None),
+        }
     }
 
     /// Runs the plan and caches the assembled features (and label, weight) in memory for the

@@ -95,7 +95,7 @@ pub fn parse_location(location: &str) -> Result<Url> {
             ))),
         }
     } else {
-        let abs = std::path::absolute(location).map_err(|e| bad(e.to_string()))?;
+        let abs = normalize(&std::path::absolute(location).map_err(|e| bad(e.to_string()))?);
         let dir = location.ends_with('/') || abs.is_dir();
         let url = if dir {
             Url::from_directory_path(&abs)
@@ -104,6 +104,22 @@ pub fn parse_location(location: &str) -> Result<Url> {
         };
         url.map_err(|_| bad("not an absolute path".to_string()))
     }
+}
+
+/// Removes `.` and `..` components lexically (the path need not exist yet).
+fn normalize(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// Resolves `location` to a store registered in `ctx`'s runtime, registering an S3 store for
@@ -343,6 +359,8 @@ mod tests {
         let u = parse_location("relative/file.parquet").unwrap();
         assert_eq!(u.scheme(), "file");
         assert!(u.path().ends_with("/relative/file.parquet"));
+        let u = parse_location("/a/b/../c/./d.csv").unwrap();
+        assert_eq!(u.path(), "/a/c/d.csv");
         let err = parse_location("hdfs://nn/x").unwrap_err().to_string();
         assert!(err.contains("unsupported scheme 'hdfs'"), "{err}");
     }
