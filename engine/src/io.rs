@@ -266,8 +266,20 @@ pub async fn read(
                 .await
         }
         DataFormat::Arrow => {
+            // DataFusion 55 mis-reads the schema of an IPC file that an object store returns
+            // as a stream (memory://, s3://): read it here from the file's first message.
+            let schema = if loc.url.scheme() == "file" {
+                None
+            } else {
+                let first = match &found {
+                    Found::File => loc.path.clone(),
+                    Found::Directory { .. } => loc.path.clone().join(file_name.as_deref().unwrap_or_default()),
+                };
+                Some(ipc_schema(loc.store.as_ref(), &first, location).await?)
+            };
             let opts = ArrowReadOptions {
                 file_extension: &ext,
+                schema: schema.as_ref(),
                 ..Default::default()
             };
             ctx.read_arrow(url, opts).await
@@ -282,6 +294,63 @@ pub async fn read(
         format: format.name().to_string(),
         reason: e.to_string(),
     })
+}
+
+/// The schema of an Arrow IPC file (or stream) from its first message, reading only that.
+async fn ipc_schema(store: &dyn ObjectStore, path: &Path, display: &str) -> Result<arrow::datatypes::Schema> {
+    let unreadable = |reason: String| QuiverError::UnreadableFile {
+        path: display.to_string(),
+        format: "arrow".to_string(),
+        reason,
+    };
+    let os = |source| QuiverError::ObjectStore {
+        path: display.to_string(),
+        source,
+    };
+    let size = store.head(path).await.map_err(os)?.size;
+    if size < 16 {
+        return Err(unreadable("file too short for Arrow IPC".to_string()));
+    }
+    let head = store.get_range(path, 0..8).await.map_err(os)?;
+    if &head[0..6] == b"ARROW1" {
+        // File format: the footer (its length and the magic end the file) holds the schema.
+        let tail = store.get_range(path, size - 10..size).await.map_err(os)?;
+        if &tail[4..10] != b"ARROW1" {
+            return Err(unreadable("missing Arrow IPC footer".to_string()));
+        }
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&tail[0..4]);
+        let footer_len = i32::from_le_bytes(len);
+        if footer_len <= 0 || footer_len as u64 + 10 > size {
+            return Err(unreadable("invalid Arrow IPC footer length".to_string()));
+        }
+        let start = size - 10 - footer_len as u64;
+        let footer_bytes = store.get_range(path, start..size - 10).await.map_err(os)?;
+        let footer = arrow::ipc::root_as_footer(&footer_bytes)
+            .map_err(|e| unreadable(format!("invalid IPC footer: {e}")))?;
+        let schema = footer
+            .schema()
+            .ok_or_else(|| unreadable("the IPC footer has no schema".to_string()))?;
+        return Ok(arrow::ipc::convert::fb_to_schema(schema));
+    }
+    // Stream format: the first message is the schema.
+    const CONTINUATION: [u8; 4] = [0xff, 0xff, 0xff, 0xff];
+    let preamble = if head[0..4] == CONTINUATION { 4 } else { 0 };
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&head[preamble..preamble + 4]);
+    let meta_len = i32::from_le_bytes(len);
+    let start = (preamble + 4) as u64;
+    let end = start + meta_len.max(0) as u64;
+    if meta_len <= 0 || end > size {
+        return Err(unreadable("invalid IPC message length".to_string()));
+    }
+    let meta = store.get_range(path, start..end).await.map_err(os)?;
+    let message = arrow::ipc::root_as_message(&meta)
+        .map_err(|e| unreadable(format!("invalid IPC message: {e}")))?;
+    let schema = message
+        .header_as_schema()
+        .ok_or_else(|| unreadable("the first IPC message is not a schema".to_string()))?;
+    Ok(arrow::ipc::convert::fb_to_schema(schema))
 }
 
 /// Writes the result of `df` to `location` as one Parquet or Arrow IPC file. The file appears

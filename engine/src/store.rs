@@ -18,6 +18,7 @@ pub const MODEL_FORMAT_VERSION: u32 = 1;
 
 const METADATA: &str = "metadata.json";
 const PARTS: &str = "parts";
+const TOMBSTONE: &str = "_deleted";
 
 /// One feature of a model's input schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -398,6 +399,14 @@ impl ModelStore {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(self.os_err(&p)(e)),
                 }
+            }
+            if version.is_some() {
+                // A tombstone keeps the number taken: a later save never reuses it.
+                let tomb = dir.join(TOMBSTONE);
+                self.store
+                    .put(&tomb, PutPayload::from_static(b""))
+                    .await
+                    .map_err(self.os_err(&tomb))?;
             }
         }
         Ok(())

@@ -1,0 +1,211 @@
+//! Data I/O round trips on local files and memory://, and the model store's versioning and
+//! atomic publish.
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+use bytes::Bytes;
+use quiver_engine::{DataFormat, ModelDraft, QuiverError, QuiverSession};
+
+const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
+
+fn sample() -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("x", DataType::Float64, false),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..100)),
+            Arc::new(Float64Array::from_iter_values((0..100).map(|i| i as f64 * 0.5))),
+        ],
+    )
+    .unwrap()
+}
+
+async fn sum_x(session: &QuiverSession, location: &str) -> (i64, f64) {
+    let df = session.read(location).await.unwrap();
+    let batches = df
+        .aggregate(
+            vec![],
+            vec![
+                datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::col("id")),
+                datafusion::functions_aggregate::expr_fn::sum(datafusion::prelude::col("x")),
+            ],
+        )
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    (
+        batches[0].column(0).as_primitive::<Int64Type>().value(0),
+        batches[0].column(1).as_primitive::<Float64Type>().value(0),
+    )
+}
+
+#[tokio::test]
+async fn parquet_and_ipc_round_trip_on_disk_and_in_memory() {
+    let s = QuiverSession::embedded().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_str().unwrap().to_string();
+    for (location, format) in [
+        (format!("{base}/a.parquet"), DataFormat::Parquet),
+        (format!("file://{base}/b.arrow"), DataFormat::Arrow),
+        ("memory:///t/c.parquet".to_string(), DataFormat::Parquet),
+        ("memory:///t/d.arrow".to_string(), DataFormat::Arrow),
+    ] {
+        let df = s.from_batches(vec![sample()], 1).unwrap();
+        let rows = match format {
+            DataFormat::Parquet => s.write_parquet(df, &location).await.unwrap(),
+            _ => s.write_ipc(df, &location).await.unwrap(),
+        };
+        assert_eq!(rows, 100, "{location}");
+        assert_eq!(sum_x(&s, &location).await, (100, 2475.0), "{location}");
+    }
+}
+
+#[tokio::test]
+async fn csv_json_and_directories_are_read() {
+    let s = QuiverSession::embedded().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("t.csv");
+    std::fs::write(&csv, "id,x\n1,0.5\n2,1.5\n").unwrap();
+    assert_eq!(sum_x(&s, csv.to_str().unwrap()).await, (2, 2.0));
+    let json = dir.path().join("t.jsonl");
+    std::fs::write(&json, "{\"id\": 1, \"x\": 0.25}\n{\"id\": 2, \"x\": 0.75}\n").unwrap();
+    assert_eq!(sum_x(&s, json.to_str().unwrap()).await, (2, 1.0));
+    // A directory of Parquet files (what Spark and DataFusion write).
+    let parts = dir.path().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    for i in 0..3 {
+        let df = s.from_batches(vec![sample()], 1).unwrap();
+        s.write_parquet(df, parts.join(format!("part-{i}.parquet")).to_str().unwrap())
+            .await
+            .unwrap();
+    }
+    std::fs::write(parts.join("_SUCCESS"), "").unwrap();
+    assert_eq!(sum_x(&s, parts.to_str().unwrap()).await, (300, 3.0 * 2475.0));
+}
+
+#[tokio::test]
+async fn shipped_digits_read_with_expected_shape() {
+    let s = QuiverSession::embedded().unwrap();
+    let df = s.read(DIGITS).await.unwrap();
+    assert_eq!(df.schema().fields().len(), 65);
+    assert_eq!(df.count().await.unwrap(), 1797);
+}
+
+fn draft(kind: &str, acc: f64) -> ModelDraft {
+    ModelDraft {
+        kind: kind.to_string(),
+        format_version: 1,
+        params: serde_json::json!({"reg_param": 0.1}),
+        metrics: serde_json::json!({"accuracy": acc}),
+        ..Default::default()
+    }
+}
+
+async fn store_round_trip(location: &str) {
+    let s = QuiverSession::embedded().unwrap();
+    let store = s.model_store_at(location).unwrap();
+    assert!(store.list().await.unwrap().is_empty());
+    let m1 = store
+        .save("digits", draft("lr", 0.9), vec![Ok(("coef.arrow".to_string(), Bytes::from_static(b"v1")))])
+        .await
+        .unwrap();
+    assert_eq!(m1.version, 1);
+    let m2 = store
+        .save("digits", draft("lr", 0.95), vec![Ok(("coef.arrow".to_string(), Bytes::from_static(b"v2-longer")))])
+        .await
+        .unwrap();
+    assert_eq!(m2.version, 2);
+    store.save("other", draft("kmeans", 0.0), Vec::new()).await.unwrap();
+
+    assert_eq!(store.versions("digits").await.unwrap(), vec![1, 2]);
+    let latest = store.load("digits", None).await.unwrap();
+    assert_eq!(latest.metadata, m2);
+    assert_eq!(latest.part("coef.arrow").await.unwrap(), Bytes::from_static(b"v2-longer"));
+    let first = store.load("digits", Some(1)).await.unwrap();
+    assert_eq!(first.metadata.metrics["accuracy"], 0.9);
+    assert_eq!(first.part("coef.arrow").await.unwrap(), Bytes::from_static(b"v1"));
+    assert!(first.part("nope").await.unwrap_err().to_string().contains("no part 'nope'"));
+
+    let listed: Vec<(String, u64)> = store.list().await.unwrap().into_iter().map(|m| (m.name, m.version)).collect();
+    assert_eq!(listed, vec![("digits".to_string(), 2), ("other".to_string(), 1)]);
+
+    store.delete("digits", Some(2)).await.unwrap();
+    assert_eq!(store.versions("digits").await.unwrap(), vec![1]);
+    assert_eq!(store.load("digits", None).await.unwrap().metadata.version, 1);
+    // Version numbers are never reused.
+    let m3 = store.save("digits", draft("lr", 0.97), Vec::new()).await.unwrap();
+    assert_eq!(m3.version, 3);
+    store.delete("digits", None).await.unwrap();
+    assert!(matches!(store.load("digits", None).await.unwrap_err(), QuiverError::ModelNotFound { .. }));
+    assert!(matches!(store.delete("digits", None).await.unwrap_err(), QuiverError::ModelNotFound { .. }));
+}
+
+#[tokio::test]
+async fn model_store_round_trip_in_memory() {
+    store_round_trip("memory:///models/").await;
+}
+
+#[tokio::test]
+async fn model_store_round_trip_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    store_round_trip(dir.path().join("models").to_str().unwrap()).await;
+}
+
+/// A save that fails half way publishes nothing and leaves the previous version readable.
+#[tokio::test]
+async fn failed_save_leaves_previous_version_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = QuiverSession::embedded().unwrap();
+    let store = s.model_store_at(dir.path().to_str().unwrap()).unwrap();
+    store
+        .save("m", draft("lr", 0.9), vec![Ok(("a".to_string(), Bytes::from_static(b"good")))])
+        .await
+        .unwrap();
+    let failing = vec![
+        Ok(("a".to_string(), Bytes::from_static(b"new a"))),
+        Ok(("b".to_string(), Bytes::from_static(b"new b"))),
+        Err(QuiverError::Internal("serialising part c failed".to_string())),
+    ];
+    let err = store.save("m", draft("lr", 0.99), failing).await.unwrap_err();
+    assert!(err.to_string().contains("serialising part c failed"));
+    assert_eq!(store.versions("m").await.unwrap(), vec![1]);
+    let loaded = store.load("m", None).await.unwrap();
+    assert_eq!(loaded.metadata.version, 1);
+    assert_eq!(loaded.part("a").await.unwrap(), Bytes::from_static(b"good"));
+    // The failed attempt's parts were cleaned up and nothing was published for it.
+    let leftovers: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.contains("v000002")).collect();
+    assert!(leftovers.iter().all(|p| !p.ends_with("metadata.json")), "{leftovers:?}");
+    assert!(leftovers.iter().all(|p| !p.ends_with("/a") && !p.ends_with("/b")), "{leftovers:?}");
+    // The next successful save does not reuse the failed attempt's number.
+    let next = store.save("m", draft("lr", 0.98), Vec::new()).await.unwrap();
+    assert!(next.version >= 2);
+    assert_eq!(store.load("m", None).await.unwrap().metadata.version, next.version);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.to_string_lossy().to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn invalid_model_names_are_rejected() {
+    let s = QuiverSession::embedded().unwrap();
+    let store = s.model_store_at("memory:///m/").unwrap();
+    let err = store.save("../escape", draft("lr", 0.0), Vec::new()).await.unwrap_err();
+    assert!(err.to_string().starts_with("invalid model name '../escape'"), "{err}");
+}
+
