@@ -149,7 +149,8 @@ impl QuiverError {
         DataFusionError::External(Box::new(self))
     }
 
-    pub(crate) fn internal(msg: impl Into<String>) -> Self {
+    /// An internal error: a broken invariant, not a user mistake.
+    pub fn internal(msg: impl Into<String>) -> Self {
         QuiverError::Internal(msg.into())
     }
 }

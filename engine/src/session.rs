@@ -67,7 +67,7 @@ impl QuiverSession {
             .with_batch_size(config.batch_size)
             .with_information_schema(true);
         let runtime = RuntimeEnvBuilder::new().build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(session_config, runtime);
+        let ctx = SessionContext::new_with_config_rt(session_config, runtime).enable_url_table();
         let memory_url = Url::parse("memory://").map_err(|e| QuiverError::internal(e.to_string()))?;
         ctx.register_object_store(&memory_url, Arc::new(InMemory::new()));
         functions.register_into(&ctx);

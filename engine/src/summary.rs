@@ -66,6 +66,45 @@ impl FeatureSummary {
     pub fn dim(&self) -> usize {
         self.mean.len()
     }
+
+    /// One row per feature (`feature`, `mean`, `std`, `min`, `max`, `norm_l1`, `norm_l2`,
+    /// `num_nonzeros`), for printing or querying. `names` must have one name per feature.
+    pub fn to_record_batch(&self, names: &[String]) -> Result<arrow::array::RecordBatch> {
+        use arrow::array::{ArrayRef, Float64Array, StringArray, UInt64Array};
+        use arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        if names.len() != self.dim() {
+            return Err(QuiverError::internal(format!(
+                "{} names for a summary of {} features",
+                names.len(),
+                self.dim()
+            )));
+        }
+        let f = |v: &Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v.clone())) };
+        let schema = Schema::new(vec![
+            Field::new("feature", DataType::Utf8, false),
+            Field::new("mean", DataType::Float64, false),
+            Field::new("std", DataType::Float64, false),
+            Field::new("min", DataType::Float64, false),
+            Field::new("max", DataType::Float64, false),
+            Field::new("norm_l1", DataType::Float64, false),
+            Field::new("norm_l2", DataType::Float64, false),
+            Field::new("num_nonzeros", DataType::UInt64, false),
+        ]);
+        Ok(arrow::array::RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(names)),
+                f(&self.mean),
+                f(&self.std),
+                f(&self.min),
+                f(&self.max),
+                f(&self.norm_l1),
+                f(&self.norm_l2),
+                Arc::new(UInt64Array::from(self.num_nonzeros.clone())),
+            ],
+        )?)
+    }
 }
 
 /// Mergeable state of the summary.

@@ -1,1 +1,22 @@
-//! placeholder
+//! # quiver-mllib
+//!
+//! Quiver's machine-learning library, written once against the engine's primitives so it runs
+//! on the local runner, embedded DataFusion and a Ballista cluster alike: params, estimators and
+//! models, pipelines, feature transformers, algorithms, evaluators and tuning.
+//!
+//! Entry points: [`register`] adds this crate's functions and task runners to a
+//! [`FunctionRegistry`] (the executor and driver binaries call it through
+//! `quiver_executor::install`). The feature summary every algorithm starts from lives in the
+//! engine ([`quiver_engine::Summarizer`]).
+
+pub mod error;
+
+pub use error::{MllibError, Result};
+
+use quiver_engine::FunctionRegistry;
+
+/// Adds MLlib's SQL functions and fan-out task runners to `registry`. MLlib defines none yet:
+/// its estimators arrive with their prediction functions and trial runners.
+pub fn register(_registry: &mut FunctionRegistry) -> quiver_engine::Result<()> {
+    Ok(())
+}

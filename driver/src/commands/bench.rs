@@ -1,0 +1,260 @@
+//! `quiver bench`: seeded synthetic benchmarks of the primitives, timed in-process.
+//!
+//! `quiver bench summary --rows 1000000 --features 20` times the feature summary over the same
+//! data on the local runner, the embedded runner over an in-memory table, and the embedded
+//! runner over Parquet on local disk, against a plain-sum baseline (the memory-bandwidth floor)
+//! run in the same process.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use quiver_engine::dataset::LocalFrame;
+use quiver_engine::vector::vector_array;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::output::progress;
+use crate::{Dataset, QuiverError, QuiverSession, Result, Summarizer};
+
+/// Options of `quiver bench summary`.
+#[derive(Debug, Clone)]
+pub struct SummaryBench {
+    pub rows: usize,
+    pub features: usize,
+    /// Timed repetitions per case (the median is reported).
+    pub iters: usize,
+    pub seed: u64,
+    /// Include the Parquet-on-disk cases.
+    pub parquet: bool,
+}
+
+impl Default for SummaryBench {
+    fn default() -> Self {
+        SummaryBench {
+            rows: 1_000_000,
+            features: 20,
+            iters: 10,
+            seed: 42,
+            parquet: true,
+        }
+    }
+}
+
+/// One timed case.
+#[derive(Debug, Clone)]
+pub struct BenchCase {
+    pub name: String,
+    pub median: Duration,
+    pub min: Duration,
+    /// Bytes of feature data per pass.
+    pub bytes: u64,
+    pub rows: u64,
+}
+
+impl BenchCase {
+    pub fn gb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.median.as_secs_f64() / 1e9
+    }
+    pub fn rows_per_s(&self) -> f64 {
+        self.rows as f64 / self.median.as_secs_f64()
+    }
+}
+
+fn time<T>(iters: usize, mut f: impl FnMut() -> Result<T>) -> Result<(Duration, Duration)> {
+    f()?; // warm-up
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        std::hint::black_box(f()?);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok((times[times.len() / 2], times[0]))
+}
+
+async fn time_async<T, F: std::future::Future<Output = Result<T>>>(
+    iters: usize,
+    mut f: impl FnMut() -> F,
+) -> Result<(Duration, Duration)> {
+    f().await?;
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        std::hint::black_box(f().await?);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok((times[times.len() / 2], times[0]))
+}
+
+/// Seeded synthetic features: `rows × features` values, uniform in [-1, 1) plus a per-feature
+/// offset, in batches of `batch` rows, row-major.
+pub fn synthetic(rows: usize, features: usize, batch: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    let mut left = rows;
+    while left > 0 {
+        let n = left.min(batch);
+        let v: Vec<f64> = (0..n * features)
+            .map(|i| rng.random_range(-1.0..1.0) + (i % features) as f64)
+            .collect();
+        out.push(v);
+        left -= n;
+    }
+    out
+}
+
+/// Runs the summary benchmark and prints a table. Returns the cases for callers and tests.
+pub async fn summary(session: &QuiverSession, opts: &SummaryBench, out: &mut dyn Write) -> Result<Vec<BenchCase>> {
+    let (rows, dim) = (opts.rows, opts.features);
+    if rows == 0 || dim == 0 {
+        return Err(QuiverError::InvalidParam {
+            param: "--rows/--features".to_string(),
+            reason: "both must be positive".to_string(),
+        });
+    }
+    let batch_rows = session.config().batch_size;
+    let bytes = (rows * dim * 8) as u64;
+    let name = |case: &str| format!("{case}-{dim}f-{rows}r");
+    writeln!(
+        out,
+        "bench summary: {rows} rows x {dim} features ({:.1} MB of f64), seed {}, {} timed runs per case (median), \
+         {} partitions, {} compute threads",
+        bytes as f64 / 1e6,
+        opts.seed,
+        opts.iters,
+        session.config().target_partitions,
+        session.config().compute_threads
+    )
+    .ok();
+    let bar = progress(if opts.parquet { 5 } else { 3 }, "bench summary");
+
+    // Data, built outside every timed loop.
+    let chunks = synthetic(rows, dim, batch_rows, opts.seed);
+    let vectors = chunks
+        .iter()
+        .map(|c| vector_array(c.clone(), dim))
+        .collect::<Result<Vec<_>>>()?;
+    let frame = LocalFrame::from_vectors(vectors.clone(), None, None)?;
+    let stat = Summarizer::new(dim);
+    let mut cases = Vec::new();
+    let mut push = |name: String, (median, min): (Duration, Duration)| {
+        cases.push(BenchCase {
+            name,
+            median,
+            min,
+            bytes,
+            rows: rows as u64,
+        });
+    };
+
+    // Baseline: one plain sum over the same slices on the same pool (the bandwidth floor).
+    let pool = session.compute_pool();
+    push(
+        name("baseline-plain-sum"),
+        time(opts.iters, || {
+            use rayon::prelude::*;
+            Ok(pool.install(|| chunks.par_iter().map(|c| c.iter().sum::<f64>()).sum::<f64>()))
+        })?,
+    );
+    bar.inc(1);
+
+    push(name("summary-local-memory"), time(opts.iters, || session.aggregate_local(&frame, &stat))?);
+    bar.inc(1);
+
+    // Embedded over an in-memory table of the same vectors.
+    let schema = Arc::new(Schema::new(vec![Field::new("features", quiver_engine::vector::vector_type(dim), false)]));
+    let batches = vectors
+        .iter()
+        .map(|v| RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(v.clone()) as ArrayRef]))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mem = Dataset::new(session.from_batches(batches, session.config().target_partitions)?).with_features(["features"])?;
+    let stat_arc = Arc::new(stat.clone());
+    push(
+        name("summary-embedded-memory"),
+        time_async(opts.iters, || session.aggregate(&mem, Arc::clone(&stat_arc))).await?,
+    );
+    bar.inc(1);
+
+    let mut _dir = None;
+    if opts.parquet {
+        // Parquet on local disk, one file per partition, one Float64 column per feature.
+        let dir = tempfile::tempdir().map_err(|e| QuiverError::internal(e.to_string()))?;
+        let cols: Vec<Field> = (0..dim).map(|j| Field::new(format!("f{j}"), DataType::Float64, false)).collect();
+        let col_schema = Arc::new(Schema::new(cols));
+        let col_batches = chunks
+            .iter()
+            .map(|c| {
+                let n = c.len() / dim;
+                let arrays: Vec<ArrayRef> = (0..dim)
+                    .map(|j| Arc::new(Float64Array::from_iter_values((0..n).map(|r| c[r * dim + j]))) as ArrayRef)
+                    .collect();
+                RecordBatch::try_new(Arc::clone(&col_schema), arrays)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let parts = session.config().target_partitions.max(1);
+        let per = col_batches.len().div_ceil(parts);
+        for (i, group) in col_batches.chunks(per.max(1)).enumerate() {
+            let df = session.from_batches(group.to_vec(), 1)?;
+            let path = dir.path().join(format!("part-{i}.parquet"));
+            session.write_parquet(df, &path.to_string_lossy()).await?;
+        }
+        let loc = format!("{}/", dir.path().to_string_lossy());
+        let names: Vec<String> = (0..dim).map(|j| format!("f{j}")).collect();
+        let pq = Dataset::new(session.read(&loc).await?).with_features(&names)?;
+        push(
+            name("summary-embedded-parquet"),
+            time_async(opts.iters, || session.aggregate(&pq, Arc::clone(&stat_arc))).await?,
+        );
+        bar.inc(1);
+        push(
+            name("load-parquet-into-local-cache"),
+            time_async(opts.iters.min(3), || pq.cache_local()).await?,
+        );
+        bar.inc(1);
+        _dir = Some(dir);
+    }
+    bar.finish_and_clear();
+
+    let local = cases
+        .iter()
+        .find(|c| c.name.starts_with("summary-local"))
+        .map(|c| c.median.as_secs_f64())
+        .unwrap_or(f64::NAN);
+    writeln!(
+        out,
+        "  {:<44} {:>10} {:>10} {:>12} {:>8} {:>9}",
+        "case", "median ms", "min ms", "rows/s", "GB/s", "vs local"
+    )
+    .ok();
+    for c in &cases {
+        writeln!(
+            out,
+            "  {:<44} {:>10.2} {:>10.2} {:>12.3e} {:>8.2} {:>8.2}x",
+            c.name,
+            c.median.as_secs_f64() * 1e3,
+            c.min.as_secs_f64() * 1e3,
+            c.rows_per_s(),
+            c.gb_per_s(),
+            c.median.as_secs_f64() / local
+        )
+        .ok();
+    }
+    Ok(cases)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_data_is_seeded() {
+        assert_eq!(synthetic(10, 3, 4, 7), synthetic(10, 3, 4, 7));
+        assert_ne!(synthetic(10, 3, 4, 7), synthetic(10, 3, 4, 8));
+        let s = synthetic(10, 3, 4, 7);
+        assert_eq!(s.iter().map(Vec::len).collect::<Vec<_>>(), vec![12, 12, 6]);
+    }
+}

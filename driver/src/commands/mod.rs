@@ -1,0 +1,6 @@
+//! The `quiver` subcommands as library functions: each writes its report to `out`.
+
+pub mod bench;
+pub mod models;
+pub mod quickstart;
+pub mod sql;

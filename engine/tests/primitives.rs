@@ -1,0 +1,278 @@
+//! The map and fan-out primitives, embedded and local.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use datafusion::prelude::col;
+use quiver_engine::fanout::TaskRegistry;
+use quiver_engine::{
+    BatchFunction, Dataset, FeatureBatch, FunctionRegistry, MapUdf, QuiverConfig, QuiverError,
+    QuiverSession, Result, Runner, Task, TaskOutcome, TaskRunner, TaskStatus, map_dataset,
+};
+
+/// `w · x + b` per row: the shape of a linear model's predict.
+#[derive(Debug)]
+struct Dot {
+    w: Vec<f64>,
+    b: f64,
+}
+
+impl BatchFunction for Dot {
+    fn name(&self) -> &str {
+        "dot_test"
+    }
+    fn params(&self) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec(&(&self.w, self.b)).unwrap())
+    }
+    fn input_dim(&self) -> usize {
+        self.w.len()
+    }
+    fn return_type(&self) -> DataType {
+        DataType::Float64
+    }
+    fn apply(&self, batch: &FeatureBatch<'_>) -> Result<ArrayRef> {
+        let out: Float64Array = batch
+            .values
+            .chunks_exact(batch.dim)
+            .map(|row| row.iter().zip(&self.w).map(|(x, w)| x * w).sum::<f64>() + self.b)
+            .collect();
+        Ok(Arc::new(out))
+    }
+}
+
+fn table() -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Int32, false),
+        Field::new("b", DataType::Float32, false),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(arrow::array::Int32Array::from_iter_values(0..50)),
+            Arc::new(arrow::array::Float32Array::from_iter_values((0..50).map(|i| i as f32 * 0.25))),
+        ],
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn map_over_columns_and_over_vectors_matches_direct_computation() {
+    let s = QuiverSession::embedded().unwrap();
+    let ds = Dataset::new(s.from_batches(vec![table().slice(0, 20), table().slice(20, 30)], 2).unwrap())
+        .with_features(["a", "b"])
+        .unwrap();
+    let f: Arc<dyn BatchFunction> = Arc::new(Dot { w: vec![2.0, -4.0], b: 1.0 });
+    for input in [ds.clone(), ds.clone().assemble("features").unwrap()] {
+        let out = map_dataset(input, Arc::clone(&f), "prediction").unwrap();
+        let batches = out
+            .dataframe()
+            .clone()
+            .sort(vec![col("a").sort(true, false)])
+            .unwrap()
+            .select_columns(&["a", "prediction"])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut n = 0;
+        for b in &batches {
+            let a = b.column(0).as_primitive::<arrow::datatypes::Int32Type>();
+            let p = b.column(1).as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                let x = a.value(i) as f64;
+                assert_eq!(p.value(i), 2.0 * x - 4.0 * (x * 0.25) + 1.0);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 50);
+    }
+}
+
+#[tokio::test]
+async fn map_in_sql_checks_the_feature_count() {
+    let s = QuiverSession::embedded().unwrap();
+    s.context().register_batch("t", table()).unwrap();
+    let udf = MapUdf::new(Arc::new(Dot { w: vec![1.0, 1.0], b: 0.0 })).unwrap().into_udf();
+    s.context().register_udf(udf);
+    let rows = s.sql("SELECT sum(dot_test(a, b)) AS s FROM t").await.unwrap().collect().await.unwrap();
+    let got = rows[0].column(0).as_primitive::<Float64Type>().value(0);
+    let want: f64 = (0..50).map(|i| i as f64 * 1.25).sum();
+    assert!((got - want).abs() < 1e-9);
+    let err = s.sql("SELECT dot_test(a) FROM t").await.unwrap().collect().await.unwrap_err();
+    let err = QuiverError::from(err);
+    assert_eq!(err.to_string(), "dot_test expects 2 features per row, got 1");
+    // Assembling in SQL works too.
+    let rows = s
+        .sql("SELECT dot_test(vector_assemble(a, b)) AS p FROM t ORDER BY a LIMIT 3")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let p = rows[0].column(0).as_primitive::<Float64Type>();
+    assert_eq!((p.value(0), p.value(1), p.value(2)), (0.0, 1.25, 2.5));
+}
+
+/// A task kind for the tests: loss = (x − 3)², fails for x < 0, panics for x = 13.
+#[derive(Debug, Default)]
+struct Quadratic {
+    runs: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl TaskRunner for Quadratic {
+    fn kind(&self) -> &str {
+        "quadratic"
+    }
+    fn run(&self, params: &str) -> Result<TaskOutcome> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let result = self.compute(params);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+impl Quadratic {
+    fn compute(&self, params: &str) -> Result<TaskOutcome> {
+        let v: serde_json::Value = serde_json::from_str(params).map_err(|e| QuiverError::InvalidParam {
+            param: "params".into(),
+            reason: e.to_string(),
+        })?;
+        let x = v["x"].as_f64().ok_or_else(|| QuiverError::InvalidParam {
+            param: "x".into(),
+            reason: "missing".into(),
+        })?;
+        if x < 0.0 {
+            return Err(QuiverError::InvalidParam { param: "x".into(), reason: format!("{x} is negative") });
+        }
+        if x == 13.0 {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            panic!("unlucky trial");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        Ok(TaskOutcome { loss: Some((x - 3.0).powi(2)), metrics: serde_json::json!({"x": x}) })
+    }
+}
+
+fn tasks() -> Vec<Task> {
+    (0..40u64)
+        .map(|i| {
+            let x = i as f64 - 5.0;
+            Task { id: i, kind: "quadratic".into(), params: format!("{{\"x\": {x}}}") }
+        })
+        .collect()
+}
+
+fn session_with_quadratic() -> (QuiverSession, Arc<Quadratic>) {
+    let runner = Arc::new(Quadratic::default());
+    let mut reg = FunctionRegistry::with_engine_functions();
+    reg.add_task(runner.clone()).unwrap();
+    let s = QuiverSession::embedded_with_functions(QuiverConfig::default().with_compute_threads(4), reg).unwrap();
+    (s, runner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_local_and_embedded_give_the_same_results() {
+    let (s, runner) = session_with_quadratic();
+    let mut per_runner = Vec::new();
+    for r in [Runner::Local, Runner::Embedded] {
+        let streamed = Mutex::new(Vec::new());
+        let results = s
+            .fan_out(&tasks(), 4, r, |res| streamed.lock().unwrap().push(res.id))
+            .await
+            .unwrap();
+        assert_eq!(results.len(), 40, "{r:?}");
+        assert_eq!(streamed.lock().unwrap().len(), 40, "{r:?}: every result is streamed once");
+        for res in &results {
+            let x = res.id as f64 - 5.0;
+            match x {
+                x if x < 0.0 => {
+                    assert_eq!(res.status, TaskStatus::Failed);
+                    assert!(res.message.as_deref().unwrap().contains("is negative"));
+                }
+                13.0 => {
+                    assert_eq!(res.status, TaskStatus::Failed);
+                    assert!(res.message.as_deref().unwrap().contains("panicked: unlucky trial"), "{res:?}");
+                }
+                x => {
+                    assert_eq!(res.status, TaskStatus::Ok);
+                    assert_eq!(res.loss, Some((x - 3.0).powi(2)));
+                }
+            }
+            assert!(res.finished_ms >= res.started_ms);
+            assert!(!res.worker.is_empty());
+        }
+        let best = results.iter().filter(|r| r.status == TaskStatus::Ok).min_by(|a, b| a.loss.partial_cmp(&b.loss).unwrap()).unwrap();
+        assert_eq!(best.id, 8);
+        per_runner.push(results.into_iter().map(|r| (r.id, r.status, r.loss, r.metrics)).collect::<Vec<_>>());
+    }
+    assert_eq!(per_runner[0], per_runner[1]);
+    assert_eq!(runner.runs.load(Ordering::SeqCst), 80, "each task ran exactly once per fan-out");
+}
+
+/// Tasks run concurrently, up to the requested parallelism and never beyond it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_runs_tasks_in_parallel_up_to_the_limit() {
+    for r in [Runner::Local, Runner::Embedded] {
+        let (s, runner) = session_with_quadratic();
+        let ok: Vec<Task> = tasks().into_iter().filter(|t| t.id >= 5 && t.id != 18).collect();
+        s.fan_out(&ok, 2, r, |_| {}).await.unwrap();
+        assert_eq!(runner.max_in_flight.load(Ordering::SeqCst), 2, "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_unknown_kind_is_a_failed_task_not_a_failed_fan_out() {
+    let (s, _) = session_with_quadratic();
+    let t = vec![Task { id: 1, kind: "nope".into(), params: "{}".into() }];
+    for r in [Runner::Local, Runner::Embedded] {
+        let res = s.fan_out(&t, 1, r, |_| {}).await.unwrap();
+        assert_eq!(res[0].status, TaskStatus::Failed);
+        assert_eq!(res[0].message.as_deref(), Some("unknown task kind 'nope'; registered kinds: quadratic"));
+    }
+}
+
+#[test]
+fn task_kinds_are_unique() {
+    let mut reg = TaskRegistry::new();
+    reg.register(Arc::new(Quadratic::default())).unwrap();
+    let err = reg.register(Arc::new(Quadratic::default())).unwrap_err();
+    assert!(err.to_string().contains("'quadratic' is already registered"));
+}
+
+#[test]
+fn map_output_length_is_checked() {
+    #[derive(Debug)]
+    struct Short;
+    impl BatchFunction for Short {
+        fn name(&self) -> &str {
+            "short"
+        }
+        fn params(&self) -> Result<Vec<u8>> {
+            Ok(vec![])
+        }
+        fn input_dim(&self) -> usize {
+            1
+        }
+        fn return_type(&self) -> DataType {
+            DataType::Float64
+        }
+        fn apply(&self, _b: &FeatureBatch<'_>) -> Result<ArrayRef> {
+            Ok(Arc::new(Float64Array::from(vec![1.0])))
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = QuiverSession::embedded().unwrap();
+        s.context().register_batch("t", table()).unwrap();
+        s.context().register_udf(MapUdf::new(Arc::new(Short)).unwrap().into_udf());
+        let err = s.sql("SELECT short(a) FROM t").await.unwrap().collect().await.unwrap_err();
+        assert!(QuiverError::from(err).to_string().contains("short returned 1 values for 50 rows"));
+        let _ = Array::len(&Float64Array::from(vec![0.0]));
+    });
+}
