@@ -73,6 +73,7 @@ pub async fn quickstart(session: &QuiverSession, data: Option<&str>, out: &mut d
         }
     };
     let df = session.read(&source).await?;
+    session.context().deregister_table("digits")?;
     session.context().register_table("digits", df.clone().into_view())?;
     let rows = df.clone().count().await?;
     writeln!(out, "\nLoaded {source}: {rows} rows x {} columns", df.schema().fields().len()).ok();

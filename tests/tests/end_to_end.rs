@@ -1,0 +1,110 @@
+//! End-to-end flows through the driver: the quickstart, SQL with Quiver's functions, and the
+//! summary example's path.
+
+use arrow::array::AsArray;
+use arrow::datatypes::Float64Type;
+use quiver_driver::commands::{quickstart, sql};
+use quiver_driver::{QuiverConfig, Runner};
+
+fn session_with_store(dir: &tempfile::TempDir) -> quiver_driver::QuiverSession {
+    let config = QuiverConfig::default().with_model_store(dir.path().join("models").to_string_lossy().to_string());
+    quiver_driver::session_with(config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_runs_end_to_end_on_the_shipped_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = session_with_store(&dir);
+    let mut out = Vec::new();
+    let report = quickstart::quickstart(&session, None, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(report.rows, 1797);
+    assert_eq!(report.summary.dim(), 64);
+    assert!(report.runner_max_rel_diff <= 1e-12, "{}", report.runner_max_rel_diff);
+    assert_eq!(report.saved_version, 1);
+    for needle in ["1797 rows x 65 columns", "the 10 most variable", "Images per class", "pixel_42", "read it back intact"] {
+        assert!(text.contains(needle), "missing '{needle}' in:\n{text}");
+    }
+    // The class counts of the UCI test set.
+    assert!(text.contains("178  182  177  183  181  182  181  179  174  180"), "{text}");
+    // A second run saves a second version.
+    let again = quickstart::quickstart(&session, None, &mut Vec::new()).await.unwrap();
+    assert_eq!(again.saved_version, 2);
+    let store = session.model_store().unwrap();
+    assert_eq!(store.versions("digits_summary").await.unwrap(), vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_reads_other_data_and_reports_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = session_with_store(&dir);
+    let csv = dir.path().join("small.csv");
+    std::fs::write(&csv, "a,b,label\n1,2.5,0\n3,4.5,1\n5,6.5,1\n").unwrap();
+    let report = quickstart::quickstart(&session, Some(csv.to_str().unwrap()), &mut Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(report.rows, 3);
+    assert_eq!(report.summary.mean, vec![3.0, 4.5]);
+    let err = quickstart::quickstart(&session, Some("/nope/missing.parquet"), &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "file not found: /nope/missing.parquet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_sees_quiver_functions_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = session_with_store(&dir);
+    let digits = quiver_driver::shipped_digits().unwrap();
+    let mut out = Vec::new();
+    sql::run_sql(
+        &session,
+        &format!(
+            "CREATE VIEW d AS SELECT * FROM '{digits}';
+             SELECT count(*) AS n, sum(vector_assemble(pixel_1, pixel_2)[1]) AS s1 FROM d"
+        ),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("1797"), "{text}");
+    // The same number through the Dataset API.
+    let ds = quiver_driver::Dataset::new(session.read(&digits).await.unwrap())
+        .with_features(["pixel_1"])
+        .unwrap();
+    let s = session.summarize(&ds, Runner::Embedded).await.unwrap();
+    assert!(text.contains(&format!("{}", s.sum[0] as i64)), "{text}");
+
+    let err = sql::run_sql(&session, "SELECT 1; SELECT nope FROM d", &mut Vec::new()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("statement 2 of 2") && msg.contains("nope"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn written_parquet_reads_back_with_the_same_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = session_with_store(&dir);
+    let digits = quiver_driver::shipped_digits().unwrap();
+    let df = session.read(&digits).await.unwrap();
+    let out = dir.path().join("copy.arrow");
+    session.write_ipc(df.clone(), out.to_str().unwrap()).await.unwrap();
+    let a = quiver_driver::Dataset::new(df).with_label("label").unwrap().with_numeric_features_except(&[]).unwrap();
+    let b = quiver_driver::Dataset::new(session.read(out.to_str().unwrap()).await.unwrap())
+        .with_label("label")
+        .unwrap()
+        .with_numeric_features_except(&[])
+        .unwrap();
+    let sa = session.summarize(&a, Runner::Local).await.unwrap();
+    let sb = session.summarize(&b, Runner::Local).await.unwrap();
+    assert_eq!(sa, sb);
+    let got = session
+        .sql(&format!("SELECT avg(pixel_10) FROM '{}'", out.display()))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let v = got[0].column(0).as_primitive::<Float64Type>().value(0);
+    assert!((v - sa.mean[10]).abs() < 1e-12);
+}
