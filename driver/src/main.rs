@@ -34,7 +34,12 @@ enum Command {
     /// Run SQL with Quiver's functions registered and print the results.
     Sql {
         /// SQL text to run (several statements separated by `;`).
-        #[arg(short = 'e', long = "execute", value_name = "SQL", conflicts_with = "file")]
+        #[arg(
+            short = 'e',
+            long = "execute",
+            value_name = "SQL",
+            conflicts_with = "file"
+        )]
         execute: Option<String>,
         /// File of SQL statements to run.
         #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -94,11 +99,13 @@ enum ModelsAction {
 fn config(cli: &Cli) -> Result<QuiverConfig> {
     let mut config = QuiverConfig::default();
     for pair in &cli.config {
-        let (k, v) = pair.split_once('=').ok_or_else(|| quiver_driver::QuiverError::InvalidConfigValue {
-            key: pair.clone(),
-            value: String::new(),
-            reason: "expected KEY=VALUE".to_string(),
-        })?;
+        let (k, v) =
+            pair.split_once('=')
+                .ok_or_else(|| quiver_driver::QuiverError::InvalidConfigValue {
+                    key: pair.clone(),
+                    value: String::new(),
+                    reason: "expected KEY=VALUE".to_string(),
+                })?;
         config.set(k.trim(), v.trim())?;
     }
     if let Some(m) = &cli.models {
@@ -125,7 +132,10 @@ async fn run(cli: Cli) -> Result<()> {
             let text = match (execute, file) {
                 (Some(sql), _) => sql,
                 (None, Some(path)) => std::fs::read_to_string(&path).map_err(|source| {
-                    quiver_driver::QuiverError::Io { path: path.clone(), source }
+                    quiver_driver::QuiverError::Io {
+                        path: path.clone(),
+                        source,
+                    }
                 })?,
                 (None, None) => {
                     return Err(quiver_driver::QuiverError::InvalidParam {
@@ -156,8 +166,12 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Models { action } => match action {
             ModelsAction::List => models::list(&session, &mut out).await?,
-            ModelsAction::Show { name, version } => models::show(&session, &name, version, &mut out).await?,
-            ModelsAction::Drop { name, version } => models::drop(&session, &name, version, &mut out).await?,
+            ModelsAction::Show { name, version } => {
+                models::show(&session, &name, version, &mut out).await?
+            }
+            ModelsAction::Drop { name, version } => {
+                models::drop(&session, &name, version, &mut out).await?
+            }
         },
         Command::Config => {}
     }

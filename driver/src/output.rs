@@ -31,7 +31,8 @@ pub fn print_table(out: &mut dyn Write, batches: &[RecordBatch]) -> Result<()> {
                     .iter()
                     .zip(batch.columns())
                     .map(|(f, c)| match c.data_type() {
-                        arrow::datatypes::DataType::Float64 | arrow::datatypes::DataType::Float32
+                        arrow::datatypes::DataType::Float64
+                        | arrow::datatypes::DataType::Float32
                             if c.is_valid(r) =>
                         {
                             short_float(f.value(r).to_string())
@@ -65,7 +66,13 @@ pub fn print_table(out: &mut dyn Write, batches: &[RecordBatch]) -> Result<()> {
     for r in &rows {
         line(out, r);
     }
-    writeln!(out, "  ({} row{})", rows.len(), if rows.len() == 1 { "" } else { "s" }).ok();
+    writeln!(
+        out,
+        "  ({} row{})",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    )
+    .ok();
     Ok(())
 }
 
@@ -84,7 +91,9 @@ fn short_float(s: String) -> String {
 /// A progress bar on stderr; hidden when stderr is not a terminal.
 pub fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed})") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed})")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(what.to_string());

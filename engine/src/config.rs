@@ -239,7 +239,10 @@ mod tests {
             .set("quiver.batch_size", "0")
             .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("quiver.batch_size") && msg.contains("positive"), "{msg}");
+        assert!(
+            msg.contains("quiver.batch_size") && msg.contains("positive"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -248,7 +251,10 @@ mod tests {
             .set("quiver.batchsize", "10")
             .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("unknown configuration key 'quiver.batchsize'"), "{msg}");
+        assert!(
+            msg.contains("unknown configuration key 'quiver.batchsize'"),
+            "{msg}"
+        );
         assert!(msg.contains("quiver.batch_size"), "{msg}");
     }
 

@@ -61,7 +61,12 @@ impl Dataset {
 
     /// Column names of the underlying data.
     pub fn columns(&self) -> Vec<String> {
-        self.df.schema().fields().iter().map(|f| f.name().clone()).collect()
+        self.df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
     }
 
     fn field(&self, name: &str) -> Result<&Field> {
@@ -87,8 +92,14 @@ impl Dataset {
     }
 
     /// Sets the feature columns; each must exist and be numeric (or a numeric vector).
-    pub fn with_features<S: AsRef<str>>(mut self, columns: impl IntoIterator<Item = S>) -> Result<Self> {
-        let columns: Vec<String> = columns.into_iter().map(|c| c.as_ref().to_string()).collect();
+    pub fn with_features<S: AsRef<str>>(
+        mut self,
+        columns: impl IntoIterator<Item = S>,
+    ) -> Result<Self> {
+        let columns: Vec<String> = columns
+            .into_iter()
+            .map(|c| c.as_ref().to_string())
+            .collect();
         if columns.is_empty() {
             return Err(QuiverError::InvalidParam {
                 param: "features".to_string(),
@@ -156,10 +167,11 @@ impl Dataset {
         let mut dim = 0;
         for c in self.require_features()? {
             let field = self.field(c)?;
-            dim += feature_width(field.data_type()).ok_or_else(|| QuiverError::NonNumericColumn {
-                column: c.clone(),
-                data_type: field.data_type().to_string(),
-            })?;
+            dim +=
+                feature_width(field.data_type()).ok_or_else(|| QuiverError::NonNumericColumn {
+                    column: c.clone(),
+                    data_type: field.data_type().to_string(),
+                })?;
         }
         Ok(dim)
     }
@@ -222,8 +234,17 @@ impl Dataset {
         &self,
         mut f: impl FnMut(u64, RecordBatch) -> Result<()>,
     ) -> Result<()> {
-        let cols: Vec<Expr> = self.role_columns()?.iter().map(|c| col(quoted_name(c))).collect();
-        let streams = self.df.clone().select(cols)?.execute_stream_partitioned().await?;
+        let cols: Vec<Expr> = self
+            .role_columns()?
+            .iter()
+            .map(|c| col(quoted_name(c)))
+            .collect();
+        let streams = self
+            .df
+            .clone()
+            .select(cols)?
+            .execute_stream_partitioned()
+            .await?;
         let mut row = 0u64;
         for mut stream in streams {
             while let Some(batch) = stream.next().await {
@@ -255,24 +276,25 @@ impl Dataset {
     pub async fn locate_invalid(&self) -> Result<Option<QuiverError>> {
         let names = self.role_columns()?;
         let mut found: Option<QuiverError> = None;
-        let result = self.for_each_batch(|first_row, batch| {
-            if found.is_some() {
-                return Ok(());
-            }
-            for (i, name) in names.iter().enumerate() {
-                if let Some((kind, row, detail)) = first_invalid(batch.column(i)) {
-                    found = Some(QuiverError::InvalidValue {
-                        kind,
-                        column: name.clone(),
-                        row: first_row + row as u64,
-                        detail,
-                    });
+        let result = self
+            .for_each_batch(|first_row, batch| {
+                if found.is_some() {
                     return Ok(());
                 }
-            }
-            Ok(())
-        })
-        .await;
+                for (i, name) in names.iter().enumerate() {
+                    if let Some((kind, row, detail)) = first_invalid(batch.column(i)) {
+                        found = Some(QuiverError::InvalidValue {
+                            kind,
+                            column: name.clone(),
+                            row: first_row + row as u64,
+                            detail,
+                        });
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            })
+            .await;
         match (result, found) {
             (_, Some(found)) => Ok(Some(found)),
             (Err(e @ QuiverError::InvalidValue { .. }), None) => Ok(Some(e)),
@@ -403,7 +425,11 @@ impl LocalChunk {
     /// The zero-copy view the statistics work on.
     pub fn batch(&self) -> FeatureBatch<'_> {
         let dim = self.features.value_length() as usize;
-        let values: &[f64] = self.features.values().as_primitive::<Float64Type>().values();
+        let values: &[f64] = self
+            .features
+            .values()
+            .as_primitive::<Float64Type>()
+            .values();
         FeatureBatch {
             values: &values[..self.features.len() * dim],
             n_rows: self.features.len(),
@@ -415,7 +441,11 @@ impl LocalChunk {
 
     /// The chunk as a record batch with columns `features`, and `label`/`weight` when present.
     pub fn record_batch(&self) -> Result<RecordBatch> {
-        let mut fields = vec![Field::new("features", self.features.data_type().clone(), false)];
+        let mut fields = vec![Field::new(
+            "features",
+            self.features.data_type().clone(),
+            false,
+        )];
         let mut cols: Vec<ArrayRef> = vec![Arc::new(self.features.clone())];
         for (name, v) in [("label", &self.label), ("weight", &self.weight)] {
             if let Some(v) = v {
@@ -446,7 +476,10 @@ impl LocalFrame {
         labels: Option<Vec<ScalarBuffer<f64>>>,
         weights: Option<Vec<ScalarBuffer<f64>>>,
     ) -> Result<Self> {
-        let dim = features.first().map(|f| f.value_length() as usize).unwrap_or(0);
+        let dim = features
+            .first()
+            .map(|f| f.value_length() as usize)
+            .unwrap_or(0);
         let mut chunks = Vec::with_capacity(features.len());
         let mut first_row = 0u64;
         for (i, f) in features.into_iter().enumerate() {

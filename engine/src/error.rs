@@ -21,7 +21,9 @@ pub enum QuiverError {
         reason: String,
     },
 
-    #[error("unsupported data format '{format}' for {path} (expected one of: parquet, csv, arrow, json)")]
+    #[error(
+        "unsupported data format '{format}' for {path} (expected one of: parquet, csv, arrow, json)"
+    )]
     UnsupportedFormat { path: String, format: String },
 
     #[error("invalid URL '{url}': {reason}")]
@@ -30,7 +32,9 @@ pub enum QuiverError {
     #[error("column '{column}' not found; available columns: {available}")]
     ColumnNotFound { column: String, available: String },
 
-    #[error("feature column '{column}' has type {data_type}, expected a numeric (integer or float) type or a vector of Float64")]
+    #[error(
+        "feature column '{column}' has type {data_type}, expected a numeric (integer or float) type or a vector of Float64"
+    )]
     NonNumericColumn { column: String, data_type: String },
 
     #[error("{kind} in feature column '{column}' at row {row}{detail}")]
@@ -56,7 +60,9 @@ pub enum QuiverError {
     #[error("dataset is empty: {context} needs at least one row")]
     EmptyDataset { context: String },
 
-    #[error("inconsistent vector lengths in column '{column}': row {row} has {found} elements, expected {expected}")]
+    #[error(
+        "inconsistent vector lengths in column '{column}': row {row} has {found} elements, expected {expected}"
+    )]
     InconsistentVectorLength {
         column: String,
         row: u64,
@@ -87,7 +93,9 @@ pub enum QuiverError {
     #[error("model '{name}' not found in model store {store}")]
     ModelNotFound { name: String, store: String },
 
-    #[error("model '{name}' has no version {version} in model store {store}; versions: {available}")]
+    #[error(
+        "model '{name}' has no version {version} in model store {store}; versions: {available}"
+    )]
     ModelVersionNotFound {
         name: String,
         version: u64,

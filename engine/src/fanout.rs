@@ -58,7 +58,9 @@ impl TaskStatus {
             "ok" => Ok(TaskStatus::Ok),
             "failed" => Ok(TaskStatus::Failed),
             "cancelled" => Ok(TaskStatus::Cancelled),
-            other => Err(QuiverError::internal(format!("unknown task status '{other}'"))),
+            other => Err(QuiverError::internal(format!(
+                "unknown task status '{other}'"
+            ))),
         }
     }
 }
@@ -132,10 +134,12 @@ impl TaskRegistry {
     }
 
     fn get(&self, kind: &str) -> Result<&Arc<dyn TaskRunner>> {
-        self.runners.get(kind).ok_or_else(|| QuiverError::UnknownTaskKind {
-            kind: kind.to_string(),
-            known: self.kinds().join(", "),
-        })
+        self.runners
+            .get(kind)
+            .ok_or_else(|| QuiverError::UnknownTaskKind {
+                kind: kind.to_string(),
+                known: self.kinds().join(", "),
+            })
     }
 
     /// Runs one task here: errors and panics become a failed result, never a failed fan-out.
@@ -220,7 +224,12 @@ pub fn fan_out_local(
 ) -> Result<Vec<TaskResult>> {
     let (tx, rx) = std::sync::mpsc::channel::<TaskResult>();
     let parallelism = parallelism.max(1);
-    let queue = Arc::new(std::sync::Mutex::new(tasks.iter().cloned().collect::<std::collections::VecDeque<_>>()));
+    let queue = Arc::new(std::sync::Mutex::new(
+        tasks
+            .iter()
+            .cloned()
+            .collect::<std::collections::VecDeque<_>>(),
+    ));
     let mut results = Vec::with_capacity(tasks.len());
     pool.in_place_scope(|scope| {
         for _ in 0..parallelism.min(tasks.len()) {
@@ -290,7 +299,10 @@ impl RunTaskUdf {
         let params = params.as_string::<i32>();
         let run = || -> Vec<TaskResult> {
             (0..ids.len())
-                .map(|i| self.registry.execute(ids.value(i), kinds.value(i), params.value(i)))
+                .map(|i| {
+                    self.registry
+                        .execute(ids.value(i), kinds.value(i), params.value(i))
+                })
                 .collect()
         };
         // Trials are CPU work on an async worker: let the runtime move its other tasks away.
@@ -307,13 +319,25 @@ impl RunTaskUdf {
 fn results_to_struct(results: &[TaskResult]) -> Result<StructArray> {
     let cols: Vec<ArrayRef> = vec![
         Arc::new(UInt64Array::from_iter_values(results.iter().map(|r| r.id))),
-        Arc::new(StringArray::from_iter_values(results.iter().map(|r| r.status.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            results.iter().map(|r| r.status.as_str()),
+        )),
         Arc::new(Float64Array::from_iter(results.iter().map(|r| r.loss))),
-        Arc::new(StringArray::from_iter_values(results.iter().map(|r| r.metrics.as_str()))),
-        Arc::new(StringArray::from_iter(results.iter().map(|r| r.message.as_deref()))),
-        Arc::new(StringArray::from_iter_values(results.iter().map(|r| r.worker.as_str()))),
-        Arc::new(Int64Array::from_iter_values(results.iter().map(|r| r.started_ms))),
-        Arc::new(Int64Array::from_iter_values(results.iter().map(|r| r.finished_ms))),
+        Arc::new(StringArray::from_iter_values(
+            results.iter().map(|r| r.metrics.as_str()),
+        )),
+        Arc::new(StringArray::from_iter(
+            results.iter().map(|r| r.message.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            results.iter().map(|r| r.worker.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            results.iter().map(|r| r.started_ms),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            results.iter().map(|r| r.finished_ms),
+        )),
     ];
     Ok(StructArray::try_new(result_fields(), cols, None)?)
 }
@@ -426,7 +450,10 @@ pub async fn fan_out_embedded(
     let udf = ScalarUDF::from(RunTaskUdf::new(registry));
     let df = ctx
         .read_table(Arc::new(task_table(tasks, parallelism)?))?
-        .select(vec![udf.call(vec![col("id"), col("kind"), col("params")]).alias("result")])?;
+        .select(vec![
+            udf.call(vec![col("id"), col("kind"), col("params")])
+                .alias("result"),
+        ])?;
     let mut stream = df.execute_stream().await?;
     let mut results = Vec::with_capacity(tasks.len());
     while let Some(batch) = stream.next().await {

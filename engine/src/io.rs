@@ -8,8 +8,7 @@ use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::prelude::{
-    CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions,
-    SessionContext,
+    CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions, SessionContext,
 };
 use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
@@ -34,7 +33,12 @@ pub enum DataFormat {
 impl DataFormat {
     /// Guesses the format from a file name's extension.
     pub fn from_path(path: &str) -> Option<Self> {
-        let ext = path.rsplit('/').next()?.rsplit_once('.')?.1.to_ascii_lowercase();
+        let ext = path
+            .rsplit('/')
+            .next()?
+            .rsplit_once('.')?
+            .1
+            .to_ascii_lowercase();
         Self::parse(&ext).ok()
     }
 
@@ -165,8 +169,7 @@ fn build_s3(cfg: &S3Config, url: &Url) -> Result<Arc<dyn ObjectStore>> {
     b = b.with_allow_http(cfg.allow_http.unwrap_or(endpoint_is_http));
     if let Some(r) = &cfg.region {
         b = b.with_region(r);
-    } else if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
-    {
+    } else if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
         b = b.with_region("us-east-1");
     }
     if let Some(k) = &cfg.access_key_id {
@@ -187,7 +190,9 @@ fn build_s3(cfg: &S3Config, url: &Url) -> Result<Arc<dyn ObjectStore>> {
 pub enum Found {
     File,
     /// A prefix with objects under it; the first data file's name (hidden and `_` files skipped).
-    Directory { first_file: Option<String> },
+    Directory {
+        first_file: Option<String>,
+    },
 }
 
 /// Looks at what exists at `loc`; a missing location is [`QuiverError::FileNotFound`].
@@ -262,8 +267,11 @@ pub async fn read(
                 .await
         }
         DataFormat::Csv => {
-            ctx.read_csv(url, CsvReadOptions::new().has_header(true).file_extension(&ext))
-                .await
+            ctx.read_csv(
+                url,
+                CsvReadOptions::new().has_header(true).file_extension(&ext),
+            )
+            .await
         }
         DataFormat::Arrow => {
             // DataFusion 55 mis-reads the schema of an IPC file that an object store returns
@@ -273,7 +281,10 @@ pub async fn read(
             } else {
                 let first = match &found {
                     Found::File => loc.path.clone(),
-                    Found::Directory { .. } => loc.path.clone().join(file_name.as_deref().unwrap_or_default()),
+                    Found::Directory { .. } => loc
+                        .path
+                        .clone()
+                        .join(file_name.as_deref().unwrap_or_default()),
                 };
                 Some(ipc_schema(loc.store.as_ref(), &first, location).await?)
             };
@@ -297,7 +308,11 @@ pub async fn read(
 }
 
 /// The schema of an Arrow IPC file (or stream) from its first message, reading only that.
-async fn ipc_schema(store: &dyn ObjectStore, path: &Path, display: &str) -> Result<arrow::datatypes::Schema> {
+async fn ipc_schema(
+    store: &dyn ObjectStore,
+    path: &Path,
+    display: &str,
+) -> Result<arrow::datatypes::Schema> {
     let unreadable = |reason: String| QuiverError::UnreadableFile {
         path: display.to_string(),
         format: "arrow".to_string(),
@@ -413,7 +428,10 @@ mod tests {
 
     #[test]
     fn formats_from_extensions() {
-        assert_eq!(DataFormat::from_path("a/b.parquet"), Some(DataFormat::Parquet));
+        assert_eq!(
+            DataFormat::from_path("a/b.parquet"),
+            Some(DataFormat::Parquet)
+        );
         assert_eq!(DataFormat::from_path("b.CSV"), Some(DataFormat::Csv));
         assert_eq!(DataFormat::from_path("b.feather"), Some(DataFormat::Arrow));
         assert_eq!(DataFormat::from_path("b.jsonl"), Some(DataFormat::Json));
@@ -423,8 +441,14 @@ mod tests {
 
     #[test]
     fn locations_parse() {
-        assert_eq!(parse_location("memory:///x/y.parquet").unwrap().scheme(), "memory");
-        assert_eq!(parse_location("s3://bucket/k.csv").unwrap().host_str(), Some("bucket"));
+        assert_eq!(
+            parse_location("memory:///x/y.parquet").unwrap().scheme(),
+            "memory"
+        );
+        assert_eq!(
+            parse_location("s3://bucket/k.csv").unwrap().host_str(),
+            Some("bucket")
+        );
         let u = parse_location("relative/file.parquet").unwrap();
         assert_eq!(u.scheme(), "file");
         assert!(u.path().ends_with("/relative/file.parquet"));

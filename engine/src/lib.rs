@@ -29,7 +29,9 @@ pub use aggregate::{StatInputs, Statistic, StatisticUdaf, run_embedded, run_loca
 pub use config::{CONFIG_KEYS, QuiverConfig};
 pub use dataset::{Dataset, LocalFrame};
 pub use error::{QuiverError, Result};
-pub use fanout::{Task, TaskOutcome, TaskResult, TaskRunner, TaskStatus, fan_out_embedded, fan_out_local};
+pub use fanout::{
+    Task, TaskOutcome, TaskResult, TaskRunner, TaskStatus, fan_out_embedded, fan_out_local,
+};
 pub use io::DataFormat;
 pub use map::{BatchFunction, MapUdf, map_dataset};
 pub use registry::FunctionRegistry;

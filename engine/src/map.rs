@@ -132,14 +132,25 @@ impl ScalarUDFImpl for MapUdf {
 }
 
 /// Adds `output` = `func(features)` to `dataset`, lazily (a projection).
-pub fn map_dataset(dataset: Dataset, func: Arc<dyn BatchFunction>, output: &str) -> Result<Dataset> {
+pub fn map_dataset(
+    dataset: Dataset,
+    func: Arc<dyn BatchFunction>,
+    output: &str,
+) -> Result<Dataset> {
     let udf = MapUdf::new(func)?.into_udf();
     let args = if dataset.features().len() == 1 {
         vec![col(quoted_name(&dataset.features()[0]))]
     } else {
-        dataset.features().iter().map(|c| col(quoted_name(c))).collect()
+        dataset
+            .features()
+            .iter()
+            .map(|c| col(quoted_name(c)))
+            .collect()
     };
-    let df = dataset.dataframe().clone().with_column(output, udf.call(args))?;
+    let df = dataset
+        .dataframe()
+        .clone()
+        .with_column(output, udf.call(args))?;
     let mut out = Dataset::new(df).with_features(dataset.features())?;
     if let Some(l) = dataset.label() {
         out = out.with_label(l)?;

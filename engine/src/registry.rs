@@ -162,8 +162,14 @@ mod tests {
     #[test]
     fn duplicate_names_are_rejected() {
         let mut r = FunctionRegistry::with_engine_functions();
-        let err = r.add_scalar(ScalarUDF::from(AssembleUdf::new())).unwrap_err();
-        assert!(err.to_string().contains("'vector_assemble' is already registered"), "{err}");
+        let err = r
+            .add_scalar(ScalarUDF::from(AssembleUdf::new()))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("'vector_assemble' is already registered"),
+            "{err}"
+        );
     }
 
     #[test]

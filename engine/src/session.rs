@@ -61,14 +61,18 @@ impl QuiverSession {
     }
 
     /// An in-process session with `config` and exactly the functions of `functions`.
-    pub fn embedded_with_functions(config: QuiverConfig, functions: FunctionRegistry) -> Result<Self> {
+    pub fn embedded_with_functions(
+        config: QuiverConfig,
+        functions: FunctionRegistry,
+    ) -> Result<Self> {
         let session_config = SessionConfig::new()
             .with_target_partitions(config.target_partitions)
             .with_batch_size(config.batch_size)
             .with_information_schema(true);
         let runtime = RuntimeEnvBuilder::new().build_arc()?;
         let ctx = SessionContext::new_with_config_rt(session_config, runtime).enable_url_table();
-        let memory_url = Url::parse("memory://").map_err(|e| QuiverError::internal(e.to_string()))?;
+        let memory_url =
+            Url::parse("memory://").map_err(|e| QuiverError::internal(e.to_string()))?;
         ctx.register_object_store(&memory_url, Arc::new(InMemory::new()));
         functions.register_into(&ctx);
         let pool = rayon::ThreadPoolBuilder::new()
@@ -119,7 +123,14 @@ impl QuiverSession {
 
     /// Writes `df` to one Parquet file, published atomically. Returns the rows written.
     pub async fn write_parquet(&self, df: DataFrame, location: &str) -> Result<u64> {
-        io::write(&self.ctx, &self.config.s3, df, location, DataFormat::Parquet).await
+        io::write(
+            &self.ctx,
+            &self.config.s3,
+            df,
+            location,
+            DataFormat::Parquet,
+        )
+        .await
     }
 
     /// Writes `df` to one Arrow IPC file, published atomically. Returns the rows written.
@@ -129,12 +140,13 @@ impl QuiverSession {
 
     /// An in-memory DataFrame over `batches`, dealt round-robin into `partitions` partitions.
     pub fn from_batches(&self, batches: Vec<RecordBatch>, partitions: usize) -> Result<DataFrame> {
-        let schema = batches
-            .first()
-            .map(|b| b.schema())
-            .ok_or_else(|| QuiverError::EmptyDataset {
-                context: "an in-memory table".to_string(),
-            })?;
+        let schema =
+            batches
+                .first()
+                .map(|b| b.schema())
+                .ok_or_else(|| QuiverError::EmptyDataset {
+                    context: "an in-memory table".to_string(),
+                })?;
         let partitions = partitions.max(1);
         let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
         let per = batches.len().div_ceil(partitions);
@@ -143,7 +155,9 @@ impl QuiverSession {
             parts[i / per.max(1)].push(b);
         }
         parts.retain(|p| !p.is_empty());
-        Ok(self.ctx.read_table(Arc::new(MemTable::try_new(schema, parts)?))?)
+        Ok(self
+            .ctx
+            .read_table(Arc::new(MemTable::try_new(schema, parts)?))?)
     }
 
     /// The model store at `quiver.model_store`.
@@ -163,7 +177,11 @@ impl QuiverSession {
     }
 
     /// Runs a statistic as a DataFusion aggregate query over `dataset`.
-    pub async fn aggregate<S: Statistic>(&self, dataset: &Dataset, stat: Arc<S>) -> Result<S::Output> {
+    pub async fn aggregate<S: Statistic>(
+        &self,
+        dataset: &Dataset,
+        stat: Arc<S>,
+    ) -> Result<S::Output> {
         run_embedded(dataset, stat).await
     }
 
@@ -189,7 +207,13 @@ impl QuiverSession {
         on_result: impl FnMut(&TaskResult),
     ) -> Result<Vec<TaskResult>> {
         match runner {
-            Runner::Local => fan_out_local(tasks, self.functions.tasks(), &self.pool, parallelism, on_result),
+            Runner::Local => fan_out_local(
+                tasks,
+                self.functions.tasks(),
+                &self.pool,
+                parallelism,
+                on_result,
+            ),
             Runner::Embedded => {
                 let registry = Arc::new(self.functions.tasks().clone());
                 fan_out_embedded(&self.ctx, tasks, registry, parallelism, on_result).await

@@ -89,7 +89,12 @@ impl StoredModel {
         if !self.metadata.parts.iter().any(|(p, _)| p == name) {
             return Err(corrupt(format!(
                 "no part '{name}'; parts: {}",
-                self.metadata.parts.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(", ")
+                self.metadata
+                    .parts
+                    .iter()
+                    .map(|(p, _)| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let bytes = self
@@ -208,7 +213,13 @@ impl ModelStore {
     ) -> Result<ModelMetadata> {
         validate_name(name)?;
         // Never reuse the number of an unfinished version: its leftovers must not mix in.
-        let version = self.all_version_dirs(name).await?.last().copied().unwrap_or(0) + 1;
+        let version = self
+            .all_version_dirs(name)
+            .await?
+            .last()
+            .copied()
+            .unwrap_or(0)
+            + 1;
         let dir = self.model_dir(name).join(version_dir(version));
         let mut written: Vec<Path> = Vec::new();
         let mut listed = Vec::new();
@@ -302,7 +313,11 @@ impl ModelStore {
                     name: name.to_string(),
                     version: v,
                     store: self.display.clone(),
-                    available: versions.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+                    available: versions
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
         };
@@ -322,8 +337,8 @@ impl ModelStore {
             .bytes()
             .await
             .map_err(self.os_err(&meta_path))?;
-        let metadata: ModelMetadata =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("invalid metadata JSON: {e}")))?;
+        let metadata: ModelMetadata = serde_json::from_slice(&bytes)
+            .map_err(|e| corrupt(format!("invalid metadata JSON: {e}")))?;
         if metadata.name != name || metadata.version != v {
             return Err(corrupt(format!(
                 "metadata describes '{}' version {}",
@@ -378,7 +393,11 @@ impl ModelStore {
                     name: name.to_string(),
                     version: v,
                     store: self.display.clone(),
-                    available: versions.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+                    available: versions
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
         };

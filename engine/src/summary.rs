@@ -139,7 +139,9 @@ impl SummaryState {
     }
 
     fn vectors(&self) -> [&Vec<f64>; 7] {
-        [&self.mean, &self.m2, &self.min, &self.max, &self.l1, &self.l2, &self.nnz]
+        [
+            &self.mean, &self.m2, &self.min, &self.max, &self.l1, &self.l2, &self.nnz,
+        ]
     }
 
     /// Chan et al.'s pairwise combination of (weight, mean, M2), plus the plain reductions.
@@ -157,8 +159,16 @@ impl SummaryState {
             let delta = other.mean[j] - self.mean[j];
             self.mean[j] += delta * fb;
             self.m2[j] += other.m2[j] + delta * delta * cross;
-            self.min[j] = if other.min[j] < self.min[j] { other.min[j] } else { self.min[j] };
-            self.max[j] = if other.max[j] > self.max[j] { other.max[j] } else { self.max[j] };
+            self.min[j] = if other.min[j] < self.min[j] {
+                other.min[j]
+            } else {
+                self.min[j]
+            };
+            self.max[j] = if other.max[j] > self.max[j] {
+                other.max[j]
+            } else {
+                self.max[j]
+            };
             self.l1[j] += other.l1[j];
             self.l2[j] += other.l2[j];
             self.nnz[j] += other.nnz[j];
@@ -194,7 +204,13 @@ impl Block {
     }
 
     fn reset(&mut self) {
-        for v in [&mut self.sum, &mut self.m2, &mut self.l1, &mut self.l2, &mut self.nnz] {
+        for v in [
+            &mut self.sum,
+            &mut self.m2,
+            &mut self.l1,
+            &mut self.l2,
+            &mut self.nnz,
+        ] {
             v.fill(0.0);
         }
         self.min.fill(f64::INFINITY);
@@ -310,7 +326,13 @@ fn has_avx2() -> bool {
 }
 
 impl Summarizer {
-    fn update_block(&self, state: &mut SummaryState, block: &FeatureBatch<'_>, b: &mut Block, mean: &mut [f64]) -> Result<()> {
+    fn update_block(
+        &self,
+        state: &mut SummaryState,
+        block: &FeatureBatch<'_>,
+        b: &mut Block,
+        mean: &mut [f64],
+    ) -> Result<()> {
         let dim = self.dim;
         b.reset();
         let avx2 = has_avx2();
@@ -427,7 +449,10 @@ impl Statistic for Summarizer {
         if batch.dim != self.dim {
             return Err(QuiverError::InvalidParam {
                 param: "features".to_string(),
-                reason: format!("summary of {} features given rows of {}", self.dim, batch.dim),
+                reason: format!(
+                    "summary of {} features given rows of {}",
+                    self.dim, batch.dim
+                ),
             });
         }
         let rows_per_block = (BLOCK_BYTES / (8 * self.dim.max(1))).max(1);
@@ -456,7 +481,9 @@ impl Statistic for Summarizer {
 
     fn merge(&self, state: &mut SummaryState, other: &SummaryState) -> Result<()> {
         if other.mean.len() != state.mean.len() {
-            return Err(QuiverError::internal("merging summaries of different widths"));
+            return Err(QuiverError::internal(
+                "merging summaries of different widths",
+            ));
         }
         state.combine(other);
         Ok(())
@@ -470,11 +497,16 @@ impl Statistic for Summarizer {
         }
         // Unbiased with reliability weights; equals n − 1 when unweighted.
         let denom = s.weight_sum - s.weight_sq_sum / s.weight_sum;
-        let variance: Vec<f64> = s
-            .m2
-            .iter()
-            .map(|m2| if denom > 0.0 { (m2 / denom).max(0.0) } else { 0.0 })
-            .collect();
+        let variance: Vec<f64> =
+            s.m2.iter()
+                .map(|m2| {
+                    if denom > 0.0 {
+                        (m2 / denom).max(0.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
         Ok(FeatureSummary {
             count: s.count as u64,
             weight_sum: s.weight_sum,

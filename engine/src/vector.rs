@@ -12,7 +12,10 @@ use crate::error::{QuiverError, Result};
 
 /// The Arrow type of a dense feature vector of `dim` elements.
 pub fn vector_type(dim: usize) -> DataType {
-    DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float64, false)), dim as i32)
+    DataType::FixedSizeList(
+        Arc::new(Field::new_list_field(DataType::Float64, false)),
+        dim as i32,
+    )
 }
 
 /// Whether `dt` is a numeric type that can be a feature (any integer or float type).
@@ -58,7 +61,7 @@ pub struct FeatureBatch<'a> {
 impl<'a> FeatureBatch<'a> {
     /// A batch of features only.
     pub fn new(values: &'a [f64], dim: usize) -> Result<Self> {
-        if dim == 0 || values.len() % dim != 0 {
+        if dim == 0 || !values.len().is_multiple_of(dim) {
             return Err(QuiverError::internal(format!(
                 "feature slice of {} values is not a whole number of rows of {dim}",
                 values.len()
@@ -294,20 +297,30 @@ mod tests {
         let (vals, dim) = vector_values(&sliced, "f").unwrap();
         assert_eq!(dim, 4);
         assert_eq!(vals, &[8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0]);
-        assert_eq!(vals.as_ptr(), base.wrapping_add(8), "the view must not copy");
+        assert_eq!(
+            vals.as_ptr(),
+            base.wrapping_add(8),
+            "the view must not copy"
+        );
     }
 
     #[test]
     fn null_and_nan_name_column_and_row() {
         let a: ArrayRef = Arc::new(Int32Array::from(vec![Some(1), None, Some(3)]));
         let err = assemble(&[("age", &a)]).unwrap_err().to_string();
-        assert!(err.contains("null") && err.contains("'age'") && err.contains("row 1"), "{err}");
+        assert!(
+            err.contains("null") && err.contains("'age'") && err.contains("row 1"),
+            "{err}"
+        );
 
         let b: ArrayRef = Arc::new(Float64Array::from(vec![1.0, 2.0, f64::NAN]));
         let err = assemble(&[("age", &a.slice(0, 1)), ("x", &b.slice(2, 1))])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("NaN") && err.contains("'x'") && err.contains("row 0"), "{err}");
+        assert!(
+            err.contains("NaN") && err.contains("'x'") && err.contains("row 0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -17,7 +17,10 @@ fn session() -> QuiverSession {
 
 #[tokio::test]
 async fn missing_file_names_the_file() {
-    let err = session().read("/no/such/dir/data.parquet").await.unwrap_err();
+    let err = session()
+        .read("/no/such/dir/data.parquet")
+        .await
+        .unwrap_err();
     assert!(matches!(err, QuiverError::FileNotFound { .. }), "{err:?}");
     assert_eq!(err.to_string(), "file not found: /no/such/dir/data.parquet");
 }
@@ -30,7 +33,10 @@ async fn corrupt_parquet_names_file_and_format() {
     let err = session().read(path.to_str().unwrap()).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, QuiverError::UnreadableFile { .. }), "{err:?}");
-    assert!(msg.contains("broken.parquet") && msg.contains("as parquet"), "{msg}");
+    assert!(
+        msg.contains("broken.parquet") && msg.contains("as parquet"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -38,19 +44,35 @@ async fn unknown_extension_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data.xlsx");
     std::fs::write(&path, b"x").unwrap();
-    let msg = session().read(path.to_str().unwrap()).await.unwrap_err().to_string();
-    assert!(msg.contains("unsupported data format 'xlsx'") && msg.contains("data.xlsx"), "{msg}");
+    let msg = session()
+        .read(path.to_str().unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unsupported data format 'xlsx'") && msg.contains("data.xlsx"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn missing_column_lists_the_available_ones() {
     let s = session();
     let ds = Dataset::new(s.read(DIGITS).await.unwrap());
-    let err = ds.clone().with_features(["pixel_0", "pixel_99"]).unwrap_err();
+    let err = ds
+        .clone()
+        .with_features(["pixel_0", "pixel_99"])
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.starts_with("column 'pixel_99' not found; available columns: pixel_0, pixel_1"), "{msg}");
+    assert!(
+        msg.starts_with("column 'pixel_99' not found; available columns: pixel_0, pixel_1"),
+        "{msg}"
+    );
     let err = ds.with_label("target").unwrap_err().to_string();
-    assert!(err.contains("column 'target' not found") && err.contains("label"), "{err}");
+    assert!(
+        err.contains("column 'target' not found") && err.contains("label"),
+        "{err}"
+    );
 }
 
 fn csv_session_file(contents: &str) -> (tempfile::TempDir, String) {
@@ -75,7 +97,9 @@ async fn null_in_features_names_column_and_first_bad_row() {
     // Row 3 (0-based) has an empty income.
     let (_d, path) = csv_session_file("age,income\n31,10.5\n45,20.0\n50,1.0\n28,\n33,\n");
     let s = session();
-    let ds = Dataset::new(s.read(&path).await.unwrap()).with_features(["age", "income"]).unwrap();
+    let ds = Dataset::new(s.read(&path).await.unwrap())
+        .with_features(["age", "income"])
+        .unwrap();
     for runner in [Runner::Local, Runner::Embedded] {
         let err = s.summarize(&ds, runner).await.unwrap_err();
         assert_eq!(
@@ -96,10 +120,16 @@ fn nan_batches() -> Vec<RecordBatch> {
     b[901] = f64::NAN;
     let batch = RecordBatch::try_new(
         schema,
-        vec![Arc::new(Int32Array::from_iter_values(0..1000)), Arc::new(Float64Array::from(b))],
+        vec![
+            Arc::new(Int32Array::from_iter_values(0..1000)),
+            Arc::new(Float64Array::from(b)),
+        ],
     )
     .unwrap();
-    (0..1000).step_by(100).map(|s| batch.slice(s, 100)).collect()
+    (0..1000)
+        .step_by(100)
+        .map(|s| batch.slice(s, 100))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +141,11 @@ async fn nan_in_features_names_column_and_first_bad_row() {
             .unwrap();
         for runner in [Runner::Local, Runner::Embedded] {
             let err = s.summarize(&ds, runner).await.unwrap_err();
-            assert_eq!(err.to_string(), "NaN in feature column 'b' at row 777", "{runner:?}");
+            assert_eq!(
+                err.to_string(),
+                "NaN in feature column 'b' at row 777",
+                "{runner:?}"
+            );
         }
         // Already assembled into a vector column: the element is named too.
         let assembled = ds.clone().assemble("features").unwrap();
@@ -123,8 +157,15 @@ async fn nan_in_features_names_column_and_first_bad_row() {
 #[tokio::test]
 async fn empty_dataset_is_an_error() {
     let s = session();
-    let df = s.read(DIGITS).await.unwrap().filter(datafusion::prelude::lit(false)).unwrap();
-    let ds = Dataset::new(df).with_features(["pixel_1", "pixel_2"]).unwrap();
+    let df = s
+        .read(DIGITS)
+        .await
+        .unwrap()
+        .filter(datafusion::prelude::lit(false))
+        .unwrap();
+    let ds = Dataset::new(df)
+        .with_features(["pixel_1", "pixel_2"])
+        .unwrap();
     for runner in [Runner::Local, Runner::Embedded] {
         let err = s.summarize(&ds, runner).await.unwrap_err();
         assert_eq!(
@@ -148,8 +189,13 @@ fn inconsistent_vector_lengths_name_the_row() {
 
 #[test]
 fn unknown_config_key_is_named() {
-    let err = QuiverConfig::default().with_pairs([("quiver.target_partition", "4")]).unwrap_err();
-    assert!(err.to_string().starts_with("unknown configuration key 'quiver.target_partition'"));
+    let err = QuiverConfig::default()
+        .with_pairs([("quiver.target_partition", "4")])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("unknown configuration key 'quiver.target_partition'")
+    );
 }
 
 #[tokio::test]
@@ -157,13 +203,26 @@ async fn model_not_found_and_version_not_found() {
     let s = session();
     let store = s.model_store_at("memory:///models/").unwrap();
     let err = store.load("nope", None).await.unwrap_err();
-    assert_eq!(err.to_string(), "model 'nope' not found in model store memory:///models/");
+    assert_eq!(
+        err.to_string(),
+        "model 'nope' not found in model store memory:///models/"
+    );
     store
-        .save("m", ModelDraft { kind: "k".into(), ..Default::default() }, Vec::new())
+        .save(
+            "m",
+            ModelDraft {
+                kind: "k".into(),
+                ..Default::default()
+            },
+            Vec::new(),
+        )
         .await
         .unwrap();
     let err = store.load("m", Some(4)).await.unwrap_err();
-    assert_eq!(err.to_string(), "model 'm' has no version 4 in model store memory:///models/; versions: 1");
+    assert_eq!(
+        err.to_string(),
+        "model 'm' has no version 4 in model store memory:///models/; versions: 1"
+    );
 }
 
 #[tokio::test]
@@ -172,7 +231,17 @@ async fn corrupt_model_metadata_names_model_version_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let store = s.model_store_at(dir.path().to_str().unwrap()).unwrap();
     let parts = vec![Ok(("weights.bin".to_string(), Bytes::from_static(b"1234")))];
-    store.save("m", ModelDraft { kind: "k".into(), ..Default::default() }, parts).await.unwrap();
+    store
+        .save(
+            "m",
+            ModelDraft {
+                kind: "k".into(),
+                ..Default::default()
+            },
+            parts,
+        )
+        .await
+        .unwrap();
     let meta = dir.path().join("m/v000001/metadata.json");
     let text = std::fs::read_to_string(&meta).unwrap();
     std::fs::write(&meta, &text[..text.len() / 2]).unwrap();
@@ -180,7 +249,9 @@ async fn corrupt_model_metadata_names_model_version_and_file() {
     let msg = err.to_string();
     assert!(matches!(err, QuiverError::CorruptModel { .. }), "{err:?}");
     assert!(
-        msg.starts_with("corrupt model 'm' version 1 (") && msg.contains("m/v000001/metadata.json") && msg.contains("invalid metadata JSON"),
+        msg.starts_with("corrupt model 'm' version 1 (")
+            && msg.contains("m/v000001/metadata.json")
+            && msg.contains("invalid metadata JSON"),
         "{msg}"
     );
 }
@@ -211,11 +282,15 @@ async fn failed_query_leaves_no_output_file() {
     let path = dir.path().join("out.parquet");
     // A string column that cannot be cast: the query fails while running.
     let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, false)]));
-    let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["1", "x"]))]).unwrap();
+    let batch =
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["1", "x"]))]).unwrap();
     let df = s
         .from_batches(vec![batch], 1)
         .unwrap()
-        .select(vec![datafusion::prelude::cast(datafusion::prelude::col("s"), DataType::Int32)])
+        .select(vec![datafusion::prelude::cast(
+            datafusion::prelude::col("s"),
+            DataType::Int32,
+        )])
         .unwrap();
     assert!(s.write_parquet(df, path.to_str().unwrap()).await.is_err());
     assert!(!path.exists(), "a failed write must not leave a file");
@@ -223,7 +298,9 @@ async fn failed_query_leaves_no_output_file() {
 
 #[test]
 fn bad_config_values_name_key_and_value() {
-    let err = QuiverConfig::default().with_pairs([("quiver.s3.allow_http", "maybe")]).unwrap_err();
+    let err = QuiverConfig::default()
+        .with_pairs([("quiver.s3.allow_http", "maybe")])
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "invalid value 'maybe' for configuration key 'quiver.s3.allow_http': expected true or false"

@@ -19,7 +19,9 @@ fn sample() -> RecordBatch {
         schema,
         vec![
             Arc::new(Int64Array::from_iter_values(0..100)),
-            Arc::new(Float64Array::from_iter_values((0..100).map(|i| i as f64 * 0.5))),
+            Arc::new(Float64Array::from_iter_values(
+                (0..100).map(|i| i as f64 * 0.5),
+            )),
         ],
     )
     .unwrap()
@@ -74,19 +76,29 @@ async fn csv_json_and_directories_are_read() {
     std::fs::write(&csv, "id,x\n1,0.5\n2,1.5\n").unwrap();
     assert_eq!(sum_x(&s, csv.to_str().unwrap()).await, (2, 2.0));
     let json = dir.path().join("t.jsonl");
-    std::fs::write(&json, "{\"id\": 1, \"x\": 0.25}\n{\"id\": 2, \"x\": 0.75}\n").unwrap();
+    std::fs::write(
+        &json,
+        "{\"id\": 1, \"x\": 0.25}\n{\"id\": 2, \"x\": 0.75}\n",
+    )
+    .unwrap();
     assert_eq!(sum_x(&s, json.to_str().unwrap()).await, (2, 1.0));
     // A directory of Parquet files (what Spark and DataFusion write).
     let parts = dir.path().join("parts");
     std::fs::create_dir(&parts).unwrap();
     for i in 0..3 {
         let df = s.from_batches(vec![sample()], 1).unwrap();
-        s.write_parquet(df, parts.join(format!("part-{i}.parquet")).to_str().unwrap())
-            .await
-            .unwrap();
+        s.write_parquet(
+            df,
+            parts.join(format!("part-{i}.parquet")).to_str().unwrap(),
+        )
+        .await
+        .unwrap();
     }
     std::fs::write(parts.join("_SUCCESS"), "").unwrap();
-    assert_eq!(sum_x(&s, parts.to_str().unwrap()).await, (300, 3.0 * 2475.0));
+    assert_eq!(
+        sum_x(&s, parts.to_str().unwrap()).await,
+        (300, 3.0 * 2475.0)
+    );
 }
 
 #[tokio::test]
@@ -112,38 +124,86 @@ async fn store_round_trip(location: &str) {
     let store = s.model_store_at(location).unwrap();
     assert!(store.list().await.unwrap().is_empty());
     let m1 = store
-        .save("digits", draft("lr", 0.9), vec![Ok(("coef.arrow".to_string(), Bytes::from_static(b"v1")))])
+        .save(
+            "digits",
+            draft("lr", 0.9),
+            vec![Ok(("coef.arrow".to_string(), Bytes::from_static(b"v1")))],
+        )
         .await
         .unwrap();
     assert_eq!(m1.version, 1);
     let m2 = store
-        .save("digits", draft("lr", 0.95), vec![Ok(("coef.arrow".to_string(), Bytes::from_static(b"v2-longer")))])
+        .save(
+            "digits",
+            draft("lr", 0.95),
+            vec![Ok((
+                "coef.arrow".to_string(),
+                Bytes::from_static(b"v2-longer"),
+            ))],
+        )
         .await
         .unwrap();
     assert_eq!(m2.version, 2);
-    store.save("other", draft("kmeans", 0.0), Vec::new()).await.unwrap();
+    store
+        .save("other", draft("kmeans", 0.0), Vec::new())
+        .await
+        .unwrap();
 
     assert_eq!(store.versions("digits").await.unwrap(), vec![1, 2]);
     let latest = store.load("digits", None).await.unwrap();
     assert_eq!(latest.metadata, m2);
-    assert_eq!(latest.part("coef.arrow").await.unwrap(), Bytes::from_static(b"v2-longer"));
+    assert_eq!(
+        latest.part("coef.arrow").await.unwrap(),
+        Bytes::from_static(b"v2-longer")
+    );
     let first = store.load("digits", Some(1)).await.unwrap();
     assert_eq!(first.metadata.metrics["accuracy"], 0.9);
-    assert_eq!(first.part("coef.arrow").await.unwrap(), Bytes::from_static(b"v1"));
-    assert!(first.part("nope").await.unwrap_err().to_string().contains("no part 'nope'"));
+    assert_eq!(
+        first.part("coef.arrow").await.unwrap(),
+        Bytes::from_static(b"v1")
+    );
+    assert!(
+        first
+            .part("nope")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no part 'nope'")
+    );
 
-    let listed: Vec<(String, u64)> = store.list().await.unwrap().into_iter().map(|m| (m.name, m.version)).collect();
-    assert_eq!(listed, vec![("digits".to_string(), 2), ("other".to_string(), 1)]);
+    let listed: Vec<(String, u64)> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.name, m.version))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("digits".to_string(), 2), ("other".to_string(), 1)]
+    );
 
     store.delete("digits", Some(2)).await.unwrap();
     assert_eq!(store.versions("digits").await.unwrap(), vec![1]);
-    assert_eq!(store.load("digits", None).await.unwrap().metadata.version, 1);
+    assert_eq!(
+        store.load("digits", None).await.unwrap().metadata.version,
+        1
+    );
     // Version numbers are never reused.
-    let m3 = store.save("digits", draft("lr", 0.97), Vec::new()).await.unwrap();
+    let m3 = store
+        .save("digits", draft("lr", 0.97), Vec::new())
+        .await
+        .unwrap();
     assert_eq!(m3.version, 3);
     store.delete("digits", None).await.unwrap();
-    assert!(matches!(store.load("digits", None).await.unwrap_err(), QuiverError::ModelNotFound { .. }));
-    assert!(matches!(store.delete("digits", None).await.unwrap_err(), QuiverError::ModelNotFound { .. }));
+    assert!(matches!(
+        store.load("digits", None).await.unwrap_err(),
+        QuiverError::ModelNotFound { .. }
+    ));
+    assert!(matches!(
+        store.delete("digits", None).await.unwrap_err(),
+        QuiverError::ModelNotFound { .. }
+    ));
 }
 
 #[tokio::test]
@@ -164,28 +224,54 @@ async fn failed_save_leaves_previous_version_readable() {
     let s = QuiverSession::embedded().unwrap();
     let store = s.model_store_at(dir.path().to_str().unwrap()).unwrap();
     store
-        .save("m", draft("lr", 0.9), vec![Ok(("a".to_string(), Bytes::from_static(b"good")))])
+        .save(
+            "m",
+            draft("lr", 0.9),
+            vec![Ok(("a".to_string(), Bytes::from_static(b"good")))],
+        )
         .await
         .unwrap();
     let failing = vec![
         Ok(("a".to_string(), Bytes::from_static(b"new a"))),
         Ok(("b".to_string(), Bytes::from_static(b"new b"))),
-        Err(QuiverError::Internal("serialising part c failed".to_string())),
+        Err(QuiverError::Internal(
+            "serialising part c failed".to_string(),
+        )),
     ];
-    let err = store.save("m", draft("lr", 0.99), failing).await.unwrap_err();
+    let err = store
+        .save("m", draft("lr", 0.99), failing)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("serialising part c failed"));
     assert_eq!(store.versions("m").await.unwrap(), vec![1]);
     let loaded = store.load("m", None).await.unwrap();
     assert_eq!(loaded.metadata.version, 1);
     assert_eq!(loaded.part("a").await.unwrap(), Bytes::from_static(b"good"));
     // The failed attempt's parts were cleaned up and nothing was published for it.
-    let leftovers: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.contains("v000002")).collect();
-    assert!(leftovers.iter().all(|p| !p.ends_with("metadata.json")), "{leftovers:?}");
-    assert!(leftovers.iter().all(|p| !p.ends_with("/a") && !p.ends_with("/b")), "{leftovers:?}");
+    let leftovers: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.contains("v000002"))
+        .collect();
+    assert!(
+        leftovers.iter().all(|p| !p.ends_with("metadata.json")),
+        "{leftovers:?}"
+    );
+    assert!(
+        leftovers
+            .iter()
+            .all(|p| !p.ends_with("/a") && !p.ends_with("/b")),
+        "{leftovers:?}"
+    );
     // The next successful save does not reuse the failed attempt's number.
-    let next = store.save("m", draft("lr", 0.98), Vec::new()).await.unwrap();
+    let next = store
+        .save("m", draft("lr", 0.98), Vec::new())
+        .await
+        .unwrap();
     assert!(next.version >= 2);
-    assert_eq!(store.load("m", None).await.unwrap().metadata.version, next.version);
+    assert_eq!(
+        store.load("m", None).await.unwrap().metadata.version,
+        next.version
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {
@@ -205,7 +291,13 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 async fn invalid_model_names_are_rejected() {
     let s = QuiverSession::embedded().unwrap();
     let store = s.model_store_at("memory:///m/").unwrap();
-    let err = store.save("../escape", draft("lr", 0.0), Vec::new()).await.unwrap_err();
-    assert!(err.to_string().starts_with("invalid model name '../escape'"), "{err}");
+    let err = store
+        .save("../escape", draft("lr", 0.0), Vec::new())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("invalid model name '../escape'"),
+        "{err}"
+    );
 }
-

@@ -51,7 +51,9 @@ fn table() -> RecordBatch {
         schema,
         vec![
             Arc::new(arrow::array::Int32Array::from_iter_values(0..50)),
-            Arc::new(arrow::array::Float32Array::from_iter_values((0..50).map(|i| i as f32 * 0.25))),
+            Arc::new(arrow::array::Float32Array::from_iter_values(
+                (0..50).map(|i| i as f32 * 0.25),
+            )),
         ],
     )
     .unwrap()
@@ -60,10 +62,16 @@ fn table() -> RecordBatch {
 #[tokio::test]
 async fn map_over_columns_and_over_vectors_matches_direct_computation() {
     let s = QuiverSession::embedded().unwrap();
-    let ds = Dataset::new(s.from_batches(vec![table().slice(0, 20), table().slice(20, 30)], 2).unwrap())
-        .with_features(["a", "b"])
-        .unwrap();
-    let f: Arc<dyn BatchFunction> = Arc::new(Dot { w: vec![2.0, -4.0], b: 1.0 });
+    let ds = Dataset::new(
+        s.from_batches(vec![table().slice(0, 20), table().slice(20, 30)], 2)
+            .unwrap(),
+    )
+    .with_features(["a", "b"])
+    .unwrap();
+    let f: Arc<dyn BatchFunction> = Arc::new(Dot {
+        w: vec![2.0, -4.0],
+        b: 1.0,
+    });
     for input in [ds.clone(), ds.clone().assemble("features").unwrap()] {
         let out = map_dataset(input, Arc::clone(&f), "prediction").unwrap();
         let batches = out
@@ -94,15 +102,35 @@ async fn map_over_columns_and_over_vectors_matches_direct_computation() {
 async fn map_in_sql_checks_the_feature_count() {
     let s = QuiverSession::embedded().unwrap();
     s.context().register_batch("t", table()).unwrap();
-    let udf = MapUdf::new(Arc::new(Dot { w: vec![1.0, 1.0], b: 0.0 })).unwrap().into_udf();
+    let udf = MapUdf::new(Arc::new(Dot {
+        w: vec![1.0, 1.0],
+        b: 0.0,
+    }))
+    .unwrap()
+    .into_udf();
     s.context().register_udf(udf);
-    let rows = s.sql("SELECT sum(dot_test(a, b)) AS s FROM t").await.unwrap().collect().await.unwrap();
+    let rows = s
+        .sql("SELECT sum(dot_test(a, b)) AS s FROM t")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     let got = rows[0].column(0).as_primitive::<Float64Type>().value(0);
     let want: f64 = (0..50).map(|i| i as f64 * 1.25).sum();
     assert!((got - want).abs() < 1e-9);
-    let err = s.sql("SELECT dot_test(a) FROM t").await.unwrap().collect().await.unwrap_err();
+    let err = s
+        .sql("SELECT dot_test(a) FROM t")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err();
     let err = QuiverError::from(err);
-    assert_eq!(err.to_string(), "dot_test expects 2 features per row, got 1");
+    assert_eq!(
+        err.to_string(),
+        "dot_test expects 2 features per row, got 1"
+    );
     // Assembling in SQL works too.
     let rows = s
         .sql("SELECT dot_test(vector_assemble(a, b)) AS p FROM t ORDER BY a LIMIT 3")
@@ -139,23 +167,30 @@ impl TaskRunner for Quadratic {
 
 impl Quadratic {
     fn compute(&self, params: &str) -> Result<TaskOutcome> {
-        let v: serde_json::Value = serde_json::from_str(params).map_err(|e| QuiverError::InvalidParam {
-            param: "params".into(),
-            reason: e.to_string(),
-        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(params).map_err(|e| QuiverError::InvalidParam {
+                param: "params".into(),
+                reason: e.to_string(),
+            })?;
         let x = v["x"].as_f64().ok_or_else(|| QuiverError::InvalidParam {
             param: "x".into(),
             reason: "missing".into(),
         })?;
         if x < 0.0 {
-            return Err(QuiverError::InvalidParam { param: "x".into(), reason: format!("{x} is negative") });
+            return Err(QuiverError::InvalidParam {
+                param: "x".into(),
+                reason: format!("{x} is negative"),
+            });
         }
         if x == 13.0 {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             panic!("unlucky trial");
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
-        Ok(TaskOutcome { loss: Some((x - 3.0).powi(2)), metrics: serde_json::json!({"x": x}) })
+        Ok(TaskOutcome {
+            loss: Some((x - 3.0).powi(2)),
+            metrics: serde_json::json!({"x": x}),
+        })
     }
 }
 
@@ -163,7 +198,11 @@ fn tasks() -> Vec<Task> {
     (0..40u64)
         .map(|i| {
             let x = i as f64 - 5.0;
-            Task { id: i, kind: "quadratic".into(), params: format!("{{\"x\": {x}}}") }
+            Task {
+                id: i,
+                kind: "quadratic".into(),
+                params: format!("{{\"x\": {x}}}"),
+            }
         })
         .collect()
 }
@@ -172,7 +211,11 @@ fn session_with_quadratic() -> (QuiverSession, Arc<Quadratic>) {
     let runner = Arc::new(Quadratic::default());
     let mut reg = FunctionRegistry::with_engine_functions();
     reg.add_task(runner.clone()).unwrap();
-    let s = QuiverSession::embedded_with_functions(QuiverConfig::default().with_compute_threads(4), reg).unwrap();
+    let s = QuiverSession::embedded_with_functions(
+        QuiverConfig::default().with_compute_threads(4),
+        reg,
+    )
+    .unwrap();
     (s, runner)
 }
 
@@ -187,7 +230,11 @@ async fn fan_out_local_and_embedded_give_the_same_results() {
             .await
             .unwrap();
         assert_eq!(results.len(), 40, "{r:?}");
-        assert_eq!(streamed.lock().unwrap().len(), 40, "{r:?}: every result is streamed once");
+        assert_eq!(
+            streamed.lock().unwrap().len(),
+            40,
+            "{r:?}: every result is streamed once"
+        );
         for res in &results {
             let x = res.id as f64 - 5.0;
             match x {
@@ -197,7 +244,13 @@ async fn fan_out_local_and_embedded_give_the_same_results() {
                 }
                 13.0 => {
                     assert_eq!(res.status, TaskStatus::Failed);
-                    assert!(res.message.as_deref().unwrap().contains("panicked: unlucky trial"), "{res:?}");
+                    assert!(
+                        res.message
+                            .as_deref()
+                            .unwrap()
+                            .contains("panicked: unlucky trial"),
+                        "{res:?}"
+                    );
                 }
                 x => {
                     assert_eq!(res.status, TaskStatus::Ok);
@@ -207,12 +260,25 @@ async fn fan_out_local_and_embedded_give_the_same_results() {
             assert!(res.finished_ms >= res.started_ms);
             assert!(!res.worker.is_empty());
         }
-        let best = results.iter().filter(|r| r.status == TaskStatus::Ok).min_by(|a, b| a.loss.partial_cmp(&b.loss).unwrap()).unwrap();
+        let best = results
+            .iter()
+            .filter(|r| r.status == TaskStatus::Ok)
+            .min_by(|a, b| a.loss.partial_cmp(&b.loss).unwrap())
+            .unwrap();
         assert_eq!(best.id, 8);
-        per_runner.push(results.into_iter().map(|r| (r.id, r.status, r.loss, r.metrics)).collect::<Vec<_>>());
+        per_runner.push(
+            results
+                .into_iter()
+                .map(|r| (r.id, r.status, r.loss, r.metrics))
+                .collect::<Vec<_>>(),
+        );
     }
     assert_eq!(per_runner[0], per_runner[1]);
-    assert_eq!(runner.runs.load(Ordering::SeqCst), 80, "each task ran exactly once per fan-out");
+    assert_eq!(
+        runner.runs.load(Ordering::SeqCst),
+        80,
+        "each task ran exactly once per fan-out"
+    );
 }
 
 /// Tasks run concurrently, up to the requested parallelism and never beyond it.
@@ -220,7 +286,10 @@ async fn fan_out_local_and_embedded_give_the_same_results() {
 async fn fan_out_runs_tasks_in_parallel_up_to_the_limit() {
     for r in [Runner::Local, Runner::Embedded] {
         let (s, runner) = session_with_quadratic();
-        let ok: Vec<Task> = tasks().into_iter().filter(|t| t.id >= 5 && t.id != 18).collect();
+        let ok: Vec<Task> = tasks()
+            .into_iter()
+            .filter(|t| t.id >= 5 && t.id != 18)
+            .collect();
         s.fan_out(&ok, 2, r, |_| {}).await.unwrap();
         assert_eq!(runner.max_in_flight.load(Ordering::SeqCst), 2, "{r:?}");
     }
@@ -229,11 +298,18 @@ async fn fan_out_runs_tasks_in_parallel_up_to_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_unknown_kind_is_a_failed_task_not_a_failed_fan_out() {
     let (s, _) = session_with_quadratic();
-    let t = vec![Task { id: 1, kind: "nope".into(), params: "{}".into() }];
+    let t = vec![Task {
+        id: 1,
+        kind: "nope".into(),
+        params: "{}".into(),
+    }];
     for r in [Runner::Local, Runner::Embedded] {
         let res = s.fan_out(&t, 1, r, |_| {}).await.unwrap();
         assert_eq!(res[0].status, TaskStatus::Failed);
-        assert_eq!(res[0].message.as_deref(), Some("unknown task kind 'nope'; registered kinds: quadratic"));
+        assert_eq!(
+            res[0].message.as_deref(),
+            Some("unknown task kind 'nope'; registered kinds: quadratic")
+        );
     }
 }
 
@@ -242,7 +318,10 @@ fn task_kinds_are_unique() {
     let mut reg = TaskRegistry::new();
     reg.register(Arc::new(Quadratic::default())).unwrap();
     let err = reg.register(Arc::new(Quadratic::default())).unwrap_err();
-    assert!(err.to_string().contains("'quadratic' is already registered"));
+    assert!(
+        err.to_string()
+            .contains("'quadratic' is already registered")
+    );
 }
 
 #[test]
@@ -270,9 +349,20 @@ fn map_output_length_is_checked() {
     rt.block_on(async {
         let s = QuiverSession::embedded().unwrap();
         s.context().register_batch("t", table()).unwrap();
-        s.context().register_udf(MapUdf::new(Arc::new(Short)).unwrap().into_udf());
-        let err = s.sql("SELECT short(a) FROM t").await.unwrap().collect().await.unwrap_err();
-        assert!(QuiverError::from(err).to_string().contains("short returned 1 values for 50 rows"));
+        s.context()
+            .register_udf(MapUdf::new(Arc::new(Short)).unwrap().into_udf());
+        let err = s
+            .sql("SELECT short(a) FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(
+            QuiverError::from(err)
+                .to_string()
+                .contains("short returned 1 values for 50 rows")
+        );
         let _ = Array::len(&Float64Array::from(vec![0.0]));
     });
 }

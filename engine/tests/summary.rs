@@ -9,7 +9,10 @@ use quiver_engine::{Dataset, FeatureSummary, QuiverConfig, QuiverSession, Runner
 use serde_json::Value;
 
 const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
-const DIGITS_REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits_summary_reference.json");
+const DIGITS_REF: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../data/digits_summary_reference.json"
+);
 
 fn rel_close(a: f64, b: f64, tol: f64) -> bool {
     a == b || (a - b).abs() <= tol * a.abs().max(b.abs()).max(f64::MIN_POSITIVE)
@@ -18,7 +21,10 @@ fn rel_close(a: f64, b: f64, tol: f64) -> bool {
 fn assert_vec_close(name: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{name}: length");
     for (j, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(rel_close(*g, *w, tol), "{name}[{j}]: got {g:e}, want {w:e} (tol {tol:e})");
+        assert!(
+            rel_close(*g, *w, tol),
+            "{name}[{j}]: got {g:e}, want {w:e} (tol {tol:e})"
+        );
     }
 }
 
@@ -47,7 +53,12 @@ fn reference() -> Value {
 }
 
 fn ref_vec(r: &Value, key: &str) -> Vec<f64> {
-    r[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+    r[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
 }
 
 /// Expected values come from numpy (scripts/make_digits.py, data/digits_summary_reference.json).
@@ -67,7 +78,12 @@ async fn digits_summary_matches_numpy_on_both_runners() {
         assert_vec_close("max", &s.max, &ref_vec(&r, "max"), 0.0);
         assert_vec_close("norm_l1", &s.norm_l1, &ref_vec(&r, "norm_l1"), 1e-12);
         assert_vec_close("norm_l2", &s.norm_l2, &ref_vec(&r, "norm_l2"), 1e-12);
-        let nnz: Vec<u64> = r["num_nonzeros"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let nnz: Vec<u64> = r["num_nonzeros"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
         assert_eq!(s.num_nonzeros, nnz, "{runner:?}");
         for j in 0..64 {
             assert!(rel_close(s.sum[j], s.mean[j] * 1797.0, 1e-12));
@@ -99,7 +115,10 @@ async fn closed_form_sequence() {
     )
     .unwrap();
     let session = QuiverSession::embedded().unwrap();
-    let batches: Vec<RecordBatch> = (0..n).step_by(7777).map(|s| batch.slice(s, 7777.min(n - s))).collect();
+    let batches: Vec<RecordBatch> = (0..n)
+        .step_by(7777)
+        .map(|s| batch.slice(s, 7777.min(n - s)))
+        .collect();
     let ds = Dataset::new(session.from_batches(batches, 3).unwrap())
         .with_features(["x", "shifted", "negated"])
         .unwrap();
@@ -107,12 +126,20 @@ async fn closed_form_sequence() {
     for runner in [Runner::Local, Runner::Embedded] {
         let s = session.summarize(&ds, runner).await.unwrap();
         assert_eq!(s.count, n as u64);
-        assert!(rel_close(s.mean[0], (nf + 1.0) / 2.0, 1e-14), "{}", s.mean[0]);
+        assert!(
+            rel_close(s.mean[0], (nf + 1.0) / 2.0, 1e-14),
+            "{}",
+            s.mean[0]
+        );
         assert!(rel_close(s.mean[1], 1e9 + (nf + 1.0) / 2.0, 1e-14));
         assert!(rel_close(s.mean[2], -(nf + 1.0) / 2.0, 1e-14));
         let var = nf * (nf + 1.0) / 12.0;
         for j in 0..3 {
-            assert!(rel_close(s.variance[j], var, 1e-10), "{runner:?} var[{j}] = {}", s.variance[j]);
+            assert!(
+                rel_close(s.variance[j], var, 1e-10),
+                "{runner:?} var[{j}] = {}",
+                s.variance[j]
+            );
         }
         assert_eq!((s.min[0], s.max[0]), (1.0, nf));
         assert_eq!((s.min[2], s.max[2]), (-nf, -1.0));
@@ -146,8 +173,14 @@ async fn local_and_embedded_agree_across_partitions_and_batch_sizes() {
                 .with_target_partitions(partitions)
                 .with_batch_size(batch_size);
             let s2 = QuiverSession::embedded_with(config).unwrap();
-            let df = s2.from_batches(rebatch(&batches, batch_size), partitions).unwrap();
-            let ds2 = Dataset::new(df).with_label("label").unwrap().with_numeric_features_except(&[]).unwrap();
+            let df = s2
+                .from_batches(rebatch(&batches, batch_size), partitions)
+                .unwrap();
+            let ds2 = Dataset::new(df)
+                .with_label("label")
+                .unwrap()
+                .with_numeric_features_except(&[])
+                .unwrap();
             let embedded = s2.summarize(&ds2, Runner::Embedded).await.unwrap();
             assert_summaries_close(&embedded, &local, 1e-12);
             // And the local runner over the same chunking.
@@ -173,7 +206,9 @@ async fn local_runner_is_reproducible() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_summary_matches_direct_formula() {
     let n = 5000usize;
-    let x: Vec<f64> = (0..n).map(|i| ((i * 37) % 101) as f64 * 0.5 - 10.0).collect();
+    let x: Vec<f64> = (0..n)
+        .map(|i| ((i * 37) % 101) as f64 * 0.5 - 10.0)
+        .collect();
     let w: Vec<f64> = (0..n).map(|i| ((i * 13) % 7) as f64 * 0.25).collect();
     let schema = Arc::new(Schema::new(vec![
         Field::new("x", DataType::Float64, false),
@@ -181,7 +216,10 @@ async fn weighted_summary_matches_direct_formula() {
     ]));
     let batch = RecordBatch::try_new(
         schema,
-        vec![Arc::new(Float64Array::from(x.clone())), Arc::new(Float64Array::from(w.clone()))],
+        vec![
+            Arc::new(Float64Array::from(x.clone())),
+            Arc::new(Float64Array::from(w.clone())),
+        ],
     )
     .unwrap();
     let session = QuiverSession::embedded().unwrap();
@@ -193,7 +231,11 @@ async fn weighted_summary_matches_direct_formula() {
     let ws: f64 = w.iter().sum();
     let wsq: f64 = w.iter().map(|v| v * v).sum();
     let mean = x.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() / ws;
-    let m2: f64 = x.iter().zip(&w).map(|(a, b)| b * (a - mean) * (a - mean)).sum();
+    let m2: f64 = x
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| b * (a - mean) * (a - mean))
+        .sum();
     let var = m2 / (ws - wsq / ws);
     let kept = w.iter().filter(|v| **v != 0.0).count() as u64;
     let stat = Summarizer::new(1).weighted(true);
@@ -204,6 +246,10 @@ async fn weighted_summary_matches_direct_formula() {
         assert_eq!(s.count, kept);
         assert!(rel_close(s.weight_sum, ws, 1e-13));
         assert!(rel_close(s.mean[0], mean, 1e-12), "{} vs {mean}", s.mean[0]);
-        assert!(rel_close(s.variance[0], var, 1e-12), "{} vs {var}", s.variance[0]);
+        assert!(
+            rel_close(s.variance[0], var, 1e-12),
+            "{} vs {var}",
+            s.variance[0]
+        );
     }
 }

@@ -7,7 +7,8 @@ use quiver_driver::commands::{quickstart, sql};
 use quiver_driver::{QuiverConfig, Runner};
 
 fn session_with_store(dir: &tempfile::TempDir) -> quiver_driver::QuiverSession {
-    let config = QuiverConfig::default().with_model_store(dir.path().join("models").to_string_lossy().to_string());
+    let config = QuiverConfig::default()
+        .with_model_store(dir.path().join("models").to_string_lossy().to_string());
     quiver_driver::session_with(config).unwrap()
 }
 
@@ -16,19 +17,36 @@ async fn quickstart_runs_end_to_end_on_the_shipped_data() {
     let dir = tempfile::tempdir().unwrap();
     let session = session_with_store(&dir);
     let mut out = Vec::new();
-    let report = quickstart::quickstart(&session, None, &mut out).await.unwrap();
+    let report = quickstart::quickstart(&session, None, &mut out)
+        .await
+        .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(report.rows, 1797);
     assert_eq!(report.summary.dim(), 64);
-    assert!(report.runner_max_rel_diff <= 1e-12, "{}", report.runner_max_rel_diff);
+    assert!(
+        report.runner_max_rel_diff <= 1e-12,
+        "{}",
+        report.runner_max_rel_diff
+    );
     assert_eq!(report.saved_version, 1);
-    for needle in ["1797 rows x 65 columns", "the 10 most variable", "Images per class", "pixel_42", "read it back intact"] {
+    for needle in [
+        "1797 rows x 65 columns",
+        "the 10 most variable",
+        "Images per class",
+        "pixel_42",
+        "read it back intact",
+    ] {
         assert!(text.contains(needle), "missing '{needle}' in:\n{text}");
     }
     // The class counts of the UCI test set.
-    assert!(text.contains("178  182  177  183  181  182  181  179  174  180"), "{text}");
+    assert!(
+        text.contains("178  182  177  183  181  182  181  179  174  180"),
+        "{text}"
+    );
     // A second run saves a second version.
-    let again = quickstart::quickstart(&session, None, &mut Vec::new()).await.unwrap();
+    let again = quickstart::quickstart(&session, None, &mut Vec::new())
+        .await
+        .unwrap();
     assert_eq!(again.saved_version, 2);
     let store = session.model_store().unwrap();
     assert_eq!(store.versions("digits_summary").await.unwrap(), vec![1, 2]);
@@ -76,9 +94,14 @@ async fn sql_sees_quiver_functions_and_files() {
     let s = session.summarize(&ds, Runner::Embedded).await.unwrap();
     assert!(text.contains(&format!("{}", s.sum[0] as i64)), "{text}");
 
-    let err = sql::run_sql(&session, "SELECT 1; SELECT nope FROM d", &mut Vec::new()).await.unwrap_err();
+    let err = sql::run_sql(&session, "SELECT 1; SELECT nope FROM d", &mut Vec::new())
+        .await
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("statement 2 of 2") && msg.contains("nope"), "{msg}");
+    assert!(
+        msg.contains("statement 2 of 2") && msg.contains("nope"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,8 +111,15 @@ async fn written_parquet_reads_back_with_the_same_summary() {
     let digits = quiver_driver::shipped_digits().unwrap();
     let df = session.read(&digits).await.unwrap();
     let out = dir.path().join("copy.arrow");
-    session.write_ipc(df.clone(), out.to_str().unwrap()).await.unwrap();
-    let a = quiver_driver::Dataset::new(df).with_label("label").unwrap().with_numeric_features_except(&[]).unwrap();
+    session
+        .write_ipc(df.clone(), out.to_str().unwrap())
+        .await
+        .unwrap();
+    let a = quiver_driver::Dataset::new(df)
+        .with_label("label")
+        .unwrap()
+        .with_numeric_features_except(&[])
+        .unwrap();
     let b = quiver_driver::Dataset::new(session.read(out.to_str().unwrap()).await.unwrap())
         .with_label("label")
         .unwrap()

@@ -108,7 +108,11 @@ pub fn synthetic(rows: usize, features: usize, batch: usize, seed: u64) -> Vec<V
 }
 
 /// Runs the summary benchmark and prints a table. Returns the cases for callers and tests.
-pub async fn summary(session: &QuiverSession, opts: &SummaryBench, out: &mut dyn Write) -> Result<Vec<BenchCase>> {
+pub async fn summary(
+    session: &QuiverSession,
+    opts: &SummaryBench,
+    out: &mut dyn Write,
+) -> Result<Vec<BenchCase>> {
     let (rows, dim) = (opts.rows, opts.features);
     if rows == 0 || dim == 0 {
         return Err(QuiverError::InvalidParam {
@@ -157,25 +161,41 @@ pub async fn summary(session: &QuiverSession, opts: &SummaryBench, out: &mut dyn
         name("baseline-plain-sum"),
         time(opts.iters, || {
             use rayon::prelude::*;
-            Ok(pool.install(|| chunks.par_iter().map(|c| c.iter().sum::<f64>()).sum::<f64>()))
+            Ok(pool.install(|| {
+                chunks
+                    .par_iter()
+                    .map(|c| c.iter().sum::<f64>())
+                    .sum::<f64>()
+            }))
         })?,
     );
     bar.inc(1);
 
-    push(name("summary-local-memory"), time(opts.iters, || session.aggregate_local(&frame, &stat))?);
+    push(
+        name("summary-local-memory"),
+        time(opts.iters, || session.aggregate_local(&frame, &stat))?,
+    );
     bar.inc(1);
 
     // Embedded over an in-memory table of the same vectors.
-    let schema = Arc::new(Schema::new(vec![Field::new("features", quiver_engine::vector::vector_type(dim), false)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "features",
+        quiver_engine::vector::vector_type(dim),
+        false,
+    )]));
     let batches = vectors
         .iter()
         .map(|v| RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(v.clone()) as ArrayRef]))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let mem = Dataset::new(session.from_batches(batches, session.config().target_partitions)?).with_features(["features"])?;
+    let mem = Dataset::new(session.from_batches(batches, session.config().target_partitions)?)
+        .with_features(["features"])?;
     let stat_arc = Arc::new(stat.clone());
     push(
         name("summary-embedded-memory"),
-        time_async(opts.iters, || session.aggregate(&mem, Arc::clone(&stat_arc))).await?,
+        time_async(opts.iters, || {
+            session.aggregate(&mem, Arc::clone(&stat_arc))
+        })
+        .await?,
     );
     bar.inc(1);
 
@@ -183,14 +203,20 @@ pub async fn summary(session: &QuiverSession, opts: &SummaryBench, out: &mut dyn
     if opts.parquet {
         // Parquet on local disk, one file per partition, one Float64 column per feature.
         let dir = tempfile::tempdir().map_err(|e| QuiverError::internal(e.to_string()))?;
-        let cols: Vec<Field> = (0..dim).map(|j| Field::new(format!("f{j}"), DataType::Float64, false)).collect();
+        let cols: Vec<Field> = (0..dim)
+            .map(|j| Field::new(format!("f{j}"), DataType::Float64, false))
+            .collect();
         let col_schema = Arc::new(Schema::new(cols));
         let col_batches = chunks
             .iter()
             .map(|c| {
                 let n = c.len() / dim;
                 let arrays: Vec<ArrayRef> = (0..dim)
-                    .map(|j| Arc::new(Float64Array::from_iter_values((0..n).map(|r| c[r * dim + j]))) as ArrayRef)
+                    .map(|j| {
+                        Arc::new(Float64Array::from_iter_values(
+                            (0..n).map(|r| c[r * dim + j]),
+                        )) as ArrayRef
+                    })
                     .collect();
                 RecordBatch::try_new(Arc::clone(&col_schema), arrays)
             })

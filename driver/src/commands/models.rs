@@ -11,12 +11,22 @@ pub async fn list(session: &QuiverSession, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "no models in {}", store.url()).ok();
     }
     for m in models {
-        writeln!(out, "{:<24} v{:<4} {:<24} {}", m.name, m.version, m.kind, m.created_at).ok();
+        writeln!(
+            out,
+            "{:<24} v{:<4} {:<24} {}",
+            m.name, m.version, m.kind, m.created_at
+        )
+        .ok();
     }
     Ok(())
 }
 
-pub async fn show(session: &QuiverSession, name: &str, version: Option<u64>, out: &mut dyn Write) -> Result<()> {
+pub async fn show(
+    session: &QuiverSession,
+    name: &str,
+    version: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let store = session.model_store()?;
     let model = store.load(name, version).await?;
     let versions = store.versions(name).await?;
@@ -25,13 +35,22 @@ pub async fn show(session: &QuiverSession, name: &str, version: Option<u64>, out
     writeln!(
         out,
         "versions: {}",
-        versions.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        versions
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     )
     .ok();
     Ok(())
 }
 
-pub async fn drop(session: &QuiverSession, name: &str, version: Option<u64>, out: &mut dyn Write) -> Result<()> {
+pub async fn drop(
+    session: &QuiverSession,
+    name: &str,
+    version: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let store = session.model_store()?;
     store.delete(name, version).await?;
     match version {

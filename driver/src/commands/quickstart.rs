@@ -41,13 +41,21 @@ fn max_rel_diff(a: &FeatureSummary, b: &FeatureSummary) -> f64 {
         .flat_map(|(x, y)| x.iter().zip(y.iter()))
         .map(|(x, y)| {
             let scale = x.abs().max(y.abs());
-            if scale == 0.0 { 0.0 } else { (x - y).abs() / scale }
+            if scale == 0.0 {
+                0.0
+            } else {
+                (x - y).abs() / scale
+            }
         })
         .fold(0.0, f64::max)
 }
 
 /// Runs the quickstart on `data` (a path or URL; the shipped digits when `None`).
-pub async fn quickstart(session: &QuiverSession, data: Option<&str>, out: &mut dyn Write) -> Result<QuickstartReport> {
+pub async fn quickstart(
+    session: &QuiverSession,
+    data: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<QuickstartReport> {
     let steps = progress(5, "quickstart");
     let cfg = session.config();
     writeln!(
@@ -61,7 +69,11 @@ pub async fn quickstart(session: &QuiverSession, data: Option<&str>, out: &mut d
     let source = match data.map(str::to_string).or_else(crate::shipped_digits) {
         Some(path) => path,
         None => {
-            let loc = quiver_engine::io::resolve(session.context(), &cfg.s3, "memory:///quickstart/digits.parquet")?;
+            let loc = quiver_engine::io::resolve(
+                session.context(),
+                &cfg.s3,
+                "memory:///quickstart/digits.parquet",
+            )?;
             loc.store
                 .put(&loc.path, Bytes::from_static(EMBEDDED_DIGITS).into())
                 .await
@@ -74,9 +86,16 @@ pub async fn quickstart(session: &QuiverSession, data: Option<&str>, out: &mut d
     };
     let df = session.read(&source).await?;
     session.context().deregister_table("digits")?;
-    session.context().register_table("digits", df.clone().into_view())?;
+    session
+        .context()
+        .register_table("digits", df.clone().into_view())?;
     let rows = df.clone().count().await?;
-    writeln!(out, "\nLoaded {source}: {rows} rows x {} columns", df.schema().fields().len()).ok();
+    writeln!(
+        out,
+        "\nLoaded {source}: {rows} rows x {} columns",
+        df.schema().fields().len()
+    )
+    .ok();
     steps.inc(1);
 
     // 2. Roles and assembly.
@@ -127,7 +146,11 @@ pub async fn quickstart(session: &QuiverSession, data: Option<&str>, out: &mut d
     )
     .ok();
     let mut order: Vec<usize> = (0..names.len()).collect();
-    order.sort_by(|&a, &b| local.variance[b].total_cmp(&local.variance[a]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        local.variance[b]
+            .total_cmp(&local.variance[a])
+            .then(a.cmp(&b))
+    });
     let table = local.to_record_batch(&names)?;
     let top: Vec<u32> = order.iter().take(10).map(|&i| i as u32).collect();
     let top = arrow::compute::take_record_batch(&table, &arrow::array::UInt32Array::from(top))?;
@@ -137,7 +160,9 @@ pub async fn quickstart(session: &QuiverSession, data: Option<&str>, out: &mut d
     // 4. SQL over the same data.
     if let Some(l) = label {
         writeln!(out, "\nImages per class (SQL):").ok();
-        let q = format!("SELECT \"{l}\", count(*) AS images FROM digits GROUP BY \"{l}\" ORDER BY \"{l}\"");
+        let q = format!(
+            "SELECT \"{l}\", count(*) AS images FROM digits GROUP BY \"{l}\" ORDER BY \"{l}\""
+        );
         let batches = session.sql(&q).await?.collect().await?;
         let classes = transpose_counts(&batches)?;
         print_table(out, &[classes])?;
@@ -166,17 +191,22 @@ pub async fn quickstart(session: &QuiverSession, data: Option<&str>, out: &mut d
         source,
     })?;
     let saved = store
-        .save("digits_summary", draft, vec![Ok(("summary.json".to_string(), Bytes::from(payload)))])
+        .save(
+            "digits_summary",
+            draft,
+            vec![Ok(("summary.json".to_string(), Bytes::from(payload)))],
+        )
         .await?;
     let loaded = store.load("digits_summary", Some(saved.version)).await?;
-    let back: FeatureSummary = serde_json::from_slice(&loaded.part("summary.json").await?).map_err(|source| {
-        QuiverError::Json {
+    let back: FeatureSummary = serde_json::from_slice(&loaded.part("summary.json").await?)
+        .map_err(|source| QuiverError::Json {
             context: "stored feature summary".to_string(),
             source,
-        }
-    })?;
+        })?;
     if back != local {
-        return Err(QuiverError::internal("the summary read back differs from the one saved"));
+        return Err(QuiverError::internal(
+            "the summary read back differs from the one saved",
+        ));
     }
     writeln!(
         out,
@@ -216,7 +246,11 @@ fn transpose_counts(batches: &[RecordBatch]) -> Result<RecordBatch> {
         let count = arrow::compute::cast(b.column(1), &DataType::Int64)?;
         let count = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&count);
         for i in 0..b.num_rows() {
-            let name = if class.is_valid(i) { class.value(i).to_string() } else { "NULL".to_string() };
+            let name = if class.is_valid(i) {
+                class.value(i).to_string()
+            } else {
+                "NULL".to_string()
+            };
             fields.push(Field::new(name, DataType::Int64, false));
             cols.push(Arc::new(Int64Array::from(vec![count.value(i)])));
         }

@@ -10,7 +10,7 @@ use crate::{QuiverError, QuiverSession, Result};
 /// Runs every statement of `sql` in order, printing each result as a table. Stops at the
 /// first error, which names the statement's position.
 pub async fn run_sql(session: &QuiverSession, sql: &str, out: &mut dyn Write) -> Result<()> {
-    let statements = DFParser::parse_sql(sql).map_err(|e| QuiverError::DataFusion(e.into()))?;
+    let statements = DFParser::parse_sql(sql).map_err(QuiverError::DataFusion)?;
     let n = statements.len();
     for (i, statement) in statements.into_iter().enumerate() {
         let state = session.context().state();

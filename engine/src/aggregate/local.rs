@@ -13,7 +13,11 @@ const TASK_ROWS: usize = 16 * 1024;
 
 /// Runs `stat` over a cached frame on `pool`. Partial states are merged in row order, so the
 /// result is the same on every run, whatever the thread count.
-pub fn run_local<S: Statistic>(frame: &LocalFrame, stat: &S, pool: &ThreadPool) -> Result<S::Output> {
+pub fn run_local<S: Statistic>(
+    frame: &LocalFrame,
+    stat: &S,
+    pool: &ThreadPool,
+) -> Result<S::Output> {
     if frame.dim() != stat.dim() {
         return Err(QuiverError::InvalidParam {
             param: "features".to_string(),
@@ -50,7 +54,11 @@ pub fn run_local<S: Statistic>(frame: &LocalFrame, stat: &S, pool: &ThreadPool) 
                         kind,
                         column,
                         row_in_batch,
-                    } => frame.invalid_value(kind, &column, chunk.first_row() + (start + row_in_batch) as u64),
+                    } => frame.invalid_value(
+                        kind,
+                        &column,
+                        chunk.first_row() + (start + row_in_batch) as u64,
+                    ),
                     other => other,
                 })?;
                 Ok(state)

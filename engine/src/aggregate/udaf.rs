@@ -10,7 +10,9 @@ use datafusion::common::ScalarValue;
 use datafusion::error::Result as DFResult;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
-use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
+};
 use datafusion::prelude::{Expr, cast, col};
 
 use super::Statistic;
@@ -192,7 +194,10 @@ pub(crate) fn statistic_args(dataset: &Dataset, stat: &impl Statistic) -> Result
     if inputs.weight {
         let weight = dataset.weight().ok_or_else(|| QuiverError::InvalidParam {
             param: "weight".to_string(),
-            reason: format!("{} needs a weight column; the dataset has none", stat.name()),
+            reason: format!(
+                "{} needs a weight column; the dataset has none",
+                stat.name()
+            ),
         })?;
         args.push(cast(col(quoted_name(weight)), DataType::Float64));
     }
