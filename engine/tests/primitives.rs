@@ -366,3 +366,126 @@ fn map_output_length_is_checked() {
         let _ = Array::len(&Float64Array::from(vec![0.0]));
     });
 }
+
+/// A least-squares loss and gradient for a weight vector carried in the statistic, reading
+/// label and weight columns: the shape the linear models' aggregate takes.
+#[derive(Debug)]
+struct LeastSquares {
+    coef: Vec<f64>,
+}
+
+impl quiver_engine::Statistic for LeastSquares {
+    type State = Vec<f64>; // [weight_sum, loss, grad...]
+    type Output = Vec<f64>;
+    fn name(&self) -> &str {
+        "least_squares_test"
+    }
+    fn params(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        quiver_engine::aggregate::encode_f64s(&self.coef, &mut out);
+        Ok(out)
+    }
+    fn dim(&self) -> usize {
+        self.coef.len()
+    }
+    fn inputs(&self) -> quiver_engine::StatInputs {
+        quiver_engine::StatInputs {
+            label: true,
+            weight: true,
+        }
+    }
+    fn init(&self) -> Vec<f64> {
+        vec![0.0; 2 + self.coef.len()]
+    }
+    fn update(&self, s: &mut Vec<f64>, b: &FeatureBatch<'_>) -> Result<()> {
+        let (y, w) = (b.label.unwrap(), b.weight.unwrap());
+        for r in 0..b.n_rows {
+            let x = b.row(r);
+            let err = x.iter().zip(&self.coef).map(|(a, c)| a * c).sum::<f64>() - y[r];
+            s[0] += w[r];
+            s[1] += 0.5 * w[r] * err * err;
+            for j in 0..x.len() {
+                s[2 + j] += w[r] * err * x[j];
+            }
+        }
+        Ok(())
+    }
+    fn merge(&self, s: &mut Vec<f64>, o: &Vec<f64>) -> Result<()> {
+        s.iter_mut().zip(o).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+    fn finish(&self, s: Vec<f64>) -> Result<Vec<f64>> {
+        Ok(s)
+    }
+    fn encode_state(&self, s: &Vec<f64>, out: &mut Vec<u8>) {
+        quiver_engine::aggregate::encode_f64s(s, out);
+    }
+    fn decode_state(&self, bytes: &[u8]) -> Result<Vec<f64>> {
+        Ok(quiver_engine::aggregate::decode_f64s(bytes, 2 + self.coef.len())?.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gradient_statistic_with_label_and_weight_runs_on_both_runners() {
+    let n = 3000;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x0", DataType::Float64, false),
+        Field::new("x1", DataType::Int64, false),
+        Field::new("y", DataType::Int32, false),
+        Field::new("w", DataType::Float64, false),
+    ]));
+    let x0: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+    let x1: Vec<i64> = (0..n).map(|i| (i % 11) as i64 - 5).collect();
+    let y: Vec<i32> = (0..n).map(|i| (i % 3) as i32).collect();
+    let w: Vec<f64> = (0..n).map(|i| 0.5 + (i % 4) as f64).collect();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Float64Array::from(x0.clone())),
+            Arc::new(arrow::array::Int64Array::from(x1.clone())),
+            Arc::new(arrow::array::Int32Array::from(y.clone())),
+            Arc::new(Float64Array::from(w.clone())),
+        ],
+    )
+    .unwrap();
+    let coef = vec![0.3, -0.2];
+    // Direct computation, written out.
+    let mut want = vec![0.0; 4];
+    for i in 0..n {
+        let err = coef[0] * x0[i] + coef[1] * x1[i] as f64 - y[i] as f64;
+        want[0] += w[i];
+        want[1] += 0.5 * w[i] * err * err;
+        want[2] += w[i] * err * x0[i];
+        want[3] += w[i] * err * x1[i] as f64;
+    }
+    let s = QuiverSession::embedded().unwrap();
+    let batches: Vec<RecordBatch> = (0..n)
+        .step_by(700)
+        .map(|o| batch.slice(o, 700.min(n - o)))
+        .collect();
+    let ds = Dataset::new(s.from_batches(batches, 3).unwrap())
+        .with_features(["x0", "x1"])
+        .unwrap()
+        .with_label("y")
+        .unwrap()
+        .with_weight("w")
+        .unwrap();
+    let stat = Arc::new(LeastSquares { coef });
+    let frame = ds.cache_local().await.unwrap();
+    let local = s.aggregate_local(&frame, stat.as_ref()).unwrap();
+    let embedded = s.aggregate(&ds, Arc::clone(&stat)).await.unwrap();
+    for got in [&local, &embedded] {
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-10 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+    }
+    // Without a label the statistic cannot run, and says so.
+    let unlabeled = Dataset::new(ds.dataframe().clone())
+        .with_features(["x0", "x1"])
+        .unwrap();
+    let err = s.aggregate(&unlabeled, stat).await.unwrap_err();
+    assert!(err.to_string().contains("needs a label column"), "{err}");
+}

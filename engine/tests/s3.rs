@@ -25,7 +25,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_server() -> Option<Server> {
@@ -48,7 +52,10 @@ fn start_server() -> Option<Server> {
     let server = Server { child, port };
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
+        assert!(
+            Instant::now() < deadline,
+            "moto_server did not start on port {port}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Some(server)
@@ -66,7 +73,10 @@ fn create_bucket(port: u16, bucket: &str) {
 fn session(port: u16) -> QuiverSession {
     let config = QuiverConfig::default()
         .with_pairs([
-            ("quiver.s3.endpoint", format!("http://127.0.0.1:{port}").as_str()),
+            (
+                "quiver.s3.endpoint",
+                format!("http://127.0.0.1:{port}").as_str(),
+            ),
             ("quiver.s3.region", "us-east-1"),
             ("quiver.s3.access_key_id", "testing"),
             ("quiver.s3.secret_access_key", "testing"),
@@ -84,31 +94,75 @@ async fn data_and_models_on_s3() {
 
     // Data: write Parquet and Arrow IPC to S3, read back, same summary as the local file.
     let local = s.read(DIGITS).await.unwrap();
-    assert_eq!(s.write_parquet(local.clone(), "s3://quiver-test/data/digits.parquet").await.unwrap(), 1797);
-    assert_eq!(s.write_ipc(local.clone(), "s3://quiver-test/data/digits.arrow").await.unwrap(), 1797);
+    assert_eq!(
+        s.write_parquet(local.clone(), "s3://quiver-test/data/digits.parquet")
+            .await
+            .unwrap(),
+        1797
+    );
+    assert_eq!(
+        s.write_ipc(local.clone(), "s3://quiver-test/data/digits.arrow")
+            .await
+            .unwrap(),
+        1797
+    );
     for i in 0..2 {
         let loc = format!("s3://quiver-test/parts/part-{i}.parquet");
         s.write_parquet(local.clone(), &loc).await.unwrap();
     }
-    let features = |df| Dataset::new(df).with_label("label").unwrap().with_numeric_features_except(&[]).unwrap();
+    let features = |df| {
+        Dataset::new(df)
+            .with_label("label")
+            .unwrap()
+            .with_numeric_features_except(&[])
+            .unwrap()
+    };
     let want = s.summarize(&features(local), Runner::Local).await.unwrap();
-    for loc in ["s3://quiver-test/data/digits.parquet", "s3://quiver-test/data/digits.arrow", "s3://quiver-test/parts/"] {
+    for loc in [
+        "s3://quiver-test/data/digits.parquet",
+        "s3://quiver-test/data/digits.arrow",
+        "s3://quiver-test/parts/",
+    ] {
         let ds = features(s.read(loc).await.unwrap());
         for runner in [Runner::Local, Runner::Embedded] {
             let got = s.summarize(&ds, runner).await.unwrap();
-            assert_eq!(got.count, if loc.ends_with('/') { 2 * 1797 } else { 1797 }, "{loc}");
+            assert_eq!(
+                got.count,
+                if loc.ends_with('/') { 2 * 1797 } else { 1797 },
+                "{loc}"
+            );
             for j in 0..64 {
-                assert!((got.mean[j] - want.mean[j]).abs() <= 1e-12 * want.mean[j].abs().max(1.0), "{loc}");
+                assert!(
+                    (got.mean[j] - want.mean[j]).abs() <= 1e-12 * want.mean[j].abs().max(1.0),
+                    "{loc}"
+                );
             }
         }
     }
-    let err = s.read("s3://quiver-test/data/missing.parquet").await.unwrap_err();
-    assert_eq!(err.to_string(), "file not found: s3://quiver-test/data/missing.parquet");
+    let err = s
+        .read("s3://quiver-test/data/missing.parquet")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "file not found: s3://quiver-test/data/missing.parquet"
+    );
 
     // Models: versions, load, a failed save that publishes nothing.
     let store = s.model_store().unwrap();
-    let draft = || ModelDraft { kind: "k".into(), format_version: 1, ..Default::default() };
-    store.save("m", draft(), vec![Ok(("w".to_string(), Bytes::from_static(b"one")))]).await.unwrap();
+    let draft = || ModelDraft {
+        kind: "k".into(),
+        format_version: 1,
+        ..Default::default()
+    };
+    store
+        .save(
+            "m",
+            draft(),
+            vec![Ok(("w".to_string(), Bytes::from_static(b"one")))],
+        )
+        .await
+        .unwrap();
     let failing = vec![
         Ok(("w".to_string(), Bytes::from_static(b"two"))),
         Err(QuiverError::Internal("boom".to_string())),
