@@ -37,7 +37,7 @@ pub enum QuiverError {
     )]
     NonNumericColumn { column: String, data_type: String },
 
-    #[error("{kind} in feature column '{column}' at row {row}{detail}")]
+    #[error("{kind} in column '{column}' at row {row}{detail}")]
     InvalidValue {
         /// "null" or "NaN"
         kind: &'static str,
@@ -50,7 +50,7 @@ pub enum QuiverError {
 
     /// A null or NaN was found by a kernel that does not know global row numbers; the runner
     /// that catches it turns it into [`QuiverError::InvalidValue`] by locating the first bad row.
-    #[error("{kind} in feature column '{column}' (row {row_in_batch} of a batch)")]
+    #[error("{kind} in column '{column}' (row {row_in_batch} of a batch)")]
     InvalidValueInBatch {
         kind: &'static str,
         column: String,

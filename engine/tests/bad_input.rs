@@ -104,7 +104,7 @@ async fn null_in_features_names_column_and_first_bad_row() {
         let err = s.summarize(&ds, runner).await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            "null in feature column 'income' at row 3",
+            "null in column 'income' at row 3",
             "{runner:?}: {err:?}"
         );
     }
@@ -143,7 +143,7 @@ async fn nan_in_features_names_column_and_first_bad_row() {
             let err = s.summarize(&ds, runner).await.unwrap_err();
             assert_eq!(
                 err.to_string(),
-                "NaN in feature column 'b' at row 777",
+                "NaN in column 'b' at row 777",
                 "{runner:?}"
             );
         }
