@@ -249,19 +249,7 @@ impl Dataset {
         for mut stream in streams {
             while let Some(batch) = stream.next().await {
                 // A kernel upstream (e.g. `vector_assemble`) may reject a value of this batch.
-                let batch = batch.map_err(|e| match QuiverError::from(e) {
-                    QuiverError::InvalidValueInBatch {
-                        kind,
-                        column,
-                        row_in_batch,
-                    } => QuiverError::InvalidValue {
-                        kind,
-                        column,
-                        row: row + row_in_batch as u64,
-                        detail: String::new(),
-                    },
-                    other => other,
-                })?;
+                let batch = batch.map_err(|e| at_row(QuiverError::from(e), row))?;
                 let n = batch.num_rows() as u64;
                 f(row, batch)?;
                 row += n;
@@ -306,64 +294,53 @@ impl Dataset {
     /// Runs the plan and caches the assembled features (and label, weight) in memory for the
     /// local runner. Nulls and NaN are rejected here, with their column and row.
     pub async fn cache_local(&self) -> Result<LocalFrame> {
-        let names = self.role_columns()?;
-        let n_feat = self.features.len();
+        let names = Arc::new(self.role_columns()?);
         let feature_names = self.feature_names()?;
         let dim = feature_names.len();
-        let mut chunks = Vec::new();
-        self.for_each_batch(|first_row, batch| {
-            if batch.num_rows() == 0 {
-                return Ok(());
-            }
-            let at_row = |e: QuiverError| match e {
-                QuiverError::InvalidValueInBatch {
-                    kind,
-                    column,
-                    row_in_batch,
-                } => QuiverError::InvalidValue {
-                    kind,
-                    column,
-                    row: first_row + row_in_batch as u64,
-                    detail: String::new(),
-                },
-                other => other,
-            };
-            let cols: Vec<(&str, &ArrayRef)> = names[..n_feat]
-                .iter()
-                .map(String::as_str)
-                .zip(batch.columns())
-                .collect();
-            let features = assemble(&cols).map_err(at_row)?;
-            let mut next = n_feat;
-            let mut role = |name: &Option<String>| -> Result<Option<ScalarBuffer<f64>>> {
-                match name {
-                    None => Ok(None),
-                    Some(n) => {
-                        let v = numeric_values(batch.column(next), n).map_err(at_row)?;
-                        next += 1;
-                        if let Some(r) = first_nan(&v) {
-                            return Err(QuiverError::InvalidValue {
-                                kind: "NaN",
-                                column: n.clone(),
-                                row: first_row + r as u64,
-                                detail: String::new(),
-                            });
+        let roles = Arc::new((self.features.len(), self.label.clone(), self.weight.clone()));
+        let cols: Vec<Expr> = names.iter().map(|c| col(quoted_name(c))).collect();
+        let streams = self
+            .df
+            .clone()
+            .select(cols)?
+            .execute_stream_partitioned()
+            .await?;
+        // Partitions are read and assembled in parallel; rows are numbered within a partition
+        // first and shifted once the sizes of the partitions before it are known.
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .map(|mut stream| {
+                let names = Arc::clone(&names);
+                let roles = Arc::clone(&roles);
+                tokio::spawn(async move {
+                    let mut chunks = Vec::new();
+                    let mut row = 0u64;
+                    while let Some(batch) = stream.next().await {
+                        let batch = batch.map_err(|e| at_row(QuiverError::from(e), row))?;
+                        let n = batch.num_rows() as u64;
+                        if n > 0 {
+                            let (n_feat, label, weight) = roles.as_ref();
+                            chunks.push(cache_batch(&batch, &names, *n_feat, label, weight, row)?);
                         }
-                        Ok(Some(v))
+                        row += n;
                     }
-                }
-            };
-            let label = role(&self.label)?;
-            let weight = role(&self.weight)?;
-            chunks.push(LocalChunk {
-                features,
-                label,
-                weight,
-                first_row,
-            });
-            Ok(())
-        })
-        .await?;
+                    Ok::<_, QuiverError>((chunks, row))
+                })
+            })
+            .collect();
+        let mut chunks = Vec::new();
+        let mut offset = 0u64;
+        for task in tasks {
+            let joined = task
+                .await
+                .map_err(|e| QuiverError::internal(format!("caching a partition failed: {e}")))?;
+            let (part, rows) = joined.map_err(|e| shift_row(e, offset))?;
+            chunks.extend(part.into_iter().map(|mut c: LocalChunk| {
+                c.first_row += offset;
+                c
+            }));
+            offset += rows;
+        }
         Ok(LocalFrame {
             chunks,
             dim,
@@ -372,6 +349,85 @@ impl Dataset {
             weight: self.weight.clone(),
         })
     }
+}
+
+/// A batch-relative bad value as a dataset error, the batch starting at `first_row`.
+fn at_row(e: QuiverError, first_row: u64) -> QuiverError {
+    match e {
+        QuiverError::InvalidValueInBatch {
+            kind,
+            column,
+            row_in_batch,
+        } => QuiverError::InvalidValue {
+            kind,
+            column,
+            row: first_row + row_in_batch as u64,
+            detail: String::new(),
+        },
+        other => other,
+    }
+}
+
+/// Moves the row of a bad-value error by `offset` rows.
+fn shift_row(e: QuiverError, offset: u64) -> QuiverError {
+    match e {
+        QuiverError::InvalidValue {
+            kind,
+            column,
+            row,
+            detail,
+        } => QuiverError::InvalidValue {
+            kind,
+            column,
+            row: row + offset,
+            detail,
+        },
+        other => other,
+    }
+}
+
+/// Assembles and validates one batch of role columns (features, then label, then weight).
+fn cache_batch(
+    batch: &RecordBatch,
+    names: &[String],
+    n_feat: usize,
+    label: &Option<String>,
+    weight: &Option<String>,
+    first_row: u64,
+) -> Result<LocalChunk> {
+    let cols: Vec<(&str, &ArrayRef)> = names[..n_feat]
+        .iter()
+        .map(String::as_str)
+        .zip(batch.columns())
+        .collect();
+    let features = assemble(&cols).map_err(|e| at_row(e, first_row))?;
+    let mut next = n_feat;
+    let mut role = |name: &Option<String>| -> Result<Option<ScalarBuffer<f64>>> {
+        match name {
+            None => Ok(None),
+            Some(n) => {
+                let v = numeric_values(batch.column(next), n).map_err(|e| at_row(e, first_row))?;
+                next += 1;
+                if let Some(r) = first_nan(&v) {
+                    return Err(QuiverError::InvalidValue {
+                        kind: "NaN",
+                        column: n.clone(),
+                        row: first_row + r as u64,
+                        detail: String::new(),
+                    });
+                }
+                Ok(Some(v))
+            }
+        }
+    };
+    let label = role(label)?;
+    let weight = role(weight)?;
+    Ok(LocalChunk {
+        features,
+        label,
+        weight,
+        first_row,
+    })
 }
 
 /// The first null or NaN in a column: (kind, row, detail).
