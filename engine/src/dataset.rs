@@ -352,7 +352,7 @@ impl Dataset {
 }
 
 /// A batch-relative bad value as a dataset error, the batch starting at `first_row`.
-fn at_row(e: QuiverError, first_row: u64) -> QuiverError {
+pub(crate) fn at_row(e: QuiverError, first_row: u64) -> QuiverError {
     match e {
         QuiverError::InvalidValueInBatch {
             kind,
@@ -539,19 +539,7 @@ impl LocalFrame {
         let mut chunks = Vec::with_capacity(features.len());
         let mut first_row = 0u64;
         for (i, f) in features.into_iter().enumerate() {
-            let (values, d) = vector_values(&f, "features").map_err(|e| match e {
-                QuiverError::InvalidValueInBatch {
-                    kind,
-                    column,
-                    row_in_batch,
-                } => QuiverError::InvalidValue {
-                    kind,
-                    column,
-                    row: first_row + row_in_batch as u64,
-                    detail: String::new(),
-                },
-                other => other,
-            })?;
+            let (values, d) = vector_values(&f, "features").map_err(|e| at_row(e, first_row))?;
             if d != dim {
                 return Err(QuiverError::InconsistentVectorLength {
                     column: "features".to_string(),
@@ -640,14 +628,5 @@ impl LocalFrame {
             });
         }
         Ok(())
-    }
-
-    pub(crate) fn invalid_value(&self, kind: &'static str, column: &str, row: u64) -> QuiverError {
-        QuiverError::InvalidValue {
-            kind,
-            column: column.to_string(),
-            row,
-            detail: String::new(),
-        }
     }
 }

@@ -164,6 +164,19 @@ impl ModelStore {
         }
     }
 
+    fn version_not_found(&self, name: &str, version: u64, versions: &[u64]) -> QuiverError {
+        QuiverError::ModelVersionNotFound {
+            name: name.to_string(),
+            version,
+            store: self.display.clone(),
+            available: versions
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
     /// Every version directory of `name`, published or not.
     async fn all_version_dirs(&self, name: &str) -> Result<Vec<u64>> {
         let dir = self.model_dir(name);
@@ -309,16 +322,7 @@ impl ModelStore {
             None => latest,
             Some(v) if versions.contains(&v) => v,
             Some(v) => {
-                return Err(QuiverError::ModelVersionNotFound {
-                    name: name.to_string(),
-                    version: v,
-                    store: self.display.clone(),
-                    available: versions
-                        .iter()
-                        .map(u64::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
+                return Err(self.version_not_found(name, v, &versions));
             }
         };
         let dir = self.model_dir(name).join(version_dir(v));
@@ -389,16 +393,7 @@ impl ModelStore {
             None => self.all_version_dirs(name).await?,
             Some(v) if versions.contains(&v) => vec![v],
             Some(v) => {
-                return Err(QuiverError::ModelVersionNotFound {
-                    name: name.to_string(),
-                    version: v,
-                    store: self.display.clone(),
-                    available: versions
-                        .iter()
-                        .map(u64::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
+                return Err(self.version_not_found(name, v, &versions));
             }
         };
         for v in targets {

@@ -4,7 +4,7 @@ use rayon::ThreadPool;
 use rayon::prelude::*;
 
 use super::Statistic;
-use crate::dataset::LocalFrame;
+use crate::dataset::{LocalFrame, at_row};
 use crate::error::{QuiverError, Result};
 
 /// Rows per parallel task: small enough to balance two to dozens of cores, large enough that
@@ -49,18 +49,8 @@ pub fn run_local<S: Statistic>(
                 let chunk = &frame.chunks()[i];
                 let batch = chunk.batch().slice(start, end);
                 let mut state = stat.init();
-                stat.update(&mut state, &batch).map_err(|e| match e {
-                    QuiverError::InvalidValueInBatch {
-                        kind,
-                        column,
-                        row_in_batch,
-                    } => frame.invalid_value(
-                        kind,
-                        &column,
-                        chunk.first_row() + (start + row_in_batch) as u64,
-                    ),
-                    other => other,
-                })?;
+                stat.update(&mut state, &batch)
+                    .map_err(|e| at_row(e, chunk.first_row() + start as u64))?;
                 Ok(state)
             })
             .collect()
