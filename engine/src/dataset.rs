@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 use crate::aggregate::quoted_name;
 use crate::error::{QuiverError, Result};
-use crate::functions::AssembleUdf;
+use crate::functions::{AssembleUdf, VectorFromListUdf};
 use crate::vector::{
     FeatureBatch, assemble, feature_width, first_nan, is_numeric, numeric_values, vector_values,
 };
@@ -136,6 +136,38 @@ impl Dataset {
             })
             .collect();
         self.with_features(cols)
+    }
+
+    /// Uses a list column (`List`/`LargeList` of numbers, as JSON arrays and many writers
+    /// store vectors) as a feature vector of `dim` elements: it is converted lazily with
+    /// `vector_from_list`, and a row of another length is an error naming the row.
+    pub fn with_vector_feature(self, column: &str, dim: usize) -> Result<Self> {
+        let field = self.field(column)?;
+        let element = match field.data_type() {
+            DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+                f.data_type().clone()
+            }
+            other => other.clone(),
+        };
+        if !is_numeric(&element) {
+            return Err(QuiverError::NonNumericColumn {
+                column: column.to_string(),
+                data_type: field.data_type().to_string(),
+            });
+        }
+        let udf = ScalarUDF::from(VectorFromListUdf::new());
+        let expr = udf.call(vec![
+            col(quoted_name(column)),
+            datafusion::prelude::lit(dim as i64),
+        ]);
+        let df = self.df.with_column(column, expr)?;
+        Dataset {
+            df,
+            features: Vec::new(),
+            label: self.label,
+            weight: self.weight,
+        }
+        .with_features([column])
     }
 
     /// Sets the label column (numeric).
@@ -285,7 +317,8 @@ impl Dataset {
             .await;
         match (result, found) {
             (_, Some(found)) => Ok(Some(found)),
-            (Err(e @ QuiverError::InvalidValue { .. }), None) => Ok(Some(e)),
+            (Err(e @ QuiverError::InvalidValue { .. }), None)
+            | (Err(e @ QuiverError::InconsistentVectorLength { .. }), None) => Ok(Some(e)),
             (Err(e), None) => Err(e),
             (Ok(()), None) => Ok(None),
         }
@@ -364,6 +397,17 @@ pub(crate) fn at_row(e: QuiverError, first_row: u64) -> QuiverError {
             row: first_row + row_in_batch as u64,
             detail: String::new(),
         },
+        QuiverError::VectorLengthInBatch {
+            column,
+            row_in_batch,
+            expected,
+            found,
+        } => QuiverError::InconsistentVectorLength {
+            column,
+            row: first_row + row_in_batch as u64,
+            expected,
+            found,
+        },
         other => other,
     }
 }
@@ -381,6 +425,17 @@ fn shift_row(e: QuiverError, offset: u64) -> QuiverError {
             column,
             row: row + offset,
             detail,
+        },
+        QuiverError::InconsistentVectorLength {
+            column,
+            row,
+            expected,
+            found,
+        } => QuiverError::InconsistentVectorLength {
+            column,
+            row: row + offset,
+            expected,
+            found,
         },
         other => other,
     }

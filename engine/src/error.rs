@@ -57,6 +57,18 @@ pub enum QuiverError {
         row_in_batch: usize,
     },
 
+    /// A vector of the wrong length found by a kernel that does not know global row numbers;
+    /// becomes [`QuiverError::InconsistentVectorLength`] once the row is known.
+    #[error(
+        "inconsistent vector lengths in column '{column}': row {row_in_batch} of a batch has {found} elements, expected {expected}"
+    )]
+    VectorLengthInBatch {
+        column: String,
+        row_in_batch: usize,
+        expected: usize,
+        found: usize,
+    },
+
     #[error("dataset is empty: {context} needs at least one row")]
     EmptyDataset { context: String },
 

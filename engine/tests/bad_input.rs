@@ -306,3 +306,76 @@ fn bad_config_values_name_key_and_value() {
         "invalid value 'maybe' for configuration key 'quiver.s3.allow_http': expected true or false"
     );
 }
+
+/// Vectors stored as JSON arrays (variable-length lists): a row of another length is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inconsistent_list_vector_lengths_name_column_and_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(
+        &good,
+        "{\"v\": [1, 2, 3], \"y\": 0}\n{\"v\": [3, 4, 5], \"y\": 1}\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    let mut text = String::new();
+    for i in 0..6 {
+        if i == 4 {
+            text.push_str("{\"v\": [1.0, 2.0, 3.0, 4.0], \"y\": 1}\n");
+        } else {
+            text.push_str(&format!("{{\"v\": [{i}.0, 1.0, 2.0], \"y\": 0}}\n"));
+        }
+    }
+    std::fs::write(&bad, text).unwrap();
+    let s = session();
+
+    let ds = Dataset::new(s.read(good.to_str().unwrap()).await.unwrap())
+        .with_vector_feature("v", 3)
+        .unwrap();
+    for runner in [Runner::Local, Runner::Embedded] {
+        let summary = s.summarize(&ds, runner).await.unwrap();
+        assert_eq!(summary.mean, vec![2.0, 3.0, 4.0], "{runner:?}");
+    }
+
+    let ds = Dataset::new(s.read(bad.to_str().unwrap()).await.unwrap())
+        .with_vector_feature("v", 3)
+        .unwrap();
+    for runner in [Runner::Local, Runner::Embedded] {
+        let err = s.summarize(&ds, runner).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "inconsistent vector lengths in column 'v': row 4 has 4 elements, expected 3",
+            "{runner:?}"
+        );
+    }
+
+    // The same function in SQL; the length must be a positive literal.
+    let path = good.to_str().unwrap();
+    let rows = s
+        .sql(&format!("SELECT vector_from_list(v, 3) AS x FROM '{path}'"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(rows[0].num_rows(), 2);
+    let err = s
+        .sql(&format!("SELECT vector_from_list(v, 0) FROM '{path}'"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("must be a positive integer literal"),
+        "{err}"
+    );
+    // A list of strings is not a feature vector.
+    let strings = dir.path().join("s.jsonl");
+    std::fs::write(&strings, "{\"v\": [\"a\"]}\n").unwrap();
+    let err = Dataset::new(s.read(strings.to_str().unwrap()).await.unwrap())
+        .with_vector_feature("v", 1)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("feature column 'v' has type List"),
+        "{err}"
+    );
+}

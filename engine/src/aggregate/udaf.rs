@@ -232,7 +232,7 @@ pub async fn run_embedded<S: Statistic>(dataset: &Dataset, stat: Arc<S>) -> Resu
         .aggregate(vec![], vec![udaf.call(args).alias("state")])?;
     let batches = match df.collect().await.map_err(QuiverError::from) {
         Ok(b) => b,
-        Err(QuiverError::InvalidValueInBatch { .. }) => {
+        Err(QuiverError::InvalidValueInBatch { .. } | QuiverError::VectorLengthInBatch { .. }) => {
             return Err(dataset.locate_invalid().await?.unwrap_or_else(|| {
                 QuiverError::internal("a null or NaN was reported but could not be located")
             }));
