@@ -1,18 +1,26 @@
-//! The engine's own SQL functions: `vector_assemble(col, …)` builds a dense feature vector.
+//! The engine's own SQL functions: `vector_assemble(col, …)` and `vector_from_list(list, dim)`
+//! build dense feature vectors; `vector_summary(v)` is the feature summary as an aggregate.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, ListArray, StructArray, UInt64Array,
+};
 use arrow::buffer::NullBuffer;
-use arrow::datatypes::{DataType, Field, FieldRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, UInt64Type};
 use datafusion::common::ScalarValue;
 use datafusion::error::Result as DFResult;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
+use crate::aggregate::Statistic;
 use crate::error::{QuiverError, Result};
+use crate::summary::{Summarizer, SummaryState};
+use crate::vector::{FeatureBatch, vector_values};
 use crate::vector::{assemble, feature_width, vector_type};
 
 /// `vector_assemble(c1, c2, …)`: numeric columns (any integer or float type) and numeric
@@ -211,4 +219,178 @@ pub fn engine_scalar_functions() -> Vec<ScalarUDF> {
         ScalarUDF::from(AssembleUdf::new()),
         ScalarUDF::from(VectorFromListUdf::new()),
     ]
+}
+
+/// `vector_summary(v)`: the feature summary of a vector column as one struct (`count`, and per
+/// feature `mean`, `variance`, `std`, `min`, `max`, `norm_l1`, `norm_l2`, `num_nonzeros` as
+/// lists); NULL over no rows. `SELECT vector_summary(vector_assemble(a, b)) FROM t`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct VectorSummaryUdaf {
+    signature: Signature,
+}
+
+impl Default for VectorSummaryUdaf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VectorSummaryUdaf {
+    pub fn new() -> Self {
+        VectorSummaryUdaf {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+const SUMMARY_LISTS: [&str; 7] = [
+    "mean", "variance", "std", "min", "max", "norm_l1", "norm_l2",
+];
+
+fn summary_fields() -> Fields {
+    let list = |t: DataType| DataType::List(Arc::new(Field::new_list_field(t, true)));
+    let mut fields = vec![Field::new("count", DataType::UInt64, false)];
+    fields.extend(
+        SUMMARY_LISTS
+            .iter()
+            .map(|n| Field::new(*n, list(DataType::Float64), false)),
+    );
+    fields.push(Field::new("num_nonzeros", list(DataType::UInt64), false));
+    Fields::from(fields)
+}
+
+fn vector_dim(t: &DataType) -> Result<usize> {
+    match t {
+        DataType::FixedSizeList(f, n) if f.data_type() == &DataType::Float64 => Ok(*n as usize),
+        other => Err(QuiverError::NonNumericColumn {
+            column: "argument of vector_summary".to_string(),
+            data_type: format!("{other} (build a vector with vector_assemble)"),
+        }),
+    }
+}
+
+impl AggregateUDFImpl for VectorSummaryUdaf {
+    fn name(&self) -> &str {
+        "vector_summary"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DFResult<DataType> {
+        vector_dim(&arg_types[0]).map_err(QuiverError::into_datafusion)?;
+        Ok(DataType::Struct(summary_fields()))
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> DFResult<Box<dyn Accumulator>> {
+        let dim =
+            vector_dim(args.expr_fields[0].data_type()).map_err(QuiverError::into_datafusion)?;
+        let stat = Summarizer::new(dim);
+        Ok(Box::new(VectorSummaryAccumulator {
+            state: stat.init(),
+            stat,
+        }))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> DFResult<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(
+            format_state_name(args.name, "state"),
+            DataType::Binary,
+            true,
+        ))])
+    }
+}
+
+#[derive(Debug)]
+struct VectorSummaryAccumulator {
+    stat: Summarizer,
+    state: SummaryState,
+}
+
+impl VectorSummaryAccumulator {
+    fn value(&self) -> Result<ScalarValue> {
+        let fields = summary_fields();
+        let summary = match self.stat.finish(self.state.clone()) {
+            Ok(s) => s,
+            Err(QuiverError::EmptyDataset { .. }) => {
+                return Ok(ScalarValue::try_from(&DataType::Struct(fields))?);
+            }
+            Err(e) => return Err(e),
+        };
+        let list = |v: &[f64]| -> ArrayRef {
+            Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>([Some(
+                v.iter().map(|x| Some(*x)),
+            )]))
+        };
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(vec![summary.count]))];
+        for v in [
+            &summary.mean,
+            &summary.variance,
+            &summary.std,
+            &summary.min,
+            &summary.max,
+            &summary.norm_l1,
+            &summary.norm_l2,
+        ] {
+            cols.push(list(v));
+        }
+        cols.push(Arc::new(
+            ListArray::from_iter_primitive::<UInt64Type, _, _>([Some(
+                summary.num_nonzeros.iter().map(|x| Some(*x)),
+            )]),
+        ));
+        Ok(ScalarValue::Struct(Arc::new(StructArray::try_new(
+            fields, cols, None,
+        )?)))
+    }
+}
+
+impl Accumulator for VectorSummaryAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DFResult<()> {
+        let mut run = || -> Result<()> {
+            if values[0].is_empty() {
+                return Ok(());
+            }
+            let (v, dim) = vector_values(values[0].as_ref(), "argument of vector_summary")?;
+            self.stat
+                .update(&mut self.state, &FeatureBatch::new(v, dim)?)
+        };
+        run().map_err(QuiverError::into_datafusion)
+    }
+
+    fn evaluate(&mut self) -> DFResult<ScalarValue> {
+        self.value().map_err(QuiverError::into_datafusion)
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.stat.state_size(&self.state)
+    }
+
+    fn state(&mut self) -> DFResult<Vec<ScalarValue>> {
+        let mut out = Vec::new();
+        self.stat.encode_state(&self.state, &mut out);
+        Ok(vec![ScalarValue::Binary(Some(out))])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DFResult<()> {
+        let mut run = || -> Result<()> {
+            let states = states[0]
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| QuiverError::internal("vector_summary state is not binary"))?;
+            for i in 0..states.len() {
+                if states.is_valid(i) {
+                    let other = self.stat.decode_state(states.value(i))?;
+                    self.stat.merge(&mut self.state, &other)?;
+                }
+            }
+            Ok(())
+        };
+        run().map_err(QuiverError::into_datafusion)
+    }
+}
+
+/// The engine's aggregate functions, for the registry.
+pub fn engine_aggregate_functions() -> Vec<AggregateUDF> {
+    vec![AggregateUDF::from(VectorSummaryUdaf::new())]
 }

@@ -10,7 +10,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::error::{QuiverError, Result};
 use crate::fanout::{TaskRegistry, TaskRunner};
-use crate::functions::engine_scalar_functions;
+use crate::functions::{engine_aggregate_functions, engine_scalar_functions};
 
 /// A set of functions and task runners, with names unique across all of them.
 #[derive(Debug, Clone, Default)]
@@ -31,9 +31,12 @@ impl FunctionRegistry {
     /// A registry holding the engine's own functions.
     pub fn with_engine_functions() -> Self {
         let mut r = Self::new();
+        // The engine's names are distinct by construction; a clash is a bug caught by tests.
         for f in engine_scalar_functions() {
-            // The engine's names are distinct by construction; a clash is a bug caught by tests.
             let _ = r.add_scalar(f);
+        }
+        for f in engine_aggregate_functions() {
+            let _ = r.add_aggregate(f);
         }
         r
     }
@@ -156,7 +159,12 @@ mod tests {
     #[test]
     fn engine_functions_have_unique_names() {
         let r = FunctionRegistry::with_engine_functions();
-        assert!(r.names().contains(&"vector_assemble".to_string()));
+        let names = r.names();
+        for n in ["vector_assemble", "vector_from_list", "vector_summary"] {
+            assert!(names.contains(&n.to_string()), "{n} missing from {names:?}");
+        }
+        // Engine functions never take the names of statistics run through StatisticUdaf.
+        assert!(!names.contains(&"feature_summary".to_string()));
     }
 
     #[test]

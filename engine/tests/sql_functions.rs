@@ -1,0 +1,126 @@
+//! The engine's SQL functions: `vector_assemble`, `vector_from_list`, `vector_summary`.
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float64Type, UInt64Type};
+use quiver_engine::{Dataset, QuiverConfig, QuiverSession, Runner};
+
+const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
+
+fn list_f64(col: &dyn Array) -> Vec<f64> {
+    let l = col.as_list::<i32>();
+    l.value(0).as_primitive::<Float64Type>().values().to_vec()
+}
+
+/// `vector_summary` in SQL equals the Dataset API's summary, at batch sizes 1, 2, 3 and 8192
+/// over 3 partitions (so partial states are merged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_summary_in_sql_matches_the_dataset_summary() {
+    let base = QuiverSession::embedded().unwrap();
+    let ds = Dataset::new(base.read(DIGITS).await.unwrap())
+        .with_features(["pixel_2", "pixel_10", "label"])
+        .unwrap();
+    let want = base.summarize(&ds, Runner::Local).await.unwrap();
+    for batch_size in [1, 2, 3, 8192] {
+        let s = QuiverSession::embedded_with(
+            QuiverConfig::default()
+                .with_batch_size(batch_size)
+                .with_target_partitions(3),
+        )
+        .unwrap();
+        let df = s.read(DIGITS).await.unwrap();
+        s.context().register_table("d", df.into_view()).unwrap();
+        let rows = s
+            .sql("SELECT vector_summary(vector_assemble(pixel_2, pixel_10, label)) AS s FROM d")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let st = rows[0].column(0).as_struct();
+        assert_eq!(st.column(0).as_primitive::<UInt64Type>().value(0), 1797);
+        let close = |got: Vec<f64>, want: &[f64], what: &str| {
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                    "{what} at batch {batch_size}: {g} vs {w}"
+                );
+            }
+        };
+        close(
+            list_f64(st.column_by_name("mean").unwrap()),
+            &want.mean,
+            "mean",
+        );
+        close(
+            list_f64(st.column_by_name("variance").unwrap()),
+            &want.variance,
+            "variance",
+        );
+        close(
+            list_f64(st.column_by_name("max").unwrap()),
+            &want.max,
+            "max",
+        );
+        close(
+            list_f64(st.column_by_name("norm_l2").unwrap()),
+            &want.norm_l2,
+            "norm_l2",
+        );
+    }
+}
+
+#[tokio::test]
+async fn vector_summary_of_no_rows_is_null_and_needs_a_vector() {
+    let s = QuiverSession::embedded().unwrap();
+    let df = s.read(DIGITS).await.unwrap();
+    s.context().register_table("d", df.into_view()).unwrap();
+    let rows = s
+        .sql("SELECT vector_summary(vector_assemble(pixel_1)) AS s FROM d WHERE label > 100")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(rows[0].column(0).is_null(0));
+    let err = s
+        .sql("SELECT vector_summary(pixel_1) FROM d")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("vector_summary") && err.contains("vector_assemble"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn vector_assemble_in_sql_names_bad_columns() {
+    let s = QuiverSession::embedded().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("t.csv");
+    std::fs::write(&csv, "a,b,name\n1,,x\n2,3.5,y\n").unwrap();
+    s.context()
+        .register_table(
+            "t",
+            s.read(csv.to_str().unwrap()).await.unwrap().into_view(),
+        )
+        .unwrap();
+    let err = s
+        .sql("SELECT vector_assemble(a, b) FROM t")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err();
+    let err = quiver_engine::QuiverError::from(err).to_string();
+    assert_eq!(err, "null in column 'b' (row 0 of a batch)");
+    let err = s
+        .sql("SELECT vector_assemble(a, name) FROM t")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("argument 2 of vector_assemble") && err.contains("Utf8"),
+        "{err}"
+    );
+}
