@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use bytes::Bytes;
 use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::prelude::{
     CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions, SessionContext,
 };
 use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use crate::config::S3Config;
@@ -368,9 +369,11 @@ async fn ipc_schema(
     Ok(arrow::ipc::convert::fb_to_schema(schema))
 }
 
-/// Writes the result of `df` to `location` as one Parquet or Arrow IPC file. The file appears
-/// only once completely written (a single atomic put): a failed query leaves nothing behind
-/// and an existing file untouched.
+/// Writes the result of `df` to `location` as one Parquet or Arrow IPC file. The data streams
+/// to a hidden temporary object next to the target (`.<name>.<uuid>.tmp`, a multipart upload
+/// where the store has them, memory bounded by a row group), which is renamed to `location`
+/// only once complete: a failed query or write leaves nothing behind and an existing file
+/// untouched.
 pub async fn write(
     ctx: &SessionContext,
     s3: &S3Config,
@@ -378,47 +381,95 @@ pub async fn write(
     location: &str,
     format: DataFormat,
 ) -> Result<u64> {
+    if !matches!(format, DataFormat::Parquet | DataFormat::Arrow) {
+        return Err(QuiverError::UnsupportedFormat {
+            path: location.to_string(),
+            format: format!("{} (writes support parquet and arrow)", format.name()),
+        });
+    }
     let loc = resolve(ctx, s3, location)?;
+    let name = loc.path.filename().ok_or_else(|| QuiverError::InvalidUrl {
+        url: location.to_string(),
+        reason: "a file name is needed to write to".to_string(),
+    })?;
+    let tmp_name = format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple());
+    let parent: Path = loc
+        .path
+        .parts()
+        .take(loc.path.parts().count().saturating_sub(1))
+        .collect();
+    let tmp = parent.join(tmp_name.as_str());
+    let os = |source| QuiverError::ObjectStore {
+        path: location.to_string(),
+        source,
+    };
+    let mut out = BufWriter::new(Arc::clone(&loc.store), tmp.clone());
+    match stream_encoded(df, format, location, &mut out).await {
+        Ok(rows) => {
+            out.shutdown().await.map_err(|e| QuiverError::Io {
+                path: location.into(),
+                source: e,
+            })?;
+            if let Err(e) = loc.store.rename(&tmp, &loc.path).await {
+                let _ = loc.store.delete(&tmp).await;
+                return Err(os(e));
+            }
+            Ok(rows)
+        }
+        Err(e) => {
+            // Best effort: abandon the upload; the temporary object is hidden in any case.
+            let _ = out.abort().await;
+            let _ = loc.store.delete(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+/// Runs `df` and encodes its batches into `out`, handing bytes over batch by batch.
+async fn stream_encoded(
+    df: DataFrame,
+    format: DataFormat,
+    location: &str,
+    out: &mut BufWriter,
+) -> Result<u64> {
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await?;
+    let io = |e: std::io::Error| QuiverError::Io {
+        path: location.into(),
+        source: e,
+    };
+    let encoding = |e: parquet::errors::ParquetError| {
+        QuiverError::internal(format!("writing {location}: {e}"))
+    };
     let mut rows = 0u64;
-    let bytes = match format {
+    match format {
         DataFormat::Parquet => {
-            let mut w = parquet::arrow::ArrowWriter::try_new(Vec::new(), schema, None)
-                .map_err(|e| QuiverError::internal(e.to_string()))?;
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(Vec::new(), schema, None).map_err(encoding)?;
             while let Some(batch) = stream.next().await {
                 let batch: RecordBatch = batch?;
                 rows += batch.num_rows() as u64;
-                w.write(&batch)
-                    .map_err(|e| QuiverError::internal(format!("writing {location}: {e}")))?;
+                w.write(&batch).map_err(encoding)?;
+                let ready = std::mem::take(w.inner_mut());
+                out.write_all(&ready).await.map_err(io)?;
             }
-            w.into_inner()
-                .map_err(|e| QuiverError::internal(format!("writing {location}: {e}")))?
+            let rest = w.into_inner().map_err(encoding)?;
+            out.write_all(&rest).await.map_err(io)?;
         }
-        DataFormat::Arrow => {
+        _ => {
             let mut w = arrow::ipc::writer::FileWriter::try_new(Vec::new(), &schema)?;
             while let Some(batch) = stream.next().await {
                 let batch: RecordBatch = batch?;
                 rows += batch.num_rows() as u64;
                 w.write(&batch)?;
+                let ready = std::mem::take(w.get_mut());
+                out.write_all(&ready).await.map_err(io)?;
             }
             w.finish()?;
-            w.into_inner()?
+            let rest = w.into_inner()?;
+            out.write_all(&rest).await.map_err(io)?;
         }
-        other => {
-            return Err(QuiverError::UnsupportedFormat {
-                path: location.to_string(),
-                format: format!("{} (writes support parquet and arrow)", other.name()),
-            });
-        }
-    };
-    loc.store
-        .put(&loc.path, PutPayload::from(Bytes::from(bytes)))
-        .await
-        .map_err(|source| QuiverError::ObjectStore {
-            path: location.to_string(),
-            source,
-        })?;
+    }
     Ok(rows)
 }
 

@@ -292,8 +292,45 @@ async fn failed_query_leaves_no_output_file() {
             DataType::Int32,
         )])
         .unwrap();
-    assert!(s.write_parquet(df, path.to_str().unwrap()).await.is_err());
+    assert!(
+        s.write_parquet(df.clone(), path.to_str().unwrap())
+            .await
+            .is_err()
+    );
     assert!(!path.exists(), "a failed write must not leave a file");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "nothing, not even a temporary file, is left: {left:?}"
+    );
+    // Over an existing file: the old content survives a failed write.
+    let good = s
+        .from_batches(
+            vec![
+                RecordBatch::try_new(
+                    Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)])),
+                    vec![Arc::new(Int32Array::from(vec![7, 8, 9]))],
+                )
+                .unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+    assert_eq!(
+        s.write_parquet(good, path.to_str().unwrap()).await.unwrap(),
+        3
+    );
+    assert!(s.write_parquet(df, path.to_str().unwrap()).await.is_err());
+    assert_eq!(
+        s.read(path.to_str().unwrap())
+            .await
+            .unwrap()
+            .count()
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
 #[test]
