@@ -110,7 +110,9 @@ fn bench_summary_runs_small() {
         "baseline-plain-sum-4f-5000r",
         "summary-local-memory-4f-5000r",
         "summary-embedded-memory-4f-5000r",
-        "summary-embedded-parquet-4f-5000r",
+        "summary-embedded-parquet-disk-4f-5000r",
+        "summary-embedded-parquet-memory-store-4f-5000r",
+        "load-parquet-disk-into-local-cache-4f-5000r",
     ] {
         assert!(text.contains(case), "missing {case}:\n{text}");
     }

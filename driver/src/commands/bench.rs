@@ -148,7 +148,7 @@ pub async fn summary(
         session.config().compute_threads
     )
     .ok();
-    let bar = progress(if opts.parquet { 5 } else { 3 }, "bench summary");
+    let bar = progress(if opts.parquet { 6 } else { 3 }, "bench summary");
 
     // Data, built outside every timed loop.
     let chunks = synthetic(rows, dim, batch_rows, opts.seed);
@@ -232,24 +232,33 @@ pub async fn summary(
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let parts = session.config().target_partitions.max(1);
         let per = col_batches.len().div_ceil(parts);
-        for (i, group) in col_batches.chunks(per.max(1)).enumerate() {
-            let df = session.from_batches(group.to_vec(), 1)?;
-            let path = dir.path().join(format!("part-{i}.parquet"));
-            session.write_parquet(df, &path.to_string_lossy()).await?;
-        }
-        let loc = format!("{}/", dir.path().to_string_lossy());
+        let disk = format!("{}/", dir.path().to_string_lossy());
         let names: Vec<String> = (0..dim).map(|j| format!("f{j}")).collect();
-        let pq = Dataset::new(session.read(&loc).await?).with_features(&names)?;
-        push(
-            name("summary-embedded-parquet"),
-            time_async(opts.iters, || session.aggregate(&pq, Arc::clone(&stat_arc))).await?,
-        );
-        bar.inc(1);
-        push(
-            name("load-parquet-into-local-cache"),
-            time_async(opts.iters.min(3), || pq.cache_local()).await?,
-        );
-        bar.inc(1);
+        // The same files on local disk and in the session's memory:// object store.
+        for (case, base) in [
+            ("summary-embedded-parquet-disk", disk.as_str()),
+            ("summary-embedded-parquet-memory-store", "memory:///bench/"),
+        ] {
+            for (i, group) in col_batches.chunks(per.max(1)).enumerate() {
+                let df = session.from_batches(group.to_vec(), 1)?;
+                session
+                    .write_parquet(df, &format!("{base}part-{i}.parquet"))
+                    .await?;
+            }
+            let pq = Dataset::new(session.read(base).await?).with_features(&names)?;
+            push(
+                name(case),
+                time_async(opts.iters, || session.aggregate(&pq, Arc::clone(&stat_arc))).await?,
+            );
+            bar.inc(1);
+            if base == disk {
+                push(
+                    name("load-parquet-disk-into-local-cache"),
+                    time_async(opts.iters.min(3), || pq.cache_local()).await?,
+                );
+                bar.inc(1);
+            }
+        }
         _dir = Some(dir);
     }
     bar.finish_and_clear();
@@ -261,14 +270,14 @@ pub async fn summary(
         .unwrap_or(f64::NAN);
     writeln!(
         out,
-        "  {:<44} {:>10} {:>10} {:>12} {:>8} {:>9}",
+        "  {:<52} {:>10} {:>10} {:>12} {:>8} {:>9}",
         "case", "median ms", "min ms", "rows/s", "GB/s", "vs local"
     )
     .ok();
     for c in &cases {
         writeln!(
             out,
-            "  {:<44} {:>10.2} {:>10.2} {:>12.3e} {:>8.2} {:>8.2}x",
+            "  {:<52} {:>10.2} {:>10.2} {:>12.3e} {:>8.2} {:>8.2}x",
             c.name,
             c.median.as_secs_f64() * 1e3,
             c.min.as_secs_f64() * 1e3,
