@@ -31,6 +31,11 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         doc: "Rows per Arrow record batch when reading data and when caching it locally.",
     },
     ConfigKey {
+        key: "quiver.runner",
+        default: "embedded",
+        doc: "Where fits run their statistics: embedded (DataFusion queries) or local (cached batches on the compute pool).",
+    },
+    ConfigKey {
         key: "quiver.model_store",
         default: "./quiver-models/",
         doc: "URL or path of the model store (file://, plain path, memory://, s3://).",
@@ -100,6 +105,8 @@ pub struct QuiverConfig {
     pub batch_size: usize,
     /// Defaults to `./quiver-models/`.
     pub model_store: String,
+    /// `quiver.runner = local`; defaults to `false` (embedded).
+    pub local_runner: bool,
     pub s3: S3Config,
 }
 
@@ -118,6 +125,7 @@ impl Default for QuiverConfig {
             compute_threads: cores,
             batch_size: 8192,
             model_store: "./quiver-models/".to_string(),
+            local_runner: false,
             s3: S3Config::default(),
         }
     }
@@ -147,6 +155,13 @@ impl QuiverConfig {
                     return Err(bad("expected a URL or a path"));
                 }
                 self.model_store = value.trim().to_string()
+            }
+            "quiver.runner" => {
+                self.local_runner = match value.trim().to_ascii_lowercase().as_str() {
+                    "local" => true,
+                    "embedded" => false,
+                    _ => return Err(bad("expected local or embedded")),
+                }
             }
             "quiver.s3.endpoint" => self.s3.endpoint = Some(value.to_string()),
             "quiver.s3.region" => self.s3.region = Some(value.to_string()),

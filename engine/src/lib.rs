@@ -35,7 +35,7 @@ pub use fanout::{
 pub use io::DataFormat;
 pub use map::{BatchFunction, MapUdf, map_dataset};
 pub use registry::FunctionRegistry;
-pub use session::{QuiverSession, Runner};
+pub use session::{Prepared, QuiverSession, Runner};
 pub use store::{ModelDraft, ModelMetadata, ModelStore, StoredModel};
 pub use summary::{FeatureSummary, Summarizer};
 pub use vector::FeatureBatch;

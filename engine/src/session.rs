@@ -22,12 +22,60 @@ use crate::store::ModelStore;
 use crate::summary::{FeatureSummary, Summarizer};
 
 /// Where a statistic or a fan-out runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Runner {
     /// Cached batches on the compute pool: no query planning.
     Local,
-    /// A DataFusion query in this process.
+    /// A DataFusion query in this process (on a cluster session, on the cluster).
+    #[default]
     Embedded,
+}
+
+impl Runner {
+    /// The session's default runner (`quiver.runner`).
+    pub fn from_config(config: &QuiverConfig) -> Runner {
+        if config.local_runner {
+            Runner::Local
+        } else {
+            Runner::Embedded
+        }
+    }
+}
+
+/// A dataset made ready for repeated statistics on one runner ([`QuiverSession::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    session: QuiverSession,
+    dim: usize,
+    input: PreparedInput,
+}
+
+#[derive(Debug, Clone)]
+enum PreparedInput {
+    Local(Arc<LocalFrame>),
+    Embedded(Box<Dataset>),
+}
+
+impl Prepared {
+    /// Features per row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn runner(&self) -> Runner {
+        match self.input {
+            PreparedInput::Local(_) => Runner::Local,
+            PreparedInput::Embedded(_) => Runner::Embedded,
+        }
+    }
+
+    /// Runs one statistic over the prepared data.
+    pub async fn aggregate<S: Statistic>(&self, stat: Arc<S>) -> Result<S::Output> {
+        match &self.input {
+            PreparedInput::Local(frame) => self.session.aggregate_local(frame, stat.as_ref()),
+            PreparedInput::Embedded(ds) => self.session.aggregate(ds, stat).await,
+        }
+    }
 }
 
 /// A Quiver session. Cheap to clone (everything inside is shared).
@@ -187,14 +235,24 @@ impl QuiverSession {
 
     /// The feature summary of `dataset` (unweighted), on the given runner.
     pub async fn summarize(&self, dataset: &Dataset, runner: Runner) -> Result<FeatureSummary> {
-        let stat = Summarizer::new(dataset.feature_dim()?);
-        match runner {
-            Runner::Local => {
-                let frame = dataset.cache_local().await?;
-                self.aggregate_local(&frame, &stat)
-            }
-            Runner::Embedded => self.aggregate(dataset, Arc::new(stat)).await,
-        }
+        let prepared = self.prepare(dataset, runner).await?;
+        prepared
+            .aggregate(Arc::new(Summarizer::new(prepared.dim())))
+            .await
+    }
+
+    /// Prepares `dataset` for repeated statistics on `runner` (what an iterative fit does once):
+    /// the local runner caches the assembled features now; the embedded one keeps the plan.
+    pub async fn prepare(&self, dataset: &Dataset, runner: Runner) -> Result<Prepared> {
+        let input = match runner {
+            Runner::Local => PreparedInput::Local(Arc::new(dataset.cache_local().await?)),
+            Runner::Embedded => PreparedInput::Embedded(Box::new(dataset.clone())),
+        };
+        Ok(Prepared {
+            session: self.clone(),
+            dim: dataset.feature_dim()?,
+            input,
+        })
     }
 
     /// Runs `tasks` with the session's task runners, `parallelism` at a time, calling

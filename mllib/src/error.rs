@@ -1,15 +1,47 @@
-//! MLlib's error type.
+//! MLlib's error type: one variant per rule a user can break.
 
 use quiver_engine::QuiverError;
 
 pub type Result<T, E = MllibError> = std::result::Result<T, E>;
 
-/// Errors of fitting and applying models.
+/// Errors of fitting, applying, saving and loading models.
 #[derive(Debug, thiserror::Error)]
 pub enum MllibError {
     #[error("invalid parameter '{param}': {reason}")]
     InvalidParam { param: String, reason: String },
 
+    #[error("invalid parameters: min ({min}) must be below max ({max})")]
+    MinNotBelowMax { min: f64, max: f64 },
+
+    #[error("invalid parameter 'output_col': the output column needs a name")]
+    EmptyOutputColumn,
+
+    #[error("model '{name}' is a {found}, not a {expected}")]
+    WrongModelKind {
+        name: String,
+        expected: String,
+        found: String,
+    },
+
+    #[error(
+        "model '{name}' ({kind}) has format version {found}; this build reads up to {supported}"
+    )]
+    UnsupportedFormatVersion {
+        name: String,
+        kind: String,
+        found: u32,
+        supported: u32,
+    },
+
+    #[error("model '{name}' is corrupt: {reason}")]
+    CorruptModel { name: String, reason: String },
+
     #[error(transparent)]
     Engine(#[from] QuiverError),
+}
+
+impl From<arrow::error::ArrowError> for MllibError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        MllibError::Engine(QuiverError::Arrow(e))
+    }
 }

@@ -4,14 +4,20 @@
 //! on the local runner, embedded DataFusion and a Ballista cluster alike: params, estimators and
 //! models, pipelines, feature transformers, algorithms, evaluators and tuning.
 //!
-//! Entry points: [`register`] adds this crate's functions and task runners to a
+//! Entry points: the [`Estimator`] / [`Model`] / [`Transformer`] API with [`save`] and [`load`]
+//! for the model store; feature transformers ([`StandardScaler`], [`MinMaxScaler`]); [`register`] adds this crate's functions and task runners to a
 //! [`FunctionRegistry`] (the executor and driver binaries call it through
 //! `quiver_executor::install`). The feature summary every algorithm starts from lives in the
 //! engine ([`quiver_engine::Summarizer`]).
 
+pub mod api;
 pub mod error;
+pub mod feature;
+pub mod persist;
 
+pub use api::{Estimator, Model, Transformer, load, save};
 pub use error::{MllibError, Result};
+pub use feature::{MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel};
 
 use quiver_engine::FunctionRegistry;
 

@@ -1,0 +1,76 @@
+//! The MLlib API: an [`Estimator`] fits a [`Model`]; a model is a [`Transformer`] that adds its
+//! output column lazily; models save to and load from the model store ([`save`], [`load`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::future::Future;
+
+use bytes::Bytes;
+use quiver_engine::{Dataset, ModelDraft, ModelMetadata, ModelStore, QuiverSession};
+
+use crate::error::{MllibError, Result};
+
+/// Adds output columns to a dataset, lazily (a projection; nothing runs until the data is read).
+pub trait Transformer: Send + Sync + Debug {
+    fn transform(&self, data: &Dataset) -> Result<Dataset>;
+}
+
+/// Learns a model from a dataset. Parameters are validated by the estimator's `check()` before
+/// any data is read; statistics run on the session's runner (`quiver.runner`).
+pub trait Estimator: Send + Sync + Debug {
+    type Model: Model;
+    fn fit(
+        &self,
+        session: &QuiverSession,
+        data: &Dataset,
+    ) -> impl Future<Output = Result<Self::Model>> + Send;
+}
+
+/// A fitted transformer that persists in the model store.
+pub trait Model: Transformer + Sized {
+    /// Kind name in the model store, e.g. `"standard_scaler"`.
+    const KIND: &'static str;
+    /// Version of this kind's payload format; loading refuses newer ones.
+    const FORMAT_VERSION: u32;
+
+    /// Metadata (params, features, metrics) and payload parts.
+    fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)>;
+
+    /// Rebuilds the model from what [`Model::to_parts`] wrote.
+    fn from_parts(metadata: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<Self>;
+}
+
+/// Saves `model` as a new version of `name`; returns its metadata.
+pub async fn save<M: Model>(store: &ModelStore, name: &str, model: &M) -> Result<ModelMetadata> {
+    let (mut draft, parts) = model.to_parts()?;
+    draft.kind = M::KIND.to_string();
+    draft.format_version = M::FORMAT_VERSION;
+    Ok(store.save(name, draft, parts.into_iter().map(Ok)).await?)
+}
+
+/// Loads version `version` (latest when `None`) of `name` as an `M`, refusing another kind or a
+/// newer format.
+pub async fn load<M: Model>(store: &ModelStore, name: &str, version: Option<u64>) -> Result<M> {
+    let stored = store.load(name, version).await?;
+    let meta = &stored.metadata;
+    if meta.kind != M::KIND {
+        return Err(MllibError::WrongModelKind {
+            name: name.to_string(),
+            expected: M::KIND.to_string(),
+            found: meta.kind.clone(),
+        });
+    }
+    if meta.format_version > M::FORMAT_VERSION {
+        return Err(MllibError::UnsupportedFormatVersion {
+            name: name.to_string(),
+            kind: meta.kind.clone(),
+            found: meta.format_version,
+            supported: M::FORMAT_VERSION,
+        });
+    }
+    let mut parts = BTreeMap::new();
+    for (part, _) in &meta.parts {
+        parts.insert(part.clone(), stored.part(part).await?);
+    }
+    M::from_parts(meta, &parts)
+}
