@@ -11,16 +11,14 @@ use arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, UInt64Typ
 use datafusion::common::ScalarValue;
 use datafusion::error::Result as DFResult;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ReturnFieldArgs,
     ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::aggregate::Statistic;
+use crate::aggregate::{Statistic, StatisticAccumulator, binary_state_field};
 use crate::error::{QuiverError, Result};
-use crate::summary::{Summarizer, SummaryState};
-use crate::vector::{FeatureBatch, vector_values};
+use crate::summary::Summarizer;
 use crate::vector::{assemble, feature_width, vector_type};
 
 /// `vector_assemble(c1, c2, …)`: numeric columns (any integer or float type) and numeric
@@ -286,32 +284,24 @@ impl AggregateUDFImpl for VectorSummaryUdaf {
     fn accumulator(&self, args: AccumulatorArgs) -> DFResult<Box<dyn Accumulator>> {
         let dim =
             vector_dim(args.expr_fields[0].data_type()).map_err(QuiverError::into_datafusion)?;
-        let stat = Summarizer::new(dim);
-        Ok(Box::new(VectorSummaryAccumulator {
-            state: stat.init(),
-            stat,
-        }))
+        Ok(Box::new(VectorSummaryAccumulator(
+            StatisticAccumulator::new(Arc::new(Summarizer::new(dim))),
+        )))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> DFResult<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(
-            format_state_name(args.name, "state"),
-            DataType::Binary,
-            true,
-        ))])
+        Ok(binary_state_field(args.name))
     }
 }
 
+/// The summary statistic's accumulator, finishing into the SQL struct instead of bytes.
 #[derive(Debug)]
-struct VectorSummaryAccumulator {
-    stat: Summarizer,
-    state: SummaryState,
-}
+struct VectorSummaryAccumulator(StatisticAccumulator<Summarizer>);
 
 impl VectorSummaryAccumulator {
     fn value(&self) -> Result<ScalarValue> {
         let fields = summary_fields();
-        let summary = match self.stat.finish(self.state.clone()) {
+        let summary = match self.0.statistic().finish(self.0.current_state().clone()) {
             Ok(s) => s,
             Err(QuiverError::EmptyDataset { .. }) => {
                 return Ok(ScalarValue::try_from(&DataType::Struct(fields))?);
@@ -348,15 +338,7 @@ impl VectorSummaryAccumulator {
 
 impl Accumulator for VectorSummaryAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DFResult<()> {
-        let mut run = || -> Result<()> {
-            if values[0].is_empty() {
-                return Ok(());
-            }
-            let (v, dim) = vector_values(values[0].as_ref(), "argument of vector_summary")?;
-            self.stat
-                .update(&mut self.state, &FeatureBatch::new(v, dim)?)
-        };
-        run().map_err(QuiverError::into_datafusion)
+        self.0.update_batch(values)
     }
 
     fn evaluate(&mut self) -> DFResult<ScalarValue> {
@@ -364,29 +346,15 @@ impl Accumulator for VectorSummaryAccumulator {
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.stat.state_size(&self.state)
+        self.0.size()
     }
 
     fn state(&mut self) -> DFResult<Vec<ScalarValue>> {
-        let mut out = Vec::new();
-        self.stat.encode_state(&self.state, &mut out);
-        Ok(vec![ScalarValue::Binary(Some(out))])
+        Accumulator::state(&mut self.0)
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> DFResult<()> {
-        let mut run = || -> Result<()> {
-            let states = states[0]
-                .as_binary_opt::<i32>()
-                .ok_or_else(|| QuiverError::internal("vector_summary state is not binary"))?;
-            for i in 0..states.len() {
-                if states.is_valid(i) {
-                    let other = self.stat.decode_state(states.value(i))?;
-                    self.stat.merge(&mut self.state, &other)?;
-                }
-            }
-            Ok(())
-        };
-        run().map_err(QuiverError::into_datafusion)
+        self.0.merge_batch(states)
     }
 }
 

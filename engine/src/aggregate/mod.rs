@@ -6,6 +6,7 @@ mod local;
 mod udaf;
 
 pub use local::run_local;
+pub(crate) use udaf::{StatisticAccumulator, binary_state_field};
 pub use udaf::{StatisticUdaf, quoted_name, run_embedded};
 
 use std::fmt::Debug;

@@ -77,29 +77,47 @@ impl<S: Statistic> AggregateUDFImpl for StatisticUdaf<S> {
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> DFResult<Box<dyn Accumulator>> {
-        Ok(Box::new(StatisticAccumulator {
-            stat: Arc::clone(&self.stat),
-            state: self.stat.init(),
-        }))
+        Ok(Box::new(StatisticAccumulator::new(Arc::clone(&self.stat))))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> DFResult<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(
-            format_state_name(args.name, "state"),
-            DataType::Binary,
-            true,
-        ))])
+        Ok(binary_state_field(args.name))
     }
 }
 
+/// The one partial-state field of a statistic's aggregate: its encoded state.
+pub(crate) fn binary_state_field(name: &str) -> Vec<FieldRef> {
+    vec![Arc::new(Field::new(
+        format_state_name(name, "state"),
+        DataType::Binary,
+        true,
+    ))]
+}
+
+/// An accumulator that runs a statistic: update on feature batches, merge encoded states.
 #[derive(Debug)]
-struct StatisticAccumulator<S: Statistic> {
+pub(crate) struct StatisticAccumulator<S: Statistic> {
     stat: Arc<S>,
     state: S::State,
 }
 
 impl<S: Statistic> StatisticAccumulator<S> {
-    fn update(&mut self, values: &[ArrayRef]) -> Result<()> {
+    pub(crate) fn new(stat: Arc<S>) -> Self {
+        StatisticAccumulator {
+            state: stat.init(),
+            stat,
+        }
+    }
+
+    pub(crate) fn statistic(&self) -> &S {
+        &self.stat
+    }
+
+    pub(crate) fn current_state(&self) -> &S::State {
+        &self.state
+    }
+
+    pub(crate) fn update(&mut self, values: &[ArrayRef]) -> Result<()> {
         let inputs = self.stat.inputs();
         let features = values
             .first()
@@ -136,7 +154,7 @@ impl<S: Statistic> StatisticAccumulator<S> {
         self.stat.update(&mut self.state, &batch)
     }
 
-    fn merge(&mut self, states: &[ArrayRef]) -> Result<()> {
+    pub(crate) fn merge(&mut self, states: &[ArrayRef]) -> Result<()> {
         let states = states
             .first()
             .and_then(|a| a.as_binary_opt::<i32>())
@@ -150,7 +168,7 @@ impl<S: Statistic> StatisticAccumulator<S> {
         Ok(())
     }
 
-    fn encoded(&self) -> ScalarValue {
+    pub(crate) fn encoded(&self) -> ScalarValue {
         let mut out = Vec::new();
         self.stat.encode_state(&self.state, &mut out);
         ScalarValue::Binary(Some(out))

@@ -219,14 +219,7 @@ impl Model for StandardScalerModel {
     const FORMAT_VERSION: u32 = 1;
 
     fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
-        let draft = ModelDraft {
-            params: serde_json::to_value(&self.params).map_err(|e| MllibError::InvalidParam {
-                param: "params".to_string(),
-                reason: e.to_string(),
-            })?,
-            features: self.features.clone(),
-            ..Default::default()
-        };
+        let draft = draft(&self.params, &self.features)?;
         let stats = vectors_to_ipc(&[("mean", &self.mean), ("std", &self.std)])?;
         Ok((draft, vec![("stats.arrow".to_string(), stats)]))
     }
@@ -241,6 +234,18 @@ impl Model for StandardScalerModel {
             features: meta.features.clone(),
         })
     }
+}
+
+/// Metadata of a scaler: its params as JSON and its input features.
+fn draft<P: Serialize>(params: &P, features: &[FeatureField]) -> Result<ModelDraft> {
+    Ok(ModelDraft {
+        params: serde_json::to_value(params).map_err(|e| MllibError::InvalidParam {
+            param: "params".to_string(),
+            reason: e.to_string(),
+        })?,
+        features: features.to_vec(),
+        ..Default::default()
+    })
 }
 
 fn read_parts<P: serde::de::DeserializeOwned>(
@@ -380,14 +385,7 @@ impl Model for MinMaxScalerModel {
     const FORMAT_VERSION: u32 = 1;
 
     fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
-        let draft = ModelDraft {
-            params: serde_json::to_value(&self.params).map_err(|e| MllibError::InvalidParam {
-                param: "params".to_string(),
-                reason: e.to_string(),
-            })?,
-            features: self.features.clone(),
-            ..Default::default()
-        };
+        let draft = draft(&self.params, &self.features)?;
         let stats = vectors_to_ipc(&[
             ("original_min", &self.original_min),
             ("original_max", &self.original_max),
