@@ -33,6 +33,9 @@ pub enum MllibError {
         supported: u32,
     },
 
+    #[error("model '{name}' is of kind '{kind}', which this build cannot load")]
+    UnknownModelKind { name: String, kind: String },
+
     #[error("model '{name}' is corrupt: {reason}")]
     CorruptModel { name: String, reason: String },
 

@@ -5,7 +5,8 @@
 //! models, pipelines, feature transformers, algorithms, evaluators and tuning.
 //!
 //! Entry points: the [`Estimator`] / [`Model`] / [`Transformer`] API with [`save`] and [`load`]
-//! for the model store; feature transformers ([`StandardScaler`], [`MinMaxScaler`]); [`register`] adds this crate's functions and task runners to a
+//! for the model store; [`Pipeline`] / [`PipelineModel`]; feature transformers
+//! ([`VectorAssembler`], [`StandardScaler`], [`MinMaxScaler`]); [`register`] adds this crate's functions and task runners to a
 //! [`FunctionRegistry`] (the executor and driver binaries call it through
 //! `quiver_executor::install`). The feature summary every algorithm starts from lives in the
 //! engine ([`quiver_engine::Summarizer`]).
@@ -14,10 +15,14 @@ pub mod api;
 pub mod error;
 pub mod feature;
 pub mod persist;
+pub mod pipeline;
 
 pub use api::{Estimator, Model, Transformer, load, save};
 pub use error::{MllibError, Result};
-pub use feature::{MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel};
+pub use feature::{
+    MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel, VectorAssembler,
+};
+pub use pipeline::{Pipeline, PipelineModel};
 
 use quiver_engine::FunctionRegistry;
 

@@ -1,5 +1,8 @@
-//! Feature transformers: scalers (fit with the feature summary, applied with the map primitive).
+//! Feature transformers: the assembler, and scalers (fit with the feature summary, applied with
+//! the map primitive).
 
+mod assembler;
 mod scaler;
 
+pub use assembler::VectorAssembler;
 pub use scaler::{MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel};

@@ -1,0 +1,261 @@
+//! `Pipeline` (stages of transformers and estimators, fitted in order) and `PipelineModel`
+//! (the fitted stages), which persists as one model in the store.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quiver_engine::store::FeatureField;
+use quiver_engine::{Dataset, ModelDraft, ModelMetadata, QuiverSession};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Estimator, Model, Transformer};
+use crate::error::{MllibError, Result};
+use crate::feature::{MinMaxScalerModel, StandardScalerModel, VectorAssembler};
+
+/// A fitted model behind a pointer: what a pipeline holds.
+pub trait DynModel: Transformer {
+    fn kind(&self) -> &'static str;
+    fn format_version(&self) -> u32;
+    fn dyn_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)>;
+}
+
+impl<M: Model> DynModel for M {
+    fn kind(&self) -> &'static str {
+        M::KIND
+    }
+
+    fn format_version(&self) -> u32 {
+        M::FORMAT_VERSION
+    }
+
+    fn dyn_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
+        self.to_parts()
+    }
+}
+
+type BoxedFit<'a> = Pin<Box<dyn Future<Output = Result<Arc<dyn DynModel>>> + Send + 'a>>;
+
+/// An estimator behind a pointer: what a pipeline holds.
+pub trait DynEstimator: Send + Sync + std::fmt::Debug {
+    fn fit_dyn<'a>(&'a self, session: &'a QuiverSession, data: &'a Dataset) -> BoxedFit<'a>;
+}
+
+impl<E: Estimator> DynEstimator for E
+where
+    E::Model: 'static,
+{
+    fn fit_dyn<'a>(&'a self, session: &'a QuiverSession, data: &'a Dataset) -> BoxedFit<'a> {
+        Box::pin(async move { Ok(Arc::new(self.fit(session, data).await?) as Arc<dyn DynModel>) })
+    }
+}
+
+/// One stage of a [`Pipeline`].
+#[derive(Debug, Clone)]
+pub enum Stage {
+    /// Applied as is (already fitted, or stateless like [`VectorAssembler`]).
+    Transformer(Arc<dyn DynModel>),
+    /// Fitted on the output of the stages before it, then applied.
+    Estimator(Arc<dyn DynEstimator>),
+}
+
+/// Stages run in order: each estimator is fitted on the data as transformed by the stages
+/// before it. Fitting yields a [`PipelineModel`].
+#[derive(Debug, Clone, Default)]
+pub struct Pipeline {
+    stages: Vec<Stage>,
+}
+
+impl Pipeline {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a transformer stage.
+    pub fn transformer(mut self, t: impl Model + 'static) -> Self {
+        self.stages.push(Stage::Transformer(Arc::new(t)));
+        self
+    }
+
+    /// Appends an estimator stage.
+    pub fn estimator<E: Estimator + 'static>(mut self, e: E) -> Self
+    where
+        E::Model: 'static,
+    {
+        self.stages.push(Stage::Estimator(Arc::new(e)));
+        self
+    }
+
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    /// Validates the pipeline's shape.
+    pub fn check(&self) -> Result<()> {
+        if self.stages.is_empty() {
+            return Err(MllibError::InvalidParam {
+                param: "stages".to_string(),
+                reason: "a pipeline needs at least one stage".to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Estimator for Pipeline {
+    type Model = PipelineModel;
+
+    async fn fit(&self, session: &QuiverSession, data: &Dataset) -> Result<PipelineModel> {
+        self.check()?;
+        let mut current = data.clone();
+        let mut fitted: Vec<Arc<dyn DynModel>> = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            let model = match stage {
+                Stage::Transformer(t) => Arc::clone(t),
+                Stage::Estimator(e) => e.fit_dyn(session, &current).await?,
+            };
+            current = model.transform(&current)?;
+            fitted.push(model);
+        }
+        Ok(PipelineModel { stages: fitted })
+    }
+}
+
+/// The fitted stages of a [`Pipeline`], applied in order; persists as one model.
+#[derive(Debug, Clone)]
+pub struct PipelineModel {
+    stages: Vec<Arc<dyn DynModel>>,
+}
+
+impl PipelineModel {
+    pub fn stages(&self) -> &[Arc<dyn DynModel>] {
+        &self.stages
+    }
+}
+
+impl Transformer for PipelineModel {
+    fn transform(&self, data: &Dataset) -> Result<Dataset> {
+        let mut current = data.clone();
+        for s in &self.stages {
+            current = s.transform(&current)?;
+        }
+        Ok(current)
+    }
+}
+
+/// How one stage is recorded in the pipeline's metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StageRecord {
+    kind: String,
+    format_version: u32,
+    params: serde_json::Value,
+    features: Vec<FeatureField>,
+    label: Option<String>,
+    parts: Vec<String>,
+}
+
+/// Rebuilds a stage from its metadata and parts, by kind.
+fn load_stage(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<Arc<dyn DynModel>> {
+    fn build<M: Model + 'static>(
+        meta: &ModelMetadata,
+        parts: &BTreeMap<String, Bytes>,
+    ) -> Result<Arc<dyn DynModel>> {
+        if meta.format_version > M::FORMAT_VERSION {
+            return Err(MllibError::UnsupportedFormatVersion {
+                name: meta.name.clone(),
+                kind: meta.kind.clone(),
+                found: meta.format_version,
+                supported: M::FORMAT_VERSION,
+            });
+        }
+        Ok(Arc::new(M::from_parts(meta, parts)?))
+    }
+    match meta.kind.as_str() {
+        StandardScalerModel::KIND => build::<StandardScalerModel>(meta, parts),
+        MinMaxScalerModel::KIND => build::<MinMaxScalerModel>(meta, parts),
+        VectorAssembler::KIND => build::<VectorAssembler>(meta, parts),
+        PipelineModel::KIND => build::<PipelineModel>(meta, parts),
+        other => Err(MllibError::UnknownModelKind {
+            name: meta.name.clone(),
+            kind: other.to_string(),
+        }),
+    }
+}
+
+impl Model for PipelineModel {
+    const KIND: &'static str = "pipeline";
+    const FORMAT_VERSION: u32 = 1;
+
+    fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
+        let mut records = Vec::with_capacity(self.stages.len());
+        let mut all_parts = Vec::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let (draft, parts) = stage.dyn_parts()?;
+            records.push(StageRecord {
+                kind: stage.kind().to_string(),
+                format_version: stage.format_version(),
+                params: draft.params,
+                features: draft.features,
+                label: draft.label,
+                parts: parts.iter().map(|(n, _)| n.clone()).collect(),
+            });
+            all_parts.extend(parts.into_iter().map(|(n, b)| (format!("stage{i}.{n}"), b)));
+        }
+        let features = records
+            .first()
+            .map(|r| r.features.clone())
+            .unwrap_or_default();
+        let params = serde_json::to_value(&records).map_err(|e| MllibError::InvalidParam {
+            param: "stages".to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok((
+            ModelDraft {
+                params: serde_json::json!({ "stages": params }),
+                features,
+                ..Default::default()
+            },
+            all_parts,
+        ))
+    }
+
+    fn from_parts(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<Self> {
+        let corrupt = |reason: String| MllibError::CorruptModel {
+            name: meta.name.clone(),
+            reason,
+        };
+        let records: Vec<StageRecord> = serde_json::from_value(meta.params["stages"].clone())
+            .map_err(|e| corrupt(format!("invalid stage list: {e}")))?;
+        let mut stages = Vec::with_capacity(records.len());
+        for (i, r) in records.into_iter().enumerate() {
+            let mut stage_parts = BTreeMap::new();
+            for p in &r.parts {
+                let bytes = parts
+                    .get(&format!("stage{i}.{p}"))
+                    .ok_or_else(|| corrupt(format!("stage {i} lacks its part '{p}'")))?;
+                stage_parts.insert(p.clone(), bytes.clone());
+            }
+            let stage_meta = ModelMetadata {
+                name: format!("{} (stage {i})", meta.name),
+                version: meta.version,
+                kind: r.kind,
+                format_version: r.format_version,
+                params: r.params,
+                features: r.features,
+                label: r.label,
+                metrics: serde_json::Value::Null,
+                training_summary: serde_json::Value::Null,
+                created_at: meta.created_at.clone(),
+                parts: stage_parts
+                    .iter()
+                    .map(|(n, b)| (n.clone(), b.len() as u64))
+                    .collect(),
+                quiver_version: meta.quiver_version.clone(),
+            };
+            stages.push(load_stage(&stage_meta, &stage_parts)?);
+        }
+        Ok(PipelineModel { stages })
+    }
+}
