@@ -22,6 +22,7 @@ pub use quiver_engine::{
     DataFormat, Dataset, FeatureSummary, QuiverConfig, QuiverError, QuiverSession, Result, Runner,
     Summarizer,
 };
+pub use quiver_mllib as mllib;
 
 /// An embedded session with the default configuration and every Quiver function.
 pub fn session() -> Result<QuiverSession> {
