@@ -42,6 +42,22 @@ impl Dataset {
         &self.df
     }
 
+    /// The same roles over another DataFrame (e.g. this one with a column added or rows
+    /// filtered); every role column must still be there.
+    pub fn with_dataframe(&self, df: DataFrame) -> Result<Dataset> {
+        let mut out = Dataset::new(df);
+        if !self.features.is_empty() {
+            out = out.with_features(&self.features)?;
+        }
+        if let Some(l) = &self.label {
+            out = out.with_label(l)?;
+        }
+        if let Some(w) = &self.weight {
+            out = out.with_weight(w)?;
+        }
+        Ok(out)
+    }
+
     pub fn into_dataframe(self) -> DataFrame {
         self.df
     }

@@ -20,7 +20,8 @@ pub mod pipeline;
 pub use api::{Estimator, Model, Transformer, load, save};
 pub use error::{MllibError, Result};
 pub use feature::{
-    MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel, VectorAssembler,
+    HandleInvalid, MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel,
+    StringIndexer, StringIndexerModel, StringOrderType, VectorAssembler,
 };
 pub use pipeline::{Pipeline, PipelineModel};
 

@@ -9,6 +9,14 @@ use bytes::Bytes;
 
 use crate::error::{MllibError, Result};
 
+/// A model's parameters as JSON for its metadata.
+pub fn params_json<P: serde::Serialize>(params: &P) -> Result<serde_json::Value> {
+    serde_json::to_value(params).map_err(|e| MllibError::InvalidParam {
+        param: "params".to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// Encodes equally long named vectors as one Arrow IPC file (one column each).
 pub fn vectors_to_ipc(columns: &[(&str, &[f64])]) -> Result<Bytes> {
     let fields: Vec<Field> = columns

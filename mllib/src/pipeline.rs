@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Estimator, Model, Transformer};
 use crate::error::{MllibError, Result};
-use crate::feature::{MinMaxScalerModel, StandardScalerModel, VectorAssembler};
+use crate::feature::{MinMaxScalerModel, StandardScalerModel, StringIndexerModel, VectorAssembler};
 
 /// A fitted model behind a pointer: what a pipeline holds.
 pub trait DynModel: Transformer {
@@ -176,6 +176,7 @@ fn load_stage(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<A
         StandardScalerModel::KIND => build::<StandardScalerModel>(meta, parts),
         MinMaxScalerModel::KIND => build::<MinMaxScalerModel>(meta, parts),
         VectorAssembler::KIND => build::<VectorAssembler>(meta, parts),
+        StringIndexerModel::KIND => build::<StringIndexerModel>(meta, parts),
         PipelineModel::KIND => build::<PipelineModel>(meta, parts),
         other => Err(MllibError::UnknownModelKind {
             name: meta.name.clone(),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Model, Transformer};
 use crate::error::{MllibError, Result};
+use crate::persist::params_json;
 
 /// Assembles `input_cols` (any integer or float type, or numeric vectors) into `output_col`, a
 /// dense `FixedSizeList<Float64>` that becomes the dataset's features. Nulls and NaN are errors
@@ -66,10 +67,7 @@ impl Model for VectorAssembler {
     const FORMAT_VERSION: u32 = 1;
 
     fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
-        let params = serde_json::to_value(self).map_err(|e| MllibError::InvalidParam {
-            param: "params".to_string(),
-            reason: e.to_string(),
-        })?;
+        let params = params_json(self)?;
         Ok((
             ModelDraft {
                 params,

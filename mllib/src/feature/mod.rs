@@ -2,7 +2,9 @@
 //! the map primitive).
 
 mod assembler;
+mod indexer;
 mod scaler;
 
 pub use assembler::VectorAssembler;
+pub use indexer::{HandleInvalid, StringIndexer, StringIndexerModel, StringOrderType};
 pub use scaler::{MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel};

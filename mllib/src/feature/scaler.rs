@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Estimator, Model, Transformer};
 use crate::error::{MllibError, Result};
-use crate::persist::{take_vector, vectors_from_ipc, vectors_to_ipc};
+use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
 const DEFAULT_OUTPUT: &str = "scaled_features";
 
@@ -239,10 +239,7 @@ impl Model for StandardScalerModel {
 /// Metadata of a scaler: its params as JSON and its input features.
 fn draft<P: Serialize>(params: &P, features: &[FeatureField]) -> Result<ModelDraft> {
     Ok(ModelDraft {
-        params: serde_json::to_value(params).map_err(|e| MllibError::InvalidParam {
-            param: "params".to_string(),
-            reason: e.to_string(),
-        })?,
+        params: params_json(params)?,
         features: features.to_vec(),
         ..Default::default()
     })
