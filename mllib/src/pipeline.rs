@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Estimator, Model, Transformer};
 use crate::error::{MllibError, Result};
-use crate::feature::{MinMaxScalerModel, StandardScalerModel, StringIndexerModel, VectorAssembler};
+use crate::feature::{
+    MinMaxScalerModel, OneHotEncoderModel, StandardScalerModel, StringIndexerModel, VectorAssembler,
+};
 
 /// A fitted model behind a pointer: what a pipeline holds.
 pub trait DynModel: Transformer {
@@ -177,6 +179,7 @@ fn load_stage(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<A
         MinMaxScalerModel::KIND => build::<MinMaxScalerModel>(meta, parts),
         VectorAssembler::KIND => build::<VectorAssembler>(meta, parts),
         StringIndexerModel::KIND => build::<StringIndexerModel>(meta, parts),
+        OneHotEncoderModel::KIND => build::<OneHotEncoderModel>(meta, parts),
         PipelineModel::KIND => build::<PipelineModel>(meta, parts),
         other => Err(MllibError::UnknownModelKind {
             name: meta.name.clone(),

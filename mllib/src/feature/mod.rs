@@ -3,8 +3,10 @@
 
 mod assembler;
 mod indexer;
+mod onehot;
 mod scaler;
 
 pub use assembler::VectorAssembler;
 pub use indexer::{HandleInvalid, StringIndexer, StringIndexerModel, StringOrderType};
+pub use onehot::{OneHotEncoder, OneHotEncoderModel};
 pub use scaler::{MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel};
