@@ -20,9 +20,9 @@ pub mod pipeline;
 pub use api::{Estimator, Model, Transformer, load, save};
 pub use error::{MllibError, Result};
 pub use feature::{
-    HandleInvalid, MinMaxScaler, MinMaxScalerModel, OneHotEncoder, OneHotEncoderModel,
-    StandardScaler, StandardScalerModel, StringIndexer, StringIndexerModel, StringOrderType,
-    VectorAssembler,
+    HandleInvalid, Imputer, ImputerModel, ImputerStrategy, MinMaxScaler, MinMaxScalerModel,
+    OneHotEncoder, OneHotEncoderModel, StandardScaler, StandardScalerModel, StringIndexer,
+    StringIndexerModel, StringOrderType, VectorAssembler,
 };
 pub use pipeline::{Pipeline, PipelineModel};
 

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::api::{Estimator, Model, Transformer};
 use crate::error::{MllibError, Result};
 use crate::feature::{
-    MinMaxScalerModel, OneHotEncoderModel, StandardScalerModel, StringIndexerModel, VectorAssembler,
+    ImputerModel, MinMaxScalerModel, OneHotEncoderModel, StandardScalerModel, StringIndexerModel,
+    VectorAssembler,
 };
 
 /// A fitted model behind a pointer: what a pipeline holds.
@@ -180,6 +181,7 @@ fn load_stage(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<A
         VectorAssembler::KIND => build::<VectorAssembler>(meta, parts),
         StringIndexerModel::KIND => build::<StringIndexerModel>(meta, parts),
         OneHotEncoderModel::KIND => build::<OneHotEncoderModel>(meta, parts),
+        ImputerModel::KIND => build::<ImputerModel>(meta, parts),
         PipelineModel::KIND => build::<PipelineModel>(meta, parts),
         other => Err(MllibError::UnknownModelKind {
             name: meta.name.clone(),

@@ -2,11 +2,13 @@
 //! the map primitive).
 
 mod assembler;
+mod imputer;
 mod indexer;
 mod onehot;
 mod scaler;
 
 pub use assembler::VectorAssembler;
+pub use imputer::{Imputer, ImputerModel, ImputerStrategy};
 pub use indexer::{HandleInvalid, StringIndexer, StringIndexerModel, StringOrderType};
 pub use onehot::{OneHotEncoder, OneHotEncoderModel};
 pub use scaler::{MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel};
