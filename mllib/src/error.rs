@@ -10,6 +10,12 @@ pub enum MllibError {
     #[error("invalid parameter '{param}': {reason}")]
     InvalidParam { param: String, reason: String },
 
+    #[error("invalid parameter 'reg_param': {0} is negative (or not finite); it must be >= 0")]
+    NegativeRegParam(f64),
+
+    #[error("invalid parameter 'elastic_net_param': {0} is outside [0, 1]")]
+    ElasticNetOutOfRange(f64),
+
     #[error("invalid parameters: min ({min}) must be below max ({max})")]
     MinNotBelowMax { min: f64, max: f64 },
 

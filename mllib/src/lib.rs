@@ -16,6 +16,7 @@ pub mod error;
 pub mod feature;
 pub mod persist;
 pub mod pipeline;
+pub mod regression;
 
 pub use api::{Estimator, Model, Transformer, load, save};
 pub use error::{MllibError, Result};
@@ -25,6 +26,7 @@ pub use feature::{
     StringIndexerModel, StringOrderType, VectorAssembler,
 };
 pub use pipeline::{Pipeline, PipelineModel};
+pub use regression::{LinearRegression, LinearRegressionModel, TrainingSummary};
 
 use quiver_engine::FunctionRegistry;
 

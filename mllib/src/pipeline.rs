@@ -17,6 +17,7 @@ use crate::feature::{
     ImputerModel, MinMaxScalerModel, OneHotEncoderModel, StandardScalerModel, StringIndexerModel,
     VectorAssembler,
 };
+use crate::regression::LinearRegressionModel;
 
 /// A fitted model behind a pointer: what a pipeline holds.
 pub trait DynModel: Transformer {
@@ -182,6 +183,7 @@ fn load_stage(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<A
         StringIndexerModel::KIND => build::<StringIndexerModel>(meta, parts),
         OneHotEncoderModel::KIND => build::<OneHotEncoderModel>(meta, parts),
         ImputerModel::KIND => build::<ImputerModel>(meta, parts),
+        LinearRegressionModel::KIND => build::<LinearRegressionModel>(meta, parts),
         PipelineModel::KIND => build::<PipelineModel>(meta, parts),
         other => Err(MllibError::UnknownModelKind {
             name: meta.name.clone(),

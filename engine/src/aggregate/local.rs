@@ -47,7 +47,14 @@ pub fn run_local<S: Statistic>(
             .par_iter()
             .map(|&(i, start, end)| {
                 let chunk = &frame.chunks()[i];
-                let batch = chunk.batch().slice(start, end);
+                // Exactly the inputs the statistic asked for, as in the embedded runner.
+                let mut batch = chunk.batch().slice(start, end);
+                if !inputs.label {
+                    batch.label = None;
+                }
+                if !inputs.weight {
+                    batch.weight = None;
+                }
                 let mut state = stat.init();
                 stat.update(&mut state, &batch)
                     .map_err(|e| at_row(e, chunk.first_row() + start as u64))?;

@@ -1,0 +1,493 @@
+//! `LinearRegression` (Spark MLlib's names and defaults) solved by the normal equations: one
+//! aggregate pass computes the centred co-moments, the driver solves a d × d system.
+//!
+//! Objective: `1/(2W) Σ wᵢ (yᵢ − b − xᵢ·β)² + (λ/2) Σⱼ (sⱼ βⱼ)²` with `λ = reg_param` and
+//! `sⱼ` = the weighted population standard deviation of feature j when `standardization` is on
+//! (the penalty acts on standardised coefficients), else 1. Features of zero variance get a
+//! zero coefficient. The L1 part of the elastic net needs an iterative solver (not here yet).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float64Array};
+use arrow::datatypes::DataType;
+use bytes::Bytes;
+use quiver_engine::store::FeatureField;
+use quiver_engine::{
+    BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, QuiverSession, Runner,
+    map_dataset,
+};
+use serde::{Deserialize, Serialize};
+
+use super::comoment::{CoMoments, CoMomentsStatistic};
+use crate::api::{Estimator, Model, Transformer};
+use crate::error::{MllibError, Result};
+use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
+
+/// Normal equations are used up to this many features.
+const MAX_NORMAL_FEATURES: usize = 4096;
+
+/// Least-squares linear regression with optional L2 regularisation and row weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearRegression {
+    reg_param: f64,
+    elastic_net_param: f64,
+    fit_intercept: bool,
+    standardization: bool,
+    weighted: bool,
+    prediction_col: String,
+}
+
+impl Default for LinearRegression {
+    fn default() -> Self {
+        LinearRegression {
+            reg_param: 0.0,
+            elastic_net_param: 0.0,
+            fit_intercept: true,
+            standardization: true,
+            weighted: false,
+            prediction_col: "prediction".to_string(),
+        }
+    }
+}
+
+impl LinearRegression {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Regularisation strength λ ≥ 0. Defaults to `0.0`.
+    pub fn reg_param(mut self, v: f64) -> Self {
+        self.reg_param = v;
+        self
+    }
+
+    /// Elastic-net mixing α in [0, 1] (0 = L2). Defaults to `0.0`.
+    pub fn elastic_net_param(mut self, v: f64) -> Self {
+        self.elastic_net_param = v;
+        self
+    }
+
+    /// Defaults to `true`.
+    pub fn fit_intercept(mut self, yes: bool) -> Self {
+        self.fit_intercept = yes;
+        self
+    }
+
+    /// Penalise standardised coefficients. Defaults to `true`.
+    pub fn standardization(mut self, yes: bool) -> Self {
+        self.standardization = yes;
+        self
+    }
+
+    /// Weight rows by the dataset's weight column. Defaults to `false`.
+    pub fn weighted(mut self, yes: bool) -> Self {
+        self.weighted = yes;
+        self
+    }
+
+    /// Defaults to `"prediction"`.
+    pub fn prediction_col(mut self, col: impl Into<String>) -> Self {
+        self.prediction_col = col.into();
+        self
+    }
+
+    /// Validates the parameters.
+    pub fn check(&self) -> Result<()> {
+        if !(self.reg_param >= 0.0 && self.reg_param.is_finite()) {
+            return Err(MllibError::NegativeRegParam(self.reg_param));
+        }
+        if !(0.0..=1.0).contains(&self.elastic_net_param) {
+            return Err(MllibError::ElasticNetOutOfRange(self.elastic_net_param));
+        }
+        if self.reg_param > 0.0 && self.elastic_net_param > 0.0 {
+            return Err(MllibError::InvalidParam {
+                param: "elastic_net_param".to_string(),
+                reason: "an L1 penalty needs the iterative (OWL-QN) solver, which is not available yet; use elastic_net_param = 0".to_string(),
+            });
+        }
+        if self.prediction_col.trim().is_empty() {
+            return Err(MllibError::EmptyOutputColumn);
+        }
+        Ok(())
+    }
+}
+
+/// What a fit reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSummary {
+    /// Objective value at the solution.
+    pub objective: f64,
+    /// Objective per iteration (one entry: the normal equations are solved once).
+    pub objective_history: Vec<f64>,
+    pub iterations: usize,
+    pub convergence: String,
+    /// Coefficient of determination on the training data.
+    pub r2: f64,
+    /// Root mean squared error on the training data (weighted).
+    pub rmse: f64,
+    pub rows: u64,
+    pub wall_time_ms: f64,
+}
+
+/// Solves `a x = b` for symmetric positive-definite `a` (n × n, row-major) by Cholesky. `None`
+/// when `a` is not positive definite (within a relative tolerance).
+fn cholesky_solve(a: &[f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; n * n];
+    let scale = (0..n)
+        .map(|i| a[i * n + i].abs())
+        .fold(0.0, f64::max)
+        .max(f64::MIN_POSITIVE);
+    for i in 0..n {
+        for j in 0..=i {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= l[i * n + k] * l[j * n + k];
+            }
+            if i == j {
+                if s <= 1e-12 * scale {
+                    return None;
+                }
+                l[i * n + i] = s.sqrt();
+            } else {
+                l[i * n + j] = s / l[j * n + j];
+            }
+        }
+    }
+    let mut z = vec![0.0; n];
+    for i in 0..n {
+        let s: f64 = (0..i).map(|k| l[i * n + k] * z[k]).sum();
+        z[i] = (b[i] - s) / l[i * n + i];
+    }
+    let mut x = vec![0.0; n];
+    for i in (0..n).rev() {
+        let s: f64 = (i + 1..n).map(|k| l[k * n + i] * x[k]).sum();
+        x[i] = (z[i] - s) / l[i * n + i];
+    }
+    Some(x)
+}
+
+impl LinearRegression {
+    /// Solves the normal equations from the co-moments: (coefficients, intercept).
+    fn solve(&self, m: &CoMoments, names: &[String]) -> Result<(Vec<f64>, f64)> {
+        let d = m.mean_x.len();
+        let w = m.weight_sum;
+        // Second moments about the means (with an intercept) or about zero (without).
+        let (sxx, sxy): (Vec<f64>, Vec<f64>) = if self.fit_intercept {
+            (
+                m.cxx.iter().map(|v| v / w).collect(),
+                m.cxy.iter().map(|v| v / w).collect(),
+            )
+        } else {
+            (
+                (0..d * d)
+                    .map(|k| (m.cxx[k] + w * m.mean_x[k / d] * m.mean_x[k % d]) / w)
+                    .collect(),
+                (0..d)
+                    .map(|j| (m.cxy[j] + w * m.mean_x[j] * m.mean_y) / w)
+                    .collect(),
+            )
+        };
+        let var: Vec<f64> = (0..d).map(|j| m.cxx[j * d + j] / w).collect();
+        // Constant features (zero variance) keep a zero coefficient, like Spark.
+        let active: Vec<usize> = (0..d)
+            .filter(|&j| var[j] > 0.0 || !self.fit_intercept && sxx[j * d + j] > 0.0)
+            .collect();
+        let k = active.len();
+        let mut a = vec![0.0; k * k];
+        let mut rhs = vec![0.0; k];
+        for (p, &i) in active.iter().enumerate() {
+            for (q, &j) in active.iter().enumerate() {
+                a[p * k + q] = sxx[i * d + j];
+            }
+            let s2 = if self.standardization { var[i] } else { 1.0 };
+            a[p * k + p] += self.reg_param * s2;
+            rhs[p] = sxy[i];
+        }
+        let x = cholesky_solve(&a, &rhs, k).ok_or_else(|| MllibError::InvalidParam {
+            param: "features".to_string(),
+            reason: format!(
+                "the features are collinear (XᵀX is singular), e.g. among {}; drop one or use reg_param > 0",
+                active.iter().take(4).map(|&j| names[j].as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+        let mut coef = vec![0.0; d];
+        for (p, &j) in active.iter().enumerate() {
+            coef[j] = x[p];
+        }
+        let intercept = if self.fit_intercept {
+            m.mean_y - coef.iter().zip(&m.mean_x).map(|(c, x)| c * x).sum::<f64>()
+        } else {
+            0.0
+        };
+        Ok((coef, intercept))
+    }
+
+    /// Objective, R² and RMSE from the co-moments.
+    fn scores(&self, m: &CoMoments, coef: &[f64], intercept: f64) -> (f64, f64, f64) {
+        let d = coef.len();
+        let w = m.weight_sum;
+        // Residual sum of squares about the fitted line, from centred moments plus the offset
+        // between the means and the fitted intercept.
+        let quad: f64 = (0..d)
+            .map(|i| coef[i] * (0..d).map(|j| m.cxx[i * d + j] * coef[j]).sum::<f64>())
+            .sum();
+        let lin: f64 = coef.iter().zip(&m.cxy).map(|(c, v)| c * v).sum();
+        let offset =
+            m.mean_y - intercept - coef.iter().zip(&m.mean_x).map(|(c, x)| c * x).sum::<f64>();
+        let sse = (m.cyy - 2.0 * lin + quad + w * offset * offset).max(0.0);
+        let penalty: f64 = (0..d)
+            .map(|j| {
+                let s2 = if self.standardization {
+                    m.cxx[j * d + j] / w
+                } else {
+                    1.0
+                };
+                s2 * coef[j] * coef[j]
+            })
+            .sum();
+        let objective = sse / (2.0 * w) + 0.5 * self.reg_param * penalty;
+        let r2 = if m.cyy > 0.0 { 1.0 - sse / m.cyy } else { 0.0 };
+        (objective, r2, (sse / w).sqrt())
+    }
+}
+
+impl Estimator for LinearRegression {
+    type Model = LinearRegressionModel;
+
+    async fn fit(&self, session: &QuiverSession, data: &Dataset) -> Result<LinearRegressionModel> {
+        self.check()?;
+        let started = Instant::now();
+        if data.label().is_none() {
+            return Err(MllibError::InvalidParam {
+                param: "label".to_string(),
+                reason: "LinearRegression needs a label column (Dataset::with_label)".to_string(),
+            });
+        }
+        let names = data.feature_names()?;
+        let d = names.len();
+        if d > MAX_NORMAL_FEATURES {
+            return Err(MllibError::InvalidParam {
+                param: "features".to_string(),
+                reason: format!(
+                    "{d} features; the normal-equation solver handles up to {MAX_NORMAL_FEATURES}"
+                ),
+            });
+        }
+        let prepared = session
+            .prepare(data, Runner::from_config(session.config()))
+            .await?;
+        let stat = CoMomentsStatistic {
+            dim: d,
+            weighted: self.weighted,
+        };
+        let moments = prepared.aggregate(Arc::new(stat)).await?;
+        let (coefficients, intercept) = self.solve(&moments, &names)?;
+        let (objective, r2, rmse) = self.scores(&moments, &coefficients, intercept);
+        let summary = TrainingSummary {
+            objective,
+            objective_history: vec![objective],
+            iterations: 1,
+            convergence: "normal equations solved exactly".to_string(),
+            r2,
+            rmse,
+            rows: moments.count as u64,
+            wall_time_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        Ok(LinearRegressionModel {
+            params: self.clone(),
+            coefficients,
+            intercept,
+            features: names
+                .into_iter()
+                .map(|name| FeatureField {
+                    name,
+                    data_type: "Float64".to_string(),
+                })
+                .collect(),
+            label: data.label().map(str::to_string),
+            summary,
+        })
+    }
+}
+
+/// A fitted [`LinearRegression`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearRegressionModel {
+    params: LinearRegression,
+    coefficients: Vec<f64>,
+    intercept: f64,
+    features: Vec<FeatureField>,
+    label: Option<String>,
+    summary: TrainingSummary,
+}
+
+impl LinearRegressionModel {
+    pub fn coefficients(&self) -> &[f64] {
+        &self.coefficients
+    }
+
+    pub fn intercept(&self) -> f64 {
+        self.intercept
+    }
+
+    pub fn summary(&self) -> &TrainingSummary {
+        &self.summary
+    }
+}
+
+/// `x·β + b` per row.
+#[derive(Debug)]
+struct LinearPredict {
+    coefficients: Vec<f64>,
+    intercept: f64,
+}
+
+impl BatchFunction for LinearPredict {
+    fn name(&self) -> &str {
+        "linear_regression_predict"
+    }
+
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        quiver_engine::aggregate::encode_f64s(&self.coefficients, &mut out);
+        quiver_engine::aggregate::encode_f64s(&[self.intercept], &mut out);
+        Ok(out)
+    }
+
+    fn input_dim(&self) -> usize {
+        self.coefficients.len()
+    }
+
+    fn return_type(&self) -> DataType {
+        DataType::Float64
+    }
+
+    fn apply(&self, batch: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
+        let out: Float64Array = batch
+            .values
+            .chunks_exact(batch.dim)
+            .map(|row| {
+                row.iter()
+                    .zip(&self.coefficients)
+                    .map(|(x, c)| x * c)
+                    .sum::<f64>()
+                    + self.intercept
+            })
+            .collect();
+        Ok(Arc::new(out))
+    }
+}
+
+impl Transformer for LinearRegressionModel {
+    fn transform(&self, data: &Dataset) -> Result<Dataset> {
+        let f = LinearPredict {
+            coefficients: self.coefficients.clone(),
+            intercept: self.intercept,
+        };
+        Ok(map_dataset(
+            data.clone(),
+            Arc::new(f),
+            &self.params.prediction_col,
+        )?)
+    }
+}
+
+impl Model for LinearRegressionModel {
+    const KIND: &'static str = "linear_regression";
+    const FORMAT_VERSION: u32 = 1;
+
+    fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
+        let draft = ModelDraft {
+            params: params_json(&self.params)?,
+            features: self.features.clone(),
+            label: self.label.clone(),
+            metrics: serde_json::json!({ "r2": self.summary.r2, "rmse": self.summary.rmse }),
+            training_summary: params_json(&self.summary)?,
+            ..Default::default()
+        };
+        let coef = vectors_to_ipc(&[("coefficients", &self.coefficients)])?;
+        let intercept = vectors_to_ipc(&[("intercept", &[self.intercept])])?;
+        Ok((
+            draft,
+            vec![
+                ("coefficients.arrow".to_string(), coef),
+                ("intercept.arrow".to_string(), intercept),
+            ],
+        ))
+    }
+
+    fn from_parts(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<Self> {
+        let corrupt = |reason: String| MllibError::CorruptModel {
+            name: meta.name.clone(),
+            reason,
+        };
+        let params: LinearRegression = serde_json::from_value(meta.params.clone())
+            .map_err(|e| corrupt(format!("invalid params: {e}")))?;
+        let summary: TrainingSummary = serde_json::from_value(meta.training_summary.clone())
+            .map_err(|e| corrupt(format!("invalid training summary: {e}")))?;
+        let part = |name: &str| {
+            parts
+                .get(name)
+                .ok_or_else(|| corrupt(format!("no part '{name}'")))
+        };
+        let mut coef = vectors_from_ipc(part("coefficients.arrow")?, &meta.name)?;
+        let mut icpt = vectors_from_ipc(part("intercept.arrow")?, &meta.name)?;
+        Ok(LinearRegressionModel {
+            coefficients: take_vector(&mut coef, "coefficients", meta.features.len(), &meta.name)?,
+            intercept: take_vector(&mut icpt, "intercept", 1, &meta.name)?[0],
+            params,
+            features: meta.features.clone(),
+            label: meta.label.clone(),
+            summary,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cholesky_solves_and_detects_singular_systems() {
+        // [[4, 2], [2, 3]] x = [2, 1] → x = [0.5, 0]
+        let x = cholesky_solve(&[4.0, 2.0, 2.0, 3.0], &[2.0, 1.0], 2).unwrap();
+        assert!((x[0] - 0.5).abs() < 1e-15 && x[1].abs() < 1e-15);
+        assert!(cholesky_solve(&[1.0, 1.0, 1.0, 1.0], &[1.0, 1.0], 2).is_none());
+    }
+}
+
+#[cfg(test)]
+mod exact_tests {
+    use super::*;
+    use quiver_engine::Statistic;
+
+    #[test]
+    /// Noise-free data with large feature offsets: the fit recovers the generating line.
+    fn recovers_exact_linear_data() {
+        let d = 3;
+        let n = 50;
+        let xs: Vec<f64> = (0..n * d)
+            .map(|i| ((i * 7919) % 101) as f64 + (i % 3) as f64 * 100.0)
+            .collect();
+        let ys: Vec<f64> = (0..n)
+            .map(|r| 2.0 * xs[r * d] - xs[r * d + 1] + 0.5 * xs[r * d + 2] + 3.0)
+            .collect();
+        let stat = CoMomentsStatistic {
+            dim: d,
+            weighted: false,
+        };
+        let mut st = stat.init();
+        let mut b = FeatureBatch::new(&xs, d).unwrap();
+        b.label = Some(&ys);
+        stat.update(&mut st, &b).unwrap();
+        let names: Vec<String> = (0..d).map(|j| format!("f{j}")).collect();
+        let (c, i) = LinearRegression::new().solve(&st, &names).unwrap();
+        assert!(
+            (c[0] - 2.0).abs() < 1e-9 && (c[1] + 1.0).abs() < 1e-9 && (c[2] - 0.5).abs() < 1e-9,
+            "{c:?} {i}"
+        );
+        assert!((i - 3.0).abs() < 1e-6, "{i}");
+    }
+}
