@@ -16,6 +16,9 @@ pub enum MllibError {
     #[error("invalid parameter 'elastic_net_param': {0} is outside [0, 1]")]
     ElasticNetOutOfRange(f64),
 
+    #[error("invalid parameter 'k' = {k}: {reason}")]
+    InvalidK { k: usize, reason: String },
+
     #[error("invalid parameters: min ({min}) must be below max ({max})")]
     MinNotBelowMax { min: f64, max: f64 },
 

@@ -12,6 +12,7 @@
 //! engine ([`quiver_engine::Summarizer`]).
 
 pub mod api;
+pub mod clustering;
 pub mod error;
 pub mod feature;
 pub mod persist;
@@ -19,6 +20,7 @@ pub mod pipeline;
 pub mod regression;
 
 pub use api::{Estimator, Model, Transformer, load, save};
+pub use clustering::{KMeans, KMeansInit, KMeansModel, KMeansSummary};
 pub use error::{MllibError, Result};
 pub use feature::{
     HandleInvalid, Imputer, ImputerModel, ImputerStrategy, MinMaxScaler, MinMaxScalerModel,

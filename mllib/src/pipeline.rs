@@ -12,6 +12,7 @@ use quiver_engine::{Dataset, ModelDraft, ModelMetadata, QuiverSession};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Estimator, Model, Transformer};
+use crate::clustering::KMeansModel;
 use crate::error::{MllibError, Result};
 use crate::feature::{
     ImputerModel, MinMaxScalerModel, OneHotEncoderModel, StandardScalerModel, StringIndexerModel,
@@ -184,6 +185,7 @@ fn load_stage(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<A
         OneHotEncoderModel::KIND => build::<OneHotEncoderModel>(meta, parts),
         ImputerModel::KIND => build::<ImputerModel>(meta, parts),
         LinearRegressionModel::KIND => build::<LinearRegressionModel>(meta, parts),
+        KMeansModel::KIND => build::<KMeansModel>(meta, parts),
         PipelineModel::KIND => build::<PipelineModel>(meta, parts),
         other => Err(MllibError::UnknownModelKind {
             name: meta.name.clone(),

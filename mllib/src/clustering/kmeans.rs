@@ -1,0 +1,628 @@
+//! `KMeans` (Spark MLlib's names and defaults): k-means|| initialisation (Bahmani et al.) and
+//! Lloyd iterations, each pass one aggregate over the data.
+//!
+//! Every random choice about a row depends on the row's values and the seed (a hash), never on
+//! its position, so the local and embedded runners, and any partitioning, pick the same points.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Int32Array};
+use arrow::datatypes::DataType;
+use bytes::Bytes;
+use quiver_engine::aggregate::{decode_f64s, encode_f64s};
+use quiver_engine::{
+    BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, Prepared, QuiverError,
+    QuiverSession, Runner, StatInputs, Statistic, map_dataset,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Estimator, Model, Transformer};
+use crate::error::{MllibError, Result};
+use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
+
+/// How the initial centres are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KMeansInit {
+    /// k-means|| (the default): a few oversampling passes, then k-means++ on the candidates.
+    #[default]
+    KMeansParallel,
+    /// k rows chosen uniformly at random.
+    Random,
+}
+
+/// k-means clustering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KMeans {
+    k: usize,
+    max_iter: usize,
+    tol: f64,
+    seed: u64,
+    init_mode: KMeansInit,
+    init_steps: usize,
+    prediction_col: String,
+}
+
+impl Default for KMeans {
+    fn default() -> Self {
+        KMeans {
+            k: 2,
+            max_iter: 20,
+            tol: 1e-4,
+            seed: 42,
+            init_mode: KMeansInit::KMeansParallel,
+            init_steps: 2,
+            prediction_col: "prediction".to_string(),
+        }
+    }
+}
+
+impl KMeans {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Number of clusters. Defaults to `2`.
+    pub fn k(mut self, k: usize) -> Self {
+        self.k = k;
+        self
+    }
+    /// Defaults to `20`.
+    pub fn max_iter(mut self, n: usize) -> Self {
+        self.max_iter = n;
+        self
+    }
+    /// Stop when no centre moves farther than this. Defaults to `1e-4`.
+    pub fn tol(mut self, t: f64) -> Self {
+        self.tol = t;
+        self
+    }
+    /// Defaults to `42`.
+    pub fn seed(mut self, s: u64) -> Self {
+        self.seed = s;
+        self
+    }
+    /// Defaults to `KMeansParallel`.
+    pub fn init_mode(mut self, m: KMeansInit) -> Self {
+        self.init_mode = m;
+        self
+    }
+    /// Oversampling rounds of k-means||. Defaults to `2`.
+    pub fn init_steps(mut self, n: usize) -> Self {
+        self.init_steps = n;
+        self
+    }
+    /// Defaults to `"prediction"`.
+    pub fn prediction_col(mut self, c: impl Into<String>) -> Self {
+        self.prediction_col = c.into();
+        self
+    }
+
+    /// Validates the parameters.
+    pub fn check(&self) -> Result<()> {
+        if self.k < 1 {
+            return Err(MllibError::InvalidK {
+                k: self.k,
+                reason: "k must be at least 1".to_string(),
+            });
+        }
+        if self.tol.is_nan() || self.tol < 0.0 {
+            return Err(MllibError::InvalidParam {
+                param: "tol".to_string(),
+                reason: format!("{} is negative", self.tol),
+            });
+        }
+        if self.init_steps < 1 {
+            return Err(MllibError::InvalidParam {
+                param: "init_steps".to_string(),
+                reason: "at least one step is needed".to_string(),
+            });
+        }
+        if self.prediction_col.trim().is_empty() {
+            return Err(MllibError::EmptyOutputColumn);
+        }
+        Ok(())
+    }
+}
+
+/// A uniform number in [0, 1) from a row's values, the seed and a round: the same row always
+/// draws the same number, wherever it is processed.
+fn row_uniform(row: &[f64], seed: u64, round: u64) -> f64 {
+    let mut h = seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for v in row {
+        h ^= v.to_bits();
+        // splitmix64 finaliser
+        h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^= h >> 31;
+    }
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// (index, squared distance) of the centre nearest to `x`.
+#[inline]
+fn nearest(x: &[f64], centers: &[f64], d: usize) -> (usize, f64) {
+    let mut best = (0, f64::INFINITY);
+    for (c, center) in centers.chunks_exact(d).enumerate() {
+        let dist: f64 = x.iter().zip(center).map(|(a, b)| (a - b) * (a - b)).sum();
+        if dist < best.1 {
+            best = (c, dist);
+        }
+    }
+    best
+}
+
+/// What one pass over the data computes for a set of centres.
+#[derive(Debug, Clone, PartialEq)]
+enum Pass {
+    /// Per centre: sum of its points, count; plus the total cost (Lloyd step, candidate weights).
+    Sums,
+    /// The rows drawn with probability min(1, l·d²(x)/φ) (k-means|| round), or, with no
+    /// centres yet, the rows with the smallest draws (a uniform sample of `take` rows).
+    Sample {
+        round: u64,
+        l: f64,
+        phi: f64,
+        take: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct KMeansPass {
+    d: usize,
+    centers: Vec<f64>,
+    seed: u64,
+    pass: Pass,
+}
+
+impl Statistic for KMeansPass {
+    /// Sums: [cost, counts (k), sums (k·d)]. Sample: [n, then n × (draw, row…)].
+    type State = Vec<f64>;
+    type Output = Vec<f64>;
+
+    fn name(&self) -> &str {
+        "quiver_kmeans_pass"
+    }
+
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        let mut out = format!("{}|{}|{:?}|", self.d, self.seed, self.pass).into_bytes();
+        encode_f64s(&self.centers, &mut out);
+        Ok(out)
+    }
+
+    fn dim(&self) -> usize {
+        self.d
+    }
+
+    fn inputs(&self) -> StatInputs {
+        StatInputs::default()
+    }
+
+    fn init(&self) -> Vec<f64> {
+        match self.pass {
+            Pass::Sums => vec![0.0; 1 + self.centers.len() / self.d * (1 + self.d)],
+            Pass::Sample { .. } => vec![0.0],
+        }
+    }
+
+    fn update(&self, s: &mut Vec<f64>, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
+        let d = self.d;
+        if let Some(i) = quiver_engine::vector::first_nan(b.values) {
+            return Err(QuiverError::InvalidValueInBatch {
+                kind: "NaN",
+                column: "features".to_string(),
+                row_in_batch: i / d,
+            });
+        }
+        match &self.pass {
+            Pass::Sums => {
+                let k = self.centers.len() / d;
+                for x in b.values.chunks_exact(d) {
+                    let (c, dist) = nearest(x, &self.centers, d);
+                    s[0] += dist;
+                    s[1 + c] += 1.0;
+                    let sum = &mut s[1 + k + c * d..1 + k + (c + 1) * d];
+                    for (a, v) in sum.iter_mut().zip(x) {
+                        *a += v;
+                    }
+                }
+            }
+            Pass::Sample {
+                round,
+                l,
+                phi,
+                take,
+            } => {
+                for x in b.values.chunks_exact(d) {
+                    let u = row_uniform(x, self.seed, *round);
+                    let keep = if self.centers.is_empty() {
+                        true
+                    } else {
+                        let (_, dist) = nearest(x, &self.centers, d);
+                        *phi > 0.0 && u < (l * dist / phi).min(1.0)
+                    };
+                    if keep {
+                        s[0] += 1.0;
+                        s.push(u);
+                        s.extend_from_slice(x);
+                    }
+                }
+                if self.centers.is_empty() {
+                    keep_smallest(s, d, *take);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&self, s: &mut Vec<f64>, o: &Vec<f64>) -> quiver_engine::Result<()> {
+        match &self.pass {
+            Pass::Sums => s.iter_mut().zip(o).for_each(|(a, b)| *a += b),
+            Pass::Sample { take, .. } => {
+                s[0] += o[0];
+                s.extend_from_slice(&o[1..]);
+                if self.centers.is_empty() {
+                    keep_smallest(s, self.d, *take);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&self, s: Vec<f64>) -> quiver_engine::Result<Vec<f64>> {
+        Ok(s)
+    }
+
+    fn encode_state(&self, s: &Vec<f64>, out: &mut Vec<u8>) {
+        encode_f64s(&[s.len() as f64], out);
+        encode_f64s(s, out);
+    }
+
+    fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
+        let (n, rest) = decode_f64s(bytes, 1)?;
+        Ok(decode_f64s(rest, n[0] as usize)?.0)
+    }
+}
+
+/// Keeps the `take` sampled rows with the smallest draws (ties by row values), sorted.
+fn keep_smallest(s: &mut Vec<f64>, d: usize, take: usize) {
+    let mut rows = sampled_rows(s, d);
+    rows.truncate(take);
+    s.clear();
+    s.push(rows.len() as f64);
+    for (u, r) in rows {
+        s.push(u);
+        s.extend_from_slice(&r);
+    }
+}
+
+/// The (draw, row) pairs of a sample state, in a canonical order (by draw, then values).
+fn sampled_rows(s: &[f64], d: usize) -> Vec<(f64, Vec<f64>)> {
+    let mut rows: Vec<(f64, Vec<f64>)> = s[1..]
+        .chunks_exact(d + 1)
+        .map(|c| (c[0], c[1..].to_vec()))
+        .collect();
+    rows.sort_by(|a, b| {
+        a.0.total_cmp(&b.0).then_with(|| {
+            a.1.iter()
+                .zip(&b.1)
+                .map(|(x, y)| x.total_cmp(y))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+    });
+    rows
+}
+
+/// Weighted k-means++ then Lloyd on a small candidate set, in the driver (Spark's LocalKMeans).
+fn local_kmeans(points: &[Vec<f64>], weights: &[f64], k: usize, seed: u64, d: usize) -> Vec<f64> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let total: f64 = weights.iter().sum();
+    let pick = |probs: &[f64], sum: f64, rng: &mut rand_chacha::ChaCha8Rng| -> usize {
+        let mut r = rng.random::<f64>() * sum;
+        for (i, p) in probs.iter().enumerate() {
+            r -= p;
+            if r <= 0.0 {
+                return i;
+            }
+        }
+        probs.len() - 1
+    };
+    let mut centers: Vec<f64> = points[pick(weights, total, &mut rng)].clone();
+    let mut dist: Vec<f64> = points.iter().map(|p| nearest(p, &centers, d).1).collect();
+    while centers.len() / d < k {
+        let probs: Vec<f64> = dist.iter().zip(weights).map(|(a, w)| a * w).collect();
+        let sum: f64 = probs.iter().sum();
+        let i = if sum > 0.0 {
+            pick(&probs, sum, &mut rng)
+        } else {
+            (centers.len() / d) % points.len()
+        };
+        centers.extend_from_slice(&points[i]);
+        let c = &points[i];
+        for (p, dd) in points.iter().zip(dist.iter_mut()) {
+            let nd: f64 = p.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum();
+            if nd < *dd {
+                *dd = nd;
+            }
+        }
+    }
+    for _ in 0..30 {
+        let mut sums = vec![0.0; k * d];
+        let mut counts = vec![0.0; k];
+        for (p, w) in points.iter().zip(weights) {
+            let (c, _) = nearest(p, &centers, d);
+            counts[c] += w;
+            for (s, v) in sums[c * d..(c + 1) * d].iter_mut().zip(p) {
+                *s += w * v;
+            }
+        }
+        for c in 0..k {
+            if counts[c] > 0.0 {
+                for j in 0..d {
+                    centers[c * d + j] = sums[c * d + j] / counts[c];
+                }
+            }
+        }
+    }
+    centers
+}
+
+/// What a fit reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KMeansSummary {
+    /// Sum of squared distances to the nearest centre (the objective), at the final centres.
+    pub inertia: f64,
+    /// Inertia before each Lloyd iteration.
+    pub objective_history: Vec<f64>,
+    pub iterations: usize,
+    pub convergence: String,
+    /// Points per cluster.
+    pub cluster_sizes: Vec<u64>,
+    pub wall_time_ms: f64,
+}
+
+impl KMeans {
+    async fn pass(&self, data: &Prepared, centers: &[f64], pass: Pass) -> Result<Vec<f64>> {
+        let stat = KMeansPass {
+            d: data.dim(),
+            centers: centers.to_vec(),
+            seed: self.seed,
+            pass,
+        };
+        Ok(data.aggregate(Arc::new(stat)).await?)
+    }
+
+    async fn initial_centers(&self, data: &Prepared, rows: u64) -> Result<Vec<f64>> {
+        let d = data.dim();
+        let k = self.k;
+        let first = |n: usize| Pass::Sample {
+            round: 0,
+            l: 0.0,
+            phi: 0.0,
+            take: n,
+        };
+        if self.init_mode == KMeansInit::Random {
+            let s = self.pass(data, &[], first(k)).await?;
+            return Ok(sampled_rows(&s, d)
+                .into_iter()
+                .flat_map(|(_, r)| r)
+                .collect());
+        }
+        // k-means||: one uniform point, then rounds sampling ~2k points by their cost.
+        let s = self.pass(data, &[], first(1)).await?;
+        let mut candidates: Vec<f64> = sampled_rows(&s, d)
+            .into_iter()
+            .flat_map(|(_, r)| r)
+            .collect();
+        for round in 1..=self.init_steps as u64 {
+            let sums = self.pass(data, &candidates, Pass::Sums).await?;
+            // Rounded to 10 significant digits: runners that sum in different orders must
+            // still draw the same sample.
+            let phi: f64 = format!("{:.9e}", sums[0]).parse().unwrap_or(sums[0]);
+            let s = self
+                .pass(
+                    data,
+                    &candidates,
+                    Pass::Sample {
+                        round,
+                        l: 2.0 * k as f64,
+                        phi,
+                        take: 0,
+                    },
+                )
+                .await?;
+            for (_, r) in sampled_rows(&s, d) {
+                candidates.extend_from_slice(&r);
+            }
+        }
+        let n_cand = candidates.len() / d;
+        if (n_cand as u64) < k as u64 && rows >= k as u64 {
+            // Too few distinct candidates: top up with a uniform sample.
+            let s = self.pass(data, &[], first(k)).await?;
+            for (_, r) in sampled_rows(&s, d) {
+                candidates.extend_from_slice(&r);
+            }
+        }
+        let sums = self.pass(data, &candidates, Pass::Sums).await?;
+        let n_cand = candidates.len() / d;
+        let weights: Vec<f64> = sums[1..1 + n_cand].to_vec();
+        let points: Vec<Vec<f64>> = candidates.chunks_exact(d).map(<[f64]>::to_vec).collect();
+        Ok(local_kmeans(&points, &weights, k, self.seed, d))
+    }
+}
+
+impl Estimator for KMeans {
+    type Model = KMeansModel;
+
+    async fn fit(&self, session: &QuiverSession, data: &Dataset) -> Result<KMeansModel> {
+        self.check()?;
+        let started = Instant::now();
+        let data = session
+            .prepare(data, Runner::from_config(session.config()))
+            .await?;
+        let d = data.dim();
+        let k = self.k;
+        // Row count from a zero-centre pass would be empty; use one centre at the origin.
+        let zero = vec![0.0; d];
+        let rows = self.pass(&data, &zero, Pass::Sums).await?[1] as u64;
+        if rows == 0 {
+            return Err(QuiverError::EmptyDataset {
+                context: "k-means".to_string(),
+            }
+            .into());
+        }
+        if k as u64 > rows {
+            return Err(MllibError::InvalidK {
+                k,
+                reason: format!("k exceeds the {rows} rows of the data"),
+            });
+        }
+        let mut centers = self.initial_centers(&data, rows).await?;
+        let mut history = Vec::new();
+        let mut iterations = 0;
+        let mut convergence = format!("reached max_iter = {}", self.max_iter);
+        let mut sums = self.pass(&data, &centers, Pass::Sums).await?;
+        while iterations < self.max_iter {
+            history.push(sums[0]);
+            iterations += 1;
+            let mut moved = 0.0f64;
+            for c in 0..k {
+                let n = sums[1 + c];
+                if n == 0.0 {
+                    continue; // an empty cluster keeps its centre
+                }
+                for j in 0..d {
+                    let v = sums[1 + k + c * d + j] / n;
+                    moved = moved.max((v - centers[c * d + j]).abs());
+                    centers[c * d + j] = v;
+                }
+            }
+            sums = self.pass(&data, &centers, Pass::Sums).await?;
+            if moved <= self.tol {
+                convergence = format!("centres moved less than tol = {}", self.tol);
+                break;
+            }
+        }
+        let summary = KMeansSummary {
+            inertia: sums[0],
+            objective_history: history,
+            iterations,
+            convergence,
+            cluster_sizes: sums[1..1 + k].iter().map(|v| *v as u64).collect(),
+            wall_time_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        Ok(KMeansModel {
+            params: self.clone(),
+            dim: d,
+            centers,
+            summary,
+        })
+    }
+}
+
+/// A fitted [`KMeans`]: the cluster centres.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansModel {
+    params: KMeans,
+    dim: usize,
+    centers: Vec<f64>,
+    summary: KMeansSummary,
+}
+
+impl KMeansModel {
+    /// Centres, one row of `dim` values per cluster.
+    pub fn centers(&self) -> Vec<&[f64]> {
+        self.centers.chunks_exact(self.dim).collect()
+    }
+
+    pub fn summary(&self) -> &KMeansSummary {
+        &self.summary
+    }
+}
+
+#[derive(Debug)]
+struct Assign {
+    dim: usize,
+    centers: Vec<f64>,
+}
+
+impl BatchFunction for Assign {
+    fn name(&self) -> &str {
+        "kmeans_predict"
+    }
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        encode_f64s(&self.centers, &mut out);
+        Ok(out)
+    }
+    fn input_dim(&self) -> usize {
+        self.dim
+    }
+    fn return_type(&self) -> DataType {
+        DataType::Int32
+    }
+    fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
+        let out: Int32Array = b
+            .values
+            .chunks_exact(b.dim)
+            .map(|x| nearest(x, &self.centers, self.dim).0 as i32)
+            .collect();
+        Ok(Arc::new(out))
+    }
+}
+
+impl Transformer for KMeansModel {
+    fn transform(&self, data: &Dataset) -> Result<Dataset> {
+        let f = Assign {
+            dim: self.dim,
+            centers: self.centers.clone(),
+        };
+        Ok(map_dataset(
+            data.clone(),
+            Arc::new(f),
+            &self.params.prediction_col,
+        )?)
+    }
+}
+
+impl Model for KMeansModel {
+    const KIND: &'static str = "kmeans";
+    const FORMAT_VERSION: u32 = 1;
+
+    fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
+        let draft = ModelDraft {
+            params: params_json(&(&self.params, self.dim))?,
+            metrics: serde_json::json!({ "inertia": self.summary.inertia }),
+            training_summary: params_json(&self.summary)?,
+            ..Default::default()
+        };
+        let centers = vectors_to_ipc(&[("centers", &self.centers)])?;
+        Ok((draft, vec![("centers.arrow".to_string(), centers)]))
+    }
+
+    fn from_parts(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<Self> {
+        let corrupt = |reason: String| MllibError::CorruptModel {
+            name: meta.name.clone(),
+            reason,
+        };
+        let (params, dim): (KMeans, usize) = serde_json::from_value(meta.params.clone())
+            .map_err(|e| corrupt(format!("invalid params: {e}")))?;
+        let summary: KMeansSummary = serde_json::from_value(meta.training_summary.clone())
+            .map_err(|e| corrupt(format!("invalid training summary: {e}")))?;
+        let bytes = parts
+            .get("centers.arrow")
+            .ok_or_else(|| corrupt("no part 'centers.arrow'".to_string()))?;
+        let mut cols = vectors_from_ipc(bytes, &meta.name)?;
+        let centers = take_vector(&mut cols, "centers", params.k * dim, &meta.name)?;
+        Ok(KMeansModel {
+            params,
+            dim,
+            centers,
+            summary,
+        })
+    }
+}
