@@ -14,6 +14,7 @@
 pub mod api;
 pub mod clustering;
 pub mod error;
+pub mod evaluation;
 pub mod feature;
 pub mod persist;
 pub mod pipeline;
@@ -22,6 +23,9 @@ pub mod regression;
 pub use api::{Estimator, Model, Transformer, load, save};
 pub use clustering::{KMeans, KMeansInit, KMeansModel, KMeansSummary};
 pub use error::{MllibError, Result};
+pub use evaluation::{
+    MulticlassClassificationEvaluator, MulticlassMetrics, RegressionEvaluator, RegressionMetrics,
+};
 pub use feature::{
     HandleInvalid, Imputer, ImputerModel, ImputerStrategy, MinMaxScaler, MinMaxScalerModel,
     OneHotEncoder, OneHotEncoderModel, StandardScaler, StandardScalerModel, StringIndexer,

@@ -1,0 +1,350 @@
+//! Evaluators (Spark MLlib's names): metrics computed as one aggregate pass over the prediction
+//! and label columns — never by collecting the rows to the driver.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use quiver_engine::aggregate::{decode_f64s, encode_f64s};
+use quiver_engine::vector::first_nan;
+use quiver_engine::{
+    Dataset, FeatureBatch, QuiverError, QuiverSession, Runner, StatInputs, Statistic,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{MllibError, Result};
+
+/// The dataset an evaluator reads: the prediction column as the single feature, the label.
+fn scored(data: &Dataset, prediction_col: &str) -> Result<Dataset> {
+    let label = data.label().ok_or_else(|| MllibError::InvalidParam {
+        param: "label".to_string(),
+        reason: "evaluation needs a label column (Dataset::with_label)".to_string(),
+    })?;
+    Ok(Dataset::new(data.dataframe().clone())
+        .with_features([prediction_col])?
+        .with_label(label)?)
+}
+
+/// Regression metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegressionMetrics {
+    pub count: u64,
+    pub mse: f64,
+    pub rmse: f64,
+    pub mae: f64,
+    /// 1 − SSE / SST (SST about the label mean).
+    pub r2: f64,
+}
+
+/// RMSE, MSE, MAE and R² of a prediction column against the dataset's label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegressionEvaluator {
+    prediction_col: String,
+}
+
+impl Default for RegressionEvaluator {
+    fn default() -> Self {
+        RegressionEvaluator {
+            prediction_col: "prediction".to_string(),
+        }
+    }
+}
+
+impl RegressionEvaluator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Defaults to `"prediction"`.
+    pub fn prediction_col(mut self, c: impl Into<String>) -> Self {
+        self.prediction_col = c.into();
+        self
+    }
+
+    pub async fn evaluate(
+        &self,
+        session: &QuiverSession,
+        data: &Dataset,
+    ) -> Result<RegressionMetrics> {
+        let ds = scored(data, &self.prediction_col)?;
+        let prepared = session
+            .prepare(&ds, Runner::from_config(session.config()))
+            .await?;
+        let s = prepared.aggregate(Arc::new(RegressionStat)).await?;
+        // s = [n, mean_y, m2_y, sse, sae]
+        let n = s[0];
+        let mse = s[3] / n;
+        Ok(RegressionMetrics {
+            count: n as u64,
+            mse,
+            rmse: mse.sqrt(),
+            mae: s[4] / n,
+            r2: if s[2] > 0.0 { 1.0 - s[3] / s[2] } else { 0.0 },
+        })
+    }
+}
+
+fn check_finite<'a>(b: &FeatureBatch<'a>) -> quiver_engine::Result<&'a [f64]> {
+    let y = b
+        .label
+        .ok_or_else(|| QuiverError::internal("evaluation needs a label"))?;
+    if let Some(r) = first_nan(y) {
+        return Err(QuiverError::InvalidValueInBatch {
+            kind: "NaN",
+            column: "label".to_string(),
+            row_in_batch: r,
+        });
+    }
+    if let Some(r) = first_nan(b.values) {
+        return Err(QuiverError::InvalidValueInBatch {
+            kind: "NaN",
+            column: "prediction".to_string(),
+            row_in_batch: r,
+        });
+    }
+    Ok(y)
+}
+
+#[derive(Debug)]
+struct RegressionStat;
+
+impl Statistic for RegressionStat {
+    type State = Vec<f64>;
+    type Output = Vec<f64>;
+
+    fn name(&self) -> &str {
+        "quiver_regression_metrics"
+    }
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+    fn dim(&self) -> usize {
+        1
+    }
+    fn inputs(&self) -> StatInputs {
+        StatInputs {
+            label: true,
+            weight: false,
+        }
+    }
+    fn init(&self) -> Vec<f64> {
+        vec![0.0; 5]
+    }
+    fn update(&self, s: &mut Vec<f64>, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
+        let y = check_finite(b)?;
+        let n = b.n_rows as f64;
+        if n == 0.0 {
+            return Ok(());
+        }
+        let mean = y.iter().sum::<f64>() / n;
+        let m2: f64 = y.iter().map(|v| (v - mean) * (v - mean)).sum();
+        let (mut sse, mut sae) = (0.0, 0.0);
+        for (p, t) in b.values.iter().zip(y) {
+            sse += (p - t) * (p - t);
+            sae += (p - t).abs();
+        }
+        self.merge(s, &vec![n, mean, m2, sse, sae])
+    }
+    fn merge(&self, s: &mut Vec<f64>, o: &Vec<f64>) -> quiver_engine::Result<()> {
+        let (na, nb) = (s[0], o[0]);
+        if nb == 0.0 {
+            return Ok(());
+        }
+        let n = na + nb;
+        let delta = o[1] - s[1];
+        s[2] += o[2] + delta * delta * na * nb / n;
+        s[1] += delta * nb / n;
+        s[0] = n;
+        s[3] += o[3];
+        s[4] += o[4];
+        Ok(())
+    }
+    fn finish(&self, s: Vec<f64>) -> quiver_engine::Result<Vec<f64>> {
+        if s[0] == 0.0 {
+            return Err(QuiverError::EmptyDataset {
+                context: "evaluation".to_string(),
+            });
+        }
+        Ok(s)
+    }
+    fn encode_state(&self, s: &Vec<f64>, out: &mut Vec<u8>) {
+        encode_f64s(s, out);
+    }
+    fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
+        Ok(decode_f64s(bytes, 5)?.0)
+    }
+}
+
+/// Multiclass metrics from the confusion matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MulticlassMetrics {
+    /// Class values in order (the union of labels and predictions).
+    pub classes: Vec<f64>,
+    /// `confusion[i][j]`: rows with label `classes[i]` predicted as `classes[j]`.
+    pub confusion: Vec<Vec<u64>>,
+    pub accuracy: f64,
+    /// Precision, recall and F1 averaged over classes weighted by their label counts (Spark's
+    /// weightedPrecision, weightedRecall, weightedFMeasure).
+    pub weighted_precision: f64,
+    pub weighted_recall: f64,
+    pub f1: f64,
+}
+
+/// Accuracy, weighted precision/recall/F1 and the confusion matrix of a prediction column of
+/// class values against the dataset's label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MulticlassClassificationEvaluator {
+    prediction_col: String,
+}
+
+impl Default for MulticlassClassificationEvaluator {
+    fn default() -> Self {
+        MulticlassClassificationEvaluator {
+            prediction_col: "prediction".to_string(),
+        }
+    }
+}
+
+impl MulticlassClassificationEvaluator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Defaults to `"prediction"`.
+    pub fn prediction_col(mut self, c: impl Into<String>) -> Self {
+        self.prediction_col = c.into();
+        self
+    }
+
+    pub async fn evaluate(
+        &self,
+        session: &QuiverSession,
+        data: &Dataset,
+    ) -> Result<MulticlassMetrics> {
+        let ds = scored(data, &self.prediction_col)?;
+        let prepared = session
+            .prepare(&ds, Runner::from_config(session.config()))
+            .await?;
+        let pairs = prepared.aggregate(Arc::new(ConfusionStat)).await?;
+        let mut classes: Vec<f64> = pairs
+            .keys()
+            .flat_map(|(l, p)| [f64::from_bits(*l), f64::from_bits(*p)])
+            .collect();
+        classes.sort_by(f64::total_cmp);
+        classes.dedup();
+        let index: BTreeMap<u64, usize> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_bits(), i))
+            .collect();
+        let k = classes.len();
+        let mut confusion = vec![vec![0u64; k]; k];
+        for ((l, p), n) in &pairs {
+            confusion[index[l]][index[p]] += *n;
+        }
+        let total: u64 = confusion.iter().flatten().sum();
+        let correct: u64 = (0..k).map(|i| confusion[i][i]).sum();
+        let (mut wp, mut wr, mut wf) = (0.0, 0.0, 0.0);
+        for (i, row) in confusion.iter().enumerate() {
+            let label_n: u64 = row.iter().sum();
+            let pred_n: u64 = confusion.iter().map(|r| r[i]).sum();
+            let tp = row[i] as f64;
+            let precision = if pred_n > 0 { tp / pred_n as f64 } else { 0.0 };
+            let recall = if label_n > 0 {
+                tp / label_n as f64
+            } else {
+                0.0
+            };
+            let f = if precision + recall > 0.0 {
+                2.0 * precision * recall / (precision + recall)
+            } else {
+                0.0
+            };
+            let share = label_n as f64 / total as f64;
+            wp += share * precision;
+            wr += share * recall;
+            wf += share * f;
+        }
+        Ok(MulticlassMetrics {
+            classes,
+            confusion,
+            accuracy: correct as f64 / total as f64,
+            weighted_precision: wp,
+            weighted_recall: wr,
+            f1: wf,
+        })
+    }
+}
+
+/// Counts of (label, prediction) pairs, keyed by their bit patterns.
+#[derive(Debug)]
+struct ConfusionStat;
+
+impl Statistic for ConfusionStat {
+    type State = BTreeMap<(u64, u64), u64>;
+    type Output = BTreeMap<(u64, u64), u64>;
+
+    fn name(&self) -> &str {
+        "quiver_confusion_counts"
+    }
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+    fn dim(&self) -> usize {
+        1
+    }
+    fn inputs(&self) -> StatInputs {
+        StatInputs {
+            label: true,
+            weight: false,
+        }
+    }
+    fn init(&self) -> Self::State {
+        BTreeMap::new()
+    }
+    fn update(&self, s: &mut Self::State, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
+        let y = check_finite(b)?;
+        for (p, l) in b.values.iter().zip(y) {
+            // -0.0 and 0.0 are the same class.
+            let key = ((l + 0.0).to_bits(), (p + 0.0).to_bits());
+            *s.entry(key).or_insert(0) += 1;
+        }
+        Ok(())
+    }
+    fn merge(&self, s: &mut Self::State, o: &Self::State) -> quiver_engine::Result<()> {
+        for (k, n) in o {
+            *s.entry(*k).or_insert(0) += n;
+        }
+        Ok(())
+    }
+    fn finish(&self, s: Self::State) -> quiver_engine::Result<Self::State> {
+        if s.is_empty() {
+            return Err(QuiverError::EmptyDataset {
+                context: "evaluation".to_string(),
+            });
+        }
+        Ok(s)
+    }
+    fn encode_state(&self, s: &Self::State, out: &mut Vec<u8>) {
+        for ((l, p), n) in s {
+            out.extend_from_slice(&l.to_le_bytes());
+            out.extend_from_slice(&p.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+    fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Self::State> {
+        if !bytes.len().is_multiple_of(24) {
+            return Err(QuiverError::internal(
+                "confusion state is not whole triples",
+            ));
+        }
+        let word = |c: &[u8]| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
+        };
+        Ok(bytes
+            .chunks_exact(24)
+            .map(|c| ((word(&c[0..8]), word(&c[8..16])), word(&c[16..24])))
+            .collect())
+    }
+}

@@ -1,0 +1,134 @@
+//! Evaluators: regression metrics against a direct computation and the fit's own summary;
+//! multiclass metrics against a worked example; both runners.
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, Float64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use quiver_engine::{Dataset, QuiverConfig, QuiverSession};
+use quiver_mllib::{
+    Estimator, LinearRegression, MulticlassClassificationEvaluator, RegressionEvaluator,
+    Transformer,
+};
+
+const DIABETES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/diabetes.parquet");
+
+fn session(runner: &str) -> QuiverSession {
+    QuiverSession::embedded_with(
+        QuiverConfig::default()
+            .with_pairs([("quiver.runner", runner)])
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_metrics_match_a_direct_computation() {
+    for runner in ["local", "embedded"] {
+        let s = session(runner);
+        let ds = Dataset::new(s.read(DIABETES).await.unwrap())
+            .with_label("target")
+            .unwrap()
+            .with_features(["bmi", "bp", "s5"])
+            .unwrap();
+        let model = LinearRegression::new().fit(&s, &ds).await.unwrap();
+        let scored = model.transform(&ds).unwrap();
+        let m = RegressionEvaluator::new()
+            .evaluate(&s, &scored)
+            .await
+            .unwrap();
+        assert_eq!(m.count, 442);
+        assert!(
+            (m.rmse - model.summary().rmse).abs() < 1e-9 * m.rmse,
+            "{runner}"
+        );
+        assert!((m.r2 - model.summary().r2).abs() < 1e-9, "{runner}");
+        // MAE, written out.
+        let rows = scored
+            .dataframe()
+            .clone()
+            .select_columns(&["target", "prediction"])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let (mut sae, mut n) = (0.0, 0.0);
+        for b in &rows {
+            let (t, p) = (
+                b.column(0).as_primitive::<Float64Type>(),
+                b.column(1).as_primitive::<Float64Type>(),
+            );
+            for r in 0..b.num_rows() {
+                sae += (t.value(r) - p.value(r)).abs();
+                n += 1.0;
+            }
+        }
+        assert!((m.mae - sae / n).abs() < 1e-9 * m.mae, "{runner}");
+        assert!((m.mse - m.rmse * m.rmse).abs() < 1e-9 * m.mse);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiclass_metrics_match_a_worked_example() {
+    // labels 0 0 1 1 2 2, predictions 0 1 1 1 2 0.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("label", DataType::Float64, false),
+        Field::new("prediction", DataType::Float64, false),
+    ]));
+    let b = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Float64Array::from(vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0])),
+            Arc::new(Float64Array::from(vec![0.0, 1.0, 1.0, 1.0, 2.0, 0.0])),
+        ],
+    )
+    .unwrap();
+    for runner in ["local", "embedded"] {
+        let s = session(runner);
+        let ds = Dataset::new(
+            s.from_batches(vec![b.slice(0, 3), b.slice(3, 3)], 2)
+                .unwrap(),
+        )
+        .with_label("label")
+        .unwrap();
+        let m = MulticlassClassificationEvaluator::new()
+            .evaluate(&s, &ds)
+            .await
+            .unwrap();
+        assert_eq!(m.classes, vec![0.0, 1.0, 2.0]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 1]]
+        );
+        assert!((m.accuracy - 4.0 / 6.0).abs() < 1e-15);
+        // Per class precision 1/2, 2/3, 1; recall 1/2, 1, 1/2; F1 1/2, 4/5, 2/3; equal shares.
+        assert!(
+            (m.weighted_precision - (0.5 + 2.0 / 3.0 + 1.0) / 3.0).abs() < 1e-15,
+            "{runner}"
+        );
+        assert!((m.weighted_recall - 2.0 / 3.0).abs() < 1e-15);
+        assert!((m.f1 - (0.5 + 0.8 + 2.0 / 3.0) / 3.0).abs() < 1e-15);
+    }
+}
+
+#[tokio::test]
+async fn evaluation_needs_a_label_and_clean_predictions() {
+    let s = session("embedded");
+    let ds = Dataset::new(s.read(DIABETES).await.unwrap());
+    let err = RegressionEvaluator::new()
+        .prediction_col("bmi")
+        .evaluate(&s, &ds)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("needs a label column"), "{err}");
+    let labelled = ds.with_label("target").unwrap();
+    let err = RegressionEvaluator::new()
+        .prediction_col("nope")
+        .evaluate(&s, &labelled)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("column 'nope' not found"),
+        "{err}"
+    );
+}
