@@ -76,6 +76,20 @@ enum BenchCase {
         #[arg(long)]
         no_parquet: bool,
     },
+    /// LinearRegression and KMeans fits on the local and the embedded runner.
+    Algorithms {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 20)]
+        features: usize,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Lloyd iterations of KMeans (all run).
+        #[arg(long, default_value_t = 20)]
+        kmeans_iters: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +176,22 @@ async fn run(cli: Cli) -> Result<()> {
                     parquet: !no_parquet,
                 };
                 bench::summary(&session, &opts, &mut out).await?;
+            }
+            BenchCase::Algorithms {
+                rows,
+                features,
+                k,
+                kmeans_iters,
+                seed,
+            } => {
+                let opts = bench::AlgorithmsBench {
+                    rows,
+                    features,
+                    k,
+                    kmeans_iters,
+                    seed,
+                };
+                bench::algorithms(&session, &opts, &mut out).await?;
             }
         },
         Command::Models { action } => match action {

@@ -117,3 +117,32 @@ fn bench_summary_runs_small() {
         assert!(text.contains(case), "missing {case}:\n{text}");
     }
 }
+
+#[test]
+fn bench_algorithms_runs_small() {
+    let out = quiver()
+        .args([
+            "bench",
+            "algorithms",
+            "--rows",
+            "3000",
+            "--features",
+            "3",
+            "--k",
+            "3",
+            "--kmeans-iters",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for case in ["linreg-3f-3000r-local", "kmeans-k3-3f-3000r-embedded"] {
+        assert!(text.contains(case), "missing {case}:\n{text}");
+    }
+    assert!(!text.contains("r2 below"), "{text}");
+}

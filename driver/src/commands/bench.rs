@@ -302,3 +302,131 @@ mod tests {
         assert_eq!(s.iter().map(Vec::len).collect::<Vec<_>>(), vec![12, 12, 6]);
     }
 }
+
+/// Options of `quiver bench algorithms`.
+#[derive(Debug, Clone)]
+pub struct AlgorithmsBench {
+    pub rows: usize,
+    pub features: usize,
+    /// k of k-means.
+    pub k: usize,
+    /// Lloyd iterations (run in full: tol = 0).
+    pub kmeans_iters: usize,
+    pub seed: u64,
+}
+
+impl Default for AlgorithmsBench {
+    fn default() -> Self {
+        AlgorithmsBench {
+            rows: 1_000_000,
+            features: 20,
+            k: 10,
+            kmeans_iters: 20,
+            seed: 42,
+        }
+    }
+}
+
+/// Times `LinearRegression` (one co-moment pass + solve) and `KMeans` (k-means|| then Lloyd
+/// passes) on seeded synthetic data cached in memory, on the local and the embedded runner.
+pub async fn algorithms(
+    session: &QuiverSession,
+    opts: &AlgorithmsBench,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use quiver_mllib::{Estimator, KMeans, LinearRegression};
+    let (rows, dim) = (opts.rows, opts.features);
+    let batch_rows = session.config().batch_size;
+    let chunks = synthetic(rows, dim, batch_rows, opts.seed);
+    let bytes = (rows * dim * 8) as f64;
+    // label = Σ_j (j+1)/dim · x_j + small deterministic noise
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("features", quiver_engine::vector::vector_type(dim), false),
+        Field::new("label", DataType::Float64, false),
+    ]));
+    let batches = chunks
+        .iter()
+        .map(|c| {
+            let n = c.len() / dim;
+            let y: Vec<f64> = (0..n)
+                .map(|r| {
+                    let x = &c[r * dim..(r + 1) * dim];
+                    x.iter()
+                        .enumerate()
+                        .map(|(j, v)| (j + 1) as f64 / dim as f64 * v)
+                        .sum::<f64>()
+                        + ((r * 7919) % 1000) as f64 * 1e-4
+                })
+                .collect();
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(vector_array(c.clone(), dim)?) as ArrayRef,
+                    Arc::new(Float64Array::from(y)),
+                ],
+            )
+            .map_err(QuiverError::from)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    writeln!(
+        out,
+        "bench algorithms: {rows} rows x {dim} features ({:.1} MB), cached in memory, seed {}",
+        bytes / 1e6,
+        opts.seed
+    )
+    .ok();
+    writeln!(
+        out,
+        "  {:<40} {:>10} {:>16} {:>10}",
+        "case", "fit ms", "per pass ms", "GB/s"
+    )
+    .ok();
+    for runner in ["local", "embedded"] {
+        let mut config = session.config().clone();
+        config.set("quiver.runner", runner)?;
+        let s = crate::session_with(config)?;
+        let ds = Dataset::new(s.from_batches(batches.clone(), s.config().target_partitions)?)
+            .with_features(["features"])?
+            .with_label("label")?;
+        // Linear regression: one pass over the data, then a d x d solve.
+        let t = Instant::now();
+        let lr = LinearRegression::new()
+            .fit(&s, &ds)
+            .await
+            .map_err(|e| QuiverError::internal(e.to_string()))?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let ok = lr.summary().r2 > 0.99;
+        writeln!(
+            out,
+            "  {:<40} {:>10.1} {:>16.1} {:>10.2}{}",
+            format!("linreg-{dim}f-{rows}r-{runner}"),
+            ms,
+            ms,
+            bytes / (ms / 1e3) / 1e9,
+            if ok { "" } else { "  (r2 below 0.99!)" }
+        )
+        .ok();
+        let km = KMeans::new()
+            .k(opts.k)
+            .max_iter(opts.kmeans_iters)
+            .tol(0.0)
+            .seed(opts.seed)
+            .fit(&s, &ds)
+            .await
+            .map_err(|e| QuiverError::internal(e.to_string()))?;
+        let sm = km.summary();
+        let per = (sm.wall_time_ms - sm.init_ms) / sm.iterations.max(1) as f64;
+        writeln!(
+            out,
+            "  {:<40} {:>10.1} {:>16.1} {:>10.2}   init {:.1} ms, {} iterations",
+            format!("kmeans-k{}-{dim}f-{rows}r-{runner}", opts.k),
+            sm.wall_time_ms,
+            per,
+            bytes / (per / 1e3) / 1e9,
+            sm.init_ms,
+            sm.iterations
+        )
+        .ok();
+    }
+    Ok(())
+}

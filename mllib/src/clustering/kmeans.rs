@@ -382,6 +382,8 @@ pub struct KMeansSummary {
     pub convergence: String,
     /// Points per cluster.
     pub cluster_sizes: Vec<u64>,
+    /// Time spent choosing the initial centres (the rest is one data pass per iteration).
+    pub init_ms: f64,
     pub wall_time_ms: f64,
 }
 
@@ -482,6 +484,7 @@ impl Estimator for KMeans {
             });
         }
         let mut centers = self.initial_centers(&data, rows).await?;
+        let init_ms = started.elapsed().as_secs_f64() * 1e3;
         let mut history = Vec::new();
         let mut iterations = 0;
         let mut convergence = format!("reached max_iter = {}", self.max_iter);
@@ -513,6 +516,7 @@ impl Estimator for KMeans {
             iterations,
             convergence,
             cluster_sizes: sums[1..1 + k].iter().map(|v| *v as u64).collect(),
+            init_ms,
             wall_time_ms: started.elapsed().as_secs_f64() * 1e3,
         };
         Ok(KMeansModel {
