@@ -12,15 +12,18 @@
 //! engine ([`quiver_engine::Summarizer`]).
 
 pub mod api;
+pub mod classification;
 pub mod clustering;
 pub mod error;
 pub mod evaluation;
 pub mod feature;
+pub mod optim;
 pub mod persist;
 pub mod pipeline;
 pub mod regression;
 
 pub use api::{Estimator, Model, Transformer, load, save};
+pub use classification::{Family, LogisticRegression, LogisticRegressionModel, LogisticSummary};
 pub use clustering::{KMeans, KMeansInit, KMeansModel, KMeansSummary};
 pub use error::{MllibError, Result};
 pub use evaluation::{

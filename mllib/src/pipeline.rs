@@ -12,6 +12,7 @@ use quiver_engine::{Dataset, ModelDraft, ModelMetadata, QuiverSession};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Estimator, Model, Transformer};
+use crate::classification::LogisticRegressionModel;
 use crate::clustering::KMeansModel;
 use crate::error::{MllibError, Result};
 use crate::feature::{
@@ -158,6 +159,10 @@ struct StageRecord {
     params: serde_json::Value,
     features: Vec<FeatureField>,
     label: Option<String>,
+    #[serde(default)]
+    metrics: serde_json::Value,
+    #[serde(default)]
+    training_summary: serde_json::Value,
     parts: Vec<String>,
 }
 
@@ -186,6 +191,7 @@ fn load_stage(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<A
         ImputerModel::KIND => build::<ImputerModel>(meta, parts),
         LinearRegressionModel::KIND => build::<LinearRegressionModel>(meta, parts),
         KMeansModel::KIND => build::<KMeansModel>(meta, parts),
+        LogisticRegressionModel::KIND => build::<LogisticRegressionModel>(meta, parts),
         PipelineModel::KIND => build::<PipelineModel>(meta, parts),
         other => Err(MllibError::UnknownModelKind {
             name: meta.name.clone(),
@@ -209,6 +215,8 @@ impl Model for PipelineModel {
                 params: draft.params,
                 features: draft.features,
                 label: draft.label,
+                metrics: draft.metrics,
+                training_summary: draft.training_summary,
                 parts: parts.iter().map(|(n, _)| n.clone()).collect(),
             });
             all_parts.extend(parts.into_iter().map(|(n, b)| (format!("stage{i}.{n}"), b)));
@@ -255,8 +263,8 @@ impl Model for PipelineModel {
                 params: r.params,
                 features: r.features,
                 label: r.label,
-                metrics: serde_json::Value::Null,
-                training_summary: serde_json::Value::Null,
+                metrics: r.metrics,
+                training_summary: r.training_summary,
                 created_at: meta.created_at.clone(),
                 parts: stage_parts
                     .iter()

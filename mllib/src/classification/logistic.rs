@@ -1,0 +1,630 @@
+//! `LogisticRegression` (Spark MLlib's names and defaults): binomial or multinomial logistic
+//! loss with L2 regularisation, minimised by L-BFGS; one aggregate pass per evaluation computes
+//! the loss and gradient over all partitions.
+//!
+//! Objective: `(1/W) Σ wᵢ loss(xᵢ, yᵢ) + (λ/2) Σₖⱼ pⱼ γₖⱼ²` over coefficients `γ` of the
+//! standardised features `xⱼ/σⱼ` (σ = sample standard deviation), with `pⱼ = 1` when
+//! `standardization` is on and `1/σⱼ²` (the penalty on the original coefficients) when off;
+//! intercepts are not penalised. Coefficients are reported in the original feature space.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float64Array};
+use arrow::datatypes::DataType;
+use bytes::Bytes;
+use quiver_engine::aggregate::{decode_f64s, encode_f64s};
+use quiver_engine::vector::first_nan;
+use quiver_engine::{
+    BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, QuiverError, QuiverSession,
+    Runner, StatInputs, Statistic, Summarizer, map_dataset,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Estimator, Model, Transformer};
+use crate::error::{MllibError, Result};
+use crate::optim::lbfgs;
+use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
+
+/// Binomial (one coefficient vector, classes 0 and 1) or multinomial (one per class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Binomial for two classes, multinomial for more. The default.
+    #[default]
+    Auto,
+    Binomial,
+    Multinomial,
+}
+
+/// Logistic regression.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogisticRegression {
+    reg_param: f64,
+    elastic_net_param: f64,
+    max_iter: usize,
+    tol: f64,
+    fit_intercept: bool,
+    standardization: bool,
+    weighted: bool,
+    family: Family,
+    prediction_col: String,
+}
+
+impl Default for LogisticRegression {
+    fn default() -> Self {
+        LogisticRegression {
+            reg_param: 0.0,
+            elastic_net_param: 0.0,
+            max_iter: 100,
+            tol: 1e-6,
+            fit_intercept: true,
+            standardization: true,
+            weighted: false,
+            family: Family::Auto,
+            prediction_col: "prediction".to_string(),
+        }
+    }
+}
+
+impl LogisticRegression {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// λ ≥ 0. Defaults to `0.0`.
+    pub fn reg_param(mut self, v: f64) -> Self {
+        self.reg_param = v;
+        self
+    }
+    /// Elastic-net mixing α in [0, 1]. Defaults to `0.0` (L2).
+    pub fn elastic_net_param(mut self, v: f64) -> Self {
+        self.elastic_net_param = v;
+        self
+    }
+    /// Defaults to `100`.
+    pub fn max_iter(mut self, n: usize) -> Self {
+        self.max_iter = n;
+        self
+    }
+    /// Relative decrease of the objective that stops the optimiser. Defaults to `1e-6`.
+    pub fn tol(mut self, t: f64) -> Self {
+        self.tol = t;
+        self
+    }
+    /// Defaults to `true`.
+    pub fn fit_intercept(mut self, yes: bool) -> Self {
+        self.fit_intercept = yes;
+        self
+    }
+    /// Penalise standardised coefficients. Defaults to `true`.
+    pub fn standardization(mut self, yes: bool) -> Self {
+        self.standardization = yes;
+        self
+    }
+    /// Weight rows by the dataset's weight column. Defaults to `false`.
+    pub fn weighted(mut self, yes: bool) -> Self {
+        self.weighted = yes;
+        self
+    }
+    /// Defaults to `Auto`.
+    pub fn family(mut self, f: Family) -> Self {
+        self.family = f;
+        self
+    }
+    /// Defaults to `"prediction"`.
+    pub fn prediction_col(mut self, c: impl Into<String>) -> Self {
+        self.prediction_col = c.into();
+        self
+    }
+
+    /// Validates the parameters.
+    pub fn check(&self) -> Result<()> {
+        if !(self.reg_param >= 0.0 && self.reg_param.is_finite()) {
+            return Err(MllibError::NegativeRegParam(self.reg_param));
+        }
+        if !(0.0..=1.0).contains(&self.elastic_net_param) {
+            return Err(MllibError::ElasticNetOutOfRange(self.elastic_net_param));
+        }
+        if self.reg_param > 0.0 && self.elastic_net_param > 0.0 {
+            return Err(MllibError::InvalidParam {
+                param: "elastic_net_param".to_string(),
+                reason: "an L1 penalty needs OWL-QN, which is not available yet; use elastic_net_param = 0".to_string(),
+            });
+        }
+        if self.max_iter == 0 {
+            return Err(MllibError::InvalidParam {
+                param: "max_iter".to_string(),
+                reason: "at least one iteration is needed".to_string(),
+            });
+        }
+        if self.tol.is_nan() || self.tol < 0.0 {
+            return Err(MllibError::InvalidParam {
+                param: "tol".to_string(),
+                reason: format!("{} is negative", self.tol),
+            });
+        }
+        if self.prediction_col.trim().is_empty() {
+            return Err(MllibError::EmptyOutputColumn);
+        }
+        Ok(())
+    }
+}
+
+/// Weighted count per class; the labels must be class indices 0, 1, 2, …
+#[derive(Debug)]
+struct ClassCounts {
+    d: usize,
+    weighted: bool,
+}
+
+impl Statistic for ClassCounts {
+    type State = Vec<f64>;
+    type Output = Vec<f64>;
+    fn name(&self) -> &str {
+        "quiver_class_counts"
+    }
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        Ok(vec![self.weighted as u8])
+    }
+    fn dim(&self) -> usize {
+        self.d
+    }
+    fn inputs(&self) -> StatInputs {
+        StatInputs {
+            label: true,
+            weight: self.weighted,
+        }
+    }
+    fn init(&self) -> Vec<f64> {
+        Vec::new()
+    }
+    fn update(&self, s: &mut Vec<f64>, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
+        let y = b
+            .label
+            .ok_or_else(|| QuiverError::internal("class counts need a label"))?;
+        for (r, &v) in y.iter().enumerate() {
+            if !(v >= 0.0 && v.fract() == 0.0 && v < 1e6) {
+                return Err(QuiverError::InvalidParam {
+                    param: "label".to_string(),
+                    reason: format!(
+                        "value {v} (row {r} of a batch) is not a class index 0, 1, 2, …; index string labels with StringIndexer"
+                    ),
+                });
+            }
+            let c = v as usize;
+            if s.len() <= c {
+                s.resize(c + 1, 0.0);
+            }
+            s[c] += b.weight.map_or(1.0, |w| w[r]);
+        }
+        Ok(())
+    }
+    fn merge(&self, s: &mut Vec<f64>, o: &Vec<f64>) -> quiver_engine::Result<()> {
+        if s.len() < o.len() {
+            s.resize(o.len(), 0.0);
+        }
+        s.iter_mut().zip(o).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+    fn finish(&self, s: Vec<f64>) -> quiver_engine::Result<Vec<f64>> {
+        Ok(s)
+    }
+    fn encode_state(&self, s: &Vec<f64>, out: &mut Vec<u8>) {
+        encode_f64s(&[s.len() as f64], out);
+        encode_f64s(s, out);
+    }
+    fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
+        let (n, rest) = decode_f64s(bytes, 1)?;
+        Ok(decode_f64s(rest, n[0] as usize)?.0)
+    }
+}
+
+/// Loss and gradient of the logistic objective's data term at given coefficients.
+#[derive(Debug)]
+struct LogisticLoss {
+    d: usize,
+    /// Coefficient vectors (1 binomial, K multinomial).
+    vectors: usize,
+    multinomial: bool,
+    /// Per vector: d coefficients in the original feature space, then the intercept.
+    coef: Vec<f64>,
+    weighted: bool,
+}
+
+impl Statistic for LogisticLoss {
+    /// [W, loss, gradient (vectors × (d + 1)) in the original space]
+    type State = Vec<f64>;
+    type Output = Vec<f64>;
+    fn name(&self) -> &str {
+        "quiver_logistic_loss"
+    }
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        let mut out = vec![self.multinomial as u8, self.weighted as u8];
+        encode_f64s(&self.coef, &mut out);
+        Ok(out)
+    }
+    fn dim(&self) -> usize {
+        self.d
+    }
+    fn inputs(&self) -> StatInputs {
+        StatInputs {
+            label: true,
+            weight: self.weighted,
+        }
+    }
+    fn init(&self) -> Vec<f64> {
+        vec![0.0; 2 + self.coef.len()]
+    }
+    fn update(&self, s: &mut Vec<f64>, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
+        let (d, kv) = (self.d, self.vectors);
+        let y = b
+            .label
+            .ok_or_else(|| QuiverError::internal("the logistic loss needs a label"))?;
+        if let Some(i) = first_nan(b.values) {
+            return Err(QuiverError::InvalidValueInBatch {
+                kind: "NaN",
+                column: "features".to_string(),
+                row_in_batch: i / d,
+            });
+        }
+        let mut margins = vec![0.0; kv];
+        let (head, grad) = s.split_at_mut(2);
+        for (r, x) in b.values.chunks_exact(d).enumerate() {
+            let w = if self.weighted {
+                b.weight.map_or(1.0, |w| w[r])
+            } else {
+                1.0
+            };
+            if w == 0.0 {
+                continue;
+            }
+            for (k, m) in margins.iter_mut().enumerate() {
+                let c = &self.coef[k * (d + 1)..(k + 1) * (d + 1)];
+                *m = c[d] + c[..d].iter().zip(x).map(|(a, v)| a * v).sum::<f64>();
+            }
+            let label = y[r] as usize;
+            head[0] += w;
+            if self.multinomial {
+                let max = margins.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + margins.iter().map(|m| (m - max).exp()).sum::<f64>().ln();
+                head[1] += w * (lse - margins[label]);
+                for k in 0..kv {
+                    let resid = w * ((margins[k] - lse).exp() - if k == label { 1.0 } else { 0.0 });
+                    let g = &mut grad[k * (d + 1)..(k + 1) * (d + 1)];
+                    for (gj, v) in g[..d].iter_mut().zip(x) {
+                        *gj += resid * v;
+                    }
+                    g[d] += resid;
+                }
+            } else {
+                let m = margins[0];
+                let t = if label == 1 { 1.0 } else { 0.0 };
+                let softplus = if m > 0.0 {
+                    m + (-m).exp().ln_1p()
+                } else {
+                    m.exp().ln_1p()
+                };
+                head[1] += w * (softplus - t * m);
+                let resid = w * (1.0 / (1.0 + (-m).exp()) - t);
+                for (gj, v) in grad[..d].iter_mut().zip(x) {
+                    *gj += resid * v;
+                }
+                grad[d] += resid;
+            }
+        }
+        Ok(())
+    }
+    fn merge(&self, s: &mut Vec<f64>, o: &Vec<f64>) -> quiver_engine::Result<()> {
+        s.iter_mut().zip(o).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+    fn finish(&self, s: Vec<f64>) -> quiver_engine::Result<Vec<f64>> {
+        Ok(s)
+    }
+    fn encode_state(&self, s: &Vec<f64>, out: &mut Vec<u8>) {
+        encode_f64s(s, out);
+    }
+    fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
+        Ok(decode_f64s(bytes, 2 + self.coef.len())?.0)
+    }
+}
+
+/// What a fit reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogisticSummary {
+    pub objective_history: Vec<f64>,
+    pub iterations: usize,
+    pub converged: bool,
+    pub convergence: String,
+    pub num_classes: usize,
+    pub wall_time_ms: f64,
+}
+
+impl Estimator for LogisticRegression {
+    type Model = LogisticRegressionModel;
+
+    async fn fit(
+        &self,
+        session: &QuiverSession,
+        data: &Dataset,
+    ) -> Result<LogisticRegressionModel> {
+        self.check()?;
+        let started = Instant::now();
+        if data.label().is_none() {
+            return Err(MllibError::InvalidParam {
+                param: "label".to_string(),
+                reason: "LogisticRegression needs a label column (Dataset::with_label)".to_string(),
+            });
+        }
+        let prepared = session
+            .prepare(data, Runner::from_config(session.config()))
+            .await?;
+        let d = prepared.dim();
+        let counts = prepared
+            .aggregate(Arc::new(ClassCounts {
+                d,
+                weighted: self.weighted,
+            }))
+            .await?;
+        let present = counts.iter().filter(|c| **c > 0.0).count();
+        if present < 2 {
+            return Err(MllibError::InvalidParam {
+                param: "label".to_string(),
+                reason: format!("the label has {present} class; classification needs at least two"),
+            });
+        }
+        let num_classes = counts.len();
+        let multinomial = match self.family {
+            Family::Auto => num_classes > 2,
+            Family::Binomial if num_classes > 2 => {
+                return Err(MllibError::InvalidParam {
+                    param: "family".to_string(),
+                    reason: format!(
+                        "binomial needs labels 0 and 1; the label has {num_classes} classes"
+                    ),
+                });
+            }
+            Family::Binomial => false,
+            Family::Multinomial => true,
+        };
+        let vectors = if multinomial { num_classes } else { 1 };
+        let mut summarizer = Summarizer::new(d);
+        if self.weighted {
+            summarizer = summarizer.weighted(true);
+        }
+        let std = prepared.aggregate(Arc::new(summarizer)).await?.std;
+        let inv_sigma: Vec<f64> = std
+            .iter()
+            .map(|s| if *s > 0.0 { 1.0 / s } else { 0.0 })
+            .collect();
+        let penalty: Vec<f64> = std
+            .iter()
+            .map(|s| {
+                if self.standardization || *s == 0.0 {
+                    1.0
+                } else {
+                    1.0 / (s * s)
+                }
+            })
+            .collect();
+        let width = d + 1;
+        let n_params = vectors * width;
+        let (lambda, fit_intercept, weighted) = (self.reg_param, self.fit_intercept, self.weighted);
+        // x: γ in the standardised space, intercepts last in each vector.
+        let objective = |x: Vec<f64>| {
+            let prepared = prepared.clone();
+            let inv_sigma = inv_sigma.clone();
+            let penalty = penalty.clone();
+            async move {
+                let mut coef = x.clone();
+                for k in 0..vectors {
+                    for j in 0..d {
+                        coef[k * width + j] *= inv_sigma[j];
+                    }
+                }
+                let stat = LogisticLoss {
+                    d,
+                    vectors,
+                    multinomial,
+                    coef,
+                    weighted,
+                };
+                let s = prepared.aggregate(Arc::new(stat)).await?;
+                let w = s[0];
+                let mut value = s[1] / w;
+                let mut grad: Vec<f64> = s[2..].iter().map(|g| g / w).collect();
+                for k in 0..vectors {
+                    for j in 0..d {
+                        let i = k * width + j;
+                        grad[i] *= inv_sigma[j];
+                        value += 0.5 * lambda * penalty[j] * x[i] * x[i];
+                        grad[i] += lambda * penalty[j] * x[i];
+                    }
+                    if !fit_intercept {
+                        grad[k * width + d] = 0.0;
+                    }
+                }
+                Ok((value, grad))
+            }
+        };
+        let min = lbfgs(objective, vec![0.0; n_params], 10, self.max_iter, self.tol).await?;
+        let mut coefficients = vec![0.0; vectors * d];
+        let mut intercepts = vec![0.0; vectors];
+        for k in 0..vectors {
+            for j in 0..d {
+                coefficients[k * d + j] = min.x[k * width + j] * inv_sigma[j];
+            }
+            intercepts[k] = min.x[k * width + d];
+        }
+        Ok(LogisticRegressionModel {
+            params: self.clone(),
+            dim: d,
+            num_classes,
+            multinomial,
+            coefficients,
+            intercepts,
+            summary: LogisticSummary {
+                objective_history: min.history,
+                iterations: min.iterations,
+                converged: min.converged,
+                convergence: min.reason,
+                num_classes,
+                wall_time_ms: started.elapsed().as_secs_f64() * 1e3,
+            },
+        })
+    }
+}
+
+/// A fitted [`LogisticRegression`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogisticRegressionModel {
+    params: LogisticRegression,
+    dim: usize,
+    num_classes: usize,
+    multinomial: bool,
+    /// vectors × dim, row-major.
+    coefficients: Vec<f64>,
+    intercepts: Vec<f64>,
+    summary: LogisticSummary,
+}
+
+impl LogisticRegressionModel {
+    /// Coefficient vectors (one for binomial, one per class for multinomial).
+    pub fn coefficients(&self) -> Vec<&[f64]> {
+        self.coefficients.chunks_exact(self.dim).collect()
+    }
+    pub fn intercepts(&self) -> &[f64] {
+        &self.intercepts
+    }
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    pub fn summary(&self) -> &LogisticSummary {
+        &self.summary
+    }
+}
+
+#[derive(Debug)]
+struct LogisticPredict {
+    dim: usize,
+    multinomial: bool,
+    coefficients: Vec<f64>,
+    intercepts: Vec<f64>,
+}
+
+impl BatchFunction for LogisticPredict {
+    fn name(&self) -> &str {
+        "logistic_regression_predict"
+    }
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        let mut out = vec![self.multinomial as u8];
+        encode_f64s(&self.coefficients, &mut out);
+        encode_f64s(&self.intercepts, &mut out);
+        Ok(out)
+    }
+    fn input_dim(&self) -> usize {
+        self.dim
+    }
+    fn return_type(&self) -> DataType {
+        DataType::Float64
+    }
+    fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
+        let out: Float64Array = b
+            .values
+            .chunks_exact(self.dim)
+            .map(|x| {
+                let margin = |k: usize| {
+                    self.intercepts[k]
+                        + self.coefficients[k * self.dim..(k + 1) * self.dim]
+                            .iter()
+                            .zip(x)
+                            .map(|(c, v)| c * v)
+                            .sum::<f64>()
+                };
+                if self.multinomial {
+                    let mut best = (0, f64::NEG_INFINITY);
+                    for k in 0..self.intercepts.len() {
+                        let m = margin(k);
+                        if m > best.1 {
+                            best = (k, m);
+                        }
+                    }
+                    best.0 as f64
+                } else if margin(0) > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Ok(Arc::new(out))
+    }
+}
+
+impl Transformer for LogisticRegressionModel {
+    fn transform(&self, data: &Dataset) -> Result<Dataset> {
+        let f = LogisticPredict {
+            dim: self.dim,
+            multinomial: self.multinomial,
+            coefficients: self.coefficients.clone(),
+            intercepts: self.intercepts.clone(),
+        };
+        Ok(map_dataset(
+            data.clone(),
+            Arc::new(f),
+            &self.params.prediction_col,
+        )?)
+    }
+}
+
+impl Model for LogisticRegressionModel {
+    const KIND: &'static str = "logistic_regression";
+    const FORMAT_VERSION: u32 = 1;
+
+    fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
+        let draft = ModelDraft {
+            params: params_json(&(&self.params, self.dim, self.num_classes, self.multinomial))?,
+            training_summary: params_json(&self.summary)?,
+            ..Default::default()
+        };
+        let coef = vectors_to_ipc(&[("coefficients", &self.coefficients)])?;
+        let icpt = vectors_to_ipc(&[("intercepts", &self.intercepts)])?;
+        Ok((
+            draft,
+            vec![
+                ("coefficients.arrow".to_string(), coef),
+                ("intercepts.arrow".to_string(), icpt),
+            ],
+        ))
+    }
+
+    fn from_parts(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<Self> {
+        let corrupt = |reason: String| MllibError::CorruptModel {
+            name: meta.name.clone(),
+            reason,
+        };
+        let (params, dim, num_classes, multinomial): (LogisticRegression, usize, usize, bool) =
+            serde_json::from_value(meta.params.clone())
+                .map_err(|e| corrupt(format!("invalid params: {e}")))?;
+        let summary: LogisticSummary = serde_json::from_value(meta.training_summary.clone())
+            .map_err(|e| corrupt(format!("invalid training summary: {e}")))?;
+        let vectors = if multinomial { num_classes } else { 1 };
+        let part = |n: &str| {
+            parts
+                .get(n)
+                .ok_or_else(|| corrupt(format!("no part '{n}'")))
+        };
+        let mut c = vectors_from_ipc(part("coefficients.arrow")?, &meta.name)?;
+        let mut i = vectors_from_ipc(part("intercepts.arrow")?, &meta.name)?;
+        Ok(LogisticRegressionModel {
+            coefficients: take_vector(&mut c, "coefficients", vectors * dim, &meta.name)?,
+            intercepts: take_vector(&mut i, "intercepts", vectors, &meta.name)?,
+            params,
+            dim,
+            num_classes,
+            multinomial,
+            summary,
+        })
+    }
+}

@@ -1,0 +1,263 @@
+//! LogisticRegression against scikit-learn (scripts/make_logreg_reference.py →
+//! data/logreg_reference.json): the same split, scaling and objective; binomial on the
+//! breast-cancer data, multinomial on digits.
+
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, Float64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use quiver_engine::{Dataset, QuiverConfig, QuiverSession};
+use quiver_mllib::{
+    Estimator, LogisticRegression, LogisticRegressionModel, MllibError,
+    MulticlassClassificationEvaluator, Pipeline, PipelineModel, StandardScaler, Transformer,
+    VectorAssembler, load, save,
+};
+use serde_json::Value;
+
+const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/logreg_reference.json");
+
+fn reference(key: &str) -> Value {
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(REF).unwrap()).unwrap();
+    r[key].clone()
+}
+
+/// Train (row % 5 != 0) and test (row % 5 == 0) datasets, label cast to Float64.
+async fn split(s: &QuiverSession, file: &str, label: &str) -> (Dataset, Dataset) {
+    let path = format!("{}/../data/{file}", env!("CARGO_MANIFEST_DIR"));
+    let batches = s.read(&path).await.unwrap().collect().await.unwrap();
+    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let n = all.num_rows();
+    let mut fields: Vec<Field> = Vec::new();
+    let mut cols = Vec::new();
+    for (f, c) in all.schema().fields().iter().zip(all.columns()) {
+        if f.name() == label {
+            fields.push(Field::new("y", DataType::Float64, false));
+            cols.push(arrow::compute::cast(c, &DataType::Float64).unwrap());
+        } else {
+            fields.push(f.as_ref().clone());
+            cols.push(c.clone());
+        }
+    }
+    let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    let is_test = BooleanArray::from((0..n).map(|i| i % 5 == 0).collect::<Vec<_>>());
+    let test = arrow::compute::filter_record_batch(&b, &is_test).unwrap();
+    let train =
+        arrow::compute::filter_record_batch(&b, &arrow::compute::not(&is_test).unwrap()).unwrap();
+    let ds = |batch: RecordBatch| {
+        Dataset::new(s.from_batches(vec![batch], 1).unwrap())
+            .with_label("y")
+            .unwrap()
+    };
+    (ds(train), ds(test))
+}
+
+async fn check_against_sklearn(
+    file: &str,
+    label: &str,
+    features: Vec<String>,
+    key: &str,
+    runner: &str,
+) -> PipelineModel {
+    let s = QuiverSession::embedded_with(
+        QuiverConfig::default()
+            .with_pairs([("quiver.runner", runner)])
+            .unwrap(),
+    )
+    .unwrap();
+    let (train, test) = split(&s, file, label).await;
+    let r = reference(key);
+    let n_train = r["n_train"].as_f64().unwrap();
+    let pipeline = Pipeline::new()
+        .transformer(VectorAssembler::new(&features))
+        .estimator(StandardScaler::new().with_mean(true))
+        .estimator(
+            LogisticRegression::new()
+                .reg_param(1.0 / n_train) // sklearn's C = 1
+                .standardization(false)
+                .max_iter(2000)
+                .tol(1e-14),
+        );
+    let model = pipeline.fit(&s, &train).await.unwrap();
+    let eval = MulticlassClassificationEvaluator::new();
+    let train_acc = eval
+        .evaluate(&s, &model.transform(&train).unwrap())
+        .await
+        .unwrap()
+        .accuracy;
+    let test_acc = eval
+        .evaluate(&s, &model.transform(&test).unwrap())
+        .await
+        .unwrap()
+        .accuracy;
+    let want_test = r["test_accuracy"].as_f64().unwrap();
+    let want_train = r["train_accuracy"].as_f64().unwrap();
+    assert!(
+        (test_acc - want_test).abs() <= 0.01,
+        "{key}/{runner}: test accuracy {test_acc} vs sklearn {want_test}"
+    );
+    assert!(
+        (train_acc - want_train).abs() <= 0.01,
+        "{key}/{runner}: train accuracy {train_acc} vs {want_train}"
+    );
+    model
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binomial_matches_sklearn_on_breast_cancer() {
+    let features: Vec<String> = (0..30).map(|j| format!("f{j}")).collect();
+    for runner in ["local", "embedded"] {
+        let model = check_against_sklearn(
+            "breast_cancer.parquet",
+            "label",
+            features.clone(),
+            "breast_cancer",
+            runner,
+        )
+        .await;
+        // Coefficients: fit the last stage alone on the scaled training data and compare.
+        let s = QuiverSession::embedded().unwrap();
+        let (train, _) = split(&s, "breast_cancer.parquet", "label").await;
+        let scaled = Pipeline::new()
+            .transformer(VectorAssembler::new(&features))
+            .estimator(StandardScaler::new().with_mean(true))
+            .fit(&s, &train)
+            .await
+            .unwrap()
+            .transform(&train)
+            .unwrap();
+        let r = reference("breast_cancer");
+        let lr = LogisticRegression::new()
+            .reg_param(1.0 / r["n_train"].as_f64().unwrap())
+            .standardization(false)
+            .max_iter(2000)
+            .tol(1e-14)
+            .fit(&s, &scaled)
+            .await
+            .unwrap();
+        let want: Vec<f64> = r["coefficients"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (j, (g, w)) in lr.coefficients()[0].iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "coefficient {j}: {g} vs {w}"
+            );
+        }
+        let icpt = r["intercepts"][0].as_f64().unwrap();
+        assert!((lr.intercepts()[0] - icpt).abs() <= 1e-4 * icpt.abs().max(1.0));
+        assert!(lr.summary().converged, "{:?}", lr.summary());
+        assert_eq!(model.stages().len(), 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multinomial_matches_sklearn_accuracy_on_digits_and_persists() {
+    let features: Vec<String> = (0..64).map(|j| format!("pixel_{j}")).collect();
+    let model =
+        check_against_sklearn("digits.parquet", "label", features, "digits", "embedded").await;
+    let s = QuiverSession::embedded().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = s.model_store_at(dir.path().to_str().unwrap()).unwrap();
+    save(&store, "digits_lr", &model).await.unwrap();
+    let back: PipelineModel = load(&store, "digits_lr", None).await.unwrap();
+    let (_, test) = split(&s, "digits.parquet", "label").await;
+    let eval = MulticlassClassificationEvaluator::new();
+    let a = eval
+        .evaluate(&s, &model.transform(&test).unwrap())
+        .await
+        .unwrap();
+    let b = eval
+        .evaluate(&s, &back.transform(&test).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.confusion.len(), 10);
+    // The model alone round-trips too.
+    let (train, _) = split(&s, "digits.parquet", "label").await;
+    let lr = LogisticRegression::new()
+        .max_iter(5)
+        .fit(&s, &train.with_numeric_features_except(&["y"]).unwrap())
+        .await
+        .unwrap();
+    save(&store, "digits_lr_alone", &lr).await.unwrap();
+    let back: LogisticRegressionModel = load(&store, "digits_lr_alone", None).await.unwrap();
+    assert_eq!(back, lr);
+    assert_eq!(back.num_classes(), 10);
+    assert_eq!(back.summary().iterations, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_labels_and_params_are_named() {
+    let s = QuiverSession::embedded().unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Float64, false),
+        Field::new("y", DataType::Float64, false),
+    ]));
+    let mk = |y: Vec<f64>| {
+        let n = y.len();
+        let b = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Float64Array::from(
+                    (0..n).map(|i| i as f64).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(y)),
+            ],
+        )
+        .unwrap();
+        Dataset::new(s.from_batches(vec![b], 1).unwrap())
+            .with_features(["x"])
+            .unwrap()
+            .with_label("y")
+            .unwrap()
+    };
+    let err = LogisticRegression::new()
+        .fit(&s, &mk(vec![0.0, 0.5, 1.0]))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("value 0.5") && err.to_string().contains("not a class index"),
+        "{err}"
+    );
+    let err = LogisticRegression::new()
+        .fit(&s, &mk(vec![1.0, 1.0, 1.0]))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("classification needs at least two"),
+        "{err}"
+    );
+    let err = LogisticRegression::new()
+        .reg_param(-0.1)
+        .fit(&s, &mk(vec![0.0, 1.0]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MllibError::NegativeRegParam(_)));
+    let err = LogisticRegression::new()
+        .elastic_net_param(2.0)
+        .check()
+        .unwrap_err();
+    assert!(matches!(err, MllibError::ElasticNetOutOfRange(_)));
+    // More features at predict than at fit.
+    let m = LogisticRegression::new()
+        .fit(&s, &mk(vec![0.0, 1.0, 0.0, 1.0]))
+        .await
+        .unwrap();
+    let wider = mk(vec![0.0, 1.0]).with_features(["x", "y"]).unwrap();
+    let err = m
+        .transform(&wider)
+        .unwrap()
+        .dataframe()
+        .clone()
+        .collect()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        quiver_engine::QuiverError::from(err).to_string(),
+        "logistic_regression_predict expects 1 features per row, got 2"
+    );
+}
