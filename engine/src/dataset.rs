@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 use crate::aggregate::quoted_name;
 use crate::error::{QuiverError, Result};
-use crate::functions::{AssembleUdf, VectorFromListUdf};
+use crate::functions::{AssembleUdf, RowUniformUdf, VectorFromListUdf};
 use crate::vector::{
     FeatureBatch, assemble, feature_width, first_nan, is_numeric, numeric_values, vector_values,
 };
@@ -261,6 +261,39 @@ impl Dataset {
             label: self.label,
             weight: self.weight,
         })
+    }
+
+    /// Splits the rows into parts of (about) the given relative sizes, deterministically: a
+    /// row's part depends on its values and `seed` only (Spark's `randomSplit`, but the same on
+    /// every runner and partitioning). Lazy: each part is a filter over the same plan.
+    pub fn random_split(&self, weights: &[f64], seed: u64) -> Result<Vec<Dataset>> {
+        let total: f64 = weights.iter().sum();
+        if weights.is_empty() || weights.iter().any(|w| w.is_nan() || *w < 0.0) || total <= 0.0 {
+            return Err(QuiverError::InvalidParam {
+                param: "weights".to_string(),
+                reason: format!("{weights:?}: need non-negative weights with a positive sum"),
+            });
+        }
+        let udf = ScalarUDF::from(RowUniformUdf::new());
+        let mut args = vec![datafusion::prelude::lit(seed as i64)];
+        args.extend(self.columns().iter().map(|c| col(quoted_name(c))));
+        let u = udf.call(args);
+        let mut out = Vec::with_capacity(weights.len());
+        let mut lo = 0.0;
+        for (i, w) in weights.iter().enumerate() {
+            let hi = if i + 1 == weights.len() {
+                1.0
+            } else {
+                lo + w / total
+            };
+            let cond = u
+                .clone()
+                .gt_eq(datafusion::prelude::lit(lo))
+                .and(u.clone().lt(datafusion::prelude::lit(hi)));
+            out.push(self.with_dataframe(self.df.clone().filter(cond)?)?);
+            lo = hi;
+        }
+        Ok(out)
     }
 
     /// Number of rows.

@@ -216,6 +216,7 @@ pub fn engine_scalar_functions() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(AssembleUdf::new()),
         ScalarUDF::from(VectorFromListUdf::new()),
+        ScalarUDF::from(RowUniformUdf::new()),
     ]
 }
 
@@ -361,4 +362,76 @@ impl Accumulator for VectorSummaryAccumulator {
 /// The engine's aggregate functions, for the registry.
 pub fn engine_aggregate_functions() -> Vec<AggregateUDF> {
     vec![AggregateUDF::from(VectorSummaryUdaf::new())]
+}
+
+/// `row_uniform(seed, col, …)`: a number in [0, 1) drawn from the row's values and the seed —
+/// the same row always draws the same number, on any runner or partitioning. Used by
+/// `Dataset::random_split`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct RowUniformUdf {
+    signature: Signature,
+}
+
+impl Default for RowUniformUdf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RowUniformUdf {
+    pub fn new() -> Self {
+        RowUniformUdf {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+/// splitmix64's finaliser.
+#[inline]
+fn mix(mut h: u64) -> u64 {
+    h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
+}
+
+impl ScalarUDFImpl for RowUniformUdf {
+    fn name(&self) -> &str {
+        "row_uniform"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let n = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let mut h: Vec<u64> = vec![0; n];
+        for a in &arrays {
+            // Hash each value's text form: stable for every type, and for nulls.
+            let text = arrow::compute::cast(a, &DataType::Utf8)?;
+            let text = text.as_string::<i32>();
+            for (r, hr) in h.iter_mut().enumerate() {
+                let mut x = *hr ^ 0xA5A5_A5A5_A5A5_A5A5;
+                if text.is_valid(r) {
+                    for chunk in text.value(r).as_bytes().chunks(8) {
+                        let mut b = [0u8; 8];
+                        b[..chunk.len()].copy_from_slice(chunk);
+                        x = mix(x ^ u64::from_le_bytes(b));
+                    }
+                }
+                *hr = mix(x);
+            }
+        }
+        let out: arrow::array::Float64Array = h
+            .into_iter()
+            .map(|v| (v >> 11) as f64 / (1u64 << 53) as f64)
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }

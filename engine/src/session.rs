@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::DataType;
 use datafusion::catalog::MemTable;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, cast, col};
 use object_store::memory::InMemory;
 use rayon::ThreadPool;
 use url::Url;
 
-use crate::aggregate::{Statistic, run_embedded, run_local};
+use crate::aggregate::{Statistic, quoted_name, run_embedded, run_local};
 use crate::config::QuiverConfig;
 use crate::dataset::{Dataset, LocalFrame};
 use crate::error::{QuiverError, Result};
@@ -252,6 +253,50 @@ impl QuiverSession {
             session: self.clone(),
             dim: dataset.feature_dim()?,
             input,
+        })
+    }
+
+    /// Like [`QuiverSession::prepare`], for algorithms that pass over the data many times: the
+    /// embedded runner first materialises the assembled features (and label, weight) into an
+    /// in-memory table with the same partitioning (Spark's `persist()` before an iterative
+    /// fit), so each pass scans memory instead of recomputing the whole plan.
+    pub async fn prepare_iterative(&self, dataset: &Dataset, runner: Runner) -> Result<Prepared> {
+        if runner == Runner::Local {
+            return self.prepare(dataset, runner).await;
+        }
+        let mut exprs = vec![dataset.features_expr()?.alias("features")];
+        if let Some(l) = dataset.label() {
+            exprs.push(cast(col(quoted_name(l)), DataType::Float64).alias("label"));
+        }
+        if let Some(w) = dataset.weight() {
+            exprs.push(cast(col(quoted_name(w)), DataType::Float64).alias("weight"));
+        }
+        let df = dataset.dataframe().clone().select(exprs)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let parts = match df.collect_partitioned().await.map_err(QuiverError::from) {
+            Ok(p) => p,
+            Err(
+                QuiverError::InvalidValueInBatch { .. } | QuiverError::VectorLengthInBatch { .. },
+            ) => {
+                return Err(dataset.locate_invalid().await?.unwrap_or_else(|| {
+                    QuiverError::internal("a bad value was reported but could not be located")
+                }));
+            }
+            Err(e) => return Err(e),
+        };
+        let table = MemTable::try_new(schema, parts)?;
+        let mut cached =
+            Dataset::new(self.ctx.read_table(Arc::new(table))?).with_features(["features"])?;
+        if dataset.label().is_some() {
+            cached = cached.with_label("label")?;
+        }
+        if dataset.weight().is_some() {
+            cached = cached.with_weight("weight")?;
+        }
+        Ok(Prepared {
+            session: self.clone(),
+            dim: dataset.feature_dim()?,
+            input: PreparedInput::Embedded(Box::new(cached)),
         })
     }
 

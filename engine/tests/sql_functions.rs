@@ -124,3 +124,59 @@ async fn vector_assemble_in_sql_names_bad_columns() {
         "{err}"
     );
 }
+
+/// `random_split` is a deterministic function of the row values and the seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_split_is_deterministic_and_proportional() {
+    let mut fingerprints = Vec::new();
+    for partitions in [1, 3] {
+        let s = QuiverSession::embedded_with(
+            QuiverConfig::default()
+                .with_target_partitions(partitions)
+                .with_batch_size(100),
+        )
+        .unwrap();
+        let batches = s.read(DIGITS).await.unwrap().collect().await.unwrap();
+        let ds = Dataset::new(s.from_batches(batches, partitions).unwrap());
+        let parts = ds.random_split(&[0.8, 0.2], 7).unwrap();
+        let (a, b) = (
+            parts[0].count().await.unwrap(),
+            parts[1].count().await.unwrap(),
+        );
+        assert_eq!(a + b, 1797);
+        assert!((b as f64 / 1797.0 - 0.2).abs() < 0.03, "{b}");
+        let sum = |d: Dataset| async move {
+            let r = d
+                .dataframe()
+                .clone()
+                .aggregate(
+                    vec![],
+                    vec![datafusion::functions_aggregate::expr_fn::sum(
+                        datafusion::prelude::col("pixel_20"),
+                    )],
+                )
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            arrow::compute::cast(r[0].column(0), &arrow::datatypes::DataType::Int64)
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0)
+        };
+        fingerprints.push((a, sum(parts[1].clone()).await));
+        let other = ds.random_split(&[0.8, 0.2], 8).unwrap();
+        assert_ne!(
+            sum(other[1].clone()).await,
+            fingerprints.last().unwrap().1,
+            "another seed, another split"
+        );
+    }
+    assert_eq!(
+        fingerprints[0], fingerprints[1],
+        "same rows whatever the partitioning"
+    );
+    let s = QuiverSession::embedded().unwrap();
+    let ds = Dataset::new(s.read(DIGITS).await.unwrap());
+    assert!(ds.random_split(&[0.0, -1.0], 1).is_err());
+}

@@ -38,6 +38,15 @@ async fn quickstart_runs_end_to_end_on_the_shipped_data() {
     ] {
         assert!(text.contains(needle), "missing '{needle}' in:\n{text}");
     }
+    // Train, evaluate, save, reload, predict.
+    let c = report.classifier.as_ref().expect("digits have a label");
+    assert_eq!(c.train_rows + c.test_rows, 1797);
+    assert!(c.accuracy > 0.95, "accuracy {}", c.accuracy);
+    assert!(c.reload_identical);
+    assert_eq!(c.model_version, 1);
+    for needle in ["Confusion matrix", "accuracy", "digits_classifier"] {
+        assert!(text.contains(needle), "missing '{needle}' in:\n{text}");
+    }
     // The class counts of the UCI test set.
     assert!(
         text.contains("178  182  177  183  181  182  181  179  174  180"),
@@ -63,6 +72,10 @@ async fn quickstart_reads_other_data_and_reports_missing_files() {
         .unwrap();
     assert_eq!(report.rows, 3);
     assert_eq!(report.summary.mean, vec![3.0, 4.5]);
+    assert!(
+        report.classifier.is_none(),
+        "three rows are too few to train and test on"
+    );
     let err = quickstart::quickstart(&session, Some("/nope/missing.parquet"), &mut Vec::new())
         .await
         .unwrap_err();

@@ -358,7 +358,7 @@ impl Estimator for LogisticRegression {
             });
         }
         let prepared = session
-            .prepare(data, Runner::from_config(session.config()))
+            .prepare_iterative(data, Runner::from_config(session.config()))
             .await?;
         let d = prepared.dim();
         let counts = prepared

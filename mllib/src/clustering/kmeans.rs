@@ -464,7 +464,7 @@ impl Estimator for KMeans {
         self.check()?;
         let started = Instant::now();
         let data = session
-            .prepare(data, Runner::from_config(session.config()))
+            .prepare_iterative(data, Runner::from_config(session.config()))
             .await?;
         let d = data.dim();
         let k = self.k;
