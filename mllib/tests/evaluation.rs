@@ -132,3 +132,67 @@ async fn evaluation_needs_a_label_and_clean_predictions() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_metrics_match_a_worked_example() {
+    use quiver_mllib::BinaryClassificationEvaluator;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("label", DataType::Float64, false),
+        Field::new("probability", DataType::Float64, false),
+    ]));
+    let mk = |s: &QuiverSession, labels: Vec<f64>, scores: Vec<f64>| {
+        let b = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Float64Array::from(labels)),
+                Arc::new(Float64Array::from(scores)),
+            ],
+        )
+        .unwrap();
+        let n = b.num_rows();
+        Dataset::new(
+            s.from_batches(vec![b.slice(0, n / 2), b.slice(n / 2, n - n / 2)], 2)
+                .unwrap(),
+        )
+        .with_label("label")
+        .unwrap()
+    };
+    for runner in ["local", "embedded"] {
+        let s = session(runner);
+        // Sorted by score: 0.8 (1), 0.4 (0), 0.35 (1), 0.1 (0): ROC area 0.75 (as sklearn's
+        // roc_auc_score); PR trapezoid from (0, 1): 0.5 + (1/2 + 2/3)/2 · 1/2 = 0.791666…
+        let ds = mk(&s, vec![0.0, 0.0, 1.0, 1.0], vec![0.1, 0.4, 0.35, 0.8]);
+        let m = BinaryClassificationEvaluator::new()
+            .evaluate(&s, &ds)
+            .await
+            .unwrap();
+        assert_eq!(m.count, 4);
+        assert!((m.area_under_roc - 0.75).abs() < 1e-15, "{runner}: {m:?}");
+        assert!(
+            (m.area_under_pr - (0.5 + (0.5 + 2.0 / 3.0) / 4.0)).abs() < 1e-15,
+            "{runner}: {m:?}"
+        );
+        let ll = -((0.9f64).ln() + (0.6f64).ln() + (0.35f64).ln() + (0.8f64).ln()) / 4.0;
+        assert!((m.log_loss - ll).abs() < 1e-15);
+        // All scores tied: no better than chance.
+        let tied = mk(&s, vec![0.0, 1.0, 0.0, 1.0], vec![0.5; 4]);
+        assert!(
+            (BinaryClassificationEvaluator::new()
+                .evaluate(&s, &tied)
+                .await
+                .unwrap()
+                .area_under_roc
+                - 0.5)
+                .abs()
+                < 1e-15
+        );
+        let err = BinaryClassificationEvaluator::new()
+            .evaluate(&s, &mk(&s, vec![0.0, 2.0], vec![0.1, 0.2]))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("value 2") && err.to_string().contains("not 0 or 1"),
+            "{err}"
+        );
+    }
+}

@@ -149,6 +149,13 @@ async fn binomial_matches_sklearn_on_breast_cancer() {
         let icpt = r["intercepts"][0].as_f64().unwrap();
         assert!((lr.intercepts()[0] - icpt).abs() <= 1e-4 * icpt.abs().max(1.0));
         assert!(lr.summary().converged, "{:?}", lr.summary());
+        // Probabilities: a well-separated problem ranks almost perfectly.
+        let scored = lr.transform(&scaled).unwrap();
+        let auc = quiver_mllib::BinaryClassificationEvaluator::new()
+            .evaluate(&s, &scored)
+            .await
+            .unwrap();
+        assert!(auc.area_under_roc > 0.99 && auc.log_loss < 0.1, "{auc:?}");
         assert_eq!(model.stages().len(), 3);
     }
 }
@@ -258,6 +265,6 @@ async fn bad_labels_and_params_are_named() {
         .unwrap_err();
     assert_eq!(
         quiver_engine::QuiverError::from(err).to_string(),
-        "logistic_regression_predict expects 1 features per row, got 2"
+        "logistic_regression_probability expects 1 features per row, got 2"
     );
 }

@@ -562,17 +562,82 @@ impl BatchFunction for LogisticPredict {
     }
 }
 
-impl Transformer for LogisticRegressionModel {
-    fn transform(&self, data: &Dataset) -> Result<Dataset> {
-        let f = LogisticPredict {
+/// Class probabilities per row: `[1 − p, p]` for binomial, the softmax for multinomial.
+#[derive(Debug)]
+struct LogisticProbability(LogisticPredict);
+
+impl BatchFunction for LogisticProbability {
+    fn name(&self) -> &str {
+        "logistic_regression_probability"
+    }
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        self.0.params()
+    }
+    fn input_dim(&self) -> usize {
+        self.0.dim
+    }
+    fn return_type(&self) -> DataType {
+        quiver_engine::vector::vector_type(self.width())
+    }
+    fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
+        let p = &self.0;
+        let width = self.width();
+        let mut out = Vec::with_capacity(b.n_rows * width);
+        let mut margins = vec![0.0; p.intercepts.len()];
+        for x in b.values.chunks_exact(p.dim) {
+            for (k, m) in margins.iter_mut().enumerate() {
+                *m = p.intercepts[k]
+                    + p.coefficients[k * p.dim..(k + 1) * p.dim]
+                        .iter()
+                        .zip(x)
+                        .map(|(c, v)| c * v)
+                        .sum::<f64>();
+            }
+            if p.multinomial {
+                let max = margins.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = margins.iter().map(|m| (m - max).exp()).sum();
+                out.extend(margins.iter().map(|m| (m - max).exp() / z));
+            } else {
+                let q = 1.0 / (1.0 + (-margins[0]).exp());
+                out.extend([1.0 - q, q]);
+            }
+        }
+        Ok(Arc::new(quiver_engine::vector::vector_array(out, width)?))
+    }
+}
+
+impl LogisticProbability {
+    fn width(&self) -> usize {
+        if self.0.multinomial {
+            self.0.intercepts.len()
+        } else {
+            2
+        }
+    }
+}
+
+impl LogisticRegressionModel {
+    fn predictor(&self) -> LogisticPredict {
+        LogisticPredict {
             dim: self.dim,
             multinomial: self.multinomial,
             coefficients: self.coefficients.clone(),
             intercepts: self.intercepts.clone(),
-        };
-        Ok(map_dataset(
+        }
+    }
+}
+
+impl Transformer for LogisticRegressionModel {
+    /// Adds `probability` (a vector of class probabilities) and the prediction column.
+    fn transform(&self, data: &Dataset) -> Result<Dataset> {
+        let with_probability = map_dataset(
             data.clone(),
-            Arc::new(f),
+            Arc::new(LogisticProbability(self.predictor())),
+            "probability",
+        )?;
+        Ok(map_dataset(
+            with_probability,
+            Arc::new(self.predictor()),
             &self.params.prediction_col,
         )?)
     }
