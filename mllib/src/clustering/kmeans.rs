@@ -18,7 +18,7 @@ use quiver_engine::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Estimator, Model, Transformer};
+use crate::api::{Estimator, Model, Transformer, check_output_col};
 use crate::error::{MllibError, Result};
 use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
@@ -119,10 +119,7 @@ impl KMeans {
                 reason: "at least one step is needed".to_string(),
             });
         }
-        if self.prediction_col.trim().is_empty() {
-            return Err(MllibError::EmptyOutputColumn);
-        }
-        Ok(())
+        check_output_col(&self.prediction_col)
     }
 }
 

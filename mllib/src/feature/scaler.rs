@@ -15,7 +15,7 @@ use quiver_engine::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Estimator, Model, Transformer};
+use crate::api::{Estimator, Model, Transformer, check_output_col};
 use crate::error::{MllibError, Result};
 use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
@@ -66,13 +66,6 @@ impl BatchFunction for Affine {
         }
         Ok(Arc::new(vector_array(out, dim)?))
     }
-}
-
-fn check_output(col: &str) -> Result<()> {
-    if col.trim().is_empty() {
-        return Err(MllibError::EmptyOutputColumn);
-    }
-    Ok(())
 }
 
 /// Adds `output_col` = affine(features) and makes it the dataset's features.
@@ -148,7 +141,7 @@ impl StandardScaler {
 
     /// Validates the parameters.
     pub fn check(&self) -> Result<()> {
-        check_output(&self.output_col)
+        check_output_col(&self.output_col)
     }
 }
 
@@ -312,7 +305,7 @@ impl MinMaxScaler {
                 max: self.max,
             });
         }
-        check_output(&self.output_col)
+        check_output_col(&self.output_col)
     }
 }
 

@@ -21,7 +21,7 @@ use quiver_engine::{
 use serde::{Deserialize, Serialize};
 
 use super::comoment::{CoMoments, CoMomentsStatistic};
-use crate::api::{Estimator, Model, Transformer};
+use crate::api::{Estimator, Model, Transformer, check_output_col, check_regularization};
 use crate::error::{MllibError, Result};
 use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
@@ -95,22 +95,8 @@ impl LinearRegression {
 
     /// Validates the parameters.
     pub fn check(&self) -> Result<()> {
-        if !(self.reg_param >= 0.0 && self.reg_param.is_finite()) {
-            return Err(MllibError::NegativeRegParam(self.reg_param));
-        }
-        if !(0.0..=1.0).contains(&self.elastic_net_param) {
-            return Err(MllibError::ElasticNetOutOfRange(self.elastic_net_param));
-        }
-        if self.reg_param > 0.0 && self.elastic_net_param > 0.0 {
-            return Err(MllibError::InvalidParam {
-                param: "elastic_net_param".to_string(),
-                reason: "an L1 penalty needs the iterative (OWL-QN) solver, which is not available yet; use elastic_net_param = 0".to_string(),
-            });
-        }
-        if self.prediction_col.trim().is_empty() {
-            return Err(MllibError::EmptyOutputColumn);
-        }
-        Ok(())
+        check_regularization(self.reg_param, self.elastic_net_param)?;
+        check_output_col(&self.prediction_col)
     }
 }
 
