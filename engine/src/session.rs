@@ -146,6 +146,11 @@ impl QuiverSession {
         &self.config
     }
 
+    /// The runner fits and evaluators use (`quiver.runner`).
+    pub fn runner(&self) -> Runner {
+        Runner::from_config(&self.config)
+    }
+
     /// The pool the local runner and local fan-out compute on.
     pub fn compute_pool(&self) -> &ThreadPool {
         &self.pool

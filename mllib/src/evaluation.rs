@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use quiver_engine::aggregate::{decode_f64s, encode_f64s};
 use quiver_engine::vector::first_nan;
-use quiver_engine::{
-    Dataset, FeatureBatch, QuiverError, QuiverSession, Runner, StatInputs, Statistic,
-};
+use quiver_engine::{Dataset, FeatureBatch, QuiverError, QuiverSession, StatInputs, Statistic};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MllibError, Result};
@@ -22,6 +20,18 @@ fn scored(data: &Dataset, prediction_col: &str) -> Result<Dataset> {
     Ok(Dataset::new(data.dataframe().clone())
         .with_features([prediction_col])?
         .with_label(label)?)
+}
+
+/// Runs one evaluation statistic over `data`'s score column and label, on the session's runner.
+async fn evaluate_with<S: Statistic>(
+    session: &QuiverSession,
+    data: &Dataset,
+    score_col: &str,
+    stat: S,
+) -> Result<S::Output> {
+    let ds = scored(data, score_col)?;
+    let prepared = session.prepare(&ds, session.runner()).await?;
+    Ok(prepared.aggregate(Arc::new(stat)).await?)
 }
 
 /// Regression metrics.
@@ -65,11 +75,7 @@ impl RegressionEvaluator {
         session: &QuiverSession,
         data: &Dataset,
     ) -> Result<RegressionMetrics> {
-        let ds = scored(data, &self.prediction_col)?;
-        let prepared = session
-            .prepare(&ds, Runner::from_config(session.config()))
-            .await?;
-        let s = prepared.aggregate(Arc::new(RegressionStat)).await?;
+        let s = evaluate_with(session, data, &self.prediction_col, RegressionStat).await?;
         // s = [n, mean_y, m2_y, sse, sae]
         let n = s[0];
         let mse = s[3] / n;
@@ -220,11 +226,7 @@ impl MulticlassClassificationEvaluator {
         session: &QuiverSession,
         data: &Dataset,
     ) -> Result<MulticlassMetrics> {
-        let ds = scored(data, &self.prediction_col)?;
-        let prepared = session
-            .prepare(&ds, Runner::from_config(session.config()))
-            .await?;
-        let pairs = prepared.aggregate(Arc::new(ConfusionStat)).await?;
+        let pairs = evaluate_with(session, data, &self.prediction_col, ConfusionStat).await?;
         let mut classes: Vec<f64> = pairs
             .keys()
             .flat_map(|(l, p)| [f64::from_bits(*l), f64::from_bits(*p)])
@@ -400,9 +402,7 @@ impl BinaryClassificationEvaluator {
                 ),
             });
         }
-        let prepared = session
-            .prepare(&ds, Runner::from_config(session.config()))
-            .await?;
+        let prepared = session.prepare(&ds, session.runner()).await?;
         let (counts, log_loss_sum) = prepared.aggregate(Arc::new(ScoreCounts { dim })).await?;
         // Sweep thresholds from the highest score down.
         let (pos, neg): (f64, f64) = counts

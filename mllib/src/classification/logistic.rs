@@ -18,7 +18,7 @@ use quiver_engine::aggregate::{decode_f64s, encode_f64s};
 use quiver_engine::vector::first_nan;
 use quiver_engine::{
     BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, QuiverError, QuiverSession,
-    Runner, StatInputs, Statistic, Summarizer, map_dataset,
+    StatInputs, Statistic, Summarizer, map_dataset,
 };
 use serde::{Deserialize, Serialize};
 
@@ -343,9 +343,7 @@ impl Estimator for LogisticRegression {
                 reason: "LogisticRegression needs a label column (Dataset::with_label)".to_string(),
             });
         }
-        let prepared = session
-            .prepare_iterative(data, Runner::from_config(session.config()))
-            .await?;
+        let prepared = session.prepare_iterative(data, session.runner()).await?;
         let d = prepared.dim();
         let counts = prepared
             .aggregate(Arc::new(ClassCounts {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use quiver_engine::aggregate::{decode_f64s, encode_f64s};
 use quiver_engine::{
     BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, Prepared, QuiverError,
-    QuiverSession, Runner, StatInputs, Statistic, map_dataset,
+    QuiverSession, StatInputs, Statistic, map_dataset,
 };
 use serde::{Deserialize, Serialize};
 
@@ -460,9 +460,7 @@ impl Estimator for KMeans {
     async fn fit(&self, session: &QuiverSession, data: &Dataset) -> Result<KMeansModel> {
         self.check()?;
         let started = Instant::now();
-        let data = session
-            .prepare_iterative(data, Runner::from_config(session.config()))
-            .await?;
+        let data = session.prepare_iterative(data, session.runner()).await?;
         let d = data.dim();
         let k = self.k;
         // Row count from a zero-centre pass would be empty; use one centre at the origin.

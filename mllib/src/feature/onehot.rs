@@ -12,7 +12,7 @@ use quiver_engine::aggregate::quoted_name;
 use quiver_engine::vector::{vector_array, vector_type};
 use quiver_engine::{
     BatchFunction, Dataset, FeatureBatch, MapUdf, ModelDraft, ModelMetadata, QuiverError,
-    QuiverSession, Runner, Summarizer,
+    QuiverSession, Summarizer,
 };
 use serde::{Deserialize, Serialize};
 
@@ -93,9 +93,7 @@ impl Estimator for OneHotEncoder {
     async fn fit(&self, session: &QuiverSession, data: &Dataset) -> Result<OneHotEncoderModel> {
         self.check()?;
         let ds = data.clone().with_features(&self.input_cols)?;
-        let prepared = session
-            .prepare(&ds, Runner::from_config(session.config()))
-            .await?;
+        let prepared = session.prepare(&ds, session.runner()).await?;
         let summary = prepared
             .aggregate(Arc::new(Summarizer::new(self.input_cols.len())))
             .await?;

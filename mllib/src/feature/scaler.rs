@@ -10,8 +10,8 @@ use bytes::Bytes;
 use quiver_engine::store::FeatureField;
 use quiver_engine::vector::{vector_array, vector_type};
 use quiver_engine::{
-    BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, QuiverSession, Runner,
-    Summarizer, map_dataset,
+    BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, QuiverSession, Summarizer,
+    map_dataset,
 };
 use serde::{Deserialize, Serialize};
 
@@ -78,9 +78,7 @@ async fn summarize(
     session: &QuiverSession,
     data: &Dataset,
 ) -> Result<quiver_engine::FeatureSummary> {
-    let prepared = session
-        .prepare(data, Runner::from_config(session.config()))
-        .await?;
+    let prepared = session.prepare(data, session.runner()).await?;
     Ok(prepared
         .aggregate(Arc::new(Summarizer::new(prepared.dim())))
         .await?)

@@ -15,8 +15,7 @@ use arrow::datatypes::DataType;
 use bytes::Bytes;
 use quiver_engine::store::FeatureField;
 use quiver_engine::{
-    BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, QuiverSession, Runner,
-    map_dataset,
+    BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, QuiverSession, map_dataset,
 };
 use serde::{Deserialize, Serialize};
 
@@ -261,9 +260,7 @@ impl Estimator for LinearRegression {
                 ),
             });
         }
-        let prepared = session
-            .prepare(data, Runner::from_config(session.config()))
-            .await?;
+        let prepared = session.prepare(data, session.runner()).await?;
         let stat = CoMomentsStatistic {
             dim: d,
             weighted: self.weighted,
