@@ -11,6 +11,10 @@ features are standardised with the training mean and *sample* standard deviation
 as Quiver's StandardScaler); LogisticRegression(C = 1, lbfgs, tol = 1e-12, max_iter = 100000),
 multinomial for digits. sklearn minimises sum_i loss_i + ||w||^2 / (2C), i.e. Quiver's
 mean loss + (lambda / 2)||w||^2 with lambda = 1 / (C n_train), standardization off.
+Elastic net ("breast_cancer_elastic_net", "breast_cancer_l1"): the same split and scaling,
+LogisticRegression(C, l1_ratio, solver = "saga", tol = 1e-12), whose objective
+sum_i loss_i + (1 / C) (l1_ratio ||w||_1 + (1 - l1_ratio) / 2 ||w||^2) is Quiver's with
+reg_param = 1 / (C n_train), elastic_net_param = l1_ratio, standardization off.
 Run: pip install scikit-learn pyarrow numpy && python3 scripts/make_logreg_reference.py
 """
 
@@ -35,6 +39,31 @@ digits_X = np.column_stack([t.column(f"pixel_{j}").to_numpy().astype(np.float64)
 digits_y = t.column("label").to_numpy()
 
 
+def split_scale(X, y):
+    n = len(y)
+    test = np.arange(n) % 5 == 0
+    Xtr, ytr, Xte, yte = X[~test], y[~test], X[test], y[test]
+    mu = Xtr.mean(0)
+    sd = Xtr.std(0, ddof=1)
+    sd[sd == 0] = 1.0
+    return (Xtr - mu) / sd, ytr, (Xte - mu) / sd, yte
+
+
+def fit_elastic_net(X, y, C, l1_ratio):
+    Ztr, ytr, Zte, yte = split_scale(X, y)
+    m = LogisticRegression(C=C, l1_ratio=l1_ratio, solver="saga", tol=1e-12, max_iter=10_000_000)
+    m.fit(Ztr, ytr)
+    return {
+        "n_train": len(ytr),
+        "C": C,
+        "l1_ratio": l1_ratio,
+        "train_accuracy": float(m.score(Ztr, ytr)),
+        "test_accuracy": float(m.score(Zte, yte)),
+        "coefficients": m.coef_.tolist(),
+        "intercepts": m.intercept_.tolist(),
+    }
+
+
 def fit(X, y):
     n = len(y)
     test = np.arange(n) % 5 == 0
@@ -57,6 +86,8 @@ ref = {
     "source": "scikit-learn %s (scripts/make_logreg_reference.py)" % __import__("sklearn").__version__,
     "breast_cancer": fit(bc.data.astype(np.float64), bc.target),
     "digits": fit(digits_X, digits_y),
+    "breast_cancer_elastic_net": fit_elastic_net(bc.data.astype(np.float64), bc.target, 0.1, 0.5),
+    "breast_cancer_l1": fit_elastic_net(bc.data.astype(np.float64), bc.target, 0.05, 1.0),
 }
 (root / "logreg_reference.json").write_text(json.dumps(ref) + "\n")
 print({k: (v["train_accuracy"], v["test_accuracy"]) for k, v in ref.items() if k != "source"})

@@ -76,19 +76,13 @@ pub async fn load<M: Model>(store: &ModelStore, name: &str, version: Option<u64>
 }
 
 /// The regularisation rules shared by the linear models: `reg_param` ≥ 0 and finite,
-/// `elastic_net_param` in [0, 1], and no L1 part until an OWL-QN solver exists.
+/// `elastic_net_param` in [0, 1].
 pub(crate) fn check_regularization(reg_param: f64, elastic_net_param: f64) -> Result<()> {
     if !(reg_param >= 0.0 && reg_param.is_finite()) {
         return Err(MllibError::NegativeRegParam(reg_param));
     }
     if !(0.0..=1.0).contains(&elastic_net_param) {
         return Err(MllibError::ElasticNetOutOfRange(elastic_net_param));
-    }
-    if reg_param > 0.0 && elastic_net_param > 0.0 {
-        return Err(MllibError::InvalidParam {
-            param: "elastic_net_param".to_string(),
-            reason: "an L1 penalty needs the OWL-QN solver, which is not available yet; use elastic_net_param = 0".to_string(),
-        });
     }
     Ok(())
 }

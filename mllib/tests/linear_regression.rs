@@ -110,7 +110,7 @@ async fn matches_numpy_least_squares_on_both_runners_and_partitionings() {
         ] {
             let s = session(runner, partitions);
             let m = est.fit(&s, &diabetes(&s).await).await.unwrap();
-            assert_close(&m, &want, 1e-8, &format!("{key} {runner}/{partitions}"));
+            assert_close(&m, &want, 1e-10, &format!("{key} {runner}/{partitions}"));
             fits.push(m);
         }
         for m in &fits[1..] {
@@ -129,6 +129,43 @@ async fn matches_numpy_least_squares_on_both_runners_and_partitionings() {
             "{key}: r2 {}",
             summary.r2
         );
+    }
+}
+
+/// The elastic net (OWL-QN on the co-moments' quadratic form) against scikit-learn's
+/// coordinate-descent `ElasticNet` (scripts/make_diabetes.py); the L1 part zeroes the same
+/// coefficients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elastic_net_matches_sklearn() {
+    for key in ["elastic_net_5_0.5", "lasso_0.5_standardized"] {
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(REF).unwrap()).unwrap();
+        let r = &r[key];
+        let est = LinearRegression::new()
+            .reg_param(r["reg_param"].as_f64().unwrap())
+            .elastic_net_param(r["elastic_net_param"].as_f64().unwrap())
+            .standardization(r["standardization"].as_bool().unwrap());
+        let want = reference(key);
+        for (runner, partitions) in [("local", 1), ("embedded", 3)] {
+            let s = session(runner, partitions);
+            let m = est.fit(&s, &diabetes(&s).await).await.unwrap();
+            assert_close(&m, &want, 1e-10, &format!("{key} {runner}/{partitions}"));
+            for (j, (g, w)) in m.coefficients().iter().zip(&want.0).enumerate() {
+                assert_eq!(
+                    *g == 0.0,
+                    *w == 0.0,
+                    "{key}: coefficient {j} zero in one only: {g} vs {w}"
+                );
+            }
+            let summary = m.summary();
+            assert!(summary.iterations > 1, "{key}: {summary:?}");
+            assert!(
+                summary
+                    .objective_history
+                    .windows(2)
+                    .all(|w| w[1] <= w[0] + 1e-12),
+                "{key}: {summary:?}"
+            );
+        }
     }
 }
 

@@ -160,6 +160,70 @@ async fn binomial_matches_sklearn_on_breast_cancer() {
     }
 }
 
+/// Elastic net and pure L1 (OWL-QN) against scikit-learn's saga solver on the scaled
+/// breast-cancer training data: the same coefficients (1e-4) and the same zeros.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elastic_net_matches_sklearn_saga_on_breast_cancer() {
+    let features: Vec<String> = (0..30).map(|j| format!("f{j}")).collect();
+    for runner in ["local", "embedded"] {
+        let s = QuiverSession::embedded_with(
+            QuiverConfig::default()
+                .with_pairs([("quiver.runner", runner)])
+                .unwrap(),
+        )
+        .unwrap();
+        let (train, _) = split(&s, "breast_cancer.parquet", "label").await;
+        let scaled = Pipeline::new()
+            .transformer(VectorAssembler::new(&features))
+            .estimator(StandardScaler::new().with_mean(true))
+            .fit(&s, &train)
+            .await
+            .unwrap()
+            .transform(&train)
+            .unwrap();
+        for key in ["breast_cancer_elastic_net", "breast_cancer_l1"] {
+            let r = reference(key);
+            let lambda = 1.0 / (r["C"].as_f64().unwrap() * r["n_train"].as_f64().unwrap());
+            let lr = LogisticRegression::new()
+                .reg_param(lambda)
+                .elastic_net_param(r["l1_ratio"].as_f64().unwrap())
+                .standardization(false)
+                .max_iter(5000)
+                .tol(1e-15)
+                .fit(&s, &scaled)
+                .await
+                .unwrap();
+            let want: Vec<f64> = r["coefficients"][0]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let got = lr.coefficients()[0];
+            for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "{key}/{runner}: coefficient {j}: {g} vs {w}"
+                );
+                assert_eq!(
+                    *g == 0.0,
+                    *w == 0.0,
+                    "{key}/{runner}: coefficient {j} is zero in one fit only: {g} vs {w}; {:?}",
+                    lr.summary()
+                );
+            }
+            let icpt = r["intercepts"][0].as_f64().unwrap();
+            assert!(
+                (lr.intercepts()[0] - icpt).abs() <= 1e-4 * icpt.abs().max(1.0),
+                "{key}/{runner}: intercept {} vs {icpt}",
+                lr.intercepts()[0]
+            );
+            let history = &lr.summary().objective_history;
+            assert!(history.windows(2).all(|w| w[1] <= w[0]), "{history:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multinomial_matches_sklearn_accuracy_on_digits_and_persists() {
     let features: Vec<String> = (0..64).map(|j| format!("pixel_{j}")).collect();
