@@ -260,6 +260,70 @@ async fn multinomial_matches_sklearn_accuracy_on_digits_and_persists() {
     assert_eq!(back.summary().iterations, 5);
 }
 
+/// The three output columns agree: probability = softmax(raw) (sigmoid of the margin for
+/// binomial, whose raw prediction is [−m, m]) and prediction = argmax; renamed columns are used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_prediction_probability_and_prediction_agree() {
+    let s = QuiverSession::embedded().unwrap();
+    let (train, _) = split(&s, "digits.parquet", "label").await;
+    let train = train.with_numeric_features_except(&["y"]).unwrap();
+    let binary = Dataset::new(
+        train
+            .dataframe()
+            .clone()
+            .filter(datafusion::prelude::col("y").lt(datafusion::prelude::lit(2.0)))
+            .unwrap(),
+    )
+    .with_numeric_features_except(&["y"])
+    .unwrap()
+    .with_label("y")
+    .unwrap();
+    for (data, classes) in [(train, 10), (binary, 2)] {
+        let model = LogisticRegression::new()
+            .max_iter(10)
+            .raw_prediction_col("margins")
+            .probability_col("p")
+            .fit(&s, &data)
+            .await
+            .unwrap();
+        let out = model.transform(&data).unwrap().dataframe().clone();
+        let batches = out
+            .select_columns(&["margins", "p", "prediction"])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut rows = 0;
+        for b in &batches {
+            let (raw, _) = quiver_engine::vector::vector_values(b.column(0), "margins").unwrap();
+            let (prob, _) = quiver_engine::vector::vector_values(b.column(1), "p").unwrap();
+            let pred = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+            for r in 0..b.num_rows() {
+                let m = &raw[r * classes..(r + 1) * classes];
+                let p = &prob[r * classes..(r + 1) * classes];
+                if classes == 2 {
+                    assert_eq!(m[0], -m[1]);
+                }
+                let max = m.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = m.iter().map(|v| (v - max).exp()).sum();
+                for k in 0..classes {
+                    // Binomial: sigmoid(m) = softmax([−m/2, m/2]) ≠ softmax([−m, m]).
+                    let want = if classes == 2 {
+                        1.0 / (1.0 + (-(m[k] - m[1 - k]) / 2.0).exp())
+                    } else {
+                        (m[k] - max).exp() / z
+                    };
+                    assert!((p[k] - want).abs() < 1e-12, "row {r}: {p:?} vs raw {m:?}");
+                }
+                let argmax = (0..classes).max_by(|a, b| m[*a].total_cmp(&m[*b])).unwrap();
+                assert_eq!(pred.value(r), argmax as f64, "row {r}: {m:?}");
+                rows += 1;
+            }
+        }
+        assert!(rows > 100);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_labels_and_params_are_named() {
     let s = QuiverSession::embedded().unwrap();
@@ -313,6 +377,11 @@ async fn bad_labels_and_params_are_named() {
         .check()
         .unwrap_err();
     assert!(matches!(err, MllibError::ElasticNetOutOfRange(_)));
+    let err = LogisticRegression::new()
+        .probability_col("prediction")
+        .check()
+        .unwrap_err();
+    assert!(err.to_string().contains("distinct names"), "{err}");
     // More features at predict than at fit.
     let m = LogisticRegression::new()
         .fit(&s, &mk(vec![0.0, 1.0, 0.0, 1.0]))
@@ -329,6 +398,6 @@ async fn bad_labels_and_params_are_named() {
         .unwrap_err();
     assert_eq!(
         quiver_engine::QuiverError::from(err).to_string(),
-        "logistic_regression_probability expects 1 features per row, got 2"
+        "logistic_regression_raw_prediction expects 1 features per row, got 2"
     );
 }

@@ -51,6 +51,18 @@ pub struct LogisticRegression {
     weighted: bool,
     family: Family,
     prediction_col: String,
+    #[serde(default = "default_probability_col")]
+    probability_col: String,
+    #[serde(default = "default_raw_prediction_col")]
+    raw_prediction_col: String,
+}
+
+fn default_probability_col() -> String {
+    "probability".to_string()
+}
+
+fn default_raw_prediction_col() -> String {
+    "raw_prediction".to_string()
 }
 
 impl Default for LogisticRegression {
@@ -65,6 +77,8 @@ impl Default for LogisticRegression {
             weighted: false,
             family: Family::Auto,
             prediction_col: "prediction".to_string(),
+            probability_col: default_probability_col(),
+            raw_prediction_col: default_raw_prediction_col(),
         }
     }
 }
@@ -119,6 +133,17 @@ impl LogisticRegression {
         self
     }
 
+    /// The class-probability vector column. Defaults to `"probability"`.
+    pub fn probability_col(mut self, c: impl Into<String>) -> Self {
+        self.probability_col = c.into();
+        self
+    }
+    /// The margins column (Spark's rawPrediction). Defaults to `"raw_prediction"`.
+    pub fn raw_prediction_col(mut self, c: impl Into<String>) -> Self {
+        self.raw_prediction_col = c.into();
+        self
+    }
+
     /// Validates the parameters.
     pub fn check(&self) -> Result<()> {
         check_regularization(self.reg_param, self.elastic_net_param)?;
@@ -134,7 +159,26 @@ impl LogisticRegression {
                 reason: format!("{} is negative", self.tol),
             });
         }
-        check_output_col(&self.prediction_col)
+        for col in [
+            &self.prediction_col,
+            &self.probability_col,
+            &self.raw_prediction_col,
+        ] {
+            check_output_col(col)?;
+        }
+        if self.prediction_col == self.probability_col
+            || self.prediction_col == self.raw_prediction_col
+            || self.probability_col == self.raw_prediction_col
+        {
+            return Err(MllibError::InvalidParam {
+                param: "prediction_col".to_string(),
+                reason: format!(
+                    "prediction, probability and raw prediction columns need distinct names (got '{}', '{}', '{}')",
+                    self.prediction_col, self.probability_col, self.raw_prediction_col
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -513,7 +557,8 @@ impl LogisticRegressionModel {
     }
 }
 
-#[derive(Debug)]
+/// The fitted coefficients, as the map functions carry them.
+#[derive(Debug, Clone)]
 struct LogisticPredict {
     dim: usize,
     multinomial: bool,
@@ -521,133 +566,144 @@ struct LogisticPredict {
     intercepts: Vec<f64>,
 }
 
-impl BatchFunction for LogisticPredict {
-    fn name(&self) -> &str {
-        "logistic_regression_predict"
-    }
-    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        let mut out = vec![self.multinomial as u8];
-        encode_f64s(&self.coefficients, &mut out);
-        encode_f64s(&self.intercepts, &mut out);
-        Ok(out)
-    }
-    fn input_dim(&self) -> usize {
-        self.dim
-    }
-    fn return_type(&self) -> DataType {
-        DataType::Float64
-    }
-    fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
-        let out: Float64Array = b
-            .values
-            .chunks_exact(self.dim)
-            .map(|x| {
-                let margin = |k: usize| {
-                    self.intercepts[k]
-                        + self.coefficients[k * self.dim..(k + 1) * self.dim]
-                            .iter()
-                            .zip(x)
-                            .map(|(c, v)| c * v)
-                            .sum::<f64>()
-                };
-                if self.multinomial {
-                    let mut best = (0, f64::NEG_INFINITY);
-                    for k in 0..self.intercepts.len() {
-                        let m = margin(k);
-                        if m > best.1 {
-                            best = (k, m);
-                        }
-                    }
-                    best.0 as f64
-                } else if margin(0) > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        Ok(Arc::new(out))
-    }
-}
-
-/// Class probabilities per row: `[1 − p, p]` for binomial, the softmax for multinomial.
-#[derive(Debug)]
-struct LogisticProbability(LogisticPredict);
-
-impl BatchFunction for LogisticProbability {
-    fn name(&self) -> &str {
-        "logistic_regression_probability"
-    }
-    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        self.0.params()
-    }
-    fn input_dim(&self) -> usize {
-        self.0.dim
-    }
-    fn return_type(&self) -> DataType {
-        quiver_engine::vector::vector_type(self.width())
-    }
-    fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
-        let p = &self.0;
-        let width = self.width();
-        let mut out = Vec::with_capacity(b.n_rows * width);
-        let mut margins = vec![0.0; p.intercepts.len()];
-        for x in b.values.chunks_exact(p.dim) {
-            for (k, m) in margins.iter_mut().enumerate() {
-                *m = p.intercepts[k]
-                    + p.coefficients[k * p.dim..(k + 1) * p.dim]
-                        .iter()
-                        .zip(x)
-                        .map(|(c, v)| c * v)
-                        .sum::<f64>();
-            }
-            if p.multinomial {
-                let max = margins.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = margins.iter().map(|m| (m - max).exp()).sum();
-                out.extend(margins.iter().map(|m| (m - max).exp() / z));
-            } else {
-                let q = 1.0 / (1.0 + (-margins[0]).exp());
-                out.extend([1.0 - q, q]);
-            }
+impl LogisticPredict {
+    /// `x·βₖ + bₖ` for every coefficient vector k.
+    fn margins(&self, x: &[f64], out: &mut [f64]) {
+        for (k, m) in out.iter_mut().enumerate() {
+            *m = self.intercepts[k]
+                + self.coefficients[k * self.dim..(k + 1) * self.dim]
+                    .iter()
+                    .zip(x)
+                    .map(|(c, v)| c * v)
+                    .sum::<f64>();
         }
-        Ok(Arc::new(quiver_engine::vector::vector_array(out, width)?))
     }
-}
 
-impl LogisticProbability {
-    fn width(&self) -> usize {
-        if self.0.multinomial {
-            self.0.intercepts.len()
+    /// Values per row of the vector outputs: the number of classes (2 for binomial).
+    fn classes(&self) -> usize {
+        if self.multinomial {
+            self.intercepts.len()
         } else {
             2
         }
     }
 }
 
-impl LogisticRegressionModel {
-    fn predictor(&self) -> LogisticPredict {
-        LogisticPredict {
-            dim: self.dim,
-            multinomial: self.multinomial,
-            coefficients: self.coefficients.clone(),
-            intercepts: self.intercepts.clone(),
+/// Which column a [`LogisticOutput`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutputKind {
+    /// Spark's rawPrediction: the margins, `[−m, m]` for binomial.
+    Raw,
+    /// Class probabilities: `[1 − p, p]` for binomial, the softmax for multinomial.
+    Probability,
+    /// The most probable class index.
+    Prediction,
+}
+
+/// One of the model's output columns, computed batch by batch.
+#[derive(Debug)]
+struct LogisticOutput {
+    model: LogisticPredict,
+    kind: OutputKind,
+}
+
+impl BatchFunction for LogisticOutput {
+    fn name(&self) -> &str {
+        match self.kind {
+            OutputKind::Raw => "logistic_regression_raw_prediction",
+            OutputKind::Probability => "logistic_regression_probability",
+            OutputKind::Prediction => "logistic_regression_predict",
         }
+    }
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        let mut out = vec![self.model.multinomial as u8];
+        encode_f64s(&self.model.coefficients, &mut out);
+        encode_f64s(&self.model.intercepts, &mut out);
+        Ok(out)
+    }
+    fn input_dim(&self) -> usize {
+        self.model.dim
+    }
+    fn return_type(&self) -> DataType {
+        match self.kind {
+            OutputKind::Prediction => DataType::Float64,
+            _ => quiver_engine::vector::vector_type(self.model.classes()),
+        }
+    }
+    fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
+        let p = &self.model;
+        let mut margins = vec![0.0; p.intercepts.len()];
+        let rows = b.values.chunks_exact(p.dim);
+        if self.kind == OutputKind::Prediction {
+            let out: Float64Array = rows
+                .map(|x| {
+                    p.margins(x, &mut margins);
+                    if !p.multinomial {
+                        return if margins[0] > 0.0 { 1.0 } else { 0.0 };
+                    }
+                    let mut best = (0, f64::NEG_INFINITY);
+                    for (k, &m) in margins.iter().enumerate() {
+                        if m > best.1 {
+                            best = (k, m);
+                        }
+                    }
+                    best.0 as f64
+                })
+                .collect();
+            return Ok(Arc::new(out));
+        }
+        let width = p.classes();
+        let mut out = Vec::with_capacity(b.n_rows * width);
+        for x in rows {
+            p.margins(x, &mut margins);
+            match (self.kind, p.multinomial) {
+                (OutputKind::Raw, true) => out.extend_from_slice(&margins),
+                (OutputKind::Raw, false) => out.extend([-margins[0], margins[0]]),
+                (_, true) => {
+                    let max = margins.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = margins.iter().map(|m| (m - max).exp()).sum();
+                    out.extend(margins.iter().map(|m| (m - max).exp() / z));
+                }
+                (_, false) => {
+                    let q = 1.0 / (1.0 + (-margins[0]).exp());
+                    out.extend([1.0 - q, q]);
+                }
+            }
+        }
+        Ok(Arc::new(quiver_engine::vector::vector_array(out, width)?))
+    }
+}
+
+impl LogisticRegressionModel {
+    fn output(&self, kind: OutputKind) -> Arc<LogisticOutput> {
+        Arc::new(LogisticOutput {
+            model: LogisticPredict {
+                dim: self.dim,
+                multinomial: self.multinomial,
+                coefficients: self.coefficients.clone(),
+                intercepts: self.intercepts.clone(),
+            },
+            kind,
+        })
     }
 }
 
 impl Transformer for LogisticRegressionModel {
-    /// Adds `probability` (a vector of class probabilities) and the prediction column.
+    /// Adds the raw prediction (the margins), probability (a vector of class probabilities)
+    /// and prediction columns, as Spark's rawPrediction, probability and prediction.
     fn transform(&self, data: &Dataset) -> Result<Dataset> {
-        let with_probability = map_dataset(
-            data.clone(),
-            Arc::new(LogisticProbability(self.predictor())),
-            "probability",
-        )?;
-        Ok(map_dataset(
-            with_probability,
-            Arc::new(self.predictor()),
-            &self.params.prediction_col,
-        )?)
+        let mut out = data.clone();
+        for (kind, col) in [
+            (OutputKind::Raw, self.params.raw_prediction_col.as_str()),
+            (
+                OutputKind::Probability,
+                self.params.probability_col.as_str(),
+            ),
+            (OutputKind::Prediction, self.params.prediction_col.as_str()),
+        ] {
+            out = map_dataset(out, self.output(kind), col)?;
+        }
+        Ok(out)
     }
 }
 
