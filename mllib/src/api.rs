@@ -94,3 +94,22 @@ pub(crate) fn check_output_col(col: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// A label or cluster value as an index 0, 1, 2, … (the rule every class-indexed statistic
+/// follows), or an error naming the column, the value and its row in the batch.
+pub(crate) fn class_index(
+    v: f64,
+    column: &str,
+    row_in_batch: usize,
+) -> quiver_engine::Result<usize> {
+    if v >= 0.0 && v.fract() == 0.0 && v < 1e6 {
+        Ok(v as usize)
+    } else {
+        Err(quiver_engine::QuiverError::InvalidParam {
+            param: column.to_string(),
+            reason: format!(
+                "value {v} (row {row_in_batch} of a batch) is not a class index 0, 1, 2, …; index string labels with StringIndexer"
+            ),
+        })
+    }
+}

@@ -27,8 +27,8 @@ pub use classification::{Family, LogisticRegression, LogisticRegressionModel, Lo
 pub use clustering::{KMeans, KMeansInit, KMeansModel, KMeansSummary};
 pub use error::{MllibError, Result};
 pub use evaluation::{
-    BinaryClassificationEvaluator, BinaryMetrics, MulticlassClassificationEvaluator,
-    MulticlassMetrics, RegressionEvaluator, RegressionMetrics,
+    BinaryClassificationEvaluator, BinaryMetrics, ClusteringEvaluator, ClusteringMetrics,
+    MulticlassClassificationEvaluator, MulticlassMetrics, RegressionEvaluator, RegressionMetrics,
 };
 pub use feature::{
     HandleInvalid, Imputer, ImputerModel, ImputerStrategy, MinMaxScaler, MinMaxScalerModel,

@@ -7,10 +7,11 @@ use arrow::array::{AsArray, Float64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use quiver_engine::{Dataset, QuiverConfig, QuiverSession};
 use quiver_mllib::{
-    Estimator, LinearRegression, MulticlassClassificationEvaluator, RegressionEvaluator,
-    Transformer,
+    ClusteringEvaluator, Estimator, KMeans, LinearRegression, MulticlassClassificationEvaluator,
+    RegressionEvaluator, Transformer,
 };
 
+const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
 const DIABETES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/diabetes.parquet");
 
 fn session(runner: &str) -> QuiverSession {
@@ -195,4 +196,115 @@ async fn binary_metrics_match_a_worked_example() {
             "{err}"
         );
     }
+}
+
+/// The silhouette (squared Euclidean) of the digits grouped by their true label, against
+/// scikit-learn's `silhouette_score(X, y, metric = "sqeuclidean")` = 0.261453064839 and the
+/// within-group sum of squares 1250760.117435 (scripts/kmeans_reference.py), on both runners
+/// and several partitionings; then a k-means model's own inertia.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clustering_metrics_match_sklearn_silhouette() {
+    for (runner, partitions) in [("local", 1), ("embedded", 1), ("embedded", 3), ("local", 8)] {
+        let s = QuiverSession::embedded_with(
+            QuiverConfig::default()
+                .with_pairs([
+                    ("quiver.runner", runner),
+                    ("quiver.target_partitions", &partitions.to_string()),
+                ])
+                .unwrap(),
+        )
+        .unwrap();
+        let digits = Dataset::new(s.read(DIGITS).await.unwrap())
+            .with_numeric_features_except(&["label"])
+            .unwrap();
+        let m = ClusteringEvaluator::new()
+            .prediction_col("label")
+            .evaluate(&s, &digits)
+            .await
+            .unwrap();
+        assert_eq!(m.count, 1797);
+        assert_eq!(m.cluster_sizes.len(), 10);
+        assert!(
+            (m.silhouette - 0.261453064839).abs() < 1e-9,
+            "{runner}/{partitions}: {m:?}"
+        );
+        assert!(
+            (m.within_ss - 1250760.117435).abs() < 1e-6 * 1250760.0,
+            "{runner}/{partitions}: {m:?}"
+        );
+    }
+    let s = session("embedded");
+    let digits = Dataset::new(s.read(DIGITS).await.unwrap())
+        .with_numeric_features_except(&["label"])
+        .unwrap();
+    let model = KMeans::new()
+        .k(10)
+        .seed(3)
+        .max_iter(100)
+        .fit(&s, &digits)
+        .await
+        .unwrap();
+    let m = ClusteringEvaluator::new()
+        .evaluate(&s, &model.transform(&digits).unwrap())
+        .await
+        .unwrap();
+    // Converged: the centres are (within tol) the cluster means, so the inertia is the
+    // within-cluster SS, which no other centres can beat for the same assignment.
+    let inertia = model.summary().inertia;
+    assert!(
+        (m.within_ss - inertia).abs() < 1e-6 * inertia && m.within_ss <= inertia * (1.0 + 1e-12),
+        "{m:?} vs {inertia} ({:?})",
+        model.summary().convergence
+    );
+    assert!(m.silhouette > 0.1 && m.silhouette < 1.0, "{m:?}");
+}
+
+#[tokio::test]
+async fn clustering_evaluation_names_bad_cluster_columns() {
+    let s = QuiverSession::embedded().unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Float64, false),
+        Field::new("c", DataType::Float64, false),
+    ]));
+    let mk = |c: Vec<f64>| {
+        let b = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])),
+                Arc::new(Float64Array::from(c)),
+            ],
+        )
+        .unwrap();
+        Dataset::new(s.from_batches(vec![b], 1).unwrap())
+            .with_features(["x"])
+            .unwrap()
+    };
+    let eval = ClusteringEvaluator::new().prediction_col("c");
+    let err = eval
+        .evaluate(&s, &mk(vec![0.0, 0.0, 0.0]))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("at least two non-empty clusters"),
+        "{err}"
+    );
+    let err = eval
+        .evaluate(&s, &mk(vec![0.0, 1.5, 0.0]))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("value 1.5") && err.to_string().contains("'c'"),
+        "{err}"
+    );
+    let err = ClusteringEvaluator::new()
+        .evaluate(&s, &mk(vec![0.0, 1.0, 0.0]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("prediction"), "{err}");
+    // A cluster of one row scores 0; the others are exact: x = 1, 2 in cluster 0, 3 alone.
+    let m = eval.evaluate(&s, &mk(vec![0.0, 0.0, 1.0])).await.unwrap();
+    // Row 1: a = 1, b = 4 → 0.75; row 2: a = 1, b = 1 → 0; row 3: alone → 0.
+    assert!((m.silhouette - 0.75 / 3.0).abs() < 1e-12, "{m:?}");
+    assert_eq!(m.cluster_sizes, vec![2, 1]);
+    assert!((m.within_ss - 0.5).abs() < 1e-12);
 }

@@ -23,7 +23,9 @@ use quiver_engine::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Estimator, Model, Transformer, check_output_col, check_regularization};
+use crate::api::{
+    Estimator, Model, Transformer, check_output_col, check_regularization, class_index,
+};
 use crate::error::{MllibError, Result};
 use crate::optim::owlqn;
 use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
@@ -215,15 +217,7 @@ impl Statistic for ClassCounts {
             .label
             .ok_or_else(|| QuiverError::internal("class counts need a label"))?;
         for (r, &v) in y.iter().enumerate() {
-            if !(v >= 0.0 && v.fract() == 0.0 && v < 1e6) {
-                return Err(QuiverError::InvalidParam {
-                    param: "label".to_string(),
-                    reason: format!(
-                        "value {v} (row {r} of a batch) is not a class index 0, 1, 2, …; index string labels with StringIndexer"
-                    ),
-                });
-            }
-            let c = v as usize;
+            let c = class_index(v, "label", r)?;
             if s.len() <= c {
                 s.resize(c + 1, 0.0);
             }
