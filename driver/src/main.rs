@@ -76,7 +76,8 @@ enum BenchCase {
         #[arg(long)]
         no_parquet: bool,
     },
-    /// LinearRegression and KMeans fits on the local and the embedded runner.
+    /// LinearRegression, LogisticRegression and KMeans fits and batch predicts on the local and
+    /// the embedded runner, against the feature summary over the same data.
     Algorithms {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
@@ -84,9 +85,9 @@ enum BenchCase {
         features: usize,
         #[arg(long, default_value_t = 10)]
         k: usize,
-        /// Lloyd iterations of KMeans (all run).
+        /// Iterations of LogisticRegression and Lloyd passes of KMeans (all run).
         #[arg(long, default_value_t = 20)]
-        kmeans_iters: usize,
+        iters: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
@@ -181,14 +182,14 @@ async fn run(cli: Cli) -> Result<()> {
                 rows,
                 features,
                 k,
-                kmeans_iters,
+                iters,
                 seed,
             } => {
                 let opts = bench::AlgorithmsBench {
                     rows,
                     features,
                     k,
-                    kmeans_iters,
+                    iters,
                     seed,
                 };
                 bench::algorithms(&session, &opts, &mut out).await?;

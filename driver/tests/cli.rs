@@ -130,7 +130,7 @@ fn bench_algorithms_runs_small() {
             "3",
             "--k",
             "3",
-            "--kmeans-iters",
+            "--iters",
             "2",
         ])
         .output()
@@ -141,7 +141,14 @@ fn bench_algorithms_runs_small() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for case in ["linreg-3f-3000r-local", "kmeans-k3-3f-3000r-embedded"] {
+    for case in [
+        "summary-3f-3000r-local",
+        "linreg-3f-3000r-local",
+        "logreg-3f-3000r-embedded",
+        "kmeans-k3-3f-3000r-embedded",
+        "predict-logreg-3f-3000r-local",
+        "predict-kmeans-k3-3f-3000r-embedded",
+    ] {
         assert!(text.contains(case), "missing {case}:\n{text}");
     }
     assert!(!text.contains("r2 below"), "{text}");

@@ -17,6 +17,8 @@ pub struct Minimum {
     /// Objective after each accepted iteration (the first entry is at the start point).
     pub history: Vec<f64>,
     pub iterations: usize,
+    /// Evaluations of the objective (data passes, in the distributed loop).
+    pub evaluations: usize,
     pub converged: bool,
     pub reason: String,
 }
@@ -95,6 +97,7 @@ where
 {
     let mut x = x0;
     let (smooth, mut g) = f(x.clone()).await?;
+    let mut evaluations = 1;
     let mut fx = smooth + l1_norm(l1, &x);
     let mut history = vec![fx];
     let mut s_hist: Vec<Vec<f64>> = Vec::new();
@@ -184,6 +187,7 @@ where
                 })
                 .collect();
             let (smooth_n, gn) = f(xn.clone()).await?;
+            evaluations += 1;
             let fn_ = smooth_n + l1_norm(l1, &xn);
             let moved: f64 = pg
                 .iter()
@@ -235,6 +239,7 @@ where
         value: fx,
         history,
         iterations,
+        evaluations,
         converged,
         reason,
     })

@@ -363,6 +363,10 @@ pub struct LogisticSummary {
     pub converged: bool,
     pub convergence: String,
     pub num_classes: usize,
+    /// Aggregate passes over the data: class counts, feature scales, then one per objective
+    /// evaluation (an iteration takes one, more when the line search backtracks).
+    #[serde(default)]
+    pub data_passes: usize,
     pub wall_time_ms: f64,
 }
 
@@ -516,6 +520,7 @@ impl Estimator for LogisticRegression {
                 converged: min.converged,
                 convergence: min.reason,
                 num_classes,
+                data_passes: 2 + min.evaluations,
                 wall_time_ms: started.elapsed().as_secs_f64() * 1e3,
             },
         })

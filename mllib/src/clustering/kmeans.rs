@@ -151,6 +151,160 @@ fn nearest(x: &[f64], centers: &[f64], d: usize) -> (usize, f64) {
     best
 }
 
+/// The centres laid out for the nearest-centre kernel: groups of four centres, per feature the
+/// four values `−2cⱼ` side by side, and each centre's `‖c‖²` (padding centres get +∞). The
+/// nearest centre minimises `‖c‖² − 2x·c`, which the kernel computes for 8 rows × 4 centres at
+/// a time with independent accumulators (so the multiply-adds pipeline and vectorise), then the
+/// chosen centre's exact `‖x − c‖²` is computed directly (no cancellation in the cost).
+#[derive(Debug, Clone)]
+struct CenterTable {
+    d: usize,
+    groups: usize,
+    neg2t: Vec<f64>,
+    norms: Vec<f64>,
+}
+
+/// Rows per kernel step.
+const ROWS: usize = 8;
+
+impl CenterTable {
+    fn new(centers: &[f64], d: usize) -> Self {
+        let k = centers.len() / d;
+        let groups = k.div_ceil(4);
+        let mut neg2t = vec![0.0; groups * d * 4];
+        let mut norms = vec![f64::INFINITY; groups * 4];
+        for (c, center) in centers.chunks_exact(d).enumerate() {
+            let (g, l) = (c / 4, c % 4);
+            norms[c] = center.iter().map(|v| v * v).sum();
+            for (j, v) in center.iter().enumerate() {
+                neg2t[(g * d + j) * 4 + l] = -2.0 * v;
+            }
+        }
+        CenterTable {
+            d,
+            groups,
+            neg2t,
+            norms,
+        }
+    }
+
+    /// For every row of `values`: (nearest centre, exact squared distance to it).
+    fn assign(&self, centers: &[f64], values: &[f64], out: &mut Vec<(usize, f64)>) {
+        out.clear();
+        if self.groups == 0 {
+            return;
+        }
+        // SAFETY: the AVX2 variant runs only when the CPU reports AVX2 and FMA.
+        unsafe {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                return nearest_avx2::assign(self, centers, values, out);
+            }
+            nearest_baseline::assign(self, centers, values, out)
+        }
+    }
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `‖c‖² − 2x·c` for `R` rows against every group of four centres; keeps the smallest per row
+/// (the first centre on ties).
+#[inline(always)]
+fn nearest_rows<const R: usize, const FMA: bool>(
+    t: &CenterTable,
+    rows: &[f64],
+    best: &mut [(f64, usize); R],
+) {
+    let d = t.d;
+    for g in 0..t.groups {
+        let mut acc = [[0.0f64; 4]; R];
+        let norms: [f64; 4] = t.norms[g * 4..g * 4 + 4].try_into().unwrap_or([0.0; 4]);
+        for a in acc.iter_mut() {
+            *a = norms;
+        }
+        let cols = &t.neg2t[g * d * 4..(g + 1) * d * 4];
+        for (j, c) in cols.chunks_exact(4).enumerate() {
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xj = rows[r * d + j];
+                for l in 0..4 {
+                    a[l] = if FMA {
+                        xj.mul_add(c[l], a[l])
+                    } else {
+                        a[l] + xj * c[l]
+                    };
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (l, v) in a.iter().enumerate() {
+                if *v < best[r].0 {
+                    best[r] = (*v, g * 4 + l);
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn assign_all<const FMA: bool>(
+    t: &CenterTable,
+    centers: &[f64],
+    values: &[f64],
+    out: &mut Vec<(usize, f64)>,
+) {
+    let d = t.d;
+    let exact = |x: &[f64], c: usize| -> f64 {
+        x.iter()
+            .zip(&centers[c * d..(c + 1) * d])
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum()
+    };
+    let mut blocks = values.chunks_exact(ROWS * d);
+    for block in blocks.by_ref() {
+        let mut best = [(f64::INFINITY, 0); ROWS];
+        nearest_rows::<ROWS, FMA>(t, block, &mut best);
+        for (x, (_, c)) in block.chunks_exact(d).zip(best) {
+            out.push((c, exact(x, c)));
+        }
+    }
+    for x in blocks.remainder().chunks_exact(d) {
+        let mut best = [(f64::INFINITY, 0); 1];
+        nearest_rows::<1, FMA>(t, x, &mut best);
+        out.push((best[0].1, exact(x, best[0].1)));
+    }
+}
+
+/// The kernel compiled for the baseline target and, chosen at run time, AVX2 with FMA.
+macro_rules! nearest_kernels {
+    ($modname:ident, $fma:literal, $($attr:meta)?) => {
+        mod $modname {
+            use super::*;
+            $(#[$attr])?
+            pub(super) unsafe fn assign(
+                t: &CenterTable,
+                centers: &[f64],
+                values: &[f64],
+                out: &mut Vec<(usize, f64)>,
+            ) {
+                assign_all::<$fma>(t, centers, values, out)
+            }
+        }
+    };
+}
+
+nearest_kernels!(nearest_baseline, false,);
+#[cfg(target_arch = "x86_64")]
+nearest_kernels!(nearest_avx2, true, target_feature(enable = "avx2,fma"));
+
 /// What one pass over the data computes for a set of centres.
 #[derive(Debug, Clone, PartialEq)]
 enum Pass {
@@ -170,6 +324,8 @@ enum Pass {
 struct KMeansPass {
     d: usize,
     centers: Vec<f64>,
+    /// Derived from `centers`.
+    table: CenterTable,
     seed: u64,
     pass: Pass,
 }
@@ -216,8 +372,9 @@ impl Statistic for KMeansPass {
         match &self.pass {
             Pass::Sums => {
                 let k = self.centers.len() / d;
-                for x in b.values.chunks_exact(d) {
-                    let (c, dist) = nearest(x, &self.centers, d);
+                let mut nearest = Vec::with_capacity(b.n_rows);
+                self.table.assign(&self.centers, b.values, &mut nearest);
+                for (x, (c, dist)) in b.values.chunks_exact(d).zip(nearest) {
                     s[0] += dist;
                     s[1 + c] += 1.0;
                     let sum = &mut s[1 + k + c * d..1 + k + (c + 1) * d];
@@ -232,13 +389,13 @@ impl Statistic for KMeansPass {
                 phi,
                 take,
             } => {
-                for x in b.values.chunks_exact(d) {
+                let mut nearest = Vec::with_capacity(b.n_rows);
+                self.table.assign(&self.centers, b.values, &mut nearest);
+                for (r, x) in b.values.chunks_exact(d).enumerate() {
                     let u = row_uniform(x, self.seed, *round);
-                    let keep = if self.centers.is_empty() {
-                        true
-                    } else {
-                        let (_, dist) = nearest(x, &self.centers, d);
-                        *phi > 0.0 && u < (l * dist / phi).min(1.0)
+                    let keep = match nearest.get(r) {
+                        None => true, // no centres yet
+                        Some((_, dist)) => *phi > 0.0 && u < (l * dist / phi).min(1.0),
                     };
                     if keep {
                         s[0] += 1.0;
@@ -389,6 +546,7 @@ impl KMeans {
         let stat = KMeansPass {
             d: data.dim(),
             centers: centers.to_vec(),
+            table: CenterTable::new(centers, data.dim()),
             seed: self.seed,
             pass,
         };
@@ -547,6 +705,8 @@ impl KMeansModel {
 struct Assign {
     dim: usize,
     centers: Vec<f64>,
+    /// Derived from `centers`.
+    table: CenterTable,
 }
 
 impl BatchFunction for Assign {
@@ -565,11 +725,9 @@ impl BatchFunction for Assign {
         DataType::Int32
     }
     fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
-        let out: Int32Array = b
-            .values
-            .chunks_exact(b.dim)
-            .map(|x| nearest(x, &self.centers, self.dim).0 as i32)
-            .collect();
+        let mut nearest = Vec::with_capacity(b.n_rows);
+        self.table.assign(&self.centers, b.values, &mut nearest);
+        let out: Int32Array = nearest.into_iter().map(|(c, _)| c as i32).collect();
         Ok(Arc::new(out))
     }
 }
@@ -579,6 +737,7 @@ impl Transformer for KMeansModel {
         let f = Assign {
             dim: self.dim,
             centers: self.centers.clone(),
+            table: CenterTable::new(&self.centers, self.dim),
         };
         Ok(map_dataset(
             data.clone(),
@@ -623,5 +782,46 @@ impl Model for KMeansModel {
             centers,
             summary,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocked kernel (both compilations) picks the same centre as the direct distance for
+    /// every k from 1 to 13 (padding groups included) and row counts around the block size.
+    #[test]
+    fn kernel_agrees_with_direct_distances() {
+        let d = 5;
+        let value = |i: usize| ((i * 7919 % 1009) as f64 - 500.0) / 37.0;
+        for k in 1..=13 {
+            let centers: Vec<f64> = (0..k * d).map(|i| value(i * 31 + 7)).collect();
+            let table = CenterTable::new(&centers, d);
+            for n in [1, 7, 8, 9, 17, 64] {
+                let values: Vec<f64> = (0..n * d).map(value).collect();
+                let mut kernels: Vec<Vec<(usize, f64)>> = Vec::new();
+                let mut out = Vec::new();
+                // SAFETY: the AVX2 variant only where the CPU has it.
+                unsafe {
+                    nearest_baseline::assign(&table, &centers, &values, &mut out);
+                    kernels.push(out.clone());
+                    #[cfg(target_arch = "x86_64")]
+                    if has_avx2() {
+                        out.clear();
+                        nearest_avx2::assign(&table, &centers, &values, &mut out);
+                        kernels.push(out.clone());
+                    }
+                }
+                for got in kernels {
+                    assert_eq!(got.len(), n);
+                    for (x, (c, dist)) in values.chunks_exact(d).zip(got) {
+                        let (want, want_dist) = nearest(x, &centers, d);
+                        assert_eq!(c, want, "k {k} n {n}");
+                        assert_eq!(dist, want_dist);
+                    }
+                }
+            }
+        }
     }
 }
