@@ -90,6 +90,10 @@ enum BenchCase {
         iters: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Also write the generated data to this Parquet file (columns features, label, class),
+        /// e.g. to time scikit-learn or Spark on the same rows (scripts/bench_compare.py).
+        #[arg(long)]
+        export: Option<String>,
     },
 }
 
@@ -184,6 +188,7 @@ async fn run(cli: Cli) -> Result<()> {
                 k,
                 iters,
                 seed,
+                export,
             } => {
                 let opts = bench::AlgorithmsBench {
                     rows,
@@ -191,6 +196,7 @@ async fn run(cli: Cli) -> Result<()> {
                     k,
                     iters,
                     seed,
+                    export,
                 };
                 bench::algorithms(&session, &opts, &mut out).await?;
             }

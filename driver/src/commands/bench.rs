@@ -313,6 +313,8 @@ pub struct AlgorithmsBench {
     /// Iterations of LogisticRegression and Lloyd passes of KMeans (run in full: tol = 0).
     pub iters: usize,
     pub seed: u64,
+    /// Also write the data to this Parquet file (for running other systems on the same rows).
+    pub export: Option<String>,
 }
 
 impl Default for AlgorithmsBench {
@@ -323,6 +325,7 @@ impl Default for AlgorithmsBench {
             k: 10,
             iters: 20,
             seed: 42,
+            export: None,
         }
     }
 }
@@ -416,6 +419,12 @@ pub async fn algorithms(
     let (rows, dim) = (opts.rows, opts.features);
     let bytes = (rows * dim * 8) as f64;
     let batches = algorithm_batches(opts, session.config().batch_size)?;
+    if let Some(path) = &opts.export {
+        let written = session
+            .write_parquet(session.from_batches(batches.clone(), 1)?, path)
+            .await?;
+        writeln!(out, "wrote {written} rows to {path}").ok();
+    }
     writeln!(
         out,
         "bench algorithms: {rows} rows x {dim} features ({:.1} MB), cached in memory, seed {}",

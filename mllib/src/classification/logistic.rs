@@ -16,7 +16,7 @@ use arrow::array::{ArrayRef, Float64Array};
 use arrow::datatypes::DataType;
 use bytes::Bytes;
 use quiver_engine::aggregate::{decode_f64s, encode_f64s};
-use quiver_engine::vector::first_nan;
+use quiver_engine::vector::{dot, first_nan};
 use quiver_engine::{
     BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, QuiverError, QuiverSession,
     StatInputs, Statistic, Summarizer, map_dataset,
@@ -306,7 +306,7 @@ impl Statistic for LogisticLoss {
             }
             for (k, m) in margins.iter_mut().enumerate() {
                 let c = &self.coef[k * (d + 1)..(k + 1) * (d + 1)];
-                *m = c[d] + c[..d].iter().zip(x).map(|(a, v)| a * v).sum::<f64>();
+                *m = c[d] + dot(&c[..d], x);
             }
             let label = y[r] as usize;
             head[0] += w;
@@ -325,13 +325,17 @@ impl Statistic for LogisticLoss {
             } else {
                 let m = margins[0];
                 let t = if label == 1 { 1.0 } else { 0.0 };
-                let softplus = if m > 0.0 {
-                    m + (-m).exp().ln_1p()
+                // One exponential serves both: e = exp(−|m|), log(1 + exp(m)) = max(m, 0) +
+                // log1p(e), and σ(m) = 1/(1 + e) for m ≥ 0, e/(1 + e) below.
+                let e = (-m.abs()).exp();
+                let softplus = m.max(0.0) + e.ln_1p();
+                let sigmoid = if m >= 0.0 {
+                    1.0 / (1.0 + e)
                 } else {
-                    m.exp().ln_1p()
+                    e / (1.0 + e)
                 };
                 head[1] += w * (softplus - t * m);
-                let resid = w * (1.0 / (1.0 + (-m).exp()) - t);
+                let resid = w * (sigmoid - t);
                 for (gj, v) in grad[..d].iter_mut().zip(x) {
                     *gj += resid * v;
                 }
@@ -569,12 +573,7 @@ impl LogisticPredict {
     /// `x·βₖ + bₖ` for every coefficient vector k.
     fn margins(&self, x: &[f64], out: &mut [f64]) {
         for (k, m) in out.iter_mut().enumerate() {
-            *m = self.intercepts[k]
-                + self.coefficients[k * self.dim..(k + 1) * self.dim]
-                    .iter()
-                    .zip(x)
-                    .map(|(c, v)| c * v)
-                    .sum::<f64>();
+            *m = self.intercepts[k] + dot(&self.coefficients[k * self.dim..(k + 1) * self.dim], x);
         }
     }
 

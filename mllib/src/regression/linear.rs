@@ -487,13 +487,7 @@ impl BatchFunction for LinearPredict {
         let out: Float64Array = batch
             .values
             .chunks_exact(batch.dim)
-            .map(|row| {
-                row.iter()
-                    .zip(&self.coefficients)
-                    .map(|(x, c)| x * c)
-                    .sum::<f64>()
-                    + self.intercept
-            })
+            .map(|row| quiver_engine::vector::dot(row, &self.coefficients) + self.intercept)
             .collect();
         Ok(Arc::new(out))
     }
