@@ -23,6 +23,9 @@ pub struct Minimum {
     pub reason: String,
 }
 
+/// Relative changes of the objective this small are rounding noise (a few ulps).
+const NOISE: f64 = 8.0 * f64::EPSILON;
+
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -172,7 +175,10 @@ where
             .collect();
         let mut step = 1.0;
         let mut accepted = None;
-        for _ in 0..40 {
+        // Below this step the trial point equals x to rounding: nothing left to find.
+        let x_norm = dot(&x, &x).sqrt();
+        let min_step = 1e-15 * x_norm.max(1.0) / dot(&d, &d).sqrt().max(1e-300);
+        while step >= min_step {
             let xn: Vec<f64> = x
                 .iter()
                 .zip(&d)
@@ -198,7 +204,21 @@ where
                 accepted = Some((xn, fn_, gn));
                 break;
             }
-            step *= 0.5;
+            if (fn_ - fx).abs() <= NOISE * fx.abs() {
+                // Indistinguishable from f(x) in floating point: shorter steps cannot show a
+                // decrease either.
+                break;
+            }
+            // Backtrack to the minimum of the quadratic through f(0), its slope and f(step),
+            // kept within [0.1, 0.5] of the step: a long overshoot shrinks in a few passes
+            // rather than one halving per pass.
+            let slope = dot(&pg, &d);
+            let curvature = fn_ - fx - slope * step;
+            step = if fn_.is_finite() && curvature > 0.0 {
+                (-slope * step * step / (2.0 * curvature)).clamp(0.1 * step, 0.5 * step)
+            } else {
+                0.1 * step
+            };
         }
         let Some((xn, fn_, gn)) = accepted else {
             if !s_hist.is_empty() {
@@ -230,6 +250,11 @@ where
         history.push(fx);
         if decrease < tol {
             reason = format!("relative decrease below tol = {tol}");
+            converged = true;
+            break;
+        }
+        if decrease <= NOISE {
+            reason = "objective at machine precision".to_string();
             converged = true;
             break;
         }

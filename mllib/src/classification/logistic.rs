@@ -424,7 +424,17 @@ impl Estimator for LogisticRegression {
         if self.weighted {
             summarizer = summarizer.weighted(true);
         }
-        let std = prepared.aggregate(Arc::new(summarizer)).await?.std;
+        let summary = prepared.aggregate(Arc::new(summarizer)).await?;
+        let std = summary.std;
+        // With an intercept, optimise over centred standardised features (x − μ)/σ: the
+        // intercept no longer fights the coefficients, which cuts the iterations on data far
+        // from the origin several-fold. Virtual, as Spark does: the data is never shifted, the
+        // centring moves into the intercept of each evaluation and out of its gradient.
+        let shift: Vec<f64> = if self.fit_intercept {
+            summary.mean
+        } else {
+            vec![0.0; d]
+        };
         let inv_sigma: Vec<f64> = std
             .iter()
             .map(|s| if *s > 0.0 { 1.0 / s } else { 0.0 })
@@ -462,11 +472,13 @@ impl Estimator for LogisticRegression {
             let prepared = prepared.clone();
             let inv_sigma = inv_sigma.clone();
             let penalty = penalty.clone();
+            let shift = shift.clone();
             async move {
                 let mut coef = x.clone();
                 for k in 0..vectors {
                     for j in 0..d {
                         coef[k * width + j] *= inv_sigma[j];
+                        coef[k * width + d] -= coef[k * width + j] * shift[j];
                     }
                 }
                 let stat = LogisticLoss {
@@ -481,9 +493,10 @@ impl Estimator for LogisticRegression {
                 let mut value = s[1] / w;
                 let mut grad: Vec<f64> = s[2..].iter().map(|g| g / w).collect();
                 for k in 0..vectors {
+                    let g_intercept = grad[k * width + d];
                     for j in 0..d {
                         let i = k * width + j;
-                        grad[i] *= inv_sigma[j];
+                        grad[i] = (grad[i] - shift[j] * g_intercept) * inv_sigma[j];
                         value += 0.5 * lambda * penalty[j] * x[i] * x[i];
                         grad[i] += lambda * penalty[j] * x[i];
                     }
@@ -506,10 +519,11 @@ impl Estimator for LogisticRegression {
         let mut coefficients = vec![0.0; vectors * d];
         let mut intercepts = vec![0.0; vectors];
         for k in 0..vectors {
+            intercepts[k] = min.x[k * width + d];
             for j in 0..d {
                 coefficients[k * d + j] = min.x[k * width + j] * inv_sigma[j];
+                intercepts[k] -= coefficients[k * d + j] * shift[j];
             }
-            intercepts[k] = min.x[k * width + d];
         }
         Ok(LogisticRegressionModel {
             params: self.clone(),
