@@ -2,7 +2,7 @@
 for a side-by-side comparison with Quiver's numbers on the same machine.
 
     cargo run --release --bin quiver -- bench algorithms --export /tmp/algos.parquet
-    pip install scikit-learn pyarrow numpy pyspark   # pyspark needs a Java 17 runtime
+    pip install scikit-learn pyarrow numpy pandas pyspark   # pyspark needs a Java 17 runtime
     python3 scripts/bench_compare.py /tmp/algos.parquet [--cores 2] [--iters 20] [--skip-spark]
 
 The same work as the Quiver cases: LinearRegression (exact least squares), LogisticRegression
