@@ -31,7 +31,8 @@ enum Command {
         #[arg(long, value_name = "PATH|URL")]
         data: Option<String>,
     },
-    /// Run SQL with Quiver's functions registered and print the results.
+    /// Run SQL (with CREATE MODEL, ml_predict and the other ML statements and functions) and
+    /// print the results; with neither -e nor -f, an interactive prompt.
     Sql {
         /// SQL text to run (several statements separated by `;`).
         #[arg(
@@ -44,6 +45,9 @@ enum Command {
         /// File of SQL statements to run.
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: Option<std::path::PathBuf>,
+        /// Run on a Ballista cluster (df://host:port).
+        #[arg(long, value_name = "URL")]
+        cluster: Option<String>,
     },
     /// Benchmarks on seeded synthetic data (build with --release for meaningful numbers).
     Bench {
@@ -147,7 +151,19 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Quickstart { data } => {
             quickstart::quickstart(&session, data.as_deref(), &mut out).await?;
         }
-        Command::Sql { execute, file } => {
+        Command::Sql {
+            execute,
+            file,
+            cluster,
+        } => {
+            if let Some(url) = cluster {
+                return Err(quiver_driver::QuiverError::InvalidParam {
+                    param: "--cluster".to_string(),
+                    reason: format!(
+                        "cannot run on {url}: cluster sessions arrive with the Ballista integration; run without --cluster (embedded)"
+                    ),
+                });
+            }
             let text = match (execute, file) {
                 (Some(sql), _) => sql,
                 (None, Some(path)) => std::fs::read_to_string(&path).map_err(|source| {
@@ -156,12 +172,7 @@ async fn run(cli: Cli) -> Result<()> {
                         source,
                     }
                 })?,
-                (None, None) => {
-                    return Err(quiver_driver::QuiverError::InvalidParam {
-                        param: "sql".to_string(),
-                        reason: "give the SQL with -e \"…\" or -f FILE".to_string(),
-                    });
-                }
+                (None, None) => return sql::shell(&session).await,
             };
             sql::run_sql(&session, &text, &mut out).await?;
         }

@@ -161,6 +161,10 @@ pub enum QuiverError {
 
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// An error of Quiver's SQL layer (ML statements and functions), already worded.
+    #[error("{0}")]
+    Sql(String),
 }
 
 impl QuiverError {

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeListArray, ListArray, StructArray, UInt64Array,
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array, ListArray, StructArray,
+    UInt64Array,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, UInt64Type};
@@ -217,7 +218,129 @@ pub fn engine_scalar_functions() -> Vec<ScalarUDF> {
         ScalarUDF::from(AssembleUdf::new()),
         ScalarUDF::from(VectorFromListUdf::new()),
         ScalarUDF::from(RowUniformUdf::new()),
+        ScalarUDF::from(VectorOpUdf::new(VectorOp::Dot)),
+        ScalarUDF::from(VectorOpUdf::new(VectorOp::Norm)),
+        ScalarUDF::from(VectorOpUdf::new(VectorOp::Element)),
     ]
+}
+
+/// The vector helpers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VectorOp {
+    /// `vector_dot(a, b)`: the dot product of two vectors of one length.
+    Dot,
+    /// `vector_norm(v)`: the Euclidean norm.
+    Norm,
+    /// `vector_element(v, i)`: element `i`, counting from 1 (NULL out of range, as arrays).
+    Element,
+}
+
+/// `vector_dot`, `vector_norm` and `vector_element` over `FixedSizeList<Float64>` vectors (as
+/// `vector_assemble` and `vector_from_list` make them); a NULL vector gives NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct VectorOpUdf {
+    op: VectorOp,
+    signature: Signature,
+}
+
+impl VectorOpUdf {
+    pub fn new(op: VectorOp) -> Self {
+        let arity = if op == VectorOp::Norm { 1 } else { 2 };
+        VectorOpUdf {
+            op,
+            signature: Signature::any(arity, Volatility::Immutable),
+        }
+    }
+}
+
+/// The rows of a vector argument: (values, length, nulls).
+fn vector_rows<'a>(
+    function: &str,
+    position: usize,
+    array: &'a ArrayRef,
+) -> DFResult<(&'a [f64], usize, Option<&'a NullBuffer>)> {
+    match array.data_type() {
+        DataType::FixedSizeList(f, n) if f.data_type() == &DataType::Float64 => {
+            let l = array.as_fixed_size_list();
+            let values = l.values().as_primitive::<Float64Type>().values();
+            let start = l.offset() * *n as usize;
+            Ok((&values[start..], *n as usize, l.nulls()))
+        }
+        other => Err(QuiverError::InvalidParam {
+            param: format!("argument {position} of {function}"),
+            reason: format!(
+                "expects a vector (FixedSizeList<Float64>, e.g. from vector_assemble), got {other}"
+            ),
+        }
+        .into_datafusion()),
+    }
+}
+
+impl ScalarUDFImpl for VectorOpUdf {
+    fn name(&self) -> &str {
+        match self.op {
+            VectorOp::Dot => "vector_dot",
+            VectorOp::Norm => "vector_norm",
+            VectorOp::Element => "vector_element",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let name = self.name();
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let n_rows = args.number_rows;
+        let (a, dim, a_nulls) = vector_rows(name, 1, &arrays[0])?;
+        let valid = |nulls: Option<&NullBuffer>, r: usize| nulls.is_none_or(|n| n.is_valid(r));
+        let out: Float64Array = match self.op {
+            VectorOp::Norm => (0..n_rows)
+                .map(|r| {
+                    valid(a_nulls, r).then(|| {
+                        crate::vector::dot(&a[r * dim..(r + 1) * dim], &a[r * dim..(r + 1) * dim])
+                            .sqrt()
+                    })
+                })
+                .collect(),
+            VectorOp::Dot => {
+                let (b, dim_b, b_nulls) = vector_rows(name, 2, &arrays[1])?;
+                if dim_b != dim {
+                    return Err(QuiverError::InvalidParam {
+                        param: "vector_dot".to_string(),
+                        reason: format!("vectors of {dim} and {dim_b} elements"),
+                    }
+                    .into_datafusion());
+                }
+                (0..n_rows)
+                    .map(|r| {
+                        (valid(a_nulls, r) && valid(b_nulls, r)).then(|| {
+                            crate::vector::dot(&a[r * dim..(r + 1) * dim], &b[r * dim..(r + 1) * dim])
+                        })
+                    })
+                    .collect()
+            }
+            VectorOp::Element => {
+                let index = arrow::compute::cast(&arrays[1], &DataType::Int64)?;
+                let index = index.as_primitive::<arrow::datatypes::Int64Type>();
+                (0..n_rows)
+                    .map(|r| {
+                        if !valid(a_nulls, r) || index.is_null(r) {
+                            return None;
+                        }
+                        let i = index.value(r);
+                        (i >= 1 && i as usize <= dim).then(|| a[r * dim + i as usize - 1])
+                    })
+                    .collect()
+            }
+        };
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }
 
 /// `vector_summary(v)`: the feature summary of a vector column as one struct (`count`, and per

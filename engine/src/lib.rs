@@ -33,7 +33,7 @@ pub use fanout::{
     Task, TaskOutcome, TaskResult, TaskRunner, TaskStatus, fan_out_embedded, fan_out_local,
 };
 pub use io::DataFormat;
-pub use map::{BatchFunction, MapUdf, map_dataset};
+pub use map::{BatchFunction, MapUdf, apply_to_columns, map_dataset};
 pub use registry::FunctionRegistry;
 pub use session::{Prepared, QuiverSession, Runner};
 pub use store::{ModelDraft, ModelMetadata, ModelStore, StoredModel};

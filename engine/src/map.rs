@@ -59,41 +59,47 @@ impl MapUdf {
     }
 
     fn invoke(&self, args: ScalarFunctionArgs) -> Result<ArrayRef> {
-        let n_rows = args.number_rows;
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let assembled;
-        let (values, dim) = match arrays.as_slice() {
-            [single] if matches!(single.data_type(), DataType::FixedSizeList(f, _) if f.data_type() == &DataType::Float64) => {
-                vector_values(single.as_ref(), args.arg_fields[0].name())?
-            }
-            _ => {
-                let cols: Vec<(&str, &ArrayRef)> = args
-                    .arg_fields
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .zip(arrays.iter())
-                    .collect();
-                assembled = assemble(&cols)?;
-                vector_values(&assembled, "features")?
-            }
-        };
-        if dim != self.func.input_dim() {
-            return Err(QuiverError::FeatureCountMismatch {
-                function: self.func.name().to_string(),
-                expected: self.func.input_dim(),
-                found: dim,
-            });
-        }
-        let out = self.func.apply(&FeatureBatch::new(values, dim)?)?;
-        if out.len() != n_rows {
-            return Err(QuiverError::internal(format!(
-                "{} returned {} values for {n_rows} rows",
-                self.func.name(),
-                out.len()
-            )));
-        }
-        Ok(out)
+        let names: Vec<&str> = args.arg_fields.iter().map(|f| f.name().as_str()).collect();
+        apply_to_columns(self.func.as_ref(), &arrays, &names, args.number_rows)
     }
+}
+
+/// Applies `func` to a batch given as one vector column or as its feature columns (assembled
+/// on the fly; `names` name them in errors); checks the feature count and the output length.
+pub fn apply_to_columns(
+    func: &dyn BatchFunction,
+    arrays: &[ArrayRef],
+    names: &[&str],
+    n_rows: usize,
+) -> Result<ArrayRef> {
+    let assembled;
+    let (values, dim) = match arrays {
+        [single] if matches!(single.data_type(), DataType::FixedSizeList(f, _) if f.data_type() == &DataType::Float64) => {
+            vector_values(single.as_ref(), names.first().copied().unwrap_or("features"))?
+        }
+        _ => {
+            let cols: Vec<(&str, &ArrayRef)> = names.iter().copied().zip(arrays.iter()).collect();
+            assembled = assemble(&cols)?;
+            vector_values(&assembled, "features")?
+        }
+    };
+    if dim != func.input_dim() {
+        return Err(QuiverError::FeatureCountMismatch {
+            function: func.name().to_string(),
+            expected: func.input_dim(),
+            found: dim,
+        });
+    }
+    let out = func.apply(&FeatureBatch::new(values, dim)?)?;
+    if out.len() != n_rows {
+        return Err(QuiverError::internal(format!(
+            "{} returned {} values for {n_rows} rows",
+            func.name(),
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 impl PartialEq for MapUdf {

@@ -137,6 +137,17 @@ impl QuiverSession {
         })
     }
 
+    /// This session's configuration, compute pool and functions over another DataFusion
+    /// context (e.g. the state a table provider is scanned with).
+    pub fn with_context(&self, ctx: SessionContext) -> Self {
+        QuiverSession {
+            ctx,
+            config: self.config.clone(),
+            pool: Arc::clone(&self.pool),
+            functions: Arc::clone(&self.functions),
+        }
+    }
+
     /// The DataFusion context (for SQL and DataFrames).
     pub fn context(&self) -> &SessionContext {
         &self.ctx

@@ -13,6 +13,19 @@ use crate::error::{MllibError, Result};
 /// Adds output columns to a dataset, lazily (a projection; nothing runs until the data is read).
 pub trait Transformer: Send + Sync + Debug {
     fn transform(&self, data: &Dataset) -> Result<Dataset>;
+
+    /// What this stage does to one row's feature vector, for applying a fitted model inside a
+    /// single SQL function call (`ml_predict`). Column-wise stages keep the default.
+    fn row_stage(&self) -> crate::rowwise::RowStage {
+        crate::rowwise::RowStage::Unsupported
+    }
+
+    /// The fitted weight vectors, labelled (`"class 1"`, `"cluster 3"`, `"coefficients"`):
+    /// coefficients followed by the intercept for linear models, the centre for k-means. Empty
+    /// for stages without weights.
+    fn weight_vectors(&self) -> Vec<(String, Vec<f64>)> {
+        Vec::new()
+    }
 }
 
 /// Learns a model from a dataset. Parameters are validated by the estimator's `check()` before

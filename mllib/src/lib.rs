@@ -21,6 +21,7 @@ pub mod optim;
 pub mod persist;
 pub mod pipeline;
 pub mod regression;
+pub mod rowwise;
 
 pub use api::{Estimator, Model, Transformer, load, save};
 pub use classification::{Family, LogisticRegression, LogisticRegressionModel, LogisticSummary};
@@ -37,6 +38,7 @@ pub use feature::{
 };
 pub use pipeline::{Pipeline, PipelineModel};
 pub use regression::{LinearRegression, LinearRegressionModel, TrainingSummary};
+pub use rowwise::{RowPredictor, RowStage, load_dyn};
 
 use quiver_engine::FunctionRegistry;
 

@@ -149,6 +149,18 @@ impl Transformer for PipelineModel {
         }
         Ok(current)
     }
+
+    fn row_stage(&self) -> crate::rowwise::RowStage {
+        crate::rowwise::RowStage::Pipeline(self.stages.clone())
+    }
+
+    /// The last stage's.
+    fn weight_vectors(&self) -> Vec<(String, Vec<f64>)> {
+        self.stages
+            .last()
+            .map(|s| s.weight_vectors())
+            .unwrap_or_default()
+    }
 }
 
 /// How one stage is recorded in the pipeline's metadata.
@@ -167,7 +179,10 @@ struct StageRecord {
 }
 
 /// Rebuilds a stage from its metadata and parts, by kind.
-fn load_stage(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<Arc<dyn DynModel>> {
+pub(crate) fn load_stage(
+    meta: &ModelMetadata,
+    parts: &BTreeMap<String, Bytes>,
+) -> Result<Arc<dyn DynModel>> {
     fn build<M: Model + 'static>(
         meta: &ModelMetadata,
         parts: &BTreeMap<String, Bytes>,

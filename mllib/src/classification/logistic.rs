@@ -717,6 +717,27 @@ impl Transformer for LogisticRegressionModel {
         }
         Ok(out)
     }
+
+    fn row_stage(&self) -> crate::rowwise::RowStage {
+        crate::rowwise::RowStage::Predict {
+            prediction: self.output(OutputKind::Prediction),
+            probability: Some(self.output(OutputKind::Probability)),
+        }
+    }
+
+    fn weight_vectors(&self) -> Vec<(String, Vec<f64>)> {
+        self.coefficients
+            .chunks_exact(self.dim)
+            .zip(&self.intercepts)
+            .enumerate()
+            .map(|(k, (c, b))| {
+                let class = if self.multinomial { k } else { 1 };
+                let mut v = c.to_vec();
+                v.push(*b);
+                (format!("class {class}"), v)
+            })
+            .collect()
+    }
 }
 
 impl Model for LogisticRegressionModel {

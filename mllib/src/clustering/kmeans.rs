@@ -800,18 +800,38 @@ impl BatchFunction for Assign {
     }
 }
 
-impl Transformer for KMeansModel {
-    fn transform(&self, data: &Dataset) -> Result<Dataset> {
-        let f = Assign {
+impl KMeansModel {
+    fn assigner(&self) -> Arc<Assign> {
+        Arc::new(Assign {
             dim: self.dim,
             centers: self.centers.clone(),
             table: CenterTable::new(&self.centers, self.dim),
-        };
+        })
+    }
+}
+
+impl Transformer for KMeansModel {
+    fn transform(&self, data: &Dataset) -> Result<Dataset> {
         Ok(map_dataset(
             data.clone(),
-            Arc::new(f),
+            self.assigner(),
             &self.params.prediction_col,
         )?)
+    }
+
+    fn row_stage(&self) -> crate::rowwise::RowStage {
+        crate::rowwise::RowStage::Predict {
+            prediction: self.assigner(),
+            probability: None,
+        }
+    }
+
+    fn weight_vectors(&self) -> Vec<(String, Vec<f64>)> {
+        self.centers
+            .chunks_exact(self.dim)
+            .enumerate()
+            .map(|(k, c)| (format!("cluster {k}"), c.to_vec()))
+            .collect()
     }
 }
 

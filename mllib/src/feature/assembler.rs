@@ -60,6 +60,10 @@ impl Transformer for VectorAssembler {
             .with_features(&self.input_cols)?
             .assemble(&self.output_col)?)
     }
+
+    fn row_stage(&self) -> crate::rowwise::RowStage {
+        crate::rowwise::RowStage::Assemble(self.input_cols.clone())
+    }
 }
 
 impl Model for VectorAssembler {

@@ -203,6 +203,10 @@ impl Transformer for StandardScalerModel {
     fn transform(&self, data: &Dataset) -> Result<Dataset> {
         apply_affine(data, self.affine(), &self.params.output_col)
     }
+
+    fn row_stage(&self) -> crate::rowwise::RowStage {
+        crate::rowwise::RowStage::Map(Arc::new(self.affine()))
+    }
 }
 
 impl Model for StandardScalerModel {
@@ -365,6 +369,10 @@ impl MinMaxScalerModel {
 impl Transformer for MinMaxScalerModel {
     fn transform(&self, data: &Dataset) -> Result<Dataset> {
         apply_affine(data, self.affine(), &self.params.output_col)
+    }
+
+    fn row_stage(&self) -> crate::rowwise::RowStage {
+        crate::rowwise::RowStage::Map(Arc::new(self.affine()))
     }
 }
 

@@ -493,17 +493,35 @@ impl BatchFunction for LinearPredict {
     }
 }
 
-impl Transformer for LinearRegressionModel {
-    fn transform(&self, data: &Dataset) -> Result<Dataset> {
-        let f = LinearPredict {
+impl LinearRegressionModel {
+    fn predictor(&self) -> Arc<LinearPredict> {
+        Arc::new(LinearPredict {
             coefficients: self.coefficients.clone(),
             intercept: self.intercept,
-        };
+        })
+    }
+}
+
+impl Transformer for LinearRegressionModel {
+    fn transform(&self, data: &Dataset) -> Result<Dataset> {
         Ok(map_dataset(
             data.clone(),
-            Arc::new(f),
+            self.predictor(),
             &self.params.prediction_col,
         )?)
+    }
+
+    fn row_stage(&self) -> crate::rowwise::RowStage {
+        crate::rowwise::RowStage::Predict {
+            prediction: self.predictor(),
+            probability: None,
+        }
+    }
+
+    fn weight_vectors(&self) -> Vec<(String, Vec<f64>)> {
+        let mut v = self.coefficients.clone();
+        v.push(self.intercept);
+        vec![("coefficients".to_string(), v)]
     }
 }
 

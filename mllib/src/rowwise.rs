@@ -1,0 +1,193 @@
+//! Fitted models applied row by row inside one SQL function call (`ml_predict`): the stages of
+//! a pipeline that act on the feature vector are composed into one [`BatchFunction`], so a
+//! batch goes through every stage without planning a query per batch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::ArrayRef;
+use arrow::datatypes::DataType;
+use quiver_engine::vector::vector_values;
+use quiver_engine::{BatchFunction, FeatureBatch, ModelMetadata, ModelStore, QuiverError};
+
+use crate::error::{MllibError, Result};
+use crate::pipeline::{DynModel, load_stage};
+
+/// What one fitted stage does to a row, for row-wise application.
+#[derive(Debug, Clone)]
+pub enum RowStage {
+    /// Builds the feature vector from these input columns (a `VectorAssembler`).
+    Assemble(Vec<String>),
+    /// Maps the feature vector to another vector (a scaler).
+    Map(Arc<dyn BatchFunction>),
+    /// The final predictor: a prediction per row, and class probabilities where it has them.
+    Predict {
+        prediction: Arc<dyn BatchFunction>,
+        probability: Option<Arc<dyn BatchFunction>>,
+    },
+    /// A nested pipeline: its stages, in order.
+    Pipeline(Vec<Arc<dyn DynModel>>),
+    /// Works on columns rather than on the feature vector (e.g. a `StringIndexer`).
+    Unsupported,
+}
+
+/// A fitted model as functions of its input rows.
+#[derive(Debug, Clone)]
+pub struct RowPredictor {
+    /// The input columns in order, when the model assembles them itself; otherwise the model
+    /// takes its feature vector (or that many numeric columns) directly.
+    pub inputs: Option<Vec<String>>,
+    pub prediction: Arc<dyn BatchFunction>,
+    pub probability: Option<Arc<dyn BatchFunction>>,
+}
+
+impl RowPredictor {
+    /// Composes the stages of a fitted model (a pipeline's stages in order, or one model).
+    pub fn from_stages(name: &str, stages: &[Arc<dyn DynModel>]) -> Result<Self> {
+        fn flatten(stages: &[Arc<dyn DynModel>], out: &mut Vec<Arc<dyn DynModel>>) {
+            for s in stages {
+                match s.row_stage() {
+                    RowStage::Pipeline(inner) => flatten(&inner, out),
+                    _ => out.push(Arc::clone(s)),
+                }
+            }
+        }
+        let mut flat = Vec::new();
+        flatten(stages, &mut flat);
+        let stages = flat.as_slice();
+        let mut inputs = None;
+        let mut maps: Vec<Arc<dyn BatchFunction>> = Vec::new();
+        let unsupported = |kind: &str, why: &str| MllibError::InvalidParam {
+            param: "model".to_string(),
+            reason: format!("model '{name}' cannot be applied row by row: its {kind} stage {why}"),
+        };
+        for (i, stage) in stages.iter().enumerate() {
+            let last = i + 1 == stages.len();
+            match stage.row_stage() {
+                RowStage::Assemble(cols) if i == 0 => inputs = Some(cols),
+                RowStage::Assemble(_) => {
+                    return Err(unsupported(
+                        stage.kind(),
+                        "assembles columns after the first stage",
+                    ));
+                }
+                RowStage::Map(f) if !last => maps.push(f),
+                RowStage::Map(_) => return Err(unsupported(stage.kind(), "is not a predictor")),
+                RowStage::Predict {
+                    prediction,
+                    probability,
+                } if last => {
+                    let compose = |f: Arc<dyn BatchFunction>| -> Arc<dyn BatchFunction> {
+                        if maps.is_empty() {
+                            f
+                        } else {
+                            Arc::new(Composed::new(maps.clone(), f))
+                        }
+                    };
+                    return Ok(RowPredictor {
+                        inputs,
+                        prediction: compose(prediction),
+                        probability: probability.map(compose),
+                    });
+                }
+                RowStage::Predict { .. } => {
+                    return Err(unsupported(stage.kind(), "predicts before the last stage"));
+                }
+                RowStage::Pipeline(_) | RowStage::Unsupported => {
+                    return Err(unsupported(
+                        stage.kind(),
+                        "works on columns, not on the feature vector",
+                    ));
+                }
+            }
+        }
+        Err(MllibError::InvalidParam {
+            param: "model".to_string(),
+            reason: format!("model '{name}' has no predictor stage"),
+        })
+    }
+}
+
+/// Loads any stored model (a pipeline or a single model) by its recorded kind.
+pub async fn load_dyn(
+    store: &ModelStore,
+    name: &str,
+    version: Option<u64>,
+) -> Result<(ModelMetadata, Arc<dyn DynModel>)> {
+    let stored = store.load(name, version).await?;
+    let meta = stored.metadata.clone();
+    let mut parts = BTreeMap::new();
+    for (part, _) in &meta.parts {
+        parts.insert(part.clone(), stored.part(part).await?);
+    }
+    let model = load_stage(&meta, &parts)?;
+    Ok((meta, model))
+}
+
+/// Vector maps followed by a final function, as one batch function.
+#[derive(Debug)]
+struct Composed {
+    name: String,
+    maps: Vec<Arc<dyn BatchFunction>>,
+    last: Arc<dyn BatchFunction>,
+}
+
+impl Composed {
+    fn new(maps: Vec<Arc<dyn BatchFunction>>, last: Arc<dyn BatchFunction>) -> Self {
+        let name = maps
+            .iter()
+            .map(|m| m.name())
+            .chain([last.name()])
+            .collect::<Vec<_>>()
+            .join("+");
+        Composed { name, maps, last }
+    }
+}
+
+impl BatchFunction for Composed {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for f in self.maps.iter().chain([&self.last]) {
+            let p = f.params()?;
+            out.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            out.extend_from_slice(&p);
+        }
+        Ok(out)
+    }
+    fn input_dim(&self) -> usize {
+        self.maps.first().unwrap_or(&self.last).input_dim()
+    }
+    fn return_type(&self) -> DataType {
+        self.last.return_type()
+    }
+    fn apply(&self, batch: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
+        let mut current: Option<ArrayRef> = None;
+        for f in &self.maps {
+            let next = match &current {
+                None => f.apply(batch)?,
+                Some(a) => {
+                    let (values, dim) = vector_values(a.as_ref(), f.name())?;
+                    f.apply(&FeatureBatch::new(values, dim)?)?
+                }
+            };
+            current = Some(next);
+        }
+        match &current {
+            None => self.last.apply(batch),
+            Some(a) => {
+                let (values, dim) = vector_values(a.as_ref(), self.name())?;
+                if dim != self.last.input_dim() {
+                    return Err(QuiverError::FeatureCountMismatch {
+                        function: self.last.name().to_string(),
+                        expected: self.last.input_dim(),
+                        found: dim,
+                    });
+                }
+                self.last.apply(&FeatureBatch::new(values, dim)?)
+            }
+        }
+    }
+}

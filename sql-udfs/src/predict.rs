@@ -1,0 +1,213 @@
+//! `ml_predict('model', f1, f2, …)` / `ml_predict('model', features_vector)` and
+//! `ml_predict_proba(…)`: a stored model applied to whole batches inside the query (no plan per
+//! batch), usable wherever a scalar function is: projections, filters, joins, group-bys.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::ScalarValue;
+use datafusion::error::Result as DFResult;
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
+use quiver_engine::BatchFunction;
+use quiver_engine::apply_to_columns;
+
+use crate::error::{Result, SqlError};
+use crate::models::{LoadedModel, ModelCatalog};
+
+/// Which output of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Output {
+    Prediction,
+    Probability,
+}
+
+/// `ml_predict` / `ml_predict_proba` over the models of one catalog.
+#[derive(Debug)]
+pub struct MlPredict {
+    catalog: Arc<ModelCatalog>,
+    output: Output,
+    signature: Signature,
+}
+
+/// The two prediction functions over `catalog`.
+pub fn predict_functions(catalog: &Arc<ModelCatalog>) -> Vec<ScalarUDF> {
+    [Output::Prediction, Output::Probability]
+        .into_iter()
+        .map(|output| {
+            ScalarUDF::from(MlPredict {
+                catalog: Arc::clone(catalog),
+                output,
+                signature: Signature::variadic_any(Volatility::Immutable),
+            })
+        })
+        .collect()
+}
+
+impl PartialEq for MlPredict {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.catalog, &other.catalog) && self.output == other.output
+    }
+}
+
+impl Eq for MlPredict {}
+
+impl Hash for MlPredict {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.output.hash(state);
+        self.catalog.store().url().hash(state);
+    }
+}
+
+fn model_reference(function: &str, first: Option<&ScalarValue>) -> Result<String> {
+    match first {
+        Some(ScalarValue::Utf8(Some(s)))
+        | Some(ScalarValue::LargeUtf8(Some(s)))
+        | Some(ScalarValue::Utf8View(Some(s))) => Ok(s.clone()),
+        _ => Err(SqlError::Invalid(format!(
+            "{function}: the first argument must be the model name as a string literal, e.g. {function}('my_model', x1, x2)"
+        ))),
+    }
+}
+
+fn is_numeric(t: &DataType) -> bool {
+    t.is_integer() || t.is_floating()
+}
+
+impl MlPredict {
+    fn name_str(&self) -> &'static str {
+        match self.output {
+            Output::Prediction => "ml_predict",
+            Output::Probability => "ml_predict_proba",
+        }
+    }
+
+    fn function<'a>(&self, model: &'a LoadedModel) -> Result<&'a Arc<dyn BatchFunction>> {
+        let rows = model.rows()?;
+        match self.output {
+            Output::Prediction => Ok(&rows.prediction),
+            Output::Probability => rows.probability.as_ref().ok_or_else(|| {
+                SqlError::Invalid(format!(
+                    "ml_predict_proba: model '{}' ({}) has no class probabilities",
+                    model.label(),
+                    model.metadata.kind
+                ))
+            }),
+        }
+    }
+
+    /// Checks the feature arguments against what the model expects, listing it on a mismatch.
+    fn check_features(&self, model: &LoadedModel, fields: &[FieldRef]) -> Result<()> {
+        let f = self.function(model)?;
+        let expected: Vec<String> = match &model.rows()?.inputs {
+            Some(cols) => cols.clone(),
+            None => model.metadata.features.iter().map(|f| f.name.clone()).collect(),
+        };
+        let dim = f.input_dim();
+        let describe = || {
+            if expected.len() == dim {
+                format!("{dim} numeric features ({})", expected.join(", "))
+            } else {
+                format!("{dim} numeric features")
+            }
+        };
+        let vector = matches!(fields, [one] if matches!(one.data_type(), DataType::FixedSizeList(_, _)));
+        if vector {
+            if let DataType::FixedSizeList(inner, n) = fields[0].data_type()
+                && (*n as usize != dim || !is_numeric(inner.data_type()))
+            {
+                return Err(SqlError::Invalid(format!(
+                    "{}: model '{}' expects {}, or one vector of {dim}; got '{}' of type {}",
+                    self.name_str(),
+                    model.label(),
+                    describe(),
+                    fields[0].name(),
+                    fields[0].data_type()
+                )));
+            }
+            return Ok(());
+        }
+        if fields.len() != dim {
+            return Err(SqlError::Invalid(format!(
+                "{}: model '{}' expects {}; got {} argument{}",
+                self.name_str(),
+                model.label(),
+                describe(),
+                fields.len(),
+                if fields.len() == 1 { "" } else { "s" }
+            )));
+        }
+        for (i, field) in fields.iter().enumerate() {
+            if !is_numeric(field.data_type()) {
+                let wanted = expected.get(i).map(String::as_str).unwrap_or("?");
+                return Err(SqlError::Invalid(format!(
+                    "{}: feature {} ('{}', for the model's '{wanted}') has type {}; model '{}' expects {}",
+                    self.name_str(),
+                    i + 1,
+                    field.name(),
+                    field.data_type(),
+                    model.label(),
+                    describe()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ScalarUDFImpl for MlPredict {
+    fn name(&self) -> &str {
+        self.name_str()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        // Only reached without the literal arguments; planning goes through
+        // return_field_from_args, which sees the model name.
+        Err(SqlError::Invalid(format!(
+            "{}: the first argument must be the model name as a string literal",
+            self.name_str()
+        ))
+        .into_datafusion())
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DFResult<FieldRef> {
+        let run = || -> Result<FieldRef> {
+            let reference = model_reference(
+                self.name_str(),
+                args.scalar_arguments.first().copied().flatten(),
+            )?;
+            let model = self.catalog.resolve_blocking(&reference)?;
+            self.check_features(&model, args.arg_fields.get(1..).unwrap_or(&[]))?;
+            let t = self.function(&model)?.return_type();
+            Ok(Arc::new(Field::new(self.name_str(), t, true)))
+        };
+        run().map_err(SqlError::into_datafusion)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let run = || -> Result<ColumnarValue> {
+            let first = match args.args.first() {
+                Some(ColumnarValue::Scalar(s)) => Some(s),
+                _ => None,
+            };
+            let reference = model_reference(self.name_str(), first)?;
+            let model = self.catalog.resolve_blocking(&reference)?;
+            let f = self.function(&model)?;
+            let arrays = ColumnarValue::values_to_arrays(&args.args[1..])?;
+            let names: Vec<&str> = args.arg_fields[1..]
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            let out = apply_to_columns(f.as_ref(), &arrays, &names, args.number_rows)?;
+            Ok(ColumnarValue::Array(out))
+        };
+        run().map_err(SqlError::into_datafusion)
+    }
+}

@@ -1,0 +1,349 @@
+//! Table functions about stored models:
+//!
+//! - `ml_training_info('m')`: the objective per iteration (the learning curve);
+//! - `ml_weights('m')`: every weight by vector and feature (coefficients, intercepts, centres);
+//! - `ml_feature_info('m')`: per-feature statistics of the training rows (CREATE MODEL models);
+//! - `ml_evaluate('m', 'table')`: the evaluator metrics of the model on a table (which must have
+//!   the model's features and, for supervised models, its label column).
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::error::Result as DFResult;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use quiver_engine::{Dataset, QuiverSession};
+use serde_json::Value;
+
+use crate::create::evaluate;
+use crate::error::{Result, SqlError};
+use crate::models::{LoadedModel, ModelCatalog};
+
+/// Which table function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    TrainingInfo,
+    Weights,
+    FeatureInfo,
+    Evaluate,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::TrainingInfo => "ml_training_info",
+            Kind::Weights => "ml_weights",
+            Kind::FeatureInfo => "ml_feature_info",
+            Kind::Evaluate => "ml_evaluate",
+        }
+    }
+}
+
+/// One table function over the models of a catalog.
+#[derive(Debug)]
+pub struct ModelTableFunction {
+    catalog: Arc<ModelCatalog>,
+    /// The session's configuration and compute pool over an empty context (holding the real
+    /// context here would make a reference cycle through its function registry).
+    base: QuiverSession,
+    kind: Kind,
+}
+
+/// The table functions over `catalog`, with their names.
+pub fn table_functions(
+    session: &QuiverSession,
+    catalog: &Arc<ModelCatalog>,
+) -> Vec<(String, Arc<dyn TableFunctionImpl>)> {
+    let base = session.with_context(SessionContext::new());
+    [Kind::TrainingInfo, Kind::Weights, Kind::FeatureInfo, Kind::Evaluate]
+        .into_iter()
+        .map(|kind| {
+            (
+                kind.name().to_string(),
+                Arc::new(ModelTableFunction {
+                    catalog: Arc::clone(catalog),
+                    base: base.clone(),
+                    kind,
+                }) as Arc<dyn TableFunctionImpl>,
+            )
+        })
+        .collect()
+}
+
+fn string_arg(function: &str, exprs: &[Expr], i: usize, what: &str) -> Result<String> {
+    match exprs.get(i) {
+        Some(Expr::Literal(ScalarValue::Utf8(Some(s)), _))
+        | Some(Expr::Literal(ScalarValue::LargeUtf8(Some(s)), _))
+        | Some(Expr::Literal(ScalarValue::Utf8View(Some(s)), _)) => Ok(s.clone()),
+        _ => Err(SqlError::Invalid(format!(
+            "{function}: argument {} must be the {what} as a string literal",
+            i + 1
+        ))),
+    }
+}
+
+/// The training summary of the model's last stage (CREATE MODEL records it; pipelines built in
+/// Rust keep it in their stage list; a single model has it at the top).
+fn final_summary(model: &LoadedModel) -> Value {
+    let meta = &model.metadata;
+    if let Some(s) = meta.training_summary.get("final_stage") {
+        return s.clone();
+    }
+    if let Some(stages) = meta.params.get("stages").and_then(Value::as_array)
+        && let Some(last) = stages.last()
+    {
+        return last["training_summary"].clone();
+    }
+    meta.training_summary.clone()
+}
+
+fn training_info(model: &LoadedModel) -> Result<RecordBatch> {
+    let summary = final_summary(model);
+    let history: Vec<f64> = summary["objective_history"]
+        .as_array()
+        .map(|h| h.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    if history.is_empty() {
+        return Err(SqlError::Invalid(format!(
+            "ml_training_info: model '{}' ({}) records no per-iteration objective",
+            model.label(),
+            model.metadata.kind
+        )));
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("iteration", DataType::Int64, false),
+        Field::new("loss", DataType::Float64, false),
+        Field::new("improvement", DataType::Float64, true),
+    ]));
+    let improvement: Vec<Option<f64>> = (0..history.len())
+        .map(|i| (i > 0).then(|| history[i - 1] - history[i]))
+        .collect();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from((0..history.len() as i64).collect::<Vec<_>>())),
+        Arc::new(Float64Array::from(history)),
+        Arc::new(Float64Array::from(improvement)),
+    ];
+    Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
+}
+
+fn weights(model: &LoadedModel) -> Result<RecordBatch> {
+    let vectors = model.model.weight_vectors();
+    if vectors.is_empty() {
+        return Err(SqlError::Invalid(format!(
+            "ml_weights: model '{}' ({}) has no weights",
+            model.label(),
+            model.metadata.kind
+        )));
+    }
+    let features: Vec<String> = match model.rows.as_ref().ok().and_then(|r| r.inputs.clone()) {
+        Some(cols) => cols,
+        None => model.metadata.features.iter().map(|f| f.name.clone()).collect(),
+    };
+    let (mut vec_col, mut feat_col, mut w_col) = (Vec::new(), Vec::new(), Vec::new());
+    for (label, v) in &vectors {
+        for (j, w) in v.iter().enumerate() {
+            let feature = match features.get(j) {
+                Some(f) if j < features.len() => f.clone(),
+                _ if j == v.len() - 1 && v.len() == features.len() + 1 => "(intercept)".to_string(),
+                _ => format!("feature {j}"),
+            };
+            vec_col.push(label.clone());
+            feat_col.push(feature);
+            w_col.push(*w);
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("vector", DataType::Utf8, false),
+        Field::new("feature", DataType::Utf8, false),
+        Field::new("weight", DataType::Float64, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec_col)),
+        Arc::new(StringArray::from(feat_col)),
+        Arc::new(Float64Array::from(w_col)),
+    ];
+    Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
+}
+
+fn feature_info(model: &LoadedModel) -> Result<RecordBatch> {
+    let Some(info) = model.metadata.training_summary["feature_info"].as_array() else {
+        return Err(SqlError::Invalid(format!(
+            "ml_feature_info: model '{}' has no feature statistics (they are recorded by CREATE MODEL)",
+            model.label()
+        )));
+    };
+    let num = |key: &str| -> Float64Array {
+        info.iter().map(|r| r[key].as_f64()).collect()
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("feature", DataType::Utf8, false),
+        Field::new("min", DataType::Float64, true),
+        Field::new("max", DataType::Float64, true),
+        Field::new("mean", DataType::Float64, true),
+        Field::new("stddev", DataType::Float64, true),
+        Field::new("count", DataType::Float64, true),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(
+            info.iter()
+                .map(|r| r["feature"].as_str().unwrap_or("").to_string())
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(num("min")),
+        Arc::new(num("max")),
+        Arc::new(num("mean")),
+        Arc::new(num("stddev")),
+        Arc::new(num("count")),
+    ];
+    Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
+}
+
+/// The model type recorded by CREATE MODEL, or inferred from the final stage's kind.
+fn model_type(model: &LoadedModel) -> String {
+    if let Some(t) = model.metadata.training_summary["model_type"].as_str() {
+        return t.to_string();
+    }
+    let last_kind = model
+        .metadata
+        .params
+        .get("stages")
+        .and_then(Value::as_array)
+        .and_then(|s| s.last())
+        .and_then(|s| s["kind"].as_str())
+        .unwrap_or(&model.metadata.kind)
+        .to_string();
+    match last_kind.as_str() {
+        "logistic_regression" => "logistic_reg",
+        "linear_regression" => "linear_reg",
+        _ => "kmeans",
+    }
+    .to_string()
+}
+
+/// The metrics columns `ml_evaluate` returns for a model type.
+fn metric_names(model_type: &str) -> &'static [&'static str] {
+    match model_type {
+        "logistic_reg" => &[
+            "accuracy",
+            "f1",
+            "weighted_precision",
+            "weighted_recall",
+            "area_under_roc",
+            "area_under_pr",
+            "log_loss",
+        ],
+        "linear_reg" => &["rmse", "mse", "mae", "r2"],
+        _ => &["silhouette", "within_ss"],
+    }
+}
+
+impl TableFunctionImpl for ModelTableFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DFResult<Arc<dyn TableProvider>> {
+        let run = || -> Result<Arc<dyn TableProvider>> {
+            let f = self.kind.name();
+            let reference = string_arg(f, args.exprs(), 0, "model name")?;
+            let model = self.catalog.resolve_blocking(&reference)?;
+            let batch = match self.kind {
+                Kind::TrainingInfo => training_info(&model)?,
+                Kind::Weights => weights(&model)?,
+                Kind::FeatureInfo => feature_info(&model)?,
+                Kind::Evaluate => {
+                    let table = string_arg(f, args.exprs(), 1, "table name")?;
+                    let model_type = model_type(&model);
+                    let fields: Vec<Field> = metric_names(&model_type)
+                        .iter()
+                        .map(|n| Field::new(*n, DataType::Float64, true))
+                        .chain([Field::new("rows", DataType::Int64, false)])
+                        .collect();
+                    return Ok(Arc::new(Evaluation {
+                        base: self.base.clone(),
+                        model,
+                        model_type,
+                        table,
+                        schema: Arc::new(Schema::new(fields)),
+                    }));
+                }
+            };
+            let schema = batch.schema();
+            Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+        };
+        run().map_err(SqlError::into_datafusion)
+    }
+}
+
+/// `ml_evaluate`'s result: computed when the query runs (it reads the table).
+#[derive(Debug)]
+struct Evaluation {
+    base: QuiverSession,
+    model: Arc<LoadedModel>,
+    model_type: String,
+    table: String,
+    schema: SchemaRef,
+}
+
+impl Evaluation {
+    async fn compute(&self, state: &SessionState) -> Result<RecordBatch> {
+        let ctx = SessionContext::new_with_state(state.clone());
+        let df = ctx.table(self.table.as_str()).await?;
+        let session = self.base.with_context(ctx);
+        let names: Vec<String> = match self.model.rows.as_ref().ok().and_then(|r| r.inputs.clone()) {
+            Some(cols) => cols,
+            None => self.model.metadata.features.iter().map(|f| f.name.clone()).collect(),
+        };
+        let mut data = Dataset::new(df).with_features(&names)?;
+        if let Some(label) = &self.model.metadata.label {
+            data = data.with_label(label).map_err(|e| {
+                SqlError::Invalid(format!(
+                    "ml_evaluate: table '{}' needs the label column '{label}' of model '{}': {e}",
+                    self.table,
+                    self.model.label()
+                ))
+            })?;
+        }
+        let rows = data.dataframe().clone().count().await? as i64;
+        let metrics = evaluate(&session, &self.model_type, self.model.model.as_ref(), &data).await?;
+        let mut cols: Vec<ArrayRef> = metric_names(&self.model_type)
+            .iter()
+            .map(|n| Arc::new(Float64Array::from(vec![metrics[*n].as_f64()])) as ArrayRef)
+            .collect();
+        cols.push(Arc::new(Int64Array::from(vec![rows])));
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), cols)
+            .map_err(quiver_engine::QuiverError::from)?)
+    }
+}
+
+#[async_trait]
+impl TableProvider for Evaluation {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
+            return Err(SqlError::Invalid(
+                "ml_evaluate needs a DataFusion session state".to_string(),
+            )
+            .into_datafusion());
+        };
+        let batch = self.compute(state).await.map_err(SqlError::into_datafusion)?;
+        let table = MemTable::try_new(Arc::clone(&self.schema), vec![vec![batch]])?;
+        table.scan(state, projection, filters, limit).await
+    }
+}
