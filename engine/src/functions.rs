@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array, ListArray, StructArray,
-    UInt64Array,
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array, ListArray, StructArray, UInt64Array,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, UInt64Type};
@@ -297,6 +296,11 @@ impl ScalarUDFImpl for VectorOpUdf {
         let name = self.name();
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let n_rows = args.number_rows;
+        if arrays.iter().any(|a| a.data_type() == &DataType::Null) {
+            return Ok(ColumnarValue::Array(Arc::new(Float64Array::new_null(
+                n_rows,
+            ))));
+        }
         let (a, dim, a_nulls) = vector_rows(name, 1, &arrays[0])?;
         let valid = |nulls: Option<&NullBuffer>, r: usize| nulls.is_none_or(|n| n.is_valid(r));
         let out: Float64Array = match self.op {
@@ -320,7 +324,10 @@ impl ScalarUDFImpl for VectorOpUdf {
                 (0..n_rows)
                     .map(|r| {
                         (valid(a_nulls, r) && valid(b_nulls, r)).then(|| {
-                            crate::vector::dot(&a[r * dim..(r + 1) * dim], &b[r * dim..(r + 1) * dim])
+                            crate::vector::dot(
+                                &a[r * dim..(r + 1) * dim],
+                                &b[r * dim..(r + 1) * dim],
+                            )
                         })
                     })
                     .collect()

@@ -76,7 +76,10 @@ pub fn apply_to_columns(
     let assembled;
     let (values, dim) = match arrays {
         [single] if matches!(single.data_type(), DataType::FixedSizeList(f, _) if f.data_type() == &DataType::Float64) => {
-            vector_values(single.as_ref(), names.first().copied().unwrap_or("features"))?
+            vector_values(
+                single.as_ref(),
+                names.first().copied().unwrap_or("features"),
+            )?
         }
         _ => {
             let cols: Vec<(&str, &ArrayRef)> = names.iter().copied().zip(arrays.iter()).collect();

@@ -242,7 +242,10 @@ pub async fn create_model(
             None => {
                 return Err(SqlError::InvalidOption {
                     option: "input_label_cols".to_string(),
-                    reason: format!("missing; model_type '{}' needs the label column, e.g. input_label_cols = ['y']", o.model_type),
+                    reason: format!(
+                        "missing; model_type '{}' needs the label column, e.g. input_label_cols = ['y']",
+                        o.model_type
+                    ),
                 });
             }
         };
@@ -329,10 +332,12 @@ pub async fn create_model(
             Pipeline::new().transformer(assembler).estimator(e)
         }
         _ => {
-            let k = o.positive_usize("num_clusters")?.ok_or_else(|| SqlError::InvalidOption {
-                option: "num_clusters".to_string(),
-                reason: "missing; kmeans needs the number of clusters".to_string(),
-            })?;
+            let k = o
+                .positive_usize("num_clusters")?
+                .ok_or_else(|| SqlError::InvalidOption {
+                    option: "num_clusters".to_string(),
+                    reason: "missing; kmeans needs the number of clusters".to_string(),
+                })?;
             let init = match o.str("kmeans_init_method")?.as_deref() {
                 None | Some("kmeans++") | Some("k-means||") => KMeansInit::KMeansParallel,
                 Some("random") => KMeansInit::Random,
@@ -438,20 +443,21 @@ pub async fn evaluate(
                 "weighted_precision": m.weighted_precision,
                 "weighted_recall": m.weighted_recall,
             });
-            if m.classes.len() <= 2 {
-                if let Ok(b) = BinaryClassificationEvaluator::new()
+            if m.classes.len() <= 2
+                && let Ok(b) = BinaryClassificationEvaluator::new()
                     .evaluate(session, &scored)
                     .await
-                {
-                    out["area_under_roc"] = json!(b.area_under_roc);
-                    out["area_under_pr"] = json!(b.area_under_pr);
-                    out["log_loss"] = json!(b.log_loss);
-                }
+            {
+                out["area_under_roc"] = json!(b.area_under_roc);
+                out["area_under_pr"] = json!(b.area_under_pr);
+                out["log_loss"] = json!(b.log_loss);
             }
             out
         }
         "linear_reg" => {
-            let m = RegressionEvaluator::new().evaluate(session, &scored).await?;
+            let m = RegressionEvaluator::new()
+                .evaluate(session, &scored)
+                .await?;
             json!({ "rmse": m.rmse, "mse": m.mse, "mae": m.mae, "r2": m.r2 })
         }
         _ => {
@@ -506,7 +512,11 @@ async fn train_summary(
 
 /// A one-column, one-row result.
 pub fn message_batch(message: &str) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![Field::new("result", DataType::Utf8, false)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "result",
+        DataType::Utf8,
+        false,
+    )]));
     RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec![message]))])
         .expect("a valid one-column batch")
 }

@@ -87,7 +87,10 @@ impl SqlSession {
             match self.execute_statement(s).await {
                 Ok(batches) => out.push(StatementResult { batches }),
                 Err(e) if n > 1 => {
-                    return Err(SqlError::Invalid(format!("statement {} of {n}: {e}", i + 1)));
+                    return Err(SqlError::Invalid(format!(
+                        "statement {} of {n}: {e}",
+                        i + 1
+                    )));
                 }
                 Err(e) => return Err(e),
             }
@@ -149,9 +152,16 @@ impl SqlSession {
                 models.iter().map(|m| m.version as i64).collect::<Vec<_>>(),
             )),
             col(&|m| Some(m.kind.clone())),
-            col(&|m| m.training_summary["model_type"].as_str().map(str::to_string)),
+            col(&|m| {
+                m.training_summary["model_type"]
+                    .as_str()
+                    .map(str::to_string)
+            }),
             Arc::new(Int64Array::from(
-                models.iter().map(|m| m.features.len() as i64).collect::<Vec<_>>(),
+                models
+                    .iter()
+                    .map(|m| m.features.len() as i64)
+                    .collect::<Vec<_>>(),
             )),
             col(&|m| m.label.clone()),
             col(&|m| Some(m.created_at.clone())),
@@ -174,7 +184,13 @@ impl SqlSession {
             ("version", Some(m.version.to_string())),
             (
                 "versions",
-                Some(versions.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")),
+                Some(
+                    versions
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
             ),
             ("kind", Some(m.kind.clone())),
             ("model_type", text(&ts["model_type"])),

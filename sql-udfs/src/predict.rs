@@ -104,7 +104,12 @@ impl MlPredict {
         let f = self.function(model)?;
         let expected: Vec<String> = match &model.rows()?.inputs {
             Some(cols) => cols.clone(),
-            None => model.metadata.features.iter().map(|f| f.name.clone()).collect(),
+            None => model
+                .metadata
+                .features
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
         };
         let dim = f.input_dim();
         let describe = || {
@@ -114,7 +119,8 @@ impl MlPredict {
                 format!("{dim} numeric features")
             }
         };
-        let vector = matches!(fields, [one] if matches!(one.data_type(), DataType::FixedSizeList(_, _)));
+        let vector =
+            matches!(fields, [one] if matches!(one.data_type(), DataType::FixedSizeList(_, _)));
         if vector {
             if let DataType::FixedSizeList(inner, n) = fields[0].data_type()
                 && (*n as usize != dim || !is_numeric(inner.data_type()))

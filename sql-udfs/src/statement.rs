@@ -78,7 +78,10 @@ pub fn parse_script(sql: &str) -> Result<Vec<Statement>> {
     for t in tokens.into_iter().chain([TokenWithSpan::new_eof()]) {
         match t.token {
             Token::SemiColon | Token::EOF => {
-                if current.iter().any(|t| !matches!(t.token, Token::Whitespace(_))) {
+                if current
+                    .iter()
+                    .any(|t| !matches!(t.token, Token::Whitespace(_)))
+                {
                     out.push(parse_statement(std::mem::take(&mut current))?);
                 }
                 current.clear();
@@ -173,7 +176,11 @@ fn parse_ml(tokens: Vec<TokenWithSpan>) -> Result<MlStatement> {
             p.expect_token(&Token::LParen).map_err(perr)?;
             if !p.consume_token(&Token::RParen) {
                 loop {
-                    let key = p.parse_identifier().map_err(perr)?.value.to_ascii_lowercase();
+                    let key = p
+                        .parse_identifier()
+                        .map_err(perr)?
+                        .value
+                        .to_ascii_lowercase();
                     p.expect_token(&Token::Eq).map_err(perr)?;
                     let value = p.parse_expr().map_err(perr)?;
                     options.push((key, value));
@@ -253,7 +260,10 @@ pub fn expr_usize(option: &str, e: &Expr) -> Result<usize> {
     if v >= 0.0 && v.fract() == 0.0 && v < 1e15 {
         Ok(v as usize)
     } else {
-        Err(invalid(option, format!("expects a whole number ≥ 0, got {e}")))
+        Err(invalid(
+            option,
+            format!("expects a whole number ≥ 0, got {e}"),
+        ))
     }
 }
 
@@ -325,21 +335,35 @@ mod tests {
         assert_eq!(c.name, "m");
         assert!(c.or_replace && !c.if_not_exists);
         let o = c.option_map().unwrap();
-        assert_eq!(expr_str("model_type", &o["model_type"]).unwrap(), "linear_reg");
-        assert_eq!(expr_str_list("x", &o["input_label_cols"]).unwrap(), vec!["y"]);
+        assert_eq!(
+            expr_str("model_type", &o["model_type"]).unwrap(),
+            "linear_reg"
+        );
+        assert_eq!(
+            expr_str_list("x", &o["input_label_cols"]).unwrap(),
+            vec!["y"]
+        );
         assert_eq!(expr_usize("x", &o["max_iterations"]).unwrap(), 5);
         assert_eq!(expr_f64("x", &o["l2_reg"]).unwrap(), -0.5);
         assert!(!expr_bool("x", &o["fit_intercept"]).unwrap());
         assert_eq!(c.query.to_string(), "SELECT a, y FROM t WHERE a > 1");
         assert_eq!(
-            s[2..].iter().map(|s| match s {
-                Statement::Ml(m) => m.clone(),
-                _ => panic!(),
-            }).collect::<Vec<_>>(),
+            s[2..]
+                .iter()
+                .map(|s| match s {
+                    Statement::Ml(m) => m.clone(),
+                    _ => panic!(),
+                })
+                .collect::<Vec<_>>(),
             vec![
-                MlStatement::DropModel { name: "m".to_string(), if_exists: true },
+                MlStatement::DropModel {
+                    name: "m".to_string(),
+                    if_exists: true
+                },
                 MlStatement::ShowModels,
-                MlStatement::DescribeModel { name: "M2".to_string() },
+                MlStatement::DescribeModel {
+                    name: "M2".to_string()
+                },
             ]
         );
     }
@@ -358,7 +382,12 @@ mod tests {
         let err = parse_script("SHOW MODELS; CREATE OR REPLACE MODEL IF NOT EXISTS m AS SELECT 1")
             .unwrap_err();
         assert!(err.to_string().contains("cannot be combined"), "{err}");
-        let o = vec![("n".to_string(), Expr::value(Value::Number("1.5".into(), false)))];
-        assert!(expr_usize("max_iterations", &o[0].1).unwrap_err().to_string().contains("max_iterations"));
+        let o = Expr::value(Value::Number("1.5".into(), false));
+        assert!(
+            expr_usize("max_iterations", &o)
+                .unwrap_err()
+                .to_string()
+                .contains("max_iterations")
+        );
     }
 }

@@ -62,19 +62,24 @@ pub fn table_functions(
     catalog: &Arc<ModelCatalog>,
 ) -> Vec<(String, Arc<dyn TableFunctionImpl>)> {
     let base = session.with_context(SessionContext::new());
-    [Kind::TrainingInfo, Kind::Weights, Kind::FeatureInfo, Kind::Evaluate]
-        .into_iter()
-        .map(|kind| {
-            (
-                kind.name().to_string(),
-                Arc::new(ModelTableFunction {
-                    catalog: Arc::clone(catalog),
-                    base: base.clone(),
-                    kind,
-                }) as Arc<dyn TableFunctionImpl>,
-            )
-        })
-        .collect()
+    [
+        Kind::TrainingInfo,
+        Kind::Weights,
+        Kind::FeatureInfo,
+        Kind::Evaluate,
+    ]
+    .into_iter()
+    .map(|kind| {
+        (
+            kind.name().to_string(),
+            Arc::new(ModelTableFunction {
+                catalog: Arc::clone(catalog),
+                base: base.clone(),
+                kind,
+            }) as Arc<dyn TableFunctionImpl>,
+        )
+    })
+    .collect()
 }
 
 fn string_arg(function: &str, exprs: &[Expr], i: usize, what: &str) -> Result<String> {
@@ -126,7 +131,9 @@ fn training_info(model: &LoadedModel) -> Result<RecordBatch> {
         .map(|i| (i > 0).then(|| history[i - 1] - history[i]))
         .collect();
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from((0..history.len() as i64).collect::<Vec<_>>())),
+        Arc::new(Int64Array::from(
+            (0..history.len() as i64).collect::<Vec<_>>(),
+        )),
         Arc::new(Float64Array::from(history)),
         Arc::new(Float64Array::from(improvement)),
     ];
@@ -144,7 +151,12 @@ fn weights(model: &LoadedModel) -> Result<RecordBatch> {
     }
     let features: Vec<String> = match model.rows.as_ref().ok().and_then(|r| r.inputs.clone()) {
         Some(cols) => cols,
-        None => model.metadata.features.iter().map(|f| f.name.clone()).collect(),
+        None => model
+            .metadata
+            .features
+            .iter()
+            .map(|f| f.name.clone())
+            .collect(),
     };
     let (mut vec_col, mut feat_col, mut w_col) = (Vec::new(), Vec::new(), Vec::new());
     for (label, v) in &vectors {
@@ -179,9 +191,7 @@ fn feature_info(model: &LoadedModel) -> Result<RecordBatch> {
             model.label()
         )));
     };
-    let num = |key: &str| -> Float64Array {
-        info.iter().map(|r| r[key].as_f64()).collect()
-    };
+    let num = |key: &str| -> Float64Array { info.iter().map(|r| r[key].as_f64()).collect() };
     let schema = Arc::new(Schema::new(vec![
         Field::new("feature", DataType::Utf8, false),
         Field::new("min", DataType::Float64, true),
@@ -293,9 +303,16 @@ impl Evaluation {
         let ctx = SessionContext::new_with_state(state.clone());
         let df = ctx.table(self.table.as_str()).await?;
         let session = self.base.with_context(ctx);
-        let names: Vec<String> = match self.model.rows.as_ref().ok().and_then(|r| r.inputs.clone()) {
+        let names: Vec<String> = match self.model.rows.as_ref().ok().and_then(|r| r.inputs.clone())
+        {
             Some(cols) => cols,
-            None => self.model.metadata.features.iter().map(|f| f.name.clone()).collect(),
+            None => self
+                .model
+                .metadata
+                .features
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
         };
         let mut data = Dataset::new(df).with_features(&names)?;
         if let Some(label) = &self.model.metadata.label {
@@ -308,7 +325,8 @@ impl Evaluation {
             })?;
         }
         let rows = data.dataframe().clone().count().await? as i64;
-        let metrics = evaluate(&session, &self.model_type, self.model.model.as_ref(), &data).await?;
+        let metrics =
+            evaluate(&session, &self.model_type, self.model.model.as_ref(), &data).await?;
         let mut cols: Vec<ArrayRef> = metric_names(&self.model_type)
             .iter()
             .map(|n| Arc::new(Float64Array::from(vec![metrics[*n].as_f64()])) as ArrayRef)
@@ -342,7 +360,10 @@ impl TableProvider for Evaluation {
             )
             .into_datafusion());
         };
-        let batch = self.compute(state).await.map_err(SqlError::into_datafusion)?;
+        let batch = self
+            .compute(state)
+            .await
+            .map_err(SqlError::into_datafusion)?;
         let table = MemTable::try_new(Arc::clone(&self.schema), vec![vec![batch]])?;
         table.scan(state, projection, filters, limit).await
     }

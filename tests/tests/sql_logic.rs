@@ -25,7 +25,11 @@ fn cell(array: &dyn Array, formatter: &ArrayFormatter, row: usize) -> String {
             let v: f64 = formatter.value(row).to_string().parse().unwrap_or(f64::NAN);
             let s = format!("{v:.6}");
             let s = s.trim_end_matches('0').trim_end_matches('.');
-            if s == "-0" { "0".to_string() } else { s.to_string() }
+            if s == "-0" {
+                "0".to_string()
+            } else {
+                s.to_string()
+            }
         }
         _ => formatter.value(row).to_string(),
     }

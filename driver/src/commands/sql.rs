@@ -70,8 +70,8 @@ pub async fn shell(session: &QuiverSession) -> Result<()> {
     let sql_session = SqlSession::new(session.clone())?;
     let mut editor = rustyline::DefaultEditor::new()
         .map_err(|e| QuiverError::internal(format!("cannot start the prompt: {e}")))?;
-    let history = std::env::var_os("HOME")
-        .map(|h| std::path::PathBuf::from(h).join(".quiver_history"));
+    let history =
+        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".quiver_history"));
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
@@ -81,7 +81,11 @@ pub async fn shell(session: &QuiverSession) -> Result<()> {
     );
     let mut buffer = String::new();
     loop {
-        let prompt = if buffer.is_empty() { "quiver> " } else { "   ...> " };
+        let prompt = if buffer.is_empty() {
+            "quiver> "
+        } else {
+            "   ...> "
+        };
         match editor.readline(prompt) {
             Ok(line) => {
                 if buffer.is_empty() && matches!(line.trim(), "\\q" | "quit" | "exit") {
@@ -122,6 +126,8 @@ mod tests {
         assert!(!statement_complete("SELECT 1 -- done;"));
         assert!(statement_complete("SELECT 1; -- comment\n"));
         assert!(!statement_complete("SELECT /* ; */ 1"));
-        assert!(statement_complete("CREATE MODEL m OPTIONS (model_type = 'kmeans')\nAS SELECT 1;"));
+        assert!(statement_complete(
+            "CREATE MODEL m OPTIONS (model_type = 'kmeans')\nAS SELECT 1;"
+        ));
     }
 }
