@@ -65,6 +65,20 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCase {
+    /// ml_predict over Parquet against a scan of the same columns; single-row latency.
+    Predict {
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 20)]
+        features: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Directory for the generated Parquet file (a temporary one by default).
+        #[arg(long)]
+        dir: Option<String>,
+    },
     /// The feature summary: local runner, embedded (memory and Parquet), against a plain sum.
     Summary {
         #[arg(long, default_value_t = 1_000_000)]
@@ -177,6 +191,22 @@ async fn run(cli: Cli) -> Result<()> {
             sql::run_sql(&session, &text, &mut out).await?;
         }
         Command::Bench { case } => match case {
+            BenchCase::Predict {
+                rows,
+                features,
+                iters,
+                seed,
+                dir,
+            } => {
+                let opts = bench::PredictBench {
+                    rows,
+                    features,
+                    iters,
+                    seed,
+                    dir,
+                };
+                bench::predict(&session, &opts, &mut out).await?;
+            }
             BenchCase::Summary {
                 rows,
                 features,

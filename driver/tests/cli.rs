@@ -153,3 +153,86 @@ fn bench_algorithms_runs_small() {
     }
     assert!(!text.contains("r2 below"), "{text}");
 }
+
+#[test]
+fn bench_predict_runs_small_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let out = quiver()
+        .args(["--models", models.to_str().unwrap()])
+        .args([
+            "bench",
+            "predict",
+            "--rows",
+            "3000",
+            "--features",
+            "4",
+            "--iters",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for case in [
+        "scan-sum-of-features",
+        "sum-of-ml_predict",
+        "single-row ml_predict",
+    ] {
+        assert!(text.contains(case), "missing {case}:\n{text}");
+    }
+    // The benchmark's model is dropped again.
+    let listed = quiver()
+        .args(["--models", models.to_str().unwrap(), "models", "list"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("no models"));
+}
+
+#[test]
+fn sql_runs_ml_statements_and_names_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/diabetes.parquet");
+    let out = quiver()
+        .args(["--models", models.to_str().unwrap(), "sql", "-e"])
+        .arg(format!(
+            "CREATE MODEL d OPTIONS (model_type = 'linear_reg', input_label_cols = ['target']) AS SELECT bmi, target FROM '{data}';
+             SELECT round(ml_predict('d', 30.0), 3) AS p"
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("linear_reg") && text.contains("p"), "{text}");
+    let out = quiver()
+        .args([
+            "--models",
+            models.to_str().unwrap(),
+            "sql",
+            "-e",
+            "SELECT ml_predict('d', 1.0, 2.0)",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model 'd@1' expects 1 numeric features (bmi); got 2 arguments"),
+        "{err}"
+    );
+    let out = quiver()
+        .args(["sql", "--cluster", "df://127.0.0.1:1", "-e", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster"));
+}

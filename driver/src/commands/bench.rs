@@ -551,3 +551,154 @@ pub async fn algorithms(
     }
     Ok(())
 }
+
+/// Options of `quiver bench predict`.
+#[derive(Debug, Clone)]
+pub struct PredictBench {
+    pub rows: usize,
+    pub features: usize,
+    /// Timed repetitions of each query (the median is reported).
+    pub iters: usize,
+    pub seed: u64,
+    /// Where the Parquet data goes (a temporary directory when `None`).
+    pub dir: Option<String>,
+}
+
+/// `SELECT sum(ml_predict('m', f0, …)) FROM t` over Parquet against a scan that sums the same
+/// columns, and the end-to-end latency of a single-row `ml_predict` query.
+pub async fn predict(
+    session: &QuiverSession,
+    opts: &PredictBench,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use quiver_sql_udfs::SqlSession;
+    let (rows, dim) = (opts.rows, opts.features);
+    let tmp = tempfile::tempdir().map_err(|e| QuiverError::internal(e.to_string()))?;
+    let dir = opts
+        .dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_string_lossy().to_string());
+    let path = format!("{}/predict_bench.parquet", dir.trim_end_matches('/'));
+    let names: Vec<String> = (0..dim).map(|j| format!("f{j}")).collect();
+    let schema = Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(n, DataType::Float64, false))
+            .chain([Field::new("y", DataType::Float64, false)])
+            .collect::<Vec<_>>(),
+    ));
+    // Seeded columns, written in chunks so that memory stays bounded.
+    let chunk_rows = 1_000_000.min(rows.max(1));
+    let mut batches = Vec::new();
+    let mut left = rows;
+    let mut seed = opts.seed;
+    while left > 0 {
+        let n = left.min(chunk_rows);
+        let values = synthetic(n, dim, n, seed).remove(0);
+        seed += 1;
+        let mut cols: Vec<ArrayRef> = (0..dim)
+            .map(|j| {
+                Arc::new(Float64Array::from(
+                    (0..n).map(|r| values[r * dim + j]).collect::<Vec<_>>(),
+                )) as ArrayRef
+            })
+            .collect();
+        let y: Vec<f64> = (0..n)
+            .map(|r| values[r * dim..(r + 1) * dim].iter().sum::<f64>() + (r % 7) as f64)
+            .collect();
+        cols.push(Arc::new(Float64Array::from(y)));
+        batches.push(RecordBatch::try_new(Arc::clone(&schema), cols).map_err(QuiverError::from)?);
+        left -= n;
+    }
+    let t = Instant::now();
+    let written = session
+        .write_parquet(session.from_batches(batches, 1)?, &path)
+        .await?;
+    writeln!(
+        out,
+        "bench predict: {written} rows x {dim} features of Parquet at {path} (written in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    )
+    .ok();
+    let sql = SqlSession::new(session.clone()).map_err(QuiverError::from)?;
+    let cols = names.join(", ");
+    let script = format!(
+        "CREATE VIEW t AS SELECT * FROM '{path}';
+         CREATE OR REPLACE MODEL quiver_bench_predict OPTIONS (model_type = 'linear_reg', input_label_cols = ['y'], data_split_method = 'no_split')
+         AS SELECT {cols}, y FROM t LIMIT 100000"
+    );
+    sql.execute(&script).await.map_err(QuiverError::from)?;
+    let time = |query: String| {
+        let sql = sql.clone();
+        async move {
+            let mut times = Vec::new();
+            for i in 0..opts.iters + 1 {
+                let t = Instant::now();
+                let r = sql.execute(&query).await.map_err(QuiverError::from)?;
+                std::hint::black_box(r);
+                if i > 0 {
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            Ok::<f64, QuiverError>(times[times.len() / 2])
+        }
+    };
+    let scan = time(format!("SELECT sum({}) FROM t", names.join(" + "))).await?;
+    let predict = time(format!(
+        "SELECT sum(ml_predict('quiver_bench_predict', {cols})) FROM t"
+    ))
+    .await?;
+    let literals = (0..dim)
+        .map(|j| format!("{j}.5"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let single = {
+        let mut times = Vec::new();
+        for i in 0..51 {
+            let t = Instant::now();
+            let r = sql
+                .execute(&format!(
+                    "SELECT ml_predict('quiver_bench_predict', {literals})"
+                ))
+                .await
+                .map_err(QuiverError::from)?;
+            std::hint::black_box(r);
+            if i > 0 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    writeln!(
+        out,
+        "  {:<44} {:>10} {:>14} {:>10}",
+        "case", "median ms", "rows/s", "vs scan"
+    )
+    .ok();
+    for (name, ms) in [
+        ("scan-sum-of-features", scan),
+        ("sum-of-ml_predict (linear_reg)", predict),
+    ] {
+        writeln!(
+            out,
+            "  {:<44} {:>10.1} {:>14.3e} {:>9.2}x",
+            name,
+            ms,
+            rows as f64 / (ms / 1e3),
+            ms / scan
+        )
+        .ok();
+    }
+    writeln!(
+        out,
+        "  {:<44} {:>10.2}   (median of 50, planning + model lookup + execution)",
+        "single-row ml_predict query", single
+    )
+    .ok();
+    sql.execute("DROP MODEL IF EXISTS quiver_bench_predict")
+        .await
+        .map_err(QuiverError::from)?;
+    Ok(())
+}
