@@ -236,3 +236,32 @@ fn sql_runs_ml_statements_and_names_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster"));
 }
+
+#[test]
+fn the_prompt_keeps_going_after_an_error_and_joins_lines() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = quiver()
+        .args(["--models", dir.path().to_str().unwrap(), "sql"])
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT 40 +\n 1 AS answer;\nSELECT nope;\nSELECT 'still here' AS s;\n\\q\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("41") && stdout.contains("still here"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("nope"), "{stderr}");
+}
