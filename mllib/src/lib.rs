@@ -22,6 +22,7 @@ pub mod persist;
 pub mod pipeline;
 pub mod regression;
 pub mod rowwise;
+pub mod tuning;
 
 pub use api::{Estimator, Model, Transformer, load, save};
 pub use classification::{Family, LogisticRegression, LogisticRegressionModel, LogisticSummary};

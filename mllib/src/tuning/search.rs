@@ -1,0 +1,466 @@
+//! `Search`: proposes points (random, grid or TPE), evaluates them in parallel batches with the
+//! fan-out primitive (failures and panics become failed trials), keeps a trial log on the
+//! object store and resumes from it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::{ObjectStoreExt, PutPayload};
+use quiver_engine::fanout::{
+    Task, TaskOutcome, TaskRegistry, TaskResult, TaskRunner, TaskStatus, fan_out_embedded,
+    fan_out_local,
+};
+use quiver_engine::{QuiverError, QuiverSession, Runner};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::space::{Point, Space};
+use super::tpe::Tpe;
+use crate::error::{MllibError, Result};
+
+/// How points are proposed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Algo {
+    Random,
+    /// Every grid point (see [`Space::grid`]) in order, `points` values per continuous range.
+    Grid {
+        points: usize,
+    },
+    Tpe(Tpe),
+}
+
+/// One evaluated point: a line of the trial log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    pub id: u64,
+    pub params: Point,
+    pub status: TaskStatus,
+    pub loss: Option<f64>,
+    pub metrics: Value,
+    pub message: Option<String>,
+    pub worker: String,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+}
+
+/// What a search found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchResult {
+    /// The finished trial with the lowest loss (`None` when every trial failed).
+    pub best: Option<Trial>,
+    /// Every trial in id order (resumed ones included).
+    pub trials: Vec<Trial>,
+    /// Why the search stopped.
+    pub stopped: String,
+}
+
+type Objective = dyn Fn(&Point) -> std::result::Result<f64, String> + Send + Sync;
+
+/// A hyperparameter search over a [`Space`] with a Rust objective (loss to minimise).
+#[derive(Clone)]
+pub struct Search {
+    space: Space,
+    objective: Arc<Objective>,
+    algo: Algo,
+    max_evals: usize,
+    parallelism: usize,
+    threads_per_trial: usize,
+    timeout: Option<Duration>,
+    loss_threshold: Option<f64>,
+    no_progress: Option<usize>,
+    seed: u64,
+    trial_log: Option<String>,
+    runner: Runner,
+}
+
+impl fmt::Debug for Search {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Search")
+            .field("space", &self.space)
+            .field("algo", &self.algo)
+            .field("max_evals", &self.max_evals)
+            .field("parallelism", &self.parallelism)
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+/// Stop when the best loss has not improved for `k` finished trials.
+pub fn no_progress(k: usize) -> usize {
+    k
+}
+
+/// The fan-out task that runs the objective: its parameters are the point as JSON.
+struct ObjectiveRunner {
+    kind: String,
+    objective: Arc<Objective>,
+}
+
+impl fmt::Debug for ObjectiveRunner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.kind)
+    }
+}
+
+impl TaskRunner for ObjectiveRunner {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+    fn run(&self, params: &str) -> quiver_engine::Result<TaskOutcome> {
+        let point: Point =
+            serde_json::from_str(params).map_err(|e| json_err("trial parameters", e))?;
+        match (self.objective)(&point) {
+            Ok(loss) if loss.is_nan() => Err(QuiverError::TaskFailed {
+                task: self.kind.clone(),
+                reason: "the objective returned NaN".to_string(),
+            }),
+            Ok(loss) => Ok(TaskOutcome {
+                loss: Some(loss),
+                metrics: Value::Null,
+            }),
+            Err(reason) => Err(QuiverError::TaskFailed {
+                task: self.kind.clone(),
+                reason,
+            }),
+        }
+    }
+}
+
+impl Search {
+    pub fn new(
+        space: Space,
+        objective: impl Fn(&Point) -> std::result::Result<f64, String> + Send + Sync + 'static,
+    ) -> Self {
+        Search {
+            space,
+            objective: Arc::new(objective),
+            algo: Algo::Tpe(Tpe::default()),
+            max_evals: 100,
+            parallelism: 1,
+            threads_per_trial: 1,
+            timeout: None,
+            loss_threshold: None,
+            no_progress: None,
+            seed: 0,
+            trial_log: None,
+            runner: Runner::Local,
+        }
+    }
+    /// Defaults to TPE.
+    pub fn algo(mut self, a: Algo) -> Self {
+        self.algo = a;
+        self
+    }
+    /// Defaults to 100.
+    pub fn max_evals(mut self, n: usize) -> Self {
+        self.max_evals = n;
+        self
+    }
+    /// Trials run at once. Defaults to 1.
+    pub fn parallelism(mut self, p: usize) -> Self {
+        self.parallelism = p;
+        self
+    }
+    /// Threads each trial may use; `parallelism × threads_per_trial` may not exceed the
+    /// session's compute threads. Defaults to 1.
+    pub fn threads_per_trial(mut self, t: usize) -> Self {
+        self.threads_per_trial = t;
+        self
+    }
+    /// No new batch starts after this long.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+    /// Stop once a trial reaches this loss.
+    pub fn loss_threshold(mut self, l: f64) -> Self {
+        self.loss_threshold = Some(l);
+        self
+    }
+    /// Stop after this many finished trials without a better loss (see [`no_progress`]).
+    pub fn early_stop(mut self, k: usize) -> Self {
+        self.no_progress = Some(k);
+        self
+    }
+    pub fn seed(mut self, s: u64) -> Self {
+        self.seed = s;
+        self
+    }
+    /// A JSON-lines trial log (path or URL): written after every batch, resumed from if it
+    /// exists.
+    pub fn trial_log(mut self, location: impl Into<String>) -> Self {
+        self.trial_log = Some(location.into());
+        self
+    }
+    /// Where trials run: `Local` (the compute pool) or `Embedded` (a DataFusion query with one
+    /// partition per concurrent trial). Defaults to `Local`.
+    pub fn runner(mut self, r: Runner) -> Self {
+        self.runner = r;
+        self
+    }
+
+    fn check(&self, session: &QuiverSession) -> Result<()> {
+        self.space.check()?;
+        let bad = |param: &str, reason: String| MllibError::InvalidParam {
+            param: param.to_string(),
+            reason,
+        };
+        if self.max_evals == 0 {
+            return Err(bad(
+                "max_evals",
+                "at least one evaluation is needed".to_string(),
+            ));
+        }
+        if self.parallelism == 0 || self.threads_per_trial == 0 {
+            return Err(bad(
+                "parallelism",
+                "parallelism and threads_per_trial must be ≥ 1".to_string(),
+            ));
+        }
+        let cores = session.config().compute_threads;
+        if self.parallelism * self.threads_per_trial > cores {
+            return Err(bad(
+                "parallelism",
+                format!(
+                    "{} trials × {} threads each = {} threads, but the session has {cores} compute threads (quiver.compute_threads); lower parallelism or threads_per_trial",
+                    self.parallelism,
+                    self.threads_per_trial,
+                    self.parallelism * self.threads_per_trial
+                ),
+            ));
+        }
+        if let Algo::Tpe(t) = &self.algo
+            && !(t.gamma > 0.0 && t.gamma <= 1.0)
+        {
+            return Err(bad("gamma", format!("{} is not in (0, 1]", t.gamma)));
+        }
+        Ok(())
+    }
+
+    /// Runs the search.
+    pub async fn run(&self, session: &QuiverSession) -> Result<SearchResult> {
+        self.check(session)?;
+        let started = Instant::now();
+        let mut trials = match &self.trial_log {
+            Some(log) => read_log(session, log).await?,
+            None => Vec::new(),
+        };
+        let kind = format!("quiver.search.objective.{}", self.seed);
+        let mut registry = TaskRegistry::new();
+        registry.register(Arc::new(ObjectiveRunner {
+            kind: kind.clone(),
+            objective: Arc::clone(&self.objective),
+        }))?;
+        let registry = Arc::new(registry);
+        let grid = match &self.algo {
+            Algo::Grid { points } => Some(self.space.grid(*points)),
+            _ => None,
+        };
+        let limit = grid
+            .as_ref()
+            .map_or(self.max_evals, |g| g.len().min(self.max_evals));
+        let mut stopped = format!("max_evals = {} reached", self.max_evals);
+        if grid.as_ref().is_some_and(|g| g.len() <= self.max_evals) {
+            stopped = "grid exhausted".to_string();
+        }
+        loop {
+            if let Some(reason) = self.stop_reason(&trials, started) {
+                stopped = reason;
+                break;
+            }
+            if trials.len() >= limit {
+                break;
+            }
+            let batch = self.parallelism.min(limit - trials.len());
+            let first_id = trials.len() as u64;
+            // Proposals depend only on the seed and the trials so far: a resumed search
+            // continues exactly as an uninterrupted one would.
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(self.seed ^ first_id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let finished: Vec<(Point, f64)> = trials
+                .iter()
+                .filter(|t| t.status == TaskStatus::Ok)
+                .filter_map(|t| t.loss.map(|l| (t.params.clone(), l)))
+                .collect();
+            let mut points: Vec<Point> = Vec::with_capacity(batch);
+            for i in 0..batch {
+                let p = match (&self.algo, &grid) {
+                    (_, Some(g)) => g[first_id as usize + i].clone(),
+                    (Algo::Random, _) => self.space.sample(&mut rng),
+                    (Algo::Tpe(tpe), _) => tpe.propose(&self.space, &finished, &points, &mut rng),
+                    (Algo::Grid { .. }, None) => unreachable!("grid computed above"),
+                };
+                points.push(p);
+            }
+            let tasks: Vec<Task> = points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    Ok(Task {
+                        id: first_id + i as u64,
+                        kind: kind.clone(),
+                        params: serde_json::to_string(p)
+                            .map_err(|e| json_err("trial parameters", e))?,
+                    })
+                })
+                .collect::<quiver_engine::Result<_>>()?;
+            let results = match self.runner {
+                Runner::Local => fan_out_local(
+                    &tasks,
+                    &registry,
+                    session.compute_pool(),
+                    self.parallelism,
+                    |_| {},
+                )?,
+                Runner::Embedded => {
+                    fan_out_embedded(
+                        session.context(),
+                        &tasks,
+                        Arc::clone(&registry),
+                        self.parallelism,
+                        |_| {},
+                    )
+                    .await?
+                }
+            };
+            for (point, r) in points.into_iter().zip(results) {
+                trials.push(trial(point, r));
+            }
+            if let Some(log) = &self.trial_log {
+                write_log(session, log, &trials).await?;
+            }
+        }
+        let best = trials
+            .iter()
+            .filter(|t| t.status == TaskStatus::Ok && t.loss.is_some())
+            .min_by(|a, b| {
+                a.loss
+                    .unwrap_or(f64::INFINITY)
+                    .total_cmp(&b.loss.unwrap_or(f64::INFINITY))
+            })
+            .cloned();
+        Ok(SearchResult {
+            best,
+            trials,
+            stopped,
+        })
+    }
+
+    fn stop_reason(&self, trials: &[Trial], started: Instant) -> Option<String> {
+        if let Some(t) = self.timeout
+            && started.elapsed() >= t
+        {
+            return Some(format!(
+                "timeout after {:.1} s",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        let losses: Vec<f64> = trials
+            .iter()
+            .filter(|t| t.status == TaskStatus::Ok)
+            .filter_map(|t| t.loss)
+            .collect();
+        let best = losses.iter().cloned().fold(f64::INFINITY, f64::min);
+        if let Some(threshold) = self.loss_threshold
+            && best <= threshold
+        {
+            return Some(format!("loss {best} reached the threshold {threshold}"));
+        }
+        if let Some(k) = self.no_progress
+            && let Some(at) = losses.iter().position(|l| *l == best)
+            && losses.len() - 1 - at >= k
+        {
+            return Some(format!("no progress in the last {k} finished trials"));
+        }
+        None
+    }
+}
+
+fn json_err(context: &str, source: serde_json::Error) -> QuiverError {
+    QuiverError::Json {
+        context: context.to_string(),
+        source,
+    }
+}
+
+fn trial(params: Point, r: TaskResult) -> Trial {
+    Trial {
+        id: r.id,
+        params,
+        status: r.status,
+        loss: r.loss,
+        metrics: serde_json::from_str(&r.metrics).unwrap_or(Value::Null),
+        message: r.message,
+        worker: r.worker,
+        started_ms: r.started_ms,
+        finished_ms: r.finished_ms,
+    }
+}
+
+/// Reads a JSON-lines trial log; a missing log is an empty one. Trials must be numbered 0, 1,
+/// 2, … in order; a bad line is an error naming the file and the line.
+pub async fn read_log(session: &QuiverSession, location: &str) -> Result<Vec<Trial>> {
+    let loc = quiver_engine::io::resolve(session.context(), &session.config().s3, location)?;
+    let bytes = match loc.store.get(&loc.path).await {
+        Ok(r) => r.bytes().await.map_err(|e| QuiverError::ObjectStore {
+            path: location.to_string(),
+            source: e,
+        })?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(QuiverError::ObjectStore {
+                path: location.to_string(),
+                source: e,
+            }
+            .into());
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut trials = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let t: Trial = serde_json::from_str(line).map_err(|e| MllibError::InvalidParam {
+            param: "trial_log".to_string(),
+            reason: format!("{location} line {}: {e}", i + 1),
+        })?;
+        if t.id != trials.len() as u64 {
+            return Err(MllibError::InvalidParam {
+                param: "trial_log".to_string(),
+                reason: format!(
+                    "{location} line {}: trial id {} where {} was expected",
+                    i + 1,
+                    t.id,
+                    trials.len()
+                ),
+            });
+        }
+        trials.push(t);
+    }
+    Ok(trials)
+}
+
+/// Writes the whole log in one put (object stores replace an object atomically), so a reader
+/// sees the previous log or the new one, never a torn line.
+async fn write_log(session: &QuiverSession, location: &str, trials: &[Trial]) -> Result<()> {
+    let loc = quiver_engine::io::resolve(session.context(), &session.config().s3, location)?;
+    let mut text = String::new();
+    for t in trials {
+        text.push_str(&serde_json::to_string(t).map_err(|e| json_err("trial log", e))?);
+        text.push('\n');
+    }
+    loc.store
+        .put(&loc.path, PutPayload::from(Bytes::from(text)))
+        .await
+        .map_err(|e| QuiverError::ObjectStore {
+            path: location.to_string(),
+            source: e,
+        })?;
+    Ok(())
+}
