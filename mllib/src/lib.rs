@@ -43,8 +43,8 @@ pub use rowwise::{RowPredictor, RowStage, load_dyn};
 
 use quiver_engine::FunctionRegistry;
 
-/// Adds MLlib's SQL functions and fan-out task runners to `registry`. MLlib defines none yet:
-/// its estimators arrive with their prediction functions and trial runners.
-pub fn register(_registry: &mut FunctionRegistry) -> quiver_engine::Result<()> {
-    Ok(())
+/// Adds MLlib's fan-out task runners to `registry`: the built-in trial objective
+/// (`quiver.train_eval`), so that any process can run search trials.
+pub fn register(registry: &mut FunctionRegistry) -> quiver_engine::Result<()> {
+    registry.add_task(tuning::objective::train_eval_runner())
 }

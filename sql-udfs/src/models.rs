@@ -3,10 +3,10 @@
 //! once, not once per batch.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use quiver_engine::fanout::block_on;
 use quiver_engine::{ModelMetadata, ModelStore, QuiverError};
 use quiver_mllib::pipeline::DynModel;
 use quiver_mllib::{RowPredictor, load_dyn};
@@ -162,32 +162,6 @@ impl ModelCatalog {
             Some(m) => Ok(m),
             None => block_on(self.resolve(reference)),
         }
-    }
-}
-
-/// Runs `f` to completion from synchronous code: on a multi-threaded runtime the current worker
-/// steps aside for it; elsewhere a short-lived thread with its own runtime runs it.
-pub fn block_on<F>(f: F) -> F::Output
-where
-    F: Future + Send,
-    F::Output: Send,
-{
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| h.block_on(f))
-        }
-        _ => std::thread::scope(|s| {
-            s.spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a current-thread runtime")
-                    .block_on(f)
-            })
-            .join()
-            .expect("the model loader thread panicked")
-        }),
     }
 }
 

@@ -1,10 +1,12 @@
 //! Hyperparameter search: spaces ([`space`]), TPE ([`tpe`]) and the search runner
 //! ([`search`]) that fans trials out with the engine's fan-out primitive.
 
+pub mod objective;
 pub mod search;
 pub mod space;
 pub mod tpe;
 
+pub use objective::{TRAIN_EVAL, TrainEval, TrainEvalRunner};
 pub use search::{Algo, Search, SearchResult, Trial, no_progress, read_log};
 pub use space::{Dist, Param, Point, Space, hp};
 pub use tpe::Tpe;

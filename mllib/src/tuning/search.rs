@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::objective::{TRAIN_EVAL, TrainEval, train_eval_runner};
 use super::space::{Point, Space};
 use super::tpe::Tpe;
 use crate::error::{MllibError, Result};
@@ -60,11 +61,20 @@ pub struct SearchResult {
 
 type Objective = dyn Fn(&Point) -> std::result::Result<f64, String> + Send + Sync;
 
+/// What a trial runs.
+#[derive(Clone)]
+enum ObjectiveKind {
+    /// A Rust closure (local and embedded runs).
+    Closure(Arc<Objective>),
+    /// The built-in train-and-evaluate task; the trial's point goes into its `params`.
+    TrainEval(TrainEval),
+}
+
 /// A hyperparameter search over a [`Space`] with a Rust objective (loss to minimise).
 #[derive(Clone)]
 pub struct Search {
     space: Space,
-    objective: Arc<Objective>,
+    objective: ObjectiveKind,
     algo: Algo,
     max_evals: usize,
     parallelism: usize,
@@ -135,9 +145,19 @@ impl Search {
         space: Space,
         objective: impl Fn(&Point) -> std::result::Result<f64, String> + Send + Sync + 'static,
     ) -> Self {
+        Self::with_objective(space, ObjectiveKind::Closure(Arc::new(objective)))
+    }
+
+    /// A search whose trials train and score an MLlib estimator (see [`TrainEval`]): it runs
+    /// anywhere fan-out tasks run.
+    pub fn train_eval(space: Space, spec: TrainEval) -> Self {
+        Self::with_objective(space, ObjectiveKind::TrainEval(spec))
+    }
+
+    fn with_objective(space: Space, objective: ObjectiveKind) -> Self {
         Search {
             space,
-            objective: Arc::new(objective),
+            objective,
             algo: Algo::Tpe(Tpe::default()),
             max_evals: 100,
             parallelism: 1,
@@ -249,12 +269,21 @@ impl Search {
             Some(log) => read_log(session, log).await?,
             None => Vec::new(),
         };
-        let kind = format!("quiver.search.objective.{}", self.seed);
         let mut registry = TaskRegistry::new();
-        registry.register(Arc::new(ObjectiveRunner {
-            kind: kind.clone(),
-            objective: Arc::clone(&self.objective),
-        }))?;
+        let kind = match &self.objective {
+            ObjectiveKind::Closure(f) => {
+                let kind = format!("quiver.search.objective.{}", self.seed);
+                registry.register(Arc::new(ObjectiveRunner {
+                    kind: kind.clone(),
+                    objective: Arc::clone(f),
+                }))?;
+                kind
+            }
+            ObjectiveKind::TrainEval(_) => {
+                registry.register(train_eval_runner())?;
+                TRAIN_EVAL.to_string()
+            }
+        };
         let registry = Arc::new(registry);
         let grid = match &self.algo {
             Algo::Grid { points } => Some(self.space.grid(*points)),
@@ -300,11 +329,19 @@ impl Search {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
+                    let params = match &self.objective {
+                        ObjectiveKind::Closure(_) => serde_json::to_string(p),
+                        ObjectiveKind::TrainEval(spec) => {
+                            let mut spec = spec.clone();
+                            spec.params = p.clone();
+                            serde_json::to_string(&spec)
+                        }
+                    }
+                    .map_err(|e| json_err("trial parameters", e))?;
                     Ok(Task {
                         id: first_id + i as u64,
                         kind: kind.clone(),
-                        params: serde_json::to_string(p)
-                            .map_err(|e| json_err("trial parameters", e))?,
+                        params,
                     })
                 })
                 .collect::<quiver_engine::Result<_>>()?;

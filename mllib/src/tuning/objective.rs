@@ -1,0 +1,350 @@
+//! The built-in objective: train an MLlib estimator with a trial's parameters on a dataset
+//! given by URL and score it on a held-out split. It is a registered fan-out task
+//! (`quiver.train_eval`), so it runs wherever tasks run, executors included; each process
+//! loads a dataset once and reuses it for every trial.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use quiver_engine::fanout::{TaskOutcome, TaskRunner, block_on};
+use quiver_engine::{Dataset, QuiverConfig, QuiverError, QuiverSession};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::space::Point;
+use crate::{
+    BinaryClassificationEvaluator, ClusteringEvaluator, Estimator, KMeans, LinearRegression,
+    LogisticRegression, MulticlassClassificationEvaluator, RegressionEvaluator, Transformer,
+};
+
+/// The task kind of the built-in objective.
+pub const TRAIN_EVAL: &str = "quiver.train_eval";
+
+/// What a `quiver.train_eval` task trains and how it scores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainEval {
+    /// Path or URL of the data (any format Quiver reads).
+    pub dataset: String,
+    /// `logistic_regression`, `linear_regression` or `kmeans`.
+    pub estimator: String,
+    /// The label column (not for k-means).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Feature columns; every numeric column but the label when absent.
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+    /// The metric to optimise: accuracy, f1, log_loss, area_under_roc (classification); rmse,
+    /// mse, mae, r2 (regression); within_ss, silhouette (k-means). Higher-is-better metrics are
+    /// negated into a loss. Defaults: log_loss, rmse, within_ss.
+    #[serde(default)]
+    pub metric: Option<String>,
+    /// Held-out fraction. Defaults to 0.2.
+    #[serde(default = "default_fraction")]
+    pub eval_fraction: f64,
+    #[serde(default)]
+    pub split_seed: u64,
+    /// The trial's hyperparameters (the estimator's parameter names).
+    #[serde(default)]
+    pub params: Point,
+}
+
+fn default_fraction() -> f64 {
+    0.2
+}
+
+/// Runs [`TrainEval`] tasks.
+#[derive(Debug, Default)]
+pub struct TrainEvalRunner;
+
+/// The process's trial session (local runner, one compute thread per trial) and its datasets.
+struct TrialContext {
+    session: QuiverSession,
+    data: Mutex<HashMap<String, (Dataset, Dataset)>>,
+}
+
+fn context() -> quiver_engine::Result<&'static TrialContext> {
+    static CONTEXT: OnceLock<TrialContext> = OnceLock::new();
+    if let Some(c) = CONTEXT.get() {
+        return Ok(c);
+    }
+    let config = QuiverConfig::default().with_pairs([
+        ("quiver.runner", "local"),
+        ("quiver.compute_threads", "1"),
+        ("quiver.target_partitions", "1"),
+    ])?;
+    let session = QuiverSession::embedded_with(config)?;
+    Ok(CONTEXT.get_or_init(|| TrialContext {
+        session,
+        data: Mutex::new(HashMap::new()),
+    }))
+}
+
+fn bad(reason: String) -> QuiverError {
+    QuiverError::InvalidParam {
+        param: TRAIN_EVAL.to_string(),
+        reason,
+    }
+}
+
+fn num(params: &Point, key: &str) -> quiver_engine::Result<Option<f64>> {
+    match params.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| bad(format!("parameter '{key}' = {v} is not a number"))),
+    }
+}
+
+fn flag(params: &Point, key: &str) -> quiver_engine::Result<Option<bool>> {
+    match params.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| bad(format!("parameter '{key}' = {v} is not a boolean"))),
+    }
+}
+
+fn check_known(params: &Point, known: &[&str], estimator: &str) -> quiver_engine::Result<()> {
+    for k in params.keys() {
+        if !known.contains(&k.as_str()) {
+            return Err(bad(format!(
+                "unknown parameter '{k}' for {estimator}; known: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Loads (once per process) the dataset with its roles, split into (train, test).
+async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<(Dataset, Dataset)> {
+    let key = serde_json::to_string(&(
+        &spec.dataset,
+        &spec.label,
+        &spec.features,
+        spec.eval_fraction,
+        spec.split_seed,
+    ))
+    .unwrap_or_default();
+    if let Some(d) = c.data.lock().expect("dataset cache").get(&key) {
+        return Ok(d.clone());
+    }
+    if !(spec.eval_fraction > 0.0 && spec.eval_fraction < 1.0) {
+        return Err(bad(format!(
+            "eval_fraction {} is not strictly between 0 and 1",
+            spec.eval_fraction
+        )));
+    }
+    let df = c.session.read(&spec.dataset).await?;
+    let batches = df.collect().await?;
+    let df = c.session.from_batches(batches, 1)?;
+    let mut data = Dataset::new(df);
+    data = match &spec.features {
+        Some(f) => data.with_features(f)?,
+        None => data.with_numeric_features_except(
+            &spec.label.iter().map(String::as_str).collect::<Vec<_>>(),
+        )?,
+    };
+    if let Some(l) = &spec.label {
+        data = data.with_label(l)?;
+    }
+    // Materialise both sides once: every trial reuses the same rows.
+    let mut parts = data.random_split(
+        &[1.0 - spec.eval_fraction, spec.eval_fraction],
+        spec.split_seed,
+    )?;
+    let materialise = |d: Dataset| async move {
+        let batches = d.dataframe().clone().collect().await?;
+        let mut out =
+            Dataset::new(c.session.from_batches(batches, 1)?).with_features(d.features())?;
+        if let Some(l) = d.label() {
+            out = out.with_label(l)?;
+        }
+        Ok::<Dataset, QuiverError>(out)
+    };
+    let test = materialise(parts.pop().expect("two parts")).await?;
+    let train = materialise(parts.pop().expect("two parts")).await?;
+    c.data
+        .lock()
+        .expect("dataset cache")
+        .insert(key, (train.clone(), test.clone()));
+    Ok((train, test))
+}
+
+/// `(loss, metrics)` of one trial.
+async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
+    let c = context()?;
+    let (train, test) = dataset(c, spec).await?;
+    let s = &c.session;
+    let p = &spec.params;
+    let err = |e: crate::MllibError| QuiverError::TaskFailed {
+        task: TRAIN_EVAL.to_string(),
+        reason: e.to_string(),
+    };
+    let (metrics, metric) = match spec.estimator.as_str() {
+        "logistic_regression" => {
+            check_known(
+                p,
+                &[
+                    "reg_param",
+                    "elastic_net_param",
+                    "max_iter",
+                    "tol",
+                    "fit_intercept",
+                    "standardization",
+                ],
+                "logistic_regression",
+            )?;
+            let mut e = LogisticRegression::new();
+            if let Some(v) = num(p, "reg_param")? {
+                e = e.reg_param(v);
+            }
+            if let Some(v) = num(p, "elastic_net_param")? {
+                e = e.elastic_net_param(v);
+            }
+            if let Some(v) = num(p, "max_iter")? {
+                e = e.max_iter(v as usize);
+            }
+            if let Some(v) = num(p, "tol")? {
+                e = e.tol(v);
+            }
+            if let Some(v) = flag(p, "fit_intercept")? {
+                e = e.fit_intercept(v);
+            }
+            if let Some(v) = flag(p, "standardization")? {
+                e = e.standardization(v);
+            }
+            let model = e.fit(s, &train).await.map_err(err)?;
+            let scored = model.transform(&test).map_err(err)?;
+            let m = MulticlassClassificationEvaluator::new()
+                .evaluate(s, &scored)
+                .await
+                .map_err(err)?;
+            let mut metrics = json!({"accuracy": m.accuracy, "f1": m.f1});
+            if model.num_classes() == 2 {
+                let b = BinaryClassificationEvaluator::new()
+                    .evaluate(s, &scored)
+                    .await
+                    .map_err(err)?;
+                metrics["log_loss"] = json!(b.log_loss);
+                metrics["area_under_roc"] = json!(b.area_under_roc);
+            }
+            (
+                metrics,
+                spec.metric.clone().unwrap_or_else(|| {
+                    if model.num_classes() == 2 {
+                        "log_loss"
+                    } else {
+                        "accuracy"
+                    }
+                    .to_string()
+                }),
+            )
+        }
+        "linear_regression" => {
+            check_known(
+                p,
+                &[
+                    "reg_param",
+                    "elastic_net_param",
+                    "fit_intercept",
+                    "standardization",
+                ],
+                "linear_regression",
+            )?;
+            let mut e = LinearRegression::new();
+            if let Some(v) = num(p, "reg_param")? {
+                e = e.reg_param(v);
+            }
+            if let Some(v) = num(p, "elastic_net_param")? {
+                e = e.elastic_net_param(v);
+            }
+            if let Some(v) = flag(p, "fit_intercept")? {
+                e = e.fit_intercept(v);
+            }
+            if let Some(v) = flag(p, "standardization")? {
+                e = e.standardization(v);
+            }
+            let model = e.fit(s, &train).await.map_err(err)?;
+            let m = RegressionEvaluator::new()
+                .evaluate(s, &model.transform(&test).map_err(err)?)
+                .await
+                .map_err(err)?;
+            (
+                json!({"rmse": m.rmse, "mse": m.mse, "mae": m.mae, "r2": m.r2}),
+                spec.metric.clone().unwrap_or_else(|| "rmse".to_string()),
+            )
+        }
+        "kmeans" => {
+            check_known(p, &["k", "max_iter", "tol", "seed", "init_steps"], "kmeans")?;
+            let mut e = KMeans::new();
+            if let Some(v) = num(p, "k")? {
+                e = e.k(v as usize);
+            }
+            if let Some(v) = num(p, "max_iter")? {
+                e = e.max_iter(v as usize);
+            }
+            if let Some(v) = num(p, "tol")? {
+                e = e.tol(v);
+            }
+            if let Some(v) = num(p, "seed")? {
+                e = e.seed(v as u64);
+            }
+            if let Some(v) = num(p, "init_steps")? {
+                e = e.init_steps(v as usize);
+            }
+            let model = e.fit(s, &train).await.map_err(err)?;
+            let m = ClusteringEvaluator::new()
+                .evaluate(s, &model.transform(&test).map_err(err)?)
+                .await
+                .map_err(err)?;
+            (
+                json!({"within_ss": m.within_ss, "silhouette": m.silhouette}),
+                spec.metric
+                    .clone()
+                    .unwrap_or_else(|| "within_ss".to_string()),
+            )
+        }
+        other => {
+            return Err(bad(format!(
+                "unknown estimator '{other}'; use logistic_regression, linear_regression or kmeans"
+            )));
+        }
+    };
+    let value = metrics[metric.as_str()].as_f64().ok_or_else(|| {
+        bad(format!(
+            "metric '{metric}' is not computed for {}; available: {metrics}",
+            spec.estimator
+        ))
+    })?;
+    let higher_is_better = matches!(
+        metric.as_str(),
+        "accuracy" | "f1" | "area_under_roc" | "r2" | "silhouette"
+    );
+    Ok((if higher_is_better { -value } else { value }, metrics))
+}
+
+impl TaskRunner for TrainEvalRunner {
+    fn kind(&self) -> &str {
+        TRAIN_EVAL
+    }
+
+    fn run(&self, params: &str) -> quiver_engine::Result<TaskOutcome> {
+        let spec: TrainEval = serde_json::from_str(params).map_err(|e| QuiverError::Json {
+            context: format!("{TRAIN_EVAL} parameters"),
+            source: e,
+        })?;
+        let (loss, metrics) = block_on(train_eval(&spec))?;
+        Ok(TaskOutcome {
+            loss: Some(loss),
+            metrics,
+        })
+    }
+}
+
+/// The runner as the registry wants it.
+pub fn train_eval_runner() -> Arc<dyn TaskRunner> {
+    Arc::new(TrainEvalRunner)
+}
