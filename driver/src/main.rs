@@ -65,6 +65,12 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCase {
+    /// Search overhead per trial, TPE proposal time, a 64-trial logistic-regression search.
+    Search {
+        /// Trials of the trivial objective.
+        #[arg(long, default_value_t = 1000)]
+        trials: usize,
+    },
     /// ml_predict over Parquet against a scan of the same columns; single-row latency.
     Predict {
         #[arg(long, default_value_t = 10_000_000)]
@@ -191,6 +197,7 @@ async fn run(cli: Cli) -> Result<()> {
             sql::run_sql(&session, &text, &mut out).await?;
         }
         Command::Bench { case } => match case {
+            BenchCase::Search { trials } => bench::search(&session, trials, &mut out).await?,
             BenchCase::Predict {
                 rows,
                 features,
