@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use quiver_driver::commands::{bench, models, quickstart, sql};
+use quiver_driver::commands::{bench, models, quickstart, sql, tune};
 use quiver_driver::{QuiverConfig, Result};
 
 /// Quiver: a distributed dataframe ML engine on Arrow, DataFusion and Ballista.
@@ -48,6 +48,11 @@ enum Command {
         /// Run on a Ballista cluster (df://host:port).
         #[arg(long, value_name = "URL")]
         cluster: Option<String>,
+    },
+    /// Hyperparameter search of an MLlib estimator described in a TOML file.
+    Tune {
+        /// The search spec (data, model, search, space).
+        spec: std::path::PathBuf,
     },
     /// Benchmarks on seeded synthetic data (build with --release for meaningful numbers).
     Bench {
@@ -195,6 +200,9 @@ async fn run(cli: Cli) -> Result<()> {
                 (None, None) => return sql::shell(&session).await,
             };
             sql::run_sql(&session, &text, &mut out).await?;
+        }
+        Command::Tune { spec } => {
+            tune::tune(&session, &spec, &mut out).await?;
         }
         Command::Bench { case } => match case {
             BenchCase::Search { trials } => bench::search(&session, trials, &mut out).await?,

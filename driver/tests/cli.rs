@@ -265,3 +265,68 @@ fn the_prompt_keeps_going_after_an_error_and_joins_lines() {
     );
     assert!(stderr.contains("nope"), "{stderr}");
 }
+
+#[test]
+fn tune_runs_a_spec_saves_the_best_model_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet");
+    let spec = dir.path().join("spec.toml");
+    let log = dir.path().join("trials.jsonl");
+    let plot = dir.path().join("plot.svg");
+    std::fs::write(
+        &spec,
+        format!(
+            "[data]\ndataset = \"{data}\"\nlabel = \"label\"\n\n[model]\nestimator = \"logistic_regression\"\nname = \"bc\"\n\n\
+             [search]\nalgo = \"tpe\"\nmax_evals = 8\nparallelism = 2\nseed = 3\ntrial_log = \"{}\"\nplot = \"{}\"\n\n\
+             [space]\nreg_param = {{ loguniform = [1e-4, 1.0] }}\nmax_iter = {{ choice = [20] }}\n",
+            log.display(),
+            plot.display()
+        ),
+    )
+    .unwrap();
+    let models = dir.path().join("models");
+    let run = || {
+        quiver()
+            .args([
+                "--models",
+                models.to_str().unwrap(),
+                "tune",
+                spec.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("8 trials (8 ok, 0 failed)"), "{text}");
+    assert!(text.contains("saved as bc version 1"), "{text}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 8);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    // Run again: the log holds all 8, nothing is re-run, a second version is saved.
+    let again = run();
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        text.contains("8 trials") && text.contains("version 2"),
+        "{text}"
+    );
+    // Bad specs name the problem.
+    std::fs::write(&spec, "[data]\ndataset = \"x\"\n[model]\nestimator = \"logistic_regression\"\n[space]\nreg = { gamma = [1, 2] }\n").unwrap();
+    let err = run();
+    let msg = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        !err.status.success() && msg.contains("'reg'") && msg.contains("gamma"),
+        "{msg}"
+    );
+    std::fs::write(&spec, "[data]\ndataset = \"x\"\nlable = \"y\"\n[model]\nestimator = \"logistic_regression\"\n[space]\n").unwrap();
+    let msg = String::from_utf8_lossy(&run().stderr).to_string();
+    assert!(msg.contains("lable"), "{msg}");
+    std::fs::write(&spec, format!("[data]\ndataset = \"{data}\"\nlabel = \"label\"\n[model]\nestimator = \"logistic_regression\"\n[space]\nlearning_rate = {{ uniform = [0, 1] }}\n")).unwrap();
+    let msg = String::from_utf8_lossy(&run().stderr).to_string();
+    assert!(msg.contains("unknown parameter 'learning_rate'"), "{msg}");
+}

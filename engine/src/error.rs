@@ -162,9 +162,9 @@ pub enum QuiverError {
     #[error("internal error: {0}")]
     Internal(String),
 
-    /// An error of Quiver's SQL layer (ML statements and functions), already worded.
+    /// An error of an upper layer (MLlib, the SQL statements and functions), already worded.
     #[error("{0}")]
-    Sql(String),
+    Worded(String),
 }
 
 impl QuiverError {

@@ -57,3 +57,13 @@ impl From<arrow::error::ArrowError> for MllibError {
         MllibError::Engine(QuiverError::Arrow(e))
     }
 }
+
+impl From<MllibError> for QuiverError {
+    /// For callers whose errors are the engine's (the `quiver` command).
+    fn from(e: MllibError) -> Self {
+        match e {
+            MllibError::Engine(q) => q,
+            other => QuiverError::Worded(other.to_string()),
+        }
+    }
+}

@@ -60,7 +60,7 @@ impl From<SqlError> for QuiverError {
         match e {
             SqlError::Engine(q) => q,
             SqlError::Mllib(MllibError::Engine(q)) => q,
-            other => QuiverError::Sql(other.to_string()),
+            other => QuiverError::Worded(other.to_string()),
         }
     }
 }

@@ -4,3 +4,4 @@ pub mod bench;
 pub mod models;
 pub mod quickstart;
 pub mod sql;
+pub mod tune;

@@ -173,17 +173,18 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<(D
     Ok((train, test))
 }
 
-/// `(loss, metrics)` of one trial.
-async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
-    let c = context()?;
-    let (train, test) = dataset(c, spec).await?;
-    let s = &c.session;
+/// An estimator configured with a trial's parameters.
+pub enum Built {
+    Logistic(LogisticRegression),
+    Linear(LinearRegression),
+    KMeans(KMeans),
+}
+
+/// The estimator `spec` names, with `spec.params` applied (unknown names and bad values are
+/// errors naming them).
+pub fn build(spec: &TrainEval) -> quiver_engine::Result<Built> {
     let p = &spec.params;
-    let err = |e: crate::MllibError| QuiverError::TaskFailed {
-        task: TRAIN_EVAL.to_string(),
-        reason: e.to_string(),
-    };
-    let (metrics, metric) = match spec.estimator.as_str() {
+    Ok(match spec.estimator.as_str() {
         "logistic_regression" => {
             check_known(
                 p,
@@ -216,32 +217,7 @@ async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
             if let Some(v) = flag(p, "standardization")? {
                 e = e.standardization(v);
             }
-            let model = e.fit(s, &train).await.map_err(err)?;
-            let scored = model.transform(&test).map_err(err)?;
-            let m = MulticlassClassificationEvaluator::new()
-                .evaluate(s, &scored)
-                .await
-                .map_err(err)?;
-            let mut metrics = json!({"accuracy": m.accuracy, "f1": m.f1});
-            if model.num_classes() == 2 {
-                let b = BinaryClassificationEvaluator::new()
-                    .evaluate(s, &scored)
-                    .await
-                    .map_err(err)?;
-                metrics["log_loss"] = json!(b.log_loss);
-                metrics["area_under_roc"] = json!(b.area_under_roc);
-            }
-            (
-                metrics,
-                spec.metric.clone().unwrap_or_else(|| {
-                    if model.num_classes() == 2 {
-                        "log_loss"
-                    } else {
-                        "accuracy"
-                    }
-                    .to_string()
-                }),
-            )
+            Built::Logistic(e)
         }
         "linear_regression" => {
             check_known(
@@ -267,15 +243,7 @@ async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
             if let Some(v) = flag(p, "standardization")? {
                 e = e.standardization(v);
             }
-            let model = e.fit(s, &train).await.map_err(err)?;
-            let m = RegressionEvaluator::new()
-                .evaluate(s, &model.transform(&test).map_err(err)?)
-                .await
-                .map_err(err)?;
-            (
-                json!({"rmse": m.rmse, "mse": m.mse, "mae": m.mae, "r2": m.r2}),
-                spec.metric.clone().unwrap_or_else(|| "rmse".to_string()),
-            )
+            Built::Linear(e)
         }
         "kmeans" => {
             check_known(p, &["k", "max_iter", "tol", "seed", "init_steps"], "kmeans")?;
@@ -295,6 +263,92 @@ async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
             if let Some(v) = num(p, "init_steps")? {
                 e = e.init_steps(v as usize);
             }
+            Built::KMeans(e)
+        }
+        other => {
+            return Err(bad(format!(
+                "unknown estimator '{other}'; use logistic_regression, linear_regression or kmeans"
+            )));
+        }
+    })
+}
+
+/// Fits `VectorAssembler → estimator(params)` on all of `spec`'s data (the search's best
+/// trial, refitted): a pipeline that `ml_predict` can apply to the feature columns.
+pub async fn refit(
+    session: &QuiverSession,
+    spec: &TrainEval,
+    params: &Point,
+) -> crate::Result<crate::PipelineModel> {
+    let mut spec = spec.clone();
+    spec.params = params.clone();
+    let mut data = Dataset::new(session.read(&spec.dataset).await?);
+    let label: Vec<&str> = spec.label.iter().map(String::as_str).collect();
+    data = match &spec.features {
+        Some(f) => data.with_features(f)?,
+        None => data.with_numeric_features_except(&label)?,
+    };
+    if let Some(l) = &spec.label {
+        data = data.with_label(l)?;
+    }
+    let names = data.feature_names()?;
+    let pipeline = crate::Pipeline::new().transformer(crate::VectorAssembler::new(&names));
+    let pipeline = match build(&spec)? {
+        Built::Logistic(e) => pipeline.estimator(e),
+        Built::Linear(e) => pipeline.estimator(e),
+        Built::KMeans(e) => pipeline.estimator(e),
+    };
+    pipeline.fit(session, &data).await
+}
+
+/// `(loss, metrics)` of one trial.
+async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
+    let c = context()?;
+    let (train, test) = dataset(c, spec).await?;
+    let s = &c.session;
+    let err = |e: crate::MllibError| QuiverError::TaskFailed {
+        task: TRAIN_EVAL.to_string(),
+        reason: e.to_string(),
+    };
+    let (metrics, metric) = match build(spec)? {
+        Built::Logistic(e) => {
+            let model = e.fit(s, &train).await.map_err(err)?;
+            let scored = model.transform(&test).map_err(err)?;
+            let m = MulticlassClassificationEvaluator::new()
+                .evaluate(s, &scored)
+                .await
+                .map_err(err)?;
+            let mut metrics = json!({"accuracy": m.accuracy, "f1": m.f1});
+            if model.num_classes() == 2 {
+                let b = BinaryClassificationEvaluator::new()
+                    .evaluate(s, &scored)
+                    .await
+                    .map_err(err)?;
+                metrics["log_loss"] = json!(b.log_loss);
+                metrics["area_under_roc"] = json!(b.area_under_roc);
+            }
+            let default = if model.num_classes() == 2 {
+                "log_loss"
+            } else {
+                "accuracy"
+            };
+            (
+                metrics,
+                spec.metric.clone().unwrap_or_else(|| default.to_string()),
+            )
+        }
+        Built::Linear(e) => {
+            let model = e.fit(s, &train).await.map_err(err)?;
+            let m = RegressionEvaluator::new()
+                .evaluate(s, &model.transform(&test).map_err(err)?)
+                .await
+                .map_err(err)?;
+            (
+                json!({"rmse": m.rmse, "mse": m.mse, "mae": m.mae, "r2": m.r2}),
+                spec.metric.clone().unwrap_or_else(|| "rmse".to_string()),
+            )
+        }
+        Built::KMeans(e) => {
             let model = e.fit(s, &train).await.map_err(err)?;
             let m = ClusteringEvaluator::new()
                 .evaluate(s, &model.transform(&test).map_err(err)?)
@@ -306,11 +360,6 @@ async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
                     .clone()
                     .unwrap_or_else(|| "within_ss".to_string()),
             )
-        }
-        other => {
-            return Err(bad(format!(
-                "unknown estimator '{other}'; use logistic_regression, linear_regression or kmeans"
-            )));
         }
     };
     let value = metrics[metric.as_str()].as_f64().ok_or_else(|| {

@@ -60,6 +60,7 @@ pub struct SearchResult {
 }
 
 type Objective = dyn Fn(&Point) -> std::result::Result<f64, String> + Send + Sync;
+type BatchCallback = dyn Fn(&[Trial]) + Send + Sync;
 
 /// What a trial runs.
 #[derive(Clone)]
@@ -85,6 +86,7 @@ pub struct Search {
     seed: u64,
     trial_log: Option<String>,
     runner: Runner,
+    on_batch: Option<Arc<BatchCallback>>,
 }
 
 impl fmt::Debug for Search {
@@ -168,6 +170,7 @@ impl Search {
             seed: 0,
             trial_log: None,
             runner: Runner::Local,
+            on_batch: None,
         }
     }
     /// Defaults to TPE.
@@ -220,6 +223,12 @@ impl Search {
     /// partition per concurrent trial). Defaults to `Local`.
     pub fn runner(mut self, r: Runner) -> Self {
         self.runner = r;
+        self
+    }
+
+    /// Called with every trial so far after each batch (progress displays).
+    pub fn on_batch(mut self, f: impl Fn(&[Trial]) + Send + Sync + 'static) -> Self {
+        self.on_batch = Some(Arc::new(f));
         self
     }
 
@@ -369,6 +378,9 @@ impl Search {
             }
             if let Some(log) = &self.trial_log {
                 write_log(session, log, &trials).await?;
+            }
+            if let Some(f) = &self.on_batch {
+                f(&trials);
             }
         }
         let best = trials

@@ -1,0 +1,279 @@
+//! `quiver tune SPEC.toml`: a hyperparameter search of an MLlib estimator described in TOML,
+//! with a progress bar (best so far), a table of the top trials, the best model refitted on
+//! all the data and saved to the model store, and a convergence plot (SVG).
+//!
+//! ```toml
+//! [data]
+//! dataset = "data/breast_cancer.parquet"
+//! label = "label"                  # features = ["f0", "f1"] (default: every numeric column)
+//!
+//! [model]
+//! estimator = "logistic_regression"   # linear_regression, kmeans
+//! metric = "log_loss"                 # optional; see TrainEval
+//! eval_fraction = 0.2
+//! name = "bc_tuned"                   # saved under this name (optional)
+//!
+//! [search]
+//! algo = "tpe"                        # random, grid
+//! max_evals = 64
+//! parallelism = 2
+//! seed = 1
+//! trial_log = "tune-trials.jsonl"     # resumes from it when it exists
+//! plot = "tune-convergence.svg"
+//! timeout_s = 600
+//! early_stop = 20                     # finished trials without progress
+//!
+//! [space]
+//! reg_param = { loguniform = [1e-6, 100.0] }
+//! elastic_net_param = { uniform = [0.0, 1.0] }
+//! ```
+
+use std::io::Write;
+use std::time::Duration;
+
+use quiver_mllib::tuning::{Algo, Point, Search, SearchResult, Space, Tpe, TrainEval, objective};
+use serde::Deserialize;
+
+use crate::output::progress;
+use crate::{QuiverError, QuiverSession, Result};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    data: DataSpec,
+    model: ModelSpec,
+    #[serde(default)]
+    search: SearchSpec,
+    space: toml::Table,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataSpec {
+    dataset: String,
+    label: Option<String>,
+    features: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelSpec {
+    estimator: String,
+    metric: Option<String>,
+    eval_fraction: Option<f64>,
+    split_seed: Option<u64>,
+    name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchSpec {
+    algo: Option<String>,
+    max_evals: Option<usize>,
+    parallelism: Option<usize>,
+    seed: Option<u64>,
+    trial_log: Option<String>,
+    plot: Option<String>,
+    timeout_s: Option<f64>,
+    early_stop: Option<usize>,
+    grid_points: Option<usize>,
+    loss_threshold: Option<f64>,
+}
+
+fn invalid(reason: String) -> QuiverError {
+    QuiverError::InvalidParam {
+        param: "tune spec".to_string(),
+        reason,
+    }
+}
+
+/// Runs the search a spec file describes.
+pub async fn tune(
+    session: &QuiverSession,
+    spec_path: &std::path::Path,
+    out: &mut dyn Write,
+) -> Result<SearchResult> {
+    let text = std::fs::read_to_string(spec_path).map_err(|source| QuiverError::Io {
+        path: spec_path.to_path_buf(),
+        source,
+    })?;
+    let spec: Spec =
+        toml::from_str(&text).map_err(|e| invalid(format!("{}: {e}", spec_path.display())))?;
+    let space_json = serde_json::to_value(&spec.space).map_err(|e| invalid(e.to_string()))?;
+    let mllib_err = |e: quiver_mllib::MllibError| QuiverError::from(e);
+    let space = Space::from_json(&space_json).map_err(mllib_err)?;
+    let s = &spec.search;
+    let algo = match s.algo.as_deref().unwrap_or("tpe") {
+        "tpe" => Algo::Tpe(Tpe::default()),
+        "random" => Algo::Random,
+        "grid" => Algo::Grid {
+            points: s.grid_points.unwrap_or(5),
+        },
+        other => {
+            return Err(invalid(format!(
+                "[search] algo = '{other}': use tpe, random or grid"
+            )));
+        }
+    };
+    let train_eval = TrainEval {
+        dataset: spec.data.dataset.clone(),
+        estimator: spec.model.estimator.clone(),
+        label: spec.data.label.clone(),
+        features: spec.data.features.clone(),
+        metric: spec.model.metric.clone(),
+        eval_fraction: spec.model.eval_fraction.unwrap_or(0.2),
+        split_seed: spec.model.split_seed.unwrap_or(0),
+        params: Point::new(),
+    };
+    // A bad estimator or parameter name fails here, not in every trial.
+    let mut probe = train_eval.clone();
+    probe.params =
+        space.sample(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0));
+    objective::build(&probe)?;
+    let max_evals = s.max_evals.unwrap_or(50);
+    let bar = progress(max_evals as u64, "trials");
+    let bar_in = bar.clone();
+    let mut search = Search::train_eval(space, train_eval.clone())
+        .algo(algo)
+        .max_evals(max_evals)
+        .parallelism(s.parallelism.unwrap_or(session.config().compute_threads))
+        .seed(s.seed.unwrap_or(0))
+        .runner(session.runner())
+        .on_batch(move |trials| {
+            bar_in.set_position(trials.len() as u64);
+            let best = trials
+                .iter()
+                .filter_map(|t| t.loss)
+                .fold(f64::INFINITY, f64::min);
+            bar_in.set_message(format!("trials, best {best:.6}"));
+        });
+    if let Some(log) = &s.trial_log {
+        search = search.trial_log(log);
+    }
+    if let Some(t) = s.timeout_s {
+        search = search.timeout(Duration::from_secs_f64(t));
+    }
+    if let Some(k) = s.early_stop {
+        search = search.early_stop(k);
+    }
+    if let Some(l) = s.loss_threshold {
+        search = search.loss_threshold(l);
+    }
+    let result = search.run(session).await.map_err(mllib_err)?;
+    bar.finish_and_clear();
+    let ok = result.trials.iter().filter(|t| t.loss.is_some()).count();
+    writeln!(
+        out,
+        "{} trials ({ok} ok, {} failed); stopped: {}",
+        result.trials.len(),
+        result.trials.len() - ok,
+        result.stopped
+    )
+    .ok();
+    let mut ranked: Vec<_> = result.trials.iter().filter(|t| t.loss.is_some()).collect();
+    ranked.sort_by(|a, b| {
+        a.loss
+            .unwrap_or(f64::INFINITY)
+            .total_cmp(&b.loss.unwrap_or(f64::INFINITY))
+    });
+    writeln!(out, "  {:>5}  {:>12}  params", "trial", "loss").ok();
+    for t in ranked.iter().take(10) {
+        writeln!(
+            out,
+            "  {:>5}  {:>12.6}  {}",
+            t.id,
+            t.loss.unwrap_or(f64::NAN),
+            serde_json::to_string(&t.params).unwrap_or_default()
+        )
+        .ok();
+    }
+    if let Some(failed) = result.trials.iter().find(|t| t.loss.is_none()) {
+        writeln!(
+            out,
+            "  e.g. trial {} failed: {}",
+            failed.id,
+            failed.message.as_deref().unwrap_or("?")
+        )
+        .ok();
+    }
+    if let (Some(best), Some(name)) = (&result.best, &spec.model.name) {
+        let model = objective::refit(session, &train_eval, &best.params)
+            .await
+            .map_err(mllib_err)?;
+        let meta = quiver_mllib::save(&session.model_store()?, name, &model)
+            .await
+            .map_err(mllib_err)?;
+        writeln!(
+            out,
+            "best trial {} refitted on all rows and saved as {name} version {} in {}",
+            best.id,
+            meta.version,
+            session.model_store()?.url()
+        )
+        .ok();
+    }
+    if let Some(plot) = &s.plot {
+        std::fs::write(plot, convergence_svg(&result)).map_err(|source| QuiverError::Io {
+            path: plot.into(),
+            source,
+        })?;
+        writeln!(out, "convergence plot: {plot}").ok();
+    }
+    Ok(result)
+}
+
+/// Best loss so far against trial number, as an SVG line chart (trial losses as dots).
+pub fn convergence_svg(result: &SearchResult) -> String {
+    let (w, h, m) = (640.0, 400.0, 50.0);
+    let losses: Vec<(u64, f64)> = result
+        .trials
+        .iter()
+        .filter_map(|t| t.loss.map(|l| (t.id, l)))
+        .collect();
+    let n = result.trials.len().max(2) as f64;
+    let mut best = f64::INFINITY;
+    let best_path: Vec<(f64, f64)> = losses
+        .iter()
+        .map(|(i, l)| {
+            best = best.min(*l);
+            (*i as f64, best)
+        })
+        .collect();
+    let lo = losses.iter().map(|(_, l)| *l).fold(f64::INFINITY, f64::min);
+    // Clip the axis at the median trial so that a few huge losses do not flatten the curve.
+    let mut sorted: Vec<f64> = losses.iter().map(|(_, l)| *l).collect();
+    sorted.sort_by(f64::total_cmp);
+    let hi = sorted
+        .get(sorted.len() / 2)
+        .copied()
+        .unwrap_or(1.0)
+        .max(lo + 1e-12);
+    let x = |i: f64| m + (w - 2.0 * m) * i / (n - 1.0);
+    let y = |l: f64| h - m - (h - 2.0 * m) * ((l.min(hi) - lo) / (hi - lo));
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<line x1=\"{m}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{b}\" stroke=\"black\"/>\n<text x=\"{cx}\" y=\"{t}\" text-anchor=\"middle\">trial</text>\n<text x=\"12\" y=\"{cy}\" transform=\"rotate(-90 12 {cy})\" text-anchor=\"middle\">loss (best so far)</text>\n<text x=\"{m}\" y=\"{lb}\" text-anchor=\"start\">{lo:.4}</text>\n<text x=\"{m}\" y=\"{ht}\" text-anchor=\"start\">{hi:.4}</text>\n",
+        b = h - m,
+        r = w - m,
+        cx = w / 2.0,
+        t = h - 15.0,
+        cy = h / 2.0,
+        lb = h - m - 4.0,
+        ht = m - 4.0,
+    );
+    for (i, l) in &losses {
+        svg.push_str(&format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"#9ab\"/>\n",
+            x(*i as f64),
+            y(*l)
+        ));
+    }
+    let points: Vec<String> = best_path
+        .iter()
+        .map(|(i, l)| format!("{:.1},{:.1}", x(*i), y(*l)))
+        .collect();
+    svg.push_str(&format!(
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"#c33\" stroke-width=\"2\"/>\n</svg>\n",
+        points.join(" ")
+    ));
+    svg
+}
