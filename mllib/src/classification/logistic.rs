@@ -189,6 +189,8 @@ impl LogisticRegression {
 struct ClassCounts {
     d: usize,
     weighted: bool,
+    /// The label column's name, for error messages.
+    label: String,
 }
 
 impl Statistic for ClassCounts {
@@ -217,7 +219,7 @@ impl Statistic for ClassCounts {
             .label
             .ok_or_else(|| QuiverError::internal("class counts need a label"))?;
         for (r, &v) in y.iter().enumerate() {
-            let c = class_index(v, "label", r)?;
+            let c = class_index(v, &self.label, r)?;
             if s.len() <= c {
                 s.resize(c + 1, 0.0);
             }
@@ -396,6 +398,7 @@ impl Estimator for LogisticRegression {
             .aggregate(Arc::new(ClassCounts {
                 d,
                 weighted: self.weighted,
+                label: data.label().unwrap_or("label").to_string(),
             }))
             .await?;
         let present = counts.iter().filter(|c| **c > 0.0).count();
