@@ -349,6 +349,7 @@ fn breast_cancer_search(seed: u64, algo: Algo, evals: usize) -> Search {
         metric: Some("log_loss".to_string()),
         eval_fraction: 0.25,
         split_seed: 7,
+        folds: None,
         params: Point::new(),
     };
     Search::train_eval(space, spec)
@@ -396,6 +397,7 @@ async fn tpe_beats_random_on_a_logistic_regression_search() {
             metric: None,
             eval_fraction: 0.2,
             split_seed: 0,
+            folds: None,
             params: Point::new(),
         },
     )
@@ -408,5 +410,65 @@ async fn tpe_beats_random_on_a_logistic_regression_search() {
     assert!(
         msg.contains("unknown parameter 'learning_rate' for logistic_regression"),
         "{msg}"
+    );
+}
+
+/// k-fold cross-validation in the built-in objective: the loss is the mean of the fold losses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_eval_cross_validates() {
+    let s = session();
+    let spec = quiver_mllib::tuning::TrainEval {
+        dataset: concat!(env!("CARGO_MANIFEST_DIR"), "/../data/diabetes.parquet").to_string(),
+        estimator: "linear_regression".to_string(),
+        label: Some("target".to_string()),
+        features: None,
+        metric: None,
+        eval_fraction: 0.2,
+        split_seed: 3,
+        folds: Some(5),
+        params: Point::new(),
+    };
+    let r = Search::train_eval(
+        Space::new(vec![hp::loguniform("reg_param", 1e-4, 1.0)]).unwrap(),
+        spec.clone(),
+    )
+    .algo(Algo::Random)
+    .max_evals(4)
+    .run(&s)
+    .await
+    .unwrap();
+    for t in &r.trials {
+        let folds: Vec<f64> = t.metrics["fold_losses"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{t:?}"))
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(folds.len(), 5);
+        let mean = folds.iter().sum::<f64>() / 5.0;
+        assert!((t.loss.unwrap() - mean).abs() < 1e-12);
+        assert!(
+            (t.metrics["rmse"].as_f64().unwrap() - mean).abs() < 1e-9,
+            "{t:?}"
+        );
+        assert!(mean > 40.0 && mean < 70.0, "diabetes RMSE: {mean}");
+    }
+    let bad = Search::train_eval(
+        Space::new(vec![hp::loguniform("reg_param", 1e-4, 1.0)]).unwrap(),
+        quiver_mllib::tuning::TrainEval {
+            folds: Some(1),
+            ..spec
+        },
+    )
+    .max_evals(1)
+    .run(&s)
+    .await
+    .unwrap();
+    assert!(
+        bad.trials[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("folds = 1")
     );
 }

@@ -779,6 +779,7 @@ pub async fn search(session: &QuiverSession, trials: usize, out: &mut dyn Write)
             metric: Some("log_loss".to_string()),
             eval_fraction: 0.25,
             split_seed: 7,
+            folds: None,
             params: Point::new(),
         };
         let t = Instant::now();

@@ -10,7 +10,7 @@
 //! [model]
 //! estimator = "logistic_regression"   # linear_regression, kmeans
 //! metric = "log_loss"                 # optional; see TrainEval
-//! eval_fraction = 0.2
+//! eval_fraction = 0.2                # or folds = 5 (k-fold cross-validation)
 //! name = "bc_tuned"                   # saved under this name (optional)
 //!
 //! [search]
@@ -62,6 +62,7 @@ struct ModelSpec {
     metric: Option<String>,
     eval_fraction: Option<f64>,
     split_seed: Option<u64>,
+    folds: Option<usize>,
     name: Option<String>,
 }
 
@@ -123,6 +124,7 @@ pub async fn tune(
         metric: spec.model.metric.clone(),
         eval_fraction: spec.model.eval_fraction.unwrap_or(0.2),
         split_seed: spec.model.split_seed.unwrap_or(0),
+        folds: spec.model.folds,
         params: Point::new(),
     };
     // A bad estimator or parameter name fails here, not in every trial.

@@ -41,6 +41,10 @@ pub struct TrainEval {
     /// Held-out fraction. Defaults to 0.2.
     #[serde(default = "default_fraction")]
     pub eval_fraction: f64,
+    /// k-fold cross-validation instead of one held-out split: the loss is the mean over the
+    /// folds (`eval_fraction` is then unused).
+    #[serde(default)]
+    pub folds: Option<usize>,
     #[serde(default)]
     pub split_seed: u64,
     /// The trial's hyperparameters (the estimator's parameter names).
@@ -59,7 +63,7 @@ pub struct TrainEvalRunner;
 /// The process's trial session (local runner, one compute thread per trial) and its datasets.
 struct TrialContext {
     session: QuiverSession,
-    data: Mutex<HashMap<String, (Dataset, Dataset)>>,
+    data: Mutex<HashMap<String, Splits>>,
 }
 
 fn context() -> quiver_engine::Result<&'static TrialContext> {
@@ -118,25 +122,38 @@ fn check_known(params: &Point, known: &[&str], estimator: &str) -> quiver_engine
     Ok(())
 }
 
-/// Loads (once per process) the dataset with its roles, split into (train, test).
-async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<(Dataset, Dataset)> {
+/// Loads (once per process) the dataset with its roles, split into (train, test) pairs: one
+/// held-out split, or `folds` cross-validation splits.
+async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Splits> {
     let key = serde_json::to_string(&(
         &spec.dataset,
         &spec.label,
         &spec.features,
         spec.eval_fraction,
         spec.split_seed,
+        spec.folds,
     ))
     .unwrap_or_default();
     if let Some(d) = c.data.lock().expect("dataset cache").get(&key) {
         return Ok(d.clone());
     }
-    if !(spec.eval_fraction > 0.0 && spec.eval_fraction < 1.0) {
-        return Err(bad(format!(
-            "eval_fraction {} is not strictly between 0 and 1",
-            spec.eval_fraction
-        )));
-    }
+    let weights: Vec<f64> = match spec.folds {
+        Some(k) if k >= 2 => vec![1.0; k],
+        Some(k) => {
+            return Err(bad(format!(
+                "folds = {k}: cross-validation needs at least 2"
+            )));
+        }
+        None if spec.eval_fraction > 0.0 && spec.eval_fraction < 1.0 => {
+            vec![1.0 - spec.eval_fraction, spec.eval_fraction]
+        }
+        None => {
+            return Err(bad(format!(
+                "eval_fraction {} is not strictly between 0 and 1",
+                spec.eval_fraction
+            )));
+        }
+    };
     let df = c.session.read(&spec.dataset).await?;
     let batches = df.collect().await?;
     let df = c.session.from_batches(batches, 1)?;
@@ -150,28 +167,44 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<(D
     if let Some(l) = &spec.label {
         data = data.with_label(l)?;
     }
-    // Materialise both sides once: every trial reuses the same rows.
-    let mut parts = data.random_split(
-        &[1.0 - spec.eval_fraction, spec.eval_fraction],
-        spec.split_seed,
-    )?;
-    let materialise = |d: Dataset| async move {
-        let batches = d.dataframe().clone().collect().await?;
+    // Materialise the parts once: every trial reuses the same rows.
+    let mut parts = Vec::with_capacity(weights.len());
+    for part in data.random_split(&weights, spec.split_seed)? {
+        parts.push(part.dataframe().clone().collect().await?);
+    }
+    let with_roles = |batches: Vec<arrow::array::RecordBatch>| {
         let mut out =
-            Dataset::new(c.session.from_batches(batches, 1)?).with_features(d.features())?;
-        if let Some(l) = d.label() {
+            Dataset::new(c.session.from_batches(batches, 1)?).with_features(data.features())?;
+        if let Some(l) = data.label() {
             out = out.with_label(l)?;
         }
         Ok::<Dataset, QuiverError>(out)
     };
-    let test = materialise(parts.pop().expect("two parts")).await?;
-    let train = materialise(parts.pop().expect("two parts")).await?;
+    let held_out: Vec<usize> = if spec.folds.is_some() {
+        (0..parts.len()).collect()
+    } else {
+        vec![1]
+    };
+    let mut splits = Vec::with_capacity(held_out.len());
+    for i in held_out {
+        let train: Vec<_> = parts
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, b)| b.iter().cloned())
+            .collect();
+        splits.push((with_roles(train)?, with_roles(parts[i].clone())?));
+    }
+    let splits = Arc::new(splits);
     c.data
         .lock()
         .expect("dataset cache")
-        .insert(key, (train.clone(), test.clone()));
-    Ok((train, test))
+        .insert(key, Arc::clone(&splits));
+    Ok(splits)
 }
+
+/// (train, test) pairs.
+type Splits = Arc<Vec<(Dataset, Dataset)>>;
 
 /// An estimator configured with a trial's parameters.
 pub enum Built {
@@ -304,7 +337,42 @@ pub async fn refit(
 /// `(loss, metrics)` of one trial.
 async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
     let c = context()?;
-    let (train, test) = dataset(c, spec).await?;
+    let splits = dataset(c, spec).await?;
+    let mut losses = Vec::with_capacity(splits.len());
+    let mut all_metrics = Vec::with_capacity(splits.len());
+    for (train, test) in splits.iter() {
+        let (loss, metrics) = train_eval_split(c, spec, train, test).await?;
+        losses.push(loss);
+        all_metrics.push(metrics);
+    }
+    if losses.len() == 1 {
+        return Ok((losses[0], all_metrics.pop().unwrap_or(Value::Null)));
+    }
+    // Cross-validation: the mean loss and each metric's mean over the folds.
+    let mut mean = serde_json::Map::new();
+    if let Some(Value::Object(first)) = all_metrics.first() {
+        for k in first.keys() {
+            let v: Vec<f64> = all_metrics.iter().filter_map(|m| m[k].as_f64()).collect();
+            mean.insert(
+                k.clone(),
+                json!(v.iter().sum::<f64>() / v.len().max(1) as f64),
+            );
+        }
+    }
+    mean.insert("fold_losses".to_string(), json!(losses));
+    Ok((
+        losses.iter().sum::<f64>() / losses.len() as f64,
+        Value::Object(mean),
+    ))
+}
+
+/// `(loss, metrics)` of one train/test split.
+async fn train_eval_split(
+    c: &TrialContext,
+    spec: &TrainEval,
+    train: &Dataset,
+    test: &Dataset,
+) -> quiver_engine::Result<(f64, Value)> {
     let s = &c.session;
     let err = |e: crate::MllibError| QuiverError::TaskFailed {
         task: TRAIN_EVAL.to_string(),
@@ -312,8 +380,8 @@ async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
     };
     let (metrics, metric) = match build(spec)? {
         Built::Logistic(e) => {
-            let model = e.fit(s, &train).await.map_err(err)?;
-            let scored = model.transform(&test).map_err(err)?;
+            let model = e.fit(s, train).await.map_err(err)?;
+            let scored = model.transform(test).map_err(err)?;
             let m = MulticlassClassificationEvaluator::new()
                 .evaluate(s, &scored)
                 .await
@@ -338,7 +406,7 @@ async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
             )
         }
         Built::Linear(e) => {
-            let model = e.fit(s, &train).await.map_err(err)?;
+            let model = e.fit(s, train).await.map_err(err)?;
             let m = RegressionEvaluator::new()
                 .evaluate(s, &model.transform(&test).map_err(err)?)
                 .await
@@ -349,7 +417,7 @@ async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
             )
         }
         Built::KMeans(e) => {
-            let model = e.fit(s, &train).await.map_err(err)?;
+            let model = e.fit(s, train).await.map_err(err)?;
             let m = ClusteringEvaluator::new()
                 .evaluate(s, &model.transform(&test).map_err(err)?)
                 .await
