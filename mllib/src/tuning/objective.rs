@@ -408,7 +408,7 @@ async fn train_eval_split(
         Built::Linear(e) => {
             let model = e.fit(s, train).await.map_err(err)?;
             let m = RegressionEvaluator::new()
-                .evaluate(s, &model.transform(&test).map_err(err)?)
+                .evaluate(s, &model.transform(test).map_err(err)?)
                 .await
                 .map_err(err)?;
             (
@@ -419,7 +419,7 @@ async fn train_eval_split(
         Built::KMeans(e) => {
             let model = e.fit(s, train).await.map_err(err)?;
             let m = ClusteringEvaluator::new()
-                .evaluate(s, &model.transform(&test).map_err(err)?)
+                .evaluate(s, &model.transform(test).map_err(err)?)
                 .await
                 .map_err(err)?;
             (
