@@ -192,28 +192,44 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Runs `f` to completion from synchronous code: on a multi-threaded runtime the current worker
-/// steps aside for it; elsewhere a short-lived thread with its own runtime runs it.
+/// steps aside for it; on a thread with no runtime (the compute pool) a runtime kept per thread
+/// runs it; inside a current-thread runtime a short-lived thread with its own runtime does.
 pub fn block_on<F>(f: F) -> F::Output
 where
     F: std::future::Future + Send,
     F::Output: Send,
 {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| h.block_on(f))
-        }
-        _ => std::thread::scope(|s| {
+    use tokio::runtime::{Builder, Handle, Runtime, RuntimeFlavor};
+    thread_local! {
+        static RUNTIME: Option<Runtime> = Builder::new_current_thread().enable_all().build().ok();
+    }
+    let own_thread = |f: F| {
+        std::thread::scope(|s| {
             s.spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
+                Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .expect("a current-thread runtime")
                     .block_on(f)
             })
             .join()
-            .expect("the model loader thread panicked")
-        }),
+            .expect("the blocking task's thread panicked")
+        })
+    };
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(f))
+        }
+        Ok(_) => own_thread(f),
+        Err(_) => {
+            let mut f = Some(f);
+            let done =
+                RUNTIME.with(|rt| rt.as_ref().map(|rt| rt.block_on(f.take().expect("once"))));
+            match done {
+                Some(out) => out,
+                None => own_thread(f.take().expect("not yet run")),
+            }
+        }
     }
 }
 
