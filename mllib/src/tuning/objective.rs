@@ -56,6 +56,23 @@ fn default_fraction() -> f64 {
     0.2
 }
 
+impl TrainEval {
+    /// `data` with this spec's features (every numeric column but the label by default) and
+    /// label.
+    fn with_roles(&self, data: Dataset) -> quiver_engine::Result<Dataset> {
+        let mut data = match &self.features {
+            Some(f) => data.with_features(f)?,
+            None => data.with_numeric_features_except(
+                &self.label.iter().map(String::as_str).collect::<Vec<_>>(),
+            )?,
+        };
+        if let Some(l) = &self.label {
+            data = data.with_label(l)?;
+        }
+        Ok(data)
+    }
+}
+
 /// Runs [`TrainEval`] tasks.
 #[derive(Debug, Default)]
 pub struct TrainEvalRunner;
@@ -156,17 +173,7 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
     };
     let df = c.session.read(&spec.dataset).await?;
     let batches = df.collect().await?;
-    let df = c.session.from_batches(batches, 1)?;
-    let mut data = Dataset::new(df);
-    data = match &spec.features {
-        Some(f) => data.with_features(f)?,
-        None => data.with_numeric_features_except(
-            &spec.label.iter().map(String::as_str).collect::<Vec<_>>(),
-        )?,
-    };
-    if let Some(l) = &spec.label {
-        data = data.with_label(l)?;
-    }
+    let data = spec.with_roles(Dataset::new(c.session.from_batches(batches, 1)?))?;
     // Materialise the parts once: every trial reuses the same rows.
     let mut parts = Vec::with_capacity(weights.len());
     for part in data.random_split(&weights, spec.split_seed)? {
@@ -315,15 +322,7 @@ pub async fn refit(
 ) -> crate::Result<crate::PipelineModel> {
     let mut spec = spec.clone();
     spec.params = params.clone();
-    let mut data = Dataset::new(session.read(&spec.dataset).await?);
-    let label: Vec<&str> = spec.label.iter().map(String::as_str).collect();
-    data = match &spec.features {
-        Some(f) => data.with_features(f)?,
-        None => data.with_numeric_features_except(&label)?,
-    };
-    if let Some(l) = &spec.label {
-        data = data.with_label(l)?;
-    }
+    let data = spec.with_roles(Dataset::new(session.read(&spec.dataset).await?))?;
     let names = data.feature_names()?;
     let pipeline = crate::Pipeline::new().transformer(crate::VectorAssembler::new(&names));
     let pipeline = match build(&spec)? {
