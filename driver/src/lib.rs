@@ -35,6 +35,12 @@ pub fn session_with(config: QuiverConfig) -> Result<QuiverSession> {
     QuiverSession::embedded_with(config)
 }
 
+/// A session on the cluster at `url` (`df://host:port`) with `config` and every Quiver function.
+pub async fn remote_session_with(url: &str, config: QuiverConfig) -> Result<QuiverSession> {
+    quiver_executor::install()?;
+    QuiverSession::remote_with(url, config).await
+}
+
 /// Where the shipped digits data lives: `data/digits.parquet` under the working directory, else
 /// in the source tree this binary was built from.
 pub fn shipped_digits() -> Option<String> {

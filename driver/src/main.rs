@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use quiver_driver::commands::{bench, models, quickstart, sql, tune};
+use quiver_driver::commands::{bench, cluster, models, quickstart, sql, tune};
 use quiver_driver::{QuiverConfig, Result};
 
 /// Quiver: a distributed dataframe ML engine on Arrow, DataFusion and Ballista.
@@ -64,8 +64,50 @@ enum Command {
         #[command(subcommand)]
         action: ModelsAction,
     },
+    /// Start, inspect and stop a local cluster (a scheduler and executors on loopback).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// List the configuration keys with their defaults.
     Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// Start a scheduler and N executors as background processes; returns once all are ready.
+    Up {
+        #[arg(long, default_value_t = 2)]
+        executors: usize,
+        /// Directory for the state file and the logs.
+        #[arg(long, default_value = "quiver-cluster")]
+        dir: std::path::PathBuf,
+        /// The scheduler's port (executors take free ports).
+        #[arg(long, default_value_t = 50050)]
+        port: u16,
+        /// Tasks each executor runs at once (default: the number of cores).
+        #[arg(long)]
+        concurrent_tasks: Option<usize>,
+        /// Seconds to wait for every process to be ready.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Whether each process of the cluster started from --dir is running and listening.
+    Status {
+        #[arg(long, default_value = "quiver-cluster")]
+        dir: std::path::PathBuf,
+    },
+    /// Stop the cluster started from --dir (SIGTERM, then SIGKILL after 5 s).
+    Down {
+        #[arg(long, default_value = "quiver-cluster")]
+        dir: std::path::PathBuf,
+    },
+    /// Run a scheduler in the foreground (the flags of quiver-scheduler).
+    #[command(hide = true)]
+    Scheduler(quiver_executor::cli::SchedulerArgs),
+    /// Run an executor in the foreground (the flags of quiver-executor).
+    #[command(hide = true)]
+    Executor(quiver_executor::cli::ExecutorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,24 +213,24 @@ async fn run(cli: Cli) -> Result<()> {
         }
         return Ok(());
     }
-    let session = quiver_driver::session_with(config)?;
+    if let Command::Cluster { action } = cli.command {
+        return run_cluster(action, &mut out).await;
+    }
+    let cluster_url = match &cli.command {
+        Command::Sql {
+            cluster: Some(url), ..
+        } => Some(url.clone()),
+        _ => None,
+    };
+    let session = match cluster_url {
+        Some(url) => quiver_driver::remote_session_with(&url, config).await?,
+        None => quiver_driver::session_with(config)?,
+    };
     match cli.command {
         Command::Quickstart { data } => {
             quickstart::quickstart(&session, data.as_deref(), &mut out).await?;
         }
-        Command::Sql {
-            execute,
-            file,
-            cluster,
-        } => {
-            if let Some(url) = cluster {
-                return Err(quiver_driver::QuiverError::InvalidParam {
-                    param: "--cluster".to_string(),
-                    reason: format!(
-                        "cannot run on {url}: cluster sessions arrive with the Ballista integration; run without --cluster (embedded)"
-                    ),
-                });
-            }
+        Command::Sql { execute, file, .. } => {
             let text = match (execute, file) {
                 (Some(sql), _) => sql,
                 (None, Some(path)) => std::fs::read_to_string(&path).map_err(|source| {
@@ -266,7 +308,43 @@ async fn run(cli: Cli) -> Result<()> {
                 models::drop(&session, &name, version, &mut out).await?
             }
         },
-        Command::Config => {}
+        Command::Config | Command::Cluster { .. } => {}
+    }
+    Ok(())
+}
+
+async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> {
+    match action {
+        ClusterAction::Up {
+            executors,
+            dir,
+            port,
+            concurrent_tasks,
+            timeout,
+        } => {
+            let opts = cluster::UpOptions {
+                dir,
+                executors,
+                port,
+                concurrent_tasks,
+                ready_timeout: std::time::Duration::from_secs(timeout),
+            };
+            tokio::task::spawn_blocking(move || cluster::up(&opts, &mut std::io::stdout()))
+                .await
+                .map_err(|e| quiver_driver::QuiverError::internal(e.to_string()))??;
+        }
+        ClusterAction::Status { dir } => {
+            cluster::status(&dir, out)?;
+        }
+        ClusterAction::Down { dir } => cluster::down(&dir, out)?,
+        ClusterAction::Scheduler(args) => {
+            quiver_executor::cli::init_logging();
+            quiver_executor::run_scheduler(args.into()).await?;
+        }
+        ClusterAction::Executor(args) => {
+            quiver_executor::cli::init_logging();
+            quiver_executor::run_executor(args.into()).await?;
+        }
     }
     Ok(())
 }

@@ -162,6 +162,11 @@ pub enum QuiverError {
     #[error("internal error: {0}")]
     Internal(String),
 
+    /// A cluster could not be reached or did not do what was asked; the message names the
+    /// scheduler, executor or function involved.
+    #[error("cluster error: {0}")]
+    Cluster(String),
+
     /// An error of an upper layer (MLlib, the SQL statements and functions), already worded.
     #[error("{0}")]
     Worded(String),

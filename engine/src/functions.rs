@@ -220,7 +220,51 @@ pub fn engine_scalar_functions() -> Vec<ScalarUDF> {
         ScalarUDF::from(VectorOpUdf::new(VectorOp::Dot)),
         ScalarUDF::from(VectorOpUdf::new(VectorOp::Norm)),
         ScalarUDF::from(VectorOpUdf::new(VectorOp::Element)),
+        ScalarUDF::from(ProcessIdUdf::new()),
     ]
+}
+
+/// `quiver_process()`: the name of the process evaluating the row (`driver` in a client or an
+/// embedded session, the executor id on a cluster executor). Volatile, so it is never folded
+/// into a constant by the planner: it shows where the work ran.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ProcessIdUdf {
+    signature: Signature,
+}
+
+impl ProcessIdUdf {
+    pub fn new() -> Self {
+        ProcessIdUdf {
+            signature: Signature::nullary(Volatility::Volatile),
+        }
+    }
+}
+
+impl Default for ProcessIdUdf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScalarUDFImpl for ProcessIdUdf {
+    fn name(&self) -> &str {
+        "quiver_process"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let name = crate::cluster::process_name();
+        let out: arrow::array::StringArray =
+            std::iter::repeat_n(Some(name), args.number_rows).collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }
 
 /// The vector helpers.

@@ -152,7 +152,7 @@ pub fn resolve(ctx: &SessionContext, s3: &S3Config, location: &str) -> Result<Lo
     Ok(Location { url, store, path })
 }
 
-fn build_s3(cfg: &S3Config, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+pub(crate) fn build_s3(cfg: &S3Config, url: &Url) -> Result<Arc<dyn ObjectStore>> {
     let bucket = url.host_str().ok_or_else(|| QuiverError::InvalidUrl {
         url: url.to_string(),
         reason: "an s3:// URL needs a bucket name".to_string(),

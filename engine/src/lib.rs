@@ -12,6 +12,7 @@
 //!   upper crates fill ([`registry`]).
 
 pub mod aggregate;
+pub mod cluster;
 pub mod config;
 pub mod dataset;
 pub mod error;
@@ -35,7 +36,7 @@ pub use fanout::{
 pub use io::DataFormat;
 pub use map::{BatchFunction, MapUdf, apply_to_columns, map_dataset};
 pub use registry::FunctionRegistry;
-pub use session::{Prepared, QuiverSession, Runner};
+pub use session::{Backend, Prepared, QuiverSession, Runner};
 pub use store::{ModelDraft, ModelMetadata, ModelStore, StoredModel};
 pub use summary::{FeatureSummary, Summarizer};
 pub use vector::FeatureBatch;

@@ -19,7 +19,7 @@ use crate::error::{QuiverError, Result};
 use crate::vector::{FeatureBatch, assemble, vector_values};
 
 /// A function of a batch of feature rows that returns one value per row.
-pub trait BatchFunction: Send + Sync + Debug + 'static {
+pub trait BatchFunction: std::any::Any + Send + Sync + Debug {
     /// SQL name of the function.
     fn name(&self) -> &str;
     /// Parameters as bytes: the function's identity in plans and its codec payload.
@@ -51,6 +51,11 @@ impl MapUdf {
 
     pub fn function(&self) -> &Arc<dyn BatchFunction> {
         &self.func
+    }
+
+    /// The function's parameters (its identity in plans and its codec payload).
+    pub fn params(&self) -> &[u8] {
+        &self.params
     }
 
     /// Wraps it as a `ScalarUDF`.

@@ -1,7 +1,7 @@
 //! Function registries that the upper crates fill: scalar, aggregate and table functions, and
 //! fan-out task runners. Every Quiver session registers the whole process-wide registry.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock, RwLock};
 
 use datafusion::catalog::TableFunctionImpl;
@@ -11,6 +11,62 @@ use datafusion::prelude::SessionContext;
 use crate::error::{QuiverError, Result};
 use crate::fanout::{TaskRegistry, TaskRunner};
 use crate::functions::{engine_aggregate_functions, engine_scalar_functions};
+use crate::map::{BatchFunction, MapUdf};
+use crate::{Statistic, StatisticUdaf};
+
+/// Turns an encoded parameter payload back into a function (on a scheduler or an executor).
+pub type ScalarDecoder = Arc<dyn Fn(&[u8]) -> Result<ScalarUDF> + Send + Sync>;
+/// Reads the parameter payload of a function instance; `None` when the instance is not the
+/// type this entry was registered for.
+pub type ScalarEncoder = Arc<dyn Fn(&ScalarUDF) -> Option<Result<Vec<u8>>> + Send + Sync>;
+pub type AggregateDecoder = Arc<dyn Fn(&[u8]) -> Result<AggregateUDF> + Send + Sync>;
+pub type AggregateEncoder = Arc<dyn Fn(&AggregateUDF) -> Option<Result<Vec<u8>>> + Send + Sync>;
+
+/// A value rebuilt from the bytes of its `params()` (what crosses process boundaries).
+pub trait FromParams: Sized {
+    fn from_params(bytes: &[u8]) -> Result<Self>;
+}
+
+/// Parameters as JSON (exact for `f64` with serde_json's `float_roundtrip`).
+pub fn json_params<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|source| QuiverError::Json {
+        context: format!("the parameters of {what}"),
+        source,
+    })
+}
+
+/// The inverse of [`json_params`].
+pub fn from_json_params<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| QuiverError::Json {
+        context: format!("the parameters of {what}"),
+        source,
+    })
+}
+
+/// How a stateful function crosses to another process: its payload out, the function back.
+#[derive(Clone)]
+pub struct ScalarCodec {
+    pub encode: ScalarEncoder,
+    pub decode: ScalarDecoder,
+}
+
+#[derive(Clone)]
+pub struct AggregateCodec {
+    pub encode: AggregateEncoder,
+    pub decode: AggregateDecoder,
+}
+
+impl std::fmt::Debug for ScalarCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScalarCodec")
+    }
+}
+
+impl std::fmt::Debug for AggregateCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AggregateCodec")
+    }
+}
 
 /// A set of functions and task runners, with names unique across all of them.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +76,8 @@ pub struct FunctionRegistry {
     table: Vec<(String, Arc<dyn TableFunctionImpl>)>,
     tasks: TaskRegistry,
     names: BTreeSet<String>,
+    scalar_codecs: BTreeMap<String, ScalarCodec>,
+    aggregate_codecs: BTreeMap<String, AggregateCodec>,
 }
 
 impl FunctionRegistry {
@@ -38,6 +96,7 @@ impl FunctionRegistry {
         for f in engine_aggregate_functions() {
             let _ = r.add_aggregate(f);
         }
+        let _ = r.add_statistic::<crate::summary::Summarizer>("feature_summary");
         r
     }
 
@@ -77,6 +136,83 @@ impl FunctionRegistry {
 
     pub fn add_task(&mut self, runner: Arc<dyn TaskRunner>) -> Result<()> {
         self.tasks.register(runner)
+    }
+
+    /// Makes the statistic `S` (aggregate function `name`) able to run on a cluster: its
+    /// parameters travel in the plan and are rebuilt with [`FromParams`] where it runs.
+    pub fn add_statistic<S: Statistic + FromParams>(&mut self, name: &str) -> Result<()> {
+        let encode: AggregateEncoder = Arc::new(|udaf: &AggregateUDF| {
+            udaf.inner()
+                .downcast_ref::<StatisticUdaf<S>>()
+                .map(|u| Ok(u.params().to_vec()))
+        });
+        let decode: AggregateDecoder = Arc::new(|bytes: &[u8]| {
+            let stat = S::from_params(bytes)?;
+            Ok(AggregateUDF::from(StatisticUdaf::new(Arc::new(stat))?))
+        });
+        self.add_aggregate_codec(name, AggregateCodec { encode, decode })
+    }
+
+    /// Makes the batch function `F` (map function `name`) able to run on a cluster.
+    pub fn add_batch_function<F: BatchFunction + FromParams>(&mut self, name: &str) -> Result<()> {
+        let encode: ScalarEncoder = Arc::new(|udf: &ScalarUDF| {
+            let map = udf.inner().downcast_ref::<MapUdf>()?;
+            let func: &dyn std::any::Any = map.function().as_ref();
+            func.downcast_ref::<F>()
+                .map(|_| Ok(map.params().to_vec()))
+        });
+        let decode: ScalarDecoder = Arc::new(|bytes: &[u8]| {
+            let f: Arc<dyn BatchFunction> = Arc::new(F::from_params(bytes)?);
+            Ok(MapUdf::new(f)?.into_udf())
+        });
+        self.add_scalar_codec(name, ScalarCodec { encode, decode })
+    }
+
+    pub fn add_scalar_codec(&mut self, name: &str, codec: ScalarCodec) -> Result<()> {
+        if self.scalar_codecs.insert(name.to_string(), codec).is_some() {
+            return Err(duplicate_codec(name));
+        }
+        Ok(())
+    }
+
+    pub fn add_aggregate_codec(&mut self, name: &str, codec: AggregateCodec) -> Result<()> {
+        if self.aggregate_codecs.insert(name.to_string(), codec).is_some() {
+            return Err(duplicate_codec(name));
+        }
+        Ok(())
+    }
+
+    pub fn scalar_codec(&self, name: &str) -> Option<&ScalarCodec> {
+        self.scalar_codecs.get(name)
+    }
+
+    pub fn aggregate_codec(&self, name: &str) -> Option<&AggregateCodec> {
+        self.aggregate_codecs.get(name)
+    }
+
+    /// The registered scalar function called `name` (stateless functions travel by name).
+    pub fn scalar(&self, name: &str) -> Option<&ScalarUDF> {
+        self.scalar
+            .iter()
+            .find(|f| f.name() == name || f.aliases().iter().any(|a| a == name))
+    }
+
+    pub fn aggregate(&self, name: &str) -> Option<&AggregateUDF> {
+        self.aggregate
+            .iter()
+            .find(|f| f.name() == name || f.aliases().iter().any(|a| a == name))
+    }
+
+    pub fn table_functions(&self) -> &[(String, Arc<dyn TableFunctionImpl>)] {
+        &self.table
+    }
+
+    pub fn scalar_functions(&self) -> &[ScalarUDF] {
+        &self.scalar
+    }
+
+    pub fn aggregate_functions(&self) -> &[AggregateUDF] {
+        &self.aggregate
     }
 
     /// Every registered function name (aliases included), sorted.
@@ -123,7 +259,20 @@ impl FunctionRegistry {
         let mut merged = self.tasks.clone();
         merged.merge_from(&other.tasks)?;
         self.tasks = merged;
+        for (n, c) in other.scalar_codecs {
+            self.add_scalar_codec(&n, c)?;
+        }
+        for (n, c) in other.aggregate_codecs {
+            self.add_aggregate_codec(&n, c)?;
+        }
         Ok(())
+    }
+}
+
+fn duplicate_codec(name: &str) -> QuiverError {
+    QuiverError::InvalidParam {
+        param: "function codec".to_string(),
+        reason: format!("a codec for '{name}' is already registered"),
     }
 }
 

@@ -13,6 +13,7 @@ use rayon::ThreadPool;
 use url::Url;
 
 use crate::aggregate::{Statistic, quoted_name, run_embedded, run_local};
+use crate::cluster::{self, SchedulerAddress};
 use crate::config::QuiverConfig;
 use crate::dataset::{Dataset, LocalFrame};
 use crate::error::{QuiverError, Result};
@@ -41,6 +42,15 @@ impl Runner {
             Runner::Embedded
         }
     }
+}
+
+fn compute_pool(config: &QuiverConfig) -> Result<Arc<ThreadPool>> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(config.compute_threads)
+        .thread_name(|i| format!("quiver-compute-{i}"))
+        .build()
+        .map(Arc::new)
+        .map_err(|e| QuiverError::internal(format!("cannot start the compute pool: {e}")))
 }
 
 /// A dataset made ready for repeated statistics on one runner ([`QuiverSession::prepare`]).
@@ -79,6 +89,15 @@ impl Prepared {
     }
 }
 
+/// Where a session's queries run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// DataFusion in this process.
+    Embedded,
+    /// A Ballista cluster of quiver-scheduler / quiver-executor processes.
+    Cluster(SchedulerAddress),
+}
+
 /// A Quiver session. Cheap to clone (everything inside is shared).
 #[derive(Clone)]
 pub struct QuiverSession {
@@ -86,6 +105,7 @@ pub struct QuiverSession {
     config: QuiverConfig,
     pool: Arc<ThreadPool>,
     functions: Arc<FunctionRegistry>,
+    backend: Backend,
 }
 
 impl std::fmt::Debug for QuiverSession {
@@ -93,6 +113,7 @@ impl std::fmt::Debug for QuiverSession {
         f.debug_struct("QuiverSession")
             .field("config", &self.config)
             .field("functions", &self.functions.names())
+            .field("backend", &self.backend)
             .finish()
     }
 }
@@ -124,17 +145,57 @@ impl QuiverSession {
             Url::parse("memory://").map_err(|e| QuiverError::internal(e.to_string()))?;
         ctx.register_object_store(&memory_url, Arc::new(InMemory::new()));
         functions.register_into(&ctx);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(config.compute_threads)
-            .thread_name(|i| format!("quiver-compute-{i}"))
-            .build()
-            .map_err(|e| QuiverError::internal(format!("cannot start the compute pool: {e}")))?;
         Ok(QuiverSession {
             ctx,
+            pool: compute_pool(&config)?,
             config,
-            pool: Arc::new(pool),
             functions: Arc::new(functions),
+            backend: Backend::Embedded,
         })
+    }
+
+    /// A session on the Ballista cluster whose scheduler is at `url` (`df://host:port`), with
+    /// the default configuration and every function of the process-wide registry. Fails at once
+    /// (within a few seconds) when the URL is malformed or the scheduler does not answer.
+    pub async fn remote(url: &str) -> Result<Self> {
+        Self::remote_with(url, QuiverConfig::default()).await
+    }
+
+    /// A cluster session with `config`.
+    pub async fn remote_with(url: &str, config: QuiverConfig) -> Result<Self> {
+        let address = SchedulerAddress::parse(url)?;
+        let functions = Arc::new(registry::global());
+        let ctx = cluster::remote_context(&address, &config, &functions).await?;
+        Ok(QuiverSession {
+            ctx,
+            pool: compute_pool(&config)?,
+            config,
+            functions,
+            backend: Backend::Cluster(address),
+        })
+    }
+
+    /// A cluster session on a scheduler and one executor started inside this process (quick
+    /// tests of the cluster path; needs `quiver_executor::install()`).
+    pub async fn standalone() -> Result<Self> {
+        Self::standalone_with(QuiverConfig::default()).await
+    }
+
+    /// [`QuiverSession::standalone`] with `config`.
+    pub async fn standalone_with(config: QuiverConfig) -> Result<Self> {
+        let launch = cluster::standalone_launcher()?;
+        let address = launch(config.clone()).await?;
+        Self::remote_with(&address.url(), config).await
+    }
+
+    /// Where this session's queries run.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// True on a Ballista cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
     }
 
     /// This session's configuration, compute pool and functions over another DataFusion
@@ -145,6 +206,7 @@ impl QuiverSession {
             config: self.config.clone(),
             pool: Arc::clone(&self.pool),
             functions: Arc::clone(&self.functions),
+            backend: self.backend.clone(),
         }
     }
 
@@ -277,7 +339,9 @@ impl QuiverSession {
     /// in-memory table with the same partitioning (Spark's `persist()` before an iterative
     /// fit), so each pass scans memory instead of recomputing the whole plan.
     pub async fn prepare_iterative(&self, dataset: &Dataset, runner: Runner) -> Result<Prepared> {
-        if runner == Runner::Local {
+        if runner == Runner::Local || self.is_cluster() {
+            // On a cluster the executors read the data on every pass: an in-memory table of
+            // this process could not be sent to them.
             return self.prepare(dataset, runner).await;
         }
         let mut exprs = vec![dataset.features_expr()?.alias("features")];

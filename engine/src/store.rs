@@ -64,6 +64,7 @@ pub struct ModelMetadata {
 #[derive(Debug, Clone)]
 pub struct ModelStore {
     display: String,
+    absolute: String,
     store: Arc<dyn ObjectStore>,
     root: Path,
 }
@@ -142,14 +143,31 @@ impl ModelStore {
     pub fn new(location: Location, display: impl Into<String>) -> Self {
         ModelStore {
             display: display.into(),
+            absolute: location.url.to_string(),
             store: location.store,
             root: location.path,
         }
     }
 
+    /// Opens the store at `location` outside any session (what executors do with the store a
+    /// plan names), with the given S3 settings.
+    pub fn open(location: &str, s3: &crate::config::S3Config) -> Result<Self> {
+        let ctx = datafusion::prelude::SessionContext::new_with_config_rt(
+            datafusion::prelude::SessionConfig::new(),
+            crate::cluster::runtime_env(s3)?,
+        );
+        let loc = crate::io::resolve(&ctx, s3, location)?;
+        Ok(ModelStore::new(loc, location))
+    }
+
     /// The store's location as the user gave it.
     pub fn url(&self) -> &str {
         &self.display
+    }
+
+    /// The store's location as an absolute URL (what another process opens).
+    pub fn absolute_url(&self) -> &str {
+        &self.absolute
     }
 
     fn model_dir(&self, name: &str) -> Path {

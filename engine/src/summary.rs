@@ -646,6 +646,12 @@ impl Statistic for Summarizer {
     }
 }
 
+impl crate::registry::FromParams for Summarizer {
+    fn from_params(bytes: &[u8]) -> Result<Self> {
+        crate::registry::from_json_params("the feature summary", bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,10 +2,24 @@
 //!
 //! What a Quiver worker process is made of: every Quiver function and fan-out task runner
 //! registered. [`install`] fills the engine's process-wide registry from every crate (once per
-//! process); sessions created afterwards (`QuiverSession::embedded()`) carry them all. The
-//! Ballista scheduler and executor binaries build on this crate.
+//! process); sessions created afterwards (`QuiverSession::embedded()`, `::remote(…)`) carry
+//! them all.
+//!
+//! The cluster processes are libraries here and thin binaries in `src/bin`:
+//! [`run_scheduler`] ([`SchedulerOptions`]) is Ballista's scheduler and [`run_executor`]
+//! ([`ExecutorOptions`]) Ballista's executor, both with every Quiver function, Quiver's
+//! extension codecs and Quiver's object stores; [`standalone::launch`] runs both inside this
+//! process (what `QuiverSession::standalone()` uses once [`install`] has run).
 
-use std::sync::OnceLock;
+pub mod cli;
+pub mod scheduler;
+pub mod standalone;
+pub mod worker;
+
+pub use scheduler::{SchedulerOptions, run_scheduler, scheduler_config};
+pub use worker::{ExecutorOptions, executor_config, run_executor};
+
+use std::sync::{Arc, OnceLock};
 
 use quiver_engine::{FunctionRegistry, QuiverError, Result, registry};
 
@@ -20,7 +34,12 @@ pub fn register_all(registry: &mut FunctionRegistry) -> Result<()> {
 /// call's outcome is returned to every caller.
 pub fn install() -> Result<()> {
     INSTALLED
-        .get_or_init(|| registry::install(register_all).map_err(|e| e.to_string()))
+        .get_or_init(|| {
+            quiver_engine::cluster::set_standalone_launcher(Arc::new(|config| {
+                Box::pin(standalone::launch(config))
+            }));
+            registry::install(register_all).map_err(|e| e.to_string())
+        })
         .clone()
         .map_err(QuiverError::Internal)
 }

@@ -111,7 +111,7 @@ fn check_finite<'a>(b: &FeatureBatch<'a>) -> quiver_engine::Result<&'a [f64]> {
     Ok(y)
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct RegressionStat;
 
 impl Statistic for RegressionStat {
@@ -122,7 +122,7 @@ impl Statistic for RegressionStat {
         "quiver_regression_metrics"
     }
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        Ok(Vec::new())
+        quiver_engine::registry::json_params("the regression metrics", self)
     }
     fn dim(&self) -> usize {
         1
@@ -279,7 +279,7 @@ impl MulticlassClassificationEvaluator {
 }
 
 /// Counts of (label, prediction) pairs, keyed by their bit patterns.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct ConfusionStat;
 
 impl Statistic for ConfusionStat {
@@ -290,7 +290,7 @@ impl Statistic for ConfusionStat {
         "quiver_confusion_counts"
     }
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        Ok(Vec::new())
+        quiver_engine::registry::json_params("the confusion counts", self)
     }
     fn dim(&self) -> usize {
         1
@@ -446,7 +446,7 @@ impl BinaryClassificationEvaluator {
 
 /// Positive and negative counts per distinct score (keyed by the score's order-preserving bits),
 /// and the summed log loss.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct ScoreCounts {
     dim: usize,
 }
@@ -465,7 +465,7 @@ impl Statistic for ScoreCounts {
         "quiver_score_counts"
     }
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        Ok(vec![self.dim as u8])
+        quiver_engine::registry::json_params("the score counts", self)
     }
     fn dim(&self) -> usize {
         self.dim
@@ -634,7 +634,7 @@ impl ClusteringEvaluator {
 }
 
 /// One cluster's size, mean and sum of squared deviations from the mean.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Moments {
     n: f64,
     mean: Vec<f64>,
@@ -642,7 +642,7 @@ struct Moments {
 }
 
 /// Per cluster index (the label input): size, mean and squared spread, merged as Chan et al.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct ClusterMoments {
     d: usize,
     /// The cluster column, for error messages.
@@ -656,7 +656,7 @@ impl Statistic for ClusterMoments {
         "quiver_cluster_moments"
     }
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        Ok(Vec::new())
+        quiver_engine::registry::json_params("the cluster moments", self)
     }
     fn dim(&self) -> usize {
         self.d
@@ -763,7 +763,7 @@ impl Statistic for ClusterMoments {
 }
 
 /// `[rows, Σ silhouette]` given every cluster's moments.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct SilhouetteStat {
     d: usize,
     column: String,
@@ -777,13 +777,7 @@ impl Statistic for SilhouetteStat {
         "quiver_silhouette"
     }
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        ClusterMoments {
-            d: self.d,
-            column: self.column.clone(),
-        }
-        .encode_state(&self.clusters, &mut out);
-        Ok(out)
+        quiver_engine::registry::json_params("the silhouette", self)
     }
     fn dim(&self) -> usize {
         self.d
@@ -853,4 +847,43 @@ impl Statistic for SilhouetteStat {
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
         Ok(decode_f64s(bytes, 2)?.0)
     }
+}
+
+impl quiver_engine::registry::FromParams for RegressionStat {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("the regression metrics", bytes)
+    }
+}
+
+impl quiver_engine::registry::FromParams for ConfusionStat {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("the confusion counts", bytes)
+    }
+}
+
+impl quiver_engine::registry::FromParams for ScoreCounts {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("the score counts", bytes)
+    }
+}
+
+impl quiver_engine::registry::FromParams for ClusterMoments {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("the cluster moments", bytes)
+    }
+}
+
+impl quiver_engine::registry::FromParams for SilhouetteStat {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("the silhouette", bytes)
+    }
+}
+
+/// Lets the evaluators' statistics run on a cluster.
+pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
+    r.add_statistic::<RegressionStat>("quiver_regression_metrics")?;
+    r.add_statistic::<ConfusionStat>("quiver_confusion_counts")?;
+    r.add_statistic::<ScoreCounts>("quiver_score_counts")?;
+    r.add_statistic::<ClusterMoments>("quiver_cluster_moments")?;
+    r.add_statistic::<SilhouetteStat>("quiver_silhouette")
 }

@@ -46,5 +46,10 @@ use quiver_engine::FunctionRegistry;
 /// Adds MLlib's fan-out task runners to `registry`: the built-in trial objective
 /// (`quiver.train_eval`), so that any process can run search trials.
 pub fn register(registry: &mut FunctionRegistry) -> quiver_engine::Result<()> {
+    classification::register(registry)?;
+    clustering::register(registry)?;
+    regression::register(registry)?;
+    feature::register(registry)?;
+    evaluation::register(registry)?;
     registry.add_task(tuning::objective::train_eval_runner())
 }

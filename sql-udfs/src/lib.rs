@@ -32,7 +32,8 @@ use crate::create::{create_model, message_batch};
 /// Adds the SQL functions of this crate that need no session (and those of MLlib, which it
 /// builds on) to `registry`. The model functions are per session: see [`SqlSession`].
 pub fn register(registry: &mut FunctionRegistry) -> quiver_engine::Result<()> {
-    quiver_mllib::register(registry)
+    quiver_mllib::register(registry)?;
+    predict::register_codecs(registry)
 }
 
 /// A session that understands Quiver's ML statements and functions, over a model store.

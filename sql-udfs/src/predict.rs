@@ -2,8 +2,9 @@
 //! `ml_predict_proba(…)`: a stored model applied to whole batches inside the query (no plan per
 //! batch), usable wherever a scalar function is: projections, filters, joins, group-bys.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::ScalarValue;
@@ -12,14 +13,17 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility,
 };
-use quiver_engine::BatchFunction;
 use quiver_engine::apply_to_columns;
+use quiver_engine::config::S3Config;
+use quiver_engine::registry::{FunctionRegistry, ScalarCodec, from_json_params, json_params};
+use quiver_engine::{BatchFunction, ModelStore};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SqlError};
 use crate::models::{LoadedModel, ModelCatalog};
 
 /// Which output of the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 enum Output {
     Prediction,
     Probability,
@@ -45,6 +49,64 @@ pub fn predict_functions(catalog: &Arc<ModelCatalog>) -> Vec<ScalarUDF> {
             })
         })
         .collect()
+}
+
+/// What of `ml_predict` crosses to cluster processes: the model store (models themselves are
+/// loaded there by name and version, and cached per process).
+#[derive(Serialize, Deserialize)]
+struct PredictPayload {
+    store: String,
+    output: Output,
+}
+
+/// One catalog per model store per process: executors load each model version once.
+static CATALOGS: LazyLock<Mutex<HashMap<String, Arc<ModelCatalog>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The process-wide catalog of the store at `url` (S3 settings from the environment).
+fn process_catalog(url: &str) -> quiver_engine::Result<Arc<ModelCatalog>> {
+    let mut catalogs = CATALOGS
+        .lock()
+        .map_err(|_| quiver_engine::QuiverError::internal("model catalog lock poisoned"))?;
+    if let Some(c) = catalogs.get(url) {
+        return Ok(Arc::clone(c));
+    }
+    let catalog = ModelCatalog::new(ModelStore::open(url, &S3Config::default())?);
+    catalogs.insert(url.to_string(), Arc::clone(&catalog));
+    Ok(catalog)
+}
+
+/// Lets `ml_predict` and `ml_predict_proba` run on cluster executors.
+pub(crate) fn register_codecs(registry: &mut FunctionRegistry) -> quiver_engine::Result<()> {
+    for output in [Output::Prediction, Output::Probability] {
+        let what = "ml_predict";
+        let codec = ScalarCodec {
+            encode: Arc::new(move |udf: &ScalarUDF| {
+                let p = udf.inner().downcast_ref::<MlPredict>()?;
+                Some(json_params(
+                    what,
+                    &PredictPayload {
+                        store: p.catalog.store().absolute_url().to_string(),
+                        output: p.output,
+                    },
+                ))
+            }),
+            decode: Arc::new(move |bytes: &[u8]| {
+                let p: PredictPayload = from_json_params(what, bytes)?;
+                Ok(ScalarUDF::from(MlPredict {
+                    catalog: process_catalog(&p.store)?,
+                    output: p.output,
+                    signature: Signature::variadic_any(Volatility::Immutable),
+                }))
+            }),
+        };
+        let name = match output {
+            Output::Prediction => "ml_predict",
+            Output::Probability => "ml_predict_proba",
+        };
+        registry.add_scalar_codec(name, codec)?;
+    }
+    Ok(())
 }
 
 impl PartialEq for MlPredict {

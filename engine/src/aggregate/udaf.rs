@@ -46,6 +46,11 @@ impl<S: Statistic> StatisticUdaf<S> {
     pub fn statistic(&self) -> &Arc<S> {
         &self.stat
     }
+
+    /// The statistic's parameters (its identity in plans and its codec payload).
+    pub fn params(&self) -> &[u8] {
+        &self.params
+    }
 }
 
 impl<S: Statistic> PartialEq for StatisticUdaf<S> {

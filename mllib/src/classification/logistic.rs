@@ -185,7 +185,7 @@ impl LogisticRegression {
 }
 
 /// Weighted count per class; the labels must be class indices 0, 1, 2, …
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct ClassCounts {
     d: usize,
     weighted: bool,
@@ -200,7 +200,7 @@ impl Statistic for ClassCounts {
         "quiver_class_counts"
     }
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        Ok(vec![self.weighted as u8])
+        quiver_engine::registry::json_params("the class counts", self)
     }
     fn dim(&self) -> usize {
         self.d
@@ -248,7 +248,7 @@ impl Statistic for ClassCounts {
 }
 
 /// Loss and gradient of the logistic objective's data term at given coefficients.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct LogisticLoss {
     d: usize,
     /// Coefficient vectors (1 binomial, K multinomial).
@@ -267,9 +267,7 @@ impl Statistic for LogisticLoss {
         "quiver_logistic_loss"
     }
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        let mut out = vec![self.multinomial as u8, self.weighted as u8];
-        encode_f64s(&self.coef, &mut out);
-        Ok(out)
+        quiver_engine::registry::json_params("the logistic loss", self)
     }
     fn dim(&self) -> usize {
         self.d
@@ -578,7 +576,7 @@ impl LogisticRegressionModel {
 }
 
 /// The fitted coefficients, as the map functions carry them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct LogisticPredict {
     dim: usize,
     multinomial: bool,
@@ -605,7 +603,7 @@ impl LogisticPredict {
 }
 
 /// Which column a [`LogisticOutput`] computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum OutputKind {
     /// Spark's rawPrediction: the margins, `[−m, m]` for binomial.
     Raw,
@@ -616,7 +614,7 @@ enum OutputKind {
 }
 
 /// One of the model's output columns, computed batch by batch.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct LogisticOutput {
     model: LogisticPredict,
     kind: OutputKind,
@@ -631,10 +629,7 @@ impl BatchFunction for LogisticOutput {
         }
     }
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        let mut out = vec![self.model.multinomial as u8];
-        encode_f64s(&self.model.coefficients, &mut out);
-        encode_f64s(&self.model.intercepts, &mut out);
-        Ok(out)
+        quiver_engine::registry::json_params("a logistic regression model", self)
     }
     fn input_dim(&self) -> usize {
         self.model.dim
@@ -792,4 +787,36 @@ impl Model for LogisticRegressionModel {
             summary,
         })
     }
+}
+
+impl quiver_engine::registry::FromParams for ClassCounts {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("the class counts", bytes)
+    }
+}
+
+impl quiver_engine::registry::FromParams for LogisticLoss {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("the logistic loss", bytes)
+    }
+}
+
+impl quiver_engine::registry::FromParams for LogisticOutput {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("a logistic regression model", bytes)
+    }
+}
+
+/// Lets logistic regression's statistics and maps run on a cluster.
+pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
+    r.add_statistic::<ClassCounts>("quiver_class_counts")?;
+    r.add_statistic::<LogisticLoss>("quiver_logistic_loss")?;
+    for name in [
+        "logistic_regression_raw_prediction",
+        "logistic_regression_probability",
+        "logistic_regression_predict",
+    ] {
+        r.add_batch_function::<LogisticOutput>(name)?;
+    }
+    Ok(())
 }

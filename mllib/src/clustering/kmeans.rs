@@ -157,7 +157,7 @@ fn nearest(x: &[f64], centers: &[f64], d: usize) -> (usize, f64) {
 /// nearest centre minimises `‖c‖² − 2x·c`, which the kernel computes for 8 rows × 4 centres at
 /// a time with independent accumulators (so the multiply-adds pipeline and vectorise), then the
 /// chosen centre's exact `‖x − c‖²` is computed directly (no cancellation in the cost).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct CenterTable {
     d: usize,
     groups: usize,
@@ -368,7 +368,7 @@ nearest_kernels!(nearest_baseline, false,);
 nearest_kernels!(nearest_avx2, true, target_feature(enable = "avx2,fma"));
 
 /// What one pass over the data computes for a set of centres.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Pass {
     /// Per centre: sum of its points, count; plus the total cost (Lloyd step, candidate weights).
     Sums,
@@ -382,11 +382,12 @@ enum Pass {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct KMeansPass {
     d: usize,
     centers: Vec<f64>,
     /// Derived from `centers`.
+    #[serde(skip)]
     table: CenterTable,
     seed: u64,
     pass: Pass,
@@ -402,9 +403,7 @@ impl Statistic for KMeansPass {
     }
 
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        let mut out = format!("{}|{}|{:?}|", self.d, self.seed, self.pass).into_bytes();
-        encode_f64s(&self.centers, &mut out);
-        Ok(out)
+        quiver_engine::registry::json_params("a k-means pass", self)
     }
 
     fn dim(&self) -> usize {
@@ -769,11 +768,12 @@ impl KMeansModel {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Assign {
     dim: usize,
     centers: Vec<f64>,
     /// Derived from `centers`.
+    #[serde(skip)]
     table: CenterTable,
 }
 
@@ -782,9 +782,7 @@ impl BatchFunction for Assign {
         "kmeans_predict"
     }
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        encode_f64s(&self.centers, &mut out);
-        Ok(out)
+        quiver_engine::registry::json_params("a k-means model", self)
     }
     fn input_dim(&self) -> usize {
         self.dim
@@ -871,6 +869,30 @@ impl Model for KMeansModel {
             summary,
         })
     }
+}
+
+
+impl quiver_engine::registry::FromParams for KMeansPass {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        let mut v: Self = quiver_engine::registry::from_json_params("a k-means pass", bytes)?;
+        v.table = CenterTable::new(&v.centers, v.d);
+        Ok(v)
+    }
+}
+
+
+impl quiver_engine::registry::FromParams for Assign {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        let mut v: Self = quiver_engine::registry::from_json_params("a k-means model", bytes)?;
+        v.table = CenterTable::new(&v.centers, v.dim);
+        Ok(v)
+    }
+}
+
+/// Lets k-means' statistic and map run on a cluster.
+pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
+    r.add_statistic::<KMeansPass>("quiver_kmeans_pass")?;
+    r.add_batch_function::<Assign>("kmeans_predict")
 }
 
 #[cfg(test)]

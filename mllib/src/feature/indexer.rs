@@ -207,6 +207,23 @@ impl Hash for IndexUdf {
 }
 
 impl IndexUdf {
+    fn new(column: String, labels: Vec<String>, handle_invalid: HandleInvalid) -> Self {
+        IndexUdf {
+            name: "string_indexer".to_string(),
+            index: Arc::new(
+                labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (l.clone(), i))
+                    .collect(),
+            ),
+            labels: Arc::new(labels),
+            column,
+            handle_invalid,
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+
     fn lookup(&self, values: &ArrayRef) -> std::result::Result<ArrayRef, QuiverError> {
         let strings = arrow::compute::cast(values, &DataType::Utf8)?;
         let strings = strings.as_string::<i32>();
@@ -266,20 +283,11 @@ impl ScalarUDFImpl for IndexUdf {
 
 impl Transformer for StringIndexerModel {
     fn transform(&self, data: &Dataset) -> Result<Dataset> {
-        let udf = ScalarUDF::from(IndexUdf {
-            name: "string_indexer".to_string(),
-            column: self.params.input_col.clone(),
-            labels: Arc::new(self.labels.clone()),
-            index: Arc::new(
-                self.labels
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| (l.clone(), i))
-                    .collect(),
-            ),
-            handle_invalid: self.params.handle_invalid,
-            signature: Signature::any(1, Volatility::Immutable),
-        });
+        let udf = ScalarUDF::from(IndexUdf::new(
+            self.params.input_col.clone(),
+            self.labels.clone(),
+            self.params.handle_invalid,
+        ));
         let out_col = &self.params.output_col;
         let mut df = data
             .dataframe()
@@ -331,4 +339,42 @@ impl Model for StringIndexerModel {
             serde_json::from_slice(bytes).map_err(|e| corrupt(format!("invalid labels: {e}")))?;
         Ok(StringIndexerModel { params, labels })
     }
+}
+
+/// What of a fitted indexer crosses to cluster processes.
+#[derive(Serialize, Deserialize)]
+struct IndexPayload {
+    column: String,
+    labels: Vec<String>,
+    handle_invalid: HandleInvalid,
+}
+
+/// Lets the indexer's lookup run on a cluster.
+pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
+    use quiver_engine::registry::{ScalarCodec, from_json_params, json_params};
+    let what = "a string indexer";
+    r.add_scalar_codec(
+        "string_indexer",
+        ScalarCodec {
+            encode: Arc::new(move |udf: &ScalarUDF| {
+                let u = udf.inner().downcast_ref::<IndexUdf>()?;
+                Some(json_params(
+                    what,
+                    &IndexPayload {
+                        column: u.column.clone(),
+                        labels: u.labels.as_ref().clone(),
+                        handle_invalid: u.handle_invalid,
+                    },
+                ))
+            }),
+            decode: Arc::new(move |bytes: &[u8]| {
+                let p: IndexPayload = from_json_params(what, bytes)?;
+                Ok(ScalarUDF::from(IndexUdf::new(
+                    p.column,
+                    p.labels,
+                    p.handle_invalid,
+                )))
+            }),
+        },
+    )
 }

@@ -126,7 +126,7 @@ impl OneHotEncoderModel {
 }
 
 /// One column's encoding as a batch function.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct OneHot {
     column: String,
     categories: usize,
@@ -140,11 +140,7 @@ impl BatchFunction for OneHot {
     }
 
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        Ok(format!(
-            "{}|{}|{}|{}",
-            self.column, self.categories, self.width, self.keep
-        )
-        .into_bytes())
+        quiver_engine::registry::json_params("a one-hot encoder", self)
     }
 
     fn input_dim(&self) -> usize {
@@ -231,4 +227,15 @@ impl Model for OneHotEncoderModel {
         }
         Ok(OneHotEncoderModel { params, categories })
     }
+}
+
+impl quiver_engine::registry::FromParams for OneHot {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("a one-hot encoder", bytes)
+    }
+}
+
+/// Lets the encoder's map run on a cluster.
+pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
+    r.add_batch_function::<OneHot>("one_hot_encoder")
 }

@@ -22,9 +22,9 @@ use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc}
 const DEFAULT_OUTPUT: &str = "scaled_features";
 
 /// The per-feature affine map both scalers apply, as a batch function.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Affine {
-    name: &'static str,
+    name: String,
     shift: Vec<f64>,
     scale: Vec<f64>,
     offset: Vec<f64>,
@@ -32,15 +32,11 @@ struct Affine {
 
 impl BatchFunction for Affine {
     fn name(&self) -> &str {
-        self.name
+        &self.name
     }
 
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(24 * self.shift.len());
-        for v in [&self.shift, &self.scale, &self.offset] {
-            quiver_engine::aggregate::encode_f64s(v, &mut out);
-        }
-        Ok(out)
+        quiver_engine::registry::json_params("a scaler", self)
     }
 
     fn input_dim(&self) -> usize {
@@ -179,7 +175,7 @@ impl StandardScalerModel {
     fn affine(&self) -> Affine {
         let dim = self.mean.len();
         Affine {
-            name: "standard_scaler",
+            name: "standard_scaler".to_string(),
             shift: if self.params.with_mean {
                 self.mean.clone()
             } else {
@@ -358,7 +354,7 @@ impl MinMaxScalerModel {
             }
         }
         Affine {
-            name: "min_max_scaler",
+            name: "min_max_scaler".to_string(),
             shift: self.original_min.clone(),
             scale,
             offset,
@@ -399,4 +395,16 @@ impl Model for MinMaxScalerModel {
             features: meta.features.clone(),
         })
     }
+}
+
+impl quiver_engine::registry::FromParams for Affine {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("a scaler", bytes)
+    }
+}
+
+/// Lets the scalers' maps run on a cluster.
+pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
+    r.add_batch_function::<Affine>("standard_scaler")?;
+    r.add_batch_function::<Affine>("min_max_scaler")
 }

@@ -6,6 +6,7 @@
 use quiver_engine::aggregate::{decode_f64s, encode_f64s};
 use quiver_engine::vector::first_nan;
 use quiver_engine::{FeatureBatch, QuiverError, StatInputs, Statistic};
+use serde::{Deserialize, Serialize};
 
 /// Centred co-moments of `d` features and a label.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +65,7 @@ impl CoMoments {
 }
 
 /// The statistic computing [`CoMoments`] (label required; weights when `weighted`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CoMomentsStatistic {
     pub dim: usize,
     pub weighted: bool,
@@ -79,7 +80,7 @@ impl Statistic for CoMomentsStatistic {
     }
 
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        Ok(format!("{}|{}", self.dim, self.weighted).into_bytes())
+        quiver_engine::registry::json_params("the co-moments", self)
     }
 
     fn dim(&self) -> usize {
@@ -226,5 +227,11 @@ impl Statistic for CoMomentsStatistic {
 
     fn state_size(&self, _s: &CoMoments) -> usize {
         8 * (self.dim * self.dim + 2 * self.dim + 4)
+    }
+}
+
+impl quiver_engine::registry::FromParams for CoMomentsStatistic {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("the co-moments", bytes)
     }
 }

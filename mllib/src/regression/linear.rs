@@ -457,7 +457,7 @@ impl LinearRegressionModel {
 }
 
 /// `x·β + b` per row.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct LinearPredict {
     coefficients: Vec<f64>,
     intercept: f64,
@@ -469,10 +469,7 @@ impl BatchFunction for LinearPredict {
     }
 
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        quiver_engine::aggregate::encode_f64s(&self.coefficients, &mut out);
-        quiver_engine::aggregate::encode_f64s(&[self.intercept], &mut out);
-        Ok(out)
+        quiver_engine::registry::json_params("a linear regression model", self)
     }
 
     fn input_dim(&self) -> usize {
@@ -574,6 +571,19 @@ impl Model for LinearRegressionModel {
             summary,
         })
     }
+}
+
+
+impl quiver_engine::registry::FromParams for LinearPredict {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params("a linear regression model", bytes)
+    }
+}
+
+/// Lets linear regression's statistic and map run on a cluster.
+pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
+    r.add_statistic::<super::comoment::CoMomentsStatistic>("quiver_comoments")?;
+    r.add_batch_function::<LinearPredict>("linear_regression_predict")
 }
 
 #[cfg(test)]

@@ -1,0 +1,14 @@
+//! `quiver-scheduler`: Ballista's scheduler with every Quiver function and codec.
+
+use clap::Parser;
+use quiver_executor::cli::{SchedulerArgs, init_logging};
+
+#[tokio::main]
+async fn main() {
+    init_logging();
+    let args = SchedulerArgs::parse();
+    if let Err(e) = quiver_executor::run_scheduler(args.into()).await {
+        eprintln!("quiver-scheduler: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,129 @@
+//! Command-line flags of the scheduler and executor processes (the thin binaries and
+//! `quiver cluster up` share them), converted to the library options with `From`.
+
+use std::time::Duration;
+
+use clap::Parser;
+use quiver_engine::config::{S3Config, available_cores};
+
+use crate::{ExecutorOptions, SchedulerOptions};
+
+/// Quiver's cluster scheduler (Apache DataFusion Ballista with Quiver's functions).
+///
+/// S3 data and model stores use the --s3-* flags, then the usual AWS_* variables.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "quiver-scheduler", version)]
+pub struct SchedulerArgs {
+    /// Address the gRPC service binds to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind_host: String,
+    /// gRPC port clients and executors connect to.
+    #[arg(long, default_value_t = 50050)]
+    pub port: u16,
+    /// Host name executors and clients use to reach this scheduler.
+    #[arg(long, default_value = "localhost")]
+    pub external_host: String,
+    /// Seconds without a heartbeat after which an executor is lost and its tasks rerun.
+    #[arg(long, default_value_t = 15)]
+    pub executor_timeout_secs: u64,
+    /// Attempts per task before the job fails.
+    #[arg(long, default_value_t = 4)]
+    pub task_max_failures: usize,
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:9000.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long)]
+    pub s3_region: Option<String>,
+}
+
+impl From<SchedulerArgs> for SchedulerOptions {
+    fn from(a: SchedulerArgs) -> Self {
+        SchedulerOptions {
+            bind_host: a.bind_host,
+            port: a.port,
+            external_host: a.external_host,
+            executor_timeout: Duration::from_secs(a.executor_timeout_secs),
+            task_max_failures: a.task_max_failures,
+            s3: S3Config {
+                endpoint: a.s3_endpoint,
+                region: a.s3_region,
+                ..S3Config::default()
+            },
+        }
+    }
+}
+
+/// Quiver's cluster executor (Apache DataFusion Ballista with Quiver's functions).
+///
+/// S3 data and model stores use the --s3-* flags, then the usual AWS_* variables.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "quiver-executor", version)]
+pub struct ExecutorArgs {
+    /// The scheduler to register with.
+    #[arg(long, default_value = "df://localhost:50050")]
+    pub scheduler: String,
+    /// Address the services bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind_host: String,
+    /// Host name the scheduler and other executors use to reach this one.
+    #[arg(long, default_value = "localhost")]
+    pub external_host: String,
+    /// Arrow Flight port (shuffle data and query results).
+    #[arg(long, default_value_t = 50051)]
+    pub port: u16,
+    /// gRPC port (tasks from the scheduler).
+    #[arg(long, default_value_t = 50052)]
+    pub grpc_port: u16,
+    /// Tasks run at once (default: the number of cores).
+    #[arg(long)]
+    pub concurrent_tasks: Option<usize>,
+    /// Directory for shuffle files (default: a fresh temporary directory).
+    #[arg(long)]
+    pub work_dir: Option<String>,
+    /// Seconds between heartbeats to the scheduler.
+    #[arg(long, default_value_t = 3)]
+    pub heartbeat_secs: u64,
+    /// Executor id (default: random).
+    #[arg(long)]
+    pub executor_id: Option<String>,
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:9000.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long)]
+    pub s3_region: Option<String>,
+    /// Start without Quiver's functions and codecs (a plain Ballista executor), to see what a
+    /// version mismatch looks like. Never useful in production.
+    #[arg(long, hide = true)]
+    pub bare: bool,
+}
+
+impl From<ExecutorArgs> for ExecutorOptions {
+    fn from(a: ExecutorArgs) -> Self {
+        ExecutorOptions {
+            scheduler: a.scheduler,
+            bind_host: a.bind_host,
+            external_host: a.external_host,
+            port: a.port,
+            grpc_port: a.grpc_port,
+            concurrent_tasks: a.concurrent_tasks.unwrap_or_else(available_cores),
+            work_dir: a.work_dir,
+            heartbeat: Duration::from_secs(a.heartbeat_secs),
+            executor_id: a.executor_id,
+            s3: S3Config {
+                endpoint: a.s3_endpoint,
+                region: a.s3_region,
+                ..S3Config::default()
+            },
+            bare: a.bare,
+        }
+    }
+}
+
+
+/// Logs to stderr at `info` unless `RUST_LOG` says otherwise.
+pub fn init_logging() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .try_init();
+}

@@ -1,0 +1,115 @@
+//! The Quiver scheduler: Ballista's scheduler planning with every Quiver function and codec.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
+use ballista_scheduler::scheduler_process::start_server;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::SessionConfig;
+use quiver_engine::cluster::{self, QuiverLogicalCodec, QuiverPhysicalCodec};
+use quiver_engine::config::S3Config;
+use quiver_engine::{QuiverError, Result, registry};
+
+/// Settings of a scheduler process (`quiver-scheduler --help` documents each flag).
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// Address the gRPC service binds to. Defaults to `127.0.0.1`.
+    pub bind_host: String,
+    /// Defaults to `50050`.
+    pub port: u16,
+    /// Host name executors and clients use to reach this scheduler. Defaults to `localhost`.
+    pub external_host: String,
+    /// An executor silent for this long is declared lost and its tasks rerun elsewhere.
+    /// Defaults to 15 s (must exceed the executors' heartbeat interval).
+    pub executor_timeout: Duration,
+    /// Attempts per task before a job fails. Defaults to `4`.
+    pub task_max_failures: usize,
+    /// S3 settings for planning over `s3://` data (unset fields: the `AWS_*` variables).
+    pub s3: S3Config,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions {
+            bind_host: "127.0.0.1".to_string(),
+            port: cluster::DEFAULT_SCHEDULER_PORT,
+            external_host: "localhost".to_string(),
+            executor_timeout: Duration::from_secs(15),
+            task_max_failures: 4,
+            s3: S3Config::default(),
+        }
+    }
+}
+
+impl SchedulerOptions {
+    fn check(&self) -> Result<SocketAddr> {
+        if self.executor_timeout < Duration::from_secs(2) {
+            return Err(QuiverError::InvalidParam {
+                param: "executor_timeout".to_string(),
+                reason: "must be at least 2 s (and longer than the executors' heartbeat)"
+                    .to_string(),
+            });
+        }
+        if self.task_max_failures == 0 {
+            return Err(QuiverError::InvalidParam {
+                param: "task_max_failures".to_string(),
+                reason: "must be at least 1".to_string(),
+            });
+        }
+        format!("{}:{}", self.bind_host, self.port)
+            .parse()
+            .map_err(|e| QuiverError::InvalidParam {
+                param: "bind_host".to_string(),
+                reason: format!("'{}:{}' is not a socket address: {e}", self.bind_host, self.port),
+            })
+    }
+}
+
+/// Ballista's scheduler configuration with Quiver's session, codecs and liveness settings.
+pub fn scheduler_config(opts: &SchedulerOptions) -> Result<SchedulerConfig> {
+    crate::install()?;
+    let functions = Arc::new(registry::global());
+    let builder_functions = Arc::clone(&functions);
+    let s3 = opts.s3.clone();
+    let session_builder = Arc::new(move |config: SessionConfig| {
+        let state = ballista_core::utils::default_session_builder(config)?;
+        let mut state = SessionStateBuilder::new_from_existing(state)
+            .with_runtime_env(cluster::runtime_env(&s3).map_err(QuiverError::into_datafusion)?)
+            .build();
+        cluster::add_functions(&mut state, &builder_functions)
+            .map_err(QuiverError::into_datafusion)?;
+        Ok(state)
+    });
+    let timeout = opts.executor_timeout.as_secs().max(2);
+    Ok(SchedulerConfig {
+        bind_host: opts.bind_host.clone(),
+        bind_port: opts.port,
+        external_host: opts.external_host.clone(),
+        scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        task_distribution: TaskDistributionPolicy::RoundRobin,
+        executor_timeout_seconds: timeout,
+        expire_dead_executor_interval_seconds: (timeout / 3).max(1),
+        no_executors_grace_period_seconds: timeout,
+        task_max_failures: opts.task_max_failures,
+        override_session_builder: Some(session_builder),
+        override_logical_codec: Some(Arc::new(QuiverLogicalCodec::new(Arc::clone(&functions)))),
+        override_physical_codec: Some(Arc::new(QuiverPhysicalCodec::new(functions))),
+        ..SchedulerConfig::default()
+    })
+}
+
+/// Runs a scheduler until the process ends (or the returned future is dropped).
+pub async fn run_scheduler(opts: SchedulerOptions) -> Result<()> {
+    let addr = opts.check()?;
+    let config = scheduler_config(&opts)?;
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(|e| QuiverError::Cluster(format!("cannot set up the scheduler: {e}")))?;
+    start_server(cluster, addr, Arc::new(config))
+        .await
+        .map_err(|e| QuiverError::Cluster(format!("scheduler on {addr}: {e}")))
+}

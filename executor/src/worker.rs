@@ -1,0 +1,156 @@
+//! The Quiver executor: Ballista's executor with every Quiver function and codec, Quiver's
+//! object stores, and liveness settings that let a lost executor be noticed in seconds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballista_core::RuntimeProducer;
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::SessionConfig;
+use quiver_engine::cluster::{
+    self, QuiverLogicalCodec, QuiverObjectStores, QuiverPhysicalCodec, SchedulerAddress,
+};
+use quiver_engine::config::{QuiverConfig, S3Config, available_cores};
+use quiver_engine::{QuiverError, Result, registry};
+
+/// Settings of an executor process (`quiver-executor --help` documents each flag).
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// The scheduler, `df://host:port`. Defaults to `df://localhost:50050`.
+    pub scheduler: String,
+    /// Defaults to `127.0.0.1`.
+    pub bind_host: String,
+    /// Host name the scheduler and other executors use to reach this one. Defaults to
+    /// `localhost`.
+    pub external_host: String,
+    /// Arrow Flight port (shuffle data and results). Defaults to `50051`.
+    pub port: u16,
+    /// gRPC port (tasks from the scheduler). Defaults to `50052`.
+    pub grpc_port: u16,
+    /// Tasks run at once. Defaults to the number of cores.
+    pub concurrent_tasks: usize,
+    /// Shuffle files go here; defaults to a fresh temporary directory.
+    pub work_dir: Option<String>,
+    /// Defaults to 3 s.
+    pub heartbeat: Duration,
+    /// Defaults to a random id.
+    pub executor_id: Option<String>,
+    /// S3 settings for `s3://` data and model stores (unset fields: the `AWS_*` variables).
+    pub s3: S3Config,
+    /// Start a plain Ballista executor without Quiver's functions and codecs (only to see
+    /// what a version mismatch looks like; never useful in production).
+    pub bare: bool,
+}
+
+impl Default for ExecutorOptions {
+    fn default() -> Self {
+        ExecutorOptions {
+            scheduler: format!("df://localhost:{}", cluster::DEFAULT_SCHEDULER_PORT),
+            bind_host: "127.0.0.1".to_string(),
+            external_host: "localhost".to_string(),
+            port: 50051,
+            grpc_port: 50052,
+            concurrent_tasks: available_cores(),
+            work_dir: None,
+            heartbeat: Duration::from_secs(3),
+            executor_id: None,
+            s3: S3Config::default(),
+            bare: false,
+        }
+    }
+}
+
+/// Ballista's executor configuration with Quiver's functions, codecs and object stores.
+pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> {
+    let scheduler = SchedulerAddress::parse(&opts.scheduler)?;
+    if opts.concurrent_tasks == 0 {
+        return Err(QuiverError::InvalidParam {
+            param: "concurrent_tasks".to_string(),
+            reason: "must be at least 1".to_string(),
+        });
+    }
+    if opts.port == opts.grpc_port {
+        return Err(QuiverError::InvalidParam {
+            param: "grpc_port".to_string(),
+            reason: format!("must differ from the Flight port ({})", opts.port),
+        });
+    }
+    let work_dir = match &opts.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|source| QuiverError::Io {
+                path: d.into(),
+                source,
+            })?;
+            d.clone()
+        }
+        None => tempfile::Builder::new()
+            .prefix("quiver-executor-")
+            .tempdir()
+            .map_err(|source| QuiverError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?
+            .keep()
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let mut config = ExecutorProcessConfig {
+        bind_host: opts.bind_host.clone(),
+        external_host: Some(opts.external_host.clone()),
+        port: opts.port,
+        grpc_port: opts.grpc_port,
+        scheduler_host: scheduler.host.clone(),
+        scheduler_port: scheduler.port,
+        scheduler_connect_timeout_seconds: cluster::CONNECT_TIMEOUT.as_secs() as u16,
+        vcores: opts.concurrent_tasks,
+        work_dir: Some(work_dir.clone()),
+        executor_heartbeat_interval_seconds: opts.heartbeat.as_secs().max(1),
+        ..ExecutorProcessConfig::default()
+    };
+    if let Some(id) = &opts.executor_id {
+        config.executor_id = id.clone();
+    }
+    if opts.bare {
+        return Ok(config);
+    }
+    crate::install()?;
+    let functions = Arc::new(registry::global());
+    let quiver = QuiverConfig {
+        s3: opts.s3.clone(),
+        ..QuiverConfig::default()
+    };
+    let state = cluster::session_state(
+        cluster::session_config(&quiver, &functions),
+        cluster::runtime_env(&opts.s3)?,
+        &functions,
+    )?;
+    let s3 = opts.s3.clone();
+    let runtime: RuntimeProducer = Arc::new(move |_: &SessionConfig| {
+        Ok(Arc::new(
+            RuntimeEnvBuilder::new()
+                .with_temp_file_path(work_dir.clone())
+                .with_object_store_registry(Arc::new(QuiverObjectStores::new(s3.clone())))
+                .build()?,
+        ))
+    });
+    config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&state)));
+    config.override_runtime_producer = Some(runtime);
+    config.override_logical_codec = Some(Arc::new(QuiverLogicalCodec::new(Arc::clone(
+        &functions,
+    ))));
+    config.override_physical_codec = Some(Arc::new(QuiverPhysicalCodec::new(functions)));
+    Ok(config)
+}
+
+/// Runs an executor until the process ends. Fails at once when the scheduler is unreachable.
+pub async fn run_executor(opts: ExecutorOptions) -> Result<()> {
+    let scheduler = SchedulerAddress::parse(&opts.scheduler)?;
+    scheduler.check_reachable(cluster::CONNECT_TIMEOUT).await?;
+    let config = executor_config(&opts)?;
+    cluster::set_process_name(config.executor_id.clone());
+    start_executor_process(Arc::new(config))
+        .await
+        .map_err(|e| QuiverError::Cluster(format!("executor: {e}")))
+}

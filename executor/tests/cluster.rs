@@ -1,0 +1,192 @@
+//! The cluster path with real processes: a quiver-scheduler and two quiver-executors on
+//! loopback. Fits on the cluster equal the embedded fits; a model fitted there predicts the
+//! same in cluster SQL and in an embedded session; faults give clear errors, not hangs.
+
+mod common;
+
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Float64Type;
+use common::{LocalCluster, write_synthetic};
+use quiver_engine::{Dataset, QuiverConfig, QuiverSession};
+use quiver_mllib::{
+    Estimator, KMeans, LinearRegression, LogisticRegression, Pipeline, StandardScaler,
+    Transformer, VectorAssembler,
+};
+use quiver_sql_udfs::SqlSession;
+
+const FEATURES: [&str; 5] = ["f0", "f1", "f2", "f3", "f4"];
+
+fn config(store: &std::path::Path) -> QuiverConfig {
+    QuiverConfig::default().with_model_store(store.to_string_lossy().to_string())
+}
+
+fn assert_close(what: &str, a: &[f64], b: &[f64]) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let tol = 1e-9 * x.abs().max(y.abs()).max(1.0);
+        assert!((x - y).abs() <= tol, "{what}[{i}]: cluster {x} vs embedded {y}");
+    }
+}
+
+fn weights(model: &dyn Transformer) -> Vec<f64> {
+    model
+        .weight_vectors()
+        .into_iter()
+        .flat_map(|(_, w)| w)
+        .collect()
+}
+
+/// Every fit the issue names, on one session; returns the weights of each.
+async fn fit_all(s: &QuiverSession, data: &str) -> Vec<(&'static str, Vec<f64>)> {
+    let df = s.read(data).await.unwrap();
+    let raw = Dataset::new(df.clone()).with_label("class").unwrap();
+    let pipeline = Pipeline::new()
+        .transformer(VectorAssembler::new(FEATURES))
+        .estimator(StandardScaler::new().with_mean(true).output_col("std"))
+        .estimator(LogisticRegression::new().reg_param(0.01).max_iter(30));
+    let model = pipeline.fit(s, &raw).await.unwrap();
+    let mut out = Vec::new();
+    for stage in model.stages() {
+        out.push(("pipeline stage", weights(stage.as_ref())));
+    }
+    let reg = Dataset::new(df.clone())
+        .with_features(FEATURES)
+        .unwrap()
+        .with_label("target")
+        .unwrap();
+    let lin = LinearRegression::new().reg_param(0.1).fit(s, &reg).await.unwrap();
+    let mut w = lin.coefficients().to_vec();
+    w.push(lin.intercept());
+    out.push(("linear regression", w));
+    let km = KMeans::new()
+        .k(3)
+        .seed(7)
+        .max_iter(10)
+        .fit(s, &Dataset::new(df).with_features(FEATURES).unwrap())
+        .await
+        .unwrap();
+    out.push(("k-means", km.centers().concat()));
+    out
+}
+
+async fn collect(s: &SqlSession, sql: &str) -> Vec<RecordBatch> {
+    s.execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .pop()
+        .unwrap()
+        .batches
+}
+
+fn f64_column(batches: &[RecordBatch], i: usize) -> Vec<f64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column(i)
+                .as_primitive::<Float64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_fits_equal_embedded_fits_and_predictions_agree() {
+    quiver_executor::install().unwrap();
+    let cluster = LocalCluster::start(2);
+    let data = write_synthetic(&cluster.dir.path().join("data"), 4, 2500);
+    let store = cluster.dir.path().join("models");
+
+    let embedded = QuiverSession::embedded_with(config(&store)).unwrap();
+    let remote = QuiverSession::remote_with(&cluster.url(), config(&store))
+        .await
+        .unwrap();
+    assert!(remote.is_cluster());
+
+    let on_cluster = fit_all(&remote, &data).await;
+    let in_process = fit_all(&embedded, &data).await;
+    for ((what, c), (_, e)) in on_cluster.iter().zip(&in_process) {
+        assert!(!c.is_empty() || what == &"pipeline stage");
+        assert_close(what, c, e);
+    }
+
+    // Both executors did work: rows of the four files were read in both processes…
+    let sql = SqlSession::new(remote.clone()).unwrap();
+    collect(
+        &sql,
+        &format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}'"),
+    )
+    .await;
+    let per_process = collect(
+        &sql,
+        "SELECT quiver_process() AS p, count(*) AS n FROM t GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    let names: Vec<String> = per_process
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+            let c = c.as_string::<i32>();
+            (0..c.len()).map(|i| c.value(i).to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(names, ["exec-1", "exec-2"], "{per_process:?}");
+    // …and both ran tasks of the fits (each executor logs the tasks it runs).
+    for i in 0..2 {
+        let log = cluster.executor_log(i);
+        let tasks = log.matches("task").count();
+        assert!(tasks > 10, "exec-{} ran {tasks} task lines:\n{log}", i + 1);
+    }
+
+    // A model fitted on the cluster through SQL, used by cluster SQL and by an embedded
+    // session on the same store: identical predictions.
+    let columns = FEATURES.join(", ");
+    collect(
+        &sql,
+        &format!(
+            "CREATE MODEL clf OPTIONS (model_type = 'logistic_reg', input_label_cols = ['class'], \
+             data_split_method = 'no_split') AS SELECT {columns}, class FROM t"
+        ),
+    )
+    .await;
+    let query = format!(
+        "SELECT f0, ml_predict_proba('clf', {columns})[2] AS p, ml_predict('clf', {columns}) AS c \
+         FROM t ORDER BY f0"
+    );
+    let remote_rows = collect(&sql, &query).await;
+    let local = SqlSession::new(embedded.clone()).unwrap();
+    collect(
+        &local,
+        &format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}'"),
+    )
+    .await;
+    let local_rows = collect(&local, &query).await;
+    assert_eq!(f64_column(&remote_rows, 0).len(), 10_000);
+    for col in 0..3 {
+        assert_eq!(
+            f64_column(&remote_rows, col),
+            f64_column(&local_rows, col),
+            "column {col} differs between the cluster and the embedded session"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_scheduler_and_wrong_scheme_fail_fast() {
+    quiver_executor::install().unwrap();
+    let port = common::free_port();
+    let start = std::time::Instant::now();
+    let err = QuiverSession::remote(&format!("df://127.0.0.1:{port}"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unreachable") && err.contains(&port.to_string()), "{err}");
+    let err = QuiverSession::remote("http://127.0.0.1:50050")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("scheme is 'http'"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
