@@ -118,6 +118,18 @@ enum BenchCase {
         #[arg(long, default_value_t = 1000)]
         trials: usize,
     },
+    /// Logistic-regression iterations embedded vs a local cluster of 1 and 2 executors.
+    Cluster {
+        /// Row counts (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+        rows: Vec<usize>,
+        #[arg(long, default_value_t = 20)]
+        features: usize,
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// ml_predict over Parquet against a scan of the same columns; single-row latency.
     Predict {
         #[arg(long, default_value_t = 10_000_000)]
@@ -248,6 +260,20 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { case } => match case {
             BenchCase::Search { trials } => bench::search(&session, trials, &mut out).await?,
+            BenchCase::Cluster {
+                rows,
+                features,
+                iters,
+                seed,
+            } => {
+                let opts = bench::ClusterBench {
+                    rows,
+                    features,
+                    iters,
+                    seed,
+                };
+                bench::cluster(&session, &opts, &mut out).await?;
+            }
             BenchCase::Predict {
                 rows,
                 features,

@@ -190,8 +190,25 @@ impl From<DataFusionError> for QuiverError {
     fn from(err: DataFusionError) -> Self {
         match find_quiver_error(err) {
             Ok(q) => q,
-            Err(df) => QuiverError::DataFusion(df),
+            Err(df) => cluster_hint(df),
         }
+    }
+}
+
+/// Ballista reports an executor that cannot decode a task only as this text (the cause is in
+/// that executor's log); say what it usually means.
+const TASK_REJECTED: &str = "task could not be prepared or was rejected by executor";
+
+fn cluster_hint(df: DataFusionError) -> QuiverError {
+    let text = df.to_string();
+    if text.contains(TASK_REJECTED) {
+        QuiverError::Cluster(format!(
+            "{text}: an executor could not run the plan's tasks; usually it is not a \
+             quiver-executor of the same Quiver version as this client (its log names the \
+             function it does not know)"
+        ))
+    } else {
+        QuiverError::DataFusion(df)
     }
 }
 

@@ -158,8 +158,7 @@ impl FunctionRegistry {
         let encode: ScalarEncoder = Arc::new(|udf: &ScalarUDF| {
             let map = udf.inner().downcast_ref::<MapUdf>()?;
             let func: &dyn std::any::Any = map.function().as_ref();
-            func.downcast_ref::<F>()
-                .map(|_| Ok(map.params().to_vec()))
+            func.downcast_ref::<F>().map(|_| Ok(map.params().to_vec()))
         });
         let decode: ScalarDecoder = Arc::new(|bytes: &[u8]| {
             let f: Arc<dyn BatchFunction> = Arc::new(F::from_params(bytes)?);
@@ -176,7 +175,11 @@ impl FunctionRegistry {
     }
 
     pub fn add_aggregate_codec(&mut self, name: &str, codec: AggregateCodec) -> Result<()> {
-        if self.aggregate_codecs.insert(name.to_string(), codec).is_some() {
+        if self
+            .aggregate_codecs
+            .insert(name.to_string(), codec)
+            .is_some()
+        {
             return Err(duplicate_codec(name));
         }
         Ok(())

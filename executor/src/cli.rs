@@ -121,7 +121,6 @@ impl From<ExecutorArgs> for ExecutorOptions {
     }
 }
 
-
 /// Logs to stderr at `info` unless `RUST_LOG` says otherwise.
 pub fn init_logging() {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))

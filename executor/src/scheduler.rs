@@ -64,7 +64,10 @@ impl SchedulerOptions {
             .parse()
             .map_err(|e| QuiverError::InvalidParam {
                 param: "bind_host".to_string(),
-                reason: format!("'{}:{}' is not a socket address: {e}", self.bind_host, self.port),
+                reason: format!(
+                    "'{}:{}' is not a socket address: {e}",
+                    self.bind_host, self.port
+                ),
             })
     }
 }

@@ -137,9 +137,7 @@ pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> 
     });
     config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&state)));
     config.override_runtime_producer = Some(runtime);
-    config.override_logical_codec = Some(Arc::new(QuiverLogicalCodec::new(Arc::clone(
-        &functions,
-    ))));
+    config.override_logical_codec = Some(Arc::new(QuiverLogicalCodec::new(Arc::clone(&functions))));
     config.override_physical_codec = Some(Arc::new(QuiverPhysicalCodec::new(functions)));
     Ok(config)
 }

@@ -11,22 +11,29 @@ use arrow::datatypes::Float64Type;
 use common::{LocalCluster, write_synthetic};
 use quiver_engine::{Dataset, QuiverConfig, QuiverSession};
 use quiver_mllib::{
-    Estimator, KMeans, LinearRegression, LogisticRegression, Pipeline, StandardScaler,
-    Transformer, VectorAssembler,
+    Estimator, KMeans, LinearRegression, LogisticRegression, Pipeline, StandardScaler, Transformer,
+    VectorAssembler,
 };
 use quiver_sql_udfs::SqlSession;
 
 const FEATURES: [&str; 5] = ["f0", "f1", "f2", "f3", "f4"];
 
 fn config(store: &std::path::Path) -> QuiverConfig {
-    QuiverConfig::default().with_model_store(store.to_string_lossy().to_string())
+    // One partition per file: the four files become four tasks per scan.
+    QuiverConfig::default()
+        .with_pairs([("quiver.target_partitions", "4")])
+        .unwrap()
+        .with_model_store(store.to_string_lossy().to_string())
 }
 
 fn assert_close(what: &str, a: &[f64], b: &[f64]) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         let tol = 1e-9 * x.abs().max(y.abs()).max(1.0);
-        assert!((x - y).abs() <= tol, "{what}[{i}]: cluster {x} vs embedded {y}");
+        assert!(
+            (x - y).abs() <= tol,
+            "{what}[{i}]: cluster {x} vs embedded {y}"
+        );
     }
 }
 
@@ -56,7 +63,11 @@ async fn fit_all(s: &QuiverSession, data: &str) -> Vec<(&'static str, Vec<f64>)>
         .unwrap()
         .with_label("target")
         .unwrap();
-    let lin = LinearRegression::new().reg_param(0.1).fit(s, &reg).await.unwrap();
+    let lin = LinearRegression::new()
+        .reg_param(0.1)
+        .fit(s, &reg)
+        .await
+        .unwrap();
     let mut w = lin.coefficients().to_vec();
     w.push(lin.intercept());
     out.push(("linear regression", w));
@@ -83,12 +94,7 @@ async fn collect(s: &SqlSession, sql: &str) -> Vec<RecordBatch> {
 fn f64_column(batches: &[RecordBatch], i: usize) -> Vec<f64> {
     batches
         .iter()
-        .flat_map(|b| {
-            b.column(i)
-                .as_primitive::<Float64Type>()
-                .values()
-                .to_vec()
-        })
+        .flat_map(|b| b.column(i).as_primitive::<Float64Type>().values().to_vec())
         .collect()
 }
 
@@ -129,7 +135,9 @@ async fn cluster_fits_equal_embedded_fits_and_predictions_agree() {
         .flat_map(|b| {
             let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
             let c = c.as_string::<i32>();
-            (0..c.len()).map(|i| c.value(i).to_string()).collect::<Vec<_>>()
+            (0..c.len())
+                .map(|i| c.value(i).to_string())
+                .collect::<Vec<_>>()
         })
         .collect();
     assert_eq!(names, ["exec-1", "exec-2"], "{per_process:?}");
@@ -182,11 +190,160 @@ async fn unreachable_scheduler_and_wrong_scheme_fail_fast() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("unreachable") && err.contains(&port.to_string()), "{err}");
+    assert!(
+        err.contains("unreachable") && err.contains(&port.to_string()),
+        "{err}"
+    );
     let err = QuiverSession::remote("http://127.0.0.1:50050")
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("scheme is 'http'"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+fn models_in(store: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(store)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_killed_mid_fit_either_recovers_or_fails_clearly_and_publishes_nothing_partial() {
+    quiver_executor::install().unwrap();
+    let mut cluster = LocalCluster::start(2);
+    let data = write_synthetic(&cluster.dir.path().join("data"), 4, 50_000);
+    let store = cluster.dir.path().join("models");
+    let remote = QuiverSession::remote_with(&cluster.url(), config(&store))
+        .await
+        .unwrap();
+    let sql = SqlSession::new(remote).unwrap();
+    collect(
+        &sql,
+        &format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}'"),
+    )
+    .await;
+    let columns = FEATURES.join(", ");
+    let create = format!(
+        "CREATE MODEL clf OPTIONS (model_type = 'logistic_reg', input_label_cols = ['class'], \
+         data_split_method = 'no_split', max_iterations = 60, min_rel_progress = 0) \
+         AS SELECT {columns}, class FROM t"
+    );
+    let statement = create.clone();
+    let fit = tokio::spawn(async move {
+        let r = sql.execute(&statement).await;
+        (sql, r)
+    });
+    // Kill the second executor once the fit is under way (it has run tasks).
+    let start = std::time::Instant::now();
+    while cluster.executor_log(1).matches("task").count() < 20 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the fit never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.kill_executor(1);
+    let (sql, result) = match tokio::time::timeout(Duration::from_secs(120), fit).await {
+        Ok(r) => r.unwrap(),
+        Err(_) => {
+            let tail = |t: String| t.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+            panic!(
+                "the fit hung after an executor was lost\nscheduler (last lines first):\n{}\nexec-1:\n{}",
+                tail(std::fs::read_to_string(&cluster.scheduler_log).unwrap_or_default()),
+                tail(cluster.executor_log(0))
+            );
+        }
+    };
+    match result {
+        Ok(_) => {
+            // Ballista reran the lost tasks on exec-1: one complete version, and it is the model
+            // an embedded fit gives.
+            assert_eq!(models_in(&store), ["clf"]);
+            let embedded =
+                QuiverSession::embedded_with(config(&cluster.dir.path().join("m2"))).unwrap();
+            let local = SqlSession::new(embedded).unwrap();
+            collect(
+                &local,
+                &format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}'"),
+            )
+            .await;
+            let q = "SELECT weight FROM ml_weights('clf') ORDER BY vector, feature";
+            // ml_weights' table is built in the client and shipped inside the plan.
+            let remote_w = f64_column(&collect(&sql, q).await, 0);
+            collect(&local, &create).await;
+            let local_w = f64_column(&collect(&local, q).await, 0);
+            assert_eq!(remote_w.len(), local_w.len());
+            for (a, b) in remote_w.iter().zip(&local_w) {
+                assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
+            }
+            eprintln!("outcome: the fit recovered on the remaining executor");
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("exec-2") || msg.contains("executor"), "{msg}");
+            assert!(
+                models_in(&store).is_empty(),
+                "a failed fit left {:?}",
+                models_in(&store)
+            );
+            eprintln!("outcome: the fit failed clearly: {msg}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_without_quivers_functions_gives_a_clear_error_not_a_hang() {
+    quiver_executor::install().unwrap();
+    let cluster = LocalCluster::start_with(1, true, &[]);
+    let data = write_synthetic(&cluster.dir.path().join("data"), 2, 100);
+    let remote = QuiverSession::remote_with(&cluster.url(), config(&cluster.dir.path().join("m")))
+        .await
+        .unwrap();
+    let df = remote.read(&data).await.unwrap();
+    let ds = Dataset::new(df)
+        .with_features(FEATURES)
+        .unwrap()
+        .with_label("target")
+        .unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(120),
+        LinearRegression::new().fit(&remote, &ds),
+    )
+    .await
+    .expect("a fit on an executor without Quiver's functions hung");
+    let msg = result.unwrap_err().to_string();
+    assert!(
+        msg.contains("quiver-executor") && msg.contains("same Quiver version"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_session_runs_the_cluster_path_in_process() {
+    quiver_executor::install().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_synthetic(&dir.path().join("data"), 2, 1000);
+    let s = QuiverSession::standalone_with(config(&dir.path().join("m")))
+        .await
+        .unwrap();
+    assert!(s.is_cluster());
+    let ds = Dataset::new(s.read(&data).await.unwrap())
+        .with_features(FEATURES)
+        .unwrap()
+        .with_label("target")
+        .unwrap();
+    let m = LinearRegression::new().fit(&s, &ds).await.unwrap();
+    let e = QuiverSession::embedded_with(config(&dir.path().join("m"))).unwrap();
+    let de = Dataset::new(e.read(&data).await.unwrap())
+        .with_features(FEATURES)
+        .unwrap()
+        .with_label("target")
+        .unwrap();
+    let me = LinearRegression::new().fit(&e, &de).await.unwrap();
+    assert_close("standalone", m.coefficients(), me.coefficients());
 }

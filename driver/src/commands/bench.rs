@@ -800,3 +800,114 @@ pub async fn search(session: &QuiverSession, trials: usize, out: &mut dyn Write)
     }
     Ok(())
 }
+
+/// `quiver bench cluster`: per-iteration cost of a logistic-regression fit embedded and on a
+/// local cluster of 1 and 2 executors (started and stopped here), on Parquet data in 4 files.
+#[derive(Debug, Clone)]
+pub struct ClusterBench {
+    /// Row counts to run (e.g. a small and a 1M-row dataset).
+    pub rows: Vec<usize>,
+    pub features: usize,
+    /// Iterations of every fit (tol 0: all run).
+    pub iters: usize,
+    pub seed: u64,
+}
+
+pub async fn cluster(
+    session: &QuiverSession,
+    opts: &ClusterBench,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use quiver_mllib::{Estimator, LogisticRegression};
+    let mllib_err = |e: quiver_mllib::MllibError| QuiverError::internal(e.to_string());
+    let dir = tempfile::tempdir().map_err(|source| QuiverError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    writeln!(
+        out,
+        "bench cluster: logistic regression, {} features, {} iterations, Parquet in 4 files",
+        opts.features, opts.iters
+    )
+    .ok();
+    writeln!(
+        out,
+        "  {:<28} {:>14} {:>16} {:>16} {:>16}",
+        "case", "embedded ms/it", "1 executor ms/it", "2 executors ms/it", "overhead (2) ms"
+    )
+    .ok();
+    for &rows in &opts.rows {
+        let data = dir.path().join(format!("data-{rows}"));
+        let algo = AlgorithmsBench {
+            rows,
+            features: opts.features,
+            k: 2,
+            iters: opts.iters,
+            seed: opts.seed,
+            export: None,
+        };
+        let batches = algorithm_batches(&algo, session.config().batch_size)?;
+        let per_file = batches.len().div_ceil(4).max(1);
+        for (i, chunk) in batches.chunks(per_file).enumerate() {
+            let path = data.join(format!("part-{i}.parquet"));
+            session
+                .write_parquet(
+                    session.from_batches(chunk.to_vec(), 1)?,
+                    &path.to_string_lossy(),
+                )
+                .await?;
+        }
+        let location = format!("{}/", data.to_string_lossy());
+        let fit = |s: QuiverSession| {
+            let location = location.clone();
+            async move {
+                let ds = Dataset::new(s.read(&location).await?)
+                    .with_features(["features"])?
+                    .with_label("class")?;
+                let m = LogisticRegression::new()
+                    .max_iter(opts.iters)
+                    .tol(0.0)
+                    .fit(&s, &ds)
+                    .await
+                    .map_err(mllib_err)?;
+                let sm = m.summary();
+                Ok::<f64, QuiverError>(sm.wall_time_ms / sm.data_passes.max(1) as f64)
+            }
+        };
+        let embedded = fit(session.clone()).await?;
+        let mut on_cluster = Vec::new();
+        for executors in [1, 2] {
+            let up = super::cluster::UpOptions {
+                dir: dir.path().join(format!("cluster-{rows}-{executors}")),
+                executors,
+                port: quiver_executor::standalone::free_port()?,
+                concurrent_tasks: None,
+                ready_timeout: Duration::from_secs(60),
+            };
+            let state = {
+                let up = up.clone();
+                tokio::task::spawn_blocking(move || super::cluster::up(&up, &mut std::io::sink()))
+                    .await
+                    .map_err(|e| QuiverError::internal(e.to_string()))??
+            };
+            let remote = crate::remote_session_with(&state.url, session.config().clone()).await;
+            let result = match remote {
+                Ok(r) => fit(r).await,
+                Err(e) => Err(e),
+            };
+            super::cluster::down(&up.dir, &mut std::io::sink())?;
+            on_cluster.push(result?);
+        }
+        writeln!(
+            out,
+            "  {:<28} {:>14.1} {:>16.1} {:>16.1} {:>16.1}",
+            format!("logreg-{}f-{rows}r", opts.features),
+            embedded,
+            on_cluster[0],
+            on_cluster[1],
+            on_cluster[1] - embedded
+        )
+        .ok();
+    }
+    Ok(())
+}

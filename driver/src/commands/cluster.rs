@@ -209,9 +209,12 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
     };
     let started = (|| -> Result<()> {
         let port = opts.port;
-        wait_ready("the scheduler", &state.scheduler, opts.ready_timeout, || {
-            listening(port)
-        })?;
+        wait_ready(
+            "the scheduler",
+            &state.scheduler,
+            opts.ready_timeout,
+            || listening(port),
+        )?;
         for i in 1..=opts.executors {
             let name = format!("exec-{i}");
             let (flight, grpc) = (free_port()?, free_port()?);
@@ -277,7 +280,12 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
     )
     .ok();
     for e in &state.executors {
-        writeln!(out, "  {:<8} pid {:<8} flight port {}", e.name, e.pid, e.port).ok();
+        writeln!(
+            out,
+            "  {:<8} pid {:<8} flight port {}",
+            e.name, e.pid, e.port
+        )
+        .ok();
     }
     writeln!(
         out,

@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::catalog::TableProvider;
 use datafusion::common::TableReference;
+use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::TaskContext;
@@ -111,6 +114,72 @@ fn unknown_function(name: &str) -> DataFusionError {
     ))
 }
 
+/// Marks an in-memory table shipped inside the plan (Arrow IPC per partition).
+const MEMORY_TABLE: &[u8] = b"QVRMEM1";
+
+/// In-memory tables up to this size travel inside the plan (gRPC messages are 16 MiB).
+const MAX_MEMORY_TABLE_BYTES: usize = 8 << 20;
+
+/// Small in-process tables (a table function's result, a table of trials) travel inside the
+/// plan, so the cluster can scan them.
+fn encode_memory_table(
+    table_ref: &TableReference,
+    mem: &MemTable,
+    buf: &mut Vec<u8>,
+) -> DFResult<()> {
+    let start = buf.len();
+    buf.extend_from_slice(MEMORY_TABLE);
+    buf.extend_from_slice(&(mem.batches.len() as u64).to_le_bytes());
+    for partition in &mem.batches {
+        let batches = partition.try_read().map_err(|_| {
+            cluster_error(format!(
+                "table '{table_ref}' is being written while it is sent"
+            ))
+        })?;
+        let mut ipc = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut ipc, &mem.schema())?;
+            for b in batches.iter() {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+        buf.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&ipc);
+        if buf.len() - start > MAX_MEMORY_TABLE_BYTES {
+            return Err(cluster_error(format!(
+                "table '{table_ref}' lives in this process and is larger than {} MiB, too large \
+                 to send inside a query plan: write it to Parquet on a store the executors can \
+                 read, then read it from there",
+                MAX_MEMORY_TABLE_BYTES >> 20
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn decode_memory_table(mut buf: &[u8], schema: SchemaRef) -> DFResult<Arc<dyn TableProvider>> {
+    let take_u64 = |buf: &mut &[u8]| -> DFResult<u64> {
+        let (head, rest) = buf
+            .split_at_checked(8)
+            .ok_or_else(|| cluster_error("a truncated in-memory table".to_string()))?;
+        *buf = rest;
+        Ok(u64::from_le_bytes(head.try_into().unwrap_or([0; 8])))
+    };
+    let n = take_u64(&mut buf)? as usize;
+    let mut partitions = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = take_u64(&mut buf)? as usize;
+        let (ipc, rest) = buf
+            .split_at_checked(len)
+            .ok_or_else(|| cluster_error("a truncated in-memory table".to_string()))?;
+        buf = rest;
+        let reader = StreamReader::try_new(ipc, None)?;
+        partitions.push(reader.collect::<Result<Vec<_>, _>>()?);
+    }
+    Ok(Arc::new(MemTable::try_new(schema, partitions)?))
+}
+
 /// Logical plans: Ballista's codec, plus Quiver's function payloads.
 #[derive(Debug)]
 pub struct QuiverLogicalCodec {
@@ -148,8 +217,12 @@ impl LogicalExtensionCodec for QuiverLogicalCodec {
         schema: SchemaRef,
         ctx: &TaskContext,
     ) -> DFResult<Arc<dyn TableProvider>> {
-        self.inner
-            .try_decode_table_provider(buf, table_ref, schema, ctx)
+        match buf.strip_prefix(MEMORY_TABLE) {
+            Some(rest) => decode_memory_table(rest, schema),
+            None => self
+                .inner
+                .try_decode_table_provider(buf, table_ref, schema, ctx),
+        }
     }
 
     fn try_encode_table_provider(
@@ -158,6 +231,9 @@ impl LogicalExtensionCodec for QuiverLogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> DFResult<()> {
+        if let Some(mem) = node.downcast_ref::<MemTable>() {
+            return encode_memory_table(table_ref, mem, buf);
+        }
         self.inner
             .try_encode_table_provider(table_ref, node, buf)
             .map_err(|_| {

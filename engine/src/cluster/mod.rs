@@ -75,7 +75,10 @@ impl SchedulerAddress {
         (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map_err(|e| {
-                QuiverError::Cluster(format!("cannot resolve scheduler host '{}': {e}", self.host))
+                QuiverError::Cluster(format!(
+                    "cannot resolve scheduler host '{}': {e}",
+                    self.host
+                ))
             })?
             .next()
             .ok_or_else(|| {
@@ -155,15 +158,19 @@ pub fn runtime_env(s3: &S3Config) -> Result<Arc<RuntimeEnv>> {
 /// size, and Quiver's codecs over `functions`.
 pub fn session_config(config: &QuiverConfig, functions: &Arc<FunctionRegistry>) -> SessionConfig {
     SessionConfig::new_with_ballista()
+        // Ballista 55's adaptive planner can lose track of a stage when an executor dies in
+        // the middle of a job (the job then waits forever); the static planner reruns the
+        // lost tasks.
+        .set_bool("ballista.planner.adaptive.enabled", false)
         .with_target_partitions(config.target_partitions)
         .with_batch_size(config.batch_size)
         .with_information_schema(true)
         .with_ballista_logical_extension_codec(Arc::new(QuiverLogicalCodec::new(Arc::clone(
             functions,
         ))))
-        .with_ballista_physical_extension_codec(Arc::new(QuiverPhysicalCodec::new(
-            Arc::clone(functions),
-        )))
+        .with_ballista_physical_extension_codec(Arc::new(QuiverPhysicalCodec::new(Arc::clone(
+            functions,
+        ))))
 }
 
 /// A full DataFusion session state (every built-in function) plus Quiver's functions, over
@@ -281,10 +288,7 @@ mod tests {
             .unwrap()
             .port();
         let a = SchedulerAddress::parse(&format!("df://127.0.0.1:{port}")).unwrap();
-        let e = a
-            .check_reachable(Duration::from_secs(2))
-            .await
-            .unwrap_err();
+        let e = a.check_reachable(Duration::from_secs(2)).await.unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.contains("unreachable") && msg.contains(&port.to_string()),

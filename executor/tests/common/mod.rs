@@ -94,7 +94,7 @@ impl LocalCluster {
             "--executor-id",
             id,
             "--concurrent-tasks",
-            "2",
+            "1",
             "--heartbeat-secs",
             "1",
             "--work-dir",
@@ -185,7 +185,7 @@ pub fn write_synthetic(dir: &Path, files: usize, rows_per_file: usize) -> String
             .collect::<Vec<_>>(),
     ));
     for file in 0..files {
-        let mut cols: Vec<Vec<f64>> = vec![Vec::with_capacity(rows_per_file); 7];
+        let mut cols: Vec<Vec<f64>> = (0..7).map(|_| Vec::with_capacity(rows_per_file)).collect();
         for _ in 0..rows_per_file {
             let x: Vec<f64> = (0..5)
                 .map(|j| (uniform() - 0.5) * (j as f64 + 1.0) + j as f64)
@@ -209,9 +209,12 @@ pub fn write_synthetic(dir: &Path, files: usize, rows_per_file: usize) -> String
             .collect();
         let batch = RecordBatch::try_new(Arc::clone(&schema), arrays).unwrap();
         let path = dir.join(format!("part-{file}.parquet"));
-        let mut w =
-            parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), schema.clone(), None)
-                .unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            File::create(&path).unwrap(),
+            schema.clone(),
+            None,
+        )
+        .unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
     }

@@ -871,7 +871,6 @@ impl Model for KMeansModel {
     }
 }
 
-
 impl quiver_engine::registry::FromParams for KMeansPass {
     fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
         let mut v: Self = quiver_engine::registry::from_json_params("a k-means pass", bytes)?;
@@ -879,7 +878,6 @@ impl quiver_engine::registry::FromParams for KMeansPass {
         Ok(v)
     }
 }
-
 
 impl quiver_engine::registry::FromParams for Assign {
     fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {

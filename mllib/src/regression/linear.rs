@@ -573,7 +573,6 @@ impl Model for LinearRegressionModel {
     }
 }
 
-
 impl quiver_engine::registry::FromParams for LinearPredict {
     fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
         quiver_engine::registry::from_json_params("a linear regression model", bytes)
