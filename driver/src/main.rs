@@ -355,9 +355,15 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
                 concurrent_tasks,
                 ready_timeout: std::time::Duration::from_secs(timeout),
             };
-            tokio::task::spawn_blocking(move || cluster::up(&opts, &mut std::io::stdout()))
-                .await
-                .map_err(|e| quiver_driver::QuiverError::internal(e.to_string()))??;
+            // Readiness waits block: off the async runtime, reporting into a buffer (this
+            // thread holds stdout).
+            let report = tokio::task::spawn_blocking(move || {
+                let mut buf = Vec::new();
+                cluster::up(&opts, &mut buf).map(|_| buf)
+            })
+            .await
+            .map_err(|e| quiver_driver::QuiverError::internal(e.to_string()))??;
+            out.write_all(&report).ok();
         }
         ClusterAction::Status { dir } => {
             cluster::status(&dir, out)?;

@@ -234,7 +234,104 @@ fn sql_runs_ml_statements_and_names_errors() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("df://127.0.0.1:1 is unreachable"), "{err}");
+}
+
+#[test]
+fn cluster_up_status_sql_down_with_real_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_dir = dir.path().join("cluster");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let cd = cluster_dir.to_str().unwrap();
+    let run = |args: &[&str]| quiver().args(args).output().unwrap();
+    // A port in use is named, and nothing is left behind.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
+    let refused = run(&["cluster", "up", "--dir", cd, "--port", &busy_port]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains(&format!("port {busy_port} is in use")),
+        "{err}"
+    );
+    assert!(!cluster_dir.join("cluster.json").exists());
+    let up = run(&[
+        "cluster",
+        "up",
+        "--executors",
+        "2",
+        "--dir",
+        cd,
+        "--port",
+        &port,
+        "--concurrent-tasks",
+        "1",
+    ]);
+    let text = String::from_utf8_lossy(&up.stdout).to_string();
+    assert!(
+        up.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(text.contains("2 executors registered"), "{text}");
+    // A second `up` on the same directory refuses (the cluster is running).
+    let again = run(&["cluster", "up", "--dir", cd, "--port", &port]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+    let status = run(&["cluster", "status", "--dir", cd]);
+    let st = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.status.success(), "{st}");
+    assert_eq!(st.matches("running").count(), 3, "{st}");
+    // SQL on the cluster: the rows of the shipped digits were read on the executors.
+    let digits = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
+    let url = format!("df://127.0.0.1:{port}");
+    let q = run(&[
+        "--models",
+        dir.path().join("m").to_str().unwrap(),
+        "sql",
+        "--cluster",
+        &url,
+        "-e",
+        &format!("SELECT count(*) AS n, max(quiver_process()) AS p FROM '{digits}'"),
+    ]);
+    let qt = String::from_utf8_lossy(&q.stdout).to_string();
+    assert!(
+        q.status.success(),
+        "{qt}{}",
+        String::from_utf8_lossy(&q.stderr)
+    );
+    assert!(qt.contains("1797") && qt.contains("exec-"), "{qt}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster_dir.join("cluster.json")).unwrap())
+            .unwrap();
+    let down = run(&["cluster", "down", "--dir", cd]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(!cluster_dir.join("cluster.json").exists());
+    // Every process is gone.
+    for p in std::iter::once(&state["scheduler"]).chain(state["executors"].as_array().unwrap()) {
+        let pid = p["pid"].as_u64().unwrap();
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists() || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            },
+            "pid {pid} still running"
+        );
+    }
+    let status = run(&["cluster", "status", "--dir", cd]);
+    assert!(!status.status.success());
+    assert!(String::from_utf8_lossy(&status.stderr).contains("quiver cluster up"));
 }
 
 #[test]

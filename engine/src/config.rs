@@ -41,6 +41,11 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         doc: "URL or path of the model store (file://, plain path, memory://, s3://).",
     },
     ConfigKey {
+        key: "quiver.cluster.job_timeout_secs",
+        default: "300",
+        doc: "On a cluster: a statistic's job that has not finished after this long is abandoned and run once more (a lost executor can leave a Ballista job waiting forever); a second timeout is an error.",
+    },
+    ConfigKey {
         key: "quiver.s3.endpoint",
         default: "$AWS_ENDPOINT_URL or AWS",
         doc: "Endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000.",
@@ -107,6 +112,8 @@ pub struct QuiverConfig {
     pub model_store: String,
     /// `quiver.runner = local`; defaults to `false` (embedded).
     pub local_runner: bool,
+    /// `quiver.cluster.job_timeout_secs`; defaults to 300 s.
+    pub cluster_job_timeout: std::time::Duration,
     pub s3: S3Config,
 }
 
@@ -126,6 +133,7 @@ impl Default for QuiverConfig {
             batch_size: 8192,
             model_store: "./quiver-models/".to_string(),
             local_runner: false,
+            cluster_job_timeout: std::time::Duration::from_secs(300),
             s3: S3Config::default(),
         }
     }
@@ -162,6 +170,9 @@ impl QuiverConfig {
                     "embedded" => false,
                     _ => return Err(bad("expected local or embedded")),
                 }
+            }
+            "quiver.cluster.job_timeout_secs" => {
+                self.cluster_job_timeout = std::time::Duration::from_secs(positive()? as u64)
             }
             "quiver.s3.endpoint" => self.s3.endpoint = Some(value.to_string()),
             "quiver.s3.region" => self.s3.region = Some(value.to_string()),

@@ -444,6 +444,29 @@ impl ScalarUDFImpl for RunTaskUdf {
     }
 }
 
+/// Lets `quiver_run_task` run on cluster executors: it travels by name and runs with the task
+/// runners of the process it lands in (every quiver-executor registers all of them).
+pub(crate) fn run_task_codec() -> crate::registry::ScalarCodec {
+    crate::registry::ScalarCodec {
+        encode: Arc::new(|udf: &ScalarUDF| {
+            udf.inner()
+                .downcast_ref::<RunTaskUdf>()
+                .map(|u| crate::registry::json_params("quiver_run_task", &u.registry.kinds()))
+        }),
+        decode: Arc::new(|bytes: &[u8]| {
+            let wanted: Vec<String> = crate::registry::from_json_params("quiver_run_task", bytes)?;
+            let here = crate::registry::global().tasks().clone();
+            if let Some(missing) = wanted.iter().find(|k| !here.kinds().contains(k)) {
+                return Err(QuiverError::Cluster(format!(
+                    "this process has no task runner of kind '{missing}' (a different Quiver \
+                     version on the client and the executors?)"
+                )));
+            }
+            Ok(ScalarUDF::from(RunTaskUdf::new(Arc::new(here))))
+        }),
+    }
+}
+
 /// The task table: one row per task, `parallelism` partitions, one batch per task so each
 /// result streams out as soon as its task ends.
 pub fn task_table(tasks: &[Task], parallelism: usize) -> Result<MemTable> {

@@ -224,8 +224,8 @@ pub fn engine_scalar_functions() -> Vec<ScalarUDF> {
     ]
 }
 
-/// `quiver_process()`: the name of the process evaluating the row (`driver` in a client or an
-/// embedded session, the executor id on a cluster executor). Volatile, so it is never folded
+/// `quiver_process()`: the name of the process evaluating the row (the executor id on a cluster
+/// executor, `host:pid` elsewhere). Volatile, so it is never folded
 /// into a constant by the planner: it shows where the work ran.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ProcessIdUdf {
@@ -260,9 +260,9 @@ impl ScalarUDFImpl for ProcessIdUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
-        let name = crate::cluster::process_name();
+        let name = crate::fanout::worker_id();
         let out: arrow::array::StringArray =
-            std::iter::repeat_n(Some(name), args.number_rows).collect();
+            std::iter::repeat_n(Some(name.as_str()), args.number_rows).collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }

@@ -97,6 +97,7 @@ impl FunctionRegistry {
             let _ = r.add_aggregate(f);
         }
         let _ = r.add_statistic::<crate::summary::Summarizer>("feature_summary");
+        let _ = r.add_scalar_codec("quiver_run_task", crate::fanout::run_task_codec());
         r
     }
 

@@ -44,6 +44,13 @@ impl Runner {
     }
 }
 
+fn log_retry(name: &str, limit: std::time::Duration) {
+    log::warn!(
+        "cluster job {name} did not finish within {} s; running it again",
+        limit.as_secs()
+    );
+}
+
 fn compute_pool(config: &QuiverConfig) -> Result<Arc<ThreadPool>> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(config.compute_threads)
@@ -303,13 +310,32 @@ impl QuiverSession {
         run_local(frame, stat, &self.pool)
     }
 
-    /// Runs a statistic as a DataFusion aggregate query over `dataset`.
+    /// Runs a statistic as a DataFusion aggregate query over `dataset`. On a cluster a job
+    /// that outlives `quiver.cluster.job_timeout_secs` (an executor lost mid-job can leave a
+    /// Ballista job waiting forever) is abandoned and run once more on the executors left;
+    /// a second timeout is an error.
     pub async fn aggregate<S: Statistic>(
         &self,
         dataset: &Dataset,
         stat: Arc<S>,
     ) -> Result<S::Output> {
-        run_embedded(dataset, stat).await
+        if !self.is_cluster() {
+            return run_embedded(dataset, stat).await;
+        }
+        let limit = self.config.cluster_job_timeout;
+        for _attempt in 0..2 {
+            match tokio::time::timeout(limit, run_embedded(dataset, Arc::clone(&stat))).await {
+                Ok(result) => return result,
+                Err(_) => log_retry(stat.name(), limit),
+            }
+        }
+        Err(QuiverError::Cluster(format!(
+            "{} did not finish within {} s, twice (quiver.cluster.job_timeout_secs): an \
+             executor was probably lost and the scheduler could not rerun its tasks; see the \
+             scheduler's log",
+            stat.name(),
+            limit.as_secs()
+        )))
     }
 
     /// The feature summary of `dataset` (unweighted), on the given runner.

@@ -147,7 +147,7 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<()> {
     let scheduler = SchedulerAddress::parse(&opts.scheduler)?;
     scheduler.check_reachable(cluster::CONNECT_TIMEOUT).await?;
     let config = executor_config(&opts)?;
-    cluster::set_process_name(config.executor_id.clone());
+    quiver_engine::fanout::set_worker_id(config.executor_id.clone());
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| QuiverError::Cluster(format!("executor: {e}")))

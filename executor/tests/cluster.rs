@@ -218,9 +218,15 @@ async fn executor_killed_mid_fit_either_recovers_or_fails_clearly_and_publishes_
     let mut cluster = LocalCluster::start(2);
     let data = write_synthetic(&cluster.dir.path().join("data"), 4, 50_000);
     let store = cluster.dir.path().join("models");
-    let remote = QuiverSession::remote_with(&cluster.url(), config(&store))
-        .await
-        .unwrap();
+    // A pass takes well under a second here: give up on a stuck job after 10 s.
+    let remote = QuiverSession::remote_with(
+        &cluster.url(),
+        config(&store)
+            .with_pairs([("quiver.cluster.job_timeout_secs", "10")])
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let sql = SqlSession::new(remote).unwrap();
     collect(
         &sql,
@@ -346,4 +352,66 @@ async fn standalone_session_runs_the_cluster_path_in_process() {
         .unwrap();
     let me = LinearRegression::new().fit(&e, &de).await.unwrap();
     assert_close("standalone", m.coefficients(), me.coefficients());
+}
+
+/// A search whose trials (the built-in train-and-evaluate task) are fanned out to the
+/// executors gives the same trials as the local and embedded runners for the same seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_trials_fan_out_to_executors_with_the_same_results() {
+    use quiver_engine::Runner;
+    use quiver_mllib::tuning::{Algo, Point, Search, Space, Tpe, TrainEval, hp};
+    quiver_executor::install().unwrap();
+    let cluster = LocalCluster::start(2);
+    let store = cluster.dir.path().join("m");
+    let search = |runner: Runner| {
+        let space = Space::new(vec![
+            hp::loguniform("reg_param", 1e-4, 1.0),
+            hp::choice("max_iter", [serde_json::json!(20)]),
+        ])
+        .unwrap();
+        let spec = TrainEval {
+            dataset: concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet")
+                .to_string(),
+            estimator: "logistic_regression".to_string(),
+            label: Some("label".to_string()),
+            features: None,
+            metric: Some("log_loss".to_string()),
+            eval_fraction: 0.25,
+            split_seed: 7,
+            folds: None,
+            params: Point::new(),
+        };
+        Search::train_eval(space, spec)
+            .algo(Algo::Tpe(Tpe {
+                n_startup_trials: 4,
+                ..Tpe::default()
+            }))
+            .max_evals(8)
+            .parallelism(2)
+            .seed(3)
+            .runner(runner)
+    };
+    let local_session = QuiverSession::embedded_with(config(&store)).unwrap();
+    let local = search(Runner::Local).run(&local_session).await.unwrap();
+    let remote = QuiverSession::remote_with(&cluster.url(), config(&store))
+        .await
+        .unwrap();
+    let on_cluster = search(Runner::Embedded).run(&remote).await.unwrap();
+    let key = |r: &quiver_mllib::tuning::SearchResult| {
+        r.trials
+            .iter()
+            .map(|t| (t.id, t.params.clone(), t.status.clone(), t.loss))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key(&local), key(&on_cluster));
+    let workers: std::collections::BTreeSet<&str> = on_cluster
+        .trials
+        .iter()
+        .map(|t| t.worker.as_str())
+        .collect();
+    assert_eq!(
+        workers.into_iter().collect::<Vec<_>>(),
+        ["exec-1", "exec-2"],
+        "trials ran on both executors"
+    );
 }

@@ -218,22 +218,12 @@ pub async fn remote_context(
         runtime_env(&config.s3)?,
         functions,
     )?;
-    let ctx = SessionContext::remote_with_state(&address.url(), state).await?;
+    let ctx = SessionContext::remote_with_state(&address.url(), state)
+        .await?
+        .enable_url_table();
     // Ballista replaces the client's function list when it upgrades the state: add ours back.
     functions.register_into(&ctx);
     Ok(ctx)
-}
-
-static PROCESS_NAME: OnceLock<String> = OnceLock::new();
-
-/// Names this process (an executor sets its id); the first name set stays.
-pub fn set_process_name(name: impl Into<String>) {
-    let _ = PROCESS_NAME.set(name.into());
-}
-
-/// This process's name: the executor id on an executor, `driver` elsewhere.
-pub fn process_name() -> &'static str {
-    PROCESS_NAME.get().map(String::as_str).unwrap_or("driver")
 }
 
 /// Starts a scheduler and executors inside this process and returns the scheduler's address.
