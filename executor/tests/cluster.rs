@@ -400,7 +400,7 @@ async fn search_trials_fan_out_to_executors_with_the_same_results() {
     let key = |r: &quiver_mllib::tuning::SearchResult| {
         r.trials
             .iter()
-            .map(|t| (t.id, t.params.clone(), t.status.clone(), t.loss))
+            .map(|t| (t.id, t.params.clone(), t.status, t.loss))
             .collect::<Vec<_>>()
     };
     assert_eq!(key(&local), key(&on_cluster));
