@@ -129,6 +129,9 @@ enum BenchCase {
         iters: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Trials of the trivial search fanned out to the 2-executor cluster (0: none).
+        #[arg(long, default_value_t = 200)]
+        trials: usize,
     },
     /// ml_predict over Parquet against a scan of the same columns; single-row latency.
     Predict {
@@ -265,12 +268,14 @@ async fn run(cli: Cli) -> Result<()> {
                 features,
                 iters,
                 seed,
+                trials,
             } => {
                 let opts = bench::ClusterBench {
                     rows,
                     features,
                     iters,
                     seed,
+                    trials,
                 };
                 bench::cluster(&session, &opts, &mut out).await?;
             }

@@ -97,6 +97,33 @@ pub trait TaskRunner: Send + Sync + Debug + 'static {
     fn run(&self, params: &str) -> Result<TaskOutcome>;
 }
 
+/// `quiver.sphere`: loss = Σ x² over the numeric values of a JSON object of parameters. A
+/// trivial objective every process knows, for measuring fan-out overhead and for tests.
+#[derive(Debug)]
+pub struct SphereTask;
+
+impl TaskRunner for SphereTask {
+    fn kind(&self) -> &str {
+        "quiver.sphere"
+    }
+
+    fn run(&self, params: &str) -> Result<TaskOutcome> {
+        let v: serde_json::Value =
+            serde_json::from_str(params).map_err(|source| QuiverError::Json {
+                context: "quiver.sphere parameters".to_string(),
+                source,
+            })?;
+        let loss = v
+            .as_object()
+            .map(|o| o.values().filter_map(|x| x.as_f64()).map(|x| x * x).sum())
+            .unwrap_or(0.0);
+        Ok(TaskOutcome {
+            loss: Some(loss),
+            metrics: serde_json::Value::Null,
+        })
+    }
+}
+
 /// The task kinds a process can run.
 #[derive(Debug, Clone, Default)]
 pub struct TaskRegistry {

@@ -24,6 +24,8 @@ pub mod registry;
 pub mod session;
 pub mod store;
 pub mod summary;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod vector;
 
 pub use aggregate::{StatInputs, Statistic, StatisticUdaf, run_embedded, run_local};

@@ -98,6 +98,7 @@ impl FunctionRegistry {
         }
         let _ = r.add_statistic::<crate::summary::Summarizer>("feature_summary");
         let _ = r.add_scalar_codec("quiver_run_task", crate::fanout::run_task_codec());
+        let _ = r.add_task(Arc::new(crate::fanout::SphereTask));
         r
     }
 

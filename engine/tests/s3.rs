@@ -2,73 +2,11 @@
 //! port). `.ci/run` installs it and sets `QUIVER_REQUIRE_S3=1`, which turns a missing server
 //! into a failure; elsewhere the test says it was skipped.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
+use quiver_engine::testing::S3Server;
 use quiver_engine::{Dataset, ModelDraft, QuiverConfig, QuiverError, QuiverSession, Runner};
 
 const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_server() -> Option<Server> {
-    let port = free_port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("QUIVER_REQUIRE_S3").as_deref() == Ok("1") {
-                panic!("QUIVER_REQUIRE_S3=1 but moto_server cannot start: {e}");
-            }
-            eprintln!("skipped: no moto_server on PATH (pip install 'moto[server]')");
-            return None;
-        }
-    };
-    let server = Server { child, port };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto_server did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some(server)
-}
-
-/// Creates a bucket with a plain HTTP request (moto accepts unsigned requests).
-fn create_bucket(port: u16, bucket: &str) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-}
 
 fn session(port: u16) -> QuiverSession {
     let config = QuiverConfig::default()
@@ -88,8 +26,10 @@ fn session(port: u16) -> QuiverSession {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_and_models_on_s3() {
-    let Some(server) = start_server() else { return };
-    create_bucket(server.port, "quiver-test");
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    server.create_bucket("quiver-test");
     let s = session(server.port);
 
     // Data: write Parquet and Arrow IPC to S3, read back, same summary as the local file.

@@ -414,4 +414,106 @@ async fn search_trials_fan_out_to_executors_with_the_same_results() {
         ["exec-1", "exec-2"],
         "trials ran on both executors"
     );
+    // A registered task runs there too; a Rust closure cannot, and says so.
+    let space = Space::new(vec![hp::uniform("x", -1.0, 1.0)]).unwrap();
+    let sphere = Search::task(space.clone(), "quiver.sphere")
+        .algo(Algo::Random)
+        .max_evals(6)
+        .parallelism(2)
+        .runner(Runner::Embedded)
+        .run(&remote)
+        .await
+        .unwrap();
+    for t in &sphere.trials {
+        let x = t.params["x"].as_f64().unwrap();
+        assert_eq!(t.loss, Some(x * x));
+    }
+    let err = Search::new(space, |_| Ok(0.0))
+        .max_evals(2)
+        .runner(Runner::Embedded)
+        .run(&remote)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("closure objective runs only in this process"),
+        "{err}"
+    );
+}
+
+/// Data and models on a real S3-compatible server shared by the client, the scheduler and the
+/// executors: a fit from `s3://` data equals the embedded fit, and a model the cluster stored
+/// on S3 predicts the same in cluster SQL and in an embedded session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_and_models_on_s3_are_shared_by_every_process() {
+    use quiver_engine::testing::S3Server;
+    quiver_executor::install().unwrap();
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    server.create_bucket("quiver-cluster");
+    let env = server.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cluster = LocalCluster::start_with(2, false, &env);
+    let pairs = server.config_pairs();
+    let s3_config = || {
+        QuiverConfig::default()
+            .with_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())))
+            .unwrap()
+            .with_pairs([("quiver.target_partitions", "4")])
+            .unwrap()
+            .with_model_store("s3://quiver-cluster/models/")
+    };
+    let embedded = QuiverSession::embedded_with(s3_config()).unwrap();
+    let local_data = write_synthetic(&cluster.dir.path().join("data"), 4, 1000);
+    for i in 0..4 {
+        let part = embedded
+            .read(&format!("{local_data}part-{i}.parquet"))
+            .await
+            .unwrap();
+        embedded
+            .write_parquet(part, &format!("s3://quiver-cluster/data/part-{i}.parquet"))
+            .await
+            .unwrap();
+    }
+    let data = "s3://quiver-cluster/data/";
+    let remote = QuiverSession::remote_with(&cluster.url(), s3_config())
+        .await
+        .unwrap();
+    let fit = |s: QuiverSession| async move {
+        let ds = Dataset::new(s.read(data).await.unwrap())
+            .with_features(FEATURES)
+            .unwrap()
+            .with_label("target")
+            .unwrap();
+        let m = LinearRegression::new().fit(&s, &ds).await.unwrap();
+        let mut w = m.coefficients().to_vec();
+        w.push(m.intercept());
+        w
+    };
+    assert_close(
+        "linear regression on s3",
+        &fit(remote.clone()).await,
+        &fit(embedded.clone()).await,
+    );
+
+    let columns = FEATURES.join(", ");
+    let table = format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}'");
+    let sql = SqlSession::new(remote).unwrap();
+    collect(&sql, &table).await;
+    collect(
+        &sql,
+        &format!(
+            "CREATE MODEL lin OPTIONS (model_type = 'linear_reg', input_label_cols = ['target'], \
+             data_split_method = 'no_split') AS SELECT {columns}, target FROM t"
+        ),
+    )
+    .await;
+    let query = format!("SELECT f0, ml_predict('lin', {columns}) AS p FROM t ORDER BY f0");
+    let on_cluster = collect(&sql, &query).await;
+    let local = SqlSession::new(embedded).unwrap();
+    collect(&local, &table).await;
+    let in_process = collect(&local, &query).await;
+    assert_eq!(f64_column(&on_cluster, 1).len(), 4000);
+    assert_eq!(f64_column(&on_cluster, 1), f64_column(&in_process, 1));
 }

@@ -811,6 +811,34 @@ pub struct ClusterBench {
     /// Iterations of every fit (tol 0: all run).
     pub iters: usize,
     pub seed: u64,
+    /// Trials of the trivial `quiver.sphere` search (per-trial fan-out overhead).
+    pub trials: usize,
+}
+
+/// Milliseconds per trial of a random search of `trials` `quiver.sphere` trials.
+async fn sphere_search_ms(
+    session: &QuiverSession,
+    runner: quiver_engine::Runner,
+    trials: usize,
+    parallelism: usize,
+) -> Result<f64> {
+    use quiver_mllib::tuning::{Algo, Search, Space, hp};
+    let mllib_err = |e: quiver_mllib::MllibError| QuiverError::internal(e.to_string());
+    let space = Space::new(vec![
+        hp::uniform("x", -5.0, 5.0),
+        hp::uniform("y", -5.0, 5.0),
+    ])
+    .map_err(mllib_err)?;
+    let t = Instant::now();
+    let r = Search::task(space, "quiver.sphere")
+        .algo(Algo::Random)
+        .max_evals(trials)
+        .parallelism(parallelism)
+        .runner(runner)
+        .run(session)
+        .await
+        .map_err(mllib_err)?;
+    Ok(t.elapsed().as_secs_f64() * 1e3 / r.trials.len().max(1) as f64)
 }
 
 pub async fn cluster(
@@ -876,6 +904,7 @@ pub async fn cluster(
         };
         let embedded = fit(session.clone()).await?;
         let mut on_cluster = Vec::new();
+        let mut search_ms = None;
         for executors in [1, 2] {
             let up = super::cluster::UpOptions {
                 dir: dir.path().join(format!("cluster-{rows}-{executors}")),
@@ -892,7 +921,17 @@ pub async fn cluster(
             };
             let remote = crate::remote_session_with(&state.url, session.config().clone()).await;
             let result = match remote {
-                Ok(r) => fit(r).await,
+                Ok(r) => {
+                    let fitted = fit(r.clone()).await;
+                    if executors == 2 && search_ms.is_none() && opts.trials > 0 {
+                        let p = session.config().compute_threads.max(1);
+                        search_ms = Some(
+                            sphere_search_ms(&r, quiver_engine::Runner::Embedded, opts.trials, p)
+                                .await,
+                        );
+                    }
+                    fitted
+                }
                 Err(e) => Err(e),
             };
             super::cluster::down(&up.dir, &mut std::io::sink())?;
@@ -908,6 +947,20 @@ pub async fn cluster(
             on_cluster[1] - embedded
         )
         .ok();
+        if let Some(ms) = search_ms {
+            let p = session.config().compute_threads.max(1);
+            let local =
+                sphere_search_ms(session, quiver_engine::Runner::Local, opts.trials, p).await?;
+            let embedded =
+                sphere_search_ms(session, quiver_engine::Runner::Embedded, opts.trials, p).await?;
+            writeln!(
+                out,
+                "  fan-out, {} trivial trials (quiver.sphere), {p} at a time: local {local:.3} ms/trial, embedded {embedded:.3} ms/trial, cluster (2 executors) {:.3} ms/trial",
+                opts.trials,
+                ms?
+            )
+            .ok();
+        }
     }
     Ok(())
 }

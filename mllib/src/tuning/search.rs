@@ -69,6 +69,8 @@ enum ObjectiveKind {
     Closure(Arc<Objective>),
     /// The built-in train-and-evaluate task; the trial's point goes into its `params`.
     TrainEval(TrainEval),
+    /// A task runner registered in every Quiver process, by kind; the point is its params.
+    Task(String),
 }
 
 /// A hyperparameter search over a [`Space`] with a Rust objective (loss to minimise).
@@ -154,6 +156,13 @@ impl Search {
     /// anywhere fan-out tasks run.
     pub fn train_eval(space: Space, spec: TrainEval) -> Self {
         Self::with_objective(space, ObjectiveKind::TrainEval(spec))
+    }
+
+    /// A search whose trials run the registered task runner `kind` (registered in every
+    /// process, e.g. `quiver.sphere`) with the trial's point as its parameters: like
+    /// [`Search::train_eval`], it runs anywhere fan-out tasks run, cluster executors included.
+    pub fn task(space: Space, kind: impl Into<String>) -> Self {
+        Self::with_objective(space, ObjectiveKind::Task(kind.into()))
     }
 
     fn with_objective(space: Space, objective: ObjectiveKind) -> Self {
@@ -292,7 +301,32 @@ impl Search {
                 registry.register(train_eval_runner())?;
                 TRAIN_EVAL.to_string()
             }
+            ObjectiveKind::Task(kind) => {
+                registry = session.functions().tasks().clone();
+                if !registry.kinds().contains(kind) {
+                    return Err(MllibError::InvalidParam {
+                        param: "objective".to_string(),
+                        reason: format!(
+                            "no task runner of kind '{kind}' is registered; known: {}",
+                            registry.kinds().join(", ")
+                        ),
+                    });
+                }
+                kind.clone()
+            }
         };
+        if session.is_cluster()
+            && self.runner == Runner::Embedded
+            && matches!(self.objective, ObjectiveKind::Closure(_))
+        {
+            return Err(MllibError::InvalidParam {
+                param: "runner".to_string(),
+                reason: "a Rust closure objective runs only in this process, not on cluster \
+                         executors: use Runner::Local, or a registered task (Search::train_eval, \
+                         Search::task)"
+                    .to_string(),
+            });
+        }
         let registry = Arc::new(registry);
         let grid = match &self.algo {
             Algo::Grid { points } => Some(self.space.grid(*points)),
@@ -339,7 +373,9 @@ impl Search {
                 .enumerate()
                 .map(|(i, p)| {
                     let params = match &self.objective {
-                        ObjectiveKind::Closure(_) => serde_json::to_string(p),
+                        ObjectiveKind::Closure(_) | ObjectiveKind::Task(_) => {
+                            serde_json::to_string(p)
+                        }
                         ObjectiveKind::TrainEval(spec) => {
                             let mut spec = spec.clone();
                             spec.params = p.clone();
