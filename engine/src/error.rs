@@ -9,7 +9,7 @@ pub type Result<T, E = QuiverError> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in the engine. Each variant carries the names a user needs to
 /// fix the input: the column, the row, the option, the file.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum QuiverError {
     #[error("file not found: {path}")]
     FileNotFound { path: String },
@@ -251,5 +251,13 @@ fn find_quiver_error(err: DataFusionError) -> std::result::Result<QuiverError, D
 impl From<QuiverError> for DataFusionError {
     fn from(err: QuiverError) -> Self {
         err.into_datafusion()
+    }
+}
+
+/// Debug shows the message: errors raised on a cluster executor reach the client as the
+/// `Debug` text of the error chain, and there the message is what a user needs.
+impl std::fmt::Debug for QuiverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }

@@ -5,7 +5,7 @@ use quiver_engine::QuiverError;
 pub type Result<T, E = MllibError> = std::result::Result<T, E>;
 
 /// Errors of fitting, applying, saving and loading models.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum MllibError {
     #[error("invalid parameter '{param}': {reason}")]
     InvalidParam { param: String, reason: String },
@@ -65,5 +65,13 @@ impl From<MllibError> for QuiverError {
             MllibError::Engine(q) => q,
             other => QuiverError::Worded(other.to_string()),
         }
+    }
+}
+
+/// Debug shows the message: errors raised on a cluster executor reach the client as the
+/// `Debug` text of the error chain, and there the message is what a user needs.
+impl std::fmt::Debug for MllibError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }

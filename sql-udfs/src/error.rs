@@ -6,7 +6,7 @@ use quiver_mllib::MllibError;
 pub type Result<T, E = SqlError> = std::result::Result<T, E>;
 
 /// Errors of parsing and running ML statements and functions.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum SqlError {
     #[error("SQL error: {0}")]
     Parse(String),
@@ -72,5 +72,13 @@ impl SqlError {
             SqlError::Engine(e) => e.into_datafusion(),
             other => datafusion::error::DataFusionError::External(Box::new(other)),
         }
+    }
+}
+
+/// Debug shows the message: errors raised on a cluster executor reach the client as the
+/// `Debug` text of the error chain, and there the message is what a user needs.
+impl std::fmt::Debug for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }

@@ -104,7 +104,10 @@ impl SqlSession {
         match statement {
             Statement::Sql(s) => {
                 let ctx = self.session.context();
-                let plan = ctx.state().statement_to_plan(*s).await?;
+                let mut plan = ctx.state().statement_to_plan(*s).await?;
+                if self.session.is_cluster() {
+                    plan = predict::pin_model_versions(plan, &self.catalog).await?;
+                }
                 Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
             }
             Statement::Ml(MlStatement::CreateModel(c)) => {

@@ -51,6 +51,76 @@ pub fn predict_functions(catalog: &Arc<ModelCatalog>) -> Vec<ScalarUDF> {
         .collect()
 }
 
+/// Pins every unpinned model reference of `ml_predict` / `ml_predict_proba` in `plan` to the
+/// version the client resolves now (`'m'` becomes `'m@3'`, output names unchanged): on a
+/// cluster the scheduler and every executor then use the same version, whatever is published
+/// while the query runs.
+pub(crate) async fn pin_model_versions(
+    plan: datafusion::logical_expr::LogicalPlan,
+    catalog: &ModelCatalog,
+) -> Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Expr;
+    use datafusion::logical_expr::expr_rewriter::NamePreserver;
+
+    fn unpinned(e: &Expr) -> Option<&str> {
+        let Expr::ScalarFunction(f) = e else {
+            return None;
+        };
+        if !matches!(f.func.name(), "ml_predict" | "ml_predict_proba") {
+            return None;
+        }
+        match f.args.first() {
+            Some(Expr::Literal(ScalarValue::Utf8(Some(r)), _)) if !r.contains('@') => Some(r),
+            _ => None,
+        }
+    }
+    let mut references = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Some(r) = unpinned(e) {
+                    references.push(r.to_string());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    if references.is_empty() {
+        return Ok(plan);
+    }
+    let mut pinned = HashMap::new();
+    for r in references {
+        if !pinned.contains_key(&r) {
+            let model = catalog.resolve(&r).await?;
+            pinned.insert(
+                r,
+                format!("{}@{}", model.metadata.name, model.metadata.version),
+            );
+        }
+    }
+    let plan = plan
+        .transform_up_with_subqueries(|node| {
+            let names = NamePreserver::new(&node);
+            node.map_expressions(|e| {
+                let saved = names.save(&e);
+                e.transform_up(|e| {
+                    let Some(to) = unpinned(&e).and_then(|r| pinned.get(r)).cloned() else {
+                        return Ok(Transformed::no(e));
+                    };
+                    let Expr::ScalarFunction(mut f) = e else {
+                        return Ok(Transformed::no(e));
+                    };
+                    f.args[0] = Expr::Literal(ScalarValue::Utf8(Some(to)), None);
+                    Ok(Transformed::yes(Expr::ScalarFunction(f)))
+                })
+                .map(|t| t.update_data(|e| saved.restore(e)))
+            })
+        })?
+        .data;
+    Ok(plan)
+}
+
 /// What of `ml_predict` crosses to cluster processes: the model store (models themselves are
 /// loaded there by name and version, and cached per process).
 #[derive(Serialize, Deserialize)]

@@ -110,14 +110,15 @@ fn slt_files() -> Vec<PathBuf> {
     files
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_logic_tests_embedded() {
+/// Runs every file with a fresh model store on sessions from `session`, with `label` set
+/// (records can say `onlyif embedded` / `skipif cluster`).
+async fn run_all(label: &str, new_session: impl AsyncFn() -> quiver_driver::QuiverSession) {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
     let data = data.canonicalize().unwrap();
     let mut failures = Vec::new();
     for file in slt_files() {
         let store_dir = tempfile::tempdir().unwrap();
-        let session = quiver_driver::session().unwrap();
+        let session = new_session().await;
         let store = session
             .model_store_at(store_dir.path().to_str().unwrap())
             .unwrap();
@@ -129,7 +130,7 @@ async fn sql_logic_tests_embedded() {
             let session = sql_session.clone();
             async move { Ok::<_, SqlError>(QuiverDb { session }) }
         });
-        runner.add_label("embedded");
+        runner.add_label(label);
         if let Err(e) = runner
             .run_script_with_name_async(&script, file.display().to_string())
             .await
@@ -137,5 +138,25 @@ async fn sql_logic_tests_embedded() {
             failures.push(format!("{}:\n{}", file.display(), e.display(false)));
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(failures.is_empty(), "{label}: {}", failures.join("\n\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_logic_tests_embedded() {
+    run_all("embedded", async || quiver_driver::session().unwrap()).await;
+}
+
+/// The same files on Ballista: a scheduler and an executor inside this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_logic_tests_on_a_cluster() {
+    quiver_driver::session().unwrap();
+    let cluster = quiver_driver::QuiverSession::standalone().await.unwrap();
+    let quiver_driver::engine::Backend::Cluster(address) = cluster.backend().clone() else {
+        panic!("a standalone session is a cluster session");
+    };
+    let url = address.url();
+    run_all("cluster", async || {
+        quiver_driver::QuiverSession::remote(&url).await.unwrap()
+    })
+    .await;
 }
