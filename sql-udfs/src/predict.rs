@@ -91,12 +91,10 @@ pub(crate) async fn pin_model_versions(
     }
     let mut pinned = HashMap::new();
     for r in references {
-        if !pinned.contains_key(&r) {
-            let model = catalog.resolve(&r).await?;
-            pinned.insert(
-                r,
-                format!("{}@{}", model.metadata.name, model.metadata.version),
-            );
+        if let std::collections::hash_map::Entry::Vacant(slot) = pinned.entry(r) {
+            let model = catalog.resolve(slot.key()).await?;
+            let to = format!("{}@{}", model.metadata.name, model.metadata.version);
+            slot.insert(to);
         }
     }
     let plan = plan
