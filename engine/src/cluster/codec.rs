@@ -330,3 +330,81 @@ impl PhysicalExtensionCodec for QuiverPhysicalCodec {
         encode_aggregate(&self.functions, node, buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StatisticUdaf;
+    use crate::summary::Summarizer;
+    use datafusion::arrow::array::{Float64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn codec() -> QuiverLogicalCodec {
+        QuiverLogicalCodec::new(Arc::new(FunctionRegistry::with_engine_functions()))
+    }
+
+    #[test]
+    fn a_statistic_travels_with_its_parameters_and_never_without() {
+        let c = codec();
+        let udaf = AggregateUDF::from(StatisticUdaf::new(Arc::new(Summarizer::new(3))).unwrap());
+        let mut buf = Vec::new();
+        c.try_encode_udaf(&udaf, &mut buf).unwrap();
+        assert!(buf.starts_with(MAGIC));
+        let back = c.try_decode_udaf("feature_summary", &buf).unwrap();
+        assert_eq!(back.as_ref(), &udaf);
+        // Without its state (a plan from a process without the codec) or with foreign bytes:
+        // an error, never a default instance.
+        let e = c.try_decode_udaf("feature_summary", &[]).unwrap_err();
+        assert!(e.to_string().contains("without its parameters"), "{e}");
+        let e = c.try_decode_udaf("feature_summary", b"junk").unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+        let e = c.try_decode_udf("no_such_function", &[]).unwrap_err();
+        assert!(e.to_string().contains("not known to this process"), "{e}");
+        // Stateless functions travel by name.
+        let assemble = FunctionRegistry::with_engine_functions()
+            .scalar("vector_assemble")
+            .cloned()
+            .unwrap();
+        let mut buf = Vec::new();
+        c.try_encode_udf(&assemble, &mut buf).unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(
+            c.try_decode_udf("vector_assemble", &buf).unwrap().name(),
+            "vector_assemble"
+        );
+    }
+
+    #[test]
+    fn in_memory_tables_travel_inside_the_plan() {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, false)]));
+        let batch = |v: Vec<f64>| {
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Float64Array::from(v))])
+                .unwrap()
+        };
+        let table = MemTable::try_new(
+            Arc::clone(&schema),
+            vec![
+                vec![batch(vec![1.0, 2.0])],
+                vec![batch(vec![3.0]), batch(vec![4.0])],
+            ],
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let name = TableReference::bare("t");
+        codec()
+            .try_encode_table_provider(&name, Arc::new(table), &mut buf)
+            .unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        let back = codec()
+            .try_decode_table_provider(&buf, &name, Arc::clone(&schema), &ctx.task_ctx())
+            .unwrap();
+        let mem = back.downcast_ref::<MemTable>().unwrap();
+        assert_eq!(mem.batches.len(), 2);
+        let rows: Vec<usize> = mem
+            .batches
+            .iter()
+            .map(|p| p.try_read().unwrap().iter().map(|b| b.num_rows()).sum())
+            .collect();
+        assert_eq!(rows, [2, 2]);
+    }
+}
