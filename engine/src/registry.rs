@@ -27,6 +27,21 @@ pub trait FromParams: Sized {
     fn from_params(bytes: &[u8]) -> Result<Self>;
 }
 
+/// Implements [`FromParams`] for types whose parameters are their JSON form
+/// (`impl_json_params!(MyStat => "my statistic", Other => "…")`).
+#[macro_export]
+macro_rules! impl_json_params {
+    ($($ty:ty => $what:expr),* $(,)?) => {
+        $(
+            impl $crate::registry::FromParams for $ty {
+                fn from_params(bytes: &[u8]) -> $crate::Result<Self> {
+                    $crate::registry::from_json_params($what, bytes)
+                }
+            }
+        )*
+    };
+}
+
 /// Parameters as JSON (exact for `f64` with serde_json's `float_roundtrip`).
 pub fn json_params<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|source| QuiverError::Json {

@@ -646,11 +646,7 @@ impl Statistic for Summarizer {
     }
 }
 
-impl crate::registry::FromParams for Summarizer {
-    fn from_params(bytes: &[u8]) -> Result<Self> {
-        crate::registry::from_json_params("the feature summary", bytes)
-    }
-}
+crate::impl_json_params!(Summarizer => "the feature summary");
 
 #[cfg(test)]
 mod tests {

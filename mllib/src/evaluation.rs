@@ -849,35 +849,13 @@ impl Statistic for SilhouetteStat {
     }
 }
 
-impl quiver_engine::registry::FromParams for RegressionStat {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("the regression metrics", bytes)
-    }
-}
-
-impl quiver_engine::registry::FromParams for ConfusionStat {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("the confusion counts", bytes)
-    }
-}
-
-impl quiver_engine::registry::FromParams for ScoreCounts {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("the score counts", bytes)
-    }
-}
-
-impl quiver_engine::registry::FromParams for ClusterMoments {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("the cluster moments", bytes)
-    }
-}
-
-impl quiver_engine::registry::FromParams for SilhouetteStat {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("the silhouette", bytes)
-    }
-}
+quiver_engine::impl_json_params!(
+    RegressionStat => "the regression metrics",
+    ConfusionStat => "the confusion counts",
+    ScoreCounts => "the score counts",
+    ClusterMoments => "the cluster moments",
+    SilhouetteStat => "the silhouette",
+);
 
 /// Lets the evaluators' statistics run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {

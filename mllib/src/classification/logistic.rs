@@ -789,23 +789,11 @@ impl Model for LogisticRegressionModel {
     }
 }
 
-impl quiver_engine::registry::FromParams for ClassCounts {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("the class counts", bytes)
-    }
-}
-
-impl quiver_engine::registry::FromParams for LogisticLoss {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("the logistic loss", bytes)
-    }
-}
-
-impl quiver_engine::registry::FromParams for LogisticOutput {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("a logistic regression model", bytes)
-    }
-}
+quiver_engine::impl_json_params!(
+    ClassCounts => "the class counts",
+    LogisticLoss => "the logistic loss",
+    LogisticOutput => "a logistic regression model",
+);
 
 /// Lets logistic regression's statistics and maps run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {

@@ -229,11 +229,9 @@ impl Model for OneHotEncoderModel {
     }
 }
 
-impl quiver_engine::registry::FromParams for OneHot {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("a one-hot encoder", bytes)
-    }
-}
+quiver_engine::impl_json_params!(
+    OneHot => "a one-hot encoder",
+);
 
 /// Lets the encoder's map run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {

@@ -397,11 +397,9 @@ impl Model for MinMaxScalerModel {
     }
 }
 
-impl quiver_engine::registry::FromParams for Affine {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("a scaler", bytes)
-    }
-}
+quiver_engine::impl_json_params!(
+    Affine => "a scaler",
+);
 
 /// Lets the scalers' maps run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {

@@ -230,8 +230,6 @@ impl Statistic for CoMomentsStatistic {
     }
 }
 
-impl quiver_engine::registry::FromParams for CoMomentsStatistic {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("the co-moments", bytes)
-    }
-}
+quiver_engine::impl_json_params!(
+    CoMomentsStatistic => "the co-moments",
+);

@@ -573,11 +573,9 @@ impl Model for LinearRegressionModel {
     }
 }
 
-impl quiver_engine::registry::FromParams for LinearPredict {
-    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
-        quiver_engine::registry::from_json_params("a linear regression model", bytes)
-    }
-}
+quiver_engine::impl_json_params!(
+    LinearPredict => "a linear regression model",
+);
 
 /// Lets linear regression's statistic and map run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
