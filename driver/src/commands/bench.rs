@@ -924,11 +924,20 @@ pub async fn cluster(
                 Ok(r) => {
                     let fitted = fit(r.clone()).await;
                     if executors == 2 && search_ms.is_none() && opts.trials > 0 {
-                        let p = session.config().compute_threads.max(1);
-                        search_ms = Some(
-                            sphere_search_ms(&r, quiver_engine::Runner::Embedded, opts.trials, p)
-                                .await,
-                        );
+                        // As many trials at once as the two executors have task slots.
+                        let slots = 2 * quiver_engine::config::available_cores();
+                        let mut ms = Vec::new();
+                        for p in [2, slots] {
+                            let t = sphere_search_ms(
+                                &r,
+                                quiver_engine::Runner::Embedded,
+                                opts.trials,
+                                p,
+                            )
+                            .await;
+                            ms.push((p, t));
+                        }
+                        search_ms = Some(ms);
                     }
                     fitted
                 }
@@ -947,7 +956,7 @@ pub async fn cluster(
             on_cluster[1] - embedded
         )
         .ok();
-        if let Some(ms) = search_ms {
+        if let Some(cluster_ms) = search_ms {
             let p = session.config().compute_threads.max(1);
             let local =
                 sphere_search_ms(session, quiver_engine::Runner::Local, opts.trials, p).await?;
@@ -955,11 +964,18 @@ pub async fn cluster(
                 sphere_search_ms(session, quiver_engine::Runner::Embedded, opts.trials, p).await?;
             writeln!(
                 out,
-                "  fan-out, {} trivial trials (quiver.sphere), {p} at a time: local {local:.3} ms/trial, embedded {embedded:.3} ms/trial, cluster (2 executors) {:.3} ms/trial",
+                "  fan-out, {} trivial trials (quiver.sphere): local {local:.3} ms/trial and embedded {embedded:.3} ms/trial ({p} at a time)",
                 opts.trials,
-                ms?
             )
             .ok();
+            for (parallel, ms) in cluster_ms {
+                writeln!(
+                    out,
+                    "    cluster (2 executors), {parallel} at a time: {:.3} ms/trial",
+                    ms?
+                )
+                .ok();
+            }
         }
     }
     Ok(())

@@ -260,7 +260,10 @@ impl Search {
             ));
         }
         let cores = session.config().compute_threads;
-        if self.parallelism * self.threads_per_trial > cores {
+        // On a cluster the executors run the trials (as many at once as they have task slots);
+        // this process's cores bound only local and embedded runs.
+        let on_executors = session.is_cluster() && self.runner == Runner::Embedded;
+        if !on_executors && self.parallelism * self.threads_per_trial > cores {
             return Err(bad(
                 "parallelism",
                 format!(
