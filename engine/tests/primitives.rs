@@ -308,7 +308,7 @@ async fn fan_out_unknown_kind_is_a_failed_task_not_a_failed_fan_out() {
         assert_eq!(res[0].status, TaskStatus::Failed);
         assert_eq!(
             res[0].message.as_deref(),
-            Some("unknown task kind 'nope'; registered kinds: quadratic")
+            Some("unknown task kind 'nope'; registered kinds: quadratic, quiver.sphere")
         );
     }
 }
