@@ -359,7 +359,7 @@ async fn standalone_session_runs_the_cluster_path_in_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_trials_fan_out_to_executors_with_the_same_results() {
     use quiver_engine::Runner;
-    use quiver_mllib::tuning::{Algo, Point, Search, Space, Tpe, TrainEval, hp};
+    use quiver_mllib::tuning::{Algo, Search, Space, Tpe, TrainEval, hp};
     quiver_executor::install().unwrap();
     let cluster = LocalCluster::start(2);
     let store = cluster.dir.path().join("m");
@@ -369,18 +369,14 @@ async fn search_trials_fan_out_to_executors_with_the_same_results() {
             hp::choice("max_iter", [serde_json::json!(20)]),
         ])
         .unwrap();
-        let spec = TrainEval {
-            dataset: concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet")
-                .to_string(),
-            estimator: "logistic_regression".to_string(),
-            label: Some("label".to_string()),
-            features: None,
-            metric: Some("log_loss".to_string()),
-            eval_fraction: 0.25,
-            split_seed: 7,
-            folds: None,
-            params: Point::new(),
-        };
+        let spec = TrainEval::new(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet"),
+            "logistic_regression",
+        )
+        .label("label")
+        .metric("log_loss")
+        .eval_fraction(0.25)
+        .split_seed(7);
         Search::train_eval(space, spec)
             .algo(Algo::Tpe(Tpe {
                 n_startup_trials: 4,

@@ -341,17 +341,14 @@ fn breast_cancer_search(seed: u64, algo: Algo, evals: usize) -> Search {
         hp::choice("max_iter", [serde_json::json!(30)]),
     ])
     .unwrap();
-    let spec = quiver_mllib::tuning::TrainEval {
-        dataset: concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet").to_string(),
-        estimator: "logistic_regression".to_string(),
-        label: Some("label".to_string()),
-        features: None,
-        metric: Some("log_loss".to_string()),
-        eval_fraction: 0.25,
-        split_seed: 7,
-        folds: None,
-        params: Point::new(),
-    };
+    let spec = quiver_mllib::tuning::TrainEval::new(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet"),
+        "logistic_regression",
+    )
+    .label("label")
+    .metric("log_loss")
+    .eval_fraction(0.25)
+    .split_seed(7);
     Search::train_eval(space, spec)
         .algo(algo)
         .max_evals(evals)

@@ -771,17 +771,11 @@ pub async fn search(session: &QuiverSession, trials: usize, out: &mut dyn Write)
             hp::uniform("elastic_net_param", 0.0, 1.0),
         ])
         .map_err(mllib_err)?;
-        let spec = TrainEval {
-            dataset: data,
-            estimator: "logistic_regression".to_string(),
-            label: Some("label".to_string()),
-            features: None,
-            metric: Some("log_loss".to_string()),
-            eval_fraction: 0.25,
-            split_seed: 7,
-            folds: None,
-            params: Point::new(),
-        };
+        let spec = TrainEval::new(data, "logistic_regression")
+            .label("label")
+            .metric("log_loss")
+            .eval_fraction(0.25)
+            .split_seed(7);
         let t = Instant::now();
         let r = Search::train_eval(lr_space, spec)
             .max_evals(64)

@@ -57,6 +57,44 @@ fn default_fraction() -> f64 {
 }
 
 impl TrainEval {
+    /// Trains `estimator` on the data at `dataset` with the defaults: no label, every numeric
+    /// column a feature, the estimator's default metric, 20% held out with split seed 0.
+    pub fn new(dataset: impl Into<String>, estimator: impl Into<String>) -> Self {
+        TrainEval {
+            dataset: dataset.into(),
+            estimator: estimator.into(),
+            label: None,
+            features: None,
+            metric: None,
+            eval_fraction: default_fraction(),
+            folds: None,
+            split_seed: 0,
+            params: Point::new(),
+        }
+    }
+
+    pub fn label(mut self, column: impl Into<String>) -> Self {
+        self.label = Some(column.into());
+        self
+    }
+
+    pub fn metric(mut self, metric: impl Into<String>) -> Self {
+        self.metric = Some(metric.into());
+        self
+    }
+
+    /// Defaults to 0.2.
+    pub fn eval_fraction(mut self, fraction: f64) -> Self {
+        self.eval_fraction = fraction;
+        self
+    }
+
+    /// Defaults to 0.
+    pub fn split_seed(mut self, seed: u64) -> Self {
+        self.split_seed = seed;
+        self
+    }
+
     /// `data` with this spec's features (every numeric column but the label by default) and
     /// label.
     fn with_roles(&self, data: Dataset) -> quiver_engine::Result<Dataset> {
