@@ -91,6 +91,17 @@ async fn collect(s: &SqlSession, sql: &str) -> Vec<RecordBatch> {
         .batches
 }
 
+/// A SQL session on `session` with the Parquet files at `data` registered as table `t`.
+async fn sql_over(session: QuiverSession, data: &str) -> SqlSession {
+    let sql = SqlSession::new(session).unwrap();
+    collect(
+        &sql,
+        &format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}'"),
+    )
+    .await;
+    sql
+}
+
 fn f64_column(batches: &[RecordBatch], i: usize) -> Vec<f64> {
     batches
         .iter()
@@ -119,12 +130,7 @@ async fn cluster_fits_equal_embedded_fits_and_predictions_agree() {
     }
 
     // Both executors did work: rows of the four files were read in both processes…
-    let sql = SqlSession::new(remote.clone()).unwrap();
-    collect(
-        &sql,
-        &format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}'"),
-    )
-    .await;
+    let sql = sql_over(remote.clone(), &data).await;
     let per_process = collect(
         &sql,
         "SELECT quiver_process() AS p, count(*) AS n FROM t GROUP BY 1 ORDER BY 1",
@@ -164,12 +170,7 @@ async fn cluster_fits_equal_embedded_fits_and_predictions_agree() {
          FROM t ORDER BY f0"
     );
     let remote_rows = collect(&sql, &query).await;
-    let local = SqlSession::new(embedded.clone()).unwrap();
-    collect(
-        &local,
-        &format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}'"),
-    )
-    .await;
+    let local = sql_over(embedded.clone(), &data).await;
     let local_rows = collect(&local, &query).await;
     assert_eq!(f64_column(&remote_rows, 0).len(), 10_000);
     for col in 0..3 {
@@ -227,12 +228,7 @@ async fn executor_killed_mid_fit_either_recovers_or_fails_clearly_and_publishes_
     )
     .await
     .unwrap();
-    let sql = SqlSession::new(remote).unwrap();
-    collect(
-        &sql,
-        &format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}'"),
-    )
-    .await;
+    let sql = sql_over(remote, &data).await;
     let columns = FEATURES.join(", ");
     let create = format!(
         "CREATE MODEL clf OPTIONS (model_type = 'logistic_reg', input_label_cols = ['class'], \
@@ -272,12 +268,7 @@ async fn executor_killed_mid_fit_either_recovers_or_fails_clearly_and_publishes_
             assert_eq!(models_in(&store), ["clf"]);
             let embedded =
                 QuiverSession::embedded_with(config(&cluster.dir.path().join("m2"))).unwrap();
-            let local = SqlSession::new(embedded).unwrap();
-            collect(
-                &local,
-                &format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}'"),
-            )
-            .await;
+            let local = sql_over(embedded, &data).await;
             let q = "SELECT weight FROM ml_weights('clf') ORDER BY vector, feature";
             // ml_weights' table is built in the client and shipped inside the plan.
             let remote_w = f64_column(&collect(&sql, q).await, 0);
@@ -494,9 +485,7 @@ async fn data_and_models_on_s3_are_shared_by_every_process() {
     );
 
     let columns = FEATURES.join(", ");
-    let table = format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}'");
-    let sql = SqlSession::new(remote).unwrap();
-    collect(&sql, &table).await;
+    let sql = sql_over(remote, data).await;
     collect(
         &sql,
         &format!(
@@ -507,8 +496,7 @@ async fn data_and_models_on_s3_are_shared_by_every_process() {
     .await;
     let query = format!("SELECT f0, ml_predict('lin', {columns}) AS p FROM t ORDER BY f0");
     let on_cluster = collect(&sql, &query).await;
-    let local = SqlSession::new(embedded).unwrap();
-    collect(&local, &table).await;
+    let local = sql_over(embedded, data).await;
     let in_process = collect(&local, &query).await;
     assert_eq!(f64_column(&on_cluster, 1).len(), 4000);
     assert_eq!(f64_column(&on_cluster, 1), f64_column(&in_process, 1));

@@ -180,6 +180,27 @@ fn decode_memory_table(mut buf: &[u8], schema: SchemaRef) -> DFResult<Arc<dyn Ta
     Ok(Arc::new(MemTable::try_new(schema, partitions)?))
 }
 
+/// The function methods both codecs share (the two traits declare them alike).
+macro_rules! function_payload_methods {
+    () => {
+        fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<ScalarUDF>> {
+            decode_scalar(&self.functions, name, buf)
+        }
+
+        fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DFResult<()> {
+            encode_scalar(&self.functions, node, buf)
+        }
+
+        fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<AggregateUDF>> {
+            decode_aggregate(&self.functions, name, buf)
+        }
+
+        fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> DFResult<()> {
+            encode_aggregate(&self.functions, node, buf)
+        }
+    };
+}
+
 /// Logical plans: Ballista's codec, plus Quiver's function payloads.
 #[derive(Debug)]
 pub struct QuiverLogicalCodec {
@@ -261,21 +282,7 @@ impl LogicalExtensionCodec for QuiverLogicalCodec {
         self.inner.try_encode_file_format(buf, node)
     }
 
-    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<ScalarUDF>> {
-        decode_scalar(&self.functions, name, buf)
-    }
-
-    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DFResult<()> {
-        encode_scalar(&self.functions, node, buf)
-    }
-
-    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<AggregateUDF>> {
-        decode_aggregate(&self.functions, name, buf)
-    }
-
-    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> DFResult<()> {
-        encode_aggregate(&self.functions, node, buf)
-    }
+    function_payload_methods!();
 }
 
 /// Physical plans (scheduler to executors): Ballista's codec, plus Quiver's function payloads.
@@ -314,21 +321,7 @@ impl PhysicalExtensionCodec for QuiverPhysicalCodec {
         self.inner.try_encode(node, buf, proto_converter)
     }
 
-    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<ScalarUDF>> {
-        decode_scalar(&self.functions, name, buf)
-    }
-
-    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DFResult<()> {
-        encode_scalar(&self.functions, node, buf)
-    }
-
-    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<AggregateUDF>> {
-        decode_aggregate(&self.functions, name, buf)
-    }
-
-    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> DFResult<()> {
-        encode_aggregate(&self.functions, node, buf)
-    }
+    function_payload_methods!();
 }
 
 #[cfg(test)]
