@@ -129,6 +129,10 @@ pub enum QuiverError {
     #[error("task '{task}' failed: {reason}")]
     TaskFailed { task: String, reason: String },
 
+    /// A task stopped (or never started) because its deadline passed.
+    #[error("cancelled: {reason}")]
+    Cancelled { reason: String },
+
     #[error("unknown task kind '{kind}'; registered kinds: {known}")]
     UnknownTaskKind { kind: String, known: String },
 

@@ -1,13 +1,22 @@
 //! The fan-out primitive: N independent tasks described by rows of a table (id, kind, params
 //! as JSON), run in parallel partitions, one result row per task, delivered as they finish.
-//! Locally on the compute pool ([`fan_out_local`]); embedded as a DataFusion query of a
-//! volatile scalar function over a partitioned task table ([`fan_out_embedded`]).
+//! Locally on threads of this process ([`fan_out_local`]); embedded or on a cluster as a
+//! DataFusion query of a volatile scalar function over a partitioned task table
+//! ([`fan_out_embedded`]).
+//!
+//! Every task runs inside its own rayon pool of [`FanOutOptions::threads_per_task`] threads:
+//! the engine's compute work of a task (statistics on the local runner, the user's own
+//! `par_iter`s) stays on that pool, so `parallelism × threads_per_task` bounds the cores a
+//! fan-out uses. A deadline travels with the tasks: a task not started by then is not run, a
+//! running one stops at its next statistic pass, and the caller stops waiting: what did not
+//! finish in time is reported as [`TaskStatus::Cancelled`].
 
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, StructArray,
@@ -90,6 +99,167 @@ pub struct TaskResult {
     pub finished_ms: i64,
 }
 
+/// How a fan-out runs its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanOutOptions {
+    /// Tasks running at once, at most.
+    pub parallelism: usize,
+    /// Threads of each task's own compute pool.
+    pub threads_per_task: usize,
+    /// Milliseconds since the Unix epoch after which no task starts and running ones stop.
+    pub deadline_ms: Option<i64>,
+}
+
+impl FanOutOptions {
+    /// `parallelism` tasks at a time, one thread each, no deadline.
+    pub fn new(parallelism: usize) -> Self {
+        FanOutOptions {
+            parallelism: parallelism.max(1),
+            threads_per_task: 1,
+            deadline_ms: None,
+        }
+    }
+
+    pub fn threads_per_task(mut self, threads: usize) -> Self {
+        self.threads_per_task = threads.max(1);
+        self
+    }
+
+    /// Stop at `deadline_ms` (milliseconds since the Unix epoch).
+    pub fn deadline_ms(mut self, deadline_ms: Option<i64>) -> Self {
+        self.deadline_ms = deadline_ms;
+        self
+    }
+
+    /// Stop `after` from now.
+    pub fn timeout(self, after: std::time::Duration) -> Self {
+        self.deadline_ms(Some(deadline_after(after)))
+    }
+
+    fn limits(&self) -> TaskLimits {
+        TaskLimits {
+            threads: self.threads_per_task.max(1),
+            deadline_ms: self.deadline_ms,
+        }
+    }
+}
+
+impl From<usize> for FanOutOptions {
+    fn from(parallelism: usize) -> Self {
+        FanOutOptions::new(parallelism)
+    }
+}
+
+/// What each task of a fan-out runs under, wherever it runs (travels to executors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskLimits {
+    pub threads: usize,
+    pub deadline_ms: Option<i64>,
+}
+
+impl Default for TaskLimits {
+    fn default() -> Self {
+        TaskLimits {
+            threads: 1,
+            deadline_ms: None,
+        }
+    }
+}
+
+thread_local! {
+    /// The deadline of the task running on this thread.
+    static TASK_DEADLINE: Cell<Option<i64>> = const { Cell::new(None) };
+    /// The compute pool of the task running on this thread.
+    static TASK_POOL: RefCell<Option<Arc<ThreadPool>>> = const { RefCell::new(None) };
+}
+
+/// An error when the task running on this thread has passed its deadline; called by the
+/// engine before every statistic pass, so iterative fits inside a task stop promptly.
+pub fn check_deadline() -> Result<()> {
+    match TASK_DEADLINE.get() {
+        Some(d) if now_ms() >= d => Err(QuiverError::Cancelled {
+            reason: "the task's deadline passed (the search's timeout)".to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The compute pool of the task running on this thread, if any: the engine runs the task's
+/// local statistics there instead of on the session's pool.
+pub fn task_pool() -> Option<Arc<ThreadPool>> {
+    TASK_POOL.with(|p| p.borrow().clone())
+}
+
+/// Idle task pools by size, reused across tasks and fan-outs.
+fn idle_pools() -> &'static Mutex<HashMap<usize, Vec<Arc<ThreadPool>>>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Vec<Arc<ThreadPool>>>>> = OnceLock::new();
+    POOLS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// A task pool of `threads` threads, returned to the idle set when dropped.
+struct PoolLease {
+    threads: usize,
+    pool: Option<Arc<ThreadPool>>,
+}
+
+impl PoolLease {
+    fn take(threads: usize) -> Result<PoolLease> {
+        let idle = idle_pools()
+            .lock()
+            .ok()
+            .and_then(|mut m| m.get_mut(&threads).and_then(Vec::pop));
+        let pool = match idle {
+            Some(p) => p,
+            None => Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("quiver-task-{i}"))
+                    .build()
+                    .map_err(|e| {
+                        QuiverError::internal(format!("cannot start a task's thread pool: {e}"))
+                    })?,
+            ),
+        };
+        Ok(PoolLease {
+            threads,
+            pool: Some(pool),
+        })
+    }
+
+    fn pool(&self) -> &Arc<ThreadPool> {
+        self.pool.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for PoolLease {
+    fn drop(&mut self) {
+        if let (Some(pool), Ok(mut idle)) = (self.pool.take(), idle_pools().lock()) {
+            idle.entry(self.threads).or_default().push(pool);
+        }
+    }
+}
+
+/// The result of a task that did not finish before `deadline_ms`.
+fn cancelled(id: u64, started_ms: Option<i64>, deadline_ms: Option<i64>) -> TaskResult {
+    let now = now_ms();
+    let when = deadline_ms.map_or(String::new(), |d| {
+        format!(" ({:.1} s ago)", (now - d).max(0) as f64 / 1000.0)
+    });
+    TaskResult {
+        id,
+        status: TaskStatus::Cancelled,
+        loss: None,
+        metrics: "null".to_string(),
+        message: Some(match started_ms {
+            Some(_) => format!("stopped: the deadline passed while it ran{when}"),
+            None => format!("not started: the deadline passed{when}"),
+        }),
+        worker: String::new(),
+        started_ms: started_ms.unwrap_or(now),
+        finished_ms: now,
+    }
+}
+
 /// Runs tasks of one kind. Registered by name so that any process (an executor included) can
 /// run a task from its row alone.
 pub trait TaskRunner: Send + Sync + Debug + 'static {
@@ -169,20 +339,42 @@ impl TaskRegistry {
             })
     }
 
-    /// Runs one task here: errors and panics become a failed result, never a failed fan-out.
-    pub fn execute(&self, id: u64, kind: &str, params: &str) -> TaskResult {
+    /// Runs one task here, on its own pool of `limits.threads` threads: errors and panics
+    /// become a failed result, never a failed fan-out; a task past its deadline is cancelled.
+    pub fn execute(&self, id: u64, kind: &str, params: &str, limits: TaskLimits) -> TaskResult {
+        if limits.deadline_ms.is_some_and(|d| now_ms() >= d) {
+            return TaskResult {
+                worker: worker_id(),
+                ..cancelled(id, None, limits.deadline_ms)
+            };
+        }
         let started_ms = now_ms();
-        let outcome = match self.get(kind) {
-            Ok(runner) => match catch_unwind(AssertUnwindSafe(|| runner.run(params))) {
-                Ok(r) => r,
-                Err(panic) => Err(QuiverError::TaskFailed {
-                    task: format!("{kind} #{id}"),
-                    reason: format!("panicked: {}", panic_message(&panic)),
-                }),
-            },
-            Err(e) => Err(e),
+        let run = |runner: &Arc<dyn TaskRunner>| {
+            let lease = PoolLease::take(limits.threads)?;
+            let pool = Arc::clone(lease.pool());
+            lease.pool().install(|| {
+                TASK_DEADLINE.set(limits.deadline_ms);
+                TASK_POOL.with(|p| *p.borrow_mut() = Some(pool));
+                let r = catch_unwind(AssertUnwindSafe(|| runner.run(params)));
+                TASK_DEADLINE.set(None);
+                TASK_POOL.with(|p| *p.borrow_mut() = None);
+                r.unwrap_or_else(|panic| {
+                    Err(QuiverError::TaskFailed {
+                        task: format!("{kind} #{id}"),
+                        reason: format!("panicked: {}", panic_message(&panic)),
+                    })
+                })
+            })
         };
+        let outcome = self.get(kind).and_then(run);
         let finished_ms = now_ms();
+        // A task that failed after its deadline was stopped by it (or by what it cut short).
+        if outcome.is_err() && limits.deadline_ms.is_some_and(|d| finished_ms >= d) {
+            return TaskResult {
+                worker: worker_id(),
+                ..cancelled(id, Some(started_ms), limits.deadline_ms)
+            };
+        }
         match outcome {
             Ok(o) => TaskResult {
                 id,
@@ -260,7 +452,12 @@ where
     }
 }
 
-fn now_ms() -> i64 {
+/// The deadline `after` from now, in milliseconds since the Unix epoch.
+pub fn deadline_after(after: std::time::Duration) -> i64 {
+    now_ms().saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX / 2))
+}
+
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
@@ -282,50 +479,119 @@ pub fn worker_id() -> String {
         .clone()
 }
 
-/// Runs `tasks` on `pool`, `parallelism` at a time at most (the pool's size bounds it too),
-/// calling `on_result` on the caller's thread as each finishes. Returns all results by id.
+/// Runs `tasks` on threads of this process, `options.parallelism` at a time, calling
+/// `on_result` on the caller's thread as each finishes. Returns all results by id. At the
+/// deadline the caller stops waiting: tasks not back by then are reported cancelled (a running
+/// one stops at its next statistic pass; a plain closure runs on to its end, unobserved).
 pub fn fan_out_local(
     tasks: &[Task],
-    registry: &TaskRegistry,
-    pool: &ThreadPool,
-    parallelism: usize,
+    registry: Arc<TaskRegistry>,
+    options: FanOutOptions,
     mut on_result: impl FnMut(&TaskResult),
 ) -> Result<Vec<TaskResult>> {
     let (tx, rx) = std::sync::mpsc::channel::<TaskResult>();
-    let parallelism = parallelism.max(1);
-    let queue = Arc::new(std::sync::Mutex::new(
-        tasks
-            .iter()
-            .cloned()
-            .collect::<std::collections::VecDeque<_>>(),
-    ));
-    let mut results = Vec::with_capacity(tasks.len());
-    pool.in_place_scope(|scope| {
-        for _ in 0..parallelism.min(tasks.len()) {
-            let tx = tx.clone();
-            let queue = Arc::clone(&queue);
-            scope.spawn(move |_| {
+    let limits = options.limits();
+    let queue = Arc::new(Mutex::new(tasks.iter().cloned().collect::<VecDeque<_>>()));
+    // id → start time of the tasks running now.
+    let running = Arc::new(Mutex::new(HashMap::<u64, i64>::new()));
+    for w in 0..options.parallelism.max(1).min(tasks.len()) {
+        let (tx, queue, registry) = (tx.clone(), Arc::clone(&queue), Arc::clone(&registry));
+        let running = Arc::clone(&running);
+        std::thread::Builder::new()
+            .name(format!("quiver-fan-out-{w}"))
+            .spawn(move || {
                 loop {
                     let next = match queue.lock() {
                         Ok(mut q) => q.pop_front(),
                         Err(_) => None,
                     };
                     let Some(task) = next else { break };
-                    let result = registry.execute(task.id, &task.kind, &task.params);
+                    if let Ok(mut r) = running.lock() {
+                        r.insert(task.id, now_ms());
+                    }
+                    let result = registry.execute(task.id, &task.kind, &task.params, limits);
+                    if let Ok(mut r) = running.lock() {
+                        r.remove(&task.id);
+                    }
                     if tx.send(result).is_err() {
                         break;
                     }
                 }
-            });
+            })
+            .map_err(|e| QuiverError::internal(format!("cannot start a fan-out thread: {e}")))?;
+    }
+    drop(tx);
+    let mut results = Vec::with_capacity(tasks.len());
+    loop {
+        let next = match options.deadline_ms {
+            Some(d) => {
+                let wait = std::time::Duration::from_millis((d - now_ms()).max(0) as u64);
+                rx.recv_timeout(wait)
+            }
+            None => rx
+                .recv()
+                .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(r) => {
+                on_result(&r);
+                results.push(r);
+            }
+            Err(_) => break,
         }
-        drop(tx);
-        for result in rx.iter() {
-            on_result(&result);
-            results.push(result);
+    }
+    if results.len() < tasks.len() {
+        // The deadline: nothing more is taken from the queue; what is missing is cancelled.
+        if let Ok(mut q) = queue.lock() {
+            q.clear();
         }
-    });
+        let running = running.lock().map(|r| r.clone()).unwrap_or_default();
+        finish_missing(
+            tasks,
+            &mut results,
+            &running,
+            options.deadline_ms,
+            &mut on_result,
+        );
+    }
     results.sort_by_key(|r| r.id);
     Ok(results)
+}
+
+/// The result of a task whose cluster job stalled twice (its executor lost, most likely).
+pub(crate) fn lost(id: u64, limit: std::time::Duration) -> TaskResult {
+    let now = now_ms();
+    TaskResult {
+        id,
+        status: TaskStatus::Failed,
+        loss: None,
+        metrics: "null".to_string(),
+        message: Some(format!(
+            "lost: its cluster job did not finish within {} s, twice \
+             (quiver.cluster.job_timeout_secs); an executor was probably lost",
+            limit.as_secs()
+        )),
+        worker: String::new(),
+        started_ms: now,
+        finished_ms: now,
+    }
+}
+
+/// Adds a cancelled result for every task of `tasks` with none in `results` (`running`: the
+/// start times of those known to have started).
+pub(crate) fn finish_missing(
+    tasks: &[Task],
+    results: &mut Vec<TaskResult>,
+    running: &HashMap<u64, i64>,
+    deadline_ms: Option<i64>,
+    on_result: &mut impl FnMut(&TaskResult),
+) {
+    let have: HashSet<u64> = results.iter().map(|r| r.id).collect();
+    for t in tasks.iter().filter(|t| !have.contains(&t.id)) {
+        let r = cancelled(t.id, running.get(&t.id).copied(), deadline_ms);
+        on_result(&r);
+        results.push(r);
+    }
 }
 
 /// The struct type `quiver_run_task` returns.
@@ -347,13 +613,15 @@ fn result_fields() -> Fields {
 #[derive(Debug)]
 pub struct RunTaskUdf {
     registry: Arc<TaskRegistry>,
+    limits: TaskLimits,
     signature: Signature,
 }
 
 impl RunTaskUdf {
-    pub fn new(registry: Arc<TaskRegistry>) -> Self {
+    pub fn new(registry: Arc<TaskRegistry>, limits: TaskLimits) -> Self {
         RunTaskUdf {
             registry,
+            limits,
             signature: Signature::any(3, Volatility::Volatile),
         }
     }
@@ -369,8 +637,12 @@ impl RunTaskUdf {
         let run = || -> Vec<TaskResult> {
             (0..ids.len())
                 .map(|i| {
-                    self.registry
-                        .execute(ids.value(i), kinds.value(i), params.value(i))
+                    self.registry.execute(
+                        ids.value(i),
+                        kinds.value(i),
+                        params.value(i),
+                        self.limits,
+                    )
                 })
                 .collect()
         };
@@ -439,7 +711,7 @@ fn struct_to_results(array: &StructArray) -> Result<Vec<TaskResult>> {
 
 impl PartialEq for RunTaskUdf {
     fn eq(&self, other: &Self) -> bool {
-        self.registry.kinds() == other.registry.kinds()
+        self.registry.kinds() == other.registry.kinds() && self.limits == other.limits
     }
 }
 
@@ -448,6 +720,7 @@ impl Eq for RunTaskUdf {}
 impl Hash for RunTaskUdf {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.registry.kinds().hash(state);
+        self.limits.hash(state);
     }
 }
 
@@ -471,17 +744,19 @@ impl ScalarUDFImpl for RunTaskUdf {
     }
 }
 
-/// Lets `quiver_run_task` run on cluster executors: it travels by name and runs with the task
-/// runners of the process it lands in (every quiver-executor registers all of them).
+/// Lets `quiver_run_task` run on cluster executors: it travels with the task kinds it needs and
+/// its limits, and runs with the task runners of the process it lands in (every
+/// quiver-executor registers all of them).
 pub(crate) fn run_task_codec() -> crate::registry::ScalarCodec {
     crate::registry::ScalarCodec {
         encode: Arc::new(|udf: &ScalarUDF| {
-            udf.inner()
-                .downcast_ref::<RunTaskUdf>()
-                .map(|u| crate::registry::json_params("quiver_run_task", &u.registry.kinds()))
+            udf.inner().downcast_ref::<RunTaskUdf>().map(|u| {
+                crate::registry::json_params("quiver_run_task", &(u.registry.kinds(), u.limits))
+            })
         }),
         decode: Arc::new(|bytes: &[u8]| {
-            let wanted: Vec<String> = crate::registry::from_json_params("quiver_run_task", bytes)?;
+            let (wanted, limits): (Vec<String>, TaskLimits) =
+                crate::registry::from_json_params("quiver_run_task", bytes)?;
             let here = crate::registry::global().tasks().clone();
             if let Some(missing) = wanted.iter().find(|k| !here.kinds().contains(k)) {
                 return Err(QuiverError::Cluster(format!(
@@ -489,7 +764,7 @@ pub(crate) fn run_task_codec() -> crate::registry::ScalarCodec {
                      version on the client and the executors?)"
                 )));
             }
-            Ok(ScalarUDF::from(RunTaskUdf::new(Arc::new(here))))
+            Ok(ScalarUDF::from(RunTaskUdf::new(Arc::new(here), limits)))
         }),
     }
 }
@@ -518,19 +793,53 @@ pub fn task_table(tasks: &[Task], parallelism: usize) -> Result<MemTable> {
     Ok(MemTable::try_new(schema, partitions)?)
 }
 
-/// Runs `tasks` as one DataFusion query over the task table with `parallelism` partitions,
-/// calling `on_result` as each task's row arrives. Returns all results by id.
+/// Runs `tasks` as one DataFusion query over the task table with `options.parallelism`
+/// partitions, calling `on_result` as each task's row arrives. Returns all results by id; at
+/// the deadline the query is dropped and what is missing is reported cancelled.
 pub async fn fan_out_embedded(
     ctx: &SessionContext,
     tasks: &[Task],
     registry: Arc<TaskRegistry>,
-    parallelism: usize,
+    options: FanOutOptions,
     mut on_result: impl FnMut(&TaskResult),
 ) -> Result<Vec<TaskResult>> {
+    let mut results = Vec::with_capacity(tasks.len());
+    stream_tasks(
+        ctx,
+        tasks,
+        registry,
+        options,
+        options.deadline_ms,
+        &mut results,
+        &mut on_result,
+    )
+    .await?;
+    finish_missing(
+        tasks,
+        &mut results,
+        &HashMap::new(),
+        options.deadline_ms,
+        &mut on_result,
+    );
+    results.sort_by_key(|r| r.id);
+    Ok(results)
+}
+
+/// Runs `tasks` as one query, appending each result to `results` as it arrives, until all
+/// are back (`true`) or `wait_until_ms` passes (`false`: the query is dropped).
+pub(crate) async fn stream_tasks(
+    ctx: &SessionContext,
+    tasks: &[Task],
+    registry: Arc<TaskRegistry>,
+    options: FanOutOptions,
+    wait_until_ms: Option<i64>,
+    results: &mut Vec<TaskResult>,
+    on_result: &mut impl FnMut(&TaskResult),
+) -> Result<bool> {
     if tasks.is_empty() {
-        return Ok(Vec::new());
+        return Ok(true);
     }
-    let parallelism = parallelism.max(1).min(tasks.len());
+    let parallelism = options.parallelism.max(1).min(tasks.len());
     // A context of exactly `parallelism` partitions: no repartitioning spreads the tasks wider.
     let mut config = ctx.copied_config();
     config.options_mut().execution.target_partitions = parallelism;
@@ -539,26 +848,36 @@ pub async fn fan_out_embedded(
         .with_config(config)
         .build();
     let ctx = SessionContext::new_with_state(state);
-    let udf = ScalarUDF::from(RunTaskUdf::new(registry));
+    let udf = ScalarUDF::from(RunTaskUdf::new(registry, options.limits()));
     let df = ctx
         .read_table(Arc::new(task_table(tasks, parallelism)?))?
         .select(vec![
             udf.call(vec![col("id"), col("kind"), col("params")])
                 .alias("result"),
         ])?;
-    let mut stream = df.execute_stream().await?;
-    let mut results = Vec::with_capacity(tasks.len());
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        let column = batch.column(0);
-        let array = column
-            .as_struct_opt()
-            .ok_or_else(|| QuiverError::internal("task results are not a struct"))?;
-        for r in struct_to_results(array)? {
-            on_result(&r);
-            results.push(r);
+    let run = async {
+        let mut stream = df.execute_stream().await?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let column = batch.column(0);
+            let array = column
+                .as_struct_opt()
+                .ok_or_else(|| QuiverError::internal("task results are not a struct"))?;
+            for r in struct_to_results(array)? {
+                on_result(&r);
+                results.push(r);
+            }
+        }
+        Ok::<(), QuiverError>(())
+    };
+    match wait_until_ms {
+        None => run.await.map(|()| true),
+        Some(until) => {
+            let wait = std::time::Duration::from_millis((until - now_ms()).max(0) as u64);
+            match tokio::time::timeout(wait, run).await {
+                Ok(r) => r.map(|()| true),
+                Err(_) => Ok(false),
+            }
         }
     }
-    results.sort_by_key(|r| r.id);
-    Ok(results)
 }

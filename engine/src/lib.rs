@@ -33,7 +33,8 @@ pub use config::{CONFIG_KEYS, QuiverConfig};
 pub use dataset::{Dataset, LocalFrame};
 pub use error::{QuiverError, Result};
 pub use fanout::{
-    Task, TaskOutcome, TaskResult, TaskRunner, TaskStatus, fan_out_embedded, fan_out_local,
+    FanOutOptions, Task, TaskOutcome, TaskResult, TaskRunner, TaskStatus, fan_out_embedded,
+    fan_out_local,
 };
 pub use io::DataFormat;
 pub use map::{BatchFunction, MapUdf, apply_to_columns, map_dataset};

@@ -1,6 +1,7 @@
 //! `QuiverSession`: a DataFusion session with every Quiver function registered, Quiver's
 //! configuration, the compute pool of the local runner, and the data and model stores.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -17,7 +18,9 @@ use crate::cluster::{self, SchedulerAddress};
 use crate::config::QuiverConfig;
 use crate::dataset::{Dataset, LocalFrame};
 use crate::error::{QuiverError, Result};
-use crate::fanout::{Task, TaskResult, fan_out_embedded, fan_out_local};
+use crate::fanout::{
+    self, FanOutOptions, Task, TaskRegistry, TaskResult, fan_out_embedded, fan_out_local,
+};
 use crate::io::{self, DataFormat};
 use crate::registry::{self, FunctionRegistry};
 use crate::store::ModelStore;
@@ -305,9 +308,14 @@ impl QuiverSession {
         Ok(ModelStore::new(loc, location))
     }
 
-    /// Runs a statistic over a cached frame on the compute pool.
+    /// Runs a statistic over a cached frame on the compute pool (inside a fan-out task, on
+    /// the task's own pool).
     pub fn aggregate_local<S: Statistic>(&self, frame: &LocalFrame, stat: &S) -> Result<S::Output> {
-        run_local(frame, stat, &self.pool)
+        fanout::check_deadline()?;
+        match fanout::task_pool() {
+            Some(pool) => run_local(frame, stat, &pool),
+            None => run_local(frame, stat, &self.pool),
+        }
     }
 
     /// Runs a statistic as a DataFusion aggregate query over `dataset`. On a cluster a job
@@ -319,6 +327,7 @@ impl QuiverSession {
         dataset: &Dataset,
         stat: Arc<S>,
     ) -> Result<S::Output> {
+        fanout::check_deadline()?;
         if !self.is_cluster() {
             return run_embedded(dataset, stat).await;
         }
@@ -406,26 +415,82 @@ impl QuiverSession {
         })
     }
 
-    /// Runs `tasks` with the session's task runners, `parallelism` at a time, calling
-    /// `on_result` as each finishes. Results come back ordered by task id.
+    /// Runs `tasks` with the session's task runners, `options` (a parallelism, or
+    /// [`FanOutOptions`]) bounding them, calling `on_result` as each finishes. Results come
+    /// back ordered by task id.
     pub async fn fan_out(
         &self,
         tasks: &[Task],
-        parallelism: usize,
+        options: impl Into<FanOutOptions>,
         runner: Runner,
         on_result: impl FnMut(&TaskResult),
     ) -> Result<Vec<TaskResult>> {
+        let registry = Arc::new(self.functions.tasks().clone());
+        self.fan_out_with(tasks, registry, options.into(), runner, on_result)
+            .await
+    }
+
+    /// [`QuiverSession::fan_out`] with the task runners of `registry`. On a cluster a job that
+    /// outlives `quiver.cluster.job_timeout_secs` (an executor lost mid-job can leave a
+    /// Ballista job waiting forever) is abandoned and its unfinished tasks run once more; tasks
+    /// still missing after a second timeout are reported failed, and the fan-out goes on.
+    pub async fn fan_out_with(
+        &self,
+        tasks: &[Task],
+        registry: Arc<TaskRegistry>,
+        options: FanOutOptions,
+        runner: Runner,
+        mut on_result: impl FnMut(&TaskResult),
+    ) -> Result<Vec<TaskResult>> {
         match runner {
-            Runner::Local => fan_out_local(
-                tasks,
-                self.functions.tasks(),
-                &self.pool,
-                parallelism,
-                on_result,
-            ),
+            Runner::Local => fan_out_local(tasks, registry, options, on_result),
+            Runner::Embedded if !self.is_cluster() => {
+                fan_out_embedded(&self.ctx, tasks, registry, options, on_result).await
+            }
             Runner::Embedded => {
-                let registry = Arc::new(self.functions.tasks().clone());
-                fan_out_embedded(&self.ctx, tasks, registry, parallelism, on_result).await
+                let limit = self.config.cluster_job_timeout;
+                let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX / 2);
+                let mut results = Vec::with_capacity(tasks.len());
+                let mut pending = tasks.to_vec();
+                for attempt in 0..2 {
+                    let watchdog = fanout::now_ms().saturating_add(limit_ms);
+                    let until = options.deadline_ms.map_or(watchdog, |d| d.min(watchdog));
+                    let done = fanout::stream_tasks(
+                        &self.ctx,
+                        &pending,
+                        Arc::clone(&registry),
+                        options,
+                        Some(until),
+                        &mut results,
+                        &mut on_result,
+                    )
+                    .await?;
+                    let have: HashSet<u64> = results.iter().map(|r| r.id).collect();
+                    pending.retain(|t| !have.contains(&t.id));
+                    if done || pending.is_empty() || until < watchdog {
+                        break;
+                    }
+                    if attempt == 0 {
+                        log_retry("fan-out", limit);
+                        continue;
+                    }
+                    for t in &pending {
+                        let r = fanout::lost(t.id, limit);
+                        on_result(&r);
+                        results.push(r);
+                    }
+                    pending.clear();
+                }
+                // What is still missing was cut off by the deadline.
+                fanout::finish_missing(
+                    tasks,
+                    &mut results,
+                    &HashMap::new(),
+                    options.deadline_ms,
+                    &mut on_result,
+                );
+                results.sort_by_key(|r| r.id);
+                Ok(results)
             }
         }
     }

@@ -8,8 +8,9 @@ use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use datafusion::prelude::col;
 use quiver_engine::fanout::TaskRegistry;
 use quiver_engine::{
-    BatchFunction, Dataset, FeatureBatch, FunctionRegistry, MapUdf, QuiverConfig, QuiverError,
-    QuiverSession, Result, Runner, Task, TaskOutcome, TaskRunner, TaskStatus, map_dataset,
+    BatchFunction, Dataset, FanOutOptions, FeatureBatch, FunctionRegistry, MapUdf, QuiverConfig,
+    QuiverError, QuiverSession, Result, Runner, Task, TaskOutcome, TaskRunner, TaskStatus,
+    map_dataset,
 };
 
 /// `w · x + b` per row: the shape of a linear model's predict.
@@ -488,4 +489,148 @@ async fn a_gradient_statistic_with_label_and_weight_runs_on_both_runners() {
         .unwrap();
     let err = s.aggregate(&unlabeled, stat).await.unwrap_err();
     assert!(err.to_string().contains("needs a label column"), "{err}");
+}
+
+/// A task that reports the size of the thread pool it computes on, sleeps when asked, and
+/// with `"passes": true` runs feature summaries on the local runner until one fails (as an
+/// iterative fit does), recording that a deadline stopped it.
+#[derive(Debug, Default)]
+struct Probe {
+    stopped_by_deadline: std::sync::atomic::AtomicBool,
+}
+
+impl TaskRunner for Probe {
+    fn kind(&self) -> &str {
+        "probe"
+    }
+    fn run(&self, params: &str) -> Result<TaskOutcome> {
+        let v: serde_json::Value = serde_json::from_str(params).unwrap();
+        if let Some(ms) = v["sleep_ms"].as_u64() {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        if v["passes"].as_bool() == Some(true) {
+            let s = QuiverSession::embedded_with(QuiverConfig::default().with_compute_threads(1))?;
+            let batch = RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, false)])),
+                vec![Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])) as ArrayRef],
+            )?;
+            let ds = Dataset::new(s.from_batches(vec![batch], 1)?).with_features(["x"])?;
+            for _ in 0..10_000 {
+                let pass = quiver_engine::fanout::block_on(s.summarize(&ds, Runner::Local));
+                if let Err(e) = pass {
+                    if matches!(e, QuiverError::Cancelled { .. }) {
+                        self.stopped_by_deadline.store(true, Ordering::SeqCst);
+                    }
+                    return Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        Ok(TaskOutcome {
+            loss: Some(rayon::current_num_threads() as f64),
+            metrics: serde_json::Value::Null,
+        })
+    }
+}
+
+fn session_with_probe() -> (QuiverSession, Arc<Probe>) {
+    let probe = Arc::new(Probe::default());
+    let mut reg = FunctionRegistry::with_engine_functions();
+    reg.add_task(probe.clone()).unwrap();
+    let s = QuiverSession::embedded_with_functions(
+        QuiverConfig::default().with_compute_threads(2),
+        reg,
+    )
+    .unwrap();
+    (s, probe)
+}
+
+fn probe(id: u64, params: &str) -> Task {
+    Task {
+        id,
+        kind: "probe".into(),
+        params: params.into(),
+    }
+}
+
+/// Each task computes on its own pool of exactly `threads_per_task` threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_tasks_run_on_pools_of_threads_per_task() {
+    let (s, _) = session_with_probe();
+    let tasks: Vec<Task> = (0..4).map(|i| probe(i, "{}")).collect();
+    for r in [Runner::Local, Runner::Embedded] {
+        for threads in [1, 3] {
+            let opts = FanOutOptions::new(2).threads_per_task(threads);
+            let res = s.fan_out(&tasks, opts, r, |_| {}).await.unwrap();
+            for t in &res {
+                assert_eq!(t.status, TaskStatus::Ok, "{r:?} {t:?}");
+                assert_eq!(
+                    t.loss,
+                    Some(threads as f64),
+                    "{r:?}: pool size seen by the task"
+                );
+            }
+        }
+    }
+}
+
+/// At the deadline: finished tasks keep their results, running ones are reported cancelled
+/// ("stopped"), queued ones are never started ("not started"), and a task doing statistic
+/// passes is stopped by the deadline at its next pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_deadline_cancels_running_and_queued_tasks() {
+    for r in [Runner::Local, Runner::Embedded] {
+        let (s, probe_runner) = session_with_probe();
+        let tasks = vec![
+            probe(0, r#"{"sleep_ms": 10}"#),
+            probe(1, r#"{"sleep_ms": 10}"#),
+            probe(2, r#"{"passes": true}"#),
+            probe(3, r#"{"sleep_ms": 4000}"#),
+            probe(4, r#"{"sleep_ms": 10}"#),
+            probe(5, r#"{"sleep_ms": 10}"#),
+        ];
+        let opts = FanOutOptions::new(2).timeout(std::time::Duration::from_millis(1500));
+        let streamed = Mutex::new(0);
+        let res = s
+            .fan_out(&tasks, opts, r, |_| *streamed.lock().unwrap() += 1)
+            .await
+            .unwrap();
+        assert_eq!(res.len(), 6, "{r:?}");
+        assert_eq!(
+            *streamed.lock().unwrap(),
+            6,
+            "{r:?}: cancelled ones are streamed too"
+        );
+        let status: Vec<TaskStatus> = res.iter().map(|t| t.status).collect();
+        use TaskStatus::{Cancelled, Ok};
+        assert_eq!(
+            status,
+            vec![Ok, Ok, Cancelled, Cancelled, Cancelled, Cancelled],
+            "{r:?}: {res:#?}"
+        );
+        for t in &res[4..] {
+            assert!(
+                t.message.as_deref().unwrap().starts_with("not started"),
+                "{r:?}: {t:?}"
+            );
+        }
+        if r == Runner::Local {
+            // The local runner knows which tasks were running when it stopped waiting.
+            for t in &res[2..4] {
+                assert!(
+                    t.message.as_deref().unwrap().starts_with("stopped"),
+                    "{t:?}"
+                );
+            }
+        }
+        // The task doing passes saw the deadline's error at its next pass.
+        let waited = std::time::Instant::now();
+        while !probe_runner.stopped_by_deadline.load(Ordering::SeqCst) {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(20),
+                "{r:?}: the passes went on past the deadline"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
 use quiver_engine::fanout::{
-    Task, TaskOutcome, TaskRegistry, TaskResult, TaskRunner, TaskStatus, fan_out_embedded,
-    fan_out_local,
+    FanOutOptions, Task, TaskOutcome, TaskRegistry, TaskResult, TaskRunner, TaskStatus,
+    deadline_after,
 };
 use quiver_engine::{QuiverError, QuiverSession, Runner};
 use rand::SeedableRng;
@@ -286,6 +286,8 @@ impl Search {
     pub async fn run(&self, session: &QuiverSession) -> Result<SearchResult> {
         self.check(session)?;
         let started = Instant::now();
+        // Trials still running at the timeout are cancelled (recorded with that status).
+        let deadline_ms = self.timeout.map(deadline_after);
         let mut trials = match &self.trial_log {
             Some(log) => read_log(session, log).await?,
             None => Vec::new(),
@@ -393,25 +395,12 @@ impl Search {
                     })
                 })
                 .collect::<quiver_engine::Result<_>>()?;
-            let results = match self.runner {
-                Runner::Local => fan_out_local(
-                    &tasks,
-                    &registry,
-                    session.compute_pool(),
-                    self.parallelism,
-                    |_| {},
-                )?,
-                Runner::Embedded => {
-                    fan_out_embedded(
-                        session.context(),
-                        &tasks,
-                        Arc::clone(&registry),
-                        self.parallelism,
-                        |_| {},
-                    )
-                    .await?
-                }
-            };
+            let options = FanOutOptions::new(self.parallelism)
+                .threads_per_task(self.threads_per_trial)
+                .deadline_ms(deadline_ms);
+            let results = session
+                .fan_out_with(&tasks, Arc::clone(&registry), options, self.runner, |_| {})
+                .await?;
             for (point, r) in points.into_iter().zip(results) {
                 trials.push(trial(point, r));
             }
