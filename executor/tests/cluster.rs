@@ -428,6 +428,94 @@ async fn search_trials_fan_out_to_executors_with_the_same_results() {
     );
 }
 
+/// An executor SIGKILLed while trials run on it: the search still finishes, every trial is
+/// there once, and the lost trials were run again elsewhere (same results as a local run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_killed_mid_search_its_trials_run_again_elsewhere() {
+    use quiver_engine::Runner;
+    use quiver_mllib::tuning::{Algo, Search, Space, TrainEval, hp};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    quiver_executor::install().unwrap();
+    let mut cluster = LocalCluster::start(2);
+    let store = cluster.dir.path().join("m");
+    let batches = Arc::new(AtomicUsize::new(0));
+    let search = |runner: Runner, batches: Arc<AtomicUsize>| {
+        let space = Space::new(vec![
+            hp::loguniform("reg_param", 1e-4, 1.0),
+            hp::choice("max_iter", [serde_json::json!(100)]),
+            hp::choice("tol", [serde_json::json!(0.0)]),
+        ])
+        .unwrap();
+        // Five folds of 100 iterations: trials long enough to be cut by the kill.
+        let mut spec = TrainEval::new(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet"),
+            "logistic_regression",
+        )
+        .label("label")
+        .metric("log_loss");
+        spec.folds = Some(5);
+        Search::train_eval(space, spec)
+            .algo(Algo::Random)
+            .max_evals(10)
+            .parallelism(2)
+            .seed(11)
+            .runner(runner)
+            .on_batch(move |_| {
+                batches.fetch_add(1, Ordering::SeqCst);
+            })
+    };
+    let local_session = QuiverSession::embedded_with(config(&store)).unwrap();
+    let local = search(Runner::Local, Arc::new(AtomicUsize::new(0)))
+        .run(&local_session)
+        .await
+        .unwrap();
+    let remote = QuiverSession::remote_with(
+        &cluster.url(),
+        config(&store)
+            .with_pairs([("quiver.cluster.job_timeout_secs", "20")])
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let run = search(Runner::Embedded, Arc::clone(&batches));
+    let job = tokio::spawn(async move { run.run(&remote).await });
+    // Kill exec-2 while the second batch of trials runs.
+    let start = std::time::Instant::now();
+    while batches.load(Ordering::SeqCst) < 1 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no batch ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cluster.kill_executor(1);
+    let on_cluster = match tokio::time::timeout(Duration::from_secs(150), job).await {
+        Ok(r) => r.unwrap().unwrap(),
+        Err(_) => panic!("the search hung after an executor was lost"),
+    };
+    let key = |r: &quiver_mllib::tuning::SearchResult| {
+        r.trials
+            .iter()
+            .map(|t| (t.id, t.params.clone(), t.status, t.loss))
+            .collect::<Vec<_>>()
+    };
+    for t in &on_cluster.trials {
+        eprintln!(
+            "trial {} on {} from {} ms to {} ms",
+            t.id,
+            t.worker,
+            t.started_ms - on_cluster.trials[0].started_ms,
+            t.finished_ms - on_cluster.trials[0].started_ms
+        );
+    }
+    assert_eq!(key(&local), key(&on_cluster), "{:#?}", on_cluster.trials);
+    // After the kill, every trial ran on the executor left.
+    let after: Vec<&str> = on_cluster.trials[4..]
+        .iter()
+        .map(|t| t.worker.as_str())
+        .collect();
+    assert!(after.iter().all(|w| *w == "exec-1"), "{after:?}");
+}
+
 /// Data and models on a real S3-compatible server shared by the client, the scheduler and the
 /// executors: a fit from `s3://` data equals the embedded fit, and a model the cluster stored
 /// on S3 predicts the same in cluster SQL and in an embedded session.

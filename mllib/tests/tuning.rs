@@ -333,6 +333,56 @@ async fn runners_agree_and_stopping_rules_hold() {
     );
 }
 
+/// The timeout cancels the trials still running (recorded as cancelled in the result and the
+/// log, never lost or reported ok) and stops the search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_cancels_the_running_trials_and_records_them() {
+    let s = session();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("t.jsonl").to_string_lossy().to_string();
+    for runner in [Runner::Local, Runner::Embedded] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let r = Search::new(
+            Space::new(vec![hp::uniform("x", 0.0, 1.0)]).unwrap(),
+            move |p| {
+                // The first four trials are quick; later ones outlast the timeout.
+                if c.fetch_add(1, Ordering::SeqCst) >= 4 {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                }
+                Ok(x(p, "x"))
+            },
+        )
+        .algo(Algo::Random)
+        .max_evals(20)
+        .parallelism(2)
+        .timeout(std::time::Duration::from_millis(1500))
+        .trial_log(&log)
+        .runner(runner)
+        .run(&s)
+        .await
+        .unwrap();
+        assert!(
+            r.stopped.starts_with("timeout"),
+            "{runner:?}: {}",
+            r.stopped
+        );
+        let status: Vec<_> = r.trials.iter().map(|t| t.status.as_str()).collect();
+        assert_eq!(
+            status,
+            ["ok", "ok", "ok", "ok", "cancelled", "cancelled"],
+            "{runner:?}"
+        );
+        assert!(r.best.unwrap().id < 4);
+        let logged = quiver_mllib::tuning::read_log(&s, &log).await.unwrap();
+        assert_eq!(
+            logged, r.trials,
+            "{runner:?}: the log holds the cancelled trials"
+        );
+        std::fs::remove_file(&log).unwrap();
+    }
+}
+
 fn breast_cancer_search(seed: u64, algo: Algo, evals: usize) -> Search {
     let space = Space::new(vec![
         hp::loguniform("reg_param", 1e-6, 100.0),
