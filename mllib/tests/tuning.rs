@@ -519,3 +519,148 @@ async fn train_eval_cross_validates() {
             .contains("folds = 1")
     );
 }
+
+fn breast_cancer_spec() -> quiver_mllib::tuning::TrainEval {
+    quiver_mllib::tuning::TrainEval::new(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet"),
+        "logistic_regression",
+    )
+    .label("label")
+}
+
+/// CrossValidator and TrainValidationSplit score every map of a ParamGridBuilder grid (in grid
+/// order), pick the best by the metric's direction, and return it refitted on all the data
+/// (the same model a direct fit with those parameters gives); runners agree; a map that cannot
+/// train is skipped with its reason, and bad settings are named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_validator_and_train_validation_split_refit_the_best_map() {
+    use quiver_engine::Dataset;
+    use quiver_mllib::tuning::{CrossValidator, ParamGridBuilder, TrainValidationSplit};
+    use quiver_mllib::{Estimator, LogisticRegression, Transformer};
+    let s = session();
+    let grid = ParamGridBuilder::new()
+        .add_grid("reg_param", [10.0, 0.01])
+        .add_grid("elastic_net_param", [0.0, 1.0])
+        .add_grid("max_iter", [50])
+        .build();
+    assert_eq!(grid.len(), 4);
+    assert_eq!(grid[1]["reg_param"], 10.0);
+    assert_eq!(grid[1]["elastic_net_param"], 1.0);
+    let cv = |runner: Runner| {
+        CrossValidator::new(breast_cancer_spec().metric("log_loss"))
+            .param_grid(grid.clone())
+            .num_folds(3)
+            .parallelism(2)
+            .seed(5)
+            .runner(runner)
+    };
+    let local = cv(Runner::Local).fit(&s).await.unwrap();
+    let embedded = cv(Runner::Embedded).fit(&s).await.unwrap();
+    assert_eq!(local.metrics, embedded.metrics);
+    assert_eq!(local.metric, "log_loss");
+    assert!(!local.is_larger_better);
+    let m: Vec<f64> = local.metrics.iter().map(|m| m.unwrap()).collect();
+    for (i, t) in local.trials.iter().enumerate() {
+        assert_eq!(t.params, grid[i], "trials follow the grid");
+        let folds = t.metrics["fold_losses"].as_array().unwrap();
+        assert_eq!(folds.len(), 3);
+        let mean = folds.iter().map(|v| v.as_f64().unwrap()).sum::<f64>() / 3.0;
+        assert!((m[i] - mean).abs() < 1e-12, "avg metric is the fold mean");
+    }
+    let argmin = (0..4).min_by(|&a, &b| m[a].total_cmp(&m[b])).unwrap();
+    assert_eq!(local.best_index, argmin);
+    assert_eq!(local.best_params["reg_param"], 0.01, "{m:?}");
+    // A heavily regularised lasso predicts the base rate: much worse log loss.
+    assert!(m[1] > 2.0 * m[argmin], "{m:?}");
+    // The best model is the best map refitted on all rows.
+    let data = s
+        .read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/breast_cancer.parquet"
+        ))
+        .await
+        .unwrap();
+    let ds = Dataset::new(data)
+        .with_numeric_features_except(&["label"])
+        .unwrap()
+        .with_label("label")
+        .unwrap();
+    let direct = LogisticRegression::new()
+        .reg_param(0.01)
+        .elastic_net_param(local.best_params["elastic_net_param"].as_f64().unwrap())
+        .max_iter(50)
+        .fit(&s, &ds)
+        .await
+        .unwrap();
+    let refit: Vec<f64> = local
+        .best_model
+        .stages()
+        .last()
+        .unwrap()
+        .weight_vectors()
+        .into_iter()
+        .flat_map(|(_, w)| w)
+        .collect();
+    let want: Vec<f64> = direct
+        .weight_vectors()
+        .into_iter()
+        .flat_map(|(_, w)| w)
+        .collect();
+    assert_eq!(refit.len(), want.len());
+    for (a, b) in refit.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{a} vs {b}");
+    }
+
+    // One split, a larger-is-better metric, a map that cannot train.
+    let mut grid2 = ParamGridBuilder::new()
+        .add_grid("reg_param", [1.0, 0.001])
+        .build();
+    grid2.push(
+        [("learning_rate".to_string(), serde_json::json!(0.1))]
+            .into_iter()
+            .collect(),
+    );
+    let tvs = TrainValidationSplit::new(breast_cancer_spec().metric("accuracy"))
+        .param_grid(grid2)
+        .train_ratio(0.8)
+        .parallelism(2)
+        .fit(&s)
+        .await
+        .unwrap();
+    assert!(tvs.is_larger_better);
+    assert!(tvs.metrics[2].is_none());
+    assert!(
+        tvs.trials[2]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("unknown parameter 'learning_rate'")
+    );
+    let (a, b) = (tvs.metrics[0].unwrap(), tvs.metrics[1].unwrap());
+    assert!(a > 0.85 && b > 0.85 && a <= 1.0 && b <= 1.0, "{a} {b}");
+    assert_eq!(tvs.best_index, if a >= b { 0 } else { 1 });
+
+    // Settings and grids that cannot work.
+    let e = CrossValidator::new(breast_cancer_spec())
+        .num_folds(1)
+        .fit(&s)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("num_folds"), "{e}");
+    let e = TrainValidationSplit::new(breast_cancer_spec())
+        .train_ratio(1.0)
+        .fit(&s)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("train_ratio"), "{e}");
+    let e = TrainValidationSplit::new(breast_cancer_spec())
+        .param_grid(ParamGridBuilder::new().add_grid("nope", [1]).build())
+        .fit(&s)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(r#"map {"nope":1} failed"#)
+            && e.to_string().contains("unknown parameter 'nope'"),
+        "{e}"
+    );
+}

@@ -371,7 +371,15 @@ pub async fn refit(
     pipeline.fit(session, &data).await
 }
 
-/// `(loss, metrics)` of one trial.
+/// Whether a larger `metric` is better (its loss is then the negated value).
+pub fn higher_is_better(metric: &str) -> bool {
+    matches!(
+        metric,
+        "accuracy" | "f1" | "area_under_roc" | "r2" | "silhouette"
+    )
+}
+
+/// `(loss, metrics)` of one trial: the metrics include `objective`, the metric's name.
 async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
     let c = context()?;
     let splits = dataset(c, spec).await?;
@@ -395,6 +403,11 @@ async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
                 json!(v.iter().sum::<f64>() / v.len().max(1) as f64),
             );
         }
+    }
+    if let Some(Value::Object(first)) = all_metrics.first()
+        && let Some(name) = first.get("objective")
+    {
+        mean.insert("objective".to_string(), name.clone());
     }
     mean.insert("fold_losses".to_string(), json!(losses));
     Ok((
@@ -473,11 +486,16 @@ async fn train_eval_split(
             spec.estimator
         ))
     })?;
-    let higher_is_better = matches!(
-        metric.as_str(),
-        "accuracy" | "f1" | "area_under_roc" | "r2" | "silhouette"
-    );
-    Ok((if higher_is_better { -value } else { value }, metrics))
+    let mut metrics = metrics;
+    metrics["objective"] = json!(metric);
+    Ok((
+        if higher_is_better(&metric) {
+            -value
+        } else {
+            value
+        },
+        metrics,
+    ))
 }
 
 impl TaskRunner for TrainEvalRunner {

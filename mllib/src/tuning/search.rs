@@ -32,6 +32,9 @@ pub enum Algo {
         points: usize,
     },
     Tpe(Tpe),
+    /// Exactly these points, in order (a parameter grid from [`super::ParamGridBuilder`], or
+    /// hand-picked points): the search ends when all are evaluated.
+    Points(Vec<Point>),
 }
 
 /// One evaluated point: a line of the trial log.
@@ -335,6 +338,7 @@ impl Search {
         let registry = Arc::new(registry);
         let grid = match &self.algo {
             Algo::Grid { points } => Some(self.space.grid(*points)),
+            Algo::Points(points) => Some(points.clone()),
             _ => None,
         };
         let limit = grid
@@ -369,7 +373,9 @@ impl Search {
                     (_, Some(g)) => g[first_id as usize + i].clone(),
                     (Algo::Random, _) => self.space.sample(&mut rng),
                     (Algo::Tpe(tpe), _) => tpe.propose(&self.space, &finished, &points, &mut rng),
-                    (Algo::Grid { .. }, None) => unreachable!("grid computed above"),
+                    (Algo::Grid { .. } | Algo::Points(_), None) => {
+                        unreachable!("grid computed above")
+                    }
                 };
                 points.push(p);
             }
