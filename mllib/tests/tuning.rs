@@ -446,6 +446,7 @@ async fn tpe_beats_random_on_a_logistic_regression_search() {
             split_seed: 0,
             folds: None,
             params: Point::new(),
+            sql_options: false,
         },
     )
     .max_evals(2)
@@ -474,6 +475,7 @@ async fn train_eval_cross_validates() {
         split_seed: 3,
         folds: Some(5),
         params: Point::new(),
+        sql_options: false,
     };
     let r = Search::train_eval(
         Space::new(vec![hp::loguniform("reg_param", 1e-4, 1.0)]).unwrap(),

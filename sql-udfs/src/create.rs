@@ -17,6 +17,7 @@
 //! | `data_split_method` | all | `'auto_split'` (default: 20% held out from 500 rows), `'random'`, `'no_split'` |
 //! | `data_split_eval_fraction` | all | held-out fraction for `'random'` (default 0.2) |
 //! | `seed` | all | seed of the split and of k-means' initialisation (default 42) |
+//! | `num_trials`, `max_parallel_trials`, `hparam_tuning_algorithm`, `hparam_tuning_objectives` | all | hyperparameter tuning: see [`crate::hparam`] |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use quiver_mllib::{
 use serde_json::{Value, json};
 
 use crate::error::{Result, SqlError};
+use crate::hparam::{TUNING_OPTIONS, Tuning};
 use crate::models::ModelCatalog;
 use crate::statement::{
     CreateModel, expr_bool, expr_f64, expr_json, expr_str, expr_str_list, expr_usize,
@@ -66,6 +68,7 @@ fn valid_options(model_type: &str) -> Option<Vec<&'static str>> {
         _ => return None,
     };
     let mut all: Vec<&str> = COMMON.to_vec();
+    all.extend(TUNING_OPTIONS);
     if model_type != "kmeans" {
         all.extend(SUPERVISED);
     }
@@ -217,7 +220,10 @@ pub async fn create_model(
     c: &CreateModel,
 ) -> Result<RecordBatch> {
     let started = Instant::now();
-    let o = Options::parse(c)?;
+    let mut o = Options::parse(c)?;
+    // On a cluster the executors run the trials; here this process's cores bound them.
+    let cores = (!session.is_cluster()).then(|| session.config().compute_threads);
+    let tuning = Tuning::take(&mut o.map, &o.model_type, cores)?;
     let store = catalog.store();
     let exists = !store.versions(&c.name).await?.is_empty();
     if exists && !c.or_replace {
@@ -302,6 +308,31 @@ pub async fn create_model(
             let eval = parts.pop();
             (parts.pop().expect("two parts"), eval)
         }
+    };
+    let tuning = match &tuning {
+        Some(t) => {
+            let fraction = match split_of(&o, rows)? {
+                Split::Random(f) => f,
+                Split::None => o.f64("data_split_eval_fraction")?.unwrap_or(0.2),
+            };
+            // The best trial's values replace the HPARAM_… options for the final fit.
+            let record = t
+                .run(
+                    session,
+                    store.absolute_url(),
+                    &c.name,
+                    data.dataframe().clone(),
+                    &o.model_type,
+                    label.as_deref(),
+                    &names,
+                    &mut o.map,
+                    fraction,
+                    seed,
+                )
+                .await?;
+            Some(record)
+        }
+        None => None,
     };
     let max_iter = o.positive_usize("max_iterations")?;
     let tol = o.f64("min_rel_progress")?;
@@ -390,6 +421,9 @@ pub async fn create_model(
         "feature_info": summary.1,
         "wall_time_ms": started.elapsed().as_secs_f64() * 1e3,
     });
+    if let Some(t) = tuning {
+        draft.training_summary["tuning"] = t;
+    }
     let meta = store
         .save(&c.name, draft, parts.into_iter().map(Ok))
         .await?;

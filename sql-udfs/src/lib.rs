@@ -3,7 +3,7 @@
 //! Quiver's SQL surface on DataFusion's dialect: the ML statements (`CREATE MODEL`, `DROP
 //! MODEL`, `SHOW MODELS`, `DESCRIBE MODEL`), the prediction functions (`ml_predict`,
 //! `ml_predict_proba`) and the model table functions (`ml_training_info`, `ml_weights`,
-//! `ml_feature_info`, `ml_evaluate`).
+//! `ml_feature_info`, `ml_evaluate`, `ml_trial_info`).
 //!
 //! Entry points: [`SqlSession`] runs scripts mixing ML statements and ordinary SQL over a
 //! [`QuiverSession`] and its model store; [`register`] adds this crate's session-independent
@@ -11,6 +11,7 @@
 
 pub mod create;
 pub mod error;
+pub mod hparam;
 pub mod models;
 pub mod predict;
 pub mod statement;

@@ -3,6 +3,8 @@
 //! - `ml_training_info('m')`: the objective per iteration (the learning curve);
 //! - `ml_weights('m')`: every weight by vector and feature (coefficients, intercepts, centres);
 //! - `ml_feature_info('m')`: per-feature statistics of the training rows (CREATE MODEL models);
+//! - `ml_trial_info('m')`: the trials of a model trained with hyperparameter tuning
+//!   (`num_trials`): parameters, status, objective value, which one was kept;
 //! - `ml_evaluate('m', 'table')`: the evaluator metrics of the model on a table (which must have
 //!   the model's features and, for supervised models, its label column).
 
@@ -33,6 +35,7 @@ enum Kind {
     Weights,
     FeatureInfo,
     Evaluate,
+    TrialInfo,
 }
 
 impl Kind {
@@ -42,6 +45,7 @@ impl Kind {
             Kind::Weights => "ml_weights",
             Kind::FeatureInfo => "ml_feature_info",
             Kind::Evaluate => "ml_evaluate",
+            Kind::TrialInfo => "ml_trial_info",
         }
     }
 }
@@ -67,6 +71,7 @@ pub fn table_functions(
         Kind::Weights,
         Kind::FeatureInfo,
         Kind::Evaluate,
+        Kind::TrialInfo,
     ]
     .into_iter()
     .map(|kind| {
@@ -136,6 +141,71 @@ fn training_info(model: &LoadedModel) -> Result<RecordBatch> {
         )),
         Arc::new(Float64Array::from(history)),
         Arc::new(Float64Array::from(improvement)),
+    ];
+    Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
+}
+
+/// One row per trial of a tuned model: `trial_id`, `hyperparameters` (JSON), `status`,
+/// `objective`, `objective_value` (the metric as such, not negated), `is_optimal`,
+/// `metrics` (JSON), `worker`, `duration_ms`, `error_message`.
+fn trial_info(model: &LoadedModel) -> Result<RecordBatch> {
+    let tuning = &model.metadata.training_summary["tuning"];
+    let Some(trials) = tuning["trials"].as_array() else {
+        return Err(SqlError::Invalid(format!(
+            "ml_trial_info: model '{}' was not trained with hyperparameter tuning (CREATE MODEL \
+             … OPTIONS (num_trials = …, option = HPARAM_RANGE(…)))",
+            model.label()
+        )));
+    };
+    let objective = tuning["objective"].as_str().unwrap_or("loss");
+    let larger = tuning["is_larger_better"].as_bool().unwrap_or(false);
+    let best = tuning["best_trial"].as_u64();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("trial_id", DataType::Int64, false),
+        Field::new("hyperparameters", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("objective", DataType::Utf8, false),
+        Field::new("objective_value", DataType::Float64, true),
+        Field::new("is_optimal", DataType::Boolean, false),
+        Field::new("metrics", DataType::Utf8, false),
+        Field::new("worker", DataType::Utf8, false),
+        Field::new("duration_ms", DataType::Int64, false),
+        Field::new("error_message", DataType::Utf8, true),
+    ]));
+    let text = |t: &Value, k: &str| t[k].as_str().unwrap_or_default().to_string();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(
+            trials.iter().map(|t| t["id"].as_i64().unwrap_or(-1)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            trials.iter().map(|t| t["params"].to_string()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            trials.iter().map(|t| text(t, "status")),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            trials.iter().map(|_| objective),
+        )),
+        Arc::new(Float64Array::from_iter(trials.iter().map(|t| {
+            t["loss"].as_f64().map(|l| if larger { -l } else { l })
+        }))),
+        Arc::new(arrow::array::BooleanArray::from_iter(trials.iter().map(
+            |t| Some(t["id"].as_u64().is_some() && t["id"].as_u64() == best),
+        ))),
+        Arc::new(StringArray::from_iter_values(
+            trials.iter().map(|t| t["metrics"].to_string()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            trials.iter().map(|t| text(t, "worker")),
+        )),
+        Arc::new(Int64Array::from_iter_values(trials.iter().map(|t| {
+            t["finished_ms"].as_i64().unwrap_or(0) - t["started_ms"].as_i64().unwrap_or(0)
+        }))),
+        Arc::new(StringArray::from_iter(
+            trials
+                .iter()
+                .map(|t| t["message"].as_str().map(str::to_string)),
+        )),
     ];
     Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
 }
@@ -264,6 +334,7 @@ impl TableFunctionImpl for ModelTableFunction {
                 Kind::TrainingInfo => training_info(&model)?,
                 Kind::Weights => weights(&model)?,
                 Kind::FeatureInfo => feature_info(&model)?,
+                Kind::TrialInfo => trial_info(&model)?,
                 Kind::Evaluate => {
                     let table = string_arg(f, args.exprs(), 1, "table name")?;
                     let model_type = model_type(&model);

@@ -151,3 +151,61 @@ async fn written_parquet_reads_back_with_the_same_summary() {
     let v = got[0].column(0).as_primitive::<Float64Type>().value(0);
     assert!((v - sa.mean[10]).abs() < 1e-12);
 }
+
+/// A tuned CREATE MODEL keeps the best trial's values as the model's options (the final fit
+/// used them), records every trial, and leaves no training snapshot behind in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tuned_create_model_keeps_the_best_trials_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = session_with_store(&dir);
+    let sql = quiver_sql_udfs::SqlSession::new(session.clone()).unwrap();
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/diabetes.parquet")
+        .canonicalize()
+        .unwrap();
+    sql.execute(&format!(
+        "CREATE MODEL dia OPTIONS (model_type = 'linear_reg', input_label_cols = ['target'], \
+         num_trials = 6, max_parallel_trials = 2, hparam_tuning_algorithm = 'random_search', \
+         hparam_tuning_objectives = ['mean_squared_error'], l1_reg = HPARAM_RANGE(0, 5), \
+         l2_reg = HPARAM_CANDIDATES([0.0, 0.5, 2.0]), fit_intercept = TRUE) \
+         AS SELECT * FROM '{}'",
+        data.display()
+    ))
+    .await
+    .unwrap();
+    let store = session.model_store().unwrap();
+    let meta = store.load("dia", None).await.unwrap().metadata;
+    let tuning = &meta.training_summary["tuning"];
+    let trials = tuning["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 6);
+    assert_eq!(tuning["objective"], "mse");
+    let best = trials
+        .iter()
+        .filter(|t| t["status"] == "ok")
+        .min_by(|a, b| {
+            a["loss"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["loss"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(tuning["best_trial"], best["id"]);
+    let options = &meta.training_summary["options"];
+    for k in ["l1_reg", "l2_reg"] {
+        assert_eq!(
+            options[k].as_f64().unwrap(),
+            best["params"][k].as_f64().unwrap(),
+            "{k}: the stored model was fitted with the best trial's value"
+        );
+    }
+    assert_eq!(options["fit_intercept"], true, "fixed options stay");
+    assert_eq!(tuning["tuned"]["l1_reg"], "HPARAM_RANGE(0, 5)");
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("models/dia"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter().all(|f| !f.contains("tuning")),
+        "the training snapshot is removed: {left:?}"
+    );
+}

@@ -126,6 +126,7 @@ pub async fn tune(
         split_seed: spec.model.split_seed.unwrap_or(0),
         folds: spec.model.folds,
         params: Point::new(),
+        sql_options: false,
     };
     // A bad estimator or parameter name fails here, not in every trial.
     let mut probe = train_eval.clone();

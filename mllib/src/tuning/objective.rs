@@ -47,9 +47,15 @@ pub struct TrainEval {
     pub folds: Option<usize>,
     #[serde(default)]
     pub split_seed: u64,
-    /// The trial's hyperparameters (the estimator's parameter names).
+    /// Fixed hyperparameters (the estimator's parameter names); a search adds each trial's
+    /// point to them (the point wins where both name a parameter).
     #[serde(default)]
     pub params: Point,
+    /// `params` use `CREATE MODEL`'s option names (`l1_reg`, `l2_reg`, `max_iterations`,
+    /// `min_rel_progress`, `num_clusters`, `standardize_features`, `kmeans_init_method`, …),
+    /// translated to the estimator's before it is built.
+    #[serde(default)]
+    pub sql_options: bool,
 }
 
 fn default_fraction() -> f64 {
@@ -70,6 +76,7 @@ impl TrainEval {
             folds: None,
             split_seed: 0,
             params: Point::new(),
+            sql_options: false,
         }
     }
 
@@ -261,7 +268,13 @@ pub enum Built {
 /// The estimator `spec` names, with `spec.params` applied (unknown names and bad values are
 /// errors naming them).
 pub fn build(spec: &TrainEval) -> quiver_engine::Result<Built> {
-    let p = &spec.params;
+    let translated;
+    let p = if spec.sql_options {
+        translated = from_sql_options(&spec.estimator, &spec.params)?;
+        &translated
+    } else {
+        &spec.params
+    };
     Ok(match spec.estimator.as_str() {
         "logistic_regression" => {
             check_known(
@@ -324,7 +337,11 @@ pub fn build(spec: &TrainEval) -> quiver_engine::Result<Built> {
             Built::Linear(e)
         }
         "kmeans" => {
-            check_known(p, &["k", "max_iter", "tol", "seed", "init_steps"], "kmeans")?;
+            check_known(
+                p,
+                &["k", "max_iter", "tol", "seed", "init_steps", "init_mode"],
+                "kmeans",
+            )?;
             let mut e = KMeans::new();
             if let Some(v) = num(p, "k")? {
                 e = e.k(v as usize);
@@ -341,6 +358,18 @@ pub fn build(spec: &TrainEval) -> quiver_engine::Result<Built> {
             if let Some(v) = num(p, "init_steps")? {
                 e = e.init_steps(v as usize);
             }
+            match p.get("init_mode").map(|v| (v, v.as_str())) {
+                None => {}
+                Some((_, Some("random"))) => e = e.init_mode(crate::KMeansInit::Random),
+                Some((_, Some("k-means||" | "kmeans++"))) => {
+                    e = e.init_mode(crate::KMeansInit::KMeansParallel)
+                }
+                Some((v, _)) => {
+                    return Err(bad(format!(
+                        "parameter 'init_mode' = {v}: use \"k-means||\" or \"random\""
+                    )));
+                }
+            }
             Built::KMeans(e)
         }
         other => {
@@ -351,6 +380,51 @@ pub fn build(spec: &TrainEval) -> quiver_engine::Result<Built> {
     })
 }
 
+/// The estimator parameters that `CREATE MODEL` options mean for `estimator`: `l1_reg` and
+/// `l2_reg` become `reg_param = l1 + l2` and `elastic_net_param = l1 / (l1 + l2)`, the
+/// other names map one to one; an option the estimator does not take is an error naming it.
+fn from_sql_options(estimator: &str, options: &Point) -> quiver_engine::Result<Point> {
+    let mut out = Point::new();
+    let (mut l1, mut l2) = (None, None);
+    for (k, v) in options {
+        let to = match (estimator, k.as_str()) {
+            ("logistic_regression" | "linear_regression", "l1_reg") => {
+                l1 = Some(num(options, k)?.unwrap_or(0.0));
+                continue;
+            }
+            ("logistic_regression" | "linear_regression", "l2_reg") => {
+                l2 = Some(num(options, k)?.unwrap_or(0.0));
+                continue;
+            }
+            ("logistic_regression" | "linear_regression", "fit_intercept") => "fit_intercept",
+            ("logistic_regression" | "linear_regression", "standardize_features") => {
+                "standardization"
+            }
+            ("logistic_regression" | "kmeans", "max_iterations") => "max_iter",
+            ("logistic_regression" | "kmeans", "min_rel_progress") => "tol",
+            // Linear regression is solved exactly: no iteration budget to set.
+            ("linear_regression", "max_iterations") => continue,
+            ("kmeans", "num_clusters") => "k",
+            ("kmeans", "seed") => "seed",
+            ("kmeans", "kmeans_init_method") => "init_mode",
+            _ => {
+                return Err(bad(format!("option '{k}' does not apply to {estimator}")));
+            }
+        };
+        out.insert(to.to_string(), v.clone());
+    }
+    if l1.is_some() || l2.is_some() {
+        let (l1, l2) = (l1.unwrap_or(0.0), l2.unwrap_or(0.0));
+        let total = l1 + l2;
+        out.insert("reg_param".to_string(), json!(total));
+        out.insert(
+            "elastic_net_param".to_string(),
+            json!(if total > 0.0 { l1 / total } else { 0.0 }),
+        );
+    }
+    Ok(out)
+}
+
 /// Fits `VectorAssembler → estimator(params)` on all of `spec`'s data (the search's best
 /// trial, refitted): a pipeline that `ml_predict` can apply to the feature columns.
 pub async fn refit(
@@ -359,7 +433,7 @@ pub async fn refit(
     params: &Point,
 ) -> crate::Result<crate::PipelineModel> {
     let mut spec = spec.clone();
-    spec.params = params.clone();
+    spec.params.extend(params.clone());
     let data = spec.with_roles(Dataset::new(session.read(&spec.dataset).await?))?;
     let names = data.feature_names()?;
     let pipeline = crate::Pipeline::new().transformer(crate::VectorAssembler::new(&names));

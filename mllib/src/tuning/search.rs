@@ -389,7 +389,7 @@ impl Search {
                         }
                         ObjectiveKind::TrainEval(spec) => {
                             let mut spec = spec.clone();
-                            spec.params = p.clone();
+                            spec.params.extend(p.clone());
                             serde_json::to_string(&spec)
                         }
                     }

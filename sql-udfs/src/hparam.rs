@@ -1,0 +1,487 @@
+//! Hyperparameter tuning in `CREATE MODEL` (BigQuery ML's options):
+//!
+//! | option | meaning |
+//! |---|---|
+//! | `num_trials` | trials to run (turns tuning on; needs at least one tuned option) |
+//! | `max_parallel_trials` | trials at once (default 1) |
+//! | `hparam_tuning_algorithm` | `'vizier_default'` or `'tpe'` (TPE, default), `'random_search'`, `'grid_search'` |
+//! | `hparam_tuning_objectives` | the metric to optimise, e.g. `['roc_auc']`, `'log_loss'`, `'mean_squared_error'`, `'silhouette'` |
+//!
+//! A tuned option is written `l2_reg = HPARAM_RANGE(0.0001, 1.0)` (a range: log-scaled when
+//! its bounds are positive and span two decades or more, integers for `max_iterations` and
+//! `num_clusters`) or `kmeans_init_method = HPARAM_CANDIDATES(['kmeans++', 'random'])`.
+//! Tunable: `l1_reg`, `l2_reg`, `max_iterations`, `min_rel_progress`, `fit_intercept`,
+//! `standardize_features`, `num_clusters`, `kmeans_init_method`.
+//!
+//! The query's rows are written once to a Parquet file next to the model; every trial is a
+//! `quiver.train_eval` task over that file (so trials run on cluster executors too), holding
+//! out `data_split_eval_fraction` (default 0.2) of the rows with the statement's seed. The
+//! best trial's options then train the stored model as usual, and the trials are recorded with
+//! it (`ml_trial_info('model')`). The file is removed afterwards, whatever happens.
+
+use std::collections::BTreeMap;
+
+use datafusion::object_store::ObjectStoreExt;
+use datafusion::prelude::DataFrame;
+use datafusion::sql::sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Value as SqlValue,
+};
+use quiver_engine::{QuiverSession, Runner};
+use quiver_mllib::tuning::objective::higher_is_better;
+use quiver_mllib::tuning::{Algo, Param, Point, Search, Space, Tpe, TrainEval, Trial, hp};
+use serde_json::{Value, json};
+
+use crate::error::{Result, SqlError};
+use crate::statement::{expr_f64, expr_json, expr_str, expr_str_list, expr_usize};
+
+/// The tuning options every model type accepts.
+pub const TUNING_OPTIONS: &[&str] = &[
+    "num_trials",
+    "max_parallel_trials",
+    "hparam_tuning_algorithm",
+    "hparam_tuning_objectives",
+];
+
+/// Options a trial may vary.
+const TUNABLE: &[&str] = &[
+    "l1_reg",
+    "l2_reg",
+    "max_iterations",
+    "min_rel_progress",
+    "fit_intercept",
+    "standardize_features",
+    "num_clusters",
+    "kmeans_init_method",
+];
+
+/// Fixed options that trials pass on to the estimator.
+const PASSED_ON: &[&str] = &["seed"];
+
+/// A tuning request taken out of a statement's options.
+#[derive(Debug)]
+pub struct Tuning {
+    num_trials: usize,
+    max_parallel: usize,
+    algorithm: String,
+    algo: Algo,
+    /// The metric as `quiver.train_eval` names it (`None`: the estimator's default).
+    metric: Option<String>,
+    space: Space,
+    /// Each tuned option as written (`HPARAM_RANGE(…)`).
+    tuned: BTreeMap<String, String>,
+}
+
+fn invalid(option: &str, reason: impl Into<String>) -> SqlError {
+    SqlError::InvalidOption {
+        option: option.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// `HPARAM_RANGE(…)` / `HPARAM_CANDIDATES(…)`: the function's name (upper case) and arguments.
+fn hparam_call(e: &Expr) -> Option<(String, Vec<&Expr>)> {
+    let Expr::Function(f) = e else { return None };
+    let name = f.name.to_string().to_ascii_uppercase();
+    if !name.starts_with("HPARAM_") {
+        return None;
+    }
+    let args = match &f.args {
+        FunctionArguments::List(list) => list
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some((name, args))
+}
+
+/// The prior of one tuned option.
+fn param_of(option: &str, call: &str, args: &[&Expr], model_type: &str) -> Result<Param> {
+    if !TUNABLE.contains(&option) {
+        return Err(invalid(
+            option,
+            format!("cannot be tuned; tunable options: {}", TUNABLE.join(", ")),
+        ));
+    }
+    let integer = matches!(option, "max_iterations" | "num_clusters");
+    match call {
+        "HPARAM_RANGE" => {
+            let [lo, hi] = args else {
+                return Err(invalid(option, "HPARAM_RANGE takes (min, max)"));
+            };
+            let (lo, hi) = (expr_f64(option, lo)?, expr_f64(option, hi)?);
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(invalid(
+                    option,
+                    format!("HPARAM_RANGE({lo}, {hi}): min must be below max"),
+                ));
+            }
+            if matches!(
+                option,
+                "fit_intercept" | "standardize_features" | "kmeans_init_method"
+            ) {
+                return Err(invalid(option, "takes HPARAM_CANDIDATES([…]), not a range"));
+            }
+            if lo < 0.0 {
+                return Err(invalid(
+                    option,
+                    format!("HPARAM_RANGE({lo}, {hi}): must be ≥ 0"),
+                ));
+            }
+            if integer {
+                let min = if option == "num_clusters" { 2.0 } else { 1.0 };
+                if lo.fract() != 0.0 || hi.fract() != 0.0 || lo < min {
+                    return Err(invalid(
+                        option,
+                        format!("HPARAM_RANGE({lo}, {hi}): whole numbers ≥ {min} expected"),
+                    ));
+                }
+                return Ok(hp::randint(option, lo as i64, hi as i64 + 1));
+            }
+            Ok(if lo > 0.0 && hi / lo >= 100.0 {
+                hp::loguniform(option, lo, hi)
+            } else {
+                hp::uniform(option, lo, hi)
+            })
+        }
+        "HPARAM_CANDIDATES" => {
+            let values: Vec<Value> = match args {
+                [Expr::Array(a)] => a.elem.iter().map(expr_json).collect(),
+                [] => Vec::new(),
+                many => many.iter().map(|e| expr_json(e)).collect(),
+            };
+            if values.is_empty() {
+                return Err(invalid(
+                    option,
+                    "HPARAM_CANDIDATES needs at least one value",
+                ));
+            }
+            if option == "kmeans_init_method"
+                && let Some(bad) = values
+                    .iter()
+                    .find(|v| !matches!(v.as_str(), Some("kmeans++" | "k-means||" | "random")))
+            {
+                return Err(invalid(
+                    option,
+                    format!("candidate {bad}: use 'kmeans++' or 'random'"),
+                ));
+            }
+            if matches!(option, "fit_intercept" | "standardize_features")
+                && values.iter().any(|v| !v.is_boolean())
+            {
+                return Err(invalid(option, "candidates must be TRUE or FALSE"));
+            }
+            let _ = model_type;
+            Ok(hp::choice(option, values))
+        }
+        other => Err(invalid(
+            option,
+            format!(
+                "unknown function {other}; use HPARAM_RANGE(min, max) or HPARAM_CANDIDATES([…])"
+            ),
+        )),
+    }
+}
+
+/// The `quiver.train_eval` metric for a BigQuery ML objective name (or one of Quiver's).
+fn metric_of(model_type: &str, objective: &str) -> Result<String> {
+    let name = objective.to_ascii_lowercase();
+    let m = match (model_type, name.as_str()) {
+        ("logistic_reg", "roc_auc" | "area_under_roc") => "area_under_roc",
+        ("logistic_reg", "log_loss") => "log_loss",
+        ("logistic_reg", "accuracy") => "accuracy",
+        ("logistic_reg", "f1_score" | "f1") => "f1",
+        ("linear_reg", "mean_squared_error" | "mse") => "mse",
+        ("linear_reg", "root_mean_squared_error" | "rmse") => "rmse",
+        ("linear_reg", "mean_absolute_error" | "mae") => "mae",
+        ("linear_reg", "r2_score" | "r2") => "r2",
+        ("kmeans", "silhouette" | "silhouette_score") => "silhouette",
+        ("kmeans", "within_ss" | "within_cluster_sum_of_squares") => "within_ss",
+        _ => {
+            let known = match model_type {
+                "logistic_reg" => "roc_auc, log_loss, accuracy, f1_score",
+                "linear_reg" => {
+                    "mean_squared_error, root_mean_squared_error, mean_absolute_error, r2_score"
+                }
+                _ => "silhouette, within_ss",
+            };
+            return Err(invalid(
+                "hparam_tuning_objectives",
+                format!("'{objective}' is not an objective for {model_type}; use one of {known}"),
+            ));
+        }
+    };
+    Ok(m.to_string())
+}
+
+impl Tuning {
+    /// Takes the tuning options and the tuned (`HPARAM_…`) options out of `options`; `None`
+    /// when the statement tunes nothing. `cores`: this process's compute threads (`None` on a
+    /// cluster, where executors run the trials).
+    pub fn take(
+        options: &mut BTreeMap<String, Expr>,
+        model_type: &str,
+        cores: Option<usize>,
+    ) -> Result<Option<Tuning>> {
+        let mut params = Vec::new();
+        let mut tuned = BTreeMap::new();
+        let names: Vec<String> = options.keys().cloned().collect();
+        for k in names {
+            if let Some((call, args)) = hparam_call(&options[&k]) {
+                params.push(param_of(&k, &call, &args, model_type)?);
+                tuned.insert(k.clone(), options[&k].to_string());
+                options.remove(&k);
+            }
+        }
+        let num_trials = options
+            .remove("num_trials")
+            .map(|e| expr_usize("num_trials", &e))
+            .transpose()?;
+        let max_parallel = options
+            .remove("max_parallel_trials")
+            .map(|e| expr_usize("max_parallel_trials", &e))
+            .transpose()?;
+        let algorithm = options
+            .remove("hparam_tuning_algorithm")
+            .map(|e| expr_str("hparam_tuning_algorithm", &e))
+            .transpose()?;
+        let objectives = options
+            .remove("hparam_tuning_objectives")
+            .map(|e| expr_str_list("hparam_tuning_objectives", &e))
+            .transpose()?;
+        let Some(num_trials) = num_trials else {
+            if let Some(k) = tuned.keys().next() {
+                return Err(invalid(
+                    k,
+                    "HPARAM_… values need num_trials (how many trials to run), e.g. num_trials = 20",
+                ));
+            }
+            for (given, name) in [
+                (max_parallel.is_some(), "max_parallel_trials"),
+                (algorithm.is_some(), "hparam_tuning_algorithm"),
+                (objectives.is_some(), "hparam_tuning_objectives"),
+            ] {
+                if given {
+                    return Err(invalid(name, "only applies with num_trials"));
+                }
+            }
+            return Ok(None);
+        };
+        if num_trials == 0 {
+            return Err(invalid("num_trials", "must be at least 1"));
+        }
+        if params.is_empty() {
+            return Err(invalid(
+                "num_trials",
+                format!(
+                    "tuning needs at least one option given as HPARAM_RANGE(min, max) or \
+                     HPARAM_CANDIDATES([…]), e.g. l2_reg = HPARAM_RANGE(0.0001, 10); tunable: {}",
+                    TUNABLE.join(", ")
+                ),
+            ));
+        }
+        let max_parallel = max_parallel.unwrap_or(1);
+        if max_parallel == 0 {
+            return Err(invalid("max_parallel_trials", "must be at least 1"));
+        }
+        if let Some(cores) = cores
+            && max_parallel > cores
+        {
+            return Err(invalid(
+                "max_parallel_trials",
+                format!(
+                    "{max_parallel} trials at once, but this session has {cores} compute threads \
+                     (quiver.compute_threads); lower it, or run on a cluster"
+                ),
+            ));
+        }
+        let algorithm = algorithm
+            .unwrap_or_else(|| "vizier_default".to_string())
+            .to_ascii_lowercase();
+        let algo = match algorithm.as_str() {
+            "vizier_default" | "tpe" => Algo::Tpe(Tpe::default()),
+            "random_search" | "random" => Algo::Random,
+            "grid_search" | "grid" => Algo::Grid { points: 5 },
+            other => {
+                return Err(invalid(
+                    "hparam_tuning_algorithm",
+                    format!(
+                        "unknown algorithm '{other}'; use 'vizier_default' (TPE), 'tpe', \
+                         'random_search' or 'grid_search'"
+                    ),
+                ));
+            }
+        };
+        let metric = match objectives.as_deref() {
+            None => None,
+            Some([one]) => Some(metric_of(model_type, one)?),
+            Some(other) => {
+                return Err(invalid(
+                    "hparam_tuning_objectives",
+                    format!("expects one objective, got {}", other.len()),
+                ));
+            }
+        };
+        // Within-cluster spread always falls as k grows: silhouette chooses k.
+        let metric = metric.or_else(|| (model_type == "kmeans").then(|| "silhouette".to_string()));
+        Ok(Some(Tuning {
+            num_trials,
+            max_parallel,
+            algorithm,
+            algo,
+            metric,
+            space: Space::new(params)?,
+            tuned,
+        }))
+    }
+
+    /// Runs the trials over `df`'s rows and puts the best trial's values into `options`.
+    /// Returns the tuning record stored with the model.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run(
+        &self,
+        session: &QuiverSession,
+        store_url: &str,
+        model: &str,
+        df: DataFrame,
+        model_type: &str,
+        label: Option<&str>,
+        features: &[String],
+        options: &mut BTreeMap<String, Expr>,
+        eval_fraction: f64,
+        seed: u64,
+    ) -> Result<Value> {
+        let snapshot = format!(
+            "{}/{model}/tuning-{}-{}.parquet",
+            store_url.trim_end_matches('/'),
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        session.write_parquet(df, &snapshot).await?;
+        let result = self
+            .search(
+                session,
+                &snapshot,
+                model_type,
+                label,
+                features,
+                options,
+                eval_fraction,
+                seed,
+            )
+            .await;
+        // The snapshot goes, whatever the search did.
+        if let Ok(loc) =
+            quiver_engine::io::resolve(session.context(), &session.config().s3, &snapshot)
+        {
+            let _ = loc.store.delete(&loc.path).await;
+        }
+        let (best, trials, stopped) = result?;
+        for (k, v) in &best.params {
+            if self.tuned.contains_key(k) {
+                options.insert(k.clone(), json_expr(v));
+            }
+        }
+        let metric = best.metrics["objective"]
+            .as_str()
+            .unwrap_or("loss")
+            .to_string();
+        Ok(json!({
+            "algorithm": self.algorithm,
+            "num_trials": self.num_trials,
+            "max_parallel_trials": self.max_parallel,
+            "tuned": self.tuned,
+            "objective": metric,
+            "is_larger_better": higher_is_better(&metric),
+            "best_trial": best.id,
+            "stopped": stopped,
+            "trials": trials,
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn search(
+        &self,
+        session: &QuiverSession,
+        dataset: &str,
+        model_type: &str,
+        label: Option<&str>,
+        features: &[String],
+        options: &BTreeMap<String, Expr>,
+        eval_fraction: f64,
+        seed: u64,
+    ) -> Result<(Trial, Vec<Trial>, String)> {
+        let estimator = match model_type {
+            "logistic_reg" => "logistic_regression",
+            "linear_reg" => "linear_regression",
+            _ => "kmeans",
+        };
+        // The statement's fixed training options go to every trial.
+        let mut fixed = Point::new();
+        for (k, e) in options {
+            let applies = match model_type {
+                "kmeans" => !matches!(
+                    k.as_str(),
+                    "l1_reg" | "l2_reg" | "fit_intercept" | "standardize_features"
+                ),
+                _ => !matches!(k.as_str(), "num_clusters" | "kmeans_init_method" | "seed"),
+            };
+            if (TUNABLE.contains(&k.as_str()) || PASSED_ON.contains(&k.as_str())) && applies {
+                fixed.insert(k.clone(), expr_json(e));
+            }
+        }
+        if model_type == "kmeans" {
+            // CREATE MODEL seeds k-means' initialisation with the statement's seed.
+            fixed.entry("seed".to_string()).or_insert(json!(seed));
+        }
+        let mut spec = TrainEval::new(dataset, estimator)
+            .eval_fraction(eval_fraction)
+            .split_seed(seed);
+        spec.features = Some(features.to_vec());
+        spec.label = label.map(str::to_string);
+        spec.metric = self.metric.clone();
+        spec.params = fixed;
+        spec.sql_options = true;
+        let result = Search::train_eval(self.space.clone(), spec)
+            .algo(self.algo.clone())
+            .max_evals(self.num_trials)
+            .parallelism(self.max_parallel)
+            .seed(seed)
+            .runner(Runner::Embedded)
+            .run(session)
+            .await?;
+        match result.best {
+            Some(best) => Ok((best, result.trials, result.stopped)),
+            None => {
+                let first = result.trials.iter().find(|t| t.message.is_some());
+                Err(SqlError::Invalid(format!(
+                    "hyperparameter tuning: none of the {} trials trained a model{}",
+                    result.trials.len(),
+                    first.map_or(String::new(), |t| format!(
+                        "; trial {} ({}) failed: {}",
+                        t.id,
+                        serde_json::to_string(&t.params).unwrap_or_default(),
+                        t.message.as_deref().unwrap_or_default()
+                    ))
+                )))
+            }
+        }
+    }
+}
+
+/// A JSON option value back as a SQL literal.
+fn json_expr(v: &Value) -> Expr {
+    match v {
+        Value::Bool(b) => Expr::value(SqlValue::Boolean(*b)),
+        Value::Number(n) => Expr::value(SqlValue::Number(n.to_string(), false)),
+        Value::String(s) => Expr::value(SqlValue::SingleQuotedString(s.clone())),
+        other => Expr::value(SqlValue::SingleQuotedString(other.to_string())),
+    }
+}
