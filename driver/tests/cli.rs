@@ -400,7 +400,10 @@ fn tune_runs_a_spec_saves_the_best_model_and_plots() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("8 trials (8 ok, 0 failed)"), "{text}");
+    assert!(
+        text.contains("8 trials (8 ok, 0 failed, 0 cancelled)"),
+        "{text}"
+    );
     assert!(text.contains("saved as bc version 1"), "{text}");
     assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 8);
     let svg = std::fs::read_to_string(&plot).unwrap();

@@ -342,6 +342,21 @@ impl TaskRegistry {
     /// Runs one task here, on its own pool of `limits.threads` threads: errors and panics
     /// become a failed result, never a failed fan-out; a task past its deadline is cancelled.
     pub fn execute(&self, id: u64, kind: &str, params: &str, limits: TaskLimits) -> TaskResult {
+        match PoolLease::take(limits.threads) {
+            Ok(lease) => self.execute_on(lease.pool(), id, kind, params, limits),
+            Err(e) => self.result(id, Err(e), now_ms(), limits),
+        }
+    }
+
+    /// [`TaskRegistry::execute`] on `pool` (inline when called from one of its threads).
+    fn execute_on(
+        &self,
+        pool: &Arc<ThreadPool>,
+        id: u64,
+        kind: &str,
+        params: &str,
+        limits: TaskLimits,
+    ) -> TaskResult {
         if limits.deadline_ms.is_some_and(|d| now_ms() >= d) {
             return TaskResult {
                 worker: worker_id(),
@@ -350,11 +365,9 @@ impl TaskRegistry {
         }
         let started_ms = now_ms();
         let run = |runner: &Arc<dyn TaskRunner>| {
-            let lease = PoolLease::take(limits.threads)?;
-            let pool = Arc::clone(lease.pool());
-            lease.pool().install(|| {
+            pool.install(|| {
                 TASK_DEADLINE.set(limits.deadline_ms);
-                TASK_POOL.with(|p| *p.borrow_mut() = Some(pool));
+                TASK_POOL.with(|p| *p.borrow_mut() = Some(Arc::clone(pool)));
                 let r = catch_unwind(AssertUnwindSafe(|| runner.run(params)));
                 TASK_DEADLINE.set(None);
                 TASK_POOL.with(|p| *p.borrow_mut() = None);
@@ -367,6 +380,17 @@ impl TaskRegistry {
             })
         };
         let outcome = self.get(kind).and_then(run);
+        self.result(id, outcome, started_ms, limits)
+    }
+
+    /// The result row of task `id` from its outcome.
+    fn result(
+        &self,
+        id: u64,
+        outcome: Result<TaskOutcome>,
+        started_ms: i64,
+        limits: TaskLimits,
+    ) -> TaskResult {
         let finished_ms = now_ms();
         // A task that failed after its deadline was stopped by it (or by what it cut short).
         if outcome.is_err() && limits.deadline_ms.is_some_and(|d| finished_ms >= d) {
@@ -479,7 +503,7 @@ pub fn worker_id() -> String {
         .clone()
 }
 
-/// Runs `tasks` on threads of this process, `options.parallelism` at a time, calling
+/// Runs `tasks` on task pools of this process, `options.parallelism` at a time, calling
 /// `on_result` on the caller's thread as each finishes. Returns all results by id. At the
 /// deadline the caller stops waiting: tasks not back by then are reported cancelled (a running
 /// one stops at its next statistic pass; a plain closure runs on to its end, unobserved).
@@ -494,31 +518,34 @@ pub fn fan_out_local(
     let queue = Arc::new(Mutex::new(tasks.iter().cloned().collect::<VecDeque<_>>()));
     // id → start time of the tasks running now.
     let running = Arc::new(Mutex::new(HashMap::<u64, i64>::new()));
-    for w in 0..options.parallelism.max(1).min(tasks.len()) {
+    for _ in 0..options.parallelism.max(1).min(tasks.len()) {
         let (tx, queue, registry) = (tx.clone(), Arc::clone(&queue), Arc::clone(&registry));
         let running = Arc::clone(&running);
-        std::thread::Builder::new()
-            .name(format!("quiver-fan-out-{w}"))
-            .spawn(move || {
-                loop {
-                    let next = match queue.lock() {
-                        Ok(mut q) => q.pop_front(),
-                        Err(_) => None,
-                    };
-                    let Some(task) = next else { break };
-                    if let Ok(mut r) = running.lock() {
-                        r.insert(task.id, now_ms());
-                    }
-                    let result = registry.execute(task.id, &task.kind, &task.params, limits);
-                    if let Ok(mut r) = running.lock() {
-                        r.remove(&task.id);
-                    }
-                    if tx.send(result).is_err() {
-                        break;
-                    }
+        // Each worker loops on a task pool of its own (reused across fan-outs: no thread is
+        // started per call), so its tasks run there inline.
+        let lease = PoolLease::take(limits.threads)?;
+        let pool = Arc::clone(lease.pool());
+        let spawner = Arc::clone(&pool);
+        spawner.spawn(move || {
+            let _lease = lease;
+            loop {
+                let next = match queue.lock() {
+                    Ok(mut q) => q.pop_front(),
+                    Err(_) => None,
+                };
+                let Some(task) = next else { break };
+                if let Ok(mut r) = running.lock() {
+                    r.insert(task.id, now_ms());
                 }
-            })
-            .map_err(|e| QuiverError::internal(format!("cannot start a fan-out thread: {e}")))?;
+                let result = registry.execute_on(&pool, task.id, &task.kind, &task.params, limits);
+                if let Ok(mut r) = running.lock() {
+                    r.remove(&task.id);
+                }
+                if tx.send(result).is_err() {
+                    break;
+                }
+            }
+        });
     }
     drop(tx);
     let mut results = Vec::with_capacity(tasks.len());

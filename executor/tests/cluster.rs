@@ -415,6 +415,22 @@ async fn search_trials_fan_out_to_executors_with_the_same_results() {
         let x = t.params["x"].as_f64().unwrap();
         assert_eq!(t.loss, Some(x * x));
     }
+    // Asynchronously: one job per trial, two at a time.
+    let asynchronous = Search::task(space.clone(), "quiver.sphere")
+        .algo(Algo::Random)
+        .max_evals(6)
+        .parallelism(2)
+        .asynchronous(true)
+        .runner(Runner::Embedded)
+        .run(&remote)
+        .await
+        .unwrap();
+    assert_eq!(asynchronous.trials.len(), 6);
+    for t in &asynchronous.trials {
+        let x = t.params["x"].as_f64().unwrap();
+        assert_eq!(t.loss, Some(x * x));
+        assert!(t.worker.starts_with("exec-"), "{t:?}");
+    }
     let err = Search::new(space, |_| Ok(0.0))
         .max_evals(2)
         .runner(Runner::Embedded)

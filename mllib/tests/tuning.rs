@@ -383,6 +383,77 @@ async fn a_timeout_cancels_the_running_trials_and_records_them() {
     }
 }
 
+/// An asynchronous search starts a trial whenever one ends: while one slow trial runs, the
+/// other slot goes through several; never more than `parallelism` at once; every trial once;
+/// the log (written after each trial) reads back as the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asynchronous_search_keeps_every_slot_busy() {
+    let s = session();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("a.jsonl").to_string_lossy().to_string();
+    for runner in [Runner::Local, Runner::Embedded] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let (c, f, m) = (calls.clone(), in_flight.clone(), max_in_flight.clone());
+        let r = Search::new(
+            Space::new(vec![hp::uniform("x", 0.0, 1.0)]).unwrap(),
+            move |p| {
+                let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                // The first trial to start is slow, the others quick.
+                let ms = if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                    1500
+                } else {
+                    20
+                };
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                f.fetch_sub(1, Ordering::SeqCst);
+                Ok(x(p, "x"))
+            },
+        )
+        .algo(Algo::Tpe(Tpe {
+            n_startup_trials: 4,
+            ..Tpe::default()
+        }))
+        .max_evals(12)
+        .parallelism(2)
+        .asynchronous(true)
+        .seed(2)
+        .trial_log(&log)
+        .runner(runner)
+        .run(&s)
+        .await
+        .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 12, "{runner:?}");
+        assert_eq!(max_in_flight.load(Ordering::SeqCst), 2, "{runner:?}");
+        let ids: Vec<u64> = r.trials.iter().map(|t| t.id).collect();
+        assert_eq!(ids, (0..12).collect::<Vec<_>>(), "{runner:?}");
+        assert!(r.trials.iter().all(|t| t.status.as_str() == "ok"));
+        let slow = r
+            .trials
+            .iter()
+            .max_by_key(|t| t.finished_ms - t.started_ms)
+            .unwrap();
+        let inside = r
+            .trials
+            .iter()
+            .filter(|t| {
+                t.id != slow.id
+                    && t.started_ms >= slow.started_ms
+                    && t.finished_ms <= slow.finished_ms
+            })
+            .count();
+        assert!(
+            inside >= 5,
+            "{runner:?}: only {inside} trials ran while the slow one did"
+        );
+        let logged = quiver_mllib::tuning::read_log(&s, &log).await.unwrap();
+        assert_eq!(logged, r.trials, "{runner:?}");
+        std::fs::remove_file(&log).unwrap();
+    }
+}
+
 fn breast_cancer_search(seed: u64, algo: Algo, evals: usize) -> Search {
     let space = Space::new(vec![
         hp::loguniform("reg_param", 1e-6, 100.0),

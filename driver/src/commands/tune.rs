@@ -17,6 +17,8 @@
 //! algo = "tpe"                        # random, grid
 //! max_evals = 64
 //! parallelism = 2
+//! threads_per_trial = 1               # each trial's compute pool
+//! asynchronous = false                # true: a new trial whenever one ends (no batches)
 //! seed = 1
 //! trial_log = "tune-trials.jsonl"     # resumes from it when it exists
 //! plot = "tune-convergence.svg"
@@ -72,6 +74,8 @@ struct SearchSpec {
     algo: Option<String>,
     max_evals: Option<usize>,
     parallelism: Option<usize>,
+    threads_per_trial: Option<usize>,
+    asynchronous: Option<bool>,
     seed: Option<u64>,
     trial_log: Option<String>,
     plot: Option<String>,
@@ -140,6 +144,8 @@ pub async fn tune(
         .algo(algo)
         .max_evals(max_evals)
         .parallelism(s.parallelism.unwrap_or(session.config().compute_threads))
+        .threads_per_trial(s.threads_per_trial.unwrap_or(1))
+        .asynchronous(s.asynchronous.unwrap_or(false))
         .seed(s.seed.unwrap_or(0))
         .runner(session.runner())
         .on_batch(move |trials| {
@@ -164,12 +170,20 @@ pub async fn tune(
     }
     let result = search.run(session).await.map_err(mllib_err)?;
     bar.finish_and_clear();
-    let ok = result.trials.iter().filter(|t| t.loss.is_some()).count();
+    let count = |status: &str| {
+        result
+            .trials
+            .iter()
+            .filter(|t| t.status.as_str() == status)
+            .count()
+    };
     writeln!(
         out,
-        "{} trials ({ok} ok, {} failed); stopped: {}",
+        "{} trials ({} ok, {} failed, {} cancelled); stopped: {}",
         result.trials.len(),
-        result.trials.len() - ok,
+        count("ok"),
+        count("failed"),
+        count("cancelled"),
         result.stopped
     )
     .ok();
@@ -190,7 +204,7 @@ pub async fn tune(
         )
         .ok();
     }
-    if let Some(failed) = result.trials.iter().find(|t| t.loss.is_none()) {
+    if let Some(failed) = result.trials.iter().find(|t| t.status.as_str() == "failed") {
         writeln!(
             out,
             "  e.g. trial {} failed: {}",

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
 use quiver_engine::fanout::{
     FanOutOptions, Task, TaskOutcome, TaskRegistry, TaskResult, TaskRunner, TaskStatus,
-    deadline_after,
+    deadline_after, fan_out_local,
 };
 use quiver_engine::{QuiverError, QuiverSession, Runner};
 use rand::SeedableRng;
@@ -91,6 +91,7 @@ pub struct Search {
     seed: u64,
     trial_log: Option<String>,
     runner: Runner,
+    asynchronous: bool,
     on_batch: Option<Arc<BatchCallback>>,
 }
 
@@ -182,6 +183,7 @@ impl Search {
             seed: 0,
             trial_log: None,
             runner: Runner::Local,
+            asynchronous: false,
             on_batch: None,
         }
     }
@@ -206,7 +208,8 @@ impl Search {
         self.threads_per_trial = t;
         self
     }
-    /// No new batch starts after this long.
+    /// No new trial starts after this long, and running ones are cancelled (recorded as
+    /// `cancelled`).
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = Some(t);
         self
@@ -231,14 +234,24 @@ impl Search {
         self.trial_log = Some(location.into());
         self
     }
-    /// Where trials run: `Local` (the compute pool) or `Embedded` (a DataFusion query with one
-    /// partition per concurrent trial). Defaults to `Local`.
+    /// Where trials run: `Local` (threads of this process) or `Embedded` (a DataFusion query
+    /// with one partition per concurrent trial: executors on a cluster). Defaults to `Local`.
     pub fn runner(mut self, r: Runner) -> Self {
         self.runner = r;
         self
     }
 
-    /// Called with every trial so far after each batch (progress displays).
+    /// Start a trial whenever one ends instead of running batches of `parallelism` (no slot
+    /// waits for a batch's slowest trial; hyperopt's SparkTrials works this way). The trials
+    /// then depend on the order trials end in, so the same seed no longer gives the same
+    /// trials. Defaults to false.
+    pub fn asynchronous(mut self, on: bool) -> Self {
+        self.asynchronous = on;
+        self
+    }
+
+    /// Called with every trial so far after each batch, or each trial when asynchronous
+    /// (progress displays).
     pub fn on_batch(mut self, f: impl Fn(&[Trial]) + Send + Sync + 'static) -> Self {
         self.on_batch = Some(Arc::new(f));
         self
@@ -348,74 +361,22 @@ impl Search {
         if grid.as_ref().is_some_and(|g| g.len() <= self.max_evals) {
             stopped = "grid exhausted".to_string();
         }
-        loop {
-            if let Some(reason) = self.stop_reason(&trials, started) {
-                stopped = reason;
-                break;
-            }
-            if trials.len() >= limit {
-                break;
-            }
-            let batch = self.parallelism.min(limit - trials.len());
-            let first_id = trials.len() as u64;
-            // Proposals depend only on the seed and the trials so far: a resumed search
-            // continues exactly as an uninterrupted one would.
-            let mut rng =
-                ChaCha8Rng::seed_from_u64(self.seed ^ first_id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let finished: Vec<(Point, f64)> = trials
-                .iter()
-                .filter(|t| t.status == TaskStatus::Ok)
-                .filter_map(|t| t.loss.map(|l| (t.params.clone(), l)))
-                .collect();
-            let mut points: Vec<Point> = Vec::with_capacity(batch);
-            for i in 0..batch {
-                let p = match (&self.algo, &grid) {
-                    (_, Some(g)) => g[first_id as usize + i].clone(),
-                    (Algo::Random, _) => self.space.sample(&mut rng),
-                    (Algo::Tpe(tpe), _) => tpe.propose(&self.space, &finished, &points, &mut rng),
-                    (Algo::Grid { .. } | Algo::Points(_), None) => {
-                        unreachable!("grid computed above")
-                    }
-                };
-                points.push(p);
-            }
-            let tasks: Vec<Task> = points
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let params = match &self.objective {
-                        ObjectiveKind::Closure(_) | ObjectiveKind::Task(_) => {
-                            serde_json::to_string(p)
-                        }
-                        ObjectiveKind::TrainEval(spec) => {
-                            let mut spec = spec.clone();
-                            spec.params.extend(p.clone());
-                            serde_json::to_string(&spec)
-                        }
-                    }
-                    .map_err(|e| json_err("trial parameters", e))?;
-                    Ok(Task {
-                        id: first_id + i as u64,
-                        kind: kind.clone(),
-                        params,
-                    })
-                })
-                .collect::<quiver_engine::Result<_>>()?;
-            let options = FanOutOptions::new(self.parallelism)
-                .threads_per_task(self.threads_per_trial)
-                .deadline_ms(deadline_ms);
-            let results = session
-                .fan_out_with(&tasks, Arc::clone(&registry), options, self.runner, |_| {})
-                .await?;
-            for (point, r) in points.into_iter().zip(results) {
-                trials.push(trial(point, r));
-            }
-            if let Some(log) = &self.trial_log {
-                write_log(session, log, &trials).await?;
-            }
-            if let Some(f) = &self.on_batch {
-                f(&trials);
-            }
+        let run = Run {
+            session,
+            registry,
+            kind,
+            grid,
+            limit,
+            deadline_ms,
+            started,
+        };
+        let reason = if self.asynchronous {
+            self.run_async(&run, &mut trials).await?
+        } else {
+            self.run_batches(&run, &mut trials).await?
+        };
+        if let Some(reason) = reason {
+            stopped = reason;
         }
         let best = trials
             .iter()
@@ -431,6 +392,175 @@ impl Search {
             trials,
             stopped,
         })
+    }
+
+    /// Batches of `parallelism` trials, each proposed from the trials before the batch: the
+    /// same seed gives the same trials on every runner, and a resumed search continues exactly
+    /// as an uninterrupted one would. Returns why it stopped early, if it did.
+    async fn run_batches(&self, run: &Run<'_>, trials: &mut Vec<Trial>) -> Result<Option<String>> {
+        loop {
+            if let Some(reason) = self.stop_reason(trials, run.started) {
+                return Ok(Some(reason));
+            }
+            if trials.len() >= run.limit {
+                return Ok(None);
+            }
+            let batch = self.parallelism.min(run.limit - trials.len());
+            let first_id = next_id(trials);
+            // Proposals depend only on the seed and the trials so far: a resumed search
+            // continues exactly as an uninterrupted one would.
+            let mut rng = proposal_rng(self.seed, first_id);
+            let mut points: Vec<Point> = Vec::with_capacity(batch);
+            for _ in 0..batch {
+                let p = self.propose(run, trials, &points, &mut rng);
+                points.push(p);
+            }
+            let tasks: Vec<Task> = points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| self.trial_task(run, first_id + i as u64, p))
+                .collect::<Result<_>>()?;
+            let options = FanOutOptions::new(self.parallelism)
+                .threads_per_task(self.threads_per_trial)
+                .deadline_ms(run.deadline_ms);
+            let results = run
+                .session
+                .fan_out_with(
+                    &tasks,
+                    Arc::clone(&run.registry),
+                    options,
+                    self.runner,
+                    |_| {},
+                )
+                .await?;
+            for (point, r) in points.into_iter().zip(results) {
+                trials.push(trial(point, r));
+            }
+            self.after_results(run, trials).await?;
+        }
+    }
+
+    /// A new trial whenever one ends (no slot waits for the slowest trial of a batch): each
+    /// proposal sees every finished trial, and the running ones as constant liars. Trials end
+    /// in whatever order they take, so the trials depend on timing, not only on the seed.
+    async fn run_async(&self, run: &Run<'_>, trials: &mut Vec<Trial>) -> Result<Option<String>> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut running: Vec<(u64, Point)> = Vec::new();
+        let mut in_flight = FuturesUnordered::new();
+        let mut id = next_id(trials);
+        let mut stop: Option<String> = None;
+        loop {
+            while stop.is_none()
+                && running.len() < self.parallelism
+                && trials.len() + running.len() < run.limit
+            {
+                if let Some(reason) = self.stop_reason(trials, run.started) {
+                    stop = Some(reason);
+                    break;
+                }
+                let liars: Vec<Point> = running.iter().map(|(_, p)| p.clone()).collect();
+                let point = self.propose(run, trials, &liars, &mut proposal_rng(self.seed, id));
+                let task = self.trial_task(run, id, &point)?;
+                running.push((id, point));
+                let options = FanOutOptions::new(1)
+                    .threads_per_task(self.threads_per_trial)
+                    .deadline_ms(run.deadline_ms);
+                let registry = Arc::clone(&run.registry);
+                let (session, runner) = (run.session.clone(), self.runner);
+                // Each trial is its own tokio task: a trial computing inside a query blocks
+                // the task that polls it, not the others.
+                let handle = match runner {
+                    // The local runner blocks its thread until the trial ends.
+                    Runner::Local => tokio::task::spawn_blocking(move || {
+                        fan_out_local(&[task], registry, options, |_| {})
+                    }),
+                    Runner::Embedded => tokio::spawn(async move {
+                        session
+                            .fan_out_with(&[task], registry, options, runner, |_| {})
+                            .await
+                    }),
+                };
+                in_flight.push(async move {
+                    let results = handle.await.map_err(|e| {
+                        QuiverError::internal(format!("a trial's task failed: {e}"))
+                    })?;
+                    Ok::<_, QuiverError>((id, results?))
+                });
+                id += 1;
+            }
+            let Some(done) = in_flight.next().await else {
+                return Ok(stop);
+            };
+            let (done_id, mut results) = done?;
+            let at = running
+                .iter()
+                .position(|(i, _)| *i == done_id)
+                .expect("a running trial");
+            let (_, point) = running.remove(at);
+            let r = results
+                .pop()
+                .ok_or_else(|| QuiverError::internal("a trial returned no result"))?;
+            let pos = trials.partition_point(|t| t.id < done_id);
+            trials.insert(pos, trial(point, r));
+            self.after_results(run, trials).await?;
+            if stop.is_none() {
+                stop = self.stop_reason(trials, run.started);
+            }
+        }
+    }
+
+    /// The next point: grid order, or a draw from `rng` given the finished trials and the
+    /// `pending` points (proposed, not finished: TPE's constant liars).
+    fn propose(
+        &self,
+        run: &Run<'_>,
+        trials: &[Trial],
+        pending: &[Point],
+        rng: &mut ChaCha8Rng,
+    ) -> Point {
+        if let Some(g) = &run.grid {
+            return g[trials.len() + pending.len()].clone();
+        }
+        match &self.algo {
+            Algo::Tpe(tpe) => {
+                let finished: Vec<(Point, f64)> = trials
+                    .iter()
+                    .filter(|t| t.status == TaskStatus::Ok)
+                    .filter_map(|t| t.loss.map(|l| (t.params.clone(), l)))
+                    .collect();
+                tpe.propose(&self.space, &finished, pending, rng)
+            }
+            _ => self.space.sample(rng),
+        }
+    }
+
+    /// The fan-out task of trial `id` at `point`.
+    fn trial_task(&self, run: &Run<'_>, id: u64, point: &Point) -> Result<Task> {
+        let params = match &self.objective {
+            ObjectiveKind::Closure(_) | ObjectiveKind::Task(_) => serde_json::to_string(point),
+            ObjectiveKind::TrainEval(spec) => {
+                let mut spec = spec.clone();
+                spec.params.extend(point.clone());
+                serde_json::to_string(&spec)
+            }
+        }
+        .map_err(|e| json_err("trial parameters", e))?;
+        Ok(Task {
+            id,
+            kind: run.kind.clone(),
+            params,
+        })
+    }
+
+    /// Log and report after new results.
+    async fn after_results(&self, run: &Run<'_>, trials: &[Trial]) -> Result<()> {
+        if let Some(log) = &self.trial_log {
+            write_log(run.session, log, trials).await?;
+        }
+        if let Some(f) = &self.on_batch {
+            f(trials);
+        }
+        Ok(())
     }
 
     fn stop_reason(&self, trials: &[Trial], started: Instant) -> Option<String> {
@@ -463,6 +593,27 @@ impl Search {
     }
 }
 
+/// What one run of a search shares between its steps.
+struct Run<'a> {
+    session: &'a QuiverSession,
+    registry: Arc<TaskRegistry>,
+    kind: String,
+    grid: Option<Vec<Point>>,
+    limit: usize,
+    deadline_ms: Option<i64>,
+    started: Instant,
+}
+
+/// The random stream of the proposals starting at trial `id`.
+fn proposal_rng(seed: u64, id: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// The id after the last trial's.
+fn next_id(trials: &[Trial]) -> u64 {
+    trials.last().map_or(0, |t| t.id + 1)
+}
+
 fn json_err(context: &str, source: serde_json::Error) -> QuiverError {
     QuiverError::Json {
         context: context.to_string(),
@@ -484,8 +635,8 @@ fn trial(params: Point, r: TaskResult) -> Trial {
     }
 }
 
-/// Reads a JSON-lines trial log; a missing log is an empty one. Trials must be numbered 0, 1,
-/// 2, … in order; a bad line is an error naming the file and the line.
+/// Reads a JSON-lines trial log; a missing log is an empty one. Trial ids must increase; a bad
+/// line is an error naming the file and the line.
 pub async fn read_log(session: &QuiverSession, location: &str) -> Result<Vec<Trial>> {
     let loc = quiver_engine::io::resolve(session.context(), &session.config().s3, location)?;
     let bytes = match loc.store.get(&loc.path).await {
@@ -513,14 +664,17 @@ pub async fn read_log(session: &QuiverSession, location: &str) -> Result<Vec<Tri
             param: "trial_log".to_string(),
             reason: format!("{location} line {}: {e}", i + 1),
         })?;
-        if t.id != trials.len() as u64 {
+        // Ids increase; an asynchronous search may leave gaps (trials running when it
+        // stopped).
+        if let Some(prev) = trials.last().map(|p: &Trial| p.id)
+            && t.id <= prev
+        {
             return Err(MllibError::InvalidParam {
                 param: "trial_log".to_string(),
                 reason: format!(
-                    "{location} line {}: trial id {} where {} was expected",
+                    "{location} line {}: trial id {} after {prev} (ids must increase)",
                     i + 1,
                     t.id,
-                    trials.len()
                 ),
             });
         }
