@@ -606,7 +606,7 @@ pub(crate) fn lost(id: u64, limit: std::time::Duration) -> TaskResult {
 
 /// Adds a cancelled result for every task of `tasks` with none in `results` (`running`: the
 /// start times of those known to have started).
-pub(crate) fn finish_missing(
+fn finish_missing(
     tasks: &[Task],
     results: &mut Vec<TaskResult>,
     running: &HashMap<u64, i64>,
@@ -841,15 +841,25 @@ pub async fn fan_out_embedded(
         &mut on_result,
     )
     .await?;
-    finish_missing(
+    Ok(complete(
         tasks,
-        &mut results,
-        &HashMap::new(),
+        results,
         options.deadline_ms,
         &mut on_result,
-    );
+    ))
+}
+
+/// `results` with a cancelled result for each task of `tasks` still missing (cut off by the
+/// deadline), by id.
+pub(crate) fn complete(
+    tasks: &[Task],
+    mut results: Vec<TaskResult>,
+    deadline_ms: Option<i64>,
+    on_result: &mut impl FnMut(&TaskResult),
+) -> Vec<TaskResult> {
+    finish_missing(tasks, &mut results, &HashMap::new(), deadline_ms, on_result);
     results.sort_by_key(|r| r.id);
-    Ok(results)
+    results
 }
 
 /// Runs `tasks` as one query, appending each result to `results` as it arrives, until all

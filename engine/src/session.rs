@@ -1,7 +1,7 @@
 //! `QuiverSession`: a DataFusion session with every Quiver function registered, Quiver's
 //! configuration, the compute pool of the local runner, and the data and model stores.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -482,15 +482,12 @@ impl QuiverSession {
                     pending.clear();
                 }
                 // What is still missing was cut off by the deadline.
-                fanout::finish_missing(
+                Ok(fanout::complete(
                     tasks,
-                    &mut results,
-                    &HashMap::new(),
+                    results,
                     options.deadline_ms,
                     &mut on_result,
-                );
-                results.sort_by_key(|r| r.id);
-                Ok(results)
+                ))
             }
         }
     }

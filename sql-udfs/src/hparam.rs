@@ -100,7 +100,7 @@ fn hparam_call(e: &Expr) -> Option<(String, Vec<&Expr>)> {
 }
 
 /// The prior of one tuned option.
-fn param_of(option: &str, call: &str, args: &[&Expr], model_type: &str) -> Result<Param> {
+fn param_of(option: &str, call: &str, args: &[&Expr]) -> Result<Param> {
     if !TUNABLE.contains(&option) {
         return Err(invalid(
             option,
@@ -175,7 +175,6 @@ fn param_of(option: &str, call: &str, args: &[&Expr], model_type: &str) -> Resul
             {
                 return Err(invalid(option, "candidates must be TRUE or FALSE"));
             }
-            let _ = model_type;
             Ok(hp::choice(option, values))
         }
         other => Err(invalid(
@@ -232,7 +231,7 @@ impl Tuning {
         let names: Vec<String> = options.keys().cloned().collect();
         for k in names {
             if let Some((call, args)) = hparam_call(&options[&k]) {
-                params.push(param_of(&k, &call, &args, model_type)?);
+                params.push(param_of(&k, &call, &args)?);
                 tuned.insert(k.clone(), options[&k].to_string());
                 options.remove(&k);
             }
