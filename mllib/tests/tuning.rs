@@ -518,6 +518,7 @@ async fn tpe_beats_random_on_a_logistic_regression_search() {
             folds: None,
             params: Point::new(),
             sql_options: false,
+            stages: Vec::new(),
         },
     )
     .max_evals(2)
@@ -547,6 +548,7 @@ async fn train_eval_cross_validates() {
         folds: Some(5),
         params: Point::new(),
         sql_options: false,
+        stages: Vec::new(),
     };
     let r = Search::train_eval(
         Space::new(vec![hp::loguniform("reg_param", 1e-4, 1.0)]).unwrap(),
@@ -736,4 +738,78 @@ async fn cross_validator_and_train_validation_split_refit_the_best_map() {
             && e.to_string().contains("unknown parameter 'nope'"),
         "{e}"
     );
+}
+
+/// Trials of a pipeline: feature stages before the estimator, their parameters searched like
+/// the estimator's (`stage.param`). Logistic regression standardises internally, so an
+/// explicit StandardScaler stage gives the same held-out loss; bad stage parameters are named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_eval_pipelines_search_stage_parameters() {
+    use quiver_mllib::tuning::{CrossValidator, ParamGridBuilder};
+    let s = session();
+    let space = Space::new(vec![
+        hp::choice(
+            "standard_scaler.with_mean",
+            [serde_json::json!(true), serde_json::json!(false)],
+        ),
+        hp::choice("reg_param", [serde_json::json!(0.01)]),
+    ])
+    .unwrap();
+    let spec = breast_cancer_spec().metric("log_loss").split_seed(4);
+    let plain = Search::train_eval(
+        Space::new(vec![hp::choice("reg_param", [serde_json::json!(0.01)])]).unwrap(),
+        spec.clone(),
+    )
+    .max_evals(1)
+    .run(&s)
+    .await
+    .unwrap();
+    let staged = Search::train_eval(space, spec.clone().stages(["standard_scaler"]))
+        .algo(Algo::Grid { points: 2 })
+        .max_evals(2)
+        .run(&s)
+        .await
+        .unwrap();
+    let base = plain.trials[0].loss.unwrap();
+    for t in &staged.trials {
+        let l = t.loss.unwrap_or_else(|| panic!("{t:?}"));
+        assert!((l - base).abs() <= 1e-4 * base, "{l} vs {base}: {t:?}");
+    }
+    // The best map refitted: assembler, scaler, estimator.
+    let cv = CrossValidator::new(spec.clone().stages(["min_max_scaler"]))
+        .param_grid(
+            ParamGridBuilder::new()
+                .add_grid("min_max_scaler.max", [1.0, 10.0])
+                .build(),
+        )
+        .num_folds(2)
+        .fit(&s)
+        .await
+        .unwrap();
+    assert_eq!(cv.best_model.stages().len(), 3);
+    // Unknown stage parameters, stages and stage-less parameters fail with their names.
+    for (stages, param, want) in [
+        (
+            vec!["standard_scaler"],
+            "standard_scaler.nope",
+            "unknown parameter 'nope' for standard_scaler",
+        ),
+        (vec!["pca"], "reg_param", "unknown stage 'pca'"),
+        (
+            vec![],
+            "standard_scaler.with_mean",
+            "parameter 'standard_scaler.with_mean': no stage 'standard_scaler'",
+        ),
+    ] {
+        let r = Search::train_eval(
+            Space::new(vec![hp::choice(param, [serde_json::json!(true)])]).unwrap(),
+            spec.clone().stages(stages),
+        )
+        .max_evals(1)
+        .run(&s)
+        .await
+        .unwrap();
+        let msg = r.trials[0].message.as_deref().unwrap_or_default();
+        assert!(msg.contains(want), "{msg}");
+    }
 }

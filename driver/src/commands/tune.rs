@@ -12,6 +12,7 @@
 //! metric = "log_loss"                 # optional; see TrainEval
 //! eval_fraction = 0.2                # or folds = 5 (k-fold cross-validation)
 //! name = "bc_tuned"                   # saved under this name (optional)
+//! stages = ["standard_scaler"]        # feature stages before the estimator (optional)
 //!
 //! [search]
 //! algo = "tpe"                        # random, grid
@@ -66,6 +67,7 @@ struct ModelSpec {
     split_seed: Option<u64>,
     folds: Option<usize>,
     name: Option<String>,
+    stages: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,12 +133,13 @@ pub async fn tune(
         folds: spec.model.folds,
         params: Point::new(),
         sql_options: false,
+        stages: spec.model.stages.clone().unwrap_or_default(),
     };
     // A bad estimator or parameter name fails here, not in every trial.
     let mut probe = train_eval.clone();
     probe.params =
         space.sample(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0));
-    objective::build(&probe)?;
+    objective::pipeline(&probe, &["probe".to_string()])?;
     let max_evals = s.max_evals.unwrap_or(50);
     let bar = progress(max_evals as u64, "trials");
     let bar_in = bar.clone();

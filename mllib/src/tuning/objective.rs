@@ -56,6 +56,12 @@ pub struct TrainEval {
     /// translated to the estimator's before it is built.
     #[serde(default)]
     pub sql_options: bool,
+    /// Feature stages fitted on each trial's training rows before the estimator (a
+    /// pipeline): `standard_scaler` (parameters `standard_scaler.with_mean`,
+    /// `standard_scaler.with_std`) and `min_max_scaler` (`min_max_scaler.min`,
+    /// `min_max_scaler.max`). A stage's parameters are searched like the estimator's.
+    #[serde(default)]
+    pub stages: Vec<String>,
 }
 
 fn default_fraction() -> f64 {
@@ -77,7 +83,14 @@ impl TrainEval {
             split_seed: 0,
             params: Point::new(),
             sql_options: false,
+            stages: Vec::new(),
         }
+    }
+
+    /// Feature stages before the estimator (see [`TrainEval::stages`]).
+    pub fn stages<S: Into<String>>(mut self, stages: impl IntoIterator<Item = S>) -> Self {
+        self.stages = stages.into_iter().map(Into::into).collect();
+        self
     }
 
     pub fn label(mut self, column: impl Into<String>) -> Self {
@@ -268,12 +281,18 @@ pub enum Built {
 /// The estimator `spec` names, with `spec.params` applied (unknown names and bad values are
 /// errors naming them).
 pub fn build(spec: &TrainEval) -> quiver_engine::Result<Built> {
+    let own: Point = spec
+        .params
+        .iter()
+        .filter(|(k, _)| !k.contains('.'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let translated;
     let p = if spec.sql_options {
-        translated = from_sql_options(&spec.estimator, &spec.params)?;
+        translated = from_sql_options(&spec.estimator, &own)?;
         &translated
     } else {
-        &spec.params
+        &own
     };
     Ok(match spec.estimator.as_str() {
         "logistic_regression" => {
@@ -435,14 +454,69 @@ pub async fn refit(
     let mut spec = spec.clone();
     spec.params.extend(params.clone());
     let data = spec.with_roles(Dataset::new(session.read(&spec.dataset).await?))?;
-    let names = data.feature_names()?;
-    let pipeline = crate::Pipeline::new().transformer(crate::VectorAssembler::new(&names));
-    let pipeline = match build(&spec)? {
+    pipeline(&spec, &data.feature_names()?)?
+        .fit(session, &data)
+        .await
+}
+
+/// `VectorAssembler(names) → stages → estimator`, with `spec.params` applied (a stage's as
+/// `stage.param`); unknown stages and parameters are errors naming them.
+pub fn pipeline(spec: &TrainEval, names: &[String]) -> quiver_engine::Result<crate::Pipeline> {
+    for k in spec.params.keys() {
+        if let Some((stage, _)) = k.split_once('.')
+            && !spec.stages.iter().any(|s| s == stage)
+        {
+            return Err(bad(format!(
+                "parameter '{k}': no stage '{stage}' in stages [{}]",
+                spec.stages.join(", ")
+            )));
+        }
+    }
+    let mut pipeline = crate::Pipeline::new().transformer(crate::VectorAssembler::new(names));
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let prefix = format!("{stage}.");
+        let p: Point = spec
+            .params
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone())))
+            .collect();
+        // Each stage writes its own column: the next one reads it.
+        let out = format!("stage_{i}_{stage}");
+        pipeline = match stage.as_str() {
+            "standard_scaler" => {
+                check_known(&p, &["with_mean", "with_std"], stage)?;
+                let mut e = crate::StandardScaler::new().output_col(out);
+                if let Some(v) = flag(&p, "with_mean")? {
+                    e = e.with_mean(v);
+                }
+                if let Some(v) = flag(&p, "with_std")? {
+                    e = e.with_std(v);
+                }
+                pipeline.estimator(e)
+            }
+            "min_max_scaler" => {
+                check_known(&p, &["min", "max"], stage)?;
+                let mut e = crate::MinMaxScaler::new().output_col(out);
+                if let Some(v) = num(&p, "min")? {
+                    e = e.min(v);
+                }
+                if let Some(v) = num(&p, "max")? {
+                    e = e.max(v);
+                }
+                pipeline.estimator(e)
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown stage '{other}'; use standard_scaler or min_max_scaler"
+                )));
+            }
+        };
+    }
+    Ok(match build(spec)? {
         Built::Logistic(e) => pipeline.estimator(e),
         Built::Linear(e) => pipeline.estimator(e),
         Built::KMeans(e) => pipeline.estimator(e),
-    };
-    pipeline.fit(session, &data).await
+    })
 }
 
 /// Whether a larger `metric` is better (its loss is then the negated value).
@@ -502,16 +576,18 @@ async fn train_eval_split(
         task: TRAIN_EVAL.to_string(),
         reason: e.to_string(),
     };
+    let names = train.feature_names()?;
+    let model = pipeline(spec, &names)?.fit(s, train).await.map_err(err)?;
+    let scored = model.transform(test).map_err(err)?;
     let (metrics, metric) = match build(spec)? {
-        Built::Logistic(e) => {
-            let model = e.fit(s, train).await.map_err(err)?;
-            let scored = model.transform(test).map_err(err)?;
+        Built::Logistic(_) => {
             let m = MulticlassClassificationEvaluator::new()
                 .evaluate(s, &scored)
                 .await
                 .map_err(err)?;
+            let binary = m.classes.len() <= 2;
             let mut metrics = json!({"accuracy": m.accuracy, "f1": m.f1});
-            if model.num_classes() == 2 {
+            if binary {
                 let b = BinaryClassificationEvaluator::new()
                     .evaluate(s, &scored)
                     .await
@@ -519,20 +595,15 @@ async fn train_eval_split(
                 metrics["log_loss"] = json!(b.log_loss);
                 metrics["area_under_roc"] = json!(b.area_under_roc);
             }
-            let default = if model.num_classes() == 2 {
-                "log_loss"
-            } else {
-                "accuracy"
-            };
+            let default = if binary { "log_loss" } else { "accuracy" };
             (
                 metrics,
                 spec.metric.clone().unwrap_or_else(|| default.to_string()),
             )
         }
-        Built::Linear(e) => {
-            let model = e.fit(s, train).await.map_err(err)?;
+        Built::Linear(_) => {
             let m = RegressionEvaluator::new()
-                .evaluate(s, &model.transform(test).map_err(err)?)
+                .evaluate(s, &scored)
                 .await
                 .map_err(err)?;
             (
@@ -540,10 +611,9 @@ async fn train_eval_split(
                 spec.metric.clone().unwrap_or_else(|| "rmse".to_string()),
             )
         }
-        Built::KMeans(e) => {
-            let model = e.fit(s, train).await.map_err(err)?;
+        Built::KMeans(_) => {
             let m = ClusteringEvaluator::new()
-                .evaluate(s, &model.transform(test).map_err(err)?)
+                .evaluate(s, &scored)
                 .await
                 .map_err(err)?;
             (
