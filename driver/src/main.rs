@@ -53,6 +53,10 @@ enum Command {
     Tune {
         /// The search spec (data, model, search, space).
         spec: std::path::PathBuf,
+        /// Run the trials on a Ballista cluster (df://host:port); overrides the spec's
+        /// `[search] cluster`.
+        #[arg(long, value_name = "URL")]
+        cluster: Option<String>,
     },
     /// Benchmarks on seeded synthetic data (build with --release for meaningful numbers).
     Bench {
@@ -235,6 +239,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Sql {
             cluster: Some(url), ..
         } => Some(url.clone()),
+        Command::Tune { spec, cluster } => match cluster {
+            Some(url) => Some(url.clone()),
+            None => tune::spec_cluster(spec)?,
+        },
         _ => None,
     };
     let session = match cluster_url {
@@ -258,7 +266,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             sql::run_sql(&session, &text, &mut out).await?;
         }
-        Command::Tune { spec } => {
+        Command::Tune { spec, .. } => {
             tune::tune(&session, &spec, &mut out).await?;
         }
         Command::Bench { case } => match case {

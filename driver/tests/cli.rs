@@ -307,6 +307,42 @@ fn cluster_up_status_sql_down_with_real_processes() {
         String::from_utf8_lossy(&q.stderr)
     );
     assert!(qt.contains("1797") && qt.contains("exec-"), "{qt}");
+    // A search whose trials run on the executors (`tune --cluster`).
+    let spec = dir.path().join("spec.toml");
+    let log = dir.path().join("trials.jsonl");
+    let bc = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet");
+    std::fs::write(
+        &spec,
+        format!(
+            "[data]\ndataset = \"{bc}\"\nlabel = \"label\"\n[model]\nestimator = \"logistic_regression\"\n\
+             [search]\nalgo = \"random\"\nmax_evals = 6\nparallelism = 2\ntrial_log = \"{}\"\n\
+             [space]\nreg_param = {{ loguniform = [1e-4, 1.0] }}\nmax_iter = {{ choice = [20] }}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let t = run(&[
+        "--models",
+        dir.path().join("m").to_str().unwrap(),
+        "tune",
+        spec.to_str().unwrap(),
+        "--cluster",
+        &url,
+    ]);
+    let tt = String::from_utf8_lossy(&t.stdout).to_string();
+    assert!(
+        t.status.success() && tt.contains("6 trials (6 ok, 0 failed, 0 cancelled)"),
+        "{tt}{}",
+        String::from_utf8_lossy(&t.stderr)
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    for line in log.lines() {
+        let trial: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            trial["worker"].as_str().unwrap().starts_with("exec-"),
+            "{line}"
+        );
+    }
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cluster_dir.join("cluster.json")).unwrap())
             .unwrap();

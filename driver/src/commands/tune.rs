@@ -25,6 +25,7 @@
 //! plot = "tune-convergence.svg"
 //! timeout_s = 600
 //! early_stop = 20                     # finished trials without progress
+//! cluster = "df://127.0.0.1:50050"    # trials on a cluster's executors (or --cluster URL)
 //!
 //! [space]
 //! reg_param = { loguniform = [1e-6, 100.0] }
@@ -85,6 +86,7 @@ struct SearchSpec {
     early_stop: Option<usize>,
     grid_points: Option<usize>,
     loss_threshold: Option<f64>,
+    cluster: Option<String>,
 }
 
 fn invalid(reason: String) -> QuiverError {
@@ -94,18 +96,26 @@ fn invalid(reason: String) -> QuiverError {
     }
 }
 
-/// Runs the search a spec file describes.
+fn read_spec(spec_path: &std::path::Path) -> Result<Spec> {
+    let text = std::fs::read_to_string(spec_path).map_err(|source| QuiverError::Io {
+        path: spec_path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| invalid(format!("{}: {e}", spec_path.display())))
+}
+
+/// The cluster a spec's trials run on (`[search] cluster`), if it names one.
+pub fn spec_cluster(spec_path: &std::path::Path) -> Result<Option<String>> {
+    Ok(read_spec(spec_path)?.search.cluster)
+}
+
+/// Runs the search a spec file describes (on a cluster session, trials run on the executors).
 pub async fn tune(
     session: &QuiverSession,
     spec_path: &std::path::Path,
     out: &mut dyn Write,
 ) -> Result<SearchResult> {
-    let text = std::fs::read_to_string(spec_path).map_err(|source| QuiverError::Io {
-        path: spec_path.to_path_buf(),
-        source,
-    })?;
-    let spec: Spec =
-        toml::from_str(&text).map_err(|e| invalid(format!("{}: {e}", spec_path.display())))?;
+    let spec = read_spec(spec_path)?;
     let space_json = serde_json::to_value(&spec.space).map_err(|e| invalid(e.to_string()))?;
     let mllib_err = |e: quiver_mllib::MllibError| QuiverError::from(e);
     let space = Space::from_json(&space_json).map_err(mllib_err)?;
@@ -150,7 +160,12 @@ pub async fn tune(
         .threads_per_trial(s.threads_per_trial.unwrap_or(1))
         .asynchronous(s.asynchronous.unwrap_or(false))
         .seed(s.seed.unwrap_or(0))
-        .runner(session.runner())
+        // On a cluster the executors run the trials.
+        .runner(if session.is_cluster() {
+            crate::Runner::Embedded
+        } else {
+            session.runner()
+        })
         .on_batch(move |trials| {
             bar_in.set_position(trials.len() as u64);
             let best = trials
