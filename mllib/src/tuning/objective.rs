@@ -135,10 +135,48 @@ impl TrainEval {
 #[derive(Debug, Default)]
 pub struct TrainEvalRunner;
 
-/// The process's trial session (local runner, one compute thread per trial) and its datasets.
+/// The process's trial session (local runner; each trial computes on its fan-out task's pool)
+/// and the datasets its trials use.
 struct TrialContext {
     session: QuiverSession,
-    data: Mutex<HashMap<String, Splits>>,
+    data: Mutex<DatasetCache>,
+}
+
+/// Datasets kept loaded, at most [`DatasetCache::CAPACITY`]: the least recently used goes first
+/// (a long-lived executor serves many searches, each over its own data).
+#[derive(Default)]
+struct DatasetCache {
+    entries: HashMap<String, (Splits, u64)>,
+    clock: u64,
+}
+
+impl DatasetCache {
+    const CAPACITY: usize = 4;
+
+    fn get(&mut self, key: &str) -> Option<Splits> {
+        self.clock += 1;
+        let now = self.clock;
+        self.entries.get_mut(key).map(|(splits, used)| {
+            *used = now;
+            Arc::clone(splits)
+        })
+    }
+
+    fn insert(&mut self, key: String, splits: Splits) {
+        self.clock += 1;
+        self.entries.insert(key, (splits, self.clock));
+        while self.entries.len() > Self::CAPACITY {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => self.entries.remove(&k),
+                None => break,
+            };
+        }
+    }
 }
 
 fn context() -> quiver_engine::Result<&'static TrialContext> {
@@ -154,7 +192,7 @@ fn context() -> quiver_engine::Result<&'static TrialContext> {
     let session = QuiverSession::embedded_with(config)?;
     Ok(CONTEXT.get_or_init(|| TrialContext {
         session,
-        data: Mutex::new(HashMap::new()),
+        data: Mutex::new(DatasetCache::default()),
     }))
 }
 
@@ -210,7 +248,7 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
     ))
     .unwrap_or_default();
     if let Some(d) = c.data.lock().expect("dataset cache").get(&key) {
-        return Ok(d.clone());
+        return Ok(d);
     }
     let weights: Vec<f64> = match spec.folds {
         Some(k) if k >= 2 => vec![1.0; k],
@@ -663,4 +701,25 @@ impl TaskRunner for TrainEvalRunner {
 /// The runner as the registry wants it.
 pub fn train_eval_runner() -> Arc<dyn TaskRunner> {
     Arc::new(TrainEvalRunner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dataset_cache_drops_the_least_recently_used() {
+        let mut c = DatasetCache::default();
+        let splits = || Arc::new(Vec::new());
+        for k in ["a", "b", "c", "d"] {
+            c.insert(k.to_string(), splits());
+        }
+        assert!(c.get("a").is_some());
+        c.insert("e".to_string(), splits());
+        assert!(c.get("b").is_none(), "b was the least recently used");
+        for k in ["a", "c", "d", "e"] {
+            assert!(c.get(k).is_some(), "{k}");
+        }
+        assert_eq!(c.entries.len(), DatasetCache::CAPACITY);
+    }
 }
