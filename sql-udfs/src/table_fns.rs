@@ -6,7 +6,8 @@
 //! - `ml_trial_info('m')`: the trials of a model trained with hyperparameter tuning
 //!   (`num_trials`): parameters, status, objective value, which one was kept;
 //! - `ml_evaluate('m', 'table')`: the evaluator metrics of the model on a table (which must have
-//!   the model's features and, for supervised models, its label column).
+//!   the model's features and, for supervised models, its label column); computed when the
+//!   query is scanned, or, on a cluster, when it is planned.
 
 use std::sync::Arc;
 
@@ -343,13 +344,30 @@ impl TableFunctionImpl for ModelTableFunction {
                         .map(|n| Field::new(*n, DataType::Float64, true))
                         .chain([Field::new("rows", DataType::Int64, false)])
                         .collect();
-                    return Ok(Arc::new(Evaluation {
+                    let evaluation = Evaluation {
                         base: self.base.clone(),
                         model,
                         model_type,
                         table,
                         schema: Arc::new(Schema::new(fields)),
-                    }));
+                    };
+                    if !self.base.is_cluster() {
+                        // Embedded: computed when scanned (planning alone costs nothing).
+                        return Ok(Arc::new(evaluation));
+                    }
+                    // On a cluster the plan goes to the scheduler, which cannot rebuild this
+                    // provider: compute the metrics now (their queries run on the executors)
+                    // and ship the one-row result inside the plan.
+                    let state = args
+                        .session()
+                        .as_any()
+                        .downcast_ref::<SessionState>()
+                        .ok_or_else(|| {
+                            SqlError::Invalid(
+                                "ml_evaluate needs a DataFusion session state".to_string(),
+                            )
+                        })?;
+                    quiver_engine::fanout::block_on(evaluation.compute(state))?
                 }
             };
             let schema = batch.schema();
