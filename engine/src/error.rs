@@ -205,6 +205,9 @@ const TASK_REJECTED: &str = "task could not be prepared or was rejected by execu
 
 fn cluster_hint(df: DataFusionError) -> QuiverError {
     let text = df.to_string();
+    if let Some(e) = bad_value_from_text(&text) {
+        return e;
+    }
     if text.contains(TASK_REJECTED) {
         QuiverError::Cluster(format!(
             "{text}: an executor could not run the plan's tasks; usually it is not a \
@@ -214,6 +217,27 @@ fn cluster_hint(df: DataFusionError) -> QuiverError {
     } else {
         QuiverError::DataFusion(df)
     }
+}
+
+/// An executor's "NaN in column 'x' (row 3 of a batch)" reaches a cluster client as text: read
+/// it back into [`QuiverError::InvalidValueInBatch`] so the runner locates the dataset row, as
+/// it does for the typed error embedded.
+fn bad_value_from_text(text: &str) -> Option<QuiverError> {
+    for kind in ["NaN", "null"] {
+        let marker = format!("{kind} in column '");
+        let Some(at) = text.find(&marker) else {
+            continue;
+        };
+        let rest = &text[at + marker.len()..];
+        let (column, rest) = rest.split_once("' (row ")?;
+        let (row, _) = rest.split_once(" of a batch)")?;
+        return Some(QuiverError::InvalidValueInBatch {
+            kind,
+            column: column.to_string(),
+            row_in_batch: row.parse().ok()?,
+        });
+    }
+    None
 }
 
 fn find_quiver_error(err: DataFusionError) -> std::result::Result<QuiverError, DataFusionError> {
@@ -263,5 +287,30 @@ impl From<QuiverError> for DataFusionError {
 impl std::fmt::Debug for QuiverError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_value_reported_as_text_is_read_back() {
+        let text = "External error: Execution error: NaN in column 'f2' (row 7 of a batch)";
+        match bad_value_from_text(text) {
+            Some(QuiverError::InvalidValueInBatch {
+                kind,
+                column,
+                row_in_batch,
+            }) => assert_eq!((kind, column.as_str(), row_in_batch), ("NaN", "f2", 7)),
+            other => panic!("{other:?}"),
+        }
+        let null = bad_value_from_text("null in column 'a b' (row 0 of a batch)");
+        assert!(matches!(
+            null,
+            Some(QuiverError::InvalidValueInBatch { kind: "null", .. })
+        ));
+        assert!(bad_value_from_text("NaN in column 'x' at row 3").is_none());
+        assert!(bad_value_from_text("something else").is_none());
     }
 }

@@ -444,6 +444,61 @@ async fn search_trials_fan_out_to_executors_with_the_same_results() {
     );
 }
 
+/// A NaN in the data: the cluster's error names the column and the row in the whole dataset
+/// (not in the executor's batch), exactly as the embedded error does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nan_on_the_cluster_is_named_by_its_dataset_row() {
+    use arrow::array::{ArrayRef, Float64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    quiver_executor::install().unwrap();
+    let cluster = LocalCluster::start(2);
+    let dir = cluster.dir.path().join("nan");
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Float64, false),
+        Field::new("b", DataType::Float64, false),
+    ]));
+    for file in 0..2 {
+        let a: Vec<f64> = (0..50).map(|i| (file * 50 + i) as f64).collect();
+        let mut b: Vec<f64> = a.iter().map(|x| x * 0.5).collect();
+        if file == 1 {
+            b[7] = f64::NAN;
+        }
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                std::sync::Arc::new(Float64Array::from(a)) as ArrayRef,
+                std::sync::Arc::new(Float64Array::from(b)) as ArrayRef,
+            ],
+        )
+        .unwrap();
+        let f = std::fs::File::create(dir.join(format!("part-{file}.parquet"))).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, schema.clone(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+    let data = dir.to_string_lossy().to_string();
+    let store = cluster.dir.path().join("m");
+    let mut messages = Vec::new();
+    for s in [
+        QuiverSession::embedded_with(config(&store)).unwrap(),
+        QuiverSession::remote_with(&cluster.url(), config(&store))
+            .await
+            .unwrap(),
+    ] {
+        let ds = Dataset::new(s.read(&data).await.unwrap())
+            .with_features(["a", "b"])
+            .unwrap();
+        let err = s
+            .summarize(&ds, quiver_engine::Runner::Embedded)
+            .await
+            .unwrap_err();
+        messages.push(err.to_string());
+    }
+    assert_eq!(messages[0], "NaN in column 'b' at row 57", "embedded");
+    assert_eq!(messages[1], messages[0], "cluster");
+}
+
 /// An executor SIGKILLed while trials run on it: the search still finishes, every trial is
 /// there once, and the lost trials were run again elsewhere (same results as a local run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
