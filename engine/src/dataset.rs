@@ -320,10 +320,13 @@ impl Dataset {
             .iter()
             .map(|c| col(quoted_name(c)))
             .collect();
-        let streams = self
-            .df
-            .clone()
-            .select(cols)?
+        // Planned in this process even on a cluster session: a distributed query returns its
+        // partitions in no particular order, and the row numbers must follow the data's order.
+        let (state, plan) = self.df.clone().select(cols)?.into_parts();
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
+            .with_query_planner(Arc::new(InProcessPlanner))
+            .build();
+        let streams = DataFrame::new(state, plan)
             .execute_stream_partitioned()
             .await?;
         let mut row = 0u64;
@@ -341,7 +344,8 @@ impl Dataset {
 
     /// Finds the first null or NaN in the feature, label or weight columns, in the dataset's
     /// natural order (partition by partition), and returns it as an error value naming the
-    /// column and the row. `None` when every value is valid.
+    /// column and the row. `None` when every value is valid. Runs in this process, also for a
+    /// cluster session (it reads the data itself).
     pub async fn locate_invalid(&self) -> Result<Option<QuiverError>> {
         let names = self.role_columns()?;
         let mut found: Option<QuiverError> = None;
@@ -381,10 +385,13 @@ impl Dataset {
         let dim = feature_names.len();
         let roles = Arc::new((self.features.len(), self.label.clone(), self.weight.clone()));
         let cols: Vec<Expr> = names.iter().map(|c| col(quoted_name(c))).collect();
-        let streams = self
-            .df
-            .clone()
-            .select(cols)?
+        // Planned in this process even on a cluster session: a distributed query returns its
+        // partitions in no particular order, and the row numbers must follow the data's order.
+        let (state, plan) = self.df.clone().select(cols)?.into_parts();
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
+            .with_query_planner(Arc::new(InProcessPlanner))
+            .build();
+        let streams = DataFrame::new(state, plan)
             .execute_stream_partitioned()
             .await?;
         // Partitions are read and assembled in parallel; rows are numbered within a partition
@@ -732,5 +739,24 @@ impl LocalFrame {
             });
         }
         Ok(())
+    }
+}
+
+/// DataFusion's own physical planning, in this process (a cluster session's state plans for
+/// the cluster instead).
+#[derive(Debug)]
+struct InProcessPlanner;
+
+#[async_trait::async_trait]
+impl datafusion::execution::context::QueryPlanner for InProcessPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &datafusion::logical_expr::LogicalPlan,
+        session_state: &dyn datafusion::catalog::Session,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        use datafusion::physical_planner::PhysicalPlanner;
+        datafusion::physical_planner::DefaultPhysicalPlanner::default()
+            .create_physical_plan(logical_plan, session_state)
+            .await
     }
 }

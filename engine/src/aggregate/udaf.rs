@@ -255,10 +255,11 @@ pub async fn run_embedded<S: Statistic>(dataset: &Dataset, stat: Arc<S>) -> Resu
         .aggregate(vec![], vec![udaf.call(args).alias("state")])?;
     let batches = match df.collect().await.map_err(QuiverError::from) {
         Ok(b) => b,
-        Err(QuiverError::InvalidValueInBatch { .. } | QuiverError::VectorLengthInBatch { .. }) => {
-            return Err(dataset.locate_invalid().await?.unwrap_or_else(|| {
-                QuiverError::internal("a null or NaN was reported but could not be located")
-            }));
+        Err(
+            e @ (QuiverError::InvalidValueInBatch { .. } | QuiverError::VectorLengthInBatch { .. }),
+        ) => {
+            // The dataset row; if the data cannot be read here, the batch's row at least.
+            return Err(dataset.locate_invalid().await.ok().flatten().unwrap_or(e));
         }
         Err(e) => return Err(e),
     };
