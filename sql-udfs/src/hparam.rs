@@ -15,9 +15,11 @@
 //!
 //! The query's rows are written once to a Parquet file next to the model; every trial is a
 //! `quiver.train_eval` task over that file (so trials run on cluster executors too), holding
-//! out `data_split_eval_fraction` (default 0.2) of the rows with the statement's seed. The
-//! best trial's options then train the stored model as usual, and the trials are recorded with
-//! it (`ml_trial_info('model')`). The file is removed afterwards, whatever happens.
+//! out `data_split_eval_fraction` (default 0.2) of the rows with the statement's seed — the
+//! same rows the stored model is evaluated on when the statement splits (a row's side depends
+//! only on its values and the seed); with `no_split` the trials still hold rows out. The best
+//! trial's options then train the stored model as usual, and the trials are recorded with it
+//! (`ml_trial_info('model')`). The file is removed afterwards, whatever happens.
 
 use std::collections::BTreeMap;
 

@@ -153,7 +153,8 @@ async fn written_parquet_reads_back_with_the_same_summary() {
 }
 
 /// A tuned CREATE MODEL keeps the best trial's values as the model's options (the final fit
-/// used them), records every trial, and leaves no training snapshot behind in the store.
+/// used them), scores trials on the model's own held-out rows, records every trial, and
+/// leaves no training snapshot behind in the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tuned_create_model_keeps_the_best_trials_options() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,7 +168,8 @@ async fn tuned_create_model_keeps_the_best_trials_options() {
         "CREATE MODEL dia OPTIONS (model_type = 'linear_reg', input_label_cols = ['target'], \
          num_trials = 6, max_parallel_trials = 2, hparam_tuning_algorithm = 'random_search', \
          hparam_tuning_objectives = ['mean_squared_error'], l1_reg = HPARAM_RANGE(0, 5), \
-         l2_reg = HPARAM_CANDIDATES([0.0, 0.5, 2.0]), fit_intercept = TRUE) \
+         l2_reg = HPARAM_CANDIDATES([0.0, 0.5, 2.0]), fit_intercept = TRUE, \
+         data_split_method = 'random', data_split_eval_fraction = 0.25, seed = 9) \
          AS SELECT * FROM '{}'",
         data.display()
     ))
@@ -200,6 +202,17 @@ async fn tuned_create_model_keeps_the_best_trials_options() {
     }
     assert_eq!(options["fit_intercept"], true, "fixed options stay");
     assert_eq!(tuning["tuned"]["l1_reg"], "HPARAM_RANGE(0, 5)");
+    // Trials and the stored model use the same held-out rows (a row's side depends only on
+    // its values and the seed): the best trial's score is the model's evaluation.
+    assert_eq!(meta.metrics["evaluated_on"], "held-out rows");
+    let (trial_mse, model_mse) = (
+        best["metrics"]["mse"].as_f64().unwrap(),
+        meta.metrics["values"]["mse"].as_f64().unwrap(),
+    );
+    assert!(
+        (trial_mse - model_mse).abs() <= 1e-9 * model_mse,
+        "{trial_mse} vs {model_mse}"
+    );
     let left: Vec<String> = std::fs::read_dir(dir.path().join("models/dia"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
