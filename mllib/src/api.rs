@@ -1,12 +1,16 @@
 //! The MLlib API: an [`Estimator`] fits a [`Model`]; a model is a [`Transformer`] that adds its
 //! output column lazily; models save to and load from the model store ([`save`], [`load`]).
+//! [`DynEstimator`] and [`DynModel`] are the same behind a pointer (what pipelines and the
+//! catalogue hold); [`RowStage`] says what a fitted stage does to one row.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use quiver_engine::{Dataset, ModelDraft, ModelMetadata, ModelStore, QuiverSession};
+use quiver_engine::{BatchFunction, Dataset, ModelDraft, ModelMetadata, ModelStore, QuiverSession};
 
 use crate::error::{MllibError, Result};
 
@@ -16,8 +20,8 @@ pub trait Transformer: Send + Sync + Debug {
 
     /// What this stage does to one row's feature vector, for applying a fitted model inside a
     /// single SQL function call (`ml_predict`). Column-wise stages keep the default.
-    fn row_stage(&self) -> crate::rowwise::RowStage {
-        crate::rowwise::RowStage::Unsupported
+    fn row_stage(&self) -> RowStage {
+        RowStage::Unsupported
     }
 
     /// The fitted weight vectors, labelled (`"class 1"`, `"cluster 3"`, `"coefficients"`):
@@ -51,6 +55,62 @@ pub trait Model: Transformer + Sized {
 
     /// Rebuilds the model from what [`Model::to_parts`] wrote.
     fn from_parts(metadata: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<Self>;
+}
+
+/// What one fitted stage does to a row, for row-wise application (`ml_predict`).
+#[derive(Debug, Clone)]
+pub enum RowStage {
+    /// Builds the feature vector from these input columns (a `VectorAssembler`).
+    Assemble(Vec<String>),
+    /// Maps the feature vector to another vector (a scaler).
+    Map(Arc<dyn BatchFunction>),
+    /// The final predictor: a prediction per row, and class probabilities where it has them.
+    Predict {
+        prediction: Arc<dyn BatchFunction>,
+        probability: Option<Arc<dyn BatchFunction>>,
+    },
+    /// A nested pipeline: its stages, in order.
+    Pipeline(Vec<Arc<dyn DynModel>>),
+    /// Works on columns rather than on the feature vector (e.g. a `StringIndexer`).
+    Unsupported,
+}
+
+/// A fitted model behind a pointer: what a pipeline holds.
+pub trait DynModel: Transformer {
+    fn kind(&self) -> &'static str;
+    fn format_version(&self) -> u32;
+    fn dyn_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)>;
+}
+
+impl<M: Model> DynModel for M {
+    fn kind(&self) -> &'static str {
+        M::KIND
+    }
+
+    fn format_version(&self) -> u32 {
+        M::FORMAT_VERSION
+    }
+
+    fn dyn_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
+        self.to_parts()
+    }
+}
+
+/// A boxed fit, as [`DynEstimator::fit_dyn`] returns it.
+pub type BoxedFit<'a> = Pin<Box<dyn Future<Output = Result<Arc<dyn DynModel>>> + Send + 'a>>;
+
+/// An estimator behind a pointer: what a pipeline and the catalogue hold.
+pub trait DynEstimator: Send + Sync + Debug {
+    fn fit_dyn<'a>(&'a self, session: &'a QuiverSession, data: &'a Dataset) -> BoxedFit<'a>;
+}
+
+impl<E: Estimator> DynEstimator for E
+where
+    E::Model: 'static,
+{
+    fn fit_dyn<'a>(&'a self, session: &'a QuiverSession, data: &'a Dataset) -> BoxedFit<'a> {
+        Box::pin(async move { Ok(Arc::new(self.fit(session, data).await?) as Arc<dyn DynModel>) })
+    }
 }
 
 /// Saves `model` as a new version of `name`; returns its metadata.

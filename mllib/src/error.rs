@@ -10,6 +10,26 @@ pub enum MllibError {
     #[error("invalid parameter '{param}': {reason}")]
     InvalidParam { param: String, reason: String },
 
+    #[error("unknown parameter '{param}' for {algorithm}; known: {known}")]
+    UnknownParam {
+        param: String,
+        algorithm: String,
+        known: String,
+    },
+
+    #[error("unknown algorithm '{name}'; the catalogue holds {known}")]
+    UnknownAlgorithm { name: String, known: String },
+
+    #[error("unknown option '{option}' for model_type '{model_type}'; valid options: {valid}")]
+    UnknownOption {
+        option: String,
+        model_type: String,
+        valid: String,
+    },
+
+    #[error("invalid option '{option}': {reason}")]
+    InvalidOption { option: String, reason: String },
+
     #[error("invalid parameter 'reg_param': {0} is negative (or not finite); it must be >= 0")]
     NegativeRegParam(f64),
 

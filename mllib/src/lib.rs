@@ -12,6 +12,7 @@
 //! engine ([`quiver_engine::Summarizer`]).
 
 pub mod api;
+pub mod catalog;
 pub mod classification;
 pub mod clustering;
 pub mod error;
@@ -24,13 +25,15 @@ pub mod regression;
 pub mod rowwise;
 pub mod tuning;
 
-pub use api::{Estimator, Model, Transformer, load, save};
+pub use api::{DynEstimator, DynModel, Estimator, Model, RowStage, Transformer, load, save};
+pub use catalog::{ALGORITHMS, Algorithm, Task};
 pub use classification::{Family, LogisticRegression, LogisticRegressionModel, LogisticSummary};
 pub use clustering::{KMeans, KMeansInit, KMeansModel, KMeansSummary};
 pub use error::{MllibError, Result};
 pub use evaluation::{
     BinaryClassificationEvaluator, BinaryMetrics, ClusteringEvaluator, ClusteringMetrics,
-    MulticlassClassificationEvaluator, MulticlassMetrics, RegressionEvaluator, RegressionMetrics,
+    ExplainedVarianceEvaluator, ExplainedVarianceMetrics, MulticlassClassificationEvaluator,
+    MulticlassMetrics, RegressionEvaluator, RegressionMetrics,
 };
 pub use feature::{
     HandleInvalid, Imputer, ImputerModel, ImputerStrategy, MinMaxScaler, MinMaxScalerModel,
@@ -39,17 +42,13 @@ pub use feature::{
 };
 pub use pipeline::{Pipeline, PipelineModel};
 pub use regression::{LinearRegression, LinearRegressionModel, TrainingSummary};
-pub use rowwise::{RowPredictor, RowStage, load_dyn};
+pub use rowwise::{RowPredictor, load_dyn};
 
 use quiver_engine::FunctionRegistry;
 
-/// Adds MLlib's fan-out task runners to `registry`: the built-in trial objective
-/// (`quiver.train_eval`), so that any process can run search trials.
+/// Adds every algorithm's and feature stage's functions (from the [`catalog`]), the
+/// evaluators' statistics and the built-in trial objective (`quiver.train_eval`) to
+/// `registry`, so that any process can run them.
 pub fn register(registry: &mut FunctionRegistry) -> quiver_engine::Result<()> {
-    classification::register(registry)?;
-    clustering::register(registry)?;
-    regression::register(registry)?;
-    feature::register(registry)?;
-    evaluation::register(registry)?;
-    registry.add_task(tuning::objective::train_eval_runner())
+    catalog::register(registry)
 }

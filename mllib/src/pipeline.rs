@@ -2,8 +2,6 @@
 //! (the fitted stages), which persists as one model in the store.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,52 +9,10 @@ use quiver_engine::store::FeatureField;
 use quiver_engine::{Dataset, ModelDraft, ModelMetadata, QuiverSession};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Estimator, Model, Transformer};
-use crate::classification::LogisticRegressionModel;
-use crate::clustering::KMeansModel;
+pub use crate::api::{DynEstimator, DynModel};
+use crate::api::{Estimator, Model, RowStage, Transformer};
+use crate::catalog::load_stage;
 use crate::error::{MllibError, Result};
-use crate::feature::{
-    ImputerModel, MinMaxScalerModel, OneHotEncoderModel, StandardScalerModel, StringIndexerModel,
-    VectorAssembler,
-};
-use crate::regression::LinearRegressionModel;
-
-/// A fitted model behind a pointer: what a pipeline holds.
-pub trait DynModel: Transformer {
-    fn kind(&self) -> &'static str;
-    fn format_version(&self) -> u32;
-    fn dyn_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)>;
-}
-
-impl<M: Model> DynModel for M {
-    fn kind(&self) -> &'static str {
-        M::KIND
-    }
-
-    fn format_version(&self) -> u32 {
-        M::FORMAT_VERSION
-    }
-
-    fn dyn_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
-        self.to_parts()
-    }
-}
-
-type BoxedFit<'a> = Pin<Box<dyn Future<Output = Result<Arc<dyn DynModel>>> + Send + 'a>>;
-
-/// An estimator behind a pointer: what a pipeline holds.
-pub trait DynEstimator: Send + Sync + std::fmt::Debug {
-    fn fit_dyn<'a>(&'a self, session: &'a QuiverSession, data: &'a Dataset) -> BoxedFit<'a>;
-}
-
-impl<E: Estimator> DynEstimator for E
-where
-    E::Model: 'static,
-{
-    fn fit_dyn<'a>(&'a self, session: &'a QuiverSession, data: &'a Dataset) -> BoxedFit<'a> {
-        Box::pin(async move { Ok(Arc::new(self.fit(session, data).await?) as Arc<dyn DynModel>) })
-    }
-}
 
 /// One stage of a [`Pipeline`].
 #[derive(Debug, Clone)]
@@ -91,6 +47,12 @@ impl Pipeline {
         E::Model: 'static,
     {
         self.stages.push(Stage::Estimator(Arc::new(e)));
+        self
+    }
+
+    /// Appends an estimator stage held behind a pointer (e.g. one the catalogue built).
+    pub fn dyn_estimator(mut self, e: Arc<dyn DynEstimator>) -> Self {
+        self.stages.push(Stage::Estimator(e));
         self
     }
 
@@ -150,8 +112,8 @@ impl Transformer for PipelineModel {
         Ok(current)
     }
 
-    fn row_stage(&self) -> crate::rowwise::RowStage {
-        crate::rowwise::RowStage::Pipeline(self.stages.clone())
+    fn row_stage(&self) -> RowStage {
+        RowStage::Pipeline(self.stages.clone())
     }
 
     /// The last stage's.
@@ -176,43 +138,6 @@ struct StageRecord {
     #[serde(default)]
     training_summary: serde_json::Value,
     parts: Vec<String>,
-}
-
-/// Rebuilds a stage from its metadata and parts, by kind.
-pub(crate) fn load_stage(
-    meta: &ModelMetadata,
-    parts: &BTreeMap<String, Bytes>,
-) -> Result<Arc<dyn DynModel>> {
-    fn build<M: Model + 'static>(
-        meta: &ModelMetadata,
-        parts: &BTreeMap<String, Bytes>,
-    ) -> Result<Arc<dyn DynModel>> {
-        if meta.format_version > M::FORMAT_VERSION {
-            return Err(MllibError::UnsupportedFormatVersion {
-                name: meta.name.clone(),
-                kind: meta.kind.clone(),
-                found: meta.format_version,
-                supported: M::FORMAT_VERSION,
-            });
-        }
-        Ok(Arc::new(M::from_parts(meta, parts)?))
-    }
-    match meta.kind.as_str() {
-        StandardScalerModel::KIND => build::<StandardScalerModel>(meta, parts),
-        MinMaxScalerModel::KIND => build::<MinMaxScalerModel>(meta, parts),
-        VectorAssembler::KIND => build::<VectorAssembler>(meta, parts),
-        StringIndexerModel::KIND => build::<StringIndexerModel>(meta, parts),
-        OneHotEncoderModel::KIND => build::<OneHotEncoderModel>(meta, parts),
-        ImputerModel::KIND => build::<ImputerModel>(meta, parts),
-        LinearRegressionModel::KIND => build::<LinearRegressionModel>(meta, parts),
-        KMeansModel::KIND => build::<KMeansModel>(meta, parts),
-        LogisticRegressionModel::KIND => build::<LogisticRegressionModel>(meta, parts),
-        PipelineModel::KIND => build::<PipelineModel>(meta, parts),
-        other => Err(MllibError::UnknownModelKind {
-            name: meta.name.clone(),
-            kind: other.to_string(),
-        }),
-    }
 }
 
 impl Model for PipelineModel {

@@ -10,26 +10,10 @@ use arrow::datatypes::DataType;
 use quiver_engine::vector::vector_values;
 use quiver_engine::{BatchFunction, FeatureBatch, ModelMetadata, ModelStore, QuiverError};
 
+use crate::api::DynModel;
+pub use crate::api::RowStage;
+use crate::catalog::load_stage;
 use crate::error::{MllibError, Result};
-use crate::pipeline::{DynModel, load_stage};
-
-/// What one fitted stage does to a row, for row-wise application.
-#[derive(Debug, Clone)]
-pub enum RowStage {
-    /// Builds the feature vector from these input columns (a `VectorAssembler`).
-    Assemble(Vec<String>),
-    /// Maps the feature vector to another vector (a scaler).
-    Map(Arc<dyn BatchFunction>),
-    /// The final predictor: a prediction per row, and class probabilities where it has them.
-    Predict {
-        prediction: Arc<dyn BatchFunction>,
-        probability: Option<Arc<dyn BatchFunction>>,
-    },
-    /// A nested pipeline: its stages, in order.
-    Pipeline(Vec<Arc<dyn DynModel>>),
-    /// Works on columns rather than on the feature vector (e.g. a `StringIndexer`).
-    Unsupported,
-}
 
 /// A fitted model as functions of its input rows.
 #[derive(Debug, Clone)]

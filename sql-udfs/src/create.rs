@@ -1,19 +1,16 @@
 //! `CREATE MODEL … OPTIONS (…) AS SELECT …`: fits a model on the query's result (features =
 //! every selected column but the label), evaluates it, stores a new version.
 //!
-//! Options follow BigQuery ML's names:
+//! The model types and the options each takes come from the catalogue
+//! (`quiver_mllib::catalog`): the statement builds a `TrainEval` from them — the same
+//! specification a search trial trains — runs the search when tuning, and fits the pipeline
+//! `VectorAssembler → estimator` on the training rows. The options every model type takes
+//! (BigQuery ML's names):
 //!
 //! | option | model types | meaning |
 //! |---|---|---|
-//! | `model_type` | all | `'logistic_reg'`, `'linear_reg'` or `'kmeans'` (required) |
+//! | `model_type` | all | the catalogue's SQL names: `'logistic_reg'`, `'linear_reg'`, `'kmeans'`, … (required) |
 //! | `input_label_cols` | supervised | `['label_column']` (required for them) |
-//! | `max_iterations` | all | optimiser iterations / Lloyd passes |
-//! | `l1_reg`, `l2_reg` | supervised | penalty weights: `l1·‖w‖₁ + l2/2·‖w‖²` on standardised coefficients |
-//! | `fit_intercept` | supervised | default TRUE |
-//! | `standardize_features` | supervised | penalise standardised coefficients, default TRUE |
-//! | `min_rel_progress` | logistic_reg, kmeans | stop when the relative improvement falls below |
-//! | `num_clusters` | kmeans | k (required) |
-//! | `kmeans_init_method` | kmeans | `'kmeans++'` (k-means‖, default) or `'random'` |
 //! | `data_split_method` | all | `'auto_split'` (default: 20% held out from 500 rows), `'random'`, `'no_split'` |
 //! | `data_split_eval_fraction` | all | held-out fraction for `'random'` (default 0.2) |
 //! | `seed` | all | seed of the split and of k-means' initialisation (default 42) |
@@ -30,11 +27,10 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Expr, Statement as SQLStatement};
 use quiver_engine::store::FeatureField;
 use quiver_engine::{Dataset, QuiverSession, Summarizer};
-use quiver_mllib::{
-    BinaryClassificationEvaluator, ClusteringEvaluator, Estimator, KMeans, KMeansInit,
-    LinearRegression, LogisticRegression, Model, MulticlassClassificationEvaluator, Pipeline,
-    PipelineModel, RegressionEvaluator, Transformer, VectorAssembler,
-};
+use quiver_mllib::catalog::{self, Algorithm, OptionType, Task};
+use quiver_mllib::tuning::objective::pipeline;
+use quiver_mllib::tuning::{Point, TrainEval};
+use quiver_mllib::{Estimator, Model, PipelineModel, Transformer};
 use serde_json::{Value, json};
 
 use crate::error::{Result, SqlError};
@@ -44,41 +40,33 @@ use crate::statement::{
     CreateModel, expr_bool, expr_f64, expr_json, expr_str, expr_str_list, expr_usize,
 };
 
-/// The model types and the options each accepts.
+/// The options every model type accepts (besides the tuning options).
 const COMMON: &[&str] = &[
     "model_type",
-    "max_iterations",
     "data_split_method",
     "data_split_eval_fraction",
     "seed",
 ];
-const SUPERVISED: &[&str] = &[
-    "input_label_cols",
-    "l1_reg",
-    "l2_reg",
-    "fit_intercept",
-    "standardize_features",
-];
 
-fn valid_options(model_type: &str) -> Option<Vec<&'static str>> {
-    let extra: &[&str] = match model_type {
-        "logistic_reg" => &["min_rel_progress"],
-        "linear_reg" => &[],
-        "kmeans" => &["num_clusters", "kmeans_init_method", "min_rel_progress"],
-        _ => return None,
-    };
+/// The options `algorithm` accepts in a statement.
+fn valid_options(algorithm: &Algorithm) -> Vec<&'static str> {
     let mut all: Vec<&str> = COMMON.to_vec();
     all.extend(TUNING_OPTIONS);
-    if model_type != "kmeans" {
-        all.extend(SUPERVISED);
+    if algorithm.task.supervised() {
+        all.push("input_label_cols");
     }
-    all.extend(extra);
-    Some(all)
+    for o in algorithm.option_names() {
+        if !all.contains(&o) {
+            all.push(o);
+        }
+    }
+    all
 }
 
 /// The validated options of one statement.
 struct Options {
     model_type: String,
+    algorithm: &'static Algorithm,
     map: BTreeMap<String, Expr>,
 }
 
@@ -90,18 +78,20 @@ impl Options {
             None => {
                 return Err(SqlError::InvalidOption {
                     option: "model_type".to_string(),
-                    reason: "missing; use 'logistic_reg', 'linear_reg' or 'kmeans'".to_string(),
+                    reason: format!("missing; use one of {}", catalog::model_type_list()),
                 });
             }
         };
-        let Some(valid) = valid_options(&model_type) else {
+        let Some(algorithm) = catalog::by_model_type(&model_type) else {
             return Err(SqlError::InvalidOption {
                 option: "model_type".to_string(),
                 reason: format!(
-                    "unknown model_type '{model_type}'; use 'logistic_reg', 'linear_reg' or 'kmeans'"
+                    "unknown model_type '{model_type}'; use one of {}",
+                    catalog::model_type_list()
                 ),
             });
         };
+        let valid = valid_options(algorithm);
         for k in map.keys() {
             if !valid.contains(&k.as_str()) {
                 return Err(SqlError::UnknownOption {
@@ -111,7 +101,11 @@ impl Options {
                 });
             }
         }
-        Ok(Options { model_type, map })
+        Ok(Options {
+            model_type,
+            algorithm,
+            map,
+        })
     }
 
     fn f64(&self, key: &str) -> Result<Option<f64>> {
@@ -122,44 +116,36 @@ impl Options {
         self.map.get(key).map(|e| expr_usize(key, e)).transpose()
     }
 
-    fn bool(&self, key: &str) -> Result<Option<bool>> {
-        self.map.get(key).map(|e| expr_bool(key, e)).transpose()
-    }
-
     fn str(&self, key: &str) -> Result<Option<String>> {
         self.map.get(key).map(|e| expr_str(key, e)).transpose()
     }
 
-    fn non_negative(&self, key: &str) -> Result<f64> {
-        match self.f64(key)? {
-            None => Ok(0.0),
-            Some(v) if v >= 0.0 && v.is_finite() => Ok(v),
-            Some(v) => Err(SqlError::InvalidOption {
-                option: key.to_string(),
-                reason: format!("must be ≥ 0, got {v}"),
-            }),
+    /// The algorithm's options in the statement (tuned ones already taken out) as SQL option
+    /// values, each read by its type and checked by the catalogue; a required option that is
+    /// neither given nor tuned is an error naming it.
+    fn algorithm_options(&self, tuned: &[String]) -> Result<Point> {
+        let a = self.algorithm;
+        let mut out = Point::new();
+        for o in a.options {
+            let Some(e) = self.map.get(o.name) else {
+                if o.required && !tuned.iter().any(|t| t == o.name) {
+                    return Err(SqlError::InvalidOption {
+                        option: o.name.to_string(),
+                        reason: format!("missing; {} needs {}", self.model_type, o.doc),
+                    });
+                }
+                continue;
+            };
+            let v = match o.ty {
+                OptionType::NonNegative | OptionType::Fraction => json!(expr_f64(o.name, e)?),
+                OptionType::Count | OptionType::Whole => json!(expr_usize(o.name, e)?),
+                OptionType::Bool => json!(expr_bool(o.name, e)?),
+                OptionType::Text(_) => json!(expr_str(o.name, e)?),
+            };
+            o.convert(&v)?;
+            out.insert(o.name.to_string(), v);
         }
-    }
-
-    fn positive_usize(&self, key: &str) -> Result<Option<usize>> {
-        match self.usize(key)? {
-            Some(0) => Err(SqlError::InvalidOption {
-                option: key.to_string(),
-                reason: "must be at least 1".to_string(),
-            }),
-            other => Ok(other),
-        }
-    }
-
-    /// `(reg_param, elastic_net_param)` from `l1_reg` and `l2_reg`.
-    fn regularization(&self) -> Result<(f64, f64)> {
-        let (l1, l2) = (self.non_negative("l1_reg")?, self.non_negative("l2_reg")?);
-        let total = l1 + l2;
-        Ok(if total > 0.0 {
-            (total, l1 / total)
-        } else {
-            (0.0, 0.0)
-        })
+        Ok(out)
     }
 
     fn value_json(&self) -> Value {
@@ -223,7 +209,9 @@ pub async fn create_model(
     let mut o = Options::parse(c)?;
     // On a cluster the executors run the trials; here this process's cores bound them.
     let cores = (!session.is_cluster()).then(|| session.config().compute_threads);
-    let tuning = Tuning::take(&mut o.map, &o.model_type, cores)?;
+    let tuning = Tuning::take(&mut o.map, o.algorithm, cores)?;
+    let tuned: Vec<String> = tuning.as_ref().map(Tuning::tuned).unwrap_or_default();
+    let fixed = o.algorithm_options(&tuned)?;
     let store = catalog.store();
     let exists = !store.versions(&c.name).await?.is_empty();
     if exists && !c.or_replace {
@@ -240,7 +228,7 @@ pub async fn create_model(
     let df = query_frame(session, c).await?;
     let schema = df.schema().clone();
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let label = if o.model_type == "kmeans" {
+    let label = if !o.algorithm.task.supervised() {
         None
     } else {
         let cols = match o.map.get("input_label_cols") {
@@ -309,87 +297,38 @@ pub async fn create_model(
             (parts.pop().expect("two parts"), eval)
         }
     };
+    // What a trial trains, and so what the stored model is: the estimator with the
+    // statement's options, then the best trial's values of the tuned ones.
+    let mut spec = TrainEval::new("", o.algorithm.name);
+    spec.features = Some(names.clone());
+    spec.label = label.clone();
+    spec.params = fixed.clone();
+    spec.sql_options = true;
     let tuning = match &tuning {
         Some(t) => {
             let fraction = match split_of(&o, rows)? {
                 Split::Random(f) => f,
                 Split::None => o.f64("data_split_eval_fraction")?.unwrap_or(0.2),
             };
-            // The best trial's values replace the HPARAM_… options for the final fit.
-            let record = t
+            let (record, best) = t
                 .run(
                     session,
                     store.absolute_url(),
                     &c.name,
                     data.dataframe().clone(),
-                    &o.model_type,
                     label.as_deref(),
                     &names,
-                    &mut o.map,
+                    &fixed,
                     fraction,
                     seed,
                 )
                 .await?;
+            spec.params.extend(best);
             Some(record)
         }
         None => None,
     };
-    let max_iter = o.positive_usize("max_iterations")?;
-    let tol = o.f64("min_rel_progress")?;
-    let assembler = VectorAssembler::new(&names);
-    let pipeline = match o.model_type.as_str() {
-        "logistic_reg" => {
-            let (reg, mix) = o.regularization()?;
-            let mut e = LogisticRegression::new()
-                .reg_param(reg)
-                .elastic_net_param(mix)
-                .fit_intercept(o.bool("fit_intercept")?.unwrap_or(true))
-                .standardization(o.bool("standardize_features")?.unwrap_or(true));
-            if let Some(n) = max_iter {
-                e = e.max_iter(n);
-            }
-            if let Some(t) = tol {
-                e = e.tol(t);
-            }
-            Pipeline::new().transformer(assembler).estimator(e)
-        }
-        "linear_reg" => {
-            let (reg, mix) = o.regularization()?;
-            let e = LinearRegression::new()
-                .reg_param(reg)
-                .elastic_net_param(mix)
-                .fit_intercept(o.bool("fit_intercept")?.unwrap_or(true))
-                .standardization(o.bool("standardize_features")?.unwrap_or(true));
-            Pipeline::new().transformer(assembler).estimator(e)
-        }
-        _ => {
-            let k = o
-                .positive_usize("num_clusters")?
-                .ok_or_else(|| SqlError::InvalidOption {
-                    option: "num_clusters".to_string(),
-                    reason: "missing; kmeans needs the number of clusters".to_string(),
-                })?;
-            let init = match o.str("kmeans_init_method")?.as_deref() {
-                None | Some("kmeans++") | Some("k-means||") => KMeansInit::KMeansParallel,
-                Some("random") => KMeansInit::Random,
-                Some(other) => {
-                    return Err(SqlError::InvalidOption {
-                        option: "kmeans_init_method".to_string(),
-                        reason: format!("unknown method '{other}'; use 'kmeans++' or 'random'"),
-                    });
-                }
-            };
-            let mut e = KMeans::new().k(k).seed(seed).init_mode(init);
-            if let Some(n) = max_iter {
-                e = e.max_iter(n);
-            }
-            if let Some(t) = tol {
-                e = e.tol(t);
-            }
-            Pipeline::new().transformer(assembler).estimator(e)
-        }
-    };
-    let model = pipeline.fit(session, &train).await?;
+    let model = pipeline(&spec, &names)?.fit(session, &train).await?;
     let train_rows = train.dataframe().clone().count().await?;
     let eval_rows = match &eval {
         Some(e) => e.dataframe().clone().count().await?,
@@ -400,7 +339,7 @@ pub async fn create_model(
         Some(e) if eval_rows > 0 => e,
         _ => &train,
     };
-    let metrics = evaluate(session, &o.model_type, &model, scored_on).await?;
+    let metrics = evaluate(session, o.algorithm.task, &model, scored_on).await?;
     let summary = train_summary(session, &model, &train).await?;
     let (mut draft, parts) = model.to_parts()?;
     draft.kind = PipelineModel::KIND.to_string();
@@ -411,9 +350,15 @@ pub async fn create_model(
         "evaluated_on": if eval_rows > 0 { "held-out rows" } else { "training rows" },
         "values": metrics,
     });
+    // The statement's options, tuned ones at the best trial's values.
+    let mut options = o.value_json();
+    for (k, v) in &spec.params {
+        options[k] = v.clone();
+    }
     draft.training_summary = json!({
         "model_type": o.model_type,
-        "options": o.value_json(),
+        "options": options,
+        "params": spec.estimator_params()?,
         "query": c.query.to_string(),
         "rows_train": train_rows,
         "rows_eval": eval_rows,
@@ -458,55 +403,15 @@ pub async fn create_model(
     Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
 }
 
-/// The evaluator metrics of `model` on `data`, by model type.
+/// The evaluator metrics of `model` on `data`, by the model's task.
 pub async fn evaluate(
     session: &QuiverSession,
-    model_type: &str,
+    task: Task,
     model: &dyn Transformer,
     data: &Dataset,
 ) -> Result<Value> {
     let scored = model.transform(data)?;
-    Ok(match model_type {
-        "logistic_reg" => {
-            let m = MulticlassClassificationEvaluator::new()
-                .evaluate(session, &scored)
-                .await?;
-            let mut out = json!({
-                "accuracy": m.accuracy,
-                "f1": m.f1,
-                "weighted_precision": m.weighted_precision,
-                "weighted_recall": m.weighted_recall,
-            });
-            if m.classes.len() <= 2
-                && let Ok(b) = BinaryClassificationEvaluator::new()
-                    .evaluate(session, &scored)
-                    .await
-            {
-                out["area_under_roc"] = json!(b.area_under_roc);
-                out["area_under_pr"] = json!(b.area_under_pr);
-                out["log_loss"] = json!(b.log_loss);
-            }
-            out
-        }
-        "linear_reg" => {
-            let m = RegressionEvaluator::new()
-                .evaluate(session, &scored)
-                .await?;
-            json!({ "rmse": m.rmse, "mse": m.mse, "mae": m.mae, "r2": m.r2 })
-        }
-        _ => {
-            let m = ClusteringEvaluator::new().evaluate(session, &scored).await;
-            match m {
-                Ok(m) => json!({
-                    "silhouette": m.silhouette,
-                    "within_ss": m.within_ss,
-                    "cluster_sizes": m.cluster_sizes,
-                }),
-                // One non-empty cluster: no silhouette, the spread still means something.
-                Err(e) => json!({ "error": e.to_string() }),
-            }
-        }
-    })
+    Ok(task.evaluate(session, &scored).await?)
 }
 
 /// The final stage's training summary and per-feature statistics of the training rows.

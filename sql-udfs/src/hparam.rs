@@ -8,10 +8,13 @@
 //! | `hparam_tuning_objectives` | the metric to optimise, e.g. `['roc_auc']`, `'log_loss'`, `'mean_squared_error'`, `'silhouette'` |
 //!
 //! A tuned option is written `l2_reg = HPARAM_RANGE(0.0001, 1.0)` (a range: log-scaled when
-//! its bounds are positive and span two decades or more, integers for `max_iterations` and
-//! `num_clusters`) or `kmeans_init_method = HPARAM_CANDIDATES(['kmeans++', 'random'])`.
-//! Tunable: `l1_reg`, `l2_reg`, `max_iterations`, `min_rel_progress`, `fit_intercept`,
-//! `standardize_features`, `num_clusters`, `kmeans_init_method`.
+//! its bounds are positive and span two decades or more, integers for counts such as
+//! `max_iterations` and `num_clusters`) or
+//! `kmeans_init_method = HPARAM_CANDIDATES(['kmeans++', 'random'])`. Which options are
+//! tunable is the catalogue's word (`quiver_mllib::catalog`). With `num_trials` and no
+//! `HPARAM_…` option, trials search the model type's default space (as BigQuery ML does):
+//! `l1_reg` and `l2_reg` log-uniform over [1e-4, 10] for the linear models, `num_clusters`
+//! in 2..=10 for k-means, `smoothing` for naive Bayes.
 //!
 //! The query's rows are written once to a Parquet file next to the model; every trial is a
 //! `quiver.train_eval` task over that file (so trials run on cluster executors too), holding
@@ -25,11 +28,9 @@ use std::collections::BTreeMap;
 
 use datafusion::object_store::ObjectStoreExt;
 use datafusion::prelude::DataFrame;
-use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Value as SqlValue,
-};
+use datafusion::sql::sqlparser::ast::{Expr, FunctionArg, FunctionArgExpr, FunctionArguments};
 use quiver_engine::{QuiverSession, Runner};
-use quiver_mllib::tuning::objective::higher_is_better;
+use quiver_mllib::catalog::{Algorithm, OptionType, higher_is_better};
 use quiver_mllib::tuning::{Algo, Param, Point, Search, Space, Tpe, TrainEval, Trial, hp};
 use serde_json::{Value, json};
 
@@ -44,21 +45,6 @@ pub const TUNING_OPTIONS: &[&str] = &[
     "hparam_tuning_objectives",
 ];
 
-/// Options a trial may vary.
-const TUNABLE: &[&str] = &[
-    "l1_reg",
-    "l2_reg",
-    "max_iterations",
-    "min_rel_progress",
-    "fit_intercept",
-    "standardize_features",
-    "num_clusters",
-    "kmeans_init_method",
-];
-
-/// Fixed options that trials pass on to the estimator.
-const PASSED_ON: &[&str] = &["seed"];
-
 /// A tuning request taken out of a statement's options.
 #[derive(Debug)]
 pub struct Tuning {
@@ -69,8 +55,9 @@ pub struct Tuning {
     /// The metric as `quiver.train_eval` names it (`None`: the estimator's default).
     metric: Option<String>,
     space: Space,
-    /// Each tuned option as written (`HPARAM_RANGE(…)`).
+    /// Each tuned option as written (`HPARAM_RANGE(…)`, or `default` for a default range).
     tuned: BTreeMap<String, String>,
+    algorithm_entry: &'static Algorithm,
 }
 
 fn invalid(option: &str, reason: impl Into<String>) -> SqlError {
@@ -101,15 +88,29 @@ fn hparam_call(e: &Expr) -> Option<(String, Vec<&Expr>)> {
     Some((name, args))
 }
 
+/// The tunable options of `algorithm`, for messages.
+fn tunable_list(algorithm: &Algorithm) -> String {
+    algorithm
+        .options
+        .iter()
+        .filter(|o| o.tunable())
+        .map(|o| o.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The prior of one tuned option.
-fn param_of(option: &str, call: &str, args: &[&Expr]) -> Result<Param> {
-    if !TUNABLE.contains(&option) {
+fn param_of(algorithm: &Algorithm, option: &str, call: &str, args: &[&Expr]) -> Result<Param> {
+    let Some(o) = algorithm.option(option).filter(|o| o.tunable()) else {
         return Err(invalid(
             option,
-            format!("cannot be tuned; tunable options: {}", TUNABLE.join(", ")),
+            format!(
+                "cannot be tuned; tunable options: {}",
+                tunable_list(algorithm)
+            ),
         ));
-    }
-    let integer = matches!(option, "max_iterations" | "num_clusters");
+    };
+    let integer = matches!(o.ty, OptionType::Count | OptionType::Whole);
     match call {
         "HPARAM_RANGE" => {
             let [lo, hi] = args else {
@@ -122,26 +123,15 @@ fn param_of(option: &str, call: &str, args: &[&Expr]) -> Result<Param> {
                     format!("HPARAM_RANGE({lo}, {hi}): min must be below max"),
                 ));
             }
-            if matches!(
-                option,
-                "fit_intercept" | "standardize_features" | "kmeans_init_method"
-            ) {
+            if matches!(o.ty, OptionType::Bool | OptionType::Text(_)) {
                 return Err(invalid(option, "takes HPARAM_CANDIDATES([…]), not a range"));
             }
-            if lo < 0.0 {
-                return Err(invalid(
-                    option,
-                    format!("HPARAM_RANGE({lo}, {hi}): must be ≥ 0"),
-                ));
+            // Both ends must be values the option takes.
+            for v in [lo, hi] {
+                o.convert(&json!(v))
+                    .map_err(|e| invalid(option, format!("HPARAM_RANGE({lo}, {hi}): {e}")))?;
             }
             if integer {
-                let min = if option == "num_clusters" { 2.0 } else { 1.0 };
-                if lo.fract() != 0.0 || hi.fract() != 0.0 || lo < min {
-                    return Err(invalid(
-                        option,
-                        format!("HPARAM_RANGE({lo}, {hi}): whole numbers ≥ {min} expected"),
-                    ));
-                }
                 return Ok(hp::randint(option, lo as i64, hi as i64 + 1));
             }
             Ok(if lo > 0.0 && hi / lo >= 100.0 {
@@ -162,20 +152,9 @@ fn param_of(option: &str, call: &str, args: &[&Expr]) -> Result<Param> {
                     "HPARAM_CANDIDATES needs at least one value",
                 ));
             }
-            if option == "kmeans_init_method"
-                && let Some(bad) = values
-                    .iter()
-                    .find(|v| !matches!(v.as_str(), Some("kmeans++" | "k-means||" | "random")))
-            {
-                return Err(invalid(
-                    option,
-                    format!("candidate {bad}: use 'kmeans++' or 'random'"),
-                ));
-            }
-            if matches!(option, "fit_intercept" | "standardize_features")
-                && values.iter().any(|v| !v.is_boolean())
-            {
-                return Err(invalid(option, "candidates must be TRUE or FALSE"));
+            for v in &values {
+                o.convert(v)
+                    .map_err(|e| invalid(option, format!("candidate {v}: {e}")))?;
             }
             Ok(hp::choice(option, values))
         }
@@ -189,34 +168,18 @@ fn param_of(option: &str, call: &str, args: &[&Expr]) -> Result<Param> {
 }
 
 /// The `quiver.train_eval` metric for a BigQuery ML objective name (or one of Quiver's).
-fn metric_of(model_type: &str, objective: &str) -> Result<String> {
-    let name = objective.to_ascii_lowercase();
-    let m = match (model_type, name.as_str()) {
-        ("logistic_reg", "roc_auc" | "area_under_roc") => "area_under_roc",
-        ("logistic_reg", "log_loss") => "log_loss",
-        ("logistic_reg", "accuracy") => "accuracy",
-        ("logistic_reg", "f1_score" | "f1") => "f1",
-        ("linear_reg", "mean_squared_error" | "mse") => "mse",
-        ("linear_reg", "root_mean_squared_error" | "rmse") => "rmse",
-        ("linear_reg", "mean_absolute_error" | "mae") => "mae",
-        ("linear_reg", "r2_score" | "r2") => "r2",
-        ("kmeans", "silhouette" | "silhouette_score") => "silhouette",
-        ("kmeans", "within_ss" | "within_cluster_sum_of_squares") => "within_ss",
-        _ => {
-            let known = match model_type {
-                "logistic_reg" => "roc_auc, log_loss, accuracy, f1_score",
-                "linear_reg" => {
-                    "mean_squared_error, root_mean_squared_error, mean_absolute_error, r2_score"
-                }
-                _ => "silhouette, within_ss",
-            };
-            return Err(invalid(
-                "hparam_tuning_objectives",
-                format!("'{objective}' is not an objective for {model_type}; use one of {known}"),
-            ));
-        }
-    };
-    Ok(m.to_string())
+fn metric_of(algorithm: &Algorithm, objective: &str) -> Result<String> {
+    match algorithm.task.metric(objective) {
+        Some(m) => Ok(m.name.to_string()),
+        None => Err(invalid(
+            "hparam_tuning_objectives",
+            format!(
+                "'{objective}' is not an objective for {}; use one of {}",
+                algorithm.model_type(),
+                algorithm.task.metric_names().join(", ")
+            ),
+        )),
+    }
 }
 
 impl Tuning {
@@ -225,7 +188,7 @@ impl Tuning {
     /// cluster, where executors run the trials).
     pub fn take(
         options: &mut BTreeMap<String, Expr>,
-        model_type: &str,
+        entry: &'static Algorithm,
         cores: Option<usize>,
     ) -> Result<Option<Tuning>> {
         let mut params = Vec::new();
@@ -233,7 +196,7 @@ impl Tuning {
         let names: Vec<String> = options.keys().cloned().collect();
         for k in names {
             if let Some((call, args)) = hparam_call(&options[&k]) {
-                params.push(param_of(&k, &call, &args)?);
+                params.push(param_of(entry, &k, &call, &args)?);
                 tuned.insert(k.clone(), options[&k].to_string());
                 options.remove(&k);
             }
@@ -276,14 +239,27 @@ impl Tuning {
             return Err(invalid("num_trials", "must be at least 1"));
         }
         if params.is_empty() {
-            return Err(invalid(
-                "num_trials",
-                format!(
-                    "tuning needs at least one option given as HPARAM_RANGE(min, max) or \
-                     HPARAM_CANDIDATES([…]), e.g. l2_reg = HPARAM_RANGE(0.0001, 10); tunable: {}",
-                    TUNABLE.join(", ")
-                ),
-            ));
+            // BigQuery ML's rule: no HPARAM_… option means the model type's default space,
+            // over the options the statement does not fix.
+            params = entry
+                .default_space()
+                .into_iter()
+                .filter(|p| !options.contains_key(&p.name))
+                .collect();
+            if params.is_empty() {
+                return Err(invalid(
+                    "num_trials",
+                    format!(
+                        "model_type '{}' has no default search space left to tune; give options \
+                         as HPARAM_RANGE(min, max) or HPARAM_CANDIDATES([…]); tunable: {}",
+                        entry.model_type(),
+                        tunable_list(entry)
+                    ),
+                ));
+            }
+            for p in &params {
+                tuned.insert(p.name.clone(), "default".to_string());
+            }
         }
         let max_parallel = max_parallel.unwrap_or(1);
         if max_parallel == 0 {
@@ -319,7 +295,7 @@ impl Tuning {
         };
         let metric = match objectives.as_deref() {
             None => None,
-            Some([one]) => Some(metric_of(model_type, one)?),
+            Some([one]) => Some(metric_of(entry, one)?),
             Some(other) => {
                 return Err(invalid(
                     "hparam_tuning_objectives",
@@ -327,8 +303,7 @@ impl Tuning {
                 ));
             }
         };
-        // Within-cluster spread always falls as k grows: silhouette chooses k.
-        let metric = metric.or_else(|| (model_type == "kmeans").then(|| "silhouette".to_string()));
+        let metric = metric.or_else(|| entry.task.tuning_metric().map(str::to_string));
         Ok(Some(Tuning {
             num_trials,
             max_parallel,
@@ -337,11 +312,18 @@ impl Tuning {
             metric,
             space: Space::new(params)?,
             tuned,
+            algorithm_entry: entry,
         }))
     }
 
-    /// Runs the trials over `df`'s rows and puts the best trial's values into `options`.
-    /// Returns the tuning record stored with the model.
+    /// The options the trials vary.
+    pub fn tuned(&self) -> Vec<String> {
+        self.tuned.keys().cloned().collect()
+    }
+
+    /// Runs the trials over `df`'s rows, each training with the statement's fixed options
+    /// `fixed` (SQL option names) plus its point. Returns the tuning record stored with the
+    /// model and the best trial's values of the tuned options.
     #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
@@ -349,13 +331,12 @@ impl Tuning {
         store_url: &str,
         model: &str,
         df: DataFrame,
-        model_type: &str,
         label: Option<&str>,
         features: &[String],
-        options: &mut BTreeMap<String, Expr>,
+        fixed: &Point,
         eval_fraction: f64,
         seed: u64,
-    ) -> Result<Value> {
+    ) -> Result<(Value, Point)> {
         let snapshot = format!(
             "{}/{model}/tuning-{}-{}.parquet",
             store_url.trim_end_matches('/'),
@@ -370,10 +351,9 @@ impl Tuning {
             .search(
                 session,
                 &snapshot,
-                model_type,
                 label,
                 features,
-                options,
+                fixed,
                 eval_fraction,
                 seed,
             )
@@ -385,16 +365,17 @@ impl Tuning {
             let _ = loc.store.delete(&loc.path).await;
         }
         let (best, trials, stopped) = result?;
-        for (k, v) in &best.params {
-            if self.tuned.contains_key(k) {
-                options.insert(k.clone(), json_expr(v));
-            }
-        }
+        let chosen: Point = best
+            .params
+            .iter()
+            .filter(|(k, _)| self.tuned.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let metric = best.metrics["objective"]
             .as_str()
             .unwrap_or("loss")
             .to_string();
-        Ok(json!({
+        let record = json!({
             "algorithm": self.algorithm,
             "num_trials": self.num_trials,
             "max_parallel_trials": self.max_parallel,
@@ -404,7 +385,8 @@ impl Tuning {
             "best_trial": best.id,
             "stopped": stopped,
             "trials": trials,
-        }))
+        });
+        Ok((record, chosen))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -412,43 +394,19 @@ impl Tuning {
         &self,
         session: &QuiverSession,
         dataset: &str,
-        model_type: &str,
         label: Option<&str>,
         features: &[String],
-        options: &BTreeMap<String, Expr>,
+        fixed: &Point,
         eval_fraction: f64,
         seed: u64,
     ) -> Result<(Trial, Vec<Trial>, String)> {
-        let estimator = match model_type {
-            "logistic_reg" => "logistic_regression",
-            "linear_reg" => "linear_regression",
-            _ => "kmeans",
-        };
-        // The statement's fixed training options go to every trial.
-        let mut fixed = Point::new();
-        for (k, e) in options {
-            let applies = match model_type {
-                "kmeans" => !matches!(
-                    k.as_str(),
-                    "l1_reg" | "l2_reg" | "fit_intercept" | "standardize_features"
-                ),
-                _ => !matches!(k.as_str(), "num_clusters" | "kmeans_init_method" | "seed"),
-            };
-            if (TUNABLE.contains(&k.as_str()) || PASSED_ON.contains(&k.as_str())) && applies {
-                fixed.insert(k.clone(), expr_json(e));
-            }
-        }
-        if model_type == "kmeans" {
-            // CREATE MODEL seeds k-means' initialisation with the statement's seed.
-            fixed.entry("seed".to_string()).or_insert(json!(seed));
-        }
-        let mut spec = TrainEval::new(dataset, estimator)
+        let mut spec = TrainEval::new(dataset, self.algorithm_entry.name)
             .eval_fraction(eval_fraction)
             .split_seed(seed);
         spec.features = Some(features.to_vec());
         spec.label = label.map(str::to_string);
         spec.metric = self.metric.clone();
-        spec.params = fixed;
+        spec.params = fixed.clone();
         spec.sql_options = true;
         let result = Search::train_eval(self.space.clone(), spec)
             .algo(self.algo.clone())
@@ -474,15 +432,5 @@ impl Tuning {
                 )))
             }
         }
-    }
-}
-
-/// A JSON option value back as a SQL literal.
-fn json_expr(v: &Value) -> Expr {
-    match v {
-        Value::Bool(b) => Expr::value(SqlValue::Boolean(*b)),
-        Value::Number(n) => Expr::value(SqlValue::Number(n.to_string(), false)),
-        Value::String(s) => Expr::value(SqlValue::SingleQuotedString(s.clone())),
-        other => Expr::value(SqlValue::SingleQuotedString(other.to_string())),
     }
 }

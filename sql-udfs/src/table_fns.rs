@@ -5,6 +5,9 @@
 //! - `ml_feature_info('m')`: per-feature statistics of the training rows (CREATE MODEL models);
 //! - `ml_trial_info('m')`: the trials of a model trained with hyperparameter tuning
 //!   (`num_trials`): parameters, status, objective value, which one was kept;
+//! - `ml_principal_component_info('m')`: per principal component of a decomposition model
+//!   (PCA) its eigenvalue and explained variance ratio, as BigQuery ML's
+//!   `ML.PRINCIPAL_COMPONENT_INFO`;
 //! - `ml_evaluate('m', 'table')`: the evaluator metrics of the model on a table (which must have
 //!   the model's features and, for supervised models, its label column); computed when the
 //!   query is scanned, or, on a cluster, when it is planned.
@@ -28,6 +31,7 @@ use serde_json::Value;
 use crate::create::evaluate;
 use crate::error::{Result, SqlError};
 use crate::models::{LoadedModel, ModelCatalog};
+use quiver_mllib::catalog::{self, Task};
 
 /// Which table function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +41,7 @@ enum Kind {
     FeatureInfo,
     Evaluate,
     TrialInfo,
+    PrincipalComponentInfo,
 }
 
 impl Kind {
@@ -47,6 +52,7 @@ impl Kind {
             Kind::FeatureInfo => "ml_feature_info",
             Kind::Evaluate => "ml_evaluate",
             Kind::TrialInfo => "ml_trial_info",
+            Kind::PrincipalComponentInfo => "ml_principal_component_info",
         }
     }
 }
@@ -73,6 +79,7 @@ pub fn table_functions(
         Kind::FeatureInfo,
         Kind::Evaluate,
         Kind::TrialInfo,
+        Kind::PrincipalComponentInfo,
     ]
     .into_iter()
     .map(|kind| {
@@ -286,43 +293,70 @@ fn feature_info(model: &LoadedModel) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
 }
 
-/// The model type recorded by CREATE MODEL, or inferred from the final stage's kind.
-fn model_type(model: &LoadedModel) -> String {
-    if let Some(t) = model.metadata.training_summary["model_type"].as_str() {
-        return t.to_string();
-    }
-    let last_kind = model
+/// The final stage's training summary: a pipeline's last stage record, or the model's own.
+fn final_stage_summary(model: &LoadedModel) -> &Value {
+    model
         .metadata
         .params
         .get("stages")
         .and_then(Value::as_array)
         .and_then(|s| s.last())
-        .and_then(|s| s["kind"].as_str())
-        .unwrap_or(&model.metadata.kind)
-        .to_string();
-    match last_kind.as_str() {
-        "logistic_regression" => "logistic_reg",
-        "linear_regression" => "linear_reg",
-        _ => "kmeans",
-    }
-    .to_string()
+        .map_or(&model.metadata.training_summary, |s| &s["training_summary"])
 }
 
-/// The metrics columns `ml_evaluate` returns for a model type.
-fn metric_names(model_type: &str) -> &'static [&'static str] {
-    match model_type {
-        "logistic_reg" => &[
-            "accuracy",
-            "f1",
-            "weighted_precision",
-            "weighted_recall",
-            "area_under_roc",
-            "area_under_pr",
-            "log_loss",
-        ],
-        "linear_reg" => &["rmse", "mse", "mae", "r2"],
-        _ => &["silhouette", "within_ss"],
-    }
+/// One row per component of a decomposition model: `principal_component_id` (1-based),
+/// `eigenvalue`, `explained_variance_ratio`, `cumulative_explained_variance_ratio`.
+fn principal_component_info(model: &LoadedModel) -> Result<RecordBatch> {
+    let summary = final_stage_summary(model);
+    let floats = |key: &str| -> Option<Vec<f64>> {
+        summary[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+    };
+    let (Some(eigenvalues), Some(ratios)) =
+        (floats("eigenvalues"), floats("explained_variance_ratio"))
+    else {
+        return Err(SqlError::Invalid(format!(
+            "ml_principal_component_info: model '{}' has no principal components (train it with model_type = 'pca')",
+            model.label()
+        )));
+    };
+    let cumulative: Vec<f64> = ratios
+        .iter()
+        .scan(0.0, |sum, r| {
+            *sum += r;
+            Some(*sum)
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("principal_component_id", DataType::Int64, false),
+        Field::new("eigenvalue", DataType::Float64, false),
+        Field::new("explained_variance_ratio", DataType::Float64, false),
+        Field::new(
+            "cumulative_explained_variance_ratio",
+            DataType::Float64,
+            false,
+        ),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(1..=eigenvalues.len() as i64)),
+        Arc::new(Float64Array::from(eigenvalues)),
+        Arc::new(Float64Array::from(ratios)),
+        Arc::new(Float64Array::from(cumulative)),
+    ];
+    Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
+}
+
+/// The task of a model's final stage (its evaluator and metrics), from the catalogue.
+fn task_of(model: &LoadedModel) -> Result<Task> {
+    catalog::algorithm_of(&model.metadata)
+        .map(|a| a.task)
+        .ok_or_else(|| {
+            SqlError::Invalid(format!(
+                "model '{}' ends in a stage that is not an algorithm of the catalogue; nothing to evaluate",
+                model.label()
+            ))
+        })
 }
 
 impl TableFunctionImpl for ModelTableFunction {
@@ -336,18 +370,20 @@ impl TableFunctionImpl for ModelTableFunction {
                 Kind::Weights => weights(&model)?,
                 Kind::FeatureInfo => feature_info(&model)?,
                 Kind::TrialInfo => trial_info(&model)?,
+                Kind::PrincipalComponentInfo => principal_component_info(&model)?,
                 Kind::Evaluate => {
                     let table = string_arg(f, args.exprs(), 1, "table name")?;
-                    let model_type = model_type(&model);
-                    let fields: Vec<Field> = metric_names(&model_type)
+                    let task = task_of(&model)?;
+                    let fields: Vec<Field> = task
+                        .metrics()
                         .iter()
-                        .map(|n| Field::new(*n, DataType::Float64, true))
+                        .map(|m| Field::new(m.name, DataType::Float64, true))
                         .chain([Field::new("rows", DataType::Int64, false)])
                         .collect();
                     let evaluation = Evaluation {
                         base: self.base.clone(),
                         model,
-                        model_type,
+                        task,
                         table,
                         schema: Arc::new(Schema::new(fields)),
                     };
@@ -382,7 +418,7 @@ impl TableFunctionImpl for ModelTableFunction {
 struct Evaluation {
     base: QuiverSession,
     model: Arc<LoadedModel>,
-    model_type: String,
+    task: Task,
     table: String,
     schema: SchemaRef,
 }
@@ -414,11 +450,12 @@ impl Evaluation {
             })?;
         }
         let rows = data.dataframe().clone().count().await? as i64;
-        let metrics =
-            evaluate(&session, &self.model_type, self.model.model.as_ref(), &data).await?;
-        let mut cols: Vec<ArrayRef> = metric_names(&self.model_type)
+        let metrics = evaluate(&session, self.task, self.model.model.as_ref(), &data).await?;
+        let mut cols: Vec<ArrayRef> = self
+            .task
+            .metrics()
             .iter()
-            .map(|n| Arc::new(Float64Array::from(vec![metrics[*n].as_f64()])) as ArrayRef)
+            .map(|m| Arc::new(Float64Array::from(vec![metrics[m.name].as_f64()])) as ArrayRef)
             .collect();
         cols.push(Arc::new(Int64Array::from(vec![rows])));
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), cols)

@@ -716,8 +716,8 @@ impl Transformer for LogisticRegressionModel {
         Ok(out)
     }
 
-    fn row_stage(&self) -> crate::rowwise::RowStage {
-        crate::rowwise::RowStage::Predict {
+    fn row_stage(&self) -> crate::api::RowStage {
+        crate::api::RowStage::Predict {
             prediction: self.output(OutputKind::Prediction),
             probability: Some(self.output(OutputKind::Probability)),
         }

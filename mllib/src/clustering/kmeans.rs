@@ -29,6 +29,7 @@ use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc}
 pub enum KMeansInit {
     /// k-means|| (the default): a few oversampling passes, then k-means++ on the candidates.
     #[default]
+    #[serde(alias = "k-means||", alias = "kmeans++")]
     KMeansParallel,
     /// k rows chosen uniformly at random.
     Random,
@@ -817,8 +818,8 @@ impl Transformer for KMeansModel {
         )?)
     }
 
-    fn row_stage(&self) -> crate::rowwise::RowStage {
-        crate::rowwise::RowStage::Predict {
+    fn row_stage(&self) -> crate::api::RowStage {
+        crate::api::RowStage::Predict {
             prediction: self.assigner(),
             probability: None,
         }

@@ -61,8 +61,8 @@ impl Transformer for VectorAssembler {
             .assemble(&self.output_col)?)
     }
 
-    fn row_stage(&self) -> crate::rowwise::RowStage {
-        crate::rowwise::RowStage::Assemble(self.input_cols.clone())
+    fn row_stage(&self) -> crate::api::RowStage {
+        crate::api::RowStage::Assemble(self.input_cols.clone())
     }
 }
 

@@ -200,8 +200,8 @@ impl Transformer for StandardScalerModel {
         apply_affine(data, self.affine(), &self.params.output_col)
     }
 
-    fn row_stage(&self) -> crate::rowwise::RowStage {
-        crate::rowwise::RowStage::Map(Arc::new(self.affine()))
+    fn row_stage(&self) -> crate::api::RowStage {
+        crate::api::RowStage::Map(Arc::new(self.affine()))
     }
 }
 
@@ -367,8 +367,8 @@ impl Transformer for MinMaxScalerModel {
         apply_affine(data, self.affine(), &self.params.output_col)
     }
 
-    fn row_stage(&self) -> crate::rowwise::RowStage {
-        crate::rowwise::RowStage::Map(Arc::new(self.affine()))
+    fn row_stage(&self) -> crate::api::RowStage {
+        crate::api::RowStage::Map(Arc::new(self.affine()))
     }
 }
 

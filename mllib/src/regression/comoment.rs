@@ -64,11 +64,18 @@ impl CoMoments {
     }
 }
 
-/// The statistic computing [`CoMoments`] (label required; weights when `weighted`).
+/// The statistic computing [`CoMoments`] (weights when `weighted`; without `label` the label
+/// terms stay zero and the features alone are read, as PCA wants them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CoMomentsStatistic {
     pub dim: usize,
     pub weighted: bool,
+    #[serde(default = "yes")]
+    pub label: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Statistic for CoMomentsStatistic {
@@ -89,7 +96,7 @@ impl Statistic for CoMomentsStatistic {
 
     fn inputs(&self) -> StatInputs {
         StatInputs {
-            label: true,
+            label: self.label,
             weight: self.weighted,
         }
     }
@@ -100,9 +107,14 @@ impl Statistic for CoMomentsStatistic {
 
     fn update(&self, state: &mut CoMoments, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
         let d = self.dim;
-        let y = b
-            .label
-            .ok_or_else(|| QuiverError::internal("co-moments need a label"))?;
+        let zeros;
+        let y = if self.label {
+            b.label
+                .ok_or_else(|| QuiverError::internal("co-moments need a label"))?
+        } else {
+            zeros = vec![0.0; b.n_rows];
+            &zeros
+        };
         if let Some(r) = first_nan(y) {
             return Err(QuiverError::InvalidValueInBatch {
                 kind: "NaN",
@@ -233,3 +245,8 @@ impl Statistic for CoMomentsStatistic {
 quiver_engine::impl_json_params!(
     CoMomentsStatistic => "the co-moments",
 );
+
+/// Lets the co-moment statistic (linear regression's, PCA's) run on a cluster.
+pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
+    r.add_statistic::<CoMomentsStatistic>("quiver_comoments")
+}

@@ -388,6 +388,7 @@ impl Estimator for LinearRegression {
         let stat = CoMomentsStatistic {
             dim: d,
             weighted: self.weighted,
+            label: true,
         };
         let moments = prepared.aggregate(Arc::new(stat)).await?;
         let Solution {
@@ -508,8 +509,8 @@ impl Transformer for LinearRegressionModel {
         )?)
     }
 
-    fn row_stage(&self) -> crate::rowwise::RowStage {
-        crate::rowwise::RowStage::Predict {
+    fn row_stage(&self) -> crate::api::RowStage {
+        crate::api::RowStage::Predict {
             prediction: self.predictor(),
             probability: None,
         }
@@ -579,7 +580,6 @@ quiver_engine::impl_json_params!(
 
 /// Lets linear regression's statistic and map run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
-    r.add_statistic::<super::comoment::CoMomentsStatistic>("quiver_comoments")?;
     r.add_batch_function::<LinearPredict>("linear_regression_predict")
 }
 
@@ -615,6 +615,7 @@ mod exact_tests {
         let stat = CoMomentsStatistic {
             dim: d,
             weighted: false,
+            label: true,
         };
         let mut st = stat.init();
         let mut b = FeatureBatch::new(&xs, d).unwrap();

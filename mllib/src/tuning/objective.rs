@@ -12,10 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::space::Point;
-use crate::{
-    BinaryClassificationEvaluator, ClusteringEvaluator, Estimator, KMeans, LinearRegression,
-    LogisticRegression, MulticlassClassificationEvaluator, RegressionEvaluator, Transformer,
-};
+use crate::catalog::{self, Algorithm};
+use crate::{DynEstimator, Estimator, Transformer};
 
 /// The task kind of the built-in objective.
 pub const TRAIN_EVAL: &str = "quiver.train_eval";
@@ -25,7 +23,8 @@ pub const TRAIN_EVAL: &str = "quiver.train_eval";
 pub struct TrainEval {
     /// Path or URL of the data (any format Quiver reads).
     pub dataset: String,
-    /// `logistic_regression`, `linear_regression` or `kmeans`.
+    /// The algorithm's name in the catalogue (`logistic_regression`, `linear_regression`,
+    /// `kmeans`, … — see [`crate::catalog::ALGORITHMS`]).
     pub estimator: String,
     /// The label column (not for k-means).
     #[serde(default)]
@@ -33,9 +32,11 @@ pub struct TrainEval {
     /// Feature columns; every numeric column but the label when absent.
     #[serde(default)]
     pub features: Option<Vec<String>>,
-    /// The metric to optimise: accuracy, f1, log_loss, area_under_roc (classification); rmse,
-    /// mse, mae, r2 (regression); within_ss, silhouette (k-means). Higher-is-better metrics are
-    /// negated into a loss. Defaults: log_loss, rmse, within_ss.
+    /// The metric to optimise, one the algorithm's task reports (see
+    /// [`crate::catalog::Task::metrics`]): accuracy, f1, log_loss, area_under_roc, …
+    /// (classification); rmse, mse, mae, r2 (regression); within_ss, silhouette (clustering).
+    /// Higher-is-better metrics are negated into a loss. Defaults: log_loss for two classes
+    /// (accuracy for more), rmse, within_ss.
     #[serde(default)]
     pub metric: Option<String>,
     /// Held-out fraction. Defaults to 0.2.
@@ -52,14 +53,15 @@ pub struct TrainEval {
     #[serde(default)]
     pub params: Point,
     /// `params` use `CREATE MODEL`'s option names (`l1_reg`, `l2_reg`, `max_iterations`,
-    /// `min_rel_progress`, `num_clusters`, `standardize_features`, `kmeans_init_method`, …),
-    /// translated to the estimator's before it is built.
+    /// `num_clusters`, …: the catalogue entry's SQL options), translated to the estimator's
+    /// before it is built.
     #[serde(default)]
     pub sql_options: bool,
     /// Feature stages fitted on each trial's training rows before the estimator (a
-    /// pipeline): `standard_scaler` (parameters `standard_scaler.with_mean`,
-    /// `standard_scaler.with_std`) and `min_max_scaler` (`min_max_scaler.min`,
-    /// `min_max_scaler.max`). A stage's parameters are searched like the estimator's.
+    /// pipeline): the catalogue's vector stages, `standard_scaler` (parameters
+    /// `standard_scaler.with_mean`, `standard_scaler.with_std`) and `min_max_scaler`
+    /// (`min_max_scaler.min`, `min_max_scaler.max`). A stage's parameters are searched like
+    /// the estimator's.
     #[serde(default)]
     pub stages: Vec<String>,
 }
@@ -203,38 +205,6 @@ fn bad(reason: String) -> QuiverError {
     }
 }
 
-fn num(params: &Point, key: &str) -> quiver_engine::Result<Option<f64>> {
-    match params.get(key) {
-        None => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| bad(format!("parameter '{key}' = {v} is not a number"))),
-    }
-}
-
-fn flag(params: &Point, key: &str) -> quiver_engine::Result<Option<bool>> {
-    match params.get(key) {
-        None => Ok(None),
-        Some(v) => v
-            .as_bool()
-            .map(Some)
-            .ok_or_else(|| bad(format!("parameter '{key}' = {v} is not a boolean"))),
-    }
-}
-
-fn check_known(params: &Point, known: &[&str], estimator: &str) -> quiver_engine::Result<()> {
-    for k in params.keys() {
-        if !known.contains(&k.as_str()) {
-            return Err(bad(format!(
-                "unknown parameter '{k}' for {estimator}; known: {}",
-                known.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Loads (once per process) the dataset with its roles, split into (train, test) pairs: one
 /// held-out split, or `folds` cross-validation splits.
 async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Splits> {
@@ -309,178 +279,34 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
 /// (train, test) pairs.
 type Splits = Arc<Vec<(Dataset, Dataset)>>;
 
-/// An estimator configured with a trial's parameters.
-pub enum Built {
-    Logistic(LogisticRegression),
-    Linear(LinearRegression),
-    KMeans(KMeans),
+impl TrainEval {
+    /// The catalogue entry of [`TrainEval::estimator`].
+    pub fn algorithm(&self) -> crate::Result<&'static Algorithm> {
+        catalog::algorithm(&self.estimator)
+    }
+
+    /// The estimator's own parameters (not a stage's `stage.param`), in the estimator's names
+    /// (translated from SQL option names when [`TrainEval::sql_options`] is set).
+    pub fn estimator_params(&self) -> crate::Result<Point> {
+        let own: Point = self
+            .params
+            .iter()
+            .filter(|(k, _)| !k.contains('.'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if self.sql_options {
+            self.algorithm()?.params_from_sql(&own)
+        } else {
+            Ok(own)
+        }
+    }
 }
 
 /// The estimator `spec` names, with `spec.params` applied (unknown names and bad values are
 /// errors naming them).
-pub fn build(spec: &TrainEval) -> quiver_engine::Result<Built> {
+pub fn build(spec: &TrainEval) -> crate::Result<Arc<dyn DynEstimator>> {
     check_stages(spec)?;
-    let own: Point = spec
-        .params
-        .iter()
-        .filter(|(k, _)| !k.contains('.'))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let translated;
-    let p = if spec.sql_options {
-        translated = from_sql_options(&spec.estimator, &own)?;
-        &translated
-    } else {
-        &own
-    };
-    Ok(match spec.estimator.as_str() {
-        "logistic_regression" => {
-            check_known(
-                p,
-                &[
-                    "reg_param",
-                    "elastic_net_param",
-                    "max_iter",
-                    "tol",
-                    "fit_intercept",
-                    "standardization",
-                ],
-                "logistic_regression",
-            )?;
-            let mut e = LogisticRegression::new();
-            if let Some(v) = num(p, "reg_param")? {
-                e = e.reg_param(v);
-            }
-            if let Some(v) = num(p, "elastic_net_param")? {
-                e = e.elastic_net_param(v);
-            }
-            if let Some(v) = num(p, "max_iter")? {
-                e = e.max_iter(v as usize);
-            }
-            if let Some(v) = num(p, "tol")? {
-                e = e.tol(v);
-            }
-            if let Some(v) = flag(p, "fit_intercept")? {
-                e = e.fit_intercept(v);
-            }
-            if let Some(v) = flag(p, "standardization")? {
-                e = e.standardization(v);
-            }
-            Built::Logistic(e)
-        }
-        "linear_regression" => {
-            check_known(
-                p,
-                &[
-                    "reg_param",
-                    "elastic_net_param",
-                    "fit_intercept",
-                    "standardization",
-                ],
-                "linear_regression",
-            )?;
-            let mut e = LinearRegression::new();
-            if let Some(v) = num(p, "reg_param")? {
-                e = e.reg_param(v);
-            }
-            if let Some(v) = num(p, "elastic_net_param")? {
-                e = e.elastic_net_param(v);
-            }
-            if let Some(v) = flag(p, "fit_intercept")? {
-                e = e.fit_intercept(v);
-            }
-            if let Some(v) = flag(p, "standardization")? {
-                e = e.standardization(v);
-            }
-            Built::Linear(e)
-        }
-        "kmeans" => {
-            check_known(
-                p,
-                &["k", "max_iter", "tol", "seed", "init_steps", "init_mode"],
-                "kmeans",
-            )?;
-            let mut e = KMeans::new();
-            if let Some(v) = num(p, "k")? {
-                e = e.k(v as usize);
-            }
-            if let Some(v) = num(p, "max_iter")? {
-                e = e.max_iter(v as usize);
-            }
-            if let Some(v) = num(p, "tol")? {
-                e = e.tol(v);
-            }
-            if let Some(v) = num(p, "seed")? {
-                e = e.seed(v as u64);
-            }
-            if let Some(v) = num(p, "init_steps")? {
-                e = e.init_steps(v as usize);
-            }
-            match p.get("init_mode").map(|v| (v, v.as_str())) {
-                None => {}
-                Some((_, Some("random"))) => e = e.init_mode(crate::KMeansInit::Random),
-                Some((_, Some("k-means||" | "kmeans++"))) => {
-                    e = e.init_mode(crate::KMeansInit::KMeansParallel)
-                }
-                Some((v, _)) => {
-                    return Err(bad(format!(
-                        "parameter 'init_mode' = {v}: use \"k-means||\" or \"random\""
-                    )));
-                }
-            }
-            Built::KMeans(e)
-        }
-        other => {
-            return Err(bad(format!(
-                "unknown estimator '{other}'; use logistic_regression, linear_regression or kmeans"
-            )));
-        }
-    })
-}
-
-/// The estimator parameters that `CREATE MODEL` options mean for `estimator`: `l1_reg` and
-/// `l2_reg` become `reg_param = l1 + l2` and `elastic_net_param = l1 / (l1 + l2)`, the
-/// other names map one to one; an option the estimator does not take is an error naming it.
-fn from_sql_options(estimator: &str, options: &Point) -> quiver_engine::Result<Point> {
-    let mut out = Point::new();
-    let (mut l1, mut l2) = (None, None);
-    for (k, v) in options {
-        let to = match (estimator, k.as_str()) {
-            ("logistic_regression" | "linear_regression", "l1_reg") => {
-                l1 = Some(num(options, k)?.unwrap_or(0.0));
-                continue;
-            }
-            ("logistic_regression" | "linear_regression", "l2_reg") => {
-                l2 = Some(num(options, k)?.unwrap_or(0.0));
-                continue;
-            }
-            ("logistic_regression" | "linear_regression", "fit_intercept") => "fit_intercept",
-            ("logistic_regression" | "linear_regression", "standardize_features") => {
-                "standardization"
-            }
-            ("logistic_regression" | "kmeans", "max_iterations") => "max_iter",
-            ("logistic_regression" | "kmeans", "min_rel_progress") => "tol",
-            // Linear regression is solved exactly: no iteration budget to set.
-            ("linear_regression", "max_iterations") => continue,
-            ("kmeans", "num_clusters") => "k",
-            ("kmeans", "seed") => "seed",
-            ("kmeans", "kmeans_init_method") => "init_mode",
-            _ => {
-                return Err(bad(format!("option '{k}' does not apply to {estimator}")));
-            }
-        };
-        out.insert(to.to_string(), v.clone());
-    }
-    if l1.is_some() || l2.is_some() {
-        let (l1, l2) = (l1.unwrap_or(0.0), l2.unwrap_or(0.0));
-        let total = l1 + l2;
-        out.insert("reg_param".to_string(), json!(total));
-        out.insert(
-            "elastic_net_param".to_string(),
-            json!(if total > 0.0 { l1 / total } else { 0.0 }),
-        );
-    }
-    Ok(out)
+    spec.algorithm()?.estimator(&spec.estimator_params()?)
 }
 
 /// Fits `VectorAssembler → estimator(params)` on all of `spec`'s data (the search's best
@@ -499,24 +325,18 @@ pub async fn refit(
 }
 
 /// Every stage is known and every `stage.param` names one of the spec's stages.
-fn check_stages(spec: &TrainEval) -> quiver_engine::Result<()> {
-    if let Some(other) = spec
-        .stages
-        .iter()
-        .find(|s| !matches!(s.as_str(), "standard_scaler" | "min_max_scaler"))
-    {
-        return Err(bad(format!(
-            "unknown stage '{other}'; use standard_scaler or min_max_scaler"
-        )));
+fn check_stages(spec: &TrainEval) -> crate::Result<()> {
+    for s in &spec.stages {
+        catalog::feature_stage(s)?;
     }
     for k in spec.params.keys() {
         if let Some((stage, _)) = k.split_once('.')
             && !spec.stages.iter().any(|s| s == stage)
         {
-            return Err(bad(format!(
-                "parameter '{k}': no stage '{stage}' in stages [{}]",
-                spec.stages.join(", ")
-            )));
+            return Err(crate::MllibError::InvalidParam {
+                param: k.clone(),
+                reason: format!("no stage '{stage}' in stages [{}]", spec.stages.join(", ")),
+            });
         }
     }
     Ok(())
@@ -524,7 +344,7 @@ fn check_stages(spec: &TrainEval) -> quiver_engine::Result<()> {
 
 /// `VectorAssembler(names) → stages → estimator`, with `spec.params` applied (a stage's as
 /// `stage.param`); unknown stages and parameters are errors naming them.
-pub fn pipeline(spec: &TrainEval, names: &[String]) -> quiver_engine::Result<crate::Pipeline> {
+pub fn pipeline(spec: &TrainEval, names: &[String]) -> crate::Result<crate::Pipeline> {
     check_stages(spec)?;
     let mut pipeline = crate::Pipeline::new().transformer(crate::VectorAssembler::new(names));
     for (i, stage) in spec.stages.iter().enumerate() {
@@ -534,51 +354,21 @@ pub fn pipeline(spec: &TrainEval, names: &[String]) -> quiver_engine::Result<cra
             .iter()
             .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone())))
             .collect();
+        let build = catalog::feature_stage(stage)?.build.ok_or_else(|| {
+            crate::MllibError::InvalidParam {
+                param: "stages".to_string(),
+                reason: format!("stage '{stage}' cannot be built from parameters"),
+            }
+        })?;
         // Each stage writes its own column: the next one reads it.
-        let out = format!("stage_{i}_{stage}");
-        pipeline = match stage.as_str() {
-            "standard_scaler" => {
-                check_known(&p, &["with_mean", "with_std"], stage)?;
-                let mut e = crate::StandardScaler::new().output_col(out);
-                if let Some(v) = flag(&p, "with_mean")? {
-                    e = e.with_mean(v);
-                }
-                if let Some(v) = flag(&p, "with_std")? {
-                    e = e.with_std(v);
-                }
-                pipeline.estimator(e)
-            }
-            "min_max_scaler" => {
-                check_known(&p, &["min", "max"], stage)?;
-                let mut e = crate::MinMaxScaler::new().output_col(out);
-                if let Some(v) = num(&p, "min")? {
-                    e = e.min(v);
-                }
-                if let Some(v) = num(&p, "max")? {
-                    e = e.max(v);
-                }
-                pipeline.estimator(e)
-            }
-            other => {
-                return Err(bad(format!(
-                    "unknown stage '{other}'; use standard_scaler or min_max_scaler"
-                )));
-            }
-        };
+        pipeline = pipeline.dyn_estimator(build(&p, &format!("stage_{i}_{stage}"))?);
     }
-    Ok(match build(spec)? {
-        Built::Logistic(e) => pipeline.estimator(e),
-        Built::Linear(e) => pipeline.estimator(e),
-        Built::KMeans(e) => pipeline.estimator(e),
-    })
+    Ok(pipeline.dyn_estimator(build(spec)?))
 }
 
 /// Whether a larger `metric` is better (its loss is then the negated value).
 pub fn higher_is_better(metric: &str) -> bool {
-    matches!(
-        metric,
-        "accuracy" | "f1" | "area_under_roc" | "r2" | "silhouette"
-    )
+    catalog::higher_is_better(metric)
 }
 
 /// `(loss, metrics)` of one trial: the metrics include `objective`, the metric's name.
@@ -630,63 +420,31 @@ async fn train_eval_split(
         task: TRAIN_EVAL.to_string(),
         reason: e.to_string(),
     };
+    let algorithm = spec.algorithm()?;
+    let estimator = build(spec)?;
     // Without stages the estimator fits the feature columns directly (no assembler pass:
     // about 20% of a small trial's time).
-    let scored = match (spec.stages.is_empty(), build(spec)?) {
-        (true, Built::Logistic(e)) => e.fit(s, train).await.map_err(err)?.transform(test),
-        (true, Built::Linear(e)) => e.fit(s, train).await.map_err(err)?.transform(test),
-        (true, Built::KMeans(e)) => e.fit(s, train).await.map_err(err)?.transform(test),
-        (false, _) => pipeline(spec, &train.feature_names()?)?
+    let scored = if spec.stages.is_empty() {
+        estimator
+            .fit_dyn(s, train)
+            .await
+            .map_err(err)?
+            .transform(test)
+    } else {
+        pipeline(spec, &train.feature_names()?)?
             .fit(s, train)
             .await
             .map_err(err)?
-            .transform(test),
+            .transform(test)
     }
     .map_err(err)?;
-    let (metrics, metric) = match build(spec)? {
-        Built::Logistic(_) => {
-            let m = MulticlassClassificationEvaluator::new()
-                .evaluate(s, &scored)
-                .await
-                .map_err(err)?;
-            let binary = m.classes.len() <= 2;
-            let mut metrics = json!({"accuracy": m.accuracy, "f1": m.f1});
-            if binary {
-                let b = BinaryClassificationEvaluator::new()
-                    .evaluate(s, &scored)
-                    .await
-                    .map_err(err)?;
-                metrics["log_loss"] = json!(b.log_loss);
-                metrics["area_under_roc"] = json!(b.area_under_roc);
-            }
-            let default = if binary { "log_loss" } else { "accuracy" };
-            (
-                metrics,
-                spec.metric.clone().unwrap_or_else(|| default.to_string()),
-            )
-        }
-        Built::Linear(_) => {
-            let m = RegressionEvaluator::new()
-                .evaluate(s, &scored)
-                .await
-                .map_err(err)?;
-            (
-                json!({"rmse": m.rmse, "mse": m.mse, "mae": m.mae, "r2": m.r2}),
-                spec.metric.clone().unwrap_or_else(|| "rmse".to_string()),
-            )
-        }
-        Built::KMeans(_) => {
-            let m = ClusteringEvaluator::new()
-                .evaluate(s, &scored)
-                .await
-                .map_err(err)?;
-            (
-                json!({"within_ss": m.within_ss, "silhouette": m.silhouette}),
-                spec.metric
-                    .clone()
-                    .unwrap_or_else(|| "within_ss".to_string()),
-            )
-        }
+    let mut metrics = algorithm.task.evaluate(s, &scored).await.map_err(err)?;
+    let metric = match &spec.metric {
+        Some(m) => algorithm
+            .task
+            .metric(m)
+            .map_or_else(|| m.clone(), |m| m.name.to_string()),
+        None => algorithm.task.default_metric(&metrics).to_string(),
     };
     let value = metrics[metric.as_str()].as_f64().ok_or_else(|| {
         bad(format!(
@@ -694,7 +452,6 @@ async fn train_eval_split(
             spec.estimator
         ))
     })?;
-    let mut metrics = metrics;
     metrics["objective"] = json!(metric);
     Ok((
         if higher_is_better(&metric) {
