@@ -25,6 +25,9 @@ pub struct Dataset {
     features: Vec<String>,
     label: Option<String>,
     weight: Option<String>,
+    /// A vector column this dataset assembled, with the names of its elements (the columns
+    /// it was assembled from), so that errors and weights name those rather than `v[3]`.
+    assembled: Option<(String, Vec<String>)>,
 }
 
 impl Dataset {
@@ -35,6 +38,7 @@ impl Dataset {
             features: Vec::new(),
             label: None,
             weight: None,
+            assembled: None,
         }
     }
 
@@ -55,6 +59,7 @@ impl Dataset {
         if let Some(w) = &self.weight {
             out = out.with_weight(w)?;
         }
+        out.assembled = self.assembled.clone();
         Ok(out)
     }
 
@@ -182,6 +187,7 @@ impl Dataset {
             features: Vec::new(),
             label: self.label,
             weight: self.weight,
+            assembled: None,
         }
         .with_features([column])
     }
@@ -226,6 +232,11 @@ impl Dataset {
 
     /// One name per feature value: the column name, or `name[i]` for vector elements.
     pub fn feature_names(&self) -> Result<Vec<String>> {
+        if let (Some((column, names)), [single]) = (&self.assembled, self.features.as_slice())
+            && column == single
+        {
+            return Ok(names.clone());
+        }
         let mut names = Vec::new();
         for c in self.require_features()? {
             match self.field(c)?.data_type() {
@@ -254,12 +265,14 @@ impl Dataset {
     /// dataset's features are that one column.
     pub fn assemble(self, output: &str) -> Result<Dataset> {
         let expr = self.features_expr()?;
+        let names = self.feature_names()?;
         let df = self.df.with_column(output, expr)?;
         Ok(Dataset {
             df,
             features: vec![output.to_string()],
             label: self.label,
             weight: self.weight,
+            assembled: Some((output.to_string(), names)),
         })
     }
 
@@ -372,6 +385,51 @@ impl Dataset {
             (_, Some(found)) => Ok(Some(found)),
             (Err(e @ QuiverError::InvalidValue { .. }), None)
             | (Err(e @ QuiverError::InconsistentVectorLength { .. }), None) => Ok(Some(e)),
+            (Err(e), None) => Err(e),
+            (Ok(()), None) => Ok(None),
+        }
+    }
+
+    /// Finds the first row whose features `check` refuses, in the dataset's natural order:
+    /// `check` returns the index of the first refused value in a batch's row-major feature
+    /// values and what is wrong with it. The result names the feature (by
+    /// [`Dataset::feature_names`]) and the dataset row. Statistics with a domain of their own
+    /// (counts ≥ 0, flags 0/1) use it to turn a batch-relative error into a located one, on
+    /// every runner and on a cluster (it reads the data in this process).
+    pub async fn locate_refused(
+        &self,
+        check: impl Fn(&FeatureBatch<'_>) -> Option<(usize, &'static str)>,
+    ) -> Result<Option<QuiverError>> {
+        let names = self.feature_names()?;
+        let dim = names.len();
+        let mut features = self.clone();
+        features.label = None;
+        features.weight = None;
+        let features = features.assemble("__quiver_features")?;
+        let mut found = None;
+        let result = features
+            .for_each_batch(|first_row, batch| {
+                if found.is_some() {
+                    return Ok(());
+                }
+                let (values, width) = vector_values(batch.column(0).as_ref(), "features")?;
+                if width != dim {
+                    return Ok(());
+                }
+                let fb = FeatureBatch::new(values, width)?;
+                if let Some((i, kind)) = check(&fb) {
+                    found = Some(QuiverError::InvalidValue {
+                        kind,
+                        column: names[i % dim].clone(),
+                        row: first_row + (i / dim) as u64,
+                        detail: String::new(),
+                    });
+                }
+                Ok(())
+            })
+            .await;
+        match (result, found) {
+            (_, Some(found)) => Ok(Some(found)),
             (Err(e), None) => Err(e),
             (Ok(()), None) => Ok(None),
         }

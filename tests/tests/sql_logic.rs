@@ -104,6 +104,11 @@ fn slt_files() -> Vec<PathBuf> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        // QUIVER_SLT=name runs only the files whose name contains it (while developing).
+        .filter(|p| {
+            std::env::var("QUIVER_SLT")
+                .map_or(true, |only| p.to_string_lossy().contains(only.as_str()))
+        })
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no .slt files in {}", dir.display());
