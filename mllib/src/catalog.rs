@@ -20,7 +20,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::api::{DynEstimator, DynModel, Model};
-use crate::classification::{LogisticRegression, LogisticRegressionModel};
+use crate::classification::{
+    LogisticRegression, LogisticRegressionModel, NaiveBayes, NaiveBayesModel,
+};
 use crate::clustering::{KMeans, KMeansModel};
 use crate::error::{MllibError, Result};
 use crate::feature::{
@@ -644,6 +646,42 @@ pub const ALGORITHMS: &[Algorithm] = &[
         build: |p| Ok(Arc::new(from_params::<KMeans>("kmeans", p, KMeans::check)?)),
         load: load_model::<KMeansModel>,
         register: crate::clustering::kmeans::register,
+    },
+    Algorithm {
+        name: "naive_bayes",
+        estimator: "NaiveBayes",
+        model_types: &["naive_bayes"],
+        task: Task::Classification,
+        options: &[
+            opt(
+                "naive_bayes_type",
+                P("model_type"),
+                Text(&[
+                    ("multinomial", "multinomial"),
+                    ("complement", "complement"),
+                    ("bernoulli", "bernoulli"),
+                    ("gaussian", "gaussian"),
+                ]),
+                "the event model (default 'multinomial')",
+            )
+            .tune(Tune::Yes),
+            opt(
+                "smoothing",
+                P("smoothing"),
+                NonNegative,
+                "additive smoothing of the counts (default 1.0)",
+            )
+            .tune(Tune::Default(Range::Log(1e-3, 10.0))),
+        ],
+        build: |p| {
+            Ok(Arc::new(from_params::<NaiveBayes>(
+                "naive_bayes",
+                p,
+                NaiveBayes::check,
+            )?))
+        },
+        load: load_model::<NaiveBayesModel>,
+        register: crate::classification::naive_bayes::register,
     },
 ];
 

@@ -27,7 +27,10 @@ pub mod tuning;
 
 pub use api::{DynEstimator, DynModel, Estimator, Model, RowStage, Transformer, load, save};
 pub use catalog::{ALGORITHMS, Algorithm, Task};
-pub use classification::{Family, LogisticRegression, LogisticRegressionModel, LogisticSummary};
+pub use classification::{
+    Family, LogisticRegression, LogisticRegressionModel, LogisticSummary, NaiveBayes,
+    NaiveBayesModel, NaiveBayesType,
+};
 pub use clustering::{KMeans, KMeansInit, KMeansModel, KMeansSummary};
 pub use error::{MllibError, Result};
 pub use evaluation::{
