@@ -15,6 +15,7 @@ pub mod api;
 pub mod catalog;
 pub mod classification;
 pub mod clustering;
+pub mod decomposition;
 pub mod error;
 pub mod evaluation;
 pub mod feature;
@@ -32,6 +33,7 @@ pub use classification::{
     NaiveBayesModel, NaiveBayesType,
 };
 pub use clustering::{KMeans, KMeansInit, KMeansModel, KMeansSummary};
+pub use decomposition::{PCA, PCAModel, PcaSummary};
 pub use error::{MllibError, Result};
 pub use evaluation::{
     BinaryClassificationEvaluator, BinaryMetrics, ClusteringEvaluator, ClusteringMetrics,
