@@ -346,6 +346,8 @@ impl SqlOption {
 
 /// Builds an estimator from a parameter map.
 pub type Build = fn(&Point) -> Result<Arc<dyn DynEstimator>>;
+/// Builds a feature stage from a parameter map, writing the given output column.
+pub type BuildStage = fn(&Point, &str) -> Result<Arc<dyn DynEstimator>>;
 /// Rebuilds a fitted model from its metadata and parts.
 pub type Load = fn(&ModelMetadata, &BTreeMap<String, Bytes>) -> Result<Arc<dyn DynModel>>;
 /// Adds an algorithm's statistics and map functions to a registry (for the cluster codecs).
@@ -444,7 +446,7 @@ pub struct FeatureStage {
     pub name: &'static str,
     /// How `TrainEval` builds it before the estimator, writing `output_col`: only for stages
     /// that map the feature vector.
-    pub build: Option<fn(&Point, &str) -> Result<Arc<dyn DynEstimator>>>,
+    pub build: Option<BuildStage>,
     pub load: Load,
     pub register: Register,
 }
