@@ -111,7 +111,7 @@ impl FunctionRegistry {
         for f in engine_aggregate_functions() {
             let _ = r.add_aggregate(f);
         }
-        let _ = r.add_statistic::<crate::summary::Summarizer>("feature_summary");
+        let _ = r.add_statistic::<crate::summary::Summarizer>();
         let _ = r.add_scalar_codec("quiver_run_task", crate::fanout::run_task_codec());
         let _ = r.add_task(Arc::new(crate::fanout::SphereTask));
         r
@@ -157,7 +157,8 @@ impl FunctionRegistry {
 
     /// Makes the statistic `S` (aggregate function `name`) able to run on a cluster: its
     /// parameters travel in the plan and are rebuilt with [`FromParams`] where it runs.
-    pub fn add_statistic<S: Statistic + FromParams>(&mut self, name: &str) -> Result<()> {
+    pub fn add_statistic<S: Statistic + FromParams>(&mut self) -> Result<()> {
+        let name = S::NAME;
         let encode: AggregateEncoder = Arc::new(|udaf: &AggregateUDF| {
             udaf.inner()
                 .downcast_ref::<StatisticUdaf<S>>()

@@ -502,9 +502,7 @@ impl Statistic for Summarizer {
     type State = SummaryState;
     type Output = FeatureSummary;
 
-    fn name(&self) -> &str {
-        "feature_summary"
-    }
+    const NAME: &'static str = "feature_summary";
 
     fn params(&self) -> Result<Vec<u8>> {
         serde_json::to_vec(self).map_err(|source| QuiverError::Json {

@@ -378,9 +378,7 @@ struct LeastSquares {
 impl quiver_engine::Statistic for LeastSquares {
     type State = Vec<f64>; // [weight_sum, loss, grad...]
     type Output = Vec<f64>;
-    fn name(&self) -> &str {
-        "least_squares_test"
-    }
+    const NAME: &'static str = "least_squares_test";
     fn params(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         quiver_engine::aggregate::encode_f64s(&self.coef, &mut out);

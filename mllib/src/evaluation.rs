@@ -118,9 +118,7 @@ impl Statistic for RegressionStat {
     type State = Vec<f64>;
     type Output = Vec<f64>;
 
-    fn name(&self) -> &str {
-        "quiver_regression_metrics"
-    }
+    const NAME: &'static str = "quiver_regression_metrics";
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
         quiver_engine::registry::json_params("the regression metrics", self)
     }
@@ -286,9 +284,7 @@ impl Statistic for ConfusionStat {
     type State = BTreeMap<(u64, u64), u64>;
     type Output = BTreeMap<(u64, u64), u64>;
 
-    fn name(&self) -> &str {
-        "quiver_confusion_counts"
-    }
+    const NAME: &'static str = "quiver_confusion_counts";
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
         quiver_engine::registry::json_params("the confusion counts", self)
     }
@@ -461,9 +457,7 @@ impl Statistic for ScoreCounts {
     type State = (BTreeMap<u64, (f64, f64)>, f64);
     type Output = (BTreeMap<u64, (f64, f64)>, f64);
 
-    fn name(&self) -> &str {
-        "quiver_score_counts"
-    }
+    const NAME: &'static str = "quiver_score_counts";
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
         quiver_engine::registry::json_params("the score counts", self)
     }
@@ -652,9 +646,7 @@ struct ClusterMoments {
 impl Statistic for ClusterMoments {
     type State = Vec<Moments>;
     type Output = Vec<Moments>;
-    fn name(&self) -> &str {
-        "quiver_cluster_moments"
-    }
+    const NAME: &'static str = "quiver_cluster_moments";
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
         quiver_engine::registry::json_params("the cluster moments", self)
     }
@@ -773,9 +765,7 @@ struct SilhouetteStat {
 impl Statistic for SilhouetteStat {
     type State = Vec<f64>;
     type Output = Vec<f64>;
-    fn name(&self) -> &str {
-        "quiver_silhouette"
-    }
+    const NAME: &'static str = "quiver_silhouette";
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
         quiver_engine::registry::json_params("the silhouette", self)
     }
@@ -930,9 +920,9 @@ impl ExplainedVarianceEvaluator {
 
 /// Lets the evaluators' statistics run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
-    r.add_statistic::<RegressionStat>("quiver_regression_metrics")?;
-    r.add_statistic::<ConfusionStat>("quiver_confusion_counts")?;
-    r.add_statistic::<ScoreCounts>("quiver_score_counts")?;
-    r.add_statistic::<ClusterMoments>("quiver_cluster_moments")?;
-    r.add_statistic::<SilhouetteStat>("quiver_silhouette")
+    r.add_statistic::<RegressionStat>()?;
+    r.add_statistic::<ConfusionStat>()?;
+    r.add_statistic::<ScoreCounts>()?;
+    r.add_statistic::<ClusterMoments>()?;
+    r.add_statistic::<SilhouetteStat>()
 }

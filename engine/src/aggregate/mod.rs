@@ -34,8 +34,14 @@ pub trait Statistic: Send + Sync + Debug + 'static {
     /// What `finish` makes of the merged state.
     type Output;
 
-    /// Kind name, e.g. `"feature_summary"`. Also the name of its aggregate function.
-    fn name(&self) -> &str;
+    /// Kind name, e.g. `"feature_summary"`: also the name of its aggregate function and the key
+    /// of its codec ([`crate::FunctionRegistry::add_statistic`]). Declared once, here.
+    const NAME: &'static str;
+
+    /// [`Statistic::NAME`].
+    fn name(&self) -> &str {
+        Self::NAME
+    }
 
     /// The statistic's parameters as bytes: its identity in query plans and the payload a
     /// codec ships to executors.

@@ -196,9 +196,7 @@ struct ClassCounts {
 impl Statistic for ClassCounts {
     type State = Vec<f64>;
     type Output = Vec<f64>;
-    fn name(&self) -> &str {
-        "quiver_class_counts"
-    }
+    const NAME: &'static str = "quiver_class_counts";
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
         quiver_engine::registry::json_params("the class counts", self)
     }
@@ -263,9 +261,7 @@ impl Statistic for LogisticLoss {
     /// [W, loss, gradient (vectors × (d + 1)) in the original space]
     type State = Vec<f64>;
     type Output = Vec<f64>;
-    fn name(&self) -> &str {
-        "quiver_logistic_loss"
-    }
+    const NAME: &'static str = "quiver_logistic_loss";
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
         quiver_engine::registry::json_params("the logistic loss", self)
     }
@@ -797,8 +793,8 @@ quiver_engine::impl_json_params!(
 
 /// Lets logistic regression's statistics and maps run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
-    r.add_statistic::<ClassCounts>("quiver_class_counts")?;
-    r.add_statistic::<LogisticLoss>("quiver_logistic_loss")?;
+    r.add_statistic::<ClassCounts>()?;
+    r.add_statistic::<LogisticLoss>()?;
     for name in [
         "logistic_regression_raw_prediction",
         "logistic_regression_probability",

@@ -399,9 +399,7 @@ impl Statistic for KMeansPass {
     type State = Vec<f64>;
     type Output = Vec<f64>;
 
-    fn name(&self) -> &str {
-        "quiver_kmeans_pass"
-    }
+    const NAME: &'static str = "quiver_kmeans_pass";
 
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
         quiver_engine::registry::json_params("a k-means pass", self)
@@ -890,7 +888,7 @@ impl quiver_engine::registry::FromParams for Assign {
 
 /// Lets k-means' statistic and map run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
-    r.add_statistic::<KMeansPass>("quiver_kmeans_pass")?;
+    r.add_statistic::<KMeansPass>()?;
     r.add_batch_function::<Assign>("kmeans_predict")
 }
 

@@ -82,9 +82,7 @@ impl Statistic for CoMomentsStatistic {
     type State = CoMoments;
     type Output = CoMoments;
 
-    fn name(&self) -> &str {
-        "quiver_comoments"
-    }
+    const NAME: &'static str = "quiver_comoments";
 
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
         quiver_engine::registry::json_params("the co-moments", self)
@@ -248,5 +246,5 @@ quiver_engine::impl_json_params!(
 
 /// Lets the co-moment statistic (linear regression's, PCA's) run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
-    r.add_statistic::<CoMomentsStatistic>("quiver_comoments")
+    r.add_statistic::<CoMomentsStatistic>()
 }

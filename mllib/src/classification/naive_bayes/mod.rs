@@ -66,6 +66,6 @@ impl Estimator for NaiveBayes {
 
 /// Lets naive Bayes' statistic and maps run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
-    r.add_statistic::<ClassSums>(statistic::NAME)?;
+    r.add_statistic::<ClassSums>()?;
     model::register(r)
 }

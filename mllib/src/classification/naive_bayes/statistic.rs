@@ -9,9 +9,6 @@ use serde::{Deserialize, Serialize};
 use super::params::NaiveBayesType;
 use crate::api::class_index;
 
-/// The statistic's aggregate function name.
-pub(super) const NAME: &str = "quiver_naive_bayes_sums";
-
 /// One class's moments.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct ClassMoments {
@@ -127,9 +124,7 @@ impl Statistic for ClassSums {
     type State = ClassSumsState;
     type Output = ClassSumsState;
 
-    fn name(&self) -> &str {
-        NAME
-    }
+    const NAME: &'static str = "quiver_naive_bayes_sums";
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
         quiver_engine::registry::json_params("the naive Bayes sums", self)
     }
