@@ -14,6 +14,7 @@
 pub mod aggregate;
 pub mod cluster;
 pub mod config;
+pub mod cpu;
 pub mod dataset;
 pub mod error;
 pub mod fanout;

@@ -356,28 +356,34 @@ fn block_stats<const WEIGHTED: bool, const FMA: bool>(
     }
 }
 
-/// The block kernels, compiled twice: for the baseline target and, where the CPU has it, AVX2
-/// with FMA (chosen at run time).
-macro_rules! kernels {
-    ($modname:ident, $fma:literal, $($attr:meta)?) => {
-        mod $modname {
-            use super::*;
-            $(#[$attr])?
-            pub(super) unsafe fn block_unweighted(values: &[f64], dim: usize, b: &mut Block, mean: &mut [f64]) {
-                let n = (values.len() / dim) as f64;
-                block_stats::<false, $fma>(values, dim, &[], n, b, mean);
-            }
-            $(#[$attr])?
-            pub(super) unsafe fn block_weighted(values: &[f64], w: &[f64], ws: f64, dim: usize, b: &mut Block, mean: &mut [f64]) {
-                block_stats::<true, $fma>(values, dim, w, ws, b, mean);
-            }
-        }
-    };
+#[inline(always)]
+fn block_unweighted_impl<const FMA: bool>(
+    values: &[f64],
+    dim: usize,
+    b: &mut Block,
+    mean: &mut [f64],
+) {
+    let n = (values.len() / dim) as f64;
+    block_stats::<false, FMA>(values, dim, &[], n, b, mean);
 }
 
-kernels!(baseline, false,);
-#[cfg(target_arch = "x86_64")]
-kernels!(avx2, true, target_feature(enable = "avx2,fma"));
+#[inline(always)]
+fn block_weighted_impl<const FMA: bool>(
+    values: &[f64],
+    w: &[f64],
+    ws: f64,
+    dim: usize,
+    b: &mut Block,
+    mean: &mut [f64],
+) {
+    block_stats::<true, FMA>(values, dim, w, ws, b, mean);
+}
+
+// The block kernels, compiled for the baseline target and for AVX2 with FMA.
+crate::fma_kernels!(baseline, avx2;
+    fn block_unweighted(values: &[f64], dim: usize, b: &mut Block, mean: &mut [f64]) => block_unweighted_impl;
+    fn block_weighted(values: &[f64], w: &[f64], ws: f64, dim: usize, b: &mut Block, mean: &mut [f64]) => block_weighted_impl;
+);
 
 /// Hints the CPU to bring `data` into cache (no effect on other architectures).
 #[inline]
@@ -398,17 +404,6 @@ fn prefetch(data: &[f64]) {
     let _ = data;
 }
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 impl Summarizer {
     fn update_block(
         &self,
@@ -419,7 +414,7 @@ impl Summarizer {
     ) -> Result<()> {
         let dim = self.dim;
         b.reset();
-        let avx2 = has_avx2();
+        let avx2 = crate::cpu::has_avx2_fma();
         let (count, ws, wsq) = match (self.weighted, block.weight) {
             (true, Some(w)) => {
                 let mut ws = 0.0;
@@ -695,7 +690,7 @@ mod tests {
                 assert!((mw[j] - mean).abs() < 1e-12, "dim {dim} weighted mean[{j}]");
             }
             #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
+            if crate::cpu::has_avx2_fma() {
                 let mut b2 = Block::new(dim);
                 let mut m2 = vec![0.0; dim];
                 // SAFETY: the CPU has AVX2 and FMA (checked above).

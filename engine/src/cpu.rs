@@ -1,0 +1,96 @@
+//! CPU feature detection and multiversioned kernels: the one place that knows which vector
+//! extensions this process may use. A hot loop is written once as a function generic over
+//! `const FMA: bool`; [`fma_kernels!`](crate::fma_kernels) compiles it for the baseline target
+//! and, on x86-64, with AVX2 and FMA enabled, and the caller picks one at run time with
+//! [`has_avx2_fma`].
+
+use std::sync::OnceLock;
+
+/// Whether this CPU runs AVX2 and FMA instructions (detected once per process). Only then may
+/// the `avx2` variants of [`fma_kernels!`](crate::fma_kernels) be called.
+pub fn has_avx2_fma() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Compiles kernels twice, as two modules of the calling module: `$baseline` for the baseline
+/// target and (x86-64 only) `$avx2` with AVX2 and FMA enabled. Each
+/// `fn name(args) => target;` becomes `unsafe fn name(args)` in both, calling
+/// `target::<false>` / `target::<true>` (a function of the calling module generic over
+/// `const FMA: bool`, best `#[inline(always)]` so its body is compiled with the features).
+/// The `$avx2` variants are sound to call only where [`has_avx2_fma`] holds; the baseline
+/// ones always are (they are `unsafe` to share the signature).
+#[macro_export]
+macro_rules! fma_kernels {
+    ($baseline:ident, $avx2:ident; $(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $target:ident;)+) => {
+        mod $baseline {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[inline]
+                pub(super) unsafe fn $name($($arg: $ty),*) {
+                    super::$target::<false>($($arg),*)
+                }
+            )+
+        }
+        #[cfg(target_arch = "x86_64")]
+        mod $avx2 {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[target_feature(enable = "avx2,fma")]
+                pub(super) unsafe fn $name($($arg: $ty),*) {
+                    super::$target::<true>($($arg),*)
+                }
+            )+
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(always)]
+    fn sum_into<const FMA: bool>(xs: &[f64], out: &mut f64) {
+        *out = xs.iter().fold(
+            0.0,
+            |acc, x| if FMA { x.mul_add(1.0, acc) } else { acc + x },
+        );
+    }
+
+    crate::fma_kernels!(plain, fast; fn sum(xs: &[f64], out: &mut f64) => sum_into;);
+
+    #[test]
+    fn both_variants_compute_the_same() {
+        let xs = [1.0, 2.5, -0.5];
+        let (mut a, mut b) = (0.0, 0.0);
+        // SAFETY: the baseline variant runs anywhere; the AVX2 one only where detected.
+        unsafe {
+            plain::sum(&xs, &mut a);
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                fast::sum(&xs, &mut b);
+            } else {
+                b = a;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            b = a;
+        }
+        assert_eq!(a, 3.0);
+        assert_eq!(a, b);
+        assert_eq!(has_avx2_fma(), has_avx2_fma());
+    }
+}

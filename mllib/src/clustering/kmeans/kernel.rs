@@ -1,0 +1,231 @@
+//! The nearest-centre kernel: centres laid out in groups of four, 8 rows × 4 centres per step,
+//! compiled for the baseline target and for AVX2 with FMA (chosen at run time).
+
+/// The centres laid out for the nearest-centre kernel: groups of four centres, per feature the
+/// four values `−2cⱼ` side by side, and each centre's `‖c‖²` (padding centres get +∞). The
+/// nearest centre minimises `‖c‖² − 2x·c`, which the kernel computes for 8 rows × 4 centres at
+/// a time with independent accumulators (so the multiply-adds pipeline and vectorise), then the
+/// chosen centre's exact `‖x − c‖²` is computed directly (no cancellation in the cost).
+#[derive(Debug, Clone, Default)]
+pub(super) struct CenterTable {
+    pub(super) d: usize,
+    pub(super) groups: usize,
+    pub(super) neg2t: Vec<f64>,
+    pub(super) norms: Vec<f64>,
+}
+
+/// Rows per kernel step.
+pub(super) const ROWS: usize = 8;
+
+/// Rows per cache-resident sub-block of a batch (20 features: 40 KB).
+pub(super) const SUB_BLOCK_ROWS: usize = 256;
+
+impl CenterTable {
+    pub(super) fn new(centers: &[f64], d: usize) -> Self {
+        let k = centers.len() / d;
+        let groups = k.div_ceil(4);
+        let mut neg2t = vec![0.0; groups * d * 4];
+        let mut norms = vec![f64::INFINITY; groups * 4];
+        for (c, center) in centers.chunks_exact(d).enumerate() {
+            let (g, l) = (c / 4, c % 4);
+            norms[c] = center.iter().map(|v| v * v).sum();
+            for (j, v) in center.iter().enumerate() {
+                neg2t[(g * d + j) * 4 + l] = -2.0 * v;
+            }
+        }
+        CenterTable {
+            d,
+            groups,
+            neg2t,
+            norms,
+        }
+    }
+
+    /// For every row of `values`: (nearest centre, exact squared distance to it).
+    pub(super) fn assign(&self, centers: &[f64], values: &[f64], out: &mut Vec<(usize, f64)>) {
+        out.clear();
+        if self.groups == 0 {
+            return;
+        }
+        // SAFETY: the AVX2 variant runs only when the CPU reports AVX2 and FMA.
+        unsafe {
+            #[cfg(target_arch = "x86_64")]
+            if quiver_engine::cpu::has_avx2_fma() {
+                return nearest_avx2::assign(self, centers, values, out);
+            }
+            nearest_baseline::assign(self, centers, values, out)
+        }
+    }
+}
+
+/// `‖c‖² − 2x·c` for `R` rows against every group of four centres; keeps the smallest per row
+/// (the first centre on ties).
+#[inline(always)]
+pub(super) fn nearest_rows<const R: usize, const FMA: bool>(
+    t: &CenterTable,
+    rows: &[f64],
+    best: &mut [(f64, usize); R],
+) {
+    let d = t.d;
+    for g in 0..t.groups {
+        let mut acc = [[0.0f64; 4]; R];
+        let norms: [f64; 4] = t.norms[g * 4..g * 4 + 4].try_into().unwrap_or([0.0; 4]);
+        for a in acc.iter_mut() {
+            *a = norms;
+        }
+        let cols = &t.neg2t[g * d * 4..(g + 1) * d * 4];
+        for (j, c) in cols.chunks_exact(4).enumerate() {
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xj = rows[r * d + j];
+                for l in 0..4 {
+                    a[l] = if FMA {
+                        xj.mul_add(c[l], a[l])
+                    } else {
+                        a[l] + xj * c[l]
+                    };
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (l, v) in a.iter().enumerate() {
+                if *v < best[r].0 {
+                    best[r] = (*v, g * 4 + l);
+                }
+            }
+        }
+    }
+}
+
+/// [`nearest_rows`] for [`ROWS`] rows with AVX2 and FMA: eight accumulators of four centres
+/// in registers, one broadcast and one multiply-add per row and feature. The same operations in
+/// the same order as `nearest_rows::<_, true>`, so the tail rows agree bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn nearest_block_avx2(t: &CenterTable, rows: &[f64], best: &mut [(f64, usize); ROWS]) {
+    use std::arch::x86_64::*;
+    let d = t.d;
+    assert!(rows.len() >= ROWS * d && t.neg2t.len() == t.groups * d * 4);
+    let x = rows.as_ptr();
+    let mut lanes = [0.0f64; 4];
+    for g in 0..t.groups {
+        // SAFETY: every pointer below stays inside `rows` (ROWS × d values, asserted above),
+        // `t.neg2t` (groups × d × 4) and `t.norms` (groups × 4).
+        unsafe {
+            let norms = _mm256_loadu_pd(t.norms.as_ptr().add(g * 4));
+            let mut acc = [norms; ROWS];
+            let cols = t.neg2t.as_ptr().add(g * d * 4);
+            for j in 0..d {
+                let c = _mm256_loadu_pd(cols.add(j * 4));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_pd(_mm256_broadcast_sd(&*x.add(r * d + j)), c, *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                _mm256_storeu_pd(lanes.as_mut_ptr(), *a);
+                for (l, v) in lanes.iter().enumerate() {
+                    if *v < best[r].0 {
+                        best[r] = (*v, g * 4 + l);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The squared distance, with four independent partial sums.
+#[inline(always)]
+pub(super) fn squared_distance(x: &[f64], c: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (xs, cs) = (x.chunks_exact(4), c.chunks_exact(4));
+    let tail: f64 = xs
+        .remainder()
+        .iter()
+        .zip(cs.remainder())
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum();
+    for (a4, b4) in xs.zip(cs) {
+        for l in 0..4 {
+            acc[l] += (a4[l] - b4[l]) * (a4[l] - b4[l]);
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+#[inline(always)]
+pub(super) fn assign_all<const FMA: bool>(
+    t: &CenterTable,
+    centers: &[f64],
+    values: &[f64],
+    out: &mut Vec<(usize, f64)>,
+) {
+    let d = t.d;
+    let mut blocks = values.chunks_exact(ROWS * d);
+    for block in blocks.by_ref() {
+        let mut best = [(f64::INFINITY, 0); ROWS];
+        #[cfg(target_arch = "x86_64")]
+        if FMA {
+            // SAFETY: FMA is set only in the AVX2 + FMA compilation, chosen at run time.
+            unsafe { nearest_block_avx2(t, block, &mut best) };
+        } else {
+            nearest_rows::<ROWS, FMA>(t, block, &mut best);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        nearest_rows::<ROWS, FMA>(t, block, &mut best);
+        for (x, (_, c)) in block.chunks_exact(d).zip(best) {
+            out.push((c, squared_distance(x, &centers[c * d..(c + 1) * d])));
+        }
+    }
+    for x in blocks.remainder().chunks_exact(d) {
+        let mut best = [(f64::INFINITY, 0); 1];
+        nearest_rows::<1, FMA>(t, x, &mut best);
+        let c = best[0].1;
+        out.push((c, squared_distance(x, &centers[c * d..(c + 1) * d])));
+    }
+}
+
+// The kernel compiled for the baseline target and, chosen at run time, AVX2 with FMA.
+quiver_engine::fma_kernels!(nearest_baseline, nearest_avx2;
+    fn assign(t: &CenterTable, centers: &[f64], values: &[f64], out: &mut Vec<(usize, f64)>) => assign_all;
+);
+
+#[cfg(test)]
+mod tests {
+    use super::super::nearest;
+    use super::*;
+
+    /// The blocked kernel (both compilations) picks the same centre as the direct distance for
+    /// every k from 1 to 13 (padding groups included) and row counts around the block size.
+    #[test]
+    fn kernel_agrees_with_direct_distances() {
+        let d = 5;
+        let value = |i: usize| ((i * 7919 % 1009) as f64 - 500.0) / 37.0;
+        for k in 1..=13 {
+            let centers: Vec<f64> = (0..k * d).map(|i| value(i * 31 + 7)).collect();
+            let table = CenterTable::new(&centers, d);
+            for n in [1, 7, 8, 9, 17, 64] {
+                let values: Vec<f64> = (0..n * d).map(value).collect();
+                let mut kernels: Vec<Vec<(usize, f64)>> = Vec::new();
+                let mut out = Vec::new();
+                // SAFETY: the AVX2 variant only where the CPU has it.
+                unsafe {
+                    nearest_baseline::assign(&table, &centers, &values, &mut out);
+                    kernels.push(out.clone());
+                    #[cfg(target_arch = "x86_64")]
+                    if quiver_engine::cpu::has_avx2_fma() {
+                        out.clear();
+                        nearest_avx2::assign(&table, &centers, &values, &mut out);
+                        kernels.push(out.clone());
+                    }
+                }
+                for got in kernels {
+                    assert_eq!(got.len(), n);
+                    for (x, (c, dist)) in values.chunks_exact(d).zip(got) {
+                        let (want, want_dist) = nearest(x, &centers, d);
+                        assert_eq!(c, want, "k {k} n {n}");
+                        assert!((dist - want_dist).abs() <= 1e-12 * want_dist.max(1.0));
+                    }
+                }
+            }
+        }
+    }
+}

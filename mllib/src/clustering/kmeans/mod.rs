@@ -1,0 +1,281 @@
+//! `KMeans` (Spark MLlib's names and defaults): k-means|| initialisation (Bahmani et al.) and
+//! Lloyd iterations, each pass one aggregate over the data.
+//!
+//! Every random choice about a row depends on the row's values and the seed (a hash), never on
+//! its position, so the local and embedded runners, and any partitioning, pick the same points.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Int32Array};
+use arrow::datatypes::DataType;
+use bytes::Bytes;
+use quiver_engine::aggregate::{decode_f64s, encode_f64s};
+use quiver_engine::vector::first_nan;
+use quiver_engine::{
+    BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, Prepared, QuiverError,
+    QuiverSession, StatInputs, Statistic, map_dataset,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Estimator, Model, Transformer, check_output_col};
+use crate::error::{MllibError, Result};
+use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
+
+mod kernel;
+mod model;
+mod params;
+mod statistic;
+
+pub use model::KMeansModel;
+pub use params::{KMeans, KMeansInit};
+
+use kernel::*;
+use model::*;
+use statistic::*;
+
+/// A uniform number in [0, 1) from a row's values, the seed and a round: the same row always
+/// draws the same number, wherever it is processed.
+fn row_uniform(row: &[f64], seed: u64, round: u64) -> f64 {
+    let mut h = seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for v in row {
+        h ^= v.to_bits();
+        // splitmix64 finaliser
+        h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^= h >> 31;
+    }
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// (index, squared distance) of the centre nearest to `x`.
+#[inline]
+fn nearest(x: &[f64], centers: &[f64], d: usize) -> (usize, f64) {
+    let mut best = (0, f64::INFINITY);
+    for (c, center) in centers.chunks_exact(d).enumerate() {
+        let dist: f64 = x.iter().zip(center).map(|(a, b)| (a - b) * (a - b)).sum();
+        if dist < best.1 {
+            best = (c, dist);
+        }
+    }
+    best
+}
+
+/// Weighted k-means++ then Lloyd on a small candidate set, in the driver (Spark's LocalKMeans).
+fn local_kmeans(points: &[Vec<f64>], weights: &[f64], k: usize, seed: u64, d: usize) -> Vec<f64> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let total: f64 = weights.iter().sum();
+    let pick = |probs: &[f64], sum: f64, rng: &mut rand_chacha::ChaCha8Rng| -> usize {
+        let mut r = rng.random::<f64>() * sum;
+        for (i, p) in probs.iter().enumerate() {
+            r -= p;
+            if r <= 0.0 {
+                return i;
+            }
+        }
+        probs.len() - 1
+    };
+    let mut centers: Vec<f64> = points[pick(weights, total, &mut rng)].clone();
+    let mut dist: Vec<f64> = points.iter().map(|p| nearest(p, &centers, d).1).collect();
+    while centers.len() / d < k {
+        let probs: Vec<f64> = dist.iter().zip(weights).map(|(a, w)| a * w).collect();
+        let sum: f64 = probs.iter().sum();
+        let i = if sum > 0.0 {
+            pick(&probs, sum, &mut rng)
+        } else {
+            (centers.len() / d) % points.len()
+        };
+        centers.extend_from_slice(&points[i]);
+        let c = &points[i];
+        for (p, dd) in points.iter().zip(dist.iter_mut()) {
+            let nd: f64 = p.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum();
+            if nd < *dd {
+                *dd = nd;
+            }
+        }
+    }
+    for _ in 0..30 {
+        let mut sums = vec![0.0; k * d];
+        let mut counts = vec![0.0; k];
+        for (p, w) in points.iter().zip(weights) {
+            let (c, _) = nearest(p, &centers, d);
+            counts[c] += w;
+            for (s, v) in sums[c * d..(c + 1) * d].iter_mut().zip(p) {
+                *s += w * v;
+            }
+        }
+        for c in 0..k {
+            if counts[c] > 0.0 {
+                for j in 0..d {
+                    centers[c * d + j] = sums[c * d + j] / counts[c];
+                }
+            }
+        }
+    }
+    centers
+}
+
+/// What a fit reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KMeansSummary {
+    /// Sum of squared distances to the nearest centre (the objective), at the final centres.
+    pub inertia: f64,
+    /// Inertia before each Lloyd iteration.
+    pub objective_history: Vec<f64>,
+    pub iterations: usize,
+    pub convergence: String,
+    /// Points per cluster.
+    pub cluster_sizes: Vec<u64>,
+    /// Time spent choosing the initial centres (the rest is one data pass per iteration).
+    pub init_ms: f64,
+    pub wall_time_ms: f64,
+}
+
+impl KMeans {
+    async fn pass(&self, data: &Prepared, centers: &[f64], pass: Pass) -> Result<Vec<f64>> {
+        let stat = KMeansPass {
+            d: data.dim(),
+            centers: centers.to_vec(),
+            table: CenterTable::new(centers, data.dim()),
+            seed: self.seed,
+            pass,
+        };
+        Ok(data.aggregate(Arc::new(stat)).await?)
+    }
+
+    async fn initial_centers(&self, data: &Prepared, rows: u64) -> Result<Vec<f64>> {
+        let d = data.dim();
+        let k = self.k;
+        let first = |n: usize| Pass::Sample {
+            round: 0,
+            l: 0.0,
+            phi: 0.0,
+            take: n,
+        };
+        if self.init_mode == KMeansInit::Random {
+            let s = self.pass(data, &[], first(k)).await?;
+            return Ok(sampled_rows(&s, d)
+                .into_iter()
+                .flat_map(|(_, r)| r)
+                .collect());
+        }
+        // k-means||: one uniform point, then rounds sampling ~2k points by their cost.
+        let s = self.pass(data, &[], first(1)).await?;
+        let mut candidates: Vec<f64> = sampled_rows(&s, d)
+            .into_iter()
+            .flat_map(|(_, r)| r)
+            .collect();
+        for round in 1..=self.init_steps as u64 {
+            let sums = self.pass(data, &candidates, Pass::Sums).await?;
+            // Rounded to 10 significant digits: runners that sum in different orders must
+            // still draw the same sample.
+            let phi: f64 = format!("{:.9e}", sums[0]).parse().unwrap_or(sums[0]);
+            let s = self
+                .pass(
+                    data,
+                    &candidates,
+                    Pass::Sample {
+                        round,
+                        l: 2.0 * k as f64,
+                        phi,
+                        take: 0,
+                    },
+                )
+                .await?;
+            for (_, r) in sampled_rows(&s, d) {
+                candidates.extend_from_slice(&r);
+            }
+        }
+        let n_cand = candidates.len() / d;
+        if (n_cand as u64) < k as u64 && rows >= k as u64 {
+            // Too few distinct candidates: top up with a uniform sample.
+            let s = self.pass(data, &[], first(k)).await?;
+            for (_, r) in sampled_rows(&s, d) {
+                candidates.extend_from_slice(&r);
+            }
+        }
+        let sums = self.pass(data, &candidates, Pass::Sums).await?;
+        let n_cand = candidates.len() / d;
+        let weights: Vec<f64> = sums[1..1 + n_cand].to_vec();
+        let points: Vec<Vec<f64>> = candidates.chunks_exact(d).map(<[f64]>::to_vec).collect();
+        Ok(local_kmeans(&points, &weights, k, self.seed, d))
+    }
+}
+
+impl Estimator for KMeans {
+    type Model = KMeansModel;
+
+    async fn fit(&self, session: &QuiverSession, data: &Dataset) -> Result<KMeansModel> {
+        self.check()?;
+        let started = Instant::now();
+        let data = session.prepare_iterative(data, session.runner()).await?;
+        let d = data.dim();
+        let k = self.k;
+        // Row count from a zero-centre pass would be empty; use one centre at the origin.
+        let zero = vec![0.0; d];
+        let rows = self.pass(&data, &zero, Pass::Sums).await?[1] as u64;
+        if rows == 0 {
+            return Err(QuiverError::EmptyDataset {
+                context: "k-means".to_string(),
+            }
+            .into());
+        }
+        if k as u64 > rows {
+            return Err(MllibError::InvalidK {
+                k,
+                reason: format!("k exceeds the {rows} rows of the data"),
+            });
+        }
+        let mut centers = self.initial_centers(&data, rows).await?;
+        let init_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut history = Vec::new();
+        let mut iterations = 0;
+        let mut convergence = format!("reached max_iter = {}", self.max_iter);
+        let mut sums = self.pass(&data, &centers, Pass::Sums).await?;
+        while iterations < self.max_iter {
+            history.push(sums[0]);
+            iterations += 1;
+            let mut moved = 0.0f64;
+            for c in 0..k {
+                let n = sums[1 + c];
+                if n == 0.0 {
+                    continue; // an empty cluster keeps its centre
+                }
+                for j in 0..d {
+                    let v = sums[1 + k + c * d + j] / n;
+                    moved = moved.max((v - centers[c * d + j]).abs());
+                    centers[c * d + j] = v;
+                }
+            }
+            sums = self.pass(&data, &centers, Pass::Sums).await?;
+            if moved <= self.tol {
+                convergence = format!("centres moved less than tol = {}", self.tol);
+                break;
+            }
+        }
+        let summary = KMeansSummary {
+            inertia: sums[0],
+            objective_history: history,
+            iterations,
+            convergence,
+            cluster_sizes: sums[1..1 + k].iter().map(|v| *v as u64).collect(),
+            init_ms,
+            wall_time_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        Ok(KMeansModel {
+            params: self.clone(),
+            dim: d,
+            centers,
+            summary,
+        })
+    }
+}
+
+/// Lets k-means' statistic and map run on a cluster.
+pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
+    r.add_statistic::<KMeansPass>()?;
+    r.add_batch_function::<Assign>("kmeans_predict")
+}
