@@ -3,6 +3,7 @@
 
 pub(crate) mod logistic;
 pub mod naive_bayes;
+pub(crate) mod scores;
 
 pub use logistic::{Family, LogisticRegression, LogisticRegressionModel, LogisticSummary};
 pub use naive_bayes::{NaiveBayes, NaiveBayesModel, NaiveBayesType};

@@ -2,18 +2,16 @@
 //! probabilities, class), stored as Arrow vectors.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array};
-use arrow::datatypes::DataType;
 use bytes::Bytes;
 use quiver_engine::vector::dot;
-use quiver_engine::{BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, map_dataset};
+use quiver_engine::{Dataset, ModelDraft, ModelMetadata};
 use serde::{Deserialize, Serialize};
 
 use super::LogisticSummary;
 use super::params::LogisticRegression;
 use crate::api::{Model, Transformer};
+use crate::classification::scores::{self, ClassScores, OutputCols, softmax};
 use crate::error::{MllibError, Result};
 use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
@@ -73,99 +71,62 @@ impl LogisticPredict {
     }
 }
 
-/// Which column a [`LogisticOutput`] computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-enum OutputKind {
+impl ClassScores for LogisticPredict {
+    const FUNCTIONS: [&'static str; 3] = [
+        "logistic_regression_raw_prediction",
+        "logistic_regression_probability",
+        "logistic_regression_predict",
+    ];
+    const WHAT: &'static str = "a logistic regression model";
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn width(&self) -> usize {
+        self.classes()
+    }
+
     /// Spark's rawPrediction: the margins, `[−m, m]` for binomial.
-    Raw,
-    /// Class probabilities: `[1 − p, p]` for binomial, the softmax for multinomial.
-    Probability,
-    /// The most probable class index.
-    Prediction,
-}
+    fn raw(&self, x: &[f64], out: &mut [f64]) {
+        if self.multinomial {
+            self.margins(x, out);
+        } else {
+            let mut m = [0.0];
+            self.margins(x, &mut m);
+            out[0] = -m[0];
+            out[1] = m[0];
+        }
+    }
 
-/// One of the model's output columns, computed batch by batch.
-#[derive(Debug, Serialize, Deserialize)]
-struct LogisticOutput {
-    model: LogisticPredict,
-    kind: OutputKind,
-}
-
-impl BatchFunction for LogisticOutput {
-    fn name(&self) -> &str {
-        match self.kind {
-            OutputKind::Raw => "logistic_regression_raw_prediction",
-            OutputKind::Probability => "logistic_regression_probability",
-            OutputKind::Prediction => "logistic_regression_predict",
+    /// `[1 − p, p]` with `p = σ(m)` for binomial, the softmax for multinomial.
+    fn probabilities(&self, raw: &[f64], out: &mut [f64]) {
+        if self.multinomial {
+            softmax(raw, out);
+        } else {
+            let q = 1.0 / (1.0 + (-raw[1]).exp());
+            out[0] = 1.0 - q;
+            out[1] = q;
         }
-    }
-    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        quiver_engine::registry::json_params("a logistic regression model", self)
-    }
-    fn input_dim(&self) -> usize {
-        self.model.dim
-    }
-    fn return_type(&self) -> DataType {
-        match self.kind {
-            OutputKind::Prediction => DataType::Float64,
-            _ => quiver_engine::vector::vector_type(self.model.classes()),
-        }
-    }
-    fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
-        let p = &self.model;
-        let mut margins = vec![0.0; p.intercepts.len()];
-        let rows = b.values.chunks_exact(p.dim);
-        if self.kind == OutputKind::Prediction {
-            let out: Float64Array = rows
-                .map(|x| {
-                    p.margins(x, &mut margins);
-                    if !p.multinomial {
-                        return if margins[0] > 0.0 { 1.0 } else { 0.0 };
-                    }
-                    let mut best = (0, f64::NEG_INFINITY);
-                    for (k, &m) in margins.iter().enumerate() {
-                        if m > best.1 {
-                            best = (k, m);
-                        }
-                    }
-                    best.0 as f64
-                })
-                .collect();
-            return Ok(Arc::new(out));
-        }
-        let width = p.classes();
-        let mut out = Vec::with_capacity(b.n_rows * width);
-        for x in rows {
-            p.margins(x, &mut margins);
-            match (self.kind, p.multinomial) {
-                (OutputKind::Raw, true) => out.extend_from_slice(&margins),
-                (OutputKind::Raw, false) => out.extend([-margins[0], margins[0]]),
-                (_, true) => {
-                    let max = margins.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let z: f64 = margins.iter().map(|m| (m - max).exp()).sum();
-                    out.extend(margins.iter().map(|m| (m - max).exp() / z));
-                }
-                (_, false) => {
-                    let q = 1.0 / (1.0 + (-margins[0]).exp());
-                    out.extend([1.0 - q, q]);
-                }
-            }
-        }
-        Ok(Arc::new(quiver_engine::vector::vector_array(out, width)?))
     }
 }
 
 impl LogisticRegressionModel {
-    fn output(&self, kind: OutputKind) -> Arc<LogisticOutput> {
-        Arc::new(LogisticOutput {
-            model: LogisticPredict {
-                dim: self.dim,
-                multinomial: self.multinomial,
-                coefficients: self.coefficients.clone(),
-                intercepts: self.intercepts.clone(),
-            },
-            kind,
-        })
+    fn predictor(&self) -> LogisticPredict {
+        LogisticPredict {
+            dim: self.dim,
+            multinomial: self.multinomial,
+            coefficients: self.coefficients.clone(),
+            intercepts: self.intercepts.clone(),
+        }
+    }
+
+    fn output_cols(&self) -> OutputCols<'_> {
+        OutputCols {
+            prediction: &self.params.prediction_col,
+            probability: &self.params.probability_col,
+            raw_prediction: &self.params.raw_prediction_col,
+        }
     }
 }
 
@@ -173,25 +134,11 @@ impl Transformer for LogisticRegressionModel {
     /// Adds the raw prediction (the margins), probability (a vector of class probabilities)
     /// and prediction columns, as Spark's rawPrediction, probability and prediction.
     fn transform(&self, data: &Dataset) -> Result<Dataset> {
-        let mut out = data.clone();
-        for (kind, col) in [
-            (OutputKind::Raw, self.params.raw_prediction_col.as_str()),
-            (
-                OutputKind::Probability,
-                self.params.probability_col.as_str(),
-            ),
-            (OutputKind::Prediction, self.params.prediction_col.as_str()),
-        ] {
-            out = map_dataset(out, self.output(kind), col)?;
-        }
-        Ok(out)
+        self.output_cols().transform(&self.predictor(), data)
     }
 
     fn row_stage(&self) -> crate::api::RowStage {
-        crate::api::RowStage::Predict {
-            prediction: self.output(OutputKind::Prediction),
-            probability: Some(self.output(OutputKind::Probability)),
-        }
+        scores::row_stage(&self.predictor())
     }
 
     fn weight_vectors(&self) -> Vec<(String, Vec<f64>)> {
@@ -260,16 +207,7 @@ impl Model for LogisticRegressionModel {
     }
 }
 
-quiver_engine::impl_json_params!(LogisticOutput => "a logistic regression model");
-
 /// Lets the model's map functions run on a cluster.
 pub(super) fn register_maps(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
-    for name in [
-        "logistic_regression_raw_prediction",
-        "logistic_regression_probability",
-        "logistic_regression_predict",
-    ] {
-        r.add_batch_function::<LogisticOutput>(name)?;
-    }
-    Ok(())
+    scores::register::<LogisticPredict>(r)
 }

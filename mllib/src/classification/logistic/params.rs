@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{check_output_col, check_regularization};
+use crate::api::check_regularization;
+use crate::classification::scores::OutputCols;
 use crate::error::{MllibError, Result};
 
 /// Binomial (one coefficient vector, classes 0 and 1) or multinomial (one per class).
@@ -136,25 +137,12 @@ impl LogisticRegression {
                 reason: format!("{} is negative", self.tol),
             });
         }
-        for col in [
-            &self.prediction_col,
-            &self.probability_col,
-            &self.raw_prediction_col,
-        ] {
-            check_output_col(col)?;
+        OutputCols {
+            prediction: &self.prediction_col,
+            probability: &self.probability_col,
+            raw_prediction: &self.raw_prediction_col,
         }
-        if self.prediction_col == self.probability_col
-            || self.prediction_col == self.raw_prediction_col
-            || self.probability_col == self.raw_prediction_col
-        {
-            return Err(MllibError::InvalidParam {
-                param: "prediction_col".to_string(),
-                reason: format!(
-                    "prediction, probability and raw prediction columns need distinct names (got '{}', '{}', '{}')",
-                    self.prediction_col, self.probability_col, self.raw_prediction_col
-                ),
-            });
-        }
+        .check()?;
         Ok(())
     }
 }

@@ -2,17 +2,15 @@
 //! functions (joint log-likelihood, class probabilities, class), stored as Arrow vectors.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array};
-use arrow::datatypes::DataType;
 use bytes::Bytes;
-use quiver_engine::{BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, map_dataset};
+use quiver_engine::{Dataset, ModelDraft, ModelMetadata};
 use serde::{Deserialize, Serialize};
 
 use super::params::{NaiveBayes, NaiveBayesType};
 use super::statistic::{ClassMoments, ClassSumsState};
 use crate::api::{Model, RowStage, Transformer};
+use crate::classification::scores::{self, ClassScores, OutputCols};
 use crate::error::{MllibError, Result};
 use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
@@ -168,80 +166,27 @@ impl Fitted {
     }
 }
 
-/// Which column a [`NaiveBayesOutput`] computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-enum OutputKind {
+impl ClassScores for Fitted {
+    const FUNCTIONS: [&'static str; 3] = [
+        "naive_bayes_raw_prediction",
+        "naive_bayes_probability",
+        "naive_bayes_predict",
+    ];
+    const WHAT: &'static str = "a naive Bayes model";
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn width(&self) -> usize {
+        self.classes()
+    }
+
     /// The joint log-likelihood per class (Spark's rawPrediction).
-    Raw,
-    /// Class probabilities: the softmax of the joint log-likelihoods.
-    Probability,
-    /// The most probable class index.
-    Prediction,
-}
-
-/// One of the model's output columns, computed batch by batch.
-#[derive(Debug, Serialize, Deserialize)]
-struct NaiveBayesOutput {
-    model: Fitted,
-    kind: OutputKind,
-}
-
-impl BatchFunction for NaiveBayesOutput {
-    fn name(&self) -> &str {
-        match self.kind {
-            OutputKind::Raw => "naive_bayes_raw_prediction",
-            OutputKind::Probability => "naive_bayes_probability",
-            OutputKind::Prediction => "naive_bayes_predict",
-        }
-    }
-    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
-        quiver_engine::registry::json_params("a naive Bayes model", self)
-    }
-    fn input_dim(&self) -> usize {
-        self.model.dim
-    }
-    fn return_type(&self) -> DataType {
-        match self.kind {
-            OutputKind::Prediction => DataType::Float64,
-            _ => quiver_engine::vector::vector_type(self.model.classes()),
-        }
-    }
-    fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
-        let m = &self.model;
-        let k = m.classes();
-        let mut jll = vec![0.0; k];
-        let rows = b.values.chunks_exact(m.dim);
-        if self.kind == OutputKind::Prediction {
-            let out: Float64Array = rows
-                .map(|x| {
-                    m.joint_log_likelihood(x, &mut jll);
-                    let mut best = (0, f64::NEG_INFINITY);
-                    for (c, &v) in jll.iter().enumerate() {
-                        if v > best.1 {
-                            best = (c, v);
-                        }
-                    }
-                    best.0 as f64
-                })
-                .collect();
-            return Ok(Arc::new(out));
-        }
-        let mut out = Vec::with_capacity(b.n_rows * k);
-        for x in rows {
-            m.joint_log_likelihood(x, &mut jll);
-            if self.kind == OutputKind::Raw {
-                out.extend_from_slice(&jll);
-                continue;
-            }
-            let max = jll.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let z: f64 = jll.iter().map(|v| (v - max).exp()).sum();
-            out.extend(jll.iter().map(|v| (v - max).exp() / z));
-        }
-        Ok(Arc::new(quiver_engine::vector::vector_array(out, k)?))
+    fn raw(&self, x: &[f64], out: &mut [f64]) {
+        self.joint_log_likelihood(x, out);
     }
 }
-
-quiver_engine::impl_json_params!(NaiveBayesOutput => "a naive Bayes model");
 
 /// What a fit reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -286,33 +231,23 @@ impl NaiveBayesModel {
         &self.summary
     }
 
-    fn output(&self, kind: OutputKind) -> Arc<NaiveBayesOutput> {
-        Arc::new(NaiveBayesOutput {
-            model: self.fitted.clone(),
-            kind,
-        })
+    fn output_cols(&self) -> OutputCols<'_> {
+        OutputCols {
+            prediction: &self.params.prediction_col,
+            probability: &self.params.probability_col,
+            raw_prediction: &self.params.raw_prediction_col,
+        }
     }
 }
 
 impl Transformer for NaiveBayesModel {
     /// Adds the raw prediction (joint log-likelihoods), probability and prediction columns.
     fn transform(&self, data: &Dataset) -> Result<Dataset> {
-        let mut out = data.clone();
-        for (kind, col) in [
-            (OutputKind::Raw, &self.params.raw_prediction_col),
-            (OutputKind::Probability, &self.params.probability_col),
-            (OutputKind::Prediction, &self.params.prediction_col),
-        ] {
-            out = map_dataset(out, self.output(kind), col)?;
-        }
-        Ok(out)
+        self.output_cols().transform(&self.fitted, data)
     }
 
     fn row_stage(&self) -> RowStage {
-        RowStage::Predict {
-            prediction: self.output(OutputKind::Prediction),
-            probability: Some(self.output(OutputKind::Probability)),
-        }
+        scores::row_stage(&self.fitted)
     }
 
     /// Per class: its feature log probabilities (multinomial, Bernoulli's log-odds),
@@ -416,12 +351,5 @@ impl Model for NaiveBayesModel {
 
 /// Lets the model's map functions run on a cluster.
 pub(super) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
-    for name in [
-        "naive_bayes_raw_prediction",
-        "naive_bayes_probability",
-        "naive_bayes_predict",
-    ] {
-        r.add_batch_function::<NaiveBayesOutput>(name)?;
-    }
-    Ok(())
+    scores::register::<Fitted>(r)
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::check_output_col;
+use crate::classification::scores::OutputCols;
 use crate::error::{MllibError, Result};
 
 /// The event model: what a feature value means.
@@ -139,23 +139,12 @@ impl NaiveBayes {
                 reason: format!("{} is not a finite number ≥ 0", self.var_smoothing),
             });
         }
-        let cols = [
-            &self.prediction_col,
-            &self.probability_col,
-            &self.raw_prediction_col,
-        ];
-        for c in cols {
-            check_output_col(c)?;
+        OutputCols {
+            prediction: &self.prediction_col,
+            probability: &self.probability_col,
+            raw_prediction: &self.raw_prediction_col,
         }
-        if cols[0] == cols[1] || cols[0] == cols[2] || cols[1] == cols[2] {
-            return Err(MllibError::InvalidParam {
-                param: "prediction_col".to_string(),
-                reason: format!(
-                    "prediction, probability and raw prediction columns need distinct names (got '{}', '{}', '{}')",
-                    cols[0], cols[1], cols[2]
-                ),
-            });
-        }
+        .check()?;
         Ok(())
     }
 }
