@@ -532,6 +532,22 @@ pub fn load_model<M: Model + 'static>(
 use OptionType::{Bool, Count, Fraction, NonNegative, Text, Whole};
 use Target::{Ignored, L1, L2, Param as P};
 
+/// A feature stage that maps the feature vector, built from `params` with its output column
+/// set to `out`.
+fn vector_stage<E>(
+    name: &str,
+    params: &Point,
+    out: &str,
+    check: fn(&E) -> Result<()>,
+) -> Result<Arc<dyn DynEstimator>>
+where
+    E: Serialize + DeserializeOwned + Default + crate::Estimator + 'static,
+{
+    let mut params = params.clone();
+    params.insert("output_col".to_string(), json!(out));
+    Ok(Arc::new(from_params::<E>(name, &params, check)?))
+}
+
 fn no_functions(_: &mut FunctionRegistry) -> quiver_engine::Result<()> {
     Ok(())
 }
@@ -717,13 +733,7 @@ pub const FEATURE_STAGES: &[FeatureStage] = &[
     FeatureStage {
         name: "standard_scaler",
         build: Some(|p, out| {
-            let mut p = p.clone();
-            p.insert("output_col".to_string(), json!(out));
-            Ok(Arc::new(from_params::<StandardScaler>(
-                "standard_scaler",
-                &p,
-                StandardScaler::check,
-            )?))
+            vector_stage::<StandardScaler>("standard_scaler", p, out, StandardScaler::check)
         }),
         load: load_model::<StandardScalerModel>,
         register: crate::feature::scaler::register,
@@ -731,13 +741,7 @@ pub const FEATURE_STAGES: &[FeatureStage] = &[
     FeatureStage {
         name: "min_max_scaler",
         build: Some(|p, out| {
-            let mut p = p.clone();
-            p.insert("output_col".to_string(), json!(out));
-            Ok(Arc::new(from_params::<MinMaxScaler>(
-                "min_max_scaler",
-                &p,
-                MinMaxScaler::check,
-            )?))
+            vector_stage::<MinMaxScaler>("min_max_scaler", p, out, MinMaxScaler::check)
         }),
         load: load_model::<MinMaxScalerModel>,
         register: no_functions,

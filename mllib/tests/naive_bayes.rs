@@ -3,35 +3,19 @@
 //! GaussianNB on breast cancer; class probabilities and joint log-likelihoods to 1e-9 on every
 //! runner, through the store, and bad input named by column and row.
 
+mod common;
+use common::{reference, session};
+
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use quiver_engine::vector::vector_values;
-use quiver_engine::{Dataset, QuiverConfig, QuiverSession};
+use quiver_engine::{Dataset, QuiverSession};
 use quiver_mllib::{
     Estimator, NaiveBayes, NaiveBayesModel, NaiveBayesType, Transformer, load, load_dyn, save,
 };
 use serde_json::Value;
-
-const REF: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../data/naive_bayes_reference.json"
-);
-
-fn reference(key: &str) -> Value {
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(REF).unwrap()).unwrap();
-    r[key].clone()
-}
-
-fn session(runner: &str) -> QuiverSession {
-    QuiverSession::embedded_with(
-        QuiverConfig::default()
-            .with_pairs([("quiver.runner", runner)])
-            .unwrap(),
-    )
-    .unwrap()
-}
 
 /// Every column of a shipped file as Float64 (the label `y`), features binarised (> 0 → 1)
 /// when asked.
@@ -100,7 +84,7 @@ fn assert_close(ours: &[Vec<f64>], want: &Value, rows: &[usize], relative: bool,
 }
 
 async fn check(key: &str, file: &str, model: NaiveBayes, binarise: bool) {
-    let r = reference(key);
+    let r = reference("naive_bayes_reference.json", key);
     let rows: Vec<usize> = r["rows"]
         .as_array()
         .unwrap()

@@ -2,30 +2,17 @@
 //! components up to sign, explained variance and the projection to 1e-9 on every runner,
 //! through the store; options out of range are named.
 
+mod common;
+use common::{reference, session};
+
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use quiver_engine::vector::vector_values;
-use quiver_engine::{Dataset, QuiverConfig, QuiverSession};
+use quiver_engine::{Dataset, QuiverSession};
 use quiver_mllib::{Estimator, ExplainedVarianceEvaluator, PCA, PCAModel, Transformer, load, save};
 use serde_json::Value;
-
-const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/pca_reference.json");
-
-fn reference(key: &str) -> Value {
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(REF).unwrap()).unwrap();
-    r[key].clone()
-}
-
-fn session(runner: &str) -> QuiverSession {
-    QuiverSession::embedded_with(
-        QuiverConfig::default()
-            .with_pairs([("quiver.runner", runner)])
-            .unwrap(),
-    )
-    .unwrap()
-}
 
 /// The file's columns but `label`, as Float64 features.
 async fn features(s: &QuiverSession, file: &str) -> Dataset {
@@ -71,7 +58,7 @@ async fn projection(scored: &Dataset) -> Vec<Vec<f64>> {
 }
 
 async fn check(key: &str, file: &str, pca: PCA) -> PCAModel {
-    let r = reference(key);
+    let r = reference("pca_reference.json", key);
     let k = r["k"].as_u64().unwrap() as usize;
     let mut fitted: Vec<PCAModel> = Vec::new();
     for runner in ["local", "embedded"] {

@@ -94,11 +94,11 @@ impl Options {
         let valid = valid_options(algorithm);
         for k in map.keys() {
             if !valid.contains(&k.as_str()) {
-                return Err(SqlError::UnknownOption {
+                return Err(SqlError::Mllib(quiver_mllib::MllibError::UnknownOption {
                     option: k.clone(),
                     model_type: model_type.clone(),
                     valid: valid.join(", "),
-                });
+                }));
             }
         }
         Ok(Options {

@@ -11,13 +11,6 @@ pub enum SqlError {
     #[error("SQL error: {0}")]
     Parse(String),
 
-    #[error("unknown option '{option}' for model_type '{model_type}'; valid options: {valid}")]
-    UnknownOption {
-        option: String,
-        model_type: String,
-        valid: String,
-    },
-
     #[error("invalid option '{option}': {reason}")]
     InvalidOption { option: String, reason: String },
 
