@@ -848,14 +848,25 @@ pub fn load_stage(
 /// The algorithm that a stored model's final stage is (a pipeline's last stage, or the model
 /// itself), if the catalogue knows its kind.
 pub fn algorithm_of(meta: &ModelMetadata) -> Option<&'static Algorithm> {
-    let last_kind = meta
+    let (kind, _) = final_stage(meta);
+    ALGORITHMS.iter().find(|a| a.name == kind)
+}
+
+/// The kind and training summary of a stored model's final stage: a pipeline's last stage
+/// record, or the model itself.
+pub fn final_stage(meta: &ModelMetadata) -> (&str, &Value) {
+    match meta
         .params
         .get("stages")
         .and_then(Value::as_array)
         .and_then(|s| s.last())
-        .and_then(|s| s["kind"].as_str())
-        .unwrap_or(&meta.kind);
-    ALGORITHMS.iter().find(|a| a.name == last_kind)
+    {
+        Some(last) => (
+            last["kind"].as_str().unwrap_or_default(),
+            &last["training_summary"],
+        ),
+        None => (&meta.kind, &meta.training_summary),
+    }
 }
 
 /// Adds every algorithm's and feature stage's functions, the evaluators' statistics and the

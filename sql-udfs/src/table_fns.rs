@@ -293,21 +293,10 @@ fn feature_info(model: &LoadedModel) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
 }
 
-/// The final stage's training summary: a pipeline's last stage record, or the model's own.
-fn final_stage_summary(model: &LoadedModel) -> &Value {
-    model
-        .metadata
-        .params
-        .get("stages")
-        .and_then(Value::as_array)
-        .and_then(|s| s.last())
-        .map_or(&model.metadata.training_summary, |s| &s["training_summary"])
-}
-
 /// One row per component of a decomposition model: `principal_component_id` (1-based),
 /// `eigenvalue`, `explained_variance_ratio`, `cumulative_explained_variance_ratio`.
 fn principal_component_info(model: &LoadedModel) -> Result<RecordBatch> {
-    let summary = final_stage_summary(model);
+    let (_, summary) = catalog::final_stage(&model.metadata);
     let floats = |key: &str| -> Option<Vec<f64>> {
         summary[key]
             .as_array()

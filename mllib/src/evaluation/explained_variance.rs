@@ -47,18 +47,18 @@ impl ExplainedVarianceEvaluator {
         session: &QuiverSession,
         data: &Dataset,
     ) -> Result<ExplainedVarianceMetrics> {
-        let variances = |ds: Dataset| async move {
-            let prepared = session.prepare(&ds, session.runner()).await?;
-            let s = prepared
-                .aggregate(Arc::new(quiver_engine::Summarizer::new(prepared.dim())))
-                .await?;
-            Ok::<Vec<f64>, MllibError>(s.variance)
-        };
-        let features = variances(data.clone()).await?;
-        let projected = variances(
-            Dataset::new(data.dataframe().clone()).with_features([self.projection_col.as_str()])?,
-        )
-        .await?;
+        // One pass: the features and the projection side by side in one vector.
+        let dim = data.feature_names()?.len();
+        let mut columns = data.features().to_vec();
+        columns.push(self.projection_col.clone());
+        let both = Dataset::new(data.dataframe().clone()).with_features(&columns)?;
+        let prepared = session.prepare(&both, session.runner()).await?;
+        let mut variance = prepared
+            .aggregate(Arc::new(quiver_engine::Summarizer::new(prepared.dim())))
+            .await?
+            .variance;
+        let projected = variance.split_off(dim);
+        let features = variance;
         let total_variance: f64 = features.iter().sum();
         let kept: f64 = projected.iter().sum();
         Ok(ExplainedVarianceMetrics {

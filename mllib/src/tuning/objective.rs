@@ -421,11 +421,10 @@ async fn train_eval_split(
         reason: e.to_string(),
     };
     let algorithm = spec.algorithm()?;
-    let estimator = build(spec)?;
     // Without stages the estimator fits the feature columns directly (no assembler pass:
     // about 20% of a small trial's time).
     let scored = if spec.stages.is_empty() {
-        estimator
+        build(spec)?
             .fit_dyn(s, train)
             .await
             .map_err(err)?
