@@ -31,6 +31,12 @@ use crate::feature::{
     StandardScalerModel, StringIndexerModel, VectorAssembler,
 };
 use crate::regression::{LinearRegression, LinearRegressionModel};
+use crate::tree::{
+    DecisionTreeClassificationModel, DecisionTreeClassifier, DecisionTreeRegressionModel,
+    DecisionTreeRegressor, GBTClassificationModel, GBTClassifier, GBTRegressionModel, GBTRegressor,
+    RandomForestClassificationModel, RandomForestClassifier, RandomForestRegressionModel,
+    RandomForestRegressor,
+};
 use crate::tuning::space::{Param, Point, hp};
 use crate::{
     BinaryClassificationEvaluator, ClusteringEvaluator, ExplainedVarianceEvaluator,
@@ -344,6 +350,13 @@ impl SqlOption {
     }
 }
 
+/// A default SQL option value.
+#[derive(Debug, Clone, Copy)]
+pub enum SqlDefault {
+    Number(f64),
+    Bool(bool),
+}
+
 /// Builds an estimator from a parameter map.
 pub type Build = fn(&Point) -> Result<Arc<dyn DynEstimator>>;
 /// Builds a feature stage from a parameter map, writing the given output column.
@@ -367,6 +380,9 @@ pub struct Algorithm {
     /// The SQL options it takes besides the common ones (`model_type`, `input_label_cols`,
     /// the data split, `seed`, the tuning options).
     pub options: &'static [SqlOption],
+    /// Option values `CREATE MODEL` uses when a statement leaves them out, where BigQuery ML's
+    /// defaults differ from the estimator's (Spark's) defaults.
+    pub sql_defaults: &'static [(&'static str, SqlDefault)],
     pub build: Build,
     pub load: Load,
     pub register: Register,
@@ -392,7 +408,14 @@ impl Algorithm {
     pub fn params_from_sql(&self, options: &Point) -> Result<Point> {
         let mut out = Point::new();
         let (mut l1, mut l2) = (None, None);
-        for (k, v) in options {
+        let mut options = options.clone();
+        for (name, default) in self.sql_defaults {
+            options.entry(name.to_string()).or_insert(match default {
+                SqlDefault::Number(x) => json!(x),
+                SqlDefault::Bool(b) => json!(b),
+            });
+        }
+        for (k, v) in &options {
             let o = self.option(k).ok_or_else(|| MllibError::UnknownOption {
                 option: k.clone(),
                 model_type: self.model_type().to_string(),
@@ -585,6 +608,186 @@ const MIN_REL_PROGRESS: SqlOption = opt(
 )
 .tune(Tune::Yes);
 
+const MAX_TREE_DEPTH: SqlOption = opt(
+    "max_tree_depth",
+    P("max_depth"),
+    Whole,
+    "the deepest a tree grows (0 is one leaf)",
+)
+.tune(Tune::Default(Range::Int(2, 10)));
+const MAX_BINS: SqlOption = opt(
+    "max_bins",
+    P("max_bins"),
+    Count,
+    "value bins per feature, 2 to 256 (default 32)",
+)
+.tune(Tune::Yes);
+const TREE_SEED: SqlOption = opt(
+    "seed",
+    P("seed"),
+    Whole,
+    "seed of the row and feature sampling",
+);
+const SUBSAMPLE: SqlOption = opt(
+    "subsample",
+    P("subsampling_rate"),
+    Fraction,
+    "rows sampled per tree, in (0, 1]",
+)
+.tune(Tune::Yes);
+const FOREST_MIN_CHILD: SqlOption = opt(
+    "min_tree_child_weight",
+    P("min_instances_per_node"),
+    Count,
+    "the fewest rows in a child",
+)
+.tune(Tune::Yes);
+const FOREST_MIN_SPLIT_LOSS: SqlOption = opt(
+    "min_split_loss",
+    P("min_info_gain"),
+    NonNegative,
+    "the least impurity decrease of a split",
+)
+.tune(Tune::Yes);
+const CLASS_IMPURITY: SqlOption = opt(
+    "impurity",
+    P("impurity"),
+    Text(&[("gini", "gini"), ("entropy", "entropy")]),
+    "'gini' (default) or 'entropy'",
+)
+.tune(Tune::Yes);
+const FEATURE_SUBSET: SqlOption = opt(
+    "feature_subset_strategy",
+    P("feature_subset_strategy"),
+    Text(&[
+        ("auto", "auto"),
+        ("all", "all"),
+        ("sqrt", "sqrt"),
+        ("log2", "log2"),
+        ("onethird", "onethird"),
+    ]),
+    "features tried per node (default 'auto': sqrt for classes, a third for regression)",
+)
+.tune(Tune::Yes);
+const NUM_PARALLEL_TREE: SqlOption = opt(
+    "num_parallel_tree",
+    P("num_trees"),
+    Count,
+    "trees in the forest",
+)
+.tune(Tune::Default(Range::Int(10, 200)));
+const BOOST_OPTIONS_COMMON: [SqlOption; 14] = [
+    opt("max_iterations", P("max_iter"), Count, "boosting rounds").tune(Tune::Yes),
+    opt(
+        "learn_rate",
+        P("step_size"),
+        Fraction,
+        "the step size: each tree's weights are scaled by it",
+    )
+    .tune(Tune::Default(Range::Log(0.01, 1.0))),
+    MAX_TREE_DEPTH,
+    MAX_BINS,
+    SUBSAMPLE,
+    opt(
+        "colsample_bytree",
+        P("colsample_bytree"),
+        Fraction,
+        "features sampled per tree",
+    )
+    .tune(Tune::Yes),
+    opt(
+        "colsample_bynode",
+        P("colsample_bynode"),
+        Fraction,
+        "features sampled per node, of the tree's",
+    )
+    .tune(Tune::Yes),
+    opt(
+        "min_split_loss",
+        P("min_split_loss"),
+        NonNegative,
+        "the least loss reduction of a split (gamma)",
+    )
+    .tune(Tune::Yes),
+    opt(
+        "min_tree_child_weight",
+        P("min_child_weight"),
+        NonNegative,
+        "the least hessian sum in a child",
+    )
+    .tune(Tune::Yes),
+    opt("l1_reg", P("reg_alpha"), NonNegative, "L1 on leaf weights").tune(Tune::Yes),
+    opt("l2_reg", P("reg_lambda"), NonNegative, "L2 on leaf weights")
+        .tune(Tune::Default(Range::Log(1e-3, 10.0))),
+    opt(
+        "early_stop",
+        P("early_stop"),
+        Bool,
+        "stop when a round improves the held-out loss by less than min_rel_progress",
+    ),
+    opt(
+        "min_rel_progress",
+        P("validation_tol"),
+        NonNegative,
+        "the least relative improvement that continues boosting",
+    ),
+    opt(
+        "booster_type",
+        Ignored,
+        Text(&[("gbtree", "gbtree")]),
+        "'gbtree' (the only booster)",
+    ),
+];
+/// BigQuery ML's boosted-tree defaults.
+const BOOST_SQL_DEFAULTS: &[(&str, SqlDefault)] = &[
+    ("learn_rate", SqlDefault::Number(0.3)),
+    ("max_tree_depth", SqlDefault::Number(6.0)),
+    ("l2_reg", SqlDefault::Number(1.0)),
+    ("early_stop", SqlDefault::Bool(true)),
+    ("min_rel_progress", SqlDefault::Number(0.01)),
+];
+/// BigQuery ML's random-forest defaults.
+const FOREST_SQL_DEFAULTS: &[(&str, SqlDefault)] = &[
+    ("num_parallel_tree", SqlDefault::Number(100.0)),
+    ("max_tree_depth", SqlDefault::Number(6.0)),
+    ("subsample", SqlDefault::Number(0.8)),
+];
+/// Regression trees' SQL option list with the boosted options plus the loss.
+const BOOST_REGRESSOR_OPTIONS: [SqlOption; 16] = {
+    let c = BOOST_OPTIONS_COMMON;
+    [
+        c[0],
+        c[1],
+        c[2],
+        c[3],
+        c[4],
+        c[5],
+        c[6],
+        c[7],
+        c[8],
+        c[9],
+        c[10],
+        c[11],
+        c[12],
+        c[13],
+        TREE_SEED,
+        opt(
+            "loss",
+            P("loss"),
+            Text(&[("squared", "squared"), ("absolute", "absolute")]),
+            "'squared' (default) or 'absolute' error",
+        )
+        .tune(Tune::Yes),
+    ]
+};
+const BOOST_CLASSIFIER_OPTIONS: [SqlOption; 15] = {
+    let c = BOOST_OPTIONS_COMMON;
+    [
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12], c[13],
+        TREE_SEED,
+    ]
+};
+
 /// Every algorithm: the only list of them.
 pub const ALGORITHMS: &[Algorithm] = &[
     Algorithm {
@@ -600,6 +803,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             MAX_ITERATIONS,
             MIN_REL_PROGRESS,
         ],
+        sql_defaults: &[],
         build: |p| {
             Ok(Arc::new(from_params::<LogisticRegression>(
                 "logistic_regression",
@@ -628,6 +832,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
                 "accepted; the fit is exact",
             ),
         ],
+        sql_defaults: &[],
         build: |p| {
             Ok(Arc::new(from_params::<LinearRegression>(
                 "linear_regression",
@@ -662,6 +867,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             MIN_REL_PROGRESS,
             opt("seed", P("seed"), Whole, "seed of the initialisation"),
         ],
+        sql_defaults: &[],
         build: |p| Ok(Arc::new(from_params::<KMeans>("kmeans", p, KMeans::check)?)),
         load: load_model::<KMeansModel>,
         register: crate::clustering::kmeans::register,
@@ -692,6 +898,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             )
             .tune(Tune::Default(Range::Log(1e-3, 10.0))),
         ],
+        sql_defaults: &[],
         build: |p| {
             Ok(Arc::new(from_params::<NaiveBayes>(
                 "naive_bayes",
@@ -721,9 +928,144 @@ pub const ALGORITHMS: &[Algorithm] = &[
                 "the share of the variance to keep, in (0, 1]",
             ),
         ],
+        sql_defaults: &[],
         build: |p| Ok(Arc::new(from_params::<PCA>("pca", p, PCA::check)?)),
         load: load_model::<PCAModel>,
         register: crate::decomposition::pca::register,
+    },
+    Algorithm {
+        name: "decision_tree_classifier",
+        estimator: "DecisionTreeClassifier",
+        model_types: &["decision_tree_classifier"],
+        task: Task::Classification,
+        options: &[
+            MAX_TREE_DEPTH,
+            MAX_BINS,
+            FOREST_MIN_CHILD,
+            FOREST_MIN_SPLIT_LOSS,
+            CLASS_IMPURITY,
+            TREE_SEED,
+        ],
+        sql_defaults: &[],
+        build: |p| {
+            Ok(Arc::new(from_params::<DecisionTreeClassifier>(
+                "decision_tree_classifier",
+                p,
+                DecisionTreeClassifier::check,
+            )?))
+        },
+        load: load_model::<DecisionTreeClassificationModel>,
+        register: crate::tree::register,
+    },
+    Algorithm {
+        name: "decision_tree_regressor",
+        estimator: "DecisionTreeRegressor",
+        model_types: &["decision_tree_regressor"],
+        task: Task::Regression,
+        options: &[
+            MAX_TREE_DEPTH,
+            MAX_BINS,
+            FOREST_MIN_CHILD,
+            FOREST_MIN_SPLIT_LOSS,
+            TREE_SEED,
+        ],
+        sql_defaults: &[],
+        build: |p| {
+            Ok(Arc::new(from_params::<DecisionTreeRegressor>(
+                "decision_tree_regressor",
+                p,
+                DecisionTreeRegressor::check,
+            )?))
+        },
+        load: load_model::<DecisionTreeRegressionModel>,
+        register: no_functions,
+    },
+    Algorithm {
+        name: "random_forest_classifier",
+        estimator: "RandomForestClassifier",
+        model_types: &["random_forest_classifier"],
+        task: Task::Classification,
+        options: &[
+            NUM_PARALLEL_TREE,
+            MAX_TREE_DEPTH,
+            MAX_BINS,
+            SUBSAMPLE,
+            FOREST_MIN_CHILD,
+            FOREST_MIN_SPLIT_LOSS,
+            CLASS_IMPURITY,
+            FEATURE_SUBSET,
+            TREE_SEED,
+        ],
+        sql_defaults: FOREST_SQL_DEFAULTS,
+        build: |p| {
+            Ok(Arc::new(from_params::<RandomForestClassifier>(
+                "random_forest_classifier",
+                p,
+                RandomForestClassifier::check,
+            )?))
+        },
+        load: load_model::<RandomForestClassificationModel>,
+        register: no_functions,
+    },
+    Algorithm {
+        name: "random_forest_regressor",
+        estimator: "RandomForestRegressor",
+        model_types: &["random_forest_regressor"],
+        task: Task::Regression,
+        options: &[
+            NUM_PARALLEL_TREE,
+            MAX_TREE_DEPTH,
+            MAX_BINS,
+            SUBSAMPLE,
+            FOREST_MIN_CHILD,
+            FOREST_MIN_SPLIT_LOSS,
+            FEATURE_SUBSET,
+            TREE_SEED,
+        ],
+        sql_defaults: FOREST_SQL_DEFAULTS,
+        build: |p| {
+            Ok(Arc::new(from_params::<RandomForestRegressor>(
+                "random_forest_regressor",
+                p,
+                RandomForestRegressor::check,
+            )?))
+        },
+        load: load_model::<RandomForestRegressionModel>,
+        register: no_functions,
+    },
+    Algorithm {
+        name: "gbt_classifier",
+        estimator: "GBTClassifier",
+        model_types: &["boosted_tree_classifier"],
+        task: Task::Classification,
+        options: &BOOST_CLASSIFIER_OPTIONS,
+        sql_defaults: BOOST_SQL_DEFAULTS,
+        build: |p| {
+            Ok(Arc::new(from_params::<GBTClassifier>(
+                "gbt_classifier",
+                p,
+                GBTClassifier::check,
+            )?))
+        },
+        load: load_model::<GBTClassificationModel>,
+        register: no_functions,
+    },
+    Algorithm {
+        name: "gbt_regressor",
+        estimator: "GBTRegressor",
+        model_types: &["boosted_tree_regressor"],
+        task: Task::Regression,
+        options: &BOOST_REGRESSOR_OPTIONS,
+        sql_defaults: BOOST_SQL_DEFAULTS,
+        build: |p| {
+            Ok(Arc::new(from_params::<GBTRegressor>(
+                "gbt_regressor",
+                p,
+                GBTRegressor::check,
+            )?))
+        },
+        load: load_model::<GBTRegressionModel>,
+        register: no_functions,
     },
 ];
 

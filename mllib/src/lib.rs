@@ -24,6 +24,7 @@ pub mod persist;
 pub mod pipeline;
 pub mod regression;
 pub mod rowwise;
+pub mod tree;
 pub mod tuning;
 
 pub use api::{DynEstimator, DynModel, Estimator, Model, RowStage, Transformer, load, save};
@@ -48,6 +49,12 @@ pub use feature::{
 pub use pipeline::{Pipeline, PipelineModel};
 pub use regression::{LinearRegression, LinearRegressionModel, TrainingSummary};
 pub use rowwise::{RowPredictor, load_dyn};
+pub use tree::{
+    DecisionTreeClassificationModel, DecisionTreeClassifier, DecisionTreeRegressionModel,
+    DecisionTreeRegressor, GBTClassificationModel, GBTClassifier, GBTRegressionModel, GBTRegressor,
+    RandomForestClassificationModel, RandomForestClassifier, RandomForestRegressionModel,
+    RandomForestRegressor,
+};
 
 use quiver_engine::FunctionRegistry;
 

@@ -1,0 +1,292 @@
+//! One fitted tree, flattened into arrays (node `i`'s split, children and leaf values), and
+//! an ensemble of them: how a row is routed and what the trees add up to.
+
+use serde::{Deserialize, Serialize};
+
+use super::bins::MISSING;
+
+/// A leaf's marker in [`Tree::left`].
+pub const LEAF: u32 = u32::MAX;
+
+/// A binary tree in arrays; node 0 is the root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Tree {
+    /// Split feature (unused for leaves).
+    pub feature: Vec<u32>,
+    /// Rows with `x ≤ threshold` go left.
+    pub threshold: Vec<f64>,
+    /// The bin of the threshold (training rows are routed by their codes: `code ≤ bin`).
+    pub bin: Vec<u8>,
+    /// Where a missing value goes.
+    pub default_left: Vec<bool>,
+    pub left: Vec<u32>,
+    pub right: Vec<u32>,
+    /// The split's gain (0 for leaves).
+    pub gain: Vec<f64>,
+    /// Σ hessian (boosting) or Σ weight (forests) of the node's training rows.
+    pub cover: Vec<f64>,
+    /// Leaf values, `width` per node (zeros for inner nodes): a boosted tree's weight, a
+    /// regression tree's mean, a classification tree's class probabilities.
+    pub values: Vec<f64>,
+    pub width: usize,
+}
+
+impl Tree {
+    pub fn new(width: usize) -> Self {
+        Tree {
+            width,
+            ..Default::default()
+        }
+    }
+
+    pub fn n_nodes(&self) -> usize {
+        self.left.len()
+    }
+
+    pub fn is_leaf(&self, i: usize) -> bool {
+        self.left[i] == LEAF
+    }
+
+    /// Adds a leaf; returns its index.
+    pub fn push_leaf(&mut self, values: &[f64], cover: f64) -> u32 {
+        let i = self.left.len() as u32;
+        self.feature.push(0);
+        self.threshold.push(0.0);
+        self.bin.push(0);
+        self.default_left.push(false);
+        self.left.push(LEAF);
+        self.right.push(LEAF);
+        self.gain.push(0.0);
+        self.cover.push(cover);
+        self.values.extend_from_slice(values);
+        i
+    }
+
+    /// Turns leaf `i` into a split.
+    pub fn set_split(&mut self, i: usize, s: &SplitInfo, left: u32, right: u32) {
+        self.feature[i] = s.feature as u32;
+        self.threshold[i] = s.threshold;
+        self.bin[i] = s.bin;
+        self.default_left[i] = s.default_left;
+        self.left[i] = left;
+        self.right[i] = right;
+        self.gain[i] = s.gain;
+        let w = self.width;
+        self.values[i * w..(i + 1) * w].fill(0.0);
+    }
+
+    /// The leaf a raw row reaches.
+    #[inline]
+    pub fn leaf(&self, x: &[f64]) -> usize {
+        let mut i = 0usize;
+        while self.left[i] != LEAF {
+            let v = x[self.feature[i] as usize];
+            let go_left = if v.is_nan() {
+                self.default_left[i]
+            } else {
+                v <= self.threshold[i]
+            };
+            i = if go_left { self.left[i] } else { self.right[i] } as usize;
+        }
+        i
+    }
+
+    /// The leaf a coded training row reaches.
+    #[inline]
+    pub fn leaf_binned(&self, codes: &[u8]) -> usize {
+        let mut i = 0usize;
+        while self.left[i] != LEAF {
+            let c = codes[self.feature[i] as usize];
+            let go_left = if c == MISSING {
+                self.default_left[i]
+            } else {
+                c <= self.bin[i]
+            };
+            i = if go_left { self.left[i] } else { self.right[i] } as usize;
+        }
+        i
+    }
+
+    pub fn leaf_values(&self, i: usize) -> &[f64] {
+        &self.values[i * self.width..(i + 1) * self.width]
+    }
+
+    pub fn depth(&self) -> usize {
+        fn go(t: &Tree, i: usize) -> usize {
+            if t.is_leaf(i) {
+                0
+            } else {
+                1 + go(t, t.left[i] as usize).max(go(t, t.right[i] as usize))
+            }
+        }
+        if self.n_nodes() == 0 { 0 } else { go(self, 0) }
+    }
+
+    /// Checks the arrays of a tree read from the store: lengths agree, children point
+    /// forward inside the tree, features are in range.
+    pub fn validate(&self, dim: usize) -> Result<(), String> {
+        let n = self.left.len();
+        let w = self.width;
+        if n == 0 {
+            return Err("a tree has no node".to_string());
+        }
+        if [
+            self.feature.len(),
+            self.threshold.len(),
+            self.bin.len(),
+            self.default_left.len(),
+            self.right.len(),
+            self.gain.len(),
+            self.cover.len(),
+        ]
+        .iter()
+        .any(|l| *l != n)
+            || self.values.len() != n * w
+            || w == 0
+        {
+            return Err("a tree's arrays differ in length".to_string());
+        }
+        for i in 0..n {
+            if self.left[i] == LEAF {
+                continue;
+            }
+            let (l, r) = (self.left[i] as usize, self.right[i] as usize);
+            if l <= i || r <= i || l >= n || r >= n {
+                return Err(format!("node {i} points to a child outside the tree"));
+            }
+            if self.feature[i] as usize >= dim {
+                return Err(format!(
+                    "node {i} splits feature {} of {dim}",
+                    self.feature[i]
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A chosen split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitInfo {
+    pub feature: usize,
+    pub bin: u8,
+    pub threshold: f64,
+    pub default_left: bool,
+    pub gain: f64,
+}
+
+/// How an ensemble's trees combine into its raw output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// A forest: the trees' leaf values (class probabilities or means) averaged.
+    Average,
+    /// Boosting: base score plus the sum of the trees' weights; tree `t` adds to output
+    /// `t % groups`.
+    Sum,
+}
+
+/// Trees and how they add up: what prediction needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ensemble {
+    pub dim: usize,
+    pub combine: Combine,
+    /// Outputs per row: classes for a forest classifier, or a boosted multiclass model; 1
+    /// for regression and binary boosting.
+    pub groups: usize,
+    /// Per output, the base score (boosting); zeros for forests.
+    pub base: Vec<f64>,
+    pub trees: Vec<Tree>,
+}
+
+impl Ensemble {
+    /// The raw outputs of a row: averaged leaf values, or margins.
+    #[inline]
+    pub fn outputs(&self, x: &[f64], out: &mut [f64]) {
+        out.copy_from_slice(&self.base);
+        match self.combine {
+            Combine::Average => {
+                for t in &self.trees {
+                    let leaf = t.leaf(x);
+                    for (o, v) in out.iter_mut().zip(t.leaf_values(leaf)) {
+                        *o += v;
+                    }
+                }
+                let n = self.trees.len().max(1) as f64;
+                out.iter_mut().for_each(|o| *o /= n);
+            }
+            Combine::Sum => {
+                let g = self.groups;
+                for (i, t) in self.trees.iter().enumerate() {
+                    out[i % g] += t.values[t.leaf(x)];
+                }
+            }
+        }
+    }
+
+    /// Per feature: splits, total gain and total cover over the trees.
+    pub fn importance(&self) -> Importance {
+        let mut imp = Importance {
+            weight: vec![0.0; self.dim],
+            gain: vec![0.0; self.dim],
+            cover: vec![0.0; self.dim],
+        };
+        for t in &self.trees {
+            for i in 0..t.n_nodes() {
+                if !t.is_leaf(i) {
+                    let f = t.feature[i] as usize;
+                    imp.weight[f] += 1.0;
+                    imp.gain[f] += t.gain[i];
+                    imp.cover[f] += t.cover[i];
+                }
+            }
+        }
+        imp
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.groups == 0 || self.base.len() != self.groups {
+            return Err(format!(
+                "{} base scores for {} outputs",
+                self.base.len(),
+                self.groups
+            ));
+        }
+        if self.dim == 0 {
+            return Err("the model has no features".to_string());
+        }
+        for t in &self.trees {
+            t.validate(self.dim)?;
+            let w = match self.combine {
+                Combine::Average => self.groups,
+                Combine::Sum => 1,
+            };
+            if t.width != w {
+                return Err(format!("a tree has {} values per leaf, not {w}", t.width));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Feature importance as BigQuery ML reports it: per feature, the number of splits on it
+/// (`importance_weight`), their total gain (`importance_gain`) and the total cover of the
+/// nodes it splits (`importance_cover`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Importance {
+    pub weight: Vec<f64>,
+    pub gain: Vec<f64>,
+    pub cover: Vec<f64>,
+}
+
+impl Importance {
+    /// Total gain normalised to sum to 1 (Spark's `featureImportances`; all zeros without a
+    /// split).
+    pub fn normalized_gain(&self) -> Vec<f64> {
+        let total: f64 = self.gain.iter().sum();
+        self.gain
+            .iter()
+            .map(|g| if total > 0.0 { g / total } else { 0.0 })
+            .collect()
+    }
+}
