@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use quiver_driver::commands::{bench, cluster, models, quickstart, sql, tune};
+use quiver_driver::commands::{bench, bench_trees, cluster, models, quickstart, sql, tune};
 use quiver_driver::{QuiverConfig, Result};
 
 /// Quiver: a distributed dataframe ML engine on Arrow, DataFusion and Ballista.
@@ -185,6 +185,33 @@ enum BenchCase {
         #[arg(long)]
         export: Option<String>,
     },
+    /// Boosted trees and a random forest on the rows of `bench algorithms` (binary label), with
+    /// a batch predict, against the feature summary over the same data.
+    Trees {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 20)]
+        features: usize,
+        /// Boosting rounds.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Depth of the boosted trees.
+        #[arg(long, default_value_t = 5)]
+        depth: usize,
+        #[arg(long, default_value_t = 32)]
+        bins: usize,
+        /// Trees of the random forest.
+        #[arg(long, default_value_t = 20)]
+        trees: usize,
+        #[arg(long, default_value_t = 8)]
+        forest_depth: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Also write the rows to this Parquet file (LightGBM and XGBoost on the same rows:
+        /// scripts/bench_trees.py).
+        #[arg(long)]
+        export: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -336,6 +363,30 @@ async fn run(cli: Cli) -> Result<()> {
                     export,
                 };
                 bench::algorithms(&session, &opts, &mut out).await?;
+            }
+            BenchCase::Trees {
+                rows,
+                features,
+                rounds,
+                depth,
+                bins,
+                trees,
+                forest_depth,
+                seed,
+                export,
+            } => {
+                let opts = bench_trees::TreesBench {
+                    rows,
+                    features,
+                    rounds,
+                    depth,
+                    bins,
+                    trees,
+                    forest_depth,
+                    seed,
+                    export,
+                };
+                bench_trees::trees(&session, &opts, &mut out).await?;
             }
         },
         Command::Models { action } => match action {

@@ -342,7 +342,10 @@ struct AlgoRow<'a> {
 
 /// Seeded regression and classification data: x_j uniform in [j − 1, j + 1), label
 /// `Σ (j+1)/d · x_j` plus small noise, class = label above its mean after a ±1 jitter.
-fn algorithm_batches(opts: &AlgorithmsBench, batch_rows: usize) -> Result<Vec<RecordBatch>> {
+pub(crate) fn algorithm_batches(
+    opts: &AlgorithmsBench,
+    batch_rows: usize,
+) -> Result<Vec<RecordBatch>> {
     let dim = opts.features;
     let chunks = synthetic(opts.rows, dim, batch_rows, opts.seed);
     let schema = Arc::new(Schema::new(vec![
@@ -392,7 +395,7 @@ fn algorithm_batches(opts: &AlgorithmsBench, batch_rows: usize) -> Result<Vec<Re
 }
 
 /// Times a full predict: the model's output columns computed over every row and collected.
-async fn time_predict(scored: &Dataset, col: &str) -> Result<f64> {
+pub(crate) async fn time_predict(scored: &Dataset, col: &str) -> Result<f64> {
     let t = Instant::now();
     let batches = scored
         .dataframe()

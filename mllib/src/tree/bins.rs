@@ -6,6 +6,7 @@
 
 use quiver_engine::aggregate::{decode_f64s, encode_f64s};
 use quiver_engine::{FeatureBatch, QuiverError, Statistic};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The code of a missing (NaN) value; value bins are `0..n_bins ≤ 255`.
@@ -22,14 +23,22 @@ pub(super) struct BinSample {
     pub dim: usize,
     /// Rows kept (k).
     pub rows: usize,
+    /// Rows whose hash is above this never enter: with the row count known, a threshold that
+    /// lets about 1.25 k rows in spares copying the others (the sample is the same).
+    pub tau: u64,
 }
 
 impl BinSample {
-    pub fn new(dim: usize) -> Self {
-        BinSample {
-            dim,
-            rows: SAMPLE_ROWS,
-        }
+    /// The sample of `k` rows (LightGBM's 200 000 by default) of `n` rows of `dim` features.
+    pub fn new(dim: usize, n: u64) -> Self {
+        let rows = SAMPLE_ROWS;
+        let share = 1.25 * rows as f64 / n.max(1) as f64;
+        let tau = if share >= 1.0 {
+            u64::MAX
+        } else {
+            (share * u64::MAX as f64) as u64
+        };
+        BinSample { dim, rows, tau }
     }
 }
 
@@ -41,19 +50,36 @@ pub(super) struct SampleState {
     tau: u64,
 }
 
-/// A 64-bit hash of a row's values (NaN of any payload hashes alike).
+/// A 64-bit hash of a row's values (NaN of any payload, and ±0, hash alike): four
+/// independent lanes so that the multiplications overlap.
 fn row_hash(row: &[f64]) -> u64 {
-    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
-    for &v in row {
-        let bits = if v.is_nan() {
+    let bits = |v: f64| {
+        if v.is_nan() {
             f64::NAN.to_bits()
         } else {
             (v + 0.0).to_bits()
-        };
-        h = (h ^ bits)
+        }
+    };
+    let mut lanes: [u64; 4] = [
+        0x9e37_79b9_7f4a_7c15,
+        0xc2b2_ae3d_27d4_eb4f,
+        0x1656_67b1_9e37_79f9,
+        0x27d4_eb2f_1656_67c5,
+    ];
+    let mut chunks = row.chunks_exact(4);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = (*l ^ bits(*v))
+                .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+                .rotate_left(29);
+        }
+    }
+    for (l, v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *l = (*l ^ bits(*v))
             .wrapping_mul(0xbf58_476d_1ce4_e5b9)
             .rotate_left(29);
     }
+    let h = lanes.iter().fold(row.len() as u64, |h, l| splitmix(h ^ l));
     splitmix(h)
 }
 
@@ -116,7 +142,7 @@ impl Statistic for BinSample {
         SampleState {
             hashes: Vec::new(),
             values: Vec::new(),
-            tau: u64::MAX,
+            tau: self.tau,
         }
     }
     fn update(&self, s: &mut SampleState, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
@@ -137,7 +163,9 @@ impl Statistic for BinSample {
         s.hashes.extend_from_slice(&o.hashes);
         s.values.extend_from_slice(&o.values);
         s.tau = s.tau.min(o.tau);
-        s.keep(self.rows, self.dim);
+        if s.len() >= 2 * self.rows {
+            s.keep(self.rows, self.dim);
+        }
         Ok(())
     }
     fn finish(&self, mut s: SampleState) -> quiver_engine::Result<SampleState> {
@@ -193,6 +221,7 @@ impl Bins {
         let max_bins = max_bins.clamp(2, MAX_VALUE_BINS);
         let n = sample.len();
         let thresholds = (0..dim)
+            .into_par_iter()
             .map(|j| {
                 let mut v: Vec<f64> = (0..n)
                     .map(|r| sample.values[r * dim + j])
@@ -214,26 +243,59 @@ impl Bins {
         self.thresholds[j].len() + 1
     }
 
-    /// The bin of `x` in feature `j`.
-    #[inline]
+    /// The bin of `x` in feature `j`: the number of thresholds below it.
+    #[cfg(test)]
     pub fn code(&self, j: usize, x: f64) -> u8 {
+        let t = &self.thresholds[j];
         if x.is_nan() {
-            MISSING
-        } else {
-            self.thresholds[j].partition_point(|t| *t < x) as u8
+            return MISSING;
         }
+        if t.is_empty() {
+            return 0;
+        }
+        // Branch-free bisection: `base` ends at the last threshold below x, or at 0.
+        let (mut base, mut len) = (0usize, t.len());
+        while len > 1 {
+            let half = len / 2;
+            if t[base + half - 1] < x {
+                base += half;
+            }
+            len -= half;
+        }
+        (base + usize::from(t[base] < x)) as u8
     }
 
-    /// Codes a row-major block of rows.
+    /// Codes a row-major block of rows: per value, the thresholds below it counted in one
+    /// vectorised sweep (AVX2 where the CPU has it).
     pub fn code_rows(&self, values: &[f64], out: &mut [u8]) {
-        let d = self.dim();
-        for (row, codes) in values.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-            for (j, (x, c)) in row.iter().zip(codes.iter_mut()).enumerate() {
-                *c = self.code(j, *x);
-            }
+        #[cfg(target_arch = "x86_64")]
+        if quiver_engine::cpu::has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            unsafe { code_avx2::code(self, values, out) };
+            return;
+        }
+        // SAFETY: the baseline kernel runs on any CPU.
+        unsafe { code_plain::code(self, values, out) };
+    }
+}
+
+#[inline(always)]
+fn code_block<const FMA: bool>(bins: &Bins, values: &[f64], out: &mut [u8]) {
+    let d = bins.dim();
+    for (row, codes) in values.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        for ((x, c), t) in row.iter().zip(codes.iter_mut()).zip(&bins.thresholds) {
+            *c = if x.is_nan() {
+                MISSING
+            } else {
+                t.iter().filter(|t| **t < *x).count() as u8
+            };
         }
     }
 }
+
+quiver_engine::fma_kernels!(code_plain, code_avx2;
+    fn code(bins: &Bins, values: &[f64], out: &mut [u8]) => code_block;
+);
 
 /// Thresholds for one feature's sorted, NaN-free sample.
 fn feature_thresholds(sorted: &[f64], max_bins: usize) -> Vec<f64> {
@@ -278,7 +340,11 @@ mod tests {
     use super::*;
 
     fn sample_of(values: &[f64], dim: usize, k: usize, chunk: usize) -> SampleState {
-        let stat = BinSample { dim, rows: k };
+        let stat = BinSample {
+            dim,
+            rows: k,
+            tau: u64::MAX,
+        };
         let mut total = stat.init();
         for c in values.chunks(chunk * dim) {
             let mut s = stat.init();

@@ -6,9 +6,9 @@ use rayon::prelude::*;
 
 use super::Training;
 use super::bins::splitmix;
+use super::ensemble::{Combine, Ensemble, Tree};
 use super::grow::{Criterion, GrowConfig, Rng64, RowStats, grow};
 use super::params::{ForestParams, Impurity, features_per_node};
-use super::tree::{Combine, Ensemble, Tree};
 use crate::error::Result;
 
 /// A Poisson(λ) draw (Knuth's product of uniforms; λ ≤ 1 here).
@@ -29,11 +29,14 @@ pub(super) fn fit(p: &ForestParams, t: &Training) -> Result<Ensemble> {
     let num_trees = p.num_trees as usize;
     let classifier = t.classes.is_some();
     let m = features_per_node(&p.feature_subset_strategy, data.d, classifier, num_trees)?;
+    let k = t.classes.as_ref().map_or(0, |c| c.1);
     let criterion = match p.impurity {
-        Impurity::Gini => Criterion::Gini,
-        Impurity::Entropy => Criterion::Entropy,
+        Impurity::Gini => Criterion::Gini { k },
+        Impurity::Entropy => Criterion::Entropy { k },
         Impurity::Variance => Criterion::Variance,
     };
+    // Unweighted, the weights (with bootstrap multiplicity) are the counts.
+    let counted = p.weighted;
     let sampled = p.bootstrap || p.subsampling_rate < 1.0;
     let trees: Vec<Tree> = (0..num_trees)
         .into_par_iter()
@@ -66,7 +69,7 @@ pub(super) fn fit(p: &ForestParams, t: &Training) -> Result<Ensemble> {
             let cfg = GrowConfig {
                 criterion,
                 max_depth: p.max_depth as usize,
-                min_instances: p.min_instances_per_node as f64,
+                min_size: p.min_instances_per_node as f64,
                 min_info_gain: p.min_info_gain,
                 features_per_node: m,
                 seed: splitmix(seed ^ 0x5eed),
@@ -74,17 +77,20 @@ pub(super) fn fit(p: &ForestParams, t: &Training) -> Result<Ensemble> {
             let all: Vec<usize> = (0..data.d).collect();
             match &t.classes {
                 Some((class, k)) => {
+                    let cw: Vec<[f64; 2]> =
+                        class.iter().zip(&w).map(|(c, w)| [*c as f64, *w]).collect();
                     let stats = RowStats::Classes {
-                        class,
-                        w: &w,
+                        cw: &cw,
                         k: *k,
+                        counted,
                     };
-                    grow(data, &stats, count.as_deref(), &mut rows, &all, &cfg)
+                    grow(data, &stats, count.as_deref(), &mut rows, &all, &cfg).tree
                 }
                 None => {
-                    let g: Vec<f64> = w.iter().zip(&t.label).map(|(w, y)| w * y).collect();
-                    let stats = RowStats::GradHess { g: &g, h: &w };
-                    grow(data, &stats, count.as_deref(), &mut rows, &all, &cfg)
+                    let gh: Vec<[f64; 2]> =
+                        w.iter().zip(&t.label).map(|(w, y)| [w * y, *w]).collect();
+                    let stats = RowStats::GradHess { gh: &gh, counted };
+                    grow(data, &stats, count.as_deref(), &mut rows, &all, &cfg).tree
                 }
             }
         })

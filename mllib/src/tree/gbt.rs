@@ -7,9 +7,9 @@ use rayon::prelude::*;
 
 use super::Training;
 use super::bins::splitmix;
+use super::ensemble::{Combine, Ensemble, Tree};
 use super::grow::{Criterion, GrowConfig, Rng64, RowStats, grow};
 use super::params::{BoostParams, Loss};
-use super::tree::{Combine, Ensemble, Tree};
 use crate::error::{MllibError, Result};
 
 /// Rows per parallel block of the per-row passes.
@@ -36,13 +36,8 @@ enum Objective {
 
 const MIN_HESSIAN: f64 = 1e-16;
 
-fn softplus(x: f64) -> f64 {
-    if x > 0.0 {
-        x + (-x).exp().ln_1p()
-    } else {
-        x.exp().ln_1p()
-    }
-}
+/// The most outputs of a boosted model (classes: the classifier's limit).
+const MAX_GROUPS: usize = 100;
 
 impl Objective {
     fn groups(self) -> usize {
@@ -57,10 +52,16 @@ impl Objective {
     fn eval(self, s: &[f64], y: f64, g: &mut [f64], h: &mut [f64]) -> f64 {
         match self {
             Objective::Binary => {
-                let p = 1.0 / (1.0 + (-s[0]).exp());
+                // One exponential: e = exp(−|s|) gives the probability and log(1 + e^s).
+                let e = (-s[0].abs()).exp();
+                let p = if s[0] >= 0.0 {
+                    1.0 / (1.0 + e)
+                } else {
+                    e / (1.0 + e)
+                };
                 g[0] = p - y;
                 h[0] = (p * (1.0 - p)).max(MIN_HESSIAN);
-                softplus(s[0]) - y * s[0]
+                s[0].max(0.0) + e.ln_1p() - y * s[0]
             }
             Objective::Softmax(k) => {
                 let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -173,9 +174,8 @@ pub(super) fn fit(p: &BoostParams, t: &Training) -> Result<BoostFit> {
     }
     let base = objective.base(t, &train_rows);
     let mut scores: Vec<f64> = (0..n).flat_map(|_| base.iter().copied()).collect();
-    // Per output, the gradients and hessians of every row (weights included).
-    let mut grad = vec![0.0; n * groups];
-    let mut hess = vec![0.0; n * groups];
+    // Per output, the gradient and hessian of every row (weights included).
+    let mut gh = vec![[0.0; 2]; n * groups];
     let criterion = Criterion::Newton {
         alpha: p.reg_alpha,
         lambda: p.reg_lambda,
@@ -190,7 +190,7 @@ pub(super) fn fit(p: &BoostParams, t: &Training) -> Result<BoostFit> {
     let (mut train_loss, mut valid_loss) = (Vec::new(), Vec::new());
     let mut best = (f64::INFINITY, 0usize);
     for round in 0..=p.max_iter as usize {
-        let (tl, vl) = gradients(objective, t, &scores, &valid, &mut grad, &mut hess);
+        let (tl, vl) = gradients(objective, t, &scores, &valid, &mut gh);
         train_loss.push(tl);
         if round == p.max_iter as usize {
             if p.early_stop {
@@ -225,25 +225,41 @@ pub(super) fn fit(p: &BoostParams, t: &Training) -> Result<BoostFit> {
             let cfg = GrowConfig {
                 criterion,
                 max_depth: p.max_depth as usize,
-                min_instances: p.min_instances_per_node as f64,
+                // Without counts, a child must only be non-empty (a positive hessian).
+                min_size: if p.min_instances_per_node > 1 {
+                    p.min_instances_per_node as f64
+                } else {
+                    f64::MIN_POSITIVE
+                },
                 min_info_gain: 0.0,
                 features_per_node: per_node,
                 seed: rng.next_u64(),
             };
             let stats = RowStats::GradHess {
-                g: &grad[k * n..(k + 1) * n],
-                h: &hess[k * n..(k + 1) * n],
+                gh: &gh[k * n..(k + 1) * n],
+                counted: p.min_instances_per_node > 1,
             };
-            let tree = grow(data, &stats, None, &mut rows, &allowed, &cfg);
-            scores
-                .par_chunks_mut(BLOCK * groups)
-                .enumerate()
-                .for_each(|(b, s)| {
-                    for (i, row_scores) in s.chunks_exact_mut(groups).enumerate() {
-                        let r = b * BLOCK + i;
-                        row_scores[k] += tree.values[tree.leaf_binned(data.row(r))];
+            let grown = grow(data, &stats, None, &mut rows, &allowed, &cfg);
+            let tree = grown.tree;
+            if rows.len() == n {
+                // Every row was in the tree: its leaves hold the rows' ranges.
+                for &(leaf, start, end) in &grown.leaves {
+                    let v = tree.values[leaf];
+                    for &r in &rows[start..end] {
+                        scores[r as usize * groups + k] += v;
                     }
-                });
+                }
+            } else {
+                scores
+                    .par_chunks_mut(BLOCK * groups)
+                    .enumerate()
+                    .for_each(|(b, s)| {
+                        for (i, row_scores) in s.chunks_exact_mut(groups).enumerate() {
+                            let r = b * BLOCK + i;
+                            row_scores[k] += tree.values[tree.leaf_binned(data.row(r))];
+                        }
+                    });
+            }
             trees.push(tree);
         }
     }
@@ -263,60 +279,70 @@ pub(super) fn fit(p: &BoostParams, t: &Training) -> Result<BoostFit> {
     })
 }
 
-/// Every row's gradients and hessians at `scores` (weighted), into `grad` and `hess` laid out
-/// output by output; returns the weighted mean loss of the training and of the held-out rows.
+/// Every row's gradients and hessians at `scores` (weighted) into `gh`, laid out output by
+/// output; returns the weighted mean loss of the training and of the held-out rows.
 fn gradients(
     objective: Objective,
     t: &Training,
     scores: &[f64],
     valid: &[bool],
-    grad: &mut [f64],
-    hess: &mut [f64],
+    gh: &mut [[f64; 2]],
 ) -> (f64, f64) {
     let groups = objective.groups();
     let n = t.label.len();
-    // Row-major gradients per block, then scattered output by output.
-    let blocks: Vec<(Vec<f64>, Vec<f64>, [f64; 4])> = scores
-        .par_chunks(BLOCK * groups)
-        .enumerate()
-        .map(|(b, s)| {
-            let rows = s.len() / groups;
-            let mut g = vec![0.0; rows * groups];
-            let mut h = vec![0.0; rows * groups];
-            // (train loss, train weight, held-out loss, held-out weight)
-            let mut sums = [0.0; 4];
-            for i in 0..rows {
-                let r = b * BLOCK + i;
-                let w = t.weight[r];
-                let (gi, hi) = (
-                    &mut g[i * groups..(i + 1) * groups],
-                    &mut h[i * groups..(i + 1) * groups],
-                );
-                let loss = objective.eval(&s[i * groups..(i + 1) * groups], t.label[r], gi, hi);
-                gi.iter_mut().for_each(|v| *v *= w);
-                hi.iter_mut().for_each(|v| *v *= w);
-                let at = if valid[r] { 2 } else { 0 };
-                sums[at] += w * loss;
-                sums[at + 1] += w;
+    // (train loss, train weight, held-out loss, held-out weight) per block.
+    let block = |b: usize, s: &[f64], out: &mut dyn FnMut(usize, usize, f64, f64)| {
+        let mut sums = [0.0; 4];
+        let (mut g, mut h) = ([0.0; MAX_GROUPS], [0.0; MAX_GROUPS]);
+        for (i, s) in s.chunks_exact(groups).enumerate() {
+            let r = b * BLOCK + i;
+            let w = t.weight[r];
+            let loss = objective.eval(s, t.label[r], &mut g[..groups], &mut h[..groups]);
+            for k in 0..groups {
+                out(k, i, w * g[k], w * h[k]);
             }
-            (g, h, sums)
-        })
-        .collect();
-    let mut sums = [0.0; 4];
-    let mut start = 0;
-    for (g, h, s) in &blocks {
-        let rows = g.len() / groups;
-        for k in 0..groups {
-            for i in 0..rows {
-                grad[k * n + start + i] = g[i * groups + k];
-                hess[k * n + start + i] = h[i * groups + k];
-            }
+            let at = if valid[r] { 2 } else { 0 };
+            sums[at] += w * loss;
+            sums[at + 1] += w;
         }
-        for (a, v) in sums.iter_mut().zip(s) {
+        sums
+    };
+    let sums: Vec<[f64; 4]> = if groups == 1 {
+        scores
+            .par_chunks(BLOCK)
+            .zip(gh.par_chunks_mut(BLOCK))
+            .enumerate()
+            .map(|(b, (s, out))| block(b, s, &mut |_, i, g, h| out[i] = [g, h]))
+            .collect()
+    } else {
+        // Row-major per block, then scattered output by output.
+        let parts: Vec<(Vec<[f64; 2]>, [f64; 4])> = scores
+            .par_chunks(BLOCK * groups)
+            .enumerate()
+            .map(|(b, s)| {
+                let mut local = vec![[0.0; 2]; s.len()];
+                let sums = block(b, s, &mut |k, i, g, h| local[i * groups + k] = [g, h]);
+                (local, sums)
+            })
+            .collect();
+        let mut start = 0;
+        for (local, _) in &parts {
+            let rows = local.len() / groups;
+            for k in 0..groups {
+                for i in 0..rows {
+                    gh[k * n + start + i] = local[i * groups + k];
+                }
+            }
+            start += rows;
+        }
+        parts.into_iter().map(|(_, s)| s).collect()
+    };
+    let mut total = [0.0; 4];
+    for s in &sums {
+        for (a, v) in total.iter_mut().zip(s) {
             *a += v;
         }
-        start += rows;
     }
     let mean = |l: f64, w: f64| if w > 0.0 { l / w } else { 0.0 };
-    (mean(sums[0], sums[1]), mean(sums[2], sums[3]))
+    (mean(total[0], total[1]), mean(total[2], total[3]))
 }

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use super::bins::{Bins, MISSING};
-use super::tree::{SplitInfo, Tree};
+use super::ensemble::{SplitInfo, Tree};
 
 /// Rows per histogram block.
 const BLOCK_ROWS: usize = 16 * 1024;
@@ -18,8 +18,11 @@ const BLOCK_ROWS: usize = 16 * 1024;
 /// The training rows, coded once.
 #[derive(Debug)]
 pub(super) struct Binned {
-    /// Row-major codes, `codes[r * d + j]`.
+    /// Row-major codes, `codes[r * d + j]`: what a histogram reads, a row at a time.
     pub codes: Vec<u8>,
+    /// The same codes column-major, `columns[j * n + r]`: what a partition reads, one
+    /// feature at a time.
+    pub columns: Vec<u8>,
     pub n: usize,
     pub d: usize,
     pub bins: Bins,
@@ -31,8 +34,18 @@ impl Binned {
     pub fn new(codes: Vec<u8>, d: usize, bins: Bins) -> Self {
         let n = codes.len() / d.max(1);
         let slots = (0..d).map(|j| bins.n_bins(j)).max().unwrap_or(1) + 1;
+        let mut columns = vec![0u8; n * d];
+        columns
+            .par_chunks_mut(n.max(1))
+            .enumerate()
+            .for_each(|(j, col)| {
+                for (r, c) in col.iter_mut().enumerate() {
+                    *c = codes[r * d + j];
+                }
+            });
         Binned {
             codes,
+            columns,
             n,
             d,
             bins,
@@ -50,22 +63,32 @@ impl Binned {
 #[derive(Debug, Clone, Copy)]
 pub(super) enum RowStats<'a> {
     /// (gradient, hessian) per row, weights included: boosting, and regression forests with
-    /// `g = w·y`, `h = w`.
-    GradHess { g: &'a [f64], h: &'a [f64] },
-    /// Class index and weight per row: classification forests.
+    /// `g = w·y`, `h = w`. Interleaved, so that a row's pair is one load. Without `counted`
+    /// the histogram holds no row counts (a third fewer additions): boosting with at most one
+    /// row per leaf required, where a child is non-empty when its hessian sum is positive.
+    GradHess { gh: &'a [[f64; 2]], counted: bool },
+    /// Class index and weight per row: classification forests. Without `counted` the
+    /// weights (bootstrap multiplicity included) are the counts.
     Classes {
-        class: &'a [u32],
-        w: &'a [f64],
+        /// (class index, weight) per row, interleaved as the gradient pairs are.
+        cw: &'a [[f64; 2]],
         k: usize,
+        counted: bool,
     },
 }
 
 impl RowStats<'_> {
-    /// Values per histogram slot: the statistics, then the count.
+    /// Values per histogram slot: the statistics, then the count when kept.
     pub fn stride(&self) -> usize {
-        match self {
-            RowStats::GradHess { .. } => 3,
-            RowStats::Classes { k, .. } => k + 1,
+        match *self {
+            RowStats::GradHess { counted, .. } => 2 + usize::from(counted),
+            RowStats::Classes { k, counted, .. } => k + usize::from(counted),
+        }
+    }
+
+    pub fn counted(&self) -> bool {
+        match *self {
+            RowStats::GradHess { counted, .. } | RowStats::Classes { counted, .. } => counted,
         }
     }
 }
@@ -84,10 +107,11 @@ pub(super) enum Criterion {
     },
     /// Variance reduction per unit weight (regression forests); leaves are means.
     Variance,
-    /// Gini impurity reduction (classification forests); leaves are class probabilities.
-    Gini,
-    /// Entropy (bits) reduction; leaves are class probabilities.
-    Entropy,
+    /// Gini impurity reduction over `k` classes (classification forests); leaves are class
+    /// probabilities.
+    Gini { k: usize },
+    /// Entropy (bits) reduction over `k` classes; leaves are class probabilities.
+    Entropy { k: usize },
 }
 
 fn soft_threshold(g: f64, alpha: f64) -> f64 {
@@ -102,9 +126,9 @@ fn soft_threshold(g: f64, alpha: f64) -> f64 {
 
 impl Criterion {
     /// Values per leaf.
-    pub fn width(&self, stats: &RowStats<'_>) -> usize {
-        match self {
-            Criterion::Gini | Criterion::Entropy => stats.stride() - 1,
+    pub fn width(&self) -> usize {
+        match *self {
+            Criterion::Gini { k } | Criterion::Entropy { k } => k,
             _ => 1,
         }
     }
@@ -123,13 +147,12 @@ impl Criterion {
                     0.0
                 }
             }
-            Criterion::Gini | Criterion::Entropy => {
-                let k = s.len() - 1;
+            Criterion::Gini { k } | Criterion::Entropy { k } => {
                 let w: f64 = s[..k].iter().sum();
                 if w <= 0.0 {
                     return 0.0;
                 }
-                let imp = if *self == Criterion::Gini {
+                let imp = if matches!(self, Criterion::Gini { .. }) {
                     1.0 - s[..k].iter().map(|c| (c / w) * (c / w)).sum::<f64>()
                 } else {
                     -s[..k]
@@ -145,17 +168,32 @@ impl Criterion {
 
     /// Σ weight (or hessian) of a node.
     fn cover(&self, s: &[f64]) -> f64 {
-        match self {
+        match *self {
             Criterion::Newton { .. } | Criterion::Variance => s[1],
-            Criterion::Gini | Criterion::Entropy => s[..s.len() - 1].iter().sum(),
+            Criterion::Gini { k } | Criterion::Entropy { k } => s[..k].iter().sum(),
+        }
+    }
+
+    /// A node's size: its count when the histogram keeps counts, else its cover.
+    fn size(&self, s: &[f64], counted: bool) -> f64 {
+        if counted {
+            s[s.len() - 1]
+        } else {
+            self.cover(s)
         }
     }
 
     /// The gain of splitting a node with sums `p` (and term `p_term`) into `l` and `r`; `None`
-    /// when a child breaks the limits.
-    fn gain(&self, l: &[f64], r: &[f64], p: &[f64], p_term: f64, min_count: f64) -> Option<f64> {
-        let count = l.len() - 1;
-        if l[count] < min_count || r[count] < min_count {
+    /// when a child is smaller than `min_size` or breaks another limit.
+    fn gain(
+        &self,
+        l: &[f64],
+        r: &[f64],
+        p: &[f64],
+        p_term: f64,
+        (min_size, counted): (f64, bool),
+    ) -> Option<f64> {
+        if self.size(l, counted) < min_size || self.size(r, counted) < min_size {
             return None;
         }
         match *self {
@@ -175,7 +213,7 @@ impl Criterion {
                 }
                 Some((self.node_term(l) + self.node_term(r) - p_term) / p[1])
             }
-            Criterion::Gini | Criterion::Entropy => {
+            Criterion::Gini { .. } | Criterion::Entropy { .. } => {
                 let w = self.cover(p);
                 if self.cover(l) <= 0.0 || self.cover(r) <= 0.0 {
                     return None;
@@ -197,8 +235,7 @@ impl Criterion {
                 out.push(if v.is_finite() { v } else { 0.0 });
             }
             Criterion::Variance => out.push(if s[1] > 0.0 { s[0] / s[1] } else { 0.0 }),
-            Criterion::Gini | Criterion::Entropy => {
-                let k = s.len() - 1;
+            Criterion::Gini { k } | Criterion::Entropy { k } => {
                 let w: f64 = s[..k].iter().sum();
                 out.extend(s[..k].iter().map(|c| if w > 0.0 { c / w } else { 0.0 }));
             }
@@ -211,8 +248,9 @@ impl Criterion {
 pub(super) struct GrowConfig {
     pub criterion: Criterion,
     pub max_depth: usize,
-    /// Least count (rows, with bootstrap multiplicity) in a child.
-    pub min_instances: f64,
+    /// Least size of a child: rows (with bootstrap multiplicity) where the histogram counts
+    /// them or the weights are the counts; a tiny positive number (non-empty) otherwise.
+    pub min_size: f64,
     /// Least gain of a split.
     pub min_info_gain: f64,
     /// Features tried per node (all when ≥ d).
@@ -278,6 +316,22 @@ pub(super) fn histogram(
     total
 }
 
+/// How far ahead the histogram loop asks for a row's codes and statistics: a node's rows are
+/// ascending but sparse, which the hardware prefetcher does not follow.
+const PREFETCH_ROWS: usize = 16;
+
+/// Asks for the cache line at `p` (a hint; nothing on other targets).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Adds `rows` to `h`: the hot loop.
 fn accumulate(
     data: &Binned,
@@ -289,35 +343,74 @@ fn accumulate(
     let slots = data.slots;
     let last = (slots - 1) as u8;
     match *stats {
-        RowStats::GradHess { g, h: hess } => {
-            for &r in rows {
+        RowStats::GradHess { gh, counted } => {
+            if counted {
+                accumulate_gh::<3>(data, gh, count, rows, h);
+            } else {
+                accumulate_gh::<2>(data, gh, count, rows, h);
+            }
+        }
+        RowStats::Classes { cw, k, counted } => {
+            let stride = k + usize::from(counted);
+            for (i, &r) in rows.iter().enumerate() {
+                if let Some(&ahead) = rows.get(i + PREFETCH_ROWS) {
+                    prefetch(data.row(ahead as usize).as_ptr());
+                    prefetch(cw[ahead as usize].as_ptr().cast());
+                }
                 let r = r as usize;
-                let (gr, hr) = (g[r], hess[r]);
-                let c = count.map_or(1.0, |c| c[r]);
+                let [cl, wr] = cw[r];
+                let cl = cl as usize;
                 let mut base = 0;
-                for &code in data.row(r) {
-                    let s = (base + code.min(last) as usize) * 3;
-                    h[s] += gr;
-                    h[s + 1] += hr;
-                    h[s + 2] += c;
-                    base += slots;
+                if counted {
+                    let c = count.map_or(1.0, |c| c[r]);
+                    for &code in data.row(r) {
+                        let s = (base + code.min(last) as usize) * stride;
+                        h[s + cl] += wr;
+                        h[s + k] += c;
+                        base += slots;
+                    }
+                } else {
+                    for &code in data.row(r) {
+                        h[(base + code.min(last) as usize) * stride + cl] += wr;
+                        base += slots;
+                    }
                 }
             }
         }
-        RowStats::Classes { class, w, k } => {
-            let stride = k + 1;
-            for &r in rows {
-                let r = r as usize;
-                let (cl, wr) = (class[r] as usize, w[r]);
-                let c = count.map_or(1.0, |c| c[r]);
-                let mut base = 0;
-                for &code in data.row(r) {
-                    let s = (base + code.min(last) as usize) * stride;
-                    h[s + cl] += wr;
-                    h[s + k] += c;
-                    base += slots;
-                }
+    }
+}
+
+/// The (gradient, hessian[, count]) histogram loop, `S` values per slot.
+fn accumulate_gh<const S: usize>(
+    data: &Binned,
+    gh: &[[f64; 2]],
+    count: Option<&[f64]>,
+    rows: &[u32],
+    h: &mut [f64],
+) {
+    let slots = data.slots;
+    let last = (slots - 1) as u8;
+    for (i, &r) in rows.iter().enumerate() {
+        if let Some(&ahead) = rows.get(i + PREFETCH_ROWS) {
+            prefetch(data.row(ahead as usize).as_ptr());
+            prefetch(gh[ahead as usize].as_ptr().cast());
+        }
+        let r = r as usize;
+        let [gr, hr] = gh[r];
+        let c = if S == 3 {
+            count.map_or(1.0, |c| c[r])
+        } else {
+            0.0
+        };
+        let mut base = 0;
+        for &code in data.row(r) {
+            let s = (base + code.min(last) as usize) * S;
+            h[s] += gr;
+            h[s + 1] += hr;
+            if S == 3 {
+                h[s + 2] += c;
             }
+            base += slots;
         }
     }
 }
@@ -325,6 +418,7 @@ fn accumulate(
 /// The best split of a node from its histogram, with the left child's sums.
 fn best_split(
     data: &Binned,
+    counted: bool,
     hist: &[f64],
     totals: &[f64],
     features: &[usize],
@@ -334,6 +428,7 @@ fn best_split(
     let slots = data.slots;
     let crit = &cfg.criterion;
     let p_term = crit.node_term(totals);
+    let limits = (cfg.min_size, counted);
     let mut best: Option<(SplitInfo, Vec<f64>)> = None;
     let mut best_gain = cfg.min_info_gain.max(0.0);
     let mut left = vec![0.0; s];
@@ -343,7 +438,7 @@ fn best_split(
         let nb = data.bins.n_bins(j);
         let base = j * slots * s;
         let miss = &hist[base + (slots - 1) * s..base + slots * s];
-        let has_missing = miss[s - 1] > 0.0;
+        let has_missing = crit.size(miss, counted) > 0.0;
         left.fill(0.0);
         for b in 0..nb {
             let bin = &hist[base + b * s..base + (b + 1) * s];
@@ -367,7 +462,7 @@ fn best_split(
                 for ((r, t), l) in right.iter_mut().zip(totals).zip(l) {
                     *r = t - l;
                 }
-                if let Some(gain) = crit.gain(l, &right, totals, p_term, cfg.min_instances)
+                if let Some(gain) = crit.gain(l, &right, totals, p_term, limits)
                     && gain > best_gain
                 {
                     best_gain = gain;
@@ -393,27 +488,58 @@ fn best_split(
     best
 }
 
-/// Moves the rows going left to the front (keeping their order); returns how many.
+/// Moves the rows going left to the front (keeping their order); returns how many. Large
+/// nodes are split in blocks in parallel and put back together in block order.
 fn partition(data: &Binned, rows: &mut [u32], split: &SplitInfo, scratch: &mut Vec<u32>) -> usize {
-    scratch.clear();
-    let mut w = 0;
-    for i in 0..rows.len() {
-        let r = rows[i];
-        let c = data.codes[r as usize * data.d + split.feature];
-        let go_left = if c == MISSING {
+    let column = &data.columns[split.feature * data.n..(split.feature + 1) * data.n];
+    let goes_left = |r: u32| {
+        let c = column[r as usize];
+        if c == MISSING {
             split.default_left
         } else {
             c <= split.bin
-        };
-        if go_left {
-            rows[w] = r;
-            w += 1;
-        } else {
-            scratch.push(r);
         }
+    };
+    if rows.len() <= BLOCK_ROWS {
+        scratch.clear();
+        let mut w = 0;
+        for i in 0..rows.len() {
+            let r = rows[i];
+            if goes_left(r) {
+                rows[w] = r;
+                w += 1;
+            } else {
+                scratch.push(r);
+            }
+        }
+        rows[w..].copy_from_slice(scratch);
+        return w;
     }
-    rows[w..].copy_from_slice(scratch);
-    w
+    let parts: Vec<(Vec<u32>, Vec<u32>)> = rows
+        .par_chunks(BLOCK_ROWS)
+        .map(|block| {
+            let (mut l, mut r) = (Vec::with_capacity(block.len()), Vec::new());
+            for &row in block {
+                if goes_left(row) {
+                    l.push(row);
+                } else {
+                    r.push(row);
+                }
+            }
+            (l, r)
+        })
+        .collect();
+    let mut w = 0;
+    for (l, _) in &parts {
+        rows[w..w + l.len()].copy_from_slice(l);
+        w += l.len();
+    }
+    let left = w;
+    for (_, r) in &parts {
+        rows[w..w + r.len()].copy_from_slice(r);
+        w += r.len();
+    }
+    left
 }
 
 /// The sums of a node from its histogram (every row falls in one slot of feature 0).
@@ -427,6 +553,13 @@ fn totals(hist: &[f64], slots: usize, stride: usize) -> Vec<f64> {
     t
 }
 
+/// A grown tree, and where its training rows ended: `(leaf, start, end)` ranges of the
+/// reordered rows.
+pub(super) struct Grown {
+    pub tree: Tree,
+    pub leaves: Vec<(usize, usize, usize)>,
+}
+
 /// Grows one tree over the training rows `rows` (reordered in place), splitting on the
 /// features in `allowed` (`features_per_node` of them drawn per node). Nodes are grown depth
 /// first, so at most two histograms per level are alive; the tree is the same as grown level
@@ -438,10 +571,11 @@ pub(super) fn grow(
     rows: &mut [u32],
     allowed: &[usize],
     cfg: &GrowConfig,
-) -> Tree {
+) -> Grown {
     let stride = stats.stride();
+    let counted = stats.counted();
     let crit = cfg.criterion;
-    let mut tree = Tree::new(crit.width(stats));
+    let mut tree = Tree::new(crit.width());
     let mut values = Vec::new();
     let root = histogram(data, stats, count, rows);
     let root_totals = totals(&root, data.slots, stride);
@@ -450,9 +584,11 @@ pub(super) fn grow(
     // (node, rows start, rows end, histogram, sums, depth)
     let mut stack = vec![(0usize, 0usize, rows.len(), root, root_totals, 0usize)];
     let mut scratch = Vec::new();
+    let mut leaves = Vec::new();
     let mut rng = Rng64::new(cfg.seed);
     while let Some((node, start, end, mut hist, sums, depth)) = stack.pop() {
-        if depth >= cfg.max_depth || sums[stride - 1] < 2.0 * cfg.min_instances.max(1.0) {
+        if depth >= cfg.max_depth || crit.size(&sums, counted) < 2.0 * cfg.min_size {
+            leaves.push((node, start, end));
             continue;
         }
         let chosen: Vec<usize>;
@@ -466,7 +602,9 @@ pub(super) fn grow(
                 .collect();
             &chosen
         };
-        let Some((split, left_sums)) = best_split(data, &hist, &sums, features, cfg) else {
+        let Some((split, left_sums)) = best_split(data, counted, &hist, &sums, features, cfg)
+        else {
+            leaves.push((node, start, end));
             continue;
         };
         let right_sums: Vec<f64> = sums.iter().zip(&left_sums).map(|(t, l)| t - l).collect();
@@ -477,6 +615,8 @@ pub(super) fn grow(
         let r = tree.push_leaf(&values, crit.cover(&right_sums));
         tree.set_split(node, &split, l, r);
         if depth + 1 >= cfg.max_depth {
+            leaves.push((l as usize, start, mid));
+            leaves.push((r as usize, mid, end));
             continue;
         }
         // The smaller child's histogram from its rows, the larger's by subtraction.
@@ -497,7 +637,7 @@ pub(super) fn grow(
         stack.push((r as usize, mid, end, right_hist, right_sums, depth + 1));
         stack.push((l as usize, start, mid, left_hist, left_sums, depth + 1));
     }
-    tree
+    Grown { tree, leaves }
 }
 
 #[cfg(test)]
@@ -516,18 +656,21 @@ mod tests {
         let mut codes = vec![0u8; 8];
         bins.code_rows(&x, &mut codes);
         let data = Binned::new(codes, 1, bins);
-        let w = vec![1.0; 8];
-        let stats = RowStats::GradHess { g: &y, h: &w };
+        let gh: Vec<[f64; 2]> = y.iter().map(|y| [*y, 1.0]).collect();
+        let stats = RowStats::GradHess {
+            gh: &gh,
+            counted: true,
+        };
         let cfg = GrowConfig {
             criterion: Criterion::Variance,
             max_depth: 3,
-            min_instances: 1.0,
+            min_size: 1.0,
             min_info_gain: 0.0,
             features_per_node: 1,
             seed: 0,
         };
         let mut rows: Vec<u32> = (0..8).collect();
-        let t = grow(&data, &stats, None, &mut rows, &[0], &cfg);
+        let t = grow(&data, &stats, None, &mut rows, &[0], &cfg).tree;
         assert_eq!(t.n_nodes(), 3, "{t:?}");
         assert_eq!(t.threshold[0], 4.5);
         assert_eq!(t.leaf_values(t.left[0] as usize), &[1.0]);
@@ -541,29 +684,31 @@ mod tests {
     #[test]
     fn missing_values_go_where_they_fit() {
         let x = [0.0, 1.0, 2.0, 3.0, f64::NAN, f64::NAN];
-        let class = [0u32, 0, 1, 1, 1, 1];
+        let cw: Vec<[f64; 2]> = [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+            .iter()
+            .map(|c| [*c, 1.0])
+            .collect();
         let bins = Bins {
             thresholds: vec![vec![0.5, 1.5, 2.5]],
         };
         let mut codes = vec![0u8; 6];
         bins.code_rows(&x, &mut codes);
         let data = Binned::new(codes, 1, bins);
-        let w = vec![1.0; 6];
         let stats = RowStats::Classes {
-            class: &class,
-            w: &w,
+            cw: &cw,
             k: 2,
+            counted: true,
         };
         let cfg = GrowConfig {
-            criterion: Criterion::Gini,
+            criterion: Criterion::Gini { k: 2 },
             max_depth: 1,
-            min_instances: 1.0,
+            min_size: 1.0,
             min_info_gain: 0.0,
             features_per_node: 1,
             seed: 0,
         };
         let mut rows: Vec<u32> = (0..6).collect();
-        let t = grow(&data, &stats, None, &mut rows, &[0], &cfg);
+        let t = grow(&data, &stats, None, &mut rows, &[0], &cfg).tree;
         assert_eq!(t.threshold[0], 1.5);
         assert!(!t.default_left[0]);
         assert_eq!(t.leaf_values(t.leaf(&[f64::NAN])), &[0.0, 1.0]);

@@ -10,13 +10,14 @@
 //! blocks (a map function), so `ml_predict` runs where the data is, also on a cluster.
 
 mod bins;
+mod ensemble;
 mod forest;
 mod gbt;
 mod grow;
 mod model;
 mod params;
-mod tree;
 
+pub use ensemble::{Combine, Ensemble, Importance, Tree};
 pub use model::{
     DecisionTreeClassificationModel, DecisionTreeRegressionModel, GBTClassificationModel,
     GBTRegressionModel, RandomForestClassificationModel, RandomForestRegressionModel,
@@ -26,7 +27,6 @@ pub use params::{
     BoostParams, DecisionTreeClassifier, DecisionTreeRegressor, ForestParams, GBTClassifier,
     GBTRegressor, Impurity, Loss, RandomForestClassifier, RandomForestRegressor,
 };
-pub use tree::{Combine, Ensemble, Importance, Tree};
 
 use std::time::Instant;
 
@@ -76,8 +76,8 @@ impl Training {
         }
         let frame = data.cache_local().await?;
         let d = frame.dim();
-        let sample = session.aggregate_local(&frame, &BinSample::new(d))?;
-        let bins = Bins::from_sample(&sample, d, max_bins as usize);
+        let sample = session.aggregate_local(&frame, &BinSample::new(d, frame.n_rows()))?;
+        let bins = in_pool(session, || Bins::from_sample(&sample, d, max_bins as usize));
         let n = frame.n_rows() as usize;
         let mut codes = vec![0u8; n * d];
         let mut label = Vec::with_capacity(n);

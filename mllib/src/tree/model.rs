@@ -13,11 +13,11 @@ use quiver_engine::{BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetad
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::ensemble::{Combine, Ensemble, Importance, Tree};
 use super::params::{
     DecisionTreeClassifier, DecisionTreeRegressor, GBTClassifier, GBTRegressor,
     RandomForestClassifier, RandomForestRegressor,
 };
-use super::tree::{Combine, Ensemble, Importance, Tree};
 use crate::api::{Model, RowStage, Transformer};
 use crate::classification::scores::{self, ClassScores, OutputCols};
 use crate::error::{MllibError, Result};
