@@ -5,6 +5,9 @@
 //! - `ml_feature_info('m')`: per-feature statistics of the training rows (CREATE MODEL models);
 //! - `ml_trial_info('m')`: the trials of a model trained with hyperparameter tuning
 //!   (`num_trials`): parameters, status, objective value, which one was kept;
+//! - `ml_feature_importance('m')`: per feature of a tree model its split count, total gain and
+//!   total cover (`importance_weight`, `importance_gain`, `importance_cover`), as BigQuery
+//!   ML's `ML.FEATURE_IMPORTANCE`;
 //! - `ml_principal_component_info('m')`: per principal component of a decomposition model
 //!   (PCA) its eigenvalue and explained variance ratio, as BigQuery ML's
 //!   `ML.PRINCIPAL_COMPONENT_INFO`;
@@ -42,6 +45,7 @@ enum Kind {
     Evaluate,
     TrialInfo,
     PrincipalComponentInfo,
+    FeatureImportance,
 }
 
 impl Kind {
@@ -53,6 +57,7 @@ impl Kind {
             Kind::Evaluate => "ml_evaluate",
             Kind::TrialInfo => "ml_trial_info",
             Kind::PrincipalComponentInfo => "ml_principal_component_info",
+            Kind::FeatureImportance => "ml_feature_importance",
         }
     }
 }
@@ -80,6 +85,7 @@ pub fn table_functions(
         Kind::Evaluate,
         Kind::TrialInfo,
         Kind::PrincipalComponentInfo,
+        Kind::FeatureImportance,
     ]
     .into_iter()
     .map(|kind| {
@@ -218,6 +224,19 @@ fn trial_info(model: &LoadedModel) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
 }
 
+/// The model's input columns (what `ml_predict` takes), else its stored feature names.
+fn feature_names(model: &LoadedModel) -> Vec<String> {
+    match model.rows.as_ref().ok().and_then(|r| r.inputs.clone()) {
+        Some(cols) => cols,
+        None => model
+            .metadata
+            .features
+            .iter()
+            .map(|f| f.name.clone())
+            .collect(),
+    }
+}
+
 fn weights(model: &LoadedModel) -> Result<RecordBatch> {
     let vectors = model.model.weight_vectors();
     if vectors.is_empty() {
@@ -227,15 +246,7 @@ fn weights(model: &LoadedModel) -> Result<RecordBatch> {
             model.metadata.kind
         )));
     }
-    let features: Vec<String> = match model.rows.as_ref().ok().and_then(|r| r.inputs.clone()) {
-        Some(cols) => cols,
-        None => model
-            .metadata
-            .features
-            .iter()
-            .map(|f| f.name.clone())
-            .collect(),
-    };
+    let features = feature_names(model);
     let (mut vec_col, mut feat_col, mut w_col) = (Vec::new(), Vec::new(), Vec::new());
     for (label, v) in &vectors {
         for (j, w) in v.iter().enumerate() {
@@ -336,6 +347,54 @@ fn principal_component_info(model: &LoadedModel) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
 }
 
+/// One row per feature of a tree model, ordered by total gain (largest first): `feature`,
+/// `importance_weight` (splits on it), `importance_gain` (their total gain),
+/// `importance_cover` (the total cover of the nodes it splits).
+fn feature_importance(model: &LoadedModel) -> Result<RecordBatch> {
+    let (kind, summary) = catalog::final_stage(&model.metadata);
+    let imp = &summary["importance"];
+    let floats = |key: &str| -> Option<Vec<f64>> {
+        imp[key]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect())
+    };
+    let (Some(weight), Some(gain), Some(cover)) =
+        (floats("weight"), floats("gain"), floats("cover"))
+    else {
+        return Err(SqlError::Invalid(format!(
+            "ml_feature_importance: model '{}' ({kind}) is not a tree model (train it with model_type = 'boosted_tree_classifier', 'random_forest_regressor', …)",
+            model.label(),
+        )));
+    };
+    let names = feature_names(model);
+    let mut order: Vec<usize> = (0..gain.len()).collect();
+    order.sort_by(|a, b| gain[*b].total_cmp(&gain[*a]).then(a.cmp(b)));
+    let name = |j: usize| {
+        names
+            .get(j)
+            .cloned()
+            .unwrap_or_else(|| format!("feature {j}"))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("feature", DataType::Utf8, false),
+        Field::new("importance_weight", DataType::Float64, false),
+        Field::new("importance_gain", DataType::Float64, false),
+        Field::new("importance_cover", DataType::Float64, false),
+    ]));
+    let pick = |v: &[f64]| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(order.iter().map(|j| v[*j])))
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            order.iter().map(|j| name(*j)),
+        )),
+        pick(&weight),
+        pick(&gain),
+        pick(&cover),
+    ];
+    Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
+}
+
 /// The task of a model's final stage (its evaluator and metrics), from the catalogue.
 fn task_of(model: &LoadedModel) -> Result<Task> {
     catalog::algorithm_of(&model.metadata)
@@ -360,6 +419,7 @@ impl TableFunctionImpl for ModelTableFunction {
                 Kind::FeatureInfo => feature_info(&model)?,
                 Kind::TrialInfo => trial_info(&model)?,
                 Kind::PrincipalComponentInfo => principal_component_info(&model)?,
+                Kind::FeatureImportance => feature_importance(&model)?,
                 Kind::Evaluate => {
                     let table = string_arg(f, args.exprs(), 1, "table name")?;
                     let task = task_of(&model)?;
