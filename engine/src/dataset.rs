@@ -14,7 +14,8 @@ use crate::aggregate::quoted_name;
 use crate::error::{QuiverError, Result};
 use crate::functions::{AssembleUdf, RowUniformUdf, VectorFromListUdf};
 use crate::vector::{
-    FeatureBatch, assemble, feature_width, first_nan, is_numeric, numeric_values, vector_values,
+    FeatureBatch, Missing, assemble_with, feature_width, first_nan, is_numeric, numeric_values,
+    vector_values,
 };
 
 /// A DataFusion `DataFrame` plus the roles of its columns. Transformations are lazy: they add
@@ -28,6 +29,8 @@ pub struct Dataset {
     /// A vector column this dataset assembled, with the names of its elements (the columns
     /// it was assembled from), so that errors and weights name those rather than `v[3]`.
     assembled: Option<(String, Vec<String>)>,
+    /// What caching the features in memory does with nulls and NaN.
+    missing: Missing,
 }
 
 impl Dataset {
@@ -39,11 +42,20 @@ impl Dataset {
             label: None,
             weight: None,
             assembled: None,
+            missing: Missing::Refuse,
         }
     }
 
     pub fn dataframe(&self) -> &DataFrame {
         &self.df
+    }
+
+    /// Keeps missing feature values (nulls and NaN) as NaN when the rows are cached in memory
+    /// ([`Dataset::cache_local`]) instead of refusing them: for estimators that learn what a
+    /// missing value means (trees). Labels and weights must still be present.
+    pub fn keep_missing(mut self) -> Self {
+        self.missing = Missing::Keep;
+        self
     }
 
     /// The same roles over another DataFrame (e.g. this one with a column added or rows
@@ -188,6 +200,7 @@ impl Dataset {
             label: self.label,
             weight: self.weight,
             assembled: None,
+            missing: self.missing,
         }
         .with_features([column])
     }
@@ -273,6 +286,7 @@ impl Dataset {
             label: self.label,
             weight: self.weight,
             assembled: Some((output.to_string(), names)),
+            missing: self.missing,
         })
     }
 
@@ -442,6 +456,7 @@ impl Dataset {
         let feature_names = self.feature_names()?;
         let dim = feature_names.len();
         let roles = Arc::new((self.features.len(), self.label.clone(), self.weight.clone()));
+        let missing = self.missing;
         let cols: Vec<Expr> = names.iter().map(|c| col(quoted_name(c))).collect();
         // Planned in this process even on a cluster session: a distributed query returns its
         // partitions in no particular order, and the row numbers must follow the data's order.
@@ -467,7 +482,9 @@ impl Dataset {
                         let n = batch.num_rows() as u64;
                         if n > 0 {
                             let (n_feat, label, weight) = roles.as_ref();
-                            chunks.push(cache_batch(&batch, &names, *n_feat, label, weight, row)?);
+                            chunks.push(cache_batch(
+                                &batch, &names, *n_feat, label, weight, row, missing,
+                            )?);
                         }
                         row += n;
                     }
@@ -563,13 +580,14 @@ fn cache_batch(
     label: &Option<String>,
     weight: &Option<String>,
     first_row: u64,
+    missing: Missing,
 ) -> Result<LocalChunk> {
     let cols: Vec<(&str, &ArrayRef)> = names[..n_feat]
         .iter()
         .map(String::as_str)
         .zip(batch.columns())
         .collect();
-    let features = assemble(&cols).map_err(|e| at_row(e, first_row))?;
+    let features = assemble_with(&cols, missing).map_err(|e| at_row(e, first_row))?;
     let mut next = n_feat;
     let mut role = |name: &Option<String>| -> Result<Option<ScalarBuffer<f64>>> {
         match name {

@@ -16,7 +16,7 @@ use datafusion::prelude::col;
 use crate::aggregate::quoted_name;
 use crate::dataset::Dataset;
 use crate::error::{QuiverError, Result};
-use crate::vector::{FeatureBatch, assemble, vector_values};
+use crate::vector::{FeatureBatch, Missing, assemble_with, vector_values};
 
 /// A function of a batch of feature rows that returns one value per row.
 pub trait BatchFunction: std::any::Any + Send + Sync + Debug {
@@ -29,6 +29,12 @@ pub trait BatchFunction: std::any::Any + Send + Sync + Debug {
     fn return_type(&self) -> DataType;
     /// One output value per row of `batch`.
     fn apply(&self, batch: &FeatureBatch<'_>) -> Result<ArrayRef>;
+
+    /// Whether rows with missing features (null or NaN, seen as NaN) are valid input: for
+    /// models that route them, as trees do. Refused with their column and row otherwise.
+    fn accepts_missing(&self) -> bool {
+        false
+    }
 }
 
 /// A [`BatchFunction`] as a DataFusion scalar function. Called with one vector column or with
@@ -88,7 +94,12 @@ pub fn apply_to_columns(
         }
         _ => {
             let cols: Vec<(&str, &ArrayRef)> = names.iter().copied().zip(arrays.iter()).collect();
-            assembled = assemble(&cols)?;
+            let missing = if func.accepts_missing() {
+                Missing::Keep
+            } else {
+                Missing::Refuse
+            };
+            assembled = assemble_with(&cols, missing)?;
             vector_values(&assembled, "features")?
         }
     };

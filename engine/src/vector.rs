@@ -204,10 +204,80 @@ pub fn first_nan(values: &[f64]) -> Option<usize> {
     None
 }
 
+/// What assembling does with a missing value (a null, or NaN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Missing {
+    /// An error naming the column and the row (the default: most models need every value).
+    #[default]
+    Refuse,
+    /// Kept as NaN (Spark's `handleInvalid = "keep"`): for models that learn what a missing
+    /// value means, as trees do.
+    Keep,
+}
+
+/// `array` as Float64 values (or a Float64 list) with every null, of a row or of a list
+/// element, made NaN.
+fn nulls_as_nan(array: &ArrayRef) -> Result<ArrayRef> {
+    if let DataType::FixedSizeList(_, w) = array.data_type() {
+        let list = array.as_fixed_size_list();
+        let w = *w as usize;
+        let values = cast(list.values(), &DataType::Float64)?;
+        let values = values.as_primitive::<Float64Type>();
+        let mut out: Vec<f64> = values
+            .iter()
+            .take(list.len() * w)
+            .map(|v| v.unwrap_or(f64::NAN))
+            .collect();
+        if let Some(nulls) = list.nulls() {
+            for r in (0..list.len()).filter(|r| nulls.is_null(*r)) {
+                out[r * w..(r + 1) * w].fill(f64::NAN);
+            }
+        }
+        return Ok(Arc::new(vector_array(out, w)?));
+    }
+    let f = cast(array, &DataType::Float64)?;
+    if f.null_count() == 0 {
+        return Ok(f);
+    }
+    Ok(Arc::new(Float64Array::from_iter_values(
+        f.as_primitive::<Float64Type>()
+            .iter()
+            .map(|v| v.unwrap_or(f64::NAN)),
+    )))
+}
+
 /// Assembles feature columns (numeric scalars of any integer/float type, and numeric
 /// fixed-size lists) into one dense vector column, in the order given. Nulls and NaN are errors
 /// that name the column and the row within the batch.
 pub fn assemble(columns: &[(&str, &ArrayRef)]) -> Result<FixedSizeListArray> {
+    assemble_with(columns, Missing::Refuse)
+}
+
+/// [`assemble`], with missing values refused or kept as NaN.
+pub fn assemble_with(
+    columns: &[(&str, &ArrayRef)],
+    missing: Missing,
+) -> Result<FixedSizeListArray> {
+    let filled: Vec<ArrayRef>;
+    let kept: Vec<(&str, &ArrayRef)>;
+    let columns = if missing == Missing::Keep {
+        filled = columns
+            .iter()
+            .map(|(name, a)| {
+                if feature_width(a.data_type()).is_none() {
+                    return Err(QuiverError::NonNumericColumn {
+                        column: name.to_string(),
+                        data_type: a.data_type().to_string(),
+                    });
+                }
+                nulls_as_nan(a)
+            })
+            .collect::<Result<_>>()?;
+        kept = columns.iter().map(|(n, _)| *n).zip(filled.iter()).collect();
+        &kept[..]
+    } else {
+        columns
+    };
     let n_rows = columns.first().map(|(_, a)| a.len()).unwrap_or(0);
     let mut widths = Vec::with_capacity(columns.len());
     for (name, array) in columns {
@@ -253,7 +323,9 @@ pub fn assemble(columns: &[(&str, &ArrayRef)]) -> Result<FixedSizeListArray> {
         } else {
             numeric_values(array, name)?
         };
-        if let Some(i) = first_nan(&values) {
+        if missing == Missing::Refuse
+            && let Some(i) = first_nan(&values)
+        {
             return Err(QuiverError::InvalidValueInBatch {
                 kind: "NaN",
                 column: name.to_string(),
@@ -368,6 +440,12 @@ mod tests {
     fn non_numeric_column_is_rejected() {
         let s: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
         let err = assemble(&[("name", &s)]).unwrap_err().to_string();
+        assert!(
+            assemble_with(&[("name", &s)], Missing::Keep)
+                .unwrap_err()
+                .to_string()
+                .contains("'name'")
+        );
         assert!(err.contains("'name'") && err.contains("Utf8"), "{err}");
     }
 

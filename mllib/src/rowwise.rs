@@ -147,6 +147,10 @@ impl BatchFunction for Composed {
     fn return_type(&self) -> DataType {
         self.last.return_type()
     }
+    /// Missing values reach the first function only: it decides.
+    fn accepts_missing(&self) -> bool {
+        self.maps.first().unwrap_or(&self.last).accepts_missing()
+    }
     fn apply(&self, batch: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
         let mut current: Option<ArrayRef> = None;
         for f in &self.maps {

@@ -277,3 +277,58 @@ async fn bad_input_is_named() {
     );
     assert!(err.contains("'max_depth'"), "{err}");
 }
+
+/// Missing features (nulls and NaN) are routed by a learned default direction, in the fit and
+/// in prediction; a model that needs every value still refuses them, naming column and row.
+#[tokio::test]
+async fn missing_values_are_learned_not_refused() {
+    let s = session("local");
+    let n = 1000;
+    // x0 is missing in every fourth row (null or NaN); y is 1 where x0 is missing or ≥ 0.7.
+    let x0: Float64Array = (0..n)
+        .map(|i| match i % 8 {
+            0 => None,
+            4 => Some(f64::NAN),
+            _ => Some((i % 10) as f64 / 10.0),
+        })
+        .collect();
+    let x1: Float64Array = (0..n).map(|i| Some(((i * 37) % 101) as f64)).collect();
+    let y: Float64Array = (0..n)
+        .map(|i| {
+            let missing = i % 4 == 0;
+            Some(if missing || i % 10 >= 7 { 1.0 } else { 0.0 })
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x0", DataType::Float64, true),
+        Field::new("x1", DataType::Float64, false),
+        Field::new("y", DataType::Float64, false),
+    ]));
+    let b = RecordBatch::try_new(
+        schema,
+        vec![Arc::new(x0) as ArrayRef, Arc::new(x1), Arc::new(y)],
+    )
+    .unwrap();
+    let data = Dataset::new(s.from_batches(vec![b], 2).unwrap())
+        .with_label("y")
+        .unwrap()
+        .with_features(["x0", "x1"])
+        .unwrap();
+    let dt = DecisionTreeClassifier::new()
+        .max_depth(2)
+        .fit(&s, &data)
+        .await
+        .unwrap();
+    let (p, y) = predictions(&dt, &data).await;
+    assert_eq!(accuracy(&p, &y), 1.0);
+    assert_eq!(dt.predict_row(&[f64::NAN, 3.0]), vec![0.0, 1.0]);
+    let gbt = GBTClassifier::new()
+        .max_iter(5)
+        .fit(&s, &data)
+        .await
+        .unwrap();
+    let (p, y) = predictions(&gbt, &data).await;
+    assert_eq!(accuracy(&p, &y), 1.0);
+    let err = error(quiver_mllib::LogisticRegression::new().fit(&s, &data).await);
+    assert!(err.contains("'x0'") && err.contains("row 0"), "{err}");
+}

@@ -22,6 +22,8 @@ pub(crate) trait ClassScores:
     const FUNCTIONS: [&'static str; 3];
     /// What the parameters are, for errors.
     const WHAT: &'static str;
+    /// Whether rows with missing (NaN) features are scored rather than refused.
+    const ACCEPTS_MISSING: bool = false;
 
     fn dim(&self) -> usize;
     /// Values per row of the raw and probability vectors.
@@ -85,6 +87,9 @@ impl<M: ClassScores> BatchFunction for ScoreOutput<M> {
     }
     fn input_dim(&self) -> usize {
         self.model.dim()
+    }
+    fn accepts_missing(&self) -> bool {
+        M::ACCEPTS_MISSING
     }
     fn return_type(&self) -> DataType {
         match self.kind {

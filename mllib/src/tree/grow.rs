@@ -714,4 +714,44 @@ mod tests {
         assert_eq!(t.leaf_values(t.leaf(&[f64::NAN])), &[0.0, 1.0]);
         assert_eq!(t.leaf_values(t.leaf(&[0.2])), &[1.0, 0.0]);
     }
+
+    /// Missing values on the side of the larger values: one split separates the classes.
+    #[test]
+    fn missing_values_join_the_side_they_belong_to() {
+        let n = 1000;
+        let x: Vec<f64> = (0..n)
+            .map(|i| {
+                if i % 4 == 0 {
+                    f64::NAN
+                } else {
+                    (i % 10) as f64 / 10.0
+                }
+            })
+            .collect();
+        let cw: Vec<[f64; 2]> = (0..n)
+            .map(|i| [f64::from(i % 4 == 0 || i % 10 >= 7), 1.0])
+            .collect();
+        let bins = Bins {
+            thresholds: vec![(0..9).map(|i| i as f64 / 10.0 + 0.05).collect()],
+        };
+        let mut codes = vec![0u8; n];
+        bins.code_rows(&x, &mut codes);
+        let data = Binned::new(codes, 1, bins);
+        let stats = RowStats::Classes {
+            cw: &cw,
+            k: 2,
+            counted: false,
+        };
+        let cfg = GrowConfig {
+            criterion: Criterion::Gini { k: 2 },
+            max_depth: 1,
+            min_size: 1.0,
+            min_info_gain: 0.0,
+            features_per_node: 1,
+            seed: 0,
+        };
+        let mut rows: Vec<u32> = (0..n as u32).collect();
+        let t = grow(&data, &stats, None, &mut rows, &[0], &cfg).tree;
+        assert_eq!((t.bin[0], t.default_left[0]), (6, false), "{t:?}");
+    }
 }

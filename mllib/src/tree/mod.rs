@@ -74,7 +74,8 @@ impl Training {
                 reason: "the dataset has no weight column (Dataset::with_weight)".to_string(),
             });
         }
-        let frame = data.cache_local().await?;
+        // Trees route missing values (nulls and NaN) by a learned default direction.
+        let frame = data.clone().keep_missing().cache_local().await?;
         let d = frame.dim();
         let sample = session.aggregate_local(&frame, &BinSample::new(d, frame.n_rows()))?;
         let bins = in_pool(session, || Bins::from_sample(&sample, d, max_bins as usize));

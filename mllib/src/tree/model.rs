@@ -167,6 +167,8 @@ impl ClassScores for Ensemble {
         "tree_ensemble_predict",
     ];
     const WHAT: &'static str = "a tree ensemble";
+    /// A missing value goes where the split learned (its default direction).
+    const ACCEPTS_MISSING: bool = true;
 
     fn dim(&self) -> usize {
         self.dim
@@ -219,6 +221,9 @@ impl BatchFunction for TreeRegress {
     }
     fn return_type(&self) -> DataType {
         DataType::Float64
+    }
+    fn accepts_missing(&self) -> bool {
+        true
     }
     fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
         let out: Float64Array = b
