@@ -318,6 +318,15 @@ impl QuiverSession {
         }
     }
 
+    /// Runs `f` on the compute threads of this task (a trial's `threads_per_trial`) or, outside
+    /// a task, of the session: where in-memory kernels that use rayon belong.
+    pub fn run_compute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match fanout::task_pool() {
+            Some(pool) => pool.install(f),
+            None => self.pool.install(f),
+        }
+    }
+
     /// Runs a statistic as a DataFusion aggregate query over `dataset`. On a cluster a job
     /// that outlives `quiver.cluster.job_timeout_secs` (an executor lost mid-job can leave a
     /// Ballista job waiting forever) is abandoned and run once more on the executors left;

@@ -752,42 +752,31 @@ const FOREST_SQL_DEFAULTS: &[(&str, SqlDefault)] = &[
     ("max_tree_depth", SqlDefault::Number(6.0)),
     ("subsample", SqlDefault::Number(0.8)),
 ];
-/// Regression trees' SQL option list with the boosted options plus the loss.
-const BOOST_REGRESSOR_OPTIONS: [SqlOption; 16] = {
-    let c = BOOST_OPTIONS_COMMON;
-    [
-        c[0],
-        c[1],
-        c[2],
-        c[3],
-        c[4],
-        c[5],
-        c[6],
-        c[7],
-        c[8],
-        c[9],
-        c[10],
-        c[11],
-        c[12],
-        c[13],
-        TREE_SEED,
-        opt(
-            "loss",
-            P("loss"),
-            Text(&[("squared", "squared"), ("absolute", "absolute")]),
-            "'squared' (default) or 'absolute' error",
-        )
-        .tune(Tune::Yes),
-    ]
-};
-const BOOST_CLASSIFIER_OPTIONS: [SqlOption; 15] = {
-    let c = BOOST_OPTIONS_COMMON;
-    [
-        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12], c[13],
-        TREE_SEED,
-    ]
-};
-
+/// `options` followed by `last`.
+const fn with_option<const N: usize, const M: usize>(
+    options: [SqlOption; N],
+    last: SqlOption,
+) -> [SqlOption; M] {
+    let mut out = [last; M];
+    let mut i = 0;
+    while i < N {
+        out[i] = options[i];
+        i += 1;
+    }
+    out
+}
+const BOOST_CLASSIFIER_OPTIONS: [SqlOption; 15] = with_option(BOOST_OPTIONS_COMMON, TREE_SEED);
+/// The regressor's options: the classifier's plus the loss.
+const BOOST_REGRESSOR_OPTIONS: [SqlOption; 16] = with_option(
+    BOOST_CLASSIFIER_OPTIONS,
+    opt(
+        "loss",
+        P("loss"),
+        Text(&[("squared", "squared"), ("absolute", "absolute")]),
+        "'squared' (default) or 'absolute' error",
+    )
+    .tune(Tune::Yes),
+);
 /// Every algorithm: the only list of them.
 pub const ALGORITHMS: &[Algorithm] = &[
     Algorithm {

@@ -243,28 +243,6 @@ impl Bins {
         self.thresholds[j].len() + 1
     }
 
-    /// The bin of `x` in feature `j`: the number of thresholds below it.
-    #[cfg(test)]
-    pub fn code(&self, j: usize, x: f64) -> u8 {
-        let t = &self.thresholds[j];
-        if x.is_nan() {
-            return MISSING;
-        }
-        if t.is_empty() {
-            return 0;
-        }
-        // Branch-free bisection: `base` ends at the last threshold below x, or at 0.
-        let (mut base, mut len) = (0usize, t.len());
-        while len > 1 {
-            let half = len / 2;
-            if t[base + half - 1] < x {
-                base += half;
-            }
-            len -= half;
-        }
-        (base + usize::from(t[base] < x)) as u8
-    }
-
     /// Codes a row-major block of rows: per value, the thresholds below it counted in one
     /// vectorised sweep (AVX2 where the CPU has it).
     pub fn code_rows(&self, values: &[f64], out: &mut [u8]) {
@@ -390,9 +368,9 @@ mod tests {
         let bins = Bins {
             thresholds: vec![t],
         };
-        assert_eq!(bins.code(0, 249.5), 0);
-        assert_eq!(bins.code(0, 250.0), 1);
-        assert_eq!(bins.code(0, 1e9), 3);
-        assert_eq!(bins.code(0, f64::NAN), MISSING);
+        // The production kernel (vectorised where the CPU allows).
+        let mut codes = [0u8; 4];
+        bins.code_rows(&[249.5, 250.0, 1e9, f64::NAN], &mut codes);
+        assert_eq!(codes, [0, 1, 3, MISSING]);
     }
 }

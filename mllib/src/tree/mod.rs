@@ -78,8 +78,14 @@ impl Training {
         let frame = data.clone().keep_missing().cache_local().await?;
         let d = frame.dim();
         let sample = session.aggregate_local(&frame, &BinSample::new(d, frame.n_rows()))?;
-        let bins = in_pool(session, || Bins::from_sample(&sample, d, max_bins as usize));
+        let bins = session.run_compute(|| Bins::from_sample(&sample, d, max_bins as usize));
         let n = frame.n_rows() as usize;
+        if n == 0 {
+            return Err(MllibError::InvalidParam {
+                param: "data".to_string(),
+                reason: "no training rows".to_string(),
+            });
+        }
         let mut codes = vec![0u8; n * d];
         let mut label = Vec::with_capacity(n);
         let mut weight = Vec::with_capacity(n);
@@ -96,7 +102,7 @@ impl Training {
                 _ => weight.extend(std::iter::repeat_n(1.0, b.n_rows)),
             }
         }
-        in_pool(session, || {
+        session.run_compute(|| {
             blocks
                 .into_par_iter()
                 .for_each(|(b, out)| bins.code_rows(b.values, out))
@@ -145,12 +151,6 @@ impl Training {
             }
             None
         };
-        if n == 0 {
-            return Err(MllibError::InvalidParam {
-                param: "data".to_string(),
-                reason: "no training rows".to_string(),
-            });
-        }
         Ok(Training {
             binned: Binned::new(codes, d, bins),
             label,
@@ -166,14 +166,6 @@ impl Training {
     }
 }
 
-/// Runs `f` on the compute pool of this task (a trial's threads) or of the session.
-fn in_pool<R: Send>(session: &QuiverSession, f: impl FnOnce() -> R + Send) -> R {
-    match quiver_engine::fanout::task_pool() {
-        Some(pool) => pool.install(f),
-        None => session.compute_pool().install(f),
-    }
-}
-
 macro_rules! forest_fit {
     ($($est:ident: classifier = $classifier:literal;)*) => {$(
         impl Estimator for $est {
@@ -184,7 +176,7 @@ macro_rules! forest_fit {
                 let started = Instant::now();
                 let p = &self.0;
                 let t = Training::read(session, data, p.max_bins, p.weighted, $classifier).await?;
-                let ensemble = in_pool(session, || forest::fit(p, &t))?;
+                let ensemble = session.run_compute(|| forest::fit(p, &t))?;
                 let summary = summary(&t, &ensemble, Vec::new(), Vec::new(), started);
                 Ok(TreeEnsembleModel::new(self.clone(), ensemble, summary))
             }
@@ -209,7 +201,7 @@ macro_rules! boost_fit {
                 let started = Instant::now();
                 let p = &self.0;
                 let t = Training::read(session, data, p.max_bins, p.weighted, $classifier).await?;
-                let fit = in_pool(session, || gbt::fit(p, &t))?;
+                let fit = session.run_compute(|| gbt::fit(p, &t))?;
                 let summary = summary(&t, &fit.ensemble, fit.train_loss, fit.valid_loss, started);
                 Ok(TreeEnsembleModel::new(self.clone(), fit.ensemble, summary))
             }

@@ -254,12 +254,15 @@ impl BoostParams {
             }
             _ => {}
         }
+        self.output_cols().check()
+    }
+
+    pub(super) fn output_cols(&self) -> OutputCols<'_> {
         OutputCols {
             prediction: &self.prediction_col,
             probability: &self.probability_col,
             raw_prediction: &self.raw_prediction_col,
         }
-        .check()
     }
 }
 
