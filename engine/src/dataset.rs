@@ -205,6 +205,21 @@ impl Dataset {
         .with_features([column])
     }
 
+    /// Uses `column`, a `Float64` vector column a transformer wrote, as the features, its
+    /// elements named by `names` (so weights and errors name them, not `v[3]`).
+    pub fn with_assembled_features(self, column: &str, names: Vec<String>) -> Result<Self> {
+        let width = feature_width(self.field(column)?.data_type());
+        if width != Some(names.len()) {
+            return Err(QuiverError::internal(format!(
+                "vector column '{column}' has width {width:?}, but {} names were given",
+                names.len()
+            )));
+        }
+        let mut out = self.with_features([column])?;
+        out.assembled = Some((column.to_string(), names));
+        Ok(out)
+    }
+
     /// Sets the label column (numeric).
     pub fn with_label(mut self, column: &str) -> Result<Self> {
         self.numeric_field(column)?;

@@ -587,16 +587,40 @@ impl ScalarUDFImpl for RowUniformUdf {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let mut h: Vec<u64> = vec![0; n];
         for a in &arrays {
-            // Hash each value's text form: stable for every type, and for nulls.
-            let text = arrow::compute::cast(a, &DataType::Utf8)?;
+            // Hash each value's text form: stable for every type, and for nulls. A list
+            // (a feature vector) hashes its elements' text in order.
+            let (text, ranges): (ArrayRef, Vec<Option<(usize, usize)>>) = match a.data_type() {
+                DataType::FixedSizeList(_, w) => {
+                    let l = a.as_fixed_size_list();
+                    let w = *w as usize;
+                    let ranges = (0..n)
+                        .map(|r| l.is_valid(r).then_some((r * w, (r + 1) * w)))
+                        .collect();
+                    (arrow::compute::cast(l.values(), &DataType::Utf8)?, ranges)
+                }
+                DataType::List(_) => {
+                    let l = a.as_list::<i32>();
+                    let o = l.value_offsets();
+                    let ranges = (0..n)
+                        .map(|r| l.is_valid(r).then_some((o[r] as usize, o[r + 1] as usize)))
+                        .collect();
+                    (arrow::compute::cast(l.values(), &DataType::Utf8)?, ranges)
+                }
+                _ => (
+                    arrow::compute::cast(a, &DataType::Utf8)?,
+                    (0..n).map(|r| Some((r, r + 1))).collect(),
+                ),
+            };
             let text = text.as_string::<i32>();
-            for (r, hr) in h.iter_mut().enumerate() {
+            for (hr, range) in h.iter_mut().zip(ranges) {
                 let mut x = *hr ^ 0xA5A5_A5A5_A5A5_A5A5;
-                if text.is_valid(r) {
-                    for chunk in text.value(r).as_bytes().chunks(8) {
-                        let mut b = [0u8; 8];
-                        b[..chunk.len()].copy_from_slice(chunk);
-                        x = mix(x ^ u64::from_le_bytes(b));
+                for i in range.map_or(0..0, |(lo, hi)| lo..hi) {
+                    if text.is_valid(i) {
+                        for chunk in text.value(i).as_bytes().chunks(8) {
+                            let mut b = [0u8; 8];
+                            b[..chunk.len()].copy_from_slice(chunk);
+                            x = mix(x ^ u64::from_le_bytes(b));
+                        }
                     }
                 }
                 *hr = mix(x);

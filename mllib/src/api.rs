@@ -57,9 +57,36 @@ pub trait Model: Transformer + Sized {
     fn from_parts(metadata: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<Self>;
 }
 
+/// A first stage that turns typed input columns (numbers, booleans, strings, dates, with
+/// nulls) into the feature vector, batch by batch: what `ml_predict` on raw columns runs
+/// before the model.
+pub trait ColumnEncoder: Send + Sync + Debug {
+    /// The input columns, in argument order.
+    fn inputs(&self) -> &[String];
+    /// Width of the feature vector it writes.
+    fn dim(&self) -> usize;
+    /// Names of the feature vector's values (`color_red`, `age`), what weights are named by.
+    fn feature_names(&self) -> &[String];
+    /// Whether argument `i` may have type `t`; the error says what the column needs.
+    fn check_input(&self, i: usize, t: &arrow::datatypes::DataType) -> std::result::Result<(), String>;
+    /// The row-major feature values of a batch of `rows` rows.
+    fn encode(
+        &self,
+        arrays: &[arrow::array::ArrayRef],
+        rows: usize,
+    ) -> quiver_engine::Result<Vec<f64>>;
+    /// The class labels a classifier's prediction index stands for, and their type (string or
+    /// boolean labels): `ml_predict` returns them instead of the index.
+    fn classes(&self) -> Option<(&[String], arrow::datatypes::DataType)> {
+        None
+    }
+}
+
 /// What one fitted stage does to a row, for row-wise application (`ml_predict`).
 #[derive(Debug, Clone)]
 pub enum RowStage {
+    /// Encodes typed input columns into the feature vector (automatic preprocessing).
+    Encode(Arc<dyn ColumnEncoder>),
     /// Builds the feature vector from these input columns (a `VectorAssembler`).
     Assemble(Vec<String>),
     /// Maps the feature vector to another vector (a scaler).

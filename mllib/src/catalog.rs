@@ -28,7 +28,7 @@ use crate::decomposition::{PCA, PCAModel};
 use crate::error::{MllibError, Result};
 use crate::feature::{
     ImputerModel, MinMaxScaler, MinMaxScalerModel, OneHotEncoderModel, StandardScaler,
-    StandardScalerModel, StringIndexerModel, VectorAssembler,
+    StandardScalerModel, StringIndexerModel, VectorAssembler, MissingNumbers, PreprocessorModel,
 };
 use crate::regression::{LinearRegression, LinearRegressionModel};
 use crate::tree::{
@@ -383,6 +383,10 @@ pub struct Algorithm {
     /// Option values `CREATE MODEL` uses when a statement leaves them out, where BigQuery ML's
     /// defaults differ from the estimator's (Spark's) defaults.
     pub sql_defaults: &'static [(&'static str, SqlDefault)],
+    /// What `CREATE MODEL`'s automatic preprocessing does with missing numbers: impute the
+    /// training mean, or keep them missing for models that route them (trees, which also
+    /// take string columns as category indices rather than one-hot).
+    pub missing_values: MissingNumbers,
     pub build: Build,
     pub load: Load,
     pub register: Register,
@@ -793,6 +797,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             MIN_REL_PROGRESS,
         ],
         sql_defaults: &[],
+        missing_values: MissingNumbers::Impute,
         build: |p| {
             Ok(Arc::new(from_params::<LogisticRegression>(
                 "logistic_regression",
@@ -822,6 +827,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             ),
         ],
         sql_defaults: &[],
+        missing_values: MissingNumbers::Impute,
         build: |p| {
             Ok(Arc::new(from_params::<LinearRegression>(
                 "linear_regression",
@@ -857,6 +863,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             opt("seed", P("seed"), Whole, "seed of the initialisation"),
         ],
         sql_defaults: &[],
+        missing_values: MissingNumbers::Impute,
         build: |p| Ok(Arc::new(from_params::<KMeans>("kmeans", p, KMeans::check)?)),
         load: load_model::<KMeansModel>,
         register: crate::clustering::kmeans::register,
@@ -888,6 +895,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             .tune(Tune::Default(Range::Log(1e-3, 10.0))),
         ],
         sql_defaults: &[],
+        missing_values: MissingNumbers::Impute,
         build: |p| {
             Ok(Arc::new(from_params::<NaiveBayes>(
                 "naive_bayes",
@@ -918,6 +926,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             ),
         ],
         sql_defaults: &[],
+        missing_values: MissingNumbers::Impute,
         build: |p| Ok(Arc::new(from_params::<PCA>("pca", p, PCA::check)?)),
         load: load_model::<PCAModel>,
         register: crate::decomposition::pca::register,
@@ -936,6 +945,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             TREE_SEED,
         ],
         sql_defaults: &[],
+        missing_values: MissingNumbers::Keep,
         build: |p| {
             Ok(Arc::new(from_params::<DecisionTreeClassifier>(
                 "decision_tree_classifier",
@@ -959,6 +969,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             TREE_SEED,
         ],
         sql_defaults: &[],
+        missing_values: MissingNumbers::Keep,
         build: |p| {
             Ok(Arc::new(from_params::<DecisionTreeRegressor>(
                 "decision_tree_regressor",
@@ -986,6 +997,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             TREE_SEED,
         ],
         sql_defaults: FOREST_SQL_DEFAULTS,
+        missing_values: MissingNumbers::Keep,
         build: |p| {
             Ok(Arc::new(from_params::<RandomForestClassifier>(
                 "random_forest_classifier",
@@ -1012,6 +1024,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
             TREE_SEED,
         ],
         sql_defaults: FOREST_SQL_DEFAULTS,
+        missing_values: MissingNumbers::Keep,
         build: |p| {
             Ok(Arc::new(from_params::<RandomForestRegressor>(
                 "random_forest_regressor",
@@ -1029,6 +1042,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         task: Task::Classification,
         options: &BOOST_CLASSIFIER_OPTIONS,
         sql_defaults: BOOST_SQL_DEFAULTS,
+        missing_values: MissingNumbers::Keep,
         build: |p| {
             Ok(Arc::new(from_params::<GBTClassifier>(
                 "gbt_classifier",
@@ -1046,6 +1060,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         task: Task::Regression,
         options: &BOOST_REGRESSOR_OPTIONS,
         sql_defaults: BOOST_SQL_DEFAULTS,
+        missing_values: MissingNumbers::Keep,
         build: |p| {
             Ok(Arc::new(from_params::<GBTRegressor>(
                 "gbt_regressor",
@@ -1094,6 +1109,12 @@ pub const FEATURE_STAGES: &[FeatureStage] = &[
         build: None,
         load: load_model::<OneHotEncoderModel>,
         register: crate::feature::onehot::register,
+    },
+    FeatureStage {
+        name: "preprocessor",
+        build: None,
+        load: load_model::<PreprocessorModel>,
+        register: crate::feature::preprocess::register,
     },
     FeatureStage {
         name: "imputer",

@@ -27,7 +27,7 @@ pub mod rowwise;
 pub mod tree;
 pub mod tuning;
 
-pub use api::{DynEstimator, DynModel, Estimator, Model, RowStage, Transformer, load, save};
+pub use api::{ColumnEncoder, DynEstimator, DynModel, Estimator, Model, RowStage, Transformer, load, save};
 pub use catalog::{ALGORITHMS, Algorithm, Task};
 pub use classification::{
     Family, LogisticRegression, LogisticRegressionModel, LogisticSummary, NaiveBayes,
@@ -42,8 +42,8 @@ pub use evaluation::{
     MulticlassMetrics, RegressionEvaluator, RegressionMetrics,
 };
 pub use feature::{
-    HandleInvalid, Imputer, ImputerModel, ImputerStrategy, MinMaxScaler, MinMaxScalerModel,
-    OneHotEncoder, OneHotEncoderModel, StandardScaler, StandardScalerModel, StringIndexer,
+    CategoryEncoding, HandleInvalid, Imputer, ImputerModel, ImputerStrategy, MinMaxScaler, MinMaxScalerModel,
+    OneHotEncoder, OneHotEncoderModel, MissingNumbers, Preprocessor, PreprocessorModel, StandardScaler, StandardScalerModel, StringIndexer,
     StringIndexerModel, StringOrderType, VectorAssembler,
 };
 pub use pipeline::{Pipeline, PipelineModel};

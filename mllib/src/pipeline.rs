@@ -98,6 +98,11 @@ pub struct PipelineModel {
 }
 
 impl PipelineModel {
+    /// A pipeline of stages fitted elsewhere, applied in order.
+    pub fn from_stages(stages: Vec<Arc<dyn DynModel>>) -> Self {
+        PipelineModel { stages }
+    }
+
     pub fn stages(&self) -> &[Arc<dyn DynModel>] {
         &self.stages
     }

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::ArrayRef;
+use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::DataType;
 use quiver_engine::vector::vector_values;
 use quiver_engine::{BatchFunction, FeatureBatch, ModelMetadata, ModelStore, QuiverError};
 
 use crate::api::DynModel;
-pub use crate::api::RowStage;
+pub use crate::api::{ColumnEncoder, RowStage};
 use crate::catalog::load_stage;
 use crate::error::{MllibError, Result};
 
@@ -23,6 +23,9 @@ pub struct RowPredictor {
     pub inputs: Option<Vec<String>>,
     pub prediction: Arc<dyn BatchFunction>,
     pub probability: Option<Arc<dyn BatchFunction>>,
+    /// The first stage when it encodes typed columns (automatic preprocessing): the
+    /// arguments go through it, not through the assembler.
+    pub encoder: Option<Arc<dyn ColumnEncoder>>,
 }
 
 impl RowPredictor {
@@ -40,6 +43,7 @@ impl RowPredictor {
         flatten(stages, &mut flat);
         let stages = flat.as_slice();
         let mut inputs = None;
+        let mut encoder: Option<Arc<dyn ColumnEncoder>> = None;
         let mut maps: Vec<Arc<dyn BatchFunction>> = Vec::new();
         let unsupported = |kind: &str, why: &str| MllibError::InvalidParam {
             param: "model".to_string(),
@@ -49,6 +53,13 @@ impl RowPredictor {
             let last = i + 1 == stages.len();
             match stage.row_stage() {
                 RowStage::Assemble(cols) if i == 0 => inputs = Some(cols),
+                RowStage::Encode(e) if i == 0 => {
+                    inputs = Some(e.inputs().to_vec());
+                    encoder = Some(e);
+                }
+                RowStage::Encode(_) => {
+                    return Err(unsupported(stage.kind(), "encodes columns after the first stage"));
+                }
                 RowStage::Assemble(_) => {
                     return Err(unsupported(
                         stage.kind(),
@@ -68,10 +79,21 @@ impl RowPredictor {
                             Arc::new(Composed::new(maps.clone(), f))
                         }
                     };
+                    let mut prediction = compose(prediction);
+                    if let Some((classes, data_type)) = encoder.as_ref().and_then(|e| e.classes())
+                    {
+                        prediction = Arc::new(ClassLabels {
+                            name: format!("{}+class_labels", prediction.name()),
+                            classes: classes.to_vec(),
+                            data_type,
+                            index: prediction,
+                        });
+                    }
                     return Ok(RowPredictor {
                         inputs,
-                        prediction: compose(prediction),
+                        prediction,
                         probability: probability.map(compose),
+                        encoder,
                     });
                 }
                 RowStage::Predict { .. } => {
@@ -177,5 +199,70 @@ impl BatchFunction for Composed {
                 self.last.apply(&FeatureBatch::new(values, dim)?)
             }
         }
+    }
+}
+
+/// A classifier's predicted class index as the class label it stands for (string or boolean
+/// labels that automatic preprocessing indexed).
+#[derive(Debug)]
+struct ClassLabels {
+    name: String,
+    classes: Vec<String>,
+    data_type: DataType,
+    index: Arc<dyn BatchFunction>,
+}
+
+impl BatchFunction for ClassLabels {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        let mut out = self.index.params()?;
+        for c in &self.classes {
+            out.extend_from_slice(&(c.len() as u64).to_le_bytes());
+            out.extend_from_slice(c.as_bytes());
+        }
+        Ok(out)
+    }
+    fn input_dim(&self) -> usize {
+        self.index.input_dim()
+    }
+    fn return_type(&self) -> DataType {
+        self.data_type.clone()
+    }
+    fn accepts_missing(&self) -> bool {
+        self.index.accepts_missing()
+    }
+    fn apply(&self, batch: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
+        let index = self.index.apply(batch)?;
+        let index = arrow::compute::cast(&index, &DataType::Float64)?;
+        let index = index.as_primitive::<arrow::datatypes::Float64Type>();
+        let label = |i: usize| -> quiver_engine::Result<Option<&str>> {
+            if index.is_null(i) {
+                return Ok(None);
+            }
+            let k = index.value(i);
+            self.classes
+                .get(k as usize)
+                .filter(|_| k >= 0.0 && k.fract() == 0.0)
+                .map(|c| Some(c.as_str()))
+                .ok_or_else(|| {
+                    QuiverError::internal(format!(
+                        "{} predicted class {k}, but the model knows {} classes",
+                        self.index.name(),
+                        self.classes.len()
+                    ))
+                })
+        };
+        let n = index.len();
+        if self.data_type == DataType::Boolean {
+            let out: arrow::array::BooleanArray = (0..n)
+                .map(|i| label(i).map(|l| l.map(|l| l == "true")))
+                .collect::<quiver_engine::Result<_>>()?;
+            return Ok(Arc::new(out));
+        }
+        let out: arrow::array::StringArray =
+            (0..n).map(label).collect::<quiver_engine::Result<_>>()?;
+        Ok(Arc::new(out))
     }
 }

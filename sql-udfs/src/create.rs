@@ -22,14 +22,17 @@ use std::time::Instant;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::prelude::DataFrame;
+use datafusion::prelude::{DataFrame, col};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Expr, Statement as SQLStatement};
 use quiver_engine::store::FeatureField;
-use quiver_engine::{Dataset, QuiverSession, Summarizer};
+use quiver_engine::aggregate::quoted_name;
+use quiver_engine::{Dataset, QuiverSession};
 use quiver_mllib::catalog::{self, Algorithm, OptionType, Task};
 use quiver_mllib::tuning::objective::pipeline;
 use quiver_mllib::tuning::{Point, TrainEval};
+use quiver_mllib::feature::{CategoryEncoding, ColumnKind, MissingNumbers, Preprocessor};
+use quiver_mllib::pipeline::DynModel;
 use quiver_mllib::{Estimator, Model, PipelineModel, Transformer};
 use serde_json::{Value, json};
 
@@ -40,9 +43,13 @@ use crate::statement::{
     CreateModel, expr_bool, expr_f64, expr_json, expr_str, expr_str_list, expr_usize,
 };
 
+/// The column the automatic preprocessing writes the feature vector to.
+const ENCODED: &str = "__quiver_features";
+
 /// The options every model type accepts (besides the tuning options).
 const COMMON: &[&str] = &[
     "model_type",
+    "category_encoding_method",
     "data_split_method",
     "data_split_eval_fraction",
     "seed",
@@ -260,15 +267,17 @@ pub async fn create_model(
         }
         Some(label.clone())
     };
+    // Features: every other column, as the query returns it; automatic preprocessing
+    // (BigQuery ML's) encodes strings, booleans and times and fills nulls.
     let mut features = Vec::new();
     for f in schema.fields() {
         if Some(f.name()) == label.as_ref() {
             continue;
         }
         let t = f.data_type();
-        if !(t.is_integer() || t.is_floating()) {
+        if ColumnKind::of(t).is_none() {
             return Err(SqlError::Invalid(format!(
-                "feature column '{}' has type {t}; CREATE MODEL trains on numeric columns (cast it, or encode it first)",
+                "feature column '{}' has type {t}; CREATE MODEL takes numbers, booleans, strings, dates and timestamps (cast it, or leave it out of the query)",
                 f.name()
             )));
         }
@@ -282,25 +291,52 @@ pub async fn create_model(
             "the training query selects no feature columns besides the label".to_string(),
         ));
     }
-    let names: Vec<String> = features.iter().map(|f| f.name.clone()).collect();
-    let mut data = Dataset::new(df).with_features(&names)?;
+    let classify = o.algorithm.task == Task::Classification;
     if let Some(l) = &label {
-        data = data.with_label(l)?;
+        let t = schema.field_with_unqualified_name(l).map(|f| f.data_type().clone()).unwrap_or(DataType::Null);
+        let numeric = t.is_integer() || t.is_floating();
+        let class_like = t == DataType::Boolean || ColumnKind::of(&t) == Some(ColumnKind::Categorical);
+        if !(numeric || classify && class_like) {
+            return Err(SqlError::Invalid(format!(
+                "label column '{l}' has type {t}; model_type '{}' needs a numeric label{}",
+                o.model_type,
+                if classify { " or a string or boolean class" } else { "" }
+            )));
+        }
     }
-    let rows = data.dataframe().clone().count().await?;
+    let encoding = match o.str("category_encoding_method")? {
+        Some(m) => CategoryEncoding::parse(&m)?,
+        None if o.algorithm.missing_values == MissingNumbers::Keep => CategoryEncoding::Label,
+        None => CategoryEncoding::OneHot,
+    };
+    let names: Vec<String> = features.iter().map(|f| f.name.clone()).collect();
+    let raw = Dataset::new(df);
+    let rows = raw.count().await?;
     let seed = o.usize("seed")?.unwrap_or(42) as u64;
-    let (train, eval) = match split_of(&o, rows)? {
-        Split::None => (data.clone(), None),
+    let (train_raw, eval_raw) = match split_of(&o, rows)? {
+        Split::None => (raw.clone(), None),
         Split::Random(f) => {
-            let mut parts = data.random_split(&[1.0 - f, f], seed)?;
+            let mut parts = raw.random_split(&[1.0 - f, f], seed)?;
             let eval = parts.pop();
             (parts.pop().expect("two parts"), eval)
         }
     };
+    // The preprocessing is fitted on the training rows, as every other stage.
+    let mut preprocessor = Preprocessor::new(&names)
+        .output_col(ENCODED)
+        .encoding(encoding)
+        .missing(o.algorithm.missing_values);
+    if let Some(l) = &label {
+        preprocessor = preprocessor.label(l.clone(), classify);
+    }
+    let prep = preprocessor.fit(session, &train_raw).await?;
+    let train = prep.transform(&train_raw)?;
+    let eval = eval_raw.as_ref().map(|e| prep.transform(e)).transpose()?;
+    let encoded = [ENCODED.to_string()];
     // What a trial trains, and so what the stored model is: the estimator with the
     // statement's options, then the best trial's values of the tuned ones.
     let mut spec = TrainEval::new("", o.algorithm.name);
-    spec.features = Some(names.clone());
+    spec.features = Some(encoded.to_vec());
     spec.label = label.clone();
     spec.params = fixed.clone();
     spec.sql_options = true;
@@ -310,14 +346,19 @@ pub async fn create_model(
                 Split::Random(f) => f,
                 Split::None => o.f64("data_split_eval_fraction")?.unwrap_or(0.2),
             };
+            // The trials read the encoded rows: the vector and the label.
+            let all = prep.transform(&raw)?;
+            let mut keep = vec![col(quoted_name(ENCODED))];
+            keep.extend(label.iter().map(|l| col(quoted_name(l))));
+            let frame = all.dataframe().clone().select(keep)?;
             let (record, best) = t
                 .run(
                     session,
                     store.absolute_url(),
                     &c.name,
-                    data.dataframe().clone(),
+                    frame,
                     label.as_deref(),
-                    &names,
+                    &encoded,
                     &fixed,
                     fraction,
                     seed,
@@ -328,7 +369,10 @@ pub async fn create_model(
         }
         None => None,
     };
-    let model = pipeline(&spec, &names)?.fit(session, &train).await?;
+    // The estimator (and any stages) on the encoded rows; the stored model is the
+    // preprocessing followed by them, so ml_predict takes the raw columns.
+    let fitted = pipeline(&spec, &encoded)?.fit(session, &train).await?;
+    let inner = PipelineModel::from_stages(fitted.stages().iter().skip(1).cloned().collect());
     let train_rows = train.dataframe().clone().count().await?;
     let eval_rows = match &eval {
         Some(e) => e.dataframe().clone().count().await?,
@@ -339,8 +383,17 @@ pub async fn create_model(
         Some(e) if eval_rows > 0 => e,
         _ => &train,
     };
-    let metrics = evaluate(session, o.algorithm.task, &model, scored_on).await?;
-    let summary = train_summary(session, &model, &train).await?;
+    let metrics = evaluate(session, o.algorithm.task, &inner, scored_on).await?;
+    let last = inner
+        .stages()
+        .last()
+        .map(|s| s.dyn_parts())
+        .transpose()?
+        .map(|(draft, _)| draft.training_summary)
+        .unwrap_or(Value::Null);
+    let mut stages = vec![Arc::new(prep.clone()) as Arc<dyn DynModel>];
+    stages.extend(inner.stages().iter().cloned());
+    let model = PipelineModel::from_stages(stages);
     let (mut draft, parts) = model.to_parts()?;
     draft.kind = PipelineModel::KIND.to_string();
     draft.format_version = PipelineModel::FORMAT_VERSION;
@@ -362,8 +415,10 @@ pub async fn create_model(
         "query": c.query.to_string(),
         "rows_train": train_rows,
         "rows_eval": eval_rows,
-        "final_stage": summary.0,
-        "feature_info": summary.1,
+        "final_stage": last,
+        "feature_info": prep.feature_info(),
+        "encoded_features": prep.feature_names(),
+        "classes": prep.label_classes().map(|l| &l.classes),
         "wall_time_ms": started.elapsed().as_secs_f64() * 1e3,
     });
     if let Some(t) = tuning {
@@ -412,41 +467,6 @@ pub async fn evaluate(
 ) -> Result<Value> {
     let scored = model.transform(data)?;
     Ok(task.evaluate(session, &scored).await?)
-}
-
-/// The final stage's training summary and per-feature statistics of the training rows.
-async fn train_summary(
-    session: &QuiverSession,
-    model: &PipelineModel,
-    train: &Dataset,
-) -> Result<(Value, Value)> {
-    let last = model
-        .stages()
-        .last()
-        .map(|s| s.dyn_parts())
-        .transpose()?
-        .map(|(draft, _)| draft.training_summary)
-        .unwrap_or(Value::Null);
-    let prepared = session.prepare(train, session.runner()).await?;
-    let s = prepared
-        .aggregate(Arc::new(Summarizer::new(prepared.dim())))
-        .await?;
-    let names = train.feature_names()?;
-    let info: Vec<Value> = names
-        .iter()
-        .enumerate()
-        .map(|(j, n)| {
-            json!({
-                "feature": n,
-                "min": s.min[j],
-                "max": s.max[j],
-                "mean": s.mean[j],
-                "stddev": s.std[j],
-                "count": s.count,
-            })
-        })
-        .collect();
-    Ok((last, Value::Array(info)))
 }
 
 /// A one-column, one-row result.

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex};
 
+use arrow::array::ArrayRef;
 use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::ScalarValue;
 use datafusion::error::Result as DFResult;
@@ -16,7 +17,8 @@ use datafusion::logical_expr::{
 use quiver_engine::apply_to_columns;
 use quiver_engine::config::S3Config;
 use quiver_engine::registry::{FunctionRegistry, ScalarCodec, from_json_params, json_params};
-use quiver_engine::{BatchFunction, ModelStore};
+use quiver_engine::{BatchFunction, FeatureBatch, ModelStore};
+use quiver_mllib::ColumnEncoder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SqlError};
@@ -232,7 +234,8 @@ impl MlPredict {
     /// Checks the feature arguments against what the model expects, listing it on a mismatch.
     fn check_features(&self, model: &LoadedModel, fields: &[FieldRef]) -> Result<()> {
         let f = self.function(model)?;
-        let expected: Vec<String> = match &model.rows()?.inputs {
+        let rows = model.rows()?;
+        let expected: Vec<String> = match &rows.inputs {
             Some(cols) => cols.clone(),
             None => model
                 .metadata
@@ -241,12 +244,20 @@ impl MlPredict {
                 .map(|f| f.name.clone())
                 .collect(),
         };
+        // The vector the model itself sees (after preprocessing, if it has any).
         let dim = f.input_dim();
+        // With automatic preprocessing the arguments are the raw columns, of their own types.
+        let encoder = rows.encoder.as_deref();
+        let columns = encoder.map_or(dim, |e| e.inputs().len());
+        let numeric = encoder.is_none_or(|e| {
+            (0..columns).all(|i| e.check_input(i, &DataType::Float64).is_ok())
+        });
         let describe = || {
-            if expected.len() == dim {
-                format!("{dim} numeric features ({})", expected.join(", "))
+            let what = if numeric { "numeric features" } else { "features" };
+            if expected.len() == columns {
+                format!("{columns} {what} ({})", expected.join(", "))
             } else {
-                format!("{dim} numeric features")
+                format!("{columns} {what}")
             }
         };
         let vector =
@@ -266,7 +277,7 @@ impl MlPredict {
             }
             return Ok(());
         }
-        if fields.len() != dim {
+        if fields.len() != columns {
             return Err(SqlError::Invalid(format!(
                 "{}: model '{}' expects {}; got {} argument{}",
                 self.name_str(),
@@ -277,21 +288,48 @@ impl MlPredict {
             )));
         }
         for (i, field) in fields.iter().enumerate() {
-            if !is_numeric(field.data_type()) {
+            let refused = match encoder {
+                Some(e) => e.check_input(i, field.data_type()).err(),
+                None => (!is_numeric(field.data_type())).then(|| format!("model '{}' expects {}", model.label(), describe())),
+            };
+            if let Some(reason) = refused {
                 let wanted = expected.get(i).map(String::as_str).unwrap_or("?");
                 return Err(SqlError::Invalid(format!(
-                    "{}: feature {} ('{}', for the model's '{wanted}') has type {}; model '{}' expects {}",
+                    "{}: feature {} ('{}', for the model's '{wanted}') has type {}; {reason}",
                     self.name_str(),
                     i + 1,
                     field.name(),
                     field.data_type(),
-                    model.label(),
-                    describe()
                 )));
             }
         }
         Ok(())
     }
+}
+
+/// `f` over raw columns through the model's preprocessing (`encoder`), or over numeric
+/// columns / one feature vector as they are.
+fn apply_model(
+    f: &dyn BatchFunction,
+    encoder: Option<&dyn ColumnEncoder>,
+    arrays: &[ArrayRef],
+    names: &[&str],
+    rows: usize,
+) -> quiver_engine::Result<ArrayRef> {
+    let vector = matches!(arrays, [one] if matches!(one.data_type(), DataType::FixedSizeList(_, _)));
+    let Some(e) = encoder.filter(|_| !vector) else {
+        return apply_to_columns(f, arrays, names, rows);
+    };
+    let values = e.encode(arrays, rows)?;
+    let out = f.apply(&FeatureBatch::new(&values, e.dim())?)?;
+    if out.len() != rows {
+        return Err(quiver_engine::QuiverError::internal(format!(
+            "{} returned {} values for {rows} rows",
+            f.name(),
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 impl ScalarUDFImpl for MlPredict {
@@ -341,7 +379,8 @@ impl ScalarUDFImpl for MlPredict {
                 .iter()
                 .map(|f| f.name().as_str())
                 .collect();
-            let out = apply_to_columns(f.as_ref(), &arrays, &names, args.number_rows)?;
+            let encoder = model.rows()?.encoder.as_deref();
+            let out = apply_model(f.as_ref(), encoder, &arrays, &names, args.number_rows)?;
             Ok(ColumnarValue::Array(out))
         };
         run().map_err(SqlError::into_datafusion)

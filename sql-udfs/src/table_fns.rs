@@ -2,7 +2,8 @@
 //!
 //! - `ml_training_info('m')`: the objective per iteration (the learning curve);
 //! - `ml_weights('m')`: every weight by vector and feature (coefficients, intercepts, centres);
-//! - `ml_feature_info('m')`: per-feature statistics of the training rows (CREATE MODEL models);
+//! - `ml_feature_info('m')`: per input column of a CREATE MODEL model its type, statistics of
+//!   the training rows, null count and, for string columns, category count (`ML.FEATURE_INFO`);
 //! - `ml_trial_info('m')`: the trials of a model trained with hyperparameter tuning
 //!   (`num_trials`): parameters, status, objective value, which one was kept;
 //! - `ml_feature_importance('m')`: per feature of a tree model its split count, total gain and
@@ -225,7 +226,12 @@ fn trial_info(model: &LoadedModel) -> Result<RecordBatch> {
 }
 
 /// The model's input columns (what `ml_predict` takes), else its stored feature names.
+/// Names of the values of the feature vector the model's final stage sees: the encoded ones
+/// (`color_red`) after automatic preprocessing, else the input columns.
 fn feature_names(model: &LoadedModel) -> Vec<String> {
+    if let Some(e) = model.rows.as_ref().ok().and_then(|r| r.encoder.as_ref()) {
+        return e.feature_names().to_vec();
+    }
     match model.rows.as_ref().ok().and_then(|r| r.inputs.clone()) {
         Some(cols) => cols,
         None => model
@@ -281,13 +287,20 @@ fn feature_info(model: &LoadedModel) -> Result<RecordBatch> {
         )));
     };
     let num = |key: &str| -> Float64Array { info.iter().map(|r| r[key].as_f64()).collect() };
+    let int = |key: &str| -> Int64Array { info.iter().map(|r| r[key].as_i64()).collect() };
+    let text = |key: &str| -> StringArray {
+        info.iter().map(|r| r[key].as_str().map(str::to_string)).collect()
+    };
     let schema = Arc::new(Schema::new(vec![
         Field::new("feature", DataType::Utf8, false),
+        Field::new("type", DataType::Utf8, true),
         Field::new("min", DataType::Float64, true),
         Field::new("max", DataType::Float64, true),
         Field::new("mean", DataType::Float64, true),
         Field::new("stddev", DataType::Float64, true),
         Field::new("count", DataType::Float64, true),
+        Field::new("null_count", DataType::Int64, true),
+        Field::new("category_count", DataType::Int64, true),
     ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(
@@ -295,11 +308,14 @@ fn feature_info(model: &LoadedModel) -> Result<RecordBatch> {
                 .map(|r| r["feature"].as_str().unwrap_or("").to_string())
                 .collect::<Vec<_>>(),
         )),
+        Arc::new(text("type")),
         Arc::new(num("min")),
         Arc::new(num("max")),
         Arc::new(num("mean")),
         Arc::new(num("stddev")),
         Arc::new(num("count")),
+        Arc::new(int("null_count")),
+        Arc::new(int("category_count")),
     ];
     Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
 }
@@ -488,8 +504,29 @@ impl Evaluation {
                 .map(|f| f.name.clone())
                 .collect(),
         };
-        let mut data = Dataset::new(df).with_features(&names)?;
-        if let Some(label) = &self.model.metadata.label {
+        let preprocessed = self
+            .model
+            .rows
+            .as_ref()
+            .is_ok_and(|r| r.encoder.is_some());
+        let mut data = Dataset::new(df);
+        if preprocessed {
+            // The model's preprocessing reads the raw columns and indexes the label.
+            let available = data.columns();
+            for c in names.iter().chain(&self.model.metadata.label) {
+                if !available.contains(c) {
+                    return Err(SqlError::Invalid(format!(
+                        "ml_evaluate: table '{}' lacks the column '{c}' of model '{}' (it has {})",
+                        self.table,
+                        self.model.label(),
+                        available.join(", ")
+                    )));
+                }
+            }
+        } else {
+            data = data.with_features(&names)?;
+        }
+        if let Some(label) = self.model.metadata.label.as_ref().filter(|_| !preprocessed) {
             data = data.with_label(label).map_err(|e| {
                 SqlError::Invalid(format!(
                     "ml_evaluate: table '{}' needs the label column '{label}' of model '{}': {e}",

@@ -5,10 +5,15 @@ mod assembler;
 mod imputer;
 pub(crate) mod indexer;
 pub(crate) mod onehot;
+pub(crate) mod preprocess;
 pub(crate) mod scaler;
 
 pub use assembler::VectorAssembler;
 pub use imputer::{Imputer, ImputerModel, ImputerStrategy};
 pub use indexer::{HandleInvalid, StringIndexer, StringIndexerModel, StringOrderType};
 pub use onehot::{OneHotEncoder, OneHotEncoderModel};
+pub use preprocess::{
+    CategoryEncoding, ColumnInfo, ColumnKind, Encoder, LabelClasses, MAX_LABEL_CLASSES, MissingNumbers,
+    Preprocessor, PreprocessorModel,
+};
 pub use scaler::{MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel};

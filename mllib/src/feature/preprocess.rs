@@ -1,0 +1,1139 @@
+//! `Preprocessor`: BigQuery ML's automatic preprocessing as a fitted pipeline stage. It takes
+//! the columns a query returns as they are — numbers, booleans, strings, dates and timestamps,
+//! with nulls — and writes one feature vector:
+//!
+//! | column type | feature values | a null becomes |
+//! |---|---|---|
+//! | integer, float | the value | the training mean (`Impute`), or NaN for models that route missing values (`Keep`: trees) |
+//! | boolean | 0 / 1 | the training fraction of true (`Impute`), NaN (`Keep`) |
+//! | date, timestamp | seconds since the Unix epoch | as a number |
+//! | string (any Arrow string type, dictionary) | one-hot, dummy or label encoded, categories sorted | its own category, with unseen values |
+//!
+//! NaN and infinite numbers are refused, naming the column and the row (trees take NaN as
+//! missing). A classification label of string or boolean type becomes the index of its class
+//! (classes sorted), and `ml_predict` maps the predicted index back to the label.
+//!
+//! Fitting reads the data with DataFusion aggregates (one query for the numeric columns, one
+//! per string column and for a string label), so it runs where the data is, also on a cluster.
+//! The same [`Encoder`] runs inside queries (a scalar function with a cluster codec) and row by
+//! row in `ml_predict`, so training, evaluation and prediction encode alike.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
+use bytes::Bytes;
+use datafusion::common::ScalarValue;
+use datafusion::error::Result as DFResult;
+use datafusion::functions::math::expr_fn::{abs, isnan};
+use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, stddev};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    when,
+};
+use datafusion::prelude::{cast, col, lit};
+use quiver_engine::aggregate::quoted_name;
+use quiver_engine::vector::{vector_array, vector_type};
+use quiver_engine::{Dataset, ModelDraft, ModelMetadata, QuiverError, QuiverSession};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ColumnEncoder, Estimator, Model, RowStage, Transformer};
+use crate::error::{MllibError, Result};
+use crate::persist::params_json;
+
+/// Most classes a string or boolean label may have (Spark's limit for trees, and far more than
+/// any label an analyst means as classes).
+pub const MAX_LABEL_CLASSES: usize = 100;
+
+/// How string columns become numbers (BigQuery ML's `category_encoding_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum CategoryEncoding {
+    /// One 0/1 feature per category (linear models, k-means, naive Bayes, PCA).
+    #[default]
+    #[serde(rename = "one_hot_encoding")]
+    OneHot,
+    /// One-hot without the first category's feature (no redundant column for unregularised
+    /// linear models).
+    #[serde(rename = "dummy_encoding")]
+    Dummy,
+    /// The category's index as one feature (trees).
+    #[serde(rename = "label_encoding")]
+    Label,
+}
+
+impl CategoryEncoding {
+    /// Reads `category_encoding_method`'s value.
+    pub fn parse(text: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(text.to_ascii_lowercase())).map_err(|_| {
+            MllibError::InvalidOption {
+                option: "category_encoding_method".to_string(),
+                reason: format!(
+                    "unknown method '{text}'; use 'one_hot_encoding', 'dummy_encoding' or 'label_encoding'"
+                ),
+            }
+        })
+    }
+}
+
+/// What a missing number (null) becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingNumbers {
+    /// The training mean (BigQuery ML's default).
+    #[default]
+    Impute,
+    /// NaN, for models that learn where missing values go (trees); NaN input is kept too.
+    Keep,
+}
+
+/// How a column is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnKind {
+    Numeric,
+    Boolean,
+    Temporal,
+    Categorical,
+}
+
+impl ColumnKind {
+    /// The kind for an Arrow type, if the preprocessor reads it.
+    pub fn of(t: &DataType) -> Option<Self> {
+        match t {
+            t if t.is_integer() || t.is_floating() => Some(ColumnKind::Numeric),
+            DataType::Decimal128(..) | DataType::Decimal256(..) => Some(ColumnKind::Numeric),
+            DataType::Boolean => Some(ColumnKind::Boolean),
+            DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => {
+                Some(ColumnKind::Temporal)
+            }
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                Some(ColumnKind::Categorical)
+            }
+            DataType::Dictionary(_, v) => match ColumnKind::of(v) {
+                Some(ColumnKind::Categorical) => Some(ColumnKind::Categorical),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn accepts(self, t: &DataType) -> bool {
+        if *t == DataType::Null {
+            // A NULL literal: missing, whatever the column.
+            return true;
+        }
+        match self {
+            // Numbers and booleans read alike; a string column takes any value as text.
+            ColumnKind::Numeric | ColumnKind::Boolean => {
+                matches!(ColumnKind::of(t), Some(ColumnKind::Numeric | ColumnKind::Boolean))
+            }
+            ColumnKind::Temporal => ColumnKind::of(t) == Some(ColumnKind::Temporal),
+            ColumnKind::Categorical => ColumnKind::of(t) == Some(ColumnKind::Categorical),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            ColumnKind::Numeric => "a number",
+            ColumnKind::Boolean => "a boolean (or number)",
+            ColumnKind::Temporal => "a date or timestamp",
+            ColumnKind::Categorical => "a string",
+        }
+    }
+}
+
+/// The automatic preprocessing of `input_cols` (and of a classification label), fitted on a
+/// dataset's rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessor {
+    input_cols: Vec<String>,
+    label_col: Option<String>,
+    /// Whether a string or boolean label is indexed into classes (classification).
+    classify: bool,
+    encoding: CategoryEncoding,
+    missing: MissingNumbers,
+    /// Most categories kept per string column (the most frequent); the rest share the
+    /// "other" category with nulls and unseen values.
+    max_categories: usize,
+    output_col: String,
+}
+
+impl Preprocessor {
+    /// Preprocesses `input_cols` into `"features"`: one-hot strings, nulls imputed by the mean.
+    pub fn new<S: AsRef<str>>(input_cols: impl IntoIterator<Item = S>) -> Self {
+        Preprocessor {
+            input_cols: input_cols
+                .into_iter()
+                .map(|c| c.as_ref().to_string())
+                .collect(),
+            label_col: None,
+            classify: false,
+            encoding: CategoryEncoding::OneHot,
+            missing: MissingNumbers::Impute,
+            max_categories: 1000,
+            output_col: "features".to_string(),
+        }
+    }
+
+    /// The label column; with `classify`, a string or boolean label becomes class indices.
+    pub fn label(mut self, column: impl Into<String>, classify: bool) -> Self {
+        self.label_col = Some(column.into());
+        self.classify = classify;
+        self
+    }
+
+    pub fn encoding(mut self, e: CategoryEncoding) -> Self {
+        self.encoding = e;
+        self
+    }
+
+    pub fn missing(mut self, m: MissingNumbers) -> Self {
+        self.missing = m;
+        self
+    }
+
+    pub fn max_categories(mut self, n: usize) -> Self {
+        self.max_categories = n;
+        self
+    }
+
+    pub fn output_col(mut self, c: impl Into<String>) -> Self {
+        self.output_col = c.into();
+        self
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.input_cols.is_empty() {
+            return Err(MllibError::InvalidParam {
+                param: "input_cols".to_string(),
+                reason: "at least one input column is needed".to_string(),
+            });
+        }
+        if self.output_col.trim().is_empty() {
+            return Err(MllibError::EmptyOutputColumn);
+        }
+        if self.max_categories == 0 {
+            return Err(MllibError::InvalidParam {
+                param: "max_categories".to_string(),
+                reason: "must be at least 1".to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What fitting learnt about one input column (also what `ml_feature_info` shows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// The Arrow type at fit, as text.
+    pub data_type: String,
+    pub kind: ColumnKind,
+    /// Rows seen, and how many were null.
+    pub rows: u64,
+    pub nulls: u64,
+    /// NaN or infinite values (numeric columns).
+    #[serde(default)]
+    pub non_finite: u64,
+    /// Over the finite values (numbers, booleans as 0/1, times as epoch seconds).
+    pub mean: Option<f64>,
+    pub stddev: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// String columns: the kept categories, sorted, and how many distinct values were seen.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    #[serde(default)]
+    pub distinct: u64,
+}
+
+impl ColumnInfo {
+    /// Whether the string column has an "other" category (nulls, values beyond the kept
+    /// ones): then one-hot writes a feature for it.
+    fn has_other(&self) -> bool {
+        self.kind == ColumnKind::Categorical
+            && (self.nulls > 0 || self.distinct > self.categories.len() as u64)
+    }
+}
+
+/// A string or boolean classification label's classes, sorted: index `i` is `classes[i]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelClasses {
+    pub column: String,
+    pub classes: Vec<String>,
+    /// Whether the label is boolean (`ml_predict` then returns booleans).
+    pub boolean: bool,
+}
+
+/// The fitted encoding: what the query function, its cluster codec and `ml_predict` share.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Encoder {
+    columns: Vec<ColumnInfo>,
+    encoding: CategoryEncoding,
+    missing: MissingNumbers,
+    label: Option<LabelClasses>,
+    #[serde(skip)]
+    derived: Derived,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Derived {
+    inputs: Vec<String>,
+    offsets: Vec<usize>,
+    dim: usize,
+    names: Vec<String>,
+    index: Vec<HashMap<String, usize>>,
+}
+
+impl PartialEq for Encoder {
+    fn eq(&self, o: &Self) -> bool {
+        self.columns == o.columns
+            && self.encoding == o.encoding
+            && self.missing == o.missing
+            && self.label == o.label
+    }
+}
+
+impl Encoder {
+    fn new(
+        columns: Vec<ColumnInfo>,
+        encoding: CategoryEncoding,
+        missing: MissingNumbers,
+        label: Option<LabelClasses>,
+    ) -> Self {
+        let mut e = Encoder {
+            columns,
+            encoding,
+            missing,
+            label,
+            derived: Derived::default(),
+        };
+        e.derive();
+        e
+    }
+
+    fn derive(&mut self) {
+        let mut d = Derived::default();
+        for c in &self.columns {
+            d.inputs.push(c.name.clone());
+            d.offsets.push(d.names.len());
+            d.index.push(
+                c.categories
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (k.clone(), i))
+                    .collect(),
+            );
+            if c.kind != ColumnKind::Categorical || self.encoding == CategoryEncoding::Label {
+                d.names.push(c.name.clone());
+                continue;
+            }
+            let skip = usize::from(self.encoding == CategoryEncoding::Dummy);
+            for k in c.categories.iter().skip(skip) {
+                d.names.push(format!("{}_{k}", c.name));
+            }
+            if c.has_other() {
+                d.names.push(format!("{}_<other>", c.name));
+            }
+        }
+        d.dim = d.names.len();
+        self.derived = d;
+    }
+
+    /// Checks what was read from a store or a plan: the derived layout must be usable.
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.columns.is_empty() {
+            return Err("no input columns".to_string());
+        }
+        for c in &self.columns {
+            let mut sorted = c.categories.clone();
+            sorted.sort();
+            sorted.dedup();
+            if sorted != c.categories {
+                return Err(format!(
+                    "the categories of column '{}' are not sorted and distinct",
+                    c.name
+                ));
+            }
+            if c.kind != ColumnKind::Categorical && !c.categories.is_empty() {
+                return Err(format!("column '{}' is not a string column but has categories", c.name));
+            }
+            if c.mean.is_some_and(|m| !m.is_finite()) {
+                return Err(format!("column '{}' has a non-finite mean", c.name));
+            }
+        }
+        if let Some(l) = &self.label
+            && (l.classes.is_empty() || l.classes.len() > MAX_LABEL_CLASSES)
+        {
+            return Err(format!("label '{}' has {} classes", l.column, l.classes.len()));
+        }
+        if self.derived.dim == 0 {
+            return Err("the encoding writes no features".to_string());
+        }
+        Ok(())
+    }
+
+    pub fn columns(&self) -> &[ColumnInfo] {
+        &self.columns
+    }
+
+    pub fn label_classes(&self) -> Option<&LabelClasses> {
+        self.label.as_ref()
+    }
+
+    /// The value a null of column `c` becomes.
+    fn fill(&self, c: &ColumnInfo) -> f64 {
+        match self.missing {
+            MissingNumbers::Keep => f64::NAN,
+            // A column with no finite value at fit has no mean: zero, as after centring.
+            MissingNumbers::Impute => c.mean.unwrap_or(0.0),
+        }
+    }
+
+    fn encode_into(
+        &self,
+        j: usize,
+        array: &ArrayRef,
+        rows: usize,
+        out: &mut [f64],
+    ) -> quiver_engine::Result<()> {
+        let c = &self.columns[j];
+        let dim = self.derived.dim;
+        let off = self.derived.offsets[j];
+        if array.len() != rows {
+            return Err(QuiverError::internal(format!(
+                "column '{}' has {} values for {rows} rows",
+                c.name,
+                array.len()
+            )));
+        }
+        if c.kind != ColumnKind::Categorical {
+            let values = numbers(array, &c.name)?;
+            let fill = self.fill(c);
+            for r in 0..rows {
+                let v = if values.is_null(r) {
+                    fill
+                } else {
+                    let x = values.value(r);
+                    if !x.is_finite() && !(x.is_nan() && self.missing == MissingNumbers::Keep) {
+                        return Err(QuiverError::InvalidValueInBatch {
+                            kind: if x.is_nan() { "NaN" } else { "an infinite value" },
+                            column: c.name.clone(),
+                            row_in_batch: r,
+                        });
+                    }
+                    x
+                };
+                out[r * dim + off] = v;
+            }
+            return Ok(());
+        }
+        let text = arrow::compute::cast(array, &DataType::Utf8)?;
+        let text = text.as_string::<i32>();
+        let index = &self.derived.index[j];
+        let n = c.categories.len();
+        let other = c.has_other();
+        for r in 0..rows {
+            // The category's index; `n` is "other" (null, unseen, or beyond the kept ones).
+            let k = if text.is_null(r) {
+                n
+            } else {
+                index.get(text.value(r)).copied().unwrap_or(n)
+            };
+            let slot = match self.encoding {
+                CategoryEncoding::Label => {
+                    out[r * dim + off] = k as f64;
+                    continue;
+                }
+                CategoryEncoding::OneHot if k < n => Some(k),
+                CategoryEncoding::Dummy if k < n => k.checked_sub(1),
+                CategoryEncoding::OneHot if other => Some(n),
+                CategoryEncoding::Dummy if other => Some(n - 1),
+                _ => None,
+            };
+            if let Some(s) = slot {
+                out[r * dim + off + s] = 1.0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A number column (or boolean, date, timestamp) as Float64 values: booleans 0/1, dates and
+/// timestamps as seconds since the epoch.
+fn numbers(array: &ArrayRef, column: &str) -> quiver_engine::Result<arrow::array::Float64Array> {
+    let out = match array.data_type() {
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => {
+            let micros = arrow::compute::cast(
+                &arrow::compute::cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))?,
+                &DataType::Int64,
+            )?;
+            micros
+                .as_primitive::<Int64Type>()
+                .unary::<_, Float64Type>(|m| m as f64 / 1e6)
+        }
+        t if *t == DataType::Null
+            || ColumnKind::of(t).is_some_and(|k| k != ColumnKind::Categorical) =>
+        {
+            arrow::compute::cast(array, &DataType::Float64)?
+                .as_primitive::<Float64Type>()
+                .clone()
+        }
+        other => {
+            return Err(QuiverError::InvalidParam {
+                param: column.to_string(),
+                reason: format!("has type {other}; expected a number, boolean, date or timestamp"),
+            });
+        }
+    };
+    Ok(out)
+}
+
+impl ColumnEncoder for Encoder {
+    fn inputs(&self) -> &[String] {
+        &self.derived.inputs
+    }
+
+    fn dim(&self) -> usize {
+        self.derived.dim
+    }
+
+    fn feature_names(&self) -> &[String] {
+        &self.derived.names
+    }
+
+    fn check_input(&self, i: usize, t: &DataType) -> std::result::Result<(), String> {
+        let c = self
+            .columns
+            .get(i)
+            .ok_or_else(|| format!("the model takes {} columns", self.columns.len()))?;
+        if c.kind.accepts(t) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the model's '{}' is {} ({} at training)",
+                c.name,
+                c.kind.describe(),
+                c.data_type
+            ))
+        }
+    }
+
+    fn encode(&self, arrays: &[ArrayRef], rows: usize) -> quiver_engine::Result<Vec<f64>> {
+        if arrays.len() != self.columns.len() {
+            return Err(QuiverError::FeatureCountMismatch {
+                function: "preprocessor".to_string(),
+                expected: self.columns.len(),
+                found: arrays.len(),
+            });
+        }
+        let mut out = vec![0.0; rows * self.derived.dim];
+        for (j, a) in arrays.iter().enumerate() {
+            self.encode_into(j, a, rows, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn classes(&self) -> Option<(&[String], DataType)> {
+        self.label.as_ref().map(|l| {
+            let t = if l.boolean {
+                DataType::Boolean
+            } else {
+                DataType::Utf8
+            };
+            (l.classes.as_slice(), t)
+        })
+    }
+}
+
+/// The encoding as a scalar function over the input columns, writing the feature vector.
+#[derive(Debug)]
+struct PreprocessUdf {
+    encoder: Arc<Encoder>,
+    signature: Signature,
+}
+
+impl PreprocessUdf {
+    fn new(encoder: Arc<Encoder>) -> Self {
+        PreprocessUdf {
+            encoder,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl PartialEq for PreprocessUdf {
+    fn eq(&self, o: &Self) -> bool {
+        self.encoder == o.encoder
+    }
+}
+
+impl Eq for PreprocessUdf {}
+
+impl Hash for PreprocessUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.encoder.derived.names.hash(state);
+        self.encoder.encoding.hash(state);
+        self.encoder.missing.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for PreprocessUdf {
+    fn name(&self) -> &str {
+        "quiver_preprocess"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(vector_type(self.encoder.derived.dim))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let run = || -> quiver_engine::Result<ArrayRef> {
+            let values = self.encoder.encode(&arrays, rows)?;
+            Ok(Arc::new(vector_array(values, self.encoder.derived.dim)?))
+        };
+        run().map(ColumnarValue::Array).map_err(QuiverError::into_datafusion)
+    }
+}
+
+/// A fitted [`Preprocessor`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreprocessorModel {
+    params: Preprocessor,
+    encoder: Arc<Encoder>,
+}
+
+impl PreprocessorModel {
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// Names of the feature values it writes.
+    pub fn feature_names(&self) -> &[String] {
+        self.encoder.feature_names()
+    }
+
+    pub fn output_col(&self) -> &str {
+        &self.params.output_col
+    }
+
+    /// The label column it indexes (string or boolean classification labels), if any.
+    pub fn label_classes(&self) -> Option<&LabelClasses> {
+        self.encoder.label.as_ref()
+    }
+
+    /// `ml_feature_info`'s rows: per input column its type, null count, statistics and
+    /// category count.
+    pub fn feature_info(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.encoder
+                .columns
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "feature": c.name,
+                        "type": c.data_type,
+                        "kind": c.kind,
+                        "count": c.rows - c.nulls,
+                        "null_count": c.nulls,
+                        "min": c.min,
+                        "max": c.max,
+                        "mean": c.mean,
+                        "stddev": c.stddev,
+                        "category_count": (c.kind == ColumnKind::Categorical).then_some(c.distinct),
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+fn column_missing(column: &str, available: &[String]) -> MllibError {
+    QuiverError::ColumnNotFound {
+        column: column.to_string(),
+        available: available.join(", "),
+    }
+    .into()
+}
+
+/// Counts per distinct text value of `expr` (nulls under `None`).
+async fn value_counts(data: &Dataset, expr: Expr) -> Result<Vec<(Option<String>, u64)>> {
+    let batches = data
+        .dataframe()
+        .clone()
+        .aggregate(
+            vec![cast(expr, DataType::Utf8).alias("v")],
+            vec![count(lit(1)).alias("n")],
+        )
+        .map_err(QuiverError::from)?
+        .collect()
+        .await
+        .map_err(QuiverError::from)?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let v = b.column(0).as_string::<i32>();
+        let n = arrow::compute::cast(b.column(1), &DataType::Int64)?;
+        let n = n.as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let value = v.is_valid(i).then(|| v.value(i).to_string());
+            out.push((value, n.value(i).max(0) as u64));
+        }
+    }
+    Ok(out)
+}
+
+/// The column as Float64 for the statistics, as [`numbers`] reads it.
+fn number_expr(name: &str, t: &DataType) -> Expr {
+    let c = col(quoted_name(name));
+    match t {
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => {
+            cast(
+                cast(c, DataType::Timestamp(TimeUnit::Microsecond, None)),
+                DataType::Int64,
+            ) / lit(1e6)
+        }
+        _ => cast(c, DataType::Float64),
+    }
+}
+
+impl Estimator for Preprocessor {
+    type Model = PreprocessorModel;
+
+    async fn fit(&self, _session: &QuiverSession, data: &Dataset) -> Result<PreprocessorModel> {
+        self.check()?;
+        let available = data.columns();
+        let schema = data.dataframe().schema().clone();
+        let mut kinds = Vec::with_capacity(self.input_cols.len());
+        for name in &self.input_cols {
+            let field = schema
+                .field_with_unqualified_name(name)
+                .map_err(|_| column_missing(name, &available))?;
+            let t = field.data_type().clone();
+            let kind = ColumnKind::of(&t).ok_or_else(|| MllibError::InvalidParam {
+                param: name.clone(),
+                reason: format!(
+                    "feature column '{name}' has type {t}; automatic preprocessing takes numbers, booleans, strings, dates and timestamps (cast it, or leave it out of the query)"
+                ),
+            })?;
+            kinds.push((name.clone(), t, kind));
+        }
+        // One query for every number column: counts, and moments over the finite values.
+        let mut aggregates = vec![count(lit(1)).alias("rows")];
+        for (j, (name, t, kind)) in kinds.iter().enumerate() {
+            if *kind == ColumnKind::Categorical {
+                continue;
+            }
+            let x = number_expr(name, t);
+            let finite = when(
+                isnan(x.clone()).or(abs(x.clone()).eq(lit(f64::INFINITY))),
+                lit(ScalarValue::Float64(None)),
+            )
+            .otherwise(x.clone())
+            .map_err(QuiverError::from)?;
+            aggregates.extend([
+                count(x).alias(format!("n{j}")),
+                count(finite.clone()).alias(format!("f{j}")),
+                avg(finite.clone()).alias(format!("mean{j}")),
+                stddev(finite.clone()).alias(format!("sd{j}")),
+                min(finite.clone()).alias(format!("min{j}")),
+                max(finite).alias(format!("max{j}")),
+            ]);
+        }
+        let stats = data
+            .dataframe()
+            .clone()
+            .aggregate(vec![], aggregates)
+            .map_err(QuiverError::from)?
+            .collect()
+            .await
+            .map_err(QuiverError::from)?;
+        let batch = stats
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| QuiverError::internal("the statistics query returned no row"))?;
+        let value = |name: &str| -> Option<f64> {
+            let a = batch.column_by_name(name)?;
+            let a = arrow::compute::cast(a, &DataType::Float64).ok()?;
+            let a = a.as_primitive::<Float64Type>();
+            a.is_valid(0).then(|| a.value(0)).filter(|v| v.is_finite())
+        };
+        let rows = value("rows").unwrap_or(0.0) as u64;
+        if rows == 0 {
+            return Err(QuiverError::EmptyDataset {
+                context: "automatic preprocessing".to_string(),
+            }
+            .into());
+        }
+        let mut columns = Vec::with_capacity(kinds.len());
+        for (j, (name, t, kind)) in kinds.into_iter().enumerate() {
+            let mut info = ColumnInfo {
+                name: name.clone(),
+                data_type: t.to_string(),
+                kind,
+                rows,
+                nulls: 0,
+                non_finite: 0,
+                mean: None,
+                stddev: None,
+                min: None,
+                max: None,
+                categories: Vec::new(),
+                distinct: 0,
+            };
+            if kind == ColumnKind::Categorical {
+                let mut counts = value_counts(data, col(quoted_name(&name))).await?;
+                info.nulls = counts
+                    .iter()
+                    .filter(|(v, _)| v.is_none())
+                    .map(|(_, n)| n)
+                    .sum();
+                counts.retain(|(v, _)| v.is_some());
+                info.distinct = counts.len() as u64;
+                // The most frequent categories are kept (ties by value), then sorted.
+                counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                counts.truncate(self.max_categories);
+                let mut kept: Vec<String> = counts.into_iter().filter_map(|(v, _)| v).collect();
+                kept.sort();
+                info.categories = kept;
+            } else {
+                let present = value(&format!("n{j}")).unwrap_or(0.0) as u64;
+                let finite = value(&format!("f{j}")).unwrap_or(0.0) as u64;
+                info.nulls = rows - present.min(rows);
+                info.non_finite = present - finite.min(present);
+                info.mean = value(&format!("mean{j}"));
+                info.stddev = value(&format!("sd{j}"));
+                info.min = value(&format!("min{j}"));
+                info.max = value(&format!("max{j}"));
+            }
+            columns.push(info);
+        }
+        let label = match &self.label_col {
+            Some(l) if self.classify => self.label_classes(data, l, &available).await?,
+            _ => None,
+        };
+        let encoder = Encoder::new(columns, self.encoding, self.missing, label);
+        encoder
+            .validate()
+            .map_err(|reason| MllibError::InvalidParam {
+                param: "input_cols".to_string(),
+                reason,
+            })?;
+        Ok(PreprocessorModel {
+            params: self.clone(),
+            encoder: Arc::new(encoder),
+        })
+    }
+}
+
+impl Preprocessor {
+    /// The classes of a string or boolean classification label; `None` for a numeric label
+    /// (its values are the class indices).
+    async fn label_classes(
+        &self,
+        data: &Dataset,
+        label: &str,
+        available: &[String],
+    ) -> Result<Option<LabelClasses>> {
+        let schema = data.dataframe().schema().clone();
+        let field = schema
+            .field_with_unqualified_name(label)
+            .map_err(|_| column_missing(label, available))?;
+        let t = field.data_type();
+        let boolean = *t == DataType::Boolean;
+        if !boolean && ColumnKind::of(t) != Some(ColumnKind::Categorical) {
+            return Ok(None);
+        }
+        let counts = value_counts(data, col(quoted_name(label))).await?;
+        if let Some((_, n)) = counts.iter().find(|(v, _)| v.is_none()) {
+            return Err(MllibError::InvalidParam {
+                param: label.to_string(),
+                reason: format!(
+                    "the label column '{label}' has {n} null values; filter them out (WHERE {label} IS NOT NULL)"
+                ),
+            });
+        }
+        let mut classes: Vec<String> = counts.into_iter().filter_map(|(v, _)| v).collect();
+        classes.sort();
+        if classes.len() > MAX_LABEL_CLASSES {
+            return Err(MllibError::InvalidParam {
+                param: label.to_string(),
+                reason: format!(
+                    "the label column '{label}' has {} distinct values; a classifier takes at most {MAX_LABEL_CLASSES} classes (is it a regression target?)",
+                    classes.len()
+                ),
+            });
+        }
+        Ok(Some(LabelClasses {
+            column: label.to_string(),
+            classes,
+            boolean,
+        }))
+    }
+}
+
+impl Transformer for PreprocessorModel {
+    fn transform(&self, data: &Dataset) -> Result<Dataset> {
+        let available = data.columns();
+        let mut args = Vec::with_capacity(self.encoder.columns.len());
+        for c in &self.encoder.columns {
+            if !available.contains(&c.name) {
+                return Err(column_missing(&c.name, &available));
+            }
+            args.push(col(quoted_name(&c.name)));
+        }
+        let udf = ScalarUDF::from(PreprocessUdf::new(Arc::clone(&self.encoder)));
+        let mut df = data
+            .dataframe()
+            .clone()
+            .with_column(&self.params.output_col, udf.call(args))
+            .map_err(QuiverError::from)?;
+        let label = self.params.label_col.as_deref().filter(|l| available.iter().any(|a| a == l));
+        if let (Some(l), Some(classes)) = (label, &self.encoder.label) {
+            // Class index by label text; an unseen label becomes null (refused where a label
+            // is needed, naming it).
+            let text = cast(col(quoted_name(l)), DataType::Utf8);
+            let mut case = datafusion::logical_expr::case(text);
+            for (i, c) in classes.classes.iter().enumerate() {
+                case = case.when(lit(c.clone()), lit(i as f64));
+            }
+            let index = case
+                .otherwise(lit(ScalarValue::Float64(None)))
+                .map_err(QuiverError::from)?;
+            df = df.with_column(l, index).map_err(QuiverError::from)?;
+        }
+        // Roles over the new frame: the vector is the features; the label and weight stay.
+        let mut out = Dataset::new(df)
+            .with_assembled_features(&self.params.output_col, self.feature_names().to_vec())?;
+        if let Some(l) = data.label().or(label) {
+            out = out.with_label(l)?;
+        }
+        if let Some(w) = data.weight() {
+            out = out.with_weight(w)?;
+        }
+        if self.params.missing == MissingNumbers::Keep {
+            out = out.keep_missing();
+        }
+        Ok(out)
+    }
+
+    fn row_stage(&self) -> RowStage {
+        RowStage::Encode(Arc::clone(&self.encoder) as Arc<dyn ColumnEncoder>)
+    }
+}
+
+/// What the store holds: the parameters in the metadata, the fitted columns in a part.
+#[derive(Serialize, Deserialize)]
+struct Fitted {
+    columns: Vec<ColumnInfo>,
+    label: Option<LabelClasses>,
+}
+
+impl Model for PreprocessorModel {
+    const KIND: &'static str = "preprocessor";
+    const FORMAT_VERSION: u32 = 1;
+
+    fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
+        let params = params_json(&self.params)?;
+        let fitted = serde_json::to_vec(&Fitted {
+            columns: self.encoder.columns.clone(),
+            label: self.encoder.label.clone(),
+        })
+        .map_err(|e| MllibError::InvalidParam {
+            param: "columns".to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok((
+            ModelDraft {
+                params,
+                ..Default::default()
+            },
+            vec![("columns.json".to_string(), Bytes::from(fitted))],
+        ))
+    }
+
+    fn from_parts(meta: &ModelMetadata, parts: &BTreeMap<String, Bytes>) -> Result<Self> {
+        let corrupt = |reason: String| MllibError::CorruptModel {
+            name: meta.name.clone(),
+            reason,
+        };
+        let params: Preprocessor = serde_json::from_value(meta.params.clone())
+            .map_err(|e| corrupt(format!("invalid params: {e}")))?;
+        params.check()?;
+        let bytes = parts
+            .get("columns.json")
+            .ok_or_else(|| corrupt("no part 'columns.json'".to_string()))?;
+        let fitted: Fitted = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("invalid columns: {e}")))?;
+        let names: Vec<&String> = fitted.columns.iter().map(|c| &c.name).collect();
+        if names.iter().copied().ne(params.input_cols.iter()) {
+            return Err(corrupt(format!(
+                "its columns {names:?} are not its input columns {:?}",
+                params.input_cols
+            )));
+        }
+        let encoder = Encoder::new(fitted.columns, params.encoding, params.missing, fitted.label);
+        encoder.validate().map_err(corrupt)?;
+        Ok(PreprocessorModel {
+            params,
+            encoder: Arc::new(encoder),
+        })
+    }
+}
+
+/// Lets the preprocessing function run on a cluster.
+pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
+    use quiver_engine::registry::{ScalarCodec, from_json_params, json_params};
+    let what = "a preprocessor";
+    r.add_scalar_codec(
+        "quiver_preprocess",
+        ScalarCodec {
+            encode: Arc::new(move |udf: &ScalarUDF| {
+                let u = udf.inner().downcast_ref::<PreprocessUdf>()?;
+                Some(json_params(what, u.encoder.as_ref()))
+            }),
+            decode: Arc::new(move |bytes: &[u8]| {
+                let mut e: Encoder = from_json_params(what, bytes)?;
+                e.derive();
+                e.validate().map_err(|reason| QuiverError::InvalidParam {
+                    param: "quiver_preprocess".to_string(),
+                    reason,
+                })?;
+                Ok(ScalarUDF::from(PreprocessUdf::new(Arc::new(e))))
+            }),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{BooleanArray, Float64Array, Int32Array, StringArray};
+
+    fn column(name: &str, kind: ColumnKind, categories: &[&str], nulls: u64) -> ColumnInfo {
+        ColumnInfo {
+            name: name.to_string(),
+            data_type: String::new(),
+            kind,
+            rows: 10,
+            nulls,
+            non_finite: 0,
+            mean: (kind != ColumnKind::Categorical).then_some(2.5),
+            stddev: None,
+            min: None,
+            max: None,
+            categories: categories.iter().map(|s| s.to_string()).collect(),
+            distinct: categories.len() as u64,
+        }
+    }
+
+    fn arrays() -> Vec<ArrayRef> {
+        vec![
+            Arc::new(Int32Array::from(vec![Some(1), None, Some(3)])),
+            Arc::new(StringArray::from(vec![Some("b"), Some("zz"), None])),
+            Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
+        ]
+    }
+
+    fn encoder(encoding: CategoryEncoding, missing: MissingNumbers, null_seen: u64) -> Encoder {
+        Encoder::new(
+            vec![
+                column("x", ColumnKind::Numeric, &[], 1),
+                column("s", ColumnKind::Categorical, &["a", "b"], null_seen),
+                column("t", ColumnKind::Boolean, &[], 1),
+            ],
+            encoding,
+            missing,
+            None,
+        )
+    }
+
+    #[test]
+    fn one_hot_imputes_and_gives_other_its_own_feature() {
+        let e = encoder(CategoryEncoding::OneHot, MissingNumbers::Impute, 1);
+        assert_eq!(e.feature_names(), ["x", "s_a", "s_b", "s_<other>", "t"]);
+        let v = e.encode(&arrays(), 3).unwrap();
+        assert_eq!(
+            v,
+            [
+                1.0, 0.0, 1.0, 0.0, 1.0, //
+                2.5, 0.0, 0.0, 1.0, 0.0, // unseen 'zz' is "other"
+                3.0, 0.0, 0.0, 1.0, 2.5, // null string is "other"; null bool the mean
+            ]
+        );
+    }
+
+    #[test]
+    fn without_nulls_at_fit_unseen_values_are_all_zero() {
+        let e = encoder(CategoryEncoding::OneHot, MissingNumbers::Impute, 0);
+        assert_eq!(e.feature_names(), ["x", "s_a", "s_b", "t"]);
+        let v = e.encode(&arrays(), 3).unwrap();
+        assert_eq!(&v[4..8], &[2.5, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn dummy_drops_the_first_category_and_label_indexes() {
+        let e = encoder(CategoryEncoding::Dummy, MissingNumbers::Impute, 1);
+        assert_eq!(e.feature_names(), ["x", "s_b", "s_<other>", "t"]);
+        let v = e.encode(&arrays(), 3).unwrap();
+        assert_eq!(&v[0..4], &[1.0, 1.0, 0.0, 1.0]);
+        let e = encoder(CategoryEncoding::Label, MissingNumbers::Keep, 1);
+        assert_eq!(e.feature_names(), ["x", "s", "t"]);
+        let v = e.encode(&arrays(), 3).unwrap();
+        assert_eq!(&v[0..3], &[1.0, 1.0, 1.0]);
+        assert!(v[3].is_nan(), "a null number stays missing for trees");
+        assert_eq!(v[4], 2.0, "unseen is the extra index");
+        assert_eq!(v[7], 2.0, "null string is the extra index");
+        assert!(v[8].is_nan());
+    }
+
+    #[test]
+    fn non_finite_numbers_are_named_with_their_row() {
+        let e = encoder(CategoryEncoding::OneHot, MissingNumbers::Impute, 0);
+        let mut a = arrays();
+        a[0] = Arc::new(Float64Array::from(vec![1.0, f64::INFINITY, 2.0]));
+        let err = e.encode(&a, 3).unwrap_err().to_string();
+        assert!(err.contains("infinite value in column 'x' (row 1"), "{err}");
+        a[0] = Arc::new(Float64Array::from(vec![1.0, 2.0, f64::NAN]));
+        let err = e.encode(&a, 3).unwrap_err().to_string();
+        assert!(err.contains("NaN in column 'x' (row 2"), "{err}");
+        // Trees keep NaN as missing, but not infinity.
+        let e = encoder(CategoryEncoding::Label, MissingNumbers::Keep, 0);
+        assert!(e.encode(&a, 3).is_ok());
+    }
+
+    #[test]
+    fn times_are_epoch_seconds() {
+        let d: ArrayRef = Arc::new(arrow::array::Date32Array::from(vec![Some(1), None]));
+        let v = numbers(&d, "d").unwrap();
+        assert_eq!(v.value(0), 86400.0);
+        assert!(v.is_null(1));
+        let t: ArrayRef = Arc::new(arrow::array::TimestampMillisecondArray::from(vec![1500]));
+        assert_eq!(numbers(&t, "t").unwrap().value(0), 1.5);
+    }
+
+    #[test]
+    fn a_bad_stored_layout_is_refused() {
+        let mut e = encoder(CategoryEncoding::OneHot, MissingNumbers::Impute, 0);
+        e.columns[1].categories = vec!["b".to_string(), "a".to_string()];
+        e.derive();
+        assert!(e.validate().unwrap_err().contains("not sorted"));
+    }
+
+    #[test]
+    fn encoding_names_parse() {
+        assert_eq!(
+            CategoryEncoding::parse("LABEL_ENCODING").unwrap(),
+            CategoryEncoding::Label
+        );
+        let err = CategoryEncoding::parse("binary").unwrap_err().to_string();
+        assert!(err.contains("category_encoding_method"), "{err}");
+    }
+}
