@@ -309,6 +309,17 @@ impl Dataset {
     /// row's part depends on its values and `seed` only (Spark's `randomSplit`, but the same on
     /// every runner and partitioning). Lazy: each part is a filter over the same plan.
     pub fn random_split(&self, weights: &[f64], seed: u64) -> Result<Vec<Dataset>> {
+        self.random_split_on(&self.columns(), weights, seed)
+    }
+
+    /// [`Dataset::random_split`] deciding each row's part by the values of `columns` only
+    /// (in that order), e.g. the raw columns a derived dataset was computed from.
+    pub fn random_split_on(
+        &self,
+        columns: &[String],
+        weights: &[f64],
+        seed: u64,
+    ) -> Result<Vec<Dataset>> {
         let total: f64 = weights.iter().sum();
         if weights.is_empty() || weights.iter().any(|w| w.is_nan() || *w < 0.0) || total <= 0.0 {
             return Err(QuiverError::InvalidParam {
@@ -318,7 +329,10 @@ impl Dataset {
         }
         let udf = ScalarUDF::from(RowUniformUdf::new());
         let mut args = vec![datafusion::prelude::lit(seed as i64)];
-        args.extend(self.columns().iter().map(|c| col(quoted_name(c))));
+        for c in columns {
+            self.field(c)?;
+            args.push(col(quoted_name(c)));
+        }
         let u = udf.call(args);
         let mut out = Vec::with_capacity(weights.len());
         let mut lo = 0.0;

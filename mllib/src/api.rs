@@ -68,7 +68,11 @@ pub trait ColumnEncoder: Send + Sync + Debug {
     /// Names of the feature vector's values (`color_red`, `age`), what weights are named by.
     fn feature_names(&self) -> &[String];
     /// Whether argument `i` may have type `t`; the error says what the column needs.
-    fn check_input(&self, i: usize, t: &arrow::datatypes::DataType) -> std::result::Result<(), String>;
+    fn check_input(
+        &self,
+        i: usize,
+        t: &arrow::datatypes::DataType,
+    ) -> std::result::Result<(), String>;
     /// The row-major feature values of a batch of `rows` rows.
     fn encode(
         &self,

@@ -27,8 +27,8 @@ use crate::clustering::{KMeans, KMeansModel};
 use crate::decomposition::{PCA, PCAModel};
 use crate::error::{MllibError, Result};
 use crate::feature::{
-    ImputerModel, MinMaxScaler, MinMaxScalerModel, OneHotEncoderModel, StandardScaler,
-    StandardScalerModel, StringIndexerModel, VectorAssembler, MissingNumbers, PreprocessorModel,
+    ImputerModel, MinMaxScaler, MinMaxScalerModel, MissingNumbers, OneHotEncoderModel,
+    PreprocessorModel, StandardScaler, StandardScalerModel, StringIndexerModel, VectorAssembler,
 };
 use crate::regression::{LinearRegression, LinearRegressionModel};
 use crate::tree::{

@@ -27,7 +27,9 @@ pub mod rowwise;
 pub mod tree;
 pub mod tuning;
 
-pub use api::{ColumnEncoder, DynEstimator, DynModel, Estimator, Model, RowStage, Transformer, load, save};
+pub use api::{
+    ColumnEncoder, DynEstimator, DynModel, Estimator, Model, RowStage, Transformer, load, save,
+};
 pub use catalog::{ALGORITHMS, Algorithm, Task};
 pub use classification::{
     Family, LogisticRegression, LogisticRegressionModel, LogisticSummary, NaiveBayes,
@@ -42,9 +44,10 @@ pub use evaluation::{
     MulticlassMetrics, RegressionEvaluator, RegressionMetrics,
 };
 pub use feature::{
-    CategoryEncoding, HandleInvalid, Imputer, ImputerModel, ImputerStrategy, MinMaxScaler, MinMaxScalerModel,
-    OneHotEncoder, OneHotEncoderModel, MissingNumbers, Preprocessor, PreprocessorModel, StandardScaler, StandardScalerModel, StringIndexer,
-    StringIndexerModel, StringOrderType, VectorAssembler,
+    CategoryEncoding, HandleInvalid, Imputer, ImputerModel, ImputerStrategy, MinMaxScaler,
+    MinMaxScalerModel, MissingNumbers, OneHotEncoder, OneHotEncoderModel, Preprocessor,
+    PreprocessorModel, StandardScaler, StandardScalerModel, StringIndexer, StringIndexerModel,
+    StringOrderType, VectorAssembler,
 };
 pub use pipeline::{Pipeline, PipelineModel};
 pub use regression::{LinearRegression, LinearRegressionModel, TrainingSummary};

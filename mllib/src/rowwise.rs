@@ -58,7 +58,10 @@ impl RowPredictor {
                     encoder = Some(e);
                 }
                 RowStage::Encode(_) => {
-                    return Err(unsupported(stage.kind(), "encodes columns after the first stage"));
+                    return Err(unsupported(
+                        stage.kind(),
+                        "encodes columns after the first stage",
+                    ));
                 }
                 RowStage::Assemble(_) => {
                     return Err(unsupported(
@@ -80,8 +83,7 @@ impl RowPredictor {
                         }
                     };
                     let mut prediction = compose(prediction);
-                    if let Some((classes, data_type)) = encoder.as_ref().and_then(|e| e.classes())
-                    {
+                    if let Some((classes, data_type)) = encoder.as_ref().and_then(|e| e.classes()) {
                         prediction = Arc::new(ClassLabels {
                             name: format!("{}+class_labels", prediction.name()),
                             classes: classes.to_vec(),

@@ -519,6 +519,7 @@ async fn tpe_beats_random_on_a_logistic_regression_search() {
             params: Point::new(),
             sql_options: false,
             stages: Vec::new(),
+            split_columns: None,
         },
     )
     .max_evals(2)
@@ -549,6 +550,7 @@ async fn train_eval_cross_validates() {
         params: Point::new(),
         sql_options: false,
         stages: Vec::new(),
+        split_columns: None,
     };
     let r = Search::train_eval(
         Space::new(vec![hp::loguniform("reg_param", 1e-4, 1.0)]).unwrap(),

@@ -22,17 +22,16 @@ use std::time::Instant;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::prelude::{DataFrame, col};
+use datafusion::prelude::DataFrame;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Expr, Statement as SQLStatement};
 use quiver_engine::store::FeatureField;
-use quiver_engine::aggregate::quoted_name;
 use quiver_engine::{Dataset, QuiverSession};
 use quiver_mllib::catalog::{self, Algorithm, OptionType, Task};
-use quiver_mllib::tuning::objective::pipeline;
-use quiver_mllib::tuning::{Point, TrainEval};
 use quiver_mllib::feature::{CategoryEncoding, ColumnKind, MissingNumbers, Preprocessor};
 use quiver_mllib::pipeline::DynModel;
+use quiver_mllib::tuning::objective::pipeline;
+use quiver_mllib::tuning::{Point, TrainEval};
 use quiver_mllib::{Estimator, Model, PipelineModel, Transformer};
 use serde_json::{Value, json};
 
@@ -293,14 +292,22 @@ pub async fn create_model(
     }
     let classify = o.algorithm.task == Task::Classification;
     if let Some(l) = &label {
-        let t = schema.field_with_unqualified_name(l).map(|f| f.data_type().clone()).unwrap_or(DataType::Null);
+        let t = schema
+            .field_with_unqualified_name(l)
+            .map(|f| f.data_type().clone())
+            .unwrap_or(DataType::Null);
         let numeric = t.is_integer() || t.is_floating();
-        let class_like = t == DataType::Boolean || ColumnKind::of(&t) == Some(ColumnKind::Categorical);
+        let class_like =
+            t == DataType::Boolean || ColumnKind::of(&t) == Some(ColumnKind::Categorical);
         if !(numeric || classify && class_like) {
             return Err(SqlError::Invalid(format!(
                 "label column '{l}' has type {t}; model_type '{}' needs a numeric label{}",
                 o.model_type,
-                if classify { " or a string or boolean class" } else { "" }
+                if classify {
+                    " or a string or boolean class"
+                } else {
+                    ""
+                }
             )));
         }
     }
@@ -337,7 +344,7 @@ pub async fn create_model(
     // statement's options, then the best trial's values of the tuned ones.
     let mut spec = TrainEval::new("", o.algorithm.name);
     spec.features = Some(encoded.to_vec());
-    spec.label = label.clone();
+    spec.label = train.label().map(str::to_string);
     spec.params = fixed.clone();
     spec.sql_options = true;
     let tuning = match &tuning {
@@ -346,19 +353,19 @@ pub async fn create_model(
                 Split::Random(f) => f,
                 Split::None => o.f64("data_split_eval_fraction")?.unwrap_or(0.2),
             };
-            // The trials read the encoded rows: the vector and the label.
+            // The trials read the encoded rows (the vector, the label's class index) beside
+            // the raw columns, whose values decide the split as they did here: the trials
+            // hold out the rows the stored model is evaluated on.
             let all = prep.transform(&raw)?;
-            let mut keep = vec![col(quoted_name(ENCODED))];
-            keep.extend(label.iter().map(|l| col(quoted_name(l))));
-            let frame = all.dataframe().clone().select(keep)?;
             let (record, best) = t
                 .run(
                     session,
                     store.absolute_url(),
                     &c.name,
-                    frame,
-                    label.as_deref(),
+                    all.dataframe().clone(),
+                    all.label(),
                     &encoded,
+                    &columns,
                     &fixed,
                     fraction,
                     seed,

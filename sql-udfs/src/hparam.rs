@@ -333,6 +333,7 @@ impl Tuning {
         df: DataFrame,
         label: Option<&str>,
         features: &[String],
+        split_columns: &[String],
         fixed: &Point,
         eval_fraction: f64,
         seed: u64,
@@ -353,6 +354,7 @@ impl Tuning {
                 &snapshot,
                 label,
                 features,
+                split_columns,
                 fixed,
                 eval_fraction,
                 seed,
@@ -396,6 +398,7 @@ impl Tuning {
         dataset: &str,
         label: Option<&str>,
         features: &[String],
+        split_columns: &[String],
         fixed: &Point,
         eval_fraction: f64,
         seed: u64,
@@ -405,6 +408,7 @@ impl Tuning {
             .split_seed(seed);
         spec.features = Some(features.to_vec());
         spec.label = label.map(str::to_string);
+        spec.split_columns = Some(split_columns.to_vec());
         spec.metric = self.metric.clone();
         spec.params = fixed.clone();
         spec.sql_options = true;

@@ -249,11 +249,14 @@ impl MlPredict {
         // With automatic preprocessing the arguments are the raw columns, of their own types.
         let encoder = rows.encoder.as_deref();
         let columns = encoder.map_or(dim, |e| e.inputs().len());
-        let numeric = encoder.is_none_or(|e| {
-            (0..columns).all(|i| e.check_input(i, &DataType::Float64).is_ok())
-        });
+        let numeric = encoder
+            .is_none_or(|e| (0..columns).all(|i| e.check_input(i, &DataType::Float64).is_ok()));
         let describe = || {
-            let what = if numeric { "numeric features" } else { "features" };
+            let what = if numeric {
+                "numeric features"
+            } else {
+                "features"
+            };
             if expected.len() == columns {
                 format!("{columns} {what} ({})", expected.join(", "))
             } else {
@@ -290,7 +293,8 @@ impl MlPredict {
         for (i, field) in fields.iter().enumerate() {
             let refused = match encoder {
                 Some(e) => e.check_input(i, field.data_type()).err(),
-                None => (!is_numeric(field.data_type())).then(|| format!("model '{}' expects {}", model.label(), describe())),
+                None => (!is_numeric(field.data_type()))
+                    .then(|| format!("model '{}' expects {}", model.label(), describe())),
             };
             if let Some(reason) = refused {
                 let wanted = expected.get(i).map(String::as_str).unwrap_or("?");
@@ -316,7 +320,8 @@ fn apply_model(
     names: &[&str],
     rows: usize,
 ) -> quiver_engine::Result<ArrayRef> {
-    let vector = matches!(arrays, [one] if matches!(one.data_type(), DataType::FixedSizeList(_, _)));
+    let vector =
+        matches!(arrays, [one] if matches!(one.data_type(), DataType::FixedSizeList(_, _)));
     let Some(e) = encoder.filter(|_| !vector) else {
         return apply_to_columns(f, arrays, names, rows);
     };

@@ -32,10 +32,14 @@ use datafusion::prelude::SessionContext;
 use quiver_engine::{Dataset, QuiverSession};
 use serde_json::Value;
 
-use crate::create::evaluate;
 use crate::error::{Result, SqlError};
 use crate::models::{LoadedModel, ModelCatalog};
+use datafusion::logical_expr::{ScalarUDF, when};
+use datafusion::prelude::{col, lit};
+use quiver_engine::functions::{VectorOp, VectorOpUdf};
 use quiver_mllib::catalog::{self, Task};
+use quiver_mllib::evaluation::RocPoint;
+use quiver_mllib::{BinaryClassificationEvaluator, MulticlassClassificationEvaluator};
 
 /// Which table function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,8 @@ enum Kind {
     TrialInfo,
     PrincipalComponentInfo,
     FeatureImportance,
+    ConfusionMatrix,
+    RocCurve,
 }
 
 impl Kind {
@@ -59,6 +65,8 @@ impl Kind {
             Kind::TrialInfo => "ml_trial_info",
             Kind::PrincipalComponentInfo => "ml_principal_component_info",
             Kind::FeatureImportance => "ml_feature_importance",
+            Kind::ConfusionMatrix => "ml_confusion_matrix",
+            Kind::RocCurve => "ml_roc_curve",
         }
     }
 }
@@ -87,6 +95,8 @@ pub fn table_functions(
         Kind::TrialInfo,
         Kind::PrincipalComponentInfo,
         Kind::FeatureImportance,
+        Kind::ConfusionMatrix,
+        Kind::RocCurve,
     ]
     .into_iter()
     .map(|kind| {
@@ -289,7 +299,9 @@ fn feature_info(model: &LoadedModel) -> Result<RecordBatch> {
     let num = |key: &str| -> Float64Array { info.iter().map(|r| r[key].as_f64()).collect() };
     let int = |key: &str| -> Int64Array { info.iter().map(|r| r[key].as_i64()).collect() };
     let text = |key: &str| -> StringArray {
-        info.iter().map(|r| r[key].as_str().map(str::to_string)).collect()
+        info.iter()
+            .map(|r| r[key].as_str().map(str::to_string))
+            .collect()
     };
     let schema = Arc::new(Schema::new(vec![
         Field::new("feature", DataType::Utf8, false),
@@ -423,6 +435,181 @@ fn task_of(model: &LoadedModel) -> Result<Task> {
         })
 }
 
+/// A number literal argument (an integer, float or decimal), if given.
+fn number_arg(function: &str, exprs: &[Expr], i: usize, what: &str) -> Result<Option<f64>> {
+    let Some(e) = exprs.get(i) else {
+        return Ok(None);
+    };
+    literal_number(e).map(Some).ok_or_else(|| {
+        SqlError::Invalid(format!(
+            "{function}: argument {} must be the {what} as a number literal",
+            i + 1
+        ))
+    })
+}
+
+fn literal_number(e: &Expr) -> Option<f64> {
+    match e {
+        Expr::Literal(v, _) if !v.is_null() => {
+            let v = v.cast_to(&DataType::Float64).ok()?;
+            match v {
+                ScalarValue::Float64(Some(x)) if x.is_finite() => Some(x),
+                _ => None,
+            }
+        }
+        Expr::Negative(inner) => literal_number(inner).map(|x| -x),
+        Expr::Cast(c) => literal_number(&c.expr),
+        Expr::TryCast(c) => literal_number(&c.expr),
+        _ => None,
+    }
+}
+
+/// A list of number literals (`[0.1, 0.5]`), if given.
+fn numbers_arg(function: &str, exprs: &[Expr], i: usize, what: &str) -> Result<Option<Vec<f64>>> {
+    let Some(e) = exprs.get(i) else {
+        return Ok(None);
+    };
+    let bad = || {
+        SqlError::Invalid(format!(
+            "{function}: argument {} must be the {what} as a list of number literals, e.g. [0.25, 0.5, 0.75]",
+            i + 1
+        ))
+    };
+    let items: Vec<Expr> = match e {
+        Expr::ScalarFunction(f) if f.func.name() == "make_array" => f.args.clone(),
+        Expr::Literal(ScalarValue::List(list), _) => {
+            let values = list.value(0);
+            let values = arrow::compute::cast(&values, &DataType::Float64).map_err(|_| bad())?;
+            let values = values
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .ok_or_else(bad)?;
+            values
+                .iter()
+                .map(|v| v.map(|x| Expr::Literal(ScalarValue::Float64(Some(x)), None)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(bad)?
+        }
+        _ => return Err(bad()),
+    };
+    let out: Vec<f64> = items
+        .iter()
+        .map(literal_number)
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    if out.is_empty() {
+        return Err(bad());
+    }
+    Ok(Some(out))
+}
+
+/// The class names of a classifier, in class-index order: its string or boolean labels, or
+/// the indices themselves.
+fn class_names(model: &LoadedModel, function: &str) -> Result<Vec<String>> {
+    let rows = model
+        .rows
+        .as_ref()
+        .map_err(|e| SqlError::Invalid(e.clone()))?;
+    if let Some((classes, _)) = rows.encoder.as_ref().and_then(|e| e.classes()) {
+        return Ok(classes.to_vec());
+    }
+    match rows.probability.as_ref().map(|p| p.return_type()) {
+        Some(DataType::FixedSizeList(_, k)) => Ok((0..k).map(|i| i.to_string()).collect()),
+        _ => Err(SqlError::Invalid(format!(
+            "{function}: model '{}' has no class probabilities to count classes by",
+            model.label()
+        ))),
+    }
+}
+
+/// What an evaluation function reports, and its columns, from its arguments.
+fn report_of(
+    kind: Kind,
+    model: &LoadedModel,
+    task: Task,
+    exprs: &[Expr],
+) -> Result<(Report, Vec<Field>)> {
+    let f = kind.name();
+    let binary = |what: &str| -> Result<()> {
+        let classes = match task {
+            Task::Classification => class_names(model, f)?.len(),
+            _ => 0,
+        };
+        if classes != 2 {
+            return Err(SqlError::Invalid(format!(
+                "{f}: {what} needs a binary classifier; model '{}' is {}",
+                model.label(),
+                if classes == 0 {
+                    "not a classifier".to_string()
+                } else {
+                    format!("a {classes}-class classifier")
+                }
+            )));
+        }
+        Ok(())
+    };
+    let threshold = match kind {
+        Kind::RocCurve => None,
+        _ => number_arg(f, exprs, 2, "decision threshold")?,
+    };
+    if let Some(t) = threshold {
+        binary("a threshold")?;
+        if !(0.0..=1.0).contains(&t) {
+            return Err(SqlError::Invalid(format!(
+                "{f}: the threshold must be between 0 and 1, got {t}"
+            )));
+        }
+    }
+    if exprs.len() > 3 {
+        return Err(SqlError::Invalid(format!(
+            "{f}: takes the model, the table or query, and one optional argument; got {} arguments",
+            exprs.len()
+        )));
+    }
+    Ok(match kind {
+        Kind::ConfusionMatrix => {
+            if task != Task::Classification {
+                return Err(SqlError::Invalid(format!(
+                    "{f}: model '{}' is not a classifier",
+                    model.label()
+                )));
+            }
+            let classes = class_names(model, f)?;
+            let fields = std::iter::once(Field::new("expected_label", DataType::Utf8, false))
+                .chain(
+                    classes
+                        .iter()
+                        .map(|c| Field::new(c, DataType::Int64, false)),
+                )
+                .collect();
+            (Report::Confusion { classes, threshold }, fields)
+        }
+        Kind::RocCurve => {
+            binary("a ROC curve")?;
+            let thresholds = numbers_arg(f, exprs, 2, "thresholds")?;
+            let fields = vec![
+                Field::new("threshold", DataType::Float64, false),
+                Field::new("recall", DataType::Float64, false),
+                Field::new("false_positive_rate", DataType::Float64, false),
+                Field::new("true_positives", DataType::Int64, false),
+                Field::new("false_positives", DataType::Int64, false),
+                Field::new("true_negatives", DataType::Int64, false),
+                Field::new("false_negatives", DataType::Int64, false),
+            ];
+            (Report::Roc { thresholds }, fields)
+        }
+        _ => {
+            let fields = task
+                .metrics()
+                .iter()
+                .map(|m| Field::new(m.name, DataType::Float64, true))
+                .chain([Field::new("rows", DataType::Int64, false)])
+                .collect();
+            (Report::Metrics { threshold }, fields)
+        }
+    })
+}
+
 impl TableFunctionImpl for ModelTableFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> DFResult<Arc<dyn TableProvider>> {
         let run = || -> Result<Arc<dyn TableProvider>> {
@@ -436,20 +623,17 @@ impl TableFunctionImpl for ModelTableFunction {
                 Kind::TrialInfo => trial_info(&model)?,
                 Kind::PrincipalComponentInfo => principal_component_info(&model)?,
                 Kind::FeatureImportance => feature_importance(&model)?,
-                Kind::Evaluate => {
-                    let table = string_arg(f, args.exprs(), 1, "table name")?;
+                Kind::Evaluate | Kind::ConfusionMatrix | Kind::RocCurve => {
+                    let source = string_arg(f, args.exprs(), 1, "table name or query")?;
                     let task = task_of(&model)?;
-                    let fields: Vec<Field> = task
-                        .metrics()
-                        .iter()
-                        .map(|m| Field::new(m.name, DataType::Float64, true))
-                        .chain([Field::new("rows", DataType::Int64, false)])
-                        .collect();
+                    let (report, fields) = report_of(self.kind, &model, task, args.exprs())?;
                     let evaluation = Evaluation {
+                        function: f,
                         base: self.base.clone(),
                         model,
                         task,
-                        table,
+                        source,
+                        report,
                         schema: Arc::new(Schema::new(fields)),
                     };
                     if !self.base.is_cluster() {
@@ -457,16 +641,14 @@ impl TableFunctionImpl for ModelTableFunction {
                         return Ok(Arc::new(evaluation));
                     }
                     // On a cluster the plan goes to the scheduler, which cannot rebuild this
-                    // provider: compute the metrics now (their queries run on the executors)
-                    // and ship the one-row result inside the plan.
+                    // provider: compute the result now (its queries run on the executors)
+                    // and ship it inside the plan.
                     let state = args
                         .session()
                         .as_any()
                         .downcast_ref::<SessionState>()
                         .ok_or_else(|| {
-                            SqlError::Invalid(
-                                "ml_evaluate needs a DataFusion session state".to_string(),
-                            )
+                            SqlError::Invalid(format!("{f} needs a DataFusion session state"))
                         })?;
                     quiver_engine::fanout::block_on(evaluation.compute(state))?
                 }
@@ -478,21 +660,55 @@ impl TableFunctionImpl for ModelTableFunction {
     }
 }
 
-/// `ml_evaluate`'s result: computed when the query runs (it reads the table).
+/// What an evaluation table function reports.
+#[derive(Debug, Clone)]
+enum Report {
+    /// `ml_evaluate`: the task's metrics (binary ones with a decision threshold if given).
+    Metrics { threshold: Option<f64> },
+    /// `ml_confusion_matrix`: one row per actual class, one count column per predicted class.
+    Confusion {
+        classes: Vec<String>,
+        threshold: Option<f64>,
+    },
+    /// `ml_roc_curve`: a row per threshold.
+    Roc { thresholds: Option<Vec<f64>> },
+}
+
+/// An evaluation table function's result: computed when the query runs (it reads the source).
 #[derive(Debug)]
 struct Evaluation {
+    function: &'static str,
     base: QuiverSession,
     model: Arc<LoadedModel>,
     task: Task,
-    table: String,
+    /// A table name, or a query.
+    source: String,
+    report: Report,
     schema: SchemaRef,
 }
 
+/// Whether an evaluation source is a query rather than a table name.
+fn is_query(source: &str) -> bool {
+    let head = source.trim_start().to_ascii_uppercase();
+    head.starts_with("SELECT")
+        || head.starts_with("WITH")
+        || head.starts_with("VALUES")
+        || head.starts_with('(')
+}
+
 impl Evaluation {
-    async fn compute(&self, state: &SessionState) -> Result<RecordBatch> {
-        let ctx = SessionContext::new_with_state(state.clone());
-        let df = ctx.table(self.table.as_str()).await?;
-        let session = self.base.with_context(ctx);
+    /// The source's rows with the model's roles (features, label).
+    async fn data(&self, ctx: &SessionContext) -> Result<Dataset> {
+        let df = if is_query(&self.source) {
+            ctx.sql(&self.source).await?
+        } else {
+            ctx.table(self.source.as_str()).await?
+        };
+        let what = if is_query(&self.source) {
+            "query"
+        } else {
+            "table"
+        };
         let names: Vec<String> = match self.model.rows.as_ref().ok().and_then(|r| r.inputs.clone())
         {
             Some(cols) => cols,
@@ -504,11 +720,7 @@ impl Evaluation {
                 .map(|f| f.name.clone())
                 .collect(),
         };
-        let preprocessed = self
-            .model
-            .rows
-            .as_ref()
-            .is_ok_and(|r| r.encoder.is_some());
+        let preprocessed = self.model.rows.as_ref().is_ok_and(|r| r.encoder.is_some());
         let mut data = Dataset::new(df);
         if preprocessed {
             // The model's preprocessing reads the raw columns and indexes the label.
@@ -516,8 +728,9 @@ impl Evaluation {
             for c in names.iter().chain(&self.model.metadata.label) {
                 if !available.contains(c) {
                     return Err(SqlError::Invalid(format!(
-                        "ml_evaluate: table '{}' lacks the column '{c}' of model '{}' (it has {})",
-                        self.table,
+                        "{}: {what} '{}' lacks the column '{c}' of model '{}' (it has {})",
+                        self.function,
+                        self.source,
                         self.model.label(),
                         available.join(", ")
                     )));
@@ -529,23 +742,113 @@ impl Evaluation {
         if let Some(label) = self.model.metadata.label.as_ref().filter(|_| !preprocessed) {
             data = data.with_label(label).map_err(|e| {
                 SqlError::Invalid(format!(
-                    "ml_evaluate: table '{}' needs the label column '{label}' of model '{}': {e}",
-                    self.table,
+                    "{}: {what} '{}' needs the label column '{label}' of model '{}': {e}",
+                    self.function,
+                    self.source,
                     self.model.label()
                 ))
             })?;
         }
-        let rows = data.dataframe().clone().count().await? as i64;
-        let metrics = evaluate(&session, self.task, self.model.model.as_ref(), &data).await?;
-        let mut cols: Vec<ArrayRef> = self
-            .task
-            .metrics()
-            .iter()
-            .map(|m| Arc::new(Float64Array::from(vec![metrics[m.name].as_f64()])) as ArrayRef)
-            .collect();
-        cols.push(Arc::new(Int64Array::from(vec![rows])));
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), cols)
-            .map_err(quiver_engine::QuiverError::from)?)
+        Ok(data)
+    }
+
+    /// The model's output on `data`, its prediction at `threshold` when one is given (a
+    /// binary classifier's positive class when the probability of class 1 reaches it).
+    fn scored(&self, data: &Dataset, threshold: Option<f64>) -> Result<Dataset> {
+        let scored = self.model.model.transform(data)?;
+        let Some(t) = threshold else {
+            return Ok(scored);
+        };
+        let element = ScalarUDF::from(VectorOpUdf::new(VectorOp::Element));
+        let p1 = element.call(vec![col("probability"), lit(2i64)]);
+        let prediction = when(p1.gt_eq(lit(t)), lit(1.0))
+            .otherwise(lit(0.0))
+            .map_err(quiver_engine::QuiverError::from)?;
+        let df = scored
+            .dataframe()
+            .clone()
+            .with_column("prediction", prediction)
+            .map_err(quiver_engine::QuiverError::from)?;
+        Ok(scored.with_dataframe(df)?)
+    }
+
+    async fn compute(&self, state: &SessionState) -> Result<RecordBatch> {
+        let ctx = SessionContext::new_with_state(state.clone());
+        let data = self.data(&ctx).await?;
+        let session = self.base.with_context(ctx);
+        let batch = match &self.report {
+            Report::Metrics { threshold } => {
+                let rows = data.dataframe().clone().count().await? as i64;
+                let scored = self.scored(&data, *threshold)?;
+                let metrics = self.task.evaluate(&session, &scored).await?;
+                let mut cols: Vec<ArrayRef> = self
+                    .task
+                    .metrics()
+                    .iter()
+                    .map(|m| {
+                        Arc::new(Float64Array::from(vec![metrics[m.name].as_f64()])) as ArrayRef
+                    })
+                    .collect();
+                cols.push(Arc::new(Int64Array::from(vec![rows])));
+                RecordBatch::try_new(Arc::clone(&self.schema), cols)
+            }
+            Report::Confusion { classes, threshold } => {
+                let scored = self.scored(&data, *threshold)?;
+                let m = MulticlassClassificationEvaluator::new()
+                    .evaluate(&session, &scored)
+                    .await?;
+                let k = classes.len();
+                let slot = |c: f64| -> Result<usize> {
+                    (c >= 0.0 && c.fract() == 0.0 && (c as usize) < k)
+                        .then_some(c as usize)
+                        .ok_or_else(|| {
+                            SqlError::Invalid(format!(
+                                "{}: class {c} is not one of the {k} classes of model '{}'",
+                                self.function,
+                                self.model.label()
+                            ))
+                        })
+                };
+                let mut counts = vec![vec![0i64; k]; k];
+                for (i, actual) in m.classes.iter().enumerate() {
+                    for (j, predicted) in m.classes.iter().enumerate() {
+                        counts[slot(*actual)?][slot(*predicted)?] += m.confusion[i][j] as i64;
+                    }
+                }
+                let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from(classes.clone()))];
+                for j in 0..k {
+                    cols.push(Arc::new(Int64Array::from_iter_values(
+                        counts.iter().map(|row| row[j]),
+                    )));
+                }
+                RecordBatch::try_new(Arc::clone(&self.schema), cols)
+            }
+            Report::Roc { thresholds } => {
+                let scored = self.scored(&data, None)?;
+                let points = BinaryClassificationEvaluator::new()
+                    .roc_curve(&session, &scored, thresholds.as_deref())
+                    .await?;
+                let f = |g: fn(&RocPoint) -> f64| -> ArrayRef {
+                    Arc::new(Float64Array::from_iter_values(points.iter().map(g)))
+                };
+                let n = |g: fn(&RocPoint) -> u64| -> ArrayRef {
+                    Arc::new(Int64Array::from_iter_values(
+                        points.iter().map(|p| g(p) as i64),
+                    ))
+                };
+                let cols = vec![
+                    f(|p| p.threshold),
+                    f(RocPoint::recall),
+                    f(RocPoint::false_positive_rate),
+                    n(|p| p.true_positives),
+                    n(|p| p.false_positives),
+                    n(|p| p.true_negatives),
+                    n(|p| p.false_negatives),
+                ];
+                RecordBatch::try_new(Arc::clone(&self.schema), cols)
+            }
+        };
+        Ok(batch.map_err(quiver_engine::QuiverError::from)?)
     }
 }
 

@@ -144,6 +144,7 @@ pub async fn tune(
         params: Point::new(),
         sql_options: false,
         stages: spec.model.stages.clone().unwrap_or_default(),
+        split_columns: None,
     };
     // A bad estimator or parameter name fails here, not in every trial.
     let mut probe = train_eval.clone();

@@ -94,6 +94,114 @@ impl BinaryClassificationEvaluator {
     }
 }
 
+/// One point of a ROC curve: rows whose score is at least `threshold` are predicted positive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RocPoint {
+    pub threshold: f64,
+    pub true_positives: u64,
+    pub false_positives: u64,
+    pub true_negatives: u64,
+    pub false_negatives: u64,
+}
+
+impl RocPoint {
+    /// True positive rate.
+    pub fn recall(&self) -> f64 {
+        let p = self.true_positives + self.false_negatives;
+        if p == 0 {
+            0.0
+        } else {
+            self.true_positives as f64 / p as f64
+        }
+    }
+
+    pub fn false_positive_rate(&self) -> f64 {
+        let n = self.false_positives + self.true_negatives;
+        if n == 0 {
+            0.0
+        } else {
+            self.false_positives as f64 / n as f64
+        }
+    }
+}
+
+/// Most points of a ROC curve drawn at the distinct scores (Spark's `numBins`): beyond it,
+/// consecutive distinct scores share a point.
+pub const ROC_MAX_POINTS: usize = 1000;
+
+impl BinaryClassificationEvaluator {
+    /// The ROC curve of the score column against the 0/1 label, by decreasing threshold: at
+    /// `thresholds` when given, else at every distinct score (grouped into at most
+    /// [`ROC_MAX_POINTS`] points when there are more). With every distinct score, the
+    /// trapezoid area from (0, 0) through the points is [`BinaryMetrics::area_under_roc`].
+    pub async fn roc_curve(
+        &self,
+        session: &QuiverSession,
+        data: &Dataset,
+        thresholds: Option<&[f64]>,
+    ) -> Result<Vec<RocPoint>> {
+        let ds = scored(data, &self.score_col)?;
+        let dim = ds.feature_dim()?;
+        let prepared = session.prepare(&ds, session.runner()).await?;
+        let (counts, _) = prepared.aggregate(Arc::new(ScoreCounts { dim })).await?;
+        let (pos, neg) = counts
+            .values()
+            .fold((0.0, 0.0), |a, (p, n)| (a.0 + p, a.1 + n));
+        let point = |threshold: f64, tp: f64, fp: f64| RocPoint {
+            threshold,
+            true_positives: tp as u64,
+            false_positives: fp as u64,
+            true_negatives: (neg - fp) as u64,
+            false_negatives: (pos - tp) as u64,
+        };
+        // Scores with their counts, highest first.
+        let scores: Vec<(f64, f64, f64)> = counts
+            .iter()
+            .rev()
+            .map(|(k, (p, n))| (from_ordered_bits(*k), *p, *n))
+            .collect();
+        if let Some(ts) = thresholds {
+            if let Some(t) = ts.iter().find(|t| !t.is_finite()) {
+                return Err(MllibError::InvalidParam {
+                    param: "thresholds".to_string(),
+                    reason: format!("{t} is not a finite number"),
+                });
+            }
+            let mut ts = ts.to_vec();
+            ts.sort_by(|a, b| b.total_cmp(a));
+            ts.dedup();
+            let (mut tp, mut fp, mut i) = (0.0, 0.0, 0);
+            let mut out = Vec::with_capacity(ts.len());
+            for t in ts {
+                while i < scores.len() && scores[i].0 >= t {
+                    tp += scores[i].1;
+                    fp += scores[i].2;
+                    i += 1;
+                }
+                out.push(point(t, tp, fp));
+            }
+            return Ok(out);
+        }
+        let per_point = scores.len().div_ceil(ROC_MAX_POINTS).max(1);
+        let (mut tp, mut fp) = (0.0, 0.0);
+        let mut out = Vec::with_capacity(scores.len().min(ROC_MAX_POINTS));
+        for chunk in scores.chunks(per_point) {
+            for (_, p, n) in chunk {
+                tp += p;
+                fp += n;
+            }
+            let lowest = chunk.last().map_or(f64::NAN, |c| c.0);
+            out.push(point(lowest, tp, fp));
+        }
+        Ok(out)
+    }
+}
+
+/// The inverse of [`ordered_bits`].
+fn from_ordered_bits(b: u64) -> f64 {
+    f64::from_bits(if b >> 63 == 1 { b & !(1 << 63) } else { !b })
+}
+
 /// Positive and negative counts per distinct score (keyed by the score's order-preserving bits),
 /// and the summed log loss.
 #[derive(Debug, Serialize, Deserialize)]
@@ -186,5 +294,21 @@ impl Statistic for ScoreCounts {
             rest = r;
         }
         Ok((map, head[0]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordered_bits_round_trip_and_keep_order() {
+        let xs = [-1e300, -2.5, -0.0, 0.0, 1e-300, 0.25, 1.0, f64::INFINITY];
+        for w in xs.windows(2) {
+            assert!(ordered_bits(w[0]) <= ordered_bits(w[1]));
+        }
+        for x in xs {
+            assert_eq!(from_ordered_bits(ordered_bits(x)), x + 0.0);
+        }
     }
 }

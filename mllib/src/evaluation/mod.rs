@@ -41,7 +41,7 @@ mod explained_variance;
 mod multiclass;
 mod regression;
 
-pub use binary::{BinaryClassificationEvaluator, BinaryMetrics};
+pub use binary::{BinaryClassificationEvaluator, BinaryMetrics, ROC_MAX_POINTS, RocPoint};
 pub use clustering::{ClusteringEvaluator, ClusteringMetrics};
 pub use explained_variance::{ExplainedVarianceEvaluator, ExplainedVarianceMetrics};
 pub use multiclass::{MulticlassClassificationEvaluator, MulticlassMetrics};

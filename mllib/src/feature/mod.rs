@@ -13,7 +13,7 @@ pub use imputer::{Imputer, ImputerModel, ImputerStrategy};
 pub use indexer::{HandleInvalid, StringIndexer, StringIndexerModel, StringOrderType};
 pub use onehot::{OneHotEncoder, OneHotEncoderModel};
 pub use preprocess::{
-    CategoryEncoding, ColumnInfo, ColumnKind, Encoder, LabelClasses, MAX_LABEL_CLASSES, MissingNumbers,
-    Preprocessor, PreprocessorModel,
+    CategoryEncoding, ColumnInfo, ColumnKind, Encoder, LABEL_INDEX, LabelClasses,
+    MAX_LABEL_CLASSES, MissingNumbers, Preprocessor, PreprocessorModel,
 };
 pub use scaler::{MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel};

@@ -30,8 +30,7 @@ use datafusion::error::Result as DFResult;
 use datafusion::functions::math::expr_fn::{abs, isnan};
 use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, stddev};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-    when,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, when,
 };
 use datafusion::prelude::{cast, col, lit};
 use quiver_engine::aggregate::quoted_name;
@@ -42,6 +41,9 @@ use serde::{Deserialize, Serialize};
 use crate::api::{ColumnEncoder, Estimator, Model, RowStage, Transformer};
 use crate::error::{MllibError, Result};
 use crate::persist::params_json;
+
+/// The column the class index of a string or boolean label is written to.
+pub const LABEL_INDEX: &str = "__quiver_label";
 
 /// Most classes a string or boolean label may have (Spark's limit for trees, and far more than
 /// any label an analyst means as classes).
@@ -127,7 +129,10 @@ impl ColumnKind {
         match self {
             // Numbers and booleans read alike; a string column takes any value as text.
             ColumnKind::Numeric | ColumnKind::Boolean => {
-                matches!(ColumnKind::of(t), Some(ColumnKind::Numeric | ColumnKind::Boolean))
+                matches!(
+                    ColumnKind::of(t),
+                    Some(ColumnKind::Numeric | ColumnKind::Boolean)
+                )
             }
             ColumnKind::Temporal => ColumnKind::of(t) == Some(ColumnKind::Temporal),
             ColumnKind::Categorical => ColumnKind::of(t) == Some(ColumnKind::Categorical),
@@ -358,7 +363,10 @@ impl Encoder {
                 ));
             }
             if c.kind != ColumnKind::Categorical && !c.categories.is_empty() {
-                return Err(format!("column '{}' is not a string column but has categories", c.name));
+                return Err(format!(
+                    "column '{}' is not a string column but has categories",
+                    c.name
+                ));
             }
             if c.mean.is_some_and(|m| !m.is_finite()) {
                 return Err(format!("column '{}' has a non-finite mean", c.name));
@@ -367,7 +375,11 @@ impl Encoder {
         if let Some(l) = &self.label
             && (l.classes.is_empty() || l.classes.len() > MAX_LABEL_CLASSES)
         {
-            return Err(format!("label '{}' has {} classes", l.column, l.classes.len()));
+            return Err(format!(
+                "label '{}' has {} classes",
+                l.column,
+                l.classes.len()
+            ));
         }
         if self.derived.dim == 0 {
             return Err("the encoding writes no features".to_string());
@@ -419,7 +431,11 @@ impl Encoder {
                     let x = values.value(r);
                     if !x.is_finite() && !(x.is_nan() && self.missing == MissingNumbers::Keep) {
                         return Err(QuiverError::InvalidValueInBatch {
-                            kind: if x.is_nan() { "NaN" } else { "an infinite value" },
+                            kind: if x.is_nan() {
+                                "NaN"
+                            } else {
+                                "an infinite value"
+                            },
                             column: c.name.clone(),
                             row_in_batch: r,
                         });
@@ -600,7 +616,9 @@ impl ScalarUDFImpl for PreprocessUdf {
             let values = self.encoder.encode(&arrays, rows)?;
             Ok(Arc::new(vector_array(values, self.encoder.derived.dim)?))
         };
-        run().map(ColumnarValue::Array).map_err(QuiverError::into_datafusion)
+        run()
+            .map(ColumnarValue::Array)
+            .map_err(QuiverError::into_datafusion)
     }
 }
 
@@ -895,10 +913,15 @@ impl Transformer for PreprocessorModel {
             .clone()
             .with_column(&self.params.output_col, udf.call(args))
             .map_err(QuiverError::from)?;
-        let label = self.params.label_col.as_deref().filter(|l| available.iter().any(|a| a == l));
+        let mut label = self
+            .params
+            .label_col
+            .as_deref()
+            .filter(|l| available.iter().any(|a| a == l));
         if let (Some(l), Some(classes)) = (label, &self.encoder.label) {
-            // Class index by label text; an unseen label becomes null (refused where a label
-            // is needed, naming it).
+            // The class index by label text, beside the label itself (whose values still
+            // decide a row's side of a split); an unseen label becomes null, refused where a
+            // label is needed.
             let text = cast(col(quoted_name(l)), DataType::Utf8);
             let mut case = datafusion::logical_expr::case(text);
             for (i, c) in classes.classes.iter().enumerate() {
@@ -907,12 +930,15 @@ impl Transformer for PreprocessorModel {
             let index = case
                 .otherwise(lit(ScalarValue::Float64(None)))
                 .map_err(QuiverError::from)?;
-            df = df.with_column(l, index).map_err(QuiverError::from)?;
+            df = df
+                .with_column(LABEL_INDEX, index)
+                .map_err(QuiverError::from)?;
+            label = Some(LABEL_INDEX);
         }
         // Roles over the new frame: the vector is the features; the label and weight stay.
         let mut out = Dataset::new(df)
             .with_assembled_features(&self.params.output_col, self.feature_names().to_vec())?;
-        if let Some(l) = data.label().or(label) {
+        if let Some(l) = label.or(data.label()) {
             out = out.with_label(l)?;
         }
         if let Some(w) = data.weight() {
@@ -970,8 +996,8 @@ impl Model for PreprocessorModel {
         let bytes = parts
             .get("columns.json")
             .ok_or_else(|| corrupt("no part 'columns.json'".to_string()))?;
-        let fitted: Fitted = serde_json::from_slice(bytes)
-            .map_err(|e| corrupt(format!("invalid columns: {e}")))?;
+        let fitted: Fitted =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(format!("invalid columns: {e}")))?;
         let names: Vec<&String> = fitted.columns.iter().map(|c| &c.name).collect();
         if names.iter().copied().ne(params.input_cols.iter()) {
             return Err(corrupt(format!(
@@ -979,7 +1005,12 @@ impl Model for PreprocessorModel {
                 params.input_cols
             )));
         }
-        let encoder = Encoder::new(fitted.columns, params.encoding, params.missing, fitted.label);
+        let encoder = Encoder::new(
+            fitted.columns,
+            params.encoding,
+            params.missing,
+            fitted.label,
+        );
         encoder.validate().map_err(corrupt)?;
         Ok(PreprocessorModel {
             params,

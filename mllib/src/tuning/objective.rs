@@ -64,6 +64,11 @@ pub struct TrainEval {
     /// the estimator's.
     #[serde(default)]
     pub stages: Vec<String>,
+    /// The columns whose values decide a row's side of the split (all columns when absent):
+    /// `CREATE MODEL` names its query's raw columns, so trials over the encoded rows hold
+    /// out exactly the rows the stored model is evaluated on.
+    #[serde(default)]
+    pub split_columns: Option<Vec<String>>,
 }
 
 fn default_fraction() -> f64 {
@@ -83,6 +88,7 @@ impl TrainEval {
             eval_fraction: default_fraction(),
             folds: None,
             split_seed: 0,
+            split_columns: None,
             params: Point::new(),
             sql_options: false,
             stages: Vec::new(),
@@ -215,6 +221,7 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
         spec.eval_fraction,
         spec.split_seed,
         spec.folds,
+        &spec.split_columns,
     ))
     .unwrap_or_default();
     if let Some(d) = c.data.lock().expect("dataset cache").get(&key) {
@@ -242,7 +249,8 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
     let data = spec.with_roles(Dataset::new(c.session.from_batches(batches, 1)?))?;
     // Materialise the parts once: every trial reuses the same rows.
     let mut parts = Vec::with_capacity(weights.len());
-    for part in data.random_split(&weights, spec.split_seed)? {
+    let split_columns = spec.split_columns.clone().unwrap_or_else(|| data.columns());
+    for part in data.random_split_on(&split_columns, &weights, spec.split_seed)? {
         parts.push(part.dataframe().clone().collect().await?);
     }
     let with_roles = |batches: Vec<arrow::array::RecordBatch>| {
