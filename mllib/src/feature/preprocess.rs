@@ -429,7 +429,8 @@ impl Encoder {
                     fill
                 } else {
                     let x = values.value(r);
-                    if !x.is_finite() && !(x.is_nan() && self.missing == MissingNumbers::Keep) {
+                    let kept = x.is_nan() && self.missing == MissingNumbers::Keep;
+                    if !(x.is_finite() || kept) {
                         return Err(QuiverError::InvalidValueInBatch {
                             kind: if x.is_nan() {
                                 "NaN"

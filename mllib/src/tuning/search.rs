@@ -71,7 +71,7 @@ enum ObjectiveKind {
     /// A Rust closure (local and embedded runs).
     Closure(Arc<Objective>),
     /// The built-in train-and-evaluate task; the trial's point goes into its `params`.
-    TrainEval(TrainEval),
+    TrainEval(Box<TrainEval>),
     /// A task runner registered in every Quiver process, by kind; the point is its params.
     Task(String),
 }
@@ -159,7 +159,7 @@ impl Search {
     /// A search whose trials train and score an MLlib estimator (see [`TrainEval`]): it runs
     /// anywhere fan-out tasks run.
     pub fn train_eval(space: Space, spec: TrainEval) -> Self {
-        Self::with_objective(space, ObjectiveKind::TrainEval(spec))
+        Self::with_objective(space, ObjectiveKind::TrainEval(Box::new(spec)))
     }
 
     /// A search whose trials run the registered task runner `kind` (registered in every
@@ -539,7 +539,7 @@ impl Search {
         let params = match &self.objective {
             ObjectiveKind::Closure(_) | ObjectiveKind::Task(_) => serde_json::to_string(point),
             ObjectiveKind::TrainEval(spec) => {
-                let mut spec = spec.clone();
+                let mut spec = spec.as_ref().clone();
                 spec.params.extend(point.clone());
                 serde_json::to_string(&spec)
             }
