@@ -368,6 +368,9 @@ impl Encoder {
                     c.name
                 ));
             }
+            if c.nulls > c.rows {
+                return Err(format!("column '{}' has more nulls than rows", c.name));
+            }
             if c.mean.is_some_and(|m| !m.is_finite()) {
                 return Err(format!("column '{}' has a non-finite mean", c.name));
             }
@@ -661,7 +664,7 @@ impl PreprocessorModel {
                         "feature": c.name,
                         "type": c.data_type,
                         "kind": c.kind,
-                        "count": c.rows - c.nulls,
+                        "count": c.rows.saturating_sub(c.nulls),
                         "null_count": c.nulls,
                         "min": c.min,
                         "max": c.max,
