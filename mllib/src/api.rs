@@ -30,6 +30,12 @@ pub trait Transformer: Send + Sync + Debug {
     fn weight_vectors(&self) -> Vec<(String, Vec<f64>)> {
         Vec::new()
     }
+
+    /// Per-row attributions of a predictor's output to its input features
+    /// (`ml_explain_predict`), for the models that have them.
+    fn explainer(&self) -> Option<Arc<dyn crate::explain::Explainer>> {
+        None
+    }
 }
 
 /// Learns a model from a dataset. Parameters are validated by the estimator's `check()` before

@@ -18,6 +18,7 @@ pub mod clustering;
 pub mod decomposition;
 pub mod error;
 pub mod evaluation;
+pub mod explain;
 pub mod feature;
 pub mod optim;
 pub mod persist;

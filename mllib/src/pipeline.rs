@@ -128,6 +128,11 @@ impl Transformer for PipelineModel {
             .map(|s| s.weight_vectors())
             .unwrap_or_default()
     }
+
+    /// The last stage's.
+    fn explainer(&self) -> Option<std::sync::Arc<dyn crate::explain::Explainer>> {
+        self.stages.last().and_then(|s| s.explainer())
+    }
 }
 
 /// How one stage is recorded in the pipeline's metadata.

@@ -14,6 +14,7 @@ use crate::api::DynModel;
 pub use crate::api::{ColumnEncoder, RowStage};
 use crate::catalog::load_stage;
 use crate::error::{MllibError, Result};
+use crate::explain::Explainer;
 
 /// A fitted model as functions of its input rows.
 #[derive(Debug, Clone)]
@@ -26,6 +27,10 @@ pub struct RowPredictor {
     /// The first stage when it encodes typed columns (automatic preprocessing): the
     /// arguments go through it, not through the assembler.
     pub encoder: Option<Arc<dyn ColumnEncoder>>,
+    /// The vector maps between the inputs and the predictor (scalers), in order.
+    pub maps: Vec<Arc<dyn BatchFunction>>,
+    /// The predictor's attributions (`ml_explain_predict`), where it has them.
+    pub explainer: Option<Arc<dyn Explainer>>,
 }
 
 impl RowPredictor {
@@ -96,6 +101,8 @@ impl RowPredictor {
                         prediction,
                         probability: probability.map(compose),
                         encoder,
+                        explainer: stage.explainer(),
+                        maps,
                     });
                 }
                 RowStage::Predict { .. } => {
@@ -113,6 +120,25 @@ impl RowPredictor {
             param: "model".to_string(),
             reason: format!("model '{name}' has no predictor stage"),
         })
+    }
+}
+
+impl RowPredictor {
+    /// The predictor's input vectors for a batch of encoded or assembled rows (`values`,
+    /// row-major, `dim` wide): the rows through the vector maps between (scalers).
+    pub fn predictor_inputs(
+        &self,
+        values: Vec<f64>,
+        dim: usize,
+    ) -> quiver_engine::Result<(Vec<f64>, usize)> {
+        let (mut values, mut dim) = (values, dim);
+        for f in &self.maps {
+            let out = f.apply(&FeatureBatch::new(&values, dim)?)?;
+            let (v, d) = vector_values(out.as_ref(), f.name())?;
+            values = v.to_vec();
+            dim = d;
+        }
+        Ok((values, dim))
     }
 }
 

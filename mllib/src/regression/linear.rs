@@ -118,6 +118,12 @@ pub struct TrainingSummary {
     /// Root mean squared error on the training data (weighted).
     pub rmse: f64,
     pub rows: u64,
+    /// Mean and sample standard deviation of each training feature (what explanations centre
+    /// on and feature importance scales by; empty for models stored before they were kept).
+    #[serde(default)]
+    pub feature_mean: Vec<f64>,
+    #[serde(default)]
+    pub feature_std: Vec<f64>,
     pub wall_time_ms: f64,
 }
 
@@ -413,6 +419,20 @@ impl Estimator for LinearRegression {
             r2,
             rmse,
             rows: moments.count as u64,
+            feature_mean: moments.mean_x.clone(),
+            feature_std: {
+                let d = moments.mean_x.len();
+                let w = moments.weight_sum;
+                (0..d)
+                    .map(|j| {
+                        if w > 1.0 {
+                            (moments.cxx[j * d + j].max(0.0) / (w - 1.0)).sqrt()
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            },
             wall_time_ms: started.elapsed().as_secs_f64() * 1e3,
         };
         Ok(LinearRegressionModel {
@@ -520,6 +540,17 @@ impl Transformer for LinearRegressionModel {
         let mut v = self.coefficients.clone();
         v.push(self.intercept);
         vec![("coefficients".to_string(), v)]
+    }
+
+    fn explainer(&self) -> Option<Arc<dyn crate::explain::Explainer>> {
+        crate::explain::LinearExplainer::new(
+            self.coefficients.clone(),
+            vec![self.intercept],
+            self.summary.feature_mean.clone(),
+            false,
+            None,
+        )
+        .map(|e| Arc::new(e) as Arc<dyn crate::explain::Explainer>)
     }
 }
 

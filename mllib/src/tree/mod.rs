@@ -16,6 +16,7 @@ mod gbt;
 mod grow;
 mod model;
 mod params;
+mod shap;
 
 pub use ensemble::{Combine, Ensemble, Importance, Tree};
 pub use model::{
@@ -23,6 +24,7 @@ pub use model::{
     GBTRegressionModel, RandomForestClassificationModel, RandomForestRegressionModel,
     TreeEnsembleModel, TreeEstimator, TreeSummary,
 };
+pub use shap::{TreeExplainer, expected_value, tree_shap};
 pub use params::{
     BoostParams, DecisionTreeClassifier, DecisionTreeRegressor, ForestParams, GBTClassifier,
     GBTRegressor, Impurity, Loss, RandomForestClassifier, RandomForestRegressor,

@@ -258,6 +258,13 @@ impl<E: TreeEstimator> Transformer for TreeEnsembleModel<E> {
         }
     }
 
+    fn explainer(&self) -> Option<Arc<dyn crate::explain::Explainer>> {
+        Some(Arc::new(super::TreeExplainer::new(
+            self.ensemble.clone(),
+            E::CLASSIFIER,
+        )))
+    }
+
     fn row_stage(&self) -> RowStage {
         if E::CLASSIFIER {
             scores::row_stage(&self.ensemble)

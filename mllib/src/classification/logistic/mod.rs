@@ -38,6 +38,12 @@ pub struct LogisticSummary {
     /// evaluation (an iteration takes one, more when the line search backtracks).
     #[serde(default)]
     pub data_passes: usize,
+    /// Mean and sample standard deviation of each training feature (what explanations centre
+    /// on and feature importance scales by; empty for models stored before they were kept).
+    #[serde(default)]
+    pub feature_mean: Vec<f64>,
+    #[serde(default)]
+    pub feature_std: Vec<f64>,
     pub wall_time_ms: f64,
 }
 
@@ -93,13 +99,13 @@ impl Estimator for LogisticRegression {
             summarizer = summarizer.weighted(true);
         }
         let summary = prepared.aggregate(Arc::new(summarizer)).await?;
-        let std = summary.std;
+        let std = summary.std.clone();
         // With an intercept, optimise over centred standardised features (x − μ)/σ: the
         // intercept no longer fights the coefficients, which cuts the iterations on data far
         // from the origin several-fold. Virtual, as Spark does: the data is never shifted, the
         // centring moves into the intercept of each evaluation and out of its gradient.
         let shift: Vec<f64> = if self.fit_intercept {
-            summary.mean
+            summary.mean.clone()
         } else {
             vec![0.0; d]
         };
@@ -207,6 +213,8 @@ impl Estimator for LogisticRegression {
                 convergence: min.reason,
                 num_classes,
                 data_passes: 2 + min.evaluations,
+                feature_mean: summary.mean,
+                feature_std: summary.std,
                 wall_time_ms: started.elapsed().as_secs_f64() * 1e3,
             },
         })

@@ -154,6 +154,17 @@ impl Transformer for LogisticRegressionModel {
             })
             .collect()
     }
+
+    fn explainer(&self) -> Option<std::sync::Arc<dyn crate::explain::Explainer>> {
+        crate::explain::LinearExplainer::new(
+            self.coefficients.clone(),
+            self.intercepts.clone(),
+            self.summary.feature_mean.clone(),
+            self.multinomial,
+            (!self.multinomial).then_some(1),
+        )
+        .map(|e| std::sync::Arc::new(e) as std::sync::Arc<dyn crate::explain::Explainer>)
+    }
 }
 
 impl Model for LogisticRegressionModel {
