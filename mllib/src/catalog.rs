@@ -350,6 +350,38 @@ impl SqlOption {
     }
 }
 
+/// What feature importance a model kind has (`ml_feature_importance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportanceKind {
+    None,
+    /// Linear models: the absolute standardised coefficient, `|βⱼ| σⱼ` (the largest over the
+    /// classes of a multinomial model).
+    Coefficients,
+    /// Trees: splits on the feature, their total gain and total cover (`importance_weight`,
+    /// `importance_gain`, `importance_cover`).
+    Splits,
+}
+
+/// How a model kind's predictions are attributed to its features (`ml_explain_predict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attribution {
+    None,
+    /// Exact: `βⱼ (xⱼ − μⱼ)` on the margin.
+    Exact,
+    /// TreeSHAP over the trees.
+    TreeShap,
+}
+
+/// The `model_type`s of the algorithms that satisfy `keep`, for error messages.
+pub fn model_types_where(keep: impl Fn(&Algorithm) -> bool) -> String {
+    ALGORITHMS
+        .iter()
+        .filter(|a| keep(a))
+        .map(|a| format!("'{}'", a.model_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A default SQL option value.
 #[derive(Debug, Clone, Copy)]
 pub enum SqlDefault {
@@ -387,6 +419,10 @@ pub struct Algorithm {
     /// training mean, or keep them missing for models that route them (trees, which also
     /// take string columns as category indices rather than one-hot).
     pub missing_values: MissingNumbers,
+    /// What `ml_feature_importance` reports for its models.
+    pub importance: ImportanceKind,
+    /// How `ml_explain_predict` and `ml_global_explain` attribute its predictions.
+    pub attribution: Attribution,
     pub build: Build,
     pub load: Load,
     pub register: Register,
@@ -798,6 +834,8 @@ pub const ALGORITHMS: &[Algorithm] = &[
         ],
         sql_defaults: &[],
         missing_values: MissingNumbers::Impute,
+        importance: ImportanceKind::Coefficients,
+        attribution: Attribution::Exact,
         build: |p| {
             Ok(Arc::new(from_params::<LogisticRegression>(
                 "logistic_regression",
@@ -828,6 +866,8 @@ pub const ALGORITHMS: &[Algorithm] = &[
         ],
         sql_defaults: &[],
         missing_values: MissingNumbers::Impute,
+        importance: ImportanceKind::Coefficients,
+        attribution: Attribution::Exact,
         build: |p| {
             Ok(Arc::new(from_params::<LinearRegression>(
                 "linear_regression",
@@ -864,6 +904,8 @@ pub const ALGORITHMS: &[Algorithm] = &[
         ],
         sql_defaults: &[],
         missing_values: MissingNumbers::Impute,
+        importance: ImportanceKind::None,
+        attribution: Attribution::None,
         build: |p| Ok(Arc::new(from_params::<KMeans>("kmeans", p, KMeans::check)?)),
         load: load_model::<KMeansModel>,
         register: crate::clustering::kmeans::register,
@@ -896,6 +938,8 @@ pub const ALGORITHMS: &[Algorithm] = &[
         ],
         sql_defaults: &[],
         missing_values: MissingNumbers::Impute,
+        importance: ImportanceKind::None,
+        attribution: Attribution::None,
         build: |p| {
             Ok(Arc::new(from_params::<NaiveBayes>(
                 "naive_bayes",
@@ -927,6 +971,8 @@ pub const ALGORITHMS: &[Algorithm] = &[
         ],
         sql_defaults: &[],
         missing_values: MissingNumbers::Impute,
+        importance: ImportanceKind::None,
+        attribution: Attribution::None,
         build: |p| Ok(Arc::new(from_params::<PCA>("pca", p, PCA::check)?)),
         load: load_model::<PCAModel>,
         register: crate::decomposition::pca::register,
@@ -946,6 +992,8 @@ pub const ALGORITHMS: &[Algorithm] = &[
         ],
         sql_defaults: &[],
         missing_values: MissingNumbers::Keep,
+        importance: ImportanceKind::Splits,
+        attribution: Attribution::TreeShap,
         build: |p| {
             Ok(Arc::new(from_params::<DecisionTreeClassifier>(
                 "decision_tree_classifier",
@@ -970,6 +1018,8 @@ pub const ALGORITHMS: &[Algorithm] = &[
         ],
         sql_defaults: &[],
         missing_values: MissingNumbers::Keep,
+        importance: ImportanceKind::Splits,
+        attribution: Attribution::TreeShap,
         build: |p| {
             Ok(Arc::new(from_params::<DecisionTreeRegressor>(
                 "decision_tree_regressor",
@@ -998,6 +1048,8 @@ pub const ALGORITHMS: &[Algorithm] = &[
         ],
         sql_defaults: FOREST_SQL_DEFAULTS,
         missing_values: MissingNumbers::Keep,
+        importance: ImportanceKind::Splits,
+        attribution: Attribution::TreeShap,
         build: |p| {
             Ok(Arc::new(from_params::<RandomForestClassifier>(
                 "random_forest_classifier",
@@ -1025,6 +1077,8 @@ pub const ALGORITHMS: &[Algorithm] = &[
         ],
         sql_defaults: FOREST_SQL_DEFAULTS,
         missing_values: MissingNumbers::Keep,
+        importance: ImportanceKind::Splits,
+        attribution: Attribution::TreeShap,
         build: |p| {
             Ok(Arc::new(from_params::<RandomForestRegressor>(
                 "random_forest_regressor",
@@ -1043,6 +1097,8 @@ pub const ALGORITHMS: &[Algorithm] = &[
         options: &BOOST_CLASSIFIER_OPTIONS,
         sql_defaults: BOOST_SQL_DEFAULTS,
         missing_values: MissingNumbers::Keep,
+        importance: ImportanceKind::Splits,
+        attribution: Attribution::TreeShap,
         build: |p| {
             Ok(Arc::new(from_params::<GBTClassifier>(
                 "gbt_classifier",
@@ -1061,6 +1117,8 @@ pub const ALGORITHMS: &[Algorithm] = &[
         options: &BOOST_REGRESSOR_OPTIONS,
         sql_defaults: BOOST_SQL_DEFAULTS,
         missing_values: MissingNumbers::Keep,
+        importance: ImportanceKind::Splits,
+        attribution: Attribution::TreeShap,
         build: |p| {
             Ok(Arc::new(from_params::<GBTRegressor>(
                 "gbt_regressor",

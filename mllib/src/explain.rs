@@ -19,6 +19,23 @@ pub struct Explained {
     pub class: Option<usize>,
 }
 
+impl Explained {
+    /// A binary classifier's explanation of its positive-class margin `m`, turned to the
+    /// predicted class (class 0 when `m ≤ 0`, whose margin is `−m`): the attributions then
+    /// speak for the prediction, as for a multiclass model.
+    pub fn for_predicted_binary(mut self, phi: &mut [f64]) -> Self {
+        if self.value > 0.0 {
+            self.class = Some(1);
+        } else {
+            self.class = Some(0);
+            self.value = -self.value;
+            self.baseline = -self.baseline;
+            phi.iter_mut().for_each(|p| *p = -*p);
+        }
+        self
+    }
+}
+
 /// Attributes a model's output on one feature vector to its features.
 pub trait Explainer: Send + Sync + Debug {
     /// Width of the feature vectors it takes.
@@ -33,8 +50,8 @@ pub trait Explainer: Send + Sync + Debug {
 }
 
 /// A linear model's exact attributions on its margins: `βₖⱼ (xⱼ − μⱼ)` for the explained
-/// vector `k` (the predicted class of a multinomial model, the positive class of a binomial
-/// one, the only vector of a regression).
+/// vector `k` (the predicted class of a multinomial model, the only vector of a regression);
+/// a binomial model's margin is turned to the predicted class.
 #[derive(Debug, Clone)]
 pub struct LinearExplainer {
     dim: usize,
@@ -45,8 +62,8 @@ pub struct LinearExplainer {
     mean: Vec<f64>,
     /// Several vectors, one per class: the predicted class's is explained.
     multinomial: bool,
-    /// Class index of vector 0 when there is a single vector of a classifier (binomial: 1).
-    single_class: Option<usize>,
+    /// A binomial classifier: one vector, the positive class's margin.
+    binomial: bool,
 }
 
 impl LinearExplainer {
@@ -57,7 +74,7 @@ impl LinearExplainer {
         intercepts: Vec<f64>,
         mean: Vec<f64>,
         multinomial: bool,
-        single_class: Option<usize>,
+        binomial: bool,
     ) -> Option<Self> {
         let dim = mean.len();
         (dim > 0
@@ -70,7 +87,7 @@ impl LinearExplainer {
             intercepts,
             mean,
             multinomial,
-            single_class,
+            binomial,
         })
     }
 
@@ -90,7 +107,7 @@ impl Explainer for LinearExplainer {
     }
 
     fn scale(&self) -> &'static str {
-        if self.multinomial || self.single_class.is_some() {
+        if self.multinomial || self.binomial {
             "margin"
         } else {
             "value"
@@ -98,25 +115,29 @@ impl Explainer for LinearExplainer {
     }
 
     fn explain(&self, x: &[f64], phi: &mut [f64]) -> Explained {
-        let (k, class) = if self.multinomial {
-            let k = (0..self.intercepts.len())
+        let k = if self.multinomial {
+            (0..self.intercepts.len())
                 .map(|k| (k, self.margin(k, x)))
                 .fold((0, f64::NEG_INFINITY), |best, (k, m)| {
                     if m > best.1 { (k, m) } else { best }
                 })
-                .0;
-            (k, Some(k))
+                .0
         } else {
-            (0, self.single_class)
+            0
         };
         let beta = &self.coefficients[k * self.dim..(k + 1) * self.dim];
         for (j, p) in phi.iter_mut().enumerate() {
             *p = beta[j] * (x[j] - self.mean[j]);
         }
-        Explained {
+        let out = Explained {
             value: self.margin(k, x),
             baseline: self.margin(k, &self.mean),
-            class,
+            class: self.multinomial.then_some(k),
+        };
+        if self.binomial {
+            out.for_predicted_binary(phi)
+        } else {
+            out
         }
     }
 }
@@ -140,7 +161,7 @@ mod tests {
             vec![0.5, -0.25],
             vec![1.0, 2.0, 3.0],
             true,
-            None,
+            false,
         )
         .unwrap();
         let x = [3.0, 0.0, 1.0];
@@ -156,8 +177,27 @@ mod tests {
     }
 
     #[test]
+    fn binomial_explanations_speak_for_the_predicted_class() {
+        let e = LinearExplainer::new(vec![1.0, -2.0], vec![0.5], vec![0.0, 0.0], false, true)
+            .unwrap();
+        let mut phi = [0.0; 2];
+        // Margin 0.5 + 1 − 4 = −2.5: class 0 predicted, its margin 2.5.
+        let out = e.explain(&[1.0, 2.0], &mut phi);
+        assert_eq!(out.class, Some(0));
+        assert_eq!((out.value, out.baseline), (2.5, -0.5));
+        assert_eq!(phi, [-1.0, 4.0]);
+        let out = e.explain(&[3.0, 0.0], &mut phi);
+        assert_eq!(out.class, Some(1));
+        assert_eq!((out.value, out.baseline, phi), (3.5, 0.5, [3.0, 0.0]));
+    }
+
+    #[test]
     fn mismatched_means_give_no_explainer() {
-        assert!(LinearExplainer::new(vec![1.0, 2.0], vec![0.0], vec![0.0], false, None).is_none());
-        assert!(LinearExplainer::new(vec![1.0], vec![0.0], vec![f64::NAN], false, None).is_none());
+        assert!(
+            LinearExplainer::new(vec![1.0, 2.0], vec![0.0], vec![0.0], false, false).is_none()
+        );
+        assert!(
+            LinearExplainer::new(vec![1.0], vec![0.0], vec![f64::NAN], false, false).is_none()
+        );
     }
 }

@@ -14,6 +14,8 @@
 //! | `data_split_method` | all | `'auto_split'` (default: 20% held out from 500 rows), `'random'`, `'no_split'` |
 //! | `data_split_eval_fraction` | all | held-out fraction for `'random'` (default 0.2) |
 //! | `seed` | all | seed of the split and of k-means' initialisation (default 42) |
+//! | `category_encoding_method` | all | `'one_hot_encoding'` (default; trees: `'label_encoding'`), `'dummy_encoding'`, `'label_encoding'` |
+//! | `enable_global_explain` | linear models, trees | `TRUE` records the mean absolute attribution per feature over the training rows (`ml_global_explain`) |
 //! | `num_trials`, `max_parallel_trials`, `hparam_tuning_algorithm`, `hparam_tuning_objectives` | all | hyperparameter tuning: see [`crate::hparam`] |
 
 use std::collections::BTreeMap;
@@ -27,15 +29,16 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Expr, Statement as SQLStatement};
 use quiver_engine::store::FeatureField;
 use quiver_engine::{Dataset, QuiverSession};
-use quiver_mllib::catalog::{self, Algorithm, OptionType, Task};
+use quiver_mllib::catalog::{self, Algorithm, Attribution, OptionType, Task};
 use quiver_mllib::feature::{CategoryEncoding, ColumnKind, MissingNumbers, Preprocessor};
 use quiver_mllib::pipeline::DynModel;
 use quiver_mllib::tuning::objective::pipeline;
 use quiver_mllib::tuning::{Point, TrainEval};
-use quiver_mllib::{Estimator, Model, PipelineModel, Transformer};
+use quiver_mllib::{Estimator, Model, PipelineModel, RowPredictor, Transformer};
 use serde_json::{Value, json};
 
 use crate::error::{Result, SqlError};
+use crate::explain::{Attributor, GlobalAttribution};
 use crate::hparam::{TUNING_OPTIONS, Tuning};
 use crate::models::ModelCatalog;
 use crate::statement::{
@@ -49,6 +52,7 @@ const ENCODED: &str = "__quiver_features";
 const COMMON: &[&str] = &[
     "model_type",
     "category_encoding_method",
+    "enable_global_explain",
     "data_split_method",
     "data_split_eval_fraction",
     "seed",
@@ -311,6 +315,20 @@ pub async fn create_model(
             )));
         }
     }
+    let global_explain = match o.map.get("enable_global_explain") {
+        Some(e) => expr_bool("enable_global_explain", e)?,
+        None => false,
+    };
+    if global_explain && o.algorithm.attribution == Attribution::None {
+        return Err(SqlError::InvalidOption {
+            option: "enable_global_explain".to_string(),
+            reason: format!(
+                "model_type '{}' has no feature attributions (those that have: {})",
+                o.model_type,
+                catalog::model_types_where(|a| a.attribution != Attribution::None)
+            ),
+        });
+    }
     let encoding = match o.str("category_encoding_method")? {
         Some(m) => CategoryEncoding::parse(&m)?,
         None if o.algorithm.missing_values == MissingNumbers::Keep => CategoryEncoding::Label,
@@ -401,6 +419,11 @@ pub async fn create_model(
     let mut stages = vec![Arc::new(prep.clone()) as Arc<dyn DynModel>];
     stages.extend(inner.stages().iter().cloned());
     let model = PipelineModel::from_stages(stages);
+    let global = if global_explain {
+        Some(global_attribution(&c.name, o.algorithm, &model, &prep, &train_raw).await?)
+    } else {
+        None
+    };
     let (mut draft, parts) = model.to_parts()?;
     draft.kind = PipelineModel::KIND.to_string();
     draft.format_version = PipelineModel::FORMAT_VERSION;
@@ -430,6 +453,9 @@ pub async fn create_model(
     });
     if let Some(t) = tuning {
         draft.training_summary["tuning"] = t;
+    }
+    if let Some(g) = global {
+        draft.training_summary["global_explain"] = g;
     }
     let meta = store
         .save(&c.name, draft, parts.into_iter().map(Ok))
@@ -463,6 +489,34 @@ pub async fn create_model(
         Arc::new(StringArray::from(vec![metrics.to_string()])),
     ];
     Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
+}
+
+/// The mean absolute attribution of each feature over the training rows (`ml_global_explain`),
+/// largest first, as `[{feature, attribution}]`.
+async fn global_attribution(
+    name: &str,
+    algorithm: &Algorithm,
+    model: &PipelineModel,
+    prep: &quiver_mllib::PreprocessorModel,
+    train: &Dataset,
+) -> Result<Value> {
+    let stages = [Arc::new(model.clone()) as Arc<dyn DynModel>];
+    let rows = RowPredictor::from_stages(name, &stages)?;
+    let a = Attributor::new(
+        "CREATE MODEL",
+        name,
+        algorithm.name,
+        &rows,
+        Vec::new(),
+        prep.feature_names().to_vec(),
+    )?;
+    let total =
+        GlobalAttribution::over(&a, train.dataframe().clone().execute_stream().await?).await?;
+    Ok(total
+        .ranked()
+        .into_iter()
+        .map(|(j, v)| json!({ "feature": a.features[j], "attribution": v }))
+        .collect())
 }
 
 /// The evaluator metrics of `model` on `data`, by the model's task.

@@ -11,6 +11,7 @@
 
 pub mod create;
 pub mod error;
+mod explain;
 pub mod hparam;
 pub mod models;
 pub mod predict;

@@ -8,7 +8,14 @@
 //!   (`num_trials`): parameters, status, objective value, which one was kept;
 //! - `ml_feature_importance('m')`: per feature of a tree model its split count, total gain and
 //!   total cover (`importance_weight`, `importance_gain`, `importance_cover`), as BigQuery
-//!   ML's `ML.FEATURE_IMPORTANCE`;
+//!   ML's `ML.FEATURE_IMPORTANCE`; of a linear model its absolute standardised coefficient
+//!   (`importance` = |β| × the feature's training standard deviation);
+//! - `ml_explain_predict('m', source [, top_k])`: per row of a table or query its prediction,
+//!   the `top_k` (default 5) feature attributions, the baseline and the explained value
+//!   (`ML.EXPLAIN_PREDICT`: exact for linear models, TreeSHAP for trees);
+//! - `ml_global_explain('m' [, source])`: per feature its mean absolute attribution over the
+//!   training rows (recorded by `CREATE MODEL … enable_global_explain = TRUE`) or over a
+//!   table or query (`ML.GLOBAL_EXPLAIN`);
 //! - `ml_principal_component_info('m')`: per principal component of a decomposition model
 //!   (PCA) its eigenvalue and explained variance ratio, as BigQuery ML's
 //!   `ML.PRINCIPAL_COMPONENT_INFO`;
@@ -28,16 +35,18 @@ use datafusion::error::Result as DFResult;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::StreamExt;
 use quiver_engine::{Dataset, QuiverSession};
 use serde_json::Value;
 
 use crate::error::{Result, SqlError};
+use crate::explain::{GlobalAttribution, attributor, top_attributions, value_columns};
 use crate::models::{LoadedModel, ModelCatalog};
 use datafusion::logical_expr::{ScalarUDF, when};
 use datafusion::prelude::{col, lit};
 use quiver_engine::functions::{VectorOp, VectorOpUdf};
-use quiver_mllib::catalog::{self, Task};
+use quiver_mllib::catalog::{self, ImportanceKind, Task};
 use quiver_mllib::evaluation::RocPoint;
 use quiver_mllib::{BinaryClassificationEvaluator, MulticlassClassificationEvaluator};
 
@@ -53,6 +62,8 @@ enum Kind {
     FeatureImportance,
     ConfusionMatrix,
     RocCurve,
+    ExplainPredict,
+    GlobalExplain,
 }
 
 impl Kind {
@@ -67,6 +78,8 @@ impl Kind {
             Kind::FeatureImportance => "ml_feature_importance",
             Kind::ConfusionMatrix => "ml_confusion_matrix",
             Kind::RocCurve => "ml_roc_curve",
+            Kind::ExplainPredict => "ml_explain_predict",
+            Kind::GlobalExplain => "ml_global_explain",
         }
     }
 }
@@ -97,6 +110,8 @@ pub fn table_functions(
         Kind::FeatureImportance,
         Kind::ConfusionMatrix,
         Kind::RocCurve,
+        Kind::ExplainPredict,
+        Kind::GlobalExplain,
     ]
     .into_iter()
     .map(|kind| {
@@ -375,51 +390,128 @@ fn principal_component_info(model: &LoadedModel) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
 }
 
-/// One row per feature of a tree model, ordered by total gain (largest first): `feature`,
-/// `importance_weight` (splits on it), `importance_gain` (their total gain),
-/// `importance_cover` (the total cover of the nodes it splits).
+/// One row per feature, most important first: for trees `importance_weight` (splits on
+/// it), `importance_gain` (their total gain) and `importance_cover` (the total cover of the
+/// nodes it splits), ordered by gain; for linear models `importance` = |β| σ (the largest over
+/// a multinomial model's classes), with the coefficient (single-vector models) and σ.
 fn feature_importance(model: &LoadedModel) -> Result<RecordBatch> {
     let (kind, summary) = catalog::final_stage(&model.metadata);
-    let imp = &summary["importance"];
-    let floats = |key: &str| -> Option<Vec<f64>> {
-        imp[key]
-            .as_array()
+    let algorithm = catalog::algorithm_of(&model.metadata);
+    let importance = algorithm.map_or(ImportanceKind::None, |a| a.importance);
+    let unavailable = |why: String| {
+        SqlError::Invalid(format!(
+            "ml_feature_importance: model '{}' {why}",
+            model.label()
+        ))
+    };
+    let floats = |v: &Value| -> Option<Vec<f64>> {
+        v.as_array()
             .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect())
     };
-    let (Some(weight), Some(gain), Some(cover)) =
-        (floats("weight"), floats("gain"), floats("cover"))
-    else {
-        return Err(SqlError::Invalid(format!(
-            "ml_feature_importance: model '{}' ({kind}) is not a tree model (train it with model_type = 'boosted_tree_classifier', 'random_forest_regressor', …)",
-            model.label(),
-        )));
-    };
     let names = feature_names(model);
-    let mut order: Vec<usize> = (0..gain.len()).collect();
-    order.sort_by(|a, b| gain[*b].total_cmp(&gain[*a]).then(a.cmp(b)));
     let name = |j: usize| {
         names
             .get(j)
             .cloned()
             .unwrap_or_else(|| format!("feature {j}"))
     };
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("feature", DataType::Utf8, false),
-        Field::new("importance_weight", DataType::Float64, false),
-        Field::new("importance_gain", DataType::Float64, false),
-        Field::new("importance_cover", DataType::Float64, false),
-    ]));
-    let pick = |v: &[f64]| -> ArrayRef {
+    let by_size = |v: &[f64]| -> Vec<usize> {
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|a, b| v[*b].total_cmp(&v[*a]).then(a.cmp(b)));
+        order
+    };
+    let pick = |order: &[usize], v: &[f64]| -> ArrayRef {
         Arc::new(Float64Array::from_iter_values(order.iter().map(|j| v[*j])))
     };
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            order.iter().map(|j| name(*j)),
-        )),
-        pick(&weight),
-        pick(&gain),
-        pick(&cover),
-    ];
+    let (fields, cols): (Vec<Field>, Vec<ArrayRef>) = match importance {
+        ImportanceKind::Splits => {
+            let imp = &summary["importance"];
+            let (Some(weight), Some(gain), Some(cover)) = (
+                floats(&imp["weight"]),
+                floats(&imp["gain"]),
+                floats(&imp["cover"]),
+            ) else {
+                return Err(unavailable(
+                    "was stored without its split statistics".to_string(),
+                ));
+            };
+            let order = by_size(&gain);
+            (
+                vec![
+                    Field::new("importance_weight", DataType::Float64, false),
+                    Field::new("importance_gain", DataType::Float64, false),
+                    Field::new("importance_cover", DataType::Float64, false),
+                ],
+                vec![
+                    Arc::new(StringArray::from_iter_values(order.iter().map(|j| name(*j))))
+                        as ArrayRef,
+                    pick(&order, &weight),
+                    pick(&order, &gain),
+                    pick(&order, &cover),
+                ],
+            )
+        }
+        ImportanceKind::Coefficients => {
+            let Some(std) = floats(&summary["feature_std"]).filter(|s| !s.is_empty()) else {
+                return Err(unavailable(
+                    "was stored without the feature statistics importance needs; train it again"
+                        .to_string(),
+                ));
+            };
+            let d = std.len();
+            // Weight vectors end in their intercept.
+            let vectors: Vec<Vec<f64>> = model
+                .model
+                .weight_vectors()
+                .into_iter()
+                .map(|(_, v)| v)
+                .filter(|v| v.len() == d + 1)
+                .collect();
+            if vectors.is_empty() {
+                return Err(unavailable(format!(
+                    "has no coefficient vector over its {d} features"
+                )));
+            }
+            let importance: Vec<f64> = (0..d)
+                .map(|j| {
+                    vectors
+                        .iter()
+                        .map(|v| v[j].abs() * std[j])
+                        .fold(0.0, f64::max)
+                })
+                .collect();
+            let order = by_size(&importance);
+            let coefficient: Float64Array = order
+                .iter()
+                .map(|j| (vectors.len() == 1).then(|| vectors[0][*j]))
+                .collect();
+            (
+                vec![
+                    Field::new("importance", DataType::Float64, false),
+                    Field::new("coefficient", DataType::Float64, true),
+                    Field::new("stddev", DataType::Float64, false),
+                ],
+                vec![
+                    Arc::new(StringArray::from_iter_values(order.iter().map(|j| name(*j))))
+                        as ArrayRef,
+                    pick(&order, &importance),
+                    Arc::new(coefficient),
+                    pick(&order, &std),
+                ],
+            )
+        }
+        ImportanceKind::None => {
+            return Err(unavailable(format!(
+                "({kind}) has no feature importance; models that have one: {}",
+                catalog::model_types_where(|a| a.importance != ImportanceKind::None)
+            )));
+        }
+    };
+    let schema = Arc::new(Schema::new(
+        std::iter::once(Field::new("feature", DataType::Utf8, false))
+            .chain(fields)
+            .collect::<Vec<_>>(),
+    ));
     Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
 }
 
@@ -636,22 +728,28 @@ impl TableFunctionImpl for ModelTableFunction {
                         report,
                         schema: Arc::new(Schema::new(fields)),
                     };
-                    if !self.base.is_cluster() {
-                        // Embedded: computed when scanned (planning alone costs nothing).
-                        return Ok(Arc::new(evaluation));
-                    }
-                    // On a cluster the plan goes to the scheduler, which cannot rebuild this
-                    // provider: compute the result now (its queries run on the executors)
-                    // and ship it inside the plan.
-                    let state = args
-                        .session()
-                        .as_any()
-                        .downcast_ref::<SessionState>()
-                        .ok_or_else(|| {
-                            SqlError::Invalid(format!("{f} needs a DataFusion session state"))
-                        })?;
-                    quiver_engine::fanout::block_on(evaluation.compute(state))?
+                    return self.deferred(&args, evaluation);
                 }
+                Kind::ExplainPredict => {
+                    let explanation = Explanation::plan(&args, model)?;
+                    return self.deferred(&args, explanation);
+                }
+                Kind::GlobalExplain => match args.exprs().get(1) {
+                    None => stored_global_explain(&model)?,
+                    Some(_) => {
+                        let source = string_arg(f, args.exprs(), 1, "table name or query")?;
+                        if args.exprs().len() > 2 {
+                            return Err(SqlError::Invalid(format!(
+                                "{f}: takes the model and an optional table or query; got {} arguments",
+                                args.exprs().len()
+                            )));
+                        }
+                        // Fails now when the model has no attributions.
+                        attributor(f, &model, feature_names(&model))?;
+                        let global = GlobalExplain { model, source };
+                        return self.deferred(&args, global);
+                    }
+                },
             };
             let schema = batch.schema();
             Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
@@ -699,11 +797,7 @@ fn is_query(source: &str) -> bool {
 impl Evaluation {
     /// The source's rows with the model's roles (features, label).
     async fn data(&self, ctx: &SessionContext) -> Result<Dataset> {
-        let df = if is_query(&self.source) {
-            ctx.sql(&self.source).await?
-        } else {
-            ctx.table(self.source.as_str()).await?
-        };
+        let df = source_frame(ctx, &self.source).await?;
         let what = if is_query(&self.source) {
             "query"
         } else {
@@ -772,7 +866,7 @@ impl Evaluation {
         Ok(scored.with_dataframe(df)?)
     }
 
-    async fn compute(&self, state: &SessionState) -> Result<RecordBatch> {
+    async fn report(&self, state: &SessionState) -> Result<RecordBatch> {
         let ctx = SessionContext::new_with_state(state.clone());
         let data = self.data(&ctx).await?;
         let session = self.base.with_context(ctx);
@@ -852,10 +946,67 @@ impl Evaluation {
     }
 }
 
+/// The rows of an evaluation or explanation source: a table name or a query.
+async fn source_frame(ctx: &SessionContext, source: &str) -> Result<DataFrame> {
+    Ok(if is_query(source) {
+        ctx.sql(source).await?
+    } else {
+        ctx.table(source).await?
+    })
+}
+
+/// A table function's result that reads a source: computed when the query runs.
 #[async_trait]
-impl TableProvider for Evaluation {
+trait Computed: std::fmt::Debug + Send + Sync + 'static {
+    fn schema(&self) -> SchemaRef;
+    async fn compute(&self, state: &SessionState) -> Result<Vec<RecordBatch>>;
+}
+
+/// The DataFusion session state behind a table function call.
+fn state_of<'a>(function: &str, session: &'a dyn Session) -> Result<&'a SessionState> {
+    session
+        .as_any()
+        .downcast_ref::<SessionState>()
+        .ok_or_else(|| SqlError::Invalid(format!("{function} needs a DataFusion session state")))
+}
+
+impl ModelTableFunction {
+    /// Embedded: `result` is computed when scanned (planning alone costs nothing). On a
+    /// cluster the plan goes to the scheduler, which cannot rebuild this provider: the result
+    /// is computed now (its queries run on the executors) and shipped inside the plan.
+    fn deferred<T: Computed>(
+        &self,
+        args: &TableFunctionArgs,
+        result: T,
+    ) -> Result<Arc<dyn TableProvider>> {
+        if !self.base.is_cluster() {
+            return Ok(Arc::new(Deferred(result)));
+        }
+        let state = state_of(self.kind.name(), args.session())?;
+        let batches = quiver_engine::fanout::block_on(result.compute(state))?;
+        Ok(Arc::new(MemTable::try_new(result.schema(), vec![batches])?))
+    }
+}
+
+#[async_trait]
+impl Computed for Evaluation {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
+    }
+
+    async fn compute(&self, state: &SessionState) -> Result<Vec<RecordBatch>> {
+        Ok(vec![self.report(state).await?])
+    }
+}
+
+/// A [`Computed`] result as a table.
+#[derive(Debug)]
+struct Deferred<T>(T);
+
+#[async_trait]
+impl<T: Computed> TableProvider for Deferred<T> {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -869,17 +1020,209 @@ impl TableProvider for Evaluation {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
-            return Err(SqlError::Invalid(
-                "ml_evaluate needs a DataFusion session state".to_string(),
-            )
-            .into_datafusion());
+        let run = async {
+            let state = state_of("a model table function", state)?;
+            self.0.compute(state).await
         };
-        let batch = self
-            .compute(state)
-            .await
-            .map_err(SqlError::into_datafusion)?;
-        let table = MemTable::try_new(Arc::clone(&self.schema), vec![vec![batch]])?;
+        let batches = run.await.map_err(SqlError::into_datafusion)?;
+        let table = MemTable::try_new(self.0.schema(), vec![batches])?;
         table.scan(state, projection, filters, limit).await
     }
+}
+
+/// `ml_explain_predict`: per source row the prediction, its top attributions, the baseline and
+/// the explained value, then the source's columns.
+#[derive(Debug)]
+struct Explanation {
+    model: Arc<LoadedModel>,
+    source: String,
+    top_k: usize,
+    schema: SchemaRef,
+}
+
+impl Explanation {
+    /// Checks the arguments and plans the source (for its columns) before any row is read.
+    fn plan(args: &TableFunctionArgs, model: Arc<LoadedModel>) -> Result<Self> {
+        let f = Kind::ExplainPredict.name();
+        let source = string_arg(f, args.exprs(), 1, "table name or query")?;
+        if args.exprs().len() > 3 {
+            return Err(SqlError::Invalid(format!(
+                "{f}: takes the model, the table or query, and top_k; got {} arguments",
+                args.exprs().len()
+            )));
+        }
+        let top_k = match number_arg(f, args.exprs(), 2, "number of top features (top_k)")? {
+            None => 5,
+            Some(k) if k >= 1.0 && k.fract() == 0.0 => k as usize,
+            Some(k) => {
+                return Err(SqlError::Invalid(format!(
+                    "{f}: top_k must be a whole number of at least 1, got {k}"
+                )));
+            }
+        };
+        let a = attributor(f, &model, feature_names(&model))?;
+        let state = state_of(f, args.session())?;
+        let ctx = SessionContext::new_with_state(state.clone());
+        let df = quiver_engine::fanout::block_on(source_frame(&ctx, &source))?;
+        let source_schema = df.schema().inner().clone();
+        let names: Vec<String> = source_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let what = if is_query(&source) { "query" } else { "table" };
+        a.check_columns(&names, &format!("{what} '{source}'"))?;
+        let predicted = format!(
+            "predicted_{}",
+            model.metadata.label.as_deref().unwrap_or("label")
+        );
+        let mut fields = vec![Field::new(&predicted, a.prediction_type(), true)];
+        if a.has_probability() {
+            fields.push(Field::new("probability", DataType::Float64, true));
+        }
+        fields.extend([
+            Field::new(
+                "top_feature_attributions",
+                crate::explain::attributions_type(),
+                false,
+            ),
+            Field::new("baseline_prediction_value", DataType::Float64, false),
+            Field::new("prediction_value", DataType::Float64, false),
+            Field::new("approximation_error", DataType::Float64, false),
+        ]);
+        for field in source_schema.fields() {
+            if fields.iter().any(|f| f.name() == field.name()) {
+                return Err(SqlError::Invalid(format!(
+                    "{f}: the {what}'s column '{}' has the name of an output column; rename it",
+                    field.name()
+                )));
+            }
+            fields.push(field.as_ref().clone());
+        }
+        Ok(Explanation {
+            model,
+            source,
+            top_k,
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
+}
+
+#[async_trait]
+impl Computed for Explanation {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn compute(&self, state: &SessionState) -> Result<Vec<RecordBatch>> {
+        let f = Kind::ExplainPredict.name();
+        let a = attributor(f, &self.model, feature_names(&self.model))?;
+        let ctx = SessionContext::new_with_state(state.clone());
+        let mut stream = source_frame(&ctx, &self.source)
+            .await?
+            .execute_stream()
+            .await?;
+        let mut out = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let explained = a.explain(&batch)?;
+            let (prediction, probability) = a.predict(&explained)?;
+            let mut cols = vec![prediction];
+            cols.extend(probability);
+            cols.push(top_attributions(&explained, &a.features, self.top_k));
+            cols.extend(value_columns(&explained));
+            cols.extend(batch.columns().iter().cloned());
+            out.push(
+                RecordBatch::try_new(Arc::clone(&self.schema), cols)
+                    .map_err(quiver_engine::QuiverError::from)?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// `ml_global_explain` over a table or query.
+#[derive(Debug)]
+struct GlobalExplain {
+    model: Arc<LoadedModel>,
+    source: String,
+}
+
+#[async_trait]
+impl Computed for GlobalExplain {
+    fn schema(&self) -> SchemaRef {
+        global_explain_schema()
+    }
+
+    async fn compute(&self, state: &SessionState) -> Result<Vec<RecordBatch>> {
+        let f = Kind::GlobalExplain.name();
+        let a = attributor(f, &self.model, feature_names(&self.model))?;
+        let ctx = SessionContext::new_with_state(state.clone());
+        let df = source_frame(&ctx, &self.source).await?;
+        let names: Vec<String> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let what = if is_query(&self.source) {
+            "query"
+        } else {
+            "table"
+        };
+        a.check_columns(&names, &format!("{what} '{}'", self.source))?;
+        let total = GlobalAttribution::over(&a, df.execute_stream().await?).await?;
+        let ranked: Vec<(String, f64)> = total
+            .ranked()
+            .into_iter()
+            .map(|(j, v)| (a.features[j].clone(), v))
+            .collect();
+        Ok(vec![global_explain_batch(&ranked)?])
+    }
+}
+
+fn global_explain_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("feature", DataType::Utf8, false),
+        Field::new("attribution", DataType::Float64, false),
+    ]))
+}
+
+/// (feature, mean absolute attribution) rows, as given.
+fn global_explain_batch(ranked: &[(String, f64)]) -> Result<RecordBatch> {
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            ranked.iter().map(|(f, _)| f.as_str()),
+        )),
+        Arc::new(Float64Array::from_iter_values(ranked.iter().map(|(_, v)| *v))),
+    ];
+    Ok(RecordBatch::try_new(global_explain_schema(), cols)
+        .map_err(quiver_engine::QuiverError::from)?)
+}
+
+/// The global explanation `CREATE MODEL … enable_global_explain = TRUE` recorded.
+fn stored_global_explain(model: &LoadedModel) -> Result<RecordBatch> {
+    let f = Kind::GlobalExplain.name();
+    let Some(rows) = model.metadata.training_summary["global_explain"].as_array() else {
+        // Say first whether the model could have one at all.
+        attributor(f, model, feature_names(model))?;
+        return Err(SqlError::Invalid(format!(
+            "{f}: model '{}' was trained without enable_global_explain = TRUE; train it with that option, or pass a table or query to explain: {f}('{}', 'SELECT …')",
+            model.label(),
+            model.metadata.name
+        )));
+    };
+    let ranked: Vec<(String, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["feature"].as_str().unwrap_or_default().to_string(),
+                r["attribution"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    global_explain_batch(&ranked)
 }

@@ -127,6 +127,23 @@ pub struct TrainingSummary {
     pub wall_time_ms: f64,
 }
 
+/// The least-norm `x` minimising `|a x − b|` for symmetric positive semi-definite `a` (n × n,
+/// row-major): `a`'s pseudo-inverse applied to `b`, eigenvalues below 1e-10 of the largest
+/// counting as zero.
+fn min_norm_solve(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
+    let eig = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(n, n, a));
+    let largest = eig.eigenvalues.iter().copied().fold(0.0, f64::max);
+    let b = nalgebra::DVector::from_column_slice(b);
+    let mut x = nalgebra::DVector::zeros(n);
+    for (i, &l) in eig.eigenvalues.iter().enumerate() {
+        if l > largest * 1e-10 {
+            let v = eig.eigenvectors.column(i);
+            x += v * (v.dot(&b) / l);
+        }
+    }
+    x.iter().copied().collect()
+}
+
 /// Solves `a x = b` for symmetric positive-definite `a` (n × n, row-major) by Cholesky. `None`
 /// when `a` is not positive definite (within a relative tolerance).
 fn cholesky_solve(a: &[f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
@@ -300,19 +317,27 @@ impl LinearRegression {
             let u = polish_lasso(&au, &ru, &weights, min.x);
             let x = u.iter().zip(&c).map(|(u, c)| u / c).collect();
             (x, min.history, min.iterations, min.reason)
-        } else {
-            let x = cholesky_solve(&a, &rhs, k).ok_or_else(|| MllibError::InvalidParam {
-                param: "features".to_string(),
-                reason: format!(
-                    "the features are collinear (XᵀX is singular), e.g. among {}; drop one or use reg_param > 0",
-                    active.iter().take(4).map(|&j| names[j].as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            })?;
+        } else if let Some(x) = cholesky_solve(&a, &rhs, k) {
             (
                 x,
                 Vec::new(),
                 1,
                 "normal equations solved exactly".to_string(),
+            )
+        } else {
+            // Collinear features (e.g. every one-hot column of a string beside the intercept):
+            // the least-squares solutions form a line or plane; take the one of least norm, as
+            // scikit-learn's LinearRegression does.
+            let x = min_norm_solve(&a, &rhs, k);
+            let some: Vec<&str> = active.iter().take(4).map(|&j| names[j].as_str()).collect();
+            (
+                x,
+                Vec::new(),
+                1,
+                format!(
+                    "collinear features (XᵀX is singular, e.g. among {}): minimum-norm least-squares solution",
+                    some.join(", ")
+                ),
             )
         };
         let mut coefficients = vec![0.0; d];
@@ -548,7 +573,7 @@ impl Transformer for LinearRegressionModel {
             vec![self.intercept],
             self.summary.feature_mean.clone(),
             false,
-            None,
+            false,
         )
         .map(|e| Arc::new(e) as Arc<dyn crate::explain::Explainer>)
     }

@@ -466,8 +466,10 @@ fn best_split(
                     && gain > best_gain
                 {
                     best_gain = gain;
+                    // The last bin splits the missing values from all others: every number
+                    // goes left (the largest finite threshold, which a JSON codec can carry).
                     let threshold = if last {
-                        f64::INFINITY
+                        f64::MAX
                     } else {
                         data.bins.thresholds[j][b]
                     };

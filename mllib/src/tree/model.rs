@@ -420,7 +420,12 @@ impl<E: TreeEstimator> Model for TreeEnsembleModel<E> {
             }
             let tr = trees.last_mut().expect("pushed above");
             tr.feature.push(index(feature[i], "feature")?);
-            tr.threshold.push(threshold[i]);
+            // Models stored before thresholds were kept finite split "missing or not" at +∞.
+            tr.threshold.push(if threshold[i] == f64::INFINITY {
+                f64::MAX
+            } else {
+                threshold[i]
+            });
             tr.bin.push(index(bin[i], "bin")?.min(255) as u8);
             tr.default_left.push(default_left[i] != 0.0);
             tr.left.push(index(left[i], "child")?);

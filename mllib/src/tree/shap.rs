@@ -193,9 +193,9 @@ pub fn expected_value(tree: &Tree, column: usize) -> f64 {
     go(tree, 0, column)
 }
 
-/// TreeSHAP over an ensemble: boosted margins (the positive class's for two classes, the
-/// predicted class's for more), a forest classifier's predicted-class probability, or a
-/// regressor's value.
+/// TreeSHAP over an ensemble: a boosted classifier's margin of the predicted class (for two
+/// classes the positive class's margin, turned), a forest classifier's predicted-class
+/// probability, or a regressor's value.
 #[derive(Debug, Clone)]
 pub struct TreeExplainer {
     ensemble: Ensemble,
@@ -277,10 +277,15 @@ impl Explainer for TreeExplainer {
         }
         let mut out = vec![0.0; e.groups];
         e.outputs(x, &mut out);
-        Explained {
+        let explained = Explained {
             value: out[k],
             baseline,
             class,
+        };
+        if self.classifier && e.combine == Combine::Sum && e.groups == 1 {
+            explained.for_predicted_binary(phi)
+        } else {
+            explained
         }
     }
 }
@@ -414,12 +419,13 @@ mod tests {
         let x = [1.0, 0.5, 2.0];
         let mut phi = vec![0.0; 3];
         let out = e.explain(&x, &mut phi);
-        assert_eq!(out.class, Some(1));
-        let expected_margin = 0.3 + t.values[t.leaf(&x)] + u.values[u.leaf(&x)];
-        assert!((out.value - expected_margin).abs() < 1e-12);
+        let margin = 0.3 + t.values[t.leaf(&x)] + u.values[u.leaf(&x)];
+        let baseline = 0.3 + expected_value(&t, 0) + expected_value(&u, 0);
+        // The predicted class's margin: the positive class's, or its negation.
+        let sign = if margin > 0.0 { 1.0 } else { -1.0 };
+        assert_eq!(out.class, Some(usize::from(margin > 0.0)));
+        assert!((out.value - sign * margin).abs() < 1e-12);
+        assert!((out.baseline - sign * baseline).abs() < 1e-12);
         assert!((phi.iter().sum::<f64>() - (out.value - out.baseline)).abs() < 1e-12);
-        assert!(
-            (out.baseline - (0.3 + expected_value(&t, 0) + expected_value(&u, 0))).abs() < 1e-12
-        );
     }
 }

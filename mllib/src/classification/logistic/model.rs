@@ -161,7 +161,7 @@ impl Transformer for LogisticRegressionModel {
             self.intercepts.clone(),
             self.summary.feature_mean.clone(),
             self.multinomial,
-            (!self.multinomial).then_some(1),
+            !self.multinomial,
         )
         .map(|e| std::sync::Arc::new(e) as std::sync::Arc<dyn crate::explain::Explainer>)
     }
