@@ -1,4 +1,6 @@
-//! `BinaryClassificationEvaluator`: exact AUC ROC, AUC PR and log loss from per-score counts.
+//! `BinaryClassificationEvaluator`: AUC ROC, AUC PR and log loss from per-score counts, exact
+//! up to [`MAX_SCORE_BINS`] distinct scores; beyond, neighbouring scores share a bin (Spark's
+//! `numBins`), so the state stays bounded on any data.
 
 use super::*;
 
@@ -54,7 +56,8 @@ impl BinaryClassificationEvaluator {
             });
         }
         let prepared = session.prepare(&ds, session.runner()).await?;
-        let (counts, log_loss_sum) = prepared.aggregate(Arc::new(ScoreCounts { dim })).await?;
+        let histogram = prepared.aggregate(Arc::new(ScoreCounts { dim })).await?;
+        let (counts, log_loss_sum) = (&histogram.counts, histogram.log_loss);
         // Sweep thresholds from the highest score down.
         let (pos, neg): (f64, f64) = counts
             .values()
@@ -143,8 +146,9 @@ impl BinaryClassificationEvaluator {
         let ds = scored(data, &self.score_col)?;
         let dim = ds.feature_dim()?;
         let prepared = session.prepare(&ds, session.runner()).await?;
-        let (counts, _) = prepared.aggregate(Arc::new(ScoreCounts { dim })).await?;
-        let (pos, neg) = counts
+        let histogram = prepared.aggregate(Arc::new(ScoreCounts { dim })).await?;
+        let (pos, neg) = histogram
+            .counts
             .values()
             .fold((0.0, 0.0), |a, (p, n)| (a.0 + p, a.1 + n));
         let point = |threshold: f64, tp: f64, fp: f64| RocPoint {
@@ -154,11 +158,12 @@ impl BinaryClassificationEvaluator {
             true_negatives: (neg - fp) as u64,
             false_negatives: (pos - tp) as u64,
         };
-        // Scores with their counts, highest first.
-        let scores: Vec<(f64, f64, f64)> = counts
+        // Scores (a bin's lowest possible score) with their counts, highest first.
+        let scores: Vec<(f64, f64, f64)> = histogram
+            .counts
             .iter()
             .rev()
-            .map(|(k, (p, n))| (from_ordered_bits(*k), *p, *n))
+            .map(|(k, (p, n))| (histogram.lowest(*k), *p, *n))
             .collect();
         if let Some(ts) = thresholds {
             if let Some(t) = ts.iter().find(|t| !t.is_finite()) {
@@ -202,11 +207,90 @@ fn from_ordered_bits(b: u64) -> f64 {
     f64::from_bits(if b >> 63 == 1 { b & !(1 << 63) } else { !b })
 }
 
+/// Most distinct scores counted exactly: past it, scores are binned by their leading bits.
+pub const MAX_SCORE_BINS: usize = 1 << 16;
+
 /// Positive and negative counts per distinct score (keyed by the score's order-preserving bits),
 /// and the summed log loss.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct ScoreCounts {
     pub(super) dim: usize,
+}
+
+/// Positive and negative counts per score bin, and the summed log loss. A bin holds the scores
+/// whose order-preserving bits agree but for the last `shift` (0: one bin per distinct score).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(super) struct ScoreHistogram {
+    pub(super) counts: BTreeMap<u64, (f64, f64)>,
+    pub(super) shift: u32,
+    pub(super) log_loss: f64,
+}
+
+impl ScoreHistogram {
+    fn add(&mut self, score: f64, positive: bool) {
+        let e = self
+            .counts
+            .entry(bits_shr(ordered_bits(score), self.shift))
+            .or_insert((0.0, 0.0));
+        if positive {
+            e.0 += 1.0;
+        } else {
+            e.1 += 1.0;
+        }
+        if self.counts.len() > MAX_SCORE_BINS {
+            self.coarsen(self.shift + 4);
+        }
+    }
+
+    /// Bins by the leading bits only (`shift` ≥ the current one), merging bins.
+    fn coarsen(&mut self, shift: u32) {
+        let mut shift = shift;
+        loop {
+            let by = shift - self.shift;
+            if by > 0 {
+                let mut merged: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+                for (k, (p, n)) in std::mem::take(&mut self.counts) {
+                    let e = merged.entry(bits_shr(k, by)).or_insert((0.0, 0.0));
+                    e.0 += p;
+                    e.1 += n;
+                }
+                self.counts = merged;
+                self.shift = shift;
+            }
+            if self.counts.len() <= MAX_SCORE_BINS {
+                return;
+            }
+            shift += 4;
+        }
+    }
+
+    fn merge(&mut self, other: &ScoreHistogram) {
+        let mut other = other.clone();
+        let shift = self.shift.max(other.shift);
+        other.coarsen(shift);
+        self.coarsen(shift);
+        for (k, (p, n)) in other.counts {
+            let e = self.counts.entry(k).or_insert((0.0, 0.0));
+            e.0 += p;
+            e.1 += n;
+        }
+        self.log_loss += other.log_loss;
+        self.coarsen(self.shift);
+    }
+
+    /// The lowest score bin `key` can hold (the score itself when scores are not binned).
+    pub(super) fn lowest(&self, key: u64) -> f64 {
+        from_ordered_bits(if self.shift >= 64 {
+            0
+        } else {
+            key << self.shift
+        })
+    }
+}
+
+/// `bits >> shift`, zero when everything is shifted out.
+fn bits_shr(bits: u64, shift: u32) -> u64 {
+    bits.checked_shr(shift).unwrap_or(0)
 }
 
 /// Maps an f64 to a u64 whose order is the f64's order.
@@ -216,8 +300,8 @@ pub(super) fn ordered_bits(v: f64) -> u64 {
 }
 
 impl Statistic for ScoreCounts {
-    type State = (BTreeMap<u64, (f64, f64)>, f64);
-    type Output = (BTreeMap<u64, (f64, f64)>, f64);
+    type State = ScoreHistogram;
+    type Output = ScoreHistogram;
 
     const NAME: &'static str = "quiver_score_counts";
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
@@ -233,7 +317,7 @@ impl Statistic for ScoreCounts {
         }
     }
     fn init(&self) -> Self::State {
-        (BTreeMap::new(), 0.0)
+        ScoreHistogram::default()
     }
     fn update(&self, s: &mut Self::State, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
         let y = check_finite(b)?;
@@ -245,28 +329,18 @@ impl Statistic for ScoreCounts {
                 });
             }
             let score = b.row(r)[self.dim - 1];
-            let e = s.0.entry(ordered_bits(score)).or_insert((0.0, 0.0));
-            if label == 1.0 {
-                e.0 += 1.0;
-            } else {
-                e.1 += 1.0;
-            }
+            s.add(score, label == 1.0);
             let p = score.clamp(1e-15, 1.0 - 1e-15);
-            s.1 -= if label == 1.0 { p.ln() } else { (1.0 - p).ln() };
+            s.log_loss -= if label == 1.0 { p.ln() } else { (1.0 - p).ln() };
         }
         Ok(())
     }
     fn merge(&self, s: &mut Self::State, o: &Self::State) -> quiver_engine::Result<()> {
-        for (k, (p, n)) in &o.0 {
-            let e = s.0.entry(*k).or_insert((0.0, 0.0));
-            e.0 += p;
-            e.1 += n;
-        }
-        s.1 += o.1;
+        s.merge(o);
         Ok(())
     }
     fn finish(&self, s: Self::State) -> quiver_engine::Result<Self::State> {
-        if s.0.is_empty() {
+        if s.counts.is_empty() {
             return Err(QuiverError::EmptyDataset {
                 context: "evaluation".to_string(),
             });
@@ -274,15 +348,15 @@ impl Statistic for ScoreCounts {
         Ok(s)
     }
     fn encode_state(&self, s: &Self::State, out: &mut Vec<u8>) {
-        encode_f64s(&[s.1, s.0.len() as f64], out);
-        for (k, (p, n)) in &s.0 {
+        encode_f64s(&[s.log_loss, s.counts.len() as f64, s.shift as f64], out);
+        for (k, (p, n)) in &s.counts {
             out.extend_from_slice(&k.to_le_bytes());
             encode_f64s(&[*p, *n], out);
         }
     }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Self::State> {
-        let (head, mut rest) = decode_f64s(bytes, 2)?;
-        let mut map = BTreeMap::new();
+        let (head, mut rest) = decode_f64s(bytes, 3)?;
+        let mut counts = BTreeMap::new();
         for _ in 0..head[1] as usize {
             if rest.len() < 24 {
                 return Err(QuiverError::internal("score-count state too short"));
@@ -290,10 +364,14 @@ impl Statistic for ScoreCounts {
             let mut k = [0u8; 8];
             k.copy_from_slice(&rest[..8]);
             let (pn, r) = decode_f64s(&rest[8..], 2)?;
-            map.insert(u64::from_le_bytes(k), (pn[0], pn[1]));
+            counts.insert(u64::from_le_bytes(k), (pn[0], pn[1]));
             rest = r;
         }
-        Ok((map, head[0]))
+        Ok(ScoreHistogram {
+            counts,
+            shift: head[2] as u32,
+            log_loss: head[0],
+        })
     }
 }
 
@@ -310,5 +388,50 @@ mod tests {
         for x in xs {
             assert_eq!(from_ordered_bits(ordered_bits(x)), x + 0.0);
         }
+    }
+
+    /// Scores spread so that every one is distinct.
+    fn scores(n: usize, seed: u64) -> Vec<(f64, bool)> {
+        let mut state = seed;
+        (0..n)
+            .map(|i| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                (u, (i % 3 == 0) == (u > 0.4))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn histograms_stay_bounded_and_keep_counts_and_order() {
+        let data = scores(3 * MAX_SCORE_BINS, 7);
+        let (a, b) = data.split_at(data.len() / 3);
+        let mut h = ScoreHistogram::default();
+        let mut g = ScoreHistogram::default();
+        a.iter().for_each(|(s, y)| h.add(*s, *y));
+        assert_eq!(h.shift, 0, "exact while the distinct scores fit");
+        b.iter().for_each(|(s, y)| g.add(*s, *y));
+        assert!(g.shift > 0 && g.counts.len() <= MAX_SCORE_BINS);
+        h.merge(&g);
+        assert!(h.counts.len() <= MAX_SCORE_BINS);
+        let total: f64 = h.counts.values().map(|(p, n)| p + n).sum();
+        assert_eq!(total, data.len() as f64);
+        let positives = data.iter().filter(|(_, y)| *y).count() as f64;
+        assert_eq!(h.counts.values().map(|(p, _)| p).sum::<f64>(), positives);
+        // Every score lies in its bin: not below the bin's lowest score, below the next one's.
+        let keys: Vec<u64> = h.counts.keys().copied().collect();
+        for (s, _) in &data {
+            let k = bits_shr(ordered_bits(*s), h.shift);
+            let i = keys.binary_search(&k).expect("its bin");
+            assert!(*s >= h.lowest(k));
+            if let Some(next) = keys.get(i + 1) {
+                assert!(*s < h.lowest(*next));
+            }
+        }
+        // Encoding round trip.
+        let stat = ScoreCounts { dim: 1 };
+        let mut bytes = Vec::new();
+        stat.encode_state(&h, &mut bytes);
+        assert_eq!(stat.decode_state(&bytes).unwrap(), h);
     }
 }
