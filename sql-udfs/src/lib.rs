@@ -185,7 +185,7 @@ impl SqlSession {
             Value::String(s) => Some(s.clone()),
             other => Some(other.to_string()),
         };
-        let rows: Vec<(&str, Option<String>)> = vec![
+        let mut rows: Vec<(&str, Option<String>)> = vec![
             ("name", Some(m.name.clone())),
             ("version", Some(m.version.to_string())),
             (
@@ -211,6 +211,16 @@ impl SqlSession {
                 ),
             ),
             ("label", m.label.clone()),
+            // A string or boolean label's classes, in the order of ml_predict_proba's vector.
+            (
+                "classes",
+                ts["classes"].as_array().map(|c| {
+                    c.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }),
+            ),
             ("options", text(&ts["options"])),
             ("metrics", text(&m.metrics)),
             ("rows_train", text(&ts["rows_train"])),
@@ -218,6 +228,8 @@ impl SqlSession {
             ("query", text(&ts["query"])),
             ("created_at", Some(m.created_at.clone())),
         ];
+        // Classes are listed for classifiers of string or boolean labels only.
+        rows.retain(|(k, v)| *k != "classes" || v.is_some());
         let schema = Arc::new(Schema::new(vec![
             Field::new("property", DataType::Utf8, false),
             Field::new("value", DataType::Utf8, true),
