@@ -178,8 +178,8 @@ mod tests {
 
     #[test]
     fn binomial_explanations_speak_for_the_predicted_class() {
-        let e = LinearExplainer::new(vec![1.0, -2.0], vec![0.5], vec![0.0, 0.0], false, true)
-            .unwrap();
+        let e =
+            LinearExplainer::new(vec![1.0, -2.0], vec![0.5], vec![0.0, 0.0], false, true).unwrap();
         let mut phi = [0.0; 2];
         // Margin 0.5 + 1 − 4 = −2.5: class 0 predicted, its margin 2.5.
         let out = e.explain(&[1.0, 2.0], &mut phi);
@@ -193,11 +193,7 @@ mod tests {
 
     #[test]
     fn mismatched_means_give_no_explainer() {
-        assert!(
-            LinearExplainer::new(vec![1.0, 2.0], vec![0.0], vec![0.0], false, false).is_none()
-        );
-        assert!(
-            LinearExplainer::new(vec![1.0], vec![0.0], vec![f64::NAN], false, false).is_none()
-        );
+        assert!(LinearExplainer::new(vec![1.0, 2.0], vec![0.0], vec![0.0], false, false).is_none());
+        assert!(LinearExplainer::new(vec![1.0], vec![0.0], vec![f64::NAN], false, false).is_none());
     }
 }

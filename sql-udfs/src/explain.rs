@@ -10,8 +10,8 @@ use arrow::array::{ArrayRef, Float64Array, ListArray, RecordBatch, StringArray, 
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields};
 use futures::StreamExt;
-use quiver_engine::vector::{Missing, assemble_with, vector_values};
 use quiver_engine::FeatureBatch;
+use quiver_engine::vector::{Missing, assemble_with, vector_values};
 use quiver_mllib::RowPredictor;
 use quiver_mllib::catalog::{self, Attribution};
 use quiver_mllib::explain::{Explained, Explainer, top_features};
@@ -65,7 +65,9 @@ impl<'a> Attributor<'a> {
                     catalog::model_types_where(|a| a.attribution != Attribution::None)
                 )
             };
-            return Err(SqlError::Invalid(format!("{function}: model '{model}' {why}")));
+            return Err(SqlError::Invalid(format!(
+                "{function}: model '{model}' {why}"
+            )));
         };
         let inputs = rows.inputs.clone().unwrap_or(fallback_inputs);
         let features = (0..explainer.dim())
@@ -151,7 +153,10 @@ impl<'a> Attributor<'a> {
         }
         let mut phi = vec![0.0; n * dim];
         let mut explained = Vec::with_capacity(n);
-        for (row, out) in x.chunks_exact(dim.max(1)).zip(phi.chunks_exact_mut(dim.max(1))) {
+        for (row, out) in x
+            .chunks_exact(dim.max(1))
+            .zip(phi.chunks_exact_mut(dim.max(1)))
+        {
             explained.push(self.explainer.explain(row, out));
         }
         Ok(Attributions {
@@ -267,8 +272,7 @@ impl GlobalAttribution {
     /// (feature index, mean absolute attribution), largest first.
     pub fn ranked(&self) -> Vec<(usize, f64)> {
         let n = self.rows.max(1) as f64;
-        let mut out: Vec<(usize, f64)> =
-            self.sums.iter().map(|s| s / n).enumerate().collect();
+        let mut out: Vec<(usize, f64)> = self.sums.iter().map(|s| s / n).enumerate().collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         out
     }
@@ -303,7 +307,14 @@ pub(crate) fn attributor<'a>(
         .iter()
         .map(|f| f.name.clone())
         .collect();
-    Attributor::new(function, &model.label(), kind, rows, fallback, feature_names)
+    Attributor::new(
+        function,
+        &model.label(),
+        kind,
+        rows,
+        fallback,
+        feature_names,
+    )
 }
 
 /// The explained values of a batch as columns: prediction value, baseline, approximation

@@ -443,8 +443,9 @@ fn feature_importance(model: &LoadedModel) -> Result<RecordBatch> {
                     Field::new("importance_cover", DataType::Float64, false),
                 ],
                 vec![
-                    Arc::new(StringArray::from_iter_values(order.iter().map(|j| name(*j))))
-                        as ArrayRef,
+                    Arc::new(StringArray::from_iter_values(
+                        order.iter().map(|j| name(*j)),
+                    )) as ArrayRef,
                     pick(&order, &weight),
                     pick(&order, &gain),
                     pick(&order, &cover),
@@ -492,8 +493,9 @@ fn feature_importance(model: &LoadedModel) -> Result<RecordBatch> {
                     Field::new("stddev", DataType::Float64, false),
                 ],
                 vec![
-                    Arc::new(StringArray::from_iter_values(order.iter().map(|j| name(*j))))
-                        as ArrayRef,
+                    Arc::new(StringArray::from_iter_values(
+                        order.iter().map(|j| name(*j)),
+                    )) as ArrayRef,
                     pick(&order, &importance),
                     Arc::new(coefficient),
                     pick(&order, &std),
@@ -1197,7 +1199,9 @@ fn global_explain_batch(ranked: &[(String, f64)]) -> Result<RecordBatch> {
         Arc::new(StringArray::from_iter_values(
             ranked.iter().map(|(f, _)| f.as_str()),
         )),
-        Arc::new(Float64Array::from_iter_values(ranked.iter().map(|(_, v)| *v))),
+        Arc::new(Float64Array::from_iter_values(
+            ranked.iter().map(|(_, v)| *v),
+        )),
     ];
     Ok(RecordBatch::try_new(global_explain_schema(), cols)
         .map_err(quiver_engine::QuiverError::from)?)

@@ -24,11 +24,11 @@ pub use model::{
     GBTRegressionModel, RandomForestClassificationModel, RandomForestRegressionModel,
     TreeEnsembleModel, TreeEstimator, TreeSummary,
 };
-pub use shap::{TreeExplainer, expected_value, tree_shap};
 pub use params::{
     BoostParams, DecisionTreeClassifier, DecisionTreeRegressor, ForestParams, GBTClassifier,
     GBTRegressor, Impurity, Loss, RandomForestClassifier, RandomForestRegressor,
 };
+pub use shap::{TreeExplainer, expected_value, tree_shap};
 
 use std::time::Instant;
 

@@ -230,8 +230,7 @@ impl TreeExplainer {
         }
         let mut out = vec![0.0; e.groups];
         e.outputs(x, &mut out);
-        let k = (0..out.len())
-            .fold(0, |best, k| if out[k] > out[best] { k } else { best });
+        let k = (0..out.len()).fold(0, |best, k| if out[k] > out[best] { k } else { best });
         (k, Some(k))
     }
 }
@@ -295,7 +294,13 @@ mod tests {
     use super::*;
     use crate::tree::ensemble::SplitInfo;
 
-    fn split(t: &mut Tree, node: u32, feature: usize, threshold: f64, covers: [f64; 2]) -> [u32; 2] {
+    fn split(
+        t: &mut Tree,
+        node: u32,
+        feature: usize,
+        threshold: f64,
+        covers: [f64; 2],
+    ) -> [u32; 2] {
         let w = t.width;
         let l = t.push_leaf(&vec![0.0; w], covers[0]);
         let r = t.push_leaf(&vec![0.0; w], covers[1]);
