@@ -27,8 +27,9 @@ use crate::clustering::{KMeans, KMeansModel};
 use crate::decomposition::{PCA, PCAModel};
 use crate::error::{MllibError, Result};
 use crate::feature::{
-    ImputerModel, MinMaxScaler, MinMaxScalerModel, MissingNumbers, OneHotEncoderModel,
-    PreprocessorModel, StandardScaler, StandardScalerModel, StringIndexerModel, VectorAssembler,
+    Bucketizer, ImputerModel, Interaction, MinMaxScaler, MinMaxScalerModel, MissingNumbers,
+    OneHotEncoderModel, PolynomialExpansion, PreprocessorModel, StandardScaler,
+    StandardScalerModel, StringIndexerModel, VectorAssembler,
 };
 use crate::regression::{LinearRegression, LinearRegressionModel};
 use crate::tree::{
@@ -1178,6 +1179,24 @@ pub const FEATURE_STAGES: &[FeatureStage] = &[
         name: "imputer",
         build: None,
         load: load_model::<ImputerModel>,
+        register: no_functions,
+    },
+    FeatureStage {
+        name: "bucketizer",
+        build: None,
+        load: load_model::<Bucketizer>,
+        register: crate::feature::expand::register,
+    },
+    FeatureStage {
+        name: "polynomial_expansion",
+        build: None,
+        load: load_model::<PolynomialExpansion>,
+        register: no_functions,
+    },
+    FeatureStage {
+        name: "interaction",
+        build: None,
+        load: load_model::<Interaction>,
         register: no_functions,
     },
 ];

@@ -45,10 +45,11 @@ pub use evaluation::{
     MulticlassMetrics, RegressionEvaluator, RegressionMetrics,
 };
 pub use feature::{
-    CategoryEncoding, HandleInvalid, Imputer, ImputerModel, ImputerStrategy, MinMaxScaler,
-    MinMaxScalerModel, MissingNumbers, OneHotEncoder, OneHotEncoderModel, Preprocessor,
-    PreprocessorModel, StandardScaler, StandardScalerModel, StringIndexer, StringIndexerModel,
-    StringOrderType, VectorAssembler,
+    Bucketizer, CategoryEncoding, HandleInvalid, Imputer, ImputerModel, ImputerStrategy,
+    Interaction, MinMaxScaler, MinMaxScalerModel, MissingNumbers, OneHotEncoder,
+    OneHotEncoderModel, PolynomialExpansion, Preprocessor, PreprocessorModel, QuantileDiscretizer,
+    StandardScaler, StandardScalerModel, StringIndexer, StringIndexerModel, StringOrderType,
+    VectorAssembler,
 };
 pub use pipeline::{Pipeline, PipelineModel};
 pub use regression::{LinearRegression, LinearRegressionModel, TrainingSummary};

@@ -2,6 +2,7 @@
 //! the map primitive).
 
 mod assembler;
+pub(crate) mod expand;
 mod imputer;
 pub(crate) mod indexer;
 pub(crate) mod onehot;
@@ -9,6 +10,10 @@ pub(crate) mod preprocess;
 pub(crate) mod scaler;
 
 pub use assembler::VectorAssembler;
+pub use expand::{
+    Bucketizer, Interaction, InvalidValues, PolynomialExpansion, QuantileDiscretizer,
+    quantile_splits,
+};
 pub use imputer::{Imputer, ImputerModel, ImputerStrategy};
 pub use indexer::{HandleInvalid, StringIndexer, StringIndexerModel, StringOrderType};
 pub use onehot::{OneHotEncoder, OneHotEncoderModel};

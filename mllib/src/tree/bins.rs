@@ -19,7 +19,7 @@ const SAMPLE_ROWS: usize = 200_000;
 
 /// The bottom-k row sample by hash.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct BinSample {
+pub(crate) struct BinSample {
     pub dim: usize,
     /// Rows kept (k).
     pub rows: usize,
@@ -44,7 +44,7 @@ impl BinSample {
 
 /// Sampled rows and their hashes; `tau` is the largest hash that can still enter.
 #[derive(Debug, Clone)]
-pub(super) struct SampleState {
+pub(crate) struct SampleState {
     hashes: Vec<u64>,
     values: Vec<f64>,
     tau: u64,
@@ -92,6 +92,11 @@ pub(super) fn splitmix(mut z: u64) -> u64 {
 }
 
 impl SampleState {
+    /// Feature `j` of the sampled rows (`dim` features each).
+    pub(crate) fn column(&self, j: usize, dim: usize) -> Vec<f64> {
+        self.values.iter().skip(j).step_by(dim).copied().collect()
+    }
+
     fn len(&self) -> usize {
         self.hashes.len()
     }

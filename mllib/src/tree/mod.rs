@@ -9,7 +9,7 @@
 //! boosting parallelises each histogram. Prediction walks flattened trees over whole row
 //! blocks (a map function), so `ml_predict` runs where the data is, also on a cluster.
 
-mod bins;
+pub(crate) mod bins;
 mod ensemble;
 mod forest;
 mod gbt;
