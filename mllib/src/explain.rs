@@ -142,6 +142,29 @@ impl Explainer for LinearExplainer {
     }
 }
 
+/// Rows explained per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+/// Explains the row-major rows `x` (`dim` wide), in parallel blocks on the current rayon pool
+/// (run it inside `QuiverSession::run_compute`): the attributions, row-major, and per row
+/// its explained value.
+pub fn explain_rows(e: &dyn Explainer, x: &[f64], dim: usize) -> (Vec<f64>, Vec<Explained>) {
+    use rayon::prelude::*;
+    let width = dim.max(1);
+    let mut phi = vec![0.0; x.len() / width * dim];
+    let explained = x
+        .par_chunks(ROWS_PER_TASK * width)
+        .zip(phi.par_chunks_mut(ROWS_PER_TASK * width))
+        .flat_map_iter(|(rows, out)| {
+            rows.chunks_exact(width)
+                .zip(out.chunks_exact_mut(width))
+                .map(|(row, p)| e.explain(row, p))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (phi, explained)
+}
+
 /// The `top_k` features of a row's attributions by absolute value (ties: feature order).
 pub fn top_features(phi: &[f64], top_k: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..phi.len()).collect();

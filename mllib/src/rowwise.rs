@@ -125,17 +125,18 @@ impl RowPredictor {
 
 impl RowPredictor {
     /// The predictor's input vectors for a batch of encoded or assembled rows (`values`,
-    /// row-major, `dim` wide): the rows through the vector maps between (scalers).
-    pub fn predictor_inputs(
+    /// row-major, `dim` wide): the rows through the vector maps between (scalers), or the rows
+    /// themselves when there are none.
+    pub fn predictor_inputs<'a>(
         &self,
-        values: Vec<f64>,
+        values: &'a [f64],
         dim: usize,
-    ) -> quiver_engine::Result<(Vec<f64>, usize)> {
-        let (mut values, mut dim) = (values, dim);
+    ) -> quiver_engine::Result<(std::borrow::Cow<'a, [f64]>, usize)> {
+        let (mut values, mut dim) = (std::borrow::Cow::Borrowed(values), dim);
         for f in &self.maps {
             let out = f.apply(&FeatureBatch::new(&values, dim)?)?;
             let (v, d) = vector_values(out.as_ref(), f.name())?;
-            values = v.to_vec();
+            values = std::borrow::Cow::Owned(v.to_vec());
             dim = d;
         }
         Ok((values, dim))

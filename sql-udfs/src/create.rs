@@ -420,7 +420,7 @@ pub async fn create_model(
     stages.extend(inner.stages().iter().cloned());
     let model = PipelineModel::from_stages(stages);
     let global = if global_explain {
-        Some(global_attribution(&c.name, o.algorithm, &model, &prep, &train_raw).await?)
+        Some(global_attribution(session, &c.name, o.algorithm, &model, &prep, &train_raw).await?)
     } else {
         None
     };
@@ -494,6 +494,7 @@ pub async fn create_model(
 /// The mean absolute attribution of each feature over the training rows (`ml_global_explain`),
 /// largest first, as `[{feature, attribution}]`.
 async fn global_attribution(
+    session: &QuiverSession,
     name: &str,
     algorithm: &Algorithm,
     model: &PipelineModel,
@@ -510,8 +511,12 @@ async fn global_attribution(
         Vec::new(),
         prep.feature_names().to_vec(),
     )?;
-    let total =
-        GlobalAttribution::over(&a, train.dataframe().clone().execute_stream().await?).await?;
+    let total = GlobalAttribution::over(
+        session,
+        &a,
+        train.dataframe().clone().execute_stream().await?,
+    )
+    .await?;
     Ok(total
         .ranked()
         .into_iter()

@@ -10,11 +10,11 @@ use arrow::array::{ArrayRef, Float64Array, ListArray, RecordBatch, StringArray, 
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields};
 use futures::StreamExt;
-use quiver_engine::FeatureBatch;
 use quiver_engine::vector::{Missing, assemble_with, vector_values};
+use quiver_engine::{FeatureBatch, QuiverSession};
 use quiver_mllib::RowPredictor;
 use quiver_mllib::catalog::{self, Attribution};
-use quiver_mllib::explain::{Explained, Explainer, top_features};
+use quiver_mllib::explain::{Explained, Explainer, explain_rows, top_features};
 
 use crate::error::{Result, SqlError};
 use crate::models::LoadedModel;
@@ -119,8 +119,8 @@ impl<'a> Attributor<'a> {
             .collect()
     }
 
-    /// The attributions of every row of `batch`.
-    pub fn explain(&self, batch: &RecordBatch) -> Result<Attributions> {
+    /// The attributions of every row of `batch`, computed on `session`'s compute threads.
+    pub fn explain(&self, session: &QuiverSession, batch: &RecordBatch) -> Result<Attributions> {
         let n = batch.num_rows();
         let arrays = self.arrays(batch)?;
         let (encoded, encoded_dim) = match &self.rows.encoder {
@@ -142,7 +142,7 @@ impl<'a> Attributor<'a> {
                 (values.to_vec(), dim)
             }
         };
-        let (x, dim) = self.rows.predictor_inputs(encoded.clone(), encoded_dim)?;
+        let (x, dim) = self.rows.predictor_inputs(&encoded, encoded_dim)?;
         if dim != self.explainer.dim() {
             return Err(SqlError::Invalid(format!(
                 "{}: model '{}' explains {} features, its stages give {dim}",
@@ -151,14 +151,8 @@ impl<'a> Attributor<'a> {
                 self.explainer.dim()
             )));
         }
-        let mut phi = vec![0.0; n * dim];
-        let mut explained = Vec::with_capacity(n);
-        for (row, out) in x
-            .chunks_exact(dim.max(1))
-            .zip(phi.chunks_exact_mut(dim.max(1)))
-        {
-            explained.push(self.explainer.explain(row, out));
-        }
+        let (phi, explained) =
+            session.run_compute(|| explain_rows(self.explainer.as_ref(), &x, dim));
         Ok(Attributions {
             dim,
             phi,
@@ -279,6 +273,7 @@ impl GlobalAttribution {
 
     /// Over every row of a stream of batches.
     pub async fn over(
+        session: &QuiverSession,
         attributor: &Attributor<'_>,
         mut stream: datafusion::physical_plan::SendableRecordBatchStream,
     ) -> Result<Self> {
@@ -286,7 +281,7 @@ impl GlobalAttribution {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             if batch.num_rows() > 0 {
-                total.add(&attributor.explain(&batch)?);
+                total.add(&attributor.explain(session, &batch)?);
             }
         }
         Ok(total)

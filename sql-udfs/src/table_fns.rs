@@ -733,7 +733,7 @@ impl TableFunctionImpl for ModelTableFunction {
                     return self.deferred(&args, evaluation);
                 }
                 Kind::ExplainPredict => {
-                    let explanation = Explanation::plan(&args, model)?;
+                    let explanation = Explanation::plan(&args, self.base.clone(), model)?;
                     return self.deferred(&args, explanation);
                 }
                 Kind::GlobalExplain => match args.exprs().get(1) {
@@ -748,7 +748,11 @@ impl TableFunctionImpl for ModelTableFunction {
                         }
                         // Fails now when the model has no attributions.
                         attributor(f, &model, feature_names(&model))?;
-                        let global = GlobalExplain { model, source };
+                        let global = GlobalExplain {
+                            base: self.base.clone(),
+                            model,
+                            source,
+                        };
                         return self.deferred(&args, global);
                     }
                 },
@@ -1036,6 +1040,7 @@ impl<T: Computed> TableProvider for Deferred<T> {
 /// the explained value, then the source's columns.
 #[derive(Debug)]
 struct Explanation {
+    base: QuiverSession,
     model: Arc<LoadedModel>,
     source: String,
     top_k: usize,
@@ -1044,7 +1049,11 @@ struct Explanation {
 
 impl Explanation {
     /// Checks the arguments and plans the source (for its columns) before any row is read.
-    fn plan(args: &TableFunctionArgs, model: Arc<LoadedModel>) -> Result<Self> {
+    fn plan(
+        args: &TableFunctionArgs,
+        base: QuiverSession,
+        model: Arc<LoadedModel>,
+    ) -> Result<Self> {
         let f = Kind::ExplainPredict.name();
         let source = string_arg(f, args.exprs(), 1, "table name or query")?;
         if args.exprs().len() > 3 {
@@ -1102,6 +1111,7 @@ impl Explanation {
             fields.push(field.as_ref().clone());
         }
         Ok(Explanation {
+            base,
             model,
             source,
             top_k,
@@ -1130,7 +1140,7 @@ impl Computed for Explanation {
             if batch.num_rows() == 0 {
                 continue;
             }
-            let explained = a.explain(&batch)?;
+            let explained = a.explain(&self.base, &batch)?;
             let (prediction, probability) = a.predict(&explained)?;
             let mut cols = vec![prediction];
             cols.extend(probability);
@@ -1149,6 +1159,7 @@ impl Computed for Explanation {
 /// `ml_global_explain` over a table or query.
 #[derive(Debug)]
 struct GlobalExplain {
+    base: QuiverSession,
     model: Arc<LoadedModel>,
     source: String,
 }
@@ -1176,7 +1187,7 @@ impl Computed for GlobalExplain {
             "table"
         };
         a.check_columns(&names, &format!("{what} '{}'", self.source))?;
-        let total = GlobalAttribution::over(&a, df.execute_stream().await?).await?;
+        let total = GlobalAttribution::over(&self.base, &a, df.execute_stream().await?).await?;
         let ranked: Vec<(String, f64)> = total
             .ranked()
             .into_iter()

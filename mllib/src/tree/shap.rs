@@ -166,19 +166,20 @@ fn recurse(
 
 /// Adds `scale` × the Shapley values of `tree`'s leaf value `column` at `x` to `phi`.
 pub fn tree_shap(tree: &Tree, x: &[f64], column: usize, scale: f64, phi: &mut [f64]) {
-    let depth = tree.depth();
-    // Level d copies the path (at most d + 1 items) after its parent's.
-    let room = (depth + 2) * (depth + 3);
-    let mut path = vec![
-        PathItem {
-            feature: 0,
-            zero: 0.0,
-            one: 0.0,
-            weight: 0.0,
-        };
-        room
-    ];
+    let mut path = path_buffer(tree.depth());
     recurse(tree, x, column, scale, phi, 0, &mut path, 0, 1.0, 1.0, 0);
+}
+
+/// Room for the paths of a tree of depth `depth`: level d copies the path (at most d + 1
+/// items) after its parent's.
+fn path_buffer(depth: usize) -> Vec<PathItem> {
+    let empty = PathItem {
+        feature: 0,
+        zero: 0.0,
+        one: 0.0,
+        weight: 0.0,
+    };
+    vec![empty; (depth + 2) * (depth + 3)]
 }
 
 /// A tree's expected leaf value `column` over its covers: the output with no feature known.
@@ -202,6 +203,8 @@ pub struct TreeExplainer {
     classifier: bool,
     /// Per tree, its expected value in each leaf column.
     expected: Vec<Vec<f64>>,
+    /// The deepest tree's depth: one path buffer of that size serves every tree of a row.
+    depth: usize,
 }
 
 impl TreeExplainer {
@@ -211,16 +214,18 @@ impl TreeExplainer {
             .iter()
             .map(|t| (0..t.width).map(|c| expected_value(t, c)).collect())
             .collect();
+        let depth = ensemble.trees.iter().map(Tree::depth).max().unwrap_or(0);
         TreeExplainer {
             ensemble,
             classifier,
             expected,
+            depth,
         }
     }
 
-    /// The explained output: its index among the ensemble's outputs and the class it stands
-    /// for (classifiers).
-    fn output(&self, x: &[f64]) -> (usize, Option<usize>) {
+    /// The explained output given the ensemble's outputs for the row: its index and the
+    /// class it stands for (classifiers).
+    fn output(&self, out: &[f64]) -> (usize, Option<usize>) {
         let e = &self.ensemble;
         if !self.classifier {
             return (0, None);
@@ -228,8 +233,6 @@ impl TreeExplainer {
         if e.combine == Combine::Sum && e.groups == 1 {
             return (0, Some(1));
         }
-        let mut out = vec![0.0; e.groups];
-        e.outputs(x, &mut out);
         let k = (0..out.len()).fold(0, |best, k| if out[k] > out[best] { k } else { best });
         (k, Some(k))
     }
@@ -255,13 +258,16 @@ impl Explainer for TreeExplainer {
     fn explain(&self, x: &[f64], phi: &mut [f64]) -> Explained {
         phi.fill(0.0);
         let e = &self.ensemble;
-        let (k, class) = self.output(x);
+        let mut out = vec![0.0; e.groups];
+        e.outputs(x, &mut out);
+        let (k, class) = self.output(&out);
+        let mut path = path_buffer(self.depth);
         let mut baseline = e.base[k];
         match e.combine {
             Combine::Sum => {
                 for (t, tree) in e.trees.iter().enumerate() {
                     if t % e.groups == k {
-                        tree_shap(tree, x, 0, 1.0, phi);
+                        recurse(tree, x, 0, 1.0, phi, 0, &mut path, 0, 1.0, 1.0, 0);
                         baseline += self.expected[t][0];
                     }
                 }
@@ -269,13 +275,11 @@ impl Explainer for TreeExplainer {
             Combine::Average => {
                 let scale = 1.0 / e.trees.len().max(1) as f64;
                 for (t, tree) in e.trees.iter().enumerate() {
-                    tree_shap(tree, x, k, scale, phi);
+                    recurse(tree, x, k, scale, phi, 0, &mut path, 0, 1.0, 1.0, 0);
                     baseline += scale * self.expected[t][k];
                 }
             }
         }
-        let mut out = vec![0.0; e.groups];
-        e.outputs(x, &mut out);
         let explained = Explained {
             value: out[k],
             baseline,
