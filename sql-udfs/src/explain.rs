@@ -203,11 +203,16 @@ fn attribution_fields() -> Fields {
 
 /// The type of `top_feature_attributions`: a list of (feature, attribution).
 pub(crate) fn attributions_type() -> DataType {
-    DataType::List(Arc::new(Field::new(
+    DataType::List(attribution_item())
+}
+
+/// The list item of `top_feature_attributions`.
+fn attribution_item() -> Arc<Field> {
+    Arc::new(Field::new(
         "item",
         DataType::Struct(attribution_fields()),
         true,
-    )))
+    ))
 }
 
 /// Per row, its `top_k` attributions by absolute value as a list of (feature, attribution).
@@ -228,11 +233,8 @@ pub(crate) fn top_attributions(a: &Attributions, features: &[String], top_k: usi
         ],
         None,
     );
-    let DataType::List(item) = attributions_type() else {
-        unreachable!("attributions_type is a list")
-    };
     Arc::new(ListArray::new(
-        item,
+        attribution_item(),
         OffsetBuffer::from_lengths(offsets.windows(2).map(|w| w[1] - w[0])),
         Arc::new(entries),
         None,
