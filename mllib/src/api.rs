@@ -92,9 +92,32 @@ pub trait ColumnEncoder: Send + Sync + Debug {
     }
 }
 
+/// A first stage that computes typed columns from the input columns (a fitted `TRANSFORM`
+/// clause), batch by batch, for the encoding stage after it.
+pub trait ColumnMap: Send + Sync + Debug {
+    /// The input columns, in argument order.
+    fn inputs(&self) -> &[String];
+    /// The columns it writes, in order.
+    fn outputs(&self) -> &[String];
+    /// Whether argument `i` may have type `t`; the error says what the column needs.
+    fn check_input(
+        &self,
+        i: usize,
+        t: &arrow::datatypes::DataType,
+    ) -> std::result::Result<(), String>;
+    /// The output columns of a batch of `rows` rows of the input columns.
+    fn apply(
+        &self,
+        arrays: &[arrow::array::ArrayRef],
+        rows: usize,
+    ) -> quiver_engine::Result<Vec<arrow::array::ArrayRef>>;
+}
+
 /// What one fitted stage does to a row, for row-wise application (`ml_predict`).
 #[derive(Debug, Clone)]
 pub enum RowStage {
+    /// Computes the columns the next (encoding) stage reads from the input columns.
+    Columns(Arc<dyn ColumnMap>),
     /// Encodes typed input columns into the feature vector (automatic preprocessing).
     Encode(Arc<dyn ColumnEncoder>),
     /// Builds the feature vector from these input columns (a `VectorAssembler`).

@@ -1182,6 +1182,12 @@ pub const FEATURE_STAGES: &[FeatureStage] = &[
         register: no_functions,
     },
     FeatureStage {
+        name: "sql_transform",
+        build: None,
+        load: load_model::<crate::feature::SqlTransformModel>,
+        register: no_functions,
+    },
+    FeatureStage {
         name: "bucketizer",
         build: None,
         load: load_model::<Bucketizer>,

@@ -29,7 +29,7 @@ pub mod tree;
 pub mod tuning;
 
 pub use api::{
-    ColumnEncoder, DynEstimator, DynModel, Estimator, Model, RowStage, Transformer, load, save,
+    ColumnEncoder, ColumnMap, DynEstimator, DynModel, Estimator, Model, RowStage, Transformer, load, save,
 };
 pub use catalog::{ALGORITHMS, Algorithm, Task};
 pub use classification::{
@@ -48,7 +48,7 @@ pub use feature::{
     Bucketizer, CategoryEncoding, HandleInvalid, Imputer, ImputerModel, ImputerStrategy,
     Interaction, MinMaxScaler, MinMaxScalerModel, MissingNumbers, OneHotEncoder,
     OneHotEncoderModel, PolynomialExpansion, Preprocessor, PreprocessorModel, QuantileDiscretizer,
-    StandardScaler, StandardScalerModel, StringIndexer, StringIndexerModel, StringOrderType,
+    SqlTransformModel, StandardScaler, StandardScalerModel, StringIndexer, StringIndexerModel, StringOrderType,
     VectorAssembler,
 };
 pub use pipeline::{Pipeline, PipelineModel};

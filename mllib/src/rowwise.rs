@@ -11,7 +11,7 @@ use quiver_engine::vector::vector_values;
 use quiver_engine::{BatchFunction, FeatureBatch, ModelMetadata, ModelStore, QuiverError};
 
 use crate::api::DynModel;
-pub use crate::api::{ColumnEncoder, RowStage};
+pub use crate::api::{ColumnEncoder, ColumnMap, RowStage};
 use crate::catalog::load_stage;
 use crate::error::{MllibError, Result};
 use crate::explain::Explainer;
@@ -50,6 +50,8 @@ impl RowPredictor {
         let mut inputs = None;
         let mut encoder: Option<Arc<dyn ColumnEncoder>> = None;
         let mut maps: Vec<Arc<dyn BatchFunction>> = Vec::new();
+        // A TRANSFORM clause: its columns feed the encoding stage right after it.
+        let mut columns: Option<Arc<dyn ColumnMap>> = None;
         let unsupported = |kind: &str, why: &str| MllibError::InvalidParam {
             param: "model".to_string(),
             reason: format!("model '{name}' cannot be applied row by row: its {kind} stage {why}"),
@@ -57,8 +59,27 @@ impl RowPredictor {
         for (i, stage) in stages.iter().enumerate() {
             let last = i + 1 == stages.len();
             match stage.row_stage() {
+                RowStage::Columns(m) if i == 0 => columns = Some(m),
+                RowStage::Columns(_) => {
+                    return Err(unsupported(
+                        stage.kind(),
+                        "computes columns after the first stage",
+                    ));
+                }
+                _ if columns.is_some() && i == 1 && !matches!(stage.row_stage(), RowStage::Encode(_)) => {
+                    return Err(unsupported(
+                        stage.kind(),
+                        "follows a TRANSFORM stage but does not encode its columns",
+                    ));
+                }
                 RowStage::Assemble(cols) if i == 0 => inputs = Some(cols),
-                RowStage::Encode(e) if i == 0 => {
+                RowStage::Encode(e) if i == 0 || (i == 1 && columns.is_some()) => {
+                    let e = match columns.take() {
+                        Some(m) => Arc::new(MappedEncoder::new(m, e).map_err(|why| {
+                            unsupported(stage.kind(), &why)
+                        })?) as Arc<dyn ColumnEncoder>,
+                        None => e,
+                    };
                     inputs = Some(e.inputs().to_vec());
                     encoder = Some(e);
                 }
@@ -120,6 +141,64 @@ impl RowPredictor {
             param: "model".to_string(),
             reason: format!("model '{name}' has no predictor stage"),
         })
+    }
+}
+
+/// The encoding stage over the columns a TRANSFORM stage computes: takes the TRANSFORM's
+/// inputs, encodes its outputs.
+#[derive(Debug)]
+struct MappedEncoder {
+    map: Arc<dyn ColumnMap>,
+    encoder: Arc<dyn ColumnEncoder>,
+    /// For each encoder input, its index among the map's outputs.
+    order: Vec<usize>,
+}
+
+impl MappedEncoder {
+    fn new(
+        map: Arc<dyn ColumnMap>,
+        encoder: Arc<dyn ColumnEncoder>,
+    ) -> std::result::Result<Self, String> {
+        let order = encoder
+            .inputs()
+            .iter()
+            .map(|c| {
+                map.outputs().iter().position(|o| o == c).ok_or_else(|| {
+                    format!(
+                        "reads column '{c}', which the TRANSFORM stage does not write ({})",
+                        map.outputs().join(", ")
+                    )
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(MappedEncoder {
+            map,
+            encoder,
+            order,
+        })
+    }
+}
+
+impl ColumnEncoder for MappedEncoder {
+    fn inputs(&self) -> &[String] {
+        self.map.inputs()
+    }
+    fn dim(&self) -> usize {
+        self.encoder.dim()
+    }
+    fn feature_names(&self) -> &[String] {
+        self.encoder.feature_names()
+    }
+    fn check_input(&self, i: usize, t: &DataType) -> std::result::Result<(), String> {
+        self.map.check_input(i, t)
+    }
+    fn encode(&self, arrays: &[ArrayRef], rows: usize) -> quiver_engine::Result<Vec<f64>> {
+        let out = self.map.apply(arrays, rows)?;
+        let columns: Vec<ArrayRef> = self.order.iter().map(|&k| Arc::clone(&out[k])).collect();
+        self.encoder.encode(&columns, rows)
+    }
+    fn classes(&self) -> Option<(&[String], DataType)> {
+        self.encoder.classes()
     }
 }
 

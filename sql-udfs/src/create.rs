@@ -236,8 +236,12 @@ pub async fn create_model(
         });
     }
     let df = query_frame(session, c).await?;
-    let schema = df.schema().clone();
-    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let raw_columns: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let label = if !o.algorithm.task.supervised() {
         None
     } else {
@@ -259,62 +263,22 @@ pub async fn create_model(
                 reason: format!("expects exactly one column, got {}", cols.len()),
             });
         };
-        if !columns.contains(label) {
+        // With a TRANSFORM clause the label is one of its outputs (checked when it is fitted).
+        if c.transform.is_none() && !raw_columns.contains(label) {
             return Err(SqlError::InvalidOption {
                 option: "input_label_cols".to_string(),
                 reason: format!(
                     "label column '{label}' is not among the query's columns ({})",
-                    columns.join(", ")
+                    raw_columns.join(", ")
                 ),
             });
         }
         Some(label.clone())
     };
-    // Features: every other column, as the query returns it; automatic preprocessing
-    // (BigQuery ML's) encodes strings, booleans and times and fills nulls.
-    let mut features = Vec::new();
-    for f in schema.fields() {
-        if Some(f.name()) == label.as_ref() {
-            continue;
-        }
-        let t = f.data_type();
-        if ColumnKind::of(t).is_none() {
-            return Err(SqlError::Invalid(format!(
-                "feature column '{}' has type {t}; CREATE MODEL takes numbers, booleans, strings, dates and timestamps (cast it, or leave it out of the query)",
-                f.name()
-            )));
-        }
-        features.push(FeatureField {
-            name: f.name().clone(),
-            data_type: t.to_string(),
-        });
-    }
-    if features.is_empty() {
-        return Err(SqlError::Invalid(
-            "the training query selects no feature columns besides the label".to_string(),
-        ));
+    if c.transform.is_none() {
+        check_columns(&o, df.schema().as_arrow(), label.as_deref())?;
     }
     let classify = o.algorithm.task == Task::Classification;
-    if let Some(l) = &label {
-        let t = schema
-            .field_with_unqualified_name(l)
-            .map(|f| f.data_type().clone())
-            .unwrap_or(DataType::Null);
-        let numeric = t.is_integer() || t.is_floating();
-        let class_like =
-            t == DataType::Boolean || ColumnKind::of(&t) == Some(ColumnKind::Categorical);
-        if !(numeric || classify && class_like) {
-            return Err(SqlError::Invalid(format!(
-                "label column '{l}' has type {t}; model_type '{}' needs a numeric label{}",
-                o.model_type,
-                if classify {
-                    " or a string or boolean class"
-                } else {
-                    ""
-                }
-            )));
-        }
-    }
     let global_explain = match o.map.get("enable_global_explain") {
         Some(e) => expr_bool("enable_global_explain", e)?,
         None => false,
@@ -334,7 +298,6 @@ pub async fn create_model(
         None if o.algorithm.missing_values == MissingNumbers::Keep => CategoryEncoding::Label,
         None => CategoryEncoding::OneHot,
     };
-    let names: Vec<String> = features.iter().map(|f| f.name.clone()).collect();
     let raw = Dataset::new(df);
     let rows = raw.count().await?;
     let seed = o.usize("seed")?.unwrap_or(42) as u64;
@@ -346,6 +309,22 @@ pub async fn create_model(
             (parts.pop().expect("two parts"), eval)
         }
     };
+    // A TRANSFORM clause is fitted on the training rows; its outputs are the model's columns.
+    let sql_transform = match &c.transform {
+        Some(items) => Some(
+            crate::transform::fit(session, train_raw.dataframe(), items, label.as_deref()).await?,
+        ),
+        None => None,
+    };
+    let (train_in, eval_in) = match &sql_transform {
+        Some(t) => (
+            t.transform(&train_raw)?,
+            eval_raw.as_ref().map(|e| t.transform(e)).transpose()?,
+        ),
+        None => (train_raw.clone(), eval_raw.clone()),
+    };
+    let features = check_columns(&o, train_in.dataframe().schema().as_arrow(), label.as_deref())?;
+    let names: Vec<String> = features.iter().map(|f| f.name.clone()).collect();
     // The preprocessing is fitted on the training rows, as every other stage.
     let mut preprocessor = Preprocessor::new(&names)
         .output_col(ENCODED)
@@ -354,9 +333,9 @@ pub async fn create_model(
     if let Some(l) = &label {
         preprocessor = preprocessor.label(l.clone(), classify);
     }
-    let prep = preprocessor.fit(session, &train_raw).await?;
-    let train = prep.transform(&train_raw)?;
-    let eval = eval_raw.as_ref().map(|e| prep.transform(e)).transpose()?;
+    let prep = preprocessor.fit(session, &train_in).await?;
+    let train = prep.transform(&train_in)?;
+    let eval = eval_in.as_ref().map(|e| prep.transform(e)).transpose()?;
     let encoded = [ENCODED.to_string()];
     // What a trial trains, and so what the stored model is: the estimator with the
     // statement's options, then the best trial's values of the tuned ones.
@@ -374,7 +353,25 @@ pub async fn create_model(
             // The trials read the encoded rows (the vector, the label's class index) beside
             // the raw columns, whose values decide the split as they did here: the trials
             // hold out the rows the stored model is evaluated on.
-            let all = prep.transform(&raw)?;
+            let (all, split_on) = match &sql_transform {
+                None => (prep.transform(&raw)?, raw_columns.clone()),
+                Some(st) => {
+                    // The TRANSFORM's outputs beside the raw columns under other names.
+                    let df = raw.dataframe();
+                    let (mut exprs, with_label) = st.exprs(df, true)?;
+                    let mut split_on = Vec::with_capacity(raw_columns.len());
+                    for (i, name) in raw_columns.iter().enumerate() {
+                        let alias = format!("__quiver_raw_{i}");
+                        exprs.push(datafusion::prelude::col(quiver_engine::aggregate::quoted_name(name)).alias(&alias));
+                        split_on.push(alias);
+                    }
+                    let mut input = Dataset::new(df.clone().select(exprs)?);
+                    if let (true, Some(l)) = (with_label, &label) {
+                        input = input.with_label(l)?;
+                    }
+                    (prep.transform(&input)?, split_on)
+                }
+            };
             let (record, best) = t
                 .run(
                     session,
@@ -383,7 +380,7 @@ pub async fn create_model(
                     all.dataframe().clone(),
                     all.label(),
                     &encoded,
-                    &columns,
+                    &split_on,
                     &fixed,
                     fraction,
                     seed,
@@ -416,7 +413,11 @@ pub async fn create_model(
         .transpose()?
         .map(|(draft, _)| draft.training_summary)
         .unwrap_or(Value::Null);
-    let mut stages = vec![Arc::new(prep.clone()) as Arc<dyn DynModel>];
+    let mut stages: Vec<Arc<dyn DynModel>> = Vec::new();
+    if let Some(t) = &sql_transform {
+        stages.push(Arc::new(t.clone()));
+    }
+    stages.push(Arc::new(prep.clone()));
     stages.extend(inner.stages().iter().cloned());
     let model = PipelineModel::from_stages(stages);
     let global = if global_explain {
@@ -427,7 +428,19 @@ pub async fn create_model(
     let (mut draft, parts) = model.to_parts()?;
     draft.kind = PipelineModel::KIND.to_string();
     draft.format_version = PipelineModel::FORMAT_VERSION;
-    draft.features = features;
+    draft.features = match &sql_transform {
+        // ml_predict takes the columns the TRANSFORM reads.
+        Some(t) => t
+            .params()
+            .inputs
+            .iter()
+            .map(|i| FeatureField {
+                name: i.name.clone(),
+                data_type: i.data_type.clone(),
+            })
+            .collect(),
+        None => features,
+    };
     draft.label = label.clone();
     draft.metrics = json!({
         "evaluated_on": if eval_rows > 0 { "held-out rows" } else { "training rows" },
@@ -449,6 +462,10 @@ pub async fn create_model(
         "feature_info": prep.feature_info(),
         "encoded_features": prep.feature_names(),
         "classes": prep.label_classes().map(|l| &l.classes),
+        "transform": sql_transform.as_ref().map(|t| json!({
+            "clause": t.params().clause,
+            "columns": t.params().outputs,
+        })),
         "wall_time_ms": started.elapsed().as_secs_f64() * 1e3,
     });
     if let Some(t) = tuning {
@@ -489,6 +506,55 @@ pub async fn create_model(
         Arc::new(StringArray::from(vec![metrics.to_string()])),
     ];
     Ok(RecordBatch::try_new(schema, cols).map_err(quiver_engine::QuiverError::from)?)
+}
+
+/// The feature columns of the model's input rows (every column but the label), each of a type
+/// the automatic preprocessing reads, and the label of a type the model type takes.
+fn check_columns(o: &Options, schema: &Schema, label: Option<&str>) -> Result<Vec<FeatureField>> {
+    let mut features = Vec::new();
+    for f in schema.fields() {
+        if Some(f.name().as_str()) == label {
+            continue;
+        }
+        let t = f.data_type();
+        if ColumnKind::of(t).is_none() {
+            return Err(SqlError::Invalid(format!(
+                "feature column '{}' has type {t}; CREATE MODEL takes numbers, booleans, strings, dates and timestamps (cast it, or leave it out of the query)",
+                f.name()
+            )));
+        }
+        features.push(FeatureField {
+            name: f.name().clone(),
+            data_type: t.to_string(),
+        });
+    }
+    if features.is_empty() {
+        return Err(SqlError::Invalid(
+            "the training query selects no feature columns besides the label".to_string(),
+        ));
+    }
+    let classify = o.algorithm.task == Task::Classification;
+    if let Some(l) = label {
+        let t = schema
+            .field_with_name(l)
+            .map(|f| f.data_type().clone())
+            .unwrap_or(DataType::Null);
+        let numeric = t.is_integer() || t.is_floating();
+        let class_like =
+            t == DataType::Boolean || ColumnKind::of(&t) == Some(ColumnKind::Categorical);
+        if !(numeric || classify && class_like) {
+            return Err(SqlError::Invalid(format!(
+                "label column '{l}' has type {t}; model_type '{}' needs a numeric label{}",
+                o.model_type,
+                if classify {
+                    " or a string or boolean class"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    Ok(features)
 }
 
 /// The mean absolute attribution of each feature over the training rows (`ml_global_explain`),

@@ -17,6 +17,7 @@ pub mod models;
 pub mod predict;
 pub mod statement;
 pub mod table_fns;
+pub mod transform;
 
 use std::sync::Arc;
 

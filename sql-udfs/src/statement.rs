@@ -1,7 +1,7 @@
 //! Splitting a SQL script into statements and parsing Quiver's ML statements:
 //!
 //! ```sql
-//! CREATE [OR REPLACE] MODEL [IF NOT EXISTS] name OPTIONS (key = value, …) AS SELECT …
+//! CREATE [OR REPLACE] MODEL [IF NOT EXISTS] name [TRANSFORM (select-list)] OPTIONS (key = value, …) AS SELECT …
 //! DROP MODEL [IF EXISTS] name
 //! SHOW MODELS
 //! DESCRIBE MODEL name
@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::{Expr, Query, Value};
+use datafusion::sql::sqlparser::ast::{Expr, Query, SelectItem, Value};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -46,6 +46,8 @@ pub struct CreateModel {
     pub name: String,
     pub or_replace: bool,
     pub if_not_exists: bool,
+    /// The `TRANSFORM` clause's select list, as written.
+    pub transform: Option<Vec<SelectItem>>,
     /// Option names lower-cased, in the order written.
     pub options: Vec<(String, Expr)>,
     pub query: Box<Query>,
@@ -171,6 +173,14 @@ fn parse_ml(tokens: Vec<TokenWithSpan>) -> Result<MlStatement> {
             ));
         }
         let model = name(&mut p)?;
+        let transform = if parse_word(&mut p, "TRANSFORM") {
+            p.expect_token(&Token::LParen).map_err(perr)?;
+            let items = p.parse_projection().map_err(perr)?;
+            p.expect_token(&Token::RParen).map_err(perr)?;
+            Some(items)
+        } else {
+            None
+        };
         let mut options = Vec::new();
         if p.parse_keyword(Keyword::OPTIONS) {
             p.expect_token(&Token::LParen).map_err(perr)?;
@@ -197,6 +207,7 @@ fn parse_ml(tokens: Vec<TokenWithSpan>) -> Result<MlStatement> {
             name: model,
             or_replace,
             if_not_exists,
+            transform,
             options,
             query,
         })

@@ -8,6 +8,7 @@ pub(crate) mod indexer;
 pub(crate) mod onehot;
 pub(crate) mod preprocess;
 pub(crate) mod scaler;
+pub(crate) mod sql_transform;
 
 pub use assembler::VectorAssembler;
 pub use expand::{
@@ -21,4 +22,5 @@ pub use preprocess::{
     CategoryEncoding, ColumnInfo, ColumnKind, Encoder, LABEL_INDEX, LabelClasses,
     MAX_LABEL_CLASSES, MissingNumbers, Preprocessor, PreprocessorModel,
 };
+pub use sql_transform::{SqlColumn, SqlInput, SqlTransformModel, SqlTransformParams};
 pub use scaler::{MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel};
