@@ -365,10 +365,12 @@ pub async fn create_model(
                         exprs.push(datafusion::prelude::col(quiver_engine::aggregate::quoted_name(name)).alias(&alias));
                         split_on.push(alias);
                     }
-                    let mut input = Dataset::new(df.clone().select(exprs)?);
-                    if let (true, Some(l)) = (with_label, &label) {
-                        input = input.with_label(l)?;
+                    if label.is_some() && !with_label {
+                        return Err(SqlError::Invalid(
+                            "TRANSFORM: the label's inputs are missing from the query".to_string(),
+                        ));
                     }
+                    let input = Dataset::new(df.clone().select(exprs)?);
                     (prep.transform(&input)?, split_on)
                 }
             };

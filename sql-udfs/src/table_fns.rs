@@ -16,6 +16,9 @@
 //! - `ml_global_explain('m' [, source])`: per feature its mean absolute attribution over the
 //!   training rows (recorded by `CREATE MODEL … enable_global_explain = TRUE`) or over a
 //!   table or query (`ML.GLOBAL_EXPLAIN`);
+//! - `ml_transform('m', source)`: the columns the model's `TRANSFORM` clause computes from a
+//!   table or query (its features, and the label where the source has its inputs), as BigQuery
+//!   ML's `ML.TRANSFORM`;
 //! - `ml_principal_component_info('m')`: per principal component of a decomposition model
 //!   (PCA) its eigenvalue and explained variance ratio, as BigQuery ML's
 //!   `ML.PRINCIPAL_COMPONENT_INFO`;
@@ -64,6 +67,7 @@ enum Kind {
     RocCurve,
     ExplainPredict,
     GlobalExplain,
+    Transform,
 }
 
 impl Kind {
@@ -80,6 +84,7 @@ impl Kind {
             Kind::RocCurve => "ml_roc_curve",
             Kind::ExplainPredict => "ml_explain_predict",
             Kind::GlobalExplain => "ml_global_explain",
+            Kind::Transform => "ml_transform",
         }
     }
 }
@@ -112,6 +117,7 @@ pub fn table_functions(
         Kind::RocCurve,
         Kind::ExplainPredict,
         Kind::GlobalExplain,
+        Kind::Transform,
     ]
     .into_iter()
     .map(|kind| {
@@ -732,6 +738,10 @@ impl TableFunctionImpl for ModelTableFunction {
                     };
                     return self.deferred(&args, evaluation);
                 }
+                Kind::Transform => {
+                    let t = TransformTable::plan(&args, model)?;
+                    return self.deferred(&args, t);
+                }
                 Kind::ExplainPredict => {
                     let explanation = Explanation::plan(&args, self.base.clone(), model)?;
                     return self.deferred(&args, explanation);
@@ -1033,6 +1043,75 @@ impl<T: Computed> TableProvider for Deferred<T> {
         let batches = run.await.map_err(SqlError::into_datafusion)?;
         let table = MemTable::try_new(self.0.schema(), vec![batches])?;
         table.scan(state, projection, filters, limit).await
+    }
+}
+
+/// `ml_transform`: the model's TRANSFORM outputs over a table or query.
+#[derive(Debug)]
+struct TransformTable {
+    stage: Arc<dyn quiver_mllib::DynModel>,
+    source: String,
+    schema: SchemaRef,
+}
+
+impl TransformTable {
+    /// The model's TRANSFORM stage, or an error saying the model has none.
+    fn stage(model: &LoadedModel) -> Result<Arc<dyn quiver_mllib::DynModel>> {
+        let first = match model.model.row_stage() {
+            quiver_mllib::RowStage::Pipeline(stages) => stages.first().cloned(),
+            _ => None,
+        };
+        first
+            .filter(|s| s.kind() == quiver_mllib::SqlTransformModel::KIND_NAME)
+            .ok_or_else(|| {
+                SqlError::Invalid(format!(
+                    "{}: model '{}' was not created with a TRANSFORM clause",
+                    Kind::Transform.name(),
+                    model.label()
+                ))
+            })
+    }
+
+    fn frame(&self, df: DataFrame) -> Result<DataFrame> {
+        Ok(self.stage.transform(&Dataset::new(df))?.into_dataframe())
+    }
+
+    fn plan(args: &TableFunctionArgs, model: Arc<LoadedModel>) -> Result<Self> {
+        let f = Kind::Transform.name();
+        let source = string_arg(f, args.exprs(), 1, "table name or query")?;
+        if args.exprs().len() > 2 {
+            return Err(SqlError::Invalid(format!(
+                "{f}: takes the model and a table or query; got {} arguments",
+                args.exprs().len()
+            )));
+        }
+        let stage = Self::stage(&model)?;
+        let state = state_of(f, args.session())?;
+        let ctx = SessionContext::new_with_state(state.clone());
+        let df = quiver_engine::fanout::block_on(source_frame(&ctx, &source))?;
+        let mut t = TransformTable {
+            stage,
+            source,
+            schema: Arc::new(Schema::empty()),
+        };
+        let out = t.frame(df).map_err(|e| {
+            SqlError::Invalid(format!("{f}: model '{}' on '{}': {e}", model.label(), t.source))
+        })?;
+        t.schema = out.schema().inner().clone();
+        Ok(t)
+    }
+}
+
+#[async_trait]
+impl Computed for TransformTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn compute(&self, state: &SessionState) -> Result<Vec<RecordBatch>> {
+        let ctx = SessionContext::new_with_state(state.clone());
+        let df = source_frame(&ctx, &self.source).await?;
+        Ok(self.frame(df)?.collect().await?)
     }
 }
 

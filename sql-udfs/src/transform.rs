@@ -733,7 +733,9 @@ impl Fitter<'_> {
                 let n = call
                     .count_arg(1, "the number of buckets", 2)?
                     .expect("arity checked");
-                let frame = self.arg_frame(call, arg, Some(DataType::Float64))?;
+                let frame = self
+                    .arg_frame(call, arg, Some(DataType::Float64))?
+                    .filter(col(ARG).is_not_null())?;
                 let data = Dataset::new(frame).with_features([ARG])?;
                 let b = QuantileDiscretizer::new()
                     .num_buckets(n)

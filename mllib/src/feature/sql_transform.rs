@@ -17,6 +17,8 @@ use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use datafusion::common::DFSchema;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{Expr, SessionContext};
 use quiver_engine::{Dataset, ModelDraft, ModelMetadata, QuiverError};
@@ -69,6 +71,9 @@ impl PartialEq for SqlTransformModel {
 }
 
 impl SqlTransformModel {
+    /// The stage's kind in the store (`Model::KIND`, for callers holding a `DynModel`).
+    pub const KIND_NAME: &'static str = "sql_transform";
+
     /// Compiles the fitted expressions against the input types; an expression that does not
     /// compile (an unknown function, a type error) is an error naming its output column.
     pub fn new(params: SqlTransformParams) -> Result<Self> {
@@ -143,12 +148,11 @@ impl Transformer for SqlTransformModel {
     /// with the label computed where the input has it.
     fn transform(&self, data: &Dataset) -> Result<Dataset> {
         let df = data.dataframe();
-        let (exprs, label) = self.exprs(df, true)?;
+        // The label keeps no role here: the encoding stage after this one knows its column
+        // (and turns a string label into class indices).
+        let (exprs, _) = self.exprs(df, true)?;
         let out = df.clone().select(exprs).map_err(QuiverError::from)?;
         let mut ds = Dataset::new(out);
-        if let (true, Some(l)) = (label, &self.params.label) {
-            ds = ds.with_label(&l.name)?;
-        }
         if let Some(w) = data.weight() {
             if ds.columns().iter().any(|c| c == w) {
                 ds = ds.with_weight(w)?;
@@ -163,7 +167,7 @@ impl Transformer for SqlTransformModel {
 }
 
 impl Model for SqlTransformModel {
-    const KIND: &'static str = "sql_transform";
+    const KIND: &'static str = Self::KIND_NAME;
     const FORMAT_VERSION: u32 = 1;
 
     fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
@@ -216,10 +220,19 @@ impl Compiled {
         let df_schema = DFSchema::try_from(Arc::clone(&schema)).map_err(QuiverError::from)?;
         // Only built-in functions: the fitted expressions need nothing of Quiver's.
         let ctx = SessionContext::new();
+        // Simplified as a query's projection would be (some functions, such as COALESCE, are
+        // only executable once rewritten).
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(Arc::new(df_schema.clone()))
+                .build(),
+        );
         let mut exprs = Vec::with_capacity(p.outputs.len());
         for o in &p.outputs {
             let e = ctx
                 .parse_sql_expr(&o.sql, &df_schema)
+                .and_then(|e| simplifier.coerce(e, &df_schema))
+                .and_then(|e| simplifier.simplify(e))
                 .and_then(|e| ctx.create_physical_expr(e, &df_schema))
                 .map_err(|e| invalid(format!("column '{}' = {}: {e}", o.name, o.sql)))?;
             exprs.push(e);
