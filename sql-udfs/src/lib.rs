@@ -222,6 +222,8 @@ impl SqlSession {
                         .join(", ")
                 }),
             ),
+            // The TRANSFORM clause as written (its fitted SQL is in the training summary).
+            ("transform", ts["transform"]["clause"].as_str().map(str::to_string)),
             ("options", text(&ts["options"])),
             ("metrics", text(&m.metrics)),
             ("rows_train", text(&ts["rows_train"])),
@@ -229,8 +231,8 @@ impl SqlSession {
             ("query", text(&ts["query"])),
             ("created_at", Some(m.created_at.clone())),
         ];
-        // Classes are listed for classifiers of string or boolean labels only.
-        rows.retain(|(k, v)| *k != "classes" || v.is_some());
+        // Classes and the TRANSFORM clause only where the model has them.
+        rows.retain(|(k, v)| !matches!(*k, "classes" | "transform") || v.is_some());
         let schema = Arc::new(Schema::new(vec![
             Field::new("property", DataType::Utf8, false),
             Field::new("value", DataType::Utf8, true),
