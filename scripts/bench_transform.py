@@ -78,7 +78,8 @@ def main():
         capture_output=True, text=True, check=True,
     ))
     accuracy = float(run.stdout.split('"accuracy":', 1)[1].split(",", 1)[0])
-    predicted = float(run.stdout.strip().split()[-2])
+    # The last table's single value (the line before "(1 row)").
+    predicted = float(run.stdout.strip().splitlines()[-2].split()[-1])
 
     def sklearn_fit():
         t = pq.read_table(path)

@@ -29,7 +29,8 @@ pub mod tree;
 pub mod tuning;
 
 pub use api::{
-    ColumnEncoder, ColumnMap, DynEstimator, DynModel, Estimator, Model, RowStage, Transformer, load, save,
+    ColumnEncoder, ColumnMap, DynEstimator, DynModel, Estimator, Model, RowStage, Transformer,
+    load, save,
 };
 pub use catalog::{ALGORITHMS, Algorithm, Task};
 pub use classification::{
@@ -48,8 +49,8 @@ pub use feature::{
     Bucketizer, CategoryEncoding, HandleInvalid, Imputer, ImputerModel, ImputerStrategy,
     Interaction, MinMaxScaler, MinMaxScalerModel, MissingNumbers, OneHotEncoder,
     OneHotEncoderModel, PolynomialExpansion, Preprocessor, PreprocessorModel, QuantileDiscretizer,
-    SqlTransformModel, StandardScaler, StandardScalerModel, StringIndexer, StringIndexerModel, StringOrderType,
-    VectorAssembler,
+    SqlTransformModel, StandardScaler, StandardScalerModel, StringIndexer, StringIndexerModel,
+    StringOrderType, VectorAssembler,
 };
 pub use pipeline::{Pipeline, PipelineModel};
 pub use regression::{LinearRegression, LinearRegressionModel, TrainingSummary};

@@ -66,7 +66,10 @@ impl RowPredictor {
                         "computes columns after the first stage",
                     ));
                 }
-                _ if columns.is_some() && i == 1 && !matches!(stage.row_stage(), RowStage::Encode(_)) => {
+                _ if columns.is_some()
+                    && i == 1
+                    && !matches!(stage.row_stage(), RowStage::Encode(_)) =>
+                {
                     return Err(unsupported(
                         stage.kind(),
                         "follows a TRANSFORM stage but does not encode its columns",
@@ -75,9 +78,10 @@ impl RowPredictor {
                 RowStage::Assemble(cols) if i == 0 => inputs = Some(cols),
                 RowStage::Encode(e) if i == 0 || (i == 1 && columns.is_some()) => {
                     let e = match columns.take() {
-                        Some(m) => Arc::new(MappedEncoder::new(m, e).map_err(|why| {
-                            unsupported(stage.kind(), &why)
-                        })?) as Arc<dyn ColumnEncoder>,
+                        Some(m) => Arc::new(
+                            MappedEncoder::new(m, e)
+                                .map_err(|why| unsupported(stage.kind(), &why))?,
+                        ) as Arc<dyn ColumnEncoder>,
                         None => e,
                     };
                     inputs = Some(e.inputs().to_vec());

@@ -323,7 +323,11 @@ pub async fn create_model(
         ),
         None => (train_raw.clone(), eval_raw.clone()),
     };
-    let features = check_columns(&o, train_in.dataframe().schema().as_arrow(), label.as_deref())?;
+    let features = check_columns(
+        &o,
+        train_in.dataframe().schema().as_arrow(),
+        label.as_deref(),
+    )?;
     let names: Vec<String> = features.iter().map(|f| f.name.clone()).collect();
     // The preprocessing is fitted on the training rows, as every other stage.
     let mut preprocessor = Preprocessor::new(&names)
@@ -362,7 +366,10 @@ pub async fn create_model(
                     let mut split_on = Vec::with_capacity(raw_columns.len());
                     for (i, name) in raw_columns.iter().enumerate() {
                         let alias = format!("__quiver_raw_{i}");
-                        exprs.push(datafusion::prelude::col(quiver_engine::aggregate::quoted_name(name)).alias(&alias));
+                        exprs.push(
+                            datafusion::prelude::col(quiver_engine::aggregate::quoted_name(name))
+                                .alias(&alias),
+                        );
                         split_on.push(alias);
                     }
                     if label.is_some() && !with_label {

@@ -223,7 +223,10 @@ impl SqlSession {
                 }),
             ),
             // The TRANSFORM clause as written (its fitted SQL is in the training summary).
-            ("transform", ts["transform"]["clause"].as_str().map(str::to_string)),
+            (
+                "transform",
+                ts["transform"]["clause"].as_str().map(str::to_string),
+            ),
             ("options", text(&ts["options"])),
             ("metrics", text(&m.metrics)),
             ("rows_train", text(&ts["rows_train"])),

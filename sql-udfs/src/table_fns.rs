@@ -1095,7 +1095,11 @@ impl TransformTable {
             schema: Arc::new(Schema::empty()),
         };
         let out = t.frame(df).map_err(|e| {
-            SqlError::Invalid(format!("{f}: model '{}' on '{}': {e}", model.label(), t.source))
+            SqlError::Invalid(format!(
+                "{f}: model '{}' on '{}': {e}",
+                model.label(),
+                t.source
+            ))
         })?;
         t.schema = out.schema().inner().clone();
         Ok(t)

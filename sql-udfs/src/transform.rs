@@ -74,7 +74,11 @@ const SCALAR: &[&str] = &[
     "ml_label_encoder",
 ];
 /// Functions that write several columns (whole items only).
-const MULTI: &[&str] = &["ml_one_hot_encoder", "ml_polynomial_expand", "ml_feature_cross"];
+const MULTI: &[&str] = &[
+    "ml_one_hot_encoder",
+    "ml_polynomial_expand",
+    "ml_feature_cross",
+];
 /// The analytic ones (they need `OVER ()`).
 const ANALYTIC: &[&str] = &[
     "ml_standard_scaler",
@@ -116,7 +120,11 @@ fn parse_expr(sql: &str) -> Result<SqlExpr> {
     Parser::new(&GenericDialect {})
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_expr())
-        .map_err(|e| err(format!("internal: generated SQL `{sql}` does not parse: {e}")))
+        .map_err(|e| {
+            err(format!(
+                "internal: generated SQL `{sql}` does not parse: {e}"
+            ))
+        })
 }
 
 /// A call of one of the functions, taken apart.
@@ -187,12 +195,16 @@ impl Call {
                 )));
             }
             (Some(_), false) => {
-                return Err(err(format!("{name} is not an analytic function: drop OVER")));
+                return Err(err(format!(
+                    "{name} is not an analytic function: drop OVER"
+                )));
             }
             (None, false) => {}
         }
         if f.filter.is_some() || f.null_treatment.is_some() || !f.within_group.is_empty() {
-            return Err(err(format!("{text}: FILTER, NULLS and WITHIN GROUP do not apply")));
+            return Err(err(format!(
+                "{text}: FILTER, NULLS and WITHIN GROUP do not apply"
+            )));
         }
         Ok(Call { name, args, text })
     }
@@ -311,7 +323,10 @@ pub async fn fit(
         let e = train
             .parse_sql_expr(sql)
             .map_err(|e| err(format!("column '{name}' = {sql}: {e}")))?;
-        Ok(e.column_refs().into_iter().map(|c| c.name.clone()).collect())
+        Ok(e.column_refs()
+            .into_iter()
+            .map(|c| c.name.clone())
+            .collect())
     };
     let mut used = BTreeSet::new();
     let mut label_out = None;
@@ -609,7 +624,9 @@ impl Fitter<'_> {
                 call.arity(1, 0, "one numeric expression")?;
                 let arg = self.numeric_arg(call, 0)?;
                 let a = col(ARG);
-                let s = self.stats(call, arg, vec![avg(a.clone()), stddev(a)]).await?;
+                let s = self
+                    .stats(call, arg, vec![avg(a.clone()), stddev(a)])
+                    .await?;
                 let mean = s[0].ok_or_else(|| Self::no_values(call))?;
                 Ok(match s[1] {
                     Some(sd) if sd > 0.0 && sd.is_finite() => {
@@ -644,7 +661,11 @@ impl Fitter<'_> {
                 let arg = self.numeric_arg(call, 0)?;
                 let a = col(ARG);
                 let s = self
-                    .stats(call, arg, vec![max(datafusion::functions::math::expr_fn::abs(a))])
+                    .stats(
+                        call,
+                        arg,
+                        vec![max(datafusion::functions::math::expr_fn::abs(a))],
+                    )
                     .await?;
                 let m = s[0].ok_or_else(|| Self::no_values(call))?;
                 Ok(if m > 0.0 {
@@ -654,7 +675,11 @@ impl Fitter<'_> {
                 })
             }
             "ml_imputer" => {
-                call.arity(2, 0, "an expression and a strategy ('mean', 'median' or 'most_frequent')")?;
+                call.arity(
+                    2,
+                    0,
+                    "an expression and a strategy ('mean', 'median' or 'most_frequent')",
+                )?;
                 let strategy = call
                     .string_arg(1, "the strategy")?
                     .unwrap_or_default()
@@ -684,7 +709,11 @@ impl Fitter<'_> {
                 }
             }
             "ml_bucketize" => {
-                call.arity(2, 1, "an expression, an array of split points and optionally exclude_boundaries")?;
+                call.arity(
+                    2,
+                    1,
+                    "an expression, an array of split points and optionally exclude_boundaries",
+                )?;
                 self.numeric_arg(call, 0)?;
                 let mut splits = match &call.args[1] {
                     SqlExpr::Array(a) => a
@@ -700,7 +729,8 @@ impl Fitter<'_> {
                         )));
                     }
                 };
-                if splits.windows(2).any(|w| w[0] >= w[1]) || splits.iter().any(|s| !s.is_finite()) {
+                if splits.windows(2).any(|w| w[0] >= w[1]) || splits.iter().any(|s| !s.is_finite())
+                {
                     return Err(err(format!(
                         "{}: the split points must be finite and strictly increasing",
                         call.text
@@ -746,7 +776,11 @@ impl Fitter<'_> {
                 Ok(bucket_case(&x(), &inner))
             }
             "ml_label_encoder" => {
-                call.arity(1, 2, "a string expression, optionally top_k and frequency_threshold")?;
+                call.arity(
+                    1,
+                    2,
+                    "a string expression, optionally top_k and frequency_threshold",
+                )?;
                 let top_k = call.count_arg(1, "top_k", 1)?.unwrap_or(DEFAULT_TOP_K);
                 let threshold = call
                     .count_arg(2, "frequency_threshold", 0)?
@@ -774,7 +808,10 @@ impl Fitter<'_> {
         let batches = frame
             .filter(col(ARG).is_not_null())?
             .aggregate(vec![col(ARG)], vec![count(lit(1)).alias("n")])?
-            .sort(vec![col("n").sort(false, false), col(ARG).sort(true, false)])?
+            .sort(vec![
+                col("n").sort(false, false),
+                col(ARG).sort(true, false),
+            ])?
             .limit(0, Some(1))?
             .collect()
             .await?;
@@ -784,13 +821,15 @@ impl Fitter<'_> {
             .ok_or_else(|| Self::no_values(call))?;
         let v = ScalarValue::try_from_array(b.column(0), 0)?;
         Ok(match &t {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..) => {
-                string_literal(&v.to_string())
-            }
+            DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Dictionary(..) => string_literal(&v.to_string()),
             t if t.is_integer() => v.to_string(),
             t if t.is_floating() => {
                 let f = ScalarValue::try_from_array(
-                    &arrow::compute::cast(b.column(0), &DataType::Float64).map_err(QuiverError::from)?,
+                    &arrow::compute::cast(b.column(0), &DataType::Float64)
+                        .map_err(QuiverError::from)?,
                     0,
                 )?;
                 match f {
@@ -823,8 +862,10 @@ impl Fitter<'_> {
             .await?;
         let mut all: Vec<(String, u64)> = Vec::new();
         for b in &batches {
-            let v = arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(QuiverError::from)?;
-            let n = arrow::compute::cast(b.column(1), &DataType::Int64).map_err(QuiverError::from)?;
+            let v =
+                arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(QuiverError::from)?;
+            let n =
+                arrow::compute::cast(b.column(1), &DataType::Int64).map_err(QuiverError::from)?;
             let (v, n) = (v.as_string::<i32>(), n.as_primitive::<Int64Type>());
             for i in 0..b.num_rows() {
                 all.push((v.value(i).to_string(), n.value(i) as u64));
@@ -858,7 +899,11 @@ impl Fitter<'_> {
         };
         match call.name.as_str() {
             "ml_one_hot_encoder" => {
-                call.arity(1, 3, "a string expression, optionally drop, top_k and frequency_threshold")?;
+                call.arity(
+                    1,
+                    3,
+                    "a string expression, optionally drop, top_k and frequency_threshold",
+                )?;
                 let drop = call
                     .string_arg(1, "drop")?
                     .unwrap_or_else(|| "none".to_string())
@@ -1066,12 +1111,7 @@ mod tests {
     fn combinations_by_size() {
         assert_eq!(
             combinations(3, 3),
-            vec![
-                vec![0, 1],
-                vec![0, 2],
-                vec![1, 2],
-                vec![0, 1, 2]
-            ]
+            vec![vec![0, 1], vec![0, 2], vec![1, 2], vec![0, 1, 2]]
         );
         assert_eq!(combinations(2, 4), vec![vec![0, 1]]);
     }

@@ -22,5 +22,5 @@ pub use preprocess::{
     CategoryEncoding, ColumnInfo, ColumnKind, Encoder, LABEL_INDEX, LabelClasses,
     MAX_LABEL_CLASSES, MissingNumbers, Preprocessor, PreprocessorModel,
 };
-pub use sql_transform::{SqlColumn, SqlInput, SqlTransformModel, SqlTransformParams};
 pub use scaler::{MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel};
+pub use sql_transform::{SqlColumn, SqlInput, SqlTransformModel, SqlTransformParams};

@@ -113,10 +113,12 @@ impl SqlTransformModel {
             }
         }
         let parse = |c: &SqlColumn| -> Result<Expr> {
-            let e = df.parse_sql_expr(&c.sql).map_err(|e| MllibError::InvalidParam {
-                param: "transform".to_string(),
-                reason: format!("column '{}' = {}: {e}", c.name, c.sql),
-            })?;
+            let e = df
+                .parse_sql_expr(&c.sql)
+                .map_err(|e| MllibError::InvalidParam {
+                    param: "transform".to_string(),
+                    reason: format!("column '{}' = {}: {e}", c.name, c.sql),
+                })?;
             Ok(e.alias(&c.name))
         };
         let mut out = self
@@ -153,10 +155,11 @@ impl Transformer for SqlTransformModel {
         let (exprs, _) = self.exprs(df, true)?;
         let out = df.clone().select(exprs).map_err(QuiverError::from)?;
         let mut ds = Dataset::new(out);
-        if let Some(w) = data.weight() {
-            if ds.columns().iter().any(|c| c == w) {
-                ds = ds.with_weight(w)?;
-            }
+        if let Some(w) = data
+            .weight()
+            .filter(|w| ds.columns().iter().any(|c| c == w))
+        {
+            ds = ds.with_weight(w)?;
         }
         Ok(ds)
     }
@@ -259,7 +262,9 @@ impl ColumnMap for Compiled {
         let Some(f) = self.schema.fields().get(i) else {
             return Err(format!("the model takes {} columns", self.inputs.len()));
         };
-        if t == f.data_type() || *t == DataType::Null || arrow::compute::can_cast_types(t, f.data_type())
+        if t == f.data_type()
+            || *t == DataType::Null
+            || arrow::compute::can_cast_types(t, f.data_type())
         {
             Ok(())
         } else {
@@ -285,16 +290,14 @@ impl ColumnMap for Compiled {
                 if a.data_type() == f.data_type() {
                     Ok(Arc::clone(a))
                 } else {
-                    arrow::compute::cast(a, f.data_type()).map_err(|e| {
-                        QuiverError::InvalidParam {
-                            param: f.name().clone(),
-                            reason: format!(
-                                "column '{}' of type {} cannot be read as {}: {e}",
-                                f.name(),
-                                a.data_type(),
-                                f.data_type()
-                            ),
-                        }
+                    arrow::compute::cast(a, f.data_type()).map_err(|e| QuiverError::InvalidParam {
+                        param: f.name().clone(),
+                        reason: format!(
+                            "column '{}' of type {} cannot be read as {}: {e}",
+                            f.name(),
+                            a.data_type(),
+                            f.data_type()
+                        ),
                     })
                 }
             })
@@ -308,5 +311,105 @@ impl ColumnMap for Compiled {
             .iter()
             .map(|e| Ok(e.evaluate(&batch)?.into_array(rows)?))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray, Float64Array, StringArray};
+    use arrow::datatypes::Float64Type;
+
+    fn params(outputs: &[(&str, &str)]) -> SqlTransformParams {
+        SqlTransformParams {
+            inputs: vec![
+                SqlInput {
+                    name: "x".to_string(),
+                    data_type: "Float64".to_string(),
+                },
+                SqlInput {
+                    name: "s".to_string(),
+                    data_type: "Utf8".to_string(),
+                },
+            ],
+            outputs: outputs
+                .iter()
+                .map(|(n, sql)| SqlColumn {
+                    name: n.to_string(),
+                    sql: sql.to_string(),
+                })
+                .collect(),
+            label: None,
+            label_inputs: Vec::new(),
+            clause: String::new(),
+        }
+    }
+
+    #[test]
+    fn evaluates_fitted_sql_on_raw_batches() {
+        let m = SqlTransformModel::new(params(&[
+            ("z", "(CAST((x) AS DOUBLE) - 2.0) / 4.0"),
+            ("filled", "COALESCE(CAST((x) AS DOUBLE), 9.5)"),
+            (
+                "bin",
+                "(CASE WHEN x IS NULL THEN NULL WHEN x < 3.0 THEN 'bin_1' ELSE 'bin_2' END)",
+            ),
+            (
+                "is_a",
+                "(CASE WHEN CAST((s) AS VARCHAR) = 'a' THEN 1.0 ELSE 0.0 END)",
+            ),
+        ]))
+        .unwrap();
+        let RowStage::Columns(map) = m.row_stage() else {
+            panic!("a TRANSFORM stage maps columns");
+        };
+        assert_eq!(map.outputs(), ["z", "filled", "bin", "is_a"]);
+        // An Int64 column where Float64 was trained is read as Float64.
+        let x: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![Some(6), None, Some(1)]));
+        let s: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some("b"), None]));
+        assert!(map.check_input(0, x.data_type()).is_ok());
+        let out = map.apply(&[x, s], 3).unwrap();
+        let z = out[0].as_primitive::<Float64Type>();
+        assert_eq!((z.value(0), z.is_null(1), z.value(2)), (1.0, true, -0.25));
+        let filled = out[1].as_primitive::<Float64Type>();
+        assert_eq!(filled.values().to_vec(), vec![6.0, 9.5, 1.0]);
+        let bin = arrow::compute::cast(&out[2], &DataType::Utf8).unwrap();
+        let bin = bin.as_string::<i32>();
+        assert_eq!(
+            (bin.value(0), bin.is_null(1), bin.value(2)),
+            ("bin_2", true, "bin_1")
+        );
+        let is_a: &Float64Array = out[3].as_primitive();
+        assert_eq!(is_a.values().to_vec(), vec![1.0, 0.0, 0.0]);
+        // Stored and loaded, it is the same stage.
+        let (draft, _) = m.to_parts().unwrap();
+        let meta = ModelMetadata {
+            name: "t".to_string(),
+            version: 1,
+            kind: SqlTransformModel::KIND_NAME.to_string(),
+            format_version: 1,
+            params: draft.params,
+            features: Vec::new(),
+            label: None,
+            metrics: serde_json::Value::Null,
+            training_summary: serde_json::Value::Null,
+            created_at: String::new(),
+            parts: Vec::new(),
+            quiver_version: String::new(),
+        };
+        assert_eq!(
+            SqlTransformModel::from_parts(&meta, &BTreeMap::new()).unwrap(),
+            m
+        );
+    }
+
+    #[test]
+    fn refuses_what_does_not_compile_naming_the_column() {
+        let e = SqlTransformModel::new(params(&[("y", "no_such_function(x)")])).unwrap_err();
+        assert!(e.to_string().contains("column 'y'"), "{e}");
+        let mut p = params(&[("y", "x")]);
+        p.inputs[0].data_type = "NotAType".to_string();
+        let e = SqlTransformModel::new(p).unwrap_err();
+        assert!(e.to_string().contains("input column 'x'"), "{e}");
     }
 }
