@@ -41,6 +41,6 @@ pub use io::DataFormat;
 pub use map::{BatchFunction, MapUdf, apply_to_columns, map_dataset};
 pub use registry::FunctionRegistry;
 pub use session::{Backend, Prepared, QuiverSession, Runner};
-pub use store::{ModelDraft, ModelMetadata, ModelStore, StoredModel};
+pub use store::{ListedModel, ModelDraft, ModelMetadata, ModelStore, SaveNew, StoredModel};
 pub use summary::{FeatureSummary, Summarizer};
 pub use vector::FeatureBatch;

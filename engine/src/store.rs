@@ -1,6 +1,15 @@
 //! The model store: named, versioned models on an object store. A version is a directory
 //! `<name>/v<N>/` holding its payload parts and, written last, `metadata.json`: a version is
 //! visible only once its metadata exists, so readers never see half a model.
+//!
+//! Writers never share a version. A save first claims its version number with a create-only
+//! marker `v<N>/_claim` (a conditional put on every store that has one: local files, memory,
+//! S3), retrying with the next number when another writer got there first; its parts go under
+//! the claimed version only, so a failed or concurrent save can never remove or overwrite
+//! another writer's parts. A failed save removes its own parts and leaves a tombstone
+//! `v<N>/_deleted`; `DROP` leaves tombstones too, so a version number is never reused. The
+//! metadata records each part's size and SHA-256, checked when the part is read; on a local
+//! filesystem the parts are synced to disk before the metadata that publishes them.
 
 use std::sync::Arc;
 
@@ -19,6 +28,9 @@ pub const MODEL_FORMAT_VERSION: u32 = 1;
 const METADATA: &str = "metadata.json";
 const PARTS: &str = "parts";
 const TOMBSTONE: &str = "_deleted";
+const CLAIM: &str = "_claim";
+/// How many numbers a save tries before giving up (each conflict means another writer won).
+const MAX_CLAIM_ATTEMPTS: usize = 256;
 
 /// One feature of a model's input schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +70,35 @@ pub struct ModelMetadata {
     /// Payload part names with their sizes in bytes.
     pub parts: Vec<(String, u64)>,
     pub quiver_version: String,
+    /// SHA-256 (hex) of each part by name; absent in versions stored before checksums.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub checksums: std::collections::BTreeMap<String, String>,
+}
+
+/// The lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One model of a store listing.
+#[derive(Debug, Clone)]
+pub struct ListedModel {
+    pub name: String,
+    /// The latest version's metadata, or why it cannot be read.
+    pub model: std::result::Result<ModelMetadata, String>,
+}
+
+/// What [`ModelStore::save_new`] did.
+#[derive(Debug, Clone)]
+pub enum SaveNew {
+    Saved(Box<ModelMetadata>),
+    /// The model has a published version, or another writer is creating one (the reason says
+    /// which).
+    Exists(String),
 }
 
 /// A model store rooted at an object-store location.
@@ -106,6 +147,27 @@ impl StoredModel {
             .bytes()
             .await
             .map_err(|e| corrupt(format!("cannot read part: {e}")))?;
+        let size = self
+            .metadata
+            .parts
+            .iter()
+            .find(|(p, _)| p == name)
+            .map(|(_, n)| *n);
+        if size.is_some_and(|n| n != bytes.len() as u64) {
+            return Err(corrupt(format!(
+                "part '{name}' has {} bytes; the metadata records {}",
+                bytes.len(),
+                size.unwrap_or_default()
+            )));
+        }
+        if let Some(want) = self.metadata.checksums.get(name) {
+            let got = sha256_hex(&bytes);
+            if *want != got {
+                return Err(corrupt(format!(
+                    "part '{name}' does not match its checksum (SHA-256 {got}, recorded {want})"
+                )));
+            }
+        }
         Ok(bytes)
     }
 }
@@ -233,9 +295,10 @@ impl ModelStore {
         Ok(out)
     }
 
-    /// Saves a new version of `name`: writes every part, then publishes `metadata.json`. If a
-    /// part fails (the iterator yields an error, or a write fails) the parts written so far are
-    /// removed and nothing is published; earlier versions stay as they were.
+    /// Saves a new version of `name`: claims the next version number, writes every part under
+    /// it, then publishes `metadata.json`. If a part fails (the iterator yields an error, or a
+    /// write fails) the parts written so far are removed, the number is left tombstoned and
+    /// nothing is published; earlier versions and concurrent writers are untouched.
     pub async fn save(
         &self,
         name: &str,
@@ -243,28 +306,174 @@ impl ModelStore {
         parts: impl IntoIterator<Item = Result<(String, Bytes)>>,
     ) -> Result<ModelMetadata> {
         validate_name(name)?;
-        // Never reuse the number of an unfinished version: its leftovers must not mix in.
-        let version = self
+        let version = self.claim(name).await?;
+        self.write_version(name, version, draft, parts).await
+    }
+
+    /// Saves the first live version of `name` (`CREATE MODEL` without `OR REPLACE`): only when
+    /// no version is published or being written, decided atomically against other writers
+    /// (two of them racing: one saves, the other gets [`SaveNew::Exists`]).
+    pub async fn save_new(
+        &self,
+        name: &str,
+        draft: ModelDraft,
+        parts: impl IntoIterator<Item = Result<(String, Bytes)>>,
+    ) -> Result<SaveNew> {
+        validate_name(name)?;
+        let dirs = self.all_version_dirs(name).await?;
+        for &v in dirs.iter().rev() {
+            match self.state(name, v).await? {
+                VersionState::Dead => {}
+                VersionState::Published => {
+                    return Ok(SaveNew::Exists(format!("version {v} is published")));
+                }
+                VersionState::Claimed(by) => {
+                    return Ok(SaveNew::Exists(format!(
+                        "version {v} is being written ({by}); if that writer is gone, use CREATE OR REPLACE"
+                    )));
+                }
+            }
+        }
+        let version = dirs.last().copied().unwrap_or(0) + 1;
+        if !self.try_claim(name, version).await? {
+            return Ok(SaveNew::Exists(format!(
+                "another writer claimed version {version} first"
+            )));
+        }
+        Ok(SaveNew::Saved(Box::new(
+            self.write_version(name, version, draft, parts).await?,
+        )))
+    }
+
+    /// Claims the next free version number: a create-only marker, retried upwards on conflict.
+    async fn claim(&self, name: &str) -> Result<u64> {
+        let mut version = self
             .all_version_dirs(name)
             .await?
             .last()
             .copied()
             .unwrap_or(0)
             + 1;
+        for _ in 0..MAX_CLAIM_ATTEMPTS {
+            if self.try_claim(name, version).await? {
+                return Ok(version);
+            }
+            // Another writer holds it: take the next number past every directory now there.
+            let highest = self
+                .all_version_dirs(name)
+                .await?
+                .last()
+                .copied()
+                .unwrap_or(0);
+            version = version.max(highest) + 1;
+        }
+        Err(QuiverError::InvalidParam {
+            param: "model".to_string(),
+            reason: format!(
+                "could not claim a version of model '{name}' after {MAX_CLAIM_ATTEMPTS} attempts: too many concurrent writers"
+            ),
+        })
+    }
+
+    /// Creates `v<N>/_claim` unless it exists: true when this writer now owns version N.
+    async fn try_claim(&self, name: &str, version: u64) -> Result<bool> {
+        let path = self.model_dir(name).join(version_dir(version)).join(CLAIM);
+        let who = serde_json::json!({
+            "pid": std::process::id(),
+            "claimed_at": chrono::Utc::now().to_rfc3339(),
+        });
+        let payload = PutPayload::from(who.to_string().into_bytes());
+        match self
+            .store
+            .put_opts(&path, payload.clone(), PutOptions::from(PutMode::Create))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            // A store without conditional writes: a plain write (the number may race).
+            Err(object_store::Error::NotImplemented { .. }) => {
+                self.store
+                    .put(&path, payload)
+                    .await
+                    .map_err(self.os_err(&path))?;
+                Ok(true)
+            }
+            Err(e) => Err(self.os_err(&path)(e)),
+        }
+    }
+
+    /// Whether a version directory holds a published version, a dead one (dropped, or a failed
+    /// save) or one being written (who claimed it, and when).
+    async fn state(&self, name: &str, v: u64) -> Result<VersionState> {
+        if self.is_published(name, v).await? {
+            return Ok(VersionState::Published);
+        }
+        let dir = self.model_dir(name).join(version_dir(v));
+        if self.exists(&dir.clone().join(TOMBSTONE)).await? {
+            return Ok(VersionState::Dead);
+        }
+        let claim = dir.join(CLAIM);
+        match self.store.get(&claim).await {
+            Ok(r) => {
+                let text = r.bytes().await.map_err(self.os_err(&claim))?;
+                let who: serde_json::Value =
+                    serde_json::from_slice(&text).unwrap_or(serde_json::Value::Null);
+                Ok(VersionState::Claimed(format!(
+                    "claimed by process {} at {}",
+                    who["pid"],
+                    who["claimed_at"].as_str().unwrap_or("?")
+                )))
+            }
+            // Neither claimed nor published: leftovers of an older format, dead.
+            Err(object_store::Error::NotFound { .. }) => Ok(VersionState::Dead),
+            Err(e) => Err(self.os_err(&claim)(e)),
+        }
+    }
+
+    async fn exists(&self, path: &Path) -> Result<bool> {
+        match self.store.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.os_err(path)(e)),
+        }
+    }
+
+    /// Writes the parts and the metadata of a claimed version.
+    async fn write_version(
+        &self,
+        name: &str,
+        version: u64,
+        draft: ModelDraft,
+        parts: impl IntoIterator<Item = Result<(String, Bytes)>>,
+    ) -> Result<ModelMetadata> {
         let dir = self.model_dir(name).join(version_dir(version));
         let mut written: Vec<Path> = Vec::new();
         let mut listed = Vec::new();
+        let mut checksums = std::collections::BTreeMap::new();
+        // Fault injection for crash tests: the process dies (as by kill -9) after writing this
+        // many parts, before the metadata.
+        let crash_after: Option<usize> = std::env::var("QUIVER_FAULT_ABORT_SAVE_AFTER_PARTS")
+            .ok()
+            .and_then(|v| v.parse().ok());
         let result: Result<()> = async {
             for part in parts {
+                if crash_after == Some(written.len()) {
+                    std::process::abort();
+                }
                 let (part_name, bytes) = part?;
-                if part_name.is_empty() || part_name.contains('/') || part_name == METADATA {
+                if part_name.is_empty()
+                    || part_name.contains('/')
+                    || part_name == METADATA
+                    || listed.iter().any(|(p, _)| *p == part_name)
+                {
                     return Err(QuiverError::InvalidParam {
                         param: "model part".to_string(),
-                        reason: format!("invalid part name '{part_name}'"),
+                        reason: format!("invalid or repeated part name '{part_name}'"),
                     });
                 }
                 let path = dir.clone().join(PARTS).join(part_name.as_str());
                 let len = bytes.len() as u64;
+                checksums.insert(part_name.clone(), sha256_hex(&bytes));
                 self.store
                     .put(&path, PutPayload::from(bytes))
                     .await
@@ -272,11 +481,15 @@ impl ModelStore {
                 written.push(path);
                 listed.push((part_name, len));
             }
-            Ok(())
+            if crash_after.is_some_and(|n| n >= written.len()) {
+                std::process::abort();
+            }
+            // Durable before the metadata that makes them visible.
+            self.sync_local(&written, &dir)
         }
         .await;
         if let Err(e) = result {
-            self.remove_all(&written).await;
+            self.abandon(&dir, &written).await;
             return Err(e);
         }
         let metadata = ModelMetadata {
@@ -292,13 +505,21 @@ impl ModelStore {
             created_at: chrono::Utc::now().to_rfc3339(),
             parts: listed,
             quiver_version: env!("CARGO_PKG_VERSION").to_string(),
+            checksums,
         };
-        let json = serde_json::to_vec_pretty(&metadata).map_err(|source| QuiverError::Json {
-            context: format!("metadata of model '{name}'"),
-            source,
-        })?;
+        let json = match serde_json::to_vec_pretty(&metadata) {
+            Ok(j) => j,
+            Err(source) => {
+                self.abandon(&dir, &written).await;
+                return Err(QuiverError::Json {
+                    context: format!("metadata of model '{name}'"),
+                    source,
+                });
+            }
+        };
         let meta_path = dir.clone().join(METADATA);
-        // Create-only where the store supports it: two writers never publish the same version.
+        // Create-only where the store supports it: the claim already makes the version this
+        // writer's own; this guards against a store without conditional claims.
         let put = self
             .store
             .put_opts(
@@ -314,10 +535,50 @@ impl ModelStore {
             other => other,
         };
         if let Err(e) = put {
-            self.remove_all(&written).await;
+            self.abandon(&dir, &written).await;
             return Err(self.os_err(&meta_path)(e));
         }
+        self.sync_local(&[meta_path], &dir)?;
         Ok(metadata)
+    }
+
+    /// A failed save: its own parts go, a tombstone keeps the number taken.
+    async fn abandon(&self, dir: &Path, written: &[Path]) {
+        self.remove_all(written).await;
+        let _ = self
+            .store
+            .put(&dir.clone().join(TOMBSTONE), PutPayload::from_static(b""))
+            .await;
+    }
+
+    /// On a local filesystem, syncs the files and their directories to disk.
+    fn sync_local(&self, files: &[Path], dir: &Path) -> Result<()> {
+        if !self.absolute.starts_with("file:") {
+            return Ok(());
+        }
+        let local = |p: &Path| std::path::PathBuf::from(format!("/{p}"));
+        let sync = |path: std::path::PathBuf| -> Result<()> {
+            match std::fs::File::open(&path).and_then(|f| f.sync_all()) {
+                Ok(()) => Ok(()),
+                // Directories cannot be opened for syncing on every platform.
+                Err(_) if path.is_dir() => Ok(()),
+                Err(e) => Err(QuiverError::Io {
+                    path: path.clone(),
+                    source: e,
+                }),
+            }
+        };
+        for f in files {
+            sync(local(f))?;
+        }
+        if !files.is_empty() {
+            let parts = dir.clone().join(PARTS);
+            if local(&parts).is_dir() {
+                sync(local(&parts))?;
+            }
+            sync(local(dir))?;
+        }
+        Ok(())
     }
 
     async fn remove_all(&self, paths: &[Path]) {
@@ -374,8 +635,20 @@ impl ModelStore {
         })
     }
 
-    /// The latest published version of every model, by name.
+    /// The latest published version of every healthy model, by name (see
+    /// [`ModelStore::list_entries`] for the ones that cannot be read).
     pub async fn list(&self) -> Result<Vec<ModelMetadata>> {
+        Ok(self
+            .list_entries()
+            .await?
+            .into_iter()
+            .filter_map(|e| e.model.ok())
+            .collect())
+    }
+
+    /// Every model with a published version, by name: its latest version's metadata, or why
+    /// that cannot be read (one corrupt model does not hide the others).
+    pub async fn list_entries(&self) -> Result<Vec<ListedModel>> {
         let listing = self
             .store
             .list_with_delimiter(Some(&self.root))
@@ -390,15 +663,24 @@ impl ModelStore {
         names.sort();
         let mut out = Vec::new();
         for n in names {
-            if !self.versions(&n).await?.is_empty() {
-                out.push(self.load(&n, None).await?.metadata);
-            }
+            let model = match self.versions(&n).await {
+                Ok(v) if v.is_empty() => continue,
+                Ok(_) => self
+                    .load(&n, None)
+                    .await
+                    .map(|m| m.metadata)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            out.push(ListedModel { name: n, model });
         }
         Ok(out)
     }
 
-    /// Deletes one version, or every version of `name` when `version` is `None`. The
-    /// metadata goes first, so a version disappears whole even if the deletion stops midway.
+    /// Deletes one version, or every published version of `name` when `version` is `None`.
+    /// The metadata goes first, so a version disappears whole even if the deletion stops
+    /// midway; a tombstone keeps each number taken. Versions still being written are left to
+    /// their writers.
     pub async fn delete(&self, name: &str, version: Option<u64>) -> Result<()> {
         let versions = self.versions(name).await?;
         if versions.is_empty() {
@@ -408,7 +690,7 @@ impl ModelStore {
             });
         }
         let targets: Vec<u64> = match version {
-            None => self.all_version_dirs(name).await?,
+            None => versions.clone(),
             Some(v) if versions.contains(&v) => vec![v],
             Some(v) => {
                 return Err(self.version_not_found(name, v, &versions));
@@ -421,10 +703,16 @@ impl ModelStore {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(self.os_err(&meta)(e)),
             }
-            let mut listing = self.store.list(Some(&dir));
+            let tomb = dir.clone().join(TOMBSTONE);
+            self.store
+                .put(&tomb, PutPayload::from_static(b""))
+                .await
+                .map_err(self.os_err(&tomb))?;
+            let parts = dir.join(PARTS);
+            let mut listing = self.store.list(Some(&parts));
             let mut rest = Vec::new();
             while let Some(meta) = listing.next().await {
-                rest.push(meta.map_err(self.os_err(&dir))?.location);
+                rest.push(meta.map_err(self.os_err(&parts))?.location);
             }
             for p in rest {
                 match self.store.delete(&p).await {
@@ -432,17 +720,16 @@ impl ModelStore {
                     Err(e) => return Err(self.os_err(&p)(e)),
                 }
             }
-            if version.is_some() {
-                // A tombstone keeps the number taken: a later save never reuses it.
-                let tomb = dir.join(TOMBSTONE);
-                self.store
-                    .put(&tomb, PutPayload::from_static(b""))
-                    .await
-                    .map_err(self.os_err(&tomb))?;
-            }
         }
         Ok(())
     }
+}
+
+/// What a version directory holds.
+enum VersionState {
+    Published,
+    Dead,
+    Claimed(String),
 }
 
 #[cfg(test)]

@@ -301,3 +301,137 @@ async fn invalid_model_names_are_rejected() {
         "{err}"
     );
 }
+
+/// Writers racing on one name each get their own version, with their own parts; of writers
+/// that create a new model, exactly one succeeds.
+async fn concurrent_saves(location: &str) {
+    let s = QuiverSession::embedded().unwrap();
+    let store = s.model_store_at(location).unwrap();
+    let saves = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let bytes = Bytes::from(format!("writer {i}").into_bytes());
+            let m = store
+                .save(
+                    "m",
+                    draft("lr", i as f64),
+                    vec![Ok(("w".to_string(), bytes))],
+                )
+                .await
+                .unwrap();
+            (i, m.version)
+        })
+    });
+    let mut versions = Vec::new();
+    for (i, v) in futures::future::join_all(saves)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+    {
+        let loaded = store.load("m", Some(v)).await.unwrap();
+        assert_eq!(loaded.metadata.metrics["accuracy"], i as f64);
+        assert_eq!(
+            loaded.part("w").await.unwrap(),
+            Bytes::from(format!("writer {i}").into_bytes())
+        );
+        versions.push(v);
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=8).collect::<Vec<u64>>());
+
+    let creates = (0..6).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .save_new("fresh", draft("lr", i as f64), Vec::new())
+                .await
+                .unwrap()
+        })
+    });
+    let created = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|r| matches!(r, quiver_engine::SaveNew::Saved(_)))
+        .count();
+    assert_eq!(created, 1);
+    assert_eq!(store.versions("fresh").await.unwrap(), vec![1]);
+    // DROP keeps the numbers taken: the model created again continues after them.
+    store.delete("fresh", None).await.unwrap();
+    let again = store
+        .save_new("fresh", draft("lr", 1.0), Vec::new())
+        .await
+        .unwrap();
+    let quiver_engine::SaveNew::Saved(m) = again else {
+        panic!("a dropped model can be created again: {again:?}");
+    };
+    assert_eq!(m.version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_saves_in_memory() {
+    concurrent_saves("memory:///concurrent/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_saves_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_saves(dir.path().join("models").to_str().unwrap()).await;
+}
+
+/// A part replaced by other bytes is refused on read (size or checksum); a model whose
+/// metadata is truncated is listed with its error and does not hide the healthy ones.
+#[tokio::test]
+async fn tampered_parts_and_corrupt_metadata_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = QuiverSession::embedded().unwrap();
+    let store = s.model_store_at(dir.path().to_str().unwrap()).unwrap();
+    for (name, text) in [("a", "first"), ("b", "other"), ("c", "third")] {
+        store
+            .save(
+                name,
+                draft("lr", 0.5),
+                vec![Ok(("w".to_string(), Bytes::from(text.as_bytes().to_vec())))],
+            )
+            .await
+            .unwrap();
+    }
+    let part = |name: &str| dir.path().join(name).join("v000001/parts/w");
+    // Same size, other bytes: the checksum catches it.
+    std::fs::copy(part("b"), part("a")).unwrap();
+    let err = store
+        .load("a", None)
+        .await
+        .unwrap()
+        .part("w")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not match its checksum"), "{err}");
+    std::fs::write(part("a"), b"longer bytes").unwrap();
+    let err = store
+        .load("a", None)
+        .await
+        .unwrap()
+        .part("w")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("has 12 bytes; the metadata records 5"),
+        "{err}"
+    );
+    // Truncated metadata of one model.
+    let meta = dir.path().join("b").join("v000001/metadata.json");
+    let text = std::fs::read(&meta).unwrap();
+    std::fs::write(&meta, &text[..text.len() / 2]).unwrap();
+    let entries = store.list_entries().await.unwrap();
+    let names: Vec<(&str, bool)> = entries
+        .iter()
+        .map(|e| (e.name.as_str(), e.model.is_ok()))
+        .collect();
+    assert_eq!(names, vec![("a", true), ("b", false), ("c", true)]);
+    let why = entries[1].model.as_ref().unwrap_err();
+    assert!(why.contains("corrupt model 'b' version 1"), "{why}");
+    assert_eq!(store.list().await.unwrap().len(), 2);
+}

@@ -221,6 +221,7 @@ impl Model for PipelineModel {
                     .map(|(n, b)| (n.clone(), b.len() as u64))
                     .collect(),
                 quiver_version: meta.quiver_version.clone(),
+                checksums: BTreeMap::new(),
             };
             stages.push(load_stage(&stage_meta, &stage_parts)?);
         }

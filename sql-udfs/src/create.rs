@@ -483,9 +483,32 @@ pub async fn create_model(
     if let Some(g) = global {
         draft.training_summary["global_explain"] = g;
     }
-    let meta = store
-        .save(&c.name, draft, parts.into_iter().map(Ok))
-        .await?;
+    // OR REPLACE adds a version; otherwise the store decides atomically that this statement
+    // creates the model (another writer may have created it since the check above).
+    let meta = if c.or_replace {
+        store
+            .save(&c.name, draft, parts.into_iter().map(Ok))
+            .await?
+    } else {
+        match store
+            .save_new(&c.name, draft, parts.into_iter().map(Ok))
+            .await?
+        {
+            quiver_engine::SaveNew::Saved(meta) => *meta,
+            quiver_engine::SaveNew::Exists(why) if c.if_not_exists => {
+                return Ok(message_batch(&format!(
+                    "model '{}' exists ({why}); nothing done",
+                    c.name
+                )));
+            }
+            quiver_engine::SaveNew::Exists(why) => {
+                return Err(SqlError::Invalid(format!(
+                    "model '{}' already exists ({why}); use CREATE OR REPLACE MODEL to add a version",
+                    c.name
+                )));
+            }
+        }
+    };
     catalog.forget(&c.name);
     let stage = &meta.training_summary["final_stage"];
     let iterations = stage["iterations"].as_u64().unwrap_or(1) as i64;

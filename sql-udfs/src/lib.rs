@@ -139,24 +139,39 @@ impl SqlSession {
         }
     }
 
+    /// Every model's latest version; a model whose metadata cannot be read is listed with
+    /// its error in `status` instead of hiding the others.
     async fn show_models(&self) -> Result<RecordBatch> {
-        let models = self.catalog.store().list().await?;
+        let entries = self.catalog.store().list_entries().await?;
         let schema = Arc::new(Schema::new(vec![
             Field::new("name", DataType::Utf8, false),
-            Field::new("version", DataType::Int64, false),
-            Field::new("kind", DataType::Utf8, false),
+            Field::new("version", DataType::Int64, true),
+            Field::new("kind", DataType::Utf8, true),
             Field::new("model_type", DataType::Utf8, true),
-            Field::new("features", DataType::Int64, false),
+            Field::new("features", DataType::Int64, true),
             Field::new("label", DataType::Utf8, true),
-            Field::new("created_at", DataType::Utf8, false),
+            Field::new("created_at", DataType::Utf8, true),
+            Field::new("status", DataType::Utf8, false),
         ]));
+        let ok = |e: &quiver_engine::ListedModel| e.model.as_ref().ok().cloned();
+        let models: Vec<Option<quiver_engine::ModelMetadata>> = entries.iter().map(ok).collect();
         let col = |f: &dyn Fn(&quiver_engine::ModelMetadata) -> Option<String>| -> ArrayRef {
-            Arc::new(StringArray::from(models.iter().map(f).collect::<Vec<_>>()))
+            Arc::new(StringArray::from(
+                models
+                    .iter()
+                    .map(|m| m.as_ref().and_then(f))
+                    .collect::<Vec<_>>(),
+            ))
         };
         let cols: Vec<ArrayRef> = vec![
-            col(&|m| Some(m.name.clone())),
+            Arc::new(StringArray::from(
+                entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+            )),
             Arc::new(Int64Array::from(
-                models.iter().map(|m| m.version as i64).collect::<Vec<_>>(),
+                models
+                    .iter()
+                    .map(|m| m.as_ref().map(|m| m.version as i64))
+                    .collect::<Vec<_>>(),
             )),
             col(&|m| Some(m.kind.clone())),
             col(&|m| {
@@ -167,11 +182,20 @@ impl SqlSession {
             Arc::new(Int64Array::from(
                 models
                     .iter()
-                    .map(|m| m.features.len() as i64)
+                    .map(|m| m.as_ref().map(|m| m.features.len() as i64))
                     .collect::<Vec<_>>(),
             )),
             col(&|m| m.label.clone()),
             col(&|m| Some(m.created_at.clone())),
+            Arc::new(StringArray::from(
+                entries
+                    .iter()
+                    .map(|e| match &e.model {
+                        Ok(_) => "ok".to_string(),
+                        Err(why) => format!("unreadable: {why}"),
+                    })
+                    .collect::<Vec<_>>(),
+            )),
         ];
         Ok(RecordBatch::try_new(schema, cols).map_err(QuiverError::from)?)
     }

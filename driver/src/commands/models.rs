@@ -6,16 +6,20 @@ use crate::{QuiverSession, Result};
 
 pub async fn list(session: &QuiverSession, out: &mut dyn Write) -> Result<()> {
     let store = session.model_store()?;
-    let models = store.list().await?;
+    let models = store.list_entries().await?;
     if models.is_empty() {
         writeln!(out, "no models in {}", store.url()).ok();
     }
-    for m in models {
-        writeln!(
-            out,
-            "{:<24} v{:<4} {:<24} {}",
-            m.name, m.version, m.kind, m.created_at
-        )
+    // A model that cannot be read is listed with its error, not hiding the others.
+    for e in models {
+        match e.model {
+            Ok(m) => writeln!(
+                out,
+                "{:<24} v{:<4} {:<24} {}",
+                m.name, m.version, m.kind, m.created_at
+            ),
+            Err(why) => writeln!(out, "{:<24} unreadable: {why}", e.name),
+        }
         .ok();
     }
     Ok(())

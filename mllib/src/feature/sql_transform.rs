@@ -396,6 +396,7 @@ mod tests {
             created_at: String::new(),
             parts: Vec::new(),
             quiver_version: String::new(),
+            checksums: BTreeMap::new(),
         };
         assert_eq!(
             SqlTransformModel::from_parts(&meta, &BTreeMap::new()).unwrap(),
