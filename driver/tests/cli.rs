@@ -466,3 +466,93 @@ fn tune_runs_a_spec_saves_the_best_model_and_plots() {
     let msg = String::from_utf8_lossy(&run().stderr).to_string();
     assert!(msg.contains("unknown parameter 'learning_rate'"), "{msg}");
 }
+
+/// `quiver tune` as a careless user runs it: from another directory, with bad numbers, a
+/// missing file, a grid too large, trials that all fail. Each is an error naming the problem
+/// (exit 1, no panic), or, for relative paths, just works.
+#[test]
+fn tune_specs_resolve_beside_the_spec_and_bad_values_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet");
+    std::fs::copy(data, dir.path().join("bc.parquet")).unwrap();
+    let spec = dir.path().join("spec.toml");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |text: &str| {
+        std::fs::write(&spec, text).unwrap();
+        quiver()
+            .args([
+                "--models",
+                dir.path().join("models").to_str().unwrap(),
+                "tune",
+                spec.to_str().unwrap(),
+            ])
+            .current_dir(elsewhere.path())
+            .output()
+            .unwrap()
+    };
+    let spec_text = |data: &str, label: &str, search: &str, space: &str| {
+        format!(
+            "[data]\ndataset = \"{data}\"\nlabel = \"{label}\"\n[model]\nestimator = \"logistic_regression\"\n\
+             [search]\n{search}\n[space]\n{space}\n"
+        )
+    };
+    let ok_space = "reg_param = { loguniform = [1e-4, 1.0] }\nmax_iter = { choice = [10] }";
+    // Relative dataset and log: beside the spec, not the working directory.
+    let out = run(&spec_text(
+        "bc.parquet",
+        "label",
+        "algo = \"random\"\nmax_evals = 2\ntrial_log = \"trials.jsonl\"",
+        ok_space,
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("trials.jsonl").exists());
+    let failing = |search: &str, space: &str, data: &str, label: &str, needle: &str| {
+        let out = run(&spec_text(data, label, search, space));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{needle}: {err}");
+        assert!(
+            err.contains(needle) && !err.contains("panicked"),
+            "{needle}: {err}"
+        );
+    };
+    failing(
+        "max_evals = 2\ntimeout_s = -1",
+        ok_space,
+        "bc.parquet",
+        "label",
+        "timeout_s = -1",
+    );
+    failing(
+        "max_evals = 2",
+        "reg_param = { uniform = [-1e308, 1e308] }",
+        "bc.parquet",
+        "label",
+        "finite width",
+    );
+    failing(
+        "algo = \"grid\"\ngrid_points = 1000000000\nmax_evals = 1",
+        "reg_param = { uniform = [0.0, 1.0] }",
+        "bc.parquet",
+        "label",
+        "grid_points",
+    );
+    failing(
+        "max_evals = 2",
+        ok_space,
+        "missing.parquet",
+        "label",
+        "cannot be read",
+    );
+    // A regression target as the class label: every trial fails, so the command does.
+    failing(
+        "algo = \"random\"\nmax_evals = 2",
+        ok_space,
+        "bc.parquet",
+        "f0",
+        "all 2 trials failed",
+    );
+}

@@ -14,8 +14,8 @@ use crate::aggregate::quoted_name;
 use crate::error::{QuiverError, Result};
 use crate::functions::{AssembleUdf, RowUniformUdf, VectorFromListUdf};
 use crate::vector::{
-    FeatureBatch, Missing, assemble_with, feature_width, first_nan, is_numeric, numeric_values,
-    vector_values,
+    FeatureBatch, Missing, assemble_with, feature_width, first_nan, first_non_finite, is_numeric,
+    numeric_values, vector_values,
 };
 
 /// A DataFusion `DataFrame` plus the roles of its columns. Transformations are lazy: they add
@@ -398,12 +398,14 @@ impl Dataset {
         Ok(())
     }
 
-    /// Finds the first null or NaN in the feature, label or weight columns, in the dataset's
+    /// Finds the first null, NaN or infinity in the feature, label or weight columns, in the dataset's
     /// natural order (partition by partition), and returns it as an error value naming the
     /// column and the row. `None` when every value is valid. Runs in this process, also for a
     /// cluster session (it reads the data itself).
     pub async fn locate_invalid(&self) -> Result<Option<QuiverError>> {
         let names = self.role_columns()?;
+        // Features may be missing where the dataset keeps missing values; labels never.
+        let (keep, n_features) = (self.missing == Missing::Keep, self.features.len());
         let mut found: Option<QuiverError> = None;
         let result = self
             .for_each_batch(|first_row, batch| {
@@ -411,7 +413,9 @@ impl Dataset {
                     return Ok(());
                 }
                 for (i, name) in names.iter().enumerate() {
-                    if let Some((kind, row, detail)) = first_invalid(batch.column(i)) {
+                    if let Some((kind, row, detail)) =
+                        first_invalid(batch.column(i), keep && i < n_features)
+                    {
                         found = Some(QuiverError::InvalidValue {
                             kind,
                             column: name.clone(),
@@ -624,9 +628,9 @@ fn cache_batch(
             Some(n) => {
                 let v = numeric_values(batch.column(next), n).map_err(|e| at_row(e, first_row))?;
                 next += 1;
-                if let Some(r) = first_nan(&v) {
+                if let Some((r, kind)) = first_non_finite(&v, false) {
                     return Err(QuiverError::InvalidValue {
-                        kind: "NaN",
+                        kind,
                         column: n.clone(),
                         row: first_row + r as u64,
                         detail: String::new(),
@@ -647,8 +651,8 @@ fn cache_batch(
 }
 
 /// The first null or NaN in a column: (kind, row, detail).
-fn first_invalid(array: &ArrayRef) -> Option<(&'static str, usize, String)> {
-    if array.null_count() > 0 {
+fn first_invalid(array: &ArrayRef, allow_missing: bool) -> Option<(&'static str, usize, String)> {
+    if array.null_count() > 0 && !allow_missing {
         let row = (0..array.len()).find(|&r| array.is_null(r))?;
         return Some(("null", row, String::new()));
     }
@@ -657,19 +661,21 @@ fn first_invalid(array: &ArrayRef) -> Option<(&'static str, usize, String)> {
             let list = array.as_fixed_size_list();
             let values = list.values();
             let dim = (*n as usize).max(1);
-            if values.null_count() > 0 {
+            if values.null_count() > 0 && !allow_missing {
                 let i = (0..values.len()).find(|&i| values.is_null(i))?;
                 return Some(("null", i / dim, format!(" (element {})", i % dim)));
             }
             let values = values.as_primitive_opt::<Float64Type>()?;
-            let i = first_nan(values.values())?;
-            Some(("NaN", i / dim, format!(" (element {})", i % dim)))
+            let (i, kind) = first_non_finite(values.values(), allow_missing)?;
+            Some((kind, i / dim, format!(" (element {})", i % dim)))
         }
-        DataType::Float64 => first_nan(array.as_primitive::<Float64Type>().values())
-            .map(|r| ("NaN", r, String::new())),
+        DataType::Float64 => {
+            first_non_finite(array.as_primitive::<Float64Type>().values(), allow_missing)
+                .map(|(r, kind)| (kind, r, String::new()))
+        }
         DataType::Float32 | DataType::Float16 => {
             let v = numeric_values(array, "").ok()?;
-            first_nan(&v).map(|r| ("NaN", r, String::new()))
+            first_non_finite(&v, allow_missing).map(|(r, kind)| (kind, r, String::new()))
         }
         _ => None,
     }

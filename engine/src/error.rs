@@ -223,7 +223,7 @@ fn cluster_hint(df: DataFusionError) -> QuiverError {
 /// it back into [`QuiverError::InvalidValueInBatch`] so the runner locates the dataset row, as
 /// it does for the typed error embedded.
 fn bad_value_from_text(text: &str) -> Option<QuiverError> {
-    for kind in ["NaN", "null"] {
+    for kind in ["NaN", "null", "infinite value"] {
         let marker = format!("{kind} in column '");
         let Some(at) = text.find(&marker) else {
             continue;

@@ -182,7 +182,8 @@ impl ScalarUDFImpl for VectorFromListUdf {
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> DFResult<FieldRef> {
         let dim = match args.scalar_arguments.get(1).copied().flatten() {
             Some(v) => v.cast_to(&DataType::Int64).ok().and_then(|v| match v {
-                ScalarValue::Int64(Some(d)) if d > 0 => Some(d as usize),
+                // A vector's length is an Arrow i32; larger ones would wrap.
+                ScalarValue::Int64(Some(d)) if d > 0 && d <= i32::MAX as i64 => Some(d as usize),
                 _ => None,
             }),
             None => None,
@@ -191,7 +192,7 @@ impl ScalarUDFImpl for VectorFromListUdf {
             QuiverError::InvalidParam {
                 param: "vector_from_list".to_string(),
                 reason:
-                    "the second argument must be a positive integer literal (the vector length)"
+                    "the second argument must be a positive integer literal (the vector length, at most 2147483647)"
                         .to_string(),
             }
             .into_datafusion()

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{StatInputs, Statistic, decode_f64s, encode_f64s};
 use crate::error::{QuiverError, Result};
-use crate::vector::{FeatureBatch, first_nan};
+use crate::vector::{FeatureBatch, first_non_finite};
 
 /// Bytes per block of the two-pass update (e.g. 64 rows × 64 features × 8 bytes): small enough
 /// to stay in L1 while each group of four features is read twice, with the next block
@@ -467,12 +467,13 @@ impl Summarizer {
                 (n, n, n)
             }
         };
-        // A NaN anywhere in the block shows up in its sums: only then look for the row.
-        if b.sum.iter().any(|s| s.is_nan())
-            && let Some(i) = first_nan(block.values)
+        // A NaN or an infinity anywhere in the block shows up in its sums: only then look for
+        // the row.
+        if b.sum.iter().any(|s| !s.is_finite())
+            && let Some((i, kind)) = first_non_finite(block.values, false)
         {
             return Err(QuiverError::InvalidValueInBatch {
-                kind: "NaN",
+                kind,
                 column: "features".to_string(),
                 row_in_batch: i / dim,
             });

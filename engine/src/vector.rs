@@ -204,6 +204,27 @@ pub fn first_nan(values: &[f64]) -> Option<usize> {
     None
 }
 
+/// The first value that is not a finite number (NaN, or ±∞ — which no model can learn from),
+/// with its kind; with `allow_nan`, NaN passes (it means missing) and only ±∞ is found.
+/// Cheap when every value is fine: a branch-free scan.
+#[inline]
+pub fn first_non_finite(values: &[f64], allow_nan: bool) -> Option<(usize, &'static str)> {
+    const CHUNK: usize = 256;
+    let bad = |v: f64| !(v.is_finite() || allow_nan && v.is_nan());
+    for (c, chunk) in values.chunks(CHUNK).enumerate() {
+        if chunk.iter().fold(false, |acc, v| acc | bad(*v)) {
+            let i = chunk.iter().position(|v| bad(*v)).unwrap_or(0);
+            let kind = if chunk[i].is_nan() {
+                "NaN"
+            } else {
+                "infinite value"
+            };
+            return Some((c * CHUNK + i, kind));
+        }
+    }
+    None
+}
+
 /// What assembling does with a missing value (a null, or NaN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Missing {
@@ -323,11 +344,9 @@ pub fn assemble_with(
         } else {
             numeric_values(array, name)?
         };
-        if missing == Missing::Refuse
-            && let Some(i) = first_nan(&values)
-        {
+        if let Some((i, kind)) = first_non_finite(&values, missing == Missing::Keep) {
             return Err(QuiverError::InvalidValueInBatch {
-                kind: "NaN",
+                kind,
                 column: name.to_string(),
                 row_in_batch: i / w,
             });

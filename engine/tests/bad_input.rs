@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, Int32Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{AsArray, Float64Array, Int32Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use bytes::Bytes;
 use quiver_engine::dataset::LocalFrame;
 use quiver_engine::vector::vector_array;
@@ -151,6 +151,43 @@ async fn nan_in_features_names_column_and_first_bad_row() {
         let assembled = ds.clone().assemble("features").unwrap();
         let err = s.summarize(&assembled, Runner::Embedded).await.unwrap_err();
         assert!(err.to_string().contains("row 777"), "{err}");
+    }
+}
+
+/// An infinity is refused as NaN is (no model learns from it; it used to be stored as JSON
+/// null in training summaries), also where NaN means missing (trees).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinities_in_features_and_labels_are_named() {
+    let s = session();
+    let mut batches = nan_batches();
+    let fix = |b: &RecordBatch, at: usize, v: f64| {
+        let mut col: Vec<f64> = b.column(1).as_primitive::<Float64Type>().values().to_vec();
+        col.iter_mut().for_each(|x| {
+            if x.is_nan() {
+                *x = 0.0
+            }
+        });
+        col[at] = v;
+        RecordBatch::try_new(
+            b.schema(),
+            vec![Arc::clone(b.column(0)), Arc::new(Float64Array::from(col))],
+        )
+        .unwrap()
+    };
+    batches = batches.iter().map(|b| fix(b, 0, 1.0)).collect();
+    batches[5] = fix(&batches[5], 42, f64::INFINITY);
+    let df = s.from_batches(batches, 2).unwrap();
+    let ds = Dataset::new(df.clone()).with_features(["a", "b"]).unwrap();
+    for runner in [Runner::Local, Runner::Embedded] {
+        let err = s.summarize(&ds, runner).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "infinite value in column 'b' at row 542",
+            "{runner:?}"
+        );
+        let keep = ds.clone().keep_missing();
+        let err = s.summarize(&keep, runner).await.unwrap_err();
+        assert!(err.to_string().contains("infinite value"), "{err}");
     }
 }
 

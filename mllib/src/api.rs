@@ -228,6 +228,9 @@ pub(crate) fn check_output_col(col: &str) -> Result<()> {
     Ok(())
 }
 
+/// Class indices are below this: one value must not make a model with millions of classes.
+pub const MAX_CLASS_INDEX: usize = 10_000;
+
 /// A label or cluster value as an index 0, 1, 2, … (the rule every class-indexed statistic
 /// follows), or an error naming the column, the value and its row in the batch.
 pub(crate) fn class_index(
@@ -235,13 +238,13 @@ pub(crate) fn class_index(
     column: &str,
     row_in_batch: usize,
 ) -> quiver_engine::Result<usize> {
-    if v >= 0.0 && v.fract() == 0.0 && v < 1e6 {
+    if v >= 0.0 && v.fract() == 0.0 && v < MAX_CLASS_INDEX as f64 {
         Ok(v as usize)
     } else {
         Err(quiver_engine::QuiverError::InvalidParam {
             param: column.to_string(),
             reason: format!(
-                "value {v} (row {row_in_batch} of a batch) is not a class index 0, 1, 2, …; index string labels with StringIndexer"
+                "value {v} (row {row_in_batch} of a batch) is not a class index 0, 1, 2, … below {MAX_CLASS_INDEX} (a regression target?); index string labels with StringIndexer"
             ),
         })
     }

@@ -172,3 +172,38 @@ async fn bad_k_is_named() {
         "invalid parameter 'k' = 601: k exceeds the 600 rows of the data"
     );
 }
+
+/// A stored k-means model whose metadata says dim = 0 (or k = 0) is refused as corrupt on
+/// load instead of dividing by zero when it predicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_dimensions_are_refused_on_load() {
+    let s = session("embedded", 2);
+    let ds = blobs(&s, 1);
+    let m = KMeans::new().k(3).seed(1).fit(&s, &ds).await.unwrap();
+    let (draft, parts) = quiver_mllib::Model::to_parts(&m).unwrap();
+    let parts: std::collections::BTreeMap<String, bytes::Bytes> = parts.into_iter().collect();
+    for (k, dim) in [(3, 0), (0, 2)] {
+        let mut params = draft.params.clone();
+        params[1] = serde_json::json!(dim);
+        params[0]["k"] = serde_json::json!(k);
+        let meta = quiver_engine::ModelMetadata {
+            name: "km".to_string(),
+            version: 1,
+            kind: "kmeans".to_string(),
+            format_version: 1,
+            params,
+            features: Vec::new(),
+            label: None,
+            metrics: serde_json::Value::Null,
+            training_summary: draft.training_summary.clone(),
+            created_at: String::new(),
+            parts: Vec::new(),
+            quiver_version: String::new(),
+            checksums: Default::default(),
+        };
+        let err = <KMeansModel as quiver_mllib::Model>::from_parts(&meta, &parts)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be at least 1"), "k {k} dim {dim}: {err}");
+    }
+}

@@ -2,6 +2,10 @@
 //! with a progress bar (best so far), a table of the top trials, the best model refitted on
 //! all the data and saved to the model store, and a convergence plot (SVG).
 //!
+//! Relative paths in the spec (`dataset`, `trial_log`, `plot`) are relative to the spec file's
+//! directory, wherever the command runs from. The dataset is read before any trial starts,
+//! and a search whose trials all failed is an error (non-zero exit).
+//!
 //! ```toml
 //! [data]
 //! dataset = "data/breast_cancer.parquet"
@@ -104,6 +108,19 @@ fn read_spec(spec_path: &std::path::Path) -> Result<Spec> {
     toml::from_str(&text).map_err(|e| invalid(format!("{}: {e}", spec_path.display())))
 }
 
+/// A relative local path of the spec, resolved against the spec's directory (URLs and
+/// absolute paths as they are).
+fn beside(spec_path: &std::path::Path, path: &str) -> String {
+    let p = std::path::Path::new(path);
+    if path.contains("://") || p.is_absolute() {
+        return path.to_string();
+    }
+    match spec_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p).to_string_lossy().into_owned(),
+        _ => path.to_string(),
+    }
+}
+
 /// The cluster a spec's trials run on (`[search] cluster`), if it names one.
 pub fn spec_cluster(spec_path: &std::path::Path) -> Result<Option<String>> {
     Ok(read_spec(spec_path)?.search.cluster)
@@ -115,7 +132,20 @@ pub async fn tune(
     spec_path: &std::path::Path,
     out: &mut dyn Write,
 ) -> Result<SearchResult> {
-    let spec = read_spec(spec_path)?;
+    let mut spec = read_spec(spec_path)?;
+    spec.data.dataset = beside(spec_path, &spec.data.dataset);
+    spec.search.trial_log = spec.search.trial_log.map(|p| beside(spec_path, &p));
+    spec.search.plot = spec.search.plot.map(|p| beside(spec_path, &p));
+    if let Some(t) = spec.search.timeout_s
+        && !(t.is_finite() && t > 0.0 && t < 1e9)
+    {
+        return Err(invalid(format!(
+            "[search] timeout_s = {t}: must be a positive number of seconds"
+        )));
+    }
+    if spec.search.max_evals == Some(0) {
+        return Err(invalid("[search] max_evals must be at least 1".to_string()));
+    }
     let space_json = serde_json::to_value(&spec.space).map_err(|e| invalid(e.to_string()))?;
     let mllib_err = |e: quiver_mllib::MllibError| QuiverError::from(e);
     let space = Space::from_json(&space_json).map_err(mllib_err)?;
@@ -151,6 +181,14 @@ pub async fn tune(
     probe.params =
         space.sample(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0));
     objective::pipeline(&probe, &["probe".to_string()])?;
+    // The data is planned once here, so a missing or unreadable file fails the search before
+    // any trial.
+    session.read(&spec.data.dataset).await.map_err(|e| {
+        invalid(format!(
+            "[data] dataset = '{}' cannot be read: {e}",
+            spec.data.dataset
+        ))
+    })?;
     let max_evals = s.max_evals.unwrap_or(50);
     let bar = progress(max_evals as u64, "trials");
     let bar_in = bar.clone();
@@ -231,6 +269,17 @@ pub async fn tune(
             failed.message.as_deref().unwrap_or("?")
         )
         .ok();
+        if count("ok") == 0 {
+            return Err(QuiverError::TaskFailed {
+                task: "search".to_string(),
+                reason: format!(
+                    "all {} trials failed; trial {}: {}",
+                    result.trials.len(),
+                    failed.id,
+                    failed.message.as_deref().unwrap_or("?")
+                ),
+            });
+        }
     }
     if let (Some(best), Some(name)) = (&result.best, &spec.model.name) {
         let model = objective::refit(session, &train_eval, &best.params)

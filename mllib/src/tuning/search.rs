@@ -23,6 +23,9 @@ use super::space::{Point, Space};
 use super::tpe::Tpe;
 use crate::error::{MllibError, Result};
 
+/// The most points a grid search enumerates.
+pub const MAX_GRID_POINTS: usize = 1_000_000;
+
 /// How points are proposed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Algo {
@@ -279,14 +282,13 @@ impl Search {
         // On a cluster the executors run the trials (as many at once as they have task slots);
         // this process's cores bound only local and embedded runs.
         let on_executors = session.is_cluster() && self.runner == Runner::Embedded;
-        if !on_executors && self.parallelism * self.threads_per_trial > cores {
+        let threads = self.parallelism.saturating_mul(self.threads_per_trial);
+        if !on_executors && threads > cores {
             return Err(bad(
                 "parallelism",
                 format!(
                     "{} trials × {} threads each = {} threads, but the session has {cores} compute threads (quiver.compute_threads); lower parallelism or threads_per_trial",
-                    self.parallelism,
-                    self.threads_per_trial,
-                    self.parallelism * self.threads_per_trial
+                    self.parallelism, self.threads_per_trial, threads
                 ),
             ));
         }
@@ -350,7 +352,23 @@ impl Search {
         }
         let registry = Arc::new(registry);
         let grid = match &self.algo {
-            Algo::Grid { points } => Some(self.space.grid(*points)),
+            Algo::Grid { points } => {
+                // Sized before it is built: a grid too large to enumerate is an error.
+                match self.space.grid_size(*points) {
+                    Some(n) if n <= MAX_GRID_POINTS => {}
+                    n => {
+                        return Err(MllibError::InvalidParam {
+                            param: "grid_points".to_string(),
+                            reason: format!(
+                                "a grid of {} points per range makes {} points, more than the {MAX_GRID_POINTS} a grid search enumerates; lower grid_points or use random or tpe",
+                                points,
+                                n.map_or_else(|| "too many".to_string(), |n| n.to_string())
+                            ),
+                        });
+                    }
+                }
+                Some(self.space.grid(*points))
+            }
             Algo::Points(points) => Some(points.clone()),
             _ => None,
         };

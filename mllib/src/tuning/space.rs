@@ -153,13 +153,16 @@ impl Dist {
         match self {
             Dist::Choice(o) if o.is_empty() => bad("a choice needs at least one option"),
             Dist::Choice(o) => o.iter().try_for_each(|c| c.space.check()),
-            Dist::Uniform { low, high } if !(finite(&[*low, *high]) && low < high) => {
-                bad("needs finite low < high")
+            Dist::Uniform { low, high } if !(finite(&[*low, *high, high - low]) && low < high) => {
+                bad("needs finite low < high with a finite width high − low")
             }
             Dist::QUniform { low, high, q } | Dist::QLogUniform { low, high, q }
-                if !(*q > 0.0 && q.is_finite() && finite(&[*low, *high]) && low < high) =>
+                if !(*q > 0.0
+                    && q.is_finite()
+                    && finite(&[*low, *high, high - low])
+                    && low < high) =>
             {
-                bad("needs finite low < high and q > 0")
+                bad("needs finite low < high (with a finite width) and q > 0")
             }
             Dist::LogUniform { low, high } | Dist::QLogUniform { low, high, .. }
                 if !(*low > 0.0 && low < high && high.is_finite()) =>
@@ -310,6 +313,22 @@ impl Space {
         }
     }
 
+    /// How many points [`Space::grid`] makes, or `None` when that overflows (nothing is
+    /// built).
+    pub fn grid_size(&self, points: usize) -> Option<usize> {
+        let mut total: usize = 1;
+        for p in &self.params {
+            let n = match &p.dist {
+                Dist::Choice(options) => options
+                    .iter()
+                    .try_fold(0usize, |acc, o| acc.checked_add(o.space.grid_size(points)?))?,
+                d => grid_count(d, points),
+            };
+            total = total.checked_mul(n)?;
+        }
+        Some(total)
+    }
+
     /// Every point of a grid: all options of each choice (with their sub-spaces), all
     /// integers of a randint and all multiples of q of a bounded quantized range (when there are
     /// at most `points` × 4 of them), and `points` evenly spaced values (log-spaced on log
@@ -437,6 +456,16 @@ fn parse_dist(name: &str, spec: &Value) -> Result<Dist> {
         }
         "randint" => {
             let a = nums(2)?;
+            // Integers a float carries exactly, so sampling and grids stay exact.
+            const EXACT: f64 = 9_007_199_254_740_992.0;
+            if a.iter()
+                .any(|x| !(x.is_finite() && x.abs() <= EXACT && x.fract() == 0.0))
+            {
+                return Err(invalid(
+                    name,
+                    format!("randint takes whole numbers of at most 2^53 in size, got {a:?}"),
+                ));
+            }
             Dist::RandInt {
                 low: a[0] as i64,
                 high: a[1] as i64,
@@ -475,6 +504,27 @@ fn parse_dist(name: &str, spec: &Value) -> Result<Dist> {
     })
 }
 
+/// How many values [`grid_values`] gives (an upper bound for quantized ranges).
+fn grid_count(d: &Dist, points: usize) -> usize {
+    let points = points.max(2);
+    if let (Some(q), (_, _, Some((a, b)))) = (d.quantum(), d.prior()) {
+        let (lo, hi) = if d.is_log() {
+            (a.exp(), b.exp())
+        } else {
+            (a, b)
+        };
+        let count = ((hi - lo) / q).floor();
+        if count.is_finite() && count + 1.0 <= points.saturating_mul(4) as f64 {
+            // The multiples of q within [lo, hi], as grid_values enumerates them.
+            let first = (lo / q).ceil() * q;
+            return (0..=count as usize)
+                .filter(|i| first + *i as f64 * q <= hi + 1e-12)
+                .count();
+        }
+    }
+    points
+}
+
 fn grid_values(d: &Dist, points: usize) -> Vec<Value> {
     let points = points.max(2);
     if let (Some(q), (_, _, Some((a, b)))) = (d.quantum(), d.prior()) {
@@ -484,7 +534,7 @@ fn grid_values(d: &Dist, points: usize) -> Vec<Value> {
             (a, b)
         };
         let count = ((hi - lo) / q).floor() as usize + 1;
-        if count <= points * 4 {
+        if count <= points.saturating_mul(4) {
             let first = (lo / q).ceil() * q;
             let mut out: Vec<Value> = (0..count)
                 .map(|i| first + i as f64 * q)
@@ -582,6 +632,15 @@ mod tests {
     }
 
     #[test]
+    fn ranges_too_wide_or_inexact_are_refused() {
+        let e = Space::from_json(&json!({"x": {"uniform": [-1e308, 1e308]}})).unwrap_err();
+        assert!(e.to_string().contains("finite width"), "{e}");
+        let e = Space::from_json(&json!({"k": {"randint": [2, 1e19]}})).unwrap_err();
+        assert!(e.to_string().contains("2^53"), "{e}");
+        assert!(Space::from_json(&json!({"k": {"randint": [2, 10]}})).is_ok());
+    }
+
+    #[test]
     fn grids_enumerate_choices_integers_and_spaced_values() {
         let s = Space::new(vec![
             hp::choice("a", [json!(1), json!(2)]),
@@ -591,6 +650,15 @@ mod tests {
         .unwrap();
         let g = s.grid(3);
         assert_eq!(g.len(), 2 * 3 * 3);
+        assert_eq!(s.grid_size(3), Some(g.len()));
+        // Sizes that overflow are None, not a panic, and nothing is built.
+        let wide = Space::new(
+            (0..8)
+                .map(|i| hp::uniform(&format!("x{i}"), 0.0, 1.0))
+                .collect(),
+        )
+        .unwrap();
+        assert_eq!(wide.grid_size(1 << 20), None);
         let rs: std::collections::BTreeSet<String> = g
             .iter()
             .map(|p| format!("{:.4}", p["r"].as_f64().unwrap()))

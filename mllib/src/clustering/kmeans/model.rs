@@ -115,7 +115,17 @@ impl Model for KMeansModel {
             .get("centers.arrow")
             .ok_or_else(|| corrupt("no part 'centers.arrow'".to_string()))?;
         let mut cols = vectors_from_ipc(bytes, &meta.name)?;
-        let centers = take_vector(&mut cols, "centers", params.k * dim, &meta.name)?;
+        let size = params
+            .k
+            .checked_mul(dim)
+            .filter(|n| params.k > 0 && dim > 0 && *n <= 1 << 32)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "k = {} and dim = {dim}: both must be at least 1 (and k × dim sensible)",
+                    params.k
+                ))
+            })?;
+        let centers = take_vector(&mut cols, "centers", size, &meta.name)?;
         Ok(KMeansModel {
             params,
             dim,
@@ -128,6 +138,16 @@ impl Model for KMeansModel {
 impl quiver_engine::registry::FromParams for Assign {
     fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
         let mut v: Self = quiver_engine::registry::from_json_params("a k-means model", bytes)?;
+        if v.dim == 0 || v.centers.is_empty() || !v.centers.len().is_multiple_of(v.dim) {
+            return Err(quiver_engine::QuiverError::InvalidParam {
+                param: "k-means model".to_string(),
+                reason: format!(
+                    "{} centre values for dimension {}: not whole centres",
+                    v.centers.len(),
+                    v.dim
+                ),
+            });
+        }
         v.table = CenterTable::new(&v.centers, v.dim);
         Ok(v)
     }
