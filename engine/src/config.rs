@@ -46,6 +46,11 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         doc: "On a cluster: a statistic's job that has not finished after this long is abandoned and run once more (a lost executor can leave a Ballista job waiting forever); a second timeout is an error.",
     },
     ConfigKey {
+        key: "quiver.memory_limit",
+        default: "unlimited",
+        doc: "Memory the DataFusion operators of a query may reserve (e.g. 4GB, 512MB, or unlimited); sorts and joins spill beyond it, other operators fail with an error naming this key.",
+    },
+    ConfigKey {
         key: "quiver.s3.endpoint",
         default: "$AWS_ENDPOINT_URL or AWS",
         doc: "Endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000.",
@@ -114,7 +119,38 @@ pub struct QuiverConfig {
     pub local_runner: bool,
     /// `quiver.cluster.job_timeout_secs`; defaults to 300 s.
     pub cluster_job_timeout: std::time::Duration,
+    /// `quiver.memory_limit` in bytes; `None` (the default) is unlimited.
+    pub memory_limit: Option<usize>,
     pub s3: S3Config,
+}
+
+/// A byte size as people write it: `1048576`, `512MB`, `4GB`, `1.5GiB`, `64k`; `unlimited`
+/// (or `none`, `0`) is `None`.
+pub fn parse_bytes(text: &str) -> std::result::Result<Option<usize>, String> {
+    let t = text.trim().to_ascii_lowercase();
+    if matches!(t.as_str(), "unlimited" | "none" | "0") {
+        return Ok(None);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size like 512MB or 4GB"))?;
+    let scale: f64 = match unit.trim() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0f64.powi(4),
+        other => return Err(format!("unknown unit '{other}' in '{text}'; use B, KB, MB, GB or TB")),
+    };
+    let bytes = n * scale;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < usize::MAX as f64) {
+        return Err(format!("'{text}' is not a usable size"));
+    }
+    Ok(Some(bytes as usize))
 }
 
 /// Number of cores available to this process (at least 1).
@@ -134,6 +170,7 @@ impl Default for QuiverConfig {
             model_store: "./quiver-models/".to_string(),
             local_runner: false,
             cluster_job_timeout: std::time::Duration::from_secs(300),
+            memory_limit: None,
             s3: S3Config::default(),
         }
     }
@@ -174,6 +211,7 @@ impl QuiverConfig {
             "quiver.cluster.job_timeout_secs" => {
                 self.cluster_job_timeout = std::time::Duration::from_secs(positive()? as u64)
             }
+            "quiver.memory_limit" => self.memory_limit = parse_bytes(value).map_err(|r| bad(&r))?,
             "quiver.s3.endpoint" => self.s3.endpoint = Some(value.to_string()),
             "quiver.s3.region" => self.s3.region = Some(value.to_string()),
             "quiver.s3.access_key_id" => self.s3.access_key_id = Some(value.to_string()),
@@ -238,6 +276,22 @@ impl QuiverConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_sizes_parse_as_people_write_them() {
+        assert_eq!(parse_bytes("1048576").unwrap(), Some(1 << 20));
+        assert_eq!(parse_bytes("512MB").unwrap(), Some(512 << 20));
+        assert_eq!(parse_bytes("1.5 GiB").unwrap(), Some(3 << 29));
+        assert_eq!(parse_bytes("64k").unwrap(), Some(64 << 10));
+        assert_eq!(parse_bytes("unlimited").unwrap(), None);
+        assert!(parse_bytes("8XB").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("1e400").is_err());
+        let c = QuiverConfig::default()
+            .with_pairs([("quiver.memory_limit", "2GB")])
+            .unwrap();
+        assert_eq!(c.memory_limit, Some(2 << 30));
+    }
 
     #[test]
     fn defaults_follow_the_machine() {

@@ -171,6 +171,10 @@ pub enum QuiverError {
     #[error("cluster error: {0}")]
     Cluster(String),
 
+    /// A query reserved more memory than `quiver.memory_limit` allows.
+    #[error("{0}")]
+    MemoryLimit(String),
+
     /// An error of an upper layer (MLlib, the SQL statements and functions), already worded.
     #[error("{0}")]
     Worded(String),
@@ -207,6 +211,12 @@ fn cluster_hint(df: DataFusionError) -> QuiverError {
     let text = df.to_string();
     if let Some(e) = bad_value_from_text(&text) {
         return e;
+    }
+    if text.contains("Resources exhausted") {
+        return QuiverError::MemoryLimit(format!(
+            "the query needs more memory than quiver.memory_limit allows (raise it, or read \
+             less at once): {text}"
+        ));
     }
     if text.contains(TASK_REJECTED) {
         QuiverError::Cluster(format!(

@@ -149,7 +149,9 @@ impl QuiverSession {
             .with_target_partitions(config.target_partitions)
             .with_batch_size(config.batch_size)
             .with_information_schema(true);
-        let runtime = RuntimeEnvBuilder::new().build_arc()?;
+        let runtime =
+            crate::cluster::with_memory_limit(RuntimeEnvBuilder::new(), config.memory_limit)
+                .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(session_config, runtime).enable_url_table();
         let memory_url =
             Url::parse("memory://").map_err(|e| QuiverError::internal(e.to_string()))?;

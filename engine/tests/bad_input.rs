@@ -191,6 +191,29 @@ async fn infinities_in_features_and_labels_are_named() {
     }
 }
 
+/// A query over `quiver.memory_limit` fails with an error naming the key (a hash join cannot
+/// spill); a sort under the same limit spills and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_is_enforced_and_named() {
+    let config = QuiverConfig::default()
+        .with_pairs([("quiver.memory_limit", "8MB")])
+        .unwrap();
+    let s = QuiverSession::embedded_with(config).unwrap();
+    let join = s
+        .context()
+        .sql("SELECT count(*) FROM generate_series(1, 2000000) a JOIN generate_series(1, 2000000) b ON a.value = b.value")
+        .await
+        .unwrap();
+    let err = QuiverError::from(join.collect().await.unwrap_err()).to_string();
+    assert!(err.contains("quiver.memory_limit"), "{err}");
+    let sort = s
+        .context()
+        .sql("SELECT count(*) FROM (SELECT value FROM generate_series(1, 3000000) ORDER BY value DESC)")
+        .await
+        .unwrap();
+    assert_eq!(sort.collect().await.unwrap()[0].num_rows(), 1);
+}
+
 #[tokio::test]
 async fn empty_dataset_is_an_error() {
     let s = session();

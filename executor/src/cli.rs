@@ -93,6 +93,10 @@ pub struct ExecutorArgs {
     /// S3 region.
     #[arg(long)]
     pub s3_region: Option<String>,
+    /// Memory this executor's tasks may reserve together, e.g. 8GB (default: unlimited);
+    /// sorts and joins spill beyond it, other operators fail naming it.
+    #[arg(long, value_parser = memory_size)]
+    pub memory_limit: Option<usize>,
     /// Start without Quiver's functions and codecs (a plain Ballista executor), to see what a
     /// version mismatch looks like. Never useful in production.
     #[arg(long, hide = true)]
@@ -116,9 +120,16 @@ impl From<ExecutorArgs> for ExecutorOptions {
                 region: a.s3_region,
                 ..S3Config::default()
             },
+            memory_limit: a.memory_limit,
             bare: a.bare,
         }
     }
+}
+
+/// `--memory-limit`'s value: a size such as 8GB (`unlimited` is the default).
+fn memory_size(text: &str) -> Result<usize, String> {
+    quiver_engine::config::parse_bytes(text)?
+        .ok_or_else(|| "give a size such as 8GB, or leave the option out".to_string())
 }
 
 /// Logs to stderr at `info` unless `RUST_LOG` says otherwise.

@@ -58,6 +58,7 @@ pub async fn launch(config: QuiverConfig) -> Result<SchedulerAddress> {
         grpc_port: free_port()?,
         concurrent_tasks: config.target_partitions.max(1),
         s3: config.s3.clone(),
+        memory_limit: config.memory_limit,
         ..ExecutorOptions::default()
     };
     let flight = executor.port;

@@ -39,6 +39,8 @@ pub struct ExecutorOptions {
     pub executor_id: Option<String>,
     /// S3 settings for `s3://` data and model stores (unset fields: the `AWS_*` variables).
     pub s3: S3Config,
+    /// Memory the tasks of this executor may reserve together (bytes; `None`: unlimited).
+    pub memory_limit: Option<usize>,
     /// Start a plain Ballista executor without Quiver's functions and codecs (only to see
     /// what a version mismatch looks like; never useful in production).
     pub bare: bool,
@@ -57,6 +59,7 @@ impl Default for ExecutorOptions {
             heartbeat: Duration::from_secs(3),
             executor_id: None,
             s3: S3Config::default(),
+            memory_limit: None,
             bare: false,
         }
     }
@@ -127,13 +130,16 @@ pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> 
         &functions,
     )?;
     let s3 = opts.s3.clone();
+    // One pool for every task of this executor.
+    let pool = cluster::memory_pool(opts.memory_limit);
     let runtime: RuntimeProducer = Arc::new(move |_: &SessionConfig| {
-        Ok(Arc::new(
-            RuntimeEnvBuilder::new()
-                .with_temp_file_path(work_dir.clone())
-                .with_object_store_registry(Arc::new(QuiverObjectStores::new(s3.clone())))
-                .build()?,
-        ))
+        let mut b = RuntimeEnvBuilder::new()
+            .with_temp_file_path(work_dir.clone())
+            .with_object_store_registry(Arc::new(QuiverObjectStores::new(s3.clone())));
+        if let Some(p) = &pool {
+            b = b.with_memory_pool(Arc::clone(p));
+        }
+        Ok(Arc::new(b.build()?))
     });
     config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&state)));
     config.override_runtime_producer = Some(runtime);

@@ -108,9 +108,9 @@ impl SqlSession {
             Statement::Sql(s) => {
                 let ctx = self.session.context();
                 let mut plan = ctx.state().statement_to_plan(*s).await?;
-                if self.session.is_cluster() {
-                    plan = predict::pin_model_versions(plan, &self.catalog).await?;
-                }
+                // Each model name is resolved once per query, embedded as on a cluster: a
+                // version published while the query runs does not mix in.
+                plan = predict::pin_model_versions(plan, &self.catalog).await?;
                 Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
             }
             Statement::Ml(MlStatement::CreateModel(c)) => {

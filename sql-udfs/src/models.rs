@@ -17,6 +17,9 @@ use crate::error::{Result, SqlError};
 /// process may have published a newer one). Statements of this session refresh it at once.
 const LATEST_TTL: Duration = Duration::from_secs(2);
 
+/// Most models kept loaded per process; the least recently used goes first.
+const MAX_LOADED_MODELS: usize = 64;
+
 /// A model as SQL functions use it.
 #[derive(Debug)]
 pub struct LoadedModel {
@@ -41,7 +44,8 @@ impl LoadedModel {
 #[derive(Debug)]
 pub struct ModelCatalog {
     store: ModelStore,
-    loaded: Mutex<HashMap<(String, u64), Arc<LoadedModel>>>,
+    /// Loaded versions, with when the store last confirmed the version still exists.
+    loaded: Mutex<HashMap<(String, u64), (Arc<LoadedModel>, Instant)>>,
     latest: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
@@ -82,6 +86,11 @@ impl ModelCatalog {
             .retain(|(n, _), _| n != name);
     }
 
+    /// How many model versions are loaded (bounded by the cache's size).
+    pub fn loaded_count(&self) -> usize {
+        self.loaded.lock().expect("catalog lock").len()
+    }
+
     /// The model `reference` names, loading it on first use.
     pub async fn resolve(&self, reference: &str) -> Result<Arc<LoadedModel>> {
         let (name, pinned) = parse_reference(reference)?;
@@ -116,8 +125,19 @@ impl ModelCatalog {
             }
         };
         let key = (name.clone(), version);
-        if let Some(m) = self.loaded.lock().expect("catalog lock").get(&key) {
-            return Ok(Arc::clone(m));
+        let held = self.loaded.lock().expect("catalog lock").get(&key).cloned();
+        if let Some((m, checked)) = held {
+            if checked.elapsed() < LATEST_TTL || pinned.is_none() {
+                // An unpinned name was just confirmed through its latest version.
+                self.touch(&key);
+                return Ok(m);
+            }
+            // A pinned version is confirmed again: it may have been dropped meanwhile.
+            if self.store.versions(&name).await?.contains(&version) {
+                self.touch(&key);
+                return Ok(m);
+            }
+            self.loaded.lock().expect("catalog lock").remove(&key);
         }
         let (metadata, model) = load_dyn(&self.store, &name, Some(version)).await?;
         let rows = RowPredictor::from_stages(&name, std::slice::from_ref(&model))
@@ -127,11 +147,25 @@ impl ModelCatalog {
             model,
             rows,
         });
-        self.loaded
-            .lock()
-            .expect("catalog lock")
-            .insert(key, Arc::clone(&loaded));
+        let mut held = self.loaded.lock().expect("catalog lock");
+        held.insert(key, (Arc::clone(&loaded), Instant::now()));
+        // Bounded: the model used least recently goes.
+        while held.len() > MAX_LOADED_MODELS {
+            let oldest = held
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+                .expect("a full cache has entries");
+            held.remove(&oldest);
+        }
         Ok(loaded)
+    }
+
+    /// Marks a loaded version as confirmed now.
+    fn touch(&self, key: &(String, u64)) {
+        if let Some((_, at)) = self.loaded.lock().expect("catalog lock").get_mut(key) {
+            *at = Instant::now();
+        }
     }
 
     /// The model `reference` names if it is loaded (and, unpinned, its latest version is
@@ -149,11 +183,10 @@ impl ModelCatalog {
                 *v
             }
         };
-        self.loaded
-            .lock()
-            .expect("catalog lock")
-            .get(&(name, version))
-            .cloned()
+        let held = self.loaded.lock().expect("catalog lock");
+        let (m, checked) = held.get(&(name, version))?;
+        // A pinned version is confirmed by the store again once in a while.
+        (pinned.is_none() || checked.elapsed() < LATEST_TTL).then(|| Arc::clone(m))
     }
 
     /// [`ModelCatalog::resolve`] from synchronous code (function planning and execution).

@@ -222,3 +222,66 @@ async fn tuned_create_model_keeps_the_best_trials_options() {
         "the training snapshot is removed: {left:?}"
     );
 }
+
+fn count(batches: &[arrow::array::RecordBatch], col: usize) -> i64 {
+    batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            b.column(col)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0)
+        })
+        .sum()
+}
+
+/// A query resolves each unpinned model name once, when it is planned: a version another
+/// session (another process) publishes while it runs does not mix in; a dropped pinned
+/// version is noticed within the catalogue's freshness window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_uses_one_version_of_each_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = quiver_sql_udfs::SqlSession::new(session_with_store(&dir)).unwrap();
+    let b = quiver_sql_udfs::SqlSession::new(session_with_store(&dir)).unwrap();
+    let model = |sign: &str| {
+        format!(
+            "CREATE OR REPLACE MODEL m OPTIONS (model_type = 'linear_reg', input_label_cols = ['y'], \
+             data_split_method = 'no_split') AS SELECT CAST(value AS DOUBLE) AS x, {sign} CAST(value AS DOUBLE) AS y \
+             FROM generate_series(1, 200)"
+        )
+    };
+    a.execute(&model("")).await.unwrap();
+    let plan = a
+        .execute("EXPLAIN SELECT ml_predict('m', CAST(value AS DOUBLE)) FROM generate_series(1, 3)")
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&plan[0].batches)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("m@1"), "the plan pins the version:\n{text}");
+    // v2 (y = -x) is published while a long query of `a` runs: every row of that query is
+    // predicted by the same version (all positive, or all negative).
+    let query = "SELECT count(*) FILTER (WHERE ml_predict('m', CAST(value AS DOUBLE)) > 0) AS pos, \
+                 count(*) FILTER (WHERE ml_predict('m', CAST(value AS DOUBLE)) < 0) AS neg \
+                 FROM generate_series(1, 1000000)";
+    let running = tokio::spawn({
+        let a = a.clone();
+        async move { a.execute(query).await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    b.execute(&model("-")).await.unwrap();
+    let out = running.await.unwrap();
+    let (pos, neg) = (count(&out[0].batches, 0), count(&out[0].batches, 1));
+    assert_eq!(pos + neg, 1_000_000);
+    assert!(pos == 0 || neg == 0, "two versions in one query: {pos} / {neg}");
+    // A pinned version dropped by the other session is refused once the window passes.
+    a.execute("SELECT ml_predict('m@2', 1.0)").await.unwrap();
+    b.execute("DROP MODEL m").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let err = a
+        .execute("SELECT ml_predict('m@2', 1.0)")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("'m'"), "{err}");
+}

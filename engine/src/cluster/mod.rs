@@ -149,9 +149,37 @@ impl ObjectStoreRegistry for QuiverObjectStores {
 
 /// A runtime whose object stores are [`QuiverObjectStores`].
 pub fn runtime_env(s3: &S3Config) -> Result<Arc<RuntimeEnv>> {
-    Ok(RuntimeEnvBuilder::new()
+    runtime_env_limited(s3, None)
+}
+
+/// [`runtime_env`] whose queries may reserve at most `memory_limit` bytes
+/// (`quiver.memory_limit`; spilling operators spill, the others fail naming the key).
+pub fn runtime_env_limited(s3: &S3Config, memory_limit: Option<usize>) -> Result<Arc<RuntimeEnv>> {
+    Ok(with_memory_limit(RuntimeEnvBuilder::new(), memory_limit)
         .with_object_store_registry(Arc::new(QuiverObjectStores::new(s3.clone())))
         .build_arc()?)
+}
+
+/// `b` with a fresh [`memory_pool`] of `limit` bytes (none: unlimited).
+pub fn with_memory_limit(b: RuntimeEnvBuilder, limit: Option<usize>) -> RuntimeEnvBuilder {
+    match memory_pool(limit) {
+        None => b,
+        Some(pool) => b.with_memory_pool(pool),
+    }
+}
+
+/// A fair pool of `limit` bytes for the operators of a process (spilling operators get their
+/// share), reporting the largest consumers when it is exhausted.
+pub fn memory_pool(
+    limit: Option<usize>,
+) -> Option<Arc<dyn datafusion::execution::memory_pool::MemoryPool>> {
+    use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+    limit.map(|bytes| {
+        Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(bytes),
+            std::num::NonZeroUsize::new(3).expect("3 is not zero"),
+        )) as Arc<dyn datafusion::execution::memory_pool::MemoryPool>
+    })
 }
 
 /// Session settings every cluster process shares: Ballista's, Quiver's partitioning and batch
@@ -215,7 +243,7 @@ pub async fn remote_context(
     address.check_reachable(CONNECT_TIMEOUT).await?;
     let state = session_state(
         session_config(config, functions),
-        runtime_env(&config.s3)?,
+        runtime_env_limited(&config.s3, config.memory_limit)?,
         functions,
     )?;
     let ctx = SessionContext::remote_with_state(&address.url(), state)
