@@ -144,7 +144,11 @@ pub fn parse_bytes(text: &str) -> std::result::Result<Option<usize>, String> {
         "m" | "mb" | "mib" => 1024.0 * 1024.0,
         "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
         "t" | "tb" | "tib" => 1024.0f64.powi(4),
-        other => return Err(format!("unknown unit '{other}' in '{text}'; use B, KB, MB, GB or TB")),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}'; use B, KB, MB, GB or TB"
+            ));
+        }
     };
     let bytes = n * scale;
     if !(bytes.is_finite() && bytes >= 1.0 && bytes < usize::MAX as f64) {

@@ -40,12 +40,15 @@ impl LoadedModel {
     }
 }
 
+/// A model version: (name, version).
+type ModelKey = (String, u64);
+
 /// The model store of a SQL session and the models loaded from it.
 #[derive(Debug)]
 pub struct ModelCatalog {
     store: ModelStore,
     /// Loaded versions, with when the store last confirmed the version still exists.
-    loaded: Mutex<HashMap<(String, u64), (Arc<LoadedModel>, Instant)>>,
+    loaded: Mutex<HashMap<ModelKey, (Arc<LoadedModel>, Instant)>>,
     latest: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
@@ -162,7 +165,7 @@ impl ModelCatalog {
     }
 
     /// Marks a loaded version as confirmed now.
-    fn touch(&self, key: &(String, u64)) {
+    fn touch(&self, key: &ModelKey) {
         if let Some((_, at)) = self.loaded.lock().expect("catalog lock").get_mut(key) {
             *at = Instant::now();
         }

@@ -273,7 +273,10 @@ async fn a_query_uses_one_version_of_each_model() {
     let out = running.await.unwrap();
     let (pos, neg) = (count(&out[0].batches, 0), count(&out[0].batches, 1));
     assert_eq!(pos + neg, 1_000_000);
-    assert!(pos == 0 || neg == 0, "two versions in one query: {pos} / {neg}");
+    assert!(
+        pos == 0 || neg == 0,
+        "two versions in one query: {pos} / {neg}"
+    );
     // A pinned version dropped by the other session is refused once the window passes.
     a.execute("SELECT ml_predict('m@2', 1.0)").await.unwrap();
     b.execute("DROP MODEL m").await.unwrap();
