@@ -40,6 +40,55 @@ pub fn vectors_from_ipc(bytes: &Bytes, model: &str) -> Result<BTreeMap<String, V
         name: model.to_string(),
         reason,
     };
+    // The Arrow IPC reader panics on some damaged schemas (an unknown type id): a damaged part
+    // is an error naming the model, not a crash.
+    std::panic::catch_unwind(|| decode_vectors(bytes, &corrupt)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(corrupt(format!("unreadable Arrow payload: {why}")))
+    })
+}
+
+/// Checks that every block an Arrow IPC file's footer lists lies inside the file: the reader
+/// allocates what a block claims before reading it, so a damaged footer could ask for
+/// exabytes.
+fn check_ipc_blocks(bytes: &[u8]) -> std::result::Result<(), String> {
+    let len = bytes.len();
+    let trailer: [u8; 10] = bytes
+        .get(len.saturating_sub(10)..)
+        .and_then(|t| t.try_into().ok())
+        .ok_or("too short for an Arrow file")?;
+    let footer_len = arrow::ipc::reader::read_footer_length(trailer).map_err(|e| e.to_string())?;
+    let start = len
+        .checked_sub(10 + footer_len)
+        .ok_or("its footer is longer than the file")?;
+    let footer = arrow::ipc::root_as_footer(&bytes[start..len - 10]).map_err(|e| e.to_string())?;
+    let blocks = footer
+        .recordBatches()
+        .into_iter()
+        .chain(footer.dictionaries())
+        .flat_map(|b| b.iter());
+    for b in blocks {
+        let end = b.offset() as i128 + b.metaDataLength() as i128 + b.bodyLength() as i128;
+        if b.offset() < 0 || b.metaDataLength() < 0 || b.bodyLength() < 0 || end > start as i128 {
+            return Err(format!(
+                "a block at {} of {} bytes lies outside the file",
+                b.offset(),
+                b.metaDataLength() as i128 + b.bodyLength() as i128
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn decode_vectors(
+    bytes: &Bytes,
+    corrupt: &dyn Fn(String) -> MllibError,
+) -> Result<BTreeMap<String, Vec<f64>>> {
+    check_ipc_blocks(bytes).map_err(|e| corrupt(format!("unreadable Arrow payload: {e}")))?;
     let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes.clone()), None)
         .map_err(|e| corrupt(format!("unreadable Arrow payload: {e}")))?;
     let schema = reader.schema();
@@ -60,6 +109,18 @@ pub fn vectors_from_ipc(bytes: &Bytes, model: &str) -> Result<BTreeMap<String, V
         }
     }
     Ok(out)
+}
+
+/// `rows × cols` values a stored model's metadata claims, or an error when the product
+/// overflows or is beyond any model (2³² values) or a factor is 0: checked before anything is
+/// sized by it.
+pub fn claimed_len(rows: usize, cols: usize, what: &str, model: &str) -> Result<usize> {
+    rows.checked_mul(cols)
+        .filter(|n| rows > 0 && cols > 0 && *n <= 1 << 32)
+        .ok_or_else(|| MllibError::CorruptModel {
+            name: model.to_string(),
+            reason: format!("{what} claims {rows} × {cols} values"),
+        })
 }
 
 /// Takes column `name` out of a decoded payload, checking its length.

@@ -166,16 +166,34 @@ fn decode_memory_table(mut buf: &[u8], schema: SchemaRef) -> DFResult<Arc<dyn Ta
         *buf = rest;
         Ok(u64::from_le_bytes(head.try_into().unwrap_or([0; 8])))
     };
-    let n = take_u64(&mut buf)? as usize;
-    let mut partitions = Vec::with_capacity(n);
+    let n = take_u64(&mut buf)?;
+    // Every partition takes at least its 8-byte length: a count the payload cannot hold is a
+    // damaged plan, refused before anything is allocated for it.
+    if n > (buf.len() / 8) as u64 {
+        return Err(cluster_error(format!(
+            "an in-memory table claims {n} partitions in {} bytes",
+            buf.len()
+        )));
+    }
+    let mut partitions = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let len = take_u64(&mut buf)? as usize;
-        let (ipc, rest) = buf
-            .split_at_checked(len)
+        let len = take_u64(&mut buf)?;
+        let (ipc, rest) = usize::try_from(len)
+            .ok()
+            .and_then(|len| buf.split_at_checked(len))
             .ok_or_else(|| cluster_error("a truncated in-memory table".to_string()))?;
         buf = rest;
-        let reader = StreamReader::try_new(ipc, None)?;
-        partitions.push(reader.collect::<Result<Vec<_>, _>>()?);
+        // The IPC reader panics on some damaged schemas: an error, not a crashed process.
+        let read =
+            std::panic::catch_unwind(|| -> DFResult<Vec<datafusion::arrow::array::RecordBatch>> {
+                let reader = StreamReader::try_new(ipc, None)?;
+                Ok(reader.collect::<Result<Vec<_>, _>>()?)
+            });
+        partitions.push(read.unwrap_or_else(|_| {
+            Err(cluster_error(
+                "an in-memory table's Arrow data is damaged".to_string(),
+            ))
+        })?);
     }
     Ok(Arc::new(MemTable::try_new(schema, partitions)?))
 }

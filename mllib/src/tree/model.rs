@@ -394,11 +394,29 @@ impl<E: TreeEstimator> Model for TreeEnsembleModel<E> {
             col("gain")?,
             col("cover")?,
         );
-        let w = shape.width.max(1);
+        // Sizes the metadata claims are checked before anything is sized by them.
+        if shape.width == 0
+            || shape.width > crate::api::MAX_CLASS_INDEX
+            || shape.dim == 0
+            || shape.dim > 1 << 24
+            || shape.groups == 0
+            || shape.groups > crate::api::MAX_CLASS_INDEX
+            || shape.base.len() > crate::api::MAX_CLASS_INDEX
+        {
+            return Err(corrupt(format!(
+                "shape dim {}, width {}, groups {}, {} base scores is not a tree ensemble's",
+                shape.dim,
+                shape.width,
+                shape.groups,
+                shape.base.len()
+            )));
+        }
+        let w = shape.width;
         let values = take_vector(
             &mut vectors_from_ipc(part("values.arrow")?, &meta.name)?,
             "values",
-            n * w,
+            n.checked_mul(w)
+                .ok_or_else(|| corrupt(format!("{n} nodes of width {w}")))?,
             &meta.name,
         )?;
         let index = |v: f64, what: &str| -> Result<u32> {

@@ -13,7 +13,7 @@ use super::params::LogisticRegression;
 use crate::api::{Model, Transformer};
 use crate::classification::scores::{self, ClassScores, OutputCols, softmax};
 use crate::error::{MllibError, Result};
-use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
+use crate::persist::{claimed_len, params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
 /// A fitted [`LogisticRegression`].
 #[derive(Debug, Clone, PartialEq)]
@@ -207,7 +207,12 @@ impl Model for LogisticRegressionModel {
         let mut c = vectors_from_ipc(part("coefficients.arrow")?, &meta.name)?;
         let mut i = vectors_from_ipc(part("intercepts.arrow")?, &meta.name)?;
         Ok(LogisticRegressionModel {
-            coefficients: take_vector(&mut c, "coefficients", vectors * dim, &meta.name)?,
+            coefficients: take_vector(
+                &mut c,
+                "coefficients",
+                claimed_len(vectors, dim, "the coefficients", &meta.name)?,
+                &meta.name,
+            )?,
             intercepts: take_vector(&mut i, "intercepts", vectors, &meta.name)?,
             params,
             dim,

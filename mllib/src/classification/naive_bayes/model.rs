@@ -12,7 +12,7 @@ use super::statistic::{ClassMoments, ClassSumsState};
 use crate::api::{Model, RowStage, Transformer};
 use crate::classification::scores::{self, ClassScores, OutputCols};
 use crate::error::{MllibError, Result};
-use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
+use crate::persist::{claimed_len, params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
 /// What prediction needs: everything is a function of these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -318,14 +318,14 @@ impl Model for NaiveBayesModel {
         let theta = take_vector(
             &mut vectors_from_ipc(part("theta.arrow")?, &meta.name)?,
             "theta",
-            classes * dim,
+            claimed_len(classes, dim, "theta", &meta.name)?,
             &meta.name,
         )?;
         let var = if params.model_type == NaiveBayesType::Gaussian {
             let var = take_vector(
                 &mut vectors_from_ipc(part("variance.arrow")?, &meta.name)?,
                 "variance",
-                classes * dim,
+                claimed_len(classes, dim, "the variances", &meta.name)?,
                 &meta.name,
             )?;
             if let Some(v) = var.iter().find(|v| !(**v > 0.0 && v.is_finite())) {

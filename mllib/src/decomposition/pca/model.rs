@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::params::PCA;
 use crate::api::{Model, RowStage, Transformer};
 use crate::error::{MllibError, Result};
-use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
+use crate::persist::{claimed_len, params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
 /// What a fit reports (also what `ml_principal_component_info` lists).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,7 +199,7 @@ impl Model for PCAModel {
         let components = take_vector(
             &mut vectors_from_ipc(part("components.arrow")?, &meta.name)?,
             "components",
-            summary.k * dim,
+            claimed_len(summary.k, dim, "the components", &meta.name)?,
             &meta.name,
         )?;
         Ok(PCAModel::new(params, dim, mean, components, summary))
