@@ -51,6 +51,11 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         doc: "Memory the DataFusion operators of a query may reserve (e.g. 4GB, 512MB, or unlimited); sorts and joins spill beyond it, other operators fail with an error naming this key.",
     },
     ConfigKey {
+        key: "quiver.training_cache",
+        default: "2GB",
+        doc: "Embedded: CREATE MODEL keeps its training query's result in memory up to this size, so the query runs once and every later pass (counts, preprocessing statistics, fit passes, evaluation) reads memory; larger results are read again per pass. 0 turns it off.",
+    },
+    ConfigKey {
         key: "quiver.s3.endpoint",
         default: "$AWS_ENDPOINT_URL or AWS",
         doc: "Endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000.",
@@ -121,6 +126,8 @@ pub struct QuiverConfig {
     pub cluster_job_timeout: std::time::Duration,
     /// `quiver.memory_limit` in bytes; `None` (the default) is unlimited.
     pub memory_limit: Option<usize>,
+    /// `quiver.training_cache` in bytes (0: off); defaults to 2 GiB.
+    pub training_cache: usize,
     pub s3: S3Config,
 }
 
@@ -175,6 +182,7 @@ impl Default for QuiverConfig {
             local_runner: false,
             cluster_job_timeout: std::time::Duration::from_secs(300),
             memory_limit: None,
+            training_cache: 2 << 30,
             s3: S3Config::default(),
         }
     }
@@ -216,6 +224,9 @@ impl QuiverConfig {
                 self.cluster_job_timeout = std::time::Duration::from_secs(positive()? as u64)
             }
             "quiver.memory_limit" => self.memory_limit = parse_bytes(value).map_err(|r| bad(&r))?,
+            "quiver.training_cache" => {
+                self.training_cache = parse_bytes(value).map_err(|r| bad(&r))?.unwrap_or(0)
+            }
             "quiver.s3.endpoint" => self.s3.endpoint = Some(value.to_string()),
             "quiver.s3.region" => self.s3.region = Some(value.to_string()),
             "quiver.s3.access_key_id" => self.s3.access_key_id = Some(value.to_string()),

@@ -209,6 +209,58 @@ async fn query_frame(session: &QuiverSession, c: &CreateModel) -> Result<DataFra
     Ok(ctx.execute_logical_plan(plan).await?)
 }
 
+/// Embedded: the training query's result in memory when it fits `limit` bytes (partitions
+/// read in parallel, given up as soon as they exceed it), so the query runs once and every
+/// later pass reads memory. `None` when it is larger (or cannot be held as a table): the
+/// passes then run the query again.
+async fn materialise(
+    session: &QuiverSession,
+    df: &DataFrame,
+    limit: usize,
+) -> Result<Option<DataFrame>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if limit == 0 || session.is_cluster() {
+        return Ok(None);
+    }
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let used = Arc::new(AtomicUsize::new(0));
+    let streams = df.clone().execute_stream_partitioned().await?;
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
+            let used = Arc::clone(&used);
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                let mut batches = Vec::new();
+                while let Some(b) = stream.next().await {
+                    let b = b?;
+                    let total = used.fetch_add(b.get_array_memory_size(), Ordering::Relaxed)
+                        + b.get_array_memory_size();
+                    if total > limit {
+                        return Ok(None);
+                    }
+                    batches.push(b);
+                }
+                Ok::<_, datafusion::error::DataFusionError>(Some(batches))
+            })
+        })
+        .collect();
+    let mut partitions = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        match t
+            .await
+            .map_err(|e| SqlError::Invalid(format!("reading the training rows: {e}")))??
+        {
+            Some(b) => partitions.push(b),
+            None => return Ok(None),
+        }
+    }
+    let Ok(table) = datafusion::datasource::MemTable::try_new(schema, partitions) else {
+        return Ok(None);
+    };
+    Ok(Some(session.context().read_table(Arc::new(table))?))
+}
+
 /// What `CREATE MODEL` prints.
 pub async fn create_model(
     session: &QuiverSession,
@@ -298,6 +350,12 @@ pub async fn create_model(
         None if o.algorithm.missing_values == MissingNumbers::Keep => CategoryEncoding::Label,
         None => CategoryEncoding::OneHot,
     };
+    // The statement is checked; now its query runs, once when the result fits in memory.
+    let limit = session.config().training_cache;
+    let (df, cached) = match materialise(session, &df, limit).await? {
+        Some(rows) => (rows, true),
+        None => (df, false),
+    };
     let raw = Dataset::new(df);
     let rows = raw.count().await?;
     let seed = o.usize("seed")?.unwrap_or(42) as u64;
@@ -305,6 +363,14 @@ pub async fn create_model(
         Split::None => (raw.clone(), None),
         Split::Random(f) => {
             let mut parts = raw.random_split(&[1.0 - f, f], seed)?;
+            if cached {
+                // Each side kept as well: a row's side is computed once, not in every pass.
+                for p in parts.iter_mut() {
+                    if let Some(side) = materialise(session, p.dataframe(), limit).await? {
+                        *p = p.with_dataframe(side)?;
+                    }
+                }
+            }
             let eval = parts.pop();
             (parts.pop().expect("two parts"), eval)
         }

@@ -288,3 +288,51 @@ async fn a_query_uses_one_version_of_each_model() {
         .to_string();
     assert!(err.contains("'m'"), "{err}");
 }
+
+/// CREATE MODEL reads its query once when the result fits `quiver.training_cache` (the
+/// default) and per pass otherwise: the same split, the same model, the same metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_training_cache_changes_nothing_but_speed() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/patients.csv")
+        .canonicalize()
+        .unwrap();
+    let mut results = Vec::new();
+    for cache in ["2GB", "0", "4KB"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QuiverConfig::default()
+            .with_model_store(dir.path().join("models").to_string_lossy().to_string())
+            .with_pairs([("quiver.training_cache", cache)])
+            .unwrap();
+        let sql =
+            quiver_sql_udfs::SqlSession::new(quiver_driver::session_with(config).unwrap()).unwrap();
+        let out = sql
+            .execute(&format!(
+                "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true'); \
+                 CREATE MODEL m OPTIONS (model_type = 'logistic_reg', input_label_cols = ['progression'], \
+                 data_split_method = 'random', data_split_eval_fraction = 0.3, seed = 4) \
+                 AS SELECT age, sex, bmi, bp, s5, bmi_band, high_s6, progression FROM p; \
+                 SELECT feature, weight FROM ml_weights('m') ORDER BY vector, feature",
+                data.display()
+            ))
+            .await
+            .unwrap();
+        let created = arrow::util::pretty::pretty_format_batches(&out[1].batches)
+            .unwrap()
+            .to_string();
+        let weights = arrow::util::pretty::pretty_format_batches(&out[2].batches)
+            .unwrap()
+            .to_string();
+        results.push((
+            cache,
+            created.lines().nth(3).unwrap_or_default().to_string(),
+            weights,
+        ));
+    }
+    for (cache, created, weights) in &results[1..] {
+        // Same rows on each side, same fit: the summary row (without the model version) and
+        // every weight print alike.
+        assert_eq!(created, &results[0].1, "training_cache = {cache}");
+        assert_eq!(weights, &results[0].2, "training_cache = {cache}");
+    }
+}
