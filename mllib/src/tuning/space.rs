@@ -504,46 +504,46 @@ fn parse_dist(name: &str, spec: &Value) -> Result<Dist> {
     })
 }
 
-/// How many values [`grid_values`] gives (an upper bound for quantized ranges).
+/// The multiples of q a bounded quantized range puts on a grid (in value space, before
+/// rounding), when there are at most `points` × 4 of them: (first, q, how many).
+fn quantized_range(d: &Dist, points: usize) -> Option<(f64, f64, usize)> {
+    let (Some(q), (_, _, Some((a, b)))) = (d.quantum(), d.prior()) else {
+        return None;
+    };
+    let (lo, hi) = if d.is_log() {
+        (a.exp(), b.exp())
+    } else {
+        (a, b)
+    };
+    let count = ((hi - lo) / q).floor();
+    if !(count.is_finite() && count + 1.0 <= points.saturating_mul(4) as f64) {
+        return None;
+    }
+    let first = (lo / q).ceil() * q;
+    let n = if first <= hi + 1e-12 {
+        (((hi + 1e-12 - first) / q).floor() as usize + 1).min(count as usize + 1)
+    } else {
+        0
+    };
+    Some((first, q, n))
+}
+
+/// How many values [`grid_values`] gives (an upper bound: rounding may merge some), computed,
+/// not enumerated.
 fn grid_count(d: &Dist, points: usize) -> usize {
     let points = points.max(2);
-    if let (Some(q), (_, _, Some((a, b)))) = (d.quantum(), d.prior()) {
-        let (lo, hi) = if d.is_log() {
-            (a.exp(), b.exp())
-        } else {
-            (a, b)
-        };
-        let count = ((hi - lo) / q).floor();
-        if count.is_finite() && count + 1.0 <= points.saturating_mul(4) as f64 {
-            // The multiples of q within [lo, hi], as grid_values enumerates them.
-            let first = (lo / q).ceil() * q;
-            return (0..=count as usize)
-                .filter(|i| first + *i as f64 * q <= hi + 1e-12)
-                .count();
-        }
-    }
-    points
+    quantized_range(d, points).map_or(points, |(_, _, n)| n)
 }
 
 fn grid_values(d: &Dist, points: usize) -> Vec<Value> {
     let points = points.max(2);
-    if let (Some(q), (_, _, Some((a, b)))) = (d.quantum(), d.prior()) {
-        let (lo, hi) = if d.is_log() {
-            (a.exp(), b.exp())
-        } else {
-            (a, b)
-        };
-        let count = ((hi - lo) / q).floor() as usize + 1;
-        if count <= points.saturating_mul(4) {
-            let first = (lo / q).ceil() * q;
-            let mut out: Vec<Value> = (0..count)
-                .map(|i| first + i as f64 * q)
-                .filter(|v| *v <= hi + 1e-12)
-                .map(|v| d.finish(if d.is_log() { v.ln() } else { v }))
-                .collect();
-            out.dedup();
-            return out;
-        }
+    if let Some((first, q, n)) = quantized_range(d, points) {
+        let mut out: Vec<Value> = (0..n)
+            .map(|i| first + i as f64 * q)
+            .map(|v| d.finish(if d.is_log() { v.ln() } else { v }))
+            .collect();
+        out.dedup();
+        return out;
     }
     let (mu, sigma, bounds) = d.prior();
     let (a, b) = bounds.unwrap_or((mu - 2.0 * sigma, mu + 2.0 * sigma));
