@@ -108,6 +108,25 @@ impl fmt::Debug for S3Config {
     }
 }
 
+/// The S3 settings this process was started with (an executor's or scheduler's
+/// `--s3-endpoint`/`--s3-region`), the default of every configuration made in it: the sessions
+/// that load models and trial data inside an executor use them, not only its query runtime.
+static PROCESS_S3: std::sync::RwLock<Option<S3Config>> = std::sync::RwLock::new(None);
+
+/// Sets this process's S3 settings (see [`process_s3`]).
+pub fn set_process_s3(s3: S3Config) {
+    *PROCESS_S3.write().unwrap_or_else(|e| e.into_inner()) = Some(s3);
+}
+
+/// This process's S3 settings: those given at start-up, or none (the `AWS_*` variables).
+pub fn process_s3() -> S3Config {
+    PROCESS_S3
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default()
+}
+
 /// Typed Quiver configuration. Build with [`QuiverConfig::default`] and adjust with
 /// [`QuiverConfig::set`] (string keys, validated) or the typed setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,7 +202,7 @@ impl Default for QuiverConfig {
             cluster_job_timeout: std::time::Duration::from_secs(300),
             memory_limit: None,
             training_cache: 2 << 30,
-            s3: S3Config::default(),
+            s3: process_s3(),
         }
     }
 }

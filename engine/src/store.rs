@@ -236,8 +236,22 @@ impl ModelStore {
         self.root.clone().join(name)
     }
 
+    /// An object's full location for messages: a local path, or `scheme://bucket/key` (object
+    /// paths already hold the store's root).
+    fn location(&self, path: &Path) -> String {
+        match url::Url::parse(&self.absolute) {
+            Ok(u) if u.scheme() == "file" => format!("/{path}"),
+            Ok(u) => format!(
+                "{}://{}/{path}",
+                u.scheme(),
+                u.host_str().unwrap_or_default()
+            ),
+            Err(_) => path.to_string(),
+        }
+    }
+
     fn os_err(&self, path: &Path) -> impl Fn(object_store::Error) -> QuiverError {
-        let path = format!("{}/{}", self.display.trim_end_matches('/'), path);
+        let path = self.location(path);
         move |source| QuiverError::ObjectStore {
             path: path.clone(),
             source,
@@ -609,7 +623,7 @@ impl ModelStore {
         let corrupt = |reason: String| QuiverError::CorruptModel {
             name: name.to_string(),
             version: v,
-            path: format!("{}/{}", self.display.trim_end_matches('/'), meta_path),
+            path: self.location(&meta_path),
             reason,
         };
         let bytes = self

@@ -154,6 +154,8 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<()> {
     scheduler.check_reachable(cluster::CONNECT_TIMEOUT).await?;
     let config = executor_config(&opts)?;
     quiver_engine::fanout::set_worker_id(config.executor_id.clone());
+    // Models and trial data this executor loads use its S3 settings too.
+    quiver_engine::config::set_process_s3(opts.s3.clone());
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| QuiverError::Cluster(format!("executor: {e}")))

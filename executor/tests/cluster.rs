@@ -600,7 +600,16 @@ async fn data_and_models_on_s3_are_shared_by_every_process() {
     server.create_bucket("quiver-cluster");
     let env = server.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let cluster = LocalCluster::start_with(2, false, &env);
+    // The executors get the endpoint on their command line only: they must use it for data,
+    // for the models ml_predict loads and for trial data, not just for their query runtime.
+    let executor_env: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
+        .collect();
+    let endpoint = server.endpoint();
+    let cluster =
+        LocalCluster::start_with_args(2, false, &env, &executor_env, &["--s3-endpoint", &endpoint]);
     let pairs = server.config_pairs();
     let s3_config = || {
         QuiverConfig::default()

@@ -15,7 +15,6 @@ use datafusion::logical_expr::{
     Volatility,
 };
 use quiver_engine::apply_to_columns;
-use quiver_engine::config::S3Config;
 use quiver_engine::registry::{FunctionRegistry, ScalarCodec, from_json_params, json_params};
 use quiver_engine::{BatchFunction, FeatureBatch, ModelStore};
 use quiver_mllib::ColumnEncoder;
@@ -133,7 +132,8 @@ struct PredictPayload {
 static CATALOGS: LazyLock<Mutex<HashMap<String, Arc<ModelCatalog>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
-/// The process-wide catalog of the store at `url` (S3 settings from the environment).
+/// The process-wide catalog of the store at `url` (S3 settings this process was started with,
+/// then the environment).
 fn process_catalog(url: &str) -> quiver_engine::Result<Arc<ModelCatalog>> {
     let mut catalogs = CATALOGS
         .lock()
@@ -141,7 +141,7 @@ fn process_catalog(url: &str) -> quiver_engine::Result<Arc<ModelCatalog>> {
     if let Some(c) = catalogs.get(url) {
         return Ok(Arc::clone(c));
     }
-    let catalog = ModelCatalog::new(ModelStore::open(url, &S3Config::default())?);
+    let catalog = ModelCatalog::new(ModelStore::open(url, &quiver_engine::config::process_s3())?);
     catalogs.insert(url.to_string(), Arc::clone(&catalog));
     Ok(catalog)
 }

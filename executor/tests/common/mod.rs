@@ -55,6 +55,18 @@ impl LocalCluster {
 
     /// `bare`: the executors are plain Ballista executors (no Quiver functions).
     pub fn start_with(n: usize, bare: bool, env: &[(&str, &str)]) -> Self {
+        Self::start_with_args(n, bare, env, env, &[])
+    }
+
+    /// The scheduler with `env`; `n` executors with `executor_env` and `executor_args` added
+    /// to their command lines.
+    pub fn start_with_args(
+        n: usize,
+        bare: bool,
+        env: &[(&str, &str)],
+        executor_env: &[(&str, &str)],
+        executor_args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let scheduler_log = dir.path().join("scheduler.log");
@@ -74,13 +86,13 @@ impl LocalCluster {
             executors: Vec::new(),
         };
         for i in 1..=n {
-            cluster.add_executor(&format!("exec-{i}"), bare, env);
+            cluster.add_executor_with(&format!("exec-{i}"), bare, executor_env, executor_args);
         }
         cluster.wait_registered(n);
         cluster
     }
 
-    pub fn add_executor(&mut self, id: &str, bare: bool, env: &[(&str, &str)]) {
+    pub fn add_executor_with(&mut self, id: &str, bare: bool, env: &[(&str, &str)], args: &[&str]) {
         let (flight, grpc) = (free_port(), free_port());
         let log = self.dir.path().join(format!("{id}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver-executor"));
@@ -103,6 +115,7 @@ impl LocalCluster {
         if bare {
             cmd.arg("--bare");
         }
+        cmd.args(args);
         let child = cmd
             .envs(env.iter().copied())
             .stdout(Stdio::null())
