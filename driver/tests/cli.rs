@@ -556,3 +556,28 @@ fn tune_specs_resolve_beside_the_spec_and_bad_values_are_named() {
         "all 2 trials failed",
     );
 }
+
+/// A script whose third statement fails still prints the first two statements' results
+/// before the error (nothing computed is lost).
+#[test]
+fn a_failing_statement_keeps_the_earlier_results() {
+    let out = quiver()
+        .args([
+            "sql",
+            "-e",
+            "SELECT 41 + 1 AS answer; SELECT 'second' AS s; SELECT nope; SELECT 'never' AS n",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("42") && stdout.contains("second") && !stdout.contains("never"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("statement 3 of 4") && stderr.contains("nope"),
+        "{stderr}"
+    );
+}

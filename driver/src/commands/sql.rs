@@ -15,11 +15,27 @@ pub async fn run_sql(session: &QuiverSession, sql: &str, out: &mut dyn Write) ->
     run_script(&sql_session, sql, out).await
 }
 
-/// [`run_sql`] on an existing SQL session (its loaded models are kept).
+/// [`run_sql`] on an existing SQL session (its loaded models are kept). Each statement's
+/// result is printed as soon as it is done, so a later statement's error loses nothing of the
+/// earlier ones.
 pub async fn run_script(session: &SqlSession, sql: &str, out: &mut dyn Write) -> Result<()> {
-    for result in session.execute(sql).await? {
-        if result.batches.iter().any(|b| b.num_columns() > 0) {
-            print_table(out, &result.batches)?;
+    let statements = quiver_sql_udfs::statement::parse_script(sql)?;
+    let n = statements.len();
+    for (i, statement) in statements.into_iter().enumerate() {
+        let batches = match session.execute_statement(statement).await {
+            Ok(b) => b,
+            Err(e) if n > 1 => {
+                return Err(quiver_sql_udfs::error::SqlError::Invalid(format!(
+                    "statement {} of {n}: {e}",
+                    i + 1
+                ))
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if batches.iter().any(|b| b.num_columns() > 0) {
+            print_table(out, &batches)?;
+            out.flush().ok();
         }
     }
     Ok(())
