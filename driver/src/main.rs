@@ -92,6 +92,9 @@ enum ClusterAction {
         /// Tasks each executor runs at once (default: the number of cores).
         #[arg(long)]
         concurrent_tasks: Option<usize>,
+        /// Memory each executor's tasks may reserve together, e.g. 8GB (default: unlimited).
+        #[arg(long, value_parser = memory_size)]
+        memory_limit: Option<String>,
         /// Seconds to wait for every process to be ready.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
@@ -410,6 +413,7 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
             dir,
             port,
             concurrent_tasks,
+            memory_limit,
             timeout,
         } => {
             let opts = cluster::UpOptions {
@@ -417,6 +421,7 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
                 executors,
                 port,
                 concurrent_tasks,
+                memory_limit,
                 ready_timeout: std::time::Duration::from_secs(timeout),
             };
             // Readiness waits block: off the async runtime, reporting into a buffer (this
@@ -466,4 +471,10 @@ mod tests {
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
     }
+}
+
+/// `--memory-limit`: a size such as 8GB, checked here so a typo fails before any process starts.
+fn memory_size(text: &str) -> std::result::Result<String, String> {
+    quiver_driver::engine::config::parse_bytes(text)?;
+    Ok(text.to_string())
 }

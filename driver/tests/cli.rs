@@ -581,3 +581,79 @@ fn a_failing_statement_keeps_the_earlier_results() {
         "{stderr}"
     );
 }
+
+/// `cluster up --memory-limit` bounds the executors: a join whose build side cannot spill
+/// fails with an error naming the limit (a typo in the size fails before any process starts).
+#[test]
+fn cluster_executors_honour_the_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("big.parquet");
+    let run = |args: &[&str]| quiver().args(args).output().unwrap();
+    let made = run(&[
+        "sql",
+        "-e",
+        &format!(
+            "COPY (SELECT value FROM generate_series(1, 2000000)) TO '{}' STORED AS PARQUET",
+            data.display()
+        ),
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let cd = dir.path().join("cluster");
+    let cd = cd.to_str().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let typo = run(&[
+        "cluster",
+        "up",
+        "--dir",
+        cd,
+        "--port",
+        &port,
+        "--memory-limit",
+        "1XB",
+    ]);
+    assert!(!typo.status.success());
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("unknown unit"));
+    let up = run(&[
+        "cluster",
+        "up",
+        "--executors",
+        "1",
+        "--dir",
+        cd,
+        "--port",
+        &port,
+        "--memory-limit",
+        "1MB",
+    ]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let joined = run(&[
+        "sql",
+        "--cluster",
+        &format!("df://127.0.0.1:{port}"),
+        "-e",
+        &format!(
+            "SELECT count(*) FROM '{0}' a JOIN '{0}' b ON a.value = b.value",
+            data.display()
+        ),
+    ]);
+    let down = run(&["cluster", "down", "--dir", cd]);
+    assert!(down.status.success());
+    let err = String::from_utf8_lossy(&joined.stderr);
+    assert!(
+        !joined.status.success() && err.contains("--memory-limit"),
+        "{err}"
+    );
+}

@@ -212,10 +212,10 @@ fn cluster_hint(df: DataFusionError) -> QuiverError {
     if let Some(e) = bad_value_from_text(&text) {
         return e;
     }
-    if text.contains("Resources exhausted") {
+    if text.contains("Resources exhausted") || text.contains("Not enough memory") {
         return QuiverError::MemoryLimit(format!(
-            "the query needs more memory than quiver.memory_limit allows (raise it, or read \
-             less at once): {text}"
+            "the query needs more memory than quiver.memory_limit (on a cluster: the \
+             executors' --memory-limit) allows; raise it, or read less at once: {text}"
         ));
     }
     if text.contains(TASK_REJECTED) {

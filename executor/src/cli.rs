@@ -93,8 +93,9 @@ pub struct ExecutorArgs {
     /// S3 region.
     #[arg(long)]
     pub s3_region: Option<String>,
-    /// Memory this executor's tasks may reserve together, e.g. 8GB (default: unlimited);
-    /// sorts and joins spill beyond it, other operators fail naming it.
+    /// Memory this executor's tasks may reserve together, e.g. 8GB, split across its task
+    /// slots (default: 70% of the host's memory); sorts spill beyond it, operators that cannot
+    /// fail.
     #[arg(long, value_parser = memory_size)]
     pub memory_limit: Option<usize>,
     /// Start without Quiver's functions and codecs (a plain Ballista executor), to see what a

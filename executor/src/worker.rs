@@ -110,6 +110,9 @@ pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> 
         vcores: opts.concurrent_tasks,
         work_dir: Some(work_dir.clone()),
         executor_heartbeat_interval_seconds: opts.heartbeat.as_secs().max(1),
+        // Ballista sizes each task's pool from this budget (split across the task slots);
+        // unset, it takes 70% of the host's memory.
+        memory_pool_size: opts.memory_limit.map(|b| b as u64),
         ..ExecutorProcessConfig::default()
     };
     if let Some(id) = &opts.executor_id {
@@ -130,16 +133,14 @@ pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> 
         &functions,
     )?;
     let s3 = opts.s3.clone();
-    // One pool for every task of this executor.
-    let pool = cluster::memory_pool(opts.memory_limit);
+    // Ballista wraps what this produces with the task's memory pool (`memory_pool_size`).
     let runtime: RuntimeProducer = Arc::new(move |_: &SessionConfig| {
-        let mut b = RuntimeEnvBuilder::new()
-            .with_temp_file_path(work_dir.clone())
-            .with_object_store_registry(Arc::new(QuiverObjectStores::new(s3.clone())));
-        if let Some(p) = &pool {
-            b = b.with_memory_pool(Arc::clone(p));
-        }
-        Ok(Arc::new(b.build()?))
+        Ok(Arc::new(
+            RuntimeEnvBuilder::new()
+                .with_temp_file_path(work_dir.clone())
+                .with_object_store_registry(Arc::new(QuiverObjectStores::new(s3.clone())))
+                .build()?,
+        ))
     });
     config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&state)));
     config.override_runtime_producer = Some(runtime);

@@ -906,6 +906,7 @@ pub async fn cluster(
                 executors,
                 port: quiver_executor::standalone::free_port()?,
                 concurrent_tasks: None,
+                memory_limit: None,
                 ready_timeout: Duration::from_secs(60),
             };
             let state = {

@@ -23,6 +23,8 @@ pub struct UpOptions {
     pub port: u16,
     /// Tasks each executor runs at once.
     pub concurrent_tasks: Option<usize>,
+    /// Memory each executor's tasks may reserve together (`--memory-limit`, e.g. `8GB`).
+    pub memory_limit: Option<String>,
     /// How long to wait for every process to be ready.
     pub ready_timeout: Duration,
 }
@@ -235,6 +237,9 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
             ];
             if let Some(n) = opts.concurrent_tasks {
                 args.extend(["--concurrent-tasks".into(), n.to_string()]);
+            }
+            if let Some(m) = &opts.memory_limit {
+                args.extend(["--memory-limit".into(), m.clone()]);
             }
             let pid = spawn(&args, &log)?;
             state.executors.push(ProcessInfo {
