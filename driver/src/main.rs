@@ -462,6 +462,12 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `--memory-limit`: a size such as 8GB, checked here so a typo fails before any process starts.
+fn memory_size(text: &str) -> std::result::Result<String, String> {
+    quiver_driver::engine::config::parse_bytes(text)?;
+    Ok(text.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,10 +477,4 @@ mod tests {
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
     }
-}
-
-/// `--memory-limit`: a size such as 8GB, checked here so a typo fails before any process starts.
-fn memory_size(text: &str) -> std::result::Result<String, String> {
-    quiver_driver::engine::config::parse_bytes(text)?;
-    Ok(text.to_string())
 }
