@@ -150,34 +150,45 @@ struct TrialContext {
     data: Mutex<DatasetCache>,
 }
 
-/// Datasets kept loaded, at most [`DatasetCache::CAPACITY`]: the least recently used goes first
-/// (a long-lived executor serves many searches, each over its own data).
+/// Datasets kept loaded, at most [`DatasetCache::CAPACITY`] of them and
+/// [`DatasetCache::MAX_BYTES`] together: the least recently used goes first (a long-lived
+/// executor serves many searches, each over its own data). Keys hold the files' sizes and
+/// modification times, so a dataset rewritten in place is read again.
 #[derive(Default)]
 struct DatasetCache {
-    entries: HashMap<String, (Splits, u64)>,
+    /// Splits, last use, bytes held.
+    entries: HashMap<String, (Splits, u64, usize)>,
     clock: u64,
 }
 
 impl DatasetCache {
     const CAPACITY: usize = 4;
+    const MAX_BYTES: usize = 2 << 30;
 
     fn get(&mut self, key: &str) -> Option<Splits> {
         self.clock += 1;
         let now = self.clock;
-        self.entries.get_mut(key).map(|(splits, used)| {
+        self.entries.get_mut(key).map(|(splits, used, _)| {
             *used = now;
             Arc::clone(splits)
         })
     }
 
-    fn insert(&mut self, key: String, splits: Splits) {
+    fn insert(&mut self, key: String, splits: Splits, bytes: usize) {
         self.clock += 1;
-        self.entries.insert(key, (splits, self.clock));
-        while self.entries.len() > Self::CAPACITY {
+        self.entries
+            .insert(key.clone(), (splits, self.clock, bytes));
+        loop {
+            let total: usize = self.entries.values().map(|(_, _, b)| *b).sum();
+            if self.entries.len() <= Self::CAPACITY && total <= Self::MAX_BYTES {
+                break;
+            }
+            // The entry just added stays: its search is about to use it.
             let oldest = self
                 .entries
                 .iter()
-                .min_by_key(|(_, (_, used))| *used)
+                .filter(|(k, _)| **k != key)
+                .min_by_key(|(_, (_, used, _))| *used)
                 .map(|(k, _)| k.clone());
             match oldest {
                 Some(k) => self.entries.remove(&k),
@@ -222,6 +233,7 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
         spec.split_seed,
         spec.folds,
         &spec.split_columns,
+        version_of(&c.session, &spec.dataset).await,
     ))
     .unwrap_or_default();
     if let Some(d) = c.data.lock().expect("dataset cache").get(&key) {
@@ -249,9 +261,15 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
     let data = spec.with_roles(Dataset::new(c.session.from_batches(batches, 1)?))?;
     // Materialise the parts once: every trial reuses the same rows.
     let mut parts = Vec::with_capacity(weights.len());
+    let mut bytes = 0;
     let split_columns = spec.split_columns.clone().unwrap_or_else(|| data.columns());
     for part in data.random_split_on(&split_columns, &weights, spec.split_seed)? {
-        parts.push(part.dataframe().clone().collect().await?);
+        let batches = part.dataframe().clone().collect().await?;
+        bytes += batches
+            .iter()
+            .map(|b| b.get_array_memory_size())
+            .sum::<usize>();
+        parts.push(batches);
     }
     let with_roles = |batches: Vec<arrow::array::RecordBatch>| {
         let mut out =
@@ -280,12 +298,43 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
     c.data
         .lock()
         .expect("dataset cache")
-        .insert(key, Arc::clone(&splits));
+        .insert(key, Arc::clone(&splits), bytes);
     Ok(splits)
 }
 
 /// (train, test) pairs.
 type Splits = Arc<Vec<(Dataset, Dataset)>>;
+
+/// The size and modification time of every object at `location` (a file, or the files under a
+/// directory), as one string: what the dataset cache keys on besides the name. Empty when the
+/// store cannot say (the read that follows then reports the problem).
+async fn version_of(session: &QuiverSession, location: &str) -> String {
+    use futures::StreamExt;
+    use object_store::ObjectStoreExt;
+    let Ok(loc) = quiver_engine::io::resolve(session.context(), &session.config().s3, location)
+    else {
+        return String::new();
+    };
+    let stamp = |m: &object_store::ObjectMeta| {
+        format!(
+            "{}:{}:{}",
+            m.location,
+            m.size,
+            m.last_modified.timestamp_nanos_opt().unwrap_or(0)
+        )
+    };
+    if let Ok(m) = loc.store.head(&loc.path).await {
+        return stamp(&m);
+    }
+    let mut all: Vec<String> = loc
+        .store
+        .list(Some(&loc.path))
+        .filter_map(|m| async move { m.ok().map(|m| stamp(&m)) })
+        .collect()
+        .await;
+    all.sort();
+    quiver_engine::store::sha256_hex(all.join("\n").as_bytes())
+}
 
 impl TrainEval {
     /// The catalogue entry of [`TrainEval::estimator`].
@@ -502,14 +551,20 @@ mod tests {
         let mut c = DatasetCache::default();
         let splits = || Arc::new(Vec::new());
         for k in ["a", "b", "c", "d"] {
-            c.insert(k.to_string(), splits());
+            c.insert(k.to_string(), splits(), 10);
         }
         assert!(c.get("a").is_some());
-        c.insert("e".to_string(), splits());
+        c.insert("e".to_string(), splits(), 10);
         assert!(c.get("b").is_none(), "b was the least recently used");
         for k in ["a", "c", "d", "e"] {
             assert!(c.get(k).is_some(), "{k}");
         }
         assert_eq!(c.entries.len(), DatasetCache::CAPACITY);
+        // Bytes bound it too: a large dataset pushes out the others, and stays itself.
+        c.insert("big".to_string(), splits(), DatasetCache::MAX_BYTES - 5);
+        let kept: Vec<&String> = c.entries.keys().collect();
+        assert!(c.entries.contains_key("big") && kept.len() == 1, "{kept:?}");
+        c.insert("huge".to_string(), splits(), DatasetCache::MAX_BYTES * 2);
+        assert!(c.get("huge").is_some() && c.get("big").is_none());
     }
 }
