@@ -499,7 +499,7 @@ impl ModelStore {
                 std::process::abort();
             }
             // Durable before the metadata that makes them visible.
-            self.sync_local(&written, &dir)
+            self.sync_local(&written, &dir).await
         }
         .await;
         if let Err(e) = result {
@@ -552,7 +552,7 @@ impl ModelStore {
             self.abandon(&dir, &written).await;
             return Err(self.os_err(&meta_path)(e));
         }
-        self.sync_local(&[meta_path], &dir)?;
+        self.sync_local(&[meta_path], &dir).await?;
         Ok(metadata)
     }
 
@@ -565,34 +565,30 @@ impl ModelStore {
             .await;
     }
 
-    /// On a local filesystem, syncs the files and their directories to disk.
-    fn sync_local(&self, files: &[Path], dir: &Path) -> Result<()> {
-        if !self.absolute.starts_with("file:") {
+    /// On a local filesystem, syncs the files and their directories to disk (on a blocking
+    /// thread: fsync must not hold up the async runtime).
+    async fn sync_local(&self, files: &[Path], dir: &Path) -> Result<()> {
+        if !self.absolute.starts_with("file:") || files.is_empty() {
             return Ok(());
         }
         let local = |p: &Path| std::path::PathBuf::from(format!("/{p}"));
-        let sync = |path: std::path::PathBuf| -> Result<()> {
-            match std::fs::File::open(&path).and_then(|f| f.sync_all()) {
-                Ok(()) => Ok(()),
-                // Directories cannot be opened for syncing on every platform.
-                Err(_) if path.is_dir() => Ok(()),
-                Err(e) => Err(QuiverError::Io {
-                    path: path.clone(),
-                    source: e,
-                }),
+        let files: Vec<std::path::PathBuf> = files.iter().map(local).collect();
+        let dirs = [local(&dir.clone().join(PARTS)), local(dir)];
+        tokio::task::spawn_blocking(move || {
+            for path in files {
+                if let Err(source) = std::fs::File::open(&path).and_then(|f| f.sync_all()) {
+                    return Err(QuiverError::Io { path, source });
+                }
             }
-        };
-        for f in files {
-            sync(local(f))?;
-        }
-        if !files.is_empty() {
-            let parts = dir.clone().join(PARTS);
-            if local(&parts).is_dir() {
-                sync(local(&parts))?;
+            // Best effort: directories cannot be opened for syncing on every platform, and a
+            // version without parts has no parts directory.
+            for d in dirs.iter().filter(|d| d.is_dir()) {
+                let _ = std::fs::File::open(d).and_then(|f| f.sync_all());
             }
-            sync(local(dir))?;
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
+        .map_err(|e| QuiverError::internal(format!("syncing model files: {e}")))?
     }
 
     async fn remove_all(&self, paths: &[Path]) {

@@ -160,26 +160,18 @@ pub fn runtime_env_limited(s3: &S3Config, memory_limit: Option<usize>) -> Result
         .build_arc()?)
 }
 
-/// `b` with a fresh [`memory_pool`] of `limit` bytes (none: unlimited).
+/// `b` with a fair pool of `limit` bytes (none: unlimited) for the operators of a process
+/// (spilling operators get their share), reporting the largest consumers when it is
+/// exhausted.
 pub fn with_memory_limit(b: RuntimeEnvBuilder, limit: Option<usize>) -> RuntimeEnvBuilder {
-    match memory_pool(limit) {
-        None => b,
-        Some(pool) => b.with_memory_pool(pool),
-    }
-}
-
-/// A fair pool of `limit` bytes for the operators of a process (spilling operators get their
-/// share), reporting the largest consumers when it is exhausted.
-pub fn memory_pool(
-    limit: Option<usize>,
-) -> Option<Arc<dyn datafusion::execution::memory_pool::MemoryPool>> {
     use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
-    limit.map(|bytes| {
-        Arc::new(TrackConsumersPool::new(
+    match limit {
+        None => b,
+        Some(bytes) => b.with_memory_pool(Arc::new(TrackConsumersPool::new(
             FairSpillPool::new(bytes),
             std::num::NonZeroUsize::new(3).expect("3 is not zero"),
-        )) as Arc<dyn datafusion::execution::memory_pool::MemoryPool>
-    })
+        ))),
+    }
 }
 
 /// Session settings every cluster process shares: Ballista's, Quiver's partitioning and batch

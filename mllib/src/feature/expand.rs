@@ -68,6 +68,24 @@ fn params_of<P: DeserializeOwned>(meta: &ModelMetadata, check: fn(&P) -> Result<
     Ok(p)
 }
 
+/// A stateless transformer's `Model`: its parameters are all it stores, checked on load.
+macro_rules! stateless_model {
+    ($t:ty, $kind:literal) => {
+        impl Model for $t {
+            const KIND: &'static str = $kind;
+            const FORMAT_VERSION: u32 = 1;
+
+            fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
+                params_draft(self)
+            }
+
+            fn from_parts(meta: &ModelMetadata, _parts: &BTreeMap<String, Bytes>) -> Result<Self> {
+                params_of(meta, <$t>::check)
+            }
+        }
+    };
+}
+
 /// Splits with `±∞` as `±f64::MAX`.
 fn finite_splits(s: Vec<f64>) -> Vec<f64> {
     s.into_iter().map(|x| x.clamp(f64::MIN, f64::MAX)).collect()
@@ -218,18 +236,7 @@ impl Transformer for Bucketizer {
     }
 }
 
-impl Model for Bucketizer {
-    const KIND: &'static str = "bucketizer";
-    const FORMAT_VERSION: u32 = 1;
-
-    fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
-        params_draft(self)
-    }
-
-    fn from_parts(meta: &ModelMetadata, _parts: &BTreeMap<String, Bytes>) -> Result<Self> {
-        params_of(meta, Bucketizer::check)
-    }
-}
+stateless_model!(Bucketizer, "bucketizer");
 
 /// Buckets each feature at its quantiles (Spark's `QuantileDiscretizer`): `num_buckets`
 /// buckets of about equal counts, from quantiles of a bounded, order-independent sample of the
@@ -459,18 +466,7 @@ impl Transformer for PolynomialExpansion {
     }
 }
 
-impl Model for PolynomialExpansion {
-    const KIND: &'static str = "polynomial_expansion";
-    const FORMAT_VERSION: u32 = 1;
-
-    fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
-        params_draft(self)
-    }
-
-    fn from_parts(meta: &ModelMetadata, _parts: &BTreeMap<String, Bytes>) -> Result<Self> {
-        params_of(meta, PolynomialExpansion::check)
-    }
-}
+stateless_model!(PolynomialExpansion, "polynomial_expansion");
 
 /// Products across groups of the feature vector (Spark's `Interaction`): the vector is cut
 /// into consecutive groups of the given sizes, and the output holds the product of every
@@ -574,18 +570,7 @@ impl Transformer for Interaction {
     }
 }
 
-impl Model for Interaction {
-    const KIND: &'static str = "interaction";
-    const FORMAT_VERSION: u32 = 1;
-
-    fn to_parts(&self) -> Result<(ModelDraft, Vec<(String, Bytes)>)> {
-        params_draft(self)
-    }
-
-    fn from_parts(meta: &ModelMetadata, _parts: &BTreeMap<String, Bytes>) -> Result<Self> {
-        params_of(meta, Interaction::check)
-    }
-}
+stateless_model!(Interaction, "interaction");
 
 quiver_engine::impl_json_params!(
     Bucketizer => "a bucketizer",
