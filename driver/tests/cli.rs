@@ -555,6 +555,29 @@ fn tune_specs_resolve_beside_the_spec_and_bad_values_are_named() {
         "f0",
         "all 2 trials failed",
     );
+    failing(
+        "max_evals = 2\ntrial_timeout_s = 0",
+        ok_space,
+        "bc.parquet",
+        "label",
+        "trial_timeout_s = 0",
+    );
+    // max_failures stops the search early and the command fails, saving nothing.
+    failing(
+        "algo = \"random\"\nmax_evals = 20\nmax_failures = 3\nparallelism = 1",
+        ok_space,
+        "bc.parquet",
+        "f0",
+        "max_failures = 3 reached: 3 trials failed",
+    );
+    // The log of the first run belongs to that search: another seed cannot resume it.
+    failing(
+        "algo = \"random\"\nmax_evals = 3\nseed = 9\ntrial_log = \"trials.jsonl\"",
+        ok_space,
+        "bc.parquet",
+        "label",
+        "the seed (the log's: 0; this search's: 9)",
+    );
 }
 
 /// A script whose third statement fails still prints the first two statements' results

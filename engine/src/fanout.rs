@@ -108,6 +108,9 @@ pub struct FanOutOptions {
     pub threads_per_task: usize,
     /// Milliseconds since the Unix epoch after which no task starts and running ones stop.
     pub deadline_ms: Option<i64>,
+    /// Each task's own time limit in milliseconds, from its start: a task running past it is
+    /// stopped and reported failed ("timed out"), and the fan-out goes on.
+    pub task_timeout_ms: Option<i64>,
 }
 
 impl FanOutOptions {
@@ -117,6 +120,7 @@ impl FanOutOptions {
             parallelism: parallelism.max(1),
             threads_per_task: 1,
             deadline_ms: None,
+            task_timeout_ms: None,
         }
     }
 
@@ -136,10 +140,17 @@ impl FanOutOptions {
         self.deadline_ms(Some(deadline_after(after)))
     }
 
+    /// Give each task at most `limit` from its start (see [`FanOutOptions::task_timeout_ms`]).
+    pub fn task_timeout(mut self, limit: Option<std::time::Duration>) -> Self {
+        self.task_timeout_ms = limit.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
+        self
+    }
+
     fn limits(&self) -> TaskLimits {
         TaskLimits {
             threads: self.threads_per_task.max(1),
             deadline_ms: self.deadline_ms,
+            timeout_ms: self.task_timeout_ms,
         }
     }
 }
@@ -155,6 +166,9 @@ impl From<usize> for FanOutOptions {
 pub struct TaskLimits {
     pub threads: usize,
     pub deadline_ms: Option<i64>,
+    /// The task's own time limit from its start, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<i64>,
 }
 
 impl Default for TaskLimits {
@@ -162,13 +176,47 @@ impl Default for TaskLimits {
         TaskLimits {
             threads: 1,
             deadline_ms: None,
+            timeout_ms: None,
         }
     }
 }
 
+impl TaskLimits {
+    /// When a task started at `started_ms` must stop: the fan-out's deadline or its own time
+    /// limit, whichever comes first; `true` when it is its own limit.
+    fn stop_at(&self, started_ms: i64) -> Option<(i64, bool)> {
+        let own = self.timeout_ms.map(|t| started_ms.saturating_add(t));
+        match (self.deadline_ms, own) {
+            (Some(d), Some(o)) if o < d => Some((o, true)),
+            (Some(d), _) => Some((d, false)),
+            (None, Some(o)) => Some((o, true)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The result of a task stopped by its own time limit.
+fn timed_out(id: u64, started_ms: i64, limit_ms: i64, note: &str) -> TaskResult {
+    TaskResult {
+        id,
+        status: TaskStatus::Failed,
+        loss: None,
+        metrics: "null".to_string(),
+        message: Some(format!(
+            "timed out: ran {:.1} s, past its time limit of {:.1} s{note}",
+            (now_ms() - started_ms) as f64 / 1000.0,
+            limit_ms as f64 / 1000.0
+        )),
+        worker: worker_id(),
+        started_ms,
+        finished_ms: now_ms(),
+    }
+}
+
 thread_local! {
-    /// The deadline of the task running on this thread.
-    static TASK_DEADLINE: Cell<Option<i64>> = const { Cell::new(None) };
+    /// When the task running on this thread must stop, and whether that is its own time limit
+    /// (else the fan-out's deadline).
+    static TASK_DEADLINE: Cell<Option<(i64, bool)>> = const { Cell::new(None) };
     /// The compute pool of the task running on this thread.
     static TASK_POOL: RefCell<Option<Arc<ThreadPool>>> = const { RefCell::new(None) };
 }
@@ -177,8 +225,12 @@ thread_local! {
 /// engine before every statistic pass, so iterative fits inside a task stop promptly.
 pub fn check_deadline() -> Result<()> {
     match TASK_DEADLINE.get() {
-        Some(d) if now_ms() >= d => Err(QuiverError::Cancelled {
-            reason: "the task's deadline passed (the search's timeout)".to_string(),
+        Some((d, own)) if now_ms() >= d => Err(QuiverError::Cancelled {
+            reason: if own {
+                "the task ran past its own time limit".to_string()
+            } else {
+                "the task's deadline passed (the search's timeout)".to_string()
+            },
         }),
         _ => Ok(()),
     }
@@ -366,7 +418,7 @@ impl TaskRegistry {
         let started_ms = now_ms();
         let run = |runner: &Arc<dyn TaskRunner>| {
             pool.install(|| {
-                TASK_DEADLINE.set(limits.deadline_ms);
+                TASK_DEADLINE.set(limits.stop_at(started_ms));
                 TASK_POOL.with(|p| *p.borrow_mut() = Some(Arc::clone(pool)));
                 let r = catch_unwind(AssertUnwindSafe(|| runner.run(params)));
                 TASK_DEADLINE.set(None);
@@ -393,11 +445,20 @@ impl TaskRegistry {
     ) -> TaskResult {
         let finished_ms = now_ms();
         // A task that failed after its deadline was stopped by it (or by what it cut short).
-        if outcome.is_err() && limits.deadline_ms.is_some_and(|d| finished_ms >= d) {
-            return TaskResult {
-                worker: worker_id(),
-                ..cancelled(id, Some(started_ms), limits.deadline_ms)
-            };
+        // One that ended past its own time limit timed out, whatever it returned: every runner
+        // holds a task to its limit alike (the local one stops waiting for it there).
+        match limits.stop_at(started_ms) {
+            Some((at, false)) if outcome.is_err() && finished_ms >= at => {
+                return TaskResult {
+                    worker: worker_id(),
+                    ..cancelled(id, Some(started_ms), limits.deadline_ms)
+                };
+            }
+            Some((at, true)) if finished_ms >= at => {
+                let limit = limits.timeout_ms.unwrap_or_default();
+                return timed_out(id, started_ms, limit, "");
+            }
+            _ => {}
         }
         match outcome {
             Ok(o) => TaskResult {
@@ -518,11 +579,11 @@ pub fn fan_out_local(
     let queue = Arc::new(Mutex::new(tasks.iter().cloned().collect::<VecDeque<_>>()));
     // id → start time of the tasks running now.
     let running = Arc::new(Mutex::new(HashMap::<u64, i64>::new()));
-    for _ in 0..options.parallelism.max(1).min(tasks.len()) {
-        let (tx, queue, registry) = (tx.clone(), Arc::clone(&queue), Arc::clone(&registry));
+    // Each worker loops on a task pool of its own (reused across fan-outs: no thread is
+    // started per call), so its tasks run there inline.
+    let spawn_worker = |tx: std::sync::mpsc::Sender<TaskResult>| -> Result<()> {
+        let (queue, registry) = (Arc::clone(&queue), Arc::clone(&registry));
         let running = Arc::clone(&running);
-        // Each worker loops on a task pool of its own (reused across fan-outs: no thread is
-        // started per call), so its tasks run there inline.
         let lease = PoolLease::take(limits.threads)?;
         let pool = Arc::clone(lease.pool());
         let spawner = Arc::clone(&pool);
@@ -546,20 +607,84 @@ pub fn fan_out_local(
                 }
             }
         });
+        Ok(())
+    };
+    for _ in 0..options.parallelism.max(1).min(tasks.len()) {
+        spawn_worker(tx.clone())?;
     }
+    // With task time limits a worker stuck in a task given up on is replaced, so the sender is
+    // kept for that; otherwise it goes now, so the channel closes when the workers are done.
+    let spare_tx = limits.timeout_ms.map(|_| tx.clone());
     drop(tx);
-    let mut results = Vec::with_capacity(tasks.len());
+    let mut results: Vec<TaskResult> = Vec::with_capacity(tasks.len());
+    // Tasks given up on (past their own time limit): a late result of theirs is dropped.
+    let mut abandoned = HashSet::new();
     loop {
-        let next = match options.deadline_ms {
-            Some(d) => {
-                let wait = std::time::Duration::from_millis((d - now_ms()).max(0) as u64);
-                rx.recv_timeout(wait)
+        if results.len() == tasks.len() {
+            break;
+        }
+        // Wake at the deadline, or when the first running task passes its own time limit:
+        // a task that does not stop by itself (a closure that never reaches a statistic pass)
+        // is reported timed out and not waited for (its thread runs on, unobserved).
+        let overdue = |now: i64| {
+            let running = running.lock().map(|r| r.clone()).unwrap_or_default();
+            running
+                .into_iter()
+                .filter(|(id, _)| !abandoned.contains(id))
+                .filter_map(|(id, start)| {
+                    limits
+                        .timeout_ms
+                        .map(|t| (id, start, start.saturating_add(t)))
+                })
+                .min_by_key(|&(_, _, at)| at)
+                .map(|(id, start, at)| (id, start, at, at <= now))
+        };
+        let now = now_ms();
+        if let Some((id, start, _, true)) = overdue(now) {
+            abandoned.insert(id);
+            let limit = limits.timeout_ms.unwrap_or_default();
+            let r = timed_out(
+                id,
+                start,
+                limit,
+                " (it did not stop by itself: its thread runs on, unobserved)",
+            );
+            on_result(&r);
+            results.push(r);
+            // The stuck worker's place goes to a new one while tasks wait in the queue.
+            let waiting = queue.lock().map(|q| !q.is_empty()).unwrap_or(false);
+            if let (true, Some(tx)) = (waiting, &spare_tx) {
+                spawn_worker(tx.clone())?;
+            }
+            continue;
+        }
+        let wake = [
+            options.deadline_ms,
+            overdue(now).map(|(_, _, at, _)| at),
+            // A task may start at any moment: look again at least every 100 ms.
+            limits.timeout_ms.map(|_| now + 100),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let next = match wake {
+            Some(at) => {
+                let wait = std::time::Duration::from_millis((at - now).max(0) as u64);
+                match rx.recv_timeout(wait) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                        if options.deadline_ms.is_none_or(|d| now_ms() < d) =>
+                    {
+                        continue;
+                    }
+                    other => other,
+                }
             }
             None => rx
                 .recv()
                 .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
         };
         match next {
+            Ok(r) if abandoned.contains(&r.id) => {}
             Ok(r) => {
                 on_result(&r);
                 results.push(r);

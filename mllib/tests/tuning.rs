@@ -237,7 +237,14 @@ async fn a_search_resumes_from_its_trial_log() {
     assert_eq!(params(&resumed), params(&whole));
     // The log on disk holds all 30, one JSON object per line.
     let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(text.lines().count(), 30);
+    // The search's description first, then one line per trial.
+    assert_eq!(text.lines().count(), 31);
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .contains("\"quiver_trial_log\":1")
+    );
     // A damaged log is an error naming the file and line.
     std::fs::write(
         &log,
@@ -878,4 +885,191 @@ async fn a_rewritten_dataset_is_read_again() {
         b > 1.3 * a,
         "mae {a} then {b}: the second search read stale rows"
     );
+}
+
+/// A trial past its own time limit is stopped and recorded failed ("timed out") while the
+/// search goes on: a closure that never looks at the limit is no longer waited for (local),
+/// one that reaches a statistic pass stops there (embedded), and the built-in objective's
+/// iterative fit stops at its next pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_past_its_time_limit_is_stopped_and_recorded() {
+    let s = session();
+    for runner in [Runner::Local, Runner::Embedded] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let r = Search::new(
+            Space::new(vec![hp::uniform("x", 0.0, 1.0)]).unwrap(),
+            move |p| {
+                // The second trial runs on and on; the local runner gives up on it, the
+                // embedded one stops it at its next deadline check (a statistic pass).
+                if c.fetch_add(1, Ordering::SeqCst) == 1 {
+                    let start = std::time::Instant::now();
+                    while start.elapsed() < std::time::Duration::from_secs(20) {
+                        if runner == Runner::Embedded {
+                            quiver_engine::fanout::check_deadline().map_err(|e| e.to_string())?;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+                Ok(x(p, "x"))
+            },
+        )
+        .algo(Algo::Random)
+        .max_evals(4)
+        .parallelism(1)
+        .trial_timeout(std::time::Duration::from_millis(300))
+        .runner(runner)
+        .run(&s)
+        .await
+        .unwrap();
+        let status: Vec<_> = r.trials.iter().map(|t| t.status.as_str()).collect();
+        assert_eq!(status, ["ok", "failed", "ok", "ok"], "{runner:?}");
+        let message = r.trials[1].message.as_deref().unwrap();
+        assert!(
+            message.starts_with("timed out: ran") && message.contains("time limit of 0.3 s"),
+            "{runner:?}: {message}"
+        );
+        assert_eq!(r.stopped, "max_evals = 4 reached", "{runner:?}");
+    }
+    // The built-in objective (reading its data and fitting) past a 1 ms limit.
+    let spec = quiver_mllib::tuning::TrainEval::new(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet"),
+        "logistic_regression",
+    )
+    .label("label");
+    let space = Space::new(vec![hp::loguniform("reg_param", 1e-4, 1.0)]).unwrap();
+    let r = Search::train_eval(space, spec)
+        .max_evals(1)
+        .trial_timeout(std::time::Duration::from_millis(1))
+        .run(&s)
+        .await
+        .unwrap();
+    assert_eq!(r.trials[0].status.as_str(), "failed");
+    let message = r.trials[0].message.as_deref().unwrap();
+    assert!(message.starts_with("timed out"), "{message}");
+    // A zero limit is refused.
+    let err = Search::new(
+        Space::new(vec![hp::uniform("x", 0.0, 1.0)]).unwrap(),
+        |_| Ok(0.0),
+    )
+    .trial_timeout(std::time::Duration::ZERO)
+    .run(&s)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("trial_timeout"), "{err}");
+}
+
+/// `max_failures` stops a search whose trials keep failing, naming the last failure; a resumed
+/// search gets its own allowance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_failures_stops_a_failing_search() {
+    let s = session();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("f.jsonl").to_string_lossy().to_string();
+    let search = |evals: usize| {
+        Search::new(Space::new(vec![hp::uniform("x", 0.0, 1.0)]).unwrap(), |p| {
+            if x(p, "x") < 2.0 {
+                Err(format!("objective broken at x = {:.3}", x(p, "x")))
+            } else {
+                Ok(0.0)
+            }
+        })
+        .algo(Algo::Random)
+        .max_evals(evals)
+        .parallelism(1)
+        .max_failures(3)
+        .trial_log(&log)
+    };
+    let r = search(50).run(&s).await.unwrap();
+    assert_eq!(r.trials.len(), 3);
+    assert!(
+        r.stopped
+            .starts_with("max_failures = 3 reached: 3 trials failed; the last, trial 2:")
+            && r.stopped.contains("objective broken at x = "),
+        "{}",
+        r.stopped
+    );
+    assert!(r.best.is_none());
+    // Resumed: three more failures of its own before it stops.
+    let r = search(50).run(&s).await.unwrap();
+    assert_eq!(r.trials.len(), 6, "{}", r.stopped);
+    let err = search(50).max_failures(0).run(&s).await.unwrap_err();
+    assert!(err.to_string().contains("max_failures"), "{err}");
+}
+
+/// The trial log records the search that wrote it: resuming with another space, seed,
+/// algorithm, objective or a changed dataset is refused with the difference named; the same
+/// search resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_log_resumes_only_the_search_that_wrote_it() {
+    let s = session();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("t.jsonl").to_string_lossy().to_string();
+    let data = dir.path().join("d.parquet").to_string_lossy().to_string();
+    let write = |rows: u32| {
+        let (s, data) = (s.clone(), data.clone());
+        async move {
+            let df = s
+                .context()
+                .sql(&format!(
+                    "SELECT CAST(value AS DOUBLE) AS x, 2 * CAST(value AS DOUBLE) + 1 AS y FROM generate_series(1, {rows})"
+                ))
+                .await
+                .unwrap();
+            s.write_parquet(df, &data).await.unwrap();
+        }
+    };
+    write(200).await;
+    let search = |seed: u64, high: f64, metric: &str| {
+        let spec = quiver_mllib::tuning::TrainEval::new(data.clone(), "linear_regression")
+            .label("y")
+            .metric(metric);
+        Search::train_eval(
+            Space::new(vec![hp::uniform("reg_param", 0.0, high)]).unwrap(),
+            spec,
+        )
+        .algo(Algo::Random)
+        .max_evals(3)
+        .seed(seed)
+        .trial_log(&log)
+    };
+    let first = search(1, 1.0, "mae").run(&s).await.unwrap();
+    assert_eq!(first.trials.len(), 3);
+    let refused = |r: Result<_, quiver_mllib::MllibError>, what: &str| {
+        let err = r
+            .map(|_: quiver_mllib::tuning::SearchResult| ())
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("was written by a different search") && text.contains(what),
+            "{what}: {text}"
+        );
+    };
+    refused(
+        search(2, 1.0, "mae").run(&s).await,
+        "the seed (the log's: 1; this search's: 2)",
+    );
+    refused(search(1, 2.0, "mae").run(&s).await, "the search space");
+    refused(search(1, 1.0, "rmse").run(&s).await, "the objective");
+    refused(
+        search(1, 1.0, "mae")
+            .algo(Algo::Tpe(Tpe::default()))
+            .run(&s)
+            .await,
+        "the algorithm (the log's: random; this search's: tpe",
+    );
+    // The same search resumes (and adds trials).
+    let more = search(1, 1.0, "mae").max_evals(5).run(&s).await.unwrap();
+    assert_eq!(more.trials.len(), 5);
+    assert_eq!(more.trials[..3], first.trials[..]);
+    // The dataset rewritten in place is another dataset.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write(300).await;
+    refused(
+        search(1, 1.0, "mae").max_evals(6).run(&s).await,
+        "d.parquet' changed since the log was written",
+    );
+    // The log is untouched by the refused resumes.
+    let logged = quiver_mllib::tuning::read_log(&s, &log).await.unwrap();
+    assert_eq!(logged, more.trials);
 }

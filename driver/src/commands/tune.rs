@@ -28,6 +28,8 @@
 //! trial_log = "tune-trials.jsonl"     # resumes from it when it exists
 //! plot = "tune-convergence.svg"
 //! timeout_s = 600
+//! trial_timeout_s = 60                # one trial's limit: past it, stopped and recorded failed
+//! max_failures = 5                    # stop the search (exit 1) after 5 failed trials
 //! early_stop = 20                     # finished trials without progress
 //! cluster = "df://127.0.0.1:50050"    # trials on a cluster's executors (or --cluster URL)
 //!
@@ -87,6 +89,8 @@ struct SearchSpec {
     trial_log: Option<String>,
     plot: Option<String>,
     timeout_s: Option<f64>,
+    trial_timeout_s: Option<f64>,
+    max_failures: Option<usize>,
     early_stop: Option<usize>,
     grid_points: Option<usize>,
     loss_threshold: Option<f64>,
@@ -136,12 +140,23 @@ pub async fn tune(
     spec.data.dataset = beside(spec_path, &spec.data.dataset);
     spec.search.trial_log = spec.search.trial_log.map(|p| beside(spec_path, &p));
     spec.search.plot = spec.search.plot.map(|p| beside(spec_path, &p));
-    if let Some(t) = spec.search.timeout_s
-        && !(t.is_finite() && t > 0.0 && t < 1e9)
-    {
-        return Err(invalid(format!(
-            "[search] timeout_s = {t}: must be a positive number of seconds"
-        )));
+    for (name, value) in [
+        ("timeout_s", spec.search.timeout_s),
+        ("trial_timeout_s", spec.search.trial_timeout_s),
+    ] {
+        if let Some(t) = value
+            && !(t.is_finite() && t > 0.0 && t < 1e9)
+        {
+            return Err(invalid(format!(
+                "[search] {name} = {t}: must be a positive number of seconds"
+            )));
+        }
+    }
+    if spec.search.max_failures == Some(0) {
+        return Err(invalid(
+            "[search] max_failures must be at least 1 (leave it out to never stop on failures)"
+                .to_string(),
+        ));
     }
     if spec.search.max_evals == Some(0) {
         return Err(invalid("[search] max_evals must be at least 1".to_string()));
@@ -219,6 +234,12 @@ pub async fn tune(
     if let Some(t) = s.timeout_s {
         search = search.timeout(Duration::from_secs_f64(t));
     }
+    if let Some(t) = s.trial_timeout_s {
+        search = search.trial_timeout(Duration::from_secs_f64(t));
+    }
+    if let Some(n) = s.max_failures {
+        search = search.max_failures(n);
+    }
     if let Some(k) = s.early_stop {
         search = search.early_stop(k);
     }
@@ -269,6 +290,15 @@ pub async fn tune(
             failed.message.as_deref().unwrap_or("?")
         )
         .ok();
+        if result.stopped.starts_with("max_failures") {
+            return Err(QuiverError::TaskFailed {
+                task: "search".to_string(),
+                reason: format!(
+                    "stopped early, nothing refitted or saved: {}",
+                    result.stopped
+                ),
+            });
+        }
         if count("ok") == 0 {
             return Err(QuiverError::TaskFailed {
                 task: "search".to_string(),

@@ -308,7 +308,7 @@ type Splits = Arc<Vec<(Dataset, Dataset)>>;
 /// The size and modification time of every object at `location` (a file, or the files under a
 /// directory), as one string: what the dataset cache keys on besides the name. Empty when the
 /// store cannot say (the read that follows then reports the problem).
-async fn version_of(session: &QuiverSession, location: &str) -> String {
+pub(crate) async fn version_of(session: &QuiverSession, location: &str) -> String {
     use futures::StreamExt;
     use object_store::ObjectStoreExt;
     let Ok(loc) = quiver_engine::io::resolve(session.context(), &session.config().s3, location)

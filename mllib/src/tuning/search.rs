@@ -89,6 +89,8 @@ pub struct Search {
     parallelism: usize,
     threads_per_trial: usize,
     timeout: Option<Duration>,
+    trial_timeout: Option<Duration>,
+    max_failures: Option<usize>,
     loss_threshold: Option<f64>,
     no_progress: Option<usize>,
     seed: u64,
@@ -181,6 +183,8 @@ impl Search {
             parallelism: 1,
             threads_per_trial: 1,
             timeout: None,
+            trial_timeout: None,
+            max_failures: None,
             loss_threshold: None,
             no_progress: None,
             seed: 0,
@@ -218,6 +222,22 @@ impl Search {
         self
     }
     /// Stop once a trial reaches this loss.
+    /// Each trial's own time limit: a trial running past it stops at its next statistic pass
+    /// (a closure that never reaches one is no longer waited for) and is recorded failed,
+    /// "timed out"; the search goes on.
+    pub fn trial_timeout(mut self, t: Duration) -> Self {
+        self.trial_timeout = Some(t);
+        self
+    }
+
+    /// Stop the search once `n` trials have failed (timed-out ones included; cancelled ones
+    /// are not failures): a search whose objective is broken ends early instead of spending
+    /// its whole budget. The trials so far are kept and logged.
+    pub fn max_failures(mut self, n: usize) -> Self {
+        self.max_failures = Some(n);
+        self
+    }
+
     pub fn loss_threshold(mut self, l: f64) -> Self {
         self.loss_threshold = Some(l);
         self
@@ -272,6 +292,18 @@ impl Search {
                 "at least one evaluation is needed".to_string(),
             ));
         }
+        if self.trial_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(bad(
+                "trial_timeout",
+                "a trial's time limit must be positive".to_string(),
+            ));
+        }
+        if self.max_failures == Some(0) {
+            return Err(bad(
+                "max_failures",
+                "must be at least 1 (leave it unset to never stop on failures)".to_string(),
+            ));
+        }
         if self.parallelism == 0 || self.threads_per_trial == 0 {
             return Err(bad(
                 "parallelism",
@@ -306,9 +338,19 @@ impl Search {
         let started = Instant::now();
         // Trials still running at the timeout are cancelled (recorded with that status).
         let deadline_ms = self.timeout.map(deadline_after);
-        let mut trials = match &self.trial_log {
-            Some(log) => read_log(session, log).await?,
-            None => Vec::new(),
+        let header = match &self.trial_log {
+            Some(_) => Some(self.log_header(session).await?),
+            None => None,
+        };
+        let mut trials = match (&self.trial_log, &header) {
+            (Some(log), Some(header)) => {
+                let (written_by, trials) = read_log_and_header(session, log).await?;
+                if let Some(written_by) = written_by {
+                    header.check_resume(log, &written_by)?;
+                }
+                trials
+            }
+            _ => Vec::new(),
         };
         let mut registry = TaskRegistry::new();
         let kind = match &self.objective {
@@ -387,6 +429,8 @@ impl Search {
             limit,
             deadline_ms,
             started,
+            header,
+            first_id: next_id(&trials),
         };
         let reason = if self.asynchronous {
             self.run_async(&run, &mut trials).await?
@@ -417,7 +461,7 @@ impl Search {
     /// as an uninterrupted one would. Returns why it stopped early, if it did.
     async fn run_batches(&self, run: &Run<'_>, trials: &mut Vec<Trial>) -> Result<Option<String>> {
         loop {
-            if let Some(reason) = self.stop_reason(trials, run.started) {
+            if let Some(reason) = self.stop_reason(trials, run) {
                 return Ok(Some(reason));
             }
             if trials.len() >= run.limit {
@@ -440,7 +484,8 @@ impl Search {
                 .collect::<Result<_>>()?;
             let options = FanOutOptions::new(self.parallelism)
                 .threads_per_task(self.threads_per_trial)
-                .deadline_ms(run.deadline_ms);
+                .deadline_ms(run.deadline_ms)
+                .task_timeout(self.trial_timeout);
             let results = run
                 .session
                 .fan_out_with(
@@ -472,7 +517,7 @@ impl Search {
                 && running.len() < self.parallelism
                 && trials.len() + running.len() < run.limit
             {
-                if let Some(reason) = self.stop_reason(trials, run.started) {
+                if let Some(reason) = self.stop_reason(trials, run) {
                     stop = Some(reason);
                     break;
                 }
@@ -482,7 +527,8 @@ impl Search {
                 running.push((id, point));
                 let options = FanOutOptions::new(1)
                     .threads_per_task(self.threads_per_trial)
-                    .deadline_ms(run.deadline_ms);
+                    .deadline_ms(run.deadline_ms)
+                    .task_timeout(self.trial_timeout);
                 let registry = Arc::clone(&run.registry);
                 let (session, runner) = (run.session.clone(), self.runner);
                 // Each trial is its own tokio task: a trial computing inside a query blocks
@@ -522,7 +568,7 @@ impl Search {
             trials.insert(pos, trial(point, r));
             self.after_results(run, trials).await?;
             if stop.is_none() {
-                stop = self.stop_reason(trials, run.started);
+                stop = self.stop_reason(trials, run);
             }
         }
     }
@@ -570,10 +616,46 @@ impl Search {
         })
     }
 
+    /// What this search writes as its trial log's first line: the space, seed, algorithm,
+    /// objective and (for the built-in objective) the dataset's version.
+    async fn log_header(&self, session: &QuiverSession) -> Result<LogHeader> {
+        let algo = match &self.algo {
+            Algo::Random => "random".to_string(),
+            Algo::Grid { points } => format!("grid (grid_points = {points})"),
+            Algo::Tpe(t) => format!(
+                "tpe (n_startup_trials = {}, gamma = {}, n_ei_candidates = {})",
+                t.n_startup_trials, t.gamma, t.n_ei_candidates
+            ),
+            Algo::Points(points) => format!(
+                "points {}",
+                serde_json::to_string(points).map_err(|e| json_err("search points", e))?
+            ),
+        };
+        let (objective, dataset) = match &self.objective {
+            ObjectiveKind::Closure(_) => (Value::from("a Rust closure"), None),
+            ObjectiveKind::Task(kind) => (serde_json::json!({ "task": kind }), None),
+            ObjectiveKind::TrainEval(spec) => (
+                serde_json::to_value(spec.as_ref()).map_err(|e| json_err("objective", e))?,
+                Some(DatasetVersion {
+                    location: spec.dataset.clone(),
+                    version: super::objective::version_of(session, &spec.dataset).await,
+                }),
+            ),
+        };
+        Ok(LogHeader {
+            quiver_trial_log: 1,
+            space: self.space.to_json(),
+            seed: self.seed,
+            algo,
+            objective,
+            dataset,
+        })
+    }
+
     /// Log and report after new results.
     async fn after_results(&self, run: &Run<'_>, trials: &[Trial]) -> Result<()> {
         if let Some(log) = &self.trial_log {
-            write_log(run.session, log, trials).await?;
+            write_log(run.session, log, run.header.as_ref(), trials).await?;
         }
         if let Some(f) = &self.on_batch {
             f(trials);
@@ -581,14 +663,29 @@ impl Search {
         Ok(())
     }
 
-    fn stop_reason(&self, trials: &[Trial], started: Instant) -> Option<String> {
+    fn stop_reason(&self, trials: &[Trial], run: &Run<'_>) -> Option<String> {
         if let Some(t) = self.timeout
-            && started.elapsed() >= t
+            && run.started.elapsed() >= t
         {
             return Some(format!(
                 "timeout after {:.1} s",
-                started.elapsed().as_secs_f64()
+                run.started.elapsed().as_secs_f64()
             ));
+        }
+        if let Some(n) = self.max_failures {
+            // Failures of this run: a resumed search gets its own allowance.
+            let failed: Vec<&Trial> = trials
+                .iter()
+                .filter(|t| t.id >= run.first_id && t.status == TaskStatus::Failed)
+                .collect();
+            if let Some(last) = failed.last().filter(|_| failed.len() >= n) {
+                return Some(format!(
+                    "max_failures = {n} reached: {} trials failed; the last, trial {}: {}",
+                    failed.len(),
+                    last.id,
+                    last.message.as_deref().unwrap_or("no message")
+                ));
+            }
         }
         let losses: Vec<f64> = trials
             .iter()
@@ -620,6 +717,10 @@ struct Run<'a> {
     limit: usize,
     deadline_ms: Option<i64>,
     started: Instant,
+    /// The trial log's first line, when there is a log.
+    header: Option<LogHeader>,
+    /// The id of this run's first trial (those before were resumed from the log).
+    first_id: u64,
 }
 
 /// The random stream of the proposals starting at trial `id`.
@@ -653,16 +754,98 @@ fn trial(params: Point, r: TaskResult) -> Trial {
     }
 }
 
+/// The first line of a trial log: the search that wrote it. A search resumes from a log only
+/// when this matches (Optuna's study, hyperopt's Trials object), so trials of one search are
+/// never continued by another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LogHeader {
+    /// Marks the line as the header (trials have an `id`) with the format's version.
+    quiver_trial_log: u32,
+    space: Value,
+    seed: u64,
+    algo: String,
+    objective: Value,
+    #[serde(default)]
+    dataset: Option<DatasetVersion>,
+}
+
+/// A dataset and the sizes and modification times of its files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct DatasetVersion {
+    location: String,
+    version: String,
+}
+
+impl LogHeader {
+    /// An error naming every difference between this search and the one that wrote `log`.
+    fn check_resume(&self, log: &str, written_by: &LogHeader) -> Result<()> {
+        let mut diffs = Vec::new();
+        if self.space != written_by.space {
+            diffs.push(format!(
+                "the search space (the log's: {}; this search's: {})",
+                written_by.space, self.space
+            ));
+        }
+        if self.seed != written_by.seed {
+            diffs.push(format!(
+                "the seed (the log's: {}; this search's: {})",
+                written_by.seed, self.seed
+            ));
+        }
+        if self.algo != written_by.algo {
+            diffs.push(format!(
+                "the algorithm (the log's: {}; this search's: {})",
+                written_by.algo, self.algo
+            ));
+        }
+        if self.objective != written_by.objective {
+            diffs.push(format!(
+                "the objective (the log's: {}; this search's: {})",
+                written_by.objective, self.objective
+            ));
+        }
+        match (&self.dataset, &written_by.dataset) {
+            (Some(now), Some(then)) if now.location != then.location => diffs.push(format!(
+                "the dataset (the log's: {}; this search's: {})",
+                then.location, now.location
+            )),
+            (Some(now), Some(then)) if now.version != then.version => diffs.push(format!(
+                "the dataset '{}' changed since the log was written (its files' sizes or modification times differ)",
+                now.location
+            )),
+            _ => {}
+        }
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        Err(MllibError::InvalidParam {
+            param: "trial_log".to_string(),
+            reason: format!(
+                "{log} was written by a different search, so it cannot be resumed: {}. Use another trial_log, or remove this one to start over",
+                diffs.join("; ")
+            ),
+        })
+    }
+}
+
 /// Reads a JSON-lines trial log; a missing log is an empty one. Trial ids must increase; a bad
 /// line is an error naming the file and the line.
 pub async fn read_log(session: &QuiverSession, location: &str) -> Result<Vec<Trial>> {
+    Ok(read_log_and_header(session, location).await?.1)
+}
+
+/// [`read_log`] and the log's header line (none in a log written before headers, or empty).
+async fn read_log_and_header(
+    session: &QuiverSession,
+    location: &str,
+) -> Result<(Option<LogHeader>, Vec<Trial>)> {
     let loc = quiver_engine::io::resolve(session.context(), &session.config().s3, location)?;
     let bytes = match loc.store.get(&loc.path).await {
         Ok(r) => r.bytes().await.map_err(|e| QuiverError::ObjectStore {
             path: location.to_string(),
             source: e,
         })?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+        Err(object_store::Error::NotFound { .. }) => return Ok((None, Vec::new())),
         Err(e) => {
             return Err(QuiverError::ObjectStore {
                 path: location.to_string(),
@@ -673,11 +856,21 @@ pub async fn read_log(session: &QuiverSession, location: &str) -> Result<Vec<Tri
     };
     let text = String::from_utf8_lossy(&bytes);
     let mut trials = Vec::new();
+    let mut header = None;
     for (i, line) in text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
+        if i == 0 && line.contains("\"quiver_trial_log\"") {
+            let h: LogHeader =
+                serde_json::from_str(line).map_err(|e| MllibError::InvalidParam {
+                    param: "trial_log".to_string(),
+                    reason: format!("{location} line 1 (the search's description): {e}"),
+                })?;
+            header = Some(h);
+            continue;
+        }
         let t: Trial = serde_json::from_str(line).map_err(|e| MllibError::InvalidParam {
             param: "trial_log".to_string(),
             reason: format!("{location} line {}: {e}", i + 1),
@@ -698,14 +891,23 @@ pub async fn read_log(session: &QuiverSession, location: &str) -> Result<Vec<Tri
         }
         trials.push(t);
     }
-    Ok(trials)
+    Ok((header, trials))
 }
 
 /// Writes the whole log in one put (object stores replace an object atomically), so a reader
 /// sees the previous log or the new one, never a torn line.
-async fn write_log(session: &QuiverSession, location: &str, trials: &[Trial]) -> Result<()> {
+async fn write_log(
+    session: &QuiverSession,
+    location: &str,
+    header: Option<&LogHeader>,
+    trials: &[Trial],
+) -> Result<()> {
     let loc = quiver_engine::io::resolve(session.context(), &session.config().s3, location)?;
     let mut text = String::new();
+    if let Some(h) = header {
+        text.push_str(&serde_json::to_string(h).map_err(|e| json_err("trial log", e))?);
+        text.push('\n');
+    }
     for t in trials {
         text.push_str(&serde_json::to_string(t).map_err(|e| json_err("trial log", e))?);
         text.push('\n');

@@ -364,6 +364,39 @@ impl Space {
         out
     }
 
+    /// The space as JSON, in the form [`Space::from_json`] reads (parsing it gives this space
+    /// back).
+    pub fn to_json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        for p in &self.params {
+            let spec = match &p.dist {
+                Dist::Uniform { low, high } => json!({ "uniform": [low, high] }),
+                Dist::QUniform { low, high, q } => json!({ "quniform": [low, high, q] }),
+                Dist::LogUniform { low, high } => json!({ "loguniform": [low, high] }),
+                Dist::QLogUniform { low, high, q } => json!({ "qloguniform": [low, high, q] }),
+                Dist::Normal { mu, sigma } => json!({ "normal": [mu, sigma] }),
+                Dist::QNormal { mu, sigma, q } => json!({ "qnormal": [mu, sigma, q] }),
+                Dist::LogNormal { mu, sigma } => json!({ "lognormal": [mu, sigma] }),
+                Dist::RandInt { low, high } => json!({ "randint": [low, high] }),
+                Dist::Choice(options) => {
+                    let options: Vec<Value> = options
+                        .iter()
+                        .map(|o| {
+                            if o.space.params.is_empty() && !o.value.is_object() {
+                                o.value.clone()
+                            } else {
+                                json!({ "value": o.value, "space": o.space.to_json() })
+                            }
+                        })
+                        .collect();
+                    json!({ "choice": options })
+                }
+            };
+            out.insert(p.name.clone(), spec);
+        }
+        Value::Object(out)
+    }
+
     /// Parses a space from JSON: `{"name": {"loguniform": [1e-4, 1]}, "kind": {"choice":
     /// ["a", {"value": "b", "space": {…}}]}}`. Errors name the entry.
     pub fn from_json(v: &Value) -> Result<Self> {
