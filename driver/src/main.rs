@@ -19,6 +19,11 @@ struct Cli {
     #[arg(long, value_name = "URL", global = true)]
     models: Option<String>,
 
+    /// The cluster's auth token file (same as `--config quiver.cluster.auth_token_file=…`;
+    /// else $QUIVER_AUTH_TOKEN). `quiver cluster up` writes one into its directory.
+    #[arg(long, value_name = "FILE", global = true)]
+    auth_token_file: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -98,6 +103,10 @@ enum ClusterAction {
         /// Seconds to wait for every process to be ready.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Start without an auth token: anyone who reaches the ports can use the cluster
+        /// (a trusted network only).
+        #[arg(long)]
+        no_auth: bool,
     },
     /// Whether each process of the cluster started from --dir is running and listening.
     Status {
@@ -249,6 +258,9 @@ fn config(cli: &Cli) -> Result<QuiverConfig> {
     }
     if let Some(m) = &cli.models {
         config.set("quiver.model_store", m)?;
+    }
+    if let Some(f) = &cli.auth_token_file {
+        config.set("quiver.cluster.auth_token_file", &f.to_string_lossy())?;
     }
     Ok(config)
 }
@@ -415,6 +427,7 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
             concurrent_tasks,
             memory_limit,
             timeout,
+            no_auth,
         } => {
             let opts = cluster::UpOptions {
                 dir,
@@ -422,6 +435,7 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
                 port,
                 concurrent_tasks,
                 memory_limit,
+                auth: !no_auth,
                 ready_timeout: std::time::Duration::from_secs(timeout),
             };
             // Readiness waits block: off the async runtime, reporting into a buffer (this
@@ -440,11 +454,11 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
         ClusterAction::Down { dir } => cluster::down(&dir, out)?,
         ClusterAction::Scheduler(args) => {
             quiver_executor::cli::init_logging();
-            quiver_executor::run_scheduler(args.into()).await?;
+            quiver_executor::run_scheduler(args.try_into()?).await?;
         }
         ClusterAction::Executor(args) => {
             quiver_executor::cli::init_logging();
-            quiver_executor::run_executor(args.into()).await?;
+            quiver_executor::run_executor(args.try_into()?).await?;
         }
     }
     Ok(())

@@ -288,12 +288,38 @@ fn cluster_up_status_sql_down_with_real_processes() {
     let st = String::from_utf8_lossy(&status.stdout).to_string();
     assert!(status.status.success(), "{st}");
     assert_eq!(st.matches("running").count(), 3, "{st}");
-    // SQL on the cluster: the rows of the shipped digits were read on the executors.
+    // SQL on the cluster: the rows of the shipped digits were read on the executors. The
+    // cluster has an auth token (only its owner may read the file); clients give it.
     let digits = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
     let url = format!("df://127.0.0.1:{port}");
+    let token = cluster_dir.join("auth-token");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let count = format!("SELECT count(*) AS n FROM '{digits}'");
+    let refused = run(&["sql", "--cluster", &url, "-e", &count]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("requires an auth token"),
+        "{err}"
+    );
+    let wrong = quiver()
+        .args(["sql", "--cluster", &url, "-e", &count])
+        .env("QUIVER_AUTH_TOKEN", "not-the-token-of-this-cluster")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        !wrong.status.success() && err.contains("refused the auth token"),
+        "{err}"
+    );
     let q = run(&[
         "--models",
         dir.path().join("m").to_str().unwrap(),
+        "--auth-token-file",
+        token.to_str().unwrap(),
         "sql",
         "--cluster",
         &url,
@@ -321,14 +347,21 @@ fn cluster_up_status_sql_down_with_real_processes() {
         ),
     )
     .unwrap();
-    let t = run(&[
-        "--models",
-        dir.path().join("m").to_str().unwrap(),
-        "tune",
-        spec.to_str().unwrap(),
-        "--cluster",
-        &url,
-    ]);
+    let t = quiver()
+        .args([
+            "--models",
+            dir.path().join("m").to_str().unwrap(),
+            "tune",
+            spec.to_str().unwrap(),
+            "--cluster",
+            &url,
+        ])
+        .env(
+            "QUIVER_AUTH_TOKEN",
+            std::fs::read_to_string(&token).unwrap().trim(),
+        )
+        .output()
+        .unwrap();
     let tt = String::from_utf8_lossy(&t.stdout).to_string();
     assert!(
         t.status.success() && tt.contains("6 trials (6 ok, 0 failed, 0 cancelled)"),
@@ -336,7 +369,8 @@ fn cluster_up_status_sql_down_with_real_processes() {
         String::from_utf8_lossy(&t.stderr)
     );
     let log = std::fs::read_to_string(&log).unwrap();
-    for line in log.lines() {
+    // After the search's own description, one line per trial.
+    for line in log.lines().skip(1) {
         let trial: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(
             trial["worker"].as_str().unwrap().starts_with("exec-"),
@@ -656,6 +690,8 @@ fn cluster_executors_honour_the_memory_limit() {
         &port,
         "--memory-limit",
         "1MB",
+        // Without a token (executors then take pushed tasks): the open mode stays tested.
+        "--no-auth",
     ]);
     assert!(
         up.status.success(),

@@ -46,6 +46,11 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         doc: "On a cluster: a statistic's job that has not finished after this long is abandoned and run once more (a lost executor can leave a Ballista job waiting forever); a second timeout is an error.",
     },
     ConfigKey {
+        key: "quiver.cluster.auth_token_file",
+        default: "$QUIVER_AUTH_TOKEN",
+        doc: "A file holding the cluster's auth token (readable by its owner only): every call to the scheduler and executors carries it. `quiver cluster up` writes one into its directory.",
+    },
+    ConfigKey {
         key: "quiver.memory_limit",
         default: "unlimited",
         doc: "Memory the DataFusion operators of a query may reserve (e.g. 4GB, 512MB, or unlimited); sorts and joins spill beyond it, other operators fail with an error naming this key.",
@@ -148,6 +153,9 @@ pub struct QuiverConfig {
     /// `quiver.training_cache` in bytes (0: off); defaults to 2 GiB.
     pub training_cache: usize,
     pub s3: S3Config,
+    /// The cluster's auth token (`quiver.cluster.auth_token_file`); when unset a cluster
+    /// client reads `QUIVER_AUTH_TOKEN`.
+    pub auth_token: Option<crate::cluster::auth::AuthToken>,
 }
 
 /// A byte size as people write it: `1048576`, `512MB`, `4GB`, `1.5GiB`, `64k`; `unlimited`
@@ -203,6 +211,7 @@ impl Default for QuiverConfig {
             memory_limit: None,
             training_cache: 2 << 30,
             s3: process_s3(),
+            auth_token: None,
         }
     }
 }
@@ -241,6 +250,12 @@ impl QuiverConfig {
             }
             "quiver.cluster.job_timeout_secs" => {
                 self.cluster_job_timeout = std::time::Duration::from_secs(positive()? as u64)
+            }
+            "quiver.cluster.auth_token_file" => {
+                self.auth_token = Some(
+                    crate::cluster::auth::AuthToken::from_file(std::path::Path::new(value.trim()))
+                        .map_err(|e| bad(&e.to_string()))?,
+                )
             }
             "quiver.memory_limit" => self.memory_limit = parse_bytes(value).map_err(|r| bad(&r))?,
             "quiver.training_cache" => {

@@ -218,6 +218,16 @@ fn cluster_hint(df: DataFusionError) -> QuiverError {
              executors' --memory-limit) allows; raise it, or read less at once: {text}"
         ));
     }
+    // A guarded cluster's refusal (see `cluster::auth`): its own message, without the gRPC
+    // status dump around it.
+    for code in ["Unauthenticated", "PermissionDenied"] {
+        let marker = format!("code: {code}, message: \"");
+        if let Some(start) = text.find(&marker) {
+            let rest = &text[start + marker.len()..];
+            let message = rest.split("\", metadata").next().unwrap_or(rest);
+            return QuiverError::Cluster(message.to_string());
+        }
+    }
     if text.contains(TASK_REJECTED) {
         QuiverError::Cluster(format!(
             "{text}: an executor could not run the plan's tasks; usually it is not a \

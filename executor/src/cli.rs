@@ -1,9 +1,12 @@
 //! Command-line flags of the scheduler and executor processes (the thin binaries and
 //! `quiver cluster up` share them), converted to the library options with `From`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use quiver_engine::QuiverError;
+use quiver_engine::cluster::auth::AuthToken;
 use quiver_engine::config::{S3Config, available_cores};
 
 use crate::{ExecutorOptions, SchedulerOptions};
@@ -35,11 +38,18 @@ pub struct SchedulerArgs {
     /// S3 region.
     #[arg(long)]
     pub s3_region: Option<String>,
+    /// A file holding the cluster's auth token (mode 600); else $QUIVER_AUTH_TOKEN. With a
+    /// token every call must carry it, and executors pull their tasks.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
-impl From<SchedulerArgs> for SchedulerOptions {
-    fn from(a: SchedulerArgs) -> Self {
-        SchedulerOptions {
+impl TryFrom<SchedulerArgs> for SchedulerOptions {
+    type Error = QuiverError;
+
+    fn try_from(a: SchedulerArgs) -> Result<Self, QuiverError> {
+        Ok(SchedulerOptions {
+            auth_token: AuthToken::from_file_or_env(a.auth_token_file.as_deref())?,
             bind_host: a.bind_host,
             port: a.port,
             external_host: a.external_host,
@@ -50,7 +60,7 @@ impl From<SchedulerArgs> for SchedulerOptions {
                 region: a.s3_region,
                 ..S3Config::default()
             },
-        }
+        })
     }
 }
 
@@ -102,11 +112,17 @@ pub struct ExecutorArgs {
     /// version mismatch looks like. Never useful in production.
     #[arg(long, hide = true)]
     pub bare: bool,
+    /// A file holding the cluster's auth token (mode 600); else $QUIVER_AUTH_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
-impl From<ExecutorArgs> for ExecutorOptions {
-    fn from(a: ExecutorArgs) -> Self {
-        ExecutorOptions {
+impl TryFrom<ExecutorArgs> for ExecutorOptions {
+    type Error = QuiverError;
+
+    fn try_from(a: ExecutorArgs) -> Result<Self, QuiverError> {
+        Ok(ExecutorOptions {
+            auth_token: AuthToken::from_file_or_env(a.auth_token_file.as_deref())?,
             scheduler: a.scheduler,
             bind_host: a.bind_host,
             external_host: a.external_host,
@@ -123,7 +139,7 @@ impl From<ExecutorArgs> for ExecutorOptions {
             },
             memory_limit: a.memory_limit,
             bare: a.bare,
-        }
+        })
     }
 }
 

@@ -11,6 +11,7 @@
 //! extension codecs and Quiver's object stores; [`standalone::launch`] runs both inside this
 //! process (what `QuiverSession::standalone()` uses once [`install`] has run).
 
+pub mod auth;
 pub mod cli;
 pub mod scheduler;
 pub mod standalone;

@@ -7,9 +7,11 @@ use std::time::Duration;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
-use ballista_scheduler::scheduler_process::start_server;
+use ballista_scheduler::scheduler_process::{create_scheduler, start_server};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use quiver_engine::cluster::auth::AuthToken;
 use quiver_engine::cluster::{self, QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_engine::config::S3Config;
 use quiver_engine::{QuiverError, Result, registry};
@@ -30,6 +32,9 @@ pub struct SchedulerOptions {
     pub task_max_failures: usize,
     /// S3 settings for planning over `s3://` data (unset fields: the `AWS_*` variables).
     pub s3: S3Config,
+    /// The cluster's auth token: every call must carry it, and executors pull their tasks
+    /// (see [`crate::auth`]). `None`: no check (a trusted network only).
+    pub auth_token: Option<AuthToken>,
 }
 
 impl Default for SchedulerOptions {
@@ -41,6 +46,7 @@ impl Default for SchedulerOptions {
             executor_timeout: Duration::from_secs(15),
             task_max_failures: 4,
             s3: S3Config::default(),
+            auth_token: None,
         }
     }
 }
@@ -92,7 +98,13 @@ pub fn scheduler_config(opts: &SchedulerOptions) -> Result<SchedulerConfig> {
         bind_host: opts.bind_host.clone(),
         bind_port: opts.port,
         external_host: opts.external_host.clone(),
-        scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        // Executors of a cluster with a token run no gRPC server (it cannot be guarded): they
+        // pull their tasks.
+        scheduling_policy: if opts.auth_token.is_some() {
+            TaskSchedulingPolicy::PullStaged
+        } else {
+            TaskSchedulingPolicy::PushStaged
+        },
         task_distribution: TaskDistributionPolicy::RoundRobin,
         executor_timeout_seconds: timeout,
         expire_dead_executor_interval_seconds: (timeout / 3).max(1),
@@ -112,7 +124,18 @@ pub async fn run_scheduler(opts: SchedulerOptions) -> Result<()> {
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| QuiverError::Cluster(format!("cannot set up the scheduler: {e}")))?;
-    start_server(cluster, addr, Arc::new(config))
-        .await
-        .map_err(|e| QuiverError::Cluster(format!("scheduler on {addr}: {e}")))
+    let Some(token) = opts.auth_token.clone() else {
+        return start_server(cluster, addr, Arc::new(config))
+            .await
+            .map_err(|e| QuiverError::Cluster(format!("scheduler on {addr}: {e}")));
+    };
+    config
+        .validate()
+        .map_err(|e| QuiverError::Cluster(format!("scheduler configuration: {e}")))?;
+    let config = Arc::new(config);
+    let scheduler =
+        create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::clone(&config))
+            .await
+            .map_err(|e| QuiverError::Cluster(format!("cannot set up the scheduler: {e}")))?;
+    crate::auth::serve_scheduler(scheduler, &config, addr, token).await
 }

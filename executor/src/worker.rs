@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ballista_core::RuntimeProducer;
+use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
+use quiver_engine::cluster::auth::AuthToken;
 use quiver_engine::cluster::{
     self, QuiverLogicalCodec, QuiverObjectStores, QuiverPhysicalCodec, SchedulerAddress,
 };
@@ -44,6 +46,9 @@ pub struct ExecutorOptions {
     /// Start a plain Ballista executor without Quiver's functions and codecs (only to see
     /// what a version mismatch looks like; never useful in production).
     pub bare: bool,
+    /// The cluster's auth token: carried by every call this executor makes, required of
+    /// every call to its Flight service; the executor then pulls its tasks (no gRPC server).
+    pub auth_token: Option<AuthToken>,
 }
 
 impl Default for ExecutorOptions {
@@ -61,6 +66,7 @@ impl Default for ExecutorOptions {
             s3: S3Config::default(),
             memory_limit: None,
             bare: false,
+            auth_token: None,
         }
     }
 }
@@ -118,6 +124,23 @@ pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> 
     if let Some(id) = &opts.executor_id {
         config.executor_id = id.clone();
     }
+    if let Some(token) = &opts.auth_token {
+        config.task_scheduling_policy = TaskSchedulingPolicy::PullStaged;
+        // Calls to the scheduler and Flight fetches from other executors carry the token
+        // (the tasks' fetches take it from their session configuration).
+        config.override_create_grpc_client_endpoint = Some(token.endpoint_override());
+        let task_token = token.clone();
+        config.override_config_producer = Some(Arc::new(move || {
+            cluster::with_auth(
+                ballista_core::utils::default_config_producer(),
+                Some(&task_token),
+            )
+        }));
+        config.override_arrow_flight_service = Some(crate::auth::flight_service(
+            token.clone(),
+            config.grpc_max_decoding_message_size as usize,
+        ));
+    }
     if opts.bare {
         return Ok(config);
     }
@@ -125,6 +148,7 @@ pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> 
     let functions = Arc::new(registry::global());
     let quiver = QuiverConfig {
         s3: opts.s3.clone(),
+        auth_token: opts.auth_token.clone(),
         ..QuiverConfig::default()
     };
     let state = cluster::session_state(

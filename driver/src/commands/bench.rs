@@ -908,6 +908,8 @@ pub async fn cluster(
                 concurrent_tasks: None,
                 memory_limit: None,
                 ready_timeout: Duration::from_secs(60),
+                // As `quiver cluster up` starts it: with an auth token.
+                auth: true,
             };
             let state = {
                 let up = up.clone();
@@ -915,7 +917,12 @@ pub async fn cluster(
                     .await
                     .map_err(|e| QuiverError::internal(e.to_string()))??
             };
-            let remote = crate::remote_session_with(&state.url, session.config().clone()).await;
+            let mut config = session.config().clone();
+            if let Some(token) = &state.auth_token_file {
+                config.auth_token =
+                    Some(quiver_engine::cluster::auth::AuthToken::from_file(token)?);
+            }
+            let remote = crate::remote_session_with(&state.url, config).await;
             let result = match remote {
                 Ok(r) => {
                     let fitted = fit(r.clone()).await;

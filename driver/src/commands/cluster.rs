@@ -27,6 +27,8 @@ pub struct UpOptions {
     pub memory_limit: Option<String>,
     /// How long to wait for every process to be ready.
     pub ready_timeout: Duration,
+    /// Generate an auth token (`auth-token` in the directory) that every call must carry.
+    pub auth: bool,
 }
 
 /// One started process.
@@ -42,6 +44,9 @@ pub struct ProcessInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterState {
     pub url: String,
+    /// The file holding the cluster's auth token (none: the cluster checks nothing).
+    #[serde(default)]
+    pub auth_token_file: Option<PathBuf>,
     pub scheduler: ProcessInfo,
     pub executors: Vec<ProcessInfo>,
 }
@@ -189,18 +194,31 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
         )));
     }
     std::fs::create_dir_all(&opts.dir).map_err(io_err(&opts.dir))?;
+    // A fresh token per start, readable by this user only; the processes read it from the
+    // file (never from their command lines, which other users can see).
+    let auth_token_file = if opts.auth {
+        let path = opts.dir.join("auth-token");
+        quiver_engine::cluster::auth::AuthToken::generate().write_file(&path)?;
+        Some(path)
+    } else {
+        None
+    };
+    let auth_args: Vec<String> = match &auth_token_file {
+        Some(p) => vec!["--auth-token-file".into(), p.to_string_lossy().into_owned()],
+        None => Vec::new(),
+    };
     let log = opts.dir.join("scheduler.log");
-    let pid = spawn(
-        &[
-            "cluster".into(),
-            "scheduler".into(),
-            "--port".into(),
-            opts.port.to_string(),
-        ],
-        &log,
-    )?;
+    let mut args: Vec<String> = vec![
+        "cluster".into(),
+        "scheduler".into(),
+        "--port".into(),
+        opts.port.to_string(),
+    ];
+    args.extend(auth_args.iter().cloned());
+    let pid = spawn(&args, &log)?;
     let mut state = ClusterState {
         url: format!("df://127.0.0.1:{}", opts.port),
+        auth_token_file: auth_token_file.clone(),
         scheduler: ProcessInfo {
             name: "scheduler".to_string(),
             pid,
@@ -241,6 +259,7 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
             if let Some(m) = &opts.memory_limit {
                 args.extend(["--memory-limit".into(), m.clone()]);
             }
+            args.extend(auth_args.iter().cloned());
             let pid = spawn(&args, &log)?;
             state.executors.push(ProcessInfo {
                 name,
@@ -292,12 +311,23 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
         )
         .ok();
     }
-    writeln!(
-        out,
-        "logs and state in {}; try: quiver sql --cluster {} -e 'SELECT 1'",
-        opts.dir.display(),
-        state.url
-    )
+    match &state.auth_token_file {
+        Some(token) => writeln!(
+            out,
+            "every call must carry the auth token in {0} (clients: --auth-token-file {0}, or QUIVER_AUTH_TOKEN)\n\
+             logs and state in {1}; try: quiver --auth-token-file {0} sql --cluster {2} -e 'SELECT 1'",
+            token.display(),
+            opts.dir.display(),
+            state.url
+        ),
+        None => writeln!(
+            out,
+            "no auth token (--no-auth): anyone who reaches these ports can use the cluster\n\
+             logs and state in {}; try: quiver sql --cluster {} -e 'SELECT 1'",
+            opts.dir.display(),
+            state.url
+        ),
+    }
     .ok();
     Ok(state)
 }

@@ -2,6 +2,7 @@
 //! object stores all processes share, and the checks that turn an unreachable or misconfigured
 //! cluster into a clear error instead of a hang.
 
+pub mod auth;
 mod codec;
 
 pub use codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
@@ -177,20 +178,30 @@ pub fn with_memory_limit(b: RuntimeEnvBuilder, limit: Option<usize>) -> RuntimeE
 /// Session settings every cluster process shares: Ballista's, Quiver's partitioning and batch
 /// size, and Quiver's codecs over `functions`.
 pub fn session_config(config: &QuiverConfig, functions: &Arc<FunctionRegistry>) -> SessionConfig {
-    SessionConfig::new_with_ballista()
-        // Ballista 55's adaptive planner can lose track of a stage when an executor dies in
-        // the middle of a job (the job then waits forever); the static planner reruns the
-        // lost tasks.
-        .set_bool("ballista.planner.adaptive.enabled", false)
-        .with_target_partitions(config.target_partitions)
-        .with_batch_size(config.batch_size)
-        .with_information_schema(true)
-        .with_ballista_logical_extension_codec(Arc::new(QuiverLogicalCodec::new(Arc::clone(
-            functions,
-        ))))
-        .with_ballista_physical_extension_codec(Arc::new(QuiverPhysicalCodec::new(Arc::clone(
-            functions,
-        ))))
+    with_auth(
+        SessionConfig::new_with_ballista(),
+        config.auth_token.as_ref(),
+    )
+    // Ballista 55's adaptive planner can lose track of a stage when an executor dies in
+    // the middle of a job (the job then waits forever); the static planner reruns the
+    // lost tasks.
+    .set_bool("ballista.planner.adaptive.enabled", false)
+    .with_target_partitions(config.target_partitions)
+    .with_batch_size(config.batch_size)
+    .with_information_schema(true)
+    .with_ballista_logical_extension_codec(Arc::new(QuiverLogicalCodec::new(Arc::clone(functions))))
+    .with_ballista_physical_extension_codec(Arc::new(QuiverPhysicalCodec::new(Arc::clone(
+        functions,
+    ))))
+}
+
+/// `config` whose gRPC clients (to the scheduler, and Flight fetches from executors) carry
+/// `token`.
+pub fn with_auth(config: SessionConfig, token: Option<&auth::AuthToken>) -> SessionConfig {
+    match token {
+        Some(t) => config.with_ballista_override_create_grpc_client_endpoint(t.endpoint_override()),
+        None => config,
+    }
 }
 
 /// A full DataFusion session state (every built-in function) plus Quiver's functions, over
@@ -233,6 +244,11 @@ pub async fn remote_context(
     functions: &Arc<FunctionRegistry>,
 ) -> Result<SessionContext> {
     address.check_reachable(CONNECT_TIMEOUT).await?;
+    let mut config = config.clone();
+    if config.auth_token.is_none() {
+        config.auth_token = auth::AuthToken::from_file_or_env(None)?;
+    }
+    let config = &config;
     let state = session_state(
         session_config(config, functions),
         runtime_env_limited(&config.s3, config.memory_limit)?,

@@ -7,7 +7,8 @@ use quiver_executor::cli::{ExecutorArgs, init_logging};
 async fn main() {
     init_logging();
     let args = ExecutorArgs::parse();
-    if let Err(e) = quiver_executor::run_executor(args.into()).await {
+    let run = async { quiver_executor::run_executor(args.try_into()?).await };
+    if let Err(e) = run.await {
         eprintln!("quiver-executor: {e}");
         std::process::exit(1);
     }

@@ -7,7 +7,8 @@ use quiver_executor::cli::{SchedulerArgs, init_logging};
 async fn main() {
     init_logging();
     let args = SchedulerArgs::parse();
-    if let Err(e) = quiver_executor::run_scheduler(args.into()).await {
+    let run = async { quiver_executor::run_scheduler(args.try_into()?).await };
+    if let Err(e) = run.await {
         eprintln!("quiver-scheduler: {e}");
         std::process::exit(1);
     }

@@ -37,6 +37,8 @@ pub struct Executor {
     pub id: String,
     pub child: Child,
     pub log: PathBuf,
+    /// Its Arrow Flight port.
+    pub flight_port: u16,
 }
 
 pub struct LocalCluster {
@@ -127,6 +129,7 @@ impl LocalCluster {
             id: id.to_string(),
             child,
             log,
+            flight_port: flight,
         });
     }
 

@@ -1,0 +1,232 @@
+//! The servers of a cluster with an auth token: the scheduler's gRPC service and the
+//! executors' Arrow Flight service refuse every call that does not carry the token (see
+//! [`quiver_engine::cluster::auth`]). Ballista 55 has no hook to guard the executors' own gRPC
+//! service (the scheduler pushes tasks through it), so a cluster with a token schedules by
+//! pull: executors ask the scheduler for work and run no gRPC server at all.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use ballista_core::error::BallistaError;
+use ballista_core::serde::protobuf::execute_query_params::Query;
+use ballista_core::serde::protobuf::scheduler_grpc_server::{SchedulerGrpc, SchedulerGrpcServer};
+use ballista_core::serde::protobuf::{
+    CancelJobParams, CancelJobResult, CleanJobDataParams, CleanJobDataResult,
+    CreateUpdateSessionParams, CreateUpdateSessionResult, ExecuteQueryParams, ExecuteQueryResult,
+    ExecutorStoppedParams, ExecutorStoppedResult, GetJobMetricsParams, GetJobMetricsResult,
+    GetJobStatusParams, GetJobStatusResult, HeartBeatParams, HeartBeatResult, PollWorkParams,
+    PollWorkResult, RegisterExecutorParams, RegisterExecutorResult, RemoveSessionParams,
+    RemoveSessionResult, UpdateTaskStatusParams, UpdateTaskStatusResult,
+};
+use ballista_core::utils::GrpcServerConfig;
+use ballista_executor::flight_service::BallistaFlightService;
+use ballista_executor::shutdown::Shutdown;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_server::SchedulerServer;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use quiver_engine::cluster::auth::AuthToken;
+use quiver_engine::{QuiverError, Result};
+use tonic::{Request, Response, Status};
+
+/// The check every guarded server runs before a call: the token in the user agent.
+pub fn check(
+    token: AuthToken,
+) -> impl Fn(Request<()>) -> std::result::Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        let agent = request.metadata().get("user-agent").map(|v| v.as_bytes());
+        if token.admits(agent) {
+            Ok(request)
+        } else {
+            log::warn!(
+                "refused a call{}: no valid auth token",
+                request
+                    .remote_addr()
+                    .map_or(String::new(), |a| format!(" from {a}"))
+            );
+            Err(Status::unauthenticated(AuthToken::refusal(agent)))
+        }
+    }
+}
+
+/// Ballista's scheduler service behind the guard: every call goes to `inner`, except that
+/// queries must come as logical plans (physical and Substrait plans would bypass the checks
+/// the scheduler's planner applies), and an executor's first poll is logged, as a push
+/// scheduler logs a registration.
+struct GuardedScheduler {
+    inner: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+    seen: Mutex<HashSet<String>>,
+}
+
+type Answer<T> = std::result::Result<Response<T>, Status>;
+
+impl GuardedScheduler {
+    fn check_query(params: &ExecuteQueryParams) -> std::result::Result<(), Status> {
+        match &params.query {
+            Some(Query::LogicalPlan(_)) | None => Ok(()),
+            Some(Query::PhysicalPlan(_)) => Err(Status::permission_denied(
+                "this Quiver cluster accepts queries as logical plans only (a physical plan \
+                 would bypass the scheduler's checks)",
+            )),
+            Some(Query::SubstraitPlan(_)) => Err(Status::permission_denied(
+                "this Quiver cluster accepts queries as logical plans only (not Substrait)",
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl SchedulerGrpc for GuardedScheduler {
+    type ExecuteQueryPushStream = <SchedulerServer<LogicalPlanNode, PhysicalPlanNode> as SchedulerGrpc>::ExecuteQueryPushStream;
+
+    async fn poll_work(&self, request: Request<PollWorkParams>) -> Answer<PollWorkResult> {
+        if let Some(id) = request.get_ref().metadata.as_ref().map(|m| m.id.clone())
+            && self
+                .seen
+                .lock()
+                .map(|mut s| s.insert(id.clone()))
+                .unwrap_or(false)
+        {
+            log::info!("executor {id:?} is polling for tasks (registered)");
+        }
+        self.inner.poll_work(request).await
+    }
+
+    async fn register_executor(
+        &self,
+        request: Request<RegisterExecutorParams>,
+    ) -> Answer<RegisterExecutorResult> {
+        self.inner.register_executor(request).await
+    }
+
+    async fn heart_beat_from_executor(
+        &self,
+        request: Request<HeartBeatParams>,
+    ) -> Answer<HeartBeatResult> {
+        self.inner.heart_beat_from_executor(request).await
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<UpdateTaskStatusParams>,
+    ) -> Answer<UpdateTaskStatusResult> {
+        self.inner.update_task_status(request).await
+    }
+
+    async fn create_update_session(
+        &self,
+        request: Request<CreateUpdateSessionParams>,
+    ) -> Answer<CreateUpdateSessionResult> {
+        self.inner.create_update_session(request).await
+    }
+
+    async fn remove_session(
+        &self,
+        request: Request<RemoveSessionParams>,
+    ) -> Answer<RemoveSessionResult> {
+        self.inner.remove_session(request).await
+    }
+
+    async fn execute_query_push(
+        &self,
+        request: Request<ExecuteQueryParams>,
+    ) -> Answer<Self::ExecuteQueryPushStream> {
+        Self::check_query(request.get_ref())?;
+        self.inner.execute_query_push(request).await
+    }
+
+    async fn execute_query(
+        &self,
+        request: Request<ExecuteQueryParams>,
+    ) -> Answer<ExecuteQueryResult> {
+        Self::check_query(request.get_ref())?;
+        self.inner.execute_query(request).await
+    }
+
+    async fn get_job_status(
+        &self,
+        request: Request<GetJobStatusParams>,
+    ) -> Answer<GetJobStatusResult> {
+        self.inner.get_job_status(request).await
+    }
+
+    async fn get_job_metrics(
+        &self,
+        request: Request<GetJobMetricsParams>,
+    ) -> Answer<GetJobMetricsResult> {
+        self.inner.get_job_metrics(request).await
+    }
+
+    async fn executor_stopped(
+        &self,
+        request: Request<ExecutorStoppedParams>,
+    ) -> Answer<ExecutorStoppedResult> {
+        self.inner.executor_stopped(request).await
+    }
+
+    async fn cancel_job(&self, request: Request<CancelJobParams>) -> Answer<CancelJobResult> {
+        SchedulerGrpc::cancel_job(&self.inner, request).await
+    }
+
+    async fn clean_job_data(
+        &self,
+        request: Request<CleanJobDataParams>,
+    ) -> Answer<CleanJobDataResult> {
+        self.inner.clean_job_data(request).await
+    }
+}
+
+/// Serves the scheduler's gRPC service on `addr`, every call checked against `token`
+/// (Ballista's REST and health routes are not served).
+pub async fn serve_scheduler(
+    scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+    config: &SchedulerConfig,
+    addr: SocketAddr,
+    token: AuthToken,
+) -> Result<()> {
+    let guarded = GuardedScheduler {
+        inner: scheduler,
+        seen: Mutex::new(HashSet::new()),
+    };
+    let service = SchedulerGrpcServer::new(guarded)
+        .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
+        .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            service,
+            check(token),
+        ))
+        .serve(addr)
+        .await
+        .map_err(|e| QuiverError::Cluster(format!("scheduler on {addr}: {e}")))
+}
+
+/// What serves an executor's Arrow Flight service (shuffle data and results) with every call
+/// checked against `token`.
+pub fn flight_service(
+    token: AuthToken,
+    max_message_size: usize,
+) -> Arc<ballista_executor::ArrowFlightServerProvider> {
+    Arc::new(
+        move |work_dir: String,
+              addr: SocketAddr,
+              mut shutdown: Shutdown,
+              grpc: GrpcServerConfig| {
+            let check = check(token.clone());
+            tokio::spawn(async move {
+                let service = FlightServiceServer::new(BallistaFlightService::new(work_dir))
+                    .max_decoding_message_size(max_message_size)
+                    .max_encoding_message_size(max_message_size);
+                ballista_core::utils::create_grpc_server(&grpc)
+                    .add_service(tonic::service::interceptor::InterceptedService::new(
+                        service, check,
+                    ))
+                    .serve_with_shutdown(addr, shutdown.recv())
+                    .await
+                    .map_err(BallistaError::TonicError)
+            })
+        },
+    )
+}
