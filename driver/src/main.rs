@@ -107,6 +107,13 @@ enum ClusterAction {
         /// (a trusted network only).
         #[arg(long)]
         no_auth: bool,
+        /// A local directory the cluster may read for remote sessions (repeatable; default:
+        /// the current directory). Other local paths are refused.
+        #[arg(long = "data-root", value_name = "DIR")]
+        data_roots: Vec<std::path::PathBuf>,
+        /// Let remote sessions write through the cluster (COPY … TO, INSERT INTO).
+        #[arg(long)]
+        allow_writes: bool,
     },
     /// Whether each process of the cluster started from --dir is running and listening.
     Status {
@@ -428,7 +435,19 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
             memory_limit,
             timeout,
             no_auth,
+            data_roots,
+            allow_writes,
         } => {
+            let data_roots = if data_roots.is_empty() {
+                vec![
+                    std::env::current_dir().map_err(|source| quiver_driver::QuiverError::Io {
+                        path: ".".into(),
+                        source,
+                    })?,
+                ]
+            } else {
+                data_roots
+            };
             let opts = cluster::UpOptions {
                 dir,
                 executors,
@@ -436,6 +455,8 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
                 concurrent_tasks,
                 memory_limit,
                 auth: !no_auth,
+                data_roots,
+                allow_writes,
                 ready_timeout: std::time::Duration::from_secs(timeout),
             };
             // Readiness waits block: off the async runtime, reporting into a buffer (this

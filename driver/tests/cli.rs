@@ -261,6 +261,7 @@ fn cluster_up_status_sql_down_with_real_processes() {
         "{err}"
     );
     assert!(!cluster_dir.join("cluster.json").exists());
+    let data_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../data");
     let up = run(&[
         "cluster",
         "up",
@@ -272,6 +273,8 @@ fn cluster_up_status_sql_down_with_real_processes() {
         &port,
         "--concurrent-tasks",
         "1",
+        "--data-root",
+        data_dir,
     ]);
     let text = String::from_utf8_lossy(&up.stdout).to_string();
     assert!(
@@ -333,6 +336,32 @@ fn cluster_up_status_sql_down_with_real_processes() {
         String::from_utf8_lossy(&q.stderr)
     );
     assert!(qt.contains("1797") && qt.contains("exec-"), "{qt}");
+    // Outside the data roots nothing is read, and nothing is written anywhere.
+    let outside = dir.path().join("outside.csv");
+    std::fs::write(&outside, "a\n1\n").unwrap();
+    let token_arg = ["--auth-token-file", token.to_str().unwrap()];
+    let sql_on_cluster = |statement: String| {
+        let mut args = token_arg.to_vec();
+        args.extend(["sql", "--cluster", &url, "-e", &statement]);
+        run(&args)
+    };
+    let refused = sql_on_cluster(format!("SELECT count(*) FROM '{}'", outside.display()));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("outside this cluster's data roots"),
+        "{err}"
+    );
+    let copy_to = std::path::Path::new(data_dir).join("never-written.csv");
+    let refused = sql_on_cluster(format!(
+        "COPY (SELECT 1 AS a) TO '{}' STORED AS CSV",
+        copy_to.display()
+    ));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("--allow-writes"),
+        "{err}"
+    );
+    assert!(!copy_to.exists());
     // A search whose trials run on the executors (`tune --cluster`).
     let spec = dir.path().join("spec.toml");
     let log = dir.path().join("trials.jsonl");
@@ -692,6 +721,8 @@ fn cluster_executors_honour_the_memory_limit() {
         "1MB",
         // Without a token (executors then take pushed tasks): the open mode stays tested.
         "--no-auth",
+        "--data-root",
+        dir.path().to_str().unwrap(),
     ]);
     assert!(
         up.status.success(),

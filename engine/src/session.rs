@@ -149,9 +149,15 @@ impl QuiverSession {
             .with_target_partitions(config.target_partitions)
             .with_batch_size(config.batch_size)
             .with_information_schema(true);
-        let runtime =
-            crate::cluster::with_memory_limit(RuntimeEnvBuilder::new(), config.memory_limit)
-                .build_arc()?;
+        let mut builder =
+            crate::cluster::with_memory_limit(RuntimeEnvBuilder::new(), config.memory_limit);
+        // Inside a cluster process (trials on an executor) the process's access policy holds.
+        if !crate::cluster::access::process_access().is_unrestricted() {
+            builder = builder.with_object_store_registry(Arc::new(
+                crate::cluster::QuiverObjectStores::new(config.s3.clone()),
+            ));
+        }
+        let runtime = builder.build_arc()?;
         let ctx = SessionContext::new_with_config_rt(session_config, runtime).enable_url_table();
         let memory_url =
             Url::parse("memory://").map_err(|e| QuiverError::internal(e.to_string()))?;

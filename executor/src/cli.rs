@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use quiver_engine::QuiverError;
+use quiver_engine::cluster::access::Access;
 use quiver_engine::cluster::auth::AuthToken;
 use quiver_engine::config::{S3Config, available_cores};
 
@@ -38,6 +39,17 @@ pub struct SchedulerArgs {
     /// S3 region.
     #[arg(long)]
     pub s3_region: Option<String>,
+    /// A local directory remote sessions may read (repeatable). Without one no local path
+    /// is readable (object stores such as S3 are).
+    #[arg(long = "data-root", value_name = "DIR")]
+    pub data_roots: Vec<PathBuf>,
+    /// Let remote sessions read any local path this process can.
+    #[arg(long, conflicts_with = "data_roots")]
+    pub allow_any_local_path: bool,
+    /// Let remote sessions write (COPY … TO, INSERT INTO an external table) through this
+    /// process's object stores and local file system.
+    #[arg(long)]
+    pub allow_writes: bool,
     /// A file holding the cluster's auth token (mode 600); else $QUIVER_AUTH_TOKEN. With a
     /// token every call must carry it, and executors pull their tasks.
     #[arg(long, value_name = "FILE")]
@@ -50,6 +62,7 @@ impl TryFrom<SchedulerArgs> for SchedulerOptions {
     fn try_from(a: SchedulerArgs) -> Result<Self, QuiverError> {
         Ok(SchedulerOptions {
             auth_token: AuthToken::from_file_or_env(a.auth_token_file.as_deref())?,
+            access: access(&a.data_roots, a.allow_any_local_path, a.allow_writes)?,
             bind_host: a.bind_host,
             port: a.port,
             external_host: a.external_host,
@@ -112,6 +125,17 @@ pub struct ExecutorArgs {
     /// version mismatch looks like. Never useful in production.
     #[arg(long, hide = true)]
     pub bare: bool,
+    /// A local directory remote sessions may read (repeatable). Without one no local path
+    /// is readable (object stores such as S3 are).
+    #[arg(long = "data-root", value_name = "DIR")]
+    pub data_roots: Vec<PathBuf>,
+    /// Let remote sessions read any local path this process can.
+    #[arg(long, conflicts_with = "data_roots")]
+    pub allow_any_local_path: bool,
+    /// Let remote sessions write (COPY … TO, INSERT INTO an external table) through this
+    /// process's object stores and local file system.
+    #[arg(long)]
+    pub allow_writes: bool,
     /// A file holding the cluster's auth token (mode 600); else $QUIVER_AUTH_TOKEN.
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
@@ -123,6 +147,7 @@ impl TryFrom<ExecutorArgs> for ExecutorOptions {
     fn try_from(a: ExecutorArgs) -> Result<Self, QuiverError> {
         Ok(ExecutorOptions {
             auth_token: AuthToken::from_file_or_env(a.auth_token_file.as_deref())?,
+            access: access(&a.data_roots, a.allow_any_local_path, a.allow_writes)?,
             scheduler: a.scheduler,
             bind_host: a.bind_host,
             external_host: a.external_host,
@@ -140,6 +165,15 @@ impl TryFrom<ExecutorArgs> for ExecutorOptions {
             memory_limit: a.memory_limit,
             bare: a.bare,
         })
+    }
+}
+
+/// The policy the process's flags describe.
+fn access(roots: &[PathBuf], any_local_path: bool, writes: bool) -> Result<Access, QuiverError> {
+    if any_local_path {
+        Ok(Access::any_local_path(writes))
+    } else {
+        Access::restricted(roots, writes)
     }
 }
 

@@ -11,6 +11,7 @@ use ballista_scheduler::scheduler_process::{create_scheduler, start_server};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use quiver_engine::cluster::access::{self, Access};
 use quiver_engine::cluster::auth::AuthToken;
 use quiver_engine::cluster::{self, QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_engine::config::S3Config;
@@ -35,6 +36,10 @@ pub struct SchedulerOptions {
     /// The cluster's auth token: every call must carry it, and executors pull their tasks
     /// (see [`crate::auth`]). `None`: no check (a trusted network only).
     pub auth_token: Option<AuthToken>,
+    /// What remote sessions may read and write through this process's object stores.
+    /// Unrestricted by default (an in-process cluster); the command-line processes default to
+    /// no local paths and no writes (see [`quiver_engine::cluster::access`]).
+    pub access: Access,
 }
 
 impl Default for SchedulerOptions {
@@ -47,6 +52,7 @@ impl Default for SchedulerOptions {
             task_max_failures: 4,
             s3: S3Config::default(),
             auth_token: None,
+            access: Access::default(),
         }
     }
 }
@@ -84,6 +90,7 @@ pub fn scheduler_config(opts: &SchedulerOptions) -> Result<SchedulerConfig> {
     let functions = Arc::new(registry::global());
     let builder_functions = Arc::clone(&functions);
     let s3 = opts.s3.clone();
+    let writes = opts.access.writes();
     let session_builder = Arc::new(move |config: SessionConfig| {
         let state = ballista_core::utils::default_session_builder(config)?;
         let mut state = SessionStateBuilder::new_from_existing(state)
@@ -91,6 +98,9 @@ pub fn scheduler_config(opts: &SchedulerOptions) -> Result<SchedulerConfig> {
             .build();
         cluster::add_functions(&mut state, &builder_functions)
             .map_err(QuiverError::into_datafusion)?;
+        if !writes {
+            state.add_analyzer_rule(Arc::new(access::RefuseWrites));
+        }
         Ok(state)
     });
     let timeout = opts.executor_timeout.as_secs().max(2);
@@ -120,6 +130,18 @@ pub fn scheduler_config(opts: &SchedulerOptions) -> Result<SchedulerConfig> {
 /// Runs a scheduler until the process ends (or the returned future is dropped).
 pub async fn run_scheduler(opts: SchedulerOptions) -> Result<()> {
     let addr = opts.check()?;
+    if !opts.access.is_unrestricted() {
+        access::set_process_access(opts.access.clone());
+    }
+    log::info!(
+        "remote sessions: {}; {}",
+        opts.access,
+        if opts.auth_token.is_some() {
+            "every call must carry the cluster's auth token"
+        } else {
+            "no auth token: anyone who reaches this port can use the cluster"
+        }
+    );
     let config = scheduler_config(&opts)?;
     let cluster = BallistaCluster::new_from_config(&config)
         .await

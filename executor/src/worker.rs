@@ -10,6 +10,7 @@ use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
+use quiver_engine::cluster::access::{self, Access};
 use quiver_engine::cluster::auth::AuthToken;
 use quiver_engine::cluster::{
     self, QuiverLogicalCodec, QuiverObjectStores, QuiverPhysicalCodec, SchedulerAddress,
@@ -49,6 +50,10 @@ pub struct ExecutorOptions {
     /// The cluster's auth token: carried by every call this executor makes, required of
     /// every call to its Flight service; the executor then pulls its tasks (no gRPC server).
     pub auth_token: Option<AuthToken>,
+    /// What remote sessions may read and write through this process's object stores.
+    /// Unrestricted by default (an in-process cluster); the command-line processes default to
+    /// no local paths and no writes (see [`quiver_engine::cluster::access`]).
+    pub access: Access,
 }
 
 impl Default for ExecutorOptions {
@@ -67,6 +72,7 @@ impl Default for ExecutorOptions {
             memory_limit: None,
             bare: false,
             auth_token: None,
+            access: Access::default(),
         }
     }
 }
@@ -179,8 +185,12 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<()> {
     scheduler.check_reachable(cluster::CONNECT_TIMEOUT).await?;
     let config = executor_config(&opts)?;
     quiver_engine::fanout::set_worker_id(config.executor_id.clone());
-    // Models and trial data this executor loads use its S3 settings too.
+    // Models and trial data this executor loads use its S3 settings too, and its policy.
     quiver_engine::config::set_process_s3(opts.s3.clone());
+    if !opts.access.is_unrestricted() {
+        access::set_process_access(opts.access.clone());
+    }
+    log::info!("remote sessions: {}", opts.access);
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| QuiverError::Cluster(format!("executor: {e}")))

@@ -908,8 +908,10 @@ pub async fn cluster(
                 concurrent_tasks: None,
                 memory_limit: None,
                 ready_timeout: Duration::from_secs(60),
-                // As `quiver cluster up` starts it: with an auth token.
+                // As `quiver cluster up` starts it: with an auth token, reading its data.
                 auth: true,
+                data_roots: vec![dir.path().to_path_buf()],
+                allow_writes: false,
             };
             let state = {
                 let up = up.clone();

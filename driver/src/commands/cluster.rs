@@ -29,6 +29,10 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
     /// Generate an auth token (`auth-token` in the directory) that every call must carry.
     pub auth: bool,
+    /// Local directories remote sessions may read (`--data-root`).
+    pub data_roots: Vec<PathBuf>,
+    /// Let remote sessions write through the cluster (`--allow-writes`).
+    pub allow_writes: bool,
 }
 
 /// One started process.
@@ -203,10 +207,21 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
     } else {
         None
     };
-    let auth_args: Vec<String> = match &auth_token_file {
+    // What every process gets: the token file, the data roots, writes.
+    let mut auth_args: Vec<String> = match &auth_token_file {
         Some(p) => vec!["--auth-token-file".into(), p.to_string_lossy().into_owned()],
         None => Vec::new(),
     };
+    for root in &opts.data_roots {
+        let absolute = std::fs::canonicalize(root).map_err(io_err(root))?;
+        auth_args.extend([
+            "--data-root".into(),
+            absolute.to_string_lossy().into_owned(),
+        ]);
+    }
+    if opts.allow_writes {
+        auth_args.push("--allow-writes".into());
+    }
     let log = opts.dir.join("scheduler.log");
     let mut args: Vec<String> = vec![
         "cluster".into(),
@@ -311,6 +326,25 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
         )
         .ok();
     }
+    writeln!(
+        out,
+        "remote sessions read local files under {}{}",
+        if opts.data_roots.is_empty() {
+            "no directory".to_string()
+        } else {
+            opts.data_roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        if opts.allow_writes {
+            " and may write"
+        } else {
+            " and write nothing (--data-root, --allow-writes)"
+        }
+    )
+    .ok();
     match &state.auth_token_file {
         Some(token) => writeln!(
             out,

@@ -2,6 +2,7 @@
 //! object stores all processes share, and the checks that turn an unreachable or misconfigured
 //! cluster into a clear error instead of a hang.
 
+pub mod access;
 pub mod auth;
 mod codec;
 
@@ -109,7 +110,8 @@ impl SchedulerAddress {
 }
 
 /// Object stores for every process of a cluster: the local file system, and S3-compatible
-/// buckets built on first use from the process's S3 settings (then the `AWS_*` variables).
+/// buckets built on first use from the process's S3 settings (then the `AWS_*` variables),
+/// each under the process's [`access::Access`] policy.
 #[derive(Debug)]
 pub struct QuiverObjectStores {
     inner: DefaultObjectStoreRegistry,
@@ -135,16 +137,18 @@ impl ObjectStoreRegistry for QuiverObjectStores {
     }
 
     fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
-        match self.inner.get_store(url) {
-            Ok(store) => Ok(store),
+        let store = match self.inner.get_store(url) {
+            Ok(store) => store,
             Err(_) if url.scheme() == "s3" => {
                 let store =
                     crate::io::build_s3(&self.s3, url).map_err(QuiverError::into_datafusion)?;
                 self.inner.register_store(url, Arc::clone(&store));
-                Ok(store)
+                store
             }
-            Err(e) => Err(e),
-        }
+            Err(e) => return Err(e),
+        };
+        // A scheduler's or executor's policy for remote sessions (none elsewhere).
+        Ok(access::process_access().guard(store, url.scheme() == "file"))
     }
 }
 

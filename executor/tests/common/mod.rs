@@ -33,6 +33,18 @@ fn wait_port(port: u16, what: &str, log: &Path) {
     }
 }
 
+/// The directories the test processes may read for remote sessions: the test's own
+/// directory and the shipped data.
+fn data_roots(dir: &Path) -> Vec<String> {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data");
+    vec![
+        "--data-root".to_string(),
+        dir.to_string_lossy().into_owned(),
+        "--data-root".to_string(),
+        data.to_string(),
+    ]
+}
+
 pub struct Executor {
     pub id: String,
     pub child: Child,
@@ -74,6 +86,7 @@ impl LocalCluster {
         let scheduler_log = dir.path().join("scheduler.log");
         let scheduler = Command::new(env!("CARGO_BIN_EXE_quiver-scheduler"))
             .args(["--port", &port.to_string(), "--executor-timeout-secs", "4"])
+            .args(data_roots(dir.path()))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(File::create(&scheduler_log).unwrap())
@@ -116,6 +129,8 @@ impl LocalCluster {
         ]);
         if bare {
             cmd.arg("--bare");
+        } else {
+            cmd.args(data_roots(self.dir.path()));
         }
         cmd.args(args);
         let child = cmd
