@@ -504,7 +504,8 @@ fn tune_runs_a_spec_saves_the_best_model_and_plots() {
         "{text}"
     );
     assert!(text.contains("saved as bc version 1"), "{text}");
-    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 8);
+    // The search's description, then the 8 trials.
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 9);
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
     // Run again: the log holds all 8, nothing is re-run, a second version is saved.

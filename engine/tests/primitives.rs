@@ -419,6 +419,9 @@ impl quiver_engine::Statistic for LeastSquares {
     fn encode_state(&self, s: &Vec<f64>, out: &mut Vec<u8>) {
         quiver_engine::aggregate::encode_f64s(s, out);
     }
+    fn state_size(&self, s: &Vec<f64>) -> usize {
+        quiver_engine::aggregate::vec_size(s)
+    }
     fn decode_state(&self, bytes: &[u8]) -> Result<Vec<f64>> {
         Ok(quiver_engine::aggregate::decode_f64s(bytes, 2 + self.coef.len())?.0)
     }

@@ -30,6 +30,14 @@ pub use error::{Result, SqlError};
 pub use models::{LoadedModel, ModelCatalog};
 pub use statement::{MlStatement, Statement, parse_script};
 
+/// What a statement gives ([`SqlSession::execute_statement_streaming`]).
+pub enum StatementOutput {
+    /// An ML statement's result (small).
+    Batches(Vec<RecordBatch>),
+    /// A query's rows as they are computed.
+    Stream(datafusion::physical_plan::SendableRecordBatchStream),
+}
+
 use crate::create::{create_model, message_batch};
 
 /// Adds the SQL functions of this crate that need no session (and those of MLlib, which it
@@ -102,17 +110,39 @@ impl SqlSession {
         Ok(out)
     }
 
+    /// Runs one parsed statement, a query's rows as a stream (they are not collected): what
+    /// a client printing large results uses.
+    pub async fn execute_statement_streaming(
+        &self,
+        statement: Statement,
+    ) -> Result<StatementOutput> {
+        match statement {
+            Statement::Sql(s) => Ok(StatementOutput::Stream(
+                self.plan_sql(*s).await?.execute_stream().await?,
+            )),
+            other => Ok(StatementOutput::Batches(
+                self.execute_statement(other).await?,
+            )),
+        }
+    }
+
+    /// A SQL statement planned, with every unpinned model name pinned.
+    async fn plan_sql(
+        &self,
+        statement: datafusion::sql::parser::Statement,
+    ) -> Result<datafusion::dataframe::DataFrame> {
+        let ctx = self.session.context();
+        let mut plan = ctx.state().statement_to_plan(statement).await?;
+        // Each model name is resolved once per query, embedded as on a cluster: a version
+        // published while the query runs does not mix in.
+        plan = predict::pin_model_versions(plan, &self.catalog).await?;
+        Ok(ctx.execute_logical_plan(plan).await?)
+    }
+
     /// Runs one parsed statement.
     pub async fn execute_statement(&self, statement: Statement) -> Result<Vec<RecordBatch>> {
         match statement {
-            Statement::Sql(s) => {
-                let ctx = self.session.context();
-                let mut plan = ctx.state().statement_to_plan(*s).await?;
-                // Each model name is resolved once per query, embedded as on a cluster: a
-                // version published while the query runs does not mix in.
-                plan = predict::pin_model_versions(plan, &self.catalog).await?;
-                Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
-            }
+            Statement::Sql(s) => Ok(self.plan_sql(*s).await?.collect().await?),
             Statement::Ml(MlStatement::CreateModel(c)) => {
                 Ok(vec![create_model(&self.session, &self.catalog, &c).await?])
             }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use quiver_sql_udfs::SqlSession;
 
-use crate::output::print_table;
+use crate::output::{TablePrinter, print_table};
 use crate::{QuiverError, QuiverSession, Result};
 
 /// Runs every statement of `sql` in order, printing each result as a table. Stops at the
@@ -19,23 +19,53 @@ pub async fn run_sql(session: &QuiverSession, sql: &str, out: &mut dyn Write) ->
 /// result is printed as soon as it is done, so a later statement's error loses nothing of the
 /// earlier ones.
 pub async fn run_script(session: &SqlSession, sql: &str, out: &mut dyn Write) -> Result<()> {
+    use futures::StreamExt;
+    use quiver_sql_udfs::StatementOutput;
     let statements = quiver_sql_udfs::statement::parse_script(sql)?;
     let n = statements.len();
+    let numbered = |i: usize, e: QuiverError| -> QuiverError {
+        if n > 1 {
+            quiver_sql_udfs::error::SqlError::Invalid(format!("statement {} of {n}: {e}", i + 1))
+                .into()
+        } else {
+            e
+        }
+    };
     for (i, statement) in statements.into_iter().enumerate() {
-        let batches = match session.execute_statement(statement).await {
-            Ok(b) => b,
-            Err(e) if n > 1 => {
-                return Err(quiver_sql_udfs::error::SqlError::Invalid(format!(
-                    "statement {} of {n}: {e}",
-                    i + 1
-                ))
-                .into());
+        let output = session
+            .execute_statement_streaming(statement)
+            .await
+            .map_err(|e| numbered(i, e.into()))?;
+        match output {
+            StatementOutput::Batches(batches) => {
+                if batches.iter().any(|b| b.num_columns() > 0) {
+                    print_table(out, &batches)?;
+                    out.flush().ok();
+                }
             }
-            Err(e) => return Err(e.into()),
-        };
-        if batches.iter().any(|b| b.num_columns() > 0) {
-            print_table(out, &batches)?;
-            out.flush().ok();
+            // A query's rows are printed as they come, a group at a time: a large result is
+            // never held whole, and rows printed before an error stay printed.
+            StatementOutput::Stream(mut stream) => {
+                let schema = stream.schema();
+                if schema.fields().is_empty() {
+                    while let Some(batch) = stream.next().await {
+                        batch.map_err(|e| numbered(i, e.into()))?;
+                    }
+                    continue;
+                }
+                let mut printer = TablePrinter::new(&schema);
+                while let Some(batch) = stream.next().await {
+                    let batch = match batch {
+                        Ok(b) => b,
+                        Err(e) => {
+                            printer.finish(out);
+                            return Err(numbered(i, e.into()));
+                        }
+                    };
+                    printer.push(out, &batch)?;
+                }
+                printer.finish(out);
+            }
         }
     }
     Ok(())

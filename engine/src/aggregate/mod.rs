@@ -68,10 +68,20 @@ pub trait Statistic: Send + Sync + Debug + 'static {
 
     fn decode_state(&self, bytes: &[u8]) -> Result<Self::State>;
 
-    /// Approximate heap size of a state in bytes (reported to DataFusion's memory accounting).
-    fn state_size(&self, _state: &Self::State) -> usize {
-        0
-    }
+    /// Approximate heap size of a state in bytes, reported to DataFusion's memory accounting
+    /// (so a memory limit sees it). Required: a state that grows with the data must say so.
+    fn state_size(&self, state: &Self::State) -> usize;
+}
+
+/// The heap bytes of a vector's buffer.
+pub fn vec_size<T>(v: &Vec<T>) -> usize {
+    v.capacity() * std::mem::size_of::<T>()
+}
+
+/// Approximate heap bytes of a B-tree map of `len` entries (nodes hold up to 11 entries and
+/// run about two-thirds full).
+pub fn btree_size<K, V>(len: usize) -> usize {
+    len * (std::mem::size_of::<K>() + std::mem::size_of::<V>()) * 3 / 2
 }
 
 /// Appends `values` as little-endian `f64`s: the encoding most statistic states use.

@@ -354,6 +354,9 @@ impl Statistic for ScoreCounts {
             encode_f64s(&[*p, *n], out);
         }
     }
+    fn state_size(&self, s: &Self::State) -> usize {
+        quiver_engine::aggregate::btree_size::<u64, (f64, f64)>(s.counts.len())
+    }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Self::State> {
         let (head, mut rest) = decode_f64s(bytes, 3)?;
         let mut counts = BTreeMap::new();
@@ -430,8 +433,16 @@ mod tests {
                 assert!(*s < h.lowest(*next));
             }
         }
-        // Encoding round trip.
+        // The state's reported size follows its bins (what DataFusion's memory pool sees).
         let stat = ScoreCounts { dim: 1 };
+        let empty = stat.state_size(&ScoreHistogram::default());
+        assert_eq!(empty, 0);
+        assert!(
+            stat.state_size(&h) >= h.counts.len() * 24,
+            "{}",
+            stat.state_size(&h)
+        );
+        // Encoding round trip.
         let mut bytes = Vec::new();
         stat.encode_state(&h, &mut bytes);
         assert_eq!(stat.decode_state(&bytes).unwrap(), h);

@@ -204,6 +204,12 @@ impl Statistic for ClusterMoments {
             encode_f64s(&m.mean, out);
         }
     }
+    fn state_size(&self, s: &Vec<Moments>) -> usize {
+        quiver_engine::aggregate::vec_size(s)
+            + s.iter()
+                .map(|m| quiver_engine::aggregate::vec_size(&m.mean))
+                .sum::<usize>()
+    }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<Moments>> {
         let (k, mut rest) = decode_f64s(bytes, 1)?;
         let mut out = Vec::with_capacity(k[0] as usize);
@@ -300,6 +306,9 @@ impl Statistic for SilhouetteStat {
     }
     fn encode_state(&self, s: &Vec<f64>, out: &mut Vec<u8>) {
         encode_f64s(s, out);
+    }
+    fn state_size(&self, s: &Vec<f64>) -> usize {
+        quiver_engine::aggregate::vec_size(s)
     }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
         Ok(decode_f64s(bytes, 2)?.0)

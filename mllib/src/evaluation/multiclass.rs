@@ -154,6 +154,9 @@ impl Statistic for ConfusionStat {
             out.extend_from_slice(&n.to_le_bytes());
         }
     }
+    fn state_size(&self, s: &Self::State) -> usize {
+        quiver_engine::aggregate::btree_size::<(u64, u64), u64>(s.len())
+    }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Self::State> {
         if !bytes.len().is_multiple_of(24) {
             return Err(QuiverError::internal(

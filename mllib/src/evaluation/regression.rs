@@ -120,6 +120,9 @@ impl Statistic for RegressionStat {
     fn encode_state(&self, s: &Vec<f64>, out: &mut Vec<u8>) {
         encode_f64s(s, out);
     }
+    fn state_size(&self, s: &Vec<f64>) -> usize {
+        quiver_engine::aggregate::vec_size(s)
+    }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
         Ok(decode_f64s(bytes, 5)?.0)
     }

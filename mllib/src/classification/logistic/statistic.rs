@@ -63,6 +63,9 @@ impl Statistic for ClassCounts {
         encode_f64s(&[s.len() as f64], out);
         encode_f64s(s, out);
     }
+    fn state_size(&self, s: &Vec<f64>) -> usize {
+        quiver_engine::aggregate::vec_size(s)
+    }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
         let (n, rest) = decode_f64s(bytes, 1)?;
         Ok(decode_f64s(rest, n[0] as usize)?.0)
@@ -173,6 +176,9 @@ impl Statistic for LogisticLoss {
     }
     fn encode_state(&self, s: &Vec<f64>, out: &mut Vec<u8>) {
         encode_f64s(s, out);
+    }
+    fn state_size(&self, s: &Vec<f64>) -> usize {
+        quiver_engine::aggregate::vec_size(s)
     }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
         Ok(decode_f64s(bytes, 2 + self.coef.len())?.0)

@@ -135,6 +135,9 @@ impl Statistic for KMeansPass {
         encode_f64s(s, out);
     }
 
+    fn state_size(&self, s: &Vec<f64>) -> usize {
+        quiver_engine::aggregate::vec_size(s)
+    }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
         let (n, rest) = decode_f64s(bytes, 1)?;
         Ok(decode_f64s(rest, n[0] as usize)?.0)
