@@ -24,6 +24,11 @@ struct Cli {
     #[arg(long, value_name = "FILE", global = true)]
     auth_token_file: Option<std::path::PathBuf>,
 
+    /// The cluster's CA certificate: connect with TLS and verify the cluster against it (same
+    /// as `--config quiver.cluster.tls_ca_file=…`). `quiver cluster up --tls` writes one.
+    #[arg(long, value_name = "FILE", global = true)]
+    tls_ca_file: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -76,7 +81,7 @@ enum Command {
     /// Start, inspect and stop a local cluster (a scheduler and executors on loopback).
     Cluster {
         #[command(subcommand)]
-        action: ClusterAction,
+        action: Box<ClusterAction>,
     },
     /// List the configuration keys with their defaults.
     Config,
@@ -114,6 +119,10 @@ enum ClusterAction {
         /// Let remote sessions write through the cluster (COPY … TO, INSERT INTO).
         #[arg(long)]
         allow_writes: bool,
+        /// Encrypt every connection: a fresh CA and certificate for localhost go into --dir
+        /// (clients then give --tls-ca-file DIR/tls-ca.pem).
+        #[arg(long)]
+        tls: bool,
     },
     /// Whether each process of the cluster started from --dir is running and listening.
     Status {
@@ -269,6 +278,9 @@ fn config(cli: &Cli) -> Result<QuiverConfig> {
     if let Some(f) = &cli.auth_token_file {
         config.set("quiver.cluster.auth_token_file", &f.to_string_lossy())?;
     }
+    if let Some(f) = &cli.tls_ca_file {
+        config.set("quiver.cluster.tls_ca_file", &f.to_string_lossy())?;
+    }
     Ok(config)
 }
 
@@ -282,7 +294,7 @@ async fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     if let Command::Cluster { action } = cli.command {
-        return run_cluster(action, &mut out).await;
+        return run_cluster(*action, &mut out).await;
     }
     let cluster_url = match &cli.command {
         Command::Sql {
@@ -437,6 +449,7 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
             no_auth,
             data_roots,
             allow_writes,
+            tls,
         } => {
             let data_roots = if data_roots.is_empty() {
                 vec![
@@ -457,6 +470,7 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
                 auth: !no_auth,
                 data_roots,
                 allow_writes,
+                tls,
                 ready_timeout: std::time::Duration::from_secs(timeout),
             };
             // Readiness waits block: off the async runtime, reporting into a buffer (this

@@ -116,6 +116,16 @@ impl TablePrinter {
         out.flush().ok();
     }
 
+    /// After an error: prints what is held and how many rows came before it (nothing when
+    /// none did).
+    pub fn abort(mut self, out: &mut dyn Write) {
+        if self.rows + self.pending.len() == 0 {
+            return;
+        }
+        self.flush(out);
+        writeln!(out, "  ({} rows before the error)", self.rows).ok();
+    }
+
     /// Prints what is held and the row count.
     pub fn finish(mut self, out: &mut dyn Write) {
         self.flush(out);

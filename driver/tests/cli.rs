@@ -275,6 +275,7 @@ fn cluster_up_status_sql_down_with_real_processes() {
         "1",
         "--data-root",
         data_dir,
+        "--tls",
     ]);
     let text = String::from_utf8_lossy(&up.stdout).to_string();
     assert!(
@@ -296,20 +297,35 @@ fn cluster_up_status_sql_down_with_real_processes() {
     let digits = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
     let url = format!("df://127.0.0.1:{port}");
     let token = cluster_dir.join("auth-token");
+    // Every connection uses TLS: clients verify the cluster with its CA.
+    let ca = cluster_dir.join("tls-ca.pem");
+    let ca = ca.to_str().unwrap();
+    let client = |args: &[&str]| {
+        let mut cmd = quiver();
+        cmd.args(["--tls-ca-file", ca]).args(args);
+        cmd
+    };
+    let plain = run(&["sql", "--cluster", &url, "-e", "SELECT 1"]);
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        !plain.status.success() && err.contains("--tls-ca-file"),
+        "{err}"
+    );
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&token).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let count = format!("SELECT count(*) AS n FROM '{digits}'");
-    let refused = run(&["sql", "--cluster", &url, "-e", &count]);
+    let refused = client(&["sql", "--cluster", &url, "-e", &count])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success() && err.contains("requires an auth token"),
         "{err}"
     );
-    let wrong = quiver()
-        .args(["sql", "--cluster", &url, "-e", &count])
+    let wrong = client(&["sql", "--cluster", &url, "-e", &count])
         .env("QUIVER_AUTH_TOKEN", "not-the-token-of-this-cluster")
         .output()
         .unwrap();
@@ -318,7 +334,7 @@ fn cluster_up_status_sql_down_with_real_processes() {
         !wrong.status.success() && err.contains("refused the auth token"),
         "{err}"
     );
-    let q = run(&[
+    let q = client(&[
         "--models",
         dir.path().join("m").to_str().unwrap(),
         "--auth-token-file",
@@ -328,7 +344,9 @@ fn cluster_up_status_sql_down_with_real_processes() {
         &url,
         "-e",
         &format!("SELECT count(*) AS n, max(quiver_process()) AS p FROM '{digits}'"),
-    ]);
+    ])
+    .output()
+    .unwrap();
     let qt = String::from_utf8_lossy(&q.stdout).to_string();
     assert!(
         q.status.success(),
@@ -343,7 +361,7 @@ fn cluster_up_status_sql_down_with_real_processes() {
     let sql_on_cluster = |statement: String| {
         let mut args = token_arg.to_vec();
         args.extend(["sql", "--cluster", &url, "-e", &statement]);
-        run(&args)
+        client(&args).output().unwrap()
     };
     let refused = sql_on_cluster(format!("SELECT count(*) FROM '{}'", outside.display()));
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -376,7 +394,7 @@ fn cluster_up_status_sql_down_with_real_processes() {
         ),
     )
     .unwrap();
-    let t = quiver()
+    let t = client(&[])
         .args([
             "--models",
             dir.path().join("m").to_str().unwrap(),

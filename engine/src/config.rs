@@ -51,6 +51,11 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         doc: "A file holding the cluster's auth token (readable by its owner only): every call to the scheduler and executors carries it. `quiver cluster up` writes one into its directory.",
     },
     ConfigKey {
+        key: "quiver.cluster.tls_ca_file",
+        default: "(plain connections)",
+        doc: "The cluster's CA certificate (PEM): connections to the scheduler and executors use TLS and verify their certificates. `quiver cluster up --tls` writes one into its directory.",
+    },
+    ConfigKey {
         key: "quiver.memory_limit",
         default: "unlimited",
         doc: "Memory the DataFusion operators of a query may reserve (e.g. 4GB, 512MB, or unlimited); sorts and joins spill beyond it, other operators fail with an error naming this key.",
@@ -156,6 +161,9 @@ pub struct QuiverConfig {
     /// The cluster's auth token (`quiver.cluster.auth_token_file`); when unset a cluster
     /// client reads `QUIVER_AUTH_TOKEN`.
     pub auth_token: Option<crate::cluster::auth::AuthToken>,
+    /// The cluster's CA certificate (`quiver.cluster.tls_ca_file`): connect with TLS and
+    /// verify the scheduler and executors against it.
+    pub tls: Option<crate::cluster::tls::ClientTls>,
 }
 
 /// A byte size as people write it: `1048576`, `512MB`, `4GB`, `1.5GiB`, `64k`; `unlimited`
@@ -212,6 +220,7 @@ impl Default for QuiverConfig {
             training_cache: 2 << 30,
             s3: process_s3(),
             auth_token: None,
+            tls: None,
         }
     }
 }
@@ -255,6 +264,14 @@ impl QuiverConfig {
                 self.auth_token = Some(
                     crate::cluster::auth::AuthToken::from_file(std::path::Path::new(value.trim()))
                         .map_err(|e| bad(&e.to_string()))?,
+                )
+            }
+            "quiver.cluster.tls_ca_file" => {
+                self.tls = Some(
+                    crate::cluster::tls::ClientTls::from_ca_file(std::path::Path::new(
+                        value.trim(),
+                    ))
+                    .map_err(|e| bad(&e.to_string()))?,
                 )
             }
             "quiver.memory_limit" => self.memory_limit = parse_bytes(value).map_err(|r| bad(&r))?,

@@ -228,6 +228,15 @@ fn cluster_hint(df: DataFusionError) -> QuiverError {
             return QuiverError::Cluster(message.to_string());
         }
     }
+    // Plain text sent to a TLS port ends one of these ways.
+    if (text.contains("operation was canceled") && text.contains("connection closed"))
+        || text.contains("FRAME_SIZE_ERROR")
+    {
+        return QuiverError::Cluster(format!(
+            "{text}: the cluster closed the connection; if it uses TLS, give its CA \
+             certificate (--tls-ca-file, quiver.cluster.tls_ca_file)"
+        ));
+    }
     if text.contains(TASK_REJECTED) {
         QuiverError::Cluster(format!(
             "{text}: an executor could not run the plan's tasks; usually it is not a \

@@ -27,14 +27,19 @@ use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use quiver_engine::cluster::auth::AuthToken;
+use quiver_engine::cluster::tls::ServerTls;
 use quiver_engine::{QuiverError, Result};
 use tonic::{Request, Response, Status};
 
-/// The check every guarded server runs before a call: the token in the user agent.
+/// The check every guarded server runs before a call: the token in the user agent (every
+/// call passes when the cluster has no token).
 pub fn check(
-    token: AuthToken,
+    token: Option<AuthToken>,
 ) -> impl Fn(Request<()>) -> std::result::Result<Request<()>, Status> + Clone {
     move |request: Request<()>| {
+        let Some(token) = &token else {
+            return Ok(request);
+        };
         let agent = request.metadata().get("user-agent").map(|v| v.as_bytes());
         if token.admits(agent) {
             Ok(request)
@@ -177,13 +182,14 @@ impl SchedulerGrpc for GuardedScheduler {
     }
 }
 
-/// Serves the scheduler's gRPC service on `addr`, every call checked against `token`
-/// (Ballista's REST and health routes are not served).
+/// Serves the scheduler's gRPC service on `addr`: every call checked against `token` (when
+/// set), TLS with `tls` (when set). Ballista's REST and health routes are not served.
 pub async fn serve_scheduler(
     scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     config: &SchedulerConfig,
     addr: SocketAddr,
-    token: AuthToken,
+    token: Option<AuthToken>,
+    tls: Option<ServerTls>,
 ) -> Result<()> {
     let guarded = GuardedScheduler {
         inner: scheduler,
@@ -192,21 +198,27 @@ pub async fn serve_scheduler(
     let service = SchedulerGrpcServer::new(guarded)
         .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
         .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize);
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let failed =
+        |e: tonic::transport::Error| QuiverError::Cluster(format!("scheduler on {addr}: {e}"));
+    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = &tls {
+        server = server.tls_config(tls.config()).map_err(failed)?;
+    }
+    server
         .add_service(tonic::service::interceptor::InterceptedService::new(
             service,
             check(token),
         ))
         .serve(addr)
         .await
-        .map_err(|e| QuiverError::Cluster(format!("scheduler on {addr}: {e}")))
+        .map_err(failed)
 }
 
-/// What serves an executor's Arrow Flight service (shuffle data and results) with every call
-/// checked against `token`.
+/// What serves an executor's Arrow Flight service (shuffle data and results): every call
+/// checked against `token` (when set), TLS with `tls` (when set).
 pub fn flight_service(
-    token: AuthToken,
+    token: Option<AuthToken>,
+    tls: Option<ServerTls>,
     max_message_size: usize,
 ) -> Arc<ballista_executor::ArrowFlightServerProvider> {
     Arc::new(
@@ -215,11 +227,18 @@ pub fn flight_service(
               mut shutdown: Shutdown,
               grpc: GrpcServerConfig| {
             let check = check(token.clone());
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = FlightServiceServer::new(BallistaFlightService::new(work_dir))
                     .max_decoding_message_size(max_message_size)
                     .max_encoding_message_size(max_message_size);
-                ballista_core::utils::create_grpc_server(&grpc)
+                let mut server = ballista_core::utils::create_grpc_server(&grpc);
+                if let Some(tls) = &tls {
+                    server = server
+                        .tls_config(tls.config())
+                        .map_err(BallistaError::TonicError)?;
+                }
+                server
                     .add_service(tonic::service::interceptor::InterceptedService::new(
                         service, check,
                     ))

@@ -8,6 +8,7 @@ use clap::Parser;
 use quiver_engine::QuiverError;
 use quiver_engine::cluster::access::Access;
 use quiver_engine::cluster::auth::AuthToken;
+use quiver_engine::cluster::tls::{ClientTls, ServerTls};
 use quiver_engine::config::{S3Config, available_cores};
 
 use crate::{ExecutorOptions, SchedulerOptions};
@@ -50,6 +51,12 @@ pub struct SchedulerArgs {
     /// process's object stores and local file system.
     #[arg(long)]
     pub allow_writes: bool,
+    /// This process's TLS certificate (PEM; with --tls-key): its service speaks TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, mode 600).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// A file holding the cluster's auth token (mode 600); else $QUIVER_AUTH_TOKEN. With a
     /// token every call must carry it, and executors pull their tasks.
     #[arg(long, value_name = "FILE")]
@@ -62,6 +69,7 @@ impl TryFrom<SchedulerArgs> for SchedulerOptions {
     fn try_from(a: SchedulerArgs) -> Result<Self, QuiverError> {
         Ok(SchedulerOptions {
             auth_token: AuthToken::from_file_or_env(a.auth_token_file.as_deref())?,
+            tls: server_tls(a.tls_cert.as_deref(), a.tls_key.as_deref())?,
             access: access(&a.data_roots, a.allow_any_local_path, a.allow_writes)?,
             bind_host: a.bind_host,
             port: a.port,
@@ -136,6 +144,16 @@ pub struct ExecutorArgs {
     /// process's object stores and local file system.
     #[arg(long)]
     pub allow_writes: bool,
+    /// This process's TLS certificate (PEM; with --tls-key): its service speaks TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, mode 600).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM): this executor connects with TLS and verifies the
+    /// scheduler and other executors against it.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// A file holding the cluster's auth token (mode 600); else $QUIVER_AUTH_TOKEN.
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
@@ -147,6 +165,12 @@ impl TryFrom<ExecutorArgs> for ExecutorOptions {
     fn try_from(a: ExecutorArgs) -> Result<Self, QuiverError> {
         Ok(ExecutorOptions {
             auth_token: AuthToken::from_file_or_env(a.auth_token_file.as_deref())?,
+            tls: server_tls(a.tls_cert.as_deref(), a.tls_key.as_deref())?,
+            tls_ca: a
+                .tls_ca
+                .as_deref()
+                .map(ClientTls::from_ca_file)
+                .transpose()?,
             access: access(&a.data_roots, a.allow_any_local_path, a.allow_writes)?,
             scheduler: a.scheduler,
             bind_host: a.bind_host,
@@ -165,6 +189,17 @@ impl TryFrom<ExecutorArgs> for ExecutorOptions {
             memory_limit: a.memory_limit,
             bare: a.bare,
         })
+    }
+}
+
+/// The identity `--tls-cert` and `--tls-key` name (clap requires both or neither).
+fn server_tls(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<ServerTls>, QuiverError> {
+    match (cert, key) {
+        (Some(c), Some(k)) => ServerTls::from_files(c, k).map(Some),
+        _ => Ok(None),
     }
 }
 

@@ -13,6 +13,7 @@ use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use quiver_engine::cluster::access::{self, Access};
 use quiver_engine::cluster::auth::AuthToken;
+use quiver_engine::cluster::tls::ServerTls;
 use quiver_engine::cluster::{self, QuiverLogicalCodec, QuiverPhysicalCodec};
 use quiver_engine::config::S3Config;
 use quiver_engine::{QuiverError, Result, registry};
@@ -36,6 +37,9 @@ pub struct SchedulerOptions {
     /// The cluster's auth token: every call must carry it, and executors pull their tasks
     /// (see [`crate::auth`]). `None`: no check (a trusted network only).
     pub auth_token: Option<AuthToken>,
+    /// This scheduler's certificate and key: its gRPC service speaks TLS (executors then
+    /// pull their tasks, as with a token).
+    pub tls: Option<ServerTls>,
     /// What remote sessions may read and write through this process's object stores.
     /// Unrestricted by default (an in-process cluster); the command-line processes default to
     /// no local paths and no writes (see [`quiver_engine::cluster::access`]).
@@ -52,6 +56,7 @@ impl Default for SchedulerOptions {
             task_max_failures: 4,
             s3: S3Config::default(),
             auth_token: None,
+            tls: None,
             access: Access::default(),
         }
     }
@@ -110,7 +115,7 @@ pub fn scheduler_config(opts: &SchedulerOptions) -> Result<SchedulerConfig> {
         external_host: opts.external_host.clone(),
         // Executors of a cluster with a token run no gRPC server (it cannot be guarded): they
         // pull their tasks.
-        scheduling_policy: if opts.auth_token.is_some() {
+        scheduling_policy: if opts.auth_token.is_some() || opts.tls.is_some() {
             TaskSchedulingPolicy::PullStaged
         } else {
             TaskSchedulingPolicy::PushStaged
@@ -136,21 +141,22 @@ pub async fn run_scheduler(opts: SchedulerOptions) -> Result<()> {
     log::info!(
         "remote sessions: {}; {}",
         opts.access,
-        if opts.auth_token.is_some() {
-            "every call must carry the cluster's auth token"
-        } else {
-            "no auth token: anyone who reaches this port can use the cluster"
+        match (&opts.auth_token, &opts.tls) {
+            (Some(_), Some(_)) => "TLS; every call must carry the cluster's auth token",
+            (Some(_), None) => "every call must carry the cluster's auth token (no TLS)",
+            (None, Some(_)) => "TLS, no auth token: anyone who reaches this port can use it",
+            (None, None) => "no auth token: anyone who reaches this port can use the cluster",
         }
     );
     let config = scheduler_config(&opts)?;
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| QuiverError::Cluster(format!("cannot set up the scheduler: {e}")))?;
-    let Some(token) = opts.auth_token.clone() else {
+    if opts.auth_token.is_none() && opts.tls.is_none() {
         return start_server(cluster, addr, Arc::new(config))
             .await
             .map_err(|e| QuiverError::Cluster(format!("scheduler on {addr}: {e}")));
-    };
+    }
     config
         .validate()
         .map_err(|e| QuiverError::Cluster(format!("scheduler configuration: {e}")))?;
@@ -159,5 +165,12 @@ pub async fn run_scheduler(opts: SchedulerOptions) -> Result<()> {
         create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::clone(&config))
             .await
             .map_err(|e| QuiverError::Cluster(format!("cannot set up the scheduler: {e}")))?;
-    crate::auth::serve_scheduler(scheduler, &config, addr, token).await
+    crate::auth::serve_scheduler(
+        scheduler,
+        &config,
+        addr,
+        opts.auth_token.clone(),
+        opts.tls.clone(),
+    )
+    .await
 }

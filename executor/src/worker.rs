@@ -12,6 +12,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 use quiver_engine::cluster::access::{self, Access};
 use quiver_engine::cluster::auth::AuthToken;
+use quiver_engine::cluster::tls::{ClientTls, ServerTls};
 use quiver_engine::cluster::{
     self, QuiverLogicalCodec, QuiverObjectStores, QuiverPhysicalCodec, SchedulerAddress,
 };
@@ -50,6 +51,10 @@ pub struct ExecutorOptions {
     /// The cluster's auth token: carried by every call this executor makes, required of
     /// every call to its Flight service; the executor then pulls its tasks (no gRPC server).
     pub auth_token: Option<AuthToken>,
+    /// This executor's certificate and key: its Flight service speaks TLS.
+    pub tls: Option<ServerTls>,
+    /// The cluster's CA: this executor's connections use TLS and verify against it.
+    pub tls_ca: Option<ClientTls>,
     /// What remote sessions may read and write through this process's object stores.
     /// Unrestricted by default (an in-process cluster); the command-line processes default to
     /// no local paths and no writes (see [`quiver_engine::cluster::access`]).
@@ -72,6 +77,8 @@ impl Default for ExecutorOptions {
             memory_limit: None,
             bare: false,
             auth_token: None,
+            tls: None,
+            tls_ca: None,
             access: Access::default(),
         }
     }
@@ -130,20 +137,33 @@ pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> 
     if let Some(id) = &opts.executor_id {
         config.executor_id = id.clone();
     }
-    if let Some(token) = &opts.auth_token {
+    if opts.tls.is_some() != opts.tls_ca.is_some() {
+        return Err(QuiverError::InvalidParam {
+            param: "--tls-ca".to_string(),
+            reason: "an executor with TLS needs its certificate and key (--tls-cert, --tls-key) \
+                     and the cluster's CA (--tls-ca): it serves Flight and connects to the \
+                     scheduler and the other executors"
+                .to_string(),
+        });
+    }
+    if opts.auth_token.is_some() || opts.tls.is_some() {
+        // The executor's own gRPC server could not be guarded: tasks are pulled.
         config.task_scheduling_policy = TaskSchedulingPolicy::PullStaged;
-        // Calls to the scheduler and Flight fetches from other executors carry the token
-        // (the tasks' fetches take it from their session configuration).
-        config.override_create_grpc_client_endpoint = Some(token.endpoint_override());
-        let task_token = token.clone();
+        // Calls to the scheduler and Flight fetches from other executors carry the token and
+        // use TLS (the tasks' fetches take both from their session configuration).
+        config.override_create_grpc_client_endpoint =
+            cluster::tls::endpoint_override(opts.auth_token.as_ref(), opts.tls_ca.as_ref());
+        let (task_token, task_tls) = (opts.auth_token.clone(), opts.tls_ca.clone());
         config.override_config_producer = Some(Arc::new(move || {
-            cluster::with_auth(
+            cluster::with_security(
                 ballista_core::utils::default_config_producer(),
-                Some(&task_token),
+                task_token.as_ref(),
+                task_tls.as_ref(),
             )
         }));
         config.override_arrow_flight_service = Some(crate::auth::flight_service(
-            token.clone(),
+            opts.auth_token.clone(),
+            opts.tls.clone(),
             config.grpc_max_decoding_message_size as usize,
         ));
     }
@@ -155,6 +175,7 @@ pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> 
     let quiver = QuiverConfig {
         s3: opts.s3.clone(),
         auth_token: opts.auth_token.clone(),
+        tls: opts.tls_ca.clone(),
         ..QuiverConfig::default()
     };
     let state = cluster::session_state(

@@ -153,3 +153,42 @@ async fn a_cluster_with_a_token_serves_its_clients_and_refuses_everyone_else() {
     let scheduler_log = std::fs::read_to_string(&cluster.scheduler_log).unwrap();
     assert!(!scheduler_log.contains("\"intruder\""), "{scheduler_log}");
 }
+
+/// TLS with the token, as `quiver cluster up --tls` starts it: a client with the CA gets the
+/// embedded answer of a shuffled query (every connection encrypted: client to scheduler and
+/// executors, executor to scheduler and to each other); a client without the CA is told to
+/// give it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_tls_encrypts_every_connection() {
+    use quiver_engine::cluster::tls::{ClientTls, generate};
+    quiver_executor::install().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = generate(dir.path(), &["localhost", "127.0.0.1"]).unwrap();
+    let (cert, key, ca) = (
+        files.cert.to_str().unwrap(),
+        files.key.to_str().unwrap(),
+        files.ca.to_str().unwrap(),
+    );
+    let env = [("QUIVER_AUTH_TOKEN", TOKEN)];
+    let server = ["--tls-cert", cert, "--tls-key", key];
+    let executor = ["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca];
+    let cluster = LocalCluster::start_in(dir, 2, false, &env, &env, &server, &executor);
+    let data = write_synthetic(&cluster.dir.path().join("data"), 4, 2000);
+    let store = cluster.dir.path().join("models");
+    let mut secured = config(&store, Some(TOKEN));
+    secured.tls = Some(ClientTls::from_ca_file(&files.ca).unwrap());
+    let remote = QuiverSession::remote_with(&cluster.url(), secured)
+        .await
+        .unwrap();
+    let embedded = QuiverSession::embedded_with(config(&store, None)).unwrap();
+    let on_cluster = grouped(remote, &data).await.unwrap();
+    assert_eq!(on_cluster, grouped(embedded, &data).await.unwrap());
+    // Plain text to a TLS port: refused, with the way out.
+    let plain = QuiverSession::remote_with(&cluster.url(), config(&store, Some(TOKEN)))
+        .await
+        .unwrap();
+    let err = grouped(plain, &data).await.unwrap_err().to_string();
+    assert!(err.contains("--tls-ca-file"), "{err}");
+    // (The executors registered with a scheduler that speaks only TLS, and fetched each
+    // other's shuffle data from Flight services that speak only TLS: the query above.)
+}

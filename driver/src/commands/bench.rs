@@ -912,6 +912,7 @@ pub async fn cluster(
                 auth: true,
                 data_roots: vec![dir.path().to_path_buf()],
                 allow_writes: false,
+                tls: false,
             };
             let state = {
                 let up = up.clone();

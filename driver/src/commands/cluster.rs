@@ -33,6 +33,8 @@ pub struct UpOptions {
     pub data_roots: Vec<PathBuf>,
     /// Let remote sessions write through the cluster (`--allow-writes`).
     pub allow_writes: bool,
+    /// Encrypt every connection with a fresh CA and certificate (`--tls`).
+    pub tls: bool,
 }
 
 /// One started process.
@@ -51,6 +53,9 @@ pub struct ClusterState {
     /// The file holding the cluster's auth token (none: the cluster checks nothing).
     #[serde(default)]
     pub auth_token_file: Option<PathBuf>,
+    /// The CA certificate clients verify the cluster with (none: plain connections).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     pub scheduler: ProcessInfo,
     pub executors: Vec<ProcessInfo>,
 }
@@ -222,6 +227,28 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
     if opts.allow_writes {
         auth_args.push("--allow-writes".into());
     }
+    let tls_files = if opts.tls {
+        Some(quiver_engine::cluster::tls::generate(
+            &opts.dir,
+            &["localhost", "127.0.0.1"],
+        )?)
+    } else {
+        None
+    };
+    let path_arg = |p: &Path| p.to_string_lossy().into_owned();
+    if let Some(t) = &tls_files {
+        auth_args.extend([
+            "--tls-cert".into(),
+            path_arg(&t.cert),
+            "--tls-key".into(),
+            path_arg(&t.key),
+        ]);
+    }
+    // Executors also connect (to the scheduler and each other): they verify with the CA.
+    let executor_tls_args: Vec<String> = match &tls_files {
+        Some(t) => vec!["--tls-ca".into(), path_arg(&t.ca)],
+        None => Vec::new(),
+    };
     let log = opts.dir.join("scheduler.log");
     let mut args: Vec<String> = vec![
         "cluster".into(),
@@ -234,6 +261,7 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
     let mut state = ClusterState {
         url: format!("df://127.0.0.1:{}", opts.port),
         auth_token_file: auth_token_file.clone(),
+        tls_ca_file: tls_files.as_ref().map(|t| t.ca.clone()),
         scheduler: ProcessInfo {
             name: "scheduler".to_string(),
             pid,
@@ -275,6 +303,7 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
                 args.extend(["--memory-limit".into(), m.clone()]);
             }
             args.extend(auth_args.iter().cloned());
+            args.extend(executor_tls_args.iter().cloned());
             let pid = spawn(&args, &log)?;
             state.executors.push(ProcessInfo {
                 name,
@@ -345,6 +374,14 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
         }
     )
     .ok();
+    if let Some(ca) = &state.tls_ca_file {
+        writeln!(
+            out,
+            "every connection uses TLS: clients verify the cluster with --tls-ca-file {}",
+            ca.display()
+        )
+        .ok();
+    }
     match &state.auth_token_file {
         Some(token) => writeln!(
             out,

@@ -58,7 +58,7 @@ pub async fn run_script(session: &SqlSession, sql: &str, out: &mut dyn Write) ->
                     let batch = match batch {
                         Ok(b) => b,
                         Err(e) => {
-                            printer.finish(out);
+                            printer.abort(out);
                             return Err(numbered(i, e.into()));
                         }
                     };

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod auth;
 mod codec;
+pub mod tls;
 
 pub use codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
 
@@ -182,9 +183,10 @@ pub fn with_memory_limit(b: RuntimeEnvBuilder, limit: Option<usize>) -> RuntimeE
 /// Session settings every cluster process shares: Ballista's, Quiver's partitioning and batch
 /// size, and Quiver's codecs over `functions`.
 pub fn session_config(config: &QuiverConfig, functions: &Arc<FunctionRegistry>) -> SessionConfig {
-    with_auth(
+    with_security(
         SessionConfig::new_with_ballista(),
         config.auth_token.as_ref(),
+        config.tls.as_ref(),
     )
     // Ballista 55's adaptive planner can lose track of a stage when an executor dies in
     // the middle of a job (the job then waits forever); the static planner reruns the
@@ -200,10 +202,19 @@ pub fn session_config(config: &QuiverConfig, functions: &Arc<FunctionRegistry>) 
 }
 
 /// `config` whose gRPC clients (to the scheduler, and Flight fetches from executors) carry
-/// `token`.
-pub fn with_auth(config: SessionConfig, token: Option<&auth::AuthToken>) -> SessionConfig {
-    match token {
-        Some(t) => config.with_ballista_override_create_grpc_client_endpoint(t.endpoint_override()),
+/// `token` and connect with `tls`.
+pub fn with_security(
+    config: SessionConfig,
+    token: Option<&auth::AuthToken>,
+    tls: Option<&tls::ClientTls>,
+) -> SessionConfig {
+    let config = if tls.is_some() {
+        config.set_bool("ballista.client.use_tls", true)
+    } else {
+        config
+    };
+    match tls::endpoint_override(token, tls) {
+        Some(f) => config.with_ballista_override_create_grpc_client_endpoint(f),
         None => config,
     }
 }

@@ -81,12 +81,34 @@ impl LocalCluster {
         executor_env: &[(&str, &str)],
         executor_args: &[&str],
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(
+            tempfile::tempdir().unwrap(),
+            n,
+            bare,
+            env,
+            executor_env,
+            &[],
+            executor_args,
+        )
+    }
+
+    /// [`LocalCluster::start_with_args`] in `dir` (files the processes need may already be
+    /// there), with `scheduler_args` added to the scheduler's command line.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        n: usize,
+        bare: bool,
+        env: &[(&str, &str)],
+        executor_env: &[(&str, &str)],
+        scheduler_args: &[&str],
+        executor_args: &[&str],
+    ) -> Self {
         let port = free_port();
         let scheduler_log = dir.path().join("scheduler.log");
         let scheduler = Command::new(env!("CARGO_BIN_EXE_quiver-scheduler"))
             .args(["--port", &port.to_string(), "--executor-timeout-secs", "4"])
             .args(data_roots(dir.path()))
+            .args(scheduler_args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(File::create(&scheduler_log).unwrap())
