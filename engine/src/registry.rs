@@ -203,6 +203,16 @@ impl FunctionRegistry {
         Ok(())
     }
 
+    /// Names of the scalar functions that travel with parameters.
+    pub fn scalar_codec_names(&self) -> Vec<String> {
+        self.scalar_codecs.keys().cloned().collect()
+    }
+
+    /// Names of the aggregates (statistics) that travel with parameters.
+    pub fn aggregate_codec_names(&self) -> Vec<String> {
+        self.aggregate_codecs.keys().cloned().collect()
+    }
+
     pub fn scalar_codec(&self, name: &str) -> Option<&ScalarCodec> {
         self.scalar_codecs.get(name)
     }

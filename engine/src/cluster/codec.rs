@@ -54,6 +54,14 @@ fn encode_aggregate(
 }
 
 /// The parameter bytes after the marker; a payload without it was not written by Quiver.
+/// A function's parameters framed as the codecs send them (what a plan carries): for tools
+/// and tests that build plan payloads by hand.
+pub fn framed_payload(params: &[u8]) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(params);
+    out
+}
+
 fn payload<'a>(name: &str, buf: &'a [u8]) -> DFResult<&'a [u8]> {
     buf.strip_prefix(MAGIC).ok_or_else(|| {
         cluster_error(format!(

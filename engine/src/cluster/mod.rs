@@ -7,7 +7,7 @@ pub mod auth;
 mod codec;
 pub mod tls;
 
-pub use codec::{QuiverLogicalCodec, QuiverPhysicalCodec};
+pub use codec::{QuiverLogicalCodec, QuiverPhysicalCodec, framed_payload};
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, OnceLock};
