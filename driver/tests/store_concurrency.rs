@@ -144,8 +144,8 @@ fn a_writer_killed_at_any_point_never_leaves_a_broken_version() {
     let out = quiver(&models, &create(true, false, 5)).output().unwrap();
     assert!(check_clean("after the crashes", &out));
     assert!(assert_store_healthy(&models) >= 2);
-    // A model whose only writer died is "being written": CREATE says so and what to do, OR
-    // REPLACE goes ahead.
+    // A model whose only writer was killed on this machine: its claim is recognised as dead
+    // (the process is gone), the number stays taken and a plain CREATE goes ahead.
     let fresh = create(false, false, 5).replace("MODEL m ", "MODEL n ");
     let out = quiver(&models, &fresh)
         .env("QUIVER_FAULT_ABORT_SAVE_AFTER_PARTS", "1")
@@ -153,19 +153,54 @@ fn a_writer_killed_at_any_point_never_leaves_a_broken_version() {
         .unwrap();
     assert!(!out.status.success());
     let out = quiver(&models, &fresh).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("version 1 is being written")
-            && err.contains("CREATE OR REPLACE"),
-        "{err}"
-    );
-    let out = quiver(
-        &models,
-        &create(true, false, 5).replace("MODEL m ", "MODEL n "),
-    )
-    .output()
-    .unwrap();
-    assert!(check_clean("OR REPLACE after a dead writer", &out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(" n "));
+    assert!(check_clean("CREATE after a killed writer", &out));
+    assert!(models.join("n/v000001/_deleted").exists());
+    assert!(models.join("n/v000002/metadata.json").exists());
+    // A claim whose writer still runs (this test process), or that was made on another
+    // machine (nothing can be told about it), is "being written": CREATE says so and what to
+    // do; OR REPLACE goes ahead.
+    let me = std::process::id();
+    let stat = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+    let start = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let read = |p: &str| std::fs::read_to_string(p).unwrap().trim().to_string();
+    let host = read("/proc/sys/kernel/hostname");
+    let boot = read("/proc/sys/kernel/random/boot_id");
+    for (name, claim) in [
+        (
+            "live",
+            serde_json::json!({"pid": me, "claimed_at": "now", "host": host, "boot_id": boot, "start_ticks": start}),
+        ),
+        (
+            "remote",
+            serde_json::json!({"pid": 1, "claimed_at": "now", "host": "elsewhere", "boot_id": "x", "start_ticks": "1"}),
+        ),
+    ] {
+        let v1 = models.join(name).join("v000001");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("_claim"), claim.to_string()).unwrap();
+        let sql = create(false, false, 5).replace("MODEL m ", &format!("MODEL {name} "));
+        let out = quiver(&models, &sql).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("version 1 is being written")
+                && err.contains("CREATE OR REPLACE"),
+            "{name}: {err}"
+        );
+        let out = quiver(
+            &models,
+            &create(true, false, 5).replace("MODEL m ", &format!("MODEL {name} ")),
+        )
+        .output()
+        .unwrap();
+        assert!(check_clean("OR REPLACE after a claim", &out));
+        assert!(models.join(name).join("v000002/metadata.json").exists());
+    }
 }

@@ -341,6 +341,18 @@ impl ModelStore {
                 VersionState::Published => {
                     return Ok(SaveNew::Exists(format!("version {v} is published")));
                 }
+                // Its writer died on this machine without cleaning up (killed): the number
+                // stays taken (a tombstone), the name is free.
+                VersionState::Abandoned(by) => {
+                    log::warn!(
+                        "model '{name}' version {v} was {by}, a process that is gone: marked dead"
+                    );
+                    let dir = self.model_dir(name).join(version_dir(v));
+                    self.store
+                        .put(&dir.join(TOMBSTONE), PutPayload::from_static(b""))
+                        .await
+                        .map_err(self.os_err(&self.model_dir(name)))?;
+                }
                 VersionState::Claimed(by) => {
                     return Ok(SaveNew::Exists(format!(
                         "version {v} is being written ({by}); if that writer is gone, use CREATE OR REPLACE"
@@ -392,10 +404,14 @@ impl ModelStore {
     /// Creates `v<N>/_claim` unless it exists: true when this writer now owns version N.
     async fn try_claim(&self, name: &str, version: u64) -> Result<bool> {
         let path = self.model_dir(name).join(version_dir(version)).join(CLAIM);
-        let who = serde_json::json!({
+        let mut who = serde_json::json!({
             "pid": std::process::id(),
             "claimed_at": chrono::Utc::now().to_rfc3339(),
         });
+        // Enough to tell later, on this machine, whether the writer still runs.
+        if let (Some(obj), Some(me)) = (who.as_object_mut(), writer::this_process()) {
+            obj.extend(me);
+        }
         let payload = PutPayload::from(who.to_string().into_bytes());
         match self
             .store
@@ -432,11 +448,15 @@ impl ModelStore {
                 let text = r.bytes().await.map_err(self.os_err(&claim))?;
                 let who: serde_json::Value =
                     serde_json::from_slice(&text).unwrap_or(serde_json::Value::Null);
-                Ok(VersionState::Claimed(format!(
+                let by = format!(
                     "claimed by process {} at {}",
                     who["pid"],
                     who["claimed_at"].as_str().unwrap_or("?")
-                )))
+                );
+                if writer::is_gone(&who) {
+                    return Ok(VersionState::Abandoned(by));
+                }
+                Ok(VersionState::Claimed(by))
             }
             // Neither claimed nor published: leftovers of an older format, dead.
             Err(object_store::Error::NotFound { .. }) => Ok(VersionState::Dead),
@@ -739,7 +759,83 @@ impl ModelStore {
 enum VersionState {
     Published,
     Dead,
+    /// Being written, as far as this process can tell.
     Claimed(String),
+    /// Claimed by a process of this machine that is gone (killed mid-save).
+    Abandoned(String),
+}
+
+/// Who claimed a version: on Linux the machine's boot, the host and the process's start time,
+/// so another process of the same machine can tell a writer that was killed from one still
+/// writing (a reused pid has another start time). Elsewhere nothing is known: a claim stays a
+/// claim until `CREATE OR REPLACE` or a later version.
+mod writer {
+    use serde_json::{Map, Value};
+
+    #[cfg(target_os = "linux")]
+    fn start_ticks(pid: &str) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name's closing parenthesis: field 3 (state), …, 22 (start time).
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // A killed process not yet reaped is gone too.
+        if fields.first() == Some(&"Z") {
+            return None;
+        }
+        fields.get(19).map(|s| s.to_string())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn machine() -> Option<(String, String)> {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        Some((
+            read("/proc/sys/kernel/hostname")?,
+            read("/proc/sys/kernel/random/boot_id")?,
+        ))
+    }
+
+    /// This process's identity for its claims.
+    #[cfg(target_os = "linux")]
+    pub(super) fn this_process() -> Option<Map<String, Value>> {
+        let (host, boot) = machine()?;
+        let start = start_ticks(&std::process::id().to_string())?;
+        let mut m = Map::new();
+        m.insert("host".into(), host.into());
+        m.insert("boot_id".into(), boot.into());
+        m.insert("start_ticks".into(), start.into());
+        Some(m)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn this_process() -> Option<Map<String, Value>> {
+        None
+    }
+
+    /// Whether the claim's writer ran on this machine, in this boot, and is gone.
+    #[cfg(target_os = "linux")]
+    pub(super) fn is_gone(claim: &Value) -> bool {
+        let (Some((host, boot)), Some(pid), Some(start)) = (
+            machine(),
+            claim["pid"].as_u64(),
+            claim["start_ticks"].as_str(),
+        ) else {
+            return false;
+        };
+        if claim["host"].as_str() != Some(host.as_str())
+            || claim["boot_id"].as_str() != Some(boot.as_str())
+        {
+            return false;
+        }
+        start_ticks(&pid.to_string()).as_deref() != Some(start)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn is_gone(_claim: &Value) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
