@@ -411,7 +411,7 @@ fn cluster_up_status_sql_down_with_real_processes() {
         .unwrap();
     let tt = String::from_utf8_lossy(&t.stdout).to_string();
     assert!(
-        t.status.success() && tt.contains("6 trials (6 ok, 0 failed, 0 cancelled)"),
+        t.status.success() && tt.contains("6 trials (6 ok, 0 pruned, 0 failed, 0 cancelled)"),
         "{tt}{}",
         String::from_utf8_lossy(&t.stderr)
     );
@@ -518,7 +518,7 @@ fn tune_runs_a_spec_saves_the_best_model_and_plots() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("8 trials (8 ok, 0 failed, 0 cancelled)"),
+        text.contains("8 trials (8 ok, 0 pruned, 0 failed, 0 cancelled)"),
         "{text}"
     );
     assert!(text.contains("saved as bc version 1"), "{text}");

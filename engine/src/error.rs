@@ -133,6 +133,10 @@ pub enum QuiverError {
     #[error("cancelled: {reason}")]
     Cancelled { reason: String },
 
+    /// A trial stopped by its search's pruner at a report (see `fanout::report`).
+    #[error("pruned at step {step} (value {value})")]
+    Pruned { step: u64, value: f64 },
+
     #[error("unknown task kind '{kind}'; registered kinds: {known}")]
     UnknownTaskKind { kind: String, known: String },
 
@@ -229,8 +233,13 @@ fn cluster_hint(df: DataFusionError) -> QuiverError {
         }
     }
     // Plain text sent to a TLS port ends one of these ways.
+    let transport_cut = text.contains("transport error")
+        && ["broken pipe", "connection reset", "connection closed"]
+            .iter()
+            .any(|m| text.to_ascii_lowercase().contains(m));
     if (text.contains("operation was canceled") && text.contains("connection closed"))
         || text.contains("FRAME_SIZE_ERROR")
+        || transport_cut
     {
         return QuiverError::Cluster(format!(
             "{text}: the cluster closed the connection; if it uses TLS, give its CA \

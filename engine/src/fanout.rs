@@ -51,6 +51,9 @@ pub enum TaskStatus {
     Ok,
     Failed,
     Cancelled,
+    /// Stopped by the search's pruner at one of its reports; its loss is the last value it
+    /// reported.
+    Pruned,
 }
 
 impl TaskStatus {
@@ -59,6 +62,7 @@ impl TaskStatus {
             TaskStatus::Ok => "ok",
             TaskStatus::Failed => "failed",
             TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Pruned => "pruned",
         }
     }
 
@@ -67,6 +71,7 @@ impl TaskStatus {
             "ok" => Ok(TaskStatus::Ok),
             "failed" => Ok(TaskStatus::Failed),
             "cancelled" => Ok(TaskStatus::Cancelled),
+            "pruned" => Ok(TaskStatus::Pruned),
             other => Err(QuiverError::internal(format!(
                 "unknown task status '{other}'"
             ))),
@@ -111,6 +116,9 @@ pub struct FanOutOptions {
     /// Each task's own time limit in milliseconds, from its start: a task running past it is
     /// stopped and reported failed ("timed out"), and the fan-out goes on.
     pub task_timeout_ms: Option<i64>,
+    /// The key of a pruning board registered in this process ([`PruningRegistration`]):
+    /// tasks that run here report to it (see [`report`]).
+    pub pruning: Option<u64>,
 }
 
 impl FanOutOptions {
@@ -121,7 +129,14 @@ impl FanOutOptions {
             threads_per_task: 1,
             deadline_ms: None,
             task_timeout_ms: None,
+            pruning: None,
         }
+    }
+
+    /// Tasks report to the pruning board registered under `key` (see [`PruningRegistration`]).
+    pub fn pruning(mut self, key: Option<u64>) -> Self {
+        self.pruning = key;
+        self
     }
 
     pub fn threads_per_task(mut self, threads: usize) -> Self {
@@ -151,6 +166,7 @@ impl FanOutOptions {
             threads: self.threads_per_task.max(1),
             deadline_ms: self.deadline_ms,
             timeout_ms: self.task_timeout_ms,
+            pruning: self.pruning,
         }
     }
 }
@@ -169,6 +185,9 @@ pub struct TaskLimits {
     /// The task's own time limit from its start, in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<i64>,
+    /// The pruning board the task reports to, when it runs in the process that holds it.
+    #[serde(default)]
+    pub pruning: Option<u64>,
 }
 
 impl Default for TaskLimits {
@@ -177,6 +196,7 @@ impl Default for TaskLimits {
             threads: 1,
             deadline_ms: None,
             timeout_ms: None,
+            pruning: None,
         }
     }
 }
@@ -312,6 +332,131 @@ fn cancelled(id: u64, started_ms: Option<i64>, deadline_ms: Option<i64>) -> Task
     }
 }
 
+/// Judges trials from the values they report while they run (a search's pruner): see
+/// [`report`].
+pub trait Pruning: Send + Sync + Debug {
+    /// Whether a report of `trial` at `step` would be judged: a trial computes its value (a
+    /// pass over its held-out rows) only when it is.
+    fn due(&self, trial: u64, step: u64) -> bool;
+    /// Records `value` of `trial` at `step`; true when the trial should stop now.
+    fn report(&self, trial: u64, step: u64, value: f64) -> bool;
+}
+
+/// The pruning boards of this process's running fan-outs, by key.
+fn boards() -> &'static Mutex<HashMap<u64, Arc<dyn Pruning>>> {
+    static BOARDS: OnceLock<Mutex<HashMap<u64, Arc<dyn Pruning>>>> = OnceLock::new();
+    BOARDS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// A pruning board registered in this process for as long as this lives: its key goes into
+/// [`FanOutOptions::pruning`], and tasks run in this process report to it.
+#[derive(Debug)]
+pub struct PruningRegistration {
+    key: u64,
+}
+
+impl PruningRegistration {
+    pub fn new(board: Arc<dyn Pruning>) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let key = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ^ (u64::from(std::process::id()) << 40);
+        if let Ok(mut b) = boards().lock() {
+            b.insert(key, board);
+        }
+        PruningRegistration { key }
+    }
+
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+}
+
+impl Drop for PruningRegistration {
+    fn drop(&mut self) {
+        if let Ok(mut b) = boards().lock() {
+            b.remove(&self.key);
+        }
+    }
+}
+
+/// Where the task running on this thread reports: its id and its fan-out's board.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    task: u64,
+    board: Option<Arc<dyn Pruning>>,
+    log: Arc<Mutex<ReportLog>>,
+}
+
+/// What a task reported, and whether it was pruned (at which step, with which value).
+#[derive(Debug, Default)]
+struct ReportLog {
+    values: Vec<(u64, f64)>,
+    pruned: Option<(u64, f64)>,
+}
+
+impl Reporter {
+    fn new(task: u64, board: Option<Arc<dyn Pruning>>) -> Self {
+        Reporter {
+            task,
+            board,
+            log: Arc::default(),
+        }
+    }
+
+    /// Whether a value at `step` would be judged (false when nothing judges this task).
+    pub fn due(&self, step: u64) -> bool {
+        self.board.as_ref().is_some_and(|b| b.due(self.task, step))
+    }
+
+    /// Reports the task's `value` (a loss: lower is better) at `step`. An error
+    /// ([`QuiverError::Pruned`]) when the task should stop: return it (or any error) and the
+    /// task is recorded as pruned, with this value as its loss.
+    pub fn report(&self, step: u64, value: f64) -> Result<()> {
+        let prune = self
+            .board
+            .as_ref()
+            .is_some_and(|b| b.report(self.task, step, value));
+        if let Ok(mut log) = self.log.lock() {
+            log.values.push((step, value));
+            if prune {
+                log.pruned = Some((step, value));
+            }
+        }
+        if prune {
+            return Err(QuiverError::Pruned { step, value });
+        }
+        Ok(())
+    }
+
+    /// The values reported, and the pruning decision if there was one.
+    fn take(&self) -> ReportLog {
+        self.log
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+}
+
+thread_local! {
+    /// The reporter of the task running on this thread.
+    static TASK_REPORTER: RefCell<Option<Reporter>> = const { RefCell::new(None) };
+}
+
+/// The reporter of the task running on this thread (`None` outside a task): capture it before
+/// handing work to other threads.
+pub fn reporter() -> Option<Reporter> {
+    TASK_REPORTER.with(|r| r.borrow().clone())
+}
+
+/// Reports the running task's `value` at `step` (see [`Reporter::report`]); a no-op outside a
+/// task. For a closure objective: `quiver_engine::fanout::report(epoch, loss)?`.
+pub fn report(step: u64, value: f64) -> Result<()> {
+    match reporter() {
+        Some(r) => r.report(step, value),
+        None => Ok(()),
+    }
+}
+
 /// Runs tasks of one kind. Registered by name so that any process (an executor included) can
 /// run a task from its row alone.
 pub trait TaskRunner: Send + Sync + Debug + 'static {
@@ -416,13 +561,19 @@ impl TaskRegistry {
             };
         }
         let started_ms = now_ms();
+        let board = limits
+            .pruning
+            .and_then(|key| boards().lock().ok()?.get(&key).cloned());
+        let reporter = Reporter::new(id, board);
         let run = |runner: &Arc<dyn TaskRunner>| {
             pool.install(|| {
                 TASK_DEADLINE.set(limits.stop_at(started_ms));
                 TASK_POOL.with(|p| *p.borrow_mut() = Some(Arc::clone(pool)));
+                TASK_REPORTER.with(|r| *r.borrow_mut() = Some(reporter.clone()));
                 let r = catch_unwind(AssertUnwindSafe(|| runner.run(params)));
                 TASK_DEADLINE.set(None);
                 TASK_POOL.with(|p| *p.borrow_mut() = None);
+                TASK_REPORTER.with(|r| *r.borrow_mut() = None);
                 r.unwrap_or_else(|panic| {
                     Err(QuiverError::TaskFailed {
                         task: format!("{kind} #{id}"),
@@ -432,7 +583,25 @@ impl TaskRegistry {
             })
         };
         let outcome = self.get(kind).and_then(run);
-        self.result(id, outcome, started_ms, limits)
+        let ReportLog {
+            values: reports,
+            pruned,
+        } = reporter.take();
+        let mut result = self.result(id, outcome, started_ms, limits);
+        match pruned {
+            // However the task ended after its pruning (the error passed on, or another one on
+            // the way out), it was pruned.
+            Some((step, value)) if result.status == TaskStatus::Failed => {
+                result.status = TaskStatus::Pruned;
+                result.loss = Some(value);
+                result.message = Some(format!("pruned at step {step}"));
+            }
+            _ => {}
+        }
+        if !reports.is_empty() {
+            result.metrics = with_reports(&result.metrics, &reports);
+        }
+        result
     }
 
     /// The result row of task `id` from its outcome.
@@ -483,6 +652,23 @@ impl TaskRegistry {
             },
         }
     }
+}
+
+/// The key under which a task's reported values travel in its result's metrics.
+pub const INTERMEDIATE_VALUES: &str = "intermediate_values";
+
+/// `metrics` (JSON text) with the task's reports added as `[[step, value], …]`.
+fn with_reports(metrics: &str, reports: &[(u64, f64)]) -> String {
+    let mut m = match serde_json::from_str::<serde_json::Value>(metrics) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let values: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|(s, v)| serde_json::json!([s, if v.is_finite() { Some(*v) } else { None }]))
+        .collect();
+    m.insert(INTERMEDIATE_VALUES.to_string(), values.into());
+    serde_json::Value::Object(m).to_string()
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -23,6 +23,7 @@ pub mod feature;
 pub mod optim;
 pub mod persist;
 pub mod pipeline;
+pub mod progress;
 pub mod regression;
 pub mod rowwise;
 pub mod tree;

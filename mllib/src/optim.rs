@@ -5,6 +5,7 @@
 //! evaluation is async and remote.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::error::Result;
 
@@ -87,12 +88,32 @@ fn pseudo_gradient(l1: &[f64], x: &[f64], g: &[f64]) -> Vec<f64> {
 /// line search that projects every trial point back onto that orthant (coordinates that would
 /// cross zero stop at zero). With no L1 weights this is plain L-BFGS.
 pub async fn owlqn<F, Fut>(
+    f: F,
+    x0: Vec<f64>,
+    l1: &[f64],
+    m: usize,
+    max_iter: usize,
+    tol: f64,
+) -> Result<Minimum>
+where
+    F: FnMut(Vec<f64>) -> Fut,
+    Fut: Future<Output = Result<(f64, Vec<f64>)>>,
+{
+    owlqn_observed(f, x0, l1, m, max_iter, tol, None).await
+}
+
+/// The model of a point, for the fit's progress hook (see [`crate::progress`]).
+pub type PointModel<'a> = &'a (dyn Fn(&[f64]) -> Result<Arc<dyn crate::Transformer>> + Send + Sync);
+
+/// [`owlqn`], offering the model of each iterate to `progress` (iteration 1, 2, …).
+pub async fn owlqn_observed<F, Fut>(
     mut f: F,
     x0: Vec<f64>,
     l1: &[f64],
     m: usize,
     max_iter: usize,
     tol: f64,
+    progress: Option<(&Arc<dyn crate::progress::Progress>, PointModel<'_>)>,
 ) -> Result<Minimum>
 where
     F: FnMut(Vec<f64>) -> Fut,
@@ -248,6 +269,9 @@ where
         g = gn;
         iterations += 1;
         history.push(fx);
+        if let Some((p, model)) = progress {
+            crate::progress::offer(Some(p), iterations as u64, || model(&x)).await?;
+        }
         if decrease < tol {
             reason = format!("relative decrease below tol = {tol}");
             converged = true;

@@ -79,10 +79,21 @@ impl Estimator for Pipeline {
         self.check()?;
         let mut current = data.clone();
         let mut fitted: Vec<Arc<dyn DynModel>> = Vec::with_capacity(self.stages.len());
+        let progress = crate::progress::current();
         for stage in &self.stages {
-            let model = match stage {
-                Stage::Transformer(t) => Arc::clone(t),
-                Stage::Estimator(e) => e.fit_dyn(session, &current).await?,
+            let model = match (stage, &progress) {
+                (Stage::Transformer(t), _) => Arc::clone(t),
+                // A fit reporting its progress (a pruned trial's) reports models that read
+                // what this stage reads: the stages fitted so far go in front.
+                (Stage::Estimator(e), Some(p)) if !fitted.is_empty() => {
+                    let after: Arc<dyn crate::progress::Progress> =
+                        Arc::new(crate::progress::AfterStages {
+                            stages: fitted.clone(),
+                            inner: Arc::clone(p),
+                        });
+                    crate::progress::with_progress(after, e.fit_dyn(session, &current)).await?
+                }
+                (Stage::Estimator(e), _) => e.fit_dyn(session, &current).await?,
             };
             current = model.transform(&current)?;
             fitted.push(model);

@@ -1073,3 +1073,307 @@ async fn a_trial_log_resumes_only_the_search_that_wrote_it() {
     let logged = quiver_mllib::tuning::read_log(&s, &log).await.unwrap();
     assert_eq!(logged, more.trials);
 }
+
+/// A closure objective whose loss curve falls as `(x − 3)² + 10/step`: every trial keeps its
+/// rank at every step, so a pruner that works never stops the best one.
+fn curve_search(pruner: Option<quiver_mllib::tuning::Pruner>, steps: Arc<AtomicUsize>) -> Search {
+    let space = Space::new(vec![hp::uniform("x", -10.0, 10.0)]).unwrap();
+    let mut search = Search::new(space, move |p| {
+        let x = p["x"].as_f64().unwrap();
+        let mut loss = f64::NAN;
+        for step in 1..=27u64 {
+            steps.fetch_add(1, Ordering::Relaxed);
+            loss = (x - 3.0).powi(2) + 10.0 / step as f64;
+            quiver_mllib::tuning::report(step, loss)?;
+        }
+        Ok(loss)
+    })
+    .algo(Algo::Random)
+    .max_evals(30)
+    .seed(11);
+    if let Some(p) = pruner {
+        search = search.pruner(p);
+    }
+    search
+}
+
+/// ASHA and the median rule stop poor trials at their reports: they are recorded `pruned` with
+/// the value they were stopped at, their reports kept, far fewer steps run, and the best trial
+/// is the one the unpruned search finds (the same random points: proposals do not depend on
+/// results). Both runners agree; a pruned search's log resumes only with the same pruner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruners_stop_poor_trials_and_keep_the_best() {
+    use quiver_engine::fanout::TaskStatus;
+    use quiver_mllib::tuning::Pruner;
+    let s = session();
+    let full = Arc::new(AtomicUsize::new(0));
+    let plain = curve_search(None, Arc::clone(&full)).run(&s).await.unwrap();
+    assert!(plain.trials.iter().all(|t| t.status == TaskStatus::Ok));
+    assert_eq!(full.load(Ordering::Relaxed), 30 * 27);
+    for (pruner, runner) in [
+        (Pruner::asha(), Runner::Local),
+        (Pruner::asha(), Runner::Embedded),
+        (Pruner::median(), Runner::Local),
+        (Pruner::hyperband(), Runner::Local),
+    ] {
+        let steps = Arc::new(AtomicUsize::new(0));
+        let r = curve_search(Some(pruner.clone()), Arc::clone(&steps))
+            .runner(runner)
+            .run(&s)
+            .await
+            .unwrap();
+        let what = format!("{} on {runner:?}", pruner.name());
+        let pruned: Vec<_> = r
+            .trials
+            .iter()
+            .filter(|t| t.status == TaskStatus::Pruned)
+            .collect();
+        assert!(pruned.len() >= 10, "{what}: {} pruned", pruned.len());
+        for t in &pruned {
+            let (step, value) = *t.intermediate.last().unwrap();
+            assert_eq!(t.loss, Some(value), "{what}: {t:?}");
+            assert_eq!(
+                t.message.as_deref(),
+                Some(format!("pruned at step {step}").as_str())
+            );
+            assert_eq!(
+                t.intermediate.len() as u64,
+                step,
+                "{what}: every step reported"
+            );
+        }
+        let ran = steps.load(Ordering::Relaxed);
+        assert!(ran * 2 < 30 * 27, "{what}: {ran} steps of {}", 30 * 27);
+        assert_eq!(
+            r.best.as_ref().unwrap().params,
+            plain.best.as_ref().unwrap().params,
+            "{what}"
+        );
+        assert_eq!(r.best.as_ref().unwrap().status, TaskStatus::Ok);
+    }
+
+    // The log keeps statuses and reports; a resume replays them into the pruner, and a
+    // different pruner is refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("trials.jsonl");
+    let log = log.to_str().unwrap();
+    let counter = Arc::new(AtomicUsize::new(0));
+    let first = curve_search(Some(Pruner::asha()), Arc::clone(&counter))
+        .max_evals(12)
+        .trial_log(log)
+        .run(&s)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("\"status\":\"pruned\"") && text.contains("\"intermediate\":[[1,"));
+    let resumed = curve_search(Some(Pruner::asha()), Arc::clone(&counter))
+        .trial_log(log)
+        .run(&s)
+        .await
+        .unwrap();
+    assert_eq!(resumed.trials.len(), 30);
+    assert_eq!(&resumed.trials[..12], &first.trials[..]);
+    let whole = curve_search(Some(Pruner::asha()), Arc::new(AtomicUsize::new(0)))
+        .run(&s)
+        .await
+        .unwrap();
+    let statuses = |r: &quiver_mllib::tuning::SearchResult| -> Vec<TaskStatus> {
+        r.trials.iter().map(|t| t.status).collect()
+    };
+    assert_eq!(
+        statuses(&resumed),
+        statuses(&whole),
+        "resume = uninterrupted"
+    );
+    let err = curve_search(Some(Pruner::median()), Arc::new(AtomicUsize::new(0)))
+        .trial_log(log)
+        .run(&s)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the pruner"), "{err}");
+    // Bad settings are named.
+    let mut bad = Pruner::asha();
+    bad.set("reduction_factor", 1).unwrap();
+    let err = curve_search(Some(bad), Arc::new(AtomicUsize::new(0)))
+        .run(&s)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("reduction_factor"), "{err}");
+}
+
+/// The built-in objective reports its held-out loss at the pruner's rungs: the value a trial
+/// reported after r iterations / rounds / passes is exactly the loss of the same trial trained
+/// with max_iter = r. Logistic regression (L-BFGS iterations), boosted trees (rounds) and
+/// k-means (Lloyd passes); pruned trials are recorded as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_eval_reports_its_held_out_loss_at_each_rung() {
+    use quiver_engine::fanout::TaskStatus;
+    use quiver_mllib::tuning::{Pruner, TrainEval};
+    let s = session();
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet");
+    let cases: Vec<(TrainEval, Space)> = vec![
+        (
+            TrainEval::new(data, "logistic_regression")
+                .label("label")
+                .metric("log_loss"),
+            Space::new(vec![
+                hp::loguniform("reg_param", 1e-4, 10.0),
+                hp::choice("max_iter", [serde_json::json!(27)]),
+            ])
+            .unwrap(),
+        ),
+        (
+            TrainEval::new(data, "gbt_classifier")
+                .label("label")
+                .metric("log_loss"),
+            Space::new(vec![
+                hp::uniform("step_size", 0.01, 0.5),
+                hp::choice("max_depth", [serde_json::json!(2), serde_json::json!(4)]),
+                hp::choice("max_iter", [serde_json::json!(27)]),
+            ])
+            .unwrap(),
+        ),
+        (
+            TrainEval::new(data, "kmeans").metric("within_ss"),
+            Space::new(vec![
+                hp::randint("k", 2, 8),
+                hp::choice("max_iter", [serde_json::json!(27)]),
+                hp::choice("tol", [serde_json::json!(0.0)]),
+            ])
+            .unwrap(),
+        ),
+    ];
+    for (spec, space) in cases {
+        let r = Search::train_eval(space, spec.clone())
+            .algo(Algo::Random)
+            .max_evals(12)
+            .parallelism(2)
+            .seed(3)
+            .pruner(Pruner::asha())
+            .run(&s)
+            .await
+            .unwrap();
+        let name = &spec.estimator;
+        assert!(
+            r.trials.iter().all(|t| t.status != TaskStatus::Failed),
+            "{name}: {:?}",
+            r.trials
+        );
+        assert!(
+            r.trials.iter().any(|t| t.status == TaskStatus::Pruned),
+            "{name}: nothing pruned"
+        );
+        // Reports only at rungs 1, 3, 9, 27 (a converged fit stops earlier).
+        for t in &r.trials {
+            assert!(!t.intermediate.is_empty(), "{name}: {t:?}");
+            for (step, _) in &t.intermediate {
+                assert!([1, 3, 9, 27].contains(step), "{name}: step {step}");
+            }
+        }
+        // The trial with the most reports: each report is the loss of a fit of that length.
+        let t = r
+            .trials
+            .iter()
+            .max_by_key(|t| t.intermediate.len())
+            .unwrap();
+        for &(step, value) in t.intermediate.iter().take(3) {
+            let mut point = t.params.clone();
+            point.insert("max_iter".to_string(), serde_json::json!(step));
+            let again = Search::train_eval(
+                Space::new(vec![]).unwrap_or_else(|_| {
+                    Space::new(vec![hp::choice("max_iter", [serde_json::json!(step)])]).unwrap()
+                }),
+                spec.clone(),
+            )
+            .algo(Algo::Points(vec![point]))
+            .max_evals(1)
+            .run(&s)
+            .await
+            .unwrap();
+            let loss = again.trials[0].loss.unwrap();
+            assert!(
+                (loss - value).abs() <= 1e-9 * loss.abs().max(1.0),
+                "{name} step {step}: reported {value}, a fit of {step} gives {loss}"
+            );
+        }
+    }
+}
+
+/// The trial log grows by segments (one object per batch beside the log, never the whole log
+/// per trial), is rewritten whole when the search ends, and a log left mid-search (the log
+/// plus its segments) resumes exactly like an uninterrupted search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trial_log_grows_by_segments_and_resumes_from_them() {
+    let s = session();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("t.jsonl");
+    let crashed = dir.path().join("crashed.jsonl");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let space = Space::new(vec![hp::uniform("x", -5.0, 5.0)]).unwrap();
+    let objective = |p: &Point| Ok(x(p, "x").powi(2));
+    let search = |max: usize| {
+        Search::new(space.clone(), objective)
+            .algo(Algo::Tpe(Tpe {
+                n_startup_trials: 3,
+                ..Tpe::default()
+            }))
+            .max_evals(max)
+            .seed(5)
+    };
+    let (log_s, crashed_s, seen_in) = (log.clone(), crashed.clone(), Arc::clone(&seen));
+    let full = search(10)
+        .trial_log(log.to_str().unwrap())
+        .on_batch(move |trials| {
+            let base = std::fs::read_to_string(&log_s).unwrap().lines().count();
+            let seg_dir = format!("{}.segments", log_s.display());
+            let segments = std::fs::read_dir(&seg_dir).map_or(0, |d| d.count());
+            seen_in.lock().unwrap().push((trials.len(), base, segments));
+            if trials.len() == 6 {
+                // What a crash here would leave: the log and its segments.
+                std::fs::copy(&log_s, &crashed_s).unwrap();
+                let to = format!("{}.segments", crashed_s.display());
+                std::fs::create_dir_all(&to).unwrap();
+                for e in std::fs::read_dir(&seg_dir).unwrap() {
+                    let e = e.unwrap();
+                    std::fs::copy(
+                        e.path(),
+                        format!("{to}/{}", e.file_name().to_str().unwrap()),
+                    )
+                    .unwrap();
+                }
+            }
+        })
+        .run(&s)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    // The first batch writes the log (header + 1 trial); each later one adds a segment.
+    assert_eq!(seen[0], (1, 2, 0), "{seen:?}");
+    for (i, (n, base, segments)) in seen.iter().enumerate() {
+        assert_eq!((*n, *base, *segments), (i + 1, 2, i), "{seen:?}");
+    }
+    // At the end the log is whole again and the segments are gone.
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 11);
+    let left = std::fs::read_dir(format!("{}.segments", log.display())).map_or(0, |d| d.count());
+    assert_eq!(left, 0);
+    let logged = quiver_mllib::tuning::read_log(&s, log.to_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(logged, full.trials);
+    // The crashed copy holds 6 trials in 1 line + 5 segments, and resumes to the same search.
+    let partial = quiver_mllib::tuning::read_log(&s, crashed.to_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(&partial[..], &full.trials[..6]);
+    let resumed = search(10)
+        .trial_log(crashed.to_str().unwrap())
+        .run(&s)
+        .await
+        .unwrap();
+    let params = |r: &quiver_mllib::tuning::SearchResult| -> Vec<Point> {
+        r.trials.iter().map(|t| t.params.clone()).collect()
+    };
+    assert_eq!(params(&resumed), params(&full));
+}

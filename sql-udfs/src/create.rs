@@ -16,7 +16,7 @@
 //! | `seed` | all | seed of the split and of k-means' initialisation (default 42) |
 //! | `category_encoding_method` | all | `'one_hot_encoding'` (default; trees: `'label_encoding'`), `'dummy_encoding'`, `'label_encoding'` |
 //! | `enable_global_explain` | linear models, trees | `TRUE` records the mean absolute attribution per feature over the training rows (`ml_global_explain`) |
-//! | `num_trials`, `max_parallel_trials`, `hparam_tuning_algorithm`, `hparam_tuning_objectives` | all | hyperparameter tuning: see [`crate::hparam`] |
+//! | `num_trials`, `max_parallel_trials`, `hparam_tuning_algorithm`, `hparam_tuning_objectives`, `hparam_tuning_pruner` | all | hyperparameter tuning: see [`crate::hparam`] |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

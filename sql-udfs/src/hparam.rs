@@ -6,6 +6,7 @@
 //! | `max_parallel_trials` | trials at once (default 1) |
 //! | `hparam_tuning_algorithm` | `'vizier_default'` or `'tpe'` (TPE, default), `'random_search'`, `'grid_search'` |
 //! | `hparam_tuning_objectives` | the metric to optimise, e.g. `['roc_auc']`, `'log_loss'`, `'mean_squared_error'`, `'silhouette'` |
+//! | `hparam_tuning_pruner` | Quiver's extension: `'asha'`, `'median'`, `'hyperband'` or `'none'` (default): stop poor trials while they train, judged on their held-out rows every iteration / round / pass (`max_iterations` is each trial's budget); stopped trials show status `pruned` |
 //!
 //! A tuned option is written `l2_reg = HPARAM_RANGE(0.0001, 1.0)` (a range: log-scaled when
 //! its bounds are positive and span two decades or more, integers for counts such as
@@ -31,7 +32,7 @@ use datafusion::prelude::DataFrame;
 use datafusion::sql::sqlparser::ast::{Expr, FunctionArg, FunctionArgExpr, FunctionArguments};
 use quiver_engine::{QuiverSession, Runner};
 use quiver_mllib::catalog::{Algorithm, OptionType, higher_is_better};
-use quiver_mllib::tuning::{Algo, Param, Point, Search, Space, Tpe, TrainEval, Trial, hp};
+use quiver_mllib::tuning::{Algo, Param, Point, Pruner, Search, Space, Tpe, TrainEval, Trial, hp};
 use serde_json::{Value, json};
 
 use crate::error::{Result, SqlError};
@@ -43,6 +44,7 @@ pub const TUNING_OPTIONS: &[&str] = &[
     "max_parallel_trials",
     "hparam_tuning_algorithm",
     "hparam_tuning_objectives",
+    "hparam_tuning_pruner",
 ];
 
 /// A tuning request taken out of a statement's options.
@@ -58,6 +60,7 @@ pub struct Tuning {
     /// Each tuned option as written (`HPARAM_RANGE(…)`, or `default` for a default range).
     tuned: BTreeMap<String, String>,
     algorithm_entry: &'static Algorithm,
+    pruner: Option<Pruner>,
 }
 
 fn invalid(option: &str, reason: impl Into<String>) -> SqlError {
@@ -217,6 +220,10 @@ impl Tuning {
             .remove("hparam_tuning_objectives")
             .map(|e| expr_str_list("hparam_tuning_objectives", &e))
             .transpose()?;
+        let pruner = options
+            .remove("hparam_tuning_pruner")
+            .map(|e| expr_str("hparam_tuning_pruner", &e))
+            .transpose()?;
         let Some(num_trials) = num_trials else {
             if let Some(k) = tuned.keys().next() {
                 return Err(invalid(
@@ -228,6 +235,7 @@ impl Tuning {
                 (max_parallel.is_some(), "max_parallel_trials"),
                 (algorithm.is_some(), "hparam_tuning_algorithm"),
                 (objectives.is_some(), "hparam_tuning_objectives"),
+                (pruner.is_some(), "hparam_tuning_pruner"),
             ] {
                 if given {
                     return Err(invalid(name, "only applies with num_trials"));
@@ -304,6 +312,15 @@ impl Tuning {
             }
         };
         let metric = metric.or_else(|| entry.task.tuning_metric().map(str::to_string));
+        let pruner = match pruner {
+            Some(name) => Pruner::from_name(&name).map_err(|e| {
+                invalid(
+                    "hparam_tuning_pruner",
+                    format!("'{name}' is not a pruner: use 'asha', 'median', 'hyperband' or 'none' ({e})"),
+                )
+            })?,
+            None => None,
+        };
         Ok(Some(Tuning {
             num_trials,
             max_parallel,
@@ -313,6 +330,7 @@ impl Tuning {
             space: Space::new(params)?,
             tuned,
             algorithm_entry: entry,
+            pruner,
         }))
     }
 
@@ -385,6 +403,7 @@ impl Tuning {
             "objective": metric,
             "is_larger_better": higher_is_better(&metric),
             "best_trial": best.id,
+            "pruner": self.pruner.as_ref().map(Pruner::name),
             "stopped": stopped,
             "trials": trials,
         });
@@ -412,14 +431,16 @@ impl Tuning {
         spec.metric = self.metric.clone();
         spec.params = fixed.clone();
         spec.sql_options = true;
-        let result = Search::train_eval(self.space.clone(), spec)
+        let mut search = Search::train_eval(self.space.clone(), spec)
             .algo(self.algo.clone())
             .max_evals(self.num_trials)
             .parallelism(self.max_parallel)
             .seed(seed)
-            .runner(Runner::Embedded)
-            .run(session)
-            .await?;
+            .runner(Runner::Embedded);
+        if let Some(p) = &self.pruner {
+            search = search.pruner(p.clone());
+        }
+        let result = search.run(session).await?;
         match result.best {
             Some(best) => Ok((best, result.trials, result.stopped)),
             None => {

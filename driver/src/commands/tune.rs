@@ -31,6 +31,8 @@
 //! trial_timeout_s = 60                # one trial's limit: past it, stopped and recorded failed
 //! max_failures = 5                    # stop the search (exit 1) after 5 failed trials
 //! early_stop = 20                     # finished trials without progress
+//! pruner = "asha"                     # median, hyperband, none: stop poor trials as they train
+//! # pruner = { name = "asha", min_resource = 1, reduction_factor = 3 }
 //! cluster = "df://127.0.0.1:50050"    # trials on a cluster's executors (or --cluster URL)
 //!
 //! [space]
@@ -41,7 +43,9 @@
 use std::io::Write;
 use std::time::Duration;
 
-use quiver_mllib::tuning::{Algo, Point, Search, SearchResult, Space, Tpe, TrainEval, objective};
+use quiver_mllib::tuning::{
+    Algo, Point, Pruner, Search, SearchResult, Space, Tpe, TrainEval, objective,
+};
 use serde::Deserialize;
 
 use crate::output::progress;
@@ -95,12 +99,52 @@ struct SearchSpec {
     grid_points: Option<usize>,
     loss_threshold: Option<f64>,
     cluster: Option<String>,
+    /// A pruner's name, or a table with `name` and its settings.
+    pruner: Option<toml::Value>,
 }
 
 fn invalid(reason: String) -> QuiverError {
     QuiverError::InvalidParam {
         param: "tune spec".to_string(),
         reason,
+    }
+}
+
+/// `[search] pruner`: a name (`"asha"`) or a table (`{ name = "asha", min_resource = 2 }`).
+fn pruner(value: &toml::Value) -> Result<Option<Pruner>> {
+    let named =
+        |name: &str| Pruner::from_name(name).map_err(|e| invalid(format!("[search] pruner: {e}")));
+    match value {
+        toml::Value::String(name) => named(name),
+        toml::Value::Table(t) => {
+            let name = t.get("name").and_then(toml::Value::as_str).ok_or_else(|| {
+                invalid(
+                    "[search] pruner: a table needs name = \"median\" | \"asha\" | \"hyperband\""
+                        .to_string(),
+                )
+            })?;
+            let Some(mut p) = named(name)? else {
+                return Ok(None);
+            };
+            for (k, v) in t.iter().filter(|(k, _)| *k != "name") {
+                let n = v
+                    .as_integer()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "[search] pruner.{k} = {v}: must be a whole number ≥ 0"
+                        ))
+                    })?;
+                p.set(k, n)
+                    .map_err(|e| invalid(format!("[search] pruner: {e}")))?;
+            }
+            p.check()
+                .map_err(|e| invalid(format!("[search] pruner: {e}")))?;
+            Ok(Some(p))
+        }
+        other => Err(invalid(format!(
+            "[search] pruner = {other}: use a name (\"asha\") or a table with name and settings"
+        ))),
     }
 }
 
@@ -204,6 +248,10 @@ pub async fn tune(
             spec.data.dataset
         ))
     })?;
+    let pruner = match &s.pruner {
+        Some(v) => pruner(v)?,
+        None => None,
+    };
     let max_evals = s.max_evals.unwrap_or(50);
     let bar = progress(max_evals as u64, "trials");
     let bar_in = bar.clone();
@@ -224,6 +272,7 @@ pub async fn tune(
             bar_in.set_position(trials.len() as u64);
             let best = trials
                 .iter()
+                .filter(|t| t.status.as_str() == "ok")
                 .filter_map(|t| t.loss)
                 .fold(f64::INFINITY, f64::min);
             bar_in.set_message(format!("trials, best {best:.6}"));
@@ -243,6 +292,9 @@ pub async fn tune(
     if let Some(k) = s.early_stop {
         search = search.early_stop(k);
     }
+    if let Some(p) = pruner {
+        search = search.pruner(p);
+    }
     if let Some(l) = s.loss_threshold {
         search = search.loss_threshold(l);
     }
@@ -257,27 +309,43 @@ pub async fn tune(
     };
     writeln!(
         out,
-        "{} trials ({} ok, {} failed, {} cancelled); stopped: {}",
+        "{} trials ({} ok, {} pruned, {} failed, {} cancelled); stopped: {}",
         result.trials.len(),
         count("ok"),
+        count("pruned"),
         count("failed"),
         count("cancelled"),
         result.stopped
     )
     .ok();
+    // Finished trials first by loss; a pruned trial's loss is only where it was stopped.
     let mut ranked: Vec<_> = result.trials.iter().filter(|t| t.loss.is_some()).collect();
     ranked.sort_by(|a, b| {
-        a.loss
-            .unwrap_or(f64::INFINITY)
-            .total_cmp(&b.loss.unwrap_or(f64::INFINITY))
+        (a.status.as_str() != "ok")
+            .cmp(&(b.status.as_str() != "ok"))
+            .then(
+                a.loss
+                    .unwrap_or(f64::INFINITY)
+                    .total_cmp(&b.loss.unwrap_or(f64::INFINITY)),
+            )
     });
-    writeln!(out, "  {:>5}  {:>12}  params", "trial", "loss").ok();
+    writeln!(
+        out,
+        "  {:>5}  {:>12}  {:<16}  params",
+        "trial", "loss", "status"
+    )
+    .ok();
     for t in ranked.iter().take(10) {
+        let status = match (t.status.as_str(), t.intermediate.last()) {
+            ("pruned", Some((step, _))) => format!("pruned at {step}"),
+            (s, _) => s.to_string(),
+        };
         writeln!(
             out,
-            "  {:>5}  {:>12.6}  {}",
+            "  {:>5}  {:>12.6}  {:<16}  {}",
             t.id,
             t.loss.unwrap_or(f64::NAN),
+            status,
             serde_json::to_string(&t.params).unwrap_or_default()
         )
         .ok();
@@ -340,23 +408,28 @@ pub async fn tune(
 /// Best loss so far against trial number, as an SVG line chart (trial losses as dots).
 pub fn convergence_svg(result: &SearchResult) -> String {
     let (w, h, m) = (640.0, 400.0, 50.0);
-    let losses: Vec<(u64, f64)> = result
+    let losses: Vec<(u64, f64, bool)> = result
         .trials
         .iter()
-        .filter_map(|t| t.loss.map(|l| (t.id, l)))
+        .filter_map(|t| t.loss.map(|l| (t.id, l, t.status.as_str() == "ok")))
         .collect();
     let n = result.trials.len().max(2) as f64;
     let mut best = f64::INFINITY;
+    // The best finished trial so far (a pruned trial's loss is where it stopped, not a result).
     let best_path: Vec<(f64, f64)> = losses
         .iter()
-        .map(|(i, l)| {
+        .filter(|(_, _, finished)| *finished)
+        .map(|(i, l, _)| {
             best = best.min(*l);
             (*i as f64, best)
         })
         .collect();
-    let lo = losses.iter().map(|(_, l)| *l).fold(f64::INFINITY, f64::min);
+    let lo = losses
+        .iter()
+        .map(|(_, l, _)| *l)
+        .fold(f64::INFINITY, f64::min);
     // Clip the axis at the median trial so that a few huge losses do not flatten the curve.
-    let mut sorted: Vec<f64> = losses.iter().map(|(_, l)| *l).collect();
+    let mut sorted: Vec<f64> = losses.iter().map(|(_, l, _)| *l).collect();
     sorted.sort_by(f64::total_cmp);
     let hi = sorted
         .get(sorted.len() / 2)
@@ -375,9 +448,15 @@ pub fn convergence_svg(result: &SearchResult) -> String {
         lb = h - m - 4.0,
         ht = m - 4.0,
     );
-    for (i, l) in &losses {
+    // Finished trials as filled dots, pruned ones as rings.
+    for (i, l, finished) in &losses {
+        let style = if *finished {
+            "fill=\"#9ab\""
+        } else {
+            "fill=\"none\" stroke=\"#bbb\""
+        };
         svg.push_str(&format!(
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"#9ab\"/>\n",
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" {style}/>\n",
             x(*i as f64),
             y(*l)
         ));

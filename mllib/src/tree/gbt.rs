@@ -145,7 +145,13 @@ impl Objective {
     }
 }
 
-pub(super) fn fit(p: &BoostParams, t: &Training) -> Result<BoostFit> {
+/// Called after each boosting round with the round's number and a builder of the ensemble so
+/// far; its error stops the fit.
+pub(super) type RoundHook<'a> = &'a mut dyn FnMut(u64, &dyn Fn() -> Ensemble) -> Result<()>;
+
+/// Boosts `p.max_iter` rounds on `t`. After each round `progress(round, ensemble)` may take
+/// the ensemble so far (built only when it calls `ensemble`); its error stops the fit.
+pub(super) fn fit(p: &BoostParams, t: &Training, progress: RoundHook<'_>) -> Result<BoostFit> {
     let data = &t.binned;
     let n = data.n;
     let objective = match (&t.classes, p.loss) {
@@ -262,6 +268,13 @@ pub(super) fn fit(p: &BoostParams, t: &Training) -> Result<BoostFit> {
             }
             trees.push(tree);
         }
+        progress(round as u64 + 1, &|| Ensemble {
+            dim: d,
+            combine: Combine::Sum,
+            groups,
+            base: base.clone(),
+            trees: trees.clone(),
+        })?;
     }
     if p.early_stop {
         trees.truncate(best.1 * groups);

@@ -30,6 +30,7 @@ pub use params::{
 };
 pub use shap::{TreeExplainer, expected_value, tree_shap};
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use quiver_engine::{Dataset, QuiverSession};
@@ -203,7 +204,18 @@ macro_rules! boost_fit {
                 let started = Instant::now();
                 let p = &self.0;
                 let t = Training::read(session, data, p.max_bins, p.weighted, $classifier).await?;
-                let fit = session.run_compute(|| gbt::fit(p, &t))?;
+                // A trial's pruner sees the model after each round (see crate::progress).
+                let progress = crate::progress::current();
+                let fit = session.run_compute(|| {
+                    gbt::fit(p, &t, &mut |round, ensemble| {
+                        crate::progress::offer_blocking(progress.as_ref(), round, || {
+                            let e = ensemble();
+                            let s = summary(&t, &e, Vec::new(), Vec::new(), started);
+                            Ok(Arc::new(TreeEnsembleModel::new(self.clone(), e, s))
+                                as Arc<dyn crate::Transformer>)
+                        })
+                    })
+                })?;
                 let summary = summary(&t, &fit.ensemble, fit.train_loss, fit.valid_loss, started);
                 Ok(TreeEnsembleModel::new(self.clone(), fit.ensemble, summary))
             }

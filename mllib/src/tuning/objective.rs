@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use quiver_engine::fanout::{TaskOutcome, TaskRunner, block_on};
+use quiver_engine::fanout::{Reporter, TaskOutcome, TaskRunner, block_on};
 use quiver_engine::{Dataset, QuiverConfig, QuiverError, QuiverSession};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -428,14 +428,32 @@ pub fn higher_is_better(metric: &str) -> bool {
     catalog::higher_is_better(metric)
 }
 
-/// `(loss, metrics)` of one trial: the metrics include `objective`, the metric's name.
-async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
+/// `(loss, metrics)` of one trial: the metrics include `objective`, the metric's name. With a
+/// `reporter` (a search with a pruner) and one held-out split, the fit's progress is scored on
+/// the held-out rows at the steps the pruner asks for and reported.
+async fn train_eval(
+    spec: &TrainEval,
+    reporter: Option<Reporter>,
+) -> quiver_engine::Result<(f64, Value)> {
     let c = context()?;
     let splits = dataset(c, spec).await?;
     let mut losses = Vec::with_capacity(splits.len());
     let mut all_metrics = Vec::with_capacity(splits.len());
     for (train, test) in splits.iter() {
-        let (loss, metrics) = train_eval_split(c, spec, train, test).await?;
+        let fit = train_eval_split(c, spec, train, test);
+        let (loss, metrics) = match &reporter {
+            // Cross-validation reports nothing: each fold would restart the steps.
+            Some(r) if splits.len() == 1 => {
+                let progress = Arc::new(TrialProgress {
+                    context: c,
+                    spec: spec.clone(),
+                    test: test.clone(),
+                    reporter: r.clone(),
+                });
+                crate::progress::with_progress(progress, fit).await?
+            }
+            _ => fit.await?,
+        };
         losses.push(loss);
         all_metrics.push(metrics);
     }
@@ -465,6 +483,44 @@ async fn train_eval(spec: &TrainEval) -> quiver_engine::Result<(f64, Value)> {
     ))
 }
 
+/// A trial's error: a pruned fit stays pruned, anything else names the task.
+fn trial_error(e: crate::MllibError) -> QuiverError {
+    match e {
+        crate::MllibError::Engine(p @ QuiverError::Pruned { .. }) => p,
+        e => QuiverError::TaskFailed {
+            task: TRAIN_EVAL.to_string(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Scores a trial's fit so far on its held-out rows and reports the loss to the pruner.
+struct TrialProgress {
+    context: &'static TrialContext,
+    spec: TrainEval,
+    test: Dataset,
+    reporter: Reporter,
+}
+
+impl crate::progress::Progress for TrialProgress {
+    fn due(&self, step: u64) -> bool {
+        self.reporter.due(step)
+    }
+
+    fn report(
+        &self,
+        step: u64,
+        model: Arc<dyn crate::Transformer>,
+    ) -> crate::progress::BoxedReport<'_> {
+        Box::pin(async move {
+            let scored = model.transform(&self.test)?;
+            let (loss, _) = score(self.context, &self.spec, &scored).await?;
+            self.reporter.report(step, loss)?;
+            Ok(())
+        })
+    }
+}
+
 /// `(loss, metrics)` of one train/test split.
 async fn train_eval_split(
     c: &TrialContext,
@@ -473,11 +529,7 @@ async fn train_eval_split(
     test: &Dataset,
 ) -> quiver_engine::Result<(f64, Value)> {
     let s = &c.session;
-    let err = |e: crate::MllibError| QuiverError::TaskFailed {
-        task: TRAIN_EVAL.to_string(),
-        reason: e.to_string(),
-    };
-    let algorithm = spec.algorithm()?;
+    let err = trial_error;
     // Without stages the estimator fits the feature columns directly (no assembler pass:
     // about 20% of a small trial's time).
     let scored = if spec.stages.is_empty() {
@@ -494,7 +546,19 @@ async fn train_eval_split(
             .transform(test)
     }
     .map_err(err)?;
-    let mut metrics = algorithm.task.evaluate(s, &scored).await.map_err(err)?;
+    score(c, spec, &scored).await.map_err(err)
+}
+
+/// `(loss, metrics)` of scored held-out rows: the spec's metric (or the task's default),
+/// negated when higher is better.
+async fn score(
+    c: &TrialContext,
+    spec: &TrainEval,
+    scored: &Dataset,
+) -> crate::Result<(f64, Value)> {
+    let s = &c.session;
+    let algorithm = spec.algorithm()?;
+    let mut metrics = algorithm.task.evaluate(s, scored).await?;
     let metric = match &spec.metric {
         Some(m) => algorithm
             .task
@@ -529,7 +593,9 @@ impl TaskRunner for TrainEvalRunner {
             context: format!("{TRAIN_EVAL} parameters"),
             source: e,
         })?;
-        let (loss, metrics) = block_on(train_eval(&spec))?;
+        // Captured here: the trial runs on a runtime that may poll it on another thread.
+        let reporter = quiver_engine::fanout::reporter();
+        let (loss, metrics) = block_on(train_eval(&spec, reporter))?;
         Ok(TaskOutcome {
             loss: Some(loss),
             metrics,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
 use quiver_engine::fanout::{
-    FanOutOptions, Task, TaskOutcome, TaskRegistry, TaskResult, TaskRunner, TaskStatus,
-    deadline_after, fan_out_local,
+    FanOutOptions, INTERMEDIATE_VALUES, PruningRegistration, Task, TaskOutcome, TaskRegistry,
+    TaskResult, TaskRunner, TaskStatus, deadline_after, fan_out_local,
 };
 use quiver_engine::{QuiverError, QuiverSession, Runner};
 use rand::SeedableRng;
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::objective::{TRAIN_EVAL, TrainEval, train_eval_runner};
+use super::prune::{PruneBoard, Pruner};
 use super::space::{Point, Space};
 use super::tpe::Tpe;
 use crate::error::{MllibError, Result};
@@ -52,12 +53,17 @@ pub struct Trial {
     pub worker: String,
     pub started_ms: i64,
     pub finished_ms: i64,
+    /// The values the trial reported while it ran, as `(step, value)` (a pruned trial's loss is
+    /// its last one). Non-finite values are kept as ±f64::MAX (NaN as the worst).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intermediate: Vec<(u64, f64)>,
 }
 
 /// What a search found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchResult {
-    /// The finished trial with the lowest loss (`None` when every trial failed).
+    /// The finished trial with the lowest loss (`None` when every trial failed; pruned trials
+    /// never count).
     pub best: Option<Trial>,
     /// Every trial in id order (resumed ones included).
     pub trials: Vec<Trial>,
@@ -91,6 +97,7 @@ pub struct Search {
     timeout: Option<Duration>,
     trial_timeout: Option<Duration>,
     max_failures: Option<usize>,
+    pruner: Option<Pruner>,
     loss_threshold: Option<f64>,
     no_progress: Option<usize>,
     seed: u64,
@@ -107,6 +114,7 @@ impl fmt::Debug for Search {
             .field("algo", &self.algo)
             .field("max_evals", &self.max_evals)
             .field("parallelism", &self.parallelism)
+            .field("pruner", &self.pruner)
             .field("seed", &self.seed)
             .finish()
     }
@@ -185,6 +193,7 @@ impl Search {
             timeout: None,
             trial_timeout: None,
             max_failures: None,
+            pruner: None,
             loss_threshold: None,
             no_progress: None,
             seed: 0,
@@ -235,6 +244,16 @@ impl Search {
     /// its whole budget. The trials so far are kept and logged.
     pub fn max_failures(mut self, n: usize) -> Self {
         self.max_failures = Some(n);
+        self
+    }
+
+    /// Stops unpromising trials while they train (see [`super::prune`]): trials report
+    /// intermediate values at steps (the built-in objective: iterations, Lloyd passes or
+    /// boosting rounds, scored on its held-out rows; a closure: [`report`]) and are recorded
+    /// `pruned` when the pruner stops them. Trials must run in this process (the local runner,
+    /// or an embedded session's).
+    pub fn pruner(mut self, p: Pruner) -> Self {
+        self.pruner = Some(p);
         self
     }
 
@@ -324,6 +343,18 @@ impl Search {
                 ),
             ));
         }
+        if let Some(p) = &self.pruner {
+            p.check()?;
+            if session.is_cluster() && self.runner == Runner::Embedded {
+                return Err(bad(
+                    "pruner",
+                    "a pruner judges trials from the reports they send it while they run, and \
+                     trials on cluster executors cannot reach it yet: run the search with \
+                     Runner::Local, or without a pruner"
+                        .to_string(),
+                ));
+            }
+        }
         if let Algo::Tpe(t) = &self.algo
             && !(t.gamma > 0.0 && t.gamma <= 1.0)
         {
@@ -352,6 +383,17 @@ impl Search {
             }
             _ => Vec::new(),
         };
+        // The pruner's board, fed with what resumed trials reported, registered for the
+        // trials of this process to report to.
+        let board = self.pruner.clone().map(|p| Arc::new(PruneBoard::new(p)));
+        if let Some(b) = &board {
+            for t in &trials {
+                b.replay(t.id, &t.intermediate, t.status == TaskStatus::Ok);
+            }
+        }
+        let registration = board.as_ref().map(|b| {
+            PruningRegistration::new(Arc::clone(b) as Arc<dyn quiver_engine::fanout::Pruning>)
+        });
         let mut registry = TaskRegistry::new();
         let kind = match &self.objective {
             ObjectiveKind::Closure(f) => {
@@ -431,6 +473,9 @@ impl Search {
             started,
             header,
             first_id: next_id(&trials),
+            board,
+            pruning: registration.as_ref().map(PruningRegistration::key),
+            log: std::sync::Mutex::new(LogState::default()),
         };
         let reason = if self.asynchronous {
             self.run_async(&run, &mut trials).await?
@@ -439,6 +484,12 @@ impl Search {
         };
         if let Some(reason) = reason {
             stopped = reason;
+        }
+        // The whole log in one object again: what other tools read.
+        if let Some(log) = &self.trial_log
+            && run.log.lock().is_ok_and(|l| l.segments > 0)
+        {
+            write_log(session, log, run.header.as_ref(), &trials, &run.log, true).await?;
         }
         let best = trials
             .iter()
@@ -485,7 +536,8 @@ impl Search {
             let options = FanOutOptions::new(self.parallelism)
                 .threads_per_task(self.threads_per_trial)
                 .deadline_ms(run.deadline_ms)
-                .task_timeout(self.trial_timeout);
+                .task_timeout(self.trial_timeout)
+                .pruning(run.pruning);
             let results = run
                 .session
                 .fan_out_with(
@@ -497,7 +549,7 @@ impl Search {
                 )
                 .await?;
             for (point, r) in points.into_iter().zip(results) {
-                trials.push(trial(point, r));
+                trials.push(run.trial(point, r));
             }
             self.after_results(run, trials).await?;
         }
@@ -528,7 +580,8 @@ impl Search {
                 let options = FanOutOptions::new(1)
                     .threads_per_task(self.threads_per_trial)
                     .deadline_ms(run.deadline_ms)
-                    .task_timeout(self.trial_timeout);
+                    .task_timeout(self.trial_timeout)
+                    .pruning(run.pruning);
                 let registry = Arc::clone(&run.registry);
                 let (session, runner) = (run.session.clone(), self.runner);
                 // Each trial is its own tokio task: a trial computing inside a query blocks
@@ -565,7 +618,7 @@ impl Search {
                 .pop()
                 .ok_or_else(|| QuiverError::internal("a trial returned no result"))?;
             let pos = trials.partition_point(|t| t.id < done_id);
-            trials.insert(pos, trial(point, r));
+            trials.insert(pos, run.trial(point, r));
             self.after_results(run, trials).await?;
             if stop.is_none() {
                 stop = self.stop_reason(trials, run);
@@ -592,7 +645,15 @@ impl Search {
                     .filter(|t| t.status == TaskStatus::Ok)
                     .filter_map(|t| t.loss.map(|l| (t.params.clone(), l)))
                     .collect();
-                tpe.propose(&self.space, &finished, pending, rng)
+                let pruned: Vec<(Point, u64, f64)> = trials
+                    .iter()
+                    .filter(|t| t.status == TaskStatus::Pruned)
+                    .filter_map(|t| {
+                        let (step, value) = t.intermediate.last().copied()?;
+                        Some((t.params.clone(), step, value))
+                    })
+                    .collect();
+                tpe.propose_with_pruned(&self.space, &finished, &pruned, pending, rng)
             }
             _ => self.space.sample(rng),
         }
@@ -649,13 +710,22 @@ impl Search {
             algo,
             objective,
             dataset,
+            pruner: self.pruner.as_ref().map(Pruner::describe),
         })
     }
 
     /// Log and report after new results.
     async fn after_results(&self, run: &Run<'_>, trials: &[Trial]) -> Result<()> {
         if let Some(log) = &self.trial_log {
-            write_log(run.session, log, run.header.as_ref(), trials).await?;
+            write_log(
+                run.session,
+                log,
+                run.header.as_ref(),
+                trials,
+                &run.log,
+                false,
+            )
+            .await?;
         }
         if let Some(f) = &self.on_batch {
             f(trials);
@@ -721,6 +791,25 @@ struct Run<'a> {
     header: Option<LogHeader>,
     /// The id of this run's first trial (those before were resumed from the log).
     first_id: u64,
+    /// The pruner's board, and its key in this process's registry.
+    board: Option<Arc<PruneBoard>>,
+    pruning: Option<u64>,
+    /// What this run wrote of the trial log.
+    log: std::sync::Mutex<LogState>,
+}
+
+impl Run<'_> {
+    /// The trial of `params` from its task's result; a finished one joins the pruner's
+    /// reference.
+    fn trial(&self, params: Point, r: TaskResult) -> Trial {
+        let t = trial(params, r);
+        if let Some(b) = &self.board
+            && t.status == TaskStatus::Ok
+        {
+            b.finish(t.id);
+        }
+        t
+    }
 }
 
 /// The random stream of the proposals starting at trial `id`.
@@ -741,17 +830,56 @@ fn json_err(context: &str, source: serde_json::Error) -> QuiverError {
 }
 
 fn trial(params: Point, r: TaskResult) -> Trial {
+    let mut metrics: Value = serde_json::from_str(&r.metrics).unwrap_or(Value::Null);
+    // The task's reports travel in its metrics; they become the trial's own field.
+    let intermediate = match metrics
+        .as_object_mut()
+        .map(|m| m.remove(INTERMEDIATE_VALUES))
+    {
+        Some(Some(Value::Array(values))) => values
+            .iter()
+            .filter_map(|v| {
+                let step = v.get(0)?.as_u64()?;
+                let value = v.get(1).and_then(Value::as_f64).unwrap_or(f64::MAX);
+                Some((step, value))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if metrics.as_object().is_some_and(|m| m.is_empty()) {
+        metrics = Value::Null;
+    }
     Trial {
         id: r.id,
         params,
         status: r.status,
-        loss: r.loss,
-        metrics: serde_json::from_str(&r.metrics).unwrap_or(Value::Null),
+        loss: r.loss.map(|l| {
+            if l.is_nan() {
+                f64::MAX
+            } else {
+                l.clamp(f64::MIN, f64::MAX)
+            }
+        }),
+        metrics,
         message: r.message,
         worker: r.worker,
         started_ms: r.started_ms,
         finished_ms: r.finished_ms,
+        intermediate,
     }
+}
+
+/// Reports a closure objective's intermediate `loss` at `step` (an epoch, an iteration) to the
+/// search's pruner. An error when the trial is pruned: return it (`report(step, loss)?`) and
+/// the trial is recorded `pruned` with this loss. A no-op outside a search's trial.
+pub fn report(step: u64, loss: f64) -> std::result::Result<(), String> {
+    quiver_engine::fanout::report(step, loss).map_err(|e| e.to_string())
+}
+
+/// Whether the pruner would judge a report at `step` (so a costly validation loss is computed
+/// only when it is).
+pub fn report_due(step: u64) -> bool {
+    quiver_engine::fanout::reporter().is_some_and(|r| r.due(step))
 }
 
 /// The first line of a trial log: the search that wrote it. A search resumes from a log only
@@ -767,6 +895,9 @@ struct LogHeader {
     objective: Value,
     #[serde(default)]
     dataset: Option<DatasetVersion>,
+    /// The pruner, when the search has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pruner: Option<String>,
 }
 
 /// A dataset and the sizes and modification times of its files.
@@ -802,6 +933,14 @@ impl LogHeader {
             diffs.push(format!(
                 "the objective (the log's: {}; this search's: {})",
                 written_by.objective, self.objective
+            ));
+        }
+        if self.pruner != written_by.pruner {
+            let show = |p: &Option<String>| p.clone().unwrap_or_else(|| "none".to_string());
+            diffs.push(format!(
+                "the pruner (the log's: {}; this search's: {})",
+                show(&written_by.pruner),
+                show(&self.pruner)
             ));
         }
         match (&self.dataset, &written_by.dataset) {
@@ -891,27 +1030,115 @@ async fn read_log_and_header(
         }
         trials.push(t);
     }
-    Ok((header, trials))
+    // Trials written since the log was last rewritten whole: the segments beside it, in
+    // order. A trial in both (a rewrite cut short before its segments were removed) is the
+    // same trial; ids order the result.
+    let segments = segments_of(session, location).await?;
+    if segments.is_empty() {
+        return Ok((header, trials));
+    }
+    let mut by_id: std::collections::BTreeMap<u64, Trial> =
+        trials.into_iter().map(|t| (t.id, t)).collect();
+    for (name, path) in segments {
+        let bytes = loc
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| QuiverError::ObjectStore {
+                path: name.clone(),
+                source: e,
+            })?
+            .bytes()
+            .await
+            .map_err(|e| QuiverError::ObjectStore {
+                path: name.clone(),
+                source: e,
+            })?;
+        let text = String::from_utf8_lossy(&bytes);
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let t: Trial = serde_json::from_str(line).map_err(|e| MllibError::InvalidParam {
+                param: "trial_log".to_string(),
+                reason: format!("{name} line {}: {e}", i + 1),
+            })?;
+            by_id.insert(t.id, t);
+        }
+    }
+    Ok((header, by_id.into_values().collect()))
 }
 
-/// Writes the whole log in one put (object stores replace an object atomically), so a reader
-/// sees the previous log or the new one, never a torn line.
-async fn write_log(
+/// Where the segments of the log at `location` live: a folder beside it.
+fn segment_folder(location: &str) -> String {
+    format!("{location}.segments")
+}
+
+/// The segments of the log at `location`, in the order they were written: (name, path).
+async fn segments_of(
     session: &QuiverSession,
     location: &str,
-    header: Option<&LogHeader>,
-    trials: &[Trial],
-) -> Result<()> {
-    let loc = quiver_engine::io::resolve(session.context(), &session.config().s3, location)?;
+) -> Result<Vec<(String, object_store::path::Path)>> {
+    use futures::TryStreamExt;
+    let folder = segment_folder(location);
+    let loc = quiver_engine::io::resolve(session.context(), &session.config().s3, &folder)?;
+    let mut found: Vec<object_store::path::Path> = match loc
+        .store
+        .list(Some(&loc.path))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+    {
+        Ok(v) => v,
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => {
+            return Err(QuiverError::ObjectStore {
+                path: folder,
+                source: e,
+            }
+            .into());
+        }
+    };
+    found.sort();
+    Ok(found
+        .into_iter()
+        .filter(|p| p.as_ref().ends_with(".jsonl"))
+        .map(|p| {
+            let name = format!("{folder}/{}", p.filename().unwrap_or_default());
+            (name, p)
+        })
+        .collect())
+}
+
+/// What this run has written of its trial log. The log object holds the header and the trials
+/// as of its last rewrite; trials finished since go to segment objects beside it
+/// (`<log>.segments/<n>.jsonl`), each written whole in one put. The log is rewritten whole
+/// (and the segments removed) at a run's first write, whenever the segments outgrow it, and
+/// when the search ends: n trials cost O(n) bytes written instead of O(n²), and a reader
+/// always sees whole lines (object stores replace an object atomically).
+#[derive(Debug, Default)]
+struct LogState {
+    /// Ids of the trials written by this run (in the log or a segment).
+    written: std::collections::HashSet<u64>,
+    /// Bytes of the log object at its last rewrite; none yet in this run.
+    base_bytes: Option<usize>,
+    /// Bytes and number of segments written since.
+    segment_bytes: usize,
+    segments: u64,
+}
+
+fn trial_lines<'a>(trials: impl IntoIterator<Item = &'a Trial>) -> Result<String> {
     let mut text = String::new();
-    if let Some(h) = header {
-        text.push_str(&serde_json::to_string(h).map_err(|e| json_err("trial log", e))?);
-        text.push('\n');
-    }
     for t in trials {
         text.push_str(&serde_json::to_string(t).map_err(|e| json_err("trial log", e))?);
         text.push('\n');
     }
+    Ok(text)
+}
+
+async fn put(session: &QuiverSession, location: &str, text: String) -> Result<()> {
+    let loc = quiver_engine::io::resolve(session.context(), &session.config().s3, location)?;
     loc.store
         .put(&loc.path, PutPayload::from(Bytes::from(text)))
         .await
@@ -919,5 +1146,73 @@ async fn write_log(
             path: location.to_string(),
             source: e,
         })?;
+    Ok(())
+}
+
+/// Writes the trials not written yet: a segment, or the whole log when `whole` or when the
+/// segments would outgrow it.
+async fn write_log(
+    session: &QuiverSession,
+    location: &str,
+    header: Option<&LogHeader>,
+    trials: &[Trial],
+    state: &std::sync::Mutex<LogState>,
+    whole: bool,
+) -> Result<()> {
+    let (new, base_bytes, segment_bytes, next) = {
+        let st = state
+            .lock()
+            .map_err(|_| QuiverError::internal("the trial log's state"))?;
+        let new = trial_lines(trials.iter().filter(|t| !st.written.contains(&t.id)))?;
+        (new, st.base_bytes, st.segment_bytes, st.segments + 1)
+    };
+    let rewrite = match base_bytes {
+        None => true,
+        Some(base) => whole || segment_bytes + new.len() > base.max(64 << 10),
+    };
+    if rewrite {
+        let mut text = String::new();
+        if let Some(h) = header {
+            text.push_str(&serde_json::to_string(h).map_err(|e| json_err("trial log", e))?);
+            text.push('\n');
+        }
+        text.push_str(&trial_lines(trials)?);
+        let bytes = text.len();
+        put(session, location, text).await?;
+        // The segments are in the log now; one left behind (a failed delete) only repeats
+        // trials the reader takes once.
+        let folder = quiver_engine::io::resolve(
+            session.context(),
+            &session.config().s3,
+            &segment_folder(location),
+        )?;
+        for (_, path) in segments_of(session, location).await? {
+            let _ = folder.store.delete(&path).await;
+        }
+        let mut st = state
+            .lock()
+            .map_err(|_| QuiverError::internal("the trial log's state"))?;
+        st.written = trials.iter().map(|t| t.id).collect();
+        st.base_bytes = Some(bytes);
+        st.segment_bytes = 0;
+        st.segments = 0;
+        return Ok(());
+    }
+    if new.is_empty() {
+        return Ok(());
+    }
+    let bytes = new.len();
+    put(
+        session,
+        &format!("{}/{next:08}.jsonl", segment_folder(location)),
+        new,
+    )
+    .await?;
+    let mut st = state
+        .lock()
+        .map_err(|_| QuiverError::internal("the trial log's state"))?;
+    st.written.extend(trials.iter().map(|t| t.id));
+    st.segment_bytes += bytes;
+    st.segments = next;
     Ok(())
 }

@@ -124,21 +124,36 @@ impl Tpe {
         pending: &[Point],
         rng: &mut impl Rng,
     ) -> Point {
-        if finished.len() < self.n_startup_trials.max(1) {
+        self.propose_with_pruned(space, finished, &[], pending, rng)
+    }
+
+    /// [`Tpe::propose`] also given pruned trials as `(point, step, last value)`. As in Optuna,
+    /// a pruned trial ranks below every finished one; among themselves, those that ran longer
+    /// rank higher, then by their last value. They count towards the startup trials.
+    pub fn propose_with_pruned(
+        &self,
+        space: &Space,
+        finished: &[(Point, f64)],
+        pruned: &[(Point, u64, f64)],
+        pending: &[Point],
+        rng: &mut impl Rng,
+    ) -> Point {
+        if finished.len() + pruned.len() < self.n_startup_trials.max(1) {
             return space.sample(rng);
         }
-        let worst = finished
-            .iter()
-            .map(|(_, l)| *l)
-            .fold(f64::NEG_INFINITY, f64::max);
-        let mut all: Vec<(&Point, f64)> = finished.iter().map(|(p, l)| (p, *l)).collect();
-        all.extend(pending.iter().map(|p| (p, worst)));
-        all.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut ranked: Vec<(&Point, f64)> = finished.iter().map(|(p, l)| (p, *l)).collect();
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut cut: Vec<&(Point, u64, f64)> = pruned.iter().collect();
+        cut.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.total_cmp(&b.2)));
+        let mut all: Vec<&Point> = ranked.iter().map(|(p, _)| *p).collect();
+        all.extend(cut.iter().map(|(p, _, _)| p));
+        // Running trials are constant liars with the worst outcome: last.
+        all.extend(pending.iter());
         let n_good = ((self.gamma * all.len() as f64).ceil() as usize)
             .min(25)
             .clamp(1, all.len());
-        let good: Vec<&Point> = all[..n_good].iter().map(|(p, _)| *p).collect();
-        let bad: Vec<&Point> = all[n_good..].iter().map(|(p, _)| *p).collect();
+        let good: Vec<&Point> = all[..n_good].to_vec();
+        let bad: Vec<&Point> = all[n_good..].to_vec();
         let mut point = Point::new();
         self.propose_space(space, &good, &bad, rng, &mut point);
         point

@@ -23,11 +23,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::Estimator;
 use crate::error::{MllibError, Result};
-use crate::optim::owlqn;
+use crate::optim::owlqn_observed;
 use statistic::{ClassCounts, LogisticLoss};
 
 /// What a fit reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LogisticSummary {
     pub objective_history: Vec<f64>,
     pub iterations: usize,
@@ -181,24 +181,46 @@ impl Estimator for LogisticRegression {
                 Ok((value, grad))
             }
         };
-        let min = owlqn(
+        // γ in the standardised space back to coefficients and intercepts of the raw features.
+        let unscale = |x: &[f64]| {
+            let mut coefficients = vec![0.0; vectors * d];
+            let mut intercepts = vec![0.0; vectors];
+            for k in 0..vectors {
+                intercepts[k] = x[k * width + d];
+                for j in 0..d {
+                    coefficients[k * d + j] = x[k * width + j] * inv_sigma[j];
+                    intercepts[k] -= coefficients[k * d + j] * shift[j];
+                }
+            }
+            (coefficients, intercepts)
+        };
+        // The model of an iterate, for a trial's pruner (see crate::progress).
+        let progress = crate::progress::current();
+        let iterate_model = |x: &[f64]| {
+            let (coefficients, intercepts) = unscale(x);
+            Ok(Arc::new(LogisticRegressionModel {
+                params: self.clone(),
+                dim: d,
+                num_classes,
+                multinomial,
+                coefficients,
+                intercepts,
+                summary: LogisticSummary::default(),
+            }) as Arc<dyn crate::Transformer>)
+        };
+        let min = owlqn_observed(
             objective,
             vec![0.0; n_params],
             &l1,
             10,
             self.max_iter,
             self.tol,
+            progress
+                .as_ref()
+                .map(|p| (p, &iterate_model as crate::optim::PointModel<'_>)),
         )
         .await?;
-        let mut coefficients = vec![0.0; vectors * d];
-        let mut intercepts = vec![0.0; vectors];
-        for k in 0..vectors {
-            intercepts[k] = min.x[k * width + d];
-            for j in 0..d {
-                coefficients[k * d + j] = min.x[k * width + j] * inv_sigma[j];
-                intercepts[k] -= coefficients[k * d + j] * shift[j];
-            }
-        }
+        let (coefficients, intercepts) = unscale(&min.x);
         Ok(LogisticRegressionModel {
             params: self.clone(),
             dim: d,

@@ -119,7 +119,7 @@ fn local_kmeans(points: &[Vec<f64>], weights: &[f64], k: usize, seed: u64, d: us
 }
 
 /// What a fit reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KMeansSummary {
     /// Sum of squared distances to the nearest centre (the objective), at the final centres.
     pub inertia: f64,
@@ -235,6 +235,8 @@ impl Estimator for KMeans {
         let mut iterations = 0;
         let mut convergence = format!("reached max_iter = {}", self.max_iter);
         let mut sums = self.pass(&data, &centers, Pass::Sums).await?;
+        // A trial's pruner sees the model after each Lloyd pass (see crate::progress).
+        let progress = crate::progress::current();
         while iterations < self.max_iter {
             history.push(sums[0]);
             iterations += 1;
@@ -251,6 +253,15 @@ impl Estimator for KMeans {
                 }
             }
             sums = self.pass(&data, &centers, Pass::Sums).await?;
+            crate::progress::offer(progress.as_ref(), iterations as u64, || {
+                Ok(Arc::new(KMeansModel {
+                    params: self.clone(),
+                    dim: d,
+                    centers: centers.clone(),
+                    summary: KMeansSummary::default(),
+                }) as Arc<dyn crate::Transformer>)
+            })
+            .await?;
             if moved <= self.tol {
                 convergence = format!("centres moved less than tol = {}", self.tol);
                 break;

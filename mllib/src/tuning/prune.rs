@@ -1,0 +1,609 @@
+//! Pruners: stop trials that are unlikely to win while they train, from the values they report
+//! at steps (iterations, boosting rounds, Lloyd passes) on their held-out split.
+//!
+//! - [`Pruner::Median`]: stop a trial whose best value so far is worse than the median of the
+//!   finished trials' values at the same step (Optuna's `MedianPruner`, Google Vizier's
+//!   median stopping rule).
+//! - [`Pruner::SuccessiveHalving`]: asynchronous successive halving (ASHA, Li et al. 2020).
+//!   Rung k sits at step `min_resource · η^(s + k)`; a trial reaching a rung continues only
+//!   while its value there is among the best `⌊n / η⌋` of the `n` trials that reached it (the
+//!   very best while fewer than η have), so many cheap trials start and the best are promoted
+//!   without waiting for a full rung (no trial is ever paused).
+//! - [`Pruner::Hyperband`]: brackets of ASHA with early-stopping rates 0, 1, …, each trial
+//!   assigned to one (Li et al. 2018), trading how early trials are stopped against the risk of
+//!   stopping a slow starter; a trial competes only within its bracket.
+//!
+//! Losses are minimised: a trial reports the same loss its final result is (negated metrics
+//! for higher-is-better ones). A board ([`PruneBoard`]) holds every trial's reports; the
+//! fan-out's task context consults it at each report, so a trial stops at its next report once
+//! it is pruned.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use quiver_engine::fanout::Pruning;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{MllibError, Result};
+
+/// When a trial's reports are judged, and against what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "pruner")]
+pub enum Pruner {
+    /// Prune when the trial's best value so far is worse than the median of the finished
+    /// trials' values at the same step.
+    Median {
+        /// Finished trials needed before any trial is pruned. Optuna's default: 5.
+        n_startup_trials: usize,
+        /// Steps before which a trial is never pruned.
+        n_warmup_steps: u64,
+        /// Judge every this many steps after the warm-up.
+        interval_steps: u64,
+    },
+    /// Asynchronous successive halving.
+    SuccessiveHalving {
+        /// The step of the first rung.
+        min_resource: u64,
+        /// η: each rung keeps the best 1/η of the trials that reach it.
+        reduction_factor: u64,
+        /// s: the first rung sits at `min_resource · η^s`.
+        min_early_stopping_rate: u32,
+    },
+    /// Brackets of successive halving between `min_resource` and `max_resource`.
+    Hyperband {
+        min_resource: u64,
+        /// The most steps a trial runs (its `max_iter`); `None`: the largest step a finished
+        /// trial reported (no trial is pruned before one has finished).
+        max_resource: Option<u64>,
+        reduction_factor: u64,
+    },
+}
+
+impl Pruner {
+    /// Optuna's defaults: 5 startup trials, no warm-up, every step.
+    pub fn median() -> Self {
+        Pruner::Median {
+            n_startup_trials: 5,
+            n_warmup_steps: 0,
+            interval_steps: 1,
+        }
+    }
+
+    /// ASHA from step 1 with η = 3 (Ray Tune's `grace_period` 1, `reduction_factor` 3… Optuna
+    /// uses 4; 3 halves less eagerly).
+    pub fn asha() -> Self {
+        Pruner::SuccessiveHalving {
+            min_resource: 1,
+            reduction_factor: 3,
+            min_early_stopping_rate: 0,
+        }
+    }
+
+    /// Hyperband from step 1 with η = 3; the largest resource is learnt from the first
+    /// finished trial.
+    pub fn hyperband() -> Self {
+        Pruner::Hyperband {
+            min_resource: 1,
+            max_resource: None,
+            reduction_factor: 3,
+        }
+    }
+
+    /// A pruner by its name (`median`, `asha` / `successive_halving`, `hyperband`) with its
+    /// defaults; `none` is `None`.
+    pub fn from_name(name: &str) -> Result<Option<Self>> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "none" | "" => Ok(None),
+            "median" => Ok(Some(Self::median())),
+            "asha" | "successive_halving" => Ok(Some(Self::asha())),
+            "hyperband" => Ok(Some(Self::hyperband())),
+            other => Err(MllibError::InvalidParam {
+                param: "pruner".to_string(),
+                reason: format!("'{other}': use median, asha, hyperband or none"),
+            }),
+        }
+    }
+
+    /// Sets one setting by name (`min_resource`, `max_resource`, `reduction_factor`,
+    /// `min_early_stopping_rate`, `n_startup_trials`, `n_warmup_steps`, `interval_steps`); a
+    /// setting this pruner does not have is an error naming both.
+    pub fn set(&mut self, name: &str, value: u64) -> Result<()> {
+        let unknown = |p: &Pruner| MllibError::InvalidParam {
+            param: name.to_string(),
+            reason: format!("not a setting of the {} pruner", p.name()),
+        };
+        match (self, name) {
+            (
+                Pruner::Median {
+                    n_startup_trials, ..
+                },
+                "n_startup_trials",
+            ) => *n_startup_trials = value as usize,
+            (Pruner::Median { n_warmup_steps, .. }, "n_warmup_steps") => *n_warmup_steps = value,
+            (Pruner::Median { interval_steps, .. }, "interval_steps") => *interval_steps = value,
+            (
+                Pruner::SuccessiveHalving { min_resource, .. }
+                | Pruner::Hyperband { min_resource, .. },
+                "min_resource",
+            ) => *min_resource = value,
+            (
+                Pruner::SuccessiveHalving {
+                    reduction_factor, ..
+                }
+                | Pruner::Hyperband {
+                    reduction_factor, ..
+                },
+                "reduction_factor",
+            ) => *reduction_factor = value,
+            (
+                Pruner::SuccessiveHalving {
+                    min_early_stopping_rate,
+                    ..
+                },
+                "min_early_stopping_rate",
+            ) => *min_early_stopping_rate = u32::try_from(value).unwrap_or(u32::MAX),
+            (Pruner::Hyperband { max_resource, .. }, "max_resource") => *max_resource = Some(value),
+            (p, _) => return Err(unknown(p)),
+        }
+        Ok(())
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Pruner::Median { .. } => "median",
+            Pruner::SuccessiveHalving { .. } => "asha",
+            Pruner::Hyperband { .. } => "hyperband",
+        }
+    }
+
+    /// Settings that cannot work are errors naming them.
+    pub fn check(&self) -> Result<()> {
+        let bad = |param: &str, reason: &str| {
+            Err(MllibError::InvalidParam {
+                param: param.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        match self {
+            Pruner::Median { interval_steps, .. } if *interval_steps == 0 => {
+                bad("interval_steps", "must be at least 1")
+            }
+            Pruner::SuccessiveHalving {
+                min_resource,
+                reduction_factor,
+                min_early_stopping_rate,
+            } => {
+                if *min_resource == 0 {
+                    return bad("min_resource", "must be at least 1 step");
+                }
+                if *reduction_factor < 2 {
+                    return bad("reduction_factor", "must be at least 2");
+                }
+                if *min_early_stopping_rate > 40 {
+                    return bad("min_early_stopping_rate", "must be at most 40");
+                }
+                Ok(())
+            }
+            Pruner::Hyperband {
+                min_resource,
+                max_resource,
+                reduction_factor,
+            } => {
+                if *min_resource == 0 {
+                    return bad("min_resource", "must be at least 1 step");
+                }
+                if *reduction_factor < 2 {
+                    return bad("reduction_factor", "must be at least 2");
+                }
+                if max_resource.is_some_and(|m| m < *min_resource) {
+                    return bad("max_resource", "must be at least min_resource");
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A short description (the trial log's header records it).
+    pub fn describe(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| self.name().to_string())
+    }
+}
+
+/// The step of rung `k` of a successive-halving schedule, saturating.
+fn rung_step(min_resource: u64, eta: u64, rate: u32, k: u32) -> u64 {
+    let mut step = min_resource;
+    for _ in 0..rate.saturating_add(k) {
+        step = step.saturating_mul(eta);
+    }
+    step
+}
+
+/// The number of Hyperband brackets between `min` and `max` resources: ⌊log_η(max/min)⌋ + 1.
+fn brackets(min: u64, max: u64, eta: u64) -> u32 {
+    let mut n = 1;
+    let mut r = min;
+    while r.saturating_mul(eta) <= max && n < 40 {
+        r = r.saturating_mul(eta);
+        n += 1;
+    }
+    n
+}
+
+/// Whether the median rule judges `step`: past the warm-up, on the interval.
+fn median_due(step: u64, warmup: u64, interval: u64) -> bool {
+    step >= warmup && (step - warmup).is_multiple_of(interval.max(1))
+}
+
+/// SplitMix64: a trial's bracket from its id, the same in every process.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The bracket of trial `id` among `n` (bracket b stops trials earliest at rate b): brackets
+/// are drawn in proportion to Hyperband's number of configurations per bracket, ⌈n/(n − b) ·
+/// η^(n − 1 − b)⌉ for the most aggressive last, so each bracket spends a similar budget.
+fn bracket_of(id: u64, n: u32, eta: u64) -> u32 {
+    let weights: Vec<u64> = (0..n)
+        .map(|b| {
+            let s = n - 1 - b;
+            let configs = (n as f64 / (n - b) as f64) * (eta as f64).powi(s as i32);
+            configs.ceil().clamp(1.0, 1e12) as u64
+        })
+        .collect();
+    // Bracket b has early-stopping rate b: the first weight (the most configurations) goes to
+    // the bracket that stops earliest, rate 0.
+    let total: u64 = weights.iter().sum();
+    let mut u = mix(id) % total.max(1);
+    for (b, w) in weights.iter().enumerate() {
+        if u < *w {
+            return b as u32;
+        }
+        u -= w;
+    }
+    0
+}
+
+/// Every trial's reports and what the pruner decided: the state a [`Pruner`] judges from.
+#[derive(Debug)]
+pub struct PruneBoard {
+    pruner: Pruner,
+    state: Mutex<BoardState>,
+}
+
+#[derive(Debug, Default)]
+struct BoardState {
+    /// Per trial, its reports by step.
+    reports: HashMap<u64, BTreeMap<u64, f64>>,
+    /// Trials that finished (their reports count for the median).
+    finished: HashSet<u64>,
+    /// Per (bracket, rung): the values recorded there, by trial.
+    rungs: HashMap<(u32, u32), Vec<(u64, f64)>>,
+    /// Per trial: the rungs it has reached.
+    reached: HashMap<u64, u32>,
+    /// The largest step a finished trial reported (Hyperband's automatic max_resource).
+    max_finished_step: Option<u64>,
+}
+
+impl PruneBoard {
+    pub fn new(pruner: Pruner) -> Self {
+        PruneBoard {
+            pruner,
+            state: Mutex::new(BoardState::default()),
+        }
+    }
+
+    pub fn pruner(&self) -> &Pruner {
+        &self.pruner
+    }
+
+    /// Replays a trial of an earlier run (resume): its reports, and whether it finished.
+    pub fn replay(&self, trial: u64, reports: &[(u64, f64)], finished: bool) {
+        for &(step, value) in reports {
+            self.judge(trial, step, value);
+        }
+        if finished {
+            self.finish(trial);
+        }
+    }
+
+    /// Marks `trial` finished (ran to its end): its reports join the median's reference.
+    pub fn finish(&self, trial: u64) {
+        let Ok(mut s) = self.state.lock() else { return };
+        s.finished.insert(trial);
+        if let Some(last) = s
+            .reports
+            .get(&trial)
+            .and_then(|r| r.keys().next_back().copied())
+        {
+            s.max_finished_step = Some(s.max_finished_step.map_or(last, |m| m.max(last)));
+        }
+    }
+
+    /// The reports of `trial` so far, by step.
+    pub fn reports(&self, trial: u64) -> Vec<(u64, f64)> {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.reports
+                    .get(&trial)
+                    .map(|r| r.iter().map(|(k, v)| (*k, *v)).collect())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Records the report and decides: true when the trial should stop.
+    fn judge(&self, trial: u64, step: u64, value: f64) -> bool {
+        // A NaN value is the worst value there is.
+        let value = if value.is_nan() { f64::INFINITY } else { value };
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        s.reports.entry(trial).or_default().insert(step, value);
+        match &self.pruner {
+            Pruner::Median {
+                n_startup_trials,
+                n_warmup_steps,
+                interval_steps,
+            } => {
+                if !median_due(step, *n_warmup_steps, *interval_steps)
+                    || s.finished.len() < *n_startup_trials
+                {
+                    return false;
+                }
+                let best = s.reports[&trial]
+                    .values()
+                    .copied()
+                    .fold(f64::INFINITY, f64::min);
+                let mut others: Vec<f64> = s
+                    .finished
+                    .iter()
+                    .filter(|t| **t != trial)
+                    .filter_map(|t| s.reports.get(t).and_then(|r| r.get(&step)).copied())
+                    .collect();
+                if others.is_empty() {
+                    return false;
+                }
+                others.sort_by(f64::total_cmp);
+                let n = others.len();
+                let median = if n % 2 == 1 {
+                    others[n / 2]
+                } else {
+                    (others[n / 2 - 1] + others[n / 2]) / 2.0
+                };
+                best > median
+            }
+            Pruner::SuccessiveHalving {
+                min_resource,
+                reduction_factor,
+                min_early_stopping_rate,
+            } => halving(
+                &mut s,
+                trial,
+                step,
+                value,
+                0,
+                *min_resource,
+                *reduction_factor,
+                *min_early_stopping_rate,
+            ),
+            Pruner::Hyperband {
+                min_resource,
+                max_resource,
+                reduction_factor,
+            } => {
+                let Some(max) = max_resource.or(s.max_finished_step) else {
+                    return false;
+                };
+                let n = brackets(*min_resource, max.max(*min_resource), *reduction_factor);
+                let bracket = bracket_of(trial, n, *reduction_factor);
+                halving(
+                    &mut s,
+                    trial,
+                    step,
+                    value,
+                    bracket,
+                    *min_resource,
+                    *reduction_factor,
+                    bracket,
+                )
+            }
+        }
+    }
+
+    /// Whether a report of `trial` at `step` would be judged (its value is worth computing).
+    fn due(&self, trial: u64, step: u64) -> bool {
+        match &self.pruner {
+            Pruner::Median {
+                n_warmup_steps,
+                interval_steps,
+                ..
+            } => median_due(step, *n_warmup_steps, *interval_steps),
+            Pruner::SuccessiveHalving {
+                min_resource,
+                reduction_factor,
+                min_early_stopping_rate,
+            } => {
+                let reached = self.rungs_reached(trial);
+                step >= rung_step(
+                    *min_resource,
+                    *reduction_factor,
+                    *min_early_stopping_rate,
+                    reached,
+                )
+            }
+            Pruner::Hyperband {
+                min_resource,
+                max_resource,
+                reduction_factor,
+            } => {
+                let max = match max_resource {
+                    Some(m) => *m,
+                    None => match self.state.lock().ok().and_then(|s| s.max_finished_step) {
+                        Some(m) => m,
+                        // Not known yet: report at every rung of the most aggressive bracket,
+                        // so the first finished trial teaches it.
+                        None => return step >= *min_resource,
+                    },
+                };
+                let n = brackets(*min_resource, max.max(*min_resource), *reduction_factor);
+                let bracket = bracket_of(trial, n, *reduction_factor);
+                step >= rung_step(
+                    *min_resource,
+                    *reduction_factor,
+                    bracket,
+                    self.rungs_reached(trial),
+                )
+            }
+        }
+    }
+
+    fn rungs_reached(&self, trial: u64) -> u32 {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.reached.get(&trial).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// Successive halving in `bracket` with early-stopping rate `rate`: records the trial's value
+/// at every rung its `step` has passed and prunes it at the first where it is not among the
+/// best ⌊n/η⌋ (the best one while fewer than η trials are there).
+#[allow(clippy::too_many_arguments)]
+fn halving(
+    s: &mut BoardState,
+    trial: u64,
+    step: u64,
+    value: f64,
+    bracket: u32,
+    min_resource: u64,
+    eta: u64,
+    rate: u32,
+) -> bool {
+    loop {
+        let rung = s.reached.get(&trial).copied().unwrap_or(0);
+        if step < rung_step(min_resource, eta, rate, rung) {
+            return false;
+        }
+        s.reached.insert(trial, rung + 1);
+        let at = s.rungs.entry((bracket, rung)).or_default();
+        at.push((trial, value));
+        let mut values: Vec<f64> = at.iter().map(|(_, v)| *v).collect();
+        values.sort_by(f64::total_cmp);
+        let keep = (values.len() / eta.max(2) as usize).max(1);
+        if value > values[keep - 1] {
+            return true;
+        }
+    }
+}
+
+impl Pruning for PruneBoard {
+    fn due(&self, trial: u64, step: u64) -> bool {
+        PruneBoard::due(self, trial, step)
+    }
+
+    fn report(&self, trial: u64, step: u64, value: f64) -> bool {
+        self.judge(trial, step, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_prunes_a_trial_worse_than_the_finished_ones() {
+        let board = PruneBoard::new(Pruner::Median {
+            n_startup_trials: 2,
+            n_warmup_steps: 1,
+            interval_steps: 1,
+        });
+        for (t, base) in [(0, 1.0), (1, 2.0)] {
+            for step in 0..5 {
+                assert!(!board.judge(t, step, base - step as f64 * 0.1));
+            }
+            board.finish(t);
+        }
+        // Step 0 is warm-up: never pruned there.
+        assert!(!board.judge(2, 0, 10.0));
+        // Median at step 1 of 0.9 and 1.9 is 1.4: 1.3 is better, 1.5 worse.
+        assert!(!board.judge(3, 1, 1.3));
+        assert!(board.judge(2, 1, 1.5));
+        // Its best so far counts: a trial that was good once is judged on that.
+        assert!(!board.judge(3, 2, 5.0));
+    }
+
+    #[test]
+    fn asha_keeps_the_best_third_at_each_rung() {
+        let board = PruneBoard::new(Pruner::asha());
+        // Rungs at 1, 3, 9, …: the first trial is alone (kept), then each must be the best
+        // while fewer than 3 are there, then in the best ⌊n/3⌋.
+        assert!(board.due(0, 1) && !board.due(0, 0));
+        assert!(!board.judge(0, 1, 0.5));
+        assert!(!board.due(0, 2), "the next rung of trial 0 is at step 3");
+        assert!(board.due(0, 3));
+        assert!(
+            board.judge(1, 1, 0.6),
+            "second of two at rung 0: not the best"
+        );
+        assert!(!board.judge(2, 1, 0.4), "the best so far");
+        // Four values at rung 0 (0.4, 0.5, 0.6, 0.45): keep ⌊4/3⌋ = 1, so 0.45 is pruned.
+        assert!(board.judge(3, 1, 0.45));
+        // A report past several rungs records each: trial 4 at step 9 passes rungs 0, 1, 2.
+        assert!(!board.judge(4, 9, 0.1));
+        assert_eq!(board.rungs_reached(4), 3);
+        assert_eq!(rung_step(1, 3, 0, 3), 27);
+    }
+
+    #[test]
+    fn hyperband_brackets_cover_every_rate_and_wait_for_a_finished_trial() {
+        assert_eq!(brackets(1, 81, 3), 5);
+        assert_eq!(brackets(1, 80, 3), 4);
+        assert_eq!(brackets(5, 5, 3), 1);
+        let mut counts = [0usize; 5];
+        for id in 0..10_000 {
+            counts[bracket_of(id, 5, 3) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 0), "{counts:?}");
+        assert!(
+            counts[0] > counts[4],
+            "the aggressive bracket gets most: {counts:?}"
+        );
+        let board = PruneBoard::new(Pruner::hyperband());
+        // No max_resource and nothing finished: nothing is pruned.
+        assert!(!board.judge(0, 1, 1.0) && !board.judge(1, 1, 9.0));
+        for step in [1, 3, 9, 27] {
+            board.judge(2, step, 0.1);
+        }
+        board.finish(2);
+        assert_eq!(board.state.lock().unwrap().max_finished_step, Some(27));
+    }
+
+    #[test]
+    fn pruners_by_name_and_settings() {
+        assert_eq!(Pruner::from_name("none").unwrap(), None);
+        assert_eq!(Pruner::from_name("ASHA").unwrap(), Some(Pruner::asha()));
+        let err = Pruner::from_name("bogus").unwrap_err().to_string();
+        assert!(err.contains("median, asha, hyperband"), "{err}");
+        let mut p = Pruner::asha();
+        p.set("reduction_factor", 4).unwrap();
+        assert!(
+            p.set("n_warmup_steps", 1)
+                .unwrap_err()
+                .to_string()
+                .contains("asha")
+        );
+        p.set("reduction_factor", 1).unwrap();
+        assert!(
+            p.check()
+                .unwrap_err()
+                .to_string()
+                .contains("reduction_factor")
+        );
+    }
+}

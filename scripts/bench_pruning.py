@@ -1,0 +1,200 @@
+"""Pruning pays: a TPE search of boosted trees with and without ASHA, over many seeds, beside
+Optuna (TPE + its SuccessiveHalvingPruner) tuning LightGBM on the same rows, in one invocation.
+
+    cargo build --release --bin quiver
+    pip install optuna lightgbm pyarrow numpy
+    python3 scripts/bench_pruning.py [--quiver target/release/quiver] [--rows 100000]
+        [--seeds 20] [--trials 32] [--rounds 81] [--parallel 2]
+
+For each seed it runs `quiver tune` twice on the exported classification rows (boosted trees,
+`max_iter` rounds as the budget; step size, depth and row subsampling searched; held-out log
+loss): once plain TPE, once TPE with `pruner = "asha"` (rungs at 1, 3, 9, 27, 81 rounds). From
+the trial logs it takes the best held-out loss and the trial compute (the sum of the trials'
+durations), and it times each command whole. Optuna runs the same number of trials with the
+same space, budget and rungs (min_resource 1, reduction factor 3), each a LightGBM fit
+reporting its validation log loss every round, on the same rows with a 20% random hold-out.
+Prints the medians over seeds and the ratios (pruned / plain), each side's own.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+
+
+def tune(quiver, spec_path):
+    t = time.perf_counter()
+    run = subprocess.run([quiver, "tune", spec_path], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if run.returncode != 0:
+        raise SystemExit(f"quiver tune failed:\n{run.stdout}\n{run.stderr}")
+    return wall
+
+
+def read_log(path):
+    trials = []
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            if "id" in row:
+                trials.append(row)
+    ok = [t["loss"] for t in trials if t["status"] == "ok" and t["loss"] is not None]
+    compute = sum(t["finished_ms"] - t["started_ms"] for t in trials) / 1e3
+    pruned = sum(1 for t in trials if t["status"] == "pruned")
+    return min(ok), compute, pruned
+
+
+def spec(data, log, seed, trials, rounds, parallel, pruner):
+    lines = [
+        "[data]",
+        f'dataset = "{data}"',
+        'label = "class"',
+        'features = ["features"]',
+        "[model]",
+        'estimator = "gbt_classifier"',
+        'metric = "log_loss"',
+        "eval_fraction = 0.2",
+        "[search]",
+        'algo = "tpe"',
+        f"max_evals = {trials}",
+        f"parallelism = {parallel}",
+        f"seed = {seed}",
+        f'trial_log = "{log}"',
+    ]
+    if pruner:
+        lines.append(f'pruner = {{ name = "asha", min_resource = 1, reduction_factor = 3 }}')
+    lines += [
+        "[space]",
+        "step_size = { loguniform = [0.01, 0.5] }",
+        "max_depth = { randint = [2, 8] }",
+        "subsampling_rate = { uniform = [0.5, 1.0] }",
+        f"max_iter = {{ choice = [{rounds}] }}",
+        "max_bins = { choice = [32] }",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def optuna_search(X, y, seed, trials, rounds, parallel, pruned):
+    import lightgbm as lgb
+    import numpy as np
+    import optuna
+
+    rng = np.random.default_rng(seed)
+    hold = rng.random(len(y)) < 0.2
+    train = lgb.Dataset(X[~hold], y[~hold], free_raw_data=False)
+    valid = lgb.Dataset(X[hold], y[hold], reference=train, free_raw_data=False)
+    compute = [0.0]
+
+    def objective(trial):
+        params = {
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.5, log=True),
+            "max_depth": trial.suggest_int("max_depth", 2, 8),
+            "num_leaves": 2 ** 8,
+            "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
+            "bagging_freq": 1,
+            "max_bin": 32,
+            "num_threads": 1,
+            "verbose": -1,
+            "seed": seed,
+        }
+        started = time.perf_counter()
+        last = [None]
+
+        def report(env):
+            value = env.evaluation_result_list[0][2]
+            last[0] = value
+            step = env.iteration + 1
+            trial.report(value, step)
+            if pruned and trial.should_prune():
+                raise optuna.TrialPruned()
+
+        try:
+            lgb.train(params, train, num_boost_round=rounds, valid_sets=[valid],
+                      callbacks=[report])
+        finally:
+            compute[0] += time.perf_counter() - started
+        return last[0]
+
+    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+              if pruned else optuna.pruners.NopPruner())
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    t = time.perf_counter()
+    study.optimize(objective, n_trials=trials, n_jobs=parallel)
+    wall = time.perf_counter() - t
+    done = [tr.value for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
+    n_pruned = sum(1 for tr in study.trials if tr.state == optuna.trial.TrialState.PRUNED)
+    return min(done), compute[0], n_pruned, wall
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quiver", default="target/release/quiver")
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--trials", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=81)
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--no-optuna", action="store_true")
+    a = ap.parse_args()
+
+    work = tempfile.mkdtemp()
+    data = os.path.join(work, "rows.parquet")
+    subprocess.run([a.quiver, "bench", "trees", "--rows", str(a.rows), "--export", data],
+                   capture_output=True, text=True, check=True)
+    rows = {"quiver plain": [], "quiver asha": [], "optuna plain": [], "optuna asha": []}
+    for seed in range(a.seeds):
+        for pruner in (False, True):
+            name = "quiver asha" if pruner else "quiver plain"
+            log = os.path.join(work, f"s{seed}-{int(pruner)}.jsonl")
+            path = os.path.join(work, f"s{seed}-{int(pruner)}.toml")
+            with open(path, "w") as f:
+                f.write(spec(data, log, seed, a.trials, a.rounds, a.parallel, pruner))
+            wall = tune(a.quiver, path)
+            best, compute, n_pruned = read_log(log)
+            rows[name].append((best, compute, n_pruned, wall))
+            print(f"seed {seed:2} {name:13} best {best:.5f}  trial compute {compute:7.1f} s  "
+                  f"pruned {n_pruned:2}  wall {wall:6.1f} s", flush=True)
+    if not a.no_optuna:
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(data)
+        X = np.array(table.column("features").to_pylist(), dtype=np.float64)
+        y = np.array(table.column("class").to_pylist(), dtype=np.float64)
+        import optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        for seed in range(a.seeds):
+            for pruned in (False, True):
+                name = "optuna asha" if pruned else "optuna plain"
+                best, compute, n_pruned, wall = optuna_search(
+                    X, y, seed, a.trials, a.rounds, a.parallel, pruned)
+                rows[name].append((best, compute, n_pruned, wall))
+                print(f"seed {seed:2} {name:13} best {best:.5f}  trial compute {compute:7.1f} s  "
+                      f"pruned {n_pruned:2}  wall {wall:6.1f} s", flush=True)
+
+    print(f"\n{a.rows} rows, {a.trials} trials of up to {a.rounds} rounds, {a.parallel} at a "
+          f"time, {a.seeds} seeds: medians")
+    print(f"{'search':14} {'best loss':>10} {'trial compute s':>16} {'pruned':>7} {'wall s':>8}")
+    med = {}
+    for name, r in rows.items():
+        if not r:
+            continue
+        med[name] = [statistics.median(x[i] for x in r) for i in range(4)]
+        b, c, p, w = med[name]
+        print(f"{name:14} {b:10.5f} {c:16.1f} {p:7.1f} {w:8.1f}")
+    for side in ("quiver", "optuna"):
+        if f"{side} plain" in med and f"{side} asha" in med:
+            plain, asha = med[f"{side} plain"], med[f"{side} asha"]
+            print(f"{side}: asha/plain trial compute {asha[1] / plain[1]:.2f}, wall "
+                  f"{asha[3] / plain[3]:.2f}, best loss {asha[0] - plain[0]:+.5f}")
+    if "quiver asha" in med and "optuna asha" in med:
+        print(f"wall, optuna asha / quiver asha: {med['optuna asha'][3] / med['quiver asha'][3]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
