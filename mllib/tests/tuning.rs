@@ -1377,3 +1377,70 @@ async fn the_trial_log_grows_by_segments_and_resumes_from_them() {
     };
     assert_eq!(params(&resumed), params(&full));
 }
+
+/// A search stopped by its timeout leaves cancelled trials in its log; resuming it runs those
+/// points again first (marked `retry_of`) instead of counting them, so the resumed search ends
+/// with `max_evals` trials that ran. A grid resumes the same way: every grid point runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_search_runs_its_cancelled_trials_again() {
+    use quiver_engine::fanout::TaskStatus;
+    let s = session();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, algo) in [("random", Algo::Random), ("grid", Algo::Grid { points: 3 })] {
+        let log = dir.path().join(format!("{name}.jsonl"));
+        let log = log.to_str().unwrap();
+        let space = Space::new(vec![
+            hp::uniform("x", -5.0, 5.0),
+            hp::uniform("y", -5.0, 5.0),
+        ])
+        .unwrap();
+        let search = || {
+            Search::new(space.clone(), |p| {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                Ok(x(p, "x").powi(2) + x(p, "y").powi(2))
+            })
+            .algo(algo.clone())
+            .max_evals(9)
+            .parallelism(2)
+            .seed(4)
+            .trial_log(log)
+        };
+        // 9 trials of 200 ms, 2 at a time, cannot end within 500 ms.
+        let cut = search()
+            .timeout(std::time::Duration::from_millis(500))
+            .run(&s)
+            .await
+            .unwrap();
+        let cancelled: Vec<_> = cut
+            .trials
+            .iter()
+            .filter(|t| t.status == TaskStatus::Cancelled)
+            .collect();
+        assert!(!cancelled.is_empty(), "{name}: {:?}", cut.trials);
+        let resumed = search().run(&s).await.unwrap();
+        let ran: Vec<_> = resumed
+            .trials
+            .iter()
+            .filter(|t| t.status == TaskStatus::Ok)
+            .collect();
+        assert_eq!(ran.len(), 9, "{name}: {:?}", resumed.trials);
+        for c in &cancelled {
+            let again = resumed
+                .trials
+                .iter()
+                .find(|t| t.retry_of == Some(c.id))
+                .unwrap_or_else(|| panic!("{name}: trial {} not run again", c.id));
+            assert_eq!(again.params, c.params);
+            assert_eq!(again.status, TaskStatus::Ok);
+        }
+        if name == "grid" {
+            let mut points: Vec<String> = ran
+                .iter()
+                .map(|t| serde_json::to_string(&t.params).unwrap())
+                .collect();
+            points.sort();
+            points.dedup();
+            assert_eq!(points.len(), 9, "every grid point once");
+        }
+    }
+}

@@ -57,6 +57,23 @@ pub struct Trial {
     /// its last one). Non-finite values are kept as ±f64::MAX (NaN as the worst).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub intermediate: Vec<(u64, f64)>,
+    /// The trial of an earlier run this one runs again (that one was cancelled or lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<u64>,
+}
+
+impl Trial {
+    /// Whether the trial never got to a result of its own: cancelled (the search's timeout)
+    /// or lost with its executor. A resumed search runs such trials again instead of counting
+    /// them.
+    pub fn unfinished(&self) -> bool {
+        self.status == TaskStatus::Cancelled
+            || (self.status == TaskStatus::Failed
+                && self
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("lost:")))
+    }
 }
 
 /// What a search found.
@@ -476,6 +493,15 @@ impl Search {
             board,
             pruning: registration.as_ref().map(PruningRegistration::key),
             log: std::sync::Mutex::new(LogState::default()),
+            retries: std::sync::Mutex::new(
+                trials
+                    .iter()
+                    .filter(|t| t.unfinished())
+                    .filter(|t| !trials.iter().any(|u| u.retry_of == Some(t.id)))
+                    .map(|t| (t.id, t.params.clone()))
+                    .collect(),
+            ),
+            discounted: trials.iter().filter(|t| t.unfinished()).count(),
         };
         let reason = if self.asynchronous {
             self.run_async(&run, &mut trials).await?
@@ -515,18 +541,20 @@ impl Search {
             if let Some(reason) = self.stop_reason(trials, run) {
                 return Ok(Some(reason));
             }
-            if trials.len() >= run.limit {
+            if run.counted(trials) >= run.limit {
                 return Ok(None);
             }
-            let batch = self.parallelism.min(run.limit - trials.len());
+            let batch = self.parallelism.min(run.limit - run.counted(trials));
             let first_id = next_id(trials);
             // Proposals depend only on the seed and the trials so far: a resumed search
             // continues exactly as an uninterrupted one would.
             let mut rng = proposal_rng(self.seed, first_id);
             let mut points: Vec<Point> = Vec::with_capacity(batch);
+            let mut retry_of: Vec<Option<u64>> = Vec::with_capacity(batch);
             for _ in 0..batch {
-                let p = self.propose(run, trials, &points, &mut rng);
+                let (p, retry) = self.next_point(run, trials, &points, &mut rng);
                 points.push(p);
+                retry_of.push(retry);
             }
             let tasks: Vec<Task> = points
                 .iter()
@@ -548,8 +576,10 @@ impl Search {
                     |_| {},
                 )
                 .await?;
-            for (point, r) in points.into_iter().zip(results) {
-                trials.push(run.trial(point, r));
+            for ((point, r), retry) in points.into_iter().zip(results).zip(retry_of) {
+                let mut t = run.trial(point, r);
+                t.retry_of = retry;
+                trials.push(t);
             }
             self.after_results(run, trials).await?;
         }
@@ -560,23 +590,24 @@ impl Search {
     /// in whatever order they take, so the trials depend on timing, not only on the seed.
     async fn run_async(&self, run: &Run<'_>, trials: &mut Vec<Trial>) -> Result<Option<String>> {
         use futures::stream::{FuturesUnordered, StreamExt};
-        let mut running: Vec<(u64, Point)> = Vec::new();
+        let mut running: Vec<(u64, Point, Option<u64>)> = Vec::new();
         let mut in_flight = FuturesUnordered::new();
         let mut id = next_id(trials);
         let mut stop: Option<String> = None;
         loop {
             while stop.is_none()
                 && running.len() < self.parallelism
-                && trials.len() + running.len() < run.limit
+                && run.counted(trials) + running.len() < run.limit
             {
                 if let Some(reason) = self.stop_reason(trials, run) {
                     stop = Some(reason);
                     break;
                 }
-                let liars: Vec<Point> = running.iter().map(|(_, p)| p.clone()).collect();
-                let point = self.propose(run, trials, &liars, &mut proposal_rng(self.seed, id));
+                let liars: Vec<Point> = running.iter().map(|(_, p, _)| p.clone()).collect();
+                let (point, retry) =
+                    self.next_point(run, trials, &liars, &mut proposal_rng(self.seed, id));
                 let task = self.trial_task(run, id, &point)?;
-                running.push((id, point));
+                running.push((id, point, retry));
                 let options = FanOutOptions::new(1)
                     .threads_per_task(self.threads_per_trial)
                     .deadline_ms(run.deadline_ms)
@@ -611,14 +642,16 @@ impl Search {
             let (done_id, mut results) = done?;
             let at = running
                 .iter()
-                .position(|(i, _)| *i == done_id)
+                .position(|(i, _, _)| *i == done_id)
                 .expect("a running trial");
-            let (_, point) = running.remove(at);
+            let (_, point, retry) = running.remove(at);
             let r = results
                 .pop()
                 .ok_or_else(|| QuiverError::internal("a trial returned no result"))?;
             let pos = trials.partition_point(|t| t.id < done_id);
-            trials.insert(pos, run.trial(point, r));
+            let mut t = run.trial(point, r);
+            t.retry_of = retry;
+            trials.insert(pos, t);
             self.after_results(run, trials).await?;
             if stop.is_none() {
                 stop = self.stop_reason(trials, run);
@@ -626,8 +659,25 @@ impl Search {
         }
     }
 
-    /// The next point: grid order, or a draw from `rng` given the finished trials and the
-    /// `pending` points (proposed, not finished: TPE's constant liars).
+    /// The next point and the trial it runs again, if any: first the unfinished trials of
+    /// earlier runs, then [`Search::propose`].
+    fn next_point(
+        &self,
+        run: &Run<'_>,
+        trials: &[Trial],
+        pending: &[Point],
+        rng: &mut ChaCha8Rng,
+    ) -> (Point, Option<u64>) {
+        let retry = run.retries.lock().ok().and_then(|mut q| q.pop_front());
+        match retry {
+            Some((id, point)) => (point, Some(id)),
+            None => (self.propose(run, trials, pending, rng), None),
+        }
+    }
+
+    /// The next point: the first grid point no trial has covered (an unfinished one does not
+    /// cover its point), or a draw from `rng` given the finished trials and the `pending`
+    /// points (proposed, not finished: TPE's constant liars).
     fn propose(
         &self,
         run: &Run<'_>,
@@ -636,7 +686,27 @@ impl Search {
         rng: &mut ChaCha8Rng,
     ) -> Point {
         if let Some(g) = &run.grid {
-            return g[trials.len() + pending.len()].clone();
+            // Points as many times as trials and pending proposals hold them (a list of
+            // points may repeat one).
+            let key = |p: &Point| serde_json::to_string(p).unwrap_or_default();
+            let mut covered: std::collections::HashMap<String, usize> =
+                std::collections::HashMap::new();
+            for p in trials
+                .iter()
+                .filter(|t| !t.unfinished() || t.id >= run.first_id)
+                .map(|t| &t.params)
+                .chain(pending)
+            {
+                *covered.entry(key(p)).or_default() += 1;
+            }
+            for p in g {
+                match covered.get_mut(&key(p)) {
+                    Some(n) if *n > 0 => *n -= 1,
+                    _ => return p.clone(),
+                }
+            }
+            // Every grid point is covered: the limit stops the search before this.
+            return g[g.len() - 1].clone();
         }
         match &self.algo {
             Algo::Tpe(tpe) => {
@@ -796,9 +866,18 @@ struct Run<'a> {
     pruning: Option<u64>,
     /// What this run wrote of the trial log.
     log: std::sync::Mutex<LogState>,
+    /// Trials of earlier runs that were cancelled or lost, to run again first (id, point).
+    retries: std::sync::Mutex<std::collections::VecDeque<(u64, Point)>>,
+    /// How many resumed trials do not count towards the limit (cancelled or lost).
+    discounted: usize,
 }
 
 impl Run<'_> {
+    /// The trials that count towards the limit: all but the resumed unfinished ones.
+    fn counted(&self, trials: &[Trial]) -> usize {
+        trials.len().saturating_sub(self.discounted)
+    }
+
     /// The trial of `params` from its task's result; a finished one joins the pruner's
     /// reference.
     fn trial(&self, params: Point, r: TaskResult) -> Trial {
@@ -866,6 +945,7 @@ fn trial(params: Point, r: TaskResult) -> Trial {
         started_ms: r.started_ms,
         finished_ms: r.finished_ms,
         intermediate,
+        retry_of: None,
     }
 }
 
