@@ -137,7 +137,12 @@ pub enum QuiverError {
     #[error("pruned at step {step} (value {value})")]
     Pruned { step: u64, value: f64 },
 
-    #[error("unknown task kind '{kind}'; registered kinds: {known}")]
+    #[error(
+        "unknown task kind '{kind}' in this process (registered: {known}); a task runner of your \
+         own must be registered in every process that runs trials: build a program that calls \
+         quiver_executor::install_with(|r| r.add_task(Arc::new(YourRunner))) and run it as the \
+         executors too (see examples/custom_objective.rs)"
+    )]
     UnknownTaskKind { kind: String, known: String },
 
     #[error("object store error on {path}: {source}")]

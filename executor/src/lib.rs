@@ -34,15 +34,46 @@ pub fn register_all(registry: &mut FunctionRegistry) -> Result<()> {
 /// Installs every Quiver function into the process-wide registry. Idempotent; the first
 /// call's outcome is returned to every caller.
 pub fn install() -> Result<()> {
-    INSTALLED
+    install_with(|_| Ok(()))
+}
+
+/// [`install`], adding a program's own functions and task runners (`registry.add_task(…)`):
+/// how a Rust program runs its own objective on a cluster. The program registers the same
+/// runners in every role it plays — driver, executors (run [`run_executor`] from it) and,
+/// if it runs one, the scheduler — so every process can run a trial of that kind (see
+/// `examples/custom_objective.rs`). Call it before any session is made and before
+/// [`install`]: the first call decides what the process holds; a later call with different
+/// additions is an error.
+pub fn install_with(extra: impl FnOnce(&mut FunctionRegistry) -> Result<()>) -> Result<()> {
+    let mut extra = Some(extra);
+    let outcome = INSTALLED
         .get_or_init(|| {
             quiver_engine::cluster::set_standalone_launcher(Arc::new(|config| {
                 Box::pin(standalone::launch(config))
             }));
-            registry::install(register_all).map_err(|e| e.to_string())
+            let extra = extra.take().expect("first call");
+            registry::install(|r| {
+                register_all(r)?;
+                extra(r)
+            })
+            .map_err(|e| e.to_string())
         })
         .clone()
-        .map_err(QuiverError::Internal)
+        .map_err(QuiverError::Internal);
+    outcome?;
+    if let Some(extra) = extra {
+        // Installed before: only a call with nothing to add is harmless.
+        let mut probe = FunctionRegistry::new();
+        extra(&mut probe)?;
+        if !probe.names().is_empty() || !probe.tasks().kinds().is_empty() {
+            return Err(QuiverError::Internal(
+                "quiver_executor::install_with was called after the functions were installed \
+                 (by install() or a session): call it first, at the start of main"
+                    .to_string(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
