@@ -74,6 +74,7 @@ const SEARCH_KEYS: &[&str] = &[
     "grid_points",
     "loss_threshold",
     "pruner",
+    "trial_placement",
 ];
 const SPACE_KEYS: &[&str] = &[
     "reg_param",

@@ -669,3 +669,106 @@ async fn data_and_models_on_s3_are_shared_by_every_process() {
     assert_eq!(f64_column(&on_cluster, 1).len(), 4000);
     assert_eq!(f64_column(&on_cluster, 1), f64_column(&in_process, 1));
 }
+
+/// Trials placed as distributed fits: a search over data in 8 files (8 trials; 16 with
+/// QUIVER_DISTRIBUTED_TRIALS=16, which prints both wall times), each trial's
+/// passes jobs of the cluster session, finds the same best trial as the executor-placed search
+/// (the same points: random search; the same held-out rows: a row's side depends only on its
+/// values), and takes a pruner, which executor-placed trials on a cluster cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_trials_find_what_executor_trials_find() {
+    use quiver_engine::Runner;
+    use quiver_engine::fanout::TaskStatus;
+    use quiver_mllib::tuning::{Algo, Pruner, Search, Space, TrainEval, TrialPlacement, hp};
+    quiver_executor::install().unwrap();
+    let cluster = LocalCluster::start(2);
+    let store = cluster.dir.path().join("m");
+    // The breast-cancer rows in 8 files.
+    let local = QuiverSession::embedded_with(config(&store)).unwrap();
+    let bc = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet");
+    let rows = local.read(bc).await.unwrap().collect().await.unwrap();
+    let all = arrow::compute::concat_batches(&rows[0].schema(), &rows).unwrap();
+    let dir = cluster.dir.path().join("bc8");
+    std::fs::create_dir_all(&dir).unwrap();
+    let per = all.num_rows().div_ceil(8);
+    for i in 0..8 {
+        let part = all.slice(i * per, per.min(all.num_rows() - i * per));
+        local
+            .write_parquet(
+                local.from_batches(vec![part], 1).unwrap(),
+                dir.join(format!("part-{i}.parquet")).to_str().unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let data = format!("{}/", dir.display());
+    let trials: usize = std::env::var("QUIVER_DISTRIBUTED_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let search = |placement: TrialPlacement| {
+        let space = Space::new(vec![
+            hp::loguniform("reg_param", 1e-4, 1.0),
+            hp::choice("max_iter", [serde_json::json!(9)]),
+        ])
+        .unwrap();
+        let spec = TrainEval::new(data.clone(), "logistic_regression")
+            .label("label")
+            .metric("log_loss")
+            .split_seed(5);
+        Search::train_eval(space, spec)
+            .algo(Algo::Random)
+            .max_evals(trials)
+            .parallelism(4)
+            .seed(9)
+            .runner(Runner::Embedded)
+            .trial_placement(placement)
+    };
+    let remote = QuiverSession::remote_with(&cluster.url(), config(&store))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let on_executors = search(TrialPlacement::Executor).run(&remote).await.unwrap();
+    let executor_s = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let distributed = search(TrialPlacement::Distributed)
+        .run(&remote)
+        .await
+        .unwrap();
+    let distributed_s = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{trials} trials: executor-placed {executor_s:.1} s, distributed fits {distributed_s:.1} s"
+    );
+    let (a, b) = (
+        on_executors.best.as_ref().unwrap(),
+        distributed.best.as_ref().unwrap(),
+    );
+    assert_eq!(a.params, b.params);
+    let (la, lb) = (a.loss.unwrap(), b.loss.unwrap());
+    assert!((la - lb).abs() <= 1e-6 * la.abs(), "{la} vs {lb}");
+    for (x, y) in on_executors.trials.iter().zip(&distributed.trials) {
+        assert_eq!(x.params, y.params);
+        assert!(x.worker.starts_with("exec-"), "{x:?}");
+        // A distributed trial is driven from this process.
+        assert!(!y.worker.starts_with("exec-"), "{y:?}");
+    }
+    // Executor-placed trials cannot report to a pruner; distributed ones can.
+    let err = search(TrialPlacement::Executor)
+        .pruner(Pruner::asha())
+        .run(&remote)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("trial_placement Distributed"), "{err}");
+    let pruned = search(TrialPlacement::Distributed)
+        .pruner(Pruner::asha())
+        .run(&remote)
+        .await
+        .unwrap();
+    assert!(
+        pruned.trials.iter().any(|t| t.status == TaskStatus::Pruned),
+        "{:?}",
+        pruned.trials
+    );
+    assert_eq!(pruned.best.as_ref().unwrap().status, TaskStatus::Ok);
+}

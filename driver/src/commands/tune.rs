@@ -34,6 +34,8 @@
 //! pruner = "asha"                     # median, hyperband, none: stop poor trials as they train
 //! # pruner = { name = "asha", min_resource = 1, reduction_factor = 3 }
 //! cluster = "df://127.0.0.1:50050"    # trials on a cluster's executors (or --cluster URL)
+//! trial_placement = "auto"             # executor (each trial on one executor), distributed
+//!                                      # (each a distributed fit driven from here; pruning works)
 //!
 //! [space]
 //! reg_param = { loguniform = [1e-6, 100.0] }
@@ -44,7 +46,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use quiver_mllib::tuning::{
-    Algo, Point, Pruner, Search, SearchResult, Space, Tpe, TrainEval, objective,
+    Algo, Point, Pruner, Search, SearchResult, Space, Tpe, TrainEval, TrialPlacement, objective,
 };
 use serde::Deserialize;
 
@@ -101,6 +103,7 @@ struct SearchSpec {
     cluster: Option<String>,
     /// A pruner's name, or a table with `name` and its settings.
     pruner: Option<toml::Value>,
+    trial_placement: Option<String>,
 }
 
 fn invalid(reason: String) -> QuiverError {
@@ -252,6 +255,16 @@ pub async fn tune(
         Some(v) => pruner(v)?,
         None => None,
     };
+    let placement = match s.trial_placement.as_deref().unwrap_or("auto") {
+        "auto" => TrialPlacement::Auto,
+        "executor" => TrialPlacement::Executor,
+        "distributed" => TrialPlacement::Distributed,
+        other => {
+            return Err(invalid(format!(
+                "[search] trial_placement = '{other}': use auto, executor or distributed"
+            )));
+        }
+    };
     let max_evals = s.max_evals.unwrap_or(50);
     let bar = progress(max_evals as u64, "trials");
     let bar_in = bar.clone();
@@ -295,6 +308,7 @@ pub async fn tune(
     if let Some(p) = pruner {
         search = search.pruner(p);
     }
+    search = search.trial_placement(placement);
     if let Some(l) = s.loss_threshold {
         search = search.loss_threshold(l);
     }

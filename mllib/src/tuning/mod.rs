@@ -12,7 +12,10 @@ pub mod validation;
 
 pub use objective::{TRAIN_EVAL, TrainEval, TrainEvalRunner};
 pub use prune::{PruneBoard, Pruner};
-pub use search::{Algo, Search, SearchResult, Trial, no_progress, read_log, report, report_due};
+pub use search::{
+    AUTO_DISTRIBUTED_BYTES, Algo, Search, SearchResult, Trial, TrialPlacement, no_progress,
+    read_log, report, report_due,
+};
 pub use space::{Dist, Param, Point, Space, hp};
 pub use tpe::Tpe;
 pub use validation::{

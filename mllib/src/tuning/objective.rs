@@ -239,23 +239,7 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
     if let Some(d) = c.data.lock().expect("dataset cache").get(&key) {
         return Ok(d);
     }
-    let weights: Vec<f64> = match spec.folds {
-        Some(k) if k >= 2 => vec![1.0; k],
-        Some(k) => {
-            return Err(bad(format!(
-                "folds = {k}: cross-validation needs at least 2"
-            )));
-        }
-        None if spec.eval_fraction > 0.0 && spec.eval_fraction < 1.0 => {
-            vec![1.0 - spec.eval_fraction, spec.eval_fraction]
-        }
-        None => {
-            return Err(bad(format!(
-                "eval_fraction {} is not strictly between 0 and 1",
-                spec.eval_fraction
-            )));
-        }
-    };
+    let weights = split_weights(spec)?;
     let df = c.session.read(&spec.dataset).await?;
     let batches = df.collect().await?;
     let data = spec.with_roles(Dataset::new(c.session.from_batches(batches, 1)?))?;
@@ -302,6 +286,66 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
     Ok(splits)
 }
 
+/// The parts a spec splits its rows into: k folds, or (train, held out).
+fn split_weights(spec: &TrainEval) -> quiver_engine::Result<Vec<f64>> {
+    Ok(match spec.folds {
+        Some(k) if k >= 2 => vec![1.0; k],
+        Some(k) => {
+            return Err(bad(format!(
+                "folds = {k}: cross-validation needs at least 2"
+            )));
+        }
+        None if spec.eval_fraction > 0.0 && spec.eval_fraction < 1.0 => {
+            vec![1.0 - spec.eval_fraction, spec.eval_fraction]
+        }
+        None => {
+            return Err(bad(format!(
+                "eval_fraction {} is not strictly between 0 and 1",
+                spec.eval_fraction
+            )));
+        }
+    })
+}
+
+/// The spec's data on `session` split into (train, test) pairs without reading it: each part
+/// a filter over the same plan, so on a cluster every pass of a fit runs on the executors (a
+/// trial placed as a distributed fit). The same rows as [`dataset`] holds.
+async fn lazy_splits(session: &QuiverSession, spec: &TrainEval) -> quiver_engine::Result<Splits> {
+    let weights = split_weights(spec)?;
+    let data = spec.with_roles(Dataset::new(session.read(&spec.dataset).await?))?;
+    let split_columns = spec.split_columns.clone().unwrap_or_else(|| data.columns());
+    let parts = data.random_split_on(&split_columns, &weights, spec.split_seed)?;
+    let with_roles = |df: datafusion::prelude::DataFrame| {
+        let mut out = Dataset::new(df).with_features(data.features())?;
+        if let Some(l) = data.label() {
+            out = out.with_label(l)?;
+        }
+        Ok::<Dataset, QuiverError>(out)
+    };
+    let held_out: Vec<usize> = if spec.folds.is_some() {
+        (0..parts.len()).collect()
+    } else {
+        vec![1]
+    };
+    let mut splits = Vec::with_capacity(held_out.len());
+    for i in held_out {
+        let mut train: Option<datafusion::prelude::DataFrame> = None;
+        for (_, p) in parts.iter().enumerate().filter(|(j, _)| *j != i) {
+            let df = p.dataframe().clone();
+            train = Some(match train {
+                None => df,
+                Some(t) => t.union(df)?,
+            });
+        }
+        let train = train.ok_or_else(|| bad("a split needs at least two parts".to_string()))?;
+        splits.push((
+            with_roles(train)?,
+            with_roles(parts[i].dataframe().clone())?,
+        ));
+    }
+    Ok(Arc::new(splits))
+}
+
 /// (train, test) pairs.
 type Splits = Arc<Vec<(Dataset, Dataset)>>;
 
@@ -334,6 +378,25 @@ pub(crate) async fn version_of(session: &QuiverSession, location: &str) -> Strin
         .await;
     all.sort();
     quiver_engine::store::sha256_hex(all.join("\n").as_bytes())
+}
+
+/// The bytes of the objects at `location` (a file, or the files under a folder); 0 when the
+/// store cannot say.
+pub(crate) async fn dataset_bytes(session: &QuiverSession, location: &str) -> u64 {
+    use futures::StreamExt;
+    use object_store::ObjectStoreExt;
+    let Ok(loc) = quiver_engine::io::resolve(session.context(), &session.config().s3, location)
+    else {
+        return 0;
+    };
+    if let Ok(m) = loc.store.head(&loc.path).await {
+        return m.size;
+    }
+    loc.store
+        .list(Some(&loc.path))
+        .filter_map(|m| async move { m.ok().map(|m| m.size) })
+        .fold(0u64, |a, b| async move { a + b })
+        .await
 }
 
 impl TrainEval {
@@ -437,15 +500,25 @@ async fn train_eval(
 ) -> quiver_engine::Result<(f64, Value)> {
     let c = context()?;
     let splits = dataset(c, spec).await?;
+    train_eval_on(&c.session, splits, spec, reporter).await
+}
+
+/// [`train_eval`] over `splits` with `session` computing the fits.
+async fn train_eval_on(
+    session: &QuiverSession,
+    splits: Splits,
+    spec: &TrainEval,
+    reporter: Option<Reporter>,
+) -> quiver_engine::Result<(f64, Value)> {
     let mut losses = Vec::with_capacity(splits.len());
     let mut all_metrics = Vec::with_capacity(splits.len());
     for (train, test) in splits.iter() {
-        let fit = train_eval_split(c, spec, train, test);
+        let fit = train_eval_split(session, spec, train, test);
         let (loss, metrics) = match &reporter {
             // Cross-validation reports nothing: each fold would restart the steps.
             Some(r) if splits.len() == 1 => {
                 let progress = Arc::new(TrialProgress {
-                    context: c,
+                    session: session.clone(),
                     spec: spec.clone(),
                     test: test.clone(),
                     reporter: r.clone(),
@@ -496,7 +569,7 @@ fn trial_error(e: crate::MllibError) -> QuiverError {
 
 /// Scores a trial's fit so far on its held-out rows and reports the loss to the pruner.
 struct TrialProgress {
-    context: &'static TrialContext,
+    session: QuiverSession,
     spec: TrainEval,
     test: Dataset,
     reporter: Reporter,
@@ -514,7 +587,7 @@ impl crate::progress::Progress for TrialProgress {
     ) -> crate::progress::BoxedReport<'_> {
         Box::pin(async move {
             let scored = model.transform(&self.test)?;
-            let (loss, _) = score(self.context, &self.spec, &scored).await?;
+            let (loss, _) = score(&self.session, &self.spec, &scored).await?;
             self.reporter.report(step, loss)?;
             Ok(())
         })
@@ -523,12 +596,11 @@ impl crate::progress::Progress for TrialProgress {
 
 /// `(loss, metrics)` of one train/test split.
 async fn train_eval_split(
-    c: &TrialContext,
+    s: &QuiverSession,
     spec: &TrainEval,
     train: &Dataset,
     test: &Dataset,
 ) -> quiver_engine::Result<(f64, Value)> {
-    let s = &c.session;
     let err = trial_error;
     // Without stages the estimator fits the feature columns directly (no assembler pass:
     // about 20% of a small trial's time).
@@ -546,17 +618,16 @@ async fn train_eval_split(
             .transform(test)
     }
     .map_err(err)?;
-    score(c, spec, &scored).await.map_err(err)
+    score(s, spec, &scored).await.map_err(err)
 }
 
 /// `(loss, metrics)` of scored held-out rows: the spec's metric (or the task's default),
 /// negated when higher is better.
 async fn score(
-    c: &TrialContext,
+    s: &QuiverSession,
     spec: &TrainEval,
     scored: &Dataset,
 ) -> crate::Result<(f64, Value)> {
-    let s = &c.session;
     let algorithm = spec.algorithm()?;
     let mut metrics = algorithm.task.evaluate(s, scored).await?;
     let metric = match &spec.metric {
@@ -606,6 +677,51 @@ impl TaskRunner for TrainEvalRunner {
 /// The runner as the registry wants it.
 pub fn train_eval_runner() -> Arc<dyn TaskRunner> {
     Arc::new(TrainEvalRunner)
+}
+
+/// The task kind of a trial placed as a distributed fit (see [`DistributedTrainEval`]).
+pub const TRAIN_EVAL_DISTRIBUTED: &str = "quiver.train_eval.distributed";
+
+/// Runs [`TrainEval`] trials in the search's own process as distributed fits on the search's
+/// session: every statistic pass of a trial is a query of that session (Ballista jobs on a
+/// cluster), over the data where it lies, so a trial's data need not fit one executor. Not
+/// registered anywhere: a search makes one for its run.
+#[derive(Debug)]
+pub struct DistributedTrainEval {
+    session: QuiverSession,
+    /// The runtime the search runs on: trials are polled there, where the session's
+    /// connections live.
+    runtime: tokio::runtime::Handle,
+}
+
+impl DistributedTrainEval {
+    pub fn new(session: QuiverSession, runtime: tokio::runtime::Handle) -> Self {
+        DistributedTrainEval { session, runtime }
+    }
+}
+
+impl TaskRunner for DistributedTrainEval {
+    fn kind(&self) -> &str {
+        TRAIN_EVAL_DISTRIBUTED
+    }
+
+    fn run(&self, params: &str) -> quiver_engine::Result<TaskOutcome> {
+        let spec: TrainEval = serde_json::from_str(params).map_err(|e| QuiverError::Json {
+            context: format!("{TRAIN_EVAL_DISTRIBUTED} parameters"),
+            source: e,
+        })?;
+        let reporter = quiver_engine::fanout::reporter();
+        let session = self.session.clone();
+        // The trial's deadline travels into the runtime's task with it.
+        let (loss, metrics) = self.runtime.block_on(async move {
+            let splits = lazy_splits(&session, &spec).await?;
+            train_eval_on(&session, splits, &spec, reporter).await
+        })?;
+        Ok(TaskOutcome {
+            loss: Some(loss),
+            metrics,
+        })
+    }
 }
 
 #[cfg(test)]

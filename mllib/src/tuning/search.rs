@@ -18,7 +18,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::objective::{TRAIN_EVAL, TrainEval, train_eval_runner};
+use super::objective::{
+    DistributedTrainEval, TRAIN_EVAL, TRAIN_EVAL_DISTRIBUTED, TrainEval, train_eval_runner,
+};
 use super::prune::{PruneBoard, Pruner};
 use super::space::{Point, Space};
 use super::tpe::Tpe;
@@ -40,6 +42,28 @@ pub enum Algo {
     /// hand-picked points): the search ends when all are evaluated.
     Points(Vec<Point>),
 }
+
+/// Where a trial of the built-in objective ([`Search::train_eval`]) trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrialPlacement {
+    /// The trial's data is read into the memory of the process that runs it (an executor on a
+    /// cluster) and the fit runs there alone: no job per pass, so small and mid-sized data
+    /// trains fastest this way.
+    Executor,
+    /// The trial is a distributed fit driven from the search's process: every pass is a job of
+    /// the search's session over the data where it lies (executors on a cluster), up to
+    /// `parallelism` fits at once. For data one executor cannot hold.
+    Distributed,
+    /// `Distributed` on a cluster when the dataset's files hold more than
+    /// [`AUTO_DISTRIBUTED_BYTES`], else `Executor`.
+    #[default]
+    Auto,
+}
+
+/// Above this many bytes of data files, [`TrialPlacement::Auto`] places a cluster search's
+/// trials as distributed fits (a trial holds its data in memory several times over: read,
+/// split, encoded).
+pub const AUTO_DISTRIBUTED_BYTES: u64 = 1 << 30;
 
 /// One evaluated point: a line of the trial log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +139,7 @@ pub struct Search {
     trial_timeout: Option<Duration>,
     max_failures: Option<usize>,
     pruner: Option<Pruner>,
+    placement: TrialPlacement,
     loss_threshold: Option<f64>,
     no_progress: Option<usize>,
     seed: u64,
@@ -211,6 +236,7 @@ impl Search {
             trial_timeout: None,
             max_failures: None,
             pruner: None,
+            placement: TrialPlacement::Auto,
             loss_threshold: None,
             no_progress: None,
             seed: 0,
@@ -271,6 +297,13 @@ impl Search {
     /// or an embedded session's).
     pub fn pruner(mut self, p: Pruner) -> Self {
         self.pruner = Some(p);
+        self
+    }
+
+    /// Where trials of the built-in objective train (see [`TrialPlacement`]); defaults to
+    /// `Auto`.
+    pub fn trial_placement(mut self, p: TrialPlacement) -> Self {
+        self.placement = p;
         self
     }
 
@@ -362,15 +395,6 @@ impl Search {
         }
         if let Some(p) = &self.pruner {
             p.check()?;
-            if session.is_cluster() && self.runner == Runner::Embedded {
-                return Err(bad(
-                    "pruner",
-                    "a pruner judges trials from the reports they send it while they run, and \
-                     trials on cluster executors cannot reach it yet: run the search with \
-                     Runner::Local, or without a pruner"
-                        .to_string(),
-                ));
-            }
         }
         if let Algo::Tpe(t) = &self.algo
             && !(t.gamma > 0.0 && t.gamma <= 1.0)
@@ -411,6 +435,28 @@ impl Search {
         let registration = board.as_ref().map(|b| {
             PruningRegistration::new(Arc::clone(b) as Arc<dyn quiver_engine::fanout::Pruning>)
         });
+        let distributed = self.distributed(session).await?;
+        if self.pruner.is_some()
+            && session.is_cluster()
+            && self.runner == Runner::Embedded
+            && !distributed
+        {
+            return Err(MllibError::InvalidParam {
+                param: "pruner".to_string(),
+                reason: "a pruner judges trials from the reports they send it while they run, \
+                         and trials on cluster executors cannot reach it yet: place the trials as \
+                         distributed fits (trial_placement Distributed), run them with \
+                         Runner::Local, or search without a pruner"
+                    .to_string(),
+            });
+        }
+        // A distributed trial is driven from this process: its threads wait on the session's
+        // jobs.
+        let runner = if distributed {
+            Runner::Local
+        } else {
+            self.runner
+        };
         let mut registry = TaskRegistry::new();
         let kind = match &self.objective {
             ObjectiveKind::Closure(f) => {
@@ -420,6 +466,13 @@ impl Search {
                     objective: Arc::clone(f),
                 }))?;
                 kind
+            }
+            ObjectiveKind::TrainEval(_) if distributed => {
+                registry.register(Arc::new(DistributedTrainEval::new(
+                    session.clone(),
+                    tokio::runtime::Handle::current(),
+                )))?;
+                TRAIN_EVAL_DISTRIBUTED.to_string()
             }
             ObjectiveKind::TrainEval(_) => {
                 registry.register(train_eval_runner())?;
@@ -492,6 +545,7 @@ impl Search {
             first_id: next_id(&trials),
             board,
             pruning: registration.as_ref().map(PruningRegistration::key),
+            runner,
             log: std::sync::Mutex::new(LogState::default()),
             retries: std::sync::Mutex::new(
                 trials
@@ -572,7 +626,7 @@ impl Search {
                     &tasks,
                     Arc::clone(&run.registry),
                     options,
-                    self.runner,
+                    run.runner,
                     |_| {},
                 )
                 .await?;
@@ -614,7 +668,7 @@ impl Search {
                     .task_timeout(self.trial_timeout)
                     .pruning(run.pruning);
                 let registry = Arc::clone(&run.registry);
-                let (session, runner) = (run.session.clone(), self.runner);
+                let (session, runner) = (run.session.clone(), run.runner);
                 // Each trial is its own tokio task: a trial computing inside a query blocks
                 // the task that polls it, not the others.
                 let handle = match runner {
@@ -657,6 +711,32 @@ impl Search {
                 stop = self.stop_reason(trials, run);
             }
         }
+    }
+
+    /// Whether this run's trials are distributed fits (see [`TrialPlacement`]).
+    async fn distributed(&self, session: &QuiverSession) -> Result<bool> {
+        let spec = match (&self.objective, self.placement) {
+            (_, TrialPlacement::Executor) => return Ok(false),
+            (ObjectiveKind::TrainEval(spec), _) => spec,
+            (_, TrialPlacement::Distributed) => {
+                return Err(MllibError::InvalidParam {
+                    param: "trial_placement".to_string(),
+                    reason: "only trials of the built-in objective (Search::train_eval) can be \
+                             distributed fits"
+                        .to_string(),
+                });
+            }
+            (_, TrialPlacement::Auto) => return Ok(false),
+        };
+        Ok(match self.placement {
+            TrialPlacement::Distributed => true,
+            _ => {
+                session.is_cluster()
+                    && self.runner == Runner::Embedded
+                    && super::objective::dataset_bytes(session, &spec.dataset).await
+                        > AUTO_DISTRIBUTED_BYTES
+            }
+        })
     }
 
     /// The next point and the trial it runs again, if any: first the unfinished trials of
@@ -866,6 +946,8 @@ struct Run<'a> {
     pruning: Option<u64>,
     /// What this run wrote of the trial log.
     log: std::sync::Mutex<LogState>,
+    /// Where the trials run (local for distributed fits, whatever the search's runner).
+    runner: Runner,
     /// Trials of earlier runs that were cancelled or lost, to run again first (id, point).
     retries: std::sync::Mutex<std::collections::VecDeque<(u64, Point)>>,
     /// How many resumed trials do not count towards the limit (cancelled or lost).
