@@ -84,8 +84,12 @@ def optuna_search(X, y, seed, trials, rounds, parallel, pruned):
 
     rng = np.random.default_rng(seed)
     hold = rng.random(len(y)) < 0.2
-    train = lgb.Dataset(X[~hold], y[~hold], free_raw_data=False)
-    valid = lgb.Dataset(X[hold], y[hold], reference=train, free_raw_data=False)
+    binning = {"max_bin": 32, "verbose": -1}
+    train = lgb.Dataset(X[~hold], y[~hold], params=binning, free_raw_data=False)
+    valid = lgb.Dataset(X[hold], y[hold], reference=train, params=binning, free_raw_data=False)
+    # Built once here: parallel trials (threads) then only read them.
+    train.construct()
+    valid.construct()
     compute = [0.0]
 
     def objective(trial):
@@ -97,7 +101,6 @@ def optuna_search(X, y, seed, trials, rounds, parallel, pruned):
             "num_leaves": 2 ** 8,
             "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
             "bagging_freq": 1,
-            "max_bin": 32,
             "num_threads": 1,
             "verbose": -1,
             "seed": seed,
