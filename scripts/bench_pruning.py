@@ -11,7 +11,7 @@ For each seed it runs `quiver tune` twice on the exported classification rows (b
 loss): once plain TPE, once TPE with `pruner = "asha"` (rungs at 1, 3, 9, 27, 81 rounds). From
 the trial logs it takes the best held-out loss and the trial compute (the sum of the trials'
 durations), and it times each command whole. Optuna runs the same number of trials with the
-same space, budget and rungs (min_resource 1, reduction factor 3), each a LightGBM fit
+same space, budget and rungs (min_resource 1 unless --min-resource, reduction factor 3), each a LightGBM fit
 reporting its validation log loss every round, on the same rows with a 20% random hold-out.
 Prints the medians over seeds and the ratios (pruned / plain), each side's own.
 """
@@ -47,7 +47,7 @@ def read_log(path):
     return min(ok), compute, pruned
 
 
-def spec(data, log, seed, trials, rounds, parallel, pruner):
+def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource):
     lines = [
         "[data]",
         f'dataset = "{data}"',
@@ -65,7 +65,8 @@ def spec(data, log, seed, trials, rounds, parallel, pruner):
         f'trial_log = "{log}"',
     ]
     if pruner:
-        lines.append(f'pruner = {{ name = "asha", min_resource = 1, reduction_factor = 3 }}')
+        lines.append(f'pruner = {{ name = "asha", min_resource = {min_resource}, '
+                     f'reduction_factor = 3 }}')
     lines += [
         "[space]",
         "step_size = { loguniform = [0.01, 0.5] }",
@@ -77,7 +78,7 @@ def spec(data, log, seed, trials, rounds, parallel, pruner):
     return "\n".join(lines) + "\n"
 
 
-def optuna_search(X, y, seed, trials, rounds, parallel, pruned):
+def optuna_search(X, y, seed, trials, rounds, parallel, pruned, min_resource):
     import lightgbm as lgb
     import numpy as np
     import optuna
@@ -123,7 +124,8 @@ def optuna_search(X, y, seed, trials, rounds, parallel, pruned):
             compute[0] += time.perf_counter() - started
         return last[0]
 
-    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
+                                                     reduction_factor=3)
               if pruned else optuna.pruners.NopPruner())
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
     t = time.perf_counter()
@@ -142,6 +144,7 @@ def main():
     ap.add_argument("--trials", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=81)
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--min-resource", type=int, default=1, help="ASHA's first rung (rounds)")
     ap.add_argument("--no-optuna", action="store_true")
     a = ap.parse_args()
 
@@ -156,7 +159,8 @@ def main():
             log = os.path.join(work, f"s{seed}-{int(pruner)}.jsonl")
             path = os.path.join(work, f"s{seed}-{int(pruner)}.toml")
             with open(path, "w") as f:
-                f.write(spec(data, log, seed, a.trials, a.rounds, a.parallel, pruner))
+                f.write(spec(data, log, seed, a.trials, a.rounds, a.parallel, pruner,
+                             a.min_resource))
             wall = tune(a.quiver, path)
             best, compute, n_pruned = read_log(log)
             rows[name].append((best, compute, n_pruned, wall))
@@ -175,7 +179,7 @@ def main():
             for pruned in (False, True):
                 name = "optuna asha" if pruned else "optuna plain"
                 best, compute, n_pruned, wall = optuna_search(
-                    X, y, seed, a.trials, a.rounds, a.parallel, pruned)
+                    X, y, seed, a.trials, a.rounds, a.parallel, pruned, a.min_resource)
                 rows[name].append((best, compute, n_pruned, wall))
                 print(f"seed {seed:2} {name:13} best {best:.5f}  trial compute {compute:7.1f} s  "
                       f"pruned {n_pruned:2}  wall {wall:6.1f} s", flush=True)

@@ -320,8 +320,8 @@ impl Search {
         self.seed = s;
         self
     }
-    /// A JSON-lines trial log (path or URL): written after every batch, resumed from if it
-    /// exists.
+    /// A JSON-lines trial log (path or URL): a segment object beside it after every batch,
+    /// rewritten whole at the end, resumed from (with its segments) if it exists.
     pub fn trial_log(mut self, location: impl Into<String>) -> Self {
         self.trial_log = Some(location.into());
         self
