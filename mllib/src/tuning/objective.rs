@@ -256,18 +256,9 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
         parts.push(batches);
     }
     let with_roles = |batches: Vec<arrow::array::RecordBatch>| {
-        let mut out =
-            Dataset::new(c.session.from_batches(batches, 1)?).with_features(data.features())?;
-        if let Some(l) = data.label() {
-            out = out.with_label(l)?;
-        }
-        Ok::<Dataset, QuiverError>(out)
+        roles_of(&data, c.session.from_batches(batches, 1)?)
     };
-    let held_out: Vec<usize> = if spec.folds.is_some() {
-        (0..parts.len()).collect()
-    } else {
-        vec![1]
-    };
+    let held_out = held_out_parts(spec, parts.len());
     let mut splits = Vec::with_capacity(held_out.len());
     for i in held_out {
         let train: Vec<_> = parts
@@ -284,6 +275,24 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
         .expect("dataset cache")
         .insert(key, Arc::clone(&splits), bytes);
     Ok(splits)
+}
+
+/// `df` with the feature and label roles of `data` (a part of it).
+fn roles_of(data: &Dataset, df: datafusion::prelude::DataFrame) -> quiver_engine::Result<Dataset> {
+    let mut out = Dataset::new(df).with_features(data.features())?;
+    if let Some(l) = data.label() {
+        out = out.with_label(l)?;
+    }
+    Ok(out)
+}
+
+/// Which of the `parts` are held out in turn: each fold, or the one held-out part.
+fn held_out_parts(spec: &TrainEval, parts: usize) -> Vec<usize> {
+    if spec.folds.is_some() {
+        (0..parts).collect()
+    } else {
+        vec![1]
+    }
 }
 
 /// The parts a spec splits its rows into: k folds, or (train, held out).
@@ -315,18 +324,8 @@ async fn lazy_splits(session: &QuiverSession, spec: &TrainEval) -> quiver_engine
     let data = spec.with_roles(Dataset::new(session.read(&spec.dataset).await?))?;
     let split_columns = spec.split_columns.clone().unwrap_or_else(|| data.columns());
     let parts = data.random_split_on(&split_columns, &weights, spec.split_seed)?;
-    let with_roles = |df: datafusion::prelude::DataFrame| {
-        let mut out = Dataset::new(df).with_features(data.features())?;
-        if let Some(l) = data.label() {
-            out = out.with_label(l)?;
-        }
-        Ok::<Dataset, QuiverError>(out)
-    };
-    let held_out: Vec<usize> = if spec.folds.is_some() {
-        (0..parts.len()).collect()
-    } else {
-        vec![1]
-    };
+    let with_roles = |df| roles_of(&data, df);
+    let held_out = held_out_parts(spec, parts.len());
     let mut splits = Vec::with_capacity(held_out.len());
     for i in held_out {
         let mut train: Option<datafusion::prelude::DataFrame> = None;

@@ -196,17 +196,20 @@ impl Estimator for LogisticRegression {
         };
         // The model of an iterate, for a trial's pruner (see crate::progress).
         let progress = crate::progress::current();
-        let iterate_model = |x: &[f64]| {
+        let model_of = |x: &[f64], summary: LogisticSummary| {
             let (coefficients, intercepts) = unscale(x);
-            Ok(Arc::new(LogisticRegressionModel {
+            LogisticRegressionModel {
                 params: self.clone(),
                 dim: d,
                 num_classes,
                 multinomial,
                 coefficients,
                 intercepts,
-                summary: LogisticSummary::default(),
-            }) as Arc<dyn crate::Transformer>)
+                summary,
+            }
+        };
+        let iterate_model = |x: &[f64]| {
+            Ok(Arc::new(model_of(x, LogisticSummary::default())) as Arc<dyn crate::Transformer>)
         };
         let min = owlqn_observed(
             objective,
@@ -220,15 +223,9 @@ impl Estimator for LogisticRegression {
                 .map(|p| (p, &iterate_model as crate::optim::PointModel<'_>)),
         )
         .await?;
-        let (coefficients, intercepts) = unscale(&min.x);
-        Ok(LogisticRegressionModel {
-            params: self.clone(),
-            dim: d,
-            num_classes,
-            multinomial,
-            coefficients,
-            intercepts,
-            summary: LogisticSummary {
+        Ok(model_of(
+            &min.x,
+            LogisticSummary {
                 objective_history: min.history,
                 iterations: min.iterations,
                 converged: min.converged,
@@ -239,7 +236,7 @@ impl Estimator for LogisticRegression {
                 feature_std: summary.std,
                 wall_time_ms: started.elapsed().as_secs_f64() * 1e3,
             },
-        })
+        ))
     }
 }
 
