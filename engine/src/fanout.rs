@@ -33,6 +33,7 @@ use futures::StreamExt;
 use rayon::ThreadPool;
 use serde::{Deserialize, Serialize};
 
+use crate::board::BoardAddress;
 use crate::error::{QuiverError, Result};
 
 /// One task: a row of the task table.
@@ -119,6 +120,9 @@ pub struct FanOutOptions {
     /// The key of a pruning board registered in this process ([`PruningRegistration`]):
     /// tasks that run here report to it (see [`report`]).
     pub pruning: Option<u64>,
+    /// Where tasks in other processes (cluster executors) reach that board: set by the cluster
+    /// fan-out.
+    pub board: Option<BoardAddress>,
 }
 
 impl FanOutOptions {
@@ -130,6 +134,7 @@ impl FanOutOptions {
             deadline_ms: None,
             task_timeout_ms: None,
             pruning: None,
+            board: None,
         }
     }
 
@@ -167,6 +172,7 @@ impl FanOutOptions {
             deadline_ms: self.deadline_ms,
             timeout_ms: self.task_timeout_ms,
             pruning: self.pruning,
+            board: self.board,
         }
     }
 }
@@ -188,6 +194,9 @@ pub struct TaskLimits {
     /// The pruning board the task reports to, when it runs in the process that holds it.
     #[serde(default)]
     pub pruning: Option<u64>,
+    /// Where the task reaches that board from another process.
+    #[serde(default)]
+    pub board: Option<BoardAddress>,
 }
 
 impl Default for TaskLimits {
@@ -197,6 +206,7 @@ impl Default for TaskLimits {
             deadline_ms: None,
             timeout_ms: None,
             pruning: None,
+            board: None,
         }
     }
 }
@@ -342,10 +352,31 @@ pub trait Pruning: Send + Sync + Debug {
     fn report(&self, trial: u64, step: u64, value: f64) -> bool;
 }
 
+/// A registered board and the secret that lets other processes reach it.
+type Registered = (Arc<dyn Pruning>, [u64; 2]);
+
 /// The pruning boards of this process's running fan-outs, by key.
-fn boards() -> &'static Mutex<HashMap<u64, Arc<dyn Pruning>>> {
-    static BOARDS: OnceLock<Mutex<HashMap<u64, Arc<dyn Pruning>>>> = OnceLock::new();
+fn boards() -> &'static Mutex<HashMap<u64, Registered>> {
+    static BOARDS: OnceLock<Mutex<HashMap<u64, Registered>>> = OnceLock::new();
     BOARDS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The board registered under `key`.
+fn board(key: u64) -> Option<Arc<dyn Pruning>> {
+    boards().lock().ok()?.get(&key).map(|(b, _)| Arc::clone(b))
+}
+
+/// The board registered under `key`, if `secret` is its secret (compared in constant time).
+pub(crate) fn board_with_secret(key: u64, secret: [u64; 2]) -> Option<Arc<dyn Pruning>> {
+    let boards = boards().lock().ok()?;
+    let (board, own) = boards.get(&key)?;
+    let differ = (own[0] ^ secret[0]) | (own[1] ^ secret[1]);
+    (differ == 0).then(|| Arc::clone(board))
+}
+
+/// The secret of the board registered under `key`.
+pub(crate) fn board_secret(key: u64) -> Option<[u64; 2]> {
+    boards().lock().ok()?.get(&key).map(|(_, s)| *s)
 }
 
 /// A pruning board registered in this process for as long as this lives: its key goes into
@@ -353,6 +384,7 @@ fn boards() -> &'static Mutex<HashMap<u64, Arc<dyn Pruning>>> {
 #[derive(Debug)]
 pub struct PruningRegistration {
     key: u64,
+    secret: [u64; 2],
 }
 
 impl PruningRegistration {
@@ -360,14 +392,24 @@ impl PruningRegistration {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let key = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ^ (u64::from(std::process::id()) << 40);
-        if let Ok(mut b) = boards().lock() {
-            b.insert(key, board);
+        let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+        if let Ok(mut boards) = boards().lock() {
+            boards.insert(key, (board, [a, b]));
         }
-        PruningRegistration { key }
+        PruningRegistration {
+            key,
+            secret: [a, b],
+        }
     }
 
     pub fn key(&self) -> u64 {
         self.key
+    }
+
+    /// Where tasks in other processes reach this board: served on the address this process
+    /// reaches `host:port` (a scheduler) from (see [`crate::board`]).
+    pub fn address(&self, host: &str, port: u16) -> Result<BoardAddress> {
+        crate::board::address_for(self.key, self.secret, host, port)
     }
 }
 
@@ -561,9 +603,12 @@ impl TaskRegistry {
             };
         }
         let started_ms = now_ms();
-        let board = limits
-            .pruning
-            .and_then(|key| boards().lock().ok()?.get(&key).cloned());
+        // The board of this process, or the one of the process that sent the task.
+        let board = limits.pruning.and_then(board).or_else(|| {
+            limits
+                .board
+                .map(|a| Arc::new(crate::board::RemoteBoard::new(a)) as Arc<dyn Pruning>)
+        });
         let reporter = Reporter::new(id, board);
         let run = |runner: &Arc<dyn TaskRunner>| {
             pool.install(|| {
@@ -738,6 +783,72 @@ static WORKER_ID: OnceLock<String> = OnceLock::new();
 /// call wins.
 pub fn set_worker_id(id: impl Into<String>) {
     let _ = WORKER_ID.set(id.into());
+}
+
+static TASK_SLOTS: OnceLock<usize> = OnceLock::new();
+
+/// Sets how many tasks this process runs at once (an executor's task slots). First call wins.
+pub fn set_task_slots(slots: usize) {
+    let _ = TASK_SLOTS.set(slots.max(1));
+}
+
+/// How many tasks this process runs at once: set by [`set_task_slots`], else its cores.
+pub fn task_slots() -> usize {
+    TASK_SLOTS
+        .get()
+        .copied()
+        .unwrap_or_else(crate::config::available_cores)
+}
+
+/// What a process that runs tasks has: its name, task slots and cores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub worker: String,
+    pub slots: usize,
+    pub cores: usize,
+}
+
+impl WorkerInfo {
+    /// This process.
+    pub fn here() -> Self {
+        WorkerInfo {
+            worker: worker_id(),
+            slots: task_slots(),
+            cores: crate::config::available_cores(),
+        }
+    }
+}
+
+/// `quiver.probe`: waits `{"ms": n}` milliseconds (at most 200) and returns its process's
+/// [`WorkerInfo`] as metrics: how a client learns a cluster's executors through ordinary jobs.
+#[derive(Debug)]
+pub struct ProbeTask;
+
+/// The kind of [`ProbeTask`].
+pub const PROBE: &str = "quiver.probe";
+
+impl TaskRunner for ProbeTask {
+    fn kind(&self) -> &str {
+        PROBE
+    }
+
+    fn run(&self, params: &str) -> Result<TaskOutcome> {
+        let ms = serde_json::from_str::<serde_json::Value>(params)
+            .ok()
+            .and_then(|v| v.get("ms")?.as_u64())
+            .unwrap_or(0)
+            .min(200);
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let metrics =
+            serde_json::to_value(WorkerInfo::here()).map_err(|source| QuiverError::Json {
+                context: "worker information".to_string(),
+                source,
+            })?;
+        Ok(TaskOutcome {
+            loss: None,
+            metrics,
+        })
+    }
 }
 
 /// The name of this process in task results: set by [`set_worker_id`], else `host:pid`.

@@ -114,6 +114,7 @@ impl FunctionRegistry {
         let _ = r.add_statistic::<crate::summary::Summarizer>();
         let _ = r.add_scalar_codec("quiver_run_task", crate::fanout::run_task_codec());
         let _ = r.add_task(Arc::new(crate::fanout::SphereTask));
+        let _ = r.add_task(Arc::new(crate::fanout::ProbeTask));
         r
     }
 

@@ -447,6 +447,69 @@ impl QuiverSession {
             .await
     }
 
+    /// The processes that run this session's tasks, with their task slots and cores: this
+    /// process when embedded; on a cluster the executors, learnt by a probe job of short tasks
+    /// spread over every free slot (remembered for 30 s per scheduler). An executor busy with
+    /// other jobs throughout the probe may be missed.
+    pub async fn workers(&self) -> Result<Vec<fanout::WorkerInfo>> {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        use std::time::{Duration, Instant};
+        type Seen = HashMap<String, (Instant, Vec<fanout::WorkerInfo>)>;
+        static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
+        let Backend::Cluster(address) = &self.backend else {
+            return Ok(vec![fanout::WorkerInfo::here()]);
+        };
+        let url = address.url();
+        let seen = SEEN.get_or_init(Default::default);
+        if let Some((at, workers)) = seen.lock().ok().and_then(|s| s.get(&url).cloned())
+            && at.elapsed() < Duration::from_secs(30)
+        {
+            return Ok(workers);
+        }
+        // Each task waits a little, so that a pulling executor asks for work before the first
+        // one has run them all.
+        let tasks: Vec<Task> = (0..16)
+            .map(|id| Task {
+                id,
+                kind: fanout::PROBE.to_string(),
+                params: r#"{"ms": 20}"#.to_string(),
+            })
+            .collect();
+        let registry = Arc::new(self.functions.tasks().clone());
+        let results = self
+            .fan_out_with(
+                &tasks,
+                registry,
+                FanOutOptions::new(tasks.len()),
+                Runner::Embedded,
+                |_| {},
+            )
+            .await?;
+        let mut workers: Vec<fanout::WorkerInfo> = Vec::new();
+        for r in &results {
+            if let Ok(w) = serde_json::from_str::<fanout::WorkerInfo>(&r.metrics)
+                && !workers.iter().any(|x| x.worker == w.worker)
+            {
+                workers.push(w);
+            }
+        }
+        if workers.is_empty() {
+            let why = results
+                .iter()
+                .find_map(|r| r.message.clone())
+                .unwrap_or_else(|| "no task ran".to_string());
+            return Err(QuiverError::Cluster(format!(
+                "cannot learn the executors of {url}: {why}"
+            )));
+        }
+        workers.sort_by(|a, b| a.worker.cmp(&b.worker));
+        if let Ok(mut s) = seen.lock() {
+            s.insert(url, (Instant::now(), workers.clone()));
+        }
+        Ok(workers)
+    }
+
     /// [`QuiverSession::fan_out`] with the task runners of `registry`. On a cluster a job that
     /// outlives `quiver.cluster.job_timeout_secs` (an executor lost mid-job can leave a
     /// Ballista job waiting forever) is abandoned and its unfinished tasks run once more; tasks
@@ -465,6 +528,18 @@ impl QuiverSession {
                 fan_out_embedded(&self.ctx, tasks, registry, options, on_result).await
             }
             Runner::Embedded => {
+                // Tasks on the executors reach this process's pruning board over the network.
+                let mut options = options;
+                if let (Some(key), Backend::Cluster(scheduler)) = (options.pruning, &self.backend)
+                    && let Some(secret) = fanout::board_secret(key)
+                {
+                    options.board = Some(crate::board::address_for(
+                        key,
+                        secret,
+                        &scheduler.host,
+                        scheduler.port,
+                    )?);
+                }
                 let limit = self.config.cluster_job_timeout;
                 let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX / 2);
                 let mut results = Vec::with_capacity(tasks.len());

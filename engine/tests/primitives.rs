@@ -639,3 +639,92 @@ async fn fan_out_deadline_cancels_running_and_queued_tasks() {
         }
     }
 }
+
+/// A board that keeps every report and stops a trial whose value exceeds 1; steps 1 and 3 are
+/// due.
+#[derive(Debug, Default)]
+struct ThresholdBoard {
+    seen: Mutex<Vec<(u64, u64, f64)>>,
+}
+
+impl quiver_engine::fanout::Pruning for ThresholdBoard {
+    fn due(&self, _trial: u64, step: u64) -> bool {
+        step == 1 || step == 3
+    }
+
+    fn report(&self, trial: u64, step: u64, value: f64) -> bool {
+        self.seen.lock().unwrap().push((trial, step, value));
+        value > 1.0
+    }
+}
+
+/// Reports steps 1..=4 with the values of its parameters (a JSON list), skipping steps not
+/// due.
+#[derive(Debug)]
+struct Reports;
+
+impl quiver_engine::fanout::TaskRunner for Reports {
+    fn kind(&self) -> &str {
+        "test.reports"
+    }
+
+    fn run(&self, params: &str) -> quiver_engine::Result<quiver_engine::fanout::TaskOutcome> {
+        let values: Vec<f64> = serde_json::from_str(params).unwrap();
+        let reporter = quiver_engine::fanout::reporter().expect("a task's reporter");
+        for (step, v) in (1..).zip(&values) {
+            if reporter.due(step) {
+                reporter.report(step, *v)?;
+            }
+        }
+        Ok(quiver_engine::fanout::TaskOutcome {
+            loss: values.last().copied(),
+            metrics: serde_json::Value::Null,
+        })
+    }
+}
+
+/// A task in another process reaches its fan-out's board over TCP with the board's address
+/// (what a cluster fan-out gives its tasks): reports arrive as they happen, the board stops the
+/// trial, and a wrong secret is refused (the trial goes on unjudged).
+#[test]
+fn tasks_reach_their_board_over_tcp() {
+    use quiver_engine::fanout::{PruningRegistration, TaskLimits, TaskStatus};
+    let board = Arc::new(ThresholdBoard::default());
+    let registration = PruningRegistration::new(board.clone());
+    let address = registration.address("127.0.0.1", 1).unwrap();
+    assert!(address.addr.ip().is_loopback());
+    let mut registry = TaskRegistry::new();
+    registry.register(Arc::new(Reports)).unwrap();
+    // No local key: the task must go through the address, as on an executor.
+    let limits = TaskLimits {
+        board: Some(address),
+        ..TaskLimits::default()
+    };
+    let kept = registry.execute(7, "test.reports", "[0.5, 0.9, 0.7, 0.6]", limits);
+    assert_eq!(kept.status, TaskStatus::Ok, "{kept:?}");
+    let pruned = registry.execute(8, "test.reports", "[0.5, 9.0, 3.0, 0.1]", limits);
+    assert_eq!(pruned.status, TaskStatus::Pruned, "{pruned:?}");
+    assert_eq!(pruned.loss, Some(3.0));
+    assert_eq!(
+        *board.seen.lock().unwrap(),
+        vec![(7, 1, 0.5), (7, 3, 0.7), (8, 1, 0.5), (8, 3, 3.0)]
+    );
+    // A stranger's secret: nothing is judged, nothing reaches the board.
+    let mut stranger = address;
+    stranger.secret[0] ^= 1;
+    let unjudged = registry.execute(
+        9,
+        "test.reports",
+        "[5.0, 5.0, 5.0]",
+        TaskLimits {
+            board: Some(stranger),
+            ..TaskLimits::default()
+        },
+    );
+    assert_eq!(unjudged.status, TaskStatus::Ok, "{unjudged:?}");
+    assert_eq!(board.seen.lock().unwrap().len(), 4);
+    // A finished search's board is gone: its tasks go on unjudged.
+    drop(registration);
+    let late = registry.execute(10, "test.reports", "[5.0, 5.0, 5.0]", limits);
+    assert_eq!(late.status, TaskStatus::Ok, "{late:?}");
+}

@@ -206,6 +206,7 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<()> {
     scheduler.check_reachable(cluster::CONNECT_TIMEOUT).await?;
     let config = executor_config(&opts)?;
     quiver_engine::fanout::set_worker_id(config.executor_id.clone());
+    quiver_engine::fanout::set_task_slots(opts.concurrent_tasks);
     // Models and trial data this executor loads use its S3 settings too, and its policy.
     quiver_engine::config::set_process_s3(opts.s3.clone());
     if !opts.access.is_unrestricted() {

@@ -674,7 +674,7 @@ async fn data_and_models_on_s3_are_shared_by_every_process() {
 /// QUIVER_DISTRIBUTED_TRIALS=16, which prints both wall times), each trial's
 /// passes jobs of the cluster session, finds the same best trial as the executor-placed search
 /// (the same points: random search; the same held-out rows: a row's side depends only on its
-/// values), and takes a pruner, which executor-placed trials on a cluster cannot.
+/// values); with a pruner, both prune.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_trials_find_what_executor_trials_find() {
     use quiver_engine::Runner;
@@ -752,23 +752,43 @@ async fn distributed_trials_find_what_executor_trials_find() {
         // A distributed trial is driven from this process.
         assert!(!y.worker.starts_with("exec-"), "{y:?}");
     }
-    // Executor-placed trials cannot report to a pruner; distributed ones can.
+    // The search knows the executors (asked through a probe job: each has one task slot here)
+    // and refuses trials whose threads would oversubscribe their cores.
+    let workers = remote.workers().await.unwrap();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    assert!(
+        workers
+            .iter()
+            .all(|w| w.worker.starts_with("exec-") && w.slots == 1),
+        "{workers:?}"
+    );
+    let most = workers.iter().map(|w| w.cores).max().unwrap();
     let err = search(TrialPlacement::Executor)
-        .pruner(Pruner::asha())
+        .threads_per_trial(most + 1)
         .run(&remote)
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("trial_placement Distributed"), "{err}");
-    let pruned = search(TrialPlacement::Distributed)
-        .pruner(Pruner::asha())
-        .run(&remote)
-        .await
-        .unwrap();
     assert!(
-        pruned.trials.iter().any(|t| t.status == TaskStatus::Pruned),
-        "{:?}",
-        pruned.trials
+        err.contains("threads_per_trial") && err.contains("task slots") && err.contains("exec-"),
+        "{err}"
     );
-    assert_eq!(pruned.best.as_ref().unwrap().status, TaskStatus::Ok);
+    // Both placements take a pruner: executor-placed trials reach this process's board over
+    // TCP as they report, distributed ones report in this process.
+    for placement in [TrialPlacement::Executor, TrialPlacement::Distributed] {
+        let pruned = search(placement)
+            .pruner(Pruner::asha())
+            .run(&remote)
+            .await
+            .unwrap();
+        assert!(
+            pruned.trials.iter().any(|t| t.status == TaskStatus::Pruned),
+            "{placement:?}: {:?}",
+            pruned.trials
+        );
+        assert_eq!(pruned.best.as_ref().unwrap().status, TaskStatus::Ok);
+        if placement == TrialPlacement::Executor {
+            assert!(pruned.trials.iter().all(|t| t.worker.starts_with("exec-")));
+        }
+    }
 }

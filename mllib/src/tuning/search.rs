@@ -293,8 +293,9 @@ impl Search {
     /// Stops unpromising trials while they train (see [`super::prune`]): trials report
     /// intermediate values at steps (the built-in objective: iterations, Lloyd passes or
     /// boosting rounds, scored on its held-out rows; a closure: [`report`]) and are recorded
-    /// `pruned` when the pruner stops them. Trials must run in this process (the local runner,
-    /// or an embedded session's).
+    /// `pruned` when the pruner stops them. The board that judges them lives in this process;
+    /// trials on cluster executors reach it over TCP (see [`quiver_engine::board`]), as they
+    /// report.
     pub fn pruner(mut self, p: Pruner) -> Self {
         self.pruner = Some(p);
         self
@@ -404,6 +405,51 @@ impl Search {
         Ok(())
     }
 
+    /// Trials on the executors: an executor runs as many trials at once as it has task slots
+    /// (up to `parallelism`), each with `threads_per_trial` threads, and these must fit its
+    /// cores (asked of the cluster), as trials here must fit this process's compute threads.
+    /// More trials at once than the executors have slots wait for a free one.
+    async fn check_executors(&self, session: &QuiverSession) -> Result<()> {
+        let workers = match session.workers().await {
+            Ok(w) => w,
+            Err(e) => {
+                log::warn!("threads_per_trial not checked against the executors: {e}");
+                return Ok(());
+            }
+        };
+        let threads = self.threads_per_trial.max(1);
+        let over: Vec<String> = workers
+            .iter()
+            .filter(|w| w.slots.min(self.parallelism) * threads > w.cores)
+            .map(|w| {
+                format!(
+                    "{} runs {} trial(s) at once (its task slots) × {threads} threads on {} cores",
+                    w.worker,
+                    w.slots.min(self.parallelism),
+                    w.cores
+                )
+            })
+            .collect();
+        if !over.is_empty() {
+            return Err(MllibError::InvalidParam {
+                param: "threads_per_trial".to_string(),
+                reason: format!(
+                    "{} threads per trial oversubscribe the executors: {}; lower threads_per_trial or parallelism, or start executors with fewer task slots (--concurrent-tasks)",
+                    threads,
+                    over.join("; ")
+                ),
+            });
+        }
+        let slots: usize = workers.iter().map(|w| w.slots).sum();
+        if self.parallelism > slots {
+            log::info!(
+                "{} trials at once asked, the executors have {slots} task slots: the others wait",
+                self.parallelism
+            );
+        }
+        Ok(())
+    }
+
     /// Runs the search.
     pub async fn run(&self, session: &QuiverSession) -> Result<SearchResult> {
         self.check(session)?;
@@ -436,19 +482,8 @@ impl Search {
             PruningRegistration::new(Arc::clone(b) as Arc<dyn quiver_engine::fanout::Pruning>)
         });
         let distributed = self.distributed(session).await?;
-        if self.pruner.is_some()
-            && session.is_cluster()
-            && self.runner == Runner::Embedded
-            && !distributed
-        {
-            return Err(MllibError::InvalidParam {
-                param: "pruner".to_string(),
-                reason: "a pruner judges trials from the reports they send it while they run, \
-                         and trials on cluster executors cannot reach it yet: place the trials as \
-                         distributed fits (trial_placement Distributed), run them with \
-                         Runner::Local, or search without a pruner"
-                    .to_string(),
-            });
+        if session.is_cluster() && self.runner == Runner::Embedded && !distributed {
+            self.check_executors(session).await?;
         }
         // A distributed trial is driven from this process: its threads wait on the session's
         // jobs.
