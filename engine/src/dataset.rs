@@ -31,6 +31,9 @@ pub struct Dataset {
     assembled: Option<(String, Vec<String>)>,
     /// What caching the features in memory does with nulls and NaN.
     missing: Missing,
+    /// The key its rows stay the same under ([`Dataset::reusable`]); dropped with any change
+    /// of the rows.
+    reuse: Option<Arc<str>>,
 }
 
 impl Dataset {
@@ -43,11 +46,32 @@ impl Dataset {
             weight: None,
             assembled: None,
             missing: Missing::Refuse,
+            reuse: None,
         }
     }
 
     pub fn dataframe(&self) -> &DataFrame {
         &self.df
+    }
+
+    /// Promises that this dataset's rows stay the same for as long as `key` is used (rows
+    /// materialised in memory, say): fits may then keep what they derive from the rows in this
+    /// process ([`crate::reuse`]) and read them once for many fits. A new DataFrame under the
+    /// roles (filtered, assembled, transformed rows) is not reusable until marked again.
+    pub fn reusable(mut self, key: impl Into<String>) -> Self {
+        self.reuse = Some(Arc::from(key.into()));
+        self
+    }
+
+    /// The key of [`Dataset::reusable`] and the roles and missing-value policy: what derived
+    /// rows are kept under (`None` when the dataset is not reusable).
+    pub fn reuse_key(&self, what: &str) -> Option<String> {
+        self.reuse.as_ref().map(|key| {
+            format!(
+                "{what}\u{0}{key}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}",
+                self.features, self.label, self.weight, self.missing
+            )
+        })
     }
 
     /// Keeps missing feature values (nulls and NaN) as NaN when the rows are cached in memory
@@ -201,6 +225,7 @@ impl Dataset {
             weight: self.weight,
             assembled: None,
             missing: self.missing,
+            reuse: None,
         }
         .with_features([column])
     }
@@ -302,6 +327,7 @@ impl Dataset {
             weight: self.weight,
             assembled: Some((output.to_string(), names)),
             missing: self.missing,
+            reuse: None,
         })
     }
 
@@ -485,6 +511,20 @@ impl Dataset {
     /// Runs the plan and caches the assembled features (and label, weight) in memory for the
     /// local runner. Nulls and NaN are rejected here, with their column and row.
     pub async fn cache_local(&self) -> Result<LocalFrame> {
+        let reuse = self.reuse_key("local frame");
+        if let Some(frame) = reuse.as_deref().and_then(crate::reuse::get::<LocalFrame>) {
+            return Ok(frame.as_ref().clone());
+        }
+        let frame = self.read_local().await?;
+        if let Some(key) = reuse {
+            let bytes = frame.n_rows() as usize * (frame.dim() + 2) * 8;
+            crate::reuse::put(key, Arc::new(frame.clone()), bytes);
+        }
+        Ok(frame)
+    }
+
+    /// [`Dataset::cache_local`], reading the rows.
+    async fn read_local(&self) -> Result<LocalFrame> {
         let names = Arc::new(self.role_columns()?);
         let feature_names = self.feature_names()?;
         let dim = feature_names.len();

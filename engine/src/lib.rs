@@ -23,6 +23,7 @@ pub mod functions;
 pub mod io;
 pub mod map;
 pub mod registry;
+pub mod reuse;
 pub mod session;
 pub mod store;
 pub mod summary;

@@ -332,3 +332,41 @@ async fn missing_values_are_learned_not_refused() {
     let err = error(quiver_mllib::LogisticRegression::new().fit(&s, &data).await);
     assert!(err.contains("'x0'") && err.contains("row 0"), "{err}");
 }
+
+/// Rows marked reusable (as a search's splits are) are read and binned once per process: a
+/// second fit takes the kept codes and grows the same trees as a fit that reads the rows; other
+/// bins are kept apart, and rows derived from reusable ones are not reusable.
+#[tokio::test]
+async fn reusable_rows_are_binned_once_and_grow_the_same_trees() {
+    let s = session("local");
+    let (train, _) = split(&s, "digits.parquet", "label").await;
+    let key = format!("trees test {}", std::process::id());
+    let reusable = train.clone().reusable(key.clone());
+    let gbt = GBTClassifier::new().max_iter(4).subsampling_rate(0.8);
+    let fresh = gbt.fit(&s, &train).await.unwrap();
+    let (entries, _) = quiver_engine::reuse::usage();
+    let first = gbt.fit(&s, &reusable).await.unwrap();
+    let (after_first, bytes) = quiver_engine::reuse::usage();
+    assert!(after_first > entries, "nothing kept");
+    assert!(bytes > 0);
+    let second = gbt.fit(&s, &reusable).await.unwrap();
+    assert_eq!(quiver_engine::reuse::usage().0, after_first);
+    assert_eq!(fresh.trees(), first.trees());
+    assert_eq!(first.trees(), second.trees());
+    // Other bins: another entry, other trees.
+    let coarse = gbt.clone().max_bins(4).fit(&s, &reusable).await.unwrap();
+    assert!(quiver_engine::reuse::usage().0 > after_first);
+    assert_ne!(coarse.trees(), first.trees());
+    // Filtered rows are other rows.
+    let fewer = reusable
+        .with_dataframe(
+            reusable
+                .dataframe()
+                .clone()
+                .filter(datafusion::prelude::col("y").lt(datafusion::prelude::lit(5.0)))
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(fewer.reuse_key("any").is_none());
+    assert!(reusable.reuse_key("any").unwrap().contains(&key));
+}

@@ -56,8 +56,34 @@ struct Training {
 }
 
 impl Training {
-    /// Reads `data` once into memory, bins its features and codes the rows.
+    /// Reads `data` once into memory, bins its features and codes the rows; a reusable
+    /// dataset's ([`Dataset::reusable`]: the trials of a search) once per process.
     async fn read(
+        session: &QuiverSession,
+        data: &Dataset,
+        max_bins: u64,
+        weighted: bool,
+        classifier: bool,
+    ) -> Result<Arc<Training>> {
+        let key = data.reuse_key(&format!(
+            "tree training, {max_bins} bins, weighted {weighted}, classifier {classifier}"
+        ));
+        if let Some(t) = key
+            .as_deref()
+            .and_then(quiver_engine::reuse::get::<Training>)
+        {
+            return Ok(t);
+        }
+        let t = Arc::new(Self::read_rows(session, data, max_bins, weighted, classifier).await?);
+        if let Some(key) = key {
+            let bytes = t.label.len() * (t.binned.d + 20);
+            quiver_engine::reuse::put(key, Arc::clone(&t), bytes);
+        }
+        Ok(t)
+    }
+
+    /// [`Training::read`], reading the rows.
+    async fn read_rows(
         session: &QuiverSession,
         data: &Dataset,
         max_bins: u64,

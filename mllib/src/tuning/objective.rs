@@ -267,7 +267,12 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
             .filter(|(j, _)| *j != i)
             .flat_map(|(_, b)| b.iter().cloned())
             .collect();
-        splits.push((with_roles(train)?, with_roles(parts[i].clone())?));
+        // The parts stay in memory unchanged while cached here: fits may keep what they
+        // derive from them (assembled rows, binned codes) for the next trial.
+        splits.push((
+            with_roles(train)?.reusable(format!("{key}\u{0}train {i}")),
+            with_roles(parts[i].clone())?.reusable(format!("{key}\u{0}held out {i}")),
+        ));
     }
     let splits = Arc::new(splits);
     c.data
