@@ -19,6 +19,7 @@ Prints the medians over seeds and the ratios (pruned / plain), each side's own.
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import tempfile
@@ -47,7 +48,7 @@ def read_log(path):
     return min(ok), compute, pruned
 
 
-def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource):
+def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="asha"):
     lines = [
         "[data]",
         f'dataset = "{data}"',
@@ -65,8 +66,11 @@ def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource):
         f'trial_log = "{log}"',
     ]
     if pruner:
-        lines.append(f'pruner = {{ name = "asha", min_resource = {min_resource}, '
-                     f'reduction_factor = 3 }}')
+        if kind == "median":
+            lines.append('pruner = "median"')
+        else:
+            lines.append(f'pruner = {{ name = "{kind}", min_resource = {min_resource}, '
+                         f'reduction_factor = 3 }}')
     lines += [
         "[space]",
         "step_size = { loguniform = [0.01, 0.5] }",
@@ -78,7 +82,7 @@ def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource):
     return "\n".join(lines) + "\n"
 
 
-def optuna_search(X, y, seed, trials, rounds, parallel, pruned, min_resource):
+def optuna_search(X, y, seed, trials, rounds, parallel, pruned, min_resource, kind="asha"):
     import lightgbm as lgb
     import numpy as np
     import optuna
@@ -124,9 +128,16 @@ def optuna_search(X, y, seed, trials, rounds, parallel, pruned, min_resource):
             compute[0] += time.perf_counter() - started
         return last[0]
 
-    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
-                                                     reduction_factor=3)
-              if pruned else optuna.pruners.NopPruner())
+    if not pruned:
+        pruner = optuna.pruners.NopPruner()
+    elif kind == "median":
+        pruner = optuna.pruners.MedianPruner()
+    elif kind == "hyperband":
+        pruner = optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=rounds,
+                                                reduction_factor=3)
+    else:
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
+                                                        reduction_factor=3)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
     t = time.perf_counter()
     study.optimize(objective, n_trials=trials, n_jobs=parallel)
@@ -145,6 +156,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=81)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--min-resource", type=int, default=1, help="ASHA's first rung (rounds)")
+    ap.add_argument("--asha-trials", type=int, default=None,
+                    help="trials of the pruned searches (default: --trials): pruning frees "
+                         "compute for more of them")
+    ap.add_argument("--pruner", default="asha", choices=["asha", "hyperband", "median"])
     ap.add_argument("--no-optuna", action="store_true")
     a = ap.parse_args()
 
@@ -152,6 +167,9 @@ def main():
     data = os.path.join(work, "rows.parquet")
     subprocess.run([a.quiver, "bench", "trees", "--rows", str(a.rows), "--export", data],
                    capture_output=True, text=True, check=True)
+    def trials_of(pruned):
+        return (a.asha_trials or a.trials) if pruned else a.trials
+
     rows = {"quiver plain": [], "quiver asha": [], "optuna plain": [], "optuna asha": []}
     for seed in range(a.seeds):
         for pruner in (False, True):
@@ -159,8 +177,8 @@ def main():
             log = os.path.join(work, f"s{seed}-{int(pruner)}.jsonl")
             path = os.path.join(work, f"s{seed}-{int(pruner)}.toml")
             with open(path, "w") as f:
-                f.write(spec(data, log, seed, a.trials, a.rounds, a.parallel, pruner,
-                             a.min_resource))
+                f.write(spec(data, log, seed, trials_of(pruner), a.rounds, a.parallel, pruner,
+                             a.min_resource, a.pruner))
             wall = tune(a.quiver, path)
             best, compute, n_pruned = read_log(log)
             rows[name].append((best, compute, n_pruned, wall))
@@ -179,13 +197,14 @@ def main():
             for pruned in (False, True):
                 name = "optuna asha" if pruned else "optuna plain"
                 best, compute, n_pruned, wall = optuna_search(
-                    X, y, seed, a.trials, a.rounds, a.parallel, pruned, a.min_resource)
+                    X, y, seed, trials_of(pruned), a.rounds, a.parallel, pruned,
+                    a.min_resource, a.pruner)
                 rows[name].append((best, compute, n_pruned, wall))
                 print(f"seed {seed:2} {name:13} best {best:.5f}  trial compute {compute:7.1f} s  "
                       f"pruned {n_pruned:2}  wall {wall:6.1f} s", flush=True)
 
-    print(f"\n{a.rows} rows, {a.trials} trials of up to {a.rounds} rounds, {a.parallel} at a "
-          f"time, {a.seeds} seeds: medians")
+    print(f"\n{a.rows} rows, {a.trials} trials ({trials_of(True)} pruned) of up to {a.rounds} "
+          f"rounds, {a.parallel} at a time, {a.seeds} seeds: medians")
     print(f"{'search':14} {'best loss':>10} {'trial compute s':>16} {'pruned':>7} {'wall s':>8}")
     med = {}
     for name, r in rows.items():
@@ -199,6 +218,15 @@ def main():
             plain, asha = med[f"{side} plain"], med[f"{side} asha"]
             print(f"{side}: asha/plain trial compute {asha[1] / plain[1]:.2f}, wall "
                   f"{asha[3] / plain[3]:.2f}, best loss {asha[0] - plain[0]:+.5f}")
+            # Paired by seed: is the difference noise?
+            diffs = [x[0] - y[0] for x, y in zip(rows[f"{side} asha"], rows[f"{side} plain"])]
+            rng = random.Random(1)
+            boot = sorted(statistics.median(rng.choices(diffs, k=len(diffs)))
+                          for _ in range(4000))
+            print(f"{side}: per seed asha - plain best loss: median {statistics.median(diffs):+.5f}, "
+                  f"95% bootstrap interval [{boot[100]:+.5f}, {boot[3899]:+.5f}], asha lower on "
+                  f"{sum(d < 0 for d in diffs)} of {len(diffs)} seeds; seed-to-seed sd of plain "
+                  f"{statistics.pstdev(x[0] for x in rows[side + ' plain']):.5f}")
     if "quiver asha" in med and "optuna asha" in med:
         print(f"wall, optuna asha / quiver asha: {med['optuna asha'][3] / med['quiver asha'][3]:.2f}")
 

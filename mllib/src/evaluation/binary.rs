@@ -219,63 +219,111 @@ pub(super) struct ScoreCounts {
 
 /// Positive and negative counts per score bin, and the summed log loss. A bin holds the scores
 /// whose order-preserving bits agree but for the last `shift` (0: one bin per distinct score).
+/// Scores are first gathered unsorted (`pending`) and folded into the bins a block at a time: a
+/// sort and one merge per block instead of a tree insertion per row.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(super) struct ScoreHistogram {
     pub(super) counts: BTreeMap<u64, (f64, f64)>,
     pub(super) shift: u32,
     pub(super) log_loss: f64,
+    /// Scores not folded in yet: order-preserving bits (unshifted) and whether positive.
+    pending: Vec<(u64, bool)>,
 }
+
+/// Scores gathered before they are folded into the bins.
+const PENDING_SCORES: usize = 1 << 16;
 
 impl ScoreHistogram {
     fn add(&mut self, score: f64, positive: bool) {
-        let e = self
-            .counts
-            .entry(bits_shr(ordered_bits(score), self.shift))
-            .or_insert((0.0, 0.0));
-        if positive {
-            e.0 += 1.0;
-        } else {
-            e.1 += 1.0;
+        self.pending.push((ordered_bits(score), positive));
+        if self.pending.len() >= PENDING_SCORES {
+            self.flush();
         }
-        if self.counts.len() > MAX_SCORE_BINS {
-            self.coarsen(self.shift + 4);
+    }
+
+    /// Folds the pending scores into the bins.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
         }
+        let shift = self.shift;
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.iter_mut().for_each(|(k, _)| *k = bits_shr(*k, shift));
+        pending.sort_unstable_by_key(|(k, _)| *k);
+        let mut runs: Vec<(u64, (f64, f64))> = Vec::with_capacity(pending.len());
+        for (k, positive) in pending {
+            match runs.last_mut() {
+                Some((last, _)) if *last == k => {}
+                _ => runs.push((k, (0.0, 0.0))),
+            }
+            let (p, n) = &mut runs.last_mut().expect("pushed above").1;
+            if positive {
+                *p += 1.0;
+            } else {
+                *n += 1.0;
+            }
+        }
+        let bins = std::mem::take(&mut self.counts);
+        self.set_bins(merge_sorted(bins.into_iter().collect(), runs));
+    }
+
+    /// The bins from `bins` (sorted by key, at the current shift), coarsened when there are
+    /// more than [`MAX_SCORE_BINS`]: at once to the finest shift that leaves a quarter of that,
+    /// so that the next blocks rarely coarsen again.
+    fn set_bins(&mut self, mut bins: Vec<(u64, (f64, f64))>) {
+        if bins.len() > MAX_SCORE_BINS {
+            let distinct = |by: u32| {
+                1 + bins
+                    .windows(2)
+                    .filter(|w| bits_shr(w[0].0, by) != bits_shr(w[1].0, by))
+                    .count()
+            };
+            let mut by = 4;
+            while by < 64 && distinct(by) > MAX_SCORE_BINS / 4 {
+                by += 4;
+            }
+            bins = coarsened(bins, by);
+            self.shift += by;
+        }
+        self.counts = bins.into_iter().collect();
     }
 
     /// Bins by the leading bits only (`shift` ≥ the current one), merging bins.
     fn coarsen(&mut self, shift: u32) {
-        let mut shift = shift;
-        loop {
-            let by = shift - self.shift;
-            if by > 0 {
-                let mut merged: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-                for (k, (p, n)) in std::mem::take(&mut self.counts) {
-                    let e = merged.entry(bits_shr(k, by)).or_insert((0.0, 0.0));
-                    e.0 += p;
-                    e.1 += n;
-                }
-                self.counts = merged;
-                self.shift = shift;
-            }
-            if self.counts.len() <= MAX_SCORE_BINS {
-                return;
-            }
-            shift += 4;
+        self.flush();
+        if shift > self.shift {
+            let bins = std::mem::take(&mut self.counts);
+            self.counts = coarsened(bins.into_iter().collect(), shift - self.shift)
+                .into_iter()
+                .collect();
+            self.shift = shift;
         }
     }
 
     fn merge(&mut self, other: &ScoreHistogram) {
         let mut other = other.clone();
+        other.flush();
+        self.flush();
         let shift = self.shift.max(other.shift);
         other.coarsen(shift);
         self.coarsen(shift);
-        for (k, (p, n)) in other.counts {
-            let e = self.counts.entry(k).or_insert((0.0, 0.0));
-            e.0 += p;
-            e.1 += n;
-        }
+        let mine = std::mem::take(&mut self.counts);
+        self.set_bins(merge_sorted(
+            mine.into_iter().collect(),
+            other.counts.into_iter().collect(),
+        ));
         self.log_loss += other.log_loss;
-        self.coarsen(self.shift);
+    }
+
+    /// This histogram with every score folded into the bins.
+    fn settled(&self) -> std::borrow::Cow<'_, ScoreHistogram> {
+        if self.pending.is_empty() {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            let mut s = self.clone();
+            s.flush();
+            std::borrow::Cow::Owned(s)
+        }
     }
 
     /// The lowest score bin `key` can hold (the score itself when scores are not binned).
@@ -286,6 +334,42 @@ impl ScoreHistogram {
             key << self.shift
         })
     }
+}
+
+/// Two lists of bins sorted by key as one, the counts of equal keys added.
+fn merge_sorted(a: Vec<(u64, (f64, f64))>, b: Vec<(u64, (f64, f64))>) -> Vec<(u64, (f64, f64))> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                let (k, (p, n)) = a.next().expect("peeked");
+                let (_, (q, m)) = b.next().expect("peeked");
+                (k, (p + q, n + m))
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => a.next().expect("peeked"),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next().expect("peeked"),
+            (Some(_), None) => a.next().expect("peeked"),
+            (None, None) => return out,
+        };
+        out.push(next);
+    }
+}
+
+/// Sorted bins with `by` more bits shifted out, neighbours that now agree merged.
+fn coarsened(bins: Vec<(u64, (f64, f64))>, by: u32) -> Vec<(u64, (f64, f64))> {
+    let mut out: Vec<(u64, (f64, f64))> = Vec::with_capacity(bins.len());
+    for (k, (p, n)) in bins {
+        let k = bits_shr(k, by);
+        match out.last_mut() {
+            Some((last, (q, m))) if *last == k => {
+                *q += p;
+                *m += n;
+            }
+            _ => out.push((k, (p, n))),
+        }
+    }
+    out
 }
 
 /// `bits >> shift`, zero when everything is shifted out.
@@ -339,7 +423,8 @@ impl Statistic for ScoreCounts {
         s.merge(o);
         Ok(())
     }
-    fn finish(&self, s: Self::State) -> quiver_engine::Result<Self::State> {
+    fn finish(&self, mut s: Self::State) -> quiver_engine::Result<Self::State> {
+        s.flush();
         if s.counts.is_empty() {
             return Err(QuiverError::EmptyDataset {
                 context: "evaluation".to_string(),
@@ -348,6 +433,7 @@ impl Statistic for ScoreCounts {
         Ok(s)
     }
     fn encode_state(&self, s: &Self::State, out: &mut Vec<u8>) {
+        let s = s.settled();
         encode_f64s(&[s.log_loss, s.counts.len() as f64, s.shift as f64], out);
         for (k, (p, n)) in &s.counts {
             out.extend_from_slice(&k.to_le_bytes());
@@ -356,6 +442,7 @@ impl Statistic for ScoreCounts {
     }
     fn state_size(&self, s: &Self::State) -> usize {
         quiver_engine::aggregate::btree_size::<u64, (f64, f64)>(s.counts.len())
+            + s.pending.capacity() * std::mem::size_of::<(u64, bool)>()
     }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Self::State> {
         let (head, mut rest) = decode_f64s(bytes, 3)?;
@@ -374,6 +461,7 @@ impl Statistic for ScoreCounts {
             counts,
             shift: head[2] as u32,
             log_loss: head[0],
+            pending: Vec::new(),
         })
     }
 }
@@ -414,8 +502,11 @@ mod tests {
         let mut h = ScoreHistogram::default();
         let mut g = ScoreHistogram::default();
         a.iter().for_each(|(s, y)| h.add(*s, *y));
+        h.flush();
         assert_eq!(h.shift, 0, "exact while the distinct scores fit");
+        assert_eq!(h.counts.len(), a.len());
         b.iter().for_each(|(s, y)| g.add(*s, *y));
+        g.flush();
         assert!(g.shift > 0 && g.counts.len() <= MAX_SCORE_BINS);
         h.merge(&g);
         assert!(h.counts.len() <= MAX_SCORE_BINS);

@@ -445,9 +445,9 @@ impl PruneBoard {
                     Some(m) => *m,
                     None => match self.state.lock().ok().and_then(|s| s.max_finished_step) {
                         Some(m) => m,
-                        // Not known yet: report at every rung of the most aggressive bracket,
-                        // so the first finished trial teaches it.
-                        None => return step >= *min_resource,
+                        // Not known yet: report at the rungs of the most aggressive bracket
+                        // (min_resource · η^k), so the first finished trial teaches it.
+                        None => return is_rung(step, *min_resource, *reduction_factor),
                     },
                 };
                 let n = brackets(*min_resource, max.max(*min_resource), *reduction_factor);
@@ -469,6 +469,18 @@ impl PruneBoard {
             .and_then(|s| s.reached.get(&trial).copied())
             .unwrap_or(0)
     }
+}
+
+/// Whether `step` is `min_resource · η^k` for some k ≥ 0.
+fn is_rung(step: u64, min_resource: u64, eta: u64) -> bool {
+    let mut rung = min_resource.max(1);
+    while rung < step {
+        match rung.checked_mul(eta.max(2)) {
+            Some(r) => rung = r,
+            None => return false,
+        }
+    }
+    rung == step
 }
 
 /// Successive halving in `bracket` with early-stopping rate `rate`: records the trial's value
@@ -575,6 +587,10 @@ mod tests {
             "the aggressive bracket gets most: {counts:?}"
         );
         let board = PruneBoard::new(Pruner::hyperband());
+        // Before the largest step is known, reports are asked for at the rungs of the most
+        // aggressive bracket only (a held-out pass each), not at every step.
+        let due: Vec<u64> = (0..=30).filter(|s| board.due(0, *s)).collect();
+        assert_eq!(due, [1, 3, 9, 27]);
         // No max_resource and nothing finished: nothing is pruned.
         assert!(!board.judge(0, 1, 1.0) && !board.judge(1, 1, 9.0));
         for step in [1, 3, 9, 27] {

@@ -1,0 +1,156 @@
+"""What an analyst runs: whole `quiver sql` statements on Parquet files beside scikit-learn on the
+same files, in one invocation.
+
+    cargo build --release --bin quiver
+    pip install scikit-learn pyarrow numpy
+    python3 scripts/bench_sql.py [--quiver target/release/quiver] [--rows 1000000]
+        [--features 20] [--files 8] [--runs 3] [--threads 2]
+
+The rows: `features` standard-normal columns f0 … f{d-1}, a 0/1 `label` (logistic in a fixed
+linear score) and a numeric `target` (that score plus noise), in `files` Parquet files. Each
+Quiver case is one `quiver sql -e` command (process start, CREATE EXTERNAL TABLE, the statement,
+the model saved), timed whole; each scikit-learn case is its fit on rows already in memory, and
+the Parquet read into NumPy is timed on its own. Statements:
+  - logistic_reg, l2_reg 0.01, 20 iterations, no split  ~ LogisticRegression(C=1/(n·0.01)), lbfgs;
+  - linear_reg, no split                                 ~ LinearRegression;
+  - kmeans, 10 clusters, 20 iterations                   ~ KMeans(n_init=1, max_iter=20);
+  - predict every row from Parquet (ml_predict, count)  ~ predict_proba on the loaded rows;
+  - an 8-point grid over l2_reg with 20% held out (AUC) ~ 8 fits + roc_auc_score on a split.
+Reported: the median of `runs` runs of each, and the ratio scikit-learn fit / Quiver statement.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+
+
+def make_files(directory, rows, features, files):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=features) / np.sqrt(features)
+    per = -(-rows // files)
+    for i in range(files):
+        n = min(per, rows - i * per)
+        X = rng.normal(size=(n, features))
+        score = X @ w
+        label = (rng.random(n) < 1 / (1 + np.exp(-2 * score))).astype(np.float64)
+        target = score + 0.1 * rng.normal(size=n)
+        cols = {f"f{j}": X[:, j] for j in range(features)}
+        cols["label"] = label
+        cols["target"] = target
+        pq.write_table(pa.table(cols), os.path.join(directory, f"part-{i}.parquet"))
+
+
+def load(directory, features):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(directory)
+    X = np.column_stack([t.column(f"f{j}").to_numpy() for j in range(features)])
+    return X, t.column("label").to_numpy(), t.column("target").to_numpy()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quiver", default="target/release/quiver")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--features", type=int, default=20)
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default=None, help="run only the cases whose name contains this")
+    a = ap.parse_args()
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(a.threads)
+
+    work = tempfile.mkdtemp()
+    data = os.path.join(work, "rows")
+    os.mkdir(data)
+    make_files(data, a.rows, a.features, a.files)
+    cols = ", ".join(f"f{j}" for j in range(a.features))
+    table = f"CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{data}/'; "
+    n = a.rows
+    statements = {
+        "logistic regression": f"CREATE OR REPLACE MODEL lr OPTIONS (model_type = 'logistic_reg', "
+        f"input_label_cols = ['label'], l2_reg = 0.01, max_iterations = 20, "
+        f"data_split_method = 'no_split') AS SELECT {cols}, label FROM t",
+        "linear regression": f"CREATE OR REPLACE MODEL lin OPTIONS (model_type = 'linear_reg', "
+        f"input_label_cols = ['target'], data_split_method = 'no_split') "
+        f"AS SELECT {cols}, target FROM t",
+        "k-means k=10": f"CREATE OR REPLACE MODEL km OPTIONS (model_type = 'kmeans', "
+        f"num_clusters = 10, max_iterations = 20) AS SELECT {cols} FROM t",
+        "predict every row": f"SELECT count(*), sum(ml_predict('lr', {cols})) FROM t",
+        "8-point grid, held-out AUC": f"CREATE OR REPLACE MODEL grid OPTIONS (model_type = "
+        f"'logistic_reg', input_label_cols = ['label'], max_iterations = 20, num_trials = 8, "
+        f"hparam_tuning_algorithm = 'grid', l2_reg = HPARAM_CANDIDATES([0.0001, 0.0003, 0.001, "
+        f"0.003, 0.01, 0.03, 0.1, 0.3]), data_split_method = 'random', "
+        f"data_split_eval_fraction = 0.2) AS SELECT {cols}, label FROM t",
+    }
+    models = os.path.join(work, "models")
+
+    def quiver(sql):
+        args = [a.quiver, "--models", models, "--config",
+                f"quiver.compute_threads={a.threads}", "sql", "-e", table + sql]
+        t = time.perf_counter()
+        run = subprocess.run(args, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"quiver sql failed:\n{run.stdout}\n{run.stderr}")
+        return time.perf_counter() - t
+
+    import warnings
+
+    import numpy as np
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    t = time.perf_counter()
+    X, y, target = load(data, a.features)
+    read_s = time.perf_counter() - t
+
+    def grid():
+        rng = np.random.default_rng(0)
+        hold = rng.random(len(y)) < 0.2
+        for l2 in [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3]:
+            m = LogisticRegression(C=1 / (l2 * (~hold).sum()), max_iter=20)
+            m.fit(X[~hold], y[~hold])
+            roc_auc_score(y[hold], m.decision_function(X[hold]))
+
+    lr = LogisticRegression(C=1 / (0.01 * n), max_iter=20).fit(X, y)
+    sklearn = {
+        "logistic regression": lambda: LogisticRegression(C=1 / (0.01 * n), max_iter=20).fit(X, y),
+        "linear regression": lambda: LinearRegression().fit(X, target),
+        "k-means k=10": lambda: KMeans(n_clusters=10, n_init=1, max_iter=20, tol=0.0,
+                                       random_state=0).fit(X),
+        "predict every row": lambda: lr.predict_proba(X),
+        "8-point grid, held-out AUC": grid,
+    }
+    # The predict case reads the model the first case stores.
+    quiver(statements["logistic regression"])
+
+    print(f"{a.rows} rows × {a.features} features in {a.files} Parquet files, {a.threads} "
+          f"threads, median of {a.runs}; scikit-learn's Parquet read: {read_s:.2f} s")
+    print(f"{'case':28} {'quiver sql s':>13} {'sklearn fit s':>14} {'sklearn / quiver':>17}")
+    for name, sql in statements.items():
+        if a.only and a.only not in name:
+            continue
+        q, s = [], []
+        for _ in range(a.runs):
+            q.append(quiver(sql))
+            t = time.perf_counter()
+            sklearn[name]()
+            s.append(time.perf_counter() - t)
+        qm, sm = statistics.median(q), statistics.median(s)
+        print(f"{name:28} {qm:13.2f} {sm:14.2f} {sm / qm:16.1f}×", flush=True)
+
+
+if __name__ == "__main__":
+    main()
