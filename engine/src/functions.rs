@@ -570,6 +570,58 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 31)
 }
 
+/// The values of a number or boolean array as one word each (NaN as one word; a null's word
+/// is never read), or `None` for other types.
+fn value_words(a: &dyn Array) -> Option<Vec<u64>> {
+    use arrow::datatypes::{
+        Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
+        UInt32Type, UInt64Type,
+    };
+    fn float(v: f64) -> u64 {
+        if v.is_nan() {
+            f64::NAN.to_bits()
+        } else {
+            v.to_bits()
+        }
+    }
+    macro_rules! ints {
+        ($t:ty) => {
+            a.as_primitive::<$t>()
+                .values()
+                .iter()
+                .map(|v| *v as i64 as u64)
+                .collect()
+        };
+    }
+    Some(match a.data_type() {
+        DataType::Float64 => a
+            .as_primitive::<Float64Type>()
+            .values()
+            .iter()
+            .map(|v| float(*v))
+            .collect(),
+        DataType::Float32 => a
+            .as_primitive::<Float32Type>()
+            .values()
+            .iter()
+            .map(|v| float(f64::from(*v)))
+            .collect(),
+        DataType::Int8 => ints!(Int8Type),
+        DataType::Int16 => ints!(Int16Type),
+        DataType::Int32 => ints!(Int32Type),
+        DataType::Int64 => ints!(Int64Type),
+        DataType::UInt8 => ints!(UInt8Type),
+        DataType::UInt16 => ints!(UInt16Type),
+        DataType::UInt32 => ints!(UInt32Type),
+        DataType::UInt64 => ints!(UInt64Type),
+        DataType::Boolean => {
+            let b = a.as_boolean();
+            (0..b.len()).map(|i| u64::from(b.value(i))).collect()
+        }
+        _ => return None,
+    })
+}
+
 impl ScalarUDFImpl for RowUniformUdf {
     fn name(&self) -> &str {
         "row_uniform"
@@ -588,16 +640,15 @@ impl ScalarUDFImpl for RowUniformUdf {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let mut h: Vec<u64> = vec![0; n];
         for a in &arrays {
-            // Hash each value's text form: stable for every type, and for nulls. A list
-            // (a feature vector) hashes its elements' text in order.
-            let (text, ranges): (ArrayRef, Vec<Option<(usize, usize)>>) = match a.data_type() {
+            // A list (a feature vector) hashes its elements in order.
+            let (values, ranges): (ArrayRef, Vec<Option<(usize, usize)>>) = match a.data_type() {
                 DataType::FixedSizeList(_, w) => {
                     let l = a.as_fixed_size_list();
                     let w = *w as usize;
                     let ranges = (0..n)
                         .map(|r| l.is_valid(r).then_some((r * w, (r + 1) * w)))
                         .collect();
-                    (arrow::compute::cast(l.values(), &DataType::Utf8)?, ranges)
+                    (Arc::clone(l.values()), ranges)
                 }
                 DataType::List(_) => {
                     let l = a.as_list::<i32>();
@@ -605,26 +656,41 @@ impl ScalarUDFImpl for RowUniformUdf {
                     let ranges = (0..n)
                         .map(|r| l.is_valid(r).then_some((o[r] as usize, o[r + 1] as usize)))
                         .collect();
-                    (arrow::compute::cast(l.values(), &DataType::Utf8)?, ranges)
+                    (Arc::clone(l.values()), ranges)
                 }
-                _ => (
-                    arrow::compute::cast(a, &DataType::Utf8)?,
-                    (0..n).map(|r| Some((r, r + 1))).collect(),
-                ),
+                _ => (Arc::clone(a), (0..n).map(|r| Some((r, r + 1))).collect()),
             };
-            let text = text.as_string::<i32>();
-            for (hr, range) in h.iter_mut().zip(ranges) {
-                let mut x = *hr ^ 0xA5A5_A5A5_A5A5_A5A5;
-                for i in range.map_or(0..0, |(lo, hi)| lo..hi) {
-                    if text.is_valid(i) {
-                        for chunk in text.value(i).as_bytes().chunks(8) {
-                            let mut b = [0u8; 8];
-                            b[..chunk.len()].copy_from_slice(chunk);
-                            x = mix(x ^ u64::from_le_bytes(b));
+            // Numbers and booleans hash their value (one word each); every other type its
+            // text form, which is stable for every type. Nulls add nothing.
+            match value_words(values.as_ref()) {
+                Some(words) => {
+                    for (hr, range) in h.iter_mut().zip(ranges) {
+                        let mut x = *hr ^ 0xA5A5_A5A5_A5A5_A5A5;
+                        for i in range.map_or(0..0, |(lo, hi)| lo..hi) {
+                            if values.is_valid(i) {
+                                x = mix(x ^ words[i]);
+                            }
                         }
+                        *hr = mix(x);
                     }
                 }
-                *hr = mix(x);
+                None => {
+                    let text = arrow::compute::cast(&values, &DataType::Utf8)?;
+                    let text = text.as_string::<i32>();
+                    for (hr, range) in h.iter_mut().zip(ranges) {
+                        let mut x = *hr ^ 0xA5A5_A5A5_A5A5_A5A5;
+                        for i in range.map_or(0..0, |(lo, hi)| lo..hi) {
+                            if text.is_valid(i) {
+                                for chunk in text.value(i).as_bytes().chunks(8) {
+                                    let mut b = [0u8; 8];
+                                    b[..chunk.len()].copy_from_slice(chunk);
+                                    x = mix(x ^ u64::from_le_bytes(b));
+                                }
+                            }
+                        }
+                        *hr = mix(x);
+                    }
+                }
             }
         }
         let out: arrow::array::Float64Array = h

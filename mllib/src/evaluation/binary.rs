@@ -248,7 +248,9 @@ impl ScoreHistogram {
         }
         let shift = self.shift;
         let mut pending = std::mem::take(&mut self.pending);
-        pending.iter_mut().for_each(|(k, _)| *k = bits_shr(*k, shift));
+        pending
+            .iter_mut()
+            .for_each(|(k, _)| *k = bits_shr(*k, shift));
         pending.sort_unstable_by_key(|(k, _)| *k);
         let mut runs: Vec<(u64, (f64, f64))> = Vec::with_capacity(pending.len());
         for (k, positive) in pending {
