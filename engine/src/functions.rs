@@ -570,42 +570,82 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 31)
 }
 
-/// The values of a number or boolean array as one word each (NaN as one word; a null's word
-/// is never read), or `None` for other types.
-fn value_words(a: &dyn Array) -> Option<Vec<u64>> {
+/// The salt mixed into a row's hash before each column.
+const COLUMN_SALT: u64 = 0xA5A5_A5A5_A5A5_A5A5;
+
+/// Mixes one column into the rows' hashes: per row, its values (`ranges` of `values` for a
+/// list column, else the row's own value) each as `word(i)`, nulls skipped.
+fn mix_column(
+    h: &mut [u64],
+    values: &dyn Array,
+    ranges: Option<&[Option<(usize, usize)>]>,
+    word: impl Fn(usize) -> u64,
+) {
+    let nulls = values.logical_nulls();
+    let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
+    match ranges {
+        None if nulls.is_none() => {
+            for (r, hr) in h.iter_mut().enumerate() {
+                *hr = mix(mix(*hr ^ COLUMN_SALT ^ word(r)));
+            }
+        }
+        None => {
+            for (r, hr) in h.iter_mut().enumerate() {
+                let mut x = *hr ^ COLUMN_SALT;
+                if valid(r) {
+                    x = mix(x ^ word(r));
+                }
+                *hr = mix(x);
+            }
+        }
+        Some(ranges) => {
+            for (hr, range) in h.iter_mut().zip(ranges) {
+                let mut x = *hr ^ COLUMN_SALT;
+                for i in range.map_or(0..0, |(lo, hi)| lo..hi) {
+                    if valid(i) {
+                        x = mix(x ^ word(i));
+                    }
+                }
+                *hr = mix(x);
+            }
+        }
+    }
+}
+
+/// A float's word: its bits, NaN as one word.
+fn float_word(v: f64) -> u64 {
+    if v.is_nan() {
+        f64::NAN.to_bits()
+    } else {
+        v.to_bits()
+    }
+}
+
+/// Mixes a number or boolean column in by value (one word each); `false` for other types.
+fn mix_numbers(
+    h: &mut [u64],
+    values: &dyn Array,
+    ranges: Option<&[Option<(usize, usize)>]>,
+) -> bool {
     use arrow::datatypes::{
         Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
         UInt32Type, UInt64Type,
     };
-    fn float(v: f64) -> u64 {
-        if v.is_nan() {
-            f64::NAN.to_bits()
-        } else {
-            v.to_bits()
-        }
-    }
     macro_rules! ints {
-        ($t:ty) => {
-            a.as_primitive::<$t>()
-                .values()
-                .iter()
-                .map(|v| *v as i64 as u64)
-                .collect()
-        };
+        ($t:ty) => {{
+            let v = values.as_primitive::<$t>().values();
+            mix_column(h, values, ranges, |i| v[i] as i64 as u64)
+        }};
     }
-    Some(match a.data_type() {
-        DataType::Float64 => a
-            .as_primitive::<Float64Type>()
-            .values()
-            .iter()
-            .map(|v| float(*v))
-            .collect(),
-        DataType::Float32 => a
-            .as_primitive::<Float32Type>()
-            .values()
-            .iter()
-            .map(|v| float(f64::from(*v)))
-            .collect(),
+    match values.data_type() {
+        DataType::Float64 => {
+            let v = values.as_primitive::<Float64Type>().values();
+            mix_column(h, values, ranges, |i| float_word(v[i]))
+        }
+        DataType::Float32 => {
+            let v = values.as_primitive::<Float32Type>().values();
+            mix_column(h, values, ranges, |i| float_word(f64::from(v[i])))
+        }
         DataType::Int8 => ints!(Int8Type),
         DataType::Int16 => ints!(Int16Type),
         DataType::Int32 => ints!(Int32Type),
@@ -615,11 +655,12 @@ fn value_words(a: &dyn Array) -> Option<Vec<u64>> {
         DataType::UInt32 => ints!(UInt32Type),
         DataType::UInt64 => ints!(UInt64Type),
         DataType::Boolean => {
-            let b = a.as_boolean();
-            (0..b.len()).map(|i| u64::from(b.value(i))).collect()
+            let b = values.as_boolean();
+            mix_column(h, values, ranges, |i| u64::from(b.value(i)))
         }
-        _ => return None,
-    })
+        _ => return false,
+    }
+    true
 }
 
 impl ScalarUDFImpl for RowUniformUdf {
@@ -641,55 +682,44 @@ impl ScalarUDFImpl for RowUniformUdf {
         let mut h: Vec<u64> = vec![0; n];
         for a in &arrays {
             // A list (a feature vector) hashes its elements in order.
-            let (values, ranges): (ArrayRef, Vec<Option<(usize, usize)>>) = match a.data_type() {
-                DataType::FixedSizeList(_, w) => {
-                    let l = a.as_fixed_size_list();
-                    let w = *w as usize;
-                    let ranges = (0..n)
-                        .map(|r| l.is_valid(r).then_some((r * w, (r + 1) * w)))
-                        .collect();
-                    (Arc::clone(l.values()), ranges)
-                }
-                DataType::List(_) => {
-                    let l = a.as_list::<i32>();
-                    let o = l.value_offsets();
-                    let ranges = (0..n)
-                        .map(|r| l.is_valid(r).then_some((o[r] as usize, o[r + 1] as usize)))
-                        .collect();
-                    (Arc::clone(l.values()), ranges)
-                }
-                _ => (Arc::clone(a), (0..n).map(|r| Some((r, r + 1))).collect()),
-            };
+            let (values, ranges): (ArrayRef, Option<Vec<Option<(usize, usize)>>>) =
+                match a.data_type() {
+                    DataType::FixedSizeList(_, w) => {
+                        let l = a.as_fixed_size_list();
+                        let w = *w as usize;
+                        let ranges = (0..n)
+                            .map(|r| l.is_valid(r).then_some((r * w, (r + 1) * w)))
+                            .collect();
+                        (Arc::clone(l.values()), Some(ranges))
+                    }
+                    DataType::List(_) => {
+                        let l = a.as_list::<i32>();
+                        let o = l.value_offsets();
+                        let ranges = (0..n)
+                            .map(|r| l.is_valid(r).then_some((o[r] as usize, o[r + 1] as usize)))
+                            .collect();
+                        (Arc::clone(l.values()), Some(ranges))
+                    }
+                    _ => (Arc::clone(a), None),
+                };
             // Numbers and booleans hash their value (one word each); every other type its
             // text form, which is stable for every type. Nulls add nothing.
-            match value_words(values.as_ref()) {
-                Some(words) => {
-                    for (hr, range) in h.iter_mut().zip(ranges) {
-                        let mut x = *hr ^ 0xA5A5_A5A5_A5A5_A5A5;
-                        for i in range.map_or(0..0, |(lo, hi)| lo..hi) {
-                            if values.is_valid(i) {
-                                x = mix(x ^ words[i]);
+            if !mix_numbers(&mut h, values.as_ref(), ranges.as_deref()) {
+                let text = arrow::compute::cast(&values, &DataType::Utf8)?;
+                let text = text.as_string::<i32>();
+                let ranges = ranges.unwrap_or_else(|| (0..n).map(|r| Some((r, r + 1))).collect());
+                for (hr, range) in h.iter_mut().zip(ranges) {
+                    let mut x = *hr ^ COLUMN_SALT;
+                    for i in range.map_or(0..0, |(lo, hi)| lo..hi) {
+                        if text.is_valid(i) {
+                            for chunk in text.value(i).as_bytes().chunks(8) {
+                                let mut b = [0u8; 8];
+                                b[..chunk.len()].copy_from_slice(chunk);
+                                x = mix(x ^ u64::from_le_bytes(b));
                             }
                         }
-                        *hr = mix(x);
                     }
-                }
-                None => {
-                    let text = arrow::compute::cast(&values, &DataType::Utf8)?;
-                    let text = text.as_string::<i32>();
-                    for (hr, range) in h.iter_mut().zip(ranges) {
-                        let mut x = *hr ^ 0xA5A5_A5A5_A5A5_A5A5;
-                        for i in range.map_or(0..0, |(lo, hi)| lo..hi) {
-                            if text.is_valid(i) {
-                                for chunk in text.value(i).as_bytes().chunks(8) {
-                                    let mut b = [0u8; 8];
-                                    b[..chunk.len()].copy_from_slice(chunk);
-                                    x = mix(x ^ u64::from_le_bytes(b));
-                                }
-                            }
-                        }
-                        *hr = mix(x);
-                    }
+                    *hr = mix(x);
                 }
             }
         }

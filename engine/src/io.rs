@@ -1,6 +1,7 @@
 //! Data I/O on object_store URLs (`file://`, plain paths, `memory://`, `s3://`): Parquet, CSV,
 //! Arrow IPC and JSON in; Parquet and Arrow IPC out, published atomically.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -226,12 +227,79 @@ pub async fn probe(loc: &Location, display: &str) -> Result<Found> {
 }
 
 /// Reads `location` as a DataFrame. The format comes from `format` or the file extension.
+/// The scheme of tables held in this process's memory ([`ProcessTable`]).
+pub const PROCESS_SCHEME: &str = "process://";
+
+fn process_tables() -> &'static std::sync::Mutex<HashMap<String, Vec<RecordBatch>>> {
+    static TABLES: std::sync::OnceLock<std::sync::Mutex<HashMap<String, Vec<RecordBatch>>>> =
+        std::sync::OnceLock::new();
+    TABLES.get_or_init(Default::default)
+}
+
+/// Rows held in this process's memory under a `process://…` URL for as long as this lives:
+/// data handed to work that runs in this process only (the trials of a search on an embedded
+/// session) without a round trip through a file. [`read`] reads it like any location; in
+/// another process the URL names nothing.
+#[derive(Debug)]
+pub struct ProcessTable {
+    url: String,
+}
+
+impl ProcessTable {
+    pub fn new(batches: Vec<RecordBatch>) -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if batches.is_empty() {
+            return Err(QuiverError::EmptyDataset {
+                context: "a process table".to_string(),
+            });
+        }
+        let url = format!(
+            "{PROCESS_SCHEME}{}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            uuid::Uuid::new_v4().simple()
+        );
+        process_tables()
+            .lock()
+            .map_err(|_| QuiverError::internal("the process tables' lock is poisoned"))?
+            .insert(url.clone(), batches);
+        Ok(ProcessTable { url })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for ProcessTable {
+    fn drop(&mut self) {
+        if let Ok(mut t) = process_tables().lock() {
+            t.remove(&self.url);
+        }
+    }
+}
+
 pub async fn read(
     ctx: &SessionContext,
     s3: &S3Config,
     location: &str,
     format: Option<DataFormat>,
 ) -> Result<DataFrame> {
+    if location.starts_with(PROCESS_SCHEME) {
+        let batches = process_tables()
+            .lock()
+            .ok()
+            .and_then(|t| t.get(location).cloned())
+            .ok_or_else(|| QuiverError::InvalidUrl {
+                url: location.to_string(),
+                reason: "no table of this process has this name (it is gone, or it lives in \
+                         another process)"
+                    .to_string(),
+            })?;
+        let schema = batches[0].schema();
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+        return Ok(ctx.read_table(Arc::new(table))?);
+    }
     let mut loc = resolve(ctx, s3, location)?;
     let found = probe(&loc, location).await?;
     let file_name = match &found {

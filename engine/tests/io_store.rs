@@ -435,3 +435,22 @@ async fn tampered_parts_and_corrupt_metadata_are_named() {
     assert!(why.contains("corrupt model 'b' version 1"), "{why}");
     assert_eq!(store.list().await.unwrap().len(), 2);
 }
+
+/// Rows handed to work in this process by a `process://` URL read like a file while the table
+/// lives; afterwards (or in another process) the URL is a named error.
+#[tokio::test]
+async fn process_tables_are_read_in_this_process_only_while_they_live() {
+    let s = QuiverSession::embedded().unwrap();
+    let table = quiver_engine::io::ProcessTable::new(vec![sample()]).unwrap();
+    assert!(table.url().starts_with(quiver_engine::io::PROCESS_SCHEME));
+    let want = sum_x(&s, table.url()).await;
+    assert_eq!(want.0, sample().num_rows() as i64);
+    let url = table.url().to_string();
+    drop(table);
+    let err = s.read(&url).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&url) && err.contains("another process"),
+        "{err}"
+    );
+    assert!(quiver_engine::io::ProcessTable::new(Vec::new()).is_err());
+}

@@ -356,6 +356,27 @@ impl Tuning {
         eval_fraction: f64,
         seed: u64,
     ) -> Result<(Value, Point)> {
+        // Trials in this process read the rows from memory; executors need a file.
+        if !session.is_cluster() {
+            let batches = df
+                .collect()
+                .await
+                .map_err(quiver_engine::QuiverError::from)?;
+            let table = quiver_engine::io::ProcessTable::new(batches)?;
+            let result = self
+                .search(
+                    session,
+                    table.url(),
+                    label,
+                    features,
+                    split_columns,
+                    fixed,
+                    eval_fraction,
+                    seed,
+                )
+                .await;
+            return self.record(result);
+        }
         let snapshot = format!(
             "{}/{model}/tuning-{}-{}.parquet",
             store_url.trim_end_matches('/'),
@@ -384,6 +405,11 @@ impl Tuning {
         {
             let _ = loc.store.delete(&loc.path).await;
         }
+        self.record(result)
+    }
+
+    /// The tuning record of a search's result, and the best trial's tuned values.
+    fn record(&self, result: Result<(Trial, Vec<Trial>, String)>) -> Result<(Value, Point)> {
         let (best, trials, stopped) = result?;
         let chosen: Point = best
             .params
