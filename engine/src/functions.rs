@@ -570,6 +570,9 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 31)
 }
 
+/// Per row, the range of a list column's values it holds (`None`: a null list).
+type RowRanges = Vec<Option<(usize, usize)>>;
+
 /// The salt mixed into a row's hash before each column.
 const COLUMN_SALT: u64 = 0xA5A5_A5A5_A5A5_A5A5;
 
@@ -682,26 +685,25 @@ impl ScalarUDFImpl for RowUniformUdf {
         let mut h: Vec<u64> = vec![0; n];
         for a in &arrays {
             // A list (a feature vector) hashes its elements in order.
-            let (values, ranges): (ArrayRef, Option<Vec<Option<(usize, usize)>>>) =
-                match a.data_type() {
-                    DataType::FixedSizeList(_, w) => {
-                        let l = a.as_fixed_size_list();
-                        let w = *w as usize;
-                        let ranges = (0..n)
-                            .map(|r| l.is_valid(r).then_some((r * w, (r + 1) * w)))
-                            .collect();
-                        (Arc::clone(l.values()), Some(ranges))
-                    }
-                    DataType::List(_) => {
-                        let l = a.as_list::<i32>();
-                        let o = l.value_offsets();
-                        let ranges = (0..n)
-                            .map(|r| l.is_valid(r).then_some((o[r] as usize, o[r + 1] as usize)))
-                            .collect();
-                        (Arc::clone(l.values()), Some(ranges))
-                    }
-                    _ => (Arc::clone(a), None),
-                };
+            let (values, ranges): (ArrayRef, Option<RowRanges>) = match a.data_type() {
+                DataType::FixedSizeList(_, w) => {
+                    let l = a.as_fixed_size_list();
+                    let w = *w as usize;
+                    let ranges = (0..n)
+                        .map(|r| l.is_valid(r).then_some((r * w, (r + 1) * w)))
+                        .collect();
+                    (Arc::clone(l.values()), Some(ranges))
+                }
+                DataType::List(_) => {
+                    let l = a.as_list::<i32>();
+                    let o = l.value_offsets();
+                    let ranges = (0..n)
+                        .map(|r| l.is_valid(r).then_some((o[r] as usize, o[r + 1] as usize)))
+                        .collect();
+                    (Arc::clone(l.values()), Some(ranges))
+                }
+                _ => (Arc::clone(a), None),
+            };
             // Numbers and booleans hash their value (one word each); every other type its
             // text form, which is stable for every type. Nulls add nothing.
             if !mix_numbers(&mut h, values.as_ref(), ranges.as_deref()) {
