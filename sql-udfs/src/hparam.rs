@@ -357,40 +357,30 @@ impl Tuning {
         seed: u64,
     ) -> Result<(Value, Point)> {
         // Trials in this process read the rows from memory; executors need a file.
-        if !session.is_cluster() {
+        let (location, in_memory, snapshot) = if session.is_cluster() {
+            let snapshot = format!(
+                "{}/{model}/tuning-{}-{}.parquet",
+                store_url.trim_end_matches('/'),
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default()
+            );
+            session.write_parquet(df, &snapshot).await?;
+            (snapshot.clone(), None, Some(snapshot))
+        } else {
             let batches = df
                 .collect()
                 .await
                 .map_err(quiver_engine::QuiverError::from)?;
             let table = quiver_engine::io::ProcessTable::new(batches)?;
-            let result = self
-                .search(
-                    session,
-                    table.url(),
-                    label,
-                    features,
-                    split_columns,
-                    fixed,
-                    eval_fraction,
-                    seed,
-                )
-                .await;
-            return self.record(result);
-        }
-        let snapshot = format!(
-            "{}/{model}/tuning-{}-{}.parquet",
-            store_url.trim_end_matches('/'),
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default()
-        );
-        session.write_parquet(df, &snapshot).await?;
+            (table.url().to_string(), Some(table), None)
+        };
         let result = self
             .search(
                 session,
-                &snapshot,
+                &location,
                 label,
                 features,
                 split_columns,
@@ -399,9 +389,11 @@ impl Tuning {
                 seed,
             )
             .await;
-        // The snapshot goes, whatever the search did.
-        if let Ok(loc) =
-            quiver_engine::io::resolve(session.context(), &session.config().s3, &snapshot)
+        // The rows go, whatever the search did.
+        drop(in_memory);
+        if let Some(snapshot) = snapshot
+            && let Ok(loc) =
+                quiver_engine::io::resolve(session.context(), &session.config().s3, &snapshot)
         {
             let _ = loc.store.delete(&loc.path).await;
         }
