@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -114,6 +115,12 @@ fn advertised_ip(scheduler_host: &str, scheduler_port: u16) -> Result<IpAddr> {
         .ip())
 }
 
+/// Connections the board server answers at once, at most.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Connections open now.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
 /// The board server on `ip`, started on first use (one per address, for the process's life).
 fn serve(ip: IpAddr) -> Result<SocketAddr> {
     static SERVERS: OnceLock<Mutex<HashMap<IpAddr, SocketAddr>>> = OnceLock::new();
@@ -136,10 +143,24 @@ fn serve(ip: IpAddr) -> Result<SocketAddr> {
         .name("quiver-boards".to_string())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                // One thread per connection: one per running trial at most.
-                let _ = std::thread::Builder::new()
+                // One thread per connection (one per running trial), a bounded number: a
+                // stranger opening connections cannot exhaust this process's threads.
+                if OPEN.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                    log::warn!(
+                        "pruning board server: {MAX_CONNECTIONS} connections open; refusing one"
+                    );
+                    continue;
+                }
+                OPEN.fetch_add(1, Ordering::Relaxed);
+                let spawned = std::thread::Builder::new()
                     .name("quiver-board".to_string())
-                    .spawn(move || answer_connection(stream));
+                    .spawn(move || {
+                        answer_connection(stream);
+                        OPEN.fetch_sub(1, Ordering::Relaxed);
+                    });
+                if spawned.is_err() {
+                    OPEN.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         })
         .map_err(|e| QuiverError::internal(format!("cannot start the board server: {e}")))?;
