@@ -80,6 +80,27 @@ pub fn address_for(
 /// The IP address executors reach this process on: [`DRIVER_HOST_ENV`] when set, loopback for a
 /// scheduler on loopback, else the local address of the route to the scheduler.
 fn advertised_ip(scheduler_host: &str, scheduler_port: u16) -> Result<IpAddr> {
+    // Resolved once per scheduler and process: every fan-out with a pruner asks.
+    type Known = HashMap<(String, u16, Option<String>), IpAddr>;
+    static KNOWN: OnceLock<Mutex<Known>> = OnceLock::new();
+    let key = (
+        scheduler_host.to_string(),
+        scheduler_port,
+        std::env::var(DRIVER_HOST_ENV).ok(),
+    );
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(ip) = known.lock().ok().and_then(|k| k.get(&key).copied()) {
+        return Ok(ip);
+    }
+    let ip = resolve_advertised_ip(scheduler_host, scheduler_port)?;
+    if let Ok(mut k) = known.lock() {
+        k.insert(key, ip);
+    }
+    Ok(ip)
+}
+
+/// [`advertised_ip`], resolving names and routes.
+fn resolve_advertised_ip(scheduler_host: &str, scheduler_port: u16) -> Result<IpAddr> {
     let unresolved = |host: &str, e: String| QuiverError::Cluster(format!("{host}: {e}"));
     if let Ok(host) = std::env::var(DRIVER_HOST_ENV)
         && !host.is_empty()

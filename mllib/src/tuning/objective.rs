@@ -658,16 +658,21 @@ async fn score(
     ))
 }
 
+/// The spec a `kind` task carries as its parameters.
+fn spec_of(kind: &str, params: &str) -> quiver_engine::Result<TrainEval> {
+    serde_json::from_str(params).map_err(|e| QuiverError::Json {
+        context: format!("{kind} parameters"),
+        source: e,
+    })
+}
+
 impl TaskRunner for TrainEvalRunner {
     fn kind(&self) -> &str {
         TRAIN_EVAL
     }
 
     fn run(&self, params: &str) -> quiver_engine::Result<TaskOutcome> {
-        let spec: TrainEval = serde_json::from_str(params).map_err(|e| QuiverError::Json {
-            context: format!("{TRAIN_EVAL} parameters"),
-            source: e,
-        })?;
+        let spec = spec_of(TRAIN_EVAL, params)?;
         // Captured here: the trial runs on a runtime that may poll it on another thread.
         let reporter = quiver_engine::fanout::reporter();
         let (loss, metrics) = block_on(train_eval(&spec, reporter))?;
@@ -710,10 +715,7 @@ impl TaskRunner for DistributedTrainEval {
     }
 
     fn run(&self, params: &str) -> quiver_engine::Result<TaskOutcome> {
-        let spec: TrainEval = serde_json::from_str(params).map_err(|e| QuiverError::Json {
-            context: format!("{TRAIN_EVAL_DISTRIBUTED} parameters"),
-            source: e,
-        })?;
+        let spec = spec_of(TRAIN_EVAL_DISTRIBUTED, params)?;
         let reporter = quiver_engine::fanout::reporter();
         let session = self.session.clone();
         // The trial's deadline travels into the runtime's task with it.
