@@ -22,6 +22,7 @@ pub mod fanout;
 pub mod functions;
 pub mod io;
 pub mod map;
+pub mod math;
 pub mod registry;
 pub mod reuse;
 pub mod session;

@@ -422,6 +422,8 @@ pub async fn algorithms(
     let (rows, dim) = (opts.rows, opts.features);
     let bytes = (rows * dim * 8) as f64;
     let batches = algorithm_batches(opts, session.config().batch_size)?;
+    // The same values as plain slices, for the bandwidth floor.
+    let chunks = synthetic(rows, dim, session.config().batch_size, opts.seed);
     if let Some(path) = &opts.export {
         let written = session
             .write_parquet(session.from_batches(batches.clone(), 1)?, path)
@@ -437,8 +439,8 @@ pub async fn algorithms(
     .ok();
     writeln!(
         out,
-        "  {:<40} {:>10} {:>12} {:>8} {:>10}",
-        "case", "total ms", "per pass ms", "GB/s", "x summary"
+        "  {:<40} {:>10} {:>12} {:>8} {:>10} {:>8}",
+        "case", "total ms", "per pass ms", "GB/s", "x summary", "x floor"
     )
     .ok();
     let mllib_err = |e: quiver_mllib::MllibError| QuiverError::internal(e.to_string());
@@ -451,7 +453,29 @@ pub async fn algorithms(
             .with_label("label")?;
         let mut table: Vec<AlgoRow> = Vec::new();
 
-        // The baseline: the feature summary over the same cached input (median of 5).
+        // The memory-bandwidth floor: a plain 8-accumulator sum over the same values on the
+        // session's compute pool (median of 5).
+        let pool = s.compute_pool();
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            std::hint::black_box(pool.install(|| {
+                use rayon::prelude::*;
+                chunks.par_iter().map(|c| wide_sum(c)).sum::<f64>()
+            }));
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let plain = times[2];
+        table.push(AlgoRow {
+            case: format!("plain-sum-{dim}f-{rows}r-{runner}"),
+            total_ms: plain,
+            per_pass_ms: plain,
+            note: "",
+            extra: "median of 5 (the floor)".to_string(),
+        });
+
+        // The feature summary over the same cached input (median of 5).
         let prepared = s.prepare_iterative(&ds, s.runner()).await?;
         let mut times = Vec::new();
         for _ in 0..5 {
@@ -540,12 +564,13 @@ pub async fn algorithms(
         for r in &table {
             writeln!(
                 out,
-                "  {:<40} {:>10.1} {:>12.2} {:>8.2} {:>9.2}x   {}{}",
+                "  {:<40} {:>10.1} {:>12.2} {:>8.2} {:>9.2}x {:>7.2}x   {}{}",
                 r.case,
                 r.total_ms,
                 r.per_pass_ms,
                 bytes / (r.per_pass_ms / 1e3) / 1e9,
                 r.per_pass_ms / floor,
+                r.per_pass_ms / plain,
                 r.extra,
                 r.note
             )

@@ -8,6 +8,7 @@
 //! when off, `qⱼ = 1/σⱼ` and `pⱼ = 1/σⱼ²` (the penalty on the original coefficients).
 //! Intercepts are not penalised. Coefficients are reported in the original feature space.
 
+mod kernel;
 mod model;
 mod params;
 mod statistic;

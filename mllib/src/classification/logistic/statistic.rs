@@ -109,12 +109,20 @@ impl Statistic for LogisticLoss {
         let y = b
             .label
             .ok_or_else(|| QuiverError::internal("the logistic loss needs a label"))?;
+        let nan_at = |i: usize| QuiverError::InvalidValueInBatch {
+            kind: "NaN",
+            column: "features".to_string(),
+            row_in_batch: i,
+        };
+        if !self.multinomial {
+            // The kernel checks each block for NaN while it is in cache.
+            let w = if self.weighted { b.weight } else { None };
+            let mut nan = None;
+            super::kernel::binomial_loss_gradient(&self.coef, b.values, y, w, s, &mut nan);
+            return nan.map_or(Ok(()), |r| Err(nan_at(r)));
+        }
         if let Some(i) = first_nan(b.values) {
-            return Err(QuiverError::InvalidValueInBatch {
-                kind: "NaN",
-                column: "features".to_string(),
-                row_in_batch: i / d,
-            });
+            return Err(nan_at(i / d));
         }
         let mut margins = vec![0.0; kv];
         let (head, grad) = s.split_at_mut(2);
@@ -133,7 +141,7 @@ impl Statistic for LogisticLoss {
             }
             let label = y[r] as usize;
             head[0] += w;
-            if self.multinomial {
+            {
                 let max = margins.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let lse = max + margins.iter().map(|m| (m - max).exp()).sum::<f64>().ln();
                 head[1] += w * (lse - margins[label]);
@@ -145,24 +153,6 @@ impl Statistic for LogisticLoss {
                     }
                     g[d] += resid;
                 }
-            } else {
-                let m = margins[0];
-                let t = if label == 1 { 1.0 } else { 0.0 };
-                // One exponential serves both: e = exp(−|m|), log(1 + exp(m)) = max(m, 0) +
-                // log1p(e), and σ(m) = 1/(1 + e) for m ≥ 0, e/(1 + e) below.
-                let e = (-m.abs()).exp();
-                let softplus = m.max(0.0) + e.ln_1p();
-                let sigmoid = if m >= 0.0 {
-                    1.0 / (1.0 + e)
-                } else {
-                    e / (1.0 + e)
-                };
-                head[1] += w * (softplus - t * m);
-                let resid = w * (sigmoid - t);
-                for (gj, v) in grad[..d].iter_mut().zip(x) {
-                    *gj += resid * v;
-                }
-                grad[d] += resid;
             }
         }
         Ok(())

@@ -36,17 +36,39 @@ use model::*;
 use statistic::*;
 
 /// A uniform number in [0, 1) from a row's values, the seed and a round: the same row always
-/// draws the same number, wherever it is processed.
+/// draws the same number, wherever it is processed. Four lanes take every fourth value each
+/// (one multiply and shift per value, so the lanes' chains run side by side), then one
+/// splitmix64 finaliser mixes them.
 fn row_uniform(row: &[f64], seed: u64, round: u64) -> f64 {
-    let mut h = seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    for v in row {
-        h ^= v.to_bits();
-        // splitmix64 finaliser
-        h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        h ^= h >> 31;
+    const M: u64 = 0x9E37_79B9_7F4A_7C15;
+    let start = seed ^ round.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    let mut lanes = [
+        start,
+        start ^ 0xBF58_476D_1CE4_E5B9,
+        start ^ 0x94D0_49BB_1331_11EB,
+        start ^ 0x2545_F491_4F6C_DD1D,
+    ];
+    let step = |h: u64, v: f64| {
+        let h = (h ^ v.to_bits()).wrapping_mul(M);
+        h ^ (h >> 29)
+    };
+    let chunks = row.chunks_exact(4);
+    for (l, v) in chunks.remainder().iter().enumerate() {
+        lanes[l] = step(lanes[l], *v);
     }
+    for c in chunks {
+        for l in 0..4 {
+            lanes[l] = step(lanes[l], c[l]);
+        }
+    }
+    let mut h = lanes[0]
+        ^ lanes[1].rotate_left(16)
+        ^ lanes[2].rotate_left(32)
+        ^ lanes[3].rotate_left(48)
+        ^ (row.len() as u64);
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^= h >> 31;
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -146,56 +168,45 @@ impl KMeans {
         Ok(data.aggregate(Arc::new(stat)).await?)
     }
 
-    async fn initial_centers(&self, data: &Prepared, rows: u64) -> Result<Vec<f64>> {
+    /// The initial centres from the first pass's uniform sample (`first`: k rows for random
+    /// initialisation, one for k-means||). k-means|| then runs `init_steps` rounds, each one
+    /// pass drawing 2k rows by their squared distance to the candidates so far, weighs the
+    /// candidates by the rows nearest each (one pass), and runs weighted k-means++ and Lloyd
+    /// on them in the driver: `init_steps + 1` passes after the first.
+    async fn initial_centers(&self, data: &Prepared, first: &[f64]) -> Result<Vec<f64>> {
         let d = data.dim();
         let k = self.k;
-        let first = |n: usize| Pass::Sample {
-            round: 0,
-            l: 0.0,
-            phi: 0.0,
-            take: n,
-        };
-        if self.init_mode == KMeansInit::Random {
-            let s = self.pass(data, &[], first(k)).await?;
-            return Ok(sampled_rows(&s, d)
+        let rows_of = |s: &[f64]| -> Vec<f64> {
+            sampled_rows(s, d)
                 .into_iter()
                 .flat_map(|(_, r)| r)
-                .collect());
+                .collect()
+        };
+        let mut candidates = rows_of(first);
+        if self.init_mode == KMeansInit::Random {
+            return Ok(candidates);
         }
-        // k-means||: one uniform point, then rounds sampling ~2k points by their cost.
-        let s = self.pass(data, &[], first(1)).await?;
-        let mut candidates: Vec<f64> = sampled_rows(&s, d)
-            .into_iter()
-            .flat_map(|(_, r)| r)
-            .collect();
-        for round in 1..=self.init_steps as u64 {
-            let sums = self.pass(data, &candidates, Pass::Sums).await?;
-            // Rounded to 10 significant digits: runners that sum in different orders must
-            // still draw the same sample.
-            let phi: f64 = format!("{:.9e}", sums[0]).parse().unwrap_or(sums[0]);
+        let steps = self.init_steps as u64;
+        for round in 1..=steps {
+            let take = 2 * k;
+            let s = self
+                .pass(data, &candidates, Pass::Sample { round, take })
+                .await?;
+            candidates.extend(rows_of(&s));
+        }
+        if candidates.len() / d < k {
+            // Too few rows away from the candidates (repeated rows): top up uniformly.
             let s = self
                 .pass(
                     data,
-                    &candidates,
+                    &[],
                     Pass::Sample {
-                        round,
-                        l: 2.0 * k as f64,
-                        phi,
-                        take: 0,
+                        round: steps + 1,
+                        take: k,
                     },
                 )
                 .await?;
-            for (_, r) in sampled_rows(&s, d) {
-                candidates.extend_from_slice(&r);
-            }
-        }
-        let n_cand = candidates.len() / d;
-        if (n_cand as u64) < k as u64 && rows >= k as u64 {
-            // Too few distinct candidates: top up with a uniform sample.
-            let s = self.pass(data, &[], first(k)).await?;
-            for (_, r) in sampled_rows(&s, d) {
-                candidates.extend_from_slice(&r);
-            }
+            candidates.extend(rows_of(&s));
         }
         let sums = self.pass(data, &candidates, Pass::Sums).await?;
         let n_cand = candidates.len() / d;
@@ -214,9 +225,16 @@ impl Estimator for KMeans {
         let data = session.prepare_iterative(data, session.runner()).await?;
         let d = data.dim();
         let k = self.k;
-        // Row count from a zero-centre pass would be empty; use one centre at the origin.
-        let zero = vec![0.0; d];
-        let rows = self.pass(&data, &zero, Pass::Sums).await?[1] as u64;
+        // The first pass counts the rows and draws the first uniform sample.
+        let take = if self.init_mode == KMeansInit::Random {
+            k
+        } else {
+            1
+        };
+        let first = self
+            .pass(&data, &[], Pass::Sample { round: 0, take })
+            .await?;
+        let rows = first[0] as u64;
         if rows == 0 {
             return Err(QuiverError::EmptyDataset {
                 context: "k-means".to_string(),
@@ -229,7 +247,7 @@ impl Estimator for KMeans {
                 reason: format!("k exceeds the {rows} rows of the data"),
             });
         }
-        let mut centers = self.initial_centers(&data, rows).await?;
+        let mut centers = self.initial_centers(&data, &first).await?;
         let init_ms = started.elapsed().as_secs_f64() * 1e3;
         let mut history = Vec::new();
         let mut iterations = 0;

@@ -8,14 +8,13 @@ use super::*;
 pub(super) enum Pass {
     /// Per centre: sum of its points, count; plus the total cost (Lloyd step, candidate weights).
     Sums,
-    /// The rows drawn with probability min(1, l·d²(x)/φ) (k-means|| round), or, with no
-    /// centres yet, the rows with the smallest draws (a uniform sample of `take` rows).
-    Sample {
-        round: u64,
-        l: f64,
-        phi: f64,
-        take: usize,
-    },
+    /// The `take` rows with the smallest keys, and a count of all rows. With no centres the key
+    /// is a uniform draw `u` (a uniform sample); with centres it is `−ln(u) / d²(x)`, d² the
+    /// squared distance to the nearest centre (Efraimidis and Spirakis' exponential race: a
+    /// sample without replacement, each row drawn with probability proportional to d², the
+    /// k-means|| round with a fixed size instead of Bernoulli draws, so no cost pass is needed
+    /// first); rows on a centre are never drawn.
+    Sample { round: u64, take: usize },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,7 +29,7 @@ pub(super) struct KMeansPass {
 }
 
 impl Statistic for KMeansPass {
-    /// Sums: [cost, counts (k), sums (k·d)]. Sample: [n, then n × (draw, row…)].
+    /// Sums: [cost, counts (k), sums (k·d)]. Sample: [rows seen, n, then n × (key, row…)].
     type State = Vec<f64>;
     type Output = Vec<f64>;
 
@@ -51,7 +50,7 @@ impl Statistic for KMeansPass {
     fn init(&self) -> Vec<f64> {
         match self.pass {
             Pass::Sums => vec![0.0; 1 + self.centers.len() / self.d * (1 + self.d)],
-            Pass::Sample { .. } => vec![0.0],
+            Pass::Sample { .. } => vec![0.0, 0.0],
         }
     }
 
@@ -83,30 +82,46 @@ impl Statistic for KMeansPass {
                     }
                 }
             }
-            Pass::Sample {
-                round,
-                l,
-                phi,
-                take,
-            } => {
-                nan_check(b.values, 0)?;
-                let mut nearest = Vec::with_capacity(b.n_rows);
-                self.table.assign(&self.centers, b.values, &mut nearest);
-                for (r, x) in b.values.chunks_exact(d).enumerate() {
-                    let u = row_uniform(x, self.seed, *round);
-                    let keep = match nearest.get(r) {
-                        None => true, // no centres yet
-                        Some((_, dist)) => *phi > 0.0 && u < (l * dist / phi).min(1.0),
-                    };
-                    if keep {
-                        s[0] += 1.0;
-                        s.push(u);
+            Pass::Sample { round, take } => {
+                let take = *take;
+                // Only a row whose key is at most the take-th smallest so far can be kept.
+                let mut limit = sample_limit(s, d, take);
+                let mut nearest = Vec::with_capacity(SUB_BLOCK_ROWS);
+                for (i, block) in b.values.chunks(SUB_BLOCK_ROWS * d).enumerate() {
+                    nan_check(block, i * SUB_BLOCK_ROWS)?;
+                    s[0] += (block.len() / d) as f64;
+                    if take == 0 {
+                        continue;
+                    }
+                    if !self.centers.is_empty() {
+                        self.table.assign(&self.centers, block, &mut nearest);
+                    }
+                    for (r, x) in block.chunks_exact(d).enumerate() {
+                        let u = row_uniform(x, self.seed, *round);
+                        let key = match nearest.get(r) {
+                            _ if self.centers.is_empty() => u,
+                            Some(&(_, d2)) if d2 > 0.0 => {
+                                // −ln u ≥ 1 − u: most rows are refused without the logarithm.
+                                if (1.0 - u) / d2 > limit {
+                                    continue;
+                                }
+                                -u.ln() / d2
+                            }
+                            _ => continue,
+                        };
+                        if key > limit {
+                            continue;
+                        }
+                        s[1] += 1.0;
+                        s.push(key);
                         s.extend_from_slice(x);
+                        if s[1] as usize >= 2 * take.max(16) {
+                            keep_smallest(s, d, take);
+                            limit = sample_limit(s, d, take);
+                        }
                     }
                 }
-                if self.centers.is_empty() {
-                    keep_smallest(s, d, *take);
-                }
+                keep_smallest(s, d, take);
             }
         }
         Ok(())
@@ -117,10 +132,9 @@ impl Statistic for KMeansPass {
             Pass::Sums => s.iter_mut().zip(o).for_each(|(a, b)| *a += b),
             Pass::Sample { take, .. } => {
                 s[0] += o[0];
-                s.extend_from_slice(&o[1..]);
-                if self.centers.is_empty() {
-                    keep_smallest(s, self.d, *take);
-                }
+                s[1] += o[1];
+                s.extend_from_slice(&o[2..]);
+                keep_smallest(s, self.d, *take);
             }
         }
         Ok(())
@@ -144,11 +158,11 @@ impl Statistic for KMeansPass {
     }
 }
 
-/// Keeps the `take` sampled rows with the smallest draws (ties by row values), sorted.
+/// Keeps the `take` sampled rows with the smallest keys (ties by row values), sorted.
 pub(super) fn keep_smallest(s: &mut Vec<f64>, d: usize, take: usize) {
     let mut rows = sampled_rows(s, d);
     rows.truncate(take);
-    s.clear();
+    s.truncate(1);
     s.push(rows.len() as f64);
     for (u, r) in rows {
         s.push(u);
@@ -156,9 +170,19 @@ pub(super) fn keep_smallest(s: &mut Vec<f64>, d: usize, take: usize) {
     }
 }
 
-/// The (draw, row) pairs of a sample state, in a canonical order (by draw, then values).
+/// The largest key a row may have to enter a sample state kept by [`keep_smallest`]: the
+/// take-th smallest key once there are `take` rows, else +∞.
+fn sample_limit(s: &[f64], d: usize, take: usize) -> f64 {
+    if take > 0 && s[1] as usize >= take {
+        s[2 + (take - 1) * (d + 1)]
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// The (key, row) pairs of a sample state, in a canonical order (by key, then values).
 pub(super) fn sampled_rows(s: &[f64], d: usize) -> Vec<(f64, Vec<f64>)> {
-    let mut rows: Vec<(f64, Vec<f64>)> = s[1..]
+    let mut rows: Vec<(f64, Vec<f64>)> = s[2..]
         .chunks_exact(d + 1)
         .map(|c| (c[0], c[1..].to_vec()))
         .collect();
@@ -179,5 +203,69 @@ impl quiver_engine::registry::FromParams for KMeansPass {
         let mut v: Self = quiver_engine::registry::from_json_params("a k-means pass", bytes)?;
         v.table = CenterTable::new(&v.centers, v.d);
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stat: &KMeansPass, parts: &[&[f64]]) -> Vec<f64> {
+        let d = stat.d;
+        let mut states: Vec<Vec<f64>> = parts
+            .iter()
+            .map(|values| {
+                let mut s = stat.init();
+                let batch = FeatureBatch::new(values, d).expect("batch");
+                stat.update(&mut s, &batch).expect("update");
+                s
+            })
+            .collect();
+        let mut total = states.remove(0);
+        for o in &states {
+            stat.merge(&mut total, o).expect("merge");
+        }
+        total
+    }
+
+    /// A weighted sample is the same however the rows are split and merged, counts every row,
+    /// never draws a row on a centre, and draws far rows far more often than near ones.
+    #[test]
+    fn sample_is_independent_of_partitioning_and_weighted_by_distance() {
+        let d = 2;
+        // 3000 rows: 2990 near the centre (distance² ≤ 0.02), 10 far away (distance² ≥ 10000),
+        // and the centre itself.
+        let mut values = vec![0.0, 0.0];
+        for i in 0..2989 {
+            values.extend_from_slice(&[(i % 10) as f64 * 0.01, (i / 10) as f64 * 1e-4]);
+        }
+        for i in 0..10 {
+            values.extend_from_slice(&[100.0 + i as f64, -100.0]);
+        }
+        let centers = vec![0.0, 0.0];
+        let mut far_draws = 0;
+        for round in 1..=20 {
+            let stat = KMeansPass {
+                d,
+                table: CenterTable::new(&centers, d),
+                centers: centers.clone(),
+                seed: 7,
+                pass: Pass::Sample { round, take: 5 },
+            };
+            let whole = run(&stat, &[&values]);
+            let n = values.len();
+            let split = run(
+                &stat,
+                &[&values[n / 2..], &values[..1000], &values[1000..n / 2]],
+            );
+            assert_eq!(whole, split, "round {round}");
+            assert_eq!(whole[0], 3000.0);
+            let rows = sampled_rows(&whole, d);
+            assert_eq!(rows.len(), 5);
+            assert!(rows.iter().all(|(_, r)| r != &[0.0, 0.0]));
+            far_draws += rows.iter().filter(|(_, r)| r[0] >= 100.0).count();
+        }
+        // Far rows weigh ≥ 10⁴/0.02 more: nearly every draw is one of them.
+        assert!(far_draws >= 95, "{far_draws} of 100 draws far");
     }
 }

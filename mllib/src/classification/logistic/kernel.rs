@@ -1,0 +1,247 @@
+//! The binomial logistic loss and gradient over a batch, in cache-sized blocks of rows: the
+//! block's margins, then its losses and residuals as arrays (exp and ln1p written to
+//! vectorise, see `quiver_engine::math`), then the gradient as one `Xᵀ·r` over the block, four
+//! rows per step. Compiled for the baseline target and for AVX2 with FMA (chosen at run time).
+
+use quiver_engine::math::{exp_nonpositive, ln_1p_unit, madd};
+use quiver_engine::vector::first_nan;
+
+/// Rows per block (20 features: 40 KB, in L1/L2 while the block is worked on).
+pub(super) const BLOCK: usize = 256;
+
+/// Sums into `acc = [Σw, Σ w·loss, gradient (d coefficients, then the intercept)]` for the rows
+/// of `values` (`d` per row) with labels `y` (0 or 1) and weights `w` (all 1 when `None`), at
+/// coefficients `coef` (d, then the intercept). Rows of weight 0 contribute nothing.
+#[inline(always)]
+pub(super) fn binomial_block<const FMA: bool>(
+    coef: &[f64],
+    values: &[f64],
+    y: &[f64],
+    w: Option<&[f64]>,
+    acc: &mut [f64],
+) {
+    let d = coef.len() - 1;
+    let n = y.len();
+    debug_assert!(n <= BLOCK && values.len() == n * d && acc.len() == d + 3);
+    let (c, intercept) = coef.split_at(d);
+    let mut resid = [0.0f64; BLOCK];
+    let mut margin = [0.0f64; BLOCK];
+    for (m, x) in margin.iter_mut().zip(values.chunks_exact(d)) {
+        *m = intercept[0] + dot4::<FMA>(c, x);
+    }
+    let (mut weight, mut loss) = (0.0, 0.0);
+    for r in 0..n {
+        let m = margin[r];
+        let t = if y[r] == 1.0 { 1.0 } else { 0.0 };
+        let wr = w.map_or(1.0, |w| w[r]);
+        // One exponential serves both: e = exp(−|m|), log(1 + exp(m)) = max(m, 0) + log1p(e),
+        // and σ(m) = 1/(1 + e) for m ≥ 0, e/(1 + e) below.
+        let e = exp_nonpositive::<FMA>(-m.abs());
+        let softplus = m.max(0.0) + ln_1p_unit::<FMA>(e);
+        let sigmoid = (if m >= 0.0 { 1.0 } else { e }) / (1.0 + e);
+        let live = wr != 0.0;
+        weight += wr;
+        loss += if live { wr * (softplus - t * m) } else { 0.0 };
+        resid[r] = if live { wr * (sigmoid - t) } else { 0.0 };
+    }
+    acc[0] += weight;
+    acc[1] += loss;
+    let (grad, icpt) = acc[2..].split_at_mut(d);
+    icpt[0] += resid[..n].iter().sum::<f64>();
+    // Xᵀ·r, four rows per step; a group holding a zero-weight row goes one row at a time
+    // (skipping it: 0 · ∞ would be NaN).
+    let mut r = 0;
+    while r + 4 <= n {
+        let rs = &resid[r..r + 4];
+        let skip = w.is_some_and(|w| w[r..r + 4].contains(&0.0));
+        if skip {
+            for q in r..r + 4 {
+                if w.is_some_and(|w| w[q] != 0.0) {
+                    axpy::<FMA>(resid[q], &values[q * d..(q + 1) * d], grad);
+                }
+            }
+        } else {
+            let x = &values[r * d..(r + 4) * d];
+            let (x0, rest) = x.split_at(d);
+            let (x1, rest) = rest.split_at(d);
+            let (x2, x3) = rest.split_at(d);
+            for j in 0..d {
+                let s = madd::<FMA>(rs[0], x0[j], rs[1] * x1[j]);
+                let s = madd::<FMA>(rs[2], x2[j], s);
+                grad[j] += madd::<FMA>(rs[3], x3[j], s);
+            }
+        }
+        r += 4;
+    }
+    for q in r..n {
+        if w.is_none_or(|w| w[q] != 0.0) {
+            axpy::<FMA>(resid[q], &values[q * d..(q + 1) * d], grad);
+        }
+    }
+}
+
+/// `a · b` with four partial sums (a fixed order).
+#[inline(always)]
+fn dot4<const FMA: bool>(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (xs, ys) = (a.chunks_exact(4), b.chunks_exact(4));
+    let mut tail = 0.0;
+    for (x, y) in xs.remainder().iter().zip(ys.remainder()) {
+        tail = madd::<FMA>(*x, *y, tail);
+    }
+    for (x, y) in xs.zip(ys) {
+        for l in 0..4 {
+            acc[l] = madd::<FMA>(x[l], y[l], acc[l]);
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+#[inline(always)]
+fn axpy<const FMA: bool>(a: f64, x: &[f64], y: &mut [f64]) {
+    for (yj, xj) in y.iter_mut().zip(x) {
+        *yj = madd::<FMA>(a, *xj, *yj);
+    }
+}
+
+/// The whole batch, block by block; stops at a block holding a NaN feature value and sets
+/// `nan` to its row.
+#[inline(always)]
+pub(super) fn binomial<const FMA: bool>(
+    coef: &[f64],
+    values: &[f64],
+    y: &[f64],
+    w: Option<&[f64]>,
+    acc: &mut [f64],
+    nan: &mut Option<usize>,
+) {
+    let d = coef.len() - 1;
+    for (b, ys) in y.chunks(BLOCK).enumerate() {
+        let rows = b * BLOCK..b * BLOCK + ys.len();
+        if let Some(i) = first_nan(&values[rows.start * d..rows.end * d]) {
+            *nan = Some(rows.start + i / d);
+            return;
+        }
+        binomial_block::<FMA>(
+            coef,
+            &values[rows.start * d..rows.end * d],
+            ys,
+            w.map(|w| &w[rows]),
+            acc,
+        );
+    }
+}
+
+quiver_engine::fma_kernels!(loss_baseline, loss_avx2;
+    fn binomial_loss(
+        coef: &[f64], values: &[f64], y: &[f64], w: Option<&[f64]>, acc: &mut [f64], nan: &mut Option<usize>,
+    ) => binomial;
+);
+
+/// [`binomial`] with the best compilation this CPU runs.
+pub(super) fn binomial_loss_gradient(
+    coef: &[f64],
+    values: &[f64],
+    y: &[f64],
+    w: Option<&[f64]>,
+    acc: &mut [f64],
+    nan: &mut Option<usize>,
+) {
+    // SAFETY: the AVX2 variant runs only when the CPU reports AVX2 and FMA.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if quiver_engine::cpu::has_avx2_fma() {
+            return loss_avx2::binomial_loss(coef, values, y, w, acc, nan);
+        }
+        loss_baseline::binomial_loss(coef, values, y, w, acc, nan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocked kernel (both compilations) agrees with the loss and gradient summed row by
+    /// row with the standard library's exp and ln1p: batches around the block and step sizes,
+    /// large margins, weights with zeros (and an infinite feature in a zero-weight row).
+    #[test]
+    fn blocked_kernel_agrees_with_rows_one_at_a_time() {
+        let d = 7;
+        let value = |i: usize| ((i * 7919 % 1009) as f64 - 500.0) / 37.0;
+        let coef: Vec<f64> = (0..=d).map(|j| value(j * 13 + 5) / 3.0).collect();
+        for n in [1, 3, 4, 5, 255, 256, 257, 1030] {
+            let mut values: Vec<f64> = (0..n * d).map(value).collect();
+            let y: Vec<f64> = (0..n).map(|r| (r * 31 % 7 < 3) as u8 as f64).collect();
+            let w: Vec<f64> = (0..n)
+                .map(|r| {
+                    if r % 5 == 2 {
+                        0.0
+                    } else {
+                        0.5 + (r % 3) as f64
+                    }
+                })
+                .collect();
+            if n > 2 {
+                values[2 * d] = f64::INFINITY; // row 2 has weight 0
+            }
+            for weights in [None, Some(&w[..])] {
+                let mut want = vec![0.0; d + 3];
+                for r in 0..n {
+                    let wr = weights.map_or(1.0, |w| w[r]);
+                    if wr == 0.0 || (weights.is_none() && r == 2 && n > 2) {
+                        continue;
+                    }
+                    let x = &values[r * d..(r + 1) * d];
+                    let m = coef[d] + x.iter().zip(&coef).map(|(a, b)| a * b).sum::<f64>();
+                    let p = 1.0 / (1.0 + (-m).exp());
+                    want[0] += wr;
+                    want[1] += wr * (m.max(0.0) + (-m.abs()).exp().ln_1p() - y[r] * m);
+                    for j in 0..d {
+                        want[2 + j] += wr * (p - y[r]) * x[j];
+                    }
+                    want[2 + d] += wr * (p - y[r]);
+                }
+                let mut outs = Vec::new();
+                // SAFETY: the AVX2 variant only where the CPU has it.
+                unsafe {
+                    let mut acc = vec![0.0; d + 3];
+                    let mut nan = None;
+                    loss_baseline::binomial_loss(&coef, &values, &y, weights, &mut acc, &mut nan);
+                    outs.push(acc);
+                    #[cfg(target_arch = "x86_64")]
+                    if quiver_engine::cpu::has_avx2_fma() {
+                        let mut acc = vec![0.0; d + 3];
+                        loss_avx2::binomial_loss(&coef, &values, &y, weights, &mut acc, &mut nan);
+                        outs.push(acc);
+                    }
+                    assert_eq!(nan, None);
+                }
+                for got in outs {
+                    if weights.is_none() && n > 2 {
+                        // The unweighted infinite row makes the sums infinite or NaN.
+                        assert!(!got[1].is_finite() || !got[2].is_finite());
+                        continue;
+                    }
+                    for (g, v) in got.iter().zip(&want) {
+                        assert!(
+                            (g - v).abs() <= 1e-12 * v.abs().max(1.0),
+                            "n {n}: {got:?} vs {want:?}"
+                        );
+                    }
+                }
+            }
+        }
+        let mut nan = None;
+        let mut values = vec![1.0; 600 * 2];
+        values[2 * 300 + 1] = f64::NAN;
+        binomial_loss_gradient(
+            &[0.1, 0.2, 0.0],
+            &values,
+            &[0.0; 600],
+            None,
+            &mut [0.0; 5],
+            &mut nan,
+        );
+        assert_eq!(nan, Some(300));
+    }
+}
