@@ -536,7 +536,10 @@ impl Accumulator for VectorSummaryAccumulator {
 
 /// The engine's aggregate functions, for the registry.
 pub fn engine_aggregate_functions() -> Vec<AggregateUDF> {
-    vec![AggregateUDF::from(VectorSummaryUdaf::new())]
+    vec![
+        AggregateUDF::from(VectorSummaryUdaf::new()),
+        AggregateUDF::from(crate::moments::MomentsUdaf::default()),
+    ]
 }
 
 /// `row_uniform(seed, col, …)`: a number in [0, 1) drawn from the row's values and the seed —

@@ -23,6 +23,7 @@ pub mod functions;
 pub mod io;
 pub mod map;
 pub mod math;
+pub mod moments;
 pub mod registry;
 pub mod reuse;
 pub mod session;

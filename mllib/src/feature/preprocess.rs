@@ -27,10 +27,9 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use bytes::Bytes;
 use datafusion::common::ScalarValue;
 use datafusion::error::Result as DFResult;
-use datafusion::functions::math::expr_fn::{abs, isnan};
-use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, stddev};
+use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, when,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::{cast, col, lit};
 use quiver_engine::aggregate::quoted_name;
@@ -747,27 +746,18 @@ impl Estimator for Preprocessor {
             })?;
             kinds.push((name.clone(), t, kind));
         }
-        // One query for every number column: counts, and moments over the finite values.
+        // One query for every number column: counts, and moments over the finite values, one
+        // pass per column (`column_moments`).
+        let moments = datafusion::logical_expr::AggregateUDF::from(
+            quiver_engine::moments::MomentsUdaf::default(),
+        );
         let mut aggregates = vec![count(lit(1)).alias("rows")];
         for (j, (name, t, kind)) in kinds.iter().enumerate() {
             if *kind == ColumnKind::Categorical {
                 continue;
             }
-            let x = number_expr(name, t);
-            let finite = when(
-                isnan(x.clone()).or(abs(x.clone()).eq(lit(f64::INFINITY))),
-                lit(ScalarValue::Float64(None)),
-            )
-            .otherwise(x.clone())
-            .map_err(QuiverError::from)?;
-            aggregates.extend([
-                count(x).alias(format!("n{j}")),
-                count(finite.clone()).alias(format!("f{j}")),
-                avg(finite.clone()).alias(format!("mean{j}")),
-                stddev(finite.clone()).alias(format!("sd{j}")),
-                min(finite.clone()).alias(format!("min{j}")),
-                max(finite).alias(format!("max{j}")),
-            ]);
+            let x = cast(number_expr(name, t), DataType::Float64);
+            aggregates.push(moments.call(vec![x]).alias(format!("m{j}")));
         }
         let stats = data
             .dataframe()
@@ -781,11 +771,16 @@ impl Estimator for Preprocessor {
             .iter()
             .find(|b| b.num_rows() > 0)
             .ok_or_else(|| QuiverError::internal("the statistics query returned no row"))?;
-        let value = |name: &str| -> Option<f64> {
-            let a = batch.column_by_name(name)?;
+        let number = |a: &ArrayRef| -> Option<f64> {
             let a = arrow::compute::cast(a, &DataType::Float64).ok()?;
             let a = a.as_primitive::<Float64Type>();
             a.is_valid(0).then(|| a.value(0)).filter(|v| v.is_finite())
+        };
+        let value = |name: &str| number(batch.column_by_name(name)?);
+        // A field of column j's moments.
+        let moment = |j: usize, field: &str| -> Option<f64> {
+            let m = batch.column_by_name(&format!("m{j}"))?.as_struct_opt()?;
+            number(m.column_by_name(field)?)
         };
         let rows = value("rows").unwrap_or(0.0) as u64;
         if rows == 0 {
@@ -826,14 +821,14 @@ impl Estimator for Preprocessor {
                 kept.sort();
                 info.categories = kept;
             } else {
-                let present = value(&format!("n{j}")).unwrap_or(0.0) as u64;
-                let finite = value(&format!("f{j}")).unwrap_or(0.0) as u64;
+                let present = moment(j, "count").unwrap_or(0.0) as u64;
+                let finite = moment(j, "finite").unwrap_or(0.0) as u64;
                 info.nulls = rows - present.min(rows);
                 info.non_finite = present - finite.min(present);
-                info.mean = value(&format!("mean{j}"));
-                info.stddev = value(&format!("sd{j}"));
-                info.min = value(&format!("min{j}"));
-                info.max = value(&format!("max{j}"));
+                info.mean = moment(j, "mean");
+                info.stddev = moment(j, "stddev");
+                info.min = moment(j, "min");
+                info.max = moment(j, "max");
             }
             columns.push(info);
         }

@@ -3,7 +3,7 @@
 //! vectorise, see `quiver_engine::math`), then the gradient as one `Xᵀ·r` over the block, four
 //! rows per step. Compiled for the baseline target and for AVX2 with FMA (chosen at run time).
 
-use quiver_engine::math::{exp_nonpositive, ln_1p_unit, madd};
+use quiver_engine::math::{madd, softplus_sigmoid};
 use quiver_engine::vector::first_nan;
 
 /// Rows per block (20 features: 40 KB, in L1/L2 while the block is worked on).
@@ -24,30 +24,34 @@ pub(super) fn binomial_block<const FMA: bool>(
     let n = y.len();
     debug_assert!(n <= BLOCK && values.len() == n * d && acc.len() == d + 3);
     let (c, intercept) = coef.split_at(d);
-    let mut resid = [0.0f64; BLOCK];
     let mut margin = [0.0f64; BLOCK];
-    for (m, x) in margin.iter_mut().zip(values.chunks_exact(d)) {
+    for (m, x) in margin[..n].iter_mut().zip(values.chunks_exact(d)) {
         *m = intercept[0] + dot4::<FMA>(c, x);
     }
-    let (mut weight, mut loss) = (0.0, 0.0);
-    for r in 0..n {
-        let m = margin[r];
-        let t = if y[r] == 1.0 { 1.0 } else { 0.0 };
-        let wr = w.map_or(1.0, |w| w[r]);
-        // One exponential serves both: e = exp(−|m|), log(1 + exp(m)) = max(m, 0) + log1p(e),
-        // and σ(m) = 1/(1 + e) for m ≥ 0, e/(1 + e) below.
-        let e = exp_nonpositive::<FMA>(-m.abs());
-        let softplus = m.max(0.0) + ln_1p_unit::<FMA>(e);
-        let sigmoid = (if m >= 0.0 { 1.0 } else { e }) / (1.0 + e);
+    // Per row loss and residual, as arrays (iterators of equal length, no reductions: the loop
+    // vectorises), summed afterwards in four lanes.
+    const ONES: [f64; BLOCK] = [1.0; BLOCK];
+    let w_block = w.unwrap_or(&ONES[..n]);
+    let mut loss = [0.0f64; BLOCK];
+    let mut resid = [0.0f64; BLOCK];
+    for ((((m, t), wr), l), g) in margin[..n]
+        .iter()
+        .zip(y)
+        .zip(w_block)
+        .zip(&mut loss[..n])
+        .zip(&mut resid[..n])
+    {
+        let (m, wr) = (*m, *wr);
+        let t = if *t == 1.0 { 1.0 } else { 0.0 };
+        let (softplus, sigmoid) = softplus_sigmoid::<FMA>(m);
         let live = wr != 0.0;
-        weight += wr;
-        loss += if live { wr * (softplus - t * m) } else { 0.0 };
-        resid[r] = if live { wr * (sigmoid - t) } else { 0.0 };
+        *l = if live { wr * (softplus - t * m) } else { 0.0 };
+        *g = if live { wr * (sigmoid - t) } else { 0.0 };
     }
-    acc[0] += weight;
-    acc[1] += loss;
+    acc[0] += sum4(w_block);
+    acc[1] += sum4(&loss[..n]);
     let (grad, icpt) = acc[2..].split_at_mut(d);
-    icpt[0] += resid[..n].iter().sum::<f64>();
+    icpt[0] += sum4(&resid[..n]);
     // Xᵀ·r, four rows per step; a group holding a zero-weight row goes one row at a time
     // (skipping it: 0 · ∞ would be NaN).
     let mut r = 0;
@@ -65,10 +69,10 @@ pub(super) fn binomial_block<const FMA: bool>(
             let (x0, rest) = x.split_at(d);
             let (x1, rest) = rest.split_at(d);
             let (x2, x3) = rest.split_at(d);
-            for j in 0..d {
-                let s = madd::<FMA>(rs[0], x0[j], rs[1] * x1[j]);
-                let s = madd::<FMA>(rs[2], x2[j], s);
-                grad[j] += madd::<FMA>(rs[3], x3[j], s);
+            for ((((g, a), b), c), e) in grad.iter_mut().zip(x0).zip(x1).zip(x2).zip(x3) {
+                let s = madd::<FMA>(rs[0], *a, rs[1] * *b);
+                let s = madd::<FMA>(rs[2], *c, s);
+                *g += madd::<FMA>(rs[3], *e, s);
             }
         }
         r += 4;
@@ -78,6 +82,20 @@ pub(super) fn binomial_block<const FMA: bool>(
             axpy::<FMA>(resid[q], &values[q * d..(q + 1) * d], grad);
         }
     }
+}
+
+/// A sum in four lanes (a fixed order), so that it vectorises.
+#[inline(always)]
+fn sum4(v: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let chunks = v.chunks_exact(4);
+    let tail: f64 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..4 {
+            acc[l] += c[l];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// `a · b` with four partial sums (a fixed order).
