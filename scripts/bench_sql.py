@@ -4,7 +4,7 @@ same files, in one invocation.
     cargo build --release --bin quiver
     pip install scikit-learn pyarrow numpy
     python3 scripts/bench_sql.py [--quiver target/release/quiver] [--rows 1000000]
-        [--features 20] [--files 8] [--runs 3] [--threads 2]
+        [--features 20] [--files 8] [--runs 3] [--threads 2] [--baseline OLD_QUIVER]
 
 The rows: `features` standard-normal columns f0 … f{d-1}, a 0/1 `label` (logistic in a fixed
 linear score) and a numeric `target` (that score plus noise), in `files` Parquet files. Each
@@ -17,6 +17,8 @@ the Parquet read into NumPy is timed on its own. Statements:
   - predict every row from Parquet (ml_predict, count)  ~ predict_proba on the loaded rows;
   - an 8-point grid over l2_reg with 20% held out (AUC) ~ 8 fits + roc_auc_score on a split.
 Reported: the median of `runs` runs of each, and the ratio scikit-learn fit / Quiver statement.
+With `--baseline`, another `quiver` binary (an earlier build) runs the same statements in the
+same invocation, interleaved, for a before/after column.
 """
 
 import argparse
@@ -65,6 +67,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default=None, help="run only the cases whose name contains this")
+    ap.add_argument("--baseline", default=None, help="an earlier quiver binary to time beside")
     a = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(a.threads)
@@ -94,8 +97,8 @@ def main():
     }
     models = os.path.join(work, "models")
 
-    def quiver(sql):
-        args = [a.quiver, "--models", models, "--config",
+    def quiver(sql, binary=None):
+        args = [binary or a.quiver, "--models", models, "--config",
                 f"quiver.compute_threads={a.threads}", "sql", "-e", table + sql]
         t = time.perf_counter()
         run = subprocess.run(args, capture_output=True, text=True)
@@ -138,18 +141,22 @@ def main():
 
     print(f"{a.rows} rows × {a.features} features in {a.files} Parquet files, {a.threads} "
           f"threads, median of {a.runs}; scikit-learn's Parquet read: {read_s:.2f} s")
-    print(f"{'case':28} {'quiver sql s':>13} {'sklearn fit s':>14} {'sklearn / quiver':>17}")
+    base = f" {'baseline s':>11}" if a.baseline else ""
+    print(f"{'case':28}{base} {'quiver sql s':>13} {'sklearn fit s':>14} {'sklearn / quiver':>17}")
     for name, sql in statements.items():
         if a.only and a.only not in name:
             continue
-        q, s = [], []
+        q, s, b = [], [], []
         for _ in range(a.runs):
+            if a.baseline:
+                b.append(quiver(sql, a.baseline))
             q.append(quiver(sql))
             t = time.perf_counter()
             sklearn[name]()
             s.append(time.perf_counter() - t)
         qm, sm = statistics.median(q), statistics.median(s)
-        print(f"{name:28} {qm:13.2f} {sm:14.2f} {sm / qm:16.1f}×", flush=True)
+        before = f" {statistics.median(b):11.2f}" if b else ""
+        print(f"{name:28}{before} {qm:13.2f} {sm:14.2f} {sm / qm:16.1f}×", flush=True)
 
 
 if __name__ == "__main__":
