@@ -210,7 +210,7 @@ impl KMeans {
                 .await?;
             candidates.extend(rows_of(&s));
         }
-        let sums = self.pass(data, &candidates, Pass::Sums).await?;
+        let sums = self.pass(data, &candidates, Pass::Counts).await?;
         let n_cand = candidates.len() / d;
         let weights: Vec<f64> = sums[1..1 + n_cand].to_vec();
         let points: Vec<Vec<f64>> = candidates.chunks_exact(d).map(<[f64]>::to_vec).collect();

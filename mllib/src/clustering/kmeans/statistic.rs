@@ -6,8 +6,11 @@ use super::*;
 /// What one pass over the data computes for a set of centres.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) enum Pass {
-    /// Per centre: sum of its points, count; plus the total cost (Lloyd step, candidate weights).
+    /// Per centre: sum of its points, count; plus the total cost (a Lloyd step).
     Sums,
+    /// Per centre: the count of its points; plus the total cost (the k-means|| candidates'
+    /// weights: no sums to accumulate).
+    Counts,
     /// The `take` rows with the smallest keys, and a count of all rows. With no centres the key
     /// is a uniform draw `u` (a uniform sample); with centres it is `−ln(u) / d²(x)`, d² the
     /// squared distance to the nearest centre (Efraimidis and Spirakis' exponential race: a
@@ -50,6 +53,7 @@ impl Statistic for KMeansPass {
     fn init(&self) -> Vec<f64> {
         match self.pass {
             Pass::Sums => vec![0.0; 1 + self.centers.len() / self.d * (1 + self.d)],
+            Pass::Counts => vec![0.0; 1 + self.centers.len() / self.d],
             Pass::Sample { .. } => vec![0.0, 0.0],
         }
     }
@@ -65,9 +69,10 @@ impl Statistic for KMeansPass {
             None => Ok(()),
         };
         match &self.pass {
-            Pass::Sums => {
+            Pass::Sums | Pass::Counts => {
                 // Sub-blocks that stay in cache while they are checked, assigned and summed.
                 let k = self.centers.len() / d;
+                let sums = self.pass == Pass::Sums;
                 let mut nearest = Vec::with_capacity(SUB_BLOCK_ROWS);
                 for (i, block) in b.values.chunks(SUB_BLOCK_ROWS * d).enumerate() {
                     nan_check(block, i * SUB_BLOCK_ROWS)?;
@@ -75,6 +80,9 @@ impl Statistic for KMeansPass {
                     for (x, &(c, dist)) in block.chunks_exact(d).zip(&nearest) {
                         s[0] += dist;
                         s[1 + c] += 1.0;
+                        if !sums {
+                            continue;
+                        }
                         let sum = &mut s[1 + k + c * d..1 + k + (c + 1) * d];
                         for (a, v) in sum.iter_mut().zip(x) {
                             *a += v;
@@ -129,7 +137,7 @@ impl Statistic for KMeansPass {
 
     fn merge(&self, s: &mut Vec<f64>, o: &Vec<f64>) -> quiver_engine::Result<()> {
         match &self.pass {
-            Pass::Sums => s.iter_mut().zip(o).for_each(|(a, b)| *a += b),
+            Pass::Sums | Pass::Counts => s.iter_mut().zip(o).for_each(|(a, b)| *a += b),
             Pass::Sample { take, .. } => {
                 s[0] += o[0];
                 s[1] += o[1];
