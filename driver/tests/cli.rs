@@ -766,3 +766,51 @@ fn cluster_executors_honour_the_memory_limit() {
         "{err}"
     );
 }
+
+/// `quiver.device = cuda` on a machine without a usable CUDA device fails at once, naming the
+/// key and what is missing; a bad value says what is expected. (Skipped where a device is.)
+#[test]
+fn cuda_device_without_one_is_a_named_error() {
+    let bad = quiver()
+        .args(["-c", "quiver.device=tpu", "sql", "-e", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("quiver.device") && err.contains("auto, cpu, cuda or cuda:N"),
+        "{err}"
+    );
+    if let Ok(device) = quiver_engine::device::probe(0) {
+        eprintln!("a CUDA device is present ({device:?}): the refusal is not tested here");
+        return;
+    }
+    let out = quiver()
+        .args(["-c", "quiver.device=cuda", "sql", "-e", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'cuda:0' for configuration key 'quiver.device'") && !err.contains("panicked"),
+        "{err}"
+    );
+    // The CPU and auto run the same statement.
+    for device in ["cpu", "auto"] {
+        let out = quiver()
+            .args([
+                "-c",
+                &format!("quiver.device={device}"),
+                "sql",
+                "-e",
+                "SELECT 1",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -36,6 +36,11 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         doc: "Where fits run their statistics: embedded (DataFusion queries) or local (cached batches on the compute pool).",
     },
     ConfigKey {
+        key: "quiver.device",
+        default: "auto",
+        doc: "Where batch work may run: auto (a CUDA device when this machine has a usable one, else the CPU, saying why once in the log), cpu, or cuda / cuda:N (an error naming what is missing when the device cannot be used).",
+    },
+    ConfigKey {
         key: "quiver.model_store",
         default: "./quiver-models/",
         doc: "URL or path of the model store (file://, plain path, memory://, s3://).",
@@ -164,6 +169,8 @@ pub struct QuiverConfig {
     /// The cluster's CA certificate (`quiver.cluster.tls_ca_file`): connect with TLS and
     /// verify the scheduler and executors against it.
     pub tls: Option<crate::cluster::tls::ClientTls>,
+    /// `quiver.device`; defaults to `auto`.
+    pub device: crate::device::DeviceChoice,
 }
 
 /// A byte size as people write it: `1048576`, `512MB`, `4GB`, `1.5GiB`, `64k`; `unlimited`
@@ -221,6 +228,7 @@ impl Default for QuiverConfig {
             s3: process_s3(),
             auth_token: None,
             tls: None,
+            device: crate::device::DeviceChoice::Auto,
         }
     }
 }
@@ -273,6 +281,9 @@ impl QuiverConfig {
                     ))
                     .map_err(|e| bad(&e.to_string()))?,
                 )
+            }
+            "quiver.device" => {
+                self.device = crate::device::DeviceChoice::parse(value).map_err(|r| bad(&r))?
             }
             "quiver.memory_limit" => self.memory_limit = parse_bytes(value).map_err(|r| bad(&r))?,
             "quiver.training_cache" => {

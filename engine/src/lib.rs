@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod cpu;
 pub mod dataset;
+pub mod device;
 pub mod error;
 pub mod fanout;
 pub mod functions;

@@ -157,6 +157,11 @@ impl QuiverSession {
                 crate::cluster::QuiverObjectStores::new(config.s3.clone()),
             ));
         }
+        // An explicit `quiver.device = cuda` that this machine cannot honour fails here, naming
+        // what is missing (`auto` resolves at first use and falls back to the CPU).
+        if matches!(config.device, crate::device::DeviceChoice::Cuda(_)) {
+            crate::device::resolve(config.device)?;
+        }
         let runtime = builder.build_arc()?;
         let ctx = SessionContext::new_with_config_rt(session_config, runtime).enable_url_table();
         let memory_url =
@@ -204,6 +209,12 @@ impl QuiverSession {
         let launch = cluster::standalone_launcher()?;
         let address = launch(config.clone()).await?;
         Self::remote_with(&address.url(), config).await
+    }
+
+    /// Where this session's batch work may run (`quiver.device` resolved on this machine;
+    /// the probe is made once per process).
+    pub fn placement(&self) -> Result<crate::device::Placement> {
+        crate::device::resolve(self.config.device)
     }
 
     /// Where this session's queries run.

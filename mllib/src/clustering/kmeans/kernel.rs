@@ -97,13 +97,14 @@ pub(super) fn nearest_rows<const R: usize, const FMA: bool>(
 }
 
 /// [`nearest_rows`] for [`ROWS`] rows with AVX2 and FMA: eight accumulators of four centres
-/// in registers, one broadcast and one multiply-add per row and feature; the running minimum is
-/// kept per lane with compares and blends. The same values from the same operations in the
-/// same order as `nearest_rows::<_, true>`, and the same choice (the first centre on ties), so
-/// the tail rows agree bit for bit.
+/// in registers, one broadcast and one multiply-add per row and feature. The same operations in
+/// the same order as `nearest_rows::<_, true>`, so the tail rows agree bit for bit.
 ///
 /// `inline`: its only caller is the AVX2 compilation of [`assign_all`]; left to the optimiser
-/// it was once not inlined, and a call per 8 rows cost a quarter of a Lloyd pass.
+/// it was once not inlined, and a call per 8 rows cost a quarter of a Lloyd pass. (Keeping the
+/// running minimum per lane with compares and blends instead of the scalar scan below was
+/// tried: 24 vector registers' worth of state for AVX2's 16, and the spills made Lloyd passes
+/// ~25% slower.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -112,14 +113,11 @@ unsafe fn nearest_block_avx2(t: &CenterTable, rows: &[f64], best: &mut [(f64, us
     let d = t.d;
     assert!(rows.len() >= ROWS * d && t.neg2t.len() == t.groups * d * 4);
     let x = rows.as_ptr();
-    // SAFETY: every pointer below stays inside `rows` (ROWS × d values, asserted above),
-    // `t.neg2t` (groups × d × 4) and `t.norms` (groups × 4).
-    unsafe {
-        // Per row and lane, the smallest value so far and its group (as f64): compares and
-        // blends, no branches; the lanes are reduced once per row at the end.
-        let mut best_v = [_mm256_set1_pd(f64::INFINITY); ROWS];
-        let mut best_g = [_mm256_setzero_pd(); ROWS];
-        for g in 0..t.groups {
+    let mut lanes = [0.0f64; 4];
+    for g in 0..t.groups {
+        // SAFETY: every pointer below stays inside `rows` (ROWS × d values, asserted above),
+        // `t.neg2t` (groups × d × 4) and `t.norms` (groups × 4).
+        unsafe {
             let norms = _mm256_loadu_pd(t.norms.as_ptr().add(g * 4));
             let mut acc = [norms; ROWS];
             let cols = t.neg2t.as_ptr().add(g * d * 4);
@@ -129,22 +127,12 @@ unsafe fn nearest_block_avx2(t: &CenterTable, rows: &[f64], best: &mut [(f64, us
                     *a = _mm256_fmadd_pd(_mm256_broadcast_sd(&*x.add(r * d + j)), c, *a);
                 }
             }
-            let gv = _mm256_set1_pd(g as f64);
-            for r in 0..ROWS {
-                let lt = _mm256_cmp_pd::<_CMP_LT_OQ>(acc[r], best_v[r]);
-                best_v[r] = _mm256_blendv_pd(best_v[r], acc[r], lt);
-                best_g[r] = _mm256_blendv_pd(best_g[r], gv, lt);
-            }
-        }
-        let (mut v, mut gi) = ([0.0f64; 4], [0.0f64; 4]);
-        for r in 0..ROWS {
-            _mm256_storeu_pd(v.as_mut_ptr(), best_v[r]);
-            _mm256_storeu_pd(gi.as_mut_ptr(), best_g[r]);
-            // The smallest value; on ties the first centre (as the scalar scan).
-            for l in 0..4 {
-                let c = gi[l] as usize * 4 + l;
-                if v[l] < best[r].0 || (v[l] == best[r].0 && c < best[r].1) {
-                    best[r] = (v[l], c);
+            for (r, a) in acc.iter().enumerate() {
+                _mm256_storeu_pd(lanes.as_mut_ptr(), *a);
+                for (l, v) in lanes.iter().enumerate() {
+                    if *v < best[r].0 {
+                        best[r] = (*v, g * 4 + l);
+                    }
                 }
             }
         }
