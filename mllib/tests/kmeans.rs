@@ -26,9 +26,14 @@ fn session(runner: &str, partitions: usize) -> QuiverSession {
 
 /// Three blobs of 200 points around (0, 0), (10, 10) and (-10, 10), deterministic jitter.
 fn blobs(s: &QuiverSession, partitions: usize) -> Dataset {
+    blobs_of(s, partitions, 600)
+}
+
+/// [`blobs`] with `n` points (a multiple of 300).
+fn blobs_of(s: &QuiverSession, partitions: usize, n: usize) -> Dataset {
     let centres = [(0.0, 0.0), (10.0, 10.0), (-10.0, 10.0)];
     let (mut x, mut y) = (Vec::new(), Vec::new());
-    for i in 0..600 {
+    for i in 0..n {
         let (cx, cy) = centres[i % 3];
         x.push(cx + ((i * 37) % 100) as f64 / 100.0 - 0.495);
         y.push(cy + ((i * 91) % 100) as f64 / 100.0 - 0.495);
@@ -45,10 +50,41 @@ fn blobs(s: &QuiverSession, partitions: usize) -> Dataset {
         ],
     )
     .unwrap();
-    let parts: Vec<RecordBatch> = (0..600).step_by(100).map(|o| b.slice(o, 100)).collect();
+    let parts: Vec<RecordBatch> = (0..n).step_by(100).map(|o| b.slice(o, 100)).collect();
     Dataset::new(s.from_batches(parts, partitions).unwrap())
         .with_features(["x", "y"])
         .unwrap()
+}
+
+/// On 60 000 rows the k-means|| candidates are weighed on a sample of the rows (not all):
+/// the blobs are still found, with the same model on both runners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_candidate_weights_still_find_the_blobs() {
+    let mut models = Vec::new();
+    for runner in ["embedded", "local"] {
+        let s = session(runner, 3);
+        let m = KMeans::new()
+            .k(3)
+            .fit(&s, &blobs_of(&s, 3, 60_000))
+            .await
+            .unwrap();
+        let mut found: Vec<(f64, f64)> = m.centers().iter().map(|c| (c[0], c[1])).collect();
+        found.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for ((fx, fy), (wx, wy)) in found.iter().zip([(-10.0, 10.0), (0.0, 0.0), (10.0, 10.0)]) {
+            assert!(
+                (fx - wx).abs() < 0.05 && (fy - wy).abs() < 0.05,
+                "{found:?}"
+            );
+        }
+        assert!(m.summary().cluster_sizes.iter().all(|n| *n == 20_000));
+        models.push(found);
+    }
+    for (a, b) in models[0].iter().zip(&models[1]) {
+        assert!(
+            (a.0 - b.0).abs() <= 1e-9 && (a.1 - b.1).abs() <= 1e-9,
+            "{models:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,11 @@ fn row_uniform(row: &[f64], seed: u64, round: u64) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Rows per k-means|| candidate whose nearest candidate is counted for its weight (a uniform
+/// sample; Spark counts every row, which costs a pass of distances to all ~2k·steps candidates
+/// — several Lloyd passes' worth — for weights that only guide the k-means++ among them).
+const WEIGHT_ROWS: f64 = 500.0;
+
 /// (index, squared distance) of the centre nearest to `x`.
 #[inline]
 fn nearest(x: &[f64], centers: &[f64], d: usize) -> (usize, f64) {
@@ -173,10 +178,12 @@ impl KMeans {
     /// The initial centres from the first pass's uniform sample (`first`: k rows for random
     /// initialisation, one for k-means||). k-means|| then runs `init_steps` rounds, each one
     /// pass drawing 2k rows by their squared distance to the candidates so far, weighs the
-    /// candidates by the rows nearest each (one pass), and runs weighted k-means++ and Lloyd
-    /// on them in the driver: `init_steps + 1` passes after the first.
+    /// candidates by the rows nearest each (one pass, over a uniform sample of about
+    /// [`WEIGHT_ROWS`] rows per candidate), and runs weighted k-means++ and Lloyd on them in
+    /// the driver: `init_steps + 1` passes after the first.
     async fn initial_centers(&self, data: &Prepared, first: &[f64]) -> Result<Vec<f64>> {
         let d = data.dim();
+        let rows = first[0];
         let k = self.k;
         let rows_of = |s: &[f64]| -> Vec<f64> {
             sampled_rows(s, d)
@@ -210,8 +217,14 @@ impl KMeans {
                 .await?;
             candidates.extend(rows_of(&s));
         }
-        let sums = self.pass(data, &candidates, Pass::Counts).await?;
+        // The candidates' weights from a uniform sample of about WEIGHT_ROWS rows per
+        // candidate (all rows of smaller data).
         let n_cand = candidates.len() / d;
+        let rate = (WEIGHT_ROWS * n_cand as f64 / rows as f64).min(1.0);
+        let round = steps + 2;
+        let sums = self
+            .pass(data, &candidates, Pass::Counts { round, rate })
+            .await?;
         let weights: Vec<f64> = sums[1..1 + n_cand].to_vec();
         let points: Vec<Vec<f64>> = candidates.chunks_exact(d).map(<[f64]>::to_vec).collect();
         Ok(local_kmeans(&points, &weights, k, self.seed, d))

@@ -8,9 +8,11 @@ use super::*;
 pub(super) enum Pass {
     /// Per centre: sum of its points, count; plus the total cost (a Lloyd step).
     Sums,
-    /// Per centre: the count of its points; plus the total cost (the k-means|| candidates'
-    /// weights: no sums to accumulate).
-    Counts,
+    /// Per centre: the count of its points among the rows drawn with probability `rate` (by
+    /// their `row_uniform` draw in `round`); plus their total cost. The k-means|| candidates'
+    /// weights: no sums to accumulate, and only relative sizes matter, so a uniform sample
+    /// of the rows estimates them (all rows when `rate` is 1).
+    Counts { round: u64, rate: f64 },
     /// The `take` rows with the smallest keys, and a count of all rows. With no centres the key
     /// is a uniform draw `u` (a uniform sample); with centres it is `−ln(u) / d²(x)`, d² the
     /// squared distance to the nearest centre (Efraimidis and Spirakis' exponential race: a
@@ -53,7 +55,7 @@ impl Statistic for KMeansPass {
     fn init(&self) -> Vec<f64> {
         match self.pass {
             Pass::Sums => vec![0.0; 1 + self.centers.len() / self.d * (1 + self.d)],
-            Pass::Counts => vec![0.0; 1 + self.centers.len() / self.d],
+            Pass::Counts { .. } => vec![0.0; 1 + self.centers.len() / self.d],
             Pass::Sample { .. } => vec![0.0, 0.0],
         }
     }
@@ -69,10 +71,9 @@ impl Statistic for KMeansPass {
             None => Ok(()),
         };
         match &self.pass {
-            Pass::Sums | Pass::Counts => {
+            Pass::Sums => {
                 // Sub-blocks that stay in cache while they are checked, assigned and summed.
                 let k = self.centers.len() / d;
-                let sums = self.pass == Pass::Sums;
                 let mut nearest = Vec::with_capacity(SUB_BLOCK_ROWS);
                 for (i, block) in b.values.chunks(SUB_BLOCK_ROWS * d).enumerate() {
                     nan_check(block, i * SUB_BLOCK_ROWS)?;
@@ -80,13 +81,33 @@ impl Statistic for KMeansPass {
                     for (x, &(c, dist)) in block.chunks_exact(d).zip(&nearest) {
                         s[0] += dist;
                         s[1 + c] += 1.0;
-                        if !sums {
-                            continue;
-                        }
                         let sum = &mut s[1 + k + c * d..1 + k + (c + 1) * d];
                         for (a, v) in sum.iter_mut().zip(x) {
                             *a += v;
                         }
+                    }
+                }
+            }
+            Pass::Counts { round, rate } => {
+                let mut nearest = Vec::with_capacity(SUB_BLOCK_ROWS);
+                let mut drawn = Vec::with_capacity(SUB_BLOCK_ROWS * d);
+                for (i, block) in b.values.chunks(SUB_BLOCK_ROWS * d).enumerate() {
+                    nan_check(block, i * SUB_BLOCK_ROWS)?;
+                    let rows = if *rate >= 1.0 {
+                        block
+                    } else {
+                        drawn.clear();
+                        for x in block.chunks_exact(d) {
+                            if row_uniform(x, self.seed, *round) < *rate {
+                                drawn.extend_from_slice(x);
+                            }
+                        }
+                        &drawn[..]
+                    };
+                    self.table.assign(&self.centers, rows, &mut nearest);
+                    for &(c, dist) in &nearest {
+                        s[0] += dist;
+                        s[1 + c] += 1.0;
                     }
                 }
             }
@@ -137,7 +158,7 @@ impl Statistic for KMeansPass {
 
     fn merge(&self, s: &mut Vec<f64>, o: &Vec<f64>) -> quiver_engine::Result<()> {
         match &self.pass {
-            Pass::Sums | Pass::Counts => s.iter_mut().zip(o).for_each(|(a, b)| *a += b),
+            Pass::Sums | Pass::Counts { .. } => s.iter_mut().zip(o).for_each(|(a, b)| *a += b),
             Pass::Sample { take, .. } => {
                 s[0] += o[0];
                 s[1] += o[1];
@@ -275,5 +296,43 @@ mod tests {
         }
         // Far rows weigh ≥ 10⁴/0.02 more: nearly every draw is one of them.
         assert!(far_draws >= 95, "{far_draws} of 100 draws far");
+    }
+
+    /// Candidate weights: every row at rate 1; at a lower rate a uniform sample of about that
+    /// fraction, the same however the rows are split, in the same proportions.
+    #[test]
+    fn counts_sample_rows_uniformly_and_independently_of_partitioning() {
+        let d = 2;
+        // 30 000 rows: a third near (0, 0), two thirds near (10, 10).
+        let values: Vec<f64> = (0..30_000)
+            .flat_map(|i| {
+                let base = if i % 3 == 0 { 0.0 } else { 10.0 };
+                [
+                    base + (i % 101) as f64 * 1e-3,
+                    base + (i % 97) as f64 * 1e-3,
+                ]
+            })
+            .collect();
+        let centers = vec![0.0, 0.0, 10.0, 10.0];
+        let pass = |rate: f64| KMeansPass {
+            d,
+            table: CenterTable::new(&centers, d),
+            centers: centers.clone(),
+            seed: 3,
+            pass: Pass::Counts { round: 9, rate },
+        };
+        let all = run(&pass(1.0), &[&values]);
+        assert_eq!(&all[1..], &[10_000.0, 20_000.0]);
+        let n = values.len();
+        let some = run(&pass(0.1), &[&values]);
+        let split = run(&pass(0.1), &[&values[n / 3..], &values[..n / 3]]);
+        assert_eq!(&some[1..], &split[1..]);
+        let drawn = some[1] + some[2];
+        assert!(
+            (2_700.0..=3_300.0).contains(&drawn),
+            "{drawn} of 30 000 drawn at 10%"
+        );
+        let share = some[1] / drawn;
+        assert!((0.3..0.37).contains(&share), "{share}");
     }
 }
