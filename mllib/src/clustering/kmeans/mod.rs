@@ -220,7 +220,7 @@ impl KMeans {
         // The candidates' weights from a uniform sample of about WEIGHT_ROWS rows per
         // candidate (all rows of smaller data).
         let n_cand = candidates.len() / d;
-        let rate = (WEIGHT_ROWS * n_cand as f64 / rows as f64).min(1.0);
+        let rate = (WEIGHT_ROWS * n_cand as f64 / rows).min(1.0);
         let round = steps + 2;
         let sums = self
             .pass(data, &candidates, Pass::Counts { round, rate })
