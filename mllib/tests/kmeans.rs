@@ -56,6 +56,19 @@ fn blobs_of(s: &QuiverSession, partitions: usize, n: usize) -> Dataset {
         .unwrap()
 }
 
+/// The model's centres sorted by x, each checked within 0.05 of its blob's.
+fn blob_centres(m: &KMeansModel, what: &str) -> Vec<(f64, f64)> {
+    let mut found: Vec<(f64, f64)> = m.centers().iter().map(|c| (c[0], c[1])).collect();
+    found.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for ((fx, fy), (wx, wy)) in found.iter().zip([(-10.0, 10.0), (0.0, 0.0), (10.0, 10.0)]) {
+        assert!(
+            (fx - wx).abs() < 0.05 && (fy - wy).abs() < 0.05,
+            "{what}: {found:?}"
+        );
+    }
+    found
+}
+
 /// On 60 000 rows the k-means|| candidates are weighed on a sample of the rows (not all):
 /// the blobs are still found, with the same model on both runners.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,14 +81,7 @@ async fn sampled_candidate_weights_still_find_the_blobs() {
             .fit(&s, &blobs_of(&s, 3, 60_000))
             .await
             .unwrap();
-        let mut found: Vec<(f64, f64)> = m.centers().iter().map(|c| (c[0], c[1])).collect();
-        found.sort_by(|a, b| a.0.total_cmp(&b.0));
-        for ((fx, fy), (wx, wy)) in found.iter().zip([(-10.0, 10.0), (0.0, 0.0), (10.0, 10.0)]) {
-            assert!(
-                (fx - wx).abs() < 0.05 && (fy - wy).abs() < 0.05,
-                "{found:?}"
-            );
-        }
+        let found = blob_centres(&m, "60 000 rows");
         assert!(m.summary().cluster_sizes.iter().all(|n| *n == 20_000));
         models.push(found);
     }
@@ -98,14 +104,7 @@ async fn recovers_blob_centres_with_both_inits() {
             .fit(&s, &ds)
             .await
             .unwrap();
-        let mut found: Vec<(f64, f64)> = m.centers().iter().map(|c| (c[0], c[1])).collect();
-        found.sort_by(|a, b| a.0.total_cmp(&b.0));
-        for ((fx, fy), (wx, wy)) in found.iter().zip([(-10.0, 10.0), (0.0, 0.0), (10.0, 10.0)]) {
-            assert!(
-                (fx - wx).abs() < 0.05 && (fy - wy).abs() < 0.05,
-                "{init:?}: {found:?}"
-            );
-        }
+        blob_centres(&m, &format!("{init:?}"));
         assert_eq!(m.summary().cluster_sizes.iter().sum::<u64>(), 600);
         assert!(
             m.summary().cluster_sizes.iter().all(|n| *n == 200),

@@ -408,6 +408,22 @@ pub(crate) async fn time_predict(scored: &Dataset, col: &str) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
+/// The median wall time of five runs of `f`, in milliseconds.
+async fn median_of_5_ms<F, Fut>(mut f: F) -> Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut times = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let t = Instant::now();
+        f().await?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[2])
+}
+
 /// Times LinearRegression (one co-moment pass + solve), LogisticRegression (`iters`
 /// iterations), KMeans (k-means|| then `iters` Lloyd passes) and batch predict with both
 /// models, on seeded synthetic data cached in memory, on the local and the embedded runner.
@@ -456,42 +472,33 @@ pub async fn algorithms(
         // The memory-bandwidth floor: a plain 8-accumulator sum over the same values on the
         // session's compute pool (median of 5).
         let pool = s.compute_pool();
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let t = Instant::now();
+        let plain = median_of_5_ms(|| async {
             std::hint::black_box(pool.install(|| {
                 use rayon::prelude::*;
                 chunks.par_iter().map(|c| wide_sum(c)).sum::<f64>()
             }));
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        times.sort_by(f64::total_cmp);
-        let plain = times[2];
-        table.push(AlgoRow {
-            case: format!("plain-sum-{dim}f-{rows}r-{runner}"),
-            total_ms: plain,
-            per_pass_ms: plain,
-            note: "",
-            extra: "median of 5 (the floor)".to_string(),
-        });
-
-        // The feature summary over the same cached input (median of 5).
+            Ok(())
+        })
+        .await?;
         let prepared = s.prepare_iterative(&ds, s.runner()).await?;
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let t = Instant::now();
+        // The feature summary over the same cached input (median of 5).
+        let floor = median_of_5_ms(|| async {
             std::hint::black_box(prepared.aggregate(Arc::new(Summarizer::new(dim))).await?);
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+            Ok(())
+        })
+        .await?;
+        for (what, ms, extra) in [
+            ("plain-sum", plain, "median of 5 (the floor)"),
+            ("summary", floor, "median of 5"),
+        ] {
+            table.push(AlgoRow {
+                case: format!("{what}-{dim}f-{rows}r-{runner}"),
+                total_ms: ms,
+                per_pass_ms: ms,
+                note: "",
+                extra: extra.to_string(),
+            });
         }
-        times.sort_by(f64::total_cmp);
-        let floor = times[2];
-        table.push(AlgoRow {
-            case: format!("summary-{dim}f-{rows}r-{runner}"),
-            total_ms: floor,
-            per_pass_ms: floor,
-            note: "",
-            extra: "median of 5".to_string(),
-        });
 
         let t = Instant::now();
         let lr = LinearRegression::new()
