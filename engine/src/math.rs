@@ -10,6 +10,24 @@ pub fn madd<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
     if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
+/// `a · b` with four independent partial sums (so the multiply-adds pipeline and vectorise),
+/// in a fixed order: the same inputs give the same bits everywhere.
+#[inline(always)]
+pub fn dot<const FMA: bool>(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (xs, ys) = (a.chunks_exact(4), b.chunks_exact(4));
+    let mut tail = 0.0;
+    for (x, y) in xs.remainder().iter().zip(ys.remainder()) {
+        tail = madd::<FMA>(*x, *y, tail);
+    }
+    for (x, y) in xs.zip(ys) {
+        for l in 0..4 {
+            acc[l] = madd::<FMA>(x[l], y[l], acc[l]);
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
 /// 1.5 · 2⁵²: adding it rounds a value below 2⁵¹ in magnitude to an integer, which then sits
 /// in the low bits of the sum's representation.
 const ROUNDER: f64 = 6_755_399_441_055_744.0;

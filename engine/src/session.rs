@@ -211,12 +211,6 @@ impl QuiverSession {
         Self::remote_with(&address.url(), config).await
     }
 
-    /// Where this session's batch work may run (`quiver.device` resolved on this machine;
-    /// the probe is made once per process).
-    pub fn placement(&self) -> Result<crate::device::Placement> {
-        crate::device::resolve(self.config.device)
-    }
-
     /// Where this session's queries run.
     pub fn backend(&self) -> &Backend {
         &self.backend

@@ -170,23 +170,10 @@ pub fn numeric_values(array: &ArrayRef, column: &str) -> Result<ScalarBuffer<f64
 
 /// `a · b` with four independent partial sums, so that the multiply-adds pipeline (and
 /// vectorise) instead of waiting on one chain of additions. The summation order is fixed: the
-/// same inputs give the same bits everywhere.
+/// same inputs give the same bits everywhere (no fused multiply-adds: the baseline target's).
 #[inline]
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (xs, ys) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = xs
-        .remainder()
-        .iter()
-        .zip(ys.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in xs.zip(ys) {
-        for l in 0..4 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    crate::math::dot::<false>(a, b)
 }
 
 /// Index of the first NaN in `values`, if any. Cheap when there is none: a branch-free scan.

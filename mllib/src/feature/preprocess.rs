@@ -756,8 +756,12 @@ impl Estimator for Preprocessor {
             if *kind == ColumnKind::Categorical {
                 continue;
             }
-            let x = cast(number_expr(name, t), DataType::Float64);
-            aggregates.push(moments.call(vec![x]).alias(format!("m{j}")));
+            // number_expr is DOUBLE for every kind of number column.
+            aggregates.push(
+                moments
+                    .call(vec![number_expr(name, t)])
+                    .alias(format!("m{j}")),
+            );
         }
         let stats = data
             .dataframe()

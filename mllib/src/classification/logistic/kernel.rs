@@ -3,7 +3,7 @@
 //! vectorise, see `quiver_engine::math`), then the gradient as one `Xᵀ·r` over the block, four
 //! rows per step. Compiled for the baseline target and for AVX2 with FMA (chosen at run time).
 
-use quiver_engine::math::{madd, softplus_sigmoid};
+use quiver_engine::math::{dot, madd, softplus_sigmoid};
 use quiver_engine::vector::first_nan;
 
 /// Rows per block (20 features: 40 KB, in L1/L2 while the block is worked on).
@@ -26,7 +26,7 @@ pub(super) fn binomial_block<const FMA: bool>(
     let (c, intercept) = coef.split_at(d);
     let mut margin = [0.0f64; BLOCK];
     for (m, x) in margin[..n].iter_mut().zip(values.chunks_exact(d)) {
-        *m = intercept[0] + dot4::<FMA>(c, x);
+        *m = intercept[0] + dot::<FMA>(c, x);
     }
     // Per row loss and residual, as arrays (iterators of equal length, no reductions: the loop
     // vectorises), summed afterwards in four lanes.
@@ -98,23 +98,6 @@ fn sum4(v: &[f64]) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
-/// `a · b` with four partial sums (a fixed order).
-#[inline(always)]
-fn dot4<const FMA: bool>(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (xs, ys) = (a.chunks_exact(4), b.chunks_exact(4));
-    let mut tail = 0.0;
-    for (x, y) in xs.remainder().iter().zip(ys.remainder()) {
-        tail = madd::<FMA>(*x, *y, tail);
-    }
-    for (x, y) in xs.zip(ys) {
-        for l in 0..4 {
-            acc[l] = madd::<FMA>(x[l], y[l], acc[l]);
-        }
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
-}
-
 #[inline(always)]
 fn axpy<const FMA: bool>(a: f64, x: &[f64], y: &mut [f64]) {
     for (yj, xj) in y.iter_mut().zip(x) {
@@ -136,17 +119,12 @@ pub(super) fn binomial<const FMA: bool>(
     let d = coef.len() - 1;
     for (b, ys) in y.chunks(BLOCK).enumerate() {
         let rows = b * BLOCK..b * BLOCK + ys.len();
-        if let Some(i) = first_nan(&values[rows.start * d..rows.end * d]) {
+        let block = &values[rows.start * d..rows.end * d];
+        if let Some(i) = first_nan(block) {
             *nan = Some(rows.start + i / d);
             return;
         }
-        binomial_block::<FMA>(
-            coef,
-            &values[rows.start * d..rows.end * d],
-            ys,
-            w.map(|w| &w[rows]),
-            acc,
-        );
+        binomial_block::<FMA>(coef, block, ys, w.map(|w| &w[rows]), acc);
     }
 }
 
