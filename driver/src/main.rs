@@ -105,6 +105,10 @@ enum ClusterAction {
         /// Memory each executor's tasks may reserve together, e.g. 8GB (default: unlimited).
         #[arg(long, value_parser = memory_size)]
         memory_limit: Option<String>,
+        /// Memory each executor keeps prepared partitions of iterative fits in, e.g. 4GB; 0
+        /// keeps none (default: a quarter of the host's memory per executor).
+        #[arg(long, value_parser = memory_size)]
+        cache_memory: Option<String>,
         /// Seconds to wait for every process to be ready.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
@@ -445,6 +449,7 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
             port,
             concurrent_tasks,
             memory_limit,
+            cache_memory,
             timeout,
             no_auth,
             data_roots,
@@ -467,6 +472,7 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
                 port,
                 concurrent_tasks,
                 memory_limit,
+                cache_memory,
                 auth: !no_auth,
                 data_roots,
                 allow_writes,

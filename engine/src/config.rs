@@ -51,6 +51,11 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         doc: "On a cluster: a statistic's job that has not finished after this long is abandoned and run once more (a lost executor can leave a Ballista job waiting forever); a second timeout is an error.",
     },
     ConfigKey {
+        key: "quiver.cluster.cache",
+        default: "true",
+        doc: "On a cluster: iterative fits and CREATE MODEL keep their prepared partitions in the executors' memory (bounded by `quiver-executor --cache-memory`) and the scheduler sends later passes to the executor holding each partition; false reads the data again on every pass.",
+    },
+    ConfigKey {
         key: "quiver.cluster.auth_token_file",
         default: "$QUIVER_AUTH_TOKEN",
         doc: "A file holding the cluster's auth token (readable by its owner only): every call to the scheduler and executors carries it. `quiver cluster up` writes one into its directory.",
@@ -158,6 +163,8 @@ pub struct QuiverConfig {
     pub local_runner: bool,
     /// `quiver.cluster.job_timeout_secs`; defaults to 300 s.
     pub cluster_job_timeout: std::time::Duration,
+    /// `quiver.cluster.cache`; defaults to `true`.
+    pub cluster_cache: bool,
     /// `quiver.memory_limit` in bytes; `None` (the default) is unlimited.
     pub memory_limit: Option<usize>,
     /// `quiver.training_cache` in bytes (0: off); defaults to 2 GiB.
@@ -223,6 +230,7 @@ impl Default for QuiverConfig {
             model_store: "./quiver-models/".to_string(),
             local_runner: false,
             cluster_job_timeout: std::time::Duration::from_secs(300),
+            cluster_cache: true,
             memory_limit: None,
             training_cache: 2 << 30,
             s3: process_s3(),
@@ -248,6 +256,13 @@ impl QuiverConfig {
                 Ok(n) => Ok(n),
             }
         };
+        let boolean = || -> Result<bool> {
+            match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(bad("expected true or false")),
+            }
+        };
         match key {
             "quiver.target_partitions" => self.target_partitions = positive()?,
             "quiver.compute_threads" => self.compute_threads = positive()?,
@@ -268,6 +283,7 @@ impl QuiverConfig {
             "quiver.cluster.job_timeout_secs" => {
                 self.cluster_job_timeout = std::time::Duration::from_secs(positive()? as u64)
             }
+            "quiver.cluster.cache" => self.cluster_cache = boolean()?,
             "quiver.cluster.auth_token_file" => {
                 self.auth_token = Some(
                     crate::cluster::auth::AuthToken::from_file(std::path::Path::new(value.trim()))
@@ -293,13 +309,7 @@ impl QuiverConfig {
             "quiver.s3.region" => self.s3.region = Some(value.to_string()),
             "quiver.s3.access_key_id" => self.s3.access_key_id = Some(value.to_string()),
             "quiver.s3.secret_access_key" => self.s3.secret_access_key = Some(value.to_string()),
-            "quiver.s3.allow_http" => {
-                self.s3.allow_http = Some(match value.trim().to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" => true,
-                    "false" | "0" | "no" => false,
-                    _ => return Err(bad("expected true or false")),
-                })
-            }
+            "quiver.s3.allow_http" => self.s3.allow_http = Some(boolean()?),
             _ => {
                 return Err(QuiverError::UnknownConfigKey {
                     key: key.to_string(),

@@ -392,13 +392,13 @@ impl QuiverSession {
     }
 
     /// Like [`QuiverSession::prepare`], for algorithms that pass over the data many times: the
-    /// embedded runner first materialises the assembled features (and label, weight) into an
-    /// in-memory table with the same partitioning (Spark's `persist()` before an iterative
-    /// fit), so each pass scans memory instead of recomputing the whole plan.
+    /// assembled features (and label, weight) are kept in memory with the same partitioning
+    /// (Spark's `persist()` before an iterative fit), so each pass scans memory instead of
+    /// recomputing the whole plan. Embedded, this process collects them into an in-memory
+    /// table; on a cluster each executor keeps the partitions it prepares
+    /// ([`crate::cluster::cache`]) and later passes are sent back to it.
     pub async fn prepare_iterative(&self, dataset: &Dataset, runner: Runner) -> Result<Prepared> {
-        if runner == Runner::Local || self.is_cluster() {
-            // On a cluster the executors read the data on every pass: an in-memory table of
-            // this process could not be sent to them.
+        if runner == Runner::Local {
             return self.prepare(dataset, runner).await;
         }
         let mut exprs = vec![dataset.features_expr()?.alias("features")];
@@ -409,21 +409,30 @@ impl QuiverSession {
             exprs.push(cast(col(quoted_name(w)), DataType::Float64).alias("weight"));
         }
         let df = dataset.dataframe().clone().select(exprs)?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let parts = match df.collect_partitioned().await.map_err(QuiverError::from) {
-            Ok(p) => p,
-            Err(
-                QuiverError::InvalidValueInBatch { .. } | QuiverError::VectorLengthInBatch { .. },
-            ) => {
-                return Err(dataset.locate_invalid().await?.unwrap_or_else(|| {
-                    QuiverError::internal("a bad value was reported but could not be located")
-                }));
+        let kept = if self.is_cluster() {
+            match self.cache_on_executors(&df).await {
+                Some(kept) => kept,
+                // Not fingerprintable: the executors read the data on every pass.
+                None => return self.prepare(dataset, runner).await,
             }
-            Err(e) => return Err(e),
+        } else {
+            let schema = Arc::new(df.schema().as_arrow().clone());
+            let parts = match df.collect_partitioned().await.map_err(QuiverError::from) {
+                Ok(p) => p,
+                Err(
+                    QuiverError::InvalidValueInBatch { .. }
+                    | QuiverError::VectorLengthInBatch { .. },
+                ) => {
+                    return Err(dataset.locate_invalid().await?.unwrap_or_else(|| {
+                        QuiverError::internal("a bad value was reported but could not be located")
+                    }));
+                }
+                Err(e) => return Err(e),
+            };
+            self.ctx
+                .read_table(Arc::new(MemTable::try_new(schema, parts)?))?
         };
-        let table = MemTable::try_new(schema, parts)?;
-        let mut cached =
-            Dataset::new(self.ctx.read_table(Arc::new(table))?).with_features(["features"])?;
+        let mut cached = Dataset::new(kept).with_features(["features"])?;
         if dataset.label().is_some() {
             cached = cached.with_label("label")?;
         }
@@ -435,6 +444,24 @@ impl QuiverSession {
             dim: dataset.feature_dim()?,
             input: PreparedInput::Embedded(Box::new(cached)),
         })
+    }
+
+    /// On a cluster with `quiver.cluster.cache` on: `df` under a cache node, so each executor
+    /// keeps the partitions it computes and later queries over the result read them from its
+    /// memory ([`crate::cluster::cache`]). `None` embedded, with the cache off, or when the
+    /// plan reads something that cannot be fingerprinted (an in-memory table, files this
+    /// process cannot list).
+    pub async fn cache_on_executors(&self, df: &DataFrame) -> Option<DataFrame> {
+        if !self.is_cluster() || !self.config.cluster_cache {
+            return None;
+        }
+        let state = self.ctx.state();
+        let plan = df.logical_plan().clone();
+        let fingerprint = cluster::cache::fingerprint(&plan, &state).await?;
+        Some(DataFrame::new(
+            state,
+            cluster::cache::CacheNode::plan(fingerprint, plan),
+        ))
     }
 
     /// Runs `tasks` with the session's task runners, `options` (a parallelism, or

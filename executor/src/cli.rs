@@ -129,6 +129,11 @@ pub struct ExecutorArgs {
     /// fail.
     #[arg(long, value_parser = memory_size)]
     pub memory_limit: Option<usize>,
+    /// Memory for the prepared partitions iterative fits keep between their passes (Spark's
+    /// persisted data), e.g. 4GB; the least recently used are dropped beyond it; 0 keeps
+    /// none (default: a quarter of the host's memory).
+    #[arg(long, value_parser = cache_size)]
+    pub cache_memory: Option<usize>,
     /// Start without Quiver's functions and codecs (a plain Ballista executor), to see what a
     /// version mismatch looks like. Never useful in production.
     #[arg(long, hide = true)]
@@ -187,6 +192,7 @@ impl TryFrom<ExecutorArgs> for ExecutorOptions {
                 ..S3Config::default()
             },
             memory_limit: a.memory_limit,
+            cache_memory: a.cache_memory,
             bare: a.bare,
         })
     }
@@ -216,6 +222,15 @@ fn access(roots: &[PathBuf], any_local_path: bool, writes: bool) -> Result<Acces
 fn memory_size(text: &str) -> Result<usize, String> {
     quiver_engine::config::parse_bytes(text)?
         .ok_or_else(|| "give a size such as 8GB, or leave the option out".to_string())
+}
+
+/// `--cache-memory`'s value: a size such as 4GB, or 0 for none.
+fn cache_size(text: &str) -> Result<usize, String> {
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    quiver_engine::config::parse_bytes(text)?
+        .ok_or_else(|| "give a size such as 4GB, or 0 to keep nothing".to_string())
 }
 
 /// Logs to stderr at `info` unless `RUST_LOG` says otherwise.

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod locality;
 pub mod scheduler;
 pub mod standalone;
 pub mod worker;

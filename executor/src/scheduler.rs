@@ -14,9 +14,11 @@ use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use quiver_engine::cluster::access::{self, Access};
 use quiver_engine::cluster::auth::AuthToken;
 use quiver_engine::cluster::tls::ServerTls;
-use quiver_engine::cluster::{self, QuiverLogicalCodec, QuiverPhysicalCodec};
+use quiver_engine::cluster::{self, QuiverLogicalCodec, QuiverPhysicalCodec, cache};
 use quiver_engine::config::S3Config;
 use quiver_engine::{QuiverError, Result, registry};
+
+use crate::locality::{CacheLocality, DEFAULT_LOCALITY_WAIT};
 
 /// Settings of a scheduler process (`quiver-scheduler --help` documents each flag).
 #[derive(Debug, Clone)]
@@ -89,8 +91,12 @@ impl SchedulerOptions {
     }
 }
 
-/// Ballista's scheduler configuration with Quiver's session, codecs and liveness settings.
-pub fn scheduler_config(opts: &SchedulerOptions) -> Result<SchedulerConfig> {
+/// Ballista's scheduler configuration with Quiver's session, codecs, liveness settings and
+/// task placement (`locality`: attach it to the cluster built from this configuration).
+pub fn scheduler_config(
+    opts: &SchedulerOptions,
+    locality: Arc<CacheLocality>,
+) -> Result<SchedulerConfig> {
     crate::install()?;
     let functions = Arc::new(registry::global());
     let builder_functions = Arc::clone(&functions);
@@ -100,6 +106,8 @@ pub fn scheduler_config(opts: &SchedulerOptions) -> Result<SchedulerConfig> {
         let state = ballista_core::utils::default_session_builder(config)?;
         let mut state = SessionStateBuilder::new_from_existing(state)
             .with_runtime_env(cluster::runtime_env(&s3).map_err(QuiverError::into_datafusion)?)
+            // Plans Quiver's cache nodes (prepared partitions kept on executors).
+            .with_query_planner(Arc::new(cache::QuiverQueryPlanner))
             .build();
         cluster::add_functions(&mut state, &builder_functions)
             .map_err(QuiverError::into_datafusion)?;
@@ -120,7 +128,7 @@ pub fn scheduler_config(opts: &SchedulerOptions) -> Result<SchedulerConfig> {
         } else {
             TaskSchedulingPolicy::PushStaged
         },
-        task_distribution: TaskDistributionPolicy::RoundRobin,
+        task_distribution: TaskDistributionPolicy::Custom(locality),
         executor_timeout_seconds: timeout,
         expire_dead_executor_interval_seconds: (timeout / 3).max(1),
         no_executors_grace_period_seconds: timeout,
@@ -148,10 +156,12 @@ pub async fn run_scheduler(opts: SchedulerOptions) -> Result<()> {
             (None, None) => "no auth token: anyone who reaches this port can use the cluster",
         }
     );
-    let config = scheduler_config(&opts)?;
+    let locality = Arc::new(CacheLocality::new(DEFAULT_LOCALITY_WAIT));
+    let config = scheduler_config(&opts, Arc::clone(&locality))?;
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| QuiverError::Cluster(format!("cannot set up the scheduler: {e}")))?;
+    locality.attach(cluster.cluster_state());
     if opts.auth_token.is_none() && opts.tls.is_none() {
         return start_server(cluster, addr, Arc::new(config))
             .await

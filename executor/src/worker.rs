@@ -45,6 +45,9 @@ pub struct ExecutorOptions {
     pub s3: S3Config,
     /// Memory the tasks of this executor may reserve together (bytes; `None`: unlimited).
     pub memory_limit: Option<usize>,
+    /// Bytes of prepared partitions this process keeps for iterative fits
+    /// ([`quiver_engine::cluster::cache`]; `0`: none). `None`: a quarter of the host's memory.
+    pub cache_memory: Option<usize>,
     /// Start a plain Ballista executor without Quiver's functions and codecs (only to see
     /// what a version mismatch looks like; never useful in production).
     pub bare: bool,
@@ -75,6 +78,7 @@ impl Default for ExecutorOptions {
             executor_id: None,
             s3: S3Config::default(),
             memory_limit: None,
+            cache_memory: None,
             bare: false,
             auth_token: None,
             tls: None,
@@ -213,6 +217,13 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<()> {
         access::set_process_access(opts.access.clone());
     }
     log::info!("remote sessions: {}", opts.access);
+    if let Some(bytes) = opts.cache_memory {
+        cluster::cache::set_budget(bytes);
+    }
+    log::info!(
+        "keeps up to {} MiB of prepared partitions for iterative fits (--cache-memory)",
+        cluster::cache::budget() >> 20
+    );
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| QuiverError::Cluster(format!("executor: {e}")))

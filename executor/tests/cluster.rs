@@ -27,9 +27,13 @@ fn config(store: &std::path::Path) -> QuiverConfig {
 }
 
 fn assert_close(what: &str, a: &[f64], b: &[f64]) {
+    assert_near(what, a, b, 1e-9)
+}
+
+fn assert_near(what: &str, a: &[f64], b: &[f64], rel: f64) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let tol = 1e-9 * x.abs().max(y.abs()).max(1.0);
+        let tol = rel * x.abs().max(y.abs()).max(1.0);
         assert!(
             (x - y).abs() <= tol,
             "{what}[{i}]: cluster {x} vs embedded {y}"
@@ -180,6 +184,83 @@ async fn cluster_fits_equal_embedded_fits_and_predictions_agree() {
             "column {col} differs between the cluster and the embedded session"
         );
     }
+}
+
+/// How many partitions each executor computed and kept (it logs each one once).
+fn kept_per_executor(cluster: &LocalCluster) -> Vec<usize> {
+    (0..2)
+        .map(|i| cluster.executor_log(i).matches("kept partition").count())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iterative_fits_read_each_partition_once_where_it_is_kept() {
+    quiver_executor::install().unwrap();
+    let cluster = LocalCluster::start(2);
+    let dir = cluster.dir.path().join("data");
+    let data = write_synthetic(&dir, 4, 2500);
+    let store = cluster.dir.path().join("models");
+    let remote = QuiverSession::remote_with(&cluster.url(), config(&store))
+        .await
+        .unwrap();
+    let embedded = QuiverSession::embedded_with(config(&store)).unwrap();
+    let fit = |s: QuiverSession, reg: f64| {
+        let data = data.clone();
+        async move {
+            let ds = Dataset::new(s.read(&data).await.unwrap())
+                .with_features(FEATURES)
+                .unwrap()
+                .with_label("class")
+                .unwrap();
+            let m = LogisticRegression::new()
+                .reg_param(reg)
+                .max_iter(8)
+                .tol(0.0)
+                .fit(&s, &ds)
+                .await
+                .unwrap();
+            (weights(&m), m.summary().data_passes)
+        }
+    };
+    // Partial sums merge in arrival order on a cluster, and with tol 0 the last line searches
+    // run on noise: equal to 1e-6 (rows read from a stale cache would be far off).
+    let same = |what: &str, a: &[f64], b: &[f64]| assert_near(what, a, b, 1e-6);
+    let (on_cluster, passes) = fit(remote.clone(), 0.01).await;
+    assert!(passes >= 8, "{passes} passes");
+    // Each of the four partitions was read and prepared once, on its home executor (two
+    // each), though the fit passed over the data {passes} times.
+    assert_eq!(kept_per_executor(&cluster), [2, 2], "after {passes} passes");
+    same(
+        "cached fit",
+        &on_cluster,
+        &fit(embedded.clone(), 0.01).await.0,
+    );
+    // A second fit over the same files reads none of them.
+    let (other, _) = fit(remote.clone(), 0.1).await;
+    assert_eq!(kept_per_executor(&cluster), [2, 2]);
+    same("second fit", &other, &fit(embedded.clone(), 0.1).await.0);
+    // With the cache off the executors read the files on every pass and keep nothing: the
+    // same model.
+    let uncached = QuiverSession::remote_with(
+        &cluster.url(),
+        config(&store)
+            .with_pairs([("quiver.cluster.cache", "false")])
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    same("uncached fit", &fit(uncached, 0.01).await.0, &on_cluster);
+    assert_eq!(kept_per_executor(&cluster), [2, 2]);
+    // Rewritten files are new data: read again, never the old rows from memory. (New
+    // sessions: a DataFusion session keeps the metadata of files it has read.)
+    write_synthetic(&dir, 4, 2000);
+    let remote = QuiverSession::remote_with(&cluster.url(), config(&store))
+        .await
+        .unwrap();
+    let (rewritten, _) = fit(remote, 0.01).await;
+    assert_eq!(kept_per_executor(&cluster), [4, 4]);
+    let embedded = QuiverSession::embedded_with(config(&store)).unwrap();
+    same("rewritten data", &rewritten, &fit(embedded, 0.01).await.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -939,6 +939,7 @@ pub async fn cluster(
                 port: quiver_executor::standalone::free_port()?,
                 concurrent_tasks: None,
                 memory_limit: None,
+                cache_memory: None,
                 ready_timeout: Duration::from_secs(60),
                 // As `quiver cluster up` starts it: with an auth token, reading its data.
                 auth: true,

@@ -25,6 +25,8 @@ pub struct UpOptions {
     pub concurrent_tasks: Option<usize>,
     /// Memory each executor's tasks may reserve together (`--memory-limit`, e.g. `8GB`).
     pub memory_limit: Option<String>,
+    /// Memory each executor keeps prepared partitions in (`--cache-memory`, e.g. `4GB`).
+    pub cache_memory: Option<String>,
     /// How long to wait for every process to be ready.
     pub ready_timeout: Duration,
     /// Generate an auth token (`auth-token` in the directory) that every call must carry.
@@ -301,6 +303,9 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
             }
             if let Some(m) = &opts.memory_limit {
                 args.extend(["--memory-limit".into(), m.clone()]);
+            }
+            if let Some(m) = &opts.cache_memory {
+                args.extend(["--cache-memory".into(), m.clone()]);
             }
             args.extend(auth_args.iter().cloned());
             args.extend(executor_tls_args.iter().cloned());

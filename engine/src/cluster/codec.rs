@@ -18,6 +18,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
+use super::cache::{CacheNode, CachedPartitionsExec};
 use crate::error::QuiverError;
 use crate::registry::FunctionRegistry;
 
@@ -124,6 +125,14 @@ fn unknown_function(name: &str) -> DataFusionError {
 
 /// Marks an in-memory table shipped inside the plan (Arrow IPC per partition).
 const MEMORY_TABLE: &[u8] = b"QVRMEM1";
+
+/// Marks a [`CacheNode`] / [`CachedPartitionsExec`]; its fingerprint follows.
+const CACHE_NODE: &[u8] = b"QVRCACHE1";
+
+fn utf8(bytes: &[u8]) -> DFResult<String> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| cluster_error("a cache node's fingerprint is not text".to_string()))
+}
 
 /// In-memory tables up to this size travel inside the plan (gRPC messages are 16 MiB).
 const MAX_MEMORY_TABLE_BYTES: usize = 8 << 20;
@@ -250,10 +259,25 @@ impl LogicalExtensionCodec for QuiverLogicalCodec {
         inputs: &[LogicalPlan],
         ctx: &TaskContext,
     ) -> DFResult<Extension> {
+        if let Some(fingerprint) = buf.strip_prefix(CACHE_NODE) {
+            let [input] = inputs else {
+                return Err(cluster_error(
+                    "a cache node arrived without its input".into(),
+                ));
+            };
+            return Ok(Extension {
+                node: Arc::new(CacheNode::new(utf8(fingerprint)?, input.clone())),
+            });
+        }
         self.inner.try_decode(buf, inputs, ctx)
     }
 
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> DFResult<()> {
+        if let Some(cache) = node.node.as_any().downcast_ref::<CacheNode>() {
+            buf.extend_from_slice(CACHE_NODE);
+            buf.extend_from_slice(cache.fingerprint().as_bytes());
+            return Ok(());
+        }
         self.inner.try_encode(node, buf)
     }
 
@@ -335,6 +359,17 @@ impl PhysicalExtensionCodec for QuiverPhysicalCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        if let Some(fingerprint) = buf.strip_prefix(CACHE_NODE) {
+            let [input] = inputs else {
+                return Err(cluster_error(
+                    "a cache node arrived without its input".into(),
+                ));
+            };
+            return Ok(Arc::new(CachedPartitionsExec::new(
+                utf8(fingerprint)?,
+                Arc::clone(input),
+            )));
+        }
         self.inner.try_decode(buf, inputs, ctx, proto_converter)
     }
 
@@ -344,6 +379,11 @@ impl PhysicalExtensionCodec for QuiverPhysicalCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DFResult<()> {
+        if let Some(cache) = node.downcast_ref::<CachedPartitionsExec>() {
+            buf.extend_from_slice(CACHE_NODE);
+            buf.extend_from_slice(cache.fingerprint().as_bytes());
+            return Ok(());
+        }
         self.inner.try_encode(node, buf, proto_converter)
     }
 

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod cache;
 mod codec;
 pub mod tls;
 
