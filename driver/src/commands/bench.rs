@@ -887,8 +887,13 @@ pub async fn cluster(
     .ok();
     writeln!(
         out,
-        "  {:<28} {:>14} {:>16} {:>16} {:>16}",
-        "case", "embedded ms/it", "1 executor ms/it", "2 executors ms/it", "overhead (2) ms"
+        "  {:<28} {:>14} {:>16} {:>17} {:>15} {:>22}",
+        "case",
+        "embedded ms/it",
+        "1 executor ms/it",
+        "2 executors ms/it",
+        "overhead (2) ms",
+        "2 executors, no cache"
     )
     .ok();
     for &rows in &opts.rows {
@@ -931,6 +936,7 @@ pub async fn cluster(
         };
         let embedded = fit(session.clone()).await?;
         let mut on_cluster = Vec::new();
+        let mut uncached = None;
         let mut search_ms = None;
         for executors in [1, 2] {
             let up = super::cluster::UpOptions {
@@ -962,6 +968,17 @@ pub async fn cluster(
             let result = match remote {
                 Ok(r) => {
                     let fitted = fit(r.clone()).await;
+                    if executors == 2 {
+                        // The same fit reading the files on every pass (quiver.cluster.cache).
+                        let off = r
+                            .config()
+                            .clone()
+                            .with_pairs([("quiver.cluster.cache", "false")])?;
+                        uncached = Some(match crate::remote_session_with(&state.url, off).await {
+                            Ok(s) => fit(s).await,
+                            Err(e) => Err(e),
+                        });
+                    }
                     if executors == 2 && search_ms.is_none() && opts.trials > 0 {
                         // As many trials at once as the two executors have task slots.
                         let slots = 2 * quiver_engine::config::available_cores();
@@ -987,12 +1004,13 @@ pub async fn cluster(
         }
         writeln!(
             out,
-            "  {:<28} {:>14.1} {:>16.1} {:>16.1} {:>16.1}",
+            "  {:<28} {:>14.1} {:>16.1} {:>17.1} {:>15.1} {:>22.1}",
             format!("logreg-{}f-{rows}r", opts.features),
             embedded,
             on_cluster[0],
             on_cluster[1],
-            on_cluster[1] - embedded
+            on_cluster[1] - embedded,
+            uncached.transpose()?.unwrap_or(f64::NAN)
         )
         .ok();
         if let Some(cluster_ms) = search_ms {
