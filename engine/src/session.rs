@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use datafusion::catalog::MemTable;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, cast, col};
 use object_store::memory::InMemory;
@@ -163,7 +164,14 @@ impl QuiverSession {
             crate::device::resolve(config.device)?;
         }
         let runtime = builder.build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(session_config, runtime).enable_url_table();
+        let state = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_query_planner(Arc::new(crate::cluster::cache::QuiverQueryPlanner))
+            .with_physical_optimizer_rule(Arc::new(crate::aggregate::PartialsToClient))
+            .build();
+        let ctx = SessionContext::new_with_state(state).enable_url_table();
         let memory_url =
             Url::parse("memory://").map_err(|e| QuiverError::internal(e.to_string()))?;
         ctx.register_object_store(&memory_url, Arc::new(InMemory::new()));

@@ -108,6 +108,8 @@ pub fn scheduler_config(
             .with_runtime_env(cluster::runtime_env(&s3).map_err(QuiverError::into_datafusion)?)
             // Plans Quiver's cache nodes (prepared partitions kept on executors).
             .with_query_planner(Arc::new(cache::QuiverQueryPlanner))
+            // A statistic's pass is one stage: its partial states go straight to the client.
+            .with_physical_optimizer_rule(Arc::new(quiver_engine::aggregate::PartialsToClient))
             .build();
         cluster::add_functions(&mut state, &builder_functions)
             .map_err(QuiverError::into_datafusion)?;

@@ -3,9 +3,11 @@
 //! ([`run_embedded`], through [`StatisticUdaf`]).
 
 mod local;
+mod partials;
 mod udaf;
 
 pub use local::run_local;
+pub use partials::{PartialsToClient, STATE_COLUMN};
 pub(crate) use udaf::{StatisticAccumulator, binary_state_field};
 pub use udaf::{StatisticUdaf, quoted_name, run_embedded};
 

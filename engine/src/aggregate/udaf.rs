@@ -252,7 +252,7 @@ pub async fn run_embedded<S: Statistic>(dataset: &Dataset, stat: Arc<S>) -> Resu
     let df = dataset
         .dataframe()
         .clone()
-        .aggregate(vec![], vec![udaf.call(args).alias("state")])?;
+        .aggregate(vec![], vec![udaf.call(args).alias(super::STATE_COLUMN)])?;
     let batches = match df.collect().await.map_err(QuiverError::from) {
         Ok(b) => b,
         Err(
@@ -263,18 +263,21 @@ pub async fn run_embedded<S: Statistic>(dataset: &Dataset, stat: Arc<S>) -> Resu
         }
         Err(e) => return Err(e),
     };
-    let batch = batches
-        .iter()
-        .find(|b| b.num_rows() > 0)
-        .ok_or_else(|| QuiverError::internal("aggregate query returned no row"))?;
-    let states = batch
-        .column(0)
-        .as_binary_opt::<i32>()
-        .ok_or_else(|| QuiverError::internal("aggregate query returned a non-binary state"))?;
-    let state = if states.is_valid(0) {
-        stat.decode_state(states.value(0))?
-    } else {
-        stat.init()
-    };
+    // One row per partition (or one merged row): merged in the order of their bytes, so the
+    // result does not depend on which partition finished first.
+    let mut states: Vec<&[u8]> = Vec::new();
+    for batch in &batches {
+        let column = batch
+            .column(0)
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| QuiverError::internal("aggregate query returned a non-binary state"))?;
+        states.extend(column.iter().flatten());
+    }
+    states.sort_unstable();
+    let mut state = stat.init();
+    for bytes in states {
+        let other = stat.decode_state(bytes)?;
+        stat.merge(&mut state, &other)?;
+    }
     stat.finish(state)
 }
