@@ -13,28 +13,87 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// The most bytes kept.
 pub const REUSE_BYTES: usize = 1 << 30;
 
-type Entry = (Arc<dyn Any + Send + Sync>, usize, u64);
-
-#[derive(Default)]
-struct Kept {
-    entries: HashMap<String, Entry>,
+/// Values by key with their sizes in bytes, the least recently used dropped first beyond a
+/// byte limit: this module's store and the executors' partition cache
+/// ([`crate::cluster::cache`]).
+pub(crate) struct Lru<V> {
+    entries: HashMap<String, (V, usize, u64)>,
     bytes: usize,
     clock: u64,
+    /// Entries dropped to make room, ever.
+    pub(crate) evicted: u64,
 }
 
-fn kept() -> &'static Mutex<Kept> {
-    static KEPT: OnceLock<Mutex<Kept>> = OnceLock::new();
+impl<V> Default for Lru<V> {
+    fn default() -> Self {
+        Lru {
+            entries: HashMap::new(),
+            bytes: 0,
+            clock: 0,
+            evicted: 0,
+        }
+    }
+}
+
+impl<V: Clone> Lru<V> {
+    /// The value under `key`, now the most recently used.
+    pub(crate) fn get(&mut self, key: &str) -> Option<V> {
+        self.clock += 1;
+        let clock = self.clock;
+        let (value, _, used) = self.entries.get_mut(key)?;
+        *used = clock;
+        Some(value.clone())
+    }
+
+    /// Keeps `value` (`bytes` bytes) under `key`, then drops the least recently used entries
+    /// until at most `limit` bytes are kept.
+    pub(crate) fn put(&mut self, key: String, value: V, bytes: usize, limit: usize) {
+        self.clock += 1;
+        if let Some((_, old, _)) = self.entries.insert(key, (value, bytes, self.clock)) {
+            self.bytes -= old;
+        }
+        self.bytes += bytes;
+        self.shrink_to(limit);
+    }
+
+    /// Drops the least recently used entries until at most `limit` bytes are kept.
+    pub(crate) fn shrink_to(&mut self, limit: usize) {
+        while self.bytes > limit {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(key, _)| key.clone())
+            else {
+                break;
+            };
+            if let Some((_, b, _)) = self.entries.remove(&oldest) {
+                self.bytes -= b;
+                self.evicted += 1;
+            }
+        }
+    }
+
+    /// Keeps only the entries whose key passes `keep`.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.entries.retain(|k, _| keep(k));
+        self.bytes = self.entries.values().map(|(_, b, _)| b).sum();
+    }
+
+    /// Entries and bytes kept.
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        (self.entries.len(), self.bytes)
+    }
+}
+
+fn kept() -> &'static Mutex<Lru<Arc<dyn Any + Send + Sync>>> {
+    static KEPT: OnceLock<Mutex<Lru<Arc<dyn Any + Send + Sync>>>> = OnceLock::new();
     KEPT.get_or_init(Default::default)
 }
 
 /// What is kept under `key`, if it is a `T`.
 pub fn get<T: Send + Sync + 'static>(key: &str) -> Option<Arc<T>> {
-    let mut k = kept().lock().ok()?;
-    k.clock += 1;
-    let clock = k.clock;
-    let (value, _, used) = k.entries.get_mut(key)?;
-    *used = clock;
-    Arc::clone(value).downcast::<T>().ok()
+    kept().lock().ok()?.get(key)?.downcast::<T>().ok()
 }
 
 /// Keeps `value` (about `bytes` bytes) under `key`, dropping the least recently used entries
@@ -43,34 +102,36 @@ pub fn put<T: Send + Sync + 'static>(key: String, value: Arc<T>, bytes: usize) {
     if bytes > REUSE_BYTES {
         return;
     }
-    let Ok(mut k) = kept().lock() else {
-        return;
-    };
-    k.clock += 1;
-    let clock = k.clock;
-    if let Some((_, old, _)) = k.entries.insert(key, (value, bytes, clock)) {
-        k.bytes -= old;
-    }
-    k.bytes += bytes;
-    while k.bytes > REUSE_BYTES {
-        let Some(oldest) = k
-            .entries
-            .iter()
-            .min_by_key(|(_, (_, _, used))| *used)
-            .map(|(key, _)| key.clone())
-        else {
-            break;
-        };
-        if let Some((_, b, _)) = k.entries.remove(&oldest) {
-            k.bytes -= b;
-        }
+    if let Ok(mut k) = kept().lock() {
+        k.put(key, value, bytes, REUSE_BYTES);
     }
 }
 
 /// How many entries and bytes are kept.
 pub fn usage() -> (usize, usize) {
-    kept()
-        .lock()
-        .map(|k| (k.entries.len(), k.bytes))
-        .unwrap_or_default()
+    kept().lock().map(|k| k.usage()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lru;
+
+    #[test]
+    fn the_least_recently_used_go_first_and_bytes_add_up() {
+        let mut lru = Lru::default();
+        lru.put("a".to_string(), 1, 40, 100);
+        lru.put("b".to_string(), 2, 40, 100);
+        assert_eq!(lru.get("a"), Some(1)); // a is now more recent than b
+        lru.put("c".to_string(), 3, 40, 100); // 120 > 100: b goes
+        assert_eq!(lru.get("b"), None);
+        assert_eq!(lru.usage(), (2, 80));
+        assert_eq!(lru.evicted, 1);
+        // Replacing a key replaces its size.
+        lru.put("a".to_string(), 4, 10, 100);
+        assert_eq!((lru.get("a"), lru.usage()), (Some(4), (2, 50)));
+        lru.retain(|k| k != "c");
+        assert_eq!(lru.usage(), (1, 10));
+        lru.shrink_to(0);
+        assert_eq!(lru.usage(), (0, 0));
+    }
 }

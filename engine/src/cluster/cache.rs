@@ -18,7 +18,6 @@
 //! default a quarter of the host's memory), the least recently used partitions dropped first;
 //! a partition larger than the whole budget passes through uncached.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +51,8 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt as _;
 use sha2::{Digest, Sha256};
 
+use crate::reuse::Lru;
+
 /// What the process's cache holds and has done since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheUsage {
@@ -72,12 +73,9 @@ pub struct CacheUsage {
 #[derive(Default)]
 struct Kept {
     /// By `fingerprint/partition identity`.
-    entries: HashMap<String, (Arc<[RecordBatch]>, usize, u64)>,
-    bytes: usize,
-    clock: u64,
+    partitions: Lru<Arc<[RecordBatch]>>,
     hits: u64,
     misses: u64,
-    evictions: u64,
 }
 
 fn kept() -> &'static Mutex<Kept> {
@@ -116,24 +114,7 @@ pub fn set_budget(bytes: usize) {
     // 0 means "unset" in BUDGET; store 1 for "off" (nothing fits in one byte).
     BUDGET.store(bytes.max(1), Ordering::Relaxed);
     if let Ok(mut k) = kept().lock() {
-        shrink_to(&mut k, bytes);
-    }
-}
-
-fn shrink_to(k: &mut Kept, limit: usize) {
-    while k.bytes > limit {
-        let Some(oldest) = k
-            .entries
-            .iter()
-            .min_by_key(|(_, (_, _, used))| *used)
-            .map(|(key, _)| key.clone())
-        else {
-            break;
-        };
-        if let Some((_, b, _)) = k.entries.remove(&oldest) {
-            k.bytes -= b;
-            k.evictions += 1;
-        }
+        k.partitions.shrink_to(bytes);
     }
 }
 
@@ -142,13 +123,16 @@ pub fn usage() -> CacheUsage {
     let budget = budget();
     kept()
         .lock()
-        .map(|k| CacheUsage {
-            partitions: k.entries.len(),
-            bytes: k.bytes,
-            budget,
-            hits: k.hits,
-            misses: k.misses,
-            evictions: k.evictions,
+        .map(|k| {
+            let (partitions, bytes) = k.partitions.usage();
+            CacheUsage {
+                partitions,
+                bytes,
+                budget,
+                hits: k.hits,
+                misses: k.misses,
+                evictions: k.partitions.evicted,
+            }
         })
         .unwrap_or_default()
 }
@@ -158,21 +142,15 @@ pub fn evict(fingerprint: Option<&str>) -> usize {
     let Ok(mut k) = kept().lock() else {
         return 0;
     };
-    let before = k.entries.len();
-    k.entries
-        .retain(|key, _| fingerprint.is_some_and(|f| key.split('/').next() != Some(f)));
-    k.bytes = k.entries.values().map(|(_, b, _)| b).sum();
-    before - k.entries.len()
+    let before = k.partitions.usage().0;
+    k.partitions
+        .retain(|key| fingerprint.is_some_and(|f| key.split('/').next() != Some(f)));
+    before - k.partitions.usage().0
 }
 
 fn lookup(key: &str) -> Option<Arc<[RecordBatch]>> {
     let mut k = kept().lock().ok()?;
-    k.clock += 1;
-    let clock = k.clock;
-    let found = k.entries.get_mut(key).map(|(batches, _, used)| {
-        *used = clock;
-        Arc::clone(batches)
-    });
+    let found = k.partitions.get(key);
     match found {
         Some(_) => k.hits += 1,
         None => k.misses += 1,
@@ -185,19 +163,10 @@ fn keep(key: &str, batches: Vec<RecordBatch>, bytes: usize) {
     if bytes > limit {
         return;
     }
-    let Ok(mut k) = kept().lock() else {
-        return;
-    };
-    k.clock += 1;
-    let clock = k.clock;
-    if let Some((_, old, _)) = k
-        .entries
-        .insert(key.to_string(), (batches.into(), bytes, clock))
-    {
-        k.bytes -= old;
+    if let Ok(mut k) = kept().lock() {
+        k.partitions
+            .put(key.to_string(), batches.into(), bytes, limit);
     }
-    k.bytes += bytes;
-    shrink_to(&mut k, limit);
 }
 
 /// The identity of a prepared dataset: its plan (as text, with schemas), the files each
