@@ -168,6 +168,10 @@ enum BenchCase {
         /// Trials of the trivial search fanned out to the 2-executor cluster (0: none).
         #[arg(long, default_value_t = 200)]
         trials: usize,
+        /// Start the local clusters without an auth token, as `quiver cluster up --no-auth`:
+        /// the scheduler pushes tasks instead of executors polling for them.
+        #[arg(long)]
+        no_auth: bool,
     },
     /// ml_predict over Parquet against a scan of the same columns; single-row latency.
     Predict {
@@ -342,6 +346,7 @@ async fn run(cli: Cli) -> Result<()> {
                 iters,
                 seed,
                 trials,
+                no_auth,
             } => {
                 let opts = bench::ClusterBench {
                     rows,
@@ -349,6 +354,7 @@ async fn run(cli: Cli) -> Result<()> {
                     iters,
                     seed,
                     trials,
+                    auth: !no_auth,
                 };
                 bench::cluster(&session, &opts, &mut out).await?;
             }

@@ -840,6 +840,9 @@ pub struct ClusterBench {
     pub seed: u64,
     /// Trials of the trivial `quiver.sphere` search (per-trial fan-out overhead).
     pub trials: usize,
+    /// Start the clusters with an auth token (executors then poll for their tasks; without
+    /// one the scheduler pushes them).
+    pub auth: bool,
 }
 
 /// Milliseconds per trial of a random search of `trials` `quiver.sphere` trials.
@@ -881,8 +884,14 @@ pub async fn cluster(
     })?;
     writeln!(
         out,
-        "bench cluster: logistic regression, {} features, {} iterations, Parquet in 4 files",
-        opts.features, opts.iters
+        "bench cluster: logistic regression, {} features, {} iterations, Parquet in 4 files, {}",
+        opts.features,
+        opts.iters,
+        if opts.auth {
+            "clusters with an auth token (executors poll for tasks)"
+        } else {
+            "clusters without an auth token (tasks pushed)"
+        }
     )
     .ok();
     writeln!(
@@ -947,8 +956,9 @@ pub async fn cluster(
                 memory_limit: None,
                 cache_memory: None,
                 ready_timeout: Duration::from_secs(60),
-                // As `quiver cluster up` starts it: with an auth token, reading its data.
-                auth: true,
+                // As `quiver cluster up` starts it (by default with an auth token), reading its
+                // data.
+                auth: opts.auth,
                 data_roots: vec![dir.path().to_path_buf()],
                 allow_writes: false,
                 tls: false,
