@@ -99,6 +99,12 @@ impl Dataset {
         Ok(out)
     }
 
+    /// Spark's `persist()`: the same dataset (columns and roles) reading rows kept in memory
+    /// ([`QuiverSession::persist`]).
+    pub async fn persist(&self, session: &crate::QuiverSession) -> Result<Dataset> {
+        self.with_dataframe(session.persist(&self.df).await?)
+    }
+
     pub fn into_dataframe(self) -> DataFrame {
         self.df
     }
@@ -894,7 +900,7 @@ impl LocalFrame {
 }
 
 /// DataFusion's own physical planning, in this process (a cluster session's state plans for
-/// the cluster instead).
+/// the cluster instead); cache nodes plan as their input.
 #[derive(Debug)]
 struct InProcessPlanner;
 
@@ -906,8 +912,10 @@ impl datafusion::execution::context::QueryPlanner for InProcessPlanner {
         session_state: &dyn datafusion::catalog::Session,
     ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
         use datafusion::physical_planner::PhysicalPlanner;
-        datafusion::physical_planner::DefaultPhysicalPlanner::default()
-            .create_physical_plan(logical_plan, session_state)
-            .await
+        datafusion::physical_planner::DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(crate::cluster::cache::CachePlanner { pass_through: true }),
+        ])
+        .create_physical_plan(logical_plan, session_state)
+        .await
     }
 }

@@ -424,9 +424,8 @@ impl QuiverSession {
                 None => return self.prepare(dataset, runner).await,
             }
         } else {
-            let schema = Arc::new(df.schema().as_arrow().clone());
-            let parts = match df.collect_partitioned().await.map_err(QuiverError::from) {
-                Ok(p) => p,
+            match self.in_memory(df).await {
+                Ok(kept) => kept,
                 Err(
                     QuiverError::InvalidValueInBatch { .. }
                     | QuiverError::VectorLengthInBatch { .. },
@@ -436,9 +435,7 @@ impl QuiverSession {
                     }));
                 }
                 Err(e) => return Err(e),
-            };
-            self.ctx
-                .read_table(Arc::new(MemTable::try_new(schema, parts)?))?
+            }
         };
         let mut cached = Dataset::new(kept).with_features(["features"])?;
         if dataset.label().is_some() {
@@ -452,6 +449,43 @@ impl QuiverSession {
             dim: dataset.feature_dim()?,
             input: PreparedInput::Embedded(Box::new(cached)),
         })
+    }
+
+    /// `df`'s rows collected into an in-memory table of this process, partitions kept.
+    async fn in_memory(&self, df: DataFrame) -> Result<DataFrame> {
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let parts = df.collect_partitioned().await?;
+        Ok(self
+            .ctx
+            .read_table(Arc::new(MemTable::try_new(schema, parts)?))?)
+    }
+
+    /// Spark's `persist()`: `df`'s rows kept in memory for the queries and fits that follow —
+    /// embedded, in this process (an in-memory table with the same partitioning, computed
+    /// now); on a cluster, by each executor for the partitions it computes, from the first
+    /// query over the result on ([`QuiverSession::cache_on_executors`]). On a cluster where
+    /// that cannot be done (`quiver.cluster.cache` off, or data that cannot be fingerprinted)
+    /// `df` itself, with a warning that says why. Executors drop kept partitions least
+    /// recently used first when their `--cache-memory` is full; embedded, the rows live as
+    /// long as the returned frame.
+    pub async fn persist(&self, df: &DataFrame) -> Result<DataFrame> {
+        if !self.is_cluster() {
+            return self.in_memory(df.clone()).await;
+        }
+        match self.cache_on_executors(df).await {
+            Some(kept) => Ok(kept),
+            None => {
+                log::warn!(
+                    "persist: the rows are read again by every query: {}",
+                    if self.config.cluster_cache {
+                        "the plan reads an in-memory table or files this process cannot list"
+                    } else {
+                        "quiver.cluster.cache is off"
+                    }
+                );
+                Ok(df.clone())
+            }
+        }
     }
 
     /// On a cluster with `quiver.cluster.cache` on: `df` under a cache node, so each executor

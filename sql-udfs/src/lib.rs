@@ -9,6 +9,7 @@
 //! [`QuiverSession`] and its model store; [`register`] adds this crate's session-independent
 //! functions to a [`FunctionRegistry`].
 
+mod cache_table;
 pub mod create;
 pub mod error;
 mod explain;
@@ -52,6 +53,8 @@ pub fn register(registry: &mut FunctionRegistry) -> quiver_engine::Result<()> {
 pub struct SqlSession {
     session: QuiverSession,
     catalog: Arc<ModelCatalog>,
+    /// Tables cached by `CACHE TABLE`, with what each was before.
+    cached: Arc<cache_table::CachedTables>,
 }
 
 /// What one statement returned.
@@ -78,7 +81,11 @@ impl SqlSession {
         for (name, f) in table_fns::table_functions(&session, &catalog) {
             ctx.register_udtf(&name, f);
         }
-        Ok(SqlSession { session, catalog })
+        Ok(SqlSession {
+            session,
+            catalog,
+            cached: Arc::default(),
+        })
     }
 
     pub fn session(&self) -> &QuiverSession {
@@ -117,9 +124,9 @@ impl SqlSession {
         statement: Statement,
     ) -> Result<StatementOutput> {
         match statement {
-            Statement::Sql(s) => Ok(StatementOutput::Stream(
-                self.plan_sql(*s).await?.execute_stream().await?,
-            )),
+            Statement::Sql(s) if cache_table::TableCache::of(&s).is_none() => Ok(
+                StatementOutput::Stream(self.plan_sql(*s).await?.execute_stream().await?),
+            ),
             other => Ok(StatementOutput::Batches(
                 self.execute_statement(other).await?,
             )),
@@ -142,7 +149,14 @@ impl SqlSession {
     /// Runs one parsed statement.
     pub async fn execute_statement(&self, statement: Statement) -> Result<Vec<RecordBatch>> {
         match statement {
-            Statement::Sql(s) => Ok(self.plan_sql(*s).await?.collect().await?),
+            Statement::Sql(s) => match cache_table::TableCache::of(&s) {
+                Some(statement) => {
+                    self.cached
+                        .execute(&self.session, statement?, |q| self.plan_sql(q))
+                        .await
+                }
+                None => Ok(self.plan_sql(*s).await?.collect().await?),
+            },
             Statement::Ml(MlStatement::CreateModel(c)) => {
                 Ok(vec![create_model(&self.session, &self.catalog, &c).await?])
             }

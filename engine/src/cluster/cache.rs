@@ -500,9 +500,12 @@ impl RecordBatchStream for Filling {
     }
 }
 
-/// Plans [`CacheNode`]s as [`CachedPartitionsExec`]s.
+/// Plans [`CacheNode`]s as [`CachedPartitionsExec`]s; with `pass_through`, as their input
+/// (a cluster client reading data in its own process keeps nothing: the executors do).
 #[derive(Debug, Default)]
-pub struct CachePlanner;
+pub struct CachePlanner {
+    pub pass_through: bool,
+}
 
 #[async_trait]
 impl ExtensionPlanner for CachePlanner {
@@ -523,6 +526,9 @@ impl ExtensionPlanner for CachePlanner {
                 "QuiverCache takes one input".to_string(),
             ));
         };
+        if self.pass_through {
+            return Ok(Some(Arc::clone(input)));
+        }
         Ok(Some(Arc::new(CachedPartitionsExec::new(
             cache.fingerprint.clone(),
             Arc::clone(input),
@@ -542,7 +548,7 @@ impl QueryPlanner for QuiverQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(CachePlanner)])
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(CachePlanner::default())])
             .create_physical_plan(logical_plan, session)
             .await
     }
