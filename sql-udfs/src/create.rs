@@ -212,17 +212,19 @@ async fn query_frame(session: &QuiverSession, c: &CreateModel) -> Result<DataFra
 /// Embedded: the training query's result in memory when it fits `limit` bytes (partitions
 /// read in parallel, given up as soon as they exceed it), so the query runs once and every
 /// later pass reads memory. `None` when it is larger (or cannot be held as a table): the
-/// passes then run the query again.
+/// passes then run the query again. On a cluster: the query under a cache node, each executor
+/// keeping the partitions it reads ([`QuiverSession::cache_on_executors`]).
 async fn materialise(
     session: &QuiverSession,
     df: &DataFrame,
     limit: usize,
 ) -> Result<Option<DataFrame>> {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    // On a cluster the fits' passes keep their prepared input on the executors
-    // (`QuiverSession::prepare_iterative`); the statement's other paths (trees, TRANSFORM, the
-    // evaluators) plan parts of the query in the client, which cannot plan a cache node.
-    if limit == 0 || session.is_cluster() {
+    if session.is_cluster() {
+        // Kept by the executors, each for the partitions it reads (quiver.cluster.cache).
+        return Ok(session.cache_on_executors(df).await);
+    }
+    if limit == 0 {
         return Ok(None);
     }
     let schema = Arc::new(df.schema().as_arrow().clone());
@@ -366,8 +368,9 @@ pub async fn create_model(
         Split::None => (raw.clone(), None),
         Split::Random(f) => {
             let mut parts = raw.random_split(&[1.0 - f, f], seed)?;
-            if cached {
+            if cached && !session.is_cluster() {
                 // Each side kept as well: a row's side is computed once, not in every pass.
+                // (On a cluster a side is a filter over the executors' kept rows.)
                 for p in parts.iter_mut() {
                     if let Some(side) = materialise(session, p.dataframe(), limit).await? {
                         *p = p.with_dataframe(side)?;
