@@ -53,7 +53,7 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
     ConfigKey {
         key: "quiver.cluster.cache",
         default: "true",
-        doc: "On a cluster: iterative fits (in CREATE MODEL too) keep their prepared partitions in the executors' memory (bounded by `quiver-executor --cache-memory`) and the scheduler sends later passes to the executor holding each partition; false reads the data again on every pass.",
+        doc: "On a cluster: iterative fits and CREATE MODEL keep their prepared partitions in the executors' memory (bounded by `quiver-executor --cache-memory`) and the scheduler sends later passes to the executor holding each partition; false reads the data again on every pass.",
     },
     ConfigKey {
         key: "quiver.cluster.auth_token_file",
