@@ -97,7 +97,9 @@ impl CachedTables {
                 let table = TableReference::from(name.to_string());
                 let before = ctx.table_provider(table.clone()).await.ok();
                 let df = match query {
-                    Some(q) => plan(DFStatement::Statement(Box::new(SQLStatement::Query(q)))).await?,
+                    Some(q) => {
+                        plan(DFStatement::Statement(Box::new(SQLStatement::Query(q)))).await?
+                    }
                     None => {
                         if before.is_none() {
                             return Err(SqlError::Invalid(format!(
@@ -115,7 +117,10 @@ impl CachedTables {
                              or files this process cannot list"
                         ))
                     })?;
-                    (kept, "each executor keeps the partitions it reads from the next scan on")
+                    (
+                        kept,
+                        "each executor keeps the partitions it reads from the next scan on",
+                    )
                 } else {
                     (session.persist(&df).await?, "its rows are in memory")
                 };
@@ -124,11 +129,17 @@ impl CachedTables {
                 let mut cached = self.0.lock().map_err(|_| poisoned())?;
                 // Caching a cached table again keeps what it was at first.
                 cached.entry(name.to_string()).or_insert(before);
-                Ok(vec![message_batch(&format!("cached table '{name}': {how}"))])
+                Ok(vec![message_batch(&format!(
+                    "cached table '{name}': {how}"
+                ))])
             }
             TableCache::Uncache { name, if_exists } => {
                 let table = TableReference::from(name.to_string());
-                let before = self.0.lock().map_err(|_| poisoned())?.remove(&name.to_string());
+                let before = self
+                    .0
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .remove(&name.to_string());
                 match before {
                     Some(before) => {
                         ctx.deregister_table(table.clone())?;
