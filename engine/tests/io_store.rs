@@ -454,3 +454,34 @@ async fn process_tables_are_read_in_this_process_only_while_they_live() {
     );
     assert!(quiver_engine::io::ProcessTable::new(Vec::new()).is_err());
 }
+
+#[tokio::test]
+async fn persisted_rows_outlive_their_file_and_keep_their_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = QuiverSession::embedded().unwrap();
+    let location = dir
+        .path()
+        .join("kept.parquet")
+        .to_string_lossy()
+        .to_string();
+    s.write_parquet(s.from_batches(vec![sample()], 1).unwrap(), &location)
+        .await
+        .unwrap();
+    let ds = quiver_engine::Dataset::new(s.read(&location).await.unwrap())
+        .with_features(["x"])
+        .unwrap()
+        .with_label("id")
+        .unwrap();
+    let kept = ds.persist(&s).await.unwrap();
+    // The rows are in memory now: the file can go.
+    std::fs::remove_file(&location).unwrap();
+    assert_eq!(kept.features(), ds.features());
+    assert_eq!(kept.label(), Some("id"));
+    let batches = kept.dataframe().clone().collect().await.unwrap();
+    let x: f64 = batches
+        .iter()
+        .flat_map(|b| b.column(1).as_primitive::<Float64Type>().values().to_vec())
+        .sum();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 100);
+    assert_eq!(x, (0..100).map(|i| i as f64 * 0.5).sum::<f64>());
+}
