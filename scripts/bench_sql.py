@@ -5,6 +5,7 @@ same files, in one invocation.
     pip install scikit-learn pyarrow numpy
     python3 scripts/bench_sql.py [--quiver target/release/quiver] [--rows 1000000]
         [--features 20] [--files 8] [--runs 3] [--threads 2] [--baseline OLD_QUIVER]
+        [--cluster N [--no-auth] [--baseline-no-cache]]
 
 The rows: `features` standard-normal columns f0 … f{d-1}, a 0/1 `label` (logistic in a fixed
 linear score) and a numeric `target` (that score plus noise), in `files` Parquet files. Each
@@ -18,10 +19,14 @@ the Parquet read into NumPy is timed on its own. Statements:
   - an 8-point grid over l2_reg with 20% held out (AUC) ~ 8 fits + roc_auc_score on a split.
 Reported: the median of `runs` runs of each, and the ratio scikit-learn fit / Quiver statement.
 With `--baseline`, another `quiver` binary (an earlier build) runs the same statements in the
-same invocation, interleaved, for a before/after column.
+same invocation, interleaved, for a before/after column. With `--cluster N` every statement runs
+on a local cluster of N executors the script starts (`quiver cluster up`, with a token unless
+`--no-auth`) and stops; `--baseline-no-cache` then times the same binary with
+`quiver.cluster.cache=false` beside it (the executors read the Parquet on every pass).
 """
 
 import argparse
+import atexit
 import os
 import statistics
 import subprocess
@@ -68,6 +73,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default=None, help="run only the cases whose name contains this")
     ap.add_argument("--baseline", default=None, help="an earlier quiver binary to time beside")
+    ap.add_argument("--cluster", type=int, default=0, metavar="N",
+                    help="run every statement on a local cluster of N executors that this "
+                    "script starts (`quiver cluster up`, with its auth token) and stops")
+    ap.add_argument("--no-auth", action="store_true",
+                    help="with --cluster: start it without a token (the scheduler pushes tasks)")
+    ap.add_argument("--baseline-no-cache", action="store_true",
+                    help="with --cluster: the baseline is the same binary with "
+                    "quiver.cluster.cache=false (the executors read the data on every pass)")
     a = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(a.threads)
@@ -96,10 +109,29 @@ def main():
         f"data_split_eval_fraction = 0.2) AS SELECT {cols}, label FROM t",
     }
     models = os.path.join(work, "models")
+    cluster_args = []
+    if a.cluster:
+        cluster_dir = os.path.join(work, "cluster")
+        port = 50000 + os.getpid() % 10000
+        up = [a.quiver, "cluster", "up", "--executors", str(a.cluster), "--dir", cluster_dir,
+              "--port", str(port), "--data-root", work]
+        if a.no_auth:
+            up.append("--no-auth")
+        subprocess.run(up, check=True, capture_output=True)
+        atexit.register(lambda: subprocess.run(
+            [a.quiver, "cluster", "down", "--dir", cluster_dir], capture_output=True))
+        cluster_args = ["--cluster", f"df://127.0.0.1:{port}"]
+        if not a.no_auth:
+            cluster_args += ["--auth-token-file", os.path.join(cluster_dir, "auth-token")]
+    if a.baseline_no_cache:
+        a.baseline = a.quiver
 
     def quiver(sql, binary=None):
         args = [binary or a.quiver, "--models", models, "--config",
-                f"quiver.compute_threads={a.threads}", "sql", "-e", table + sql]
+                f"quiver.compute_threads={a.threads}"]
+        if binary and a.baseline_no_cache:
+            args += ["--config", "quiver.cluster.cache=false"]
+        args += ["sql", *cluster_args, "-e", table + sql]
         t = time.perf_counter()
         run = subprocess.run(args, capture_output=True, text=True)
         if run.returncode != 0:
@@ -139,9 +171,13 @@ def main():
     # The predict case reads the model the first case stores.
     quiver(statements["logistic regression"])
 
+    where = (f"on a local cluster of {a.cluster} executors "
+             f"({'no token: tasks pushed' if a.no_auth else 'with a token: executors poll'})"
+             if a.cluster else "embedded")
     print(f"{a.rows} rows × {a.features} features in {a.files} Parquet files, {a.threads} "
-          f"threads, median of {a.runs}; scikit-learn's Parquet read: {read_s:.2f} s")
-    base = f" {'baseline s':>11}" if a.baseline else ""
+          f"threads, median of {a.runs}, {where}; scikit-learn's Parquet read: {read_s:.2f} s")
+    label = "no cache s" if a.baseline_no_cache else "baseline s"
+    base = f" {label:>11}" if a.baseline else ""
     print(f"{'case':28}{base} {'quiver sql s':>13} {'sklearn fit s':>14} {'sklearn / quiver':>17}")
     for name, sql in statements.items():
         if a.only and a.only not in name:
