@@ -20,8 +20,6 @@ pub(crate) struct Lru<V> {
     entries: HashMap<String, (V, usize, u64)>,
     bytes: usize,
     clock: u64,
-    /// Entries dropped to make room, ever.
-    pub(crate) evicted: u64,
 }
 
 impl<V> Default for Lru<V> {
@@ -30,7 +28,6 @@ impl<V> Default for Lru<V> {
             entries: HashMap::new(),
             bytes: 0,
             clock: 0,
-            evicted: 0,
         }
     }
 }
@@ -69,15 +66,8 @@ impl<V: Clone> Lru<V> {
             };
             if let Some((_, b, _)) = self.entries.remove(&oldest) {
                 self.bytes -= b;
-                self.evicted += 1;
             }
         }
-    }
-
-    /// Keeps only the entries whose key passes `keep`.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.entries.retain(|k, _| keep(k));
-        self.bytes = self.entries.values().map(|(_, b, _)| b).sum();
     }
 
     /// Entries and bytes kept.
@@ -125,12 +115,11 @@ mod tests {
         lru.put("c".to_string(), 3, 40, 100); // 120 > 100: b goes
         assert_eq!(lru.get("b"), None);
         assert_eq!(lru.usage(), (2, 80));
-        assert_eq!(lru.evicted, 1);
         // Replacing a key replaces its size.
         lru.put("a".to_string(), 4, 10, 100);
         assert_eq!((lru.get("a"), lru.usage()), (Some(4), (2, 50)));
-        lru.retain(|k| k != "c");
-        assert_eq!(lru.usage(), (1, 10));
+        lru.shrink_to(20); // c (40 bytes, older) goes, a (10) stays
+        assert_eq!((lru.get("c"), lru.usage()), (None, (1, 10)));
         lru.shrink_to(0);
         assert_eq!(lru.usage(), (0, 0));
     }

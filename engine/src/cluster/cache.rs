@@ -53,41 +53,22 @@ use sha2::{Digest, Sha256};
 
 use crate::reuse::Lru;
 
-/// What the process's cache holds and has done since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheUsage {
-    /// Partitions kept.
-    pub partitions: usize,
-    /// Bytes kept (Arrow buffer sizes).
-    pub bytes: usize,
-    /// The most bytes kept.
-    pub budget: usize,
-    /// Partitions served from memory.
-    pub hits: u64,
-    /// Partitions computed from their plan (and kept, if they fit).
-    pub misses: u64,
-    /// Partitions dropped to make room.
-    pub evictions: u64,
-}
-
-#[derive(Default)]
-struct Kept {
-    /// By `fingerprint/partition identity`.
-    partitions: Lru<Arc<[RecordBatch]>>,
-    hits: u64,
-    misses: u64,
-}
-
-fn kept() -> &'static Mutex<Kept> {
-    static KEPT: OnceLock<Mutex<Kept>> = OnceLock::new();
+/// Kept partitions by `fingerprint/partition identity`.
+fn kept() -> &'static Mutex<Lru<Arc<[RecordBatch]>>> {
+    static KEPT: OnceLock<Mutex<Lru<Arc<[RecordBatch]>>>> = OnceLock::new();
     KEPT.get_or_init(Default::default)
 }
 
 /// 0: not set (the default applies).
 static BUDGET: AtomicUsize = AtomicUsize::new(0);
 
-/// A quarter of the host's memory (4 GiB where it cannot be read).
+/// A quarter of the host's memory (4 GiB where it cannot be read), read once.
 fn default_budget() -> usize {
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    *DEFAULT.get_or_init(host_quarter)
+}
+
+fn host_quarter() -> usize {
     let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -114,48 +95,12 @@ pub fn set_budget(bytes: usize) {
     // 0 means "unset" in BUDGET; store 1 for "off" (nothing fits in one byte).
     BUDGET.store(bytes.max(1), Ordering::Relaxed);
     if let Ok(mut k) = kept().lock() {
-        k.partitions.shrink_to(bytes);
+        k.shrink_to(bytes);
     }
-}
-
-/// What the cache holds now.
-pub fn usage() -> CacheUsage {
-    let budget = budget();
-    kept()
-        .lock()
-        .map(|k| {
-            let (partitions, bytes) = k.partitions.usage();
-            CacheUsage {
-                partitions,
-                bytes,
-                budget,
-                hits: k.hits,
-                misses: k.misses,
-                evictions: k.partitions.evicted,
-            }
-        })
-        .unwrap_or_default()
-}
-
-/// Drops every partition of `fingerprint` (all partitions when `None`); returns how many.
-pub fn evict(fingerprint: Option<&str>) -> usize {
-    let Ok(mut k) = kept().lock() else {
-        return 0;
-    };
-    let before = k.partitions.usage().0;
-    k.partitions
-        .retain(|key| fingerprint.is_some_and(|f| key.split('/').next() != Some(f)));
-    before - k.partitions.usage().0
 }
 
 fn lookup(key: &str) -> Option<Arc<[RecordBatch]>> {
-    let mut k = kept().lock().ok()?;
-    let found = k.partitions.get(key);
-    match found {
-        Some(_) => k.hits += 1,
-        None => k.misses += 1,
-    }
-    found
+    kept().lock().ok()?.get(key)
 }
 
 fn keep(key: &str, batches: Vec<RecordBatch>, bytes: usize) {
@@ -164,8 +109,7 @@ fn keep(key: &str, batches: Vec<RecordBatch>, bytes: usize) {
         return;
     }
     if let Ok(mut k) = kept().lock() {
-        k.partitions
-            .put(key.to_string(), batches.into(), bytes, limit);
+        k.put(key.to_string(), batches.into(), bytes, limit);
     }
 }
 
