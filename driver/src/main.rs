@@ -4,7 +4,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use quiver_driver::commands::{bench, bench_trees, cluster, models, quickstart, sql, tune};
+use quiver_driver::commands::{
+    bench, bench_device, bench_trees, cluster, models, quickstart, sql, tune,
+};
 use quiver_driver::{QuiverConfig, Result};
 
 /// Quiver: a distributed dataframe ML engine on Arrow, DataFusion and Ballista.
@@ -109,6 +111,10 @@ enum ClusterAction {
         /// keeps none (default: a quarter of the host's memory per executor).
         #[arg(long, value_parser = memory_size)]
         cache_memory: Option<String>,
+        /// Where each executor's batch scoring runs: auto, cpu, cuda or cuda:N (passed to
+        /// every executor as --device).
+        #[arg(long, value_parser = quiver_engine::device::DeviceChoice::parse)]
+        device: Option<quiver_engine::device::DeviceChoice>,
         /// Seconds to wait for every process to be ready.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
@@ -172,6 +178,25 @@ enum BenchCase {
         /// the scheduler pushes tasks instead of executors polling for them.
         #[arg(long)]
         no_auth: bool,
+    },
+    /// Batch prediction from memory on the CPU against a CUDA device, and the per-batch
+    /// crossover (the device side only where one is usable).
+    Device {
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 20)]
+        features: usize,
+        /// Rows per batch handed to a model's predict function.
+        #[arg(long, default_value_t = 1_048_576)]
+        batch_rows: usize,
+        /// k of the k-means model.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The device to measure: cuda or cuda:N.
+        #[arg(long, default_value = "cuda", value_parser = quiver_engine::device::DeviceChoice::parse)]
+        device: quiver_engine::device::DeviceChoice,
     },
     /// ml_predict over Parquet against a scan of the same columns; single-row latency.
     Predict {
@@ -390,6 +415,24 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 bench::summary(&session, &opts, &mut out).await?;
             }
+            BenchCase::Device {
+                rows,
+                features,
+                batch_rows,
+                k,
+                seed,
+                device,
+            } => {
+                let opts = bench_device::DeviceBench {
+                    rows,
+                    features,
+                    batch_rows,
+                    k,
+                    seed,
+                    device,
+                };
+                bench_device::device(&session, &opts, &mut out).await?;
+            }
             BenchCase::Algorithms {
                 rows,
                 features,
@@ -456,6 +499,7 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
             concurrent_tasks,
             memory_limit,
             cache_memory,
+            device,
             timeout,
             no_auth,
             data_roots,
@@ -479,6 +523,7 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
                 concurrent_tasks,
                 memory_limit,
                 cache_memory,
+                device,
                 auth: !no_auth,
                 data_roots,
                 allow_writes,

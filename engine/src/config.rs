@@ -41,6 +41,16 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         doc: "Where batch work may run: auto (a CUDA device when this machine has a usable one, else the CPU, saying why once in the log), cpu, or cuda / cuda:N (an error naming what is missing when the device cannot be used).",
     },
     ConfigKey {
+        key: "quiver.device.min_rows",
+        default: "131072",
+        doc: "Under quiver.device = auto, the rows a batch needs before it goes to the device (smaller batches and single rows stay on the CPU, where latency is lower). An explicit cuda sends every batch. Raise quiver.batch_size to at least this for batch scoring on a device.",
+    },
+    ConfigKey {
+        key: "quiver.device.precision",
+        default: "f64",
+        doc: "What batches travel to the device in: f64 (the CPU's results up to the order of sums) or f32 (opt-in: half the transfer, about 7 significant digits).",
+    },
+    ConfigKey {
         key: "quiver.model_store",
         default: "./quiver-models/",
         doc: "URL or path of the model store (file://, plain path, memory://, s3://).",
@@ -178,6 +188,10 @@ pub struct QuiverConfig {
     pub tls: Option<crate::cluster::tls::ClientTls>,
     /// `quiver.device`; defaults to `auto`.
     pub device: crate::device::DeviceChoice,
+    /// `quiver.device.min_rows`; defaults to [`crate::device::DEFAULT_MIN_ROWS`].
+    pub device_min_rows: usize,
+    /// `quiver.device.precision`; defaults to f64.
+    pub device_precision: crate::device::Precision,
 }
 
 /// A byte size as people write it: `1048576`, `512MB`, `4GB`, `1.5GiB`, `64k`; `unlimited`
@@ -237,11 +251,22 @@ impl Default for QuiverConfig {
             auth_token: None,
             tls: None,
             device: crate::device::DeviceChoice::Auto,
+            device_min_rows: crate::device::DEFAULT_MIN_ROWS,
+            device_precision: crate::device::Precision::F64,
         }
     }
 }
 
 impl QuiverConfig {
+    /// How this configuration's batch work uses a device.
+    pub fn device_policy(&self) -> crate::device::DevicePolicy {
+        crate::device::DevicePolicy {
+            choice: self.device,
+            min_rows: self.device_min_rows,
+            precision: self.device_precision,
+        }
+    }
+
     /// Sets one `quiver.*` key from its string form. Unknown keys and bad values are errors
     /// that name the key.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -300,6 +325,11 @@ impl QuiverConfig {
             }
             "quiver.device" => {
                 self.device = crate::device::DeviceChoice::parse(value).map_err(|r| bad(&r))?
+            }
+            "quiver.device.min_rows" => self.device_min_rows = positive()?,
+            "quiver.device.precision" => {
+                self.device_precision =
+                    crate::device::Precision::parse(value).map_err(|r| bad(&r))?
             }
             "quiver.memory_limit" => self.memory_limit = parse_bytes(value).map_err(|r| bad(&r))?,
             "quiver.training_cache" => {

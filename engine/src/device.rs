@@ -9,9 +9,12 @@
 //! missing.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use crate::error::{QuiverError, Result};
+
+#[cfg(feature = "cuda")]
+mod gpu;
 
 /// What `quiver.device` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -145,6 +148,168 @@ pub fn resolve(choice: DeviceChoice) -> Result<Placement> {
     }
 }
 
+/// The element type batches travel in to the device (`quiver.device.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Exact: the device computes what the CPU computes, up to the order of the sums.
+    #[default]
+    F64,
+    /// Opt-in throughput: half the bytes over the bus; about 7 significant digits.
+    F32,
+}
+
+impl Precision {
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "f64" | "double" => Ok(Precision::F64),
+            "f32" | "float" | "single" => Ok(Precision::F32),
+            _ => Err("expected f64 or f32".to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F64 => "f64",
+            Precision::F32 => "f32",
+        })
+    }
+}
+
+/// Rows a batch needs before `auto` sends it to the device: below it the transfer and launch
+/// latency cost more than the CPU's work (`quiver.device.min_rows`).
+pub const DEFAULT_MIN_ROWS: usize = 131_072;
+
+/// How batch work of this process uses a device. Sessions set it from their configuration
+/// when they start (the last one started wins); an executor from its `--device` options —
+/// the device is the executor's, so a cluster client's setting does not travel with tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevicePolicy {
+    pub choice: DeviceChoice,
+    /// Under `auto`, batches of fewer rows stay on the CPU. An explicit `cuda` sends every
+    /// batch to the device.
+    pub min_rows: usize,
+    pub precision: Precision,
+}
+
+impl Default for DevicePolicy {
+    fn default() -> Self {
+        DevicePolicy {
+            choice: DeviceChoice::Auto,
+            min_rows: DEFAULT_MIN_ROWS,
+            precision: Precision::F64,
+        }
+    }
+}
+
+static POLICY: RwLock<DevicePolicy> = RwLock::new(DevicePolicy {
+    choice: DeviceChoice::Auto,
+    min_rows: DEFAULT_MIN_ROWS,
+    precision: Precision::F64,
+});
+
+/// Sets this process's policy (see [`DevicePolicy`]).
+pub fn set_policy(policy: DevicePolicy) {
+    *POLICY.write().unwrap_or_else(|e| e.into_inner()) = policy;
+}
+
+/// This process's policy.
+pub fn policy() -> DevicePolicy {
+    *POLICY.read().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DevicePolicy {
+    /// The device ordinal a batch of `rows` rows goes to, or `None` for the CPU: never under
+    /// `cpu`; always under `cuda[:N]` (when it cannot be used the caller gets the error);
+    /// under `auto`, from `min_rows` rows on and only when a device is usable.
+    pub fn device_for(&self, rows: usize) -> Result<Option<usize>> {
+        match self.choice {
+            DeviceChoice::Cpu => Ok(None),
+            DeviceChoice::Cuda(n) => {
+                resolve(self.choice)?;
+                Ok(Some(n))
+            }
+            DeviceChoice::Auto => {
+                if rows < self.min_rows.max(1) {
+                    return Ok(None);
+                }
+                Ok(match resolve(DeviceChoice::Auto)? {
+                    Placement::Cuda { ordinal, .. } => Some(ordinal),
+                    Placement::Cpu => None,
+                })
+            }
+        }
+    }
+}
+
+/// Affine scores of a batch, where this process's policy sends it to a device:
+/// `out[r·k + c] = Σⱼ x[r·d + j] · w[c·d + j] + b[c]` for the `n = x.len() / d` rows of `x`
+/// (row-major) and the `k = b.len()` rows of `w` — one GEMM per chunk of rows on the device
+/// (cuBLAS), transfers pipelined with it. `Ok(None)`: the batch stays on the CPU and the
+/// caller computes it there. Linear and logistic predictions, k-means distances and the
+/// multinomial naive Bayes likelihoods are all of this form.
+pub fn affine_scores(x: &[f64], d: usize, w: &[f64], b: &[f64]) -> Result<Option<Vec<f64>>> {
+    let k = b.len();
+    if d == 0 || k == 0 || w.len() != k * d || !x.len().is_multiple_of(d) {
+        return Err(QuiverError::internal(format!(
+            "affine scores of {} values in rows of {d} against {} weights for {k} outputs",
+            x.len(),
+            w.len()
+        )));
+    }
+    let policy = policy();
+    let Some(ordinal) = policy.device_for(x.len() / d)? else {
+        return Ok(None);
+    };
+    on_device(ordinal, policy.precision, x, d, w, b).map(Some)
+}
+
+#[cfg(feature = "cuda")]
+fn on_device(
+    ordinal: usize,
+    precision: Precision,
+    x: &[f64],
+    d: usize,
+    w: &[f64],
+    b: &[f64],
+) -> Result<Vec<f64>> {
+    gpu::affine_scores(ordinal, precision, x, d, w, b).map_err(|e| {
+        QuiverError::internal(format!(
+            "device cuda:{ordinal} failed on a batch of {} rows: {e}",
+            x.len() / d
+        ))
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_device(
+    ordinal: usize,
+    _precision: Precision,
+    _x: &[f64],
+    _d: usize,
+    _w: &[f64],
+    _b: &[f64],
+) -> Result<Vec<f64>> {
+    // `device_for` resolves the choice first, which fails without the feature.
+    Err(QuiverError::internal(format!(
+        "cuda:{ordinal}: this build of Quiver has no CUDA support"
+    )))
+}
+
+/// The same scores on the CPU, row by row: what [`affine_scores`] computes on a device, for
+/// callers that need the scores either way and for the device checks.
+pub fn affine_scores_cpu(x: &[f64], d: usize, w: &[f64], b: &[f64]) -> Vec<f64> {
+    let k = b.len();
+    let mut out = Vec::with_capacity(x.len() / d.max(1) * k);
+    for row in x.chunks_exact(d) {
+        for (c, bias) in b.iter().enumerate() {
+            out.push(crate::vector::dot(row, &w[c * d..(c + 1) * d]) + bias);
+        }
+    }
+    out
+}
+
 /// Logs `message` the first time this process sees it.
 fn log_once(message: &str) {
     static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -170,6 +335,47 @@ mod tests {
             assert!(err.contains("auto, cpu, cuda or cuda:N"), "{bad}: {err}");
         }
         assert_eq!(DeviceChoice::Cuda(2).to_string(), "cuda:2");
+    }
+
+    /// `cpu` keeps every batch; `auto` keeps batches below `min_rows` without asking the
+    /// driver, and larger ones where there is no device; `cuda` goes to the device or names
+    /// what is missing. The CPU reference computes `W·x + b` row by row.
+    #[test]
+    fn the_policy_places_batches_by_choice_and_size() {
+        let with = |choice, min_rows| DevicePolicy {
+            choice,
+            min_rows,
+            precision: Precision::F64,
+        };
+        assert_eq!(
+            with(DeviceChoice::Cpu, 1).device_for(1 << 30).unwrap(),
+            None
+        );
+        assert_eq!(
+            with(DeviceChoice::Auto, 1000).device_for(999).unwrap(),
+            None
+        );
+        let big = with(DeviceChoice::Auto, 1000).device_for(1000).unwrap();
+        let forced = with(DeviceChoice::Cuda(0), 1000).device_for(1);
+        match probe(0) {
+            Ok(_) => {
+                assert_eq!(big, Some(0));
+                assert_eq!(forced.unwrap(), Some(0));
+            }
+            Err(why) => {
+                assert_eq!(big, None);
+                let err = forced.unwrap_err().to_string();
+                assert!(err.contains("quiver.device") && err.contains(&why), "{err}");
+            }
+        }
+        assert_eq!(Precision::parse(" F32 "), Ok(Precision::F32));
+        assert_eq!(Precision::parse("f64"), Ok(Precision::F64));
+        assert!(Precision::parse("f16").unwrap_err().contains("f64 or f32"));
+        // Two rows of three features, two outputs.
+        let x = [1.0, 2.0, 3.0, -1.0, 0.5, 0.0];
+        let w = [1.0, 0.0, -1.0, 0.5, 0.5, 0.5];
+        let b = [10.0, -1.0];
+        assert_eq!(affine_scores_cpu(&x, 3, &w, &b), vec![8.0, 2.0, 9.0, -1.25]);
     }
 
     /// Without a usable device (every CI machine), `auto` is the CPU and `cuda` an error that

@@ -163,6 +163,7 @@ impl QuiverSession {
         if matches!(config.device, crate::device::DeviceChoice::Cuda(_)) {
             crate::device::resolve(config.device)?;
         }
+        crate::device::set_policy(config.device_policy());
         let runtime = builder.build_arc()?;
         let state = SessionStateBuilder::new()
             .with_config(session_config)

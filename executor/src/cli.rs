@@ -134,6 +134,16 @@ pub struct ExecutorArgs {
     /// none (default: a quarter of the host's memory).
     #[arg(long, value_parser = cache_size)]
     pub cache_memory: Option<usize>,
+    /// Where batch scoring runs: auto (a CUDA device when this machine has a usable one),
+    /// cpu, or cuda / cuda:N (the executor refuses to start when it cannot be used).
+    #[arg(long, default_value = "auto", value_parser = quiver_engine::device::DeviceChoice::parse)]
+    pub device: quiver_engine::device::DeviceChoice,
+    /// Under --device auto, the rows a batch needs before it goes to the device.
+    #[arg(long, default_value_t = quiver_engine::device::DEFAULT_MIN_ROWS)]
+    pub device_min_rows: usize,
+    /// What batches travel to the device in: f64, or f32 (opt-in, about 7 digits).
+    #[arg(long, default_value = "f64", value_parser = quiver_engine::device::Precision::parse)]
+    pub device_precision: quiver_engine::device::Precision,
     /// Start without Quiver's functions and codecs (a plain Ballista executor), to see what a
     /// version mismatch looks like. Never useful in production.
     #[arg(long, hide = true)]
@@ -193,6 +203,11 @@ impl TryFrom<ExecutorArgs> for ExecutorOptions {
             },
             memory_limit: a.memory_limit,
             cache_memory: a.cache_memory,
+            device: quiver_engine::device::DevicePolicy {
+                choice: a.device,
+                min_rows: a.device_min_rows.max(1),
+                precision: a.device_precision,
+            },
             bare: a.bare,
         })
     }

@@ -59,6 +59,7 @@ pub async fn launch(config: QuiverConfig) -> Result<SchedulerAddress> {
         concurrent_tasks: config.target_partitions.max(1),
         s3: config.s3.clone(),
         memory_limit: config.memory_limit,
+        device: config.device_policy(),
         ..ExecutorOptions::default()
     };
     let flight = executor.port;

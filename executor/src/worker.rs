@@ -48,6 +48,9 @@ pub struct ExecutorOptions {
     /// Bytes of prepared partitions this process keeps for iterative fits
     /// ([`quiver_engine::cluster::cache`]; `0`: none). `None`: a quarter of the host's memory.
     pub cache_memory: Option<usize>,
+    /// How this executor's batch work uses a CUDA device (`--device`; the device is the
+    /// executor's: a client's `quiver.device` does not travel with its tasks).
+    pub device: quiver_engine::device::DevicePolicy,
     /// Start a plain Ballista executor without Quiver's functions and codecs (only to see
     /// what a version mismatch looks like; never useful in production).
     pub bare: bool,
@@ -79,6 +82,7 @@ impl Default for ExecutorOptions {
             s3: S3Config::default(),
             memory_limit: None,
             cache_memory: None,
+            device: quiver_engine::device::DevicePolicy::default(),
             bare: false,
             auth_token: None,
             tls: None,
@@ -223,6 +227,14 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<()> {
     log::info!(
         "keeps up to {} MiB of prepared partitions for iterative fits (--cache-memory)",
         cluster::cache::budget() >> 20
+    );
+    // `--device cuda` that this machine cannot honour stops the executor here, naming what is
+    // missing; `auto` says once (in the log) why it runs on the CPU.
+    let placement = quiver_engine::device::resolve(opts.device.choice)?;
+    quiver_engine::device::set_policy(opts.device);
+    log::info!(
+        "batch work: {placement:?} (--device {})",
+        opts.device.choice
     );
     start_executor_process(Arc::new(config))
         .await

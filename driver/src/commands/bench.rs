@@ -955,6 +955,7 @@ pub async fn cluster(
                 concurrent_tasks: None,
                 memory_limit: None,
                 cache_memory: None,
+                device: None,
                 ready_timeout: Duration::from_secs(60),
                 // As `quiver cluster up` starts it (by default with an auth token), reading its
                 // data.

@@ -27,6 +27,8 @@ pub struct UpOptions {
     pub memory_limit: Option<String>,
     /// Memory each executor keeps prepared partitions in (`--cache-memory`, e.g. `4GB`).
     pub cache_memory: Option<String>,
+    /// Where each executor's batch scoring runs (`--device`).
+    pub device: Option<quiver_engine::device::DeviceChoice>,
     /// How long to wait for every process to be ready.
     pub ready_timeout: Duration,
     /// Generate an auth token (`auth-token` in the directory) that every call must carry.
@@ -306,6 +308,9 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
             }
             if let Some(m) = &opts.cache_memory {
                 args.extend(["--cache-memory".into(), m.clone()]);
+            }
+            if let Some(d) = opts.device {
+                args.extend(["--device".into(), d.to_string()]);
             }
             args.extend(auth_args.iter().cloned());
             args.extend(executor_tls_args.iter().cloned());

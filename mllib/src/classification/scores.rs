@@ -3,6 +3,7 @@
 //! batches, plus the rule on the three output column names. A classifier implements
 //! [`ClassScores`] for its fitted parameters.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array};
@@ -13,6 +14,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{RowStage, check_output_col};
 use crate::error::{MllibError, Result};
+
+/// Raw scores that are an affine map of the row, `s = W·x + c`: the weights (`k × dim`,
+/// row-major) and the offsets (`k`).
+#[derive(Debug, Clone)]
+pub(crate) struct Affine<'a> {
+    pub weights: Cow<'a, [f64]>,
+    pub offsets: Cow<'a, [f64]>,
+}
 
 /// A fitted classifier as scores of a row.
 pub(crate) trait ClassScores:
@@ -30,6 +39,18 @@ pub(crate) trait ClassScores:
     fn width(&self) -> usize;
     /// The raw scores of `x` (margins, joint log-likelihoods), `width()` of them.
     fn raw(&self, x: &[f64], out: &mut [f64]);
+    /// Models whose raw scores are an affine map of the row: its [`Affine`] form, from
+    /// whose scores [`Self::raw_from_affine`] makes the raw vector. Large batches of such models go to the device when the process's
+    /// `quiver.device` policy sends them (one GEMM per batch); `None` (the default) keeps
+    /// every batch on the CPU.
+    fn affine(&self) -> Option<Affine<'_>> {
+        None
+    }
+    /// The raw vector (`width()` values) from the `k` affine scores of a row; a copy unless
+    /// overridden.
+    fn raw_from_affine(&self, s: &[f64], out: &mut [f64]) {
+        out.copy_from_slice(s);
+    }
     /// Class probabilities from the raw scores; the softmax unless overridden.
     fn probabilities(&self, raw: &[f64], out: &mut [f64]) {
         softmax(raw, out);
@@ -99,24 +120,33 @@ impl<M: ClassScores> BatchFunction for ScoreOutput<M> {
     }
     fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
         let m = &self.model;
-        let width = m.width();
+        let (width, dim) = (m.width(), m.dim());
+        // The batch's affine scores when the device takes it (`quiver.device`).
+        let device = match m.affine() {
+            Some(a) => quiver_engine::device::affine_scores(b.values, dim, &a.weights, &a.offsets)?
+                .map(|s| (s, a.offsets.len())),
+            None => None,
+        };
+        let raw_of = |r: usize, out: &mut [f64]| match &device {
+            Some((s, k)) => m.raw_from_affine(&s[r * k..(r + 1) * k], out),
+            None => m.raw(&b.values[r * dim..(r + 1) * dim], out),
+        };
         let mut raw = vec![0.0; width];
-        let rows = b.values.chunks_exact(m.dim());
         if self.kind == OutputKind::Prediction {
-            let out: Float64Array = rows
-                .map(|x| {
-                    m.raw(x, &mut raw);
+            let out: Float64Array = (0..b.n_rows)
+                .map(|r| {
+                    raw_of(r, &mut raw);
                     argmax(&raw) as f64
                 })
                 .collect();
             return Ok(Arc::new(out));
         }
         let mut out = vec![0.0; b.n_rows * width];
-        for (x, o) in rows.zip(out.chunks_exact_mut(width)) {
+        for (r, o) in out.chunks_exact_mut(width).enumerate() {
             if self.kind == OutputKind::Raw {
-                m.raw(x, o);
+                raw_of(r, o);
             } else {
-                m.raw(x, &mut raw);
+                raw_of(r, &mut raw);
                 m.probabilities(&raw, o);
             }
         }

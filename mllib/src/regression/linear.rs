@@ -527,6 +527,14 @@ impl BatchFunction for LinearPredict {
     }
 
     fn apply(&self, batch: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
+        if let Some(on_device) = quiver_engine::device::affine_scores(
+            batch.values,
+            batch.dim,
+            &self.coefficients,
+            &[self.intercept],
+        )? {
+            return Ok(Arc::new(Float64Array::from(on_device)));
+        }
         let out: Float64Array = batch
             .values
             .chunks_exact(batch.dim)

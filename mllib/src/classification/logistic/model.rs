@@ -1,6 +1,7 @@
 //! The fitted logistic regression: coefficients applied as map functions (margins, class
 //! probabilities, class), stored as Arrow vectors.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::LogisticSummary;
 use super::params::LogisticRegression;
 use crate::api::{Model, Transformer};
-use crate::classification::scores::{self, ClassScores, OutputCols, softmax};
+use crate::classification::scores::{self, Affine, ClassScores, OutputCols, softmax};
 use crate::error::{MllibError, Result};
 use crate::persist::{claimed_len, params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
@@ -96,6 +97,23 @@ impl ClassScores for LogisticPredict {
             self.margins(x, &mut m);
             out[0] = -m[0];
             out[1] = m[0];
+        }
+    }
+
+    /// The margins are `x·βₖ + bₖ`.
+    fn affine(&self) -> Option<Affine<'_>> {
+        Some(Affine {
+            weights: Cow::Borrowed(&self.coefficients),
+            offsets: Cow::Borrowed(&self.intercepts),
+        })
+    }
+
+    fn raw_from_affine(&self, s: &[f64], out: &mut [f64]) {
+        if self.multinomial {
+            out.copy_from_slice(s);
+        } else {
+            out[0] = -s[0];
+            out[1] = s[0];
         }
     }
 

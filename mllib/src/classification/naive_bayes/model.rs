@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::params::{NaiveBayes, NaiveBayesType};
 use super::statistic::{ClassMoments, ClassSumsState};
 use crate::api::{Model, RowStage, Transformer};
-use crate::classification::scores::{self, ClassScores, OutputCols};
+use crate::classification::scores::{self, Affine, ClassScores, OutputCols};
 use crate::error::{MllibError, Result};
 use crate::persist::{claimed_len, params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
@@ -185,6 +185,17 @@ impl ClassScores for Fitted {
     /// The joint log-likelihood per class (Spark's rawPrediction).
     fn raw(&self, x: &[f64], out: &mut [f64]) {
         self.joint_log_likelihood(x, out);
+    }
+
+    /// The count models' likelihoods are `base + θ·x` — affine where every log probability
+    /// is finite (a −∞ one times a zero count must give 0, which a GEMM does not). Gaussian's
+    /// are quadratic in `x`.
+    fn affine(&self) -> Option<Affine<'_>> {
+        (self.model_type != NaiveBayesType::Gaussian && self.theta.iter().all(|t| t.is_finite()))
+            .then(|| Affine {
+                weights: std::borrow::Cow::Borrowed(&self.theta[..]),
+                offsets: std::borrow::Cow::Borrowed(&self.base[..]),
+            })
     }
 }
 

@@ -45,6 +45,32 @@ impl BatchFunction for Assign {
         DataType::Int32
     }
     fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
+        // On the device: x·c for every centre (one GEMM); the nearest centre minimises
+        // ‖c‖² − 2 x·c (‖x‖² is the same for every centre), the first of equals.
+        let k = self.centers.len() / self.dim.max(1);
+        if let Some(dots) =
+            quiver_engine::device::affine_scores(b.values, self.dim, &self.centers, &vec![0.0; k])?
+        {
+            let norms: Vec<f64> = self
+                .centers
+                .chunks_exact(self.dim)
+                .map(|c| quiver_engine::vector::dot(c, c))
+                .collect();
+            let out: Int32Array = dots
+                .chunks_exact(k)
+                .map(|row| {
+                    let mut best = (0, f64::INFINITY);
+                    for (c, (dot, norm)) in row.iter().zip(&norms).enumerate() {
+                        let dist = norm - 2.0 * dot;
+                        if dist < best.1 {
+                            best = (c, dist);
+                        }
+                    }
+                    best.0 as i32
+                })
+                .collect();
+            return Ok(Arc::new(out));
+        }
         let mut nearest = Vec::with_capacity(b.n_rows);
         self.table.assign(&self.centers, b.values, &mut nearest);
         let out: Int32Array = nearest.into_iter().map(|(c, _)| c as i32).collect();
