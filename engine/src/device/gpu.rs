@@ -273,8 +273,10 @@ fn harvest<T: Elem>(
     step("wait for scores", bufs.downloaded[slot].synchronize())?;
     let back = step("result buffer", bufs.back[slot].as_slice())?;
     let dst = &mut out[first * k..(first + rows) * k];
-    dst.par_chunks_mut(STAGE_GRAIN / k.max(1) * k.max(1))
-        .zip(back[..rows * k].par_chunks(STAGE_GRAIN / k.max(1) * k.max(1)))
+    // Whole rows per task.
+    let grain = (STAGE_GRAIN / k).max(1) * k;
+    dst.par_chunks_mut(grain)
+        .zip(back[..rows * k].par_chunks(grain))
         .for_each(|(o, s)| {
             for (row_o, row_s) in o.chunks_exact_mut(k).zip(s.chunks_exact(k)) {
                 for ((o, s), bias) in row_o.iter_mut().zip(row_s).zip(b) {
