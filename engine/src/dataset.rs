@@ -105,6 +105,12 @@ impl Dataset {
         self.with_dataframe(session.persist(&self.df).await?)
     }
 
+    /// Frees what [`Dataset::persist`] kept (see [`crate::QuiverSession::unpersist`]): the
+    /// partitions dropped.
+    pub async fn unpersist(&self, session: &crate::QuiverSession) -> Result<usize> {
+        session.unpersist(&self.df).await
+    }
+
     pub fn into_dataframe(self) -> DataFrame {
         self.df
     }

@@ -115,6 +115,7 @@ impl FunctionRegistry {
         let _ = r.add_scalar_codec("quiver_run_task", crate::fanout::run_task_codec());
         let _ = r.add_task(Arc::new(crate::fanout::SphereTask));
         let _ = r.add_task(Arc::new(crate::fanout::ProbeTask));
+        let _ = r.add_task(Arc::new(crate::cluster::cache::UnpersistTask));
         r
     }
 

@@ -70,6 +70,21 @@ impl<V: Clone> Lru<V> {
         }
     }
 
+    /// Drops the entries whose key `drop` selects; returns how many and their bytes.
+    pub(crate) fn remove_where(&mut self, drop: impl Fn(&str) -> bool) -> (usize, usize) {
+        let before = (self.entries.len(), self.bytes);
+        let mut freed = 0;
+        self.entries.retain(|key, (_, bytes, _)| {
+            let gone = drop(key);
+            if gone {
+                freed += *bytes;
+            }
+            !gone
+        });
+        self.bytes -= freed;
+        (before.0 - self.entries.len(), freed)
+    }
+
     /// Entries and bytes kept.
     pub(crate) fn usage(&self) -> (usize, usize) {
         (self.entries.len(), self.bytes)

@@ -489,6 +489,70 @@ impl QuiverSession {
         }
     }
 
+    /// Frees what [`QuiverSession::persist`] kept of `persisted` (the frame it returned) —
+    /// Spark's `unpersist`: on a cluster every executor drops the partitions it keeps of it
+    /// (a task to each: rounds of short tasks over every slot until each executor
+    /// [`QuiverSession::workers`] lists has answered; one not reached in four rounds is
+    /// named in the log and its partitions go as its cache needs room). Returns the
+    /// partitions dropped. Embedded, the rows live in the frame itself and go with it: 0.
+    pub async fn unpersist(&self, persisted: &DataFrame) -> Result<usize> {
+        let Some(fingerprint) = cluster::cache::persisted_fingerprint(persisted.logical_plan())
+        else {
+            return Ok(0);
+        };
+        if !self.is_cluster() {
+            return Ok(cluster::cache::forget(fingerprint).0);
+        }
+        let workers = self.workers().await?;
+        let slots: usize = workers.iter().map(|w| w.slots.max(1)).sum();
+        let params = serde_json::json!({ "fingerprint": fingerprint, "ms": 20 }).to_string();
+        let registry = Arc::new(self.functions.tasks().clone());
+        let mut reached: Vec<String> = Vec::new();
+        let mut dropped = 0;
+        for _ in 0..4 {
+            let tasks: Vec<Task> = (0..(2 * slots).clamp(4, 256))
+                .map(|id| Task {
+                    id: id as u64,
+                    kind: cluster::cache::UNPERSIST.to_string(),
+                    params: params.clone(),
+                })
+                .collect();
+            let results = self
+                .fan_out_with(
+                    &tasks,
+                    Arc::clone(&registry),
+                    FanOutOptions::new(tasks.len()),
+                    Runner::Embedded,
+                    |_| {},
+                )
+                .await?;
+            for r in &results {
+                let Ok(m) = serde_json::from_str::<serde_json::Value>(&r.metrics) else {
+                    continue;
+                };
+                dropped += m["partitions"].as_u64().unwrap_or(0) as usize;
+                if let Some(w) = m["worker"]["worker"].as_str()
+                    && !reached.iter().any(|x| x == w)
+                {
+                    reached.push(w.to_string());
+                }
+            }
+            if workers.iter().all(|w| reached.contains(&w.worker)) {
+                return Ok(dropped);
+            }
+        }
+        let missing: Vec<&str> = workers
+            .iter()
+            .filter(|w| !reached.contains(&w.worker))
+            .map(|w| w.worker.as_str())
+            .collect();
+        log::warn!(
+            "unpersist: executors {} took none of the tasks; what they keep goes as their cache needs room",
+            missing.join(", ")
+        );
+        Ok(dropped)
+    }
+
     /// On a cluster with `quiver.cluster.cache` on: `df` under a cache node, so each executor
     /// keeps the partitions it computes and later queries over the result read them from its
     /// memory ([`crate::cluster::cache`]). `None` embedded, with the cache off, or when the

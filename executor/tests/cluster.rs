@@ -257,10 +257,40 @@ async fn iterative_fits_read_each_partition_once_where_it_is_kept() {
     let remote = QuiverSession::remote_with(&cluster.url(), config(&store))
         .await
         .unwrap();
-    let (rewritten, _) = fit(remote, 0.01).await;
+    let (rewritten, _) = fit(remote.clone(), 0.01).await;
     assert_eq!(kept_per_executor(&cluster), [4, 4]);
     let embedded = QuiverSession::embedded_with(config(&store)).unwrap();
     same("rewritten data", &rewritten, &fit(embedded, 0.01).await.0);
+    // Dataset::persist keeps the rows where the first query reads them; unpersist makes every
+    // executor drop them, so the next query reads (and keeps) them again.
+    let ds = Dataset::new(remote.read(&data).await.unwrap())
+        .with_features(FEATURES)
+        .unwrap();
+    let persisted = ds.persist(&remote).await.unwrap();
+    let rows = |d: &Dataset| {
+        let df = d.dataframe().clone();
+        async move {
+            let batches = df.collect().await.unwrap();
+            batches.iter().map(|b| b.num_rows()).sum::<usize>()
+        }
+    };
+    assert_eq!(rows(&persisted).await, 8000);
+    assert_eq!(kept_per_executor(&cluster), [6, 6]);
+    assert_eq!(rows(&persisted).await, 8000);
+    assert_eq!(kept_per_executor(&cluster), [6, 6], "read from memory");
+    assert_eq!(persisted.unpersist(&remote).await.unwrap(), 4);
+    assert_eq!(rows(&persisted).await, 8000);
+    assert_eq!(
+        kept_per_executor(&cluster),
+        [8, 8],
+        "read again after unpersist"
+    );
+    assert_eq!(persisted.unpersist(&remote).await.unwrap(), 4);
+    assert_eq!(
+        persisted.unpersist(&remote).await.unwrap(),
+        0,
+        "nothing left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

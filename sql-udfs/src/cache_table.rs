@@ -142,11 +142,27 @@ impl CachedTables {
                     .remove(&name.to_string());
                 match before {
                     Some(before) => {
+                        // On a cluster the executors drop what they keep of it.
+                        let kept = ctx.table_provider(table.clone()).await.ok().and_then(|p| {
+                            p.downcast_ref::<datafusion::catalog::view::ViewTable>()
+                                .map(|v| v.logical_plan().clone())
+                        });
+                        let mut dropped = 0;
+                        if let Some(plan) = kept {
+                            let df = datafusion::dataframe::DataFrame::new(ctx.state(), plan);
+                            dropped = session.unpersist(&df).await?;
+                        }
                         ctx.deregister_table(table.clone())?;
                         if let Some(provider) = before {
                             ctx.register_table(table, provider)?;
                         }
-                        Ok(vec![message_batch(&format!("uncached table '{name}'"))])
+                        Ok(vec![message_batch(&if session.is_cluster() {
+                            format!(
+                                "uncached table '{name}': the executors dropped {dropped} kept partitions"
+                            )
+                        } else {
+                            format!("uncached table '{name}'")
+                        })])
                     }
                     None if if_exists || ctx.table_exist(table)? => Ok(vec![message_batch(
                         &format!("table '{name}' was not cached; nothing done"),

@@ -113,6 +113,70 @@ fn keep(key: &str, batches: Vec<RecordBatch>, bytes: usize) {
     }
 }
 
+/// Drops every partition this process keeps of the dataset `fingerprint`: how many, and
+/// their bytes.
+pub fn forget(fingerprint: &str) -> (usize, usize) {
+    let prefix = format!("{fingerprint}/");
+    kept()
+        .lock()
+        .map(|mut k| k.remove_where(|key| key.starts_with(&prefix)))
+        .unwrap_or((0, 0))
+}
+
+/// The fingerprint of a plan persisted on the executors ([`CacheNode::plan`] at its root).
+pub fn persisted_fingerprint(plan: &LogicalPlan) -> Option<&str> {
+    match plan {
+        LogicalPlan::Extension(Extension { node }) => node
+            .as_any()
+            .downcast_ref::<CacheNode>()
+            .map(CacheNode::fingerprint),
+        _ => None,
+    }
+}
+
+/// A task that drops one persisted dataset's partitions in the process that runs it
+/// (`QuiverSession::unpersist` sends one to every executor). Params: `{"fingerprint": …}`;
+/// metrics: this process's [`crate::fanout::WorkerInfo`] and what it dropped.
+#[derive(Debug)]
+pub struct UnpersistTask;
+
+/// The kind of [`UnpersistTask`].
+pub const UNPERSIST: &str = "quiver.unpersist";
+
+impl crate::fanout::TaskRunner for UnpersistTask {
+    fn kind(&self) -> &str {
+        UNPERSIST
+    }
+
+    fn run(&self, params: &str) -> crate::Result<crate::fanout::TaskOutcome> {
+        let p: serde_json::Value =
+            serde_json::from_str(params).map_err(|source| crate::QuiverError::Json {
+                context: "unpersist task parameters".to_string(),
+                source,
+            })?;
+        let fingerprint = p["fingerprint"]
+            .as_str()
+            .ok_or_else(|| crate::QuiverError::internal("unpersist task without a fingerprint"))?;
+        // Wait a little, as the probe does, so that every executor gets some of the tasks.
+        let ms = p["ms"].as_u64().unwrap_or(0).min(200);
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let (partitions, bytes) = forget(fingerprint);
+        if partitions > 0 {
+            log::info!(
+                "unpersist: dropped {partitions} partitions ({bytes} bytes) of {fingerprint}"
+            );
+        }
+        Ok(crate::fanout::TaskOutcome {
+            loss: None,
+            metrics: serde_json::json!({
+                "worker": crate::fanout::WorkerInfo::here(),
+                "partitions": partitions,
+                "bytes": bytes,
+            }),
+        })
+    }
+}
+
 /// The identity of a prepared dataset: its plan (as text, with schemas), the files each
 /// listing table in it reads (path, size, modification time: rewritten data is a new
 /// fingerprint) and the settings that decide how the files split into partitions. `None` when
