@@ -297,6 +297,87 @@ fn on_device(
     )))
 }
 
+/// A tree ensemble flattened for the device: every tree's nodes in one set of arrays, child
+/// indices global (a leaf's `left` is `u32::MAX`), `width` values per node. A row's outputs
+/// start at `base`; tree `t` adds its leaf's values to outputs `slots[t] …`; all are then
+/// divided by `divisor` (a forest's tree count; 1 for boosting) — what the CPU computes, in
+/// its order.
+#[derive(Debug, Clone, Default)]
+pub struct Forest {
+    pub feature: Vec<u32>,
+    pub threshold: Vec<f64>,
+    pub left: Vec<u32>,
+    pub right: Vec<u32>,
+    /// 1 where a missing (NaN) value goes left.
+    pub default_left: Vec<u8>,
+    pub values: Vec<f64>,
+    pub width: usize,
+    pub roots: Vec<u32>,
+    pub slots: Vec<u32>,
+    pub base: Vec<f64>,
+    pub divisor: f64,
+}
+
+/// The outputs of a tree ensemble for the rows of `x` (`base.len()` per row), where this
+/// process's policy sends the batch to a device: one thread per row, the kernel compiled with
+/// NVRTC at first use. `Ok(None)`: the batch stays on the CPU — also under `auto` when NVRTC
+/// is missing (said once in the log). `forest` is built only when the device takes the batch.
+pub fn forest_outputs(
+    x: &[f64],
+    d: usize,
+    forest: impl FnOnce() -> Forest,
+) -> Result<Option<Vec<f64>>> {
+    let policy = policy();
+    let Some(ordinal) = policy.device_for(x.len() / d.max(1))? else {
+        return Ok(None);
+    };
+    forest_on_device(ordinal, policy.choice, x, d, forest)
+}
+
+#[cfg(feature = "cuda")]
+fn forest_on_device(
+    ordinal: usize,
+    choice: DeviceChoice,
+    x: &[f64],
+    d: usize,
+    forest: impl FnOnce() -> Forest,
+) -> Result<Option<Vec<f64>>> {
+    if let Err(why) = gpu::forest_ready(ordinal) {
+        if choice == DeviceChoice::Auto {
+            log_once(&format!(
+                "quiver.device = auto: tree ensembles run on the CPU ({why})"
+            ));
+            return Ok(None);
+        }
+        return Err(QuiverError::InvalidConfigValue {
+            key: "quiver.device".to_string(),
+            value: choice.to_string(),
+            reason: why,
+        });
+    }
+    gpu::forest_outputs(ordinal, x, d, &forest())
+        .map(Some)
+        .map_err(|e| {
+            QuiverError::internal(format!(
+                "device cuda:{ordinal} failed on a batch of {} rows: {e}",
+                x.len() / d.max(1)
+            ))
+        })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn forest_on_device(
+    ordinal: usize,
+    _choice: DeviceChoice,
+    _x: &[f64],
+    _d: usize,
+    _forest: impl FnOnce() -> Forest,
+) -> Result<Option<Vec<f64>>> {
+    Err(QuiverError::internal(format!(
+        "cuda:{ordinal}: this build of Quiver has no CUDA support"
+    )))
+}
+
 /// The same scores on the CPU, row by row: what [`affine_scores`] computes on a device, for
 /// callers that need the scores either way and for the device checks.
 pub fn affine_scores_cpu(x: &[f64], d: usize, w: &[f64], b: &[f64]) -> Vec<f64> {

@@ -1,6 +1,7 @@
 //! Batch prediction on a CUDA device against the CPU, model by model: linear regression,
 //! binomial and multinomial logistic regression, k-means and multinomial naive Bayes — f64
-//! to 1e-12 relative, f32 to 1e-4, batches that span several transfer chunks. Runs where a
+//! to 1e-12 relative, f32 to 1e-4 — and tree ensembles (boosted, forests: exactly, with
+//! missing values routed), batches that span several transfer chunks. Runs where a
 //! device is usable and says it was skipped elsewhere (every CI machine), as the S3 tests do
 //! without their server.
 //!
@@ -15,8 +16,8 @@ use quiver_engine::device::{self, DeviceChoice, DevicePolicy, Placement, Precisi
 use quiver_engine::{BatchFunction, Dataset, FeatureBatch, QuiverConfig, QuiverSession};
 use quiver_mllib::api::RowStage;
 use quiver_mllib::{
-    Estimator, KMeans, LinearRegression, LogisticRegression, NaiveBayes, NaiveBayesType,
-    Transformer,
+    Estimator, GBTClassifier, GBTRegressor, KMeans, LinearRegression, LogisticRegression,
+    NaiveBayes, NaiveBayesType, RandomForestClassifier, Transformer,
 };
 
 const DIM: usize = 7;
@@ -159,26 +160,77 @@ async fn device_predictions_equal_the_cpu() {
         "multinomial naive Bayes",
         outputs(m.map_err(err).unwrap().row_stage()),
     ));
+    // Trees: outputs equal bit for bit (only additions, in the CPU's order).
+    let m = GBTClassifier::new()
+        .max_iter(30)
+        .max_depth(4)
+        .fit(&s, &binary)
+        .await;
+    models.push((
+        "trees: boosted binary",
+        outputs(m.map_err(err).unwrap().row_stage()),
+    ));
+    let m = GBTClassifier::new()
+        .max_iter(10)
+        .max_depth(3)
+        .fit(&s, &three)
+        .await;
+    models.push((
+        "trees: boosted 3-class",
+        outputs(m.map_err(err).unwrap().row_stage()),
+    ));
+    let m = RandomForestClassifier::new()
+        .num_trees(20)
+        .max_depth(6)
+        .fit(&s, &three)
+        .await;
+    models.push((
+        "trees: forest",
+        outputs(m.map_err(err).unwrap().row_stage()),
+    ));
+    let m = GBTRegressor::new()
+        .max_iter(20)
+        .max_depth(5)
+        .fit(&s, &train)
+        .await;
+    models.push((
+        "trees: boosted regression",
+        outputs(m.map_err(err).unwrap().row_stage()),
+    ));
 
     // A small batch, and one of 1.3M rows: three transfer chunks of 4 Mi values (both slots,
     // a short last chunk).
     for n in [1000usize, 1_300_000] {
         let x = rows(n, 7 + n as u64);
-        let batch = FeatureBatch::new(&x, DIM).unwrap();
+        // Trees take missing values (NaN): every 97th value.
+        let mut with_missing = x.clone();
+        with_missing
+            .iter_mut()
+            .step_by(97)
+            .for_each(|v| *v = f64::NAN);
         for (name, funcs) in &models {
+            let batch = if name.starts_with("trees") {
+                FeatureBatch::new(&with_missing, DIM).unwrap()
+            } else {
+                FeatureBatch::new(&x, DIM).unwrap()
+            };
             for f in funcs {
                 device::set_policy(policy(DeviceChoice::Cpu, Precision::F64));
                 let cpu = values(&f.apply(&batch).unwrap());
+                let trees = name.starts_with("trees");
                 for (precision, tol) in [(Precision::F64, 1e-12), (Precision::F32, 1e-4)] {
+                    // Trees score in f64 whatever the precision, exactly.
+                    let tol = if trees { 0.0 } else { tol };
                     device::set_policy(policy(DeviceChoice::Cuda(ordinal), precision));
                     let dev = values(&f.apply(&batch).unwrap());
                     assert_eq!(cpu.len(), dev.len(), "{name} {}", f.name());
-                    let classes = *name != "linear"
+                    let classes = !matches!(*name, "linear" | "trees: boosted regression")
                         && !matches!(f.return_type(), DataType::FixedSizeList(..));
                     if classes {
                         // Classes and clusters: equal but where the scores nearly tie.
                         let differ = cpu.iter().zip(&dev).filter(|(a, b)| a != b).count();
                         let allowed = match precision {
+                            _ if trees => 0,
                             Precision::F64 => n / 100_000 + 1,
                             Precision::F32 => n / 1000 + 1,
                         };

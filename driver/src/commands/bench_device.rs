@@ -89,6 +89,12 @@ pub async fn device(
         .fit(session, &ds)
         .await
         .map_err(mllib_err)?;
+    let forest = quiver_mllib::GBTRegressor::new()
+        .max_iter(100)
+        .max_depth(6)
+        .fit(session, &ds)
+        .await
+        .map_err(mllib_err)?;
     let cases = vec![
         Case {
             name: "linear_reg predict".into(),
@@ -101,6 +107,10 @@ pub async fn device(
         Case {
             name: format!("kmeans k={} assign", opts.k),
             func: predict(kmeans.row_stage(), false)?,
+        },
+        Case {
+            name: "boosted trees (100, depth 6)".into(),
+            func: predict(forest.row_stage(), false)?,
         },
     ];
     let data = synthetic(opts.rows, dim, opts.batch_rows.max(1), opts.seed + 1);
@@ -136,8 +146,14 @@ pub async fn device(
         } else {
             &[Precision::F64]
         };
+        // The 100-tree case is long on a CPU: one timed run.
+        let reps = if case.name.starts_with("boosted") {
+            1
+        } else {
+            3
+        };
         device::set_policy(cpu_policy());
-        let cpu_ms = median_ms(3, || {
+        let cpu_ms = median_ms(reps, || {
             pool.install(|| {
                 data.par_iter()
                     .map(|c| apply(case.func.as_ref(), c, dim).map(|a| a.len()))
@@ -165,7 +181,7 @@ pub async fn device(
                 continue;
             };
             device::set_policy(on_device(n, precision));
-            let dev_ms = median_ms(3, || {
+            let dev_ms = median_ms(reps, || {
                 data.iter()
                     .map(|c| apply(case.func.as_ref(), c, dim).map(|a| a.len()))
                     .sum::<Result<usize>>()

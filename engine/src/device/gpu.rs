@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr,
+    LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
+use cudarc::nvrtc::compile_ptx;
 use rayon::prelude::*;
 
 use super::Precision;
@@ -124,6 +126,8 @@ struct Gpu {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     buffers: Buffers2,
+    /// The tree kernel, compiled (NVRTC) at first use; the error if it could not be.
+    forest: Option<GpuResult<CudaFunction>>,
 }
 
 impl Gpu {
@@ -136,6 +140,7 @@ impl Gpu {
             stream,
             blas,
             buffers: Buffers2::default(),
+            forest: None,
         })
     }
 }
@@ -161,48 +166,94 @@ pub(super) fn affine_scores(
     w: &[f64],
     b: &[f64],
 ) -> GpuResult<Vec<f64>> {
-    let k = b.len();
-    if d.max(k) > CHUNK_VALUES {
-        return Err(format!(
-            "rows of {d} features into {k} outputs exceed a transfer chunk of {CHUNK_VALUES} values"
-        ));
-    }
     let gpu = gpu(ordinal)?;
     let mut gpu = gpu.lock().unwrap_or_else(|e| e.into_inner());
     match precision {
-        Precision::F64 => run::<f64>(&mut gpu, x, d, w, b),
-        Precision::F32 => run::<f32>(&mut gpu, x, d, w, b),
+        Precision::F64 => gemm::<f64>(&mut gpu, x, d, w, b),
+        Precision::F32 => gemm::<f32>(&mut gpu, x, d, w, b),
     }
 }
 
-fn run<T: Elem>(gpu: &mut Gpu, x: &[f64], d: usize, w: &[f64], b: &[f64]) -> GpuResult<Vec<f64>>
+fn gemm<T: Elem>(gpu: &mut Gpu, x: &[f64], d: usize, w: &[f64], b: &[f64]) -> GpuResult<Vec<f64>>
 where
     CudaBlas: Gemm<T>,
 {
     let k = b.len();
-    let n = x.len() / d;
-    let mut out = vec![0.0f64; n * k];
-    if n == 0 {
-        return Ok(out);
-    }
     let Gpu {
         ctx,
         stream,
         blas,
         buffers,
+        ..
     } = gpu;
     step("bind the context", ctx.bind_to_thread())?;
-    let bufs = T::buffers(buffers);
+    let weights: Vec<T> = w.iter().map(|v| T::from_f64(*v)).collect();
+    let dw = step("upload the weights", stream.clone_htod(&weights))?;
+    let as_int = |v: usize| -> GpuResult<i32> {
+        i32::try_from(v).map_err(|_| format!("{v} exceeds cuBLAS's 32-bit sizes"))
+    };
+    let out = run::<T>(
+        ctx,
+        stream,
+        T::buffers(buffers),
+        x,
+        d,
+        k,
+        &mut |dx, ds, rows| {
+            let cfg = GemmConfig {
+                transa: cublasOperation_t::CUBLAS_OP_T,
+                transb: cublasOperation_t::CUBLAS_OP_N,
+                m: as_int(k)?,
+                n: as_int(rows)?,
+                k: as_int(d)?,
+                alpha: T::from_f64(1.0),
+                lda: as_int(d)?,
+                ldb: as_int(d)?,
+                beta: T::from_f64(0.0),
+                ldc: as_int(k)?,
+            };
+            // SAFETY: `dw` holds k × d values, `dx` rows × d, `ds` rows × k: the sizes given.
+            step("cuBLAS gemm", unsafe { blas.gemm(cfg, &dw, dx, ds) })
+        },
+        Some(b),
+    )?;
+    drop(dw);
+    Ok(out)
+}
+
+/// What a chunk's rows (`d` values each, on the device) become: `k` values per row.
+type ChunkCompute<'c, T> =
+    dyn FnMut(&CudaView<'_, T>, &mut CudaViewMut<'_, T>, usize) -> GpuResult<()> + 'c;
+
+/// Runs `compute` over `x` in chunks of rows: each chunk staged (converted to `T`) into a
+/// pinned buffer, copied to the device, computed into `k` values per row, copied back and —
+/// plus `bias` per output, if given — written into the result, two chunks in flight.
+#[allow(clippy::too_many_arguments)]
+fn run<T: Elem>(
+    ctx: &Arc<CudaContext>,
+    stream: &Arc<CudaStream>,
+    bufs: &mut Option<Buffers<T>>,
+    x: &[f64],
+    d: usize,
+    k: usize,
+    compute: &mut ChunkCompute<'_, T>,
+    bias: Option<&[f64]>,
+) -> GpuResult<Vec<f64>> {
+    let n = x.len() / d;
+    let mut out = vec![0.0f64; n * k];
+    if n == 0 {
+        return Ok(out);
+    }
+    if d.max(k) > CHUNK_VALUES {
+        return Err(format!(
+            "rows of {d} features into {k} outputs exceed a transfer chunk of {CHUNK_VALUES} values"
+        ));
+    }
     if bufs.is_none() {
         *bufs = Some(Buffers::new(ctx, stream)?);
     }
     let bufs = bufs.as_mut().expect("made just above");
-    let weights: Vec<T> = w.iter().map(|v| T::from_f64(*v)).collect();
-    let dw = step("upload the weights", stream.clone_htod(&weights))?;
     let per = (CHUNK_VALUES / d.max(k)).max(1);
-    let as_int = |v: usize| -> GpuResult<i32> {
-        i32::try_from(v).map_err(|_| format!("{v} exceeds cuBLAS's 32-bit sizes"))
-    };
     // The chunk whose scores are on their way back: (slot, first row, rows).
     let mut pending: Option<(usize, usize, usize)> = None;
     for (i, chunk) in x.chunks(per * d).enumerate() {
@@ -226,22 +277,9 @@ where
             stream.memcpy_htod(&*stage, &mut dx),
         )?;
         step("record an event", bufs.uploaded[slot].record(stream))?;
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_T,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: as_int(k)?,
-            n: as_int(rows)?,
-            k: as_int(d)?,
-            alpha: T::from_f64(1.0),
-            lda: as_int(d)?,
-            ldb: as_int(d)?,
-            beta: T::from_f64(0.0),
-            ldc: as_int(k)?,
-        };
         let dx = bufs.rows[slot].slice(..chunk.len());
         let mut ds = bufs.scores[slot].slice_mut(..rows * k);
-        // SAFETY: `dw` holds k × d values, `dx` rows × d, `ds` rows × k: the sizes given.
-        step("cuBLAS gemm", unsafe { blas.gemm(cfg, &dw, &dx, &mut ds) })?;
+        compute(&dx, &mut ds, rows)?;
         // The slot's result buffer was read when its previous chunk was harvested.
         let back = step("result buffer", bufs.back[slot].as_mut_slice())?;
         step(
@@ -250,26 +288,167 @@ where
         )?;
         step("record an event", bufs.downloaded[slot].record(stream))?;
         if let Some(done) = pending.replace((slot, i * per, rows)) {
-            harvest(bufs, done, b, &mut out)?;
+            harvest(bufs, done, k, bias, &mut out)?;
         }
     }
     if let Some(done) = pending {
-        harvest(bufs, done, b, &mut out)?;
+        harvest(bufs, done, k, bias, &mut out)?;
     }
-    // The weights' buffer is freed on the stream; wait so that errors surface here.
+    // Wait for the stream, so that errors surface here.
     step("finish the batch", stream.synchronize())?;
-    drop(dw);
     Ok(out)
+}
+
+/// The tree kernel: one thread per row walks every tree (a missing value, NaN, goes its
+/// node's default way) and adds the leaf's values to the row's outputs in tree order, from
+/// the base scores; forests then divide by the number of trees. Only additions, in the CPU's
+/// order: the device's outputs equal the CPU's bit for bit.
+const FOREST_SRC: &str = r#"
+extern "C" __global__ void quiver_forest(
+    const double* __restrict__ x, int n, int d,
+    const unsigned int* __restrict__ feature, const double* __restrict__ threshold,
+    const unsigned int* __restrict__ left, const unsigned int* __restrict__ right,
+    const unsigned char* __restrict__ default_left, const double* __restrict__ values,
+    const unsigned int* __restrict__ roots, const unsigned int* __restrict__ slots,
+    int trees, int width, int k, const double* __restrict__ base, double divisor,
+    double* __restrict__ out)
+{
+    long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n) return;
+    const double* row = x + r * d;
+    double* o = out + r * k;
+    for (int c = 0; c < k; ++c) o[c] = base[c];
+    for (int t = 0; t < trees; ++t) {
+        unsigned int i = roots[t];
+        while (left[i] != 0xffffffffu) {
+            double v = row[feature[i]];
+            bool go_left = isnan(v) ? (default_left[i] != 0) : (v <= threshold[i]);
+            i = go_left ? left[i] : right[i];
+        }
+        const double* leaf = values + (size_t)i * width;
+        double* dst = o + slots[t];
+        for (int w = 0; w < width; ++w) dst[w] += leaf[w];
+    }
+    if (divisor != 1.0) {
+        for (int c = 0; c < k; ++c) o[c] /= divisor;
+    }
+}
+"#;
+
+/// Whether this device can run the tree kernel: NVRTC loads and compiles it (once).
+pub(super) fn forest_ready(ordinal: usize) -> GpuResult<()> {
+    let gpu = gpu(ordinal)?;
+    let mut gpu = gpu.lock().unwrap_or_else(|e| e.into_inner());
+    forest_function(&mut gpu).map(|_| ())
+}
+
+fn forest_function(gpu: &mut Gpu) -> GpuResult<CudaFunction> {
+    if gpu.forest.is_none() {
+        gpu.forest = Some((|| {
+            // SAFETY: only tries to open the shared library.
+            if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                return Err(
+                    "NVRTC (libnvrtc.so) could not be loaded: install the CUDA runtime libraries to score trees on the device"
+                        .to_string(),
+                );
+            }
+            step("bind the context", gpu.ctx.bind_to_thread())?;
+            let ptx = step("compile the tree kernel (NVRTC)", compile_ptx(FOREST_SRC))?;
+            let module = step("load the tree kernel", gpu.ctx.load_module(ptx))?;
+            step(
+                "find the tree kernel",
+                module.load_function("quiver_forest"),
+            )
+        })());
+    }
+    gpu.forest.clone().expect("set just above")
+}
+
+/// See [`super::forest_outputs`].
+pub(super) fn forest_outputs(
+    ordinal: usize,
+    x: &[f64],
+    d: usize,
+    f: &super::Forest,
+) -> GpuResult<Vec<f64>> {
+    let gpu = gpu(ordinal)?;
+    let mut gpu = gpu.lock().unwrap_or_else(|e| e.into_inner());
+    let func = forest_function(&mut gpu)?;
+    let Gpu {
+        ctx,
+        stream,
+        buffers,
+        ..
+    } = &mut *gpu;
+    step("bind the context", ctx.bind_to_thread())?;
+    let feature = step("upload the trees", stream.clone_htod(&f.feature))?;
+    let threshold = step("upload the trees", stream.clone_htod(&f.threshold))?;
+    let left = step("upload the trees", stream.clone_htod(&f.left))?;
+    let right = step("upload the trees", stream.clone_htod(&f.right))?;
+    let default_left = step("upload the trees", stream.clone_htod(&f.default_left))?;
+    let values = step("upload the trees", stream.clone_htod(&f.values))?;
+    let roots = step("upload the trees", stream.clone_htod(&f.roots))?;
+    let slots = step("upload the trees", stream.clone_htod(&f.slots))?;
+    let base = step("upload the trees", stream.clone_htod(&f.base))?;
+    let int = |v: usize| -> GpuResult<i32> {
+        i32::try_from(v).map_err(|_| format!("{v} exceeds the kernel's 32-bit sizes"))
+    };
+    let (d_i, trees, width, k) = (
+        int(d)?,
+        int(f.roots.len())?,
+        int(f.width)?,
+        int(f.base.len())?,
+    );
+    let divisor = f.divisor;
+    let launcher = Arc::clone(stream);
+    run::<f64>(
+        ctx,
+        stream,
+        &mut buffers.f64s,
+        x,
+        d,
+        f.base.len(),
+        &mut |dx, ds, rows| {
+            let n = int(rows)?;
+            let mut launch = launcher.launch_builder(&func);
+            launch
+                .arg(dx)
+                .arg(&n)
+                .arg(&d_i)
+                .arg(&feature)
+                .arg(&threshold)
+                .arg(&left)
+                .arg(&right)
+                .arg(&default_left)
+                .arg(&values)
+                .arg(&roots)
+                .arg(&slots)
+                .arg(&trees)
+                .arg(&width)
+                .arg(&k)
+                .arg(&base)
+                .arg(&divisor)
+                .arg(ds);
+            // SAFETY: the arguments match the kernel's signature, in order; `dx` holds
+            // rows × d values and `ds` rows × k; node indices were checked when the model
+            // was loaded (children inside their tree, features below d).
+            step("launch the tree kernel", unsafe {
+                launch.launch(LaunchConfig::for_num_elems(rows as u32))
+            })
+            .map(|_| ())
+        },
+        None,
+    )
 }
 
 /// Copies a finished chunk's scores (plus the biases) into `out`.
 fn harvest<T: Elem>(
     bufs: &mut Buffers<T>,
     (slot, first, rows): (usize, usize, usize),
-    b: &[f64],
+    k: usize,
+    bias: Option<&[f64]>,
     out: &mut [f64],
 ) -> GpuResult<()> {
-    let k = b.len();
     step("wait for scores", bufs.downloaded[slot].synchronize())?;
     let back = step("result buffer", bufs.back[slot].as_slice())?;
     let dst = &mut out[first * k..(first + rows) * k];
@@ -279,8 +458,17 @@ fn harvest<T: Elem>(
         .zip(back[..rows * k].par_chunks(grain))
         .for_each(|(o, s)| {
             for (row_o, row_s) in o.chunks_exact_mut(k).zip(s.chunks_exact(k)) {
-                for ((o, s), bias) in row_o.iter_mut().zip(row_s).zip(b) {
-                    *o = s.to_f64() + bias;
+                match bias {
+                    Some(b) => {
+                        for ((o, s), bias) in row_o.iter_mut().zip(row_s).zip(b) {
+                            *o = s.to_f64() + bias;
+                        }
+                    }
+                    None => {
+                        for (o, s) in row_o.iter_mut().zip(row_s) {
+                            *o = s.to_f64();
+                        }
+                    }
                 }
             }
         });

@@ -39,16 +39,29 @@ pub(crate) trait ClassScores:
     fn width(&self) -> usize;
     /// The raw scores of `x` (margins, joint log-likelihoods), `width()` of them.
     fn raw(&self, x: &[f64], out: &mut [f64]);
-    /// Models whose raw scores are an affine map of the row: its [`Affine`] form, from
-    /// whose scores [`Self::raw_from_affine`] makes the raw vector. Large batches of such models go to the device when the process's
-    /// `quiver.device` policy sends them (one GEMM per batch); `None` (the default) keeps
-    /// every batch on the CPU.
+    /// Models whose raw scores are an affine map of the row: its [`Affine`] form. Large
+    /// batches of such models go to the device when the process's `quiver.device` policy
+    /// sends them (one GEMM per batch); `None` (the default) keeps every batch on the CPU.
     fn affine(&self) -> Option<Affine<'_>> {
         None
     }
-    /// The raw vector (`width()` values) from the `k` affine scores of a row; a copy unless
+    /// The batch's scores computed on a device, `k` per row, when the process's policy sends
+    /// it there (`Ok(None)` otherwise), for [`Self::raw_from_scores`] to finish: by default
+    /// the [`Self::affine`] form's GEMM.
+    fn device_scores(&self, x: &[f64]) -> quiver_engine::Result<Option<(Vec<f64>, usize)>> {
+        match self.affine() {
+            Some(a) => {
+                Ok(
+                    quiver_engine::device::affine_scores(x, self.dim(), &a.weights, &a.offsets)?
+                        .map(|s| (s, a.offsets.len())),
+                )
+            }
+            None => Ok(None),
+        }
+    }
+    /// The raw vector (`width()` values) from the `k` device scores of a row; a copy unless
     /// overridden.
-    fn raw_from_affine(&self, s: &[f64], out: &mut [f64]) {
+    fn raw_from_scores(&self, s: &[f64], out: &mut [f64]) {
         out.copy_from_slice(s);
     }
     /// Class probabilities from the raw scores; the softmax unless overridden.
@@ -121,14 +134,10 @@ impl<M: ClassScores> BatchFunction for ScoreOutput<M> {
     fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
         let m = &self.model;
         let (width, dim) = (m.width(), m.dim());
-        // The batch's affine scores when the device takes it (`quiver.device`).
-        let device = match m.affine() {
-            Some(a) => quiver_engine::device::affine_scores(b.values, dim, &a.weights, &a.offsets)?
-                .map(|s| (s, a.offsets.len())),
-            None => None,
-        };
+        // The batch's scores when the device takes it (`quiver.device`).
+        let device = m.device_scores(b.values)?;
         let raw_of = |r: usize, out: &mut [f64]| match &device {
-            Some((s, k)) => m.raw_from_affine(&s[r * k..(r + 1) * k], out),
+            Some((s, k)) => m.raw_from_scores(&s[r * k..(r + 1) * k], out),
             None => m.raw(&b.values[r * dim..(r + 1) * dim], out),
         };
         let mut raw = vec![0.0; width];

@@ -224,6 +224,39 @@ impl Ensemble {
         }
     }
 
+    /// Every tree in one set of arrays, for the device ([`quiver_engine::device::Forest`]).
+    pub fn flatten(&self) -> quiver_engine::device::Forest {
+        let mut f = quiver_engine::device::Forest {
+            width: match self.combine {
+                Combine::Average => self.groups,
+                Combine::Sum => 1,
+            },
+            base: self.base.clone(),
+            divisor: match self.combine {
+                Combine::Average => self.trees.len().max(1) as f64,
+                Combine::Sum => 1.0,
+            },
+            ..Default::default()
+        };
+        for (t, tree) in self.trees.iter().enumerate() {
+            let offset = f.left.len() as u32;
+            let global = |i: u32| if i == LEAF { LEAF } else { i + offset };
+            f.roots.push(offset);
+            f.slots.push(match self.combine {
+                Combine::Average => 0,
+                Combine::Sum => (t % self.groups) as u32,
+            });
+            f.feature.extend_from_slice(&tree.feature);
+            f.threshold.extend_from_slice(&tree.threshold);
+            f.left.extend(tree.left.iter().map(|&i| global(i)));
+            f.right.extend(tree.right.iter().map(|&i| global(i)));
+            f.default_left
+                .extend(tree.default_left.iter().map(|&l| l as u8));
+            f.values.extend_from_slice(&tree.values);
+        }
+        f
+    }
+
     /// Per feature: splits, total gain and total cover over the trees.
     pub fn importance(&self) -> Importance {
         let mut imp = Importance {

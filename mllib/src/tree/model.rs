@@ -190,6 +190,24 @@ impl ClassScores for Ensemble {
         }
     }
 
+    /// On the device: the ensemble's outputs (margins or averaged leaf values), one thread
+    /// per row — equal to the CPU's bit for bit.
+    fn device_scores(&self, x: &[f64]) -> quiver_engine::Result<Option<(Vec<f64>, usize)>> {
+        Ok(
+            quiver_engine::device::forest_outputs(x, self.dim, || self.flatten())?
+                .map(|s| (s, self.groups)),
+        )
+    }
+
+    fn raw_from_scores(&self, s: &[f64], out: &mut [f64]) {
+        if self.combine == Combine::Sum && self.groups == 1 {
+            out[0] = -0.5 * s[0];
+            out[1] = 0.5 * s[0];
+        } else {
+            out.copy_from_slice(s);
+        }
+    }
+
     fn probabilities(&self, raw: &[f64], out: &mut [f64]) {
         match self.combine {
             Combine::Sum => scores::softmax(raw, out),
@@ -226,6 +244,12 @@ impl BatchFunction for TreeRegress {
         true
     }
     fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
+        let e = &self.ensemble;
+        if let Some(on_device) =
+            quiver_engine::device::forest_outputs(b.values, e.dim, || e.flatten())?
+        {
+            return Ok(Arc::new(Float64Array::from(on_device)));
+        }
         let out: Float64Array = b
             .values
             .chunks_exact(self.ensemble.dim)

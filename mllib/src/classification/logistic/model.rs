@@ -108,7 +108,7 @@ impl ClassScores for LogisticPredict {
         })
     }
 
-    fn raw_from_affine(&self, s: &[f64], out: &mut [f64]) {
+    fn raw_from_scores(&self, s: &[f64], out: &mut [f64]) {
         if self.multinomial {
             out.copy_from_slice(s);
         } else {
