@@ -322,7 +322,7 @@ extern "C" __global__ void quiver_forest(
         unsigned int i = roots[t];
         while (left[i] != 0xffffffffu) {
             double v = row[feature[i]];
-            bool go_left = isnan(v) ? (default_left[i] != 0) : (v <= threshold[i]);
+            bool go_left = (v != v) ? (default_left[i] != 0) : (v <= threshold[i]);
             i = go_left ? left[i] : right[i];
         }
         const double* leaf = values + (size_t)i * width;
