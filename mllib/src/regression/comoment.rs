@@ -4,6 +4,7 @@
 //! large feature offsets do not cancel digits away.
 
 use quiver_engine::aggregate::{decode_f64s, encode_f64s};
+use quiver_engine::math::madd;
 use quiver_engine::vector::first_nan;
 use quiver_engine::{FeatureBatch, QuiverError, StatInputs, Statistic};
 use serde::{Deserialize, Serialize};
@@ -164,27 +165,15 @@ impl Statistic for CoMomentsStatistic {
         for m in part.mean_x.iter_mut() {
             *m /= part.weight_sum;
         }
-        // Pass 2: centred products (upper triangle, mirrored below).
-        let mut dx = vec![0.0; d];
-        for (r, &yr) in y.iter().enumerate().take(b.n_rows) {
-            let w = weight(r);
-            if w == 0.0 {
-                continue;
-            }
-            for ((v, x), m) in dx.iter_mut().zip(b.row(r)).zip(&part.mean_x) {
-                *v = x - m;
-            }
-            let dy = yr - part.mean_y;
-            part.cyy += w * dy * dy;
-            for i in 0..d {
-                let wdi = w * dx[i];
-                part.cxy[i] += wdi * dy;
-                let row = &mut part.cxx[i * d..(i + 1) * d];
-                for j in i..d {
-                    row[j] += wdi * dx[j];
-                }
-            }
+        // Pass 2: centred products (upper triangle, mirrored below), blocked.
+        let e = d + 1;
+        let mut g = vec![0.0; e * e];
+        centred_products(b.values, y, weights, &part.mean_x, part.mean_y, &mut g);
+        for i in 0..d {
+            part.cxx[i * d + i..(i + 1) * d].copy_from_slice(&g[i * e + i..i * e + d]);
+            part.cxy[i] = g[i * e + d];
         }
+        part.cyy = g[d * e + d];
         for i in 0..d {
             for j in 0..i {
                 part.cxx[i * d + j] = part.cxx[j * d + i];
@@ -247,4 +236,159 @@ quiver_engine::impl_json_params!(
 /// Lets the co-moment statistic (linear regression's, PCA's) run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
     r.add_statistic::<CoMomentsStatistic>()
+}
+/// Rows per block of centred values (21 values each at 20 features: 43 KB, in L1/L2).
+const BLOCK: usize = 256;
+
+/// `g += Σ w z zᵀ` (upper triangle of the `e × e` matrix, `e = d + 1`) over the rows of
+/// `values` centred on `mean_x`, with `y − mean_y` as the last value of each `z`: a block of
+/// rows is centred into a buffer, then folded in four rows per step (each element of `g`
+/// loaded and stored once per four rows, the inner loops contiguous: they vectorise).
+#[inline(always)]
+fn products<const FMA: bool>(
+    values: &[f64],
+    y: &[f64],
+    w: Option<&[f64]>,
+    mean_x: &[f64],
+    mean_y: f64,
+    g: &mut [f64],
+) {
+    let d = mean_x.len();
+    let e = d + 1;
+    let mut z = vec![0.0; BLOCK * e];
+    let mut wz = vec![0.0; BLOCK * e];
+    for (b, ys) in y.chunks(BLOCK).enumerate() {
+        let first = b * BLOCK;
+        let n = ys.len();
+        for (r, yr) in ys.iter().enumerate() {
+            let x = &values[(first + r) * d..(first + r + 1) * d];
+            let wr = w.map_or(1.0, |w| w[first + r]);
+            let zr = &mut z[r * e..(r + 1) * e];
+            for ((zj, xj), mj) in zr.iter_mut().zip(x).zip(mean_x) {
+                *zj = xj - mj;
+            }
+            zr[d] = yr - mean_y;
+            for (a, zj) in wz[r * e..(r + 1) * e]
+                .iter_mut()
+                .zip(&z[r * e..(r + 1) * e])
+            {
+                *a = wr * zj;
+            }
+        }
+        let mut r = 0;
+        while r + 4 <= n {
+            let zs = &z[r * e..(r + 4) * e];
+            let (z0, rest) = zs.split_at(e);
+            let (z1, rest) = rest.split_at(e);
+            let (z2, z3) = rest.split_at(e);
+            let a = &wz[r * e..(r + 4) * e];
+            for i in 0..e {
+                let (a0, a1, a2, a3) = (a[i], a[e + i], a[2 * e + i], a[3 * e + i]);
+                let row = &mut g[i * e + i..(i + 1) * e];
+                for ((((gj, b0), b1), b2), b3) in row
+                    .iter_mut()
+                    .zip(&z0[i..])
+                    .zip(&z1[i..])
+                    .zip(&z2[i..])
+                    .zip(&z3[i..])
+                {
+                    let s = madd::<FMA>(a0, *b0, a1 * *b1);
+                    let s = madd::<FMA>(a2, *b2, s);
+                    *gj += madd::<FMA>(a3, *b3, s);
+                }
+            }
+            r += 4;
+        }
+        for q in r..n {
+            let zq = &z[q * e..(q + 1) * e];
+            for i in 0..e {
+                let a = wz[q * e + i];
+                for (gj, bj) in g[i * e + i..(i + 1) * e].iter_mut().zip(&zq[i..]) {
+                    *gj = madd::<FMA>(a, *bj, *gj);
+                }
+            }
+        }
+    }
+}
+
+quiver_engine::fma_kernels!(products_baseline, products_avx2;
+    fn centred(
+        values: &[f64], y: &[f64], w: Option<&[f64]>, mean_x: &[f64], mean_y: f64, g: &mut [f64],
+    ) => products;
+);
+
+/// [`products`] with the best compilation this CPU runs.
+fn centred_products(
+    values: &[f64],
+    y: &[f64],
+    w: Option<&[f64]>,
+    mean_x: &[f64],
+    mean_y: f64,
+    g: &mut [f64],
+) {
+    // SAFETY: the AVX2 variant runs only when the CPU reports AVX2 and FMA.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if quiver_engine::cpu::has_avx2_fma() {
+            return products_avx2::centred(values, y, w, mean_x, mean_y, g);
+        }
+        products_baseline::centred(values, y, w, mean_x, mean_y, g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocked products (both compilations) agree with the upper triangle summed one row
+    /// at a time: batch sizes around the block and the four-row step, weights with zeros.
+    #[test]
+    fn blocked_products_agree_with_rows_one_at_a_time() {
+        let d = 6;
+        let e = d + 1;
+        let value = |i: usize| ((i * 7919 % 1009) as f64 - 500.0) / 37.0;
+        for n in [1, 3, 4, 5, 255, 256, 257, 1030] {
+            let values: Vec<f64> = (0..n * d).map(value).collect();
+            let y: Vec<f64> = (0..n).map(|r| value(r * 3 + 1) * 2.0).collect();
+            let w: Vec<f64> = (0..n)
+                .map(|r| {
+                    if r % 5 == 2 {
+                        0.0
+                    } else {
+                        0.5 + r as f64 / n as f64
+                    }
+                })
+                .collect();
+            let mean_x: Vec<f64> = (0..d).map(|j| value(j + 11)).collect();
+            let mean_y = 0.25;
+            for weights in [None, Some(&w[..])] {
+                let mut expected = vec![0.0; e * e];
+                for r in 0..n {
+                    let wr = weights.map_or(1.0, |w| w[r]);
+                    let mut z: Vec<f64> = (0..d).map(|j| values[r * d + j] - mean_x[j]).collect();
+                    z.push(y[r] - mean_y);
+                    for i in 0..e {
+                        for j in i..e {
+                            expected[i * e + j] += wr * z[i] * z[j];
+                        }
+                    }
+                }
+                let mut blocked = vec![0.0; e * e];
+                centred_products(&values, &y, weights, &mean_x, mean_y, &mut blocked);
+                let mut plain = vec![0.0; e * e];
+                // SAFETY: the baseline compilation runs anywhere.
+                unsafe {
+                    products_baseline::centred(&values, &y, weights, &mean_x, mean_y, &mut plain)
+                };
+                for (k, want) in expected.iter().enumerate() {
+                    for got in [blocked[k], plain[k]] {
+                        assert!(
+                            (got - want).abs() <= 1e-12 * want.abs().max(1.0),
+                            "n {n}, entry {k}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
