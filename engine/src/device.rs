@@ -274,12 +274,25 @@ fn on_device(
     w: &[f64],
     b: &[f64],
 ) -> Result<Vec<f64>> {
-    gpu::affine_scores(ordinal, precision, x, d, w, b).map_err(|e| {
-        QuiverError::internal(format!(
-            "device cuda:{ordinal} failed on a batch of {} rows: {e}",
-            x.len() / d
-        ))
-    })
+    gpu::affine_scores(ordinal, precision, x, d, w, b)
+        .map_err(|e| batch_failed(ordinal, x.len() / d, &e))
+}
+
+/// A device call that failed mid-batch.
+#[cfg(feature = "cuda")]
+fn batch_failed(ordinal: usize, rows: usize, why: &str) -> QuiverError {
+    QuiverError::internal(format!(
+        "device cuda:{ordinal} failed on a batch of {rows} rows: {why}"
+    ))
+}
+
+/// A device asked of a build without the feature (`device_for` resolves the choice first,
+/// which fails there: not reached).
+#[cfg(not(feature = "cuda"))]
+fn no_cuda(ordinal: usize) -> QuiverError {
+    QuiverError::internal(format!(
+        "cuda:{ordinal}: this build of Quiver has no CUDA support"
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -291,10 +304,7 @@ fn on_device(
     _w: &[f64],
     _b: &[f64],
 ) -> Result<Vec<f64>> {
-    // `device_for` resolves the choice first, which fails without the feature.
-    Err(QuiverError::internal(format!(
-        "cuda:{ordinal}: this build of Quiver has no CUDA support"
-    )))
+    Err(no_cuda(ordinal))
 }
 
 /// A tree ensemble flattened for the device: every tree's nodes in one set of arrays, child
@@ -357,12 +367,7 @@ fn forest_on_device(
     }
     gpu::forest_outputs(ordinal, x, d, &forest())
         .map(Some)
-        .map_err(|e| {
-            QuiverError::internal(format!(
-                "device cuda:{ordinal} failed on a batch of {} rows: {e}",
-                x.len() / d.max(1)
-            ))
-        })
+        .map_err(|e| batch_failed(ordinal, x.len() / d.max(1), &e))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -373,9 +378,7 @@ fn forest_on_device(
     _d: usize,
     _forest: impl FnOnce() -> Forest,
 ) -> Result<Option<Vec<f64>>> {
-    Err(QuiverError::internal(format!(
-        "cuda:{ordinal}: this build of Quiver has no CUDA support"
-    )))
+    Err(no_cuda(ordinal))
 }
 
 /// The same scores on the CPU, row by row: what [`affine_scores`] computes on a device, for
