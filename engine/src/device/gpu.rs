@@ -433,7 +433,12 @@ pub(super) fn forest_outputs(
             // rows × d values and `ds` rows × k; node indices were checked when the model
             // was loaded (children inside their tree, features below d).
             step("launch the tree kernel", unsafe {
-                launch.launch(LaunchConfig::for_num_elems(rows as u32))
+                launch.launch(LaunchConfig {
+                    grid_dim: ((rows as u32).div_ceil(256), 1, 1),
+                    // 256 threads a block: well inside any device's registers per block.
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                })
             })
             .map(|_| ())
         },
