@@ -311,7 +311,7 @@ async fn fan_out_unknown_kind_is_a_failed_task_not_a_failed_fan_out() {
         let m = res[0].message.as_deref().unwrap();
         assert!(
             m.starts_with(
-                "unknown task kind 'nope' in this process (registered: quadratic, quiver.probe, quiver.sphere)"
+                "unknown task kind 'nope' in this process (registered: quadratic, quiver.probe, quiver.sphere, quiver.unpersist)"
             ) && m.contains("quiver_executor::install_with"),
             "{m}"
         );
