@@ -147,21 +147,25 @@ impl CachedTables {
                             p.downcast_ref::<datafusion::catalog::view::ViewTable>()
                                 .map(|v| v.logical_plan().clone())
                         });
-                        let mut dropped = 0;
+                        let mut dropped = Ok(0);
                         if let Some(plan) = kept {
                             let df = datafusion::dataframe::DataFrame::new(ctx.state(), plan);
-                            dropped = session.unpersist(&df).await?;
+                            dropped = session.unpersist(&df).await;
                         }
+                        // The table is put back whatever the executors said: those not reached
+                        // drop the rows as their caches need room.
                         ctx.deregister_table(table.clone())?;
                         if let Some(provider) = before {
                             ctx.register_table(table, provider)?;
                         }
-                        Ok(vec![message_batch(&if session.is_cluster() {
-                            format!(
-                                "uncached table '{name}': the executors dropped {dropped} kept partitions"
-                            )
-                        } else {
-                            format!("uncached table '{name}'")
+                        Ok(vec![message_batch(&match dropped {
+                            Ok(n) if session.is_cluster() => format!(
+                                "uncached table '{name}': the executors dropped {n} kept partitions"
+                            ),
+                            Ok(_) => format!("uncached table '{name}'"),
+                            Err(e) => format!(
+                                "uncached table '{name}'; the executors could not be told to drop its rows ({e}): they go as their caches need room"
+                            ),
                         })])
                     }
                     None if if_exists || ctx.table_exist(table)? => Ok(vec![message_batch(
