@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The device check: on a machine with an NVIDIA GPU, build Quiver in release (the `cuda`
 # feature is on by default), run the device tests (every device kernel against the CPU) and
-# measure batch prediction from memory on the device against the CPU. Prints what it measured; on a machine without a usable
-# device the tests say they were skipped and the benchmark prints the CPU side only.
+# measure batch prediction from memory on the device against the CPU. Prints what it
+# measured; on a machine without a usable device the tests say they were skipped and the
+# benchmark prints the CPU side only.
 #
 #   scripts/gpu_check.sh [ROWS]      (default 10000000)
 set -euo pipefail
