@@ -548,39 +548,9 @@ impl ColumnEncoder for Encoder {
                 found: arrays.len(),
             });
         }
-        let dim = self.derived.dim;
-        let mut out = vec![0.0; rows * dim];
-        // Number columns without nulls whose values are all finite (the common case) are
-        // copied in blocks of rows, every column writing into the block while it is in cache;
-        // the others — categories, nulls, values to check — column by column.
-        let mut plain: Vec<(usize, arrow::array::Float64Array)> = Vec::new();
+        let mut out = vec![0.0; rows * self.derived.dim];
         for (j, a) in arrays.iter().enumerate() {
-            let c = &self.columns[j];
-            if c.kind != ColumnKind::Categorical && a.null_count() == 0 && a.len() == rows {
-                let values = numbers(a, &c.name)?;
-                let finite = values
-                    .values()
-                    .iter()
-                    .fold(true, |all, x| all & x.is_finite());
-                if finite {
-                    plain.push((self.derived.offsets[j], values));
-                    continue;
-                }
-            }
             self.encode_into(j, a, rows, &mut out)?;
-        }
-        const BLOCK: usize = 256;
-        for start in (0..rows).step_by(BLOCK) {
-            let end = (start + BLOCK).min(rows);
-            let block = &mut out[start * dim..end * dim];
-            for (off, values) in &plain {
-                for (row, v) in block
-                    .chunks_exact_mut(dim)
-                    .zip(&values.values()[start..end])
-                {
-                    row[*off] = *v;
-                }
-            }
         }
         Ok(out)
     }
