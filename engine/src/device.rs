@@ -193,21 +193,22 @@ pub struct DevicePolicy {
     pub precision: Precision,
 }
 
+impl DevicePolicy {
+    /// `auto`, [`DEFAULT_MIN_ROWS`], f64.
+    pub const DEFAULT: DevicePolicy = DevicePolicy {
+        choice: DeviceChoice::Auto,
+        min_rows: DEFAULT_MIN_ROWS,
+        precision: Precision::F64,
+    };
+}
+
 impl Default for DevicePolicy {
     fn default() -> Self {
-        DevicePolicy {
-            choice: DeviceChoice::Auto,
-            min_rows: DEFAULT_MIN_ROWS,
-            precision: Precision::F64,
-        }
+        DevicePolicy::DEFAULT
     }
 }
 
-static POLICY: RwLock<DevicePolicy> = RwLock::new(DevicePolicy {
-    choice: DeviceChoice::Auto,
-    min_rows: DEFAULT_MIN_ROWS,
-    precision: Precision::F64,
-});
+static POLICY: RwLock<DevicePolicy> = RwLock::new(DevicePolicy::DEFAULT);
 
 /// Sets this process's policy (see [`DevicePolicy`]).
 pub fn set_policy(policy: DevicePolicy) {
@@ -381,19 +382,6 @@ fn forest_on_device(
     Err(no_cuda(ordinal))
 }
 
-/// The same scores on the CPU, row by row: what [`affine_scores`] computes on a device, for
-/// callers that need the scores either way and for the device checks.
-pub fn affine_scores_cpu(x: &[f64], d: usize, w: &[f64], b: &[f64]) -> Vec<f64> {
-    let k = b.len();
-    let mut out = Vec::with_capacity(x.len() / d.max(1) * k);
-    for row in x.chunks_exact(d) {
-        for (c, bias) in b.iter().enumerate() {
-            out.push(crate::vector::dot(row, &w[c * d..(c + 1) * d]) + bias);
-        }
-    }
-    out
-}
-
 /// Logs `message` the first time this process sees it.
 fn log_once(message: &str) {
     static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -423,7 +411,7 @@ mod tests {
 
     /// `cpu` keeps every batch; `auto` keeps batches below `min_rows` without asking the
     /// driver, and larger ones where there is no device; `cuda` goes to the device or names
-    /// what is missing. The CPU reference computes `W·x + b` row by row.
+    /// what is missing.
     #[test]
     fn the_policy_places_batches_by_choice_and_size() {
         let with = |choice, min_rows| DevicePolicy {
@@ -455,11 +443,6 @@ mod tests {
         assert_eq!(Precision::parse(" F32 "), Ok(Precision::F32));
         assert_eq!(Precision::parse("f64"), Ok(Precision::F64));
         assert!(Precision::parse("f16").unwrap_err().contains("f64 or f32"));
-        // Two rows of three features, two outputs.
-        let x = [1.0, 2.0, 3.0, -1.0, 0.5, 0.0];
-        let w = [1.0, 0.0, -1.0, 0.5, 0.5, 0.5];
-        let b = [10.0, -1.0];
-        assert_eq!(affine_scores_cpu(&x, 3, &w, &b), vec![8.0, 2.0, 9.0, -1.25]);
     }
 
     /// Without a usable device (every CI machine), `auto` is the CPU and `cuda` an error that

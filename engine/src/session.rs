@@ -506,24 +506,14 @@ impl QuiverSession {
         let workers = self.workers().await?;
         let slots: usize = workers.iter().map(|w| w.slots.max(1)).sum();
         let params = serde_json::json!({ "fingerprint": fingerprint, "ms": 20 }).to_string();
-        let registry = Arc::new(self.functions.tasks().clone());
         let mut reached: Vec<String> = Vec::new();
         let mut dropped = 0;
         for _ in 0..4 {
-            let tasks: Vec<Task> = (0..(2 * slots).clamp(4, 256))
-                .map(|id| Task {
-                    id: id as u64,
-                    kind: cluster::cache::UNPERSIST.to_string(),
-                    params: params.clone(),
-                })
-                .collect();
             let results = self
-                .fan_out_with(
-                    &tasks,
-                    Arc::clone(&registry),
-                    FanOutOptions::new(tasks.len()),
-                    Runner::Embedded,
-                    |_| {},
+                .spread(
+                    cluster::cache::UNPERSIST,
+                    &params,
+                    (2 * slots).clamp(4, 256),
                 )
                 .await?;
             for r in &results {
@@ -551,6 +541,28 @@ impl QuiverSession {
             missing.join(", ")
         );
         Ok(dropped)
+    }
+
+    /// `n` tasks of `kind` with the same `params`, all at once, on this session's task runners
+    /// (on a cluster: spread over the executors' free slots) — how the probe and unpersist
+    /// reach every executor.
+    async fn spread(&self, kind: &str, params: &str, n: usize) -> Result<Vec<TaskResult>> {
+        let tasks: Vec<Task> = (0..n as u64)
+            .map(|id| Task {
+                id,
+                kind: kind.to_string(),
+                params: params.to_string(),
+            })
+            .collect();
+        let registry = Arc::new(self.functions.tasks().clone());
+        self.fan_out_with(
+            &tasks,
+            registry,
+            FanOutOptions::new(n),
+            Runner::Embedded,
+            |_| {},
+        )
+        .await
     }
 
     /// On a cluster with `quiver.cluster.cache` on: `df` under a cache node, so each executor
@@ -608,23 +620,7 @@ impl QuiverSession {
         }
         // Each task waits a little, so that a pulling executor asks for work before the first
         // one has run them all.
-        let tasks: Vec<Task> = (0..16)
-            .map(|id| Task {
-                id,
-                kind: fanout::PROBE.to_string(),
-                params: r#"{"ms": 20}"#.to_string(),
-            })
-            .collect();
-        let registry = Arc::new(self.functions.tasks().clone());
-        let results = self
-            .fan_out_with(
-                &tasks,
-                registry,
-                FanOutOptions::new(tasks.len()),
-                Runner::Embedded,
-                |_| {},
-            )
-            .await?;
+        let results = self.spread(fanout::PROBE, r#"{"ms": 20}"#, 16).await?;
         let mut workers: Vec<fanout::WorkerInfo> = Vec::new();
         for r in &results {
             if let Ok(w) = serde_json::from_str::<fanout::WorkerInfo>(&r.metrics)

@@ -400,7 +400,7 @@ pub(super) fn forest_outputs(
         int(f.base.len())?,
     );
     let divisor = f.divisor;
-    let launcher = Arc::clone(stream);
+    let stream: &Arc<CudaStream> = stream;
     run::<f64>(
         ctx,
         stream,
@@ -410,7 +410,7 @@ pub(super) fn forest_outputs(
         f.base.len(),
         &mut |dx, ds, rows| {
             let n = int(rows)?;
-            let mut launch = launcher.launch_builder(&func);
+            let mut launch = stream.launch_builder(&func);
             launch
                 .arg(dx)
                 .arg(&n)

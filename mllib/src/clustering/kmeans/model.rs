@@ -51,16 +51,13 @@ impl BatchFunction for Assign {
         if let Some(dots) =
             quiver_engine::device::affine_scores(b.values, self.dim, &self.centers, &vec![0.0; k])?
         {
-            let norms: Vec<f64> = self
-                .centers
-                .chunks_exact(self.dim)
-                .map(|c| quiver_engine::vector::dot(c, c))
-                .collect();
+            // The table keeps ‖c‖² for the CPU kernel (padded past k).
+            let norms = &self.table.norms[..k];
             let out: Int32Array = dots
                 .chunks_exact(k)
                 .map(|row| {
                     let mut best = (0, f64::INFINITY);
-                    for (c, (dot, norm)) in row.iter().zip(&norms).enumerate() {
+                    for (c, (dot, norm)) in row.iter().zip(norms).enumerate() {
                         let dist = norm - 2.0 * dot;
                         if dist < best.1 {
                             best = (c, dist);
