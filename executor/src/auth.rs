@@ -183,7 +183,9 @@ impl SchedulerGrpc for GuardedScheduler {
 }
 
 /// Serves the scheduler's gRPC service on `addr`: every call checked against `token` (when
-/// set), TLS with `tls` (when set). Ballista's REST and health routes are not served.
+/// set), TLS with `tls` (when set), `TCP_NODELAY` on every connection (small responses go out
+/// at once instead of waiting for the peer's delayed ACK). Ballista's REST and health routes
+/// are not served.
 pub async fn serve_scheduler(
     scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     config: &SchedulerConfig,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
-use ballista_scheduler::scheduler_process::{create_scheduler, start_server};
+use ballista_scheduler::scheduler_process::create_scheduler;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
@@ -164,11 +164,11 @@ pub async fn run_scheduler(opts: SchedulerOptions) -> Result<()> {
         .await
         .map_err(|e| QuiverError::Cluster(format!("cannot set up the scheduler: {e}")))?;
     locality.attach(cluster.cluster_state());
-    if opts.auth_token.is_none() && opts.tls.is_none() {
-        return start_server(cluster, addr, Arc::new(config))
-            .await
-            .map_err(|e| QuiverError::Cluster(format!("scheduler on {addr}: {e}")));
-    }
+    // Always Quiver's own server, also without a token or TLS: Ballista 55's `start_server`
+    // serves through axum on a plain listener, whose sockets keep Nagle's algorithm on. The
+    // job status the scheduler streams to a client then waits for the client's delayed ACK
+    // of the response headers (~40 ms on Linux): that was most of the ~45 ms "per-job floor"
+    // of a push cluster.
     config
         .validate()
         .map_err(|e| QuiverError::Cluster(format!("scheduler configuration: {e}")))?;
