@@ -11,7 +11,8 @@ For each seed it runs `quiver tune` twice on the exported classification rows (b
 loss): once plain TPE, once TPE with `pruner = "asha"` (rungs at 1, 3, 9, 27, 81 rounds). From
 the trial logs it takes the best held-out loss and the trial compute (the sum of the trials'
 durations), and it times each command whole. Optuna runs the same number of trials with the
-same space, budget and rungs (min_resource 1 unless --min-resource, reduction factor 3), each a LightGBM fit
+same space, budget and rungs (min_resource 1 unless --min-resource, reduction factor 3 unless
+--reduction-factor), each a LightGBM fit
 reporting its validation log loss every round, on the same rows with a 20% random hold-out.
 Prints the medians over seeds and the ratios (pruned / plain), each side's own.
 """
@@ -48,7 +49,7 @@ def read_log(path):
     return min(ok), compute, pruned
 
 
-def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="asha"):
+def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="asha", eta=3):
     lines = [
         "[data]",
         f'dataset = "{data}"',
@@ -70,7 +71,7 @@ def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="
             lines.append('pruner = "median"')
         else:
             lines.append(f'pruner = {{ name = "{kind}", min_resource = {min_resource}, '
-                         f'reduction_factor = 3 }}')
+                         f'reduction_factor = {eta} }}')
     lines += [
         "[space]",
         "step_size = { loguniform = [0.01, 0.5] }",
@@ -82,7 +83,8 @@ def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="
     return "\n".join(lines) + "\n"
 
 
-def optuna_search(X, y, seed, trials, rounds, parallel, pruned, min_resource, kind="asha"):
+def optuna_search(X, y, seed, trials, rounds, parallel, pruned, min_resource, kind="asha",
+                  eta=3):
     import lightgbm as lgb
     import numpy as np
     import optuna
@@ -134,10 +136,10 @@ def optuna_search(X, y, seed, trials, rounds, parallel, pruned, min_resource, ki
         pruner = optuna.pruners.MedianPruner()
     elif kind == "hyperband":
         pruner = optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=rounds,
-                                                reduction_factor=3)
+                                                reduction_factor=eta)
     else:
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
-                                                        reduction_factor=3)
+                                                        reduction_factor=eta)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
     t = time.perf_counter()
     study.optimize(objective, n_trials=trials, n_jobs=parallel)
@@ -159,6 +161,7 @@ def main():
     ap.add_argument("--asha-trials", type=int, default=None,
                     help="trials of the pruned searches (default: --trials): pruning frees "
                          "compute for more of them")
+    ap.add_argument("--reduction-factor", type=int, default=3, help="η of ASHA and Hyperband")
     ap.add_argument("--pruner", default="asha", choices=["asha", "hyperband", "median"])
     ap.add_argument("--no-optuna", action="store_true")
     a = ap.parse_args()
@@ -178,7 +181,7 @@ def main():
             path = os.path.join(work, f"s{seed}-{int(pruner)}.toml")
             with open(path, "w") as f:
                 f.write(spec(data, log, seed, trials_of(pruner), a.rounds, a.parallel, pruner,
-                             a.min_resource, a.pruner))
+                             a.min_resource, a.pruner, a.reduction_factor))
             wall = tune(a.quiver, path)
             best, compute, n_pruned = read_log(log)
             rows[name].append((best, compute, n_pruned, wall))
@@ -198,7 +201,7 @@ def main():
                 name = "optuna asha" if pruned else "optuna plain"
                 best, compute, n_pruned, wall = optuna_search(
                     X, y, seed, trials_of(pruned), a.rounds, a.parallel, pruned,
-                    a.min_resource, a.pruner)
+                    a.min_resource, a.pruner, a.reduction_factor)
                 rows[name].append((best, compute, n_pruned, wall))
                 print(f"seed {seed:2} {name:13} best {best:.5f}  trial compute {compute:7.1f} s  "
                       f"pruned {n_pruned:2}  wall {wall:6.1f} s", flush=True)

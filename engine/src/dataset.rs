@@ -358,36 +358,90 @@ impl Dataset {
         weights: &[f64],
         seed: u64,
     ) -> Result<Vec<Dataset>> {
-        let total: f64 = weights.iter().sum();
-        if weights.is_empty() || weights.iter().any(|w| w.is_nan() || *w < 0.0) || total <= 0.0 {
-            return Err(QuiverError::InvalidParam {
-                param: "weights".to_string(),
-                reason: format!("{weights:?}: need non-negative weights with a positive sum"),
-            });
-        }
-        let udf = ScalarUDF::from(RowUniformUdf::new());
-        let mut args = vec![datafusion::prelude::lit(seed as i64)];
-        for c in columns {
-            self.field(c)?;
-            args.push(col(quoted_name(c)));
-        }
-        let u = udf.call(args);
+        let u = self.split_draw(columns, seed)?;
         let mut out = Vec::with_capacity(weights.len());
-        let mut lo = 0.0;
-        for (i, w) in weights.iter().enumerate() {
-            let hi = if i + 1 == weights.len() {
-                1.0
-            } else {
-                lo + w / total
-            };
+        for (lo, hi) in split_bounds(weights)? {
             let cond = u
                 .clone()
                 .gt_eq(datafusion::prelude::lit(lo))
                 .and(u.clone().lt(datafusion::prelude::lit(hi)));
             out.push(self.with_dataframe(self.df.clone().filter(cond)?)?);
-            lo = hi;
         }
         Ok(out)
+    }
+
+    /// [`Dataset::random_split_on`] computed now, into this process's memory: the same rows in
+    /// each part, but every row's draw is made once (a lazy part's filter makes it again for
+    /// each part that is read). Per part, its batches partition by partition, in this
+    /// dataset's order; `None` when the parts would take more than `limit` bytes.
+    pub async fn random_split_collect(
+        &self,
+        columns: &[String],
+        weights: &[f64],
+        seed: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<Vec<Vec<RecordBatch>>>>> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let bounds = Arc::new(split_bounds(weights)?);
+        let drawn = self
+            .df
+            .clone()
+            .with_column(SPLIT_DRAW, self.split_draw(columns, seed)?)?;
+        let used = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = drawn
+            .execute_stream_partitioned()
+            .await?
+            .into_iter()
+            .map(|mut stream| {
+                let (bounds, used) = (Arc::clone(&bounds), Arc::clone(&used));
+                tokio::spawn(async move {
+                    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); bounds.len()];
+                    while let Some(batch) = stream.next().await {
+                        let batch = batch?;
+                        let last = batch.num_columns() - 1;
+                        let u = batch.column(last).as_primitive::<Float64Type>();
+                        let rows = batch.project(&(0..last).collect::<Vec<_>>())?;
+                        for (part, (lo, hi)) in parts.iter_mut().zip(bounds.iter()) {
+                            let keep: arrow::array::BooleanArray =
+                                u.iter().map(|v| v.map(|v| v >= *lo && v < *hi)).collect();
+                            let kept = arrow::compute::filter_record_batch(&rows, &keep)?;
+                            if kept.num_rows() == 0 {
+                                continue;
+                            }
+                            let size = kept.get_array_memory_size();
+                            if used.fetch_add(size, Ordering::Relaxed) + size > limit {
+                                return Ok(None);
+                            }
+                            part.push(kept);
+                        }
+                    }
+                    Ok::<_, QuiverError>(Some(parts))
+                })
+            })
+            .collect();
+        let mut out: Vec<Vec<Vec<RecordBatch>>> = vec![Vec::new(); bounds.len()];
+        for task in tasks {
+            let Some(parts) = task
+                .await
+                .map_err(|e| QuiverError::internal(format!("splitting the rows: {e}")))??
+            else {
+                return Ok(None);
+            };
+            for (o, p) in out.iter_mut().zip(parts) {
+                o.push(p);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Every row's uniform draw in [0, 1) from `seed` and the values of `columns`.
+    fn split_draw(&self, columns: &[String], seed: u64) -> Result<Expr> {
+        let mut args = vec![datafusion::prelude::lit(seed as i64)];
+        for c in columns {
+            self.field(c)?;
+            args.push(col(quoted_name(c)));
+        }
+        Ok(ScalarUDF::from(RowUniformUdf::new()).call(args))
     }
 
     /// Number of rows.
@@ -924,4 +978,33 @@ impl datafusion::execution::context::QueryPlanner for InProcessPlanner {
         .create_physical_plan(logical_plan, session_state)
         .await
     }
+}
+
+/// The column a row's split draw is kept in while [`Dataset::random_split_collect`] splits.
+const SPLIT_DRAW: &str = "__quiver_split_draw";
+
+/// The [lo, hi) range of draws of each part of a split into parts of relative sizes `weights`.
+fn split_bounds(weights: &[f64]) -> Result<Vec<(f64, f64)>> {
+    let total: f64 = weights.iter().sum();
+    if weights.is_empty() || weights.iter().any(|w| w.is_nan() || *w < 0.0) || total <= 0.0 {
+        return Err(QuiverError::InvalidParam {
+            param: "weights".to_string(),
+            reason: format!("{weights:?}: need non-negative weights with a positive sum"),
+        });
+    }
+    let mut lo = 0.0;
+    Ok(weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let hi = if i + 1 == weights.len() {
+                1.0
+            } else {
+                lo + w / total
+            };
+            let bounds = (lo, hi);
+            lo = hi;
+            bounds
+        })
+        .collect())
 }

@@ -180,3 +180,54 @@ async fn random_split_is_deterministic_and_proportional() {
     let ds = Dataset::new(s.read(DIGITS).await.unwrap());
     assert!(ds.random_split(&[0.0, -1.0], 1).is_err());
 }
+
+/// `random_split_collect` keeps the rows the lazy `random_split` selects, part by part and
+/// partition by partition in the same order; it gives up (None) past its memory limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collected_split_keeps_the_lazy_splits_rows() {
+    let s = QuiverSession::embedded_with(
+        QuiverConfig::default()
+            .with_target_partitions(3)
+            .with_batch_size(100),
+    )
+    .unwrap();
+    let batches = s.read(DIGITS).await.unwrap().collect().await.unwrap();
+    let ds = Dataset::new(s.from_batches(batches, 3).unwrap());
+    let columns = ds.columns();
+    let weights = [0.6, 0.3, 0.1];
+    let lazy = ds.random_split_on(&columns, &weights, 11).unwrap();
+    let kept = ds
+        .random_split_collect(&columns, &weights, 11, usize::MAX)
+        .await
+        .unwrap()
+        .expect("no limit");
+    assert_eq!(kept.len(), 3);
+    for (part, partitions) in lazy.iter().zip(&kept) {
+        let want = part.dataframe().clone().collect_partitioned().await.unwrap();
+        assert_eq!(partitions.len(), want.len(), "one list of batches per partition");
+        for (got, want) in partitions.iter().zip(&want) {
+            let got = arrow::compute::concat_batches(&ds_schema(&ds), got).unwrap();
+            let want = arrow::compute::concat_batches(&ds_schema(&ds), want).unwrap();
+            assert_eq!(got, want);
+        }
+    }
+    let rows: usize = kept.iter().flatten().flatten().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 1797);
+    assert!(
+        ds.random_split_collect(&columns, &weights, 11, 10_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "1797 rows of 65 columns exceed 10 kB"
+    );
+    let err = ds
+        .random_split_collect(&columns, &[1.0, f64::NAN], 11, usize::MAX)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("weights"), "{err}");
+}
+
+fn ds_schema(ds: &Dataset) -> std::sync::Arc<arrow::datatypes::Schema> {
+    std::sync::Arc::new(ds.dataframe().schema().as_arrow().clone())
+}

@@ -367,14 +367,18 @@ pub async fn create_model(
     let (train_raw, eval_raw) = match split_of(&o, rows)? {
         Split::None => (raw.clone(), None),
         Split::Random(f) => {
-            let mut parts = raw.random_split(&[1.0 - f, f], seed)?;
+            let weights = [1.0 - f, f];
+            let mut parts = raw.random_split(&weights, seed)?;
             if cached && !session.is_cluster() {
                 // Each side kept as well: a row's side is computed once, not in every pass.
                 // (On a cluster a side is a filter over the executors' kept rows.)
-                for p in parts.iter_mut() {
-                    if let Some(side) = materialise(session, p.dataframe(), limit).await? {
-                        *p = p.with_dataframe(side)?;
-                    }
+                let kept = raw
+                    .random_split_collect(&raw.columns(), &weights, seed, limit)
+                    .await?;
+                for (p, partitions) in parts.iter_mut().zip(kept.into_iter().flatten()) {
+                    let schema = Arc::new(p.dataframe().schema().as_arrow().clone());
+                    let table = datafusion::datasource::MemTable::try_new(schema, partitions)?;
+                    *p = p.with_dataframe(session.context().read_table(Arc::new(table))?)?;
                 }
             }
             let eval = parts.pop();

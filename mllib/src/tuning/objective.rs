@@ -244,17 +244,19 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
     let batches = df.collect().await?;
     let data = spec.with_roles(Dataset::new(c.session.from_batches(batches, 1)?))?;
     // Materialise the parts once: every trial reuses the same rows.
-    let mut parts = Vec::with_capacity(weights.len());
-    let mut bytes = 0;
     let split_columns = spec.split_columns.clone().unwrap_or_else(|| data.columns());
-    for part in data.random_split_on(&split_columns, &weights, spec.split_seed)? {
-        let batches = part.dataframe().clone().collect().await?;
-        bytes += batches
-            .iter()
-            .map(|b| b.get_array_memory_size())
-            .sum::<usize>();
-        parts.push(batches);
-    }
+    let parts: Vec<Vec<arrow::array::RecordBatch>> = data
+        .random_split_collect(&split_columns, &weights, spec.split_seed, usize::MAX)
+        .await?
+        .ok_or_else(|| bad("the split exceeded an unlimited memory budget".to_string()))?
+        .into_iter()
+        .map(|part| part.into_iter().flatten().collect())
+        .collect();
+    let bytes = parts
+        .iter()
+        .flatten()
+        .map(|b| b.get_array_memory_size())
+        .sum::<usize>();
     let with_roles = |batches: Vec<arrow::array::RecordBatch>| {
         roles_of(&data, c.session.from_batches(batches, 1)?)
     };
