@@ -60,6 +60,26 @@ def make_files(directory, rows, features, files):
         pq.write_table(pa.table(cols), os.path.join(directory, f"part-{i}.parquet"))
 
 
+def local_cluster(quiver, executors, work, data_roots, no_auth):
+    """Starts `quiver cluster up` with `executors` executors in `work` (stopped when this script
+    exits); returns the `quiver sql` arguments that reach it."""
+    cluster_dir = os.path.join(work, "cluster")
+    port = 50000 + os.getpid() % 10000
+    up = [quiver, "cluster", "up", "--executors", str(executors), "--dir", cluster_dir,
+          "--port", str(port)]
+    for root in data_roots:
+        up += ["--data-root", root]
+    if no_auth:
+        up.append("--no-auth")
+    subprocess.run(up, check=True, capture_output=True)
+    atexit.register(lambda: subprocess.run(
+        [quiver, "cluster", "down", "--dir", cluster_dir], capture_output=True))
+    args = ["--cluster", f"df://127.0.0.1:{port}"]
+    if not no_auth:
+        args += ["--auth-token-file", os.path.join(cluster_dir, "auth-token")]
+    return args
+
+
 def load(directory, features):
     import numpy as np
     import pyarrow.parquet as pq
@@ -115,20 +135,7 @@ def main():
         f"data_split_eval_fraction = 0.2) AS SELECT {cols}, label FROM t",
     }
     models = os.path.join(work, "models")
-    cluster_args = []
-    if a.cluster:
-        cluster_dir = os.path.join(work, "cluster")
-        port = 50000 + os.getpid() % 10000
-        up = [a.quiver, "cluster", "up", "--executors", str(a.cluster), "--dir", cluster_dir,
-              "--port", str(port), "--data-root", work]
-        if a.no_auth:
-            up.append("--no-auth")
-        subprocess.run(up, check=True, capture_output=True)
-        atexit.register(lambda: subprocess.run(
-            [a.quiver, "cluster", "down", "--dir", cluster_dir], capture_output=True))
-        cluster_args = ["--cluster", f"df://127.0.0.1:{port}"]
-        if not a.no_auth:
-            cluster_args += ["--auth-token-file", os.path.join(cluster_dir, "auth-token")]
+    cluster_args = local_cluster(a.quiver, a.cluster, work, [work], a.no_auth) if a.cluster else []
     if a.baseline_no_cache:
         a.baseline = a.quiver
 

@@ -203,8 +203,17 @@ async fn collected_split_keeps_the_lazy_splits_rows() {
         .expect("no limit");
     assert_eq!(kept.len(), 3);
     for (part, partitions) in lazy.iter().zip(&kept) {
-        let want = part.dataframe().clone().collect_partitioned().await.unwrap();
-        assert_eq!(partitions.len(), want.len(), "one list of batches per partition");
+        let want = part
+            .dataframe()
+            .clone()
+            .collect_partitioned()
+            .await
+            .unwrap();
+        assert_eq!(
+            partitions.len(),
+            want.len(),
+            "one list of batches per partition"
+        );
         for (got, want) in partitions.iter().zip(&want) {
             let got = arrow::compute::concat_batches(&ds_schema(&ds), got).unwrap();
             let want = arrow::compute::concat_batches(&ds_schema(&ds), want).unwrap();
