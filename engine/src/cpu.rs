@@ -23,35 +23,6 @@ pub fn has_avx2_fma() -> bool {
     })
 }
 
-/// Hints the CPU to bring `data` into its caches, one request per 64-byte line (no effect on
-/// other architectures). A kernel that checks or reads a block of rows and then computes on
-/// it asks for the next block first, so the memory reads overlap the computation instead of
-/// stalling the next block's first touch. `l1`: into the first-level cache (for a block small
-/// enough to sit there beside the current one); else the second level.
-#[inline]
-pub fn prefetch(data: &[f64], l1: bool) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1, _mm_prefetch};
-        let bytes = std::mem::size_of_val(data);
-        let base = data.as_ptr() as *const i8;
-        let mut off = 0;
-        while off < bytes {
-            // SAFETY: a prefetch never faults; the address is inside `data`.
-            unsafe {
-                if l1 {
-                    _mm_prefetch::<_MM_HINT_T0>(base.add(off))
-                } else {
-                    _mm_prefetch::<_MM_HINT_T1>(base.add(off))
-                }
-            };
-            off += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (data, l1);
-}
-
 /// Compiles kernels twice, as two modules of the calling module: `$baseline` for the baseline
 /// target and (x86-64 only) `$avx2` with AVX2 and FMA enabled. Each
 /// `fn name(args) => target;` becomes `unsafe fn name(args)` in both, calling

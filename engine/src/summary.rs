@@ -385,6 +385,25 @@ crate::fma_kernels!(baseline, avx2;
     fn block_weighted(values: &[f64], w: &[f64], ws: f64, dim: usize, b: &mut Block, mean: &mut [f64]) => block_weighted_impl;
 );
 
+/// Hints the CPU to bring `data` into cache (no effect on other architectures).
+#[inline]
+fn prefetch(data: &[f64]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let bytes = std::mem::size_of_val(data);
+        let base = data.as_ptr() as *const i8;
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: a prefetch never faults; the address is inside `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 impl Summarizer {
     fn update_block(
         &self,
@@ -522,7 +541,7 @@ impl Statistic for Summarizer {
             // Ask for the next block while this one is computed: each block is read feature
             // group by feature group, a pattern the hardware prefetcher does not run ahead of.
             let next_end = (end + rows_per_block).min(batch.n_rows);
-            crate::cpu::prefetch(&batch.values[end * self.dim..next_end * self.dim], true);
+            prefetch(&batch.values[end * self.dim..next_end * self.dim]);
             self.update_block(state, &batch.slice(start, end), &mut b, &mut mean)
                 .map_err(|e| match e {
                     QuiverError::InvalidValueInBatch {

@@ -120,8 +120,6 @@ pub(super) fn binomial<const FMA: bool>(
     for (b, ys) in y.chunks(BLOCK).enumerate() {
         let rows = b * BLOCK..b * BLOCK + ys.len();
         let block = &values[rows.start * d..rows.end * d];
-        let next = (rows.end * d).min(values.len())..((rows.end + BLOCK) * d).min(values.len());
-        quiver_engine::cpu::prefetch(&values[next], false);
         if let Some(i) = first_nan(block) {
             *nan = Some(rows.start + i / d);
             return;

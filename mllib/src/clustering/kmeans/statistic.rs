@@ -75,13 +75,7 @@ impl Statistic for KMeansPass {
                 // Sub-blocks that stay in cache while they are checked, assigned and summed.
                 let k = self.centers.len() / d;
                 let mut nearest = Vec::with_capacity(SUB_BLOCK_ROWS);
-                let step = SUB_BLOCK_ROWS * d;
-                for (i, block) in b.values.chunks(step).enumerate() {
-                    let len = b.values.len();
-                    quiver_engine::cpu::prefetch(
-                        &b.values[((i + 1) * step).min(len)..((i + 2) * step).min(len)],
-                        false,
-                    );
+                for (i, block) in b.values.chunks(SUB_BLOCK_ROWS * d).enumerate() {
                     nan_check(block, i * SUB_BLOCK_ROWS)?;
                     self.table.assign(&self.centers, block, &mut nearest);
                     for (x, &(c, dist)) in block.chunks_exact(d).zip(&nearest) {
