@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::Estimator;
 use crate::error::{MllibError, Result};
 use crate::optim::owlqn_observed;
-use statistic::{ClassCounts, LogisticLoss};
+use statistic::{ClassCounts, LogisticLoss, Setup};
 
 /// What a fit reports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -66,11 +66,19 @@ impl Estimator for LogisticRegression {
         }
         let prepared = session.prepare_iterative(data, session.runner()).await?;
         let d = prepared.dim();
-        let counts = prepared
-            .aggregate(Arc::new(ClassCounts {
-                d,
-                weighted: self.weighted,
-                label: data.label().unwrap_or("label").to_string(),
+        let mut summarizer = Summarizer::new(d);
+        if self.weighted {
+            summarizer = summarizer.weighted(true);
+        }
+        // The class counts and the feature summary in one pass.
+        let (counts, summary) = prepared
+            .aggregate(Arc::new(Setup {
+                counts: ClassCounts {
+                    d,
+                    weighted: self.weighted,
+                    label: data.label().unwrap_or("label").to_string(),
+                },
+                summary: summarizer,
             }))
             .await?;
         let present = counts.iter().filter(|c| **c > 0.0).count();
@@ -95,11 +103,6 @@ impl Estimator for LogisticRegression {
             Family::Multinomial => true,
         };
         let vectors = if multinomial { num_classes } else { 1 };
-        let mut summarizer = Summarizer::new(d);
-        if self.weighted {
-            summarizer = summarizer.weighted(true);
-        }
-        let summary = prepared.aggregate(Arc::new(summarizer)).await?;
         let std = summary.std.clone();
         // With an intercept, optimise over centred standardised features (x − μ)/σ: the
         // intercept no longer fights the coefficients, which cuts the iterations on data far
@@ -243,7 +246,7 @@ impl Estimator for LogisticRegression {
 
 /// Lets logistic regression's statistics and maps run on a cluster.
 pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
-    r.add_statistic::<ClassCounts>()?;
+    r.add_statistic::<Setup>()?;
     r.add_statistic::<LogisticLoss>()?;
     model::register_maps(r)
 }

@@ -2,8 +2,9 @@
 //! coefficients (one aggregate pass per evaluation of the objective).
 
 use quiver_engine::aggregate::{decode_f64s, encode_f64s};
+use quiver_engine::summary::SummaryState;
 use quiver_engine::vector::{dot, first_nan};
-use quiver_engine::{FeatureBatch, QuiverError, StatInputs, Statistic};
+use quiver_engine::{FeatureBatch, FeatureSummary, QuiverError, StatInputs, Statistic, Summarizer};
 use serde::{Deserialize, Serialize};
 
 use crate::api::class_index;
@@ -69,6 +70,59 @@ impl Statistic for ClassCounts {
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
         let (n, rest) = decode_f64s(bytes, 1)?;
         Ok(decode_f64s(rest, n[0] as usize)?.0)
+    }
+}
+
+/// What a fit needs before its first iteration, in one pass: the class counts and the
+/// feature summary (means and deviations for the standardisation).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Setup {
+    pub(super) counts: ClassCounts,
+    pub(super) summary: Summarizer,
+}
+
+impl Statistic for Setup {
+    type State = (Vec<f64>, SummaryState);
+    type Output = (Vec<f64>, FeatureSummary);
+    const NAME: &'static str = "quiver_logistic_setup";
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        quiver_engine::registry::json_params("the logistic set-up pass", self)
+    }
+    fn dim(&self) -> usize {
+        self.counts.d
+    }
+    fn inputs(&self) -> StatInputs {
+        StatInputs {
+            label: true,
+            weight: self.counts.weighted,
+        }
+    }
+    fn init(&self) -> Self::State {
+        (self.counts.init(), self.summary.init())
+    }
+    fn update(&self, s: &mut Self::State, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
+        self.counts.update(&mut s.0, b)?;
+        self.summary.update(&mut s.1, b)
+    }
+    fn merge(&self, s: &mut Self::State, o: &Self::State) -> quiver_engine::Result<()> {
+        self.counts.merge(&mut s.0, &o.0)?;
+        self.summary.merge(&mut s.1, &o.1)
+    }
+    fn finish(&self, s: Self::State) -> quiver_engine::Result<Self::Output> {
+        Ok((self.counts.finish(s.0)?, self.summary.finish(s.1)?))
+    }
+    fn encode_state(&self, s: &Self::State, out: &mut Vec<u8>) {
+        // The counts' encoding starts with its length, so the summary's follows it.
+        self.counts.encode_state(&s.0, out);
+        self.summary.encode_state(&s.1, out);
+    }
+    fn state_size(&self, s: &Self::State) -> usize {
+        self.counts.state_size(&s.0) + self.summary.state_size(&s.1)
+    }
+    fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Self::State> {
+        let (n, rest) = decode_f64s(bytes, 1)?;
+        let (counts, rest) = decode_f64s(rest, n[0] as usize)?;
+        Ok((counts, self.summary.decode_state(rest)?))
     }
 }
 
@@ -176,6 +230,63 @@ impl Statistic for LogisticLoss {
 }
 
 quiver_engine::impl_json_params!(
-    ClassCounts => "the class counts",
+    Setup => "the logistic set-up pass",
     LogisticLoss => "the logistic loss",
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The set-up pass gives what the class counts and the summary give on their own, also
+    /// across a merge of states that went through their byte encoding (as partial states
+    /// do from executors).
+    #[test]
+    fn setup_pass_equals_its_two_statistics() {
+        let d = 3;
+        let values: Vec<f64> = (0..30).map(|i| ((i * 7) % 11) as f64 - 4.5).collect();
+        let label: Vec<f64> = (0..10).map(|r| (r % 3) as f64).collect();
+        let batch = |rows: std::ops::Range<usize>| FeatureBatch {
+            values: &values[rows.start * d..rows.end * d],
+            n_rows: rows.len(),
+            dim: d,
+            label: Some(&label[rows]),
+            weight: None,
+        };
+        let counts = ClassCounts {
+            d,
+            weighted: false,
+            label: "y".to_string(),
+        };
+        let setup = Setup {
+            counts: ClassCounts {
+                d,
+                weighted: false,
+                label: "y".to_string(),
+            },
+            summary: Summarizer::new(d),
+        };
+        let (mut a, mut b) = (setup.init(), setup.init());
+        setup.update(&mut a, &batch(0..4)).unwrap();
+        setup.update(&mut b, &batch(4..10)).unwrap();
+        let mut bytes = Vec::new();
+        setup.encode_state(&b, &mut bytes);
+        setup.merge(&mut a, &setup.decode_state(&bytes).unwrap()).unwrap();
+        let (got_counts, got_summary) = setup.finish(a).unwrap();
+
+        let mut c = counts.init();
+        counts.update(&mut c, &batch(0..10)).unwrap();
+        assert_eq!(got_counts, vec![4.0, 3.0, 3.0]);
+        assert_eq!(got_counts, counts.finish(c).unwrap());
+        let summarizer = Summarizer::new(d);
+        let mut s = summarizer.init();
+        summarizer.update(&mut s, &batch(0..10)).unwrap();
+        let want = summarizer.finish(s).unwrap();
+        for (g, w) in got_summary.mean.iter().zip(&want.mean) {
+            assert!((g - w).abs() < 1e-12, "{g} vs {w}");
+        }
+        for (g, w) in got_summary.std.iter().zip(&want.std) {
+            assert!((g - w).abs() < 1e-12, "{g} vs {w}");
+        }
+    }
+}
