@@ -271,7 +271,9 @@ mod tests {
         setup.update(&mut b, &batch(4..10)).unwrap();
         let mut bytes = Vec::new();
         setup.encode_state(&b, &mut bytes);
-        setup.merge(&mut a, &setup.decode_state(&bytes).unwrap()).unwrap();
+        setup
+            .merge(&mut a, &setup.decode_state(&bytes).unwrap())
+            .unwrap();
         let (got_counts, got_summary) = setup.finish(a).unwrap();
 
         let mut c = counts.init();
