@@ -1,5 +1,6 @@
-//! The servers of a cluster with an auth token: the scheduler's gRPC service and the
-//! executors' Arrow Flight service refuse every call that does not carry the token (see
+//! The servers of a cluster: the scheduler's gRPC service (every scheduler, with or without a
+//! token, so that its sockets get `TCP_NODELAY`) and the executors' Arrow Flight service. With
+//! an auth token both refuse every call that does not carry it (see
 //! [`quiver_engine::cluster::auth`]). Ballista 55 has no hook to guard the executors' own gRPC
 //! service (the scheduler pushes tasks through it), so a cluster with a token schedules by
 //! pull: executors ask the scheduler for work and run no gRPC server at all.

@@ -248,7 +248,12 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
     let parts: Vec<Vec<arrow::array::RecordBatch>> = data
         .random_split_collect(&split_columns, &weights, spec.split_seed, usize::MAX)
         .await?
-        .ok_or_else(|| bad("the split exceeded an unlimited memory budget".to_string()))?
+        .ok_or_else(|| {
+            bad(
+                "splitting the rows: no memory limit was set, yet one was reported exceeded"
+                    .to_string(),
+            )
+        })?
         .into_iter()
         .map(|part| part.into_iter().flatten().collect())
         .collect();
