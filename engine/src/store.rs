@@ -335,40 +335,91 @@ impl ModelStore {
     ) -> Result<SaveNew> {
         validate_name(name)?;
         let dirs = self.all_version_dirs(name).await?;
-        for &v in dirs.iter().rev() {
-            match self.state(name, v).await? {
-                VersionState::Dead => {}
-                VersionState::Published => {
-                    return Ok(SaveNew::Exists(format!("version {v} is published")));
+        let top = dirs.last().copied();
+        // The highest number, when it had no claim and this writer won it.
+        let mut owned = None;
+        let verdict = async {
+            for &v in dirs.iter().rev() {
+                let mut state = self.state(name, v).await?;
+                if let VersionState::Unclaimed = state {
+                    // Contend for the number rather than assume it dead: a writer may be
+                    // between creating the directory and its claim. Winning means no writer
+                    // owns it: the highest number becomes this writer's, a lower one (leftovers)
+                    // stays taken, dead. Losing means another writer claimed it first: look again.
+                    if self.try_claim(name, v).await? {
+                        if Some(v) == top {
+                            owned = Some(v);
+                            continue;
+                        }
+                        self.kill(name, v).await?;
+                        state = VersionState::Dead;
+                    } else {
+                        state = self.state(name, v).await?;
+                    }
                 }
-                // Its writer died on this machine without cleaning up (killed): the number
-                // stays taken (a tombstone), the name is free.
-                VersionState::Abandoned(by) => {
-                    log::warn!(
-                        "model '{name}' version {v} was {by}, a process that is gone: marked dead"
-                    );
-                    let dir = self.model_dir(name).join(version_dir(v));
-                    self.store
-                        .put(&dir.join(TOMBSTONE), PutPayload::from_static(b""))
-                        .await
-                        .map_err(self.os_err(&self.model_dir(name)))?;
-                }
-                VersionState::Claimed(by) => {
-                    return Ok(SaveNew::Exists(format!(
-                        "version {v} is being written ({by}); if that writer is gone, use CREATE OR REPLACE"
-                    )));
+                match state {
+                    VersionState::Dead | VersionState::Unclaimed => {}
+                    VersionState::Published => {
+                        return Ok(Some(format!("version {v} is published")));
+                    }
+                    // Its writer died on this machine without cleaning up (killed): the number
+                    // stays taken (a tombstone), the name is free.
+                    VersionState::Abandoned(by) => {
+                        log::warn!(
+                            "model '{name}' version {v} was {by}, a process that is gone: marked dead"
+                        );
+                        self.kill(name, v).await?;
+                    }
+                    VersionState::Claimed(by) => {
+                        return Ok(Some(format!(
+                            "version {v} is being written ({by}); if that writer is gone, use CREATE OR REPLACE"
+                        )));
+                    }
                 }
             }
+            Ok(None)
         }
-        let version = dirs.last().copied().unwrap_or(0) + 1;
-        if !self.try_claim(name, version).await? {
-            return Ok(SaveNew::Exists(format!(
-                "another writer claimed version {version} first"
-            )));
+        .await;
+        let verdict = match verdict {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(v) = owned {
+                    let _ = self.kill(name, v).await;
+                }
+                return Err(e);
+            }
+        };
+        if let Some(why) = verdict {
+            if let Some(v) = owned {
+                self.kill(name, v).await?;
+            }
+            return Ok(SaveNew::Exists(why));
         }
+        let version = match owned {
+            Some(v) => v,
+            None => {
+                let version = top.unwrap_or(0) + 1;
+                if !self.try_claim(name, version).await? {
+                    return Ok(SaveNew::Exists(format!(
+                        "another writer claimed version {version} first"
+                    )));
+                }
+                version
+            }
+        };
         Ok(SaveNew::Saved(Box::new(
             self.write_version(name, version, draft, parts).await?,
         )))
+    }
+
+    /// Marks version `v` of `name` dead: its number stays taken.
+    async fn kill(&self, name: &str, v: u64) -> Result<()> {
+        let dir = self.model_dir(name).join(version_dir(v));
+        self.store
+            .put(&dir.join(TOMBSTONE), PutPayload::from_static(b""))
+            .await
+            .map_err(self.os_err(&self.model_dir(name)))?;
+        Ok(())
     }
 
     /// Claims the next free version number: a create-only marker, retried upwards on conflict.
@@ -458,8 +509,7 @@ impl ModelStore {
                 }
                 Ok(VersionState::Claimed(by))
             }
-            // Neither claimed nor published: leftovers of an older format, dead.
-            Err(object_store::Error::NotFound { .. }) => Ok(VersionState::Dead),
+            Err(object_store::Error::NotFound { .. }) => Ok(VersionState::Unclaimed),
             Err(e) => Err(self.os_err(&claim)(e)),
         }
     }
@@ -763,6 +813,9 @@ enum VersionState {
     Claimed(String),
     /// Claimed by a process of this machine that is gone (killed mid-save).
     Abandoned(String),
+    /// A directory without a claim: a writer between creating the directory and its claim
+    /// (a local filesystem stages the claim file in it first), or leftovers of an older format.
+    Unclaimed,
 }
 
 /// Who claimed a version: on Linux the machine's boot, the host and the process's start time,

@@ -379,6 +379,48 @@ async fn concurrent_saves_on_disk() {
     concurrent_saves(dir.path().join("models").to_str().unwrap()).await;
 }
 
+/// A version directory without a claim (a writer on a local filesystem between creating the
+/// directory and its claim file, or leftovers of an older format) is contended for, not taken
+/// as dead: `CREATE MODEL` gets the highest such number, a lower one stays taken.
+#[tokio::test]
+async fn unclaimed_version_directories_are_contended_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    for v in ["v000001", "v000002"] {
+        let d = models.join("m").join(v);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("_claim#1"), b"staging").unwrap();
+    }
+    let s = QuiverSession::embedded().unwrap();
+    let store = s.model_store_at(models.to_str().unwrap()).unwrap();
+    let saved = store
+        .save_new("m", draft("lr", 1.0), Vec::new())
+        .await
+        .unwrap();
+    let quiver_engine::SaveNew::Saved(m) = saved else {
+        panic!("an unclaimed directory does not block a new model: {saved:?}");
+    };
+    assert_eq!(m.version, 2);
+    assert_eq!(store.versions("m").await.unwrap(), vec![2]);
+    assert!(models.join("m/v000001/_deleted").exists());
+    let again = store
+        .save_new("m", draft("lr", 2.0), Vec::new())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, quiver_engine::SaveNew::Exists(why) if why.contains("version 2 is published")),
+        "{again:?}"
+    );
+    assert_eq!(
+        store
+            .save("m", draft("lr", 3.0), Vec::new())
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+}
+
 /// A part replaced by other bytes is refused on read (size or checksum); a model whose
 /// metadata is truncated is listed with its error and does not hide the healthy ones.
 #[tokio::test]
