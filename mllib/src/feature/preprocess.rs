@@ -410,11 +410,7 @@ impl Encoder {
     /// kept. One vectorised sweep when every value is fine.
     fn check_finite(&self, j: usize, values: &[f64]) -> quiver_engine::Result<()> {
         let keep_nan = self.missing == MissingNumbers::Keep;
-        // `x - x` is 0 for a finite x and NaN for NaN and ±∞.
-        let refused = |x: f64| {
-            let bad = (x - x) != 0.0 || x.is_nan();
-            bad && !(keep_nan && x.is_nan())
-        };
+        let refused = |x: f64| !x.is_finite() && !(keep_nan && x.is_nan());
         let mut any = false;
         for block in values.chunks(1024) {
             any |= block.iter().fold(false, |a, &x| a | refused(x));
