@@ -410,7 +410,7 @@ impl Encoder {
     /// kept. One vectorised sweep when every value is fine.
     fn check_finite(&self, j: usize, values: &[f64]) -> quiver_engine::Result<()> {
         let keep_nan = self.missing == MissingNumbers::Keep;
-        let refused = |x: f64| !x.is_finite() && !(keep_nan && x.is_nan());
+        let refused = |x: f64| !(x.is_finite() || keep_nan && x.is_nan());
         let mut any = false;
         for block in values.chunks(1024) {
             any |= block.iter().fold(false, |a, &x| a | refused(x));
