@@ -39,10 +39,7 @@ use crate::tree::{
     RandomForestRegressor,
 };
 use crate::tuning::space::{Param, Point, hp};
-use crate::{
-    BinaryClassificationEvaluator, ClusteringEvaluator, ExplainedVarianceEvaluator,
-    MulticlassClassificationEvaluator, RegressionEvaluator,
-};
+use crate::{ClusteringEvaluator, ExplainedVarianceEvaluator, RegressionEvaluator};
 
 /// What an algorithm learns: it decides the evaluator, the metrics and the default metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,20 +150,25 @@ impl Task {
     pub async fn evaluate(self, session: &QuiverSession, scored: &Dataset) -> Result<Value> {
         Ok(match self {
             Task::Classification => {
-                let m = MulticlassClassificationEvaluator::new()
-                    .evaluate(session, scored)
-                    .await?;
+                // Both evaluators' counts in one pass over the scored rows.
+                let has_scores = scored
+                    .dataframe()
+                    .schema()
+                    .has_column_with_unqualified_name("probability");
+                let (m, binary) = crate::evaluation::evaluate_classifier(
+                    session,
+                    scored,
+                    "prediction",
+                    has_scores.then_some("probability"),
+                )
+                .await?;
                 let mut out = json!({
                     "accuracy": m.accuracy,
                     "f1": m.f1,
                     "weighted_precision": m.weighted_precision,
                     "weighted_recall": m.weighted_recall,
                 });
-                if m.classes.len() <= 2
-                    && let Ok(b) = BinaryClassificationEvaluator::new()
-                        .evaluate(session, scored)
-                        .await
-                {
+                if let Some(b) = binary {
                     out["area_under_roc"] = json!(b.area_under_roc);
                     out["area_under_pr"] = json!(b.area_under_pr);
                     out["log_loss"] = json!(b.log_loss);

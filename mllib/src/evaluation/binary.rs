@@ -57,44 +57,49 @@ impl BinaryClassificationEvaluator {
         }
         let prepared = session.prepare(&ds, session.runner()).await?;
         let histogram = prepared.aggregate(Arc::new(ScoreCounts { dim })).await?;
-        let (counts, log_loss_sum) = (&histogram.counts, histogram.log_loss);
-        // Sweep thresholds from the highest score down.
-        let (pos, neg): (f64, f64) = counts
-            .values()
-            .fold((0.0, 0.0), |a, (p, n)| (a.0 + p, a.1 + n));
-        if pos == 0.0 || neg == 0.0 {
-            return Err(MllibError::InvalidParam {
-                param: "label".to_string(),
-                reason: "AUC needs both classes (0 and 1) among the labels".to_string(),
-            });
-        }
-        let (mut tp, mut fp) = (0.0, 0.0);
-        let (mut roc, mut pr) = (0.0, 0.0);
-        let mut first = true;
-        let (mut last_recall, mut last_precision) = (0.0, 1.0);
-        for (p, n) in counts.values().rev() {
-            let (tpr0, fpr0) = (tp / pos, fp / neg);
-            tp += p;
-            fp += n;
-            let (tpr, fpr) = (tp / pos, fp / neg);
-            roc += (fpr - fpr0) * (tpr + tpr0) / 2.0;
-            let precision = tp / (tp + fp);
-            if first {
-                last_precision = precision;
-                first = false;
-            }
-            pr += (tpr - last_recall) * (precision + last_precision) / 2.0;
-            last_recall = tpr;
-            last_precision = precision;
-        }
-        let count = pos + neg;
-        Ok(BinaryMetrics {
-            count: count as u64,
-            area_under_roc: roc,
-            area_under_pr: pr,
-            log_loss: log_loss_sum / count,
-        })
+        metrics_from_histogram(&histogram)
     }
+}
+
+/// The metrics of the score counts [`ScoreCounts`] gathers (settled: nothing pending).
+pub(super) fn metrics_from_histogram(histogram: &ScoreHistogram) -> Result<BinaryMetrics> {
+    let (counts, log_loss_sum) = (&histogram.counts, histogram.log_loss);
+    // Sweep thresholds from the highest score down.
+    let (pos, neg): (f64, f64) = counts
+        .values()
+        .fold((0.0, 0.0), |a, (p, n)| (a.0 + p, a.1 + n));
+    if pos == 0.0 || neg == 0.0 {
+        return Err(MllibError::InvalidParam {
+            param: "label".to_string(),
+            reason: "AUC needs both classes (0 and 1) among the labels".to_string(),
+        });
+    }
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let (mut roc, mut pr) = (0.0, 0.0);
+    let mut first = true;
+    let (mut last_recall, mut last_precision) = (0.0, 1.0);
+    for (p, n) in counts.values().rev() {
+        let (tpr0, fpr0) = (tp / pos, fp / neg);
+        tp += p;
+        fp += n;
+        let (tpr, fpr) = (tp / pos, fp / neg);
+        roc += (fpr - fpr0) * (tpr + tpr0) / 2.0;
+        let precision = tp / (tp + fp);
+        if first {
+            last_precision = precision;
+            first = false;
+        }
+        pr += (tpr - last_recall) * (precision + last_precision) / 2.0;
+        last_recall = tpr;
+        last_precision = precision;
+    }
+    let count = pos + neg;
+    Ok(BinaryMetrics {
+        count: count as u64,
+        area_under_roc: roc,
+        area_under_pr: pr,
+        log_loss: log_loss_sum / count,
+    })
 }
 
 /// One point of a ROC curve: rows whose score is at least `threshold` are predicted positive.
@@ -234,6 +239,26 @@ pub(super) struct ScoreHistogram {
 const PENDING_SCORES: usize = 1 << 16;
 
 impl ScoreHistogram {
+    /// Adds the score of each row (the last of every `stride` values) under its label, and its
+    /// log loss. Stops at the first label that is not 0 or 1 and returns its row.
+    pub(super) fn add_rows(
+        &mut self,
+        values: &[f64],
+        stride: usize,
+        labels: &[f64],
+    ) -> Option<usize> {
+        for (r, &label) in labels.iter().enumerate() {
+            if label != 0.0 && label != 1.0 {
+                return Some(r);
+            }
+            let score = values[r * stride + stride - 1];
+            self.add(score, label == 1.0);
+            let p = score.clamp(1e-15, 1.0 - 1e-15);
+            self.log_loss -= if label == 1.0 { p.ln() } else { (1.0 - p).ln() };
+        }
+        None
+    }
+
     fn add(&mut self, score: f64, positive: bool) {
         self.pending.push((ordered_bits(score), positive));
         if self.pending.len() >= PENDING_SCORES {
@@ -302,7 +327,7 @@ impl ScoreHistogram {
         }
     }
 
-    fn merge(&mut self, other: &ScoreHistogram) {
+    pub(super) fn merge(&mut self, other: &ScoreHistogram) {
         let mut other = other.clone();
         other.flush();
         self.flush();
@@ -407,17 +432,11 @@ impl Statistic for ScoreCounts {
     }
     fn update(&self, s: &mut Self::State, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
         let y = check_finite(b)?;
-        for (r, &label) in y.iter().enumerate() {
-            if label != 0.0 && label != 1.0 {
-                return Err(QuiverError::InvalidParam {
-                    param: "label".to_string(),
-                    reason: format!("value {label} (row {r} of a batch) is not 0 or 1"),
-                });
-            }
-            let score = b.row(r)[self.dim - 1];
-            s.add(score, label == 1.0);
-            let p = score.clamp(1e-15, 1.0 - 1e-15);
-            s.log_loss -= if label == 1.0 { p.ln() } else { (1.0 - p).ln() };
+        if let Some(r) = s.add_rows(b.values, self.dim, y) {
+            return Err(QuiverError::InvalidParam {
+                param: "label".to_string(),
+                reason: format!("value {} (row {r} of a batch) is not 0 or 1", y[r]),
+            });
         }
         Ok(())
     }

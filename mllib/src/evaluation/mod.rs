@@ -36,18 +36,21 @@ async fn evaluate_with<S: Statistic>(
 }
 
 mod binary;
+mod classifier;
 mod clustering;
 mod explained_variance;
 mod multiclass;
 mod regression;
 
 pub use binary::{BinaryClassificationEvaluator, BinaryMetrics, ROC_MAX_POINTS, RocPoint};
+pub use classifier::evaluate_classifier;
 pub use clustering::{ClusteringEvaluator, ClusteringMetrics};
 pub use explained_variance::{ExplainedVarianceEvaluator, ExplainedVarianceMetrics};
 pub use multiclass::{MulticlassClassificationEvaluator, MulticlassMetrics};
 pub use regression::{RegressionEvaluator, RegressionMetrics};
 
 use binary::ScoreCounts;
+use classifier::ClassifierCounts;
 use clustering::{ClusterMoments, SilhouetteStat};
 use multiclass::ConfusionStat;
 use regression::RegressionStat;
@@ -77,6 +80,7 @@ quiver_engine::impl_json_params!(
     RegressionStat => "the regression metrics",
     ConfusionStat => "the confusion counts",
     ScoreCounts => "the score counts",
+    ClassifierCounts => "the classifier counts",
     ClusterMoments => "the cluster moments",
     SilhouetteStat => "the silhouette",
 );
@@ -86,6 +90,7 @@ pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine
     r.add_statistic::<RegressionStat>()?;
     r.add_statistic::<ConfusionStat>()?;
     r.add_statistic::<ScoreCounts>()?;
+    r.add_statistic::<ClassifierCounts>()?;
     r.add_statistic::<ClusterMoments>()?;
     r.add_statistic::<SilhouetteStat>()
 }

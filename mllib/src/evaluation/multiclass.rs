@@ -50,53 +50,86 @@ impl MulticlassClassificationEvaluator {
         data: &Dataset,
     ) -> Result<MulticlassMetrics> {
         let pairs = evaluate_with(session, data, &self.prediction_col, ConfusionStat).await?;
-        let mut classes: Vec<f64> = pairs
-            .keys()
-            .flat_map(|(l, p)| [f64::from_bits(*l), f64::from_bits(*p)])
-            .collect();
-        classes.sort_by(f64::total_cmp);
-        classes.dedup();
-        let index: BTreeMap<u64, usize> = classes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.to_bits(), i))
-            .collect();
-        let k = classes.len();
-        let mut confusion = vec![vec![0u64; k]; k];
-        for ((l, p), n) in &pairs {
-            confusion[index[l]][index[p]] += *n;
+        Ok(metrics_from_pairs(&pairs))
+    }
+}
+
+/// The metrics of the (label, prediction) counts [`ConfusionStat`] gathers.
+pub(super) fn metrics_from_pairs(pairs: &BTreeMap<(u64, u64), u64>) -> MulticlassMetrics {
+    let mut classes: Vec<f64> = pairs
+        .keys()
+        .flat_map(|(l, p)| [f64::from_bits(*l), f64::from_bits(*p)])
+        .collect();
+    classes.sort_by(f64::total_cmp);
+    classes.dedup();
+    let index: BTreeMap<u64, usize> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_bits(), i))
+        .collect();
+    let k = classes.len();
+    let mut confusion = vec![vec![0u64; k]; k];
+    for ((l, p), n) in pairs {
+        confusion[index[l]][index[p]] += *n;
+    }
+    let total: u64 = confusion.iter().flatten().sum();
+    let correct: u64 = (0..k).map(|i| confusion[i][i]).sum();
+    let (mut wp, mut wr, mut wf) = (0.0, 0.0, 0.0);
+    for (i, row) in confusion.iter().enumerate() {
+        let label_n: u64 = row.iter().sum();
+        let pred_n: u64 = confusion.iter().map(|r| r[i]).sum();
+        let tp = row[i] as f64;
+        let precision = if pred_n > 0 { tp / pred_n as f64 } else { 0.0 };
+        let recall = if label_n > 0 {
+            tp / label_n as f64
+        } else {
+            0.0
+        };
+        let f = if precision + recall > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        };
+        let share = label_n as f64 / total as f64;
+        wp += share * precision;
+        wr += share * recall;
+        wf += share * f;
+    }
+    MulticlassMetrics {
+        classes,
+        confusion,
+        accuracy: correct as f64 / total as f64,
+        weighted_precision: wp,
+        weighted_recall: wr,
+        f1: wf,
+    }
+}
+
+/// Adds one (label, prediction) pair per row of `labels`, the prediction of row `r` being
+/// `values[r * stride]`. The few distinct pairs of a batch are counted in a short list first
+/// (a scan of a handful of entries per row, not a tree lookup), then added to the map.
+pub(super) fn count_pairs(
+    s: &mut BTreeMap<(u64, u64), u64>,
+    values: &[f64],
+    stride: usize,
+    labels: &[f64],
+) {
+    const LISTED: usize = 16;
+    let mut listed: Vec<((u64, u64), u64)> = Vec::with_capacity(LISTED);
+    for (r, l) in labels.iter().enumerate() {
+        let p = values[r * stride];
+        // -0.0 and 0.0 are the same class.
+        let key = ((l + 0.0).to_bits(), (p + 0.0).to_bits());
+        if let Some((_, n)) = listed.iter_mut().find(|(k, _)| *k == key) {
+            *n += 1;
+        } else if listed.len() < LISTED {
+            listed.push((key, 1));
+        } else {
+            *s.entry(key).or_insert(0) += 1;
         }
-        let total: u64 = confusion.iter().flatten().sum();
-        let correct: u64 = (0..k).map(|i| confusion[i][i]).sum();
-        let (mut wp, mut wr, mut wf) = (0.0, 0.0, 0.0);
-        for (i, row) in confusion.iter().enumerate() {
-            let label_n: u64 = row.iter().sum();
-            let pred_n: u64 = confusion.iter().map(|r| r[i]).sum();
-            let tp = row[i] as f64;
-            let precision = if pred_n > 0 { tp / pred_n as f64 } else { 0.0 };
-            let recall = if label_n > 0 {
-                tp / label_n as f64
-            } else {
-                0.0
-            };
-            let f = if precision + recall > 0.0 {
-                2.0 * precision * recall / (precision + recall)
-            } else {
-                0.0
-            };
-            let share = label_n as f64 / total as f64;
-            wp += share * precision;
-            wr += share * recall;
-            wf += share * f;
-        }
-        Ok(MulticlassMetrics {
-            classes,
-            confusion,
-            accuracy: correct as f64 / total as f64,
-            weighted_precision: wp,
-            weighted_recall: wr,
-            f1: wf,
-        })
+    }
+    for (key, n) in listed {
+        *s.entry(key).or_insert(0) += n;
     }
 }
 
@@ -126,11 +159,7 @@ impl Statistic for ConfusionStat {
     }
     fn update(&self, s: &mut Self::State, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
         let y = check_finite(b)?;
-        for (p, l) in b.values.iter().zip(y) {
-            // -0.0 and 0.0 are the same class.
-            let key = ((l + 0.0).to_bits(), (p + 0.0).to_bits());
-            *s.entry(key).or_insert(0) += 1;
-        }
+        count_pairs(s, b.values, 1, y);
         Ok(())
     }
     fn merge(&self, s: &mut Self::State, o: &Self::State) -> quiver_engine::Result<()> {
