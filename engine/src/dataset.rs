@@ -365,9 +365,23 @@ impl Dataset {
                 .clone()
                 .gt_eq(datafusion::prelude::lit(lo))
                 .and(u.clone().lt(datafusion::prelude::lit(hi)));
-            out.push(self.with_dataframe(self.df.clone().filter(cond)?)?);
+            let mut part = self.df.clone().filter(cond)?;
+            if self.field(SPLIT_DRAW).is_ok() {
+                part = part.drop_columns(&[SPLIT_DRAW])?;
+            }
+            out.push(self.with_dataframe(part)?);
         }
         Ok(out)
+    }
+
+    /// Every row's split draw made now (lazily, as a column of the plan) from `seed` and the
+    /// values of `columns`, kept in the column [`SPLIT_DRAW`]: the splits of this dataset on
+    /// `[SPLIT_DRAW]` then read it instead of hashing the row again (the same rows in each part
+    /// as a split on `columns` with `seed`), e.g. when the rows are materialised once and split
+    /// several times. The parts of a split never carry the column.
+    pub fn with_split_draw(&self, columns: &[String], seed: u64) -> Result<Dataset> {
+        let draw = self.split_draw(columns, seed)?;
+        self.with_dataframe(self.df.clone().with_column(SPLIT_DRAW, draw)?)
     }
 
     /// [`Dataset::random_split_on`] computed now, into this process's memory: the same rows in
@@ -383,10 +397,24 @@ impl Dataset {
     ) -> Result<Option<Vec<Vec<Vec<RecordBatch>>>>> {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let bounds = Arc::new(split_bounds(weights)?);
-        let drawn = self
-            .df
-            .clone()
-            .with_column(SPLIT_DRAW, self.split_draw(columns, seed)?)?;
+        let drawn = if self.draws_kept(columns) {
+            self.df.clone()
+        } else {
+            self.df
+                .clone()
+                .with_column(SPLIT_DRAW, self.split_draw(columns, seed)?)?
+        };
+        let at = drawn
+            .schema()
+            .index_of_column_by_name(None, SPLIT_DRAW)
+            .ok_or_else(|| {
+                QuiverError::internal("the split draw column is missing from the plan")
+            })?;
+        let others: Arc<Vec<usize>> = Arc::new(
+            (0..drawn.schema().fields().len())
+                .filter(|&i| i != at)
+                .collect(),
+        );
         let used = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = drawn
             .execute_stream_partitioned()
@@ -394,13 +422,13 @@ impl Dataset {
             .into_iter()
             .map(|mut stream| {
                 let (bounds, used) = (Arc::clone(&bounds), Arc::clone(&used));
+                let others = Arc::clone(&others);
                 tokio::spawn(async move {
                     let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); bounds.len()];
                     while let Some(batch) = stream.next().await {
                         let batch = batch?;
-                        let last = batch.num_columns() - 1;
-                        let u = batch.column(last).as_primitive::<Float64Type>();
-                        let rows = batch.project(&(0..last).collect::<Vec<_>>())?;
+                        let u = batch.column(at).as_primitive::<Float64Type>();
+                        let rows = batch.project(&others)?;
                         for (part, (lo, hi)) in parts.iter_mut().zip(bounds.iter()) {
                             let keep: arrow::array::BooleanArray =
                                 u.iter().map(|v| v.map(|v| v >= *lo && v < *hi)).collect();
@@ -434,8 +462,17 @@ impl Dataset {
         Ok(Some(out))
     }
 
-    /// Every row's uniform draw in [0, 1) from `seed` and the values of `columns`.
+    /// Whether a split on `columns` reads draws the rows carry ([`Dataset::with_split_draw`]).
+    fn draws_kept(&self, columns: &[String]) -> bool {
+        matches!(columns, [c] if c == SPLIT_DRAW) && self.field(SPLIT_DRAW).is_ok()
+    }
+
+    /// Every row's uniform draw in [0, 1) from `seed` and the values of `columns`; the kept
+    /// draw when `columns` is `[SPLIT_DRAW]` (made with its own seed).
     fn split_draw(&self, columns: &[String], seed: u64) -> Result<Expr> {
+        if self.draws_kept(columns) {
+            return Ok(col(SPLIT_DRAW));
+        }
         let mut args = vec![datafusion::prelude::lit(seed as i64)];
         for c in columns {
             self.field(c)?;
@@ -980,8 +1017,9 @@ impl datafusion::execution::context::QueryPlanner for InProcessPlanner {
     }
 }
 
-/// The column a row's split draw is kept in while [`Dataset::random_split_collect`] splits.
-const SPLIT_DRAW: &str = "__quiver_split_draw";
+/// The column a row's split draw is kept in ([`Dataset::with_split_draw`], and while
+/// [`Dataset::random_split_collect`] splits).
+pub const SPLIT_DRAW: &str = "__quiver_split_draw";
 
 /// The [lo, hi) range of draws of each part of a split into parts of relative sizes `weights`.
 fn split_bounds(weights: &[f64]) -> Result<Vec<(f64, f64)>> {

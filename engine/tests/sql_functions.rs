@@ -1,8 +1,8 @@
 //! The engine's SQL functions: `vector_assemble`, `vector_from_list`, `vector_summary`.
 
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, UInt64Type};
-use quiver_engine::{Dataset, QuiverConfig, QuiverSession, Runner};
+use quiver_engine::{Dataset, QuiverConfig, QuiverSession, Runner, SPLIT_DRAW};
 
 const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
 
@@ -235,6 +235,51 @@ async fn collected_split_keeps_the_lazy_splits_rows() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("weights"), "{err}");
+}
+
+/// Rows that carry their draw (`with_split_draw`) split on it into the same parts as a split
+/// that hashes the rows, lazily and collected, and the parts do not carry the draw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_draws_split_as_hashing_the_rows_does() {
+    let s = QuiverSession::embedded_with(
+        QuiverConfig::default()
+            .with_target_partitions(3)
+            .with_batch_size(100),
+    )
+    .unwrap();
+    let batches = s.read(DIGITS).await.unwrap().collect().await.unwrap();
+    let ds = Dataset::new(s.from_batches(batches, 3).unwrap());
+    let columns = ds.columns();
+    let weights = [0.7, 0.3];
+    let drawn = ds.with_split_draw(&columns, 5).unwrap();
+    assert!(drawn.columns().iter().any(|c| c == SPLIT_DRAW));
+    let on_draw = [SPLIT_DRAW.to_string()];
+    let rows = |parts: Vec<Vec<RecordBatch>>| {
+        let all: Vec<RecordBatch> = parts.into_iter().flatten().collect();
+        arrow::compute::concat_batches(&ds_schema(&ds), &all).unwrap()
+    };
+    let hashed = ds
+        .random_split_collect(&columns, &weights, 5, usize::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = drawn
+        .random_split_collect(&on_draw, &weights, 999, usize::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let lazy_hashed = ds.random_split_on(&columns, &weights, 5).unwrap();
+    let lazy_kept = drawn.random_split_on(&on_draw, &weights, 999).unwrap();
+    for (((h, k), lh), lk) in hashed.into_iter().zip(kept).zip(lazy_hashed).zip(lazy_kept) {
+        let want = rows(h);
+        assert!(want.num_rows() > 300);
+        assert_eq!(rows(k), want, "collected on the kept draw");
+        assert_eq!(lk.columns(), ds.columns(), "a part does not carry the draw");
+        let lazy = lk.dataframe().clone().collect_partitioned().await.unwrap();
+        assert_eq!(rows(lazy), want, "lazy on the kept draw");
+        let lazy = lh.dataframe().clone().collect_partitioned().await.unwrap();
+        assert_eq!(rows(lazy), want, "lazy, hashing");
+    }
 }
 
 fn ds_schema(ds: &Dataset) -> std::sync::Arc<arrow::datatypes::Schema> {

@@ -28,7 +28,7 @@ use datafusion::prelude::DataFrame;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Expr, Statement as SQLStatement};
 use quiver_engine::store::FeatureField;
-use quiver_engine::{Dataset, QuiverSession};
+use quiver_engine::{Dataset, QuiverSession, SPLIT_DRAW};
 use quiver_mllib::catalog::{self, Algorithm, Attribution, OptionType, Task};
 use quiver_mllib::feature::{CategoryEncoding, ColumnKind, MissingNumbers, Preprocessor};
 use quiver_mllib::pipeline::DynModel;
@@ -355,6 +355,22 @@ pub async fn create_model(
         None if o.algorithm.missing_values == MissingNumbers::Keep => CategoryEncoding::Label,
         None => CategoryEncoding::OneHot,
     };
+    let seed = o.usize("seed")?.unwrap_or(42) as u64;
+    // Rows that may be split (a split, or the trials' held-out rows) get their draw as they
+    // are read: one hash of each row for the statement's sides and the trials' alike.
+    let draw = [SPLIT_DRAW.to_string()];
+    let may_split = tuning.is_some()
+        || !o
+            .str("data_split_method")?
+            .is_some_and(|m| m.eq_ignore_ascii_case("no_split"));
+    let df = if may_split {
+        Dataset::new(df)
+            .with_split_draw(&raw_columns, seed)?
+            .dataframe()
+            .clone()
+    } else {
+        df
+    };
     // The statement is checked; now its query runs, once when the result fits in memory.
     let limit = session.config().training_cache;
     let (df, cached) = match materialise(session, &df, limit).await? {
@@ -362,18 +378,23 @@ pub async fn create_model(
         None => (df, false),
     };
     let raw = Dataset::new(df);
+    // The rows without their draw.
+    let raw_rows = if may_split {
+        raw.with_dataframe(raw.dataframe().clone().drop_columns(&[SPLIT_DRAW])?)?
+    } else {
+        raw.clone()
+    };
     let rows = raw.count().await?;
-    let seed = o.usize("seed")?.unwrap_or(42) as u64;
     let (train_raw, eval_raw) = match split_of(&o, rows)? {
-        Split::None => (raw.clone(), None),
+        Split::None => (raw_rows.clone(), None),
         Split::Random(f) => {
             let weights = [1.0 - f, f];
-            let mut parts = raw.random_split(&weights, seed)?;
+            let mut parts = raw.random_split_on(&draw, &weights, seed)?;
             if cached && !session.is_cluster() {
-                // Each side kept as well: a row's side is computed once, not in every pass.
+                // Each side kept as well: a row's side is read once, not in every pass.
                 // (On a cluster a side is a filter over the executors' kept rows.)
                 let kept = raw
-                    .random_split_collect(&raw.columns(), &weights, seed, limit)
+                    .random_split_collect(&draw, &weights, seed, limit)
                     .await?;
                 for (p, partitions) in parts.iter_mut().zip(kept.into_iter().flatten()) {
                     let schema = Arc::new(p.dataframe().schema().as_arrow().clone());
@@ -430,33 +451,36 @@ pub async fn create_model(
                 Split::Random(f) => f,
                 Split::None => o.f64("data_split_eval_fraction")?.unwrap_or(0.2),
             };
-            // The trials read the encoded rows (the vector, the label's class index) beside
-            // the raw columns, whose values decide the split as they did here: the trials
+            // The trials read the encoded rows (the vector, the label's class index) and each
+            // row's split draw, made from the raw columns as the statement's was: the trials
             // hold out the rows the stored model is evaluated on.
-            let (all, split_on) = match &sql_transform {
-                None => (prep.transform(&raw)?, raw_columns.clone()),
+            let encoded_rows = match &sql_transform {
+                None => prep.transform(&raw)?,
                 Some(st) => {
-                    // The TRANSFORM's outputs beside the raw columns under other names.
+                    // The TRANSFORM's outputs beside the draw.
                     let df = raw.dataframe();
                     let (mut exprs, with_label) = st.exprs(df, true)?;
-                    let mut split_on = Vec::with_capacity(raw_columns.len());
-                    for (i, name) in raw_columns.iter().enumerate() {
-                        let alias = format!("__quiver_raw_{i}");
-                        exprs.push(
-                            datafusion::prelude::col(quiver_engine::aggregate::quoted_name(name))
-                                .alias(&alias),
-                        );
-                        split_on.push(alias);
-                    }
+                    exprs.push(datafusion::prelude::col(SPLIT_DRAW));
                     if label.is_some() && !with_label {
                         return Err(SqlError::Invalid(
                             "TRANSFORM: the label's inputs are missing from the query".to_string(),
                         ));
                     }
                     let input = Dataset::new(df.clone().select(exprs)?);
-                    (prep.transform(&input)?, split_on)
+                    prep.transform(&input)?
                 }
             };
+            // Only what the trials read: not the raw columns.
+            let mut keep = vec![datafusion::prelude::col(ENCODED)];
+            keep.extend(
+                encoded_rows
+                    .label()
+                    .map(|l| datafusion::prelude::col(quiver_engine::aggregate::quoted_name(l))),
+            );
+            keep.push(datafusion::prelude::col(SPLIT_DRAW));
+            let all =
+                encoded_rows.with_dataframe(encoded_rows.dataframe().clone().select(keep)?)?;
+            let split_on = draw.to_vec();
             let (record, best) = t
                 .run(
                     session,
