@@ -12,6 +12,7 @@
 //!   upper crates fill ([`registry`]).
 
 pub mod aggregate;
+pub mod allocator;
 pub mod board;
 pub mod cluster;
 pub mod config;

@@ -401,3 +401,28 @@ async fn bad_labels_and_params_are_named() {
         "logistic_regression_raw_prediction expects 1 features per row, got 2"
     );
 }
+
+/// Rows marked reusable (a search's kept split) summarise their classes and features once per
+/// process: fits after the first, with other hyperparameters, equal fits that summarise again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reusable_rows_share_the_set_up_pass() {
+    let s = QuiverSession::embedded_with(
+        QuiverConfig::default()
+            .with_pairs([("quiver.runner", "local")])
+            .unwrap(),
+    )
+    .unwrap();
+    let (train, _) = split(&s, "breast_cancer.parquet", "label").await;
+    let features: Vec<String> = train.columns().into_iter().filter(|c| c != "y").collect();
+    let train = train.with_features(features).unwrap();
+    let reusable = train
+        .clone()
+        .reusable(format!("set-up test {}", std::process::id()));
+    for reg in [0.1, 0.01, 0.001] {
+        let lr = LogisticRegression::new().reg_param(reg).max_iter(50);
+        let kept = lr.fit(&s, &reusable).await.unwrap();
+        let fresh = lr.fit(&s, &train).await.unwrap();
+        assert_eq!(kept.coefficients(), fresh.coefficients(), "reg {reg}");
+        assert_eq!(kept.intercepts(), fresh.intercepts(), "reg {reg}");
+    }
+}

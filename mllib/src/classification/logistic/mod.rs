@@ -19,7 +19,7 @@ pub use params::{Family, LogisticRegression};
 use std::sync::Arc;
 use std::time::Instant;
 
-use quiver_engine::{Dataset, QuiverSession, Summarizer};
+use quiver_engine::{Dataset, FeatureSummary, QuiverSession, Statistic, Summarizer};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Estimator;
@@ -70,17 +70,34 @@ impl Estimator for LogisticRegression {
         if self.weighted {
             summarizer = summarizer.weighted(true);
         }
-        // The class counts and the feature summary in one pass.
-        let (counts, summary) = prepared
-            .aggregate(Arc::new(Setup {
-                counts: ClassCounts {
-                    d,
-                    weighted: self.weighted,
-                    label: data.label().unwrap_or("label").to_string(),
-                },
-                summary: summarizer,
-            }))
-            .await?;
+        // The class counts and the feature summary in one pass; once for rows that trials
+        // share (a search's fits over one kept split), whatever the hyperparameters.
+        let setup = Setup {
+            counts: ClassCounts {
+                d,
+                weighted: self.weighted,
+                label: data.label().unwrap_or("label").to_string(),
+            },
+            summary: summarizer,
+        };
+        let key = data.reuse_key(&format!(
+            "logistic set-up {}",
+            String::from_utf8_lossy(&setup.params()?)
+        ));
+        let kept = key
+            .as_deref()
+            .and_then(quiver_engine::reuse::get::<(Vec<f64>, FeatureSummary)>);
+        let (counts, summary) = match kept {
+            Some(kept) => kept.as_ref().clone(),
+            None => {
+                let computed = prepared.aggregate(Arc::new(setup)).await?;
+                if let Some(key) = key {
+                    let bytes = (computed.0.len() + 4 * d) * 8;
+                    quiver_engine::reuse::put(key, Arc::new(computed.clone()), bytes);
+                }
+                computed
+            }
+        };
         let present = counts.iter().filter(|c| **c > 0.0).count();
         if present < 2 {
             return Err(MllibError::InvalidParam {
