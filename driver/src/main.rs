@@ -557,19 +557,7 @@ async fn run_cluster(action: ClusterAction, out: &mut impl Write) -> Result<()> 
 }
 
 fn main() -> ExitCode {
-    // Before any thread starts: the allocator's settings for analytics work.
-    quiver_driver::engine::allocator::tune();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async_main())
+    quiver_executor::cli::run_main(async_main())
 }
 
 async fn async_main() -> ExitCode {

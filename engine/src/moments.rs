@@ -78,35 +78,21 @@ impl Moments {
 
     /// Adds a chunk without nulls: the same sums with independent lanes, so they vectorise.
     fn add_dense_chunk(&mut self, values: &[f64]) {
-        let mut first = [0.0; 4];
-        let avx2 = crate::cpu::has_avx2_fma();
-        // SAFETY: the AVX2 variants run only where the CPU has AVX2 and FMA.
+        let mut out = [0.0; 5];
+        // SAFETY: the AVX2 variant runs only where the CPU has AVX2 and FMA.
         unsafe {
             #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                avx2::dense_sums(values, &mut first);
+            if crate::cpu::has_avx2_fma() {
+                avx2::dense_moments(values, &mut out);
             } else {
-                baseline::dense_sums(values, &mut first);
+                baseline::dense_moments(values, &mut out);
             }
             #[cfg(not(target_arch = "x86_64"))]
-            baseline::dense_sums(values, &mut first);
+            baseline::dense_moments(values, &mut out);
         }
-        let [n, sum, lo, hi] = first;
+        let [n, mean, m2, lo, hi] = out;
         if n == 0.0 {
             return;
-        }
-        let mean = sum / n;
-        let mut m2 = mean;
-        // SAFETY: as above.
-        unsafe {
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                avx2::dense_m2(values, &mut m2);
-            } else {
-                baseline::dense_m2(values, &mut m2);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            baseline::dense_m2(values, &mut m2);
         }
         self.merge(&Moments {
             count: 0,
@@ -161,9 +147,11 @@ impl Moments {
 /// Lanes of the dense kernels: independent sums the compiler keeps in vector registers.
 const LANES: usize = 8;
 
-/// Over the finite values of `values`: `[count, sum, min, max]` into `out`.
+/// Over the finite values of `values` (a chunk that stays in cache for both passes):
+/// `[count, mean, Σ (x − mean)², min, max]` into `out`; the count 0 and the rest undefined when
+/// there are none.
 #[inline(always)]
-fn dense_sums_impl<const FMA: bool>(values: &[f64], out: &mut [f64; 4]) {
+fn dense_moments_impl<const FMA: bool>(values: &[f64], out: &mut [f64; 5]) {
     let mut n = [0.0f64; LANES];
     let mut sum = [0.0f64; LANES];
     let mut lo = [f64::INFINITY; LANES];
@@ -187,18 +175,9 @@ fn dense_sums_impl<const FMA: bool>(values: &[f64], out: &mut [f64; 4]) {
             hi[l] = hi[l].max(v);
         }
     }
-    *out = [
-        n.iter().sum(),
-        sum.iter().sum(),
-        lo.iter().copied().fold(f64::INFINITY, f64::min),
-        hi.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-    ];
-}
-
-/// Σ (x − mean)² over the finite values; `m2` holds the mean on entry.
-#[inline(always)]
-fn dense_m2_impl<const FMA: bool>(values: &[f64], m2: &mut f64) {
-    let mean = *m2;
+    let count: f64 = n.iter().sum();
+    let mean = sum.iter().sum::<f64>() / count;
+    // Centred in a second pass over the chunk: the variance does not cancel.
     let mut acc = [0.0f64; LANES];
     let mut blocks = values.chunks_exact(LANES);
     for block in &mut blocks {
@@ -217,13 +196,18 @@ fn dense_m2_impl<const FMA: bool>(values: &[f64], m2: &mut f64) {
             acc[l] += (v - mean) * (v - mean);
         }
     }
-    *m2 = acc.iter().sum();
+    *out = [
+        count,
+        mean,
+        acc.iter().sum(),
+        lo.iter().copied().fold(f64::INFINITY, f64::min),
+        hi.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    ];
 }
 
-// The dense kernels, compiled for the baseline target and for AVX2 with FMA.
+// The dense kernel, compiled for the baseline target and for AVX2 with FMA.
 crate::fma_kernels!(baseline, avx2;
-    fn dense_sums(values: &[f64], out: &mut [f64; 4]) => dense_sums_impl;
-    fn dense_m2(values: &[f64], m2: &mut f64) => dense_m2_impl;
+    fn dense_moments(values: &[f64], out: &mut [f64; 5]) => dense_moments_impl;
 );
 
 /// The struct `column_moments` returns.

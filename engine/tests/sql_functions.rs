@@ -185,14 +185,7 @@ async fn random_split_is_deterministic_and_proportional() {
 /// partition by partition in the same order; it gives up (None) past its memory limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collected_split_keeps_the_lazy_splits_rows() {
-    let s = QuiverSession::embedded_with(
-        QuiverConfig::default()
-            .with_target_partitions(3)
-            .with_batch_size(100),
-    )
-    .unwrap();
-    let batches = s.read(DIGITS).await.unwrap().collect().await.unwrap();
-    let ds = Dataset::new(s.from_batches(batches, 3).unwrap());
+    let ds = digits_in_three_partitions().await;
     let columns = ds.columns();
     let weights = [0.6, 0.3, 0.1];
     let lazy = ds.random_split_on(&columns, &weights, 11).unwrap();
@@ -241,14 +234,7 @@ async fn collected_split_keeps_the_lazy_splits_rows() {
 /// that hashes the rows, lazily and collected, and the parts do not carry the draw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_draws_split_as_hashing_the_rows_does() {
-    let s = QuiverSession::embedded_with(
-        QuiverConfig::default()
-            .with_target_partitions(3)
-            .with_batch_size(100),
-    )
-    .unwrap();
-    let batches = s.read(DIGITS).await.unwrap().collect().await.unwrap();
-    let ds = Dataset::new(s.from_batches(batches, 3).unwrap());
+    let ds = digits_in_three_partitions().await;
     let columns = ds.columns();
     let weights = [0.7, 0.3];
     let drawn = ds.with_split_draw(&columns, 5).unwrap();
@@ -280,6 +266,18 @@ async fn kept_draws_split_as_hashing_the_rows_does() {
         let lazy = lh.dataframe().clone().collect_partitioned().await.unwrap();
         assert_eq!(rows(lazy), want, "lazy, hashing");
     }
+}
+
+/// The digits in memory, in three partitions of batches of 100 rows.
+async fn digits_in_three_partitions() -> Dataset {
+    let s = QuiverSession::embedded_with(
+        QuiverConfig::default()
+            .with_target_partitions(3)
+            .with_batch_size(100),
+    )
+    .unwrap();
+    let batches = s.read(DIGITS).await.unwrap().collect().await.unwrap();
+    Dataset::new(s.from_batches(batches, 3).unwrap())
 }
 
 fn ds_schema(ds: &Dataset) -> std::sync::Arc<arrow::datatypes::Schema> {

@@ -248,6 +248,23 @@ fn cache_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| "give a size such as 4GB, or 0 to keep nothing".to_string())
 }
 
+/// A binary's `main`: the allocator's settings first, before any thread starts
+/// ([`quiver_engine::allocator::tune`]), then `body` on a multi-threaded runtime. A runtime
+/// that cannot start ends the process with an error.
+pub fn run_main<T>(body: impl std::future::Future<Output = T>) -> T {
+    quiver_engine::allocator::tune();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(body),
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Logs to stderr at `info` unless `RUST_LOG` says otherwise.
 pub fn init_logging() {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))

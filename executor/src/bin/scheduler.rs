@@ -4,16 +4,7 @@ use clap::Parser;
 use quiver_executor::cli::{SchedulerArgs, init_logging};
 
 fn main() {
-    // Before any thread starts: the allocator's settings for analytics work.
-    quiver_engine::allocator::tune();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| {
-            eprintln!("starting the async runtime: {e}");
-            std::process::exit(1);
-        });
-    runtime.block_on(async_main());
+    quiver_executor::cli::run_main(async_main());
 }
 
 async fn async_main() {
