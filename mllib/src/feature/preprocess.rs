@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use bytes::Bytes;
 use datafusion::common::ScalarValue;
@@ -507,6 +507,22 @@ impl Encoder {
     }
 }
 
+/// Rows the encoder fills at a time: a block of the output that stays in cache while every
+/// number column writes into it.
+const BLOCK_ROWS: usize = 256;
+
+/// Writes rows `first..` of the null-free number columns `dense` (their feature offsets and
+/// values) into `block`, rows of `dim` values.
+fn write_dense(block: &mut [f64], dim: usize, first: usize, dense: &[(usize, Float64Array)]) {
+    let n = block.len() / dim;
+    for (off, values) in dense {
+        let values = &values.values()[first..first + n];
+        for (row, &x) in block.chunks_exact_mut(dim).zip(values) {
+            row[*off] = x;
+        }
+    }
+}
+
 /// A number column (or boolean, date, timestamp) as Float64 values: booleans 0/1, dates and
 /// timestamps as seconds since the epoch.
 fn numbers(array: &ArrayRef, column: &str) -> quiver_engine::Result<arrow::array::Float64Array> {
@@ -576,15 +592,43 @@ impl ColumnEncoder for Encoder {
             });
         }
         let dim = self.derived.dim;
-        let mut out = vec![0.0; rows * dim];
         // Number columns without nulls, checked whole first, are written a block of rows at a
         // time (every column into the block while it is in cache, not one strided sweep of the
         // whole batch per column); the others value by value.
+        let dense_column = |j: usize, a: &ArrayRef| {
+            self.columns[j].kind != ColumnKind::Categorical
+                && a.len() == rows
+                && a.null_count() == 0
+        };
+        if dim > 0
+            && dim == arrays.len()
+            && arrays.iter().enumerate().all(|(j, a)| dense_column(j, a))
+        {
+            // Every slot is a number column's: each block is filled in a small buffer and
+            // appended, so the batch's rows are written once (no zeroing pass before).
+            let mut dense = Vec::with_capacity(arrays.len());
+            for (j, a) in arrays.iter().enumerate() {
+                let values = numbers(a, &self.columns[j].name)?;
+                self.check_finite(j, values.values())?;
+                dense.push((self.derived.offsets[j], values));
+            }
+            if dense.iter().all(|(_, v)| v.null_count() == 0) {
+                let mut out = Vec::with_capacity(rows * dim);
+                let mut block = vec![0.0; BLOCK_ROWS * dim];
+                for first in (0..rows).step_by(BLOCK_ROWS) {
+                    let n = BLOCK_ROWS.min(rows - first);
+                    let block = &mut block[..n * dim];
+                    write_dense(block, dim, first, &dense);
+                    out.extend_from_slice(block);
+                }
+                return Ok(out);
+            }
+        }
+        let mut out = vec![0.0; rows * dim];
         let mut dense = Vec::with_capacity(arrays.len());
         for (j, a) in arrays.iter().enumerate() {
-            let c = &self.columns[j];
-            if c.kind != ColumnKind::Categorical && a.len() == rows && a.null_count() == 0 {
-                let values = numbers(a, &c.name)?;
+            if dense_column(j, a) {
+                let values = numbers(a, &self.columns[j].name)?;
                 if values.null_count() == 0 {
                     self.check_finite(j, values.values())?;
                     dense.push((self.derived.offsets[j], values));
@@ -596,16 +640,8 @@ impl ColumnEncoder for Encoder {
         if dim == 0 || dense.is_empty() {
             return Ok(out);
         }
-        const BLOCK_ROWS: usize = 256;
         for (b, block) in out.chunks_mut(BLOCK_ROWS * dim).enumerate() {
-            let first = b * BLOCK_ROWS;
-            let n = block.len() / dim;
-            for (off, values) in &dense {
-                let values = &values.values()[first..first + n];
-                for (row, &x) in block.chunks_exact_mut(dim).zip(values) {
-                    row[*off] = x;
-                }
-            }
+            write_dense(block, dim, b * BLOCK_ROWS, &dense);
         }
         Ok(out)
     }
@@ -1226,6 +1262,31 @@ mod tests {
             &blocked[998 * 5..],
             &[998.0, 0.0, 0.0, 1.0, 0.0, 999.0, 1.0, 0.0, 0.0, 0.0]
         );
+        // Only number columns (the appended blocks, no zeroing pass): the same again.
+        let numbers_only = Encoder::new(
+            vec![
+                column("x", ColumnKind::Numeric, &[], 0),
+                column("t", ColumnKind::Boolean, &[], 0),
+            ],
+            CategoryEncoding::OneHot,
+            MissingNumbers::Impute,
+            None,
+        );
+        let b = vec![a[0].clone(), a[2].clone()];
+        let appended = numbers_only.encode(&b, rows).unwrap();
+        let mut one_by_one = vec![0.0; rows * 2];
+        for (j, array) in b.iter().enumerate() {
+            numbers_only
+                .encode_into(j, array, rows, &mut one_by_one)
+                .unwrap();
+        }
+        assert_eq!(appended, one_by_one);
+        assert_eq!(&appended[2 * 700..2 * 701], &[700.0, 1.0]);
+        let mut x: Vec<f64> = (0..rows).map(|i| i as f64).collect();
+        x[513] = f64::NAN;
+        let bad = vec![Arc::new(Float64Array::from(x)) as ArrayRef, a[2].clone()];
+        let err = numbers_only.encode(&bad, rows).unwrap_err().to_string();
+        assert!(err.contains("NaN in column 'x' (row 513"), "{err}");
         // A refused value far into the batch is named with its row.
         let mut x: Vec<f64> = (0..rows).map(|i| i as f64).collect();
         x[777] = f64::NEG_INFINITY;
