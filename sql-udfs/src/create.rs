@@ -260,6 +260,15 @@ async fn materialise(
             None => return Ok(None),
         }
     }
+    memory_table(session, schema, partitions)
+}
+
+/// A frame over `partitions` held in memory; `None` when they cannot be held as a table.
+fn memory_table(
+    session: &QuiverSession,
+    schema: arrow::datatypes::SchemaRef,
+    partitions: Vec<Vec<RecordBatch>>,
+) -> Result<Option<DataFrame>> {
     let Ok(table) = datafusion::datasource::MemTable::try_new(schema, partitions) else {
         return Ok(None);
     };
@@ -378,15 +387,14 @@ pub async fn create_model(
         None => (df, false),
     };
     let raw = Dataset::new(df);
-    // The rows without their draw.
-    let raw_rows = if may_split {
-        raw.with_dataframe(raw.dataframe().clone().drop_columns(&[SPLIT_DRAW])?)?
-    } else {
-        raw.clone()
-    };
     let rows = raw.count().await?;
     let (train_raw, eval_raw) = match split_of(&o, rows)? {
-        Split::None => (raw_rows.clone(), None),
+        // The rows without their draw.
+        Split::None if may_split => (
+            raw.with_dataframe(raw.dataframe().clone().drop_columns(&[SPLIT_DRAW])?)?,
+            None,
+        ),
+        Split::None => (raw.clone(), None),
         Split::Random(f) => {
             let weights = [1.0 - f, f];
             let mut parts = raw.random_split_on(&draw, &weights, seed)?;
@@ -398,8 +406,9 @@ pub async fn create_model(
                     .await?;
                 for (p, partitions) in parts.iter_mut().zip(kept.into_iter().flatten()) {
                     let schema = Arc::new(p.dataframe().schema().as_arrow().clone());
-                    let table = datafusion::datasource::MemTable::try_new(schema, partitions)?;
-                    *p = p.with_dataframe(session.context().read_table(Arc::new(table))?)?;
+                    if let Some(table) = memory_table(session, schema, partitions)? {
+                        *p = p.with_dataframe(table)?;
+                    }
                 }
             }
             let eval = parts.pop();
