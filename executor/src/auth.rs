@@ -4,10 +4,16 @@
 //! [`quiver_engine::cluster::auth`]). Ballista 55 has no hook to guard the executors' own gRPC
 //! service (the scheduler pushes tasks through it), so a cluster with a token schedules by
 //! pull: executors ask the scheduler for work and run no gRPC server at all.
+//!
+//! An idle executor's poll that finds no work is held here (a long poll, up to [`POLL_HOLD`])
+//! until the scheduler has new tasks ([`WorkBell`], rung by Ballista's `on_work_available`),
+//! and then asked again: without it an executor sleeps 50 ms between empty polls (Ballista's
+//! idle interval), which every stage of a job waited out on a guarded cluster.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista_core::error::BallistaError;
@@ -21,16 +27,55 @@ use ballista_core::serde::protobuf::{
     PollWorkResult, RegisterExecutorParams, RegisterExecutorResult, RemoveSessionParams,
     RemoveSessionResult, UpdateTaskStatusParams, UpdateTaskStatusResult,
 };
+use ballista_core::serde::scheduler::ExecutorSpecification;
 use ballista_core::utils::GrpcServerConfig;
 use ballista_executor::flight_service::BallistaFlightService;
 use ballista_executor::shutdown::Shutdown;
-use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::config::{OnWorkAvailableFn, SchedulerConfig};
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use quiver_engine::cluster::auth::AuthToken;
 use quiver_engine::cluster::tls::ServerTls;
 use quiver_engine::{QuiverError, Result};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
+
+/// The longest an idle executor's empty poll is held for new work. Short: an executor's
+/// poll is also its heartbeat, and a task that waited for its home executor (the locality
+/// wait) becomes free for others without a bell.
+pub const POLL_HOLD: Duration = Duration::from_millis(250);
+
+/// Rung when the scheduler has tasks for executors (a job submitted, a stage made
+/// runnable): wakes every held poll.
+#[derive(Clone)]
+pub struct WorkBell(Arc<watch::Sender<u64>>);
+
+impl WorkBell {
+    pub fn new() -> Self {
+        WorkBell(Arc::new(watch::Sender::new(0)))
+    }
+
+    pub fn ring(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// What the scheduler calls when it has new work (`SchedulerConfig::on_work_available`).
+    pub fn callback(&self) -> OnWorkAvailableFn {
+        let bell = self.clone();
+        Arc::new(move |_| bell.ring())
+    }
+
+    /// A listener that hears every ring after this call.
+    fn listen(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+impl Default for WorkBell {
+    fn default() -> Self {
+        WorkBell::new()
+    }
+}
 
 /// The check every guarded server runs before a call: the token in the user agent (every
 /// call passes when the cluster has no token).
@@ -63,6 +108,7 @@ pub fn check(
 struct GuardedScheduler {
     inner: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     seen: Mutex<HashSet<String>>,
+    bell: WorkBell,
 }
 
 type Answer<T> = std::result::Result<Response<T>, Status>;
@@ -96,7 +142,32 @@ impl SchedulerGrpc for GuardedScheduler {
         {
             log::info!("executor {id:?} is polling for tasks (registered)");
         }
-        self.inner.poll_work(request).await
+        // Held only when the executor runs nothing: a running task's status reaches the
+        // scheduler with the executor's next poll, which a held poll would delay. A re-poll
+        // is a request without the connection's address, which the scheduler needs when the
+        // executor did not say its host.
+        let params = request.get_ref();
+        let again = params.metadata.as_ref().and_then(|m| {
+            let spec: ExecutorSpecification = m.specification.clone()?.into();
+            (m.host.is_some() && params.num_free_vcores >= spec.vcores).then(|| PollWorkParams {
+                metadata: Some(m.clone()),
+                num_free_vcores: params.num_free_vcores,
+                task_status: Vec::new(),
+            })
+        });
+        let mut bell = self.bell.listen();
+        let answer = self.inner.poll_work(request).await?;
+        let Some(again) = again else {
+            return Ok(answer);
+        };
+        let found = answer.get_ref();
+        if !found.tasks.is_empty() || !found.jobs_to_clean.is_empty() {
+            return Ok(answer);
+        }
+        match tokio::time::timeout(POLL_HOLD, bell.changed()).await {
+            Ok(Ok(())) => self.inner.poll_work(Request::new(again)).await,
+            _ => Ok(answer),
+        }
     }
 
     async fn register_executor(
@@ -193,10 +264,12 @@ pub async fn serve_scheduler(
     addr: SocketAddr,
     token: Option<AuthToken>,
     tls: Option<ServerTls>,
+    bell: WorkBell,
 ) -> Result<()> {
     let guarded = GuardedScheduler {
         inner: scheduler,
         seen: Mutex::new(HashSet::new()),
+        bell,
     };
     let service = SchedulerGrpcServer::new(guarded)
         .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)

@@ -18,6 +18,7 @@ use quiver_engine::cluster::{self, QuiverLogicalCodec, QuiverPhysicalCodec, cach
 use quiver_engine::config::S3Config;
 use quiver_engine::{QuiverError, Result, registry};
 
+use crate::auth::WorkBell;
 use crate::locality::{CacheLocality, DEFAULT_LOCALITY_WAIT};
 
 /// Settings of a scheduler process (`quiver-scheduler --help` documents each flag).
@@ -92,10 +93,12 @@ impl SchedulerOptions {
 }
 
 /// Ballista's scheduler configuration with Quiver's session, codecs, liveness settings and
-/// task placement (`locality`: attach it to the cluster built from this configuration).
+/// task placement (`locality`: attach it to the cluster built from this configuration);
+/// `bell` is rung whenever the scheduler has new tasks (it wakes executors' held polls).
 pub fn scheduler_config(
     opts: &SchedulerOptions,
     locality: Arc<CacheLocality>,
+    bell: &WorkBell,
 ) -> Result<SchedulerConfig> {
     crate::install()?;
     let functions = Arc::new(registry::global());
@@ -138,6 +141,7 @@ pub fn scheduler_config(
         override_session_builder: Some(session_builder),
         override_logical_codec: Some(Arc::new(QuiverLogicalCodec::new(Arc::clone(&functions)))),
         override_physical_codec: Some(Arc::new(QuiverPhysicalCodec::new(functions))),
+        on_work_available: Some(bell.callback()),
         ..SchedulerConfig::default()
     })
 }
@@ -159,7 +163,8 @@ pub async fn run_scheduler(opts: SchedulerOptions) -> Result<()> {
         }
     );
     let locality = Arc::new(CacheLocality::new(DEFAULT_LOCALITY_WAIT));
-    let config = scheduler_config(&opts, Arc::clone(&locality))?;
+    let bell = WorkBell::new();
+    let config = scheduler_config(&opts, Arc::clone(&locality), &bell)?;
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| QuiverError::Cluster(format!("cannot set up the scheduler: {e}")))?;
@@ -183,6 +188,7 @@ pub async fn run_scheduler(opts: SchedulerOptions) -> Result<()> {
         addr,
         opts.auth_token.clone(),
         opts.tls.clone(),
+        bell,
     )
     .await
 }
