@@ -109,6 +109,8 @@ struct GuardedScheduler {
     inner: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     seen: Mutex<HashSet<String>>,
     bell: WorkBell,
+    /// The longest an idle executor's empty poll is held ([`POLL_HOLD`]).
+    hold: Duration,
 }
 
 type Answer<T> = std::result::Result<Response<T>, Status>;
@@ -164,7 +166,7 @@ impl SchedulerGrpc for GuardedScheduler {
         if !found.tasks.is_empty() || !found.jobs_to_clean.is_empty() {
             return Ok(answer);
         }
-        match tokio::time::timeout(POLL_HOLD, bell.changed()).await {
+        match tokio::time::timeout(self.hold, bell.changed()).await {
             Ok(Ok(())) => self.inner.poll_work(Request::new(again)).await,
             _ => Ok(answer),
         }
@@ -270,6 +272,7 @@ pub async fn serve_scheduler(
         inner: scheduler,
         seen: Mutex::new(HashSet::new()),
         bell,
+        hold: POLL_HOLD,
     };
     let service = SchedulerGrpcServer::new(guarded)
         .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
@@ -324,4 +327,101 @@ pub fn flight_service(
             })
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locality::{CacheLocality, DEFAULT_LOCALITY_WAIT};
+    use crate::scheduler::{SchedulerOptions, scheduler_config};
+    use ballista_core::serde::protobuf::{ExecutorRegistration, PollWorkParams};
+    use ballista_core::serde::scheduler::ExecutorOperatingSystemSpecification;
+    use ballista_scheduler::cluster::BallistaCluster;
+    use ballista_scheduler::scheduler_process::create_scheduler;
+
+    /// A guarded (pull) scheduler in this process whose polls are held up to `hold`.
+    async fn scheduler(hold: Duration) -> GuardedScheduler {
+        let opts = SchedulerOptions {
+            auth_token: Some(AuthToken::generate()),
+            ..SchedulerOptions::default()
+        };
+        let bell = WorkBell::new();
+        let locality = Arc::new(CacheLocality::new(DEFAULT_LOCALITY_WAIT));
+        let config = scheduler_config(&opts, Arc::clone(&locality), &bell).unwrap();
+        let cluster = BallistaCluster::new_from_config(&config).await.unwrap();
+        locality.attach(cluster.cluster_state());
+        let inner = create_scheduler(cluster, Arc::new(config)).await.unwrap();
+        GuardedScheduler {
+            inner,
+            seen: Mutex::new(HashSet::new()),
+            bell,
+            hold,
+        }
+    }
+
+    /// A poll of an executor with `slots` task slots, `free` of them free.
+    fn poll(free: u32, slots: u32) -> Request<PollWorkParams> {
+        Request::new(PollWorkParams {
+            metadata: Some(ExecutorRegistration {
+                id: "exec-test".to_string(),
+                host: Some("localhost".to_string()),
+                port: 50051,
+                grpc_port: 50052,
+                specification: Some(ExecutorSpecification::default().with_vcores(slots).into()),
+                os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
+                ballista_protocol_version: ballista_core::BALLISTA_PROTOCOL_VERSION,
+            }),
+            num_free_vcores: free,
+            task_status: Vec::new(),
+        })
+    }
+
+    /// Far longer than any test waits: a poll that returns did not wait out its hold.
+    const FOREVER: Duration = Duration::from_secs(3600);
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn an_idle_executors_empty_poll_is_held_until_the_bell_rings() {
+        let s = scheduler(FOREVER).await;
+        let bell = s.bell.clone();
+        let held = s.poll_work(poll(2, 2));
+        tokio::pin!(held);
+        // Nothing to run: the poll does not come back by itself.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut held)
+                .await
+                .is_err()
+        );
+        bell.ring();
+        let answer = tokio::time::timeout(PATIENCE, held)
+            .await
+            .expect("the bell ends the hold")
+            .unwrap()
+            .into_inner();
+        assert!(answer.tasks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_poll_with_running_tasks_is_answered_at_once() {
+        // One of two slots busy: the next poll carries that task's status, so it is not held.
+        let s = scheduler(FOREVER).await;
+        let answer = tokio::time::timeout(PATIENCE, s.poll_work(poll(1, 2)))
+            .await
+            .expect("not held")
+            .unwrap()
+            .into_inner();
+        assert!(answer.tasks.is_empty());
+    }
+
+    #[test]
+    fn a_listener_hears_the_rings_after_it_listens() {
+        let bell = WorkBell::new();
+        bell.ring();
+        let ear = bell.listen();
+        assert!(!ear.has_changed().unwrap());
+        bell.callback()(
+            ballista_scheduler::config::WorkAvailableReason::JobSubmitted { job_id: "j".into() },
+        );
+        assert!(ear.has_changed().unwrap());
+    }
 }
