@@ -444,8 +444,13 @@ pub async fn create_model(
         preprocessor = preprocessor.label(l.clone(), classify);
     }
     let prep = preprocessor.fit(session, &train_in).await?;
-    let train = prep.transform(&train_in)?;
+    let mut train = prep.transform(&train_in)?;
     let eval = eval_in.as_ref().map(|e| prep.transform(e)).transpose()?;
+    if cached && eval.is_none() && tuning.is_none() && !session.is_cluster() {
+        // The model is fitted and evaluated on the same rows: encoded once, kept beside the
+        // raw rows they come from (the fit keeps the encoded vectors it reads anyway).
+        train = train.persist(session).await?;
+    }
     let encoded = [ENCODED.to_string()];
     // What a trial trains, and so what the stored model is: the estimator with the
     // statement's options, then the best trial's values of the tuned ones.
