@@ -112,6 +112,23 @@ pub fn put<T: Send + Sync + 'static>(key: String, value: Arc<T>, bytes: usize) {
     }
 }
 
+/// Removes what is kept under `key` and returns it, if it is a `T`.
+pub fn take<T: Send + Sync + 'static>(key: &str) -> Option<Arc<T>> {
+    let mut k = kept().lock().ok()?;
+    let value = k.get(key)?.downcast::<T>().ok()?;
+    k.remove_where(|other| other == key);
+    Some(value)
+}
+
+/// Drops every entry whose key starts with `prefix` (what one search kept, say); returns how
+/// many went.
+pub fn forget(prefix: &str) -> usize {
+    kept()
+        .lock()
+        .map(|mut k| k.remove_where(|key| key.starts_with(prefix)).0)
+        .unwrap_or_default()
+}
+
 /// How many entries and bytes are kept.
 pub fn usage() -> (usize, usize) {
     kept().lock().map(|k| k.usage()).unwrap_or_default()

@@ -527,6 +527,7 @@ async fn tpe_beats_random_on_a_logistic_regression_search() {
             sql_options: false,
             stages: Vec::new(),
             split_columns: None,
+            keep_model: false,
         },
     )
     .max_evals(2)
@@ -558,6 +559,7 @@ async fn train_eval_cross_validates() {
         sql_options: false,
         stages: Vec::new(),
         split_columns: None,
+        keep_model: false,
     };
     let r = Search::train_eval(
         Space::new(vec![hp::loguniform("reg_param", 1e-4, 1.0)]).unwrap(),

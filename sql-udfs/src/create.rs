@@ -459,11 +459,14 @@ pub async fn create_model(
     spec.label = train.label().map(str::to_string);
     spec.params = fixed.clone();
     spec.sql_options = true;
+    let mut best_fit = None;
     let tuning = match &tuning {
         Some(t) => {
-            let fraction = match split_of(&o, rows)? {
-                Split::Random(f) => f,
-                Split::None => o.f64("data_split_eval_fraction")?.unwrap_or(0.2),
+            // With the statement's own split the trials train on exactly its training rows,
+            // so the best trial's fit is the stored model's (no refit).
+            let (fraction, same_rows) = match split_of(&o, rows)? {
+                Split::Random(f) => (f, true),
+                Split::None => (o.f64("data_split_eval_fraction")?.unwrap_or(0.2), false),
             };
             // The trials read the encoded rows (the vector, the label's class index) and each
             // row's split draw, made from the raw columns as the statement's was: the trials
@@ -495,7 +498,7 @@ pub async fn create_model(
             let all =
                 encoded_rows.with_dataframe(encoded_rows.dataframe().clone().select(keep)?)?;
             let split_on = draw.to_vec();
-            let (record, best) = t
+            let (record, best, fit) = t
                 .run(
                     session,
                     store.absolute_url(),
@@ -507,16 +510,22 @@ pub async fn create_model(
                     &fixed,
                     fraction,
                     seed,
+                    same_rows,
                 )
                 .await?;
             spec.params.extend(best);
+            best_fit = fit;
             Some(record)
         }
         None => None,
     };
     // The estimator (and any stages) on the encoded rows; the stored model is the
     // preprocessing followed by them, so ml_predict takes the raw columns.
-    let fitted = pipeline(&spec, &encoded)?.fit(session, &train).await?;
+    let refit = best_fit.is_none();
+    let fitted = match best_fit {
+        Some(fit) => Arc::unwrap_or_clone(fit),
+        None => pipeline(&spec, &encoded)?.fit(session, &train).await?,
+    };
     let inner = PipelineModel::from_stages(fitted.stages().iter().skip(1).cloned().collect());
     let train_rows = train.dataframe().clone().count().await?;
     let eval_rows = match &eval {
@@ -591,7 +600,10 @@ pub async fn create_model(
         })),
         "wall_time_ms": started.elapsed().as_secs_f64() * 1e3,
     });
-    if let Some(t) = tuning {
+    if let Some(mut t) = tuning {
+        // Where the stored fit comes from: the best trial (trained on these training rows in
+        // this process) or a fit of the best values after the search.
+        t["stored_fit"] = json!(if refit { "refit" } else { "best trial" });
         draft.training_summary["tuning"] = t;
     }
     if let Some(g) = global {

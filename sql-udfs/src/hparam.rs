@@ -26,12 +26,15 @@
 //! (`ml_trial_info('model')`). The file is removed afterwards, whatever happens.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use datafusion::object_store::ObjectStoreExt;
 use datafusion::prelude::DataFrame;
 use datafusion::sql::sqlparser::ast::{Expr, FunctionArg, FunctionArgExpr, FunctionArguments};
 use quiver_engine::{QuiverSession, Runner};
+use quiver_mllib::PipelineModel;
 use quiver_mllib::catalog::{Algorithm, OptionType, higher_is_better};
+use quiver_mllib::tuning::objective::{kept_model_key, kept_models_prefix};
 use quiver_mllib::tuning::{Algo, Param, Point, Pruner, Search, Space, Tpe, TrainEval, Trial, hp};
 use serde_json::{Value, json};
 
@@ -341,7 +344,9 @@ impl Tuning {
 
     /// Runs the trials over `df`'s rows, each training with the statement's fixed options
     /// `fixed` (SQL option names) plus its point. Returns the tuning record stored with the
-    /// model and the best trial's values of the tuned options.
+    /// model, the best trial's values of the tuned options and, with `keep_best` when the
+    /// trials ran in this process, the best trial's fitted pipeline (`VectorAssembler →
+    /// estimator`, as a refit on the trials' training rows would make it).
     #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
@@ -355,7 +360,8 @@ impl Tuning {
         fixed: &Point,
         eval_fraction: f64,
         seed: u64,
-    ) -> Result<(Value, Point)> {
+        keep_best: bool,
+    ) -> Result<(Value, Point, Option<Arc<PipelineModel>>)> {
         // Trials in this process read the rows from memory; executors need a file.
         let (location, in_memory, snapshot) = if session.is_cluster() {
             let snapshot = format!(
@@ -377,6 +383,7 @@ impl Tuning {
             let table = quiver_engine::io::ProcessTable::new(batches)?;
             (table.url().to_string(), Some(table), None)
         };
+        let keep = keep_best && in_memory.is_some();
         let result = self
             .search(
                 session,
@@ -387,9 +394,21 @@ impl Tuning {
                 fixed,
                 eval_fraction,
                 seed,
+                keep,
             )
             .await;
-        // The rows go, whatever the search did.
+        let kept = match &result {
+            Ok((best, _, _)) if keep => {
+                let mut params = fixed.clone();
+                params.extend(best.params.clone());
+                quiver_engine::reuse::take::<PipelineModel>(&kept_model_key(&location, &params))
+            }
+            _ => None,
+        };
+        // The rows and the other trials' fits go, whatever the search did.
+        if keep {
+            quiver_engine::reuse::forget(&kept_models_prefix(&location));
+        }
         drop(in_memory);
         if let Some(snapshot) = snapshot
             && let Ok(loc) =
@@ -397,7 +416,8 @@ impl Tuning {
         {
             let _ = loc.store.delete(&loc.path).await;
         }
-        self.record(result)
+        let (record, chosen) = self.record(result)?;
+        Ok((record, chosen, kept))
     }
 
     /// The tuning record of a search's result, and the best trial's tuned values.
@@ -439,10 +459,12 @@ impl Tuning {
         fixed: &Point,
         eval_fraction: f64,
         seed: u64,
+        keep_models: bool,
     ) -> Result<(Trial, Vec<Trial>, String)> {
         let mut spec = TrainEval::new(dataset, self.algorithm_entry.name)
             .eval_fraction(eval_fraction)
             .split_seed(seed);
+        spec.keep_model = keep_models;
         spec.features = Some(features.to_vec());
         spec.label = label.map(str::to_string);
         spec.split_columns = Some(split_columns.to_vec());

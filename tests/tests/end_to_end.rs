@@ -213,6 +213,30 @@ async fn tuned_create_model_keeps_the_best_trials_options() {
         (trial_mse - model_mse).abs() <= 1e-9 * model_mse,
         "{trial_mse} vs {model_mse}"
     );
+    assert_eq!(tuning["stored_fit"], "best trial");
+    // The stored model is the best trial's fit, not a refit: the same statement with the
+    // best values fixed (same rows, no trials) fits a model that scores the same.
+    sql.execute(&format!(
+        "CREATE MODEL dia_fixed OPTIONS (model_type = 'linear_reg', input_label_cols = ['target'], \
+         l1_reg = {}, l2_reg = {}, fit_intercept = TRUE, \
+         data_split_method = 'random', data_split_eval_fraction = 0.25, seed = 9) \
+         AS SELECT * FROM '{}'",
+        options["l1_reg"],
+        options["l2_reg"],
+        data.display()
+    ))
+    .await
+    .unwrap();
+    let fixed = store.load("dia_fixed", None).await.unwrap().metadata;
+    let fixed_mse = fixed.metrics["values"]["mse"].as_f64().unwrap();
+    assert!(
+        (fixed_mse - model_mse).abs() <= 1e-6 * model_mse,
+        "refit {fixed_mse} vs kept {model_mse}"
+    );
+    assert_eq!(
+        fixed.training_summary["rows_train"],
+        meta.training_summary["rows_train"]
+    );
     let left: Vec<String> = std::fs::read_dir(dir.path().join("models/dia"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

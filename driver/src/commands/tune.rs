@@ -237,6 +237,7 @@ pub async fn tune(
         sql_options: false,
         stages: spec.model.stages.clone().unwrap_or_default(),
         split_columns: None,
+        keep_model: false,
     };
     // A bad estimator or parameter name fails here, not in every trial.
     let mut probe = train_eval.clone();

@@ -69,6 +69,28 @@ pub struct TrainEval {
     /// out exactly the rows the stored model is evaluated on.
     #[serde(default)]
     pub split_columns: Option<Vec<String>>,
+    /// A trial run in this process keeps its fitted pipeline (`VectorAssembler → stages →
+    /// estimator`, as [`pipeline`] builds it) under [`kept_model_key`] in
+    /// [`quiver_engine::reuse`], so that whoever ran the search can take the best trial's fit
+    /// instead of fitting it again on the same rows (`CREATE MODEL` does). Only with one
+    /// held-out split (no folds).
+    #[serde(default)]
+    pub keep_model: bool,
+}
+
+/// Where a trial with [`TrainEval::keep_model`] keeps its fit: the search's data and the
+/// trial's parameters (fixed and tuned) decide it.
+pub fn kept_model_key(dataset: &str, params: &Point) -> String {
+    format!(
+        "{}{}",
+        kept_models_prefix(dataset),
+        serde_json::to_string(params).unwrap_or_default()
+    )
+}
+
+/// The start of every [`kept_model_key`] of a search over `dataset`.
+pub fn kept_models_prefix(dataset: &str) -> String {
+    format!("trial model\u{0}{dataset}\u{0}")
 }
 
 fn default_fraction() -> f64 {
@@ -92,6 +114,7 @@ impl TrainEval {
             params: Point::new(),
             sql_options: false,
             stages: Vec::new(),
+            keep_model: false,
         }
     }
 
@@ -523,8 +546,9 @@ async fn train_eval_on(
 ) -> quiver_engine::Result<(f64, Value)> {
     let mut losses = Vec::with_capacity(splits.len());
     let mut all_metrics = Vec::with_capacity(splits.len());
+    let keep = spec.keep_model && splits.len() == 1;
     for (train, test) in splits.iter() {
-        let fit = train_eval_split(session, spec, train, test);
+        let fit = train_eval_split(session, spec, train, test, keep);
         let (loss, metrics) = match &reporter {
             // Cross-validation reports nothing: each fold would restart the steps.
             Some(r) if splits.len() == 1 => {
@@ -605,28 +629,44 @@ impl crate::progress::Progress for TrialProgress {
     }
 }
 
-/// `(loss, metrics)` of one train/test split.
+/// `(loss, metrics)` of one train/test split; with `keep` the fitted pipeline is kept
+/// ([`TrainEval::keep_model`]).
 async fn train_eval_split(
     s: &QuiverSession,
     spec: &TrainEval,
     train: &Dataset,
     test: &Dataset,
+    keep: bool,
 ) -> quiver_engine::Result<(f64, Value)> {
     let err = trial_error;
     // Without stages the estimator fits the feature columns directly (no assembler pass:
-    // about 20% of a small trial's time).
-    let scored = if spec.stages.is_empty() {
+    // about 20% of a small trial's time), unless the fit is kept: then it is the pipeline
+    // a refit would make.
+    let scored = if spec.stages.is_empty() && !keep {
         build(spec)?
             .fit_dyn(s, train)
             .await
             .map_err(err)?
             .transform(test)
     } else {
-        pipeline(spec, &train.feature_names()?)?
-            .fit(s, train)
-            .await
-            .map_err(err)?
-            .transform(test)
+        // A kept fit assembles the feature columns themselves, as a refit over them does.
+        let names = if keep {
+            train.features().to_vec()
+        } else {
+            train.feature_names()?
+        };
+        let fitted = pipeline(spec, &names)?.fit(s, train).await.map_err(err)?;
+        let scored = fitted.transform(test);
+        if keep {
+            // A model's size is not known without writing it; its parameters are small
+            // next to the rows the store keeps, and the search's caller takes or drops them.
+            quiver_engine::reuse::put(
+                kept_model_key(&spec.dataset, &spec.params),
+                Arc::new(fitted),
+                1 << 16,
+            );
+        }
+        scored
     }
     .map_err(err)?;
     score(s, spec, &scored).await.map_err(err)
