@@ -327,11 +327,15 @@ impl Dataset {
     }
 
     /// Adds the assembled feature vector as column `output` (lazily, as a projection); the new
-    /// dataset's features are that one column.
+    /// dataset's features are that one column. Reusable rows stay reusable: the vector is a
+    /// function of the rows, kept under a key that names the columns it was assembled from.
     pub fn assemble(self, output: &str) -> Result<Dataset> {
         let expr = self.features_expr()?;
         let names = self.feature_names()?;
         let df = self.df.with_column(output, expr)?;
+        let reuse = self
+            .reuse
+            .map(|key| Arc::from(format!("{key}\u{0}assembled from {:?}", self.features)));
         Ok(Dataset {
             df,
             features: vec![output.to_string()],
@@ -339,7 +343,7 @@ impl Dataset {
             weight: self.weight,
             assembled: Some((output.to_string(), names)),
             missing: self.missing,
-            reuse: None,
+            reuse,
         })
     }
 

@@ -100,6 +100,32 @@ async fn map_over_columns_and_over_vectors_matches_direct_computation() {
 }
 
 #[tokio::test]
+async fn assembled_reusable_rows_stay_reusable_under_their_inputs() {
+    let s = QuiverSession::embedded().unwrap();
+    let ds = Dataset::new(s.from_batches(vec![table()], 1).unwrap());
+    let key = |d: Dataset| d.reuse_key("frame");
+    let plain = ds.clone().with_features(["a", "b"]).unwrap();
+    assert_eq!(key(plain.assemble("features").unwrap()), None);
+    let kept = ds.reusable("rows");
+    let ab = key(kept
+        .clone()
+        .with_features(["a", "b"])
+        .unwrap()
+        .assemble("features")
+        .unwrap())
+    .expect("still reusable");
+    let a = key(kept
+        .clone()
+        .with_features(["a"])
+        .unwrap()
+        .assemble("features")
+        .unwrap())
+    .expect("still reusable");
+    // Same output column, other inputs: other vectors, another key.
+    assert_ne!(ab, a);
+}
+
+#[tokio::test]
 async fn map_in_sql_checks_the_feature_count() {
     let s = QuiverSession::embedded().unwrap();
     s.context().register_batch("t", table()).unwrap();

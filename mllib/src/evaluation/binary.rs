@@ -66,7 +66,8 @@ pub(super) fn metrics_from_histogram(histogram: &ScoreHistogram) -> Result<Binar
     let (counts, log_loss_sum) = (&histogram.counts, histogram.log_loss);
     // Sweep thresholds from the highest score down.
     let (pos, neg): (f64, f64) = counts
-        .values()
+        .iter()
+        .map(|(_, c)| c)
         .fold((0.0, 0.0), |a, (p, n)| (a.0 + p, a.1 + n));
     if pos == 0.0 || neg == 0.0 {
         return Err(MllibError::InvalidParam {
@@ -78,7 +79,7 @@ pub(super) fn metrics_from_histogram(histogram: &ScoreHistogram) -> Result<Binar
     let (mut roc, mut pr) = (0.0, 0.0);
     let mut first = true;
     let (mut last_recall, mut last_precision) = (0.0, 1.0);
-    for (p, n) in counts.values().rev() {
+    for (_, (p, n)) in counts.iter().rev() {
         let (tpr0, fpr0) = (tp / pos, fp / neg);
         tp += p;
         fp += n;
@@ -154,7 +155,8 @@ impl BinaryClassificationEvaluator {
         let histogram = prepared.aggregate(Arc::new(ScoreCounts { dim })).await?;
         let (pos, neg) = histogram
             .counts
-            .values()
+            .iter()
+            .map(|(_, c)| c)
             .fold((0.0, 0.0), |a, (p, n)| (a.0 + p, a.1 + n));
         let point = |threshold: f64, tp: f64, fp: f64| RocPoint {
             threshold,
@@ -228,7 +230,8 @@ pub(super) struct ScoreCounts {
 /// sort and one merge per block instead of a tree insertion per row.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(super) struct ScoreHistogram {
-    pub(super) counts: BTreeMap<u64, (f64, f64)>,
+    /// `(bin key, (positives, negatives))`, sorted by key, keys distinct.
+    pub(super) counts: Vec<(u64, (f64, f64))>,
     pub(super) shift: u32,
     pub(super) log_loss: f64,
     /// Scores not folded in yet: order-preserving bits (unshifted) and whether positive.
@@ -291,7 +294,7 @@ impl ScoreHistogram {
             }
         }
         let bins = std::mem::take(&mut self.counts);
-        self.set_bins(merge_sorted(bins.into_iter().collect(), runs));
+        self.set_bins(merge_sorted(bins, runs));
     }
 
     /// The bins from `bins` (sorted by key, at the current shift), coarsened when there are
@@ -312,7 +315,7 @@ impl ScoreHistogram {
             bins = coarsened(bins, by);
             self.shift += by;
         }
-        self.counts = bins.into_iter().collect();
+        self.counts = bins;
     }
 
     /// Bins by the leading bits only (`shift` ≥ the current one), merging bins.
@@ -320,9 +323,7 @@ impl ScoreHistogram {
         self.flush();
         if shift > self.shift {
             let bins = std::mem::take(&mut self.counts);
-            self.counts = coarsened(bins.into_iter().collect(), shift - self.shift)
-                .into_iter()
-                .collect();
+            self.counts = coarsened(bins, shift - self.shift);
             self.shift = shift;
         }
     }
@@ -335,10 +336,7 @@ impl ScoreHistogram {
         other.coarsen(shift);
         self.coarsen(shift);
         let mine = std::mem::take(&mut self.counts);
-        self.set_bins(merge_sorted(
-            mine.into_iter().collect(),
-            other.counts.into_iter().collect(),
-        ));
+        self.set_bins(merge_sorted(mine, other.counts));
         self.log_loss += other.log_loss;
     }
 
@@ -462,12 +460,12 @@ impl Statistic for ScoreCounts {
         }
     }
     fn state_size(&self, s: &Self::State) -> usize {
-        quiver_engine::aggregate::btree_size::<u64, (f64, f64)>(s.counts.len())
+        s.counts.capacity() * std::mem::size_of::<(u64, (f64, f64))>()
             + s.pending.capacity() * std::mem::size_of::<(u64, bool)>()
     }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Self::State> {
         let (head, mut rest) = decode_f64s(bytes, 3)?;
-        let mut counts = BTreeMap::new();
+        let mut counts = Vec::with_capacity(head[1] as usize);
         for _ in 0..head[1] as usize {
             if rest.len() < 24 {
                 return Err(QuiverError::internal("score-count state too short"));
@@ -475,8 +473,13 @@ impl Statistic for ScoreCounts {
             let mut k = [0u8; 8];
             k.copy_from_slice(&rest[..8]);
             let (pn, r) = decode_f64s(&rest[8..], 2)?;
-            counts.insert(u64::from_le_bytes(k), (pn[0], pn[1]));
+            counts.push((u64::from_le_bytes(k), (pn[0], pn[1])));
             rest = r;
+        }
+        if counts.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(QuiverError::internal(
+                "score-count state: bins out of order",
+            ));
         }
         Ok(ScoreHistogram {
             counts,
@@ -531,12 +534,12 @@ mod tests {
         assert!(g.shift > 0 && g.counts.len() <= MAX_SCORE_BINS);
         h.merge(&g);
         assert!(h.counts.len() <= MAX_SCORE_BINS);
-        let total: f64 = h.counts.values().map(|(p, n)| p + n).sum();
+        let total: f64 = h.counts.iter().map(|(_, (p, n))| p + n).sum();
         assert_eq!(total, data.len() as f64);
         let positives = data.iter().filter(|(_, y)| *y).count() as f64;
-        assert_eq!(h.counts.values().map(|(p, _)| p).sum::<f64>(), positives);
+        assert_eq!(h.counts.iter().map(|(_, (p, _))| p).sum::<f64>(), positives);
         // Every score lies in its bin: not below the bin's lowest score, below the next one's.
-        let keys: Vec<u64> = h.counts.keys().copied().collect();
+        let keys: Vec<u64> = h.counts.iter().map(|(k, _)| *k).collect();
         for (s, _) in &data {
             let k = bits_shr(ordered_bits(*s), h.shift);
             let i = keys.binary_search(&k).expect("its bin");
