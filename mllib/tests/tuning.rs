@@ -860,6 +860,7 @@ async fn a_rewritten_dataset_is_read_again() {
             sql_options: false,
             stages: Vec::new(),
             split_columns: None,
+            keep_model: false,
         };
         let r = Search::train_eval(
             Space::new(vec![hp::choice("reg_param", [serde_json::json!(0.0)])]).unwrap(),
