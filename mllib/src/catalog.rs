@@ -426,6 +426,13 @@ pub struct Algorithm {
     pub importance: ImportanceKind,
     /// How `ml_explain_predict` and `ml_global_explain` attribute its predictions.
     pub attribution: Attribution,
+    /// Whether its fit keeps the prepared rows in memory for many passes
+    /// ([`quiver_engine::QuiverSession::prepare_iterative`]). `CREATE MODEL` then encodes its
+    /// training rows once and keeps them, so the fit's kept copy is also the one the evaluation
+    /// reads; for a fit that reads its rows once (or keeps a copy of its own, as the trees'
+    /// binned rows) a kept encoded copy would only cost memory and page faults, and the rows
+    /// are encoded as each pass reads them.
+    pub keeps_prepared_rows: bool,
     pub build: Build,
     pub load: Load,
     pub register: Register,
@@ -839,6 +846,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         missing_values: MissingNumbers::Impute,
         importance: ImportanceKind::Coefficients,
         attribution: Attribution::Exact,
+        keeps_prepared_rows: true,
         build: |p| {
             Ok(Arc::new(from_params::<LogisticRegression>(
                 "logistic_regression",
@@ -871,6 +879,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         missing_values: MissingNumbers::Impute,
         importance: ImportanceKind::Coefficients,
         attribution: Attribution::Exact,
+        keeps_prepared_rows: false,
         build: |p| {
             Ok(Arc::new(from_params::<LinearRegression>(
                 "linear_regression",
@@ -909,6 +918,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         missing_values: MissingNumbers::Impute,
         importance: ImportanceKind::None,
         attribution: Attribution::None,
+        keeps_prepared_rows: true,
         build: |p| Ok(Arc::new(from_params::<KMeans>("kmeans", p, KMeans::check)?)),
         load: load_model::<KMeansModel>,
         register: crate::clustering::kmeans::register,
@@ -943,6 +953,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         missing_values: MissingNumbers::Impute,
         importance: ImportanceKind::None,
         attribution: Attribution::None,
+        keeps_prepared_rows: false,
         build: |p| {
             Ok(Arc::new(from_params::<NaiveBayes>(
                 "naive_bayes",
@@ -976,6 +987,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         missing_values: MissingNumbers::Impute,
         importance: ImportanceKind::None,
         attribution: Attribution::None,
+        keeps_prepared_rows: false,
         build: |p| Ok(Arc::new(from_params::<PCA>("pca", p, PCA::check)?)),
         load: load_model::<PCAModel>,
         register: crate::decomposition::pca::register,
@@ -997,6 +1009,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         missing_values: MissingNumbers::Keep,
         importance: ImportanceKind::Splits,
         attribution: Attribution::TreeShap,
+        keeps_prepared_rows: false,
         build: |p| {
             Ok(Arc::new(from_params::<DecisionTreeClassifier>(
                 "decision_tree_classifier",
@@ -1023,6 +1036,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         missing_values: MissingNumbers::Keep,
         importance: ImportanceKind::Splits,
         attribution: Attribution::TreeShap,
+        keeps_prepared_rows: false,
         build: |p| {
             Ok(Arc::new(from_params::<DecisionTreeRegressor>(
                 "decision_tree_regressor",
@@ -1053,6 +1067,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         missing_values: MissingNumbers::Keep,
         importance: ImportanceKind::Splits,
         attribution: Attribution::TreeShap,
+        keeps_prepared_rows: false,
         build: |p| {
             Ok(Arc::new(from_params::<RandomForestClassifier>(
                 "random_forest_classifier",
@@ -1082,6 +1097,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         missing_values: MissingNumbers::Keep,
         importance: ImportanceKind::Splits,
         attribution: Attribution::TreeShap,
+        keeps_prepared_rows: false,
         build: |p| {
             Ok(Arc::new(from_params::<RandomForestRegressor>(
                 "random_forest_regressor",
@@ -1102,6 +1118,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         missing_values: MissingNumbers::Keep,
         importance: ImportanceKind::Splits,
         attribution: Attribution::TreeShap,
+        keeps_prepared_rows: false,
         build: |p| {
             Ok(Arc::new(from_params::<GBTClassifier>(
                 "gbt_classifier",
@@ -1122,6 +1139,7 @@ pub const ALGORITHMS: &[Algorithm] = &[
         missing_values: MissingNumbers::Keep,
         importance: ImportanceKind::Splits,
         attribution: Attribution::TreeShap,
+        keeps_prepared_rows: false,
         build: |p| {
             Ok(Arc::new(from_params::<GBTRegressor>(
                 "gbt_regressor",

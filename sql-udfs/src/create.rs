@@ -446,9 +446,16 @@ pub async fn create_model(
     let prep = preprocessor.fit(session, &train_in).await?;
     let mut train = prep.transform(&train_in)?;
     let eval = eval_in.as_ref().map(|e| prep.transform(e)).transpose()?;
-    if cached && eval.is_none() && tuning.is_none() && !session.is_cluster() {
-        // The model is fitted and evaluated on the same rows: encoded once, kept beside the
-        // raw rows they come from (the fit keeps the encoded vectors it reads anyway).
+    if cached
+        && eval.is_none()
+        && tuning.is_none()
+        && !session.is_cluster()
+        && o.algorithm.keeps_prepared_rows
+    {
+        // The model is fitted and evaluated on the same rows, and the fit keeps the encoded
+        // vectors it reads anyway: encoded once, kept beside the raw rows they come from. (A
+        // fit that reads its rows once encodes them as it reads, into buffers it reuses:
+        // cheaper than a second copy of the rows in fresh memory.)
         train = train.persist(session).await?;
     }
     let encoded = [ENCODED.to_string()];
