@@ -340,6 +340,17 @@ pub fn assemble_with(
         }
         sources.push((values, *w));
     }
+    if let [(values, w)] = &sources[..]
+        && *w == dim
+    {
+        // One vector column, already row-major: its values as they are (no copy).
+        return Ok(FixedSizeListArray::try_new(
+            Arc::new(Field::new_list_field(DataType::Float64, false)),
+            dim as i32,
+            Arc::new(Float64Array::new(values.clone(), None)),
+            None,
+        )?);
+    }
     // Interleave into row-major order, a block of rows at a time so that the strided writes
     // stay in L1; every slot is written exactly once, so no zero-fill is needed.
     const BLOCK_ROWS: usize = 256;
@@ -406,6 +417,25 @@ mod tests {
         let (vals, dim) = vector_values(&v, "f").unwrap();
         assert_eq!(dim, 3);
         assert_eq!(vals, &[10.0, 1.0, 2.0, 20.0, 3.0, 4.0]);
+    }
+
+    /// One Float64 vector column is already the assembled layout: its values are shared, not
+    /// copied (also for a slice of it), and still checked.
+    #[test]
+    fn a_single_vector_column_assembles_without_a_copy() {
+        let v = vector_array((0..20).map(f64::from).collect(), 4).unwrap();
+        let base = vector_values(&v, "f").unwrap().0.as_ptr();
+        let sliced: ArrayRef = Arc::new(v.slice(1, 3));
+        let out = assemble(&[("v", &sliced)]).unwrap();
+        let (vals, dim) = vector_values(&out, "features").unwrap();
+        assert_eq!((dim, out.len()), (4, 3));
+        assert_eq!(vals, (4..16).map(f64::from).collect::<Vec<_>>());
+        assert_eq!(vals.as_ptr(), base.wrapping_add(4), "no copy");
+        let mut bad: Vec<f64> = (0..8).map(f64::from).collect();
+        bad[6] = f64::NAN;
+        let bad: ArrayRef = Arc::new(vector_array(bad, 4).unwrap());
+        let err = assemble(&[("v", &bad)]).unwrap_err().to_string();
+        assert!(err.contains("'v'") && err.contains("row 1"), "{err}");
     }
 
     #[test]
