@@ -318,26 +318,31 @@ impl ScoreHistogram {
         self.counts = bins;
     }
 
-    /// Bins by the leading bits only (`shift` ≥ the current one), merging bins.
-    fn coarsen(&mut self, shift: u32) {
-        self.flush();
-        if shift > self.shift {
-            let bins = std::mem::take(&mut self.counts);
-            self.counts = coarsened(bins, shift - self.shift);
-            self.shift = shift;
-        }
-    }
-
+    /// Adds `other`'s scores: its unsorted ones join this histogram's (their bits are raw, so
+    /// they take this one's bins when folded in), its bins are merged at the coarser shift of
+    /// the two. No copy of `other` beyond its bins (a task's partial over a few thousand rows
+    /// has none: its scores are all pending).
     pub(super) fn merge(&mut self, other: &ScoreHistogram) {
-        let mut other = other.clone();
-        other.flush();
-        self.flush();
-        let shift = self.shift.max(other.shift);
-        other.coarsen(shift);
-        self.coarsen(shift);
-        let mine = std::mem::take(&mut self.counts);
-        self.set_bins(merge_sorted(mine, other.counts));
         self.log_loss += other.log_loss;
+        self.pending.extend_from_slice(&other.pending);
+        if !other.counts.is_empty() {
+            let shift = self.shift.max(other.shift);
+            if shift > self.shift {
+                let mine = std::mem::take(&mut self.counts);
+                self.counts = coarsened(mine, shift - self.shift);
+                self.shift = shift;
+            }
+            let theirs = if shift > other.shift {
+                coarsened(other.counts.clone(), shift - other.shift)
+            } else {
+                other.counts.clone()
+            };
+            let mine = std::mem::take(&mut self.counts);
+            self.set_bins(merge_sorted(mine, theirs));
+        }
+        if self.pending.len() >= PENDING_SCORES {
+            self.flush();
+        }
     }
 
     /// This histogram with every score folded into the bins.
@@ -517,6 +522,45 @@ mod tests {
                 (u, (i % 3 == 0) == (u > 0.4))
             })
             .collect()
+    }
+
+    /// Partials merged as a runner merges its tasks' states (scores pending, or some folded
+    /// into bins) hold what one histogram of every score holds: the same bins while they are
+    /// exact, the same counts once they are coarsened.
+    #[test]
+    fn merged_partials_hold_what_one_histogram_of_every_score_holds() {
+        let whole = |data: &[(f64, bool)]| {
+            let mut h = ScoreHistogram::default();
+            data.iter().for_each(|(s, y)| h.add(*s, *y));
+            h.flush();
+            h
+        };
+        let merged = |data: &[(f64, bool)], part: usize, flush_every: usize| {
+            let mut m = ScoreHistogram::default();
+            for (i, chunk) in data.chunks(part).enumerate() {
+                let mut p = ScoreHistogram::default();
+                chunk.iter().for_each(|(s, y)| p.add(*s, *y));
+                if i % flush_every == 0 {
+                    p.flush();
+                }
+                m.merge(&p);
+            }
+            m.flush();
+            m
+        };
+        let data = scores(40_000, 3);
+        for (part, flush_every) in [(3_000, usize::MAX), (3_000, 2), (40_000, 1)] {
+            assert_eq!(merged(&data, part, flush_every).counts, whole(&data).counts);
+        }
+        let data = scores(3 * MAX_SCORE_BINS, 5);
+        let m = merged(&data, 16 * 1024, 3);
+        assert!(m.shift > 0 && m.counts.len() <= MAX_SCORE_BINS);
+        let count = |h: &ScoreHistogram| {
+            h.counts
+                .iter()
+                .fold((0.0, 0.0), |(a, b), (_, (p, n))| (a + p, b + n))
+        };
+        assert_eq!(count(&m), count(&whole(&data)));
     }
 
     #[test]
