@@ -397,20 +397,11 @@ pub async fn create_model(
         Split::None => (raw.clone(), None),
         Split::Random(f) => {
             let weights = [1.0 - f, f];
+            // Each side a filter over the kept rows, not a copy of them: a side is read about
+            // once (the preprocessing's statistics and the fit read the training side — an
+            // iterative fit keeps its own encoded rows — the evaluation the held-out side),
+            // and a kept copy of both sides cost more in fresh memory than those reads.
             let mut parts = raw.random_split_on(&draw, &weights, seed)?;
-            if cached && !session.is_cluster() {
-                // Each side kept as well: a row's side is read once, not in every pass.
-                // (On a cluster a side is a filter over the executors' kept rows.)
-                let kept = raw
-                    .random_split_collect(&draw, &weights, seed, limit)
-                    .await?;
-                for (p, partitions) in parts.iter_mut().zip(kept.into_iter().flatten()) {
-                    let schema = Arc::new(p.dataframe().schema().as_arrow().clone());
-                    if let Some(table) = memory_table(session, schema, partitions)? {
-                        *p = p.with_dataframe(table)?;
-                    }
-                }
-            }
             let eval = parts.pop();
             (parts.pop().expect("two parts"), eval)
         }
