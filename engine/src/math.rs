@@ -28,6 +28,41 @@ pub fn dot<const FMA: bool>(a: &[f64], b: &[f64]) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
+/// [`dot`] of `a` with each of four rows of `rows` (`a.len()` values each, one after another),
+/// the rows' multiply-adds interleaved so that four independent chains fill the pipeline
+/// instead of one row's chain waiting on itself. Each result has exactly [`dot`]'s bits.
+#[inline(always)]
+pub fn dot4<const FMA: bool>(a: &[f64], rows: &[f64]) -> [f64; 4] {
+    let d = a.len();
+    let (x0, rest) = rows.split_at(d);
+    let (x1, rest) = rest.split_at(d);
+    let (x2, x3) = rest.split_at(d);
+    let xs = [x0, x1, x2, x3];
+    let whole = d / 4 * 4;
+    let mut tail = [0.0f64; 4];
+    for (t, x) in tail.iter_mut().zip(xs) {
+        for (ai, xi) in a[whole..].iter().zip(&x[whole..]) {
+            *t = madd::<FMA>(*ai, *xi, *t);
+        }
+    }
+    let mut acc = [[0.0f64; 4]; 4];
+    let chunks = a[..whole]
+        .chunks_exact(4)
+        .zip(x0[..whole].chunks_exact(4))
+        .zip(x1[..whole].chunks_exact(4))
+        .zip(x2[..whole].chunks_exact(4))
+        .zip(x3[..whole].chunks_exact(4));
+    for ((((c, r0), r1), r2), r3) in chunks {
+        for l in 0..4 {
+            acc[0][l] = madd::<FMA>(c[l], r0[l], acc[0][l]);
+            acc[1][l] = madd::<FMA>(c[l], r1[l], acc[1][l]);
+            acc[2][l] = madd::<FMA>(c[l], r2[l], acc[2][l]);
+            acc[3][l] = madd::<FMA>(c[l], r3[l], acc[3][l]);
+        }
+    }
+    std::array::from_fn(|q| (acc[q][0] + acc[q][1]) + (acc[q][2] + acc[q][3]) + tail[q])
+}
+
 /// 1.5 · 2⁵²: adding it rounds a value below 2⁵¹ in magnitude to an integer, which then sits
 /// in the low bits of the sum's representation.
 const ROUNDER: f64 = 6_755_399_441_055_744.0;
@@ -136,6 +171,31 @@ pub fn softplus_sigmoid<const FMA: bool>(m: f64) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Four rows at once give each row exactly `dot`'s bits, for widths around the lanes.
+    #[test]
+    fn dot4_has_dots_bits_row_by_row() {
+        let value = |i: usize| ((i * 7919 % 1009) as f64 - 500.0) / 37.0;
+        for d in [1, 3, 4, 5, 8, 13, 20, 21] {
+            let a: Vec<f64> = (0..d).map(|j| value(j * 17 + 3) / 7.0).collect();
+            let rows: Vec<f64> = (0..4 * d).map(value).collect();
+            for fma in [false, true] {
+                let got = if fma {
+                    dot4::<true>(&a, &rows)
+                } else {
+                    dot4::<false>(&a, &rows)
+                };
+                for (q, x) in rows.chunks_exact(d).enumerate() {
+                    let want = if fma {
+                        dot::<true>(&a, x)
+                    } else {
+                        dot::<false>(&a, x)
+                    };
+                    assert_eq!(got[q].to_bits(), want.to_bits(), "d {d} row {q} fma {fma}");
+                }
+            }
+        }
+    }
 
     fn ulps(a: f64, b: f64) -> f64 {
         if a == b {
