@@ -344,12 +344,7 @@ pub fn assemble_with(
         && *w == dim
     {
         // One vector column, already row-major: its values as they are (no copy).
-        return Ok(FixedSizeListArray::try_new(
-            Arc::new(Field::new_list_field(DataType::Float64, false)),
-            dim as i32,
-            Arc::new(Float64Array::new(values.clone(), None)),
-            None,
-        )?);
+        return vector_array_of(values.clone(), dim);
     }
     // Interleave into row-major order, a block of rows at a time so that the strided writes
     // stay in L1; every slot is written exactly once, so no zero-fill is needed.
@@ -385,10 +380,15 @@ pub fn assemble_with(
 
 /// Wraps row-major values into a vector column of `dim` elements (no copy).
 pub fn vector_array(values: Vec<f64>, dim: usize) -> Result<FixedSizeListArray> {
+    vector_array_of(values.into(), dim)
+}
+
+/// [`vector_array`] over values already in an Arrow buffer (shared, no copy).
+pub fn vector_array_of(values: ScalarBuffer<f64>, dim: usize) -> Result<FixedSizeListArray> {
     Ok(FixedSizeListArray::try_new(
         Arc::new(Field::new_list_field(DataType::Float64, false)),
         dim as i32,
-        Arc::new(Float64Array::from(values)),
+        Arc::new(Float64Array::new(values, None)),
         None,
     )?)
 }

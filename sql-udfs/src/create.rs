@@ -260,15 +260,6 @@ async fn materialise(
             None => return Ok(None),
         }
     }
-    memory_table(session, schema, partitions)
-}
-
-/// A frame over `partitions` held in memory; `None` when they cannot be held as a table.
-fn memory_table(
-    session: &QuiverSession,
-    schema: arrow::datatypes::SchemaRef,
-    partitions: Vec<Vec<RecordBatch>>,
-) -> Result<Option<DataFrame>> {
     let Ok(table) = datafusion::datasource::MemTable::try_new(schema, partitions) else {
         return Ok(None);
     };
