@@ -234,6 +234,23 @@ pub fn available_cores() -> usize {
         .unwrap_or(1)
 }
 
+/// The host's memory in bytes (`MemTotal` of `/proc/meminfo`), read once; `None` where it
+/// cannot be read.
+pub fn host_memory() -> Option<usize> {
+    static TOTAL: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib = info
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<usize>()
+            .ok()?;
+        Some(kib.saturating_mul(1024))
+    })
+}
+
 impl Default for QuiverConfig {
     fn default() -> Self {
         let cores = available_cores();

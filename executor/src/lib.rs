@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod cli;
 pub mod locality;
+pub mod pull;
 pub mod scheduler;
 pub mod standalone;
 pub mod worker;

@@ -236,7 +236,15 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<()> {
         "batch work: {placement:?} (--device {})",
         opts.device.choice
     );
-    start_executor_process(Arc::new(config))
-        .await
-        .map_err(|e| QuiverError::Cluster(format!("executor: {e}")))
+    let pulls = matches!(
+        config.task_scheduling_policy,
+        TaskSchedulingPolicy::PullStaged
+    ) && config.override_arrow_flight_service.is_some();
+    let config = Arc::new(config);
+    let ran = if pulls {
+        crate::pull::run(config).await
+    } else {
+        start_executor_process(config).await
+    };
+    ran.map_err(|e| QuiverError::Cluster(format!("executor: {e}")))
 }

@@ -62,23 +62,9 @@ fn kept() -> &'static Mutex<Lru<Arc<[RecordBatch]>>> {
 /// 0: not set (the default applies).
 static BUDGET: AtomicUsize = AtomicUsize::new(0);
 
-/// A quarter of the host's memory (4 GiB where it cannot be read), read once.
+/// A quarter of the host's memory (4 GiB where it cannot be read).
 fn default_budget() -> usize {
-    static DEFAULT: OnceLock<usize> = OnceLock::new();
-    *DEFAULT.get_or_init(host_quarter)
-}
-
-fn host_quarter() -> usize {
-    let total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
-        })
-        .map(|kib| kib.saturating_mul(1024))
-        .unwrap_or(16 << 30);
-    total / 4
+    crate::config::host_memory().unwrap_or(16 << 30) / 4
 }
 
 /// The most bytes this process keeps.
