@@ -35,7 +35,8 @@ pub struct ExecutorOptions {
     pub grpc_port: u16,
     /// Tasks run at once. Defaults to the number of cores.
     pub concurrent_tasks: usize,
-    /// Shuffle files go here; defaults to a fresh temporary directory.
+    /// Shuffle files go here; defaults to a fresh temporary directory ([`run_executor`]
+    /// removes it when the executor stops; [`executor_config`] keeps it).
     pub work_dir: Option<String>,
     /// Defaults to 3 s.
     pub heartbeat: Duration,
@@ -209,9 +210,25 @@ pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> 
 }
 
 /// Runs an executor until the process ends. Fails at once when the scheduler is unreachable.
-pub async fn run_executor(opts: ExecutorOptions) -> Result<()> {
+/// Without a `work_dir`, the executor's shuffle files go to a fresh temporary directory that
+/// is removed when the executor stops (or, in process, when its task is dropped).
+pub async fn run_executor(mut opts: ExecutorOptions) -> Result<()> {
     let scheduler = SchedulerAddress::parse(&opts.scheduler)?;
     scheduler.check_reachable(cluster::CONNECT_TIMEOUT).await?;
+    let _work_dir = match opts.work_dir {
+        Some(_) => None,
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("quiver-executor-")
+                .tempdir()
+                .map_err(|source| QuiverError::Io {
+                    path: std::env::temp_dir(),
+                    source,
+                })?;
+            opts.work_dir = Some(dir.path().to_string_lossy().into_owned());
+            Some(dir)
+        }
+    };
     let config = executor_config(&opts)?;
     quiver_engine::fanout::set_worker_id(config.executor_id.clone());
     quiver_engine::fanout::set_task_slots(opts.concurrent_tasks);

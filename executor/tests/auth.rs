@@ -192,3 +192,73 @@ async fn a_cluster_with_tls_encrypts_every_connection() {
     // (The executors registered with a scheduler that speaks only TLS, and fetched each
     // other's shuffle data from Flight services that speak only TLS: the query above.)
 }
+
+/// An executor of a guarded cluster started without `--work-dir` keeps its shuffle files in a
+/// temporary directory of its own; stopped with SIGTERM, it says so to the scheduler, exits
+/// cleanly and leaves that directory behind no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_executor_says_goodbye_and_removes_its_temporary_work_dir() {
+    quiver_executor::install().unwrap();
+    let env = [("QUIVER_AUTH_TOKEN", TOKEN)];
+    let cluster = LocalCluster::start_with_args(1, false, &env, &env, &[]);
+    let data = write_synthetic(&cluster.dir.path().join("data"), 4, 2000);
+    let tmp = cluster.dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let log = cluster.dir.path().join("temp.log");
+    let (mut cmd, flight) = cluster.executor_command("temp", false, None);
+    let mut child = cmd
+        .envs(env)
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_port(flight, "temp", &log);
+    let work_dirs = || {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("quiver-executor-")
+            })
+            .count()
+    };
+    assert_eq!(work_dirs(), 1);
+
+    // Both executors run tasks of a shuffled query: the new one writes shuffle files.
+    let store = cluster.dir.path().join("models");
+    let remote = QuiverSession::remote_with(&cluster.url(), config(&store, Some(TOKEN)))
+        .await
+        .unwrap();
+    let embedded = QuiverSession::embedded_with(config(&store, None)).unwrap();
+    assert_eq!(
+        grouped(remote, &data).await.unwrap(),
+        grouped(embedded, &data).await.unwrap()
+    );
+    let scheduler_log = std::fs::read_to_string(&cluster.scheduler_log).unwrap();
+    assert!(scheduler_log.contains("\"temp\""), "{scheduler_log}");
+
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "still running after SIGTERM; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let executor_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{status}; its log:\n{executor_log}");
+    assert!(executor_log.contains("SIGTERM"), "{executor_log}");
+    assert_eq!(work_dirs(), 0, "{executor_log}");
+}

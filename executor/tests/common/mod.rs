@@ -20,7 +20,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_port(port: u16, what: &str, log: &Path) {
+pub fn wait_port(port: u16, what: &str, log: &Path) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if start.elapsed() > Duration::from_secs(60) {
@@ -130,8 +130,34 @@ impl LocalCluster {
     }
 
     pub fn add_executor_with(&mut self, id: &str, bare: bool, env: &[(&str, &str)], args: &[&str]) {
-        let (flight, grpc) = (free_port(), free_port());
         let log = self.dir.path().join(format!("{id}.log"));
+        let work_dir = self.dir.path().join(id);
+        let (mut cmd, flight) = self.executor_command(id, bare, Some(&work_dir));
+        let child = cmd
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_port(flight, id, &log);
+        self.executors.push(Executor {
+            id: id.to_string(),
+            child,
+            log,
+            flight_port: flight,
+        });
+    }
+
+    /// An executor's command line for this cluster (one task slot, 1 s heartbeats, the
+    /// cluster's data roots unless `bare`), and its Flight port.
+    pub fn executor_command(
+        &self,
+        id: &str,
+        bare: bool,
+        work_dir: Option<&std::path::Path>,
+    ) -> (Command, u16) {
+        let (flight, grpc) = (free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver-executor"));
         cmd.args([
             "--scheduler",
@@ -146,28 +172,16 @@ impl LocalCluster {
             "1",
             "--heartbeat-secs",
             "1",
-            "--work-dir",
-            &self.dir.path().join(id).to_string_lossy(),
         ]);
+        if let Some(dir) = work_dir {
+            cmd.arg("--work-dir").arg(dir);
+        }
         if bare {
             cmd.arg("--bare");
         } else {
             cmd.args(data_roots(self.dir.path()));
         }
-        cmd.args(args);
-        let child = cmd
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_port(flight, id, &log);
-        self.executors.push(Executor {
-            id: id.to_string(),
-            child,
-            log,
-            flight_port: flight,
-        });
+        (cmd, flight)
     }
 
     /// Waits until the scheduler has seen `n` executors register.
