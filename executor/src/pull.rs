@@ -386,12 +386,14 @@ impl QueryStageExecutor for Waking {
 }
 
 type ClientKey = (String, u16, GrpcClientConfig);
+/// Idle clients per executor and settings, each with the time it was returned.
+type IdleClients = HashMap<ClientKey, Vec<(BallistaClient, Instant)>>;
 
 /// Flight clients to other executors (shuffle reads), kept for reuse for [`CLIENT_IDLE`]:
 /// a shuffle read does not open a connection (and a TLS handshake) per fetch.
 #[derive(Default, Clone)]
 struct FlightClients {
-    idle: Arc<Mutex<HashMap<ClientKey, Vec<(BallistaClient, Instant)>>>>,
+    idle: Arc<Mutex<IdleClients>>,
 }
 
 impl fmt::Debug for FlightClients {
@@ -454,7 +456,7 @@ impl BallistaClientPool for FlightClients {
     }
 }
 
-fn evict(idle: &mut HashMap<ClientKey, Vec<(BallistaClient, Instant)>>) {
+fn evict(idle: &mut IdleClients) {
     let now = Instant::now();
     idle.retain(|_, kept| {
         kept.retain(|(_, since)| now.duration_since(*since) < CLIENT_IDLE);
