@@ -362,10 +362,12 @@ impl Tuning {
         seed: u64,
         keep_best: bool,
     ) -> Result<(Value, Point, Option<Arc<PipelineModel>>)> {
-        // Trials in this process read the rows from memory; executors need a file.
+        // Trials in this process read the rows from memory; executors need a file: Arrow IPC,
+        // which the executors read without decoding (a Parquet snapshot of the encoded rows
+        // cost more to write and to read back than the trials that read it).
         let (location, in_memory, snapshot) = if session.is_cluster() {
             let snapshot = format!(
-                "{}/{model}/tuning-{}-{}.parquet",
+                "{}/{model}/tuning-{}-{}.arrow",
                 store_url.trim_end_matches('/'),
                 std::process::id(),
                 std::time::SystemTime::now()
@@ -373,7 +375,7 @@ impl Tuning {
                     .map(|d| d.as_nanos())
                     .unwrap_or_default()
             );
-            session.write_parquet(df, &snapshot).await?;
+            session.write_ipc(df, &snapshot).await?;
             (snapshot.clone(), None, Some(snapshot))
         } else {
             let batches = df
