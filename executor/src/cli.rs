@@ -109,7 +109,8 @@ pub struct ExecutorArgs {
     /// Tasks run at once (default: the number of cores).
     #[arg(long)]
     pub concurrent_tasks: Option<usize>,
-    /// Directory for shuffle files (default: a fresh temporary directory).
+    /// Directory for shuffle files (default: a fresh temporary directory, removed when the
+    /// executor stops).
     #[arg(long)]
     pub work_dir: Option<String>,
     /// Seconds between heartbeats to the scheduler.
