@@ -177,11 +177,15 @@ pub async fn run(opt: Arc<ExecutorProcessConfig>) -> Result<(), BallistaError> {
         opt.grpc_server_config.clone(),
     );
 
-    let reason = tokio::select! {
-        r = &mut poll => format!("the poll loop ended: {}", ended(r)),
-        r = &mut flight => format!("the Flight service ended: {}", ended(r)),
-        _ = tokio::signal::ctrl_c() => "executor received ctrl-c".to_string(),
-        _ = ballista_executor::terminate::sig_term() => "executor received SIGTERM".to_string(),
+    // A service that ends by itself (the Flight port taken, the loop's semaphore closed) is a
+    // failure of the process; a signal is a stop.
+    let (reason, flight_ended, failed) = tokio::select! {
+        r = &mut poll => (format!("the poll loop ended: {}", ended(r)), false, true),
+        r = &mut flight => (format!("the Flight service ended: {}", ended(r)), true, true),
+        _ = tokio::signal::ctrl_c() => ("executor received ctrl-c".to_string(), false, false),
+        _ = ballista_executor::terminate::sig_term() => {
+            ("executor received SIGTERM".to_string(), false, false)
+        }
     };
     log::info!("{reason}: stopping");
     ticker.abort();
@@ -199,7 +203,7 @@ pub async fn run(opt: Arc<ExecutorProcessConfig>) -> Result<(), BallistaError> {
     }
     let stopped = ExecutorStoppedParams {
         executor_id: opt.executor_id.clone(),
-        reason,
+        reason: reason.clone(),
     };
     if let Err(e) = scheduler.executor_stopped(stopped).await {
         log::warn!("could not tell the scheduler this executor stopped: {e}");
@@ -215,8 +219,13 @@ pub async fn run(opt: Arc<ExecutorProcessConfig>) -> Result<(), BallistaError> {
     drop(notify_shutdown);
     drop(shutdown_complete_tx);
     let _ = shutdown_complete_rx.recv().await;
-    let _ = flight.await;
+    if !flight_ended {
+        let _ = flight.await;
+    }
     log::info!("executor stopped");
+    if failed {
+        return Err(BallistaError::General(reason));
+    }
     Ok(())
 }
 

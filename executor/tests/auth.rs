@@ -262,3 +262,41 @@ async fn a_stopped_executor_says_goodbye_and_removes_its_temporary_work_dir() {
     assert!(executor_log.contains("SIGTERM"), "{executor_log}");
     assert_eq!(work_dirs(), 0, "{executor_log}");
 }
+
+/// An executor of a guarded cluster whose Flight port is taken stops with an error naming its
+/// Flight service (a non-zero exit), not a process that runs on without serving its results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_whose_flight_port_is_taken_exits_with_an_error() {
+    let env = [("QUIVER_AUTH_TOKEN", TOKEN)];
+    let cluster = LocalCluster::start_with_args(1, false, &env, &env, &[]);
+    let log = cluster.dir.path().join("taken.log");
+    let work_dir = cluster.dir.path().join("taken");
+    let (mut cmd, flight) = cluster.executor_command("taken", false, Some(&work_dir));
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", flight)).unwrap();
+    let mut child = cmd
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!(
+                "still running with its Flight port taken; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let executor_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "{status}; its log:\n{executor_log}");
+    assert!(
+        executor_log.contains("Flight service ended"),
+        "{executor_log}"
+    );
+}
