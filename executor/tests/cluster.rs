@@ -326,19 +326,33 @@ fn models_in(store: &std::path::Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_killed_mid_fit_either_recovers_or_fails_clearly_and_publishes_nothing_partial() {
+    killed_mid_fit(None).await;
+}
+
+/// The same with a token: the executors pull their tasks (Quiver's own pull loop), and the
+/// lost one is noticed by its missing polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulling_executor_killed_mid_fit_is_recovered_from_or_named() {
+    killed_mid_fit(Some("a-token-of-the-kill-test-0123456789")).await;
+}
+
+async fn killed_mid_fit(token: Option<&str>) {
     quiver_executor::install().unwrap();
-    let mut cluster = LocalCluster::start(2);
+    let env: Vec<(&str, &str)> = token
+        .map(|t| ("QUIVER_AUTH_TOKEN", t))
+        .into_iter()
+        .collect();
+    let mut cluster = LocalCluster::start_with_args(2, false, &env, &env, &[]);
     let data = write_synthetic(&cluster.dir.path().join("data"), 4, 50_000);
     let store = cluster.dir.path().join("models");
     // A pass takes well under a second here: give up on a stuck job after 10 s.
-    let remote = QuiverSession::remote_with(
-        &cluster.url(),
-        config(&store)
-            .with_pairs([("quiver.cluster.job_timeout_secs", "10")])
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut settings = config(&store)
+        .with_pairs([("quiver.cluster.job_timeout_secs", "10")])
+        .unwrap();
+    settings.auth_token = token.map(|t| quiver_engine::cluster::auth::AuthToken::new(t).unwrap());
+    let remote = QuiverSession::remote_with(&cluster.url(), settings)
+        .await
+        .unwrap();
     let sql = sql_over(remote, &data).await;
     let columns = FEATURES.join(", ");
     let create = format!(
