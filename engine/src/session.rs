@@ -618,9 +618,11 @@ impl QuiverSession {
         {
             return Ok(workers);
         }
-        // Each task waits a little, so that a pulling executor asks for work before the first
-        // one has run them all.
-        let results = self.spread(fanout::PROBE, r#"{"ms": 20}"#, 16).await?;
+        // Each task waits a little, so that an executor busy elsewhere (a pulling one asks for
+        // more work at most every 50 ms while it runs tasks) still gets some before the others
+        // have run them all; idle executors all get tasks as the job starts (a push scheduler
+        // fills every free slot, a pulling executor's poll is held for new work).
+        let results = self.spread(fanout::PROBE, r#"{"ms": 5}"#, 16).await?;
         let mut workers: Vec<fanout::WorkerInfo> = Vec::new();
         for r in &results {
             if let Ok(w) = serde_json::from_str::<fanout::WorkerInfo>(&r.metrics)
