@@ -266,8 +266,11 @@ pub fn run_main<T>(body: impl std::future::Future<Output = T>) -> T {
     }
 }
 
-/// Logs to stderr at `info` unless `RUST_LOG` says otherwise.
+/// Logs to stderr at `info` unless `RUST_LOG` says otherwise, stamped to the millisecond: a
+/// job's tasks come and go within milliseconds, and the scheduler's and executors' logs side by
+/// side are how a job's time is read.
 pub fn init_logging() {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
         .try_init();
 }
