@@ -234,20 +234,40 @@ pub fn available_cores() -> usize {
         .unwrap_or(1)
 }
 
-/// The host's memory in bytes (`MemTotal` of `/proc/meminfo`), read once; `None` where it
-/// cannot be read.
+/// The memory this process may use, in bytes: the host's (`MemTotal` of `/proc/meminfo`), or
+/// the container's limit where a cgroup sets a smaller one (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), read once; `None` where neither can be read.
 pub fn host_memory() -> Option<usize> {
     static TOTAL: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *TOTAL.get_or_init(|| {
-        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let kib = info
-            .lines()
-            .find(|l| l.starts_with("MemTotal:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse::<usize>()
-            .ok()?;
-        Some(kib.saturating_mul(1024))
+        let host = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|info| {
+                let kib = info
+                    .lines()
+                    .find(|l| l.starts_with("MemTotal:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<usize>()
+                    .ok()?;
+                Some(kib.saturating_mul(1024))
+            });
+        let limit = [
+            "/sys/fs/cgroup/memory.max",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ]
+        .iter()
+        .find_map(|f| {
+            std::fs::read_to_string(f)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
+        match (host, limit) {
+            (Some(h), Some(l)) => Some(h.min(l)),
+            (h, l) => h.or(l),
+        }
     })
 }
 

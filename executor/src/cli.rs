@@ -126,8 +126,8 @@ pub struct ExecutorArgs {
     #[arg(long)]
     pub s3_region: Option<String>,
     /// Memory this executor's tasks may reserve together, e.g. 8GB, split across its task
-    /// slots (default: 70% of the host's memory); sorts spill beyond it, operators that cannot
-    /// fail.
+    /// slots (default: 70% of the host's memory, or of its container's limit); sorts spill
+    /// beyond it, operators that cannot fail.
     #[arg(long, value_parser = memory_size)]
     pub memory_limit: Option<usize>,
     /// Memory for the prepared partitions iterative fits keep between their passes (Spark's

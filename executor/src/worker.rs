@@ -44,7 +44,8 @@ pub struct ExecutorOptions {
     pub executor_id: Option<String>,
     /// S3 settings for `s3://` data and model stores (unset fields: the `AWS_*` variables).
     pub s3: S3Config,
-    /// Memory the tasks of this executor may reserve together (bytes; `None`: unlimited).
+    /// Memory the tasks of this executor may reserve together (bytes; `None`: 70% of the
+    /// host's memory, or of its container's limit; `Some(0)`: unlimited).
     pub memory_limit: Option<usize>,
     /// Bytes of prepared partitions this process keeps for iterative fits
     /// ([`quiver_engine::cluster::cache`]; `0`: none). `None`: a quarter of the host's memory.

@@ -62,7 +62,8 @@ fn kept() -> &'static Mutex<Lru<Arc<[RecordBatch]>>> {
 /// 0: not set (the default applies).
 static BUDGET: AtomicUsize = AtomicUsize::new(0);
 
-/// A quarter of the host's memory (4 GiB where it cannot be read).
+/// A quarter of the memory this process may use (the host's, or its container's limit; 4 GiB
+/// where neither can be read).
 fn default_budget() -> usize {
     crate::config::host_memory().unwrap_or(16 << 30) / 4
 }
