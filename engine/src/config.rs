@@ -237,7 +237,7 @@ pub fn available_cores() -> usize {
 /// The memory this process may use, in bytes: the host's (`MemTotal` of `/proc/meminfo`), or
 /// the container's limit where a cgroup sets a smaller one (v2 `memory.max`, v1
 /// `memory.limit_in_bytes`), read once; `None` where neither can be read.
-pub fn host_memory() -> Option<usize> {
+pub fn usable_memory() -> Option<usize> {
     static TOTAL: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *TOTAL.get_or_init(|| {
         let host = std::fs::read_to_string("/proc/meminfo")

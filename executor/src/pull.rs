@@ -270,19 +270,22 @@ async fn connect(
 }
 
 /// Each task's memory pool: the executor's budget split across its slots, a task's share
-/// scaled by the slots it claims (as Ballista's own start does). `None`: a share of the host's
-/// memory; `Some(0)`: unbounded.
+/// scaled by the slots it claims (as Ballista's own start does). `None`: 70% of the memory this
+/// process may use ([`quiver_engine::config::usable_memory`]); `Some(0)`: unbounded.
 fn pool_policy(limit: Option<u64>, vcores: usize) -> Result<MemoryPoolPolicy, BallistaError> {
     let total = match limit {
-        Some(0) => return Ok(Arc::new(|base, _, _| Ok(base))),
-        Some(bytes) => bytes as usize,
-        None => match quiver_engine::config::host_memory() {
-            Some(host) => (host as f64 * DEFAULT_POOL_FRACTION) as usize,
-            None => {
+        Some(0) => None,
+        Some(bytes) => Some(bytes as usize),
+        None => {
+            let usable = quiver_engine::config::usable_memory();
+            if usable.is_none() {
                 log::warn!("host memory unknown: tasks' memory is not bounded (--memory-limit)");
-                return Ok(Arc::new(|base, _, _| Ok(base)));
             }
-        },
+            usable.map(|m| (m as f64 * DEFAULT_POOL_FRACTION) as usize)
+        }
+    };
+    let Some(total) = total else {
+        return Ok(Arc::new(|base, _, _| Ok(base)));
     };
     let per_slot = total / vcores.max(1);
     if per_slot == 0 {

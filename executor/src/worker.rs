@@ -48,7 +48,8 @@ pub struct ExecutorOptions {
     /// host's memory, or of its container's limit; `Some(0)`: unlimited).
     pub memory_limit: Option<usize>,
     /// Bytes of prepared partitions this process keeps for iterative fits
-    /// ([`quiver_engine::cluster::cache`]; `0`: none). `None`: a quarter of the host's memory.
+    /// ([`quiver_engine::cluster::cache`]; `0`: none). `None`: a quarter of the host's memory, or
+    /// of its container's limit.
     pub cache_memory: Option<usize>,
     /// How this executor's batch work uses a CUDA device (`--device`; the device is the
     /// executor's: a client's `quiver.device` does not travel with its tasks).
@@ -117,16 +118,7 @@ pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> 
             })?;
             d.clone()
         }
-        None => tempfile::Builder::new()
-            .prefix("quiver-executor-")
-            .tempdir()
-            .map_err(|source| QuiverError::Io {
-                path: std::env::temp_dir(),
-                source,
-            })?
-            .keep()
-            .to_string_lossy()
-            .into_owned(),
+        None => temporary_work_dir()?.keep().to_string_lossy().into_owned(),
     };
     let mut config = ExecutorProcessConfig {
         bind_host: opts.bind_host.clone(),
@@ -210,6 +202,18 @@ pub fn executor_config(opts: &ExecutorOptions) -> Result<ExecutorProcessConfig> 
     Ok(config)
 }
 
+/// A fresh `quiver-executor-*` directory under the system's temporary directory, removed when
+/// the handle is dropped (unless kept).
+fn temporary_work_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("quiver-executor-")
+        .tempdir()
+        .map_err(|source| QuiverError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })
+}
+
 /// Runs an executor until the process ends. Fails at once when the scheduler is unreachable.
 /// Without a `work_dir`, the executor's shuffle files go to a fresh temporary directory that
 /// is removed when the executor stops (or, in process, when its task is dropped).
@@ -219,13 +223,7 @@ pub async fn run_executor(mut opts: ExecutorOptions) -> Result<()> {
     let _work_dir = match opts.work_dir {
         Some(_) => None,
         None => {
-            let dir = tempfile::Builder::new()
-                .prefix("quiver-executor-")
-                .tempdir()
-                .map_err(|source| QuiverError::Io {
-                    path: std::env::temp_dir(),
-                    source,
-                })?;
+            let dir = temporary_work_dir()?;
             opts.work_dir = Some(dir.path().to_string_lossy().into_owned());
             Some(dir)
         }

@@ -65,7 +65,7 @@ static BUDGET: AtomicUsize = AtomicUsize::new(0);
 /// A quarter of the memory this process may use (the host's, or its container's limit; 4 GiB
 /// where neither can be read).
 fn default_budget() -> usize {
-    crate::config::host_memory().unwrap_or(16 << 30) / 4
+    crate::config::usable_memory().unwrap_or(16 << 30) / 4
 }
 
 /// The most bytes this process keeps.
