@@ -36,7 +36,33 @@ pub trait Transformer: Send + Sync + Debug {
     fn explainer(&self) -> Option<Arc<dyn crate::explain::Explainer>> {
         None
     }
+
+    /// For a classifier: its evaluator metrics on `data` (the features this model reads, and
+    /// a label), each row scored and counted in one pass — the metrics
+    /// [`crate::catalog::Task::evaluate`] takes from this model's output columns, without
+    /// adding them (no column of predictions and probabilities made, assembled and read
+    /// again). `None` when this model cannot (not a classifier, or features it would assemble
+    /// itself): the caller evaluates [`Transformer::transform`]'s rows.
+    fn evaluate_classifier(
+        &self,
+        _session: &QuiverSession,
+        _data: &Dataset,
+    ) -> Option<BoxedEvaluation> {
+        None
+    }
 }
+
+/// A classifier's metrics, being computed ([`Transformer::evaluate_classifier`]).
+pub type BoxedEvaluation = Pin<
+    Box<
+        dyn Future<
+                Output = Result<(
+                    crate::evaluation::MulticlassMetrics,
+                    Option<crate::evaluation::BinaryMetrics>,
+                )>,
+            > + Send,
+    >,
+>;
 
 /// Learns a model from a dataset. Parameters are validated by the estimator's `check()` before
 /// any data is read; statistics run on the session's runner (`quiver.runner`).

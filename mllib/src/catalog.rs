@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::api::{DynEstimator, DynModel, Model};
+use crate::api::{DynEstimator, DynModel, Model, Transformer};
 use crate::classification::{
     LogisticRegression, LogisticRegressionModel, NaiveBayes, NaiveBayesModel,
 };
@@ -162,18 +162,7 @@ impl Task {
                     has_scores.then_some("probability"),
                 )
                 .await?;
-                let mut out = json!({
-                    "accuracy": m.accuracy,
-                    "f1": m.f1,
-                    "weighted_precision": m.weighted_precision,
-                    "weighted_recall": m.weighted_recall,
-                });
-                if let Some(b) = binary {
-                    out["area_under_roc"] = json!(b.area_under_roc);
-                    out["area_under_pr"] = json!(b.area_under_pr);
-                    out["log_loss"] = json!(b.log_loss);
-                }
-                out
+                classifier_json(&m, binary.as_ref())
             }
             Task::Regression => {
                 let m = RegressionEvaluator::new().evaluate(session, scored).await?;
@@ -196,6 +185,43 @@ impl Task {
             }
         })
     }
+
+    /// [`Task::evaluate`] of `model`'s output on `data`. A classifier that can score and count
+    /// its rows in one pass ([`Transformer::evaluate_classifier`]) does, without its output
+    /// columns; the metrics are the same.
+    pub async fn evaluate_model(
+        self,
+        session: &QuiverSession,
+        model: &dyn Transformer,
+        data: &Dataset,
+    ) -> Result<Value> {
+        if self == Task::Classification
+            && let Some(evaluation) = model.evaluate_classifier(session, data)
+        {
+            let (m, binary) = evaluation.await?;
+            return Ok(classifier_json(&m, binary.as_ref()));
+        }
+        self.evaluate(session, &model.transform(data)?).await
+    }
+}
+
+/// A classifier's metrics as [`Task::evaluate`] reports them.
+fn classifier_json(
+    m: &crate::evaluation::MulticlassMetrics,
+    binary: Option<&crate::evaluation::BinaryMetrics>,
+) -> Value {
+    let mut out = json!({
+        "accuracy": m.accuracy,
+        "f1": m.f1,
+        "weighted_precision": m.weighted_precision,
+        "weighted_recall": m.weighted_recall,
+    });
+    if let Some(b) = binary {
+        out["area_under_roc"] = json!(b.area_under_roc);
+        out["area_under_pr"] = json!(b.area_under_pr);
+        out["log_loss"] = json!(b.log_loss);
+    }
+    out
 }
 
 /// Whether a larger value of the metric `name` is better (its loss is then the negated

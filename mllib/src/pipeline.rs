@@ -144,6 +144,21 @@ impl Transformer for PipelineModel {
     fn explainer(&self) -> Option<std::sync::Arc<dyn crate::explain::Explainer>> {
         self.stages.last().and_then(|s| s.explainer())
     }
+
+    /// The last stage's, on what the stages before it make of `data`.
+    fn evaluate_classifier(
+        &self,
+        session: &QuiverSession,
+        data: &Dataset,
+    ) -> Option<crate::api::BoxedEvaluation> {
+        let (last, before) = self.stages.split_last()?;
+        let mut input = data.clone();
+        for s in before {
+            // An error is the caller's transform's to report.
+            input = s.transform(&input).ok()?;
+        }
+        last.evaluate_classifier(session, &input)
+    }
 }
 
 /// How one stage is recorded in the pipeline's metadata.

@@ -1,5 +1,6 @@
 //! Evaluators: regression metrics against a direct computation and the fit's own summary;
-//! multiclass metrics against a worked example; both runners.
+//! multiclass metrics against a worked example; a classifier's one-pass evaluation against its
+//! output columns'; both runners.
 
 use std::sync::Arc;
 
@@ -7,8 +8,9 @@ use arrow::array::{AsArray, Float64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use quiver_engine::{Dataset, QuiverConfig, QuiverSession};
 use quiver_mllib::{
-    ClusteringEvaluator, Estimator, KMeans, LinearRegression, MulticlassClassificationEvaluator,
-    RegressionEvaluator, Transformer,
+    ClusteringEvaluator, Estimator, GBTClassifier, KMeans, LinearRegression, LogisticRegression,
+    MulticlassClassificationEvaluator, NaiveBayes, NaiveBayesType, Pipeline,
+    RandomForestClassifier, RegressionEvaluator, Task, Transformer, VectorAssembler,
 };
 
 const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
@@ -307,4 +309,139 @@ async fn clustering_evaluation_names_bad_cluster_columns() {
     assert!((m.silhouette - 0.75 / 3.0).abs() < 1e-12, "{m:?}");
     assert_eq!(m.cluster_sizes, vec![2, 1]);
     assert!((m.within_ss - 0.5).abs() < 1e-12);
+}
+
+/// A shipped file as Float64 columns, the label `y` and every other column assembled into one
+/// `features` vector (what `CREATE MODEL`'s preprocessing makes), in `partitions` partitions.
+async fn vector_rows(s: &QuiverSession, file: &str, label: &str, partitions: usize) -> Dataset {
+    let path = format!("{}/../data/{file}", env!("CARGO_MANIFEST_DIR"));
+    let batches = s.read(&path).await.unwrap().collect().await.unwrap();
+    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let mut fields = Vec::new();
+    let mut cols = Vec::new();
+    for (f, c) in all.schema().fields().iter().zip(all.columns()) {
+        let name = if f.name() == label { "y" } else { f.name() };
+        fields.push(Field::new(name, DataType::Float64, false));
+        cols.push(arrow::compute::cast(c, &DataType::Float64).unwrap());
+    }
+    let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    Dataset::new(s.from_batches(vec![b], partitions).unwrap())
+        .with_label("y")
+        .unwrap()
+        .with_numeric_features_except(&["y"])
+        .unwrap()
+}
+
+/// The metrics a classifier computes in one pass (scoring and counting each row) against those
+/// of its output columns, which the one pass replaces.
+async fn assert_one_pass_equals_output_columns(
+    s: &QuiverSession,
+    model: &dyn Transformer,
+    data: &Dataset,
+    what: &str,
+) -> serde_json::Value {
+    assert!(
+        model.evaluate_classifier(s, data).is_some(),
+        "{what}: no one-pass evaluation"
+    );
+    let one_pass = Task::Classification
+        .evaluate_model(s, model, data)
+        .await
+        .unwrap();
+    let columns = Task::Classification
+        .evaluate(s, &model.transform(data).unwrap())
+        .await
+        .unwrap();
+    let (a, b) = (one_pass.as_object().unwrap(), columns.as_object().unwrap());
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (k, v) in a {
+        let (x, y) = (v.as_f64().unwrap(), b[k].as_f64().unwrap());
+        assert!(
+            (x - y).abs() <= 1e-12 * y.abs().max(1.0),
+            "{what}: {k} {x} in one pass, {y} from the output columns"
+        );
+    }
+    one_pass
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classifiers_evaluated_in_one_pass_equal_their_output_columns() {
+    for runner in ["local", "embedded"] {
+        let s = session(runner);
+        let binary = vector_rows(&s, "breast_cancer.parquet", "label", 3).await;
+        let binary = binary.assemble("features").unwrap();
+        let digits = vector_rows(&s, "digits.parquet", "label", 2).await;
+        let digits = digits.assemble("features").unwrap();
+        let what = |m: &str| format!("{m} ({runner})");
+
+        let lr = LogisticRegression::new()
+            .max_iter(30)
+            .fit(&s, &binary)
+            .await
+            .unwrap();
+        let m = assert_one_pass_equals_output_columns(&s, &lr, &binary, &what("binomial")).await;
+        assert!(m["area_under_roc"].as_f64().unwrap() > 0.9, "{m}");
+        assert!(m["log_loss"].as_f64().unwrap() > 0.0, "{m}");
+        let multinomial = LogisticRegression::new()
+            .max_iter(10)
+            .fit(&s, &digits)
+            .await
+            .unwrap();
+        let m =
+            assert_one_pass_equals_output_columns(&s, &multinomial, &digits, &what("multinomial"))
+                .await;
+        // Ten classes: no binary metrics.
+        assert!(m.get("area_under_roc").is_none(), "{m}");
+        assert!(m["accuracy"].as_f64().unwrap() > 0.8, "{m}");
+        let nb = NaiveBayes::new()
+            .model_type(NaiveBayesType::Gaussian)
+            .fit(&s, &binary)
+            .await
+            .unwrap();
+        assert_one_pass_equals_output_columns(&s, &nb, &binary, &what("naive Bayes")).await;
+        let forest = RandomForestClassifier::new()
+            .num_trees(5)
+            .max_depth(4)
+            .fit(&s, &digits)
+            .await
+            .unwrap();
+        assert_one_pass_equals_output_columns(&s, &forest, &digits, &what("forest")).await;
+        let gbt = GBTClassifier::new()
+            .max_iter(5)
+            .max_depth(3)
+            .fit(&s, &binary)
+            .await
+            .unwrap();
+        assert_one_pass_equals_output_columns(&s, &gbt, &binary, &what("boosted trees")).await;
+
+        // A pipeline whose last stage is a classifier: that stage, on what the stages before
+        // it make of the rows (here an assembler).
+        let raw = vector_rows(&s, "breast_cancer.parquet", "label", 3).await;
+        let names = raw.features().to_vec();
+        let pipeline = Pipeline::new()
+            .transformer(VectorAssembler::new(&names).output_col("v"))
+            .estimator(LogisticRegression::new().max_iter(30))
+            .fit(&s, &raw)
+            .await
+            .unwrap();
+        assert_one_pass_equals_output_columns(&s, &pipeline, &raw, &what("pipeline")).await;
+
+        // A classifier that assembles its feature columns itself is evaluated on its output
+        // columns, as before.
+        let direct = LogisticRegression::new()
+            .max_iter(30)
+            .fit(&s, &raw)
+            .await
+            .unwrap();
+        assert!(direct.evaluate_classifier(&s, &raw).is_none());
+        let m = Task::Classification
+            .evaluate_model(&s, &direct, &raw)
+            .await
+            .unwrap();
+        assert!(m["area_under_roc"].as_f64().unwrap() > 0.9, "{m}");
+    }
 }

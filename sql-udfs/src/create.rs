@@ -526,7 +526,11 @@ pub async fn create_model(
         Some(e) if eval_rows > 0 => e,
         _ => &train,
     };
-    let metrics = evaluate(session, o.algorithm.task, &inner, scored_on).await?;
+    let metrics = o
+        .algorithm
+        .task
+        .evaluate_model(session, &inner, scored_on)
+        .await?;
     let last = inner
         .stages()
         .last()
@@ -735,17 +739,6 @@ async fn global_attribution(
         .into_iter()
         .map(|(j, v)| json!({ "feature": a.features[j], "attribution": v }))
         .collect())
-}
-
-/// The evaluator metrics of `model` on `data`, by the model's task.
-pub async fn evaluate(
-    session: &QuiverSession,
-    task: Task,
-    model: &dyn Transformer,
-    data: &Dataset,
-) -> Result<Value> {
-    let scored = model.transform(data)?;
-    Ok(task.evaluate(session, &scored).await?)
 }
 
 /// A one-column, one-row result.

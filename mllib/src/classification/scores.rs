@@ -8,12 +8,15 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array};
 use arrow::datatypes::DataType;
-use quiver_engine::{BatchFunction, Dataset, FeatureBatch, map_dataset};
+use quiver_engine::{
+    BatchFunction, Dataset, FeatureBatch, QuiverSession, StatInputs, Statistic, map_dataset,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{RowStage, check_output_col};
+use crate::api::{BoxedEvaluation, RowStage, check_output_col};
 use crate::error::{MllibError, Result};
+use crate::evaluation::{ClassifierCounts, ClassifierState, classifier_metrics};
 
 /// Raw scores that are an affine map of the row, `s = W·x + c`: the weights (`k × dim`,
 /// row-major) and the offsets (`k`).
@@ -29,6 +32,9 @@ pub(crate) trait ClassScores:
 {
     /// The map functions' names: raw prediction, probability, prediction.
     const FUNCTIONS: [&'static str; 3];
+    /// The name of the statistic that scores rows and counts them for the evaluators
+    /// ([`evaluate_in_one_pass`]).
+    const EVALUATION: &'static str;
     /// What the parameters are, for errors.
     const WHAT: &'static str;
     /// Whether rows with missing (NaN) features are scored rather than refused.
@@ -133,13 +139,8 @@ impl<M: ClassScores> BatchFunction for ScoreOutput<M> {
     }
     fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
         let m = &self.model;
-        let (width, dim) = (m.width(), m.dim());
-        // The batch's scores when the device takes it (`quiver.device`).
-        let device = m.device_scores(b.values)?;
-        let raw_of = |r: usize, out: &mut [f64]| match &device {
-            Some((s, k)) => m.raw_from_scores(&s[r * k..(r + 1) * k], out),
-            None => m.raw(&b.values[r * dim..(r + 1) * dim], out),
-        };
+        let width = m.width();
+        let raw_of = raw_scores(m, b)?;
         let mut raw = vec![0.0; width];
         if self.kind == OutputKind::Prediction {
             let out: Float64Array = (0..b.n_rows)
@@ -161,6 +162,20 @@ impl<M: ClassScores> BatchFunction for ScoreOutput<M> {
         }
         Ok(Arc::new(quiver_engine::vector::vector_array(out, width)?))
     }
+}
+
+/// Row `r`'s raw scores of batch `b` into `out`: on the device when the process's policy sends
+/// the batch there (`quiver.device`), else row by row.
+fn raw_scores<'a, M: ClassScores>(
+    m: &'a M,
+    b: &'a FeatureBatch<'_>,
+) -> quiver_engine::Result<impl Fn(usize, &mut [f64]) + 'a> {
+    let dim = m.dim();
+    let device = m.device_scores(b.values)?;
+    Ok(move |r: usize, out: &mut [f64]| match &device {
+        Some((s, k)) => m.raw_from_scores(&s[r * k..(r + 1) * k], out),
+        None => m.raw(&b.values[r * dim..(r + 1) * dim], out),
+    })
 }
 
 impl<M: ClassScores> quiver_engine::registry::FromParams for ScoreOutput<M> {
@@ -225,14 +240,136 @@ pub(crate) fn row_stage<M: ClassScores>(model: &M) -> RowStage {
     }
 }
 
-/// Lets a classifier's output functions run on a cluster.
+/// The classifier evaluators' counts ([`ClassifierCounts`]) of a model's own scores of the rows
+/// it reads: each row's prediction and probabilities are computed as the model's output
+/// columns compute them, into a buffer the counts read — one pass, and no output columns.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ScoredCounts<M> {
+    model: M,
+}
+
+/// Rows scored into the buffer at a time: small enough to stay in cache between the scoring
+/// and the counting.
+const SCORED_ROWS: usize = 1024;
+
+impl<M: ClassScores> ScoredCounts<M> {
+    fn counts(&self) -> ClassifierCounts {
+        ClassifierCounts::scoring(self.model.width())
+    }
+}
+
+impl<M: ClassScores> Statistic for ScoredCounts<M> {
+    type State = ClassifierState;
+    type Output = ClassifierState;
+
+    const NAME: &'static str = M::EVALUATION;
+    fn params(&self) -> quiver_engine::Result<Vec<u8>> {
+        quiver_engine::registry::json_params(M::WHAT, self)
+    }
+    fn dim(&self) -> usize {
+        self.model.dim()
+    }
+    fn inputs(&self) -> StatInputs {
+        StatInputs {
+            label: true,
+            weight: false,
+        }
+    }
+    fn init(&self) -> Self::State {
+        self.counts().init()
+    }
+    fn update(&self, s: &mut Self::State, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
+        let m = &self.model;
+        let width = m.width();
+        let stride = 1 + width;
+        let label = b
+            .label
+            .ok_or_else(|| quiver_engine::QuiverError::internal("evaluation needs a label"))?;
+        let counts = self.counts();
+        let raw_of = raw_scores(m, b)?;
+        let mut raw = vec![0.0; width];
+        let mut scored = vec![0.0; SCORED_ROWS.min(b.n_rows) * stride];
+        for start in (0..b.n_rows).step_by(SCORED_ROWS) {
+            let rows = SCORED_ROWS.min(b.n_rows - start);
+            // As the prediction and probability columns: [prediction, probabilities…].
+            for (i, out) in scored[..rows * stride].chunks_exact_mut(stride).enumerate() {
+                raw_of(start + i, &mut raw);
+                out[0] = argmax(&raw) as f64;
+                m.probabilities(&raw, &mut out[1..]);
+            }
+            let rows_batch = FeatureBatch {
+                values: &scored[..rows * stride],
+                n_rows: rows,
+                dim: stride,
+                label: Some(&label[start..start + rows]),
+                weight: None,
+            };
+            counts.update(s, &rows_batch)?;
+        }
+        Ok(())
+    }
+    fn merge(&self, s: &mut Self::State, o: &Self::State) -> quiver_engine::Result<()> {
+        self.counts().merge(s, o)
+    }
+    fn finish(&self, s: Self::State) -> quiver_engine::Result<Self::Output> {
+        self.counts().finish(s)
+    }
+    fn encode_state(&self, s: &Self::State, out: &mut Vec<u8>) {
+        self.counts().encode_state(s, out)
+    }
+    fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Self::State> {
+        self.counts().decode_state(bytes)
+    }
+    fn state_size(&self, s: &Self::State) -> usize {
+        self.counts().state_size(s)
+    }
+}
+
+impl<M: ClassScores> quiver_engine::registry::FromParams for ScoredCounts<M> {
+    fn from_params(bytes: &[u8]) -> quiver_engine::Result<Self> {
+        quiver_engine::registry::from_json_params(M::WHAT, bytes)
+    }
+}
+
+/// `model`'s evaluator metrics on `data` in one pass ([`ScoredCounts`]), when `data` has a
+/// label and its features are one vector column of the model's width — what the model's
+/// output columns are computed from as they are (a model that assembles several columns
+/// itself, missing values and all, is evaluated on its output columns instead: `None`).
+pub(crate) fn evaluate_in_one_pass<M: ClassScores>(
+    model: M,
+    session: &QuiverSession,
+    data: &Dataset,
+) -> Option<BoxedEvaluation> {
+    data.label()?;
+    let [features] = data.features() else {
+        return None;
+    };
+    let field = data
+        .dataframe()
+        .schema()
+        .field_with_unqualified_name(features)
+        .ok()?;
+    match field.data_type() {
+        DataType::FixedSizeList(f, n)
+            if f.data_type() == &DataType::Float64 && *n as usize == model.dim() => {}
+        _ => return None,
+    }
+    let (session, data) = (session.clone(), data.clone());
+    Some(Box::pin(async move {
+        let prepared = session.prepare(&data, session.runner()).await?;
+        let counts = prepared.aggregate(Arc::new(ScoredCounts { model })).await?;
+        Ok(classifier_metrics(counts))
+    }))
+}
+
+/// Lets a classifier's output functions and its evaluation statistic run on a cluster.
 pub(crate) fn register<M: ClassScores>(
     r: &mut quiver_engine::FunctionRegistry,
 ) -> quiver_engine::Result<()> {
     for name in M::FUNCTIONS {
         r.add_batch_function::<ScoreOutput<M>>(name)?;
     }
-    Ok(())
+    r.add_statistic::<ScoredCounts<M>>()
 }
 
 #[cfg(test)]

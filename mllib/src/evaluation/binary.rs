@@ -229,7 +229,7 @@ pub(super) struct ScoreCounts {
 /// Scores are first gathered unsorted (`pending`) and folded into the bins a block at a time: a
 /// sort and one merge per block instead of a tree insertion per row.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub(super) struct ScoreHistogram {
+pub(crate) struct ScoreHistogram {
     /// `(bin key, (positives, negatives))`, sorted by key, keys distinct.
     pub(super) counts: Vec<(u64, (f64, f64))>,
     pub(super) shift: u32,

@@ -26,31 +26,47 @@ pub async fn evaluate_classifier(
         .with_features(columns)?
         .with_label(label)?;
     let dim = ds.feature_dim()?;
-    let scores = match dim - 1 {
-        1 | 2 => dim - 1,
-        _ => 0,
-    };
     let prepared = session.prepare(&ds, session.runner()).await?;
-    let (pairs, histogram) = prepared
-        .aggregate(Arc::new(ClassifierCounts { dim, scores }))
+    let counts = prepared
+        .aggregate(Arc::new(ClassifierCounts::scoring(dim - 1)))
         .await?;
+    Ok(classifier_metrics(counts))
+}
+
+/// What [`ClassifierCounts`] counts: the (label, prediction) pairs, and the score bins while
+/// every label is 0 or 1 and there is a score.
+pub(crate) type ClassifierState = (BTreeMap<(u64, u64), u64>, Option<ScoreHistogram>);
+
+/// The metrics of a classifier's counts.
+pub(crate) fn classifier_metrics(
+    (pairs, histogram): ClassifierState,
+) -> (MulticlassMetrics, Option<BinaryMetrics>) {
     let multiclass = metrics_from_pairs(&pairs);
     let binary = match histogram {
         Some(h) if multiclass.classes.len() <= 2 => metrics_from_histogram(&h).ok(),
         _ => None,
     };
-    Ok((multiclass, binary))
+    (multiclass, binary)
 }
 
 /// Over rows of [prediction, then `scores` score values] (`dim` in all): the confusion counts
 /// and, while every label is 0 or 1 and `scores` > 0, the counts per score of the last one.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct ClassifierCounts {
+pub(crate) struct ClassifierCounts {
     pub(super) dim: usize,
     pub(super) scores: usize,
 }
 
 impl ClassifierCounts {
+    /// Over rows of a prediction and `width` class probabilities (0: none): the binary
+    /// metrics' score is the last probability when there are one or two.
+    pub(crate) fn scoring(width: usize) -> Self {
+        ClassifierCounts {
+            dim: 1 + width,
+            scores: if matches!(width, 1 | 2) { width } else { 0 },
+        }
+    }
+
     /// The score part's statistic: its state encoding and settling.
     fn score_counts(&self) -> ScoreCounts {
         ScoreCounts { dim: self.dim }
@@ -59,7 +75,7 @@ impl ClassifierCounts {
 
 impl Statistic for ClassifierCounts {
     /// The confusion counts; the score counts, dropped at the first label other than 0 or 1.
-    type State = (BTreeMap<(u64, u64), u64>, Option<ScoreHistogram>);
+    type State = ClassifierState;
     type Output = Self::State;
 
     const NAME: &'static str = "quiver_classifier_counts";

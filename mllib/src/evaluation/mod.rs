@@ -50,7 +50,7 @@ pub use multiclass::{MulticlassClassificationEvaluator, MulticlassMetrics};
 pub use regression::{RegressionEvaluator, RegressionMetrics};
 
 use binary::ScoreCounts;
-use classifier::ClassifierCounts;
+pub(crate) use classifier::{ClassifierCounts, ClassifierState, classifier_metrics};
 use clustering::{ClusterMoments, SilhouetteStat};
 use multiclass::ConfusionStat;
 use regression::RegressionStat;

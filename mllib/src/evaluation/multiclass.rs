@@ -106,8 +106,10 @@ pub(super) fn metrics_from_pairs(pairs: &BTreeMap<(u64, u64), u64>) -> Multiclas
 }
 
 /// Adds one (label, prediction) pair per row of `labels`, the prediction of row `r` being
-/// `values[r * stride]`. The few distinct pairs of a batch are counted in a short list first
-/// (a scan of a handful of entries per row, not a tree lookup), then added to the map.
+/// `values[r * stride]`. Pairs of small class indices (whole numbers below [`DENSE_CLASSES`],
+/// what classifiers predict) are counted in a table; the few other distinct pairs of a batch
+/// in a short list (a scan of a handful of entries per row, not a tree lookup); then all are
+/// added to the map.
 pub(super) fn count_pairs(
     s: &mut BTreeMap<(u64, u64), u64>,
     values: &[f64],
@@ -115,9 +117,16 @@ pub(super) fn count_pairs(
     labels: &[f64],
 ) {
     const LISTED: usize = 16;
+    let mut dense = [[0u64; DENSE_CLASSES]; DENSE_CLASSES];
     let mut listed: Vec<((u64, u64), u64)> = Vec::with_capacity(LISTED);
-    for (r, l) in labels.iter().enumerate() {
+    for (r, &l) in labels.iter().enumerate() {
         let p = values[r * stride];
+        // Saturating casts: NaN, negative and fractional values fail the round trip.
+        let (i, j) = (l as usize, p as usize);
+        if i < DENSE_CLASSES && j < DENSE_CLASSES && i as f64 == l && j as f64 == p {
+            dense[i][j] += 1;
+            continue;
+        }
         // -0.0 and 0.0 are the same class.
         let key = ((l + 0.0).to_bits(), (p + 0.0).to_bits());
         if let Some((_, n)) = listed.iter_mut().find(|(k, _)| *k == key) {
@@ -128,10 +137,21 @@ pub(super) fn count_pairs(
             *s.entry(key).or_insert(0) += 1;
         }
     }
+    for (i, row) in dense.iter().enumerate() {
+        for (j, &n) in row.iter().enumerate() {
+            if n > 0 {
+                *s.entry(((i as f64).to_bits(), (j as f64).to_bits()))
+                    .or_insert(0) += n;
+            }
+        }
+    }
     for (key, n) in listed {
         *s.entry(key).or_insert(0) += n;
     }
 }
+
+/// Class indices below this are counted in [`count_pairs`]' table.
+const DENSE_CLASSES: usize = 8;
 
 /// Counts of (label, prediction) pairs, keyed by their bit patterns.
 #[derive(Debug, Serialize, Deserialize)]
@@ -201,5 +221,30 @@ impl Statistic for ConfusionStat {
             .chunks_exact(24)
             .map(|c| ((word(&c[0..8]), word(&c[8..16])), word(&c[16..24])))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_counted_alike_in_the_table_and_beyond_it() {
+        // Class indices in the table, -0.0 as 0, and values past it: large, fractional, negative.
+        let values = [0.0, 1.0, 7.0, 8.0, 2.5, -1.0, -0.0, 1.0, 300.0, 7.0];
+        let labels = [0.0, -0.0, 7.0, 8.0, 2.5, 1.0, 0.0, 1.0, 300.0, 0.5];
+        // Spread over a stride of 2, as the prediction of [prediction, score] rows.
+        let rows: Vec<f64> = values.iter().flat_map(|&p| [p, 0.25]).collect();
+        let mut got = BTreeMap::new();
+        count_pairs(&mut got, &rows, 2, &labels);
+        let mut want: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+        for (l, p) in labels.iter().zip(&values) {
+            *want
+                .entry(((l + 0.0).to_bits(), (p + 0.0).to_bits()))
+                .or_insert(0) += 1;
+        }
+        assert_eq!(got, want);
+        assert_eq!(got[&(0.0f64.to_bits(), 0.0f64.to_bits())], 2);
+        assert_eq!(got[&(0.0f64.to_bits(), 1.0f64.to_bits())], 1);
     }
 }

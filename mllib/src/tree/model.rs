@@ -166,6 +166,7 @@ impl ClassScores for Ensemble {
         "tree_ensemble_probability",
         "tree_ensemble_predict",
     ];
+    const EVALUATION: &'static str = "tree_ensemble_evaluation_counts";
     const WHAT: &'static str = "a tree ensemble";
     /// A missing value goes where the split learned (its default direction).
     const ACCEPTS_MISSING: bool = true;
@@ -280,6 +281,17 @@ impl<E: TreeEstimator> Transformer for TreeEnsembleModel<E> {
                 cols.prediction,
             )?)
         }
+    }
+
+    fn evaluate_classifier(
+        &self,
+        session: &quiver_engine::QuiverSession,
+        data: &Dataset,
+    ) -> Option<crate::api::BoxedEvaluation> {
+        if !E::CLASSIFIER {
+            return None;
+        }
+        scores::evaluate_in_one_pass(self.ensemble.clone(), session, data)
     }
 
     fn explainer(&self) -> Option<Arc<dyn crate::explain::Explainer>> {

@@ -621,8 +621,7 @@ impl crate::progress::Progress for TrialProgress {
         model: Arc<dyn crate::Transformer>,
     ) -> crate::progress::BoxedReport<'_> {
         Box::pin(async move {
-            let scored = model.transform(&self.test)?;
-            let (loss, _) = score(&self.session, &self.spec, &scored).await?;
+            let (loss, _) = score(&self.session, &self.spec, model.as_ref(), &self.test).await?;
             self.reporter.report(step, loss)?;
             Ok(())
         })
@@ -642,12 +641,8 @@ async fn train_eval_split(
     // Without stages the estimator fits the feature columns directly (no assembler pass:
     // about 20% of a small trial's time), unless the fit is kept: then it is the pipeline
     // a refit would make.
-    let scored = if spec.stages.is_empty() && !keep {
-        build(spec)?
-            .fit_dyn(s, train)
-            .await
-            .map_err(err)?
-            .transform(test)
+    let fitted: Arc<dyn Transformer> = if spec.stages.is_empty() && !keep {
+        build(spec)?.fit_dyn(s, train).await.map_err(err)?
     } else {
         // A kept fit assembles the feature columns themselves, as a refit over them does.
         let names = if keep {
@@ -655,32 +650,31 @@ async fn train_eval_split(
         } else {
             train.feature_names()?
         };
-        let fitted = pipeline(spec, &names)?.fit(s, train).await.map_err(err)?;
-        let scored = fitted.transform(test);
+        let fitted = Arc::new(pipeline(spec, &names)?.fit(s, train).await.map_err(err)?);
         if keep {
             // A model's size is not known without writing it; its parameters are small
             // next to the rows the store keeps, and the search's caller takes or drops them.
             quiver_engine::reuse::put(
                 kept_model_key(&spec.dataset, &spec.params),
-                Arc::new(fitted),
+                Arc::clone(&fitted),
                 1 << 16,
             );
         }
-        scored
-    }
-    .map_err(err)?;
-    score(s, spec, &scored).await.map_err(err)
+        fitted
+    };
+    score(s, spec, fitted.as_ref(), test).await.map_err(err)
 }
 
-/// `(loss, metrics)` of scored held-out rows: the spec's metric (or the task's default),
-/// negated when higher is better.
+/// `(loss, metrics)` of `model` on held-out rows `test`: the spec's metric (or the task's
+/// default), negated when higher is better.
 async fn score(
     s: &QuiverSession,
     spec: &TrainEval,
-    scored: &Dataset,
+    model: &dyn Transformer,
+    test: &Dataset,
 ) -> crate::Result<(f64, Value)> {
     let algorithm = spec.algorithm()?;
-    let mut metrics = algorithm.task.evaluate(s, scored).await?;
+    let mut metrics = algorithm.task.evaluate_model(s, model, test).await?;
     let metric = match &spec.metric {
         Some(m) => algorithm
             .task

@@ -78,6 +78,7 @@ impl ClassScores for LogisticPredict {
         "logistic_regression_probability",
         "logistic_regression_predict",
     ];
+    const EVALUATION: &'static str = "logistic_regression_evaluation_counts";
     const WHAT: &'static str = "a logistic regression model";
 
     fn dim(&self) -> usize {
@@ -157,6 +158,14 @@ impl Transformer for LogisticRegressionModel {
 
     fn row_stage(&self) -> crate::api::RowStage {
         scores::row_stage(&self.predictor())
+    }
+
+    fn evaluate_classifier(
+        &self,
+        session: &quiver_engine::QuiverSession,
+        data: &Dataset,
+    ) -> Option<crate::api::BoxedEvaluation> {
+        scores::evaluate_in_one_pass(self.predictor(), session, data)
     }
 
     fn weight_vectors(&self) -> Vec<(String, Vec<f64>)> {

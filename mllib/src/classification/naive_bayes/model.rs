@@ -172,6 +172,7 @@ impl ClassScores for Fitted {
         "naive_bayes_probability",
         "naive_bayes_predict",
     ];
+    const EVALUATION: &'static str = "naive_bayes_evaluation_counts";
     const WHAT: &'static str = "a naive Bayes model";
 
     fn dim(&self) -> usize {
@@ -259,6 +260,14 @@ impl Transformer for NaiveBayesModel {
 
     fn row_stage(&self) -> RowStage {
         scores::row_stage(&self.fitted)
+    }
+
+    fn evaluate_classifier(
+        &self,
+        session: &quiver_engine::QuiverSession,
+        data: &Dataset,
+    ) -> Option<crate::api::BoxedEvaluation> {
+        scores::evaluate_in_one_pass(self.fitted.clone(), session, data)
     }
 
     /// Per class: its feature log probabilities (multinomial, Bernoulli's log-odds),
