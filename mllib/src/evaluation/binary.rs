@@ -234,8 +234,8 @@ pub(crate) struct ScoreHistogram {
     pub(super) counts: Vec<(u64, (f64, f64))>,
     pub(super) shift: u32,
     pub(super) log_loss: f64,
-    /// Scores not folded in yet: order-preserving bits (unshifted) and whether positive.
-    pending: Vec<(u64, bool)>,
+    /// Scores not folded in yet, negatives' then positives': order-preserving bits (unshifted).
+    pending: [Vec<u64>; 2],
 }
 
 /// Scores gathered before they are folded into the bins.
@@ -263,36 +263,52 @@ impl ScoreHistogram {
     }
 
     fn add(&mut self, score: f64, positive: bool) {
-        self.pending.push((ordered_bits(score), positive));
-        if self.pending.len() >= PENDING_SCORES {
+        self.pending[positive as usize].push(ordered_bits(score));
+        if self.pending_len() >= PENDING_SCORES {
             self.flush();
         }
     }
 
-    /// Folds the pending scores into the bins.
+    fn pending_len(&self) -> usize {
+        self.pending[0].len() + self.pending[1].len()
+    }
+
+    /// Folds the pending scores into the bins: each label's sorted (plain keys sort fastest),
+    /// then counted in one merge of the two.
     fn flush(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending_len() == 0 {
             return;
         }
         let shift = self.shift;
-        let mut pending = std::mem::take(&mut self.pending);
-        pending
-            .iter_mut()
-            .for_each(|(k, _)| *k = bits_shr(*k, shift));
-        pending.sort_unstable_by_key(|(k, _)| *k);
-        let mut runs: Vec<(u64, (f64, f64))> = Vec::with_capacity(pending.len());
-        for (k, positive) in pending {
-            match runs.last_mut() {
-                Some((last, _)) if *last == k => {}
-                _ => runs.push((k, (0.0, 0.0))),
+        for keys in &mut self.pending {
+            if shift > 0 {
+                keys.iter_mut().for_each(|k| *k = bits_shr(*k, shift));
             }
-            let (p, n) = &mut runs.last_mut().expect("pushed above").1;
-            if positive {
-                *p += 1.0;
-            } else {
-                *n += 1.0;
-            }
+            keys.sort_unstable();
         }
+        let [negatives, positives] = &self.pending;
+        let mut runs: Vec<(u64, (f64, f64))> = Vec::with_capacity(self.pending_len());
+        let (mut i, mut j) = (0, 0);
+        loop {
+            let key = match (negatives.get(i), positives.get(j)) {
+                (Some(&a), Some(&b)) => a.min(b),
+                (Some(&a), None) => a,
+                (None, Some(&b)) => b,
+                (None, None) => break,
+            };
+            let (mut p, mut n) = (0.0, 0.0);
+            while negatives.get(i) == Some(&key) {
+                n += 1.0;
+                i += 1;
+            }
+            while positives.get(j) == Some(&key) {
+                p += 1.0;
+                j += 1;
+            }
+            runs.push((key, (p, n)));
+        }
+        // Cleared, not dropped: the next block reuses the buffers.
+        self.pending.iter_mut().for_each(Vec::clear);
         let bins = std::mem::take(&mut self.counts);
         self.set_bins(merge_sorted(bins, runs));
     }
@@ -324,7 +340,9 @@ impl ScoreHistogram {
     /// has none: its scores are all pending).
     pub(super) fn merge(&mut self, other: &ScoreHistogram) {
         self.log_loss += other.log_loss;
-        self.pending.extend_from_slice(&other.pending);
+        for (mine, theirs) in self.pending.iter_mut().zip(&other.pending) {
+            mine.extend_from_slice(theirs);
+        }
         if !other.counts.is_empty() {
             let shift = self.shift.max(other.shift);
             if shift > self.shift {
@@ -340,14 +358,14 @@ impl ScoreHistogram {
             let mine = std::mem::take(&mut self.counts);
             self.set_bins(merge_sorted(mine, theirs));
         }
-        if self.pending.len() >= PENDING_SCORES {
+        if self.pending_len() >= PENDING_SCORES {
             self.flush();
         }
     }
 
     /// This histogram with every score folded into the bins.
     fn settled(&self) -> std::borrow::Cow<'_, ScoreHistogram> {
-        if self.pending.is_empty() {
+        if self.pending_len() == 0 {
             std::borrow::Cow::Borrowed(self)
         } else {
             let mut s = self.clone();
@@ -466,7 +484,7 @@ impl Statistic for ScoreCounts {
     }
     fn state_size(&self, s: &Self::State) -> usize {
         s.counts.capacity() * std::mem::size_of::<(u64, (f64, f64))>()
-            + s.pending.capacity() * std::mem::size_of::<(u64, bool)>()
+            + (s.pending[0].capacity() + s.pending[1].capacity()) * std::mem::size_of::<u64>()
     }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Self::State> {
         let (head, mut rest) = decode_f64s(bytes, 3)?;
@@ -490,7 +508,7 @@ impl Statistic for ScoreCounts {
             counts,
             shift: head[2] as u32,
             log_loss: head[0],
-            pending: Vec::new(),
+            pending: Default::default(),
         })
     }
 }
