@@ -409,11 +409,15 @@ impl Encoder {
     /// The error for the first value of column `j` the encoding refuses: ±∞ always, NaN unless
     /// kept. One vectorised sweep when every value is fine.
     fn check_finite(&self, j: usize, values: &[f64]) -> quiver_engine::Result<()> {
-        if !self.refuses_any(values) {
-            return Ok(());
-        }
         let keep_nan = self.missing == MissingNumbers::Keep;
         let refused = |x: f64| !(x.is_finite() || keep_nan && x.is_nan());
+        let mut any = false;
+        for block in values.chunks(1024) {
+            any |= block.iter().fold(false, |a, &x| a | refused(x));
+        }
+        if !any {
+            return Ok(());
+        }
         let r = values
             .iter()
             .position(|&x| refused(x))
@@ -427,17 +431,6 @@ impl Encoder {
             column: self.columns[j].name.clone(),
             row_in_batch: r,
         })
-    }
-
-    /// Whether any of `values` is one the encoding refuses ([`Encoder::check_finite`]).
-    fn refuses_any(&self, values: &[f64]) -> bool {
-        let keep_nan = self.missing == MissingNumbers::Keep;
-        let refused = |x: f64| !(x.is_finite() || keep_nan && x.is_nan());
-        let mut any = false;
-        for block in values.chunks(1024) {
-            any |= block.iter().fold(false, |a, &x| a | refused(x));
-        }
-        any
     }
 
     fn encode_into(
@@ -615,26 +608,18 @@ impl ColumnEncoder for Encoder {
             // appended, so the batch's rows are written once (no zeroing pass before).
             let mut dense = Vec::with_capacity(arrays.len());
             for (j, a) in arrays.iter().enumerate() {
-                dense.push((self.derived.offsets[j], numbers(a, &self.columns[j].name)?));
+                let values = numbers(a, &self.columns[j].name)?;
+                self.check_finite(j, values.values())?;
+                dense.push((self.derived.offsets[j], values));
             }
             if dense.iter().all(|(_, v)| v.null_count() == 0) {
-                // Values are checked in each block while it is in cache (one read of the
-                // batch, not two); a refused one is then looked for column by column, for the
-                // error that names the first.
                 let mut out = Vec::with_capacity(rows * dim);
                 let mut block = vec![0.0; BLOCK_ROWS * dim];
-                let mut refused = false;
                 for first in (0..rows).step_by(BLOCK_ROWS) {
                     let n = BLOCK_ROWS.min(rows - first);
                     let block = &mut block[..n * dim];
                     write_dense(block, dim, first, &dense);
-                    refused |= self.refuses_any(block);
                     out.extend_from_slice(block);
-                }
-                if refused {
-                    for (j, (_, values)) in dense.iter().enumerate() {
-                        self.check_finite(j, values.values())?;
-                    }
                 }
                 return Ok(out);
             }
