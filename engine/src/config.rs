@@ -240,35 +240,37 @@ pub fn available_cores() -> usize {
 pub fn usable_memory() -> Option<usize> {
     static TOTAL: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *TOTAL.get_or_init(|| {
-        let host = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|info| {
-                let kib = info
-                    .lines()
-                    .find(|l| l.starts_with("MemTotal:"))?
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse::<usize>()
-                    .ok()?;
-                Some(kib.saturating_mul(1024))
-            });
-        let limit = [
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+        let limits = [
             "/sys/fs/cgroup/memory.max",
             "/sys/fs/cgroup/memory/memory.limit_in_bytes",
         ]
-        .iter()
-        .find_map(|f| {
-            std::fs::read_to_string(f)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        });
-        match (host, limit) {
-            (Some(h), Some(l)) => Some(h.min(l)),
-            (h, l) => h.or(l),
-        }
+        .map(|f| std::fs::read_to_string(f).ok());
+        memory_within(meminfo.as_deref(), &limits)
     })
+}
+
+/// [`usable_memory`] from the text of `/proc/meminfo` and of the cgroup limit files (v2 first):
+/// the first limit that is a number (v2 writes `max` when there is none; v1 a huge number),
+/// or the host's total, whichever is smaller.
+fn memory_within(meminfo: Option<&str>, limits: &[Option<String>]) -> Option<usize> {
+    let host = meminfo.and_then(|info| {
+        let kib = info
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<usize>()
+            .ok()?;
+        Some(kib.saturating_mul(1024))
+    });
+    let limit = limits
+        .iter()
+        .find_map(|l| l.as_deref()?.trim().parse::<usize>().ok());
+    match (host, limit) {
+        (Some(h), Some(l)) => Some(h.min(l)),
+        (h, l) => h.or(l),
+    }
 }
 
 impl Default for QuiverConfig {
@@ -429,6 +431,42 @@ impl QuiverConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_limit_below_the_host_memory_is_what_may_be_used() {
+        let info = "MemTotal:       16384 kB\nMemFree:         1024 kB\n";
+        let host = 16384 * 1024;
+        let some = |s: &str| Some(s.to_string());
+        // No cgroup files: the host's.
+        assert_eq!(memory_within(Some(info), &[None, None]), Some(host));
+        // cgroup v2 without a limit writes `max`; v1 without one a huge number.
+        assert_eq!(
+            memory_within(Some(info), &[some("max\n"), None]),
+            Some(host)
+        );
+        assert_eq!(
+            memory_within(Some(info), &[None, some("9223372036854771712\n")]),
+            Some(host)
+        );
+        // A limit below the host's memory, v2 or v1.
+        assert_eq!(
+            memory_within(Some(info), &[some("1048576\n"), None]),
+            Some(1 << 20)
+        );
+        assert_eq!(
+            memory_within(Some(info), &[None, some("2097152\n")]),
+            Some(2 << 20)
+        );
+        // v2 is read first; a limit alone where /proc/meminfo cannot be read.
+        assert_eq!(
+            memory_within(Some(info), &[some("1048576"), some("2097152")]),
+            Some(1 << 20)
+        );
+        assert_eq!(memory_within(None, &[some("4096"), None]), Some(4096));
+        assert_eq!(memory_within(Some("garbage"), &[None, None]), None);
+    }
+
     use super::*;
 
     #[test]
