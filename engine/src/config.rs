@@ -467,8 +467,6 @@ mod tests {
         assert_eq!(memory_within(Some("garbage"), &[None, None]), None);
     }
 
-    use super::*;
-
     #[test]
     fn memory_sizes_parse_as_people_write_them() {
         assert_eq!(parse_bytes("1048576").unwrap(), Some(1 << 20));
