@@ -889,8 +889,18 @@ impl Evaluation {
         let batch = match &self.report {
             Report::Metrics { threshold } => {
                 let rows = data.dataframe().clone().count().await? as i64;
-                let scored = self.scored(&data, *threshold)?;
-                let metrics = self.task.evaluate(&session, &scored).await?;
+                let metrics = match threshold {
+                    // A classifier scores and counts the rows in one pass where it can.
+                    None => {
+                        self.task
+                            .evaluate_model(&session, self.model.model.as_ref(), &data)
+                            .await?
+                    }
+                    Some(_) => {
+                        let scored = self.scored(&data, *threshold)?;
+                        self.task.evaluate(&session, &scored).await?
+                    }
+                };
                 let mut cols: Vec<ArrayRef> = self
                     .task
                     .metrics()
