@@ -2,6 +2,9 @@
 //! multiclass metrics against a worked example; a classifier's one-pass evaluation against its
 //! output columns'; both runners.
 
+mod common;
+use common::{float_rows, session};
+
 use std::sync::Arc;
 
 use arrow::array::{AsArray, Float64Array, RecordBatch};
@@ -15,15 +18,6 @@ use quiver_mllib::{
 
 const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
 const DIABETES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/diabetes.parquet");
-
-fn session(runner: &str) -> QuiverSession {
-    QuiverSession::embedded_with(
-        QuiverConfig::default()
-            .with_pairs([("quiver.runner", runner)])
-            .unwrap(),
-    )
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_metrics_match_a_direct_computation() {
@@ -314,17 +308,7 @@ async fn clustering_evaluation_names_bad_cluster_columns() {
 /// A shipped file as Float64 columns, the label `y` and every other column assembled into one
 /// `features` vector (what `CREATE MODEL`'s preprocessing makes), in `partitions` partitions.
 async fn vector_rows(s: &QuiverSession, file: &str, label: &str, partitions: usize) -> Dataset {
-    let path = format!("{}/../data/{file}", env!("CARGO_MANIFEST_DIR"));
-    let batches = s.read(&path).await.unwrap().collect().await.unwrap();
-    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
-    let mut fields = Vec::new();
-    let mut cols = Vec::new();
-    for (f, c) in all.schema().fields().iter().zip(all.columns()) {
-        let name = if f.name() == label { "y" } else { f.name() };
-        fields.push(Field::new(name, DataType::Float64, false));
-        cols.push(arrow::compute::cast(c, &DataType::Float64).unwrap());
-    }
-    let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    let b = float_rows(s, file, label).await;
     Dataset::new(s.from_batches(vec![b], partitions).unwrap())
         .with_label("y")
         .unwrap()

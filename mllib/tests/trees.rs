@@ -4,7 +4,7 @@
 //! store; feature importance; bad input named.
 
 mod common;
-use common::{reference, session};
+use common::{float_rows, reference, session};
 
 use std::sync::Arc;
 
@@ -19,17 +19,7 @@ use quiver_mllib::{
 /// A shipped file as Float64 columns (the label renamed `y`), split into (train, test): every
 /// fifth row, from row 0, is a test row.
 async fn split(s: &QuiverSession, file: &str, label: &str) -> (Dataset, Dataset) {
-    let path = format!("{}/../data/{file}", env!("CARGO_MANIFEST_DIR"));
-    let batches = s.read(&path).await.unwrap().collect().await.unwrap();
-    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
-    let mut fields = Vec::new();
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    for (f, c) in all.schema().fields().iter().zip(all.columns()) {
-        let name = if f.name() == label { "y" } else { f.name() };
-        fields.push(Field::new(name, DataType::Float64, false));
-        cols.push(arrow::compute::cast(c, &DataType::Float64).unwrap());
-    }
-    let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    let b = float_rows(s, file, label).await;
     let test: BooleanArray = (0..b.num_rows()).map(|i| Some(i % 5 == 0)).collect();
     let train = arrow::compute::not(&test).unwrap();
     let part = |mask: &BooleanArray| {
