@@ -30,7 +30,10 @@ use datafusion::sql::sqlparser::ast::{Expr, Statement as SQLStatement};
 use quiver_engine::store::FeatureField;
 use quiver_engine::{Dataset, QuiverSession, SPLIT_DRAW};
 use quiver_mllib::catalog::{self, Algorithm, Attribution, OptionType, Task};
-use quiver_mllib::feature::{CategoryEncoding, ColumnKind, MissingNumbers, Preprocessor};
+use quiver_mllib::feature::{
+    CategoryEncoding, ColumnKind, MissingNumbers, OnePassFit, OnePassPart, Preprocessor,
+    PreprocessorModel, SqlTransformModel,
+};
 use quiver_mllib::pipeline::DynModel;
 use quiver_mllib::tuning::objective::pipeline;
 use quiver_mllib::tuning::{Point, TrainEval};
@@ -219,7 +222,6 @@ async fn materialise(
     df: &DataFrame,
     limit: usize,
 ) -> Result<Option<DataFrame>> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     if session.is_cluster() {
         // Kept by the executors, each for the partitions it reads (quiver.cluster.cache).
         return Ok(session.cache_on_executors(df).await);
@@ -227,43 +229,124 @@ async fn materialise(
     if limit == 0 {
         return Ok(None);
     }
+    let keep = |kept: &mut Vec<RecordBatch>, b: RecordBatch| {
+        let bytes = b.get_array_memory_size();
+        kept.push(b);
+        Ok(Some(bytes))
+    };
+    let Some(partitions) = read_within(df, limit, Vec::new, keep).await? else {
+        return Ok(None);
+    };
     let schema = Arc::new(df.schema().as_arrow().clone());
+    let Ok(table) = datafusion::datasource::MemTable::try_new(schema, partitions) else {
+        return Ok(None);
+    };
+    Ok(Some(session.context().read_table(Arc::new(table))?))
+}
+
+/// Reads `df`'s partitions in parallel, each batch handed to `keep` with its partition's
+/// state (`keep` returns the bytes it kept, or `None` to give up); the states in partition
+/// order, or `None` as soon as one gives up or more than `limit` bytes are kept in all.
+async fn read_within<S, I, K>(
+    df: &DataFrame,
+    limit: usize,
+    init: I,
+    keep: K,
+) -> Result<Option<Vec<S>>>
+where
+    S: Send + 'static,
+    I: Fn() -> S,
+    K: Fn(&mut S, RecordBatch) -> Result<Option<usize>> + Clone + Send + 'static,
+{
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let used = Arc::new(AtomicUsize::new(0));
     let streams = df.clone().execute_stream_partitioned().await?;
     let tasks: Vec<_> = streams
         .into_iter()
         .map(|mut stream| {
             let used = Arc::clone(&used);
+            let keep = keep.clone();
+            let mut state = init();
             tokio::spawn(async move {
-                use futures::StreamExt;
-                let mut batches = Vec::new();
                 while let Some(b) = stream.next().await {
-                    let b = b?;
-                    let total = used.fetch_add(b.get_array_memory_size(), Ordering::Relaxed)
-                        + b.get_array_memory_size();
-                    if total > limit {
+                    let Some(bytes) = keep(&mut state, b?)? else {
+                        return Ok(None);
+                    };
+                    if used.fetch_add(bytes, Ordering::Relaxed) + bytes > limit {
                         return Ok(None);
                     }
-                    batches.push(b);
                 }
-                Ok::<_, datafusion::error::DataFusionError>(Some(batches))
+                Ok::<_, SqlError>(Some(state))
             })
         })
         .collect();
-    let mut partitions = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        match t
+    let mut states = Vec::with_capacity(tasks.len());
+    let mut tasks = tasks.into_iter();
+    while let Some(t) = tasks.next() {
+        let outcome = t
             .await
-            .map_err(|e| SqlError::Invalid(format!("reading the training rows: {e}")))??
-        {
-            Some(b) => partitions.push(b),
-            None => return Ok(None),
+            .map_err(|e| SqlError::Invalid(format!("reading the training rows: {e}")))
+            .and_then(|r| r);
+        match outcome {
+            Ok(Some(s)) => states.push(s),
+            other => {
+                // The other partitions' reads are not needed any more.
+                tasks.for_each(|t| t.abort());
+                return other.map(|_| None);
+            }
         }
     }
-    let Ok(table) = datafusion::datasource::MemTable::try_new(schema, partitions) else {
+    Ok(Some(states))
+}
+
+/// Embedded, without a split: the preprocessing fitted and the rows encoded in the one read
+/// of the training query ([`OnePassFit`]), the encoded rows kept in memory (not the rows as
+/// read). `None` when they do not fit `limit` bytes or hold a value the encoding refuses (the
+/// usual path reports it with its row).
+async fn read_encoded(
+    session: &QuiverSession,
+    df: &DataFrame,
+    limit: usize,
+    fit: OnePassFit,
+    label: Option<&str>,
+) -> Result<Option<(PreprocessorModel, Dataset, usize)>> {
+    let fit = Arc::new(fit);
+    let pushing = Arc::clone(&fit);
+    let keep = move |part: &mut OnePassPart, b: RecordBatch| Ok(pushing.push(part, &b)?);
+    let Some(parts) = read_within(df, limit, || fit.part(), keep).await? else {
         return Ok(None);
     };
-    Ok(Some(session.context().read_table(Arc::new(table))?))
+    let (prep, partitions, rows) = fit.finish(parts)?;
+    let table = datafusion::datasource::MemTable::try_new(fit.schema(), partitions)?;
+    let df = session.context().read_table(Arc::new(table))?;
+    let train = prep.encoded_rows(df, label, None)?;
+    Ok(Some((prep, train, rows as usize)))
+}
+
+/// A statement's rows, prepared for the fit: the fitted preprocessing, the encoded training
+/// rows and the held-out ones (if any), and the rows the query returned.
+struct Prepared {
+    prep: PreprocessorModel,
+    train: Dataset,
+    eval: Option<Dataset>,
+    /// Rows the query returned.
+    rows: usize,
+    /// The rows as the query returned them (with their split draw when they may be split) and
+    /// their training side, for the trials and the global explanation; `None` when the rows
+    /// were encoded as they were read (neither is then asked for).
+    raw: Option<Dataset>,
+    train_raw: Option<Dataset>,
+    sql_transform: Option<SqlTransformModel>,
+    features: Vec<FeatureField>,
+}
+
+/// The error for a part of the statement that needs the rows as read when they were encoded
+/// in one pass (a combination the statement does not choose that path for).
+fn read_in_one_pass(what: &str) -> SqlError {
+    SqlError::Invalid(format!(
+        "{what} need the rows as the query returns them, but they were encoded as read"
+    ))
 }
 
 /// What `CREATE MODEL` prints.
@@ -363,83 +446,143 @@ pub async fn create_model(
         || !o
             .str("data_split_method")?
             .is_some_and(|m| m.eq_ignore_ascii_case("no_split"));
-    let df = if may_split {
-        Dataset::new(df)
-            .with_split_draw(&raw_columns, seed)?
-            .dataframe()
-            .clone()
-    } else {
-        df
-    };
-    // The statement is checked; now its query runs, once when the result fits in memory.
-    let limit = session.config().training_cache;
-    let (df, cached) = match materialise(session, &df, limit).await? {
-        Some(rows) => (rows, true),
-        None => (df, false),
-    };
-    let raw = Dataset::new(df);
-    let rows = raw.count().await?;
-    let (train_raw, eval_raw) = match split_of(&o, rows)? {
-        // The rows without their draw.
-        Split::None if may_split => (
-            raw.with_dataframe(raw.dataframe().clone().drop_columns(&[SPLIT_DRAW])?)?,
-            None,
-        ),
-        Split::None => (raw.clone(), None),
-        Split::Random(f) => {
-            let weights = [1.0 - f, f];
-            // Each side a filter over the kept rows, not a copy of them: a side is read about
-            // once (the preprocessing's statistics and the fit read the training side — an
-            // iterative fit keeps its own encoded rows — the evaluation the held-out side),
-            // and a kept copy of both sides cost more in fresh memory than those reads.
-            let mut parts = raw.random_split_on(&draw, &weights, seed)?;
-            let eval = parts.pop();
-            (parts.pop().expect("two parts"), eval)
+    let preprocessor_of = |features: &[FeatureField]| {
+        let names: Vec<&str> = features.iter().map(|f| f.name.as_str()).collect();
+        let p = Preprocessor::new(names)
+            .output_col(ENCODED)
+            .encoding(encoding)
+            .missing(o.algorithm.missing_values);
+        match &label {
+            Some(l) => p.label(l.clone(), classify),
+            None => p,
         }
     };
-    // A TRANSFORM clause is fitted on the training rows; its outputs are the model's columns.
-    let sql_transform = match &c.transform {
-        Some(items) => Some(
-            crate::transform::fit(session, train_raw.dataframe(), items, label.as_deref()).await?,
-        ),
-        None => None,
-    };
-    let (train_in, eval_in) = match &sql_transform {
-        Some(t) => (
-            t.transform(&train_raw)?,
-            eval_raw.as_ref().map(|e| t.transform(e)).transpose()?,
-        ),
-        None => (train_raw.clone(), eval_raw.clone()),
-    };
-    let features = check_columns(
-        &o,
-        train_in.dataframe().schema().as_arrow(),
-        label.as_deref(),
-    )?;
-    let names: Vec<String> = features.iter().map(|f| f.name.clone()).collect();
-    // The preprocessing is fitted on the training rows, as every other stage.
-    let mut preprocessor = Preprocessor::new(&names)
-        .output_col(ENCODED)
-        .encoding(encoding)
-        .missing(o.algorithm.missing_values);
-    if let Some(l) = &label {
-        preprocessor = preprocessor.label(l.clone(), classify);
-    }
-    let prep = preprocessor.fit(session, &train_in).await?;
-    let mut train = prep.transform(&train_in)?;
-    let eval = eval_in.as_ref().map(|e| prep.transform(e)).transpose()?;
-    if cached
-        && eval.is_none()
-        && tuning.is_none()
+    let limit = session.config().training_cache;
+    // Without a split (nor a TRANSFORM, trials or explanations, which read the rows as the
+    // query returns them) the preprocessing is fitted on exactly the rows the model trains
+    // on: number columns are then fitted and encoded in the one read of the query, and only
+    // the encoded rows are kept.
+    let one_pass = if !may_split
+        && c.transform.is_none()
+        && !global_explain
         && !session.is_cluster()
-        && o.algorithm.keeps_prepared_rows
+        && limit > 0
     {
-        // The model is fitted and evaluated on the same rows, and the fit keeps the encoded
-        // vectors it reads anyway: encoded once, kept beside the raw rows they come from. (A
-        // fit that reads its rows once encodes them as it reads, into buffers it reuses:
-        // cheaper than a second copy of the rows in fresh memory.)
-        train = train.persist(session).await?;
-    }
+        let schema = df.schema().as_arrow();
+        let features = check_columns(&o, schema, label.as_deref())?;
+        match preprocessor_of(&features).one_pass(schema) {
+            Some(fit) => read_encoded(session, &df, limit, fit, label.as_deref())
+                .await?
+                .map(|(prep, train, rows)| Prepared {
+                    prep,
+                    train,
+                    eval: None,
+                    rows,
+                    raw: None,
+                    train_raw: None,
+                    sql_transform: None,
+                    features,
+                }),
+            None => None,
+        }
+    } else {
+        None
+    };
+    let Prepared {
+        prep,
+        train,
+        eval,
+        rows,
+        raw,
+        train_raw,
+        sql_transform,
+        features,
+    } = match one_pass {
+        Some(p) => p,
+        None => {
+            let df = if may_split {
+                Dataset::new(df)
+                    .with_split_draw(&raw_columns, seed)?
+                    .dataframe()
+                    .clone()
+            } else {
+                df
+            };
+            // The statement is checked; now its query runs, once when the result fits in memory.
+            let (df, cached) = match materialise(session, &df, limit).await? {
+                Some(rows) => (rows, true),
+                None => (df, false),
+            };
+            let raw = Dataset::new(df);
+            let rows = raw.count().await?;
+            let (train_raw, eval_raw) = match split_of(&o, rows)? {
+                // The rows without their draw.
+                Split::None if may_split => (
+                    raw.with_dataframe(raw.dataframe().clone().drop_columns(&[SPLIT_DRAW])?)?,
+                    None,
+                ),
+                Split::None => (raw.clone(), None),
+                Split::Random(f) => {
+                    let weights = [1.0 - f, f];
+                    // Each side a filter over the kept rows, not a copy of them: a side is read
+                    // about once (the preprocessing's statistics and the fit read the training
+                    // side — an iterative fit keeps its own encoded rows — the evaluation the
+                    // held-out side), and a kept copy of both sides cost more in fresh memory
+                    // than those reads.
+                    let mut parts = raw.random_split_on(&draw, &weights, seed)?;
+                    let eval = parts.pop();
+                    (parts.pop().expect("two parts"), eval)
+                }
+            };
+            // A TRANSFORM clause is fitted on the training rows; its outputs are the model's
+            // columns.
+            let sql_transform = match &c.transform {
+                Some(items) => Some(
+                    crate::transform::fit(session, train_raw.dataframe(), items, label.as_deref())
+                        .await?,
+                ),
+                None => None,
+            };
+            let (train_in, eval_in) = match &sql_transform {
+                Some(t) => (
+                    t.transform(&train_raw)?,
+                    eval_raw.as_ref().map(|e| t.transform(e)).transpose()?,
+                ),
+                None => (train_raw.clone(), eval_raw.clone()),
+            };
+            let features = check_columns(
+                &o,
+                train_in.dataframe().schema().as_arrow(),
+                label.as_deref(),
+            )?;
+            // The preprocessing is fitted on the training rows, as every other stage.
+            let prep = preprocessor_of(&features).fit(session, &train_in).await?;
+            let mut train = prep.transform(&train_in)?;
+            let eval = eval_in.as_ref().map(|e| prep.transform(e)).transpose()?;
+            if cached
+                && eval.is_none()
+                && tuning.is_none()
+                && !session.is_cluster()
+                && o.algorithm.keeps_prepared_rows
+            {
+                // The model is fitted and evaluated on the same rows, and the fit keeps the
+                // encoded vectors it reads anyway: encoded once, kept beside the raw rows they
+                // come from. (A fit that reads its rows once encodes them as it reads, into
+                // buffers it reuses: cheaper than a second copy of the rows in fresh memory.)
+                train = train.persist(session).await?;
+            }
+            Prepared {
+                prep,
+                train,
+                eval,
+                rows,
+                raw: Some(raw),
+                train_raw: Some(train_raw),
+                sql_transform,
+                features,
+            }
+        }
+    };
     let encoded = [ENCODED.to_string()];
     // What a trial trains, and so what the stored model is: the estimator with the
     // statement's options, then the best trial's values of the tuned ones.
@@ -460,8 +603,9 @@ pub async fn create_model(
             // The trials read the encoded rows (the vector, the label's class index) and each
             // row's split draw, made from the raw columns as the statement's was: the trials
             // hold out the rows the stored model is evaluated on.
+            let raw = raw.as_ref().ok_or_else(|| read_in_one_pass("the trials"))?;
             let encoded_rows = match &sql_transform {
-                None => prep.transform(&raw)?,
+                None => prep.transform(raw)?,
                 Some(st) => {
                     // The TRANSFORM's outputs beside the draw.
                     let df = raw.dataframe();
@@ -546,7 +690,10 @@ pub async fn create_model(
     stages.extend(inner.stages().iter().cloned());
     let model = PipelineModel::from_stages(stages);
     let global = if global_explain {
-        Some(global_attribution(session, &c.name, o.algorithm, &model, &prep, &train_raw).await?)
+        let train_raw = train_raw
+            .as_ref()
+            .ok_or_else(|| read_in_one_pass("the global explanation"))?;
+        Some(global_attribution(session, &c.name, o.algorithm, &model, &prep, train_raw).await?)
     } else {
         None
     };

@@ -41,6 +41,9 @@ use crate::api::{ColumnEncoder, Estimator, Model, RowStage, Transformer};
 use crate::error::{MllibError, Result};
 use crate::persist::params_json;
 
+mod one_pass;
+pub use one_pass::{OnePassFit, OnePassPart};
+
 /// The column the class index of a string or boolean label is written to.
 pub const LABEL_INDEX: &str = "__quiver_label";
 
@@ -254,6 +257,33 @@ pub struct ColumnInfo {
 }
 
 impl ColumnInfo {
+    /// A column before its statistics: every row counted, none null.
+    fn unread(name: &str, data_type: &DataType, kind: ColumnKind, rows: u64) -> Self {
+        ColumnInfo {
+            name: name.to_string(),
+            data_type: data_type.to_string(),
+            kind,
+            rows,
+            nulls: 0,
+            non_finite: 0,
+            mean: None,
+            stddev: None,
+            min: None,
+            max: None,
+            categories: Vec::new(),
+            distinct: 0,
+        }
+    }
+
+    /// A number column's counts and `[mean, stddev, min, max]` (each kept only when finite)
+    /// from its moments: `present` non-null values, `finite` of them finite.
+    fn set_moments(&mut self, present: u64, finite: u64, stats: [Option<f64>; 4]) {
+        let [mean, stddev, min, max] = stats.map(|v| v.filter(|v| v.is_finite()));
+        self.nulls = self.rows - present.min(self.rows);
+        self.non_finite = present - finite.min(present);
+        (self.mean, self.stddev, self.min, self.max) = (mean, stddev, min, max);
+    }
+
     /// Whether the string column has an "other" category (nulls, values beyond the kept
     /// ones): then one-hot writes a feature for it.
     fn has_other(&self) -> bool {
@@ -742,6 +772,28 @@ impl PreprocessorModel {
         self.encoder.label.as_ref()
     }
 
+    /// The roles over a frame that holds the stage's output column: the vector is the
+    /// features (named by the stage), with the given label and weight.
+    pub fn encoded_rows(
+        &self,
+        df: datafusion::prelude::DataFrame,
+        label: Option<&str>,
+        weight: Option<&str>,
+    ) -> Result<Dataset> {
+        let mut out = Dataset::new(df)
+            .with_assembled_features(&self.params.output_col, self.feature_names().to_vec())?;
+        if let Some(l) = label {
+            out = out.with_label(l)?;
+        }
+        if let Some(w) = weight {
+            out = out.with_weight(w)?;
+        }
+        if self.params.missing == MissingNumbers::Keep {
+            out = out.keep_missing();
+        }
+        Ok(out)
+    }
+
     /// `ml_feature_info`'s rows: per input column its type, null count, statistics and
     /// category count.
     pub fn feature_info(&self) -> serde_json::Value {
@@ -886,20 +938,7 @@ impl Estimator for Preprocessor {
         }
         let mut columns = Vec::with_capacity(kinds.len());
         for (j, (name, t, kind)) in kinds.into_iter().enumerate() {
-            let mut info = ColumnInfo {
-                name: name.clone(),
-                data_type: t.to_string(),
-                kind,
-                rows,
-                nulls: 0,
-                non_finite: 0,
-                mean: None,
-                stddev: None,
-                min: None,
-                max: None,
-                categories: Vec::new(),
-                distinct: 0,
-            };
+            let mut info = ColumnInfo::unread(&name, &t, kind, rows);
             if kind == ColumnKind::Categorical {
                 let mut counts = value_counts(data, col(quoted_name(&name))).await?;
                 info.nulls = counts
@@ -916,14 +955,16 @@ impl Estimator for Preprocessor {
                 kept.sort();
                 info.categories = kept;
             } else {
-                let present = moment(j, "count").unwrap_or(0.0) as u64;
-                let finite = moment(j, "finite").unwrap_or(0.0) as u64;
-                info.nulls = rows - present.min(rows);
-                info.non_finite = present - finite.min(present);
-                info.mean = moment(j, "mean");
-                info.stddev = moment(j, "stddev");
-                info.min = moment(j, "min");
-                info.max = moment(j, "max");
+                info.set_moments(
+                    moment(j, "count").unwrap_or(0.0) as u64,
+                    moment(j, "finite").unwrap_or(0.0) as u64,
+                    [
+                        moment(j, "mean"),
+                        moment(j, "stddev"),
+                        moment(j, "min"),
+                        moment(j, "max"),
+                    ],
+                );
             }
             columns.push(info);
         }
@@ -931,6 +972,17 @@ impl Estimator for Preprocessor {
             Some(l) if self.classify => self.label_classes(data, l, &available).await?,
             _ => None,
         };
+        self.model(columns, label)
+    }
+}
+
+impl Preprocessor {
+    /// The fitted stage from what fitting learnt, checked.
+    fn model(
+        &self,
+        columns: Vec<ColumnInfo>,
+        label: Option<LabelClasses>,
+    ) -> Result<PreprocessorModel> {
         let encoder = Encoder::new(columns, self.encoding, self.missing, label);
         encoder
             .validate()
@@ -943,9 +995,7 @@ impl Estimator for Preprocessor {
             encoder: Arc::new(encoder),
         })
     }
-}
 
-impl Preprocessor {
     /// The classes of a string or boolean classification label; `None` for a numeric label
     /// (its values are the class indices).
     async fn label_classes(
@@ -1029,19 +1079,8 @@ impl Transformer for PreprocessorModel {
                 .map_err(QuiverError::from)?;
             label = Some(LABEL_INDEX);
         }
-        // Roles over the new frame: the vector is the features; the label and weight stay.
-        let mut out = Dataset::new(df)
-            .with_assembled_features(&self.params.output_col, self.feature_names().to_vec())?;
-        if let Some(l) = label.or(data.label()) {
-            out = out.with_label(l)?;
-        }
-        if let Some(w) = data.weight() {
-            out = out.with_weight(w)?;
-        }
-        if self.params.missing == MissingNumbers::Keep {
-            out = out.keep_missing();
-        }
-        Ok(out)
+        // The label and weight stay.
+        self.encoded_rows(df, label.or(data.label()), data.weight())
     }
 
     fn row_stage(&self) -> RowStage {
