@@ -317,7 +317,9 @@ async fn read_encoded(
     let Some(parts) = read_within(df, limit, || fit.part(), keep).await? else {
         return Ok(None);
     };
-    let (prep, partitions, rows) = fit.finish(parts)?;
+    let Some((prep, partitions, rows)) = fit.finish(parts)? else {
+        return Ok(None);
+    };
     let table = datafusion::datasource::MemTable::try_new(fit.schema(), partitions)?;
     let df = session.context().read_table(Arc::new(table))?;
     let train = prep.encoded_rows(df, label, None)?;

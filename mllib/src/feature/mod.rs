@@ -20,7 +20,8 @@ pub use indexer::{HandleInvalid, StringIndexer, StringIndexerModel, StringOrderT
 pub use onehot::{OneHotEncoder, OneHotEncoderModel};
 pub use preprocess::{
     CategoryEncoding, ColumnInfo, ColumnKind, Encoder, LABEL_INDEX, LabelClasses,
-    MAX_LABEL_CLASSES, MissingNumbers, OnePassFit, OnePassPart, Preprocessor, PreprocessorModel,
+    MAX_LABEL_CLASSES, MissingNumbers, OnePassFit, OnePassPart, OnePassRows, Preprocessor,
+    PreprocessorModel,
 };
 pub use scaler::{MinMaxScaler, MinMaxScalerModel, StandardScaler, StandardScalerModel};
 pub use sql_transform::{SqlColumn, SqlInput, SqlTransformModel, SqlTransformParams};

@@ -42,7 +42,7 @@ use crate::error::{MllibError, Result};
 use crate::persist::params_json;
 
 mod one_pass;
-pub use one_pass::{OnePassFit, OnePassPart};
+pub use one_pass::{OnePassFit, OnePassPart, OnePassRows};
 
 /// The column the class index of a string or boolean label is written to.
 pub const LABEL_INDEX: &str = "__quiver_label";

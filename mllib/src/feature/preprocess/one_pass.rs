@@ -48,6 +48,18 @@ pub struct OnePassPart {
     batches: Vec<Kept>,
 }
 
+/// What [`OnePassFit::finish`] gives: the fitted stage, each partition's encoded batches in
+/// the order read, and the number of rows.
+pub type OnePassRows = (PreprocessorModel, Vec<Vec<RecordBatch>>, u64);
+
+/// Whether the encoding refused a value (the usual path then reports it with its row).
+fn refused(e: &MllibError) -> bool {
+    matches!(
+        e,
+        MllibError::Engine(QuiverError::InvalidValueInBatch { .. })
+    )
+}
+
 enum Kept {
     Encoded(RecordBatch),
     Read(RecordBatch),
@@ -147,9 +159,7 @@ impl OnePassFit {
         } else {
             match self.encoded(&self.interim, &arrays, label, rows) {
                 Ok(b) => Kept::Encoded(b),
-                Err(MllibError::Engine(QuiverError::InvalidValueInBatch { .. })) => {
-                    return Ok(None);
-                }
+                Err(e) if refused(&e) => return Ok(None),
                 Err(e) => return Err(e),
             }
         };
@@ -175,13 +185,11 @@ impl OnePassFit {
     }
 
     /// The fitted stage, the encoded batches of each partition (in the order read) and the
-    /// number of rows, from the partitions' shares in partition order. No rows is an error, as
-    /// for [`Estimator::fit`](crate::api::Estimator::fit); so is a value the encoding refuses
-    /// in a batch that held a null (named with its column and its row in the batch).
-    pub fn finish(
-        &self,
-        parts: Vec<OnePassPart>,
-    ) -> Result<(PreprocessorModel, Vec<Vec<RecordBatch>>, u64)> {
+    /// number of rows, from the partitions' shares in partition order; `None` when a batch
+    /// kept as read (it held a null) holds a value the encoding refuses, as in
+    /// [`OnePassFit::push`]. No rows is an error, as for
+    /// [`Estimator::fit`](crate::api::Estimator::fit).
+    pub fn finish(&self, parts: Vec<OnePassPart>) -> Result<Option<OnePassRows>> {
         let rows: u64 = parts.iter().map(|p| p.rows).sum();
         if rows == 0 {
             return Err(QuiverError::EmptyDataset {
@@ -222,13 +230,17 @@ impl OnePassFit {
                     Kept::Encoded(b) => b,
                     Kept::Read(b) => {
                         let label = b.columns().get(n).cloned();
-                        self.encoded(&model.encoder, &b.columns()[..n], label, b.num_rows())?
+                        match self.encoded(&model.encoder, &b.columns()[..n], label, b.num_rows()) {
+                            Ok(b) => b,
+                            Err(e) if refused(&e) => return Ok(None),
+                            Err(e) => return Err(e),
+                        }
                     }
                 });
             }
             out.push(batches);
         }
-        Ok((model, out, rows))
+        Ok(Some((model, out, rows)))
     }
 }
 
@@ -301,25 +313,24 @@ mod tests {
             .collect()
     }
 
-    fn one_pass(
-        prep: &Preprocessor,
-        parts: &[Vec<RecordBatch>],
-    ) -> Result<(PreprocessorModel, Vec<Vec<RecordBatch>>, u64)> {
+    /// The one read over `parts`, a give-up as an error saying so.
+    fn one_pass(prep: &Preprocessor, parts: &[Vec<RecordBatch>]) -> Result<OnePassRows> {
+        let given_up = || MllibError::InvalidParam {
+            param: "rows".to_string(),
+            reason: "given up".to_string(),
+        };
         let fit = prep.one_pass(&parts[0][0].schema()).unwrap();
         let mut shares = Vec::new();
         for batches in parts {
             let mut share = fit.part();
             for b in batches {
                 if fit.push(&mut share, b)?.is_none() {
-                    return Err(MllibError::InvalidParam {
-                        param: "rows".to_string(),
-                        reason: "given up".to_string(),
-                    });
+                    return Err(given_up());
                 }
             }
             shares.push(share);
         }
-        fit.finish(shares)
+        fit.finish(shares)?.ok_or_else(given_up)
     }
 
     /// The stage fitted and the rows encoded in one read equal the stage [`Estimator::fit`]
@@ -408,9 +419,9 @@ mod tests {
     }
 
     /// What the one read does not take (a string feature, a string label, a missing column)
-    /// gives `None`; a batch with an infinite value is given up (the usual path reports it
-    /// with its row in the dataset), unless the batch also holds a null: then it is encoded at
-    /// the end, and refused naming the column and the row in the batch.
+    /// gives `None`; an infinite value gives the read up (the usual path reports it with its
+    /// row in the dataset), whether its batch is encoded as read or (holding a null) at the
+    /// end.
     #[tokio::test]
     async fn other_columns_go_the_usual_way_and_bad_values_are_named() {
         let parts = partitions(2, None);
@@ -435,16 +446,21 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("given up"), "{err}");
-        // Row 37 is in partition 1's third batch, which holds nulls.
+        // Row 37 is in partition 1's third batch, which holds nulls: kept as read, encoded at
+        // the end.
         let parts = partitions(2, Some((37, f64::INFINITY)));
-        let err = one_pass(&Preprocessor::new(["a", "c"]), &parts)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("infinite value in column 'c'") && err.contains("row 2"),
-            "{err}"
-        );
+        let fit = Preprocessor::new(["a", "c"])
+            .one_pass(&parts[0][0].schema())
+            .unwrap();
+        let mut shares = Vec::new();
+        for batches in &parts {
+            let mut share = fit.part();
+            for b in batches {
+                assert!(fit.push(&mut share, b).unwrap().is_some());
+            }
+            shares.push(share);
+        }
+        assert!(fit.finish(shares).unwrap().is_none());
         let empty: Vec<Vec<RecordBatch>> = vec![vec![parts[0][0].slice(0, 0)]];
         let err = one_pass(&Preprocessor::new(["a"]), &empty)
             .err()
