@@ -3,8 +3,8 @@
 //! `CREATE MODEL` without a split fits the preprocessing on exactly the rows the model trains
 //! on. Done stage by stage that is three reads of the query's result and two copies of it in
 //! memory: the rows kept as read, the statistics query over them, then the encoded vectors
-//! written beside them. A number column needs no statistic to be encoded but the mean its nulls
-//! become, so here each batch's column moments are added as the batch arrives and, when it has
+//! written beside them. A column read as a number (numbers, booleans, dates and timestamps)
+//! needs no statistic to be encoded but the mean its nulls become, so here each batch's column moments are added as the batch arrives and, when it has
 //! no null, it is encoded at once and the batch as read is let go (its memory taken by the next
 //! batch read): one read, one copy. A batch with nulls is kept as read and encoded once the
 //! means are known. The statistics are the moments the statistics query computes (merged in
@@ -28,8 +28,8 @@ use crate::error::{MllibError, Result};
 /// [`OnePassFit::finish`] takes the parts in partition order.
 pub struct OnePassFit {
     params: Preprocessor,
-    /// The input columns' positions in the rows read, and their types.
-    inputs: Vec<(usize, DataType)>,
+    /// The input columns' positions in the rows read, their types and kinds.
+    inputs: Vec<(usize, DataType, ColumnKind)>,
     /// The label's position in the rows read.
     label: Option<usize>,
     /// Encodes a batch without nulls: it needs no statistic.
@@ -66,31 +66,30 @@ enum Kept {
 }
 
 impl Preprocessor {
-    /// The one-pass fit over rows of `schema`, when every input column is a number column and
-    /// the label (if any) a number; `None` otherwise, and for parameters [`Preprocessor::check`]
-    /// refuses (then fit and transform as usual, which say what is wrong).
+    /// The one-pass fit over rows of `schema`, when every input column is read as a number
+    /// (numbers, booleans, dates and timestamps: not strings, whose categories need the whole
+    /// read first) and the label (if any) is a number; `None` otherwise, and for parameters
+    /// [`Preprocessor::check`] refuses (then fit and transform as usual, which say what is
+    /// wrong).
     pub fn one_pass(&self, schema: &Schema) -> Option<OnePassFit> {
         self.check().ok()?;
-        let number = |name: &str| {
+        let column = |name: &str, kinds: &[ColumnKind]| {
             let (i, f) = schema.column_with_name(name)?;
-            (ColumnKind::of(f.data_type()) == Some(ColumnKind::Numeric)).then_some((i, f))
+            let kind = ColumnKind::of(f.data_type()).filter(|k| kinds.contains(k))?;
+            Some((i, f, kind))
         };
+        use ColumnKind::{Boolean, Numeric, Temporal};
         let mut inputs = Vec::with_capacity(self.input_cols.len());
         let mut columns = Vec::with_capacity(self.input_cols.len());
         let mut read_fields = Vec::with_capacity(self.input_cols.len() + 1);
         for name in &self.input_cols {
-            let (i, f) = number(name)?;
-            inputs.push((i, f.data_type().clone()));
-            columns.push(ColumnInfo::unread(
-                name,
-                f.data_type(),
-                ColumnKind::Numeric,
-                0,
-            ));
+            let (i, f, kind) = column(name, &[Numeric, Boolean, Temporal])?;
+            inputs.push((i, f.data_type().clone(), kind));
+            columns.push(ColumnInfo::unread(name, f.data_type(), kind, 0));
             read_fields.push(f.clone());
         }
         let label = match &self.label_col {
-            Some(l) => Some(number(l)?),
+            Some(l) => Some(column(l, &[Numeric])?),
             None => None,
         };
         let interim = Encoder::new(columns, self.encoding, self.missing, None);
@@ -99,12 +98,12 @@ impl Preprocessor {
             vector_type(interim.derived.dim),
             false,
         )];
-        fields.extend(label.map(|(_, f)| f.clone()));
-        read_fields.extend(label.map(|(_, f)| f.clone()));
+        fields.extend(label.map(|(_, f, _)| f.clone()));
+        read_fields.extend(label.map(|(_, f, _)| f.clone()));
         Some(OnePassFit {
             params: self.clone(),
             inputs,
-            label: label.map(|(i, _)| i),
+            label: label.map(|(i, _, _)| i),
             interim,
             schema: Arc::new(Schema::new(fields)),
             read_schema: Arc::new(Schema::new(read_fields)),
@@ -138,7 +137,7 @@ impl OnePassFit {
         }
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.inputs.len() + 1);
         let mut nulls = false;
-        for (((i, _), name), m) in self
+        for (((i, _, _), name), m) in self
             .inputs
             .iter()
             .zip(&self.params.input_cols)
@@ -209,8 +208,8 @@ impl OnePassFit {
             .iter()
             .zip(&self.params.input_cols)
             .zip(&moments)
-            .map(|(((_, t), name), m)| {
-                let mut info = ColumnInfo::unread(name, t, ColumnKind::Numeric, rows);
+            .map(|(((_, t, kind), name), m)| {
+                let mut info = ColumnInfo::unread(name, t, *kind, rows);
                 let some = |v: f64| (m.finite > 0).then_some(v);
                 info.set_moments(
                     m.count,
@@ -246,7 +245,9 @@ impl OnePassFit {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{AsArray, Float32Array, Float64Array, Int64Array, StringArray};
+    use arrow::array::{
+        AsArray, BooleanArray, Date32Array, Float32Array, Float64Array, Int64Array, StringArray,
+    };
     use arrow::datatypes::Float64Type;
     use quiver_engine::{Dataset, QuiverConfig, QuiverSession};
 
@@ -255,14 +256,17 @@ mod tests {
     use crate::feature::MissingNumbers;
 
     /// Rows of an Int64 column (nulls in the first partition's second batch), a Float32
-    /// column, a string, a Float64 column (nulls in the second partition's third batch) and a
-    /// number label, in `parts` partitions of three batches of 7 rows.
+    /// column, a string, a Float64 column (nulls in the second partition's third batch), a
+    /// boolean (nulls in the first partition's second batch), a date and a number label, in
+    /// `parts` partitions of three batches of 7 rows.
     fn partitions(parts: usize, bad: Option<(usize, f64)>) -> Vec<Vec<RecordBatch>> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("a", DataType::Int64, true),
             Field::new("b", DataType::Float32, false),
             Field::new("name", DataType::Utf8, true),
             Field::new("c", DataType::Float64, true),
+            Field::new("t", DataType::Boolean, true),
+            Field::new("d", DataType::Date32, false),
             Field::new("y", DataType::Float64, false),
         ]));
         let mut row = 0;
@@ -282,6 +286,12 @@ mod tests {
                             rows.iter().map(|&r| (r as f32) * 0.25 - 3.0).collect();
                         let names: StringArray =
                             rows.iter().map(|&r| Some(format!("n{r}"))).collect();
+                        let t: BooleanArray = rows
+                            .iter()
+                            .map(|&r| ((p, k) != (0, 1) || r % 4 != 1).then_some(r % 3 == 1))
+                            .collect();
+                        let d =
+                            Date32Array::from_iter_values(rows.iter().map(|&r| 19_000 + r as i32));
                         let c: Float64Array = rows
                             .iter()
                             .map(|&r| {
@@ -303,6 +313,8 @@ mod tests {
                                 Arc::new(b),
                                 Arc::new(names),
                                 Arc::new(c),
+                                Arc::new(t),
+                                Arc::new(d),
                                 Arc::new(y),
                             ],
                         )
@@ -345,7 +357,7 @@ mod tests {
             datafusion::datasource::MemTable::try_new(parts[0][0].schema(), parts.clone()).unwrap();
         let data = Dataset::new(session.context().read_table(Arc::new(table)).unwrap());
         for missing in [MissingNumbers::Impute, MissingNumbers::Keep] {
-            let prep = Preprocessor::new(["a", "b", "c"])
+            let prep = Preprocessor::new(["a", "b", "c", "t", "d"])
                 .label("y", true)
                 .missing(missing)
                 .output_col("v");
@@ -379,6 +391,9 @@ mod tests {
             }
             assert_eq!(model.encoder().columns()[0].nulls, 2);
             assert_eq!(model.encoder().columns()[2].nulls, 3);
+            assert_eq!(model.encoder().columns()[3].nulls, 2);
+            assert_eq!(model.encoder().columns()[3].kind, ColumnKind::Boolean);
+            assert_eq!(model.encoder().columns()[4].kind, ColumnKind::Temporal);
             let want = staged
                 .transform(&data)
                 .unwrap()
@@ -399,13 +414,13 @@ mod tests {
                 let values = list.values().as_primitive::<Float64Type>().values();
                 let y = b.column_by_name("y").unwrap().as_primitive::<Float64Type>();
                 values
-                    .chunks(3)
+                    .chunks(5)
                     .zip(y.values())
                     .map(|(v, y)| v.iter().chain([y]).map(|x| x.to_bits()).collect())
                     .collect()
             };
             let (g, mut w) = (rows(&got), rows(&want));
-            assert_eq!(g.len(), 63);
+            assert_eq!((g.len(), g[0].len()), (63, 6));
             let mut sorted = g.clone();
             sorted.sort_by(|a, b| f64::from_bits(a[1]).total_cmp(&f64::from_bits(b[1])));
             w.sort_by(|a, b| f64::from_bits(a[1]).total_cmp(&f64::from_bits(b[1])));
