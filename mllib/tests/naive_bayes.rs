@@ -20,27 +20,24 @@ use serde_json::Value;
 /// Every column of a shipped file as Float64 (the label `y`), features binarised (> 0 → 1)
 /// when asked.
 async fn data(s: &QuiverSession, file: &str, label: &str, binarise: bool) -> Dataset {
-    let path = format!("{}/../data/{file}", env!("CARGO_MANIFEST_DIR"));
-    let batches = s.read(&path).await.unwrap().collect().await.unwrap();
-    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
-    let mut fields = Vec::new();
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    for (f, c) in all.schema().fields().iter().zip(all.columns()) {
-        let v = arrow::compute::cast(c, &DataType::Float64).unwrap();
-        let is_label = f.name() == label;
-        let v: ArrayRef = if binarise && !is_label {
-            let v = v.as_any().downcast_ref::<Float64Array>().unwrap();
-            Arc::new(Float64Array::from_iter_values(
-                v.values().iter().map(|x| if *x > 0.0 { 1.0 } else { 0.0 }),
-            ))
-        } else {
-            v
-        };
-        let name = if is_label { "y" } else { f.name().as_str() };
-        fields.push(Field::new(name, DataType::Float64, false));
-        cols.push(v);
-    }
-    let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    let rows = common::float_rows(s, file, label).await;
+    let cols: Vec<ArrayRef> = rows
+        .schema()
+        .fields()
+        .iter()
+        .zip(rows.columns())
+        .map(|(f, v)| -> ArrayRef {
+            if binarise && f.name() != "y" {
+                let v = v.as_any().downcast_ref::<Float64Array>().unwrap();
+                Arc::new(Float64Array::from_iter_values(
+                    v.values().iter().map(|x| if *x > 0.0 { 1.0 } else { 0.0 }),
+                ))
+            } else {
+                Arc::clone(v)
+            }
+        })
+        .collect();
+    let b = RecordBatch::try_new(rows.schema(), cols).unwrap();
     Dataset::new(s.from_batches(vec![b], 1).unwrap())
         .with_label("y")
         .unwrap()

@@ -417,9 +417,11 @@ pub async fn create_model(
         }
         Some(label.clone())
     };
-    if c.transform.is_none() {
-        check_columns(&o, df.schema().as_arrow(), label.as_deref())?;
-    }
+    // The query's own columns are the features unless a TRANSFORM makes them.
+    let query_features = match &c.transform {
+        None => Some(check_columns(&o, df.schema().as_arrow(), label.as_deref())?),
+        Some(_) => None,
+    };
     let classify = o.algorithm.task == Task::Classification;
     let global_explain = match o.map.get("enable_global_explain") {
         Some(e) => expr_bool("enable_global_explain", e)?,
@@ -464,31 +466,25 @@ pub async fn create_model(
     // query returns them) the preprocessing is fitted on exactly the rows the model trains
     // on: number columns are then fitted and encoded in the one read of the query, and only
     // the encoded rows are kept.
-    let one_pass = if !may_split
-        && c.transform.is_none()
-        && !global_explain
-        && !session.is_cluster()
-        && limit > 0
-    {
-        let schema = df.schema().as_arrow();
-        let features = check_columns(&o, schema, label.as_deref())?;
-        match preprocessor_of(&features).one_pass(schema) {
-            Some(fit) => read_encoded(session, &df, limit, fit, label.as_deref())
-                .await?
-                .map(|(prep, train, rows)| Prepared {
-                    prep,
-                    train,
-                    eval: None,
-                    rows,
-                    raw: None,
-                    train_raw: None,
-                    sql_transform: None,
-                    features,
-                }),
-            None => None,
+    let one_pass = match query_features {
+        Some(features) if !may_split && !global_explain && !session.is_cluster() && limit > 0 => {
+            match preprocessor_of(&features).one_pass(df.schema().as_arrow()) {
+                Some(fit) => read_encoded(session, &df, limit, fit, label.as_deref())
+                    .await?
+                    .map(|(prep, train, rows)| Prepared {
+                        prep,
+                        train,
+                        eval: None,
+                        rows,
+                        raw: None,
+                        train_raw: None,
+                        sql_transform: None,
+                        features,
+                    }),
+                None => None,
+            }
         }
-    } else {
-        None
+        _ => None,
     };
     let Prepared {
         prep,
