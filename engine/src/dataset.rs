@@ -1025,8 +1025,9 @@ impl datafusion::execution::context::QueryPlanner for InProcessPlanner {
 /// [`Dataset::random_split_collect`] splits).
 pub const SPLIT_DRAW: &str = "__quiver_split_draw";
 
-/// The [lo, hi) range of draws of each part of a split into parts of relative sizes `weights`.
-fn split_bounds(weights: &[f64]) -> Result<Vec<(f64, f64)>> {
+/// The [lo, hi) range of draws of each part of a split into parts of relative sizes `weights`
+/// (a row whose draw `u` has `lo <= u < hi` is in the part).
+pub fn split_bounds(weights: &[f64]) -> Result<Vec<(f64, f64)>> {
     let total: f64 = weights.iter().sum();
     if weights.is_empty() || weights.iter().any(|w| w.is_nan() || *w < 0.0) || total <= 0.0 {
         return Err(QuiverError::InvalidParam {

@@ -31,8 +31,8 @@ use quiver_engine::store::FeatureField;
 use quiver_engine::{Dataset, QuiverSession, SPLIT_DRAW};
 use quiver_mllib::catalog::{self, Algorithm, Attribution, OptionType, Task};
 use quiver_mllib::feature::{
-    CategoryEncoding, ColumnKind, MissingNumbers, OnePassFit, OnePassPart, Preprocessor,
-    PreprocessorModel, SqlTransformModel,
+    CategoryEncoding, ColumnKind, MissingNumbers, OnePassFit, OnePassPart, OnePassRows,
+    Preprocessor, PreprocessorModel, SqlTransformModel,
 };
 use quiver_mllib::pipeline::DynModel;
 use quiver_mllib::tuning::objective::pipeline;
@@ -300,30 +300,62 @@ where
     Ok(Some(states))
 }
 
-/// Embedded, without a split: the preprocessing fitted and the rows encoded in the one read
-/// of the training query ([`OnePassFit`]), the encoded rows kept in memory (not the rows as
-/// read). `None` when they do not fit `limit` bytes or hold a value the encoding refuses (the
-/// usual path reports it with its row).
+/// Embedded: the preprocessing fitted and the rows encoded (and split, when `split` is
+/// given) in the one read of the training query ([`OnePassFit`]), the encoded rows kept in
+/// memory (not the rows as read). `None` when they do not fit the memory budget
+/// (`quiver.training_cache`), hold a value the
+/// encoding refuses (the usual path reports it with its row), or turn out too few for the
+/// split `o` plans for larger results (auto_split does not split under 500 rows).
 async fn read_encoded(
     session: &QuiverSession,
     df: &DataFrame,
-    limit: usize,
+    o: &Options,
     fit: OnePassFit,
     label: Option<&str>,
-) -> Result<Option<(PreprocessorModel, Dataset, usize)>> {
+) -> Result<Option<(PreprocessorModel, Dataset, Option<Dataset>, usize)>> {
+    let limit = session.config().training_cache;
+    let schema = df.schema().as_arrow();
+    let planned = split_of(o, usize::MAX)?;
+    let fit = match planned {
+        Split::None => fit,
+        Split::Random(f) => {
+            let bounds = quiver_engine::dataset::split_bounds(&[1.0 - f, f])?;
+            match fit.split_on(schema, SPLIT_DRAW, bounds[0], bounds[1]) {
+                Some(fit) => fit,
+                None => return Ok(None),
+            }
+        }
+    };
     let fit = Arc::new(fit);
     let pushing = Arc::clone(&fit);
     let keep = move |part: &mut OnePassPart, b: RecordBatch| Ok(pushing.push(part, &b)?);
     let Some(parts) = read_within(df, limit, || fit.part(), keep).await? else {
         return Ok(None);
     };
-    let Some((prep, partitions, rows)) = fit.finish(parts)? else {
+    let Some(read) = fit.finish(parts)? else {
         return Ok(None);
     };
-    let table = datafusion::datasource::MemTable::try_new(fit.schema(), partitions)?;
-    let df = session.context().read_table(Arc::new(table))?;
-    let train = prep.encoded_rows(df, label, None)?;
-    Ok(Some((prep, train, rows as usize)))
+    let OnePassRows {
+        model,
+        train,
+        held_out,
+        rows,
+    } = read;
+    let rows = rows as usize;
+    if matches!(
+        (&planned, split_of(o, rows)?),
+        (Split::Random(_), Split::None)
+    ) {
+        return Ok(None);
+    }
+    let encoded = |partitions| -> Result<Dataset> {
+        let table = datafusion::datasource::MemTable::try_new(fit.schema(), partitions)?;
+        let df = session.context().read_table(Arc::new(table))?;
+        Ok(model.encoded_rows(df, label, None)?)
+    };
+    let train = encoded(train)?;
+    let eval = held_out.map(&encoded).transpose()?;
+    Ok(Some((model, train, eval, rows)))
 }
 
 /// A statement's rows, prepared for the fit: the fitted preprocessing, the encoded training
@@ -461,20 +493,29 @@ pub async fn create_model(
             None => p,
         }
     };
+    let df = if may_split {
+        Dataset::new(df)
+            .with_split_draw(&raw_columns, seed)?
+            .dataframe()
+            .clone()
+    } else {
+        df
+    };
     let limit = session.config().training_cache;
-    // Without a split (nor a TRANSFORM, trials or explanations, which read the rows as the
-    // query returns them) the preprocessing is fitted on exactly the rows the model trains
-    // on: number columns are then fitted and encoded in the one read of the query, and only
-    // the encoded rows are kept.
+    // Without trials, a TRANSFORM or explanations (which read the rows as the query returns
+    // them), number columns are split, fitted and encoded in the one read of the query, and
+    // only the encoded rows are kept.
     let one_pass = match query_features {
-        Some(features) if !may_split && !global_explain && !session.is_cluster() && limit > 0 => {
+        Some(features)
+            if tuning.is_none() && !global_explain && !session.is_cluster() && limit > 0 =>
+        {
             match preprocessor_of(&features).one_pass(df.schema().as_arrow()) {
-                Some(fit) => read_encoded(session, &df, limit, fit, label.as_deref())
+                Some(fit) => read_encoded(session, &df, &o, fit, label.as_deref())
                     .await?
-                    .map(|(prep, train, rows)| Prepared {
+                    .map(|(prep, train, eval, rows)| Prepared {
                         prep,
                         train,
-                        eval: None,
+                        eval,
                         rows,
                         raw: None,
                         train_raw: None,
@@ -498,14 +539,6 @@ pub async fn create_model(
     } = match one_pass {
         Some(p) => p,
         None => {
-            let df = if may_split {
-                Dataset::new(df)
-                    .with_split_draw(&raw_columns, seed)?
-                    .dataframe()
-                    .clone()
-            } else {
-                df
-            };
             // The statement is checked; now its query runs, once when the result fits in memory.
             let (df, cached) = match materialise(session, &df, limit).await? {
                 Some(rows) => (rows, true),

@@ -1,20 +1,24 @@
 //! Fitting the automatic preprocessing and encoding the rows in the same read of them.
 //!
-//! `CREATE MODEL` without a split fits the preprocessing on exactly the rows the model trains
-//! on. Done stage by stage that is three reads of the query's result and two copies of it in
-//! memory: the rows kept as read, the statistics query over them, then the encoded vectors
-//! written beside them. A column read as a number (numbers, booleans, dates and timestamps)
-//! needs no statistic to be encoded but the mean its nulls become, so here each batch's column moments are added as the batch arrives and, when it has
-//! no null, it is encoded at once and the batch as read is let go (its memory taken by the next
-//! batch read): one read, one copy. A batch with nulls is kept as read and encoded once the
-//! means are known. The statistics are the moments the statistics query computes (merged in
-//! the order of the partitions), and the encoding is the fitted [`Encoder`]'s, so the stage and
-//! the vectors equal what [`Estimator::fit`](crate::api::Estimator::fit) and `transform` give.
+//! `CREATE MODEL` fits the preprocessing on exactly the rows the model trains on. Done stage
+//! by stage that is three reads of the query's result and two copies of it in memory: the
+//! rows kept as read, the statistics query over the training rows, then the encoded vectors
+//! written beside them (and the held-out rows encoded as the evaluation reads them). A column
+//! read as a number (numbers, booleans, dates and timestamps) needs no statistic to be
+//! encoded but the mean its nulls become, so here each batch is split into its training and
+//! held-out rows by the rows' split draws (when the statement splits), the training rows'
+//! column moments are added as the batch arrives and each side that has no null is encoded
+//! at once; the batch as read is let go (its memory taken by the next batch read): one read,
+//! one copy. A side holding a null is kept as read and encoded once the means are known. The
+//! statistics are the moments the statistics query computes (merged in the order of the
+//! partitions), the sides are [`Dataset::random_split_on`](quiver_engine::Dataset)'s, and
+//! the encoding is the fitted [`Encoder`]'s, so the stage and the vectors equal what
+//! [`Estimator::fit`](crate::api::Estimator::fit) on the training rows and `transform` give.
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use quiver_engine::QuiverError;
 use quiver_engine::moments::Moments;
 use quiver_engine::vector::{vector_array, vector_type};
@@ -32,6 +36,8 @@ pub struct OnePassFit {
     inputs: Vec<(usize, DataType, ColumnKind)>,
     /// The label's position in the rows read.
     label: Option<usize>,
+    /// The split ([`OnePassFit::split_on`]), if the rows are split.
+    split: Option<Split>,
     /// Encodes a batch without nulls: it needs no statistic.
     interim: Encoder,
     /// What an encoded batch holds: the feature vector, then the label.
@@ -40,17 +46,35 @@ pub struct OnePassFit {
     read_schema: SchemaRef,
 }
 
-/// One partition's share of the read: its columns' moments and its rows, each batch encoded
-/// or (holding a null) kept as read, in the order read.
+/// The training and held-out rows: those whose draw (a `Float64` column) is in `train`,
+/// respectively `held_out` (each `[lo, hi)`).
+struct Split {
+    draw: usize,
+    train: (f64, f64),
+    held_out: (f64, f64),
+}
+
+/// One partition's share of the read: its training rows' column moments, the rows read, and
+/// each side's rows (training, held out), each batch encoded or (holding a null) kept as read,
+/// in the order read.
 pub struct OnePassPart {
     moments: Vec<Moments>,
     rows: u64,
-    batches: Vec<Kept>,
+    train_rows: u64,
+    sides: [Vec<Kept>; 2],
 }
 
-/// What [`OnePassFit::finish`] gives: the fitted stage, each partition's encoded batches in
-/// the order read, and the number of rows.
-pub type OnePassRows = (PreprocessorModel, Vec<Vec<RecordBatch>>, u64);
+/// What [`OnePassFit::finish`] gives: the fitted stage, the encoded rows of each partition
+/// in the order read, and the number of rows read.
+pub struct OnePassRows {
+    pub model: PreprocessorModel,
+    /// The training rows' batches, partition by partition.
+    pub train: Vec<Vec<RecordBatch>>,
+    /// The held-out rows' batches, partition by partition, when the rows are split.
+    pub held_out: Option<Vec<Vec<RecordBatch>>>,
+    /// The rows read (both sides).
+    pub rows: u64,
+}
 
 /// Whether the encoding refused a value (the usual path then reports it with its row).
 fn refused(e: &MllibError) -> bool {
@@ -104,6 +128,7 @@ impl Preprocessor {
             params: self.clone(),
             inputs,
             label: label.map(|(i, _, _)| i),
+            split: None,
             interim,
             schema: Arc::new(Schema::new(fields)),
             read_schema: Arc::new(Schema::new(read_fields)),
@@ -112,6 +137,32 @@ impl Preprocessor {
 }
 
 impl OnePassFit {
+    /// Splits the rows read (of `schema`, as given to [`Preprocessor::one_pass`]) by their
+    /// draw in the `Float64` column `draw`: a row trains when `train.0 <= draw < train.1` and
+    /// is held out when `held_out.0 <= draw < held_out.1` (the bounds of
+    /// [`split_bounds`](quiver_engine::dataset::split_bounds)), as
+    /// [`Dataset::random_split_on`](quiver_engine::Dataset::random_split_on) splits them. The
+    /// preprocessing is fitted on the training rows. `None` when `draw` is not a `Float64`
+    /// column of `schema`.
+    pub fn split_on(
+        mut self,
+        schema: &Schema,
+        draw: &str,
+        train: (f64, f64),
+        held_out: (f64, f64),
+    ) -> Option<Self> {
+        let (i, f) = schema.column_with_name(draw)?;
+        if f.data_type() != &DataType::Float64 {
+            return None;
+        }
+        self.split = Some(Split {
+            draw: i,
+            train,
+            held_out,
+        });
+        Some(self)
+    }
+
     /// What the encoded batches hold: the feature vector (the stage's output column), then
     /// the label.
     pub fn schema(&self) -> SchemaRef {
@@ -123,7 +174,8 @@ impl OnePassFit {
         OnePassPart {
             moments: vec![Moments::default(); self.inputs.len()],
             rows: 0,
-            batches: Vec::new(),
+            train_rows: 0,
+            sides: [Vec::new(), Vec::new()],
         }
     }
 
@@ -135,28 +187,56 @@ impl OnePassFit {
         if rows == 0 {
             return Ok(Some(0));
         }
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.inputs.len() + 1);
-        let mut nulls = false;
-        for (((i, _, _), name), m) in self
+        part.rows += rows as u64;
+        let mut arrays: Vec<ArrayRef> = self
             .inputs
             .iter()
-            .zip(&self.params.input_cols)
-            .zip(&mut part.moments)
-        {
-            let a = batch.column(*i);
-            m.add(&numbers(a, name)?);
-            nulls |= a.null_count() > 0;
-            arrays.push(Arc::clone(a));
+            .map(|(i, _, _)| Arc::clone(batch.column(*i)))
+            .collect();
+        arrays.extend(self.label.map(|i| Arc::clone(batch.column(i))));
+        let read = RecordBatch::try_new(Arc::clone(&self.read_schema), arrays)
+            .map_err(QuiverError::from)?;
+        let Some(split) = &self.split else {
+            return self.add(part, 0, read);
+        };
+        let draws = batch.column(split.draw).as_primitive::<Float64Type>();
+        let mut bytes = 0;
+        for (side, (lo, hi)) in [split.train, split.held_out].into_iter().enumerate() {
+            let mask: BooleanArray = draws.iter().map(|u| u.map(|u| u >= lo && u < hi)).collect();
+            let rows =
+                arrow::compute::filter_record_batch(&read, &mask).map_err(QuiverError::from)?;
+            match self.add(part, side, rows)? {
+                Some(b) => bytes += b,
+                None => return Ok(None),
+            }
         }
-        part.rows += rows as u64;
-        let label = self.label.map(|i| Arc::clone(batch.column(i)));
+        Ok(Some(bytes))
+    }
+
+    /// Adds the rows of one side (0: training, 1: held out) of a batch, of the read schema:
+    /// the training rows' moments, the rows encoded when they hold no null, else kept as read.
+    fn add(&self, part: &mut OnePassPart, side: usize, read: RecordBatch) -> Result<Option<usize>> {
+        let rows = read.num_rows();
+        if rows == 0 {
+            return Ok(Some(0));
+        }
+        let n = self.inputs.len();
+        let mut nulls = false;
+        for (j, name) in self.params.input_cols.iter().enumerate() {
+            let a = read.column(j);
+            if side == 0 {
+                part.moments[j].add(&numbers(a, name)?);
+            }
+            nulls |= a.null_count() > 0;
+        }
+        if side == 0 {
+            part.train_rows += rows as u64;
+        }
         let kept = if nulls {
-            arrays.extend(label);
-            RecordBatch::try_new(Arc::clone(&self.read_schema), arrays)
-                .map(Kept::Read)
-                .map_err(QuiverError::from)?
+            Kept::Read(read)
         } else {
-            match self.encoded(&self.interim, &arrays, label, rows) {
+            let label = read.columns().get(n).cloned();
+            match self.encoded(&self.interim, &read.columns()[..n], label, rows) {
                 Ok(b) => Kept::Encoded(b),
                 Err(e) if refused(&e) => return Ok(None),
                 Err(e) => return Err(e),
@@ -165,7 +245,7 @@ impl OnePassFit {
         let bytes = match &kept {
             Kept::Encoded(b) | Kept::Read(b) => b.get_array_memory_size(),
         };
-        part.batches.push(kept);
+        part.sides[side].push(kept);
         Ok(Some(bytes))
     }
 
@@ -186,15 +266,19 @@ impl OnePassFit {
     /// The fitted stage, the encoded batches of each partition (in the order read) and the
     /// number of rows, from the partitions' shares in partition order; `None` when a batch
     /// kept as read (it held a null) holds a value the encoding refuses, as in
-    /// [`OnePassFit::push`]. No rows is an error, as for
-    /// [`Estimator::fit`](crate::api::Estimator::fit).
+    /// [`OnePassFit::push`], or when the rows are split and none trains (the usual path says
+    /// so). No rows is an error, as for [`Estimator::fit`](crate::api::Estimator::fit).
     pub fn finish(&self, parts: Vec<OnePassPart>) -> Result<Option<OnePassRows>> {
         let rows: u64 = parts.iter().map(|p| p.rows).sum();
+        let train_rows: u64 = parts.iter().map(|p| p.train_rows).sum();
         if rows == 0 {
             return Err(QuiverError::EmptyDataset {
                 context: "automatic preprocessing".to_string(),
             }
             .into());
+        }
+        if train_rows == 0 {
+            return Ok(None);
         }
         let mut moments = vec![Moments::default(); self.inputs.len()];
         for p in &parts {
@@ -209,7 +293,7 @@ impl OnePassFit {
             .zip(&self.params.input_cols)
             .zip(&moments)
             .map(|(((_, t, kind), name), m)| {
-                let mut info = ColumnInfo::unread(name, t, *kind, rows);
+                let mut info = ColumnInfo::unread(name, t, *kind, train_rows);
                 let some = |v: f64| (m.finite > 0).then_some(v);
                 info.set_moments(
                     m.count,
@@ -221,25 +305,42 @@ impl OnePassFit {
             .collect();
         let model = self.params.model(columns, None)?;
         let n = self.inputs.len();
-        let mut out = Vec::with_capacity(parts.len());
+        let mut sides: [Vec<Vec<RecordBatch>>; 2] = [
+            Vec::with_capacity(parts.len()),
+            Vec::with_capacity(parts.len()),
+        ];
         for p in parts {
-            let mut batches = Vec::with_capacity(p.batches.len());
-            for kept in p.batches {
-                batches.push(match kept {
-                    Kept::Encoded(b) => b,
-                    Kept::Read(b) => {
-                        let label = b.columns().get(n).cloned();
-                        match self.encoded(&model.encoder, &b.columns()[..n], label, b.num_rows()) {
-                            Ok(b) => b,
-                            Err(e) if refused(&e) => return Ok(None),
-                            Err(e) => return Err(e),
+            for (out, kept) in sides.iter_mut().zip(p.sides) {
+                let mut batches = Vec::with_capacity(kept.len());
+                for k in kept {
+                    batches.push(match k {
+                        Kept::Encoded(b) => b,
+                        Kept::Read(b) => {
+                            let label = b.columns().get(n).cloned();
+                            let encoded = self.encoded(
+                                &model.encoder,
+                                &b.columns()[..n],
+                                label,
+                                b.num_rows(),
+                            );
+                            match encoded {
+                                Ok(b) => b,
+                                Err(e) if refused(&e) => return Ok(None),
+                                Err(e) => return Err(e),
+                            }
                         }
-                    }
-                });
+                    });
+                }
+                out.push(batches);
             }
-            out.push(batches);
         }
-        Ok(Some((model, out, rows)))
+        let [train, held_out] = sides;
+        Ok(Some(OnePassRows {
+            model,
+            train,
+            held_out: self.split.is_some().then_some(held_out),
+            rows,
+        }))
     }
 }
 
@@ -249,7 +350,8 @@ mod tests {
         AsArray, BooleanArray, Date32Array, Float32Array, Float64Array, Int64Array, StringArray,
     };
     use arrow::datatypes::Float64Type;
-    use quiver_engine::{Dataset, QuiverConfig, QuiverSession};
+    use datafusion::prelude::col;
+    use quiver_engine::{Dataset, QuiverConfig, QuiverSession, SPLIT_DRAW};
 
     use super::*;
     use crate::api::{Estimator, Transformer};
@@ -345,92 +447,195 @@ mod tests {
         fit.finish(shares)?.ok_or_else(given_up)
     }
 
+    /// The one-pass stage equals the staged one: the counts, nulls and moments of every
+    /// column (to rounding: the moments merge in another order).
+    fn same_stage(model: &PreprocessorModel, staged: &PreprocessorModel) {
+        assert_eq!(model.feature_names(), staged.feature_names());
+        for (x, e) in model
+            .encoder()
+            .columns()
+            .iter()
+            .zip(staged.encoder().columns())
+        {
+            assert_eq!(
+                (&x.name, &x.data_type, x.kind, x.rows, x.nulls, x.non_finite),
+                (&e.name, &e.data_type, e.kind, e.rows, e.nulls, e.non_finite)
+            );
+            for (u, v) in [
+                (x.mean, e.mean),
+                (x.stddev, e.stddev),
+                (x.min, e.min),
+                (x.max, e.max),
+            ] {
+                let (u, v) = (u.unwrap(), v.unwrap());
+                assert!(
+                    (u - v).abs() <= 1e-12 * v.abs().max(1.0),
+                    "{}: {u} vs {v}",
+                    x.name
+                );
+            }
+        }
+    }
+
+    /// Each row's vector `v` (5 values) and label `y`, as bits (NaN, a kept null, equals NaN),
+    /// in the order of `batches`.
+    fn vectors(batches: &[RecordBatch]) -> Vec<Vec<u64>> {
+        let b = arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap();
+        let list = b.column_by_name("v").unwrap().as_fixed_size_list();
+        let values = list.values().as_primitive::<Float64Type>().values();
+        let y = b.column_by_name("y").unwrap().as_primitive::<Float64Type>();
+        values
+            .chunks(5)
+            .zip(y.values())
+            .map(|(v, y)| v.iter().chain([y]).map(|x| x.to_bits()).collect())
+            .collect()
+    }
+
+    /// [`vectors`] sorted by the second value (`b`, distinct in every row): the staged rows
+    /// come in their partitions' order of arrival.
+    fn sorted(mut rows: Vec<Vec<u64>>) -> Vec<Vec<u64>> {
+        rows.sort_by(|a, b| f64::from_bits(a[1]).total_cmp(&f64::from_bits(b[1])));
+        rows
+    }
+
+    /// The same rows: every value bit-equal (NaN, a kept null, equals NaN), but an imputed
+    /// mean, which may differ by rounding (the moments merge in another order).
+    fn same_rows(got: Vec<Vec<u64>>, want: Vec<Vec<u64>>) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            let close = g.iter().zip(w).all(|(&x, &y)| {
+                let (u, v) = (f64::from_bits(x), f64::from_bits(y));
+                x == y || (u - v).abs() <= 1e-12 * v.abs().max(1.0)
+            });
+            assert!(close, "{g:?} vs {w:?}");
+        }
+    }
+
+    /// `transform`'s rows of `data` by `staged`, in the order read.
+    async fn transformed(staged: &PreprocessorModel, data: &Dataset) -> Vec<RecordBatch> {
+        let df = staged.transform(data).unwrap().dataframe().clone();
+        df.collect().await.unwrap()
+    }
+
+    /// The rows of [`partitions`] as one dataset.
+    fn dataset(session: &QuiverSession, parts: &[Vec<RecordBatch>]) -> Dataset {
+        let table = datafusion::datasource::MemTable::try_new(parts[0][0].schema(), parts.to_vec())
+            .unwrap();
+        Dataset::new(session.context().read_table(Arc::new(table)).unwrap())
+    }
+
     /// The stage fitted and the rows encoded in one read equal the stage [`Estimator::fit`]
-    /// fits and the rows its `transform` writes: the counts, nulls and moments of every
-    /// column (to rounding: the moments merge in another order), the imputed nulls of a batch
-    /// that held some, and every encoded value (exactly).
+    /// fits and the rows its `transform` writes: the stage ([`same_stage`]), the imputed nulls
+    /// of a batch that held some, and every encoded value (exactly).
     #[tokio::test]
     async fn one_read_equals_fit_then_transform() {
         let parts = partitions(3, None);
         let session = QuiverSession::embedded_with(QuiverConfig::default()).unwrap();
-        let table =
-            datafusion::datasource::MemTable::try_new(parts[0][0].schema(), parts.clone()).unwrap();
-        let data = Dataset::new(session.context().read_table(Arc::new(table)).unwrap());
+        let data = dataset(&session, &parts);
         for missing in [MissingNumbers::Impute, MissingNumbers::Keep] {
             let prep = Preprocessor::new(["a", "b", "c", "t", "d"])
                 .label("y", true)
                 .missing(missing)
                 .output_col("v");
             let staged = prep.fit(&session, &data).await.unwrap();
-            let (model, batches, rows) = one_pass(&prep, &parts).unwrap();
+            let OnePassRows {
+                model,
+                train: batches,
+                held_out,
+                rows,
+            } = one_pass(&prep, &parts).unwrap();
             assert_eq!(rows, 63);
-            assert_eq!(model.feature_names(), staged.feature_names());
-            for (x, e) in model
-                .encoder()
-                .columns()
-                .iter()
-                .zip(staged.encoder().columns())
-            {
-                assert_eq!(
-                    (&x.name, &x.data_type, x.kind, x.rows, x.nulls, x.non_finite),
-                    (&e.name, &e.data_type, e.kind, e.rows, e.nulls, e.non_finite)
-                );
-                for (u, v) in [
-                    (x.mean, e.mean),
-                    (x.stddev, e.stddev),
-                    (x.min, e.min),
-                    (x.max, e.max),
-                ] {
-                    let (u, v) = (u.unwrap(), v.unwrap());
-                    assert!(
-                        (u - v).abs() <= 1e-12 * v.abs().max(1.0),
-                        "{}: {u} vs {v}",
-                        x.name
-                    );
-                }
-            }
+            assert!(held_out.is_none());
+            same_stage(&model, &staged);
             assert_eq!(model.encoder().columns()[0].nulls, 2);
             assert_eq!(model.encoder().columns()[2].nulls, 3);
             assert_eq!(model.encoder().columns()[3].nulls, 2);
             assert_eq!(model.encoder().columns()[3].kind, ColumnKind::Boolean);
             assert_eq!(model.encoder().columns()[4].kind, ColumnKind::Temporal);
-            let want = staged
-                .transform(&data)
-                .unwrap()
-                .dataframe()
-                .clone()
-                .collect()
-                .await
-                .unwrap();
-            let want = arrow::compute::concat_batches(&want[0].schema(), &want).unwrap();
             let got: Vec<RecordBatch> = batches.into_iter().flatten().collect();
-            let got = arrow::compute::concat_batches(&got[0].schema(), &got).unwrap();
-            assert_eq!(got.schema().field(0).name(), "v");
-            // Each row's vector and label, as bits (NaN, a kept null, equals NaN), in the
-            // order read; the staged rows come in their partitions' order of arrival, so they
-            // are sorted by the vector (`b` is distinct in every row).
-            let rows = |b: &RecordBatch| -> Vec<Vec<u64>> {
-                let list = b.column_by_name("v").unwrap().as_fixed_size_list();
-                let values = list.values().as_primitive::<Float64Type>().values();
-                let y = b.column_by_name("y").unwrap().as_primitive::<Float64Type>();
-                values
-                    .chunks(5)
-                    .zip(y.values())
-                    .map(|(v, y)| v.iter().chain([y]).map(|x| x.to_bits()).collect())
-                    .collect()
-            };
-            let (g, mut w) = (rows(&got), rows(&want));
+            assert_eq!(got[0].schema().field(0).name(), "v");
+            let g = vectors(&got);
             assert_eq!((g.len(), g[0].len()), (63, 6));
-            let mut sorted = g.clone();
-            sorted.sort_by(|a, b| f64::from_bits(a[1]).total_cmp(&f64::from_bits(b[1])));
-            w.sort_by(|a, b| f64::from_bits(a[1]).total_cmp(&f64::from_bits(b[1])));
-            assert_eq!(sorted, w, "{missing:?}");
+            let want = vectors(&transformed(&staged, &data).await);
+            same_rows(sorted(g.clone()), sorted(want));
             if missing == MissingNumbers::Impute {
                 // Row 9's `a` is null: the mean of the column.
                 let mean = model.encoder().columns()[0].mean.unwrap();
                 assert_eq!(f64::from_bits(g[9][0]), mean);
             }
         }
+    }
+
+    /// Split by the rows' draws, the one read fits the stage on the training rows only and
+    /// encodes each side as [`Dataset::random_split_on`] over the same draws followed by
+    /// [`Estimator::fit`] on the training side and `transform` of each side: the same rows on
+    /// each side, the same stage, the held-out nulls imputed with the training means.
+    #[tokio::test]
+    async fn split_read_equals_split_then_fit_then_transform() {
+        let parts = partitions(3, None);
+        let session = QuiverSession::embedded_with(QuiverConfig::default()).unwrap();
+        let data = dataset(&session, &parts);
+        let seed = 11;
+        let drawn = data.with_split_draw(&data.columns(), seed).unwrap();
+        let read = drawn
+            .dataframe()
+            .clone()
+            .collect_partitioned()
+            .await
+            .unwrap();
+        let weights = [0.6, 0.4];
+        let bounds = quiver_engine::dataset::split_bounds(&weights).unwrap();
+        let sides = drawn
+            .random_split_on(&[SPLIT_DRAW.to_string()], &weights, seed)
+            .unwrap();
+        // Nulls on both sides: the held-out ones are imputed with the training means.
+        for side in &sides {
+            let null = col("a")
+                .is_null()
+                .or(col("c").is_null())
+                .or(col("t").is_null());
+            let nulls = side.dataframe().clone().filter(null).unwrap();
+            assert!(nulls.count().await.unwrap() > 0);
+        }
+        let train_rows = sides[0].count().await.unwrap() as u64;
+        for missing in [MissingNumbers::Impute, MissingNumbers::Keep] {
+            let prep = Preprocessor::new(["a", "b", "c", "t", "d"])
+                .label("y", true)
+                .missing(missing)
+                .output_col("v");
+            let staged = prep.fit(&session, &sides[0]).await.unwrap();
+            let fit = prep
+                .one_pass(&read[0][0].schema())
+                .unwrap()
+                .split_on(&read[0][0].schema(), SPLIT_DRAW, bounds[0], bounds[1])
+                .unwrap();
+            let mut shares = Vec::new();
+            for batches in &read {
+                let mut share = fit.part();
+                for b in batches {
+                    assert!(fit.push(&mut share, b).unwrap().is_some());
+                }
+                shares.push(share);
+            }
+            let got = fit.finish(shares).unwrap().unwrap();
+            assert_eq!(got.rows, 63);
+            same_stage(&got.model, &staged);
+            assert_eq!(got.model.encoder().columns()[0].rows, train_rows);
+            let held_out = got.held_out.unwrap();
+            for (side, batches) in [(0, got.train), (1, held_out)] {
+                let batches: Vec<RecordBatch> = batches.into_iter().flatten().collect();
+                let want = vectors(&transformed(&staged, &sides[side]).await);
+                same_rows(sorted(vectors(&batches)), sorted(want));
+            }
+        }
+        // A draw column that is not a number is not split on.
+        let fit = Preprocessor::new(["a"])
+            .one_pass(&read[0][0].schema())
+            .unwrap();
+        assert!(
+            fit.split_on(&read[0][0].schema(), "d", bounds[0], bounds[1])
+                .is_none()
+        );
     }
 
     /// What the one read does not take (a string feature, a string label, a missing column)
