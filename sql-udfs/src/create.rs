@@ -311,7 +311,6 @@ async fn read_encoded(
     df: &DataFrame,
     o: &Options,
     fit: OnePassFit,
-    label: Option<&str>,
 ) -> Result<Option<(PreprocessorModel, Dataset, Option<Dataset>, usize)>> {
     let limit = session.config().training_cache;
     let schema = df.schema().as_arrow();
@@ -337,6 +336,7 @@ async fn read_encoded(
     };
     let OnePassRows {
         model,
+        schema,
         train,
         held_out,
         rows,
@@ -349,9 +349,9 @@ async fn read_encoded(
         return Ok(None);
     }
     let encoded = |partitions| -> Result<Dataset> {
-        let table = datafusion::datasource::MemTable::try_new(fit.schema(), partitions)?;
+        let table = datafusion::datasource::MemTable::try_new(Arc::clone(&schema), partitions)?;
         let df = session.context().read_table(Arc::new(table))?;
-        Ok(model.encoded_rows(df, label, None)?)
+        Ok(model.encoded_rows(df, fit.encoded_label(), None)?)
     };
     let train = encoded(train)?;
     let eval = held_out.map(&encoded).transpose()?;
@@ -503,30 +503,31 @@ pub async fn create_model(
     };
     let limit = session.config().training_cache;
     // Without trials, a TRANSFORM or explanations (which read the rows as the query returns
-    // them), number columns are split, fitted and encoded in the one read of the query, and
-    // only the encoded rows are kept.
-    let one_pass = match query_features {
-        Some(features)
-            if tuning.is_none() && !global_explain && !session.is_cluster() && limit > 0 =>
-        {
-            match preprocessor_of(&features).one_pass(df.schema().as_arrow()) {
-                Some(fit) => read_encoded(session, &df, &o, fit, label.as_deref())
-                    .await?
-                    .map(|(prep, train, eval, rows)| Prepared {
-                        prep,
-                        train,
-                        eval,
-                        rows,
-                        raw: None,
-                        train_raw: None,
-                        sql_transform: None,
-                        features,
-                    }),
-                None => None,
+    // them), the rows are split, the preprocessing fitted and the rows encoded in the one read
+    // of the query, and only the encoded rows are kept.
+    let one_pass =
+        match query_features {
+            Some(features)
+                if tuning.is_none() && !global_explain && !session.is_cluster() && limit > 0 =>
+            {
+                match preprocessor_of(&features).one_pass(df.schema().as_arrow()) {
+                    Some(fit) => read_encoded(session, &df, &o, fit).await?.map(
+                        |(prep, train, eval, rows)| Prepared {
+                            prep,
+                            train,
+                            eval,
+                            rows,
+                            raw: None,
+                            train_raw: None,
+                            sql_transform: None,
+                            features,
+                        },
+                    ),
+                    None => None,
+                }
             }
-        }
-        _ => None,
-    };
+            _ => None,
+        };
     let Prepared {
         prep,
         train,

@@ -284,6 +284,23 @@ impl ColumnInfo {
         (self.mean, self.stddev, self.min, self.max) = (mean, stddev, min, max);
     }
 
+    /// A string column's nulls, distinct values and kept categories from its value counts
+    /// (`None` counting the nulls): the `max` most frequent (ties by value), sorted.
+    fn set_categories(&mut self, mut counts: Vec<(Option<String>, u64)>, max: usize) {
+        self.nulls = counts
+            .iter()
+            .filter(|(v, _)| v.is_none())
+            .map(|(_, n)| n)
+            .sum();
+        counts.retain(|(v, _)| v.is_some());
+        self.distinct = counts.len() as u64;
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counts.truncate(max);
+        let mut kept: Vec<String> = counts.into_iter().filter_map(|(v, _)| v).collect();
+        kept.sort();
+        self.categories = kept;
+    }
+
     /// Whether the string column has an "other" category (nulls, values beyond the kept
     /// ones): then one-hot writes a feature for it.
     fn has_other(&self) -> bool {
@@ -940,20 +957,8 @@ impl Estimator for Preprocessor {
         for (j, (name, t, kind)) in kinds.into_iter().enumerate() {
             let mut info = ColumnInfo::unread(&name, &t, kind, rows);
             if kind == ColumnKind::Categorical {
-                let mut counts = value_counts(data, col(quoted_name(&name))).await?;
-                info.nulls = counts
-                    .iter()
-                    .filter(|(v, _)| v.is_none())
-                    .map(|(_, n)| n)
-                    .sum();
-                counts.retain(|(v, _)| v.is_some());
-                info.distinct = counts.len() as u64;
-                // The most frequent categories are kept (ties by value), then sorted.
-                counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                counts.truncate(self.max_categories);
-                let mut kept: Vec<String> = counts.into_iter().filter_map(|(v, _)| v).collect();
-                kept.sort();
-                info.categories = kept;
+                let counts = value_counts(data, col(quoted_name(&name))).await?;
+                info.set_categories(counts, self.max_categories);
             } else {
                 info.set_moments(
                     moment(j, "count").unwrap_or(0.0) as u64,
@@ -1014,31 +1019,41 @@ impl Preprocessor {
             return Ok(None);
         }
         let counts = value_counts(data, col(quoted_name(label))).await?;
-        if let Some((_, n)) = counts.iter().find(|(v, _)| v.is_none()) {
-            return Err(MllibError::InvalidParam {
-                param: label.to_string(),
-                reason: format!(
-                    "the label column '{label}' has {n} null values; filter them out (WHERE {label} IS NOT NULL)"
-                ),
-            });
-        }
-        let mut classes: Vec<String> = counts.into_iter().filter_map(|(v, _)| v).collect();
-        classes.sort();
-        if classes.len() > MAX_LABEL_CLASSES {
-            return Err(MllibError::InvalidParam {
-                param: label.to_string(),
-                reason: format!(
-                    "the label column '{label}' has {} distinct values; a classifier takes at most {MAX_LABEL_CLASSES} classes (is it a regression target?)",
-                    classes.len()
-                ),
-            });
-        }
-        Ok(Some(LabelClasses {
-            column: label.to_string(),
-            classes,
-            boolean,
-        }))
+        label_classes_of(label, boolean, counts).map(Some)
     }
+}
+
+/// A string or boolean classification label's classes from its value counts (`None` counting
+/// the nulls, which are refused, as more than [`MAX_LABEL_CLASSES`] classes are).
+fn label_classes_of(
+    label: &str,
+    boolean: bool,
+    counts: Vec<(Option<String>, u64)>,
+) -> Result<LabelClasses> {
+    if let Some((_, n)) = counts.iter().find(|(v, _)| v.is_none()) {
+        return Err(MllibError::InvalidParam {
+            param: label.to_string(),
+            reason: format!(
+                "the label column '{label}' has {n} null values; filter them out (WHERE {label} IS NOT NULL)"
+            ),
+        });
+    }
+    let mut classes: Vec<String> = counts.into_iter().filter_map(|(v, _)| v).collect();
+    classes.sort();
+    if classes.len() > MAX_LABEL_CLASSES {
+        return Err(MllibError::InvalidParam {
+            param: label.to_string(),
+            reason: format!(
+                "the label column '{label}' has {} distinct values; a classifier takes at most {MAX_LABEL_CLASSES} classes (is it a regression target?)",
+                classes.len()
+            ),
+        });
+    }
+    Ok(LabelClasses {
+        column: label.to_string(),
+        classes,
+        boolean,
+    })
 }
 
 impl Transformer for PreprocessorModel {

@@ -7,23 +7,30 @@
 //! read as a number (numbers, booleans, dates and timestamps) needs no statistic to be
 //! encoded but the mean its nulls become, so here each batch is split into its training and
 //! held-out rows by the rows' split draws (when the statement splits), the training rows'
-//! column moments are added as the batch arrives and each side that has no null is encoded
-//! at once; the batch as read is let go (its memory taken by the next batch read): one read,
-//! one copy. A side holding a null is kept as read and encoded once the means are known. The
-//! statistics are the moments the statistics query computes (merged in the order of the
-//! partitions), the sides are [`Dataset::random_split_on`](quiver_engine::Dataset)'s, and
-//! the encoding is the fitted [`Encoder`]'s, so the stage and the vectors equal what
+//! column moments (and string columns' and a class label's value counts) are added as the
+//! batch arrives, and each side that has no null, no string column and no class label is
+//! encoded at once; the batch as read is let go (its memory taken by the next batch read): one
+//! read, one copy. A side that needs what the whole read learns (a null's mean, the categories,
+//! the classes) is kept as read (only the model's columns) and encoded at the end. The
+//! statistics are the moments and value counts the statistics queries compute (merged in the
+//! order of the partitions), the sides are
+//! [`Dataset::random_split_on`](quiver_engine::Dataset)'s, and the encoding is the fitted
+//! [`Encoder`]'s, so the stage and the vectors equal what
 //! [`Estimator::fit`](crate::api::Estimator::fit) on the training rows and `transform` give.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use quiver_engine::QuiverError;
 use quiver_engine::moments::Moments;
 use quiver_engine::vector::{vector_array, vector_type};
 
-use super::{ColumnInfo, ColumnKind, Encoder, Preprocessor, PreprocessorModel, numbers};
+use super::{
+    ColumnInfo, ColumnKind, Encoder, LABEL_INDEX, LabelClasses, Preprocessor, PreprocessorModel,
+    label_classes_of, numbers,
+};
 use crate::api::ColumnEncoder;
 use crate::error::{MllibError, Result};
 
@@ -36,11 +43,17 @@ pub struct OnePassFit {
     inputs: Vec<(usize, DataType, ColumnKind)>,
     /// The label's position in the rows read.
     label: Option<usize>,
+    /// Whether the label is a classifier's string or boolean label: its classes are learnt in
+    /// the read and its values encoded as class indices ([`LABEL_INDEX`]).
+    class_label: bool,
+    /// Whether a batch without nulls is encoded as read: no string column (its categories
+    /// need the whole read) and no class label.
+    encode_as_read: bool,
     /// The split ([`OnePassFit::split_on`]), if the rows are split.
     split: Option<Split>,
-    /// Encodes a batch without nulls: it needs no statistic.
+    /// Encodes a batch without nulls (when `encode_as_read`): it needs no statistic.
     interim: Encoder,
-    /// What an encoded batch holds: the feature vector, then the label.
+    /// What a batch encoded by `interim` holds: the feature vector, then the label.
     schema: SchemaRef,
     /// What a batch kept as read holds: the input columns, then the label.
     read_schema: SchemaRef,
@@ -54,20 +67,68 @@ struct Split {
     held_out: (f64, f64),
 }
 
-/// One partition's share of the read: its training rows' column moments, the rows read, and
-/// each side's rows (training, held out), each batch encoded or (holding a null) kept as read,
-/// in the order read.
+/// One partition's share of the read: its training rows' column moments (number columns) and
+/// value counts (string columns, a class label), the rows read, and each side's rows
+/// (training, held out), each batch encoded or kept as read, in the order read.
 pub struct OnePassPart {
     moments: Vec<Moments>,
+    counts: Vec<Counts>,
+    label_counts: Counts,
     rows: u64,
     train_rows: u64,
     sides: [Vec<Kept>; 2],
+}
+
+/// A string column's value counts, nulls apart.
+#[derive(Default)]
+struct Counts {
+    values: HashMap<String, u64>,
+    nulls: u64,
+}
+
+impl Counts {
+    /// Counts the values of a column read as text (strings, booleans as `true` / `false`).
+    fn add(&mut self, array: &ArrayRef) -> Result<()> {
+        let text = arrow::compute::cast(array, &DataType::Utf8).map_err(QuiverError::from)?;
+        for v in text.as_string::<i32>() {
+            match v {
+                None => self.nulls += 1,
+                Some(v) => match self.values.get_mut(v) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.values.insert(v.to_string(), 1);
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Counts) {
+        self.nulls += other.nulls;
+        for (v, n) in other.values {
+            *self.values.entry(v).or_default() += n;
+        }
+    }
+
+    /// The counts as the statistics query returns them: `None` counting the nulls.
+    fn into_vec(self) -> Vec<(Option<String>, u64)> {
+        let nulls = (self.nulls > 0).then_some((None, self.nulls));
+        self.values
+            .into_iter()
+            .map(|(v, n)| (Some(v), n))
+            .chain(nulls)
+            .collect()
+    }
 }
 
 /// What [`OnePassFit::finish`] gives: the fitted stage, the encoded rows of each partition
 /// in the order read, and the number of rows read.
 pub struct OnePassRows {
     pub model: PreprocessorModel,
+    /// What the encoded batches hold: the feature vector, then the label (its class index for
+    /// a class label).
+    pub schema: SchemaRef,
     /// The training rows' batches, partition by partition.
     pub train: Vec<Vec<RecordBatch>>,
     /// The held-out rows' batches, partition by partition, when the rows are split.
@@ -90,11 +151,11 @@ enum Kept {
 }
 
 impl Preprocessor {
-    /// The one-pass fit over rows of `schema`, when every input column is read as a number
-    /// (numbers, booleans, dates and timestamps: not strings, whose categories need the whole
-    /// read first) and the label (if any) is a number; `None` otherwise, and for parameters
-    /// [`Preprocessor::check`] refuses (then fit and transform as usual, which say what is
-    /// wrong).
+    /// The one-pass fit over rows of `schema`, when every input column is one the
+    /// preprocessing takes (numbers, booleans, dates, timestamps, strings) and the label (if
+    /// any) is a number, or a classifier's string or boolean label; `None` otherwise, and for
+    /// parameters [`Preprocessor::check`] refuses (then fit and transform as usual, which say
+    /// what is wrong).
     pub fn one_pass(&self, schema: &Schema) -> Option<OnePassFit> {
         self.check().ok()?;
         let column = |name: &str, kinds: &[ColumnKind]| {
@@ -102,20 +163,23 @@ impl Preprocessor {
             let kind = ColumnKind::of(f.data_type()).filter(|k| kinds.contains(k))?;
             Some((i, f, kind))
         };
-        use ColumnKind::{Boolean, Numeric, Temporal};
+        use ColumnKind::{Boolean, Categorical, Numeric, Temporal};
         let mut inputs = Vec::with_capacity(self.input_cols.len());
         let mut columns = Vec::with_capacity(self.input_cols.len());
         let mut read_fields = Vec::with_capacity(self.input_cols.len() + 1);
         for name in &self.input_cols {
-            let (i, f, kind) = column(name, &[Numeric, Boolean, Temporal])?;
+            let (i, f, kind) = column(name, &[Numeric, Boolean, Temporal, Categorical])?;
             inputs.push((i, f.data_type().clone(), kind));
             columns.push(ColumnInfo::unread(name, f.data_type(), kind, 0));
             read_fields.push(f.clone());
         }
         let label = match &self.label_col {
+            Some(l) if self.classify => Some(column(l, &[Numeric, Boolean, Categorical])?),
             Some(l) => Some(column(l, &[Numeric])?),
             None => None,
         };
+        let class_label = label.is_some_and(|(_, _, kind)| kind != Numeric);
+        let strings = inputs.iter().any(|(_, _, kind)| *kind == Categorical);
         let interim = Encoder::new(columns, self.encoding, self.missing, None);
         let mut fields = vec![Field::new(
             &self.output_col,
@@ -128,6 +192,8 @@ impl Preprocessor {
             params: self.clone(),
             inputs,
             label: label.map(|(i, _, _)| i),
+            class_label,
+            encode_as_read: !strings && !class_label,
             split: None,
             interim,
             schema: Arc::new(Schema::new(fields)),
@@ -163,16 +229,21 @@ impl OnePassFit {
         Some(self)
     }
 
-    /// What the encoded batches hold: the feature vector (the stage's output column), then
-    /// the label.
-    pub fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+    /// The encoded batches' label column: the label's, or its class index ([`LABEL_INDEX`])
+    /// for a string or boolean class label.
+    pub fn encoded_label(&self) -> Option<&str> {
+        match &self.params.label_col {
+            Some(_) if self.class_label => Some(LABEL_INDEX),
+            l => l.as_deref(),
+        }
     }
 
     /// A partition's empty share.
     pub fn part(&self) -> OnePassPart {
         OnePassPart {
             moments: vec![Moments::default(); self.inputs.len()],
+            counts: self.inputs.iter().map(|_| Counts::default()).collect(),
+            label_counts: Counts::default(),
             rows: 0,
             train_rows: 0,
             sides: [Vec::new(), Vec::new()],
@@ -214,7 +285,8 @@ impl OnePassFit {
     }
 
     /// Adds the rows of one side (0: training, 1: held out) of a batch, of the read schema:
-    /// the training rows' moments, the rows encoded when they hold no null, else kept as read.
+    /// the training rows' moments and value counts, the rows encoded when they can be
+    /// ([`OnePassFit::encode_as_read`]) and hold no null, else kept as read.
     fn add(&self, part: &mut OnePassPart, side: usize, read: RecordBatch) -> Result<Option<usize>> {
         let rows = read.num_rows();
         if rows == 0 {
@@ -222,21 +294,34 @@ impl OnePassFit {
         }
         let n = self.inputs.len();
         let mut nulls = false;
-        for (j, name) in self.params.input_cols.iter().enumerate() {
+        for (j, ((_, _, kind), name)) in self.inputs.iter().zip(&self.params.input_cols).enumerate()
+        {
             let a = read.column(j);
             if side == 0 {
-                part.moments[j].add(&numbers(a, name)?);
+                match kind {
+                    ColumnKind::Categorical => part.counts[j].add(a)?,
+                    _ => part.moments[j].add(&numbers(a, name)?),
+                }
             }
             nulls |= a.null_count() > 0;
         }
         if side == 0 {
             part.train_rows += rows as u64;
+            if self.class_label {
+                part.label_counts.add(read.column(n))?;
+            }
         }
-        let kept = if nulls {
+        let kept = if nulls || !self.encode_as_read {
             Kept::Read(read)
         } else {
             let label = read.columns().get(n).cloned();
-            match self.encoded(&self.interim, &read.columns()[..n], label, rows) {
+            match self.encoded(
+                &self.interim,
+                &self.schema,
+                &read.columns()[..n],
+                label,
+                rows,
+            ) {
                 Ok(b) => Kept::Encoded(b),
                 Err(e) if refused(&e) => return Ok(None),
                 Err(e) => return Err(e),
@@ -249,10 +334,12 @@ impl OnePassFit {
         Ok(Some(bytes))
     }
 
-    /// The batch of `arrays` (the input columns) encoded by `encoder`, beside the label.
+    /// The batch of `arrays` (the input columns) encoded by `encoder`, beside the label, of
+    /// `schema`.
     fn encoded(
         &self,
         encoder: &Encoder,
+        schema: &SchemaRef,
         arrays: &[ArrayRef],
         label: Option<ArrayRef>,
         rows: usize,
@@ -260,15 +347,16 @@ impl OnePassFit {
         let values = encoder.encode(arrays, rows)?;
         let mut columns: Vec<ArrayRef> = vec![Arc::new(vector_array(values, encoder.derived.dim)?)];
         columns.extend(label);
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(QuiverError::from)?)
+        Ok(RecordBatch::try_new(Arc::clone(schema), columns).map_err(QuiverError::from)?)
     }
 
     /// The fitted stage, the encoded batches of each partition (in the order read) and the
     /// number of rows, from the partitions' shares in partition order; `None` when a batch
-    /// kept as read (it held a null) holds a value the encoding refuses, as in
-    /// [`OnePassFit::push`], or when the rows are split and none trains (the usual path says
-    /// so). No rows is an error, as for [`Estimator::fit`](crate::api::Estimator::fit).
-    pub fn finish(&self, parts: Vec<OnePassPart>) -> Result<Option<OnePassRows>> {
+    /// kept as read holds a value the encoding refuses, as in [`OnePassFit::push`], or when
+    /// the rows are split and none trains (the usual path says so). No rows is an error, as
+    /// for [`Estimator::fit`](crate::api::Estimator::fit), and so is a class label the fit
+    /// refuses (nulls, too many classes), with the fit's message.
+    pub fn finish(&self, mut parts: Vec<OnePassPart>) -> Result<Option<OnePassRows>> {
         let rows: u64 = parts.iter().map(|p| p.rows).sum();
         let train_rows: u64 = parts.iter().map(|p| p.train_rows).sum();
         if rows == 0 {
@@ -280,31 +368,58 @@ impl OnePassFit {
         if train_rows == 0 {
             return Ok(None);
         }
-        let mut moments = vec![Moments::default(); self.inputs.len()];
-        for p in &parts {
-            moments
-                .iter_mut()
-                .zip(&p.moments)
-                .for_each(|(m, o)| m.merge(o));
+        let n = self.inputs.len();
+        let mut moments = vec![Moments::default(); n];
+        let mut counts: Vec<Counts> = (0..n).map(|_| Counts::default()).collect();
+        let mut label_counts = Counts::default();
+        for p in &mut parts {
+            for (m, o) in moments.iter_mut().zip(&p.moments) {
+                m.merge(o);
+            }
+            for (c, o) in counts.iter_mut().zip(std::mem::take(&mut p.counts)) {
+                c.merge(o);
+            }
+            label_counts.merge(std::mem::take(&mut p.label_counts));
         }
         let columns = self
             .inputs
             .iter()
             .zip(&self.params.input_cols)
-            .zip(&moments)
-            .map(|(((_, t, kind), name), m)| {
+            .zip(moments.iter().zip(counts))
+            .map(|(((_, t, kind), name), (m, c))| {
                 let mut info = ColumnInfo::unread(name, t, *kind, train_rows);
-                let some = |v: f64| (m.finite > 0).then_some(v);
-                info.set_moments(
-                    m.count,
-                    m.finite,
-                    [some(m.mean), m.stddev(), some(m.min), some(m.max)],
-                );
+                if *kind == ColumnKind::Categorical {
+                    info.set_categories(c.into_vec(), self.params.max_categories);
+                } else {
+                    let some = |v: f64| (m.finite > 0).then_some(v);
+                    info.set_moments(
+                        m.count,
+                        m.finite,
+                        [some(m.mean), m.stddev(), some(m.min), some(m.max)],
+                    );
+                }
                 info
             })
             .collect();
-        let model = self.params.model(columns, None)?;
-        let n = self.inputs.len();
+        let classes = match (&self.params.label_col, self.label) {
+            (Some(l), Some(_)) if self.class_label => {
+                let boolean = self.read_schema.field(n).data_type() == &DataType::Boolean;
+                Some(label_classes_of(l, boolean, label_counts.into_vec())?)
+            }
+            _ => None,
+        };
+        let model = self.params.model(columns, classes)?;
+        let mut fields = vec![Field::new(
+            &self.params.output_col,
+            vector_type(model.encoder.derived.dim),
+            false,
+        )];
+        if self.class_label {
+            fields.push(Field::new(LABEL_INDEX, DataType::Float64, true));
+        } else if self.label.is_some() {
+            fields.push(self.read_schema.field(n).clone());
+        }
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
         let mut sides: [Vec<Vec<RecordBatch>>; 2] = [
             Vec::with_capacity(parts.len()),
             Vec::with_capacity(parts.len()),
@@ -316,14 +431,12 @@ impl OnePassFit {
                     batches.push(match k {
                         Kept::Encoded(b) => b,
                         Kept::Read(b) => {
-                            let label = b.columns().get(n).cloned();
-                            let encoded = self.encoded(
-                                &model.encoder,
-                                &b.columns()[..n],
-                                label,
-                                b.num_rows(),
-                            );
-                            match encoded {
+                            let label = match (b.columns().get(n), &model.encoder.label) {
+                                (Some(l), Some(classes)) => Some(class_indices(l, classes)?),
+                                (l, _) => l.cloned(),
+                            };
+                            let (arrays, rows) = (&b.columns()[..n], b.num_rows());
+                            match self.encoded(&model.encoder, &schema, arrays, label, rows) {
                                 Ok(b) => b,
                                 Err(e) if refused(&e) => return Ok(None),
                                 Err(e) => return Err(e),
@@ -337,11 +450,28 @@ impl OnePassFit {
         let [train, held_out] = sides;
         Ok(Some(OnePassRows {
             model,
+            schema,
             train,
             held_out: self.split.is_some().then_some(held_out),
             rows,
         }))
     }
+}
+
+/// A class label's values as their class indices (`transform`'s [`LABEL_INDEX`]): an unseen
+/// value (a held-out row's class no training row has) or a null is null.
+fn class_indices(label: &ArrayRef, classes: &LabelClasses) -> Result<ArrayRef> {
+    let text = arrow::compute::cast(label, &DataType::Utf8).map_err(QuiverError::from)?;
+    let index: Float64Array = text
+        .as_string::<i32>()
+        .iter()
+        .map(|v| {
+            let v = v?;
+            let i = classes.classes.binary_search_by(|c| c.as_str().cmp(v));
+            i.ok().map(|i| i as f64)
+        })
+        .collect();
+    Ok(Arc::new(index))
 }
 
 #[cfg(test)]
@@ -359,7 +489,8 @@ mod tests {
 
     /// Rows of an Int64 column (nulls in the first partition's second batch), a Float32
     /// column, a string, a Float64 column (nulls in the second partition's third batch), a
-    /// boolean (nulls in the first partition's second batch), a date and a number label, in
+    /// boolean (nulls in the first partition's second batch), a date, a number label, a string
+    /// of four categories (nulls in the first partition's third batch) and a string label, in
     /// `parts` partitions of three batches of 7 rows.
     fn partitions(parts: usize, bad: Option<(usize, f64)>) -> Vec<Vec<RecordBatch>> {
         let schema = Arc::new(Schema::new(vec![
@@ -370,6 +501,8 @@ mod tests {
             Field::new("t", DataType::Boolean, true),
             Field::new("d", DataType::Date32, false),
             Field::new("y", DataType::Float64, false),
+            Field::new("g", DataType::Utf8, true),
+            Field::new("lab", DataType::Utf8, false),
         ]));
         let mut row = 0;
         (0..parts)
@@ -408,6 +541,17 @@ mod tests {
                             .collect();
                         let y: Float64Array =
                             rows.iter().map(|&r| (r % 3 == 0) as u8 as f64).collect();
+                        let g: StringArray = rows
+                            .iter()
+                            .map(|&r| {
+                                let v = ["w", "x", "y", "z"][r * 5 % 7 % 4];
+                                ((p, k) != (0, 2) || r % 3 != 2).then_some(v)
+                            })
+                            .collect();
+                        let lab: StringArray = rows
+                            .iter()
+                            .map(|&r| Some(if r % 3 == 0 { "yes" } else { "no" }))
+                            .collect();
                         RecordBatch::try_new(
                             Arc::clone(&schema),
                             vec![
@@ -418,6 +562,8 @@ mod tests {
                                 Arc::new(t),
                                 Arc::new(d),
                                 Arc::new(y),
+                                Arc::new(g),
+                                Arc::new(lab),
                             ],
                         )
                         .unwrap()
@@ -461,13 +607,17 @@ mod tests {
                 (&x.name, &x.data_type, x.kind, x.rows, x.nulls, x.non_finite),
                 (&e.name, &e.data_type, e.kind, e.rows, e.nulls, e.non_finite)
             );
+            assert_eq!((&x.categories, x.distinct), (&e.categories, e.distinct));
             for (u, v) in [
                 (x.mean, e.mean),
                 (x.stddev, e.stddev),
                 (x.min, e.min),
                 (x.max, e.max),
             ] {
-                let (u, v) = (u.unwrap(), v.unwrap());
+                assert_eq!(u.is_some(), v.is_some(), "{}", x.name);
+                let (Some(u), Some(v)) = (u, v) else {
+                    continue;
+                };
                 assert!(
                     (u - v).abs() <= 1e-12 * v.abs().max(1.0),
                     "{}: {u} vs {v}",
@@ -477,15 +627,18 @@ mod tests {
         }
     }
 
-    /// Each row's vector `v` (5 values) and label `y`, as bits (NaN, a kept null, equals NaN),
-    /// in the order of `batches`.
-    fn vectors(batches: &[RecordBatch]) -> Vec<Vec<u64>> {
+    /// Each row's vector `v` and label (`label`), as bits (NaN, a kept null, equals NaN), in
+    /// the order of `batches`.
+    fn vectors(batches: &[RecordBatch], label: &str) -> Vec<Vec<u64>> {
         let b = arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap();
         let list = b.column_by_name("v").unwrap().as_fixed_size_list();
         let values = list.values().as_primitive::<Float64Type>().values();
-        let y = b.column_by_name("y").unwrap().as_primitive::<Float64Type>();
+        let y = b
+            .column_by_name(label)
+            .unwrap()
+            .as_primitive::<Float64Type>();
         values
-            .chunks(5)
+            .chunks(list.value_length() as usize)
             .zip(y.values())
             .map(|(v, y)| v.iter().chain([y]).map(|x| x.to_bits()).collect())
             .collect()
@@ -524,44 +677,67 @@ mod tests {
         Dataset::new(session.context().read_table(Arc::new(table)).unwrap())
     }
 
+    /// The preprocessings the tests fit in one read: number, boolean and date columns with a
+    /// number label; numbers and a string column with a string label (no row encoded as read:
+    /// the categories and classes need the whole read). Each with `missing`, and the label
+    /// column the encoded rows hold.
+    fn preprocessors(missing: MissingNumbers) -> [(Preprocessor, &'static str); 2] {
+        let numbers = Preprocessor::new(["a", "b", "c", "t", "d"]).label("y", true);
+        let strings = Preprocessor::new(["a", "b", "g", "c"]).label("lab", true);
+        [(numbers, "y"), (strings, LABEL_INDEX)]
+            .map(|(p, label)| (p.missing(missing).output_col("v"), label))
+    }
+
     /// The stage fitted and the rows encoded in one read equal the stage [`Estimator::fit`]
-    /// fits and the rows its `transform` writes: the stage ([`same_stage`]), the imputed nulls
-    /// of a batch that held some, and every encoded value (exactly).
+    /// fits and the rows its `transform` writes: the stage ([`same_stage`]: moments,
+    /// categories), the imputed nulls of a batch that held some, the class indices, and every
+    /// encoded value.
     #[tokio::test]
     async fn one_read_equals_fit_then_transform() {
         let parts = partitions(3, None);
         let session = QuiverSession::embedded_with(QuiverConfig::default()).unwrap();
         let data = dataset(&session, &parts);
         for missing in [MissingNumbers::Impute, MissingNumbers::Keep] {
-            let prep = Preprocessor::new(["a", "b", "c", "t", "d"])
-                .label("y", true)
-                .missing(missing)
-                .output_col("v");
-            let staged = prep.fit(&session, &data).await.unwrap();
-            let OnePassRows {
-                model,
-                train: batches,
-                held_out,
-                rows,
-            } = one_pass(&prep, &parts).unwrap();
-            assert_eq!(rows, 63);
-            assert!(held_out.is_none());
-            same_stage(&model, &staged);
-            assert_eq!(model.encoder().columns()[0].nulls, 2);
-            assert_eq!(model.encoder().columns()[2].nulls, 3);
-            assert_eq!(model.encoder().columns()[3].nulls, 2);
-            assert_eq!(model.encoder().columns()[3].kind, ColumnKind::Boolean);
-            assert_eq!(model.encoder().columns()[4].kind, ColumnKind::Temporal);
-            let got: Vec<RecordBatch> = batches.into_iter().flatten().collect();
-            assert_eq!(got[0].schema().field(0).name(), "v");
-            let g = vectors(&got);
-            assert_eq!((g.len(), g[0].len()), (63, 6));
-            let want = vectors(&transformed(&staged, &data).await);
-            same_rows(sorted(g.clone()), sorted(want));
-            if missing == MissingNumbers::Impute {
-                // Row 9's `a` is null: the mean of the column.
-                let mean = model.encoder().columns()[0].mean.unwrap();
-                assert_eq!(f64::from_bits(g[9][0]), mean);
+            for (prep, label) in preprocessors(missing) {
+                let staged = prep.fit(&session, &data).await.unwrap();
+                let OnePassRows {
+                    model,
+                    schema,
+                    train: batches,
+                    held_out,
+                    rows,
+                } = one_pass(&prep, &parts).unwrap();
+                assert_eq!(rows, 63);
+                assert!(held_out.is_none());
+                same_stage(&model, &staged);
+                let columns = model.encoder().columns();
+                assert_eq!(columns[0].nulls, 2);
+                let got: Vec<RecordBatch> = batches.into_iter().flatten().collect();
+                assert_eq!(got[0].schema(), schema);
+                assert_eq!(schema.field(0).name(), "v");
+                let g = vectors(&got, label);
+                assert_eq!(g.len(), 63);
+                let want = vectors(&transformed(&staged, &data).await, label);
+                same_rows(sorted(g.clone()), sorted(want));
+                if missing == MissingNumbers::Impute {
+                    // Row 9's `a` is null: the mean of the column.
+                    assert_eq!(f64::from_bits(g[9][0]), columns[0].mean.unwrap());
+                }
+                if label == "y" {
+                    assert_eq!(g[0].len(), 6);
+                    assert_eq!(columns[2].nulls, 3);
+                    assert_eq!(columns[3].nulls, 2);
+                    assert_eq!(columns[3].kind, ColumnKind::Boolean);
+                    assert_eq!(columns[4].kind, ColumnKind::Temporal);
+                } else {
+                    assert_eq!(columns[2].kind, ColumnKind::Categorical);
+                    assert_eq!(columns[2].categories, ["w", "x", "y", "z"]);
+                    assert_eq!(columns[2].nulls, 3);
+                    let classes = &model.label_classes().unwrap().classes;
+                    assert_eq!(classes, &["no", "yes"]);
+                    // Row 0's label is "yes": class 1.
+                    assert_eq!(*g[0].last().unwrap(), 1f64.to_bits());
+                }
             }
         }
     }
@@ -599,33 +775,31 @@ mod tests {
         }
         let train_rows = sides[0].count().await.unwrap() as u64;
         for missing in [MissingNumbers::Impute, MissingNumbers::Keep] {
-            let prep = Preprocessor::new(["a", "b", "c", "t", "d"])
-                .label("y", true)
-                .missing(missing)
-                .output_col("v");
-            let staged = prep.fit(&session, &sides[0]).await.unwrap();
-            let fit = prep
-                .one_pass(&read[0][0].schema())
-                .unwrap()
-                .split_on(&read[0][0].schema(), SPLIT_DRAW, bounds[0], bounds[1])
-                .unwrap();
-            let mut shares = Vec::new();
-            for batches in &read {
-                let mut share = fit.part();
-                for b in batches {
-                    assert!(fit.push(&mut share, b).unwrap().is_some());
+            for (prep, label) in preprocessors(missing) {
+                let staged = prep.fit(&session, &sides[0]).await.unwrap();
+                let fit = prep
+                    .one_pass(&read[0][0].schema())
+                    .unwrap()
+                    .split_on(&read[0][0].schema(), SPLIT_DRAW, bounds[0], bounds[1])
+                    .unwrap();
+                let mut shares = Vec::new();
+                for batches in &read {
+                    let mut share = fit.part();
+                    for b in batches {
+                        assert!(fit.push(&mut share, b).unwrap().is_some());
+                    }
+                    shares.push(share);
                 }
-                shares.push(share);
-            }
-            let got = fit.finish(shares).unwrap().unwrap();
-            assert_eq!(got.rows, 63);
-            same_stage(&got.model, &staged);
-            assert_eq!(got.model.encoder().columns()[0].rows, train_rows);
-            let held_out = got.held_out.unwrap();
-            for (side, batches) in [(0, got.train), (1, held_out)] {
-                let batches: Vec<RecordBatch> = batches.into_iter().flatten().collect();
-                let want = vectors(&transformed(&staged, &sides[side]).await);
-                same_rows(sorted(vectors(&batches)), sorted(want));
+                let got = fit.finish(shares).unwrap().unwrap();
+                assert_eq!(got.rows, 63);
+                same_stage(&got.model, &staged);
+                assert_eq!(got.model.encoder().columns()[0].rows, train_rows);
+                let held_out = got.held_out.unwrap();
+                for (side, batches) in [(0, got.train), (1, held_out)] {
+                    let batches: Vec<RecordBatch> = batches.into_iter().flatten().collect();
+                    let want = vectors(&transformed(&staged, &sides[side]).await, label);
+                    same_rows(sorted(vectors(&batches, label)), sorted(want));
+                }
             }
         }
         // A draw column that is not a number is not split on.
@@ -638,28 +812,42 @@ mod tests {
         );
     }
 
-    /// What the one read does not take (a string feature, a string label, a missing column)
-    /// gives `None`; an infinite value gives the read up (the usual path reports it with its
-    /// row in the dataset), whether its batch is encoded as read or (holding a null) at the
-    /// end.
+    /// What the one read does not take (a string label for a regression, a column of a type
+    /// the preprocessing refuses, a missing column) gives `None`; a class label the fit refuses
+    /// is refused with its message; an infinite value gives the read up (the usual path
+    /// reports it with its row in the dataset), whether its batch is encoded as read or
+    /// (holding a null) at the end.
     #[tokio::test]
     async fn other_columns_go_the_usual_way_and_bad_values_are_named() {
         let parts = partitions(2, None);
         let schema = parts[0][0].schema();
-        assert!(Preprocessor::new(["a", "name"]).one_pass(&schema).is_none());
         assert!(
-            Preprocessor::new(["a"])
-                .label("name", true)
-                .one_pass(&schema)
-                .is_none()
-        );
-        assert!(Preprocessor::new(["a", "zzz"]).one_pass(&schema).is_none());
-        assert!(
-            Preprocessor::new(["a", "b"])
-                .label("y", true)
+            Preprocessor::new(["a", "name"])
+                .label("lab", true)
                 .one_pass(&schema)
                 .is_some()
         );
+        assert!(
+            Preprocessor::new(["a"])
+                .label("lab", false)
+                .one_pass(&schema)
+                .is_none()
+        );
+        let mut fields = schema.fields().to_vec();
+        fields.push(Arc::new(Field::new("bytes", DataType::Binary, true)));
+        let with_bytes = Schema::new(fields);
+        assert!(
+            Preprocessor::new(["a", "bytes"])
+                .one_pass(&with_bytes)
+                .is_none()
+        );
+        assert!(Preprocessor::new(["a", "zzz"]).one_pass(&schema).is_none());
+        // `g` has nulls: refused as a label, as the staged fit refuses it.
+        let err = one_pass(&Preprocessor::new(["a"]).label("g", true), &parts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("'g' has 3 null values"), "{err}");
         let parts = partitions(2, Some((23, f64::INFINITY)));
         let err = one_pass(&Preprocessor::new(["a", "c"]), &parts)
             .err()
