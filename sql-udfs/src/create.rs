@@ -331,7 +331,7 @@ async fn read_encoded(
     let Some(parts) = read_within(df, limit, || fit.part(), keep).await? else {
         return Ok(None);
     };
-    let Some(read) = fit.finish(parts)? else {
+    let Some(read) = session.run_compute(|| fit.finish(parts))? else {
         return Ok(None);
     };
     let OnePassRows {

@@ -335,7 +335,43 @@ struct Derived {
     offsets: Vec<usize>,
     dim: usize,
     names: Vec<String>,
-    index: Vec<HashMap<String, usize>>,
+    index: Vec<TextMap<usize>>,
+}
+
+/// A map keyed by text, with a fast fixed hash (categories are looked up once per row).
+pub(crate) type TextMap<V> = HashMap<String, V, foldhash::fast::FixedState>;
+
+/// Calls `f` with each row's text (`None` for a null) of a column read as text: strings of
+/// any Arrow string type read in place, anything else (booleans, dictionaries) cast to text.
+fn for_each_text(
+    array: &ArrayRef,
+    mut f: impl FnMut(usize, Option<&str>),
+) -> quiver_engine::Result<()> {
+    match array.data_type() {
+        DataType::Utf8 => array
+            .as_string::<i32>()
+            .iter()
+            .enumerate()
+            .for_each(|(r, v)| f(r, v)),
+        DataType::LargeUtf8 => array
+            .as_string::<i64>()
+            .iter()
+            .enumerate()
+            .for_each(|(r, v)| f(r, v)),
+        DataType::Utf8View => array
+            .as_string_view()
+            .iter()
+            .enumerate()
+            .for_each(|(r, v)| f(r, v)),
+        _ => {
+            let text = arrow::compute::cast(array, &DataType::Utf8).map_err(QuiverError::from)?;
+            text.as_string::<i32>()
+                .iter()
+                .enumerate()
+                .for_each(|(r, v)| f(r, v));
+        }
+    }
+    Ok(())
 }
 
 impl PartialEq for Encoder {
@@ -523,22 +559,17 @@ impl Encoder {
             }
             return Ok(());
         }
-        let text = arrow::compute::cast(array, &DataType::Utf8)?;
-        let text = text.as_string::<i32>();
         let index = &self.derived.index[j];
         let n = c.categories.len();
         let other = c.has_other();
-        for r in 0..rows {
+        let encoding = self.encoding;
+        for_each_text(array, |r, v| {
             // The category's index; `n` is "other" (null, unseen, or beyond the kept ones).
-            let k = if text.is_null(r) {
-                n
-            } else {
-                index.get(text.value(r)).copied().unwrap_or(n)
-            };
-            let slot = match self.encoding {
+            let k = v.and_then(|v| index.get(v).copied()).unwrap_or(n);
+            let slot = match encoding {
                 CategoryEncoding::Label => {
                     out[r * dim + off] = k as f64;
-                    continue;
+                    return;
                 }
                 CategoryEncoding::OneHot if k < n => Some(k),
                 CategoryEncoding::Dummy if k < n => k.checked_sub(1),
@@ -549,8 +580,7 @@ impl Encoder {
             if let Some(s) = slot {
                 out[r * dim + off + s] = 1.0;
             }
-        }
-        Ok(())
+        })
     }
 }
 

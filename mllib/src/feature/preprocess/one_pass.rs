@@ -18,18 +18,18 @@
 //! [`Encoder`]'s, so the stage and the vectors equal what
 //! [`Estimator::fit`](crate::api::Estimator::fit) on the training rows and `transform` give.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use quiver_engine::QuiverError;
 use quiver_engine::moments::Moments;
 use quiver_engine::vector::{vector_array, vector_type};
+use rayon::prelude::*;
 
 use super::{
     ColumnInfo, ColumnKind, Encoder, LABEL_INDEX, LabelClasses, Preprocessor, PreprocessorModel,
-    label_classes_of, numbers,
+    TextMap, for_each_text, label_classes_of, numbers,
 };
 use crate::api::ColumnEncoder;
 use crate::error::{MllibError, Result};
@@ -82,25 +82,22 @@ pub struct OnePassPart {
 /// A string column's value counts, nulls apart.
 #[derive(Default)]
 struct Counts {
-    values: HashMap<String, u64>,
+    values: TextMap<u64>,
     nulls: u64,
 }
 
 impl Counts {
     /// Counts the values of a column read as text (strings, booleans as `true` / `false`).
     fn add(&mut self, array: &ArrayRef) -> Result<()> {
-        let text = arrow::compute::cast(array, &DataType::Utf8).map_err(QuiverError::from)?;
-        for v in text.as_string::<i32>() {
-            match v {
-                None => self.nulls += 1,
-                Some(v) => match self.values.get_mut(v) {
-                    Some(n) => *n += 1,
-                    None => {
-                        self.values.insert(v.to_string(), 1);
-                    }
-                },
-            }
-        }
+        for_each_text(array, |_, v| match v {
+            None => self.nulls += 1,
+            Some(v) => match self.values.get_mut(v) {
+                Some(n) => *n += 1,
+                None => {
+                    self.values.insert(v.to_string(), 1);
+                }
+            },
+        })?;
         Ok(())
     }
 
@@ -353,7 +350,9 @@ impl OnePassFit {
     /// The fitted stage, the encoded batches of each partition (in the order read) and the
     /// number of rows, from the partitions' shares in partition order; `None` when a batch
     /// kept as read holds a value the encoding refuses, as in [`OnePassFit::push`], or when
-    /// the rows are split and none trains (the usual path says so). No rows is an error, as
+    /// the rows are split and none trains (the usual path says so). The batches kept as read
+    /// are encoded in parallel on the current rayon pool (run it inside
+    /// `QuiverSession::run_compute`). No rows is an error, as
     /// for [`Estimator::fit`](crate::api::Estimator::fit), and so is a class label the fit
     /// refuses (nulls, too many classes), with the fit's message.
     pub fn finish(&self, mut parts: Vec<OnePassPart>) -> Result<Option<OnePassRows>> {
@@ -426,24 +425,14 @@ impl OnePassFit {
         ];
         for p in parts {
             for (out, kept) in sides.iter_mut().zip(p.sides) {
-                let mut batches = Vec::with_capacity(kept.len());
-                for k in kept {
-                    batches.push(match k {
-                        Kept::Encoded(b) => b,
-                        Kept::Read(b) => {
-                            let label = match (b.columns().get(n), &model.encoder.label) {
-                                (Some(l), Some(classes)) => Some(class_indices(l, classes)?),
-                                (l, _) => l.cloned(),
-                            };
-                            let (arrays, rows) = (&b.columns()[..n], b.num_rows());
-                            match self.encoded(&model.encoder, &schema, arrays, label, rows) {
-                                Ok(b) => b,
-                                Err(e) if refused(&e) => return Ok(None),
-                                Err(e) => return Err(e),
-                            }
-                        }
-                    });
-                }
+                // In parallel on the current rayon pool, in the order read.
+                let batches: Option<Vec<RecordBatch>> = kept
+                    .into_par_iter()
+                    .map(|k| self.encode_kept(&model, &schema, k))
+                    .collect::<Result<_>>()?;
+                let Some(batches) = batches else {
+                    return Ok(None);
+                };
                 out.push(batches);
             }
         }
@@ -458,20 +447,48 @@ impl OnePassFit {
     }
 }
 
+impl OnePassFit {
+    /// A batch as [`OnePassFit::finish`] gives it: encoded as read, or encoded now by the
+    /// fitted stage (its class label as class indices); `None` for a value the encoding
+    /// refuses.
+    fn encode_kept(
+        &self,
+        model: &PreprocessorModel,
+        schema: &SchemaRef,
+        kept: Kept,
+    ) -> Result<Option<RecordBatch>> {
+        let b = match kept {
+            Kept::Encoded(b) => return Ok(Some(b)),
+            Kept::Read(b) => b,
+        };
+        let n = self.inputs.len();
+        let label = match (b.columns().get(n), &model.encoder.label) {
+            (Some(l), Some(classes)) => Some(class_indices(l, classes)?),
+            (l, _) => l.cloned(),
+        };
+        match self.encoded(
+            &model.encoder,
+            schema,
+            &b.columns()[..n],
+            label,
+            b.num_rows(),
+        ) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if refused(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// A class label's values as their class indices (`transform`'s [`LABEL_INDEX`]): an unseen
 /// value (a held-out row's class no training row has) or a null is null.
 fn class_indices(label: &ArrayRef, classes: &LabelClasses) -> Result<ArrayRef> {
-    let text = arrow::compute::cast(label, &DataType::Utf8).map_err(QuiverError::from)?;
-    let index: Float64Array = text
-        .as_string::<i32>()
-        .iter()
-        .map(|v| {
-            let v = v?;
-            let i = classes.classes.binary_search_by(|c| c.as_str().cmp(v));
-            i.ok().map(|i| i as f64)
-        })
-        .collect();
-    Ok(Arc::new(index))
+    let mut index = arrow::array::Float64Builder::with_capacity(label.len());
+    for_each_text(label, |_, v| {
+        let i = v.and_then(|v| classes.classes.binary_search_by(|c| c.as_str().cmp(v)).ok());
+        index.append_option(i.map(|i| i as f64));
+    })?;
+    Ok(Arc::new(index.finish()))
 }
 
 #[cfg(test)]
