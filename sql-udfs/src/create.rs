@@ -300,12 +300,12 @@ where
     Ok(Some(states))
 }
 
-/// Embedded: the preprocessing fitted and the rows encoded (and split, when `split` is
-/// given) in the one read of the training query ([`OnePassFit`]), the encoded rows kept in
-/// memory (not the rows as read). `None` when they do not fit the memory budget
-/// (`quiver.training_cache`), hold a value the
-/// encoding refuses (the usual path reports it with its row), or turn out too few for the
-/// split `o` plans for larger results (auto_split does not split under 500 rows).
+/// Embedded: the rows split as the statement's options `o` ask, the preprocessing fitted and
+/// the rows encoded in the one read of the training query ([`OnePassFit`]), the encoded rows
+/// kept in memory (not the rows as read). `None` when they do not fit the memory budget
+/// (`quiver.training_cache`), hold a value the encoding refuses (the usual path reports it
+/// with its row), or turn out too few for the split planned for larger results (auto_split
+/// does not split under 500 rows).
 async fn read_encoded(
     session: &QuiverSession,
     df: &DataFrame,
