@@ -53,7 +53,8 @@ pub struct OnePassFit {
     split: Option<Split>,
     /// Encodes a batch without nulls (when `encode_as_read`): it needs no statistic.
     interim: Encoder,
-    /// What a batch encoded by `interim` holds: the feature vector, then the label.
+    /// What a batch encoded by `interim` holds: the feature vector, then the label (its class
+    /// index for a class label).
     schema: SchemaRef,
     /// What a batch kept as read holds: the input columns, then the label.
     read_schema: SchemaRef,
@@ -178,12 +179,16 @@ impl Preprocessor {
         let class_label = label.is_some_and(|(_, _, kind)| kind != Numeric);
         let strings = inputs.iter().any(|(_, _, kind)| *kind == Categorical);
         let interim = Encoder::new(columns, self.encoding, self.missing, None);
-        let mut fields = vec![Field::new(
+        // A class label is encoded as its class index.
+        let encoded_label = label.map(|(_, f, _)| match class_label {
+            true => Field::new(LABEL_INDEX, DataType::Float64, true),
+            false => f.clone(),
+        });
+        let schema = encoded_schema(
             &self.output_col,
-            vector_type(interim.derived.dim),
-            false,
-        )];
-        fields.extend(label.map(|(_, f, _)| f.clone()));
+            interim.derived.dim,
+            encoded_label.as_ref(),
+        );
         read_fields.extend(label.map(|(_, f, _)| f.clone()));
         Some(OnePassFit {
             params: self.clone(),
@@ -193,7 +198,7 @@ impl Preprocessor {
             encode_as_read: !strings && !class_label,
             split: None,
             interim,
-            schema: Arc::new(Schema::new(fields)),
+            schema,
             read_schema: Arc::new(Schema::new(read_fields)),
         })
     }
@@ -408,17 +413,8 @@ impl OnePassFit {
             _ => None,
         };
         let model = self.params.model(columns, classes)?;
-        let mut fields = vec![Field::new(
-            &self.params.output_col,
-            vector_type(model.encoder.derived.dim),
-            false,
-        )];
-        if self.class_label {
-            fields.push(Field::new(LABEL_INDEX, DataType::Float64, true));
-        } else if self.label.is_some() {
-            fields.push(self.read_schema.field(n).clone());
-        }
-        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let label = self.schema.fields().get(1).map(|f| f.as_ref());
+        let schema = encoded_schema(&self.params.output_col, model.encoder.derived.dim, label);
         let mut sides: [Vec<Vec<RecordBatch>>; 2] = [
             Vec::with_capacity(parts.len()),
             Vec::with_capacity(parts.len()),
@@ -478,6 +474,13 @@ impl OnePassFit {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What an encoded batch holds: the feature vector of `dim` values (`output`), then the label.
+fn encoded_schema(output: &str, dim: usize, label: Option<&Field>) -> SchemaRef {
+    let mut fields = vec![Field::new(output, vector_type(dim), false)];
+    fields.extend(label.cloned());
+    Arc::new(Schema::new(fields))
 }
 
 /// A class label's values as their class indices (`transform`'s [`LABEL_INDEX`]): an unseen
