@@ -3,7 +3,7 @@
 //! | option | meaning |
 //! |---|---|
 //! | `num_trials` | trials to run (turns tuning on; needs at least one tuned option) |
-//! | `max_parallel_trials` | trials at once (default 1) |
+//! | `max_parallel_trials` | trials at once (default 1); this process's compute threads (`quiver.compute_threads`) are shared among them, so one trial at a time computes on all of them |
 //! | `hparam_tuning_algorithm` | `'vizier_default'` or `'tpe'` (TPE, default), `'random_search'`, `'grid_search'` |
 //! | `hparam_tuning_objectives` | the metric to optimise, e.g. `['roc_auc']`, `'log_loss'`, `'mean_squared_error'`, `'silhouette'` |
 //! | `hparam_tuning_pruner` | Quiver's extension: `'asha'`, `'median'`, `'hyperband'` or `'none'` (default): stop poor trials while they train, judged on their held-out rows every iteration / round / pass (`max_iterations` is each trial's budget); stopped trials show status `pruned` |
@@ -55,6 +55,9 @@ pub const TUNING_OPTIONS: &[&str] = &[
 pub struct Tuning {
     num_trials: usize,
     max_parallel: usize,
+    /// Compute threads each trial may use: this process's compute threads shared among the
+    /// trials at once (1 on a cluster, where executors run the trials in their task slots).
+    threads_per_trial: usize,
     algorithm: String,
     algo: Algo,
     /// The metric as `quiver.train_eval` names it (`None`: the estimator's default).
@@ -327,6 +330,7 @@ impl Tuning {
         Ok(Some(Tuning {
             num_trials,
             max_parallel,
+            threads_per_trial: cores.map_or(1, |c| (c / max_parallel).max(1)),
             algorithm,
             algo,
             metric,
@@ -439,6 +443,7 @@ impl Tuning {
             "algorithm": self.algorithm,
             "num_trials": self.num_trials,
             "max_parallel_trials": self.max_parallel,
+            "threads_per_trial": self.threads_per_trial,
             "tuned": self.tuned,
             "objective": metric,
             "is_larger_better": higher_is_better(&metric),
@@ -477,6 +482,7 @@ impl Tuning {
             .algo(self.algo.clone())
             .max_evals(self.num_trials)
             .parallelism(self.max_parallel)
+            .threads_per_trial(self.threads_per_trial)
             .seed(seed)
             .runner(Runner::Embedded);
         if let Some(p) = &self.pruner {
