@@ -23,6 +23,23 @@ pub fn has_avx2_fma() -> bool {
     })
 }
 
+/// Whether this CPU runs AVX-512 F and DQ instructions (64-bit lanes, their multiplies),
+/// detected once per process.
+pub fn has_avx512dq() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Compiles kernels twice, as two modules of the calling module: `$baseline` for the baseline
 /// target and (x86-64 only) `$avx2` with AVX2 and FMA enabled. Each
 /// `fn name(args) => target;` becomes `unsafe fn name(args)` in both, calling
