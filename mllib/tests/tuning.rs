@@ -338,6 +338,23 @@ async fn runners_agree_and_stopping_rules_hold() {
             .contains("2 trials × 2 threads each = 4 threads, but the session has 2"),
         "{err}"
     );
+    // By default the trials at once share the compute threads: a lone trial gets both.
+    let threads = |parallelism: usize, set: Option<usize>| {
+        let mut search = Search::new(space.clone(), |_| Ok(rayon::current_num_threads() as f64))
+            .algo(Algo::Random)
+            .max_evals(2)
+            .parallelism(parallelism);
+        if let Some(t) = set {
+            search = search.threads_per_trial(t);
+        }
+        search
+    };
+    for (parallelism, set, want) in [(1, None, 2.0), (2, None, 1.0), (1, Some(1), 1.0)] {
+        let run = threads(parallelism, set).run(&s).await.unwrap();
+        for t in &run.trials {
+            assert_eq!(t.loss, Some(want), "parallelism {parallelism}, set {set:?}");
+        }
+    }
 }
 
 /// The timeout cancels the trials still running (recorded as cancelled in the result and the

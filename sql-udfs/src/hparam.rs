@@ -55,9 +55,6 @@ pub const TUNING_OPTIONS: &[&str] = &[
 pub struct Tuning {
     num_trials: usize,
     max_parallel: usize,
-    /// Compute threads each trial may use: this process's compute threads shared among the
-    /// trials at once (1 on a cluster, where executors run the trials in their task slots).
-    threads_per_trial: usize,
     algorithm: String,
     algo: Algo,
     /// The metric as `quiver.train_eval` names it (`None`: the estimator's default).
@@ -330,7 +327,6 @@ impl Tuning {
         Ok(Some(Tuning {
             num_trials,
             max_parallel,
-            threads_per_trial: cores.map_or(1, |c| (c / max_parallel).max(1)),
             algorithm,
             algo,
             metric,
@@ -443,7 +439,6 @@ impl Tuning {
             "algorithm": self.algorithm,
             "num_trials": self.num_trials,
             "max_parallel_trials": self.max_parallel,
-            "threads_per_trial": self.threads_per_trial,
             "tuned": self.tuned,
             "objective": metric,
             "is_larger_better": higher_is_better(&metric),
@@ -482,7 +477,6 @@ impl Tuning {
             .algo(self.algo.clone())
             .max_evals(self.num_trials)
             .parallelism(self.max_parallel)
-            .threads_per_trial(self.threads_per_trial)
             .seed(seed)
             .runner(Runner::Embedded);
         if let Some(p) = &self.pruner {

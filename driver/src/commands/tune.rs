@@ -22,7 +22,7 @@
 //! algo = "tpe"                        # random, grid
 //! max_evals = 64
 //! parallelism = 2
-//! threads_per_trial = 1               # each trial's compute pool
+//! threads_per_trial = 1               # each trial's compute pool (default: the compute threads / parallelism)
 //! asynchronous = false                # true: a new trial whenever one ends (no batches)
 //! seed = 1
 //! trial_log = "tune-trials.jsonl"     # resumes from it when it exists
@@ -273,7 +273,6 @@ pub async fn tune(
         .algo(algo)
         .max_evals(max_evals)
         .parallelism(s.parallelism.unwrap_or(session.config().compute_threads))
-        .threads_per_trial(s.threads_per_trial.unwrap_or(1))
         .asynchronous(s.asynchronous.unwrap_or(false))
         .seed(s.seed.unwrap_or(0))
         // On a cluster the executors run the trials.
@@ -291,6 +290,9 @@ pub async fn tune(
                 .fold(f64::INFINITY, f64::min);
             bar_in.set_message(format!("trials, best {best:.6}"));
         });
+    if let Some(t) = s.threads_per_trial {
+        search = search.threads_per_trial(t);
+    }
     if let Some(log) = &s.trial_log {
         search = search.trial_log(log);
     }

@@ -134,7 +134,7 @@ pub struct Search {
     algo: Algo,
     max_evals: usize,
     parallelism: usize,
-    threads_per_trial: usize,
+    threads_per_trial: Option<usize>,
     timeout: Option<Duration>,
     trial_timeout: Option<Duration>,
     max_failures: Option<usize>,
@@ -231,7 +231,7 @@ impl Search {
             algo: Algo::Tpe(Tpe::default()),
             max_evals: 100,
             parallelism: 1,
-            threads_per_trial: 1,
+            threads_per_trial: None,
             timeout: None,
             trial_timeout: None,
             max_failures: None,
@@ -262,10 +262,28 @@ impl Search {
         self
     }
     /// Threads each trial may use; `parallelism × threads_per_trial` may not exceed the
-    /// session's compute threads. Defaults to 1.
+    /// session's compute threads. Defaults to the session's compute threads shared among the
+    /// trials at once (at least 1; 1 for trials on a cluster's executors, which run as many
+    /// trials as they have task slots).
     pub fn threads_per_trial(mut self, t: usize) -> Self {
-        self.threads_per_trial = t;
+        self.threads_per_trial = Some(t);
         self
+    }
+
+    /// The threads each trial gets: as set, else the default above.
+    fn trial_threads(&self, session: &QuiverSession) -> usize {
+        self.threads_per_trial.unwrap_or_else(|| {
+            if self.on_executors(session) {
+                1
+            } else {
+                (session.config().compute_threads / self.parallelism.max(1)).max(1)
+            }
+        })
+    }
+
+    /// Whether the trials run on a cluster's executors (not in this process).
+    fn on_executors(&self, session: &QuiverSession) -> bool {
+        session.is_cluster() && self.runner == Runner::Embedded
     }
     /// No new trial starts after this long, and running ones are cancelled (recorded as
     /// `cancelled`).
@@ -374,7 +392,8 @@ impl Search {
                 "must be at least 1 (leave it unset to never stop on failures)".to_string(),
             ));
         }
-        if self.parallelism == 0 || self.threads_per_trial == 0 {
+        let trial_threads = self.trial_threads(session);
+        if self.parallelism == 0 || trial_threads == 0 {
             return Err(bad(
                 "parallelism",
                 "parallelism and threads_per_trial must be ≥ 1".to_string(),
@@ -383,14 +402,14 @@ impl Search {
         let cores = session.config().compute_threads;
         // On a cluster the executors run the trials (as many at once as they have task slots);
         // this process's cores bound only local and embedded runs.
-        let on_executors = session.is_cluster() && self.runner == Runner::Embedded;
-        let threads = self.parallelism.saturating_mul(self.threads_per_trial);
+        let on_executors = self.on_executors(session);
+        let threads = self.parallelism.saturating_mul(trial_threads);
         if !on_executors && threads > cores {
             return Err(bad(
                 "parallelism",
                 format!(
                     "{} trials × {} threads each = {} threads, but the session has {cores} compute threads (quiver.compute_threads); lower parallelism or threads_per_trial",
-                    self.parallelism, self.threads_per_trial, threads
+                    self.parallelism, trial_threads, threads
                 ),
             ));
         }
@@ -417,7 +436,7 @@ impl Search {
                 return Ok(());
             }
         };
-        let threads = self.threads_per_trial.max(1);
+        let threads = self.trial_threads(session).max(1);
         let over: Vec<String> = workers
             .iter()
             .filter(|w| w.slots.min(self.parallelism) * threads > w.cores)
@@ -651,7 +670,7 @@ impl Search {
                 .map(|(i, p)| self.trial_task(run, first_id + i as u64, p))
                 .collect::<Result<_>>()?;
             let options = FanOutOptions::new(self.parallelism)
-                .threads_per_task(self.threads_per_trial)
+                .threads_per_task(self.trial_threads(&run.session))
                 .deadline_ms(run.deadline_ms)
                 .task_timeout(self.trial_timeout)
                 .pruning(run.pruning);
@@ -698,7 +717,7 @@ impl Search {
                 let task = self.trial_task(run, id, &point)?;
                 running.push((id, point, retry));
                 let options = FanOutOptions::new(1)
-                    .threads_per_task(self.threads_per_trial)
+                    .threads_per_task(self.trial_threads(&run.session))
                     .deadline_ms(run.deadline_ms)
                     .task_timeout(self.trial_timeout)
                     .pruning(run.pruning);

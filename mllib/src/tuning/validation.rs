@@ -95,7 +95,8 @@ struct Selection {
     spec: TrainEval,
     grid: Vec<Point>,
     parallelism: usize,
-    threads_per_trial: usize,
+    /// `None`: the search's default (the compute threads shared among the trials at once).
+    threads_per_trial: Option<usize>,
     runner: Runner,
 }
 
@@ -105,7 +106,7 @@ impl Selection {
             spec,
             grid: vec![Point::new()],
             parallelism: 1,
-            threads_per_trial: 1,
+            threads_per_trial: None,
             runner: Runner::Embedded,
         }
     }
@@ -119,14 +120,15 @@ impl Selection {
                     .to_string(),
             });
         }
-        let result = Search::train_eval(grid_space(&self.grid)?, spec.clone())
+        let mut search = Search::train_eval(grid_space(&self.grid)?, spec.clone())
             .algo(Algo::Points(self.grid.clone()))
             .max_evals(self.grid.len())
             .parallelism(self.parallelism)
-            .threads_per_trial(self.threads_per_trial)
-            .runner(self.runner)
-            .run(session)
-            .await?;
+            .runner(self.runner);
+        if let Some(t) = self.threads_per_trial {
+            search = search.threads_per_trial(t);
+        }
+        let result = search.run(session).await?;
         let Some(best) = result.best else {
             let first = result.trials.iter().find(|t| t.message.is_some());
             return Err(MllibError::InvalidParam {
@@ -205,9 +207,10 @@ macro_rules! selection_setters {
             self
         }
 
-        /// Threads of each trial's compute pool. Defaults to 1.
+        /// Threads of each trial's compute pool. Defaults to the session's compute threads
+        /// shared among the maps evaluated at once (1 for trials on a cluster's executors).
         pub fn threads_per_trial(mut self, t: usize) -> Self {
-            self.selection.threads_per_trial = t;
+            self.selection.threads_per_trial = Some(t);
             self
         }
 
