@@ -420,6 +420,10 @@ impl Dataset {
                 .collect(),
         );
         let used = Arc::new(AtomicUsize::new(0));
+        // Inside a fan-out task (a trial: one partition, polled on the task's thread) a few
+        // batches at a time are split on the task's threads; elsewhere the partitions run
+        // side by side, a batch at a time.
+        let pool = crate::fanout::task_pool();
         let tasks: Vec<_> = drawn
             .execute_stream_partitioned()
             .await?
@@ -427,27 +431,40 @@ impl Dataset {
             .map(|mut stream| {
                 let (bounds, used) = (Arc::clone(&bounds), Arc::clone(&used));
                 let others = Arc::clone(&others);
+                let pool = pool.clone();
                 tokio::spawn(async move {
+                    let window = pool.as_ref().map_or(1, |p| 2 * p.current_num_threads());
                     let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); bounds.len()];
-                    while let Some(batch) = stream.next().await {
-                        let batch = batch?;
-                        let u = batch.column(at).as_primitive::<Float64Type>();
-                        let rows = batch.project(&others)?;
-                        for (part, (lo, hi)) in parts.iter_mut().zip(bounds.iter()) {
-                            // A null draw keeps the row in no part (as a filter drops it).
-                            let keep: arrow::array::BooleanArray = u
-                                .iter()
-                                .map(|v| Some(v.is_some_and(|v| v >= *lo && v < *hi)))
-                                .collect();
-                            let kept = filter_rows(&rows, &keep)?;
-                            if kept.num_rows() == 0 {
-                                continue;
+                    let mut pending: Vec<RecordBatch> = Vec::with_capacity(window);
+                    let mut ended = false;
+                    while !ended {
+                        match stream.next().await {
+                            Some(batch) => pending.push(batch?),
+                            None => ended = true,
+                        }
+                        if pending.len() < window && !(ended && !pending.is_empty()) {
+                            continue;
+                        }
+                        let split = |b: &RecordBatch| split_batch(b, at, &others, &bounds);
+                        let pieces: Vec<Vec<RecordBatch>> = match &pool {
+                            Some(p) if pending.len() > 1 => {
+                                use rayon::prelude::*;
+                                p.install(|| pending.par_iter().map(split).collect::<Result<_>>())?
                             }
-                            let size = kept.get_array_memory_size();
-                            if used.fetch_add(size, Ordering::Relaxed) + size > limit {
-                                return Ok(None);
+                            _ => pending.iter().map(split).collect::<Result<_>>()?,
+                        };
+                        pending.clear();
+                        for batch_parts in pieces {
+                            for (part, kept) in parts.iter_mut().zip(batch_parts) {
+                                if kept.num_rows() == 0 {
+                                    continue;
+                                }
+                                let size = kept.get_array_memory_size();
+                                if used.fetch_add(size, Ordering::Relaxed) + size > limit {
+                                    return Ok(None);
+                                }
+                                part.push(kept);
                             }
-                            part.push(kept);
                         }
                     }
                     Ok::<_, QuiverError>(Some(parts))
@@ -1022,6 +1039,29 @@ impl datafusion::execution::context::QueryPlanner for InProcessPlanner {
         .create_physical_plan(logical_plan, session_state)
         .await
     }
+}
+
+/// One batch's rows of each part of a split: the rows whose draw (column `at`) lies in the
+/// part's bounds, with the columns `others` (a null draw keeps the row in no part, as a
+/// filter drops it).
+fn split_batch(
+    batch: &RecordBatch,
+    at: usize,
+    others: &[usize],
+    bounds: &[(f64, f64)],
+) -> Result<Vec<RecordBatch>> {
+    let u = batch.column(at).as_primitive::<Float64Type>();
+    let rows = batch.project(others)?;
+    bounds
+        .iter()
+        .map(|(lo, hi)| {
+            let keep: arrow::array::BooleanArray = u
+                .iter()
+                .map(|v| Some(v.is_some_and(|v| v >= *lo && v < *hi)))
+                .collect();
+            filter_rows(&rows, &keep)
+        })
+        .collect()
 }
 
 /// `filter_record_batch` (`keep` without nulls) with a fast path for feature vectors: a

@@ -557,11 +557,68 @@ impl TaskRunner for Probe {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
         }
+        if v["split"].as_bool() == Some(true) {
+            return split_in_a_task();
+        }
         Ok(TaskOutcome {
             loss: Some(rayon::current_num_threads() as f64),
             metrics: serde_json::Value::Null,
         })
     }
+}
+
+/// Inside a task: a collected split of 12 batches (a number and a 3-vector per row, one
+/// partition) against the lazy split; the loss is the number of rows kept.
+fn split_in_a_task() -> Result<TaskOutcome> {
+    let s = QuiverSession::embedded_with(QuiverConfig::default().with_compute_threads(1))?;
+    let item = Arc::new(Field::new("item", DataType::Float64, true));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Float64, false),
+        Field::new("v", DataType::FixedSizeList(Arc::clone(&item), 3), false),
+    ]));
+    let batches = (0..12)
+        .map(|b| {
+            let x: Vec<f64> = (0..100).map(|r| (b * 100 + r) as f64 * 0.7).collect();
+            let v: Vec<f64> = (0..300).map(|i| (b * 300 + i) as f64 - 5.0).collect();
+            let v = arrow::array::FixedSizeListArray::try_new(
+                Arc::clone(&item),
+                3,
+                Arc::new(Float64Array::from(v)),
+                None,
+            )?;
+            Ok(RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(Float64Array::from(x)) as ArrayRef, Arc::new(v)],
+            )?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let ds = Dataset::new(s.from_batches(batches, 1)?);
+    let (columns, weights) = (vec!["x".to_string()], [0.75, 0.25]);
+    let kept = quiver_engine::fanout::block_on(ds.random_split_collect(
+        &columns,
+        &weights,
+        3,
+        usize::MAX,
+    ))?
+    .expect("no limit");
+    let lazy = ds.random_split_on(&columns, &weights, 3)?;
+    let mut rows = 0;
+    for (part, want) in kept.into_iter().zip(lazy) {
+        let got: Vec<RecordBatch> = part.into_iter().flatten().collect();
+        let got = arrow::compute::concat_batches(&schema, &got)?;
+        let want = quiver_engine::fanout::block_on(want.dataframe().clone().collect())?;
+        let want = arrow::compute::concat_batches(&schema, &want)?;
+        if got != want {
+            return Err(QuiverError::internal(
+                "the collected split differs from the lazy one",
+            ));
+        }
+        rows += got.num_rows();
+    }
+    Ok(TaskOutcome {
+        loss: Some(rows as f64),
+        metrics: serde_json::Value::Null,
+    })
 }
 
 fn session_with_probe() -> (QuiverSession, Arc<Probe>) {
@@ -601,6 +658,29 @@ async fn fan_out_tasks_run_on_pools_of_threads_per_task() {
                     "{r:?}: pool size seen by the task"
                 );
             }
+        }
+    }
+}
+
+/// A split collected inside a task (its batches split a few at a time on the task's
+/// threads) keeps the rows of the lazy split, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_collected_in_a_task_keeps_the_lazy_splits_rows() {
+    let (s, _) = session_with_probe();
+    for r in [Runner::Local, Runner::Embedded] {
+        for threads in [1, 2] {
+            let opts = FanOutOptions::new(1).threads_per_task(threads);
+            let res = s
+                .fan_out(&[probe(0, r#"{"split": true}"#)], opts, r, |_| {})
+                .await
+                .unwrap();
+            assert_eq!(
+                res[0].status,
+                TaskStatus::Ok,
+                "{r:?} {threads}: {:?}",
+                res[0]
+            );
+            assert_eq!(res[0].loss, Some(1200.0));
         }
     }
 }
