@@ -442,7 +442,8 @@ impl Dataset {
                             Some(batch) => pending.push(batch?),
                             None => ended = true,
                         }
-                        if pending.len() < window && !(ended && !pending.is_empty()) {
+                        let (full, last) = (pending.len() >= window, ended && !pending.is_empty());
+                        if !full && !last {
                             continue;
                         }
                         let split = |b: &RecordBatch| split_batch(b, at, &others, &bounds);
@@ -1173,8 +1174,8 @@ mod tests {
     /// generic path), other columns beside them, no row and every row kept.
     #[test]
     fn filter_rows_equals_arrow_filter() {
-        let n = 37;
-        let w = 3;
+        let n: usize = 37;
+        let w: usize = 3;
         let values: Vec<f64> = (0..n * w).map(|i| i as f64 * 0.5 - 7.0).collect();
         let mut with_null_element = values.clone();
         with_null_element[5] = f64::NAN;

@@ -670,7 +670,7 @@ impl Search {
                 .map(|(i, p)| self.trial_task(run, first_id + i as u64, p))
                 .collect::<Result<_>>()?;
             let options = FanOutOptions::new(self.parallelism)
-                .threads_per_task(self.trial_threads(&run.session))
+                .threads_per_task(self.trial_threads(run.session))
                 .deadline_ms(run.deadline_ms)
                 .task_timeout(self.trial_timeout)
                 .pruning(run.pruning);
@@ -717,7 +717,7 @@ impl Search {
                 let task = self.trial_task(run, id, &point)?;
                 running.push((id, point, retry));
                 let options = FanOutOptions::new(1)
-                    .threads_per_task(self.trial_threads(&run.session))
+                    .threads_per_task(self.trial_threads(run.session))
                     .deadline_ms(run.deadline_ms)
                     .task_timeout(self.trial_timeout)
                     .pruning(run.pruning);
