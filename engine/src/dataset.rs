@@ -1043,24 +1043,36 @@ impl datafusion::execution::context::QueryPlanner for InProcessPlanner {
 }
 
 /// One batch's rows of each part of a split: the rows whose draw (column `at`) lies in the
-/// part's bounds, with the columns `others` (a null draw keeps the row in no part, as a
-/// filter drops it).
+/// part's bounds, with the columns `others`.
 fn split_batch(
     batch: &RecordBatch,
     at: usize,
     others: &[usize],
     bounds: &[(f64, f64)],
 ) -> Result<Vec<RecordBatch>> {
-    let u = batch.column(at).as_primitive::<Float64Type>();
-    let rows = batch.project(others)?;
+    split_rows(
+        &batch.project(others)?,
+        batch.column(at).as_primitive::<Float64Type>(),
+        bounds,
+    )
+}
+
+/// The rows of `rows` in each part of a split by their `draws` (one per row): per part
+/// `[lo, hi)` of `bounds` (see [`split_bounds`]), the rows whose draw lies in it, in order; a
+/// null draw keeps its row in no part. Feature vectors are copied a row's slice at a time.
+pub fn split_rows(
+    rows: &RecordBatch,
+    draws: &arrow::array::Float64Array,
+    bounds: &[(f64, f64)],
+) -> Result<Vec<RecordBatch>> {
     bounds
         .iter()
         .map(|(lo, hi)| {
-            let keep: arrow::array::BooleanArray = u
+            let keep: arrow::array::BooleanArray = draws
                 .iter()
                 .map(|v| Some(v.is_some_and(|v| v >= *lo && v < *hi)))
                 .collect();
-            filter_rows(&rows, &keep)
+            filter_rows(rows, &keep)
         })
         .collect()
 }
@@ -1069,10 +1081,7 @@ fn split_batch(
 /// fixed-size list of Float64 without nulls copies each kept row's values as one slice, where
 /// arrow's generic filter of a list extends its output row by row (a random split keeps short
 /// runs of rows, so that was most of the split's time).
-pub(crate) fn filter_rows(
-    batch: &RecordBatch,
-    keep: &arrow::array::BooleanArray,
-) -> Result<RecordBatch> {
+fn filter_rows(batch: &RecordBatch, keep: &arrow::array::BooleanArray) -> Result<RecordBatch> {
     debug_assert_eq!(keep.null_count(), 0);
     let kept = keep.true_count();
     let columns = batch

@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use quiver_engine::QuiverError;
 use quiver_engine::moments::Moments;
@@ -273,11 +273,10 @@ impl OnePassFit {
             return self.add(part, 0, read);
         };
         let draws = batch.column(split.draw).as_primitive::<Float64Type>();
+        let sides =
+            quiver_engine::dataset::split_rows(&read, draws, &[split.train, split.held_out])?;
         let mut bytes = 0;
-        for (side, (lo, hi)) in [split.train, split.held_out].into_iter().enumerate() {
-            let mask: BooleanArray = draws.iter().map(|u| u.map(|u| u >= lo && u < hi)).collect();
-            let rows =
-                arrow::compute::filter_record_batch(&read, &mask).map_err(QuiverError::from)?;
+        for (side, rows) in sides.into_iter().enumerate() {
             match self.add(part, side, rows)? {
                 Some(b) => bytes += b,
                 None => return Ok(None),
@@ -600,17 +599,23 @@ mod tests {
             reason: "given up".to_string(),
         };
         let fit = prep.one_pass(&parts[0][0].schema()).unwrap();
+        read_all(&fit, parts)?.ok_or_else(given_up)
+    }
+
+    /// Every partition's batches pushed into a share of `fit`, then finished; `None` when a
+    /// batch or the finish gives the read up.
+    fn read_all(fit: &OnePassFit, parts: &[Vec<RecordBatch>]) -> Result<Option<OnePassRows>> {
         let mut shares = Vec::new();
         for batches in parts {
             let mut share = fit.part();
             for b in batches {
                 if fit.push(&mut share, b)?.is_none() {
-                    return Err(given_up());
+                    return Ok(None);
                 }
             }
             shares.push(share);
         }
-        fit.finish(shares)?.ok_or_else(given_up)
+        fit.finish(shares)
     }
 
     /// The one-pass stage equals the staged one: the counts, nulls and moments of every
@@ -802,15 +807,7 @@ mod tests {
                     .unwrap()
                     .split_on(&read[0][0].schema(), SPLIT_DRAW, bounds[0], bounds[1])
                     .unwrap();
-                let mut shares = Vec::new();
-                for batches in &read {
-                    let mut share = fit.part();
-                    for b in batches {
-                        assert!(fit.push(&mut share, b).unwrap().is_some());
-                    }
-                    shares.push(share);
-                }
-                let got = fit.finish(shares).unwrap().unwrap();
+                let got = read_all(&fit, &read).unwrap().expect("every batch taken");
                 assert_eq!(got.rows, 63);
                 same_stage(&got.model, &staged);
                 assert_eq!(got.model.encoder().columns()[0].rows, train_rows);
