@@ -538,6 +538,7 @@ async fn tpe_beats_random_on_a_logistic_regression_search() {
             features: None,
             metric: None,
             eval_fraction: 0.2,
+            validation: None,
             split_seed: 0,
             folds: None,
             params: Point::new(),
@@ -570,6 +571,7 @@ async fn train_eval_cross_validates() {
         features: None,
         metric: None,
         eval_fraction: 0.2,
+        validation: None,
         split_seed: 3,
         folds: Some(5),
         params: Point::new(),
@@ -871,6 +873,7 @@ async fn a_rewritten_dataset_is_read_again() {
             features: None,
             metric: Some("mae".to_string()),
             eval_fraction: 0.25,
+            validation: None,
             split_seed: 1,
             folds: None,
             params: Point::new(),
@@ -1463,4 +1466,205 @@ async fn a_resumed_search_runs_its_cancelled_trials_again() {
             assert_eq!(points.len(), 9, "every grid point once");
         }
     }
+}
+
+/// Held-out rows given apart (`TrainEval::validation`, scikit-learn's `PredefinedSplit`): each
+/// trial trains on all of the dataset and scores on those rows — the same loss as a direct fit
+/// on the one file scored on the other — for trials in memory on each runner and as
+/// distributed fits; the refit takes both files; folds beside them, and held-out rows without
+/// a training column, are refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_eval_scores_on_held_out_rows_given_apart() {
+    use quiver_engine::Dataset;
+    use quiver_mllib::tuning::{ParamGridBuilder, TrainValidationSplit, TrialPlacement};
+    use quiver_mllib::{Estimator, LogisticRegression, Transformer};
+    let s = session();
+    let dir = tempfile::tempdir().unwrap();
+    let all = s
+        .read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/breast_cancer.parquet"
+        ))
+        .await
+        .unwrap();
+    let parts = Dataset::new(all).random_split(&[0.7, 0.3], 11).unwrap();
+    let (train_path, held_path) = (
+        dir.path()
+            .join("train.parquet")
+            .to_string_lossy()
+            .into_owned(),
+        dir.path()
+            .join("held.parquet")
+            .to_string_lossy()
+            .into_owned(),
+    );
+    s.write_parquet(parts[0].dataframe().clone(), &train_path)
+        .await
+        .unwrap();
+    // The held-out file's columns in another order: they are matched by name.
+    let held = parts[1].dataframe().clone();
+    let mut names: Vec<String> = held
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    names.reverse();
+    let reversed: Vec<&str> = names.iter().map(String::as_str).collect();
+    s.write_parquet(held.select_columns(&reversed).unwrap(), &held_path)
+        .await
+        .unwrap();
+    let roles = |df| {
+        Dataset::new(df)
+            .with_numeric_features_except(&["label"])
+            .unwrap()
+            .with_label("label")
+            .unwrap()
+    };
+    let train = roles(s.read(&train_path).await.unwrap());
+    let test = roles(
+        s.read(&held_path)
+            .await
+            .unwrap()
+            .select_columns(
+                &train
+                    .columns()
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap(),
+    );
+    let spec = quiver_mllib::tuning::TrainEval::new(&train_path, "logistic_regression")
+        .label("label")
+        .metric("log_loss")
+        .validation(&held_path);
+    let algorithm = spec.algorithm().unwrap();
+    let mut want = Vec::new();
+    for reg in [0.01, 1.0] {
+        let model = LogisticRegression::new()
+            .reg_param(reg)
+            .fit(&s, &train)
+            .await
+            .unwrap();
+        let m = algorithm
+            .task
+            .evaluate_model(&s, &model, &test)
+            .await
+            .unwrap();
+        want.push(m["log_loss"].as_f64().unwrap());
+    }
+    assert!(
+        (want[0] - want[1]).abs() > 1e-3,
+        "the two fits differ: {want:?}"
+    );
+    let grid = ParamGridBuilder::new()
+        .add_grid("reg_param", [0.01, 1.0])
+        .build();
+    for (runner, placement) in [
+        (Runner::Local, TrialPlacement::Executor),
+        (Runner::Embedded, TrialPlacement::Executor),
+        (Runner::Embedded, TrialPlacement::Distributed),
+    ] {
+        let r = Search::train_eval(
+            Space::new(vec![hp::choice(
+                "reg_param",
+                [serde_json::json!(0.01), serde_json::json!(1.0)],
+            )])
+            .unwrap(),
+            spec.clone(),
+        )
+        .algo(Algo::Points(grid.clone()))
+        .runner(runner)
+        .trial_placement(placement)
+        .run(&s)
+        .await
+        .unwrap();
+        let got: Vec<f64> = r
+            .trials
+            .iter()
+            .map(|t| t.loss.unwrap_or(f64::NAN))
+            .collect();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-9 * w.abs(),
+                "{runner:?} {placement:?}: {got:?} vs {want:?}"
+            );
+        }
+    }
+    // TrainValidationSplit with the rows apart refits the best map on both files.
+    let tvs = TrainValidationSplit::new(spec.clone())
+        .param_grid(grid.clone())
+        .fit(&s)
+        .await
+        .unwrap();
+    assert_eq!(tvs.best_params["reg_param"], 0.01, "{:?}", tvs.metrics);
+    let both = roles(
+        train
+            .dataframe()
+            .clone()
+            .union(test.dataframe().clone())
+            .unwrap(),
+    );
+    let direct = LogisticRegression::new()
+        .reg_param(0.01)
+        .fit(&s, &both)
+        .await
+        .unwrap();
+    let (a, b): (Vec<f64>, Vec<f64>) = (
+        tvs.best_model
+            .stages()
+            .last()
+            .unwrap()
+            .weight_vectors()
+            .into_iter()
+            .flat_map(|(_, w)| w)
+            .collect(),
+        direct
+            .weight_vectors()
+            .into_iter()
+            .flat_map(|(_, w)| w)
+            .collect(),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-9 * y.abs().max(1.0), "{x} vs {y}");
+    }
+    // Refused, by name.
+    let one = |spec: quiver_mllib::tuning::TrainEval| {
+        let s = s.clone();
+        async move {
+            let r = Search::train_eval(
+                Space::new(vec![hp::choice("reg_param", [serde_json::json!(0.01)])]).unwrap(),
+                spec,
+            )
+            .max_evals(1)
+            .run(&s)
+            .await
+            .unwrap();
+            r.trials[0].message.clone().unwrap_or_default()
+        }
+    };
+    let msg = one(quiver_mllib::tuning::TrainEval {
+        folds: Some(3),
+        ..spec.clone()
+    })
+    .await;
+    assert!(msg.contains("folds = 3 and validation"), "{msg}");
+    let short_path = dir
+        .path()
+        .join("short.parquet")
+        .to_string_lossy()
+        .into_owned();
+    s.write_parquet(
+        parts[1].dataframe().clone().drop_columns(&["f3"]).unwrap(),
+        &short_path,
+    )
+    .await
+    .unwrap();
+    let msg = one(spec.clone().validation(&short_path)).await;
+    assert!(
+        msg.contains("no column 'f3'") && msg.contains("short.parquet"),
+        "{msg}"
+    );
 }

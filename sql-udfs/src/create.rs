@@ -42,7 +42,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Result, SqlError};
 use crate::explain::{Attributor, GlobalAttribution};
-use crate::hparam::{TUNING_OPTIONS, Tuning};
+use crate::hparam::{TUNING_OPTIONS, TrialRows, Tuning};
 use crate::models::ModelCatalog;
 use crate::statement::{
     CreateModel, expr_bool, expr_f64, expr_json, expr_str, expr_str_list, expr_usize,
@@ -502,13 +502,19 @@ pub async fn create_model(
         df
     };
     let limit = session.config().training_cache;
-    // Without trials, a TRANSFORM or explanations (which read the rows as the query returns
-    // them), the rows are split, the preprocessing fitted and the rows encoded in the one read
-    // of the query, and only the encoded rows are kept.
+    // Without a TRANSFORM or explanations (which read the rows as the query returns them), the
+    // rows are split, the preprocessing fitted and the rows encoded in the one read of the
+    // query, and only the encoded rows are kept. Trials take them too when the statement
+    // splits (they train and score on its two sides); with `no_split` they split the rows by
+    // each row's draw, which the one read does not keep.
+    let trials_take_sides = match &tuning {
+        None => true,
+        Some(_) => matches!(split_of(&o, usize::MAX)?, Split::Random(_)),
+    };
     let one_pass =
         match query_features {
             Some(features)
-                if tuning.is_none() && !global_explain && !session.is_cluster() && limit > 0 =>
+                if trials_take_sides && !global_explain && !session.is_cluster() && limit > 0 =>
             {
                 match preprocessor_of(&features).one_pass(df.schema().as_arrow()) {
                     Some(fit) => read_encoded(session, &df, &o, fit).await?.map(
@@ -632,48 +638,61 @@ pub async fn create_model(
                 Split::Random(f) => (f, true),
                 Split::None => (o.f64("data_split_eval_fraction")?.unwrap_or(0.2), false),
             };
-            // The trials read the encoded rows (the vector, the label's class index) and each
-            // row's split draw, made from the raw columns as the statement's was: the trials
-            // hold out the rows the stored model is evaluated on.
-            let raw = raw.as_ref().ok_or_else(|| read_in_one_pass("the trials"))?;
-            let encoded_rows = match &sql_transform {
-                None => prep.transform(raw)?,
-                Some(st) => {
-                    // The TRANSFORM's outputs beside the draw.
-                    let df = raw.dataframe();
-                    let (mut exprs, with_label) = st.exprs(df, true)?;
-                    exprs.push(datafusion::prelude::col(SPLIT_DRAW));
-                    if label.is_some() && !with_label {
-                        return Err(SqlError::Invalid(
-                            "TRANSFORM: the label's inputs are missing from the query".to_string(),
-                        ));
+            // What the trials read: the encoded rows (the vector, the label's class index).
+            let trial_columns =
+                |d: &Dataset, draw: bool| -> Result<DataFrame> {
+                    let mut keep = vec![datafusion::prelude::col(ENCODED)];
+                    keep.extend(d.label().map(|l| {
+                        datafusion::prelude::col(quiver_engine::aggregate::quoted_name(l))
+                    }));
+                    if draw {
+                        keep.push(datafusion::prelude::col(SPLIT_DRAW));
                     }
-                    let input = Dataset::new(df.clone().select(exprs)?);
-                    prep.transform(&input)?
+                    Ok(d.dataframe().clone().select(keep)?)
+                };
+            let trial_rows = match (&raw, &eval) {
+                // Read in one pass: the statement's two sides, encoded.
+                (None, Some(held_out)) if same_rows => TrialRows::Apart {
+                    train: trial_columns(&train, false)?,
+                    held_out: trial_columns(held_out, false)?,
+                },
+                (None, _) => return Err(read_in_one_pass("the trials")),
+                // Each row with its split draw, made from the raw columns as the statement's
+                // was: the trials hold out the rows the stored model is evaluated on.
+                (Some(raw), _) => {
+                    let encoded_rows = match &sql_transform {
+                        None => prep.transform(raw)?,
+                        Some(st) => {
+                            // The TRANSFORM's outputs beside the draw.
+                            let df = raw.dataframe();
+                            let (mut exprs, with_label) = st.exprs(df, true)?;
+                            exprs.push(datafusion::prelude::col(SPLIT_DRAW));
+                            if label.is_some() && !with_label {
+                                return Err(SqlError::Invalid(
+                                    "TRANSFORM: the label's inputs are missing from the query"
+                                        .to_string(),
+                                ));
+                            }
+                            let input = Dataset::new(df.clone().select(exprs)?);
+                            prep.transform(&input)?
+                        }
+                    };
+                    TrialRows::Drawn {
+                        rows: trial_columns(&encoded_rows, true)?,
+                        split_columns: draw.to_vec(),
+                        eval_fraction: fraction,
+                    }
                 }
             };
-            // Only what the trials read: not the raw columns.
-            let mut keep = vec![datafusion::prelude::col(ENCODED)];
-            keep.extend(
-                encoded_rows
-                    .label()
-                    .map(|l| datafusion::prelude::col(quiver_engine::aggregate::quoted_name(l))),
-            );
-            keep.push(datafusion::prelude::col(SPLIT_DRAW));
-            let all =
-                encoded_rows.with_dataframe(encoded_rows.dataframe().clone().select(keep)?)?;
-            let split_on = draw.to_vec();
             let (record, best, fit) = t
                 .run(
                     session,
                     store.absolute_url(),
                     &c.name,
-                    all.dataframe().clone(),
-                    all.label(),
+                    trial_rows,
+                    train.label(),
                     &encoded,
-                    &split_on,
                     &fixed,
-                    fraction,
                     seed,
                     same_rows,
                 )

@@ -17,13 +17,17 @@
 //! `l1_reg` and `l2_reg` log-uniform over [1e-4, 10] for the linear models, `num_clusters`
 //! in 2..=10 for k-means, `smoothing` for naive Bayes.
 //!
-//! The query's rows are written once to a Parquet file next to the model; every trial is a
-//! `quiver.train_eval` task over that file (so trials run on cluster executors too), holding
-//! out `data_split_eval_fraction` (default 0.2) of the rows with the statement's seed — the
-//! same rows the stored model is evaluated on when the statement splits (a row's side depends
-//! only on its values and the seed); with `no_split` the trials still hold rows out. The best
-//! trial's options then train the stored model as usual, and the trials are recorded with it
-//! (`ml_trial_info('model')`). The file is removed afterwards, whatever happens.
+//! Every trial is a `quiver.train_eval` task (so trials run on cluster executors too) over the
+//! statement's encoded rows: held in this process's memory when the trials run here, an Arrow
+//! IPC snapshot next to the model (removed afterwards, whatever happens) on a cluster. When the
+//! statement splits its rows, the trials train on its training rows and score on its held-out
+//! rows (read, split and encoded in the statement's one read when they fit
+//! `quiver.training_cache`; else each trial holds out the same rows by their draw, which depends
+//! only on a row's values and the seed), so the best trial's fit is the stored model (refitted
+//! on the same rows when the trials ran on a cluster's executors); with
+//! `no_split` the trials still hold out `data_split_eval_fraction` (default 0.2) of the rows,
+//! and the best trial's options then train the stored model on all of them. The trials are
+//! recorded with the model (`ml_trial_info('model')`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +53,89 @@ pub const TUNING_OPTIONS: &[&str] = &[
     "hparam_tuning_objectives",
     "hparam_tuning_pruner",
 ];
+
+/// The rows a statement's trials train and score on.
+pub enum TrialRows {
+    /// The encoded rows with each row's split draw: every trial holds out `eval_fraction` of
+    /// them by the draw over `split_columns` (the statement's own held-out rows when it
+    /// splits with that fraction).
+    Drawn {
+        rows: DataFrame,
+        split_columns: Vec<String>,
+        eval_fraction: f64,
+    },
+    /// The statement's training rows and its held-out rows, already apart (read, split and
+    /// encoded in one pass): the trials train on the one and score on the other.
+    Apart {
+        train: DataFrame,
+        held_out: DataFrame,
+    },
+}
+
+/// Rows handed to the trials: in this process's memory, or (on a cluster, whose executors
+/// need a file) an Arrow IPC snapshot next to the model, which the executors read without
+/// decoding (a Parquet snapshot of the encoded rows cost more to write and to read back than
+/// the trials that read it).
+struct Placed {
+    url: String,
+    in_memory: Option<quiver_engine::io::ProcessTable>,
+    snapshot: bool,
+}
+
+impl Placed {
+    async fn new(
+        session: &QuiverSession,
+        store_url: &str,
+        model: &str,
+        df: DataFrame,
+        part: &str,
+    ) -> Result<Placed> {
+        if session.is_cluster() {
+            let url = format!(
+                "{}/{model}/tuning-{part}-{}-{}.arrow",
+                store_url.trim_end_matches('/'),
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default()
+            );
+            let written = session.write_ipc(df, &url).await;
+            let placed = Placed {
+                url,
+                in_memory: None,
+                snapshot: true,
+            };
+            if let Err(e) = written {
+                // A partly written snapshot goes too.
+                placed.remove(session).await;
+                return Err(e.into());
+            }
+            Ok(placed)
+        } else {
+            let batches = df
+                .collect()
+                .await
+                .map_err(quiver_engine::QuiverError::from)?;
+            let table = quiver_engine::io::ProcessTable::new(batches)?;
+            Ok(Placed {
+                url: table.url().to_string(),
+                in_memory: Some(table),
+                snapshot: false,
+            })
+        }
+    }
+
+    /// Frees the rows (deletes the snapshot), whatever the search did.
+    async fn remove(self, session: &QuiverSession) {
+        if self.snapshot
+            && let Ok(loc) =
+                quiver_engine::io::resolve(session.context(), &session.config().s3, &self.url)
+        {
+            let _ = loc.store.delete(&loc.path).await;
+        }
+    }
+}
 
 /// A tuning request taken out of a statement's options.
 #[derive(Debug)]
@@ -342,63 +429,61 @@ impl Tuning {
         self.tuned.keys().cloned().collect()
     }
 
-    /// Runs the trials over `df`'s rows, each training with the statement's fixed options
-    /// `fixed` (SQL option names) plus its point. Returns the tuning record stored with the
-    /// model, the best trial's values of the tuned options and, with `keep_best` when the
-    /// trials ran in this process, the best trial's fitted pipeline (`VectorAssembler →
-    /// estimator`, as a refit on the trials' training rows would make it).
+    /// Runs the trials over `rows`, each training with the statement's fixed options `fixed`
+    /// (SQL option names) plus its point. Returns the tuning record stored with the model, the
+    /// best trial's values of the tuned options and, with `keep_best` when the trials ran in
+    /// this process, the best trial's fitted pipeline (`VectorAssembler → estimator`, as a
+    /// refit on the trials' training rows would make it).
     #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
         session: &QuiverSession,
         store_url: &str,
         model: &str,
-        df: DataFrame,
+        rows: TrialRows,
         label: Option<&str>,
         features: &[String],
-        split_columns: &[String],
         fixed: &Point,
-        eval_fraction: f64,
         seed: u64,
         keep_best: bool,
     ) -> Result<(Value, Point, Option<Arc<PipelineModel>>)> {
-        // Trials in this process read the rows from memory; executors need a file: Arrow IPC,
-        // which the executors read without decoding (a Parquet snapshot of the encoded rows
-        // cost more to write and to read back than the trials that read it).
-        let (location, in_memory, snapshot) = if session.is_cluster() {
-            let snapshot = format!(
-                "{}/{model}/tuning-{}-{}.arrow",
-                store_url.trim_end_matches('/'),
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or_default()
-            );
-            session.write_ipc(df, &snapshot).await?;
-            (snapshot.clone(), None, Some(snapshot))
-        } else {
-            let batches = df
-                .collect()
-                .await
-                .map_err(quiver_engine::QuiverError::from)?;
-            let table = quiver_engine::io::ProcessTable::new(batches)?;
-            (table.url().to_string(), Some(table), None)
-        };
-        let keep = keep_best && in_memory.is_some();
-        let result = self
-            .search(
-                session,
-                &location,
-                label,
-                features,
+        let (all, held_out, split) = match rows {
+            TrialRows::Drawn {
+                rows,
                 split_columns,
-                fixed,
                 eval_fraction,
-                seed,
-                keep,
-            )
-            .await;
+            } => (rows, None, Some((split_columns, eval_fraction))),
+            TrialRows::Apart { train, held_out } => (train, Some(held_out), None),
+        };
+        let mut placed = vec![Placed::new(session, store_url, model, all, "rows").await?];
+        if let Some(h) = held_out {
+            match Placed::new(session, store_url, model, h, "held-out").await {
+                Ok(p) => placed.push(p),
+                Err(e) => {
+                    for p in placed {
+                        p.remove(session).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let location = placed[0].url.clone();
+        let mut spec = TrainEval::new(location.clone(), self.algorithm_entry.name).split_seed(seed);
+        match &split {
+            Some((columns, fraction)) => {
+                spec.eval_fraction = *fraction;
+                spec.split_columns = Some(columns.clone());
+            }
+            None => spec.validation = placed.get(1).map(|p| p.url.clone()),
+        }
+        spec.features = Some(features.to_vec());
+        spec.label = label.map(str::to_string);
+        spec.metric = self.metric.clone();
+        spec.params = fixed.clone();
+        spec.sql_options = true;
+        let keep = keep_best && placed[0].in_memory.is_some();
+        spec.keep_model = keep;
+        let result = self.search(session, spec, seed).await;
         let kept = match &result {
             Ok((best, _, _)) if keep => {
                 let mut params = fixed.clone();
@@ -411,12 +496,8 @@ impl Tuning {
         if keep {
             quiver_engine::reuse::forget(&kept_models_prefix(&location));
         }
-        drop(in_memory);
-        if let Some(snapshot) = snapshot
-            && let Ok(loc) =
-                quiver_engine::io::resolve(session.context(), &session.config().s3, &snapshot)
-        {
-            let _ = loc.store.delete(&loc.path).await;
+        for p in placed {
+            p.remove(session).await;
         }
         let (record, chosen) = self.record(result)?;
         Ok((record, chosen, kept))
@@ -450,29 +531,12 @@ impl Tuning {
         Ok((record, chosen))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn search(
         &self,
         session: &QuiverSession,
-        dataset: &str,
-        label: Option<&str>,
-        features: &[String],
-        split_columns: &[String],
-        fixed: &Point,
-        eval_fraction: f64,
+        spec: TrainEval,
         seed: u64,
-        keep_models: bool,
     ) -> Result<(Trial, Vec<Trial>, String)> {
-        let mut spec = TrainEval::new(dataset, self.algorithm_entry.name)
-            .eval_fraction(eval_fraction)
-            .split_seed(seed);
-        spec.keep_model = keep_models;
-        spec.features = Some(features.to_vec());
-        spec.label = label.map(str::to_string);
-        spec.split_columns = Some(split_columns.to_vec());
-        spec.metric = self.metric.clone();
-        spec.params = fixed.clone();
-        spec.sql_options = true;
         let mut search = Search::train_eval(self.space.clone(), spec)
             .algo(self.algo.clone())
             .max_evals(self.num_trials)

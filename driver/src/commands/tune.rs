@@ -2,7 +2,7 @@
 //! with a progress bar (best so far), a table of the top trials, the best model refitted on
 //! all the data and saved to the model store, and a convergence plot (SVG).
 //!
-//! Relative paths in the spec (`dataset`, `trial_log`, `plot`) are relative to the spec file's
+//! Relative paths in the spec (`dataset`, `validation`, `trial_log`, `plot`) are relative to the spec file's
 //! directory, wherever the command runs from. The dataset is read before any trial starts,
 //! and a search whose trials all failed is an error (non-zero exit).
 //!
@@ -10,6 +10,7 @@
 //! [data]
 //! dataset = "data/breast_cancer.parquet"
 //! label = "label"                  # features = ["f0", "f1"] (default: every numeric column)
+//! # validation = "data/held_out.parquet"  # held-out rows kept apart: no split of `dataset`
 //!
 //! [model]
 //! estimator = "logistic_regression"   # linear_regression, kmeans
@@ -69,6 +70,8 @@ struct DataSpec {
     dataset: String,
     label: Option<String>,
     features: Option<Vec<String>>,
+    /// Held-out rows apart from `dataset` ([`TrainEval::validation`]).
+    validation: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +188,7 @@ pub async fn tune(
 ) -> Result<SearchResult> {
     let mut spec = read_spec(spec_path)?;
     spec.data.dataset = beside(spec_path, &spec.data.dataset);
+    spec.data.validation = spec.data.validation.map(|p| beside(spec_path, &p));
     spec.search.trial_log = spec.search.trial_log.map(|p| beside(spec_path, &p));
     spec.search.plot = spec.search.plot.map(|p| beside(spec_path, &p));
     for (name, value) in [
@@ -231,6 +235,7 @@ pub async fn tune(
         features: spec.data.features.clone(),
         metric: spec.model.metric.clone(),
         eval_fraction: spec.model.eval_fraction.unwrap_or(0.2),
+        validation: spec.data.validation.clone(),
         split_seed: spec.model.split_seed.unwrap_or(0),
         folds: spec.model.folds,
         params: Point::new(),
@@ -252,6 +257,18 @@ pub async fn tune(
             spec.data.dataset
         ))
     })?;
+    if let Some(v) = &spec.data.validation {
+        if let Some(k) = spec.model.folds {
+            return Err(invalid(format!(
+                "[data] validation and [model] folds = {k}: cross-validation splits the rows \
+                 itself; give one or the other"
+            )));
+        }
+        session
+            .read(v)
+            .await
+            .map_err(|e| invalid(format!("[data] validation = '{v}' cannot be read: {e}")))?;
+    }
     let pruner = match &s.pruner {
         Some(v) => pruner(v)?,
         None => None,

@@ -42,6 +42,12 @@ pub struct TrainEval {
     /// Held-out fraction. Defaults to 0.2.
     #[serde(default = "default_fraction")]
     pub eval_fraction: f64,
+    /// Path or URL of held-out rows kept apart from `dataset` (scikit-learn's
+    /// `PredefinedSplit`, LightGBM's `valid_sets`): each trial then trains on all of `dataset`
+    /// and scores on these rows, with no split (`eval_fraction`, `split_seed` and
+    /// `split_columns` are unused; not with `folds`).
+    #[serde(default)]
+    pub validation: Option<String>,
     /// k-fold cross-validation instead of one held-out split: the loss is the mean over the
     /// folds (`eval_fraction` is then unused).
     #[serde(default)]
@@ -108,6 +114,7 @@ impl TrainEval {
             features: None,
             metric: None,
             eval_fraction: default_fraction(),
+            validation: None,
             folds: None,
             split_seed: 0,
             split_columns: None,
@@ -143,6 +150,12 @@ impl TrainEval {
     /// Defaults to 0.
     pub fn split_seed(mut self, seed: u64) -> Self {
         self.split_seed = seed;
+        self
+    }
+
+    /// Held-out rows apart from the training rows (see [`TrainEval::validation`]).
+    pub fn validation(mut self, location: impl Into<String>) -> Self {
+        self.validation = Some(location.into());
         self
     }
 
@@ -257,6 +270,11 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
         spec.folds,
         &spec.split_columns,
         version_of(&c.session, &spec.dataset).await,
+        &spec.validation,
+        match &spec.validation {
+            Some(v) => version_of(&c.session, v).await,
+            None => String::new(),
+        },
     ))
     .unwrap_or_default();
     if let Some(d) = c.data.lock().expect("dataset cache").get(&key) {
@@ -265,21 +283,33 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
     let weights = split_weights(spec)?;
     let df = c.session.read(&spec.dataset).await?;
     let batches = df.collect().await?;
-    let data = spec.with_roles(Dataset::new(c.session.from_batches(batches, 1)?))?;
+    let data = spec.with_roles(Dataset::new(c.session.from_batches(batches.clone(), 1)?))?;
     // Materialise the parts once: every trial reuses the same rows.
-    let split_columns = spec.split_columns.clone().unwrap_or_else(|| data.columns());
-    let parts: Vec<Vec<arrow::array::RecordBatch>> = data
-        .random_split_collect(&split_columns, &weights, spec.split_seed, usize::MAX)
-        .await?
-        .ok_or_else(|| {
-            bad(
-                "splitting the rows: no memory limit was set, yet one was reported exceeded"
-                    .to_string(),
-            )
-        })?
-        .into_iter()
-        .map(|part| part.into_iter().flatten().collect())
-        .collect();
+    let parts: Vec<Vec<arrow::array::RecordBatch>> = match &spec.validation {
+        // Kept apart already: the training rows as read, then the held-out ones.
+        Some(v) => {
+            let held_out = validation_rows(&c.session, &data, v)
+                .await?
+                .collect()
+                .await?;
+            vec![batches, held_out]
+        }
+        None => {
+            let split_columns = spec.split_columns.clone().unwrap_or_else(|| data.columns());
+            data.random_split_collect(&split_columns, &weights, spec.split_seed, usize::MAX)
+                .await?
+                .ok_or_else(|| {
+                    bad(
+                        "splitting the rows: no memory limit was set, yet one was reported \
+                         exceeded"
+                            .to_string(),
+                    )
+                })?
+                .into_iter()
+                .map(|part| part.into_iter().flatten().collect())
+                .collect()
+        }
+    };
     let bytes = parts
         .iter()
         .flatten()
@@ -312,6 +342,28 @@ async fn dataset(c: &TrialContext, spec: &TrainEval) -> quiver_engine::Result<Sp
     Ok(splits)
 }
 
+/// The held-out rows at `location` ([`TrainEval::validation`]) with the columns of the
+/// training rows `data`, in their order (a union or a shared scorer reads columns by
+/// position); a missing column is an error naming it and the location.
+async fn validation_rows(
+    session: &QuiverSession,
+    data: &Dataset,
+    location: &str,
+) -> quiver_engine::Result<datafusion::prelude::DataFrame> {
+    let df = session.read(location).await?;
+    let columns = data.columns();
+    for c in &columns {
+        if df.schema().field_with_unqualified_name(c).is_err() {
+            return Err(bad(format!(
+                "validation rows '{location}' have no column '{c}' (the training rows' columns: {})",
+                columns.join(", ")
+            )));
+        }
+    }
+    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+    Ok(df.select_columns(&names)?)
+}
+
 /// `df` with the feature and label roles of `data` (a part of it).
 fn roles_of(data: &Dataset, df: datafusion::prelude::DataFrame) -> quiver_engine::Result<Dataset> {
     let mut out = Dataset::new(df).with_features(data.features())?;
@@ -330,8 +382,18 @@ fn held_out_parts(spec: &TrainEval, parts: usize) -> Vec<usize> {
     }
 }
 
-/// The parts a spec splits its rows into: k folds, or (train, held out).
+/// The parts a spec splits its rows into: k folds, or (train, held out); none when the
+/// held-out rows are given apart ([`TrainEval::validation`]).
 fn split_weights(spec: &TrainEval) -> quiver_engine::Result<Vec<f64>> {
+    if let Some(v) = &spec.validation {
+        return match spec.folds {
+            Some(k) => Err(bad(format!(
+                "folds = {k} and validation = '{v}': cross-validation splits the rows itself; \
+                 give one or the other"
+            ))),
+            None => Ok(Vec::new()),
+        };
+    }
     Ok(match spec.folds {
         Some(k) if k >= 2 => vec![1.0; k],
         Some(k) => {
@@ -357,6 +419,10 @@ fn split_weights(spec: &TrainEval) -> quiver_engine::Result<Vec<f64>> {
 async fn lazy_splits(session: &QuiverSession, spec: &TrainEval) -> quiver_engine::Result<Splits> {
     let weights = split_weights(spec)?;
     let data = spec.with_roles(Dataset::new(session.read(&spec.dataset).await?))?;
+    if let Some(v) = &spec.validation {
+        let held_out = roles_of(&data, validation_rows(session, &data, v).await?)?;
+        return Ok(Arc::new(vec![(data, held_out)]));
+    }
     let split_columns = spec.split_columns.clone().unwrap_or_else(|| data.columns());
     let parts = data.random_split_on(&split_columns, &weights, spec.split_seed)?;
     let with_roles = |df| roles_of(&data, df);
@@ -463,8 +529,8 @@ pub fn build(spec: &TrainEval) -> crate::Result<Arc<dyn DynEstimator>> {
     spec.algorithm()?.estimator(&spec.estimator_params()?)
 }
 
-/// Fits `VectorAssembler → estimator(params)` on all of `spec`'s data (the search's best
-/// trial, refitted): a pipeline that `ml_predict` can apply to the feature columns.
+/// Fits `VectorAssembler → estimator(params)` on all of `spec`'s data, its
+/// [`TrainEval::validation`] rows included (the search's best trial, refitted): a pipeline that `ml_predict` can apply to the feature columns.
 pub async fn refit(
     session: &QuiverSession,
     spec: &TrainEval,
@@ -472,7 +538,16 @@ pub async fn refit(
 ) -> crate::Result<crate::PipelineModel> {
     let mut spec = spec.clone();
     spec.params.extend(params.clone());
-    let data = spec.with_roles(Dataset::new(session.read(&spec.dataset).await?))?;
+    let mut data = spec.with_roles(Dataset::new(session.read(&spec.dataset).await?))?;
+    if let Some(v) = &spec.validation {
+        // All the rows the spec names: the training rows and the held-out ones.
+        let all = data
+            .dataframe()
+            .clone()
+            .union(validation_rows(session, &data, v).await?)
+            .map_err(QuiverError::from)?;
+        data = roles_of(&data, all)?;
+    }
     pipeline(&spec, &data.feature_names()?)?
         .fit(session, &data)
         .await
