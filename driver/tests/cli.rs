@@ -660,6 +660,37 @@ fn tune_specs_resolve_beside_the_spec_and_bad_values_are_named() {
         "label",
         "the seed (the log's: 0; this search's: 9)",
     );
+    // Held-out rows kept apart (`[data] validation`), beside the spec too; not with folds.
+    std::fs::copy(data, dir.path().join("held.parquet")).unwrap();
+    let apart = |validation: &str, model: &str| {
+        format!(
+            "[data]\ndataset = \"bc.parquet\"\nlabel = \"label\"\nvalidation = \"{validation}\"\n\
+             [model]\nestimator = \"logistic_regression\"\n{model}\n\
+             [search]\nalgo = \"random\"\nmax_evals = 2\n[space]\n{ok_space}\n"
+        )
+    };
+    let out = run(&apart("held.parquet", ""));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (validation, model, needle) in [
+        (
+            "held.parquet",
+            "folds = 3",
+            "[data] validation and [model] folds = 3",
+        ),
+        ("nowhere.parquet", "", "[data] validation = '"),
+    ] {
+        let out = run(&apart(validation, model));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{needle}: {err}");
+        assert!(
+            err.contains(needle) && !err.contains("panicked"),
+            "{needle}: {err}"
+        );
+    }
 }
 
 /// A script whose third statement fails still prints the first two statements' results

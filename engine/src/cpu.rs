@@ -1,20 +1,26 @@
 //! CPU feature detection and multiversioned kernels: the one place that knows which vector
 //! extensions this process may use. A hot loop is written once as a function generic over
 //! `const FMA: bool`; [`fma_kernels!`](crate::fma_kernels) compiles it for the baseline target
-//! and, on x86-64, with AVX2 and FMA enabled, and the caller picks one at run time with
-//! [`has_avx2_fma`].
+//! and, on x86-64, with AVX2 and FMA enabled (and, where asked, also with AVX-512), and the
+//! caller picks one at run time with [`has_avx2_fma`] / [`has_avx512_fma`].
 
 use std::sync::OnceLock;
 
-/// Whether this CPU runs AVX2 and FMA instructions (detected once per process). Only then may
-/// the `avx2` variants of [`fma_kernels!`](crate::fma_kernels) be called.
-pub fn has_avx2_fma() -> bool {
-    static DETECTED: OnceLock<bool> = OnceLock::new();
-    *DETECTED.get_or_init(|| {
+/// Whether every one of `features` is detected on this CPU (never off x86-64), asked once per
+/// process per `cell`.
+#[allow(unused_variables)]
+fn detected(cell: &OnceLock<bool>, features: &[&str]) -> bool {
+    *cell.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
+            features.iter().all(|f| match *f {
+                "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+                "fma" => std::arch::is_x86_feature_detected!("fma"),
+                "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+                "avx512dq" => std::arch::is_x86_feature_detected!("avx512dq"),
+                "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
+                _ => false,
+            })
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -23,21 +29,29 @@ pub fn has_avx2_fma() -> bool {
     })
 }
 
+/// Whether this CPU runs AVX2 and FMA instructions (detected once per process). Only then may
+/// the `avx2` variants of [`fma_kernels!`](crate::fma_kernels) be called.
+pub fn has_avx2_fma() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    detected(&DETECTED, &["avx2", "fma"])
+}
+
 /// Whether this CPU runs AVX-512 F and DQ instructions (64-bit lanes, their multiplies),
 /// detected once per process.
 pub fn has_avx512dq() -> bool {
     static DETECTED: OnceLock<bool> = OnceLock::new();
-    *DETECTED.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    detected(&DETECTED, &["avx512f", "avx512dq"])
+}
+
+/// Whether this CPU runs what the `avx512` variants of [`fma_kernels!`](crate::fma_kernels)
+/// are compiled for: AVX-512 F, DQ and VL (32 vector registers, also at 256 bits) besides
+/// AVX2 and FMA. Detected once per process.
+pub fn has_avx512_fma() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    detected(
+        &DETECTED,
+        &["avx2", "fma", "avx512f", "avx512dq", "avx512vl"],
+    )
 }
 
 /// Compiles kernels twice, as two modules of the calling module: `$baseline` for the baseline
@@ -47,8 +61,27 @@ pub fn has_avx512dq() -> bool {
 /// `const FMA: bool`, best `#[inline(always)]` so its body is compiled with the features).
 /// The `$avx2` variants are sound to call only where [`has_avx2_fma`] holds; the baseline
 /// ones always are (they are `unsafe` to share the signature).
+///
+/// With a third module name, `$avx512` is compiled as well, with AVX-512 F, DQ and VL enabled
+/// besides AVX2 and FMA (callable where [`has_avx512_fma`] holds): the same `FMA` code, so the
+/// same bits, with twice the vector registers (a kernel whose constants and temporaries spill
+/// with sixteen keeps them in registers).
 #[macro_export]
 macro_rules! fma_kernels {
+    ($baseline:ident, $avx2:ident, $avx512:ident; $(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $target:ident;)+) => {
+        $crate::fma_kernels!($baseline, $avx2; $(fn $name($($arg: $ty),*) => $target;)+);
+        #[cfg(target_arch = "x86_64")]
+        mod $avx512 {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[target_feature(enable = "avx2,fma,avx512f,avx512dq,avx512vl")]
+                pub(super) unsafe fn $name($($arg: $ty),*) {
+                    super::$target::<true>($($arg),*)
+                }
+            )+
+        }
+    };
     ($baseline:ident, $avx2:ident; $(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $target:ident;)+) => {
         mod $baseline {
             #[allow(unused_imports)]
