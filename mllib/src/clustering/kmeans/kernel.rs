@@ -1,5 +1,7 @@
 //! The nearest-centre kernel: centres laid out in groups of four, 8 rows × 4 centres per step,
-//! compiled for the baseline target and for AVX2 with FMA (chosen at run time).
+//! compiled for the baseline target, for AVX2 with FMA and for AVX-512 (the same operations
+//! with twice the registers; chosen at run time). Each step can ask for the matching rows of
+//! the next block to be fetched into L2, so a pass's memory stream overlaps its arithmetic.
 
 /// The centres laid out for the nearest-centre kernel: groups of four centres, per feature the
 /// four values `−2cⱼ` side by side, and each centre's `‖c‖²` (padding centres get +∞). The
@@ -41,19 +43,36 @@ impl CenterTable {
         }
     }
 
-    /// For every row of `values`: (nearest centre, exact squared distance to it).
+    /// For every row of `values`: (nearest centre, exact squared distance to it). A row with a
+    /// NaN value gets a NaN distance.
     pub(super) fn assign(&self, centers: &[f64], values: &[f64], out: &mut Vec<(usize, f64)>) {
+        self.assign_ahead(centers, values, &[], out)
+    }
+
+    /// [`CenterTable::assign`], fetching `next` (the rows a pass reads after these, any
+    /// length) into L2 as it goes.
+    pub(super) fn assign_ahead(
+        &self,
+        centers: &[f64],
+        values: &[f64],
+        next: &[f64],
+        out: &mut Vec<(usize, f64)>,
+    ) {
         out.clear();
         if self.groups == 0 {
             return;
         }
-        // SAFETY: the AVX2 variant runs only when the CPU reports AVX2 and FMA.
+        // SAFETY: each variant runs only where the CPU reports its features.
         unsafe {
             #[cfg(target_arch = "x86_64")]
-            if quiver_engine::cpu::has_avx2_fma() {
-                return nearest_avx2::assign(self, centers, values, out);
+            if quiver_engine::cpu::has_avx512_fma() {
+                return nearest_avx512::assign(self, centers, values, next, out);
             }
-            nearest_baseline::assign(self, centers, values, out)
+            #[cfg(target_arch = "x86_64")]
+            if quiver_engine::cpu::has_avx2_fma() {
+                return nearest_avx2::assign(self, centers, values, next, out);
+            }
+            nearest_baseline::assign(self, centers, values, next, out)
         }
     }
 }
@@ -163,11 +182,18 @@ pub(super) fn assign_all<const FMA: bool>(
     t: &CenterTable,
     centers: &[f64],
     values: &[f64],
+    next: &[f64],
     out: &mut Vec<(usize, f64)>,
 ) {
     let d = t.d;
     let mut blocks = values.chunks_exact(ROWS * d);
+    let mut ahead = next.chunks(ROWS * d);
     for block in blocks.by_ref() {
+        if let Some(lines) = ahead.next() {
+            for line in lines.chunks(8) {
+                quiver_engine::math::prefetch_l2(line.as_ptr());
+            }
+        }
         let mut best = [(f64::INFINITY, 0); ROWS];
         #[cfg(target_arch = "x86_64")]
         if FMA {
@@ -190,9 +216,10 @@ pub(super) fn assign_all<const FMA: bool>(
     }
 }
 
-// The kernel compiled for the baseline target and, chosen at run time, AVX2 with FMA.
-quiver_engine::fma_kernels!(nearest_baseline, nearest_avx2;
-    fn assign(t: &CenterTable, centers: &[f64], values: &[f64], out: &mut Vec<(usize, f64)>) => assign_all;
+// The kernel compiled for the baseline target and, chosen at run time, AVX2 with FMA or
+// AVX-512.
+quiver_engine::fma_kernels!(nearest_baseline, nearest_avx2, nearest_avx512;
+    fn assign(t: &CenterTable, centers: &[f64], values: &[f64], next: &[f64], out: &mut Vec<(usize, f64)>) => assign_all;
 );
 
 #[cfg(test)]
@@ -221,12 +248,20 @@ mod tests {
                 let mut out = Vec::new();
                 // SAFETY: the AVX2 variant only where the CPU has it.
                 unsafe {
-                    nearest_baseline::assign(&table, &centers, &values, &mut out);
+                    nearest_baseline::assign(&table, &centers, &values, &[], &mut out);
                     kernels.push(out.clone());
                     #[cfg(target_arch = "x86_64")]
                     if quiver_engine::cpu::has_avx2_fma() {
                         out.clear();
-                        nearest_avx2::assign(&table, &centers, &values, &mut out);
+                        nearest_avx2::assign(&table, &centers, &values, &values, &mut out);
+                        kernels.push(out.clone());
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    if quiver_engine::cpu::has_avx512_fma() {
+                        out.clear();
+                        nearest_avx512::assign(&table, &centers, &values, &[1.0], &mut out);
+                        // The same operations as AVX2: the same bits.
+                        assert_eq!(out, kernels[1], "k {k} n {n}");
                         kernels.push(out.clone());
                     }
                 }

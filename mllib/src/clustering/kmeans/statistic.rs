@@ -74,10 +74,18 @@ impl Statistic for KMeansPass {
             Pass::Sums => {
                 // Sub-blocks that stay in cache while they are checked, assigned and summed.
                 let k = self.centers.len() / d;
+                // The next sub-block is fetched into L2 while this one is assigned; a NaN value
+                // makes its row's distance NaN, so only then is the sub-block searched for it.
                 let mut nearest = Vec::with_capacity(SUB_BLOCK_ROWS);
-                for (i, block) in b.values.chunks(SUB_BLOCK_ROWS * d).enumerate() {
-                    nan_check(block, i * SUB_BLOCK_ROWS)?;
-                    self.table.assign(&self.centers, block, &mut nearest);
+                let step = SUB_BLOCK_ROWS * d;
+                for (i, block) in b.values.chunks(step).enumerate() {
+                    let next = b.values.get((i + 1) * step..).unwrap_or_default();
+                    let next = &next[..next.len().min(step)];
+                    self.table
+                        .assign_ahead(&self.centers, block, next, &mut nearest);
+                    if nearest.iter().any(|(_, dist)| dist.is_nan()) {
+                        nan_check(block, i * SUB_BLOCK_ROWS)?;
+                    }
                     for (x, &(c, dist)) in block.chunks_exact(d).zip(&nearest) {
                         s[0] += dist;
                         s[1 + c] += 1.0;
@@ -296,6 +304,44 @@ mod tests {
         }
         // Far rows weigh ≥ 10⁴/0.02 more: nearly every draw is one of them.
         assert!(far_draws >= 95, "{far_draws} of 100 draws far");
+    }
+
+    /// A Lloyd pass names the first NaN value's row wherever it lies (past the first
+    /// sub-block, in a column where a centre's coordinate is 0, after an infinite value, which
+    /// is not one) and otherwise sums every row.
+    #[test]
+    fn lloyd_sums_find_a_nan_by_its_distance() {
+        let d = 3;
+        let n = 3 * SUB_BLOCK_ROWS + 17;
+        let clean: Vec<f64> = (0..n * d).map(|i| (i % 13) as f64 - 6.0).collect();
+        // The second centre's last coordinate is 0: 0 · NaN is NaN all the same.
+        let centers = vec![1.0, 1.0, 1.0, -1.0, 2.0, 0.0];
+        let stat = KMeansPass {
+            d,
+            table: CenterTable::new(&centers, d),
+            centers: centers.clone(),
+            seed: 1,
+            pass: Pass::Sums,
+        };
+        let sums = run(&stat, &[&clean]);
+        assert_eq!(sums[1] + sums[2], n as f64);
+        for (row, column) in [(0, 0), (SUB_BLOCK_ROWS + 5, 2), (n - 1, 1)] {
+            let mut values = clean.clone();
+            values[7 * d + 1] = f64::INFINITY;
+            values[row * d + column] = f64::NAN;
+            let mut s = stat.init();
+            let err = stat
+                .update(&mut s, &FeatureBatch::new(&values, d).expect("batch"))
+                .expect_err("a NaN value");
+            assert!(
+                matches!(
+                    err,
+                    QuiverError::InvalidValueInBatch { kind: "NaN", row_in_batch, .. }
+                        if row_in_batch == row
+                ),
+                "row {row}: {err}"
+            );
+        }
     }
 
     /// Candidate weights: every row at rate 1; at a lower rate a uniform sample of about that
