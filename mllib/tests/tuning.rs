@@ -625,6 +625,23 @@ async fn train_eval_cross_validates() {
     );
 }
 
+/// The one trial of a search of `spec` with `reg_param` fixed at `value`.
+async fn one_trial(
+    s: &QuiverSession,
+    spec: quiver_mllib::tuning::TrainEval,
+    value: f64,
+) -> quiver_mllib::tuning::Trial {
+    let r = Search::train_eval(
+        Space::new(vec![hp::choice("reg_param", [serde_json::json!(value)])]).unwrap(),
+        spec,
+    )
+    .max_evals(1)
+    .run(s)
+    .await
+    .unwrap();
+    r.trials.into_iter().next().unwrap()
+}
+
 fn breast_cancer_spec() -> quiver_mllib::tuning::TrainEval {
     quiver_mllib::tuning::TrainEval::new(
         concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer.parquet"),
@@ -882,15 +899,7 @@ async fn a_rewritten_dataset_is_read_again() {
             split_columns: None,
             keep_model: false,
         };
-        let r = Search::train_eval(
-            Space::new(vec![hp::choice("reg_param", [serde_json::json!(0.0)])]).unwrap(),
-            spec,
-        )
-        .max_evals(1)
-        .run(&s)
-        .await
-        .unwrap();
-        r.trials[0].metrics.clone()
+        one_trial(&s, spec, 0.0).await.metrics
     };
     write(2.0).await;
     let first = search(s.clone(), path.clone()).await;
@@ -1633,17 +1642,7 @@ async fn train_eval_scores_on_held_out_rows_given_apart() {
     // Refused, by name.
     let one = |spec: quiver_mllib::tuning::TrainEval| {
         let s = s.clone();
-        async move {
-            let r = Search::train_eval(
-                Space::new(vec![hp::choice("reg_param", [serde_json::json!(0.01)])]).unwrap(),
-                spec,
-            )
-            .max_evals(1)
-            .run(&s)
-            .await
-            .unwrap();
-            r.trials[0].message.clone().unwrap_or_default()
-        }
+        async move { one_trial(&s, spec, 0.01).await.message.unwrap_or_default() }
     };
     let msg = one(quiver_mllib::tuning::TrainEval {
         folds: Some(3),
