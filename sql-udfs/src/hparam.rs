@@ -78,8 +78,8 @@ pub enum TrialRows {
 /// the trials that read it).
 struct Placed {
     url: String,
+    /// The rows in this process; `None`: `url` is a snapshot file.
     in_memory: Option<quiver_engine::io::ProcessTable>,
-    snapshot: bool,
 }
 
 impl Placed {
@@ -104,7 +104,6 @@ impl Placed {
             let placed = Placed {
                 url,
                 in_memory: None,
-                snapshot: true,
             };
             if let Err(e) = written {
                 // A partly written snapshot goes too.
@@ -121,14 +120,13 @@ impl Placed {
             Ok(Placed {
                 url: table.url().to_string(),
                 in_memory: Some(table),
-                snapshot: false,
             })
         }
     }
 
     /// Frees the rows (deletes the snapshot), whatever the search did.
     async fn remove(self, session: &QuiverSession) {
-        if self.snapshot
+        if self.in_memory.is_none()
             && let Ok(loc) =
                 quiver_engine::io::resolve(session.context(), &session.config().s3, &self.url)
         {

@@ -530,7 +530,8 @@ pub fn build(spec: &TrainEval) -> crate::Result<Arc<dyn DynEstimator>> {
 }
 
 /// Fits `VectorAssembler → estimator(params)` on all of `spec`'s data, its
-/// [`TrainEval::validation`] rows included (the search's best trial, refitted): a pipeline that `ml_predict` can apply to the feature columns.
+/// [`TrainEval::validation`] rows included (the search's best trial, refitted): a pipeline
+/// that `ml_predict` can apply to the feature columns.
 pub async fn refit(
     session: &QuiverSession,
     spec: &TrainEval,
