@@ -176,6 +176,94 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     crate::math::dot::<false>(a, b)
 }
 
+/// Rows of [`affine_rows`] per block: the next block's rows are fetched into L2 while this
+/// one is worked on (20 features: 40 KB).
+const AFFINE_BLOCK: usize = 256;
+
+/// An affine map of every row: `out[r·k + j] = offsets[j] + dot(weights_j, row r)` for the
+/// `rows` rows of `values` (row-major) and the `k = offsets.len()` weight vectors of `weights`
+/// (`k × dim`, row-major), each with exactly [`dot`]'s bits (as a model scoring one row at a
+/// time gets them). Four rows at a time (independent chains that fill the pipeline), the next
+/// block's rows asked into L2 meanwhile, and compiled for AVX2 and AVX-512 where the CPU runs
+/// them (the same bits: no fused multiply-adds).
+pub fn affine_rows(values: &[f64], rows: usize, weights: &[f64], offsets: &[f64]) -> Vec<f64> {
+    let k = offsets.len();
+    let mut out = vec![0.0; rows * k];
+    debug_assert!(rows == 0 || values.len() / rows * k == weights.len());
+    // SAFETY: each variant runs only where the CPU reports its features.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::has_avx512_fma() {
+            affine_avx512::affine(values, rows, weights, offsets, &mut out);
+            return out;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::has_avx2_fma() {
+            affine_avx2::affine(values, rows, weights, offsets, &mut out);
+            return out;
+        }
+        affine_baseline::affine(values, rows, weights, offsets, &mut out);
+    }
+    out
+}
+
+/// [`affine_rows`]' loop. `_WIDE` names the compilation only: the arithmetic is the same
+/// (unfused) in each, so that every one gives [`dot`]'s bits.
+#[inline(always)]
+fn affine_into<const _WIDE: bool>(
+    values: &[f64],
+    rows: usize,
+    weights: &[f64],
+    offsets: &[f64],
+    out: &mut [f64],
+) {
+    use crate::math::{dot4, prefetch_l2};
+    let k = offsets.len();
+    if k == 0 || rows == 0 {
+        return;
+    }
+    let d = values.len() / rows;
+    if d == 0 {
+        for o in out.chunks_exact_mut(k) {
+            o.copy_from_slice(offsets);
+        }
+        return;
+    }
+    for start in (0..rows).step_by(AFFINE_BLOCK) {
+        let end = (start + AFFINE_BLOCK).min(rows);
+        let block = &values[start * d..end * d];
+        let next = &values[end * d..(end + AFFINE_BLOCK).min(rows) * d];
+        let mut ahead = next.chunks(4 * d);
+        let fours = (end - start) / 4 * 4;
+        for (g, x4) in block[..fours * d].chunks_exact(4 * d).enumerate() {
+            if let Some(lines) = ahead.next() {
+                for line in lines.chunks(8) {
+                    prefetch_l2(line.as_ptr());
+                }
+            }
+            let o = &mut out[(start + 4 * g) * k..(start + 4 * g + 4) * k];
+            for (j, (w, b)) in weights.chunks_exact(d).zip(offsets).enumerate() {
+                for (q, s) in dot4::<false>(w, x4).into_iter().enumerate() {
+                    o[q * k + j] = *b + s;
+                }
+            }
+        }
+        for r in start + fours..end {
+            let x = &values[r * d..(r + 1) * d];
+            for (o, (w, b)) in out[r * k..(r + 1) * k]
+                .iter_mut()
+                .zip(weights.chunks_exact(d).zip(offsets))
+            {
+                *o = *b + crate::math::dot::<false>(w, x);
+            }
+        }
+    }
+}
+
+crate::fma_kernels!(affine_baseline, affine_avx2, affine_avx512;
+    fn affine(values: &[f64], rows: usize, weights: &[f64], offsets: &[f64], out: &mut [f64]) => affine_into;
+);
+
 /// Index of the first NaN in `values`, if any. Cheap when there is none: a branch-free scan.
 #[inline]
 pub fn first_nan(values: &[f64]) -> Option<usize> {
@@ -397,6 +485,65 @@ pub fn vector_array_of(values: ScalarBuffer<f64>, dim: usize) -> Result<FixedSiz
 mod tests {
     use super::*;
     use arrow::array::{Float32Array, Int32Array, Int64Array, StringArray, UInt8Array};
+
+    /// The blocked affine map gives each row's `offset + dot` bits, in every compilation the
+    /// CPU runs: block and four-row edges, several weight vectors, odd widths, no features.
+    #[test]
+    fn affine_rows_equals_dot_row_by_row() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 1e3
+        };
+        for (rows, d, k) in [
+            (0, 3, 1),
+            (1, 3, 1),
+            (3, 20, 1),
+            (4, 20, 2),
+            (255, 7, 3),
+            (256, 20, 1),
+            (257, 1, 2),
+            (1030, 20, 3),
+            (9, 0, 2),
+        ] {
+            let values: Vec<f64> = (0..rows * d).map(|_| next()).collect();
+            let weights: Vec<f64> = (0..k * d).map(|_| next()).collect();
+            let offsets: Vec<f64> = (0..k).map(|_| next()).collect();
+            let want: Vec<f64> = (0..rows)
+                .flat_map(|r| {
+                    let x = &values[r * d..(r + 1) * d];
+                    let w = &weights;
+                    offsets
+                        .iter()
+                        .enumerate()
+                        .map(move |(j, b)| b + dot(&w[j * d..(j + 1) * d], x))
+                })
+                .collect();
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let got = affine_rows(&values, rows, &weights, &offsets);
+            assert_eq!(bits(&got), bits(&want), "{rows} rows, {d} features, {k} vectors");
+            let mut base = vec![0.0; rows * k];
+            // SAFETY: the baseline variant runs anywhere; the others only where detected.
+            unsafe {
+                affine_baseline::affine(&values, rows, &weights, &offsets, &mut base);
+                assert_eq!(bits(&base), bits(&want));
+                #[cfg(target_arch = "x86_64")]
+                if crate::cpu::has_avx2_fma() {
+                    let mut v = vec![0.0; rows * k];
+                    affine_avx2::affine(&values, rows, &weights, &offsets, &mut v);
+                    assert_eq!(bits(&v), bits(&want));
+                }
+                #[cfg(target_arch = "x86_64")]
+                if crate::cpu::has_avx512_fma() {
+                    let mut v = vec![0.0; rows * k];
+                    affine_avx512::affine(&values, rows, &weights, &offsets, &mut v);
+                    assert_eq!(bits(&v), bits(&want));
+                }
+            }
+        }
+    }
 
     #[test]
     fn assembles_mixed_numeric_types_row_major() {

@@ -65,6 +65,12 @@ pub(crate) trait ClassScores:
             None => Ok(None),
         }
     }
+    /// The batch's scores on the CPU, `k` per row, computed for all its `rows` at once (a
+    /// blocked kernel) rather than row by row, for [`Self::raw_from_scores`] to finish into
+    /// exactly what [`Self::raw`] gives. `None` (the default): row by row.
+    fn batch_scores(&self, _x: &[f64], _rows: usize) -> Option<(Vec<f64>, usize)> {
+        None
+    }
     /// The raw vector (`width()` values) from the `k` device scores of a row; a copy unless
     /// overridden.
     fn raw_from_scores(&self, s: &[f64], out: &mut [f64]) {
@@ -143,13 +149,13 @@ impl<M: ClassScores> BatchFunction for ScoreOutput<M> {
         let raw_of = raw_scores(m, b)?;
         let mut raw = vec![0.0; width];
         if self.kind == OutputKind::Prediction {
-            let out: Float64Array = (0..b.n_rows)
+            let out: Vec<f64> = (0..b.n_rows)
                 .map(|r| {
                     raw_of(r, &mut raw);
                     argmax(&raw) as f64
                 })
                 .collect();
-            return Ok(Arc::new(out));
+            return Ok(Arc::new(Float64Array::from(out)));
         }
         let mut out = vec![0.0; b.n_rows * width];
         for (r, o) in out.chunks_exact_mut(width).enumerate() {
@@ -165,14 +171,18 @@ impl<M: ClassScores> BatchFunction for ScoreOutput<M> {
 }
 
 /// Row `r`'s raw scores of batch `b` into `out`: on the device when the process's policy sends
-/// the batch there (`quiver.device`), else row by row.
+/// the batch there (`quiver.device`), else by the model's blocked kernel for the batch if it has
+/// one ([`ClassScores::batch_scores`]), else row by row.
 fn raw_scores<'a, M: ClassScores>(
     m: &'a M,
     b: &'a FeatureBatch<'_>,
 ) -> quiver_engine::Result<impl Fn(usize, &mut [f64]) + 'a> {
     let dim = m.dim();
-    let device = m.device_scores(b.values)?;
-    Ok(move |r: usize, out: &mut [f64]| match &device {
+    let scores = match m.device_scores(b.values)? {
+        Some(s) => Some(s),
+        None => m.batch_scores(b.values, b.n_rows),
+    };
+    Ok(move |r: usize, out: &mut [f64]| match &scores {
         Some((s, k)) => m.raw_from_scores(&s[r * k..(r + 1) * k], out),
         None => m.raw(&b.values[r * dim..(r + 1) * dim], out),
     })

@@ -535,12 +535,14 @@ impl BatchFunction for LinearPredict {
         )? {
             return Ok(Arc::new(Float64Array::from(on_device)));
         }
-        let out: Float64Array = batch
-            .values
-            .chunks_exact(batch.dim)
-            .map(|row| quiver_engine::vector::dot(row, &self.coefficients) + self.intercept)
-            .collect();
-        Ok(Arc::new(out))
+        // `intercept + x·β`: a row's `dot` bits, blocked.
+        let out = quiver_engine::vector::affine_rows(
+            batch.values,
+            batch.n_rows,
+            &self.coefficients,
+            &[self.intercept],
+        );
+        Ok(Arc::new(Float64Array::from(out)))
     }
 }
 

@@ -109,6 +109,15 @@ impl ClassScores for LogisticPredict {
         })
     }
 
+    /// The margins of the batch's rows by the blocked kernel: the same bits as [`Self::raw`]'s
+    /// (`intercept + dot`).
+    fn batch_scores(&self, x: &[f64], rows: usize) -> Option<(Vec<f64>, usize)> {
+        Some((
+            quiver_engine::vector::affine_rows(x, rows, &self.coefficients, &self.intercepts),
+            self.intercepts.len(),
+        ))
+    }
+
     fn raw_from_scores(&self, s: &[f64], out: &mut [f64]) {
         if self.multinomial {
             out.copy_from_slice(s);
