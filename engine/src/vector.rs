@@ -523,7 +523,11 @@ mod tests {
                 .collect();
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             let got = affine_rows(&values, rows, &weights, &offsets);
-            assert_eq!(bits(&got), bits(&want), "{rows} rows, {d} features, {k} vectors");
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{rows} rows, {d} features, {k} vectors"
+            );
             let mut base = vec![0.0; rows * k];
             // SAFETY: the baseline variant runs anywhere; the others only where detected.
             unsafe {

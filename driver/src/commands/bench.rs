@@ -394,18 +394,21 @@ pub(crate) fn algorithm_batches(
         .collect()
 }
 
-/// Times a full predict: the model's output columns computed over every row and collected.
+/// Times a full predict (the median of five): the model's output column computed over every
+/// row and collected.
 pub(crate) async fn time_predict(scored: &Dataset, col: &str) -> Result<f64> {
-    let t = Instant::now();
-    let batches = scored
-        .dataframe()
-        .clone()
-        .select_columns(&[col])?
-        .collect()
-        .await?;
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    std::hint::black_box(rows);
-    Ok(t.elapsed().as_secs_f64() * 1e3)
+    median_of_5_ms(|| async {
+        let batches = scored
+            .dataframe()
+            .clone()
+            .select_columns(&[col])?
+            .collect()
+            .await?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        std::hint::black_box(rows);
+        Ok(())
+    })
+    .await
 }
 
 /// The median wall time of five runs of `f`, in milliseconds.

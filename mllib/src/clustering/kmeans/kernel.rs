@@ -75,6 +75,40 @@ impl CenterTable {
             nearest_baseline::assign(self, centers, values, next, out)
         }
     }
+
+    /// [`CenterTable::assign_ahead`], then the rows added to Lloyd's sums `s = [cost, counts
+    /// (k), sums (k × d)]` in row order, in the same compiled kernel. Returns `false`, leaving
+    /// `s` as it was, when a row's distance is NaN (a NaN value: the caller looks for it and
+    /// adds the rows itself, [`add_to_sums`], if there is none).
+    pub(super) fn assign_sum_ahead(
+        &self,
+        centers: &[f64],
+        values: &[f64],
+        next: &[f64],
+        out: &mut Vec<(usize, f64)>,
+        s: &mut [f64],
+    ) -> bool {
+        out.clear();
+        if self.groups == 0 {
+            return true;
+        }
+        let mut nan = false;
+        // SAFETY: each variant runs only where the CPU reports its features.
+        unsafe {
+            #[cfg(target_arch = "x86_64")]
+            if quiver_engine::cpu::has_avx512_fma() {
+                nearest_avx512::assign_sum(self, centers, values, next, out, s, &mut nan);
+                return !nan;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if quiver_engine::cpu::has_avx2_fma() {
+                nearest_avx2::assign_sum(self, centers, values, next, out, s, &mut nan);
+                return !nan;
+            }
+            nearest_baseline::assign_sum(self, centers, values, next, out, s, &mut nan);
+        }
+        !nan
+    }
 }
 
 /// `‖c‖² − 2x·c` for `R` rows against every group of four centres; keeps the smallest per row
@@ -115,48 +149,80 @@ pub(super) fn nearest_rows<const R: usize, const FMA: bool>(
     }
 }
 
-/// [`nearest_rows`] for [`ROWS`] rows with AVX2 and FMA: eight accumulators of four centres
-/// in registers, one broadcast and one multiply-add per row and feature. The same operations in
-/// the same order as `nearest_rows::<_, true>`, so the tail rows agree bit for bit.
+/// The whole [`ROWS`]-row blocks of `values`, each block's rows fetched ahead from `next` into
+/// L2 and assigned (centre, exact squared distance) into `out`, with AVX2 and FMA: per group of
+/// four centres, eight accumulators in registers, one broadcast and one multiply-add per row and
+/// feature — the same operations in the same order as `nearest_rows::<_, true>`, so the tail
+/// rows agree bit for bit. Returns the rows assigned.
 ///
-/// `inline`: its only caller is the AVX2 compilation of [`assign_all`]; left to the optimiser
-/// it was once not inlined, and a call per 8 rows cost a quarter of a Lloyd pass. (Keeping the
-/// running minimum per lane with compares and blends instead of the scalar scan below was
-/// tried: 24 vector registers' worth of state for AVX2's 16, and the spills made Lloyd passes
-/// ~25% slower.)
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn nearest_block_avx2(t: &CenterTable, rows: &[f64], best: &mut [(f64, usize); ROWS]) {
-    use std::arch::x86_64::*;
-    let d = t.d;
-    assert!(rows.len() >= ROWS * d && t.neg2t.len() == t.groups * d * 4);
-    let x = rows.as_ptr();
-    let mut lanes = [0.0f64; 4];
-    for g in 0..t.groups {
-        // SAFETY: every pointer below stays inside `rows` (ROWS × d values, asserted above),
-        // `t.neg2t` (groups × d × 4) and `t.norms` (groups × 4).
-        unsafe {
-            let norms = _mm256_loadu_pd(t.norms.as_ptr().add(g * 4));
-            let mut acc = [norms; ROWS];
-            let cols = t.neg2t.as_ptr().add(g * d * 4);
-            for j in 0..d {
-                let c = _mm256_loadu_pd(cols.add(j * 4));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_pd(_mm256_broadcast_sd(&*x.add(r * d + j)), c, *a);
-                }
-            }
-            for (r, a) in acc.iter().enumerate() {
-                _mm256_storeu_pd(lanes.as_mut_ptr(), *a);
-                for (l, v) in lanes.iter().enumerate() {
-                    if *v < best[r].0 {
-                        best[r] = (*v, g * 4 + l);
+/// Written out once per compilation (`$features`) by this macro rather than left for the
+/// optimiser to inline into each: a block kernel called per 8 rows cost a quarter of a Lloyd
+/// pass, and whether it was inlined changed from build to build (it was not, once with AVX2 and
+/// once with AVX-512: Lloyd passes 17 → 28 ms). Here the loop over blocks is in the same
+/// function as the arithmetic, called once per sub-block. (Keeping the running minimum per lane
+/// with compares and blends instead of the scalar scan below was tried: 24 vector registers'
+/// worth of state for AVX2's 16, and the spills made Lloyd passes ~25% slower.)
+macro_rules! nearest_blocks {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            t: &CenterTable,
+            centers: &[f64],
+            values: &[f64],
+            next: &[f64],
+            out: &mut Vec<(usize, f64)>,
+        ) -> usize {
+            use std::arch::x86_64::*;
+            let d = t.d;
+            assert!(t.neg2t.len() == t.groups * d * 4 && t.norms.len() == t.groups * 4);
+            let mut ahead = next.chunks(ROWS * d);
+            let blocks = values.chunks_exact(ROWS * d);
+            let done = values.len() / (ROWS * d) * ROWS;
+            let mut lanes = [0.0f64; 4];
+            for rows in blocks {
+                if let Some(lines) = ahead.next() {
+                    for line in lines.chunks(8) {
+                        quiver_engine::math::prefetch_l2(line.as_ptr());
                     }
                 }
+                let mut best = [(f64::INFINITY, 0usize); ROWS];
+                let x = rows.as_ptr();
+                for g in 0..t.groups {
+                    // SAFETY: every pointer below stays inside `rows` (ROWS × d values),
+                    // `t.neg2t` (groups × d × 4) and `t.norms` (groups × 4), asserted above.
+                    unsafe {
+                        let norms = _mm256_loadu_pd(t.norms.as_ptr().add(g * 4));
+                        let mut acc = [norms; ROWS];
+                        let cols = t.neg2t.as_ptr().add(g * d * 4);
+                        for j in 0..d {
+                            let c = _mm256_loadu_pd(cols.add(j * 4));
+                            for (r, a) in acc.iter_mut().enumerate() {
+                                *a =
+                                    _mm256_fmadd_pd(_mm256_broadcast_sd(&*x.add(r * d + j)), c, *a);
+                            }
+                        }
+                        for (r, a) in acc.iter().enumerate() {
+                            _mm256_storeu_pd(lanes.as_mut_ptr(), *a);
+                            for (l, v) in lanes.iter().enumerate() {
+                                if *v < best[r].0 {
+                                    best[r] = (*v, g * 4 + l);
+                                }
+                            }
+                        }
+                    }
+                }
+                for (x, (_, c)) in rows.chunks_exact(d).zip(best) {
+                    out.push((c, squared_distance(x, &centers[c * d..(c + 1) * d])));
+                }
             }
+            done
         }
-    }
+    };
 }
+
+nearest_blocks!(nearest_blocks_avx2, "avx2,fma");
+nearest_blocks!(nearest_blocks_avx512, "avx2,fma,avx512f,avx512dq,avx512vl");
 
 /// The squared distance, with four independent partial sums.
 #[inline(always)]
@@ -186,29 +252,36 @@ pub(super) fn assign_all<const FMA: bool>(
     out: &mut Vec<(usize, f64)>,
 ) {
     let d = t.d;
-    let mut blocks = values.chunks_exact(ROWS * d);
-    let mut ahead = next.chunks(ROWS * d);
-    for block in blocks.by_ref() {
-        if let Some(lines) = ahead.next() {
-            for line in lines.chunks(8) {
-                quiver_engine::math::prefetch_l2(line.as_ptr());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: FMA is set only in the compilations with AVX2 and FMA, chosen at run time
+        // where the CPU has them; the AVX-512 blocks only where it has those too.
+        done = unsafe {
+            if quiver_engine::cpu::has_avx512_fma() {
+                nearest_blocks_avx512(t, centers, values, next, out)
+            } else {
+                nearest_blocks_avx2(t, centers, values, next, out)
             }
-        }
-        let mut best = [(f64::INFINITY, 0); ROWS];
-        #[cfg(target_arch = "x86_64")]
-        if FMA {
-            // SAFETY: FMA is set only in the AVX2 + FMA compilation, chosen at run time.
-            unsafe { nearest_block_avx2(t, block, &mut best) };
-        } else {
+        };
+    }
+    if !(cfg!(target_arch = "x86_64") && FMA) {
+        let mut ahead = next.chunks(ROWS * d);
+        for block in values.chunks_exact(ROWS * d) {
+            if let Some(lines) = ahead.next() {
+                for line in lines.chunks(8) {
+                    quiver_engine::math::prefetch_l2(line.as_ptr());
+                }
+            }
+            let mut best = [(f64::INFINITY, 0); ROWS];
             nearest_rows::<ROWS, FMA>(t, block, &mut best);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        nearest_rows::<ROWS, FMA>(t, block, &mut best);
-        for (x, (_, c)) in block.chunks_exact(d).zip(best) {
-            out.push((c, squared_distance(x, &centers[c * d..(c + 1) * d])));
+            for (x, (_, c)) in block.chunks_exact(d).zip(best) {
+                out.push((c, squared_distance(x, &centers[c * d..(c + 1) * d])));
+            }
+            done += ROWS;
         }
     }
-    for x in blocks.remainder().chunks_exact(d) {
+    for x in values[done * d..].chunks_exact(d) {
         let mut best = [(f64::INFINITY, 0); 1];
         nearest_rows::<1, FMA>(t, x, &mut best);
         let c = best[0].1;
@@ -216,10 +289,49 @@ pub(super) fn assign_all<const FMA: bool>(
     }
 }
 
+/// Adds each row of `values` (`d` features) with its `(centre, distance)` from `nearest` to
+/// Lloyd's sums `s = [cost, counts (k), sums (k × d)]`, in row order: the same bits wherever it
+/// is compiled (only one row's additions go side by side).
+#[inline(always)]
+pub(super) fn add_to_sums(values: &[f64], d: usize, nearest: &[(usize, f64)], s: &mut [f64]) {
+    let k = (s.len() - 1) / (d + 1);
+    let (head, sums) = s.split_at_mut(1 + k);
+    for (x, &(c, dist)) in values.chunks_exact(d).zip(nearest) {
+        head[0] += dist;
+        head[1 + c] += 1.0;
+        for (a, v) in sums[c * d..(c + 1) * d].iter_mut().zip(x) {
+            *a += v;
+        }
+    }
+}
+
+/// [`assign_all`], then the rows added to Lloyd's sums `s` ([`add_to_sums`]) in the same
+/// compilation — unless a row's distance is NaN: then `nan` is set and `s` left as it was.
+#[inline(always)]
+pub(super) fn assign_sum_all<const FMA: bool>(
+    t: &CenterTable,
+    centers: &[f64],
+    values: &[f64],
+    next: &[f64],
+    out: &mut Vec<(usize, f64)>,
+    s: &mut [f64],
+    nan: &mut bool,
+) {
+    assign_all::<FMA>(t, centers, values, next, out);
+    *nan = out.iter().fold(false, |a, (_, dist)| a | dist.is_nan());
+    if !*nan {
+        add_to_sums(values, t.d, out, s);
+    }
+}
+
 // The kernel compiled for the baseline target and, chosen at run time, AVX2 with FMA or
 // AVX-512.
 quiver_engine::fma_kernels!(nearest_baseline, nearest_avx2, nearest_avx512;
     fn assign(t: &CenterTable, centers: &[f64], values: &[f64], next: &[f64], out: &mut Vec<(usize, f64)>) => assign_all;
+    fn assign_sum(
+        t: &CenterTable, centers: &[f64], values: &[f64], next: &[f64], out: &mut Vec<(usize, f64)>,
+        s: &mut [f64], nan: &mut bool,
+    ) => assign_sum_all;
 );
 
 #[cfg(test)]
@@ -263,6 +375,13 @@ mod tests {
                         // The same operations as AVX2: the same bits.
                         assert_eq!(out, kernels[1], "k {k} n {n}");
                         kernels.push(out.clone());
+                        // Each compilation of the whole blocks, called directly.
+                        let (mut a, mut b) = (Vec::new(), Vec::new());
+                        let done = nearest_blocks_avx2(&table, &centers, &values, &values, &mut a);
+                        assert_eq!(done, n / ROWS * ROWS);
+                        nearest_blocks_avx512(&table, &centers, &values, &[], &mut b);
+                        assert_eq!(a, b, "k {k} n {n}");
+                        assert_eq!(a[..], out[..done]);
                     }
                 }
                 for got in kernels {
@@ -274,6 +393,69 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Assigning and summing in one compiled kernel gives the bits of the assignment followed
+    /// by the sums added one row at a time, in every compilation; a NaN row leaves the sums.
+    #[test]
+    fn assign_and_sum_equals_assign_then_sum() {
+        let d = 20;
+        let value = |i: usize| ((i * 7919 % 1009) as f64 - 500.0) / 37.0;
+        let k = 10;
+        let centers: Vec<f64> = (0..k * d).map(|i| value(i * 31 + 7)).collect();
+        let table = CenterTable::new(&centers, d);
+        for n in [1, 8, 13, 256] {
+            let values: Vec<f64> = (0..n * d).map(|i| value(i + 3)).collect();
+            let mut nearest = Vec::new();
+            table.assign(&centers, &values, &mut nearest);
+            let mut want = vec![0.5; 1 + k * (1 + d)];
+            add_to_sums(&values, d, &nearest, &mut want);
+            let mut got = vec![0.5; 1 + k * (1 + d)];
+            assert!(table.assign_sum_ahead(&centers, &values, &values, &mut nearest, &mut got));
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "n {n}");
+            // SAFETY: each variant only where the CPU has it.
+            unsafe {
+                let mut nan = false;
+                let mut v = vec![0.5; 1 + k * (1 + d)];
+                nearest_baseline::assign_sum(
+                    &table,
+                    &centers,
+                    &values,
+                    &[],
+                    &mut nearest,
+                    &mut v,
+                    &mut nan,
+                );
+                assert!(!nan);
+                let mut a = vec![0.5; 1 + k * (1 + d)];
+                nearest_baseline::assign(&table, &centers, &values, &[], &mut nearest);
+                add_to_sums(&values, d, &nearest, &mut a);
+                assert_eq!(bits(&v), bits(&a));
+                #[cfg(target_arch = "x86_64")]
+                if quiver_engine::cpu::has_avx2_fma() {
+                    let mut v = vec![0.5; 1 + k * (1 + d)];
+                    nearest_avx2::assign_sum(
+                        &table,
+                        &centers,
+                        &values,
+                        &[],
+                        &mut nearest,
+                        &mut v,
+                        &mut nan,
+                    );
+                    let mut a = vec![0.5; 1 + k * (1 + d)];
+                    nearest_avx2::assign(&table, &centers, &values, &[], &mut nearest);
+                    add_to_sums(&values, d, &nearest, &mut a);
+                    assert_eq!(bits(&v), bits(&a));
+                }
+            }
+            let mut with_nan = values.clone();
+            with_nan[n * d / 2] = f64::NAN;
+            let mut left = vec![0.5; 1 + k * (1 + d)];
+            assert!(!table.assign_sum_ahead(&centers, &with_nan, &[], &mut nearest, &mut left));
+            assert!(left.iter().all(|v| *v == 0.5));
         }
     }
 }

@@ -73,7 +73,6 @@ impl Statistic for KMeansPass {
         match &self.pass {
             Pass::Sums => {
                 // Sub-blocks that stay in cache while they are checked, assigned and summed.
-                let k = self.centers.len() / d;
                 // The next sub-block is fetched into L2 while this one is assigned; a NaN value
                 // makes its row's distance NaN, so only then is the sub-block searched for it.
                 let mut nearest = Vec::with_capacity(SUB_BLOCK_ROWS);
@@ -81,18 +80,14 @@ impl Statistic for KMeansPass {
                 for (i, block) in b.values.chunks(step).enumerate() {
                     let next = b.values.get((i + 1) * step..).unwrap_or_default();
                     let next = &next[..next.len().min(step)];
-                    self.table
-                        .assign_ahead(&self.centers, block, next, &mut nearest);
-                    if nearest.iter().any(|(_, dist)| dist.is_nan()) {
+                    // Assigned and summed in one compiled kernel; a NaN distance (a NaN value
+                    // gives one) leaves the sums to be added here if no NaN value is found.
+                    if !self
+                        .table
+                        .assign_sum_ahead(&self.centers, block, next, &mut nearest, s)
+                    {
                         nan_check(block, i * SUB_BLOCK_ROWS)?;
-                    }
-                    for (x, &(c, dist)) in block.chunks_exact(d).zip(&nearest) {
-                        s[0] += dist;
-                        s[1 + c] += 1.0;
-                        let sum = &mut s[1 + k + c * d..1 + k + (c + 1) * d];
-                        for (a, v) in sum.iter_mut().zip(x) {
-                            *a += v;
-                        }
+                        add_to_sums(block, d, &nearest, s);
                     }
                 }
             }
