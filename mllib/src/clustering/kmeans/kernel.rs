@@ -415,28 +415,34 @@ mod tests {
             assert!(table.assign_sum_ahead(&centers, &values, &values, &mut nearest, &mut got));
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "n {n}");
-            // SAFETY: each variant only where the CPU has it.
-            unsafe {
-                let mut nan = false;
+            // Each compilation's assign-and-sum against its own assignment, summed row by row.
+            type Assign = unsafe fn(&CenterTable, &[f64], &[f64], &[f64], &mut Vec<(usize, f64)>);
+            type AssignSum = unsafe fn(
+                &CenterTable,
+                &[f64],
+                &[f64],
+                &[f64],
+                &mut Vec<(usize, f64)>,
+                &mut [f64],
+                &mut bool,
+            );
+            let mut variants: Vec<(Assign, AssignSum)> =
+                vec![(nearest_baseline::assign, nearest_baseline::assign_sum)];
+            #[cfg(target_arch = "x86_64")]
+            if quiver_engine::cpu::has_avx2_fma() {
+                variants.push((nearest_avx2::assign, nearest_avx2::assign_sum));
+            }
+            #[cfg(target_arch = "x86_64")]
+            if quiver_engine::cpu::has_avx512_fma() {
+                variants.push((nearest_avx512::assign, nearest_avx512::assign_sum));
+            }
+            for (assign, assign_sum) in variants {
+                let mut nan = true;
                 let mut v = vec![0.5; 1 + k * (1 + d)];
-                nearest_baseline::assign_sum(
-                    &table,
-                    &centers,
-                    &values,
-                    &[],
-                    &mut nearest,
-                    &mut v,
-                    &mut nan,
-                );
-                assert!(!nan);
-                let mut a = vec![0.5; 1 + k * (1 + d)];
-                nearest_baseline::assign(&table, &centers, &values, &[], &mut nearest);
-                add_to_sums(&values, d, &nearest, &mut a);
-                assert_eq!(bits(&v), bits(&a));
-                #[cfg(target_arch = "x86_64")]
-                if quiver_engine::cpu::has_avx2_fma() {
-                    let mut v = vec![0.5; 1 + k * (1 + d)];
-                    nearest_avx2::assign_sum(
+                let mut a = v.clone();
+                // SAFETY: each variant only where the CPU has it (above).
+                unsafe {
+                    assign_sum(
                         &table,
                         &centers,
                         &values,
@@ -445,11 +451,11 @@ mod tests {
                         &mut v,
                         &mut nan,
                     );
-                    let mut a = vec![0.5; 1 + k * (1 + d)];
-                    nearest_avx2::assign(&table, &centers, &values, &[], &mut nearest);
-                    add_to_sums(&values, d, &nearest, &mut a);
-                    assert_eq!(bits(&v), bits(&a));
+                    assign(&table, &centers, &values, &[], &mut nearest);
                 }
+                assert!(!nan);
+                add_to_sums(&values, d, &nearest, &mut a);
+                assert_eq!(bits(&v), bits(&a));
             }
             let mut with_nan = values.clone();
             with_nan[n * d / 2] = f64::NAN;
