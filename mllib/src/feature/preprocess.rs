@@ -489,16 +489,11 @@ impl Encoder {
         }
     }
 
-    /// Whether the encoding refuses a value: ±∞ always, NaN unless kept.
-    fn refused(&self) -> impl Fn(f64) -> bool + use<> {
-        let keep_nan = self.missing == MissingNumbers::Keep;
-        move |x: f64| !(x.is_finite() || keep_nan && x.is_nan())
-    }
-
     /// The error for the first value of column `j` the encoding refuses: ±∞ always, NaN unless
     /// kept. One vectorised sweep when every value is fine.
     fn check_finite(&self, j: usize, values: &[f64]) -> quiver_engine::Result<()> {
-        let refused = self.refused();
+        let keep_nan = self.missing == MissingNumbers::Keep;
+        let refused = |x: f64| !(x.is_finite() || keep_nan && x.is_nan());
         let mut any = false;
         for block in values.chunks(1024) {
             any |= block.iter().fold(false, |a, &x| a | refused(x));
@@ -687,33 +682,23 @@ impl ColumnEncoder for Encoder {
             && arrays.iter().enumerate().all(|(j, a)| dense_column(j, a))
         {
             // Every slot is a number column's: each block is filled in a small buffer and
-            // appended, so the batch's rows are written once (no zeroing pass before). The
-            // values refused (±∞, NaN unless kept) are looked for in each block while it is in
-            // cache, not in a sweep of every column first; a block holding one sends the batch
-            // to the column by column check, which names the first column and row.
+            // appended, so the batch's rows are written once (no zeroing pass before).
             let mut dense = Vec::with_capacity(arrays.len());
             for (j, a) in arrays.iter().enumerate() {
-                dense.push((self.derived.offsets[j], numbers(a, &self.columns[j].name)?));
+                let values = numbers(a, &self.columns[j].name)?;
+                self.check_finite(j, values.values())?;
+                dense.push((self.derived.offsets[j], values));
             }
             if dense.iter().all(|(_, v)| v.null_count() == 0) {
-                let refused = self.refused();
                 let mut out = Vec::with_capacity(rows * dim);
                 let mut block = vec![0.0; BLOCK_ROWS * dim];
                 for first in (0..rows).step_by(BLOCK_ROWS) {
                     let n = BLOCK_ROWS.min(rows - first);
                     let block = &mut block[..n * dim];
                     write_dense(block, dim, first, &dense);
-                    if block.iter().fold(false, |a, &x| a | refused(x)) {
-                        for (j, (_, values)) in dense.iter().enumerate() {
-                            self.check_finite(j, values.values())?;
-                        }
-                    }
                     out.extend_from_slice(block);
                 }
                 return Ok(out);
-            }
-            for (j, (_, values)) in dense.iter().enumerate() {
-                self.check_finite(j, values.values())?;
             }
         }
         let mut out = vec![0.0; rows * dim];
@@ -1386,52 +1371,6 @@ mod tests {
         let bad = vec![Arc::new(Float64Array::from(x)) as ArrayRef, a[2].clone()];
         let err = numbers_only.encode(&bad, rows).unwrap_err().to_string();
         assert!(err.contains("NaN in column 'x' (row 513"), "{err}");
-        // Refused values are found block by block, but the error is still the first column's
-        // first one (a NaN in 'y' in the first block, an infinity in 'x' in the fourth); kept
-        // NaN passes and infinity does not.
-        let two = |missing| {
-            Encoder::new(
-                vec![
-                    column("x", ColumnKind::Numeric, &[], 0),
-                    column("y", ColumnKind::Numeric, &[], 0),
-                ],
-                CategoryEncoding::OneHot,
-                missing,
-                None,
-            )
-        };
-        let mut x: Vec<f64> = (0..rows).map(|i| i as f64).collect();
-        let mut y = x.clone();
-        x[900] = f64::INFINITY;
-        y[5] = f64::NAN;
-        let both: Vec<ArrayRef> = vec![
-            Arc::new(Float64Array::from(x.clone())),
-            Arc::new(Float64Array::from(y.clone())),
-        ];
-        let err = two(MissingNumbers::Impute)
-            .encode(&both, rows)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("infinite value in column 'x' (row 900"),
-            "{err}"
-        );
-        let err = two(MissingNumbers::Keep)
-            .encode(&both, rows)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("infinite value in column 'x' (row 900"),
-            "{err}"
-        );
-        x[900] = 900.0;
-        let kept: Vec<ArrayRef> = vec![
-            Arc::new(Float64Array::from(x)),
-            Arc::new(Float64Array::from(y)),
-        ];
-        let encoded = two(MissingNumbers::Keep).encode(&kept, rows).unwrap();
-        assert!(encoded[2 * 5 + 1].is_nan() && encoded[2 * 900] == 900.0);
-        assert!(two(MissingNumbers::Impute).encode(&kept, rows).is_err());
         // A refused value far into the batch is named with its row.
         let mut x: Vec<f64> = (0..rows).map(|i| i as f64).collect();
         x[777] = f64::NEG_INFINITY;
