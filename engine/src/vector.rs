@@ -279,16 +279,50 @@ pub fn first_nan(values: &[f64]) -> Option<usize> {
     None
 }
 
+/// Whether any value is not a finite number (NaN or ±∞; with `allow_nan`, ±∞ only). Arithmetic
+/// rather than tests, in eight lanes, so that it vectorises on any x86-64 (a test per value
+/// with `is_finite() || …` compiles to a branch per value, about 4× slower in cache): `x · 0`
+/// is ±0 for every finite `x` and NaN for ±∞ and NaN, and with NaN allowed the largest `|x|`
+/// is ∞ exactly when there is an infinity (the maximum passes over NaN).
+#[inline]
+pub fn any_non_finite(values: &[f64], allow_nan: bool) -> bool {
+    let mut lanes = [0.0f64; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder();
+    if allow_nan {
+        for c in chunks {
+            for l in 0..8 {
+                lanes[l] = lanes[l].max(c[l].abs());
+            }
+        }
+        for x in rest {
+            lanes[0] = lanes[0].max(x.abs());
+        }
+        lanes.contains(&f64::INFINITY)
+    } else {
+        for c in chunks {
+            for l in 0..8 {
+                lanes[l] += c[l] * 0.0;
+            }
+        }
+        for x in rest {
+            lanes[0] += x * 0.0;
+        }
+        lanes.iter().any(|s| *s != 0.0)
+    }
+}
+
 /// The first value that is not a finite number (NaN, or ±∞ — which no model can learn from),
 /// with its kind; with `allow_nan`, NaN passes (it means missing) and only ±∞ is found.
-/// Cheap when every value is fine: a branch-free scan.
+/// Cheap when every value is fine: a vectorised sweep ([`any_non_finite`]), a block at a time.
 #[inline]
 pub fn first_non_finite(values: &[f64], allow_nan: bool) -> Option<(usize, &'static str)> {
-    const CHUNK: usize = 256;
+    const CHUNK: usize = 1024;
     let bad = |v: f64| !(v.is_finite() || allow_nan && v.is_nan());
     for (c, chunk) in values.chunks(CHUNK).enumerate() {
-        if chunk.iter().fold(false, |acc, v| acc | bad(*v)) {
-            let i = chunk.iter().position(|v| bad(*v)).unwrap_or(0);
+        if any_non_finite(chunk, allow_nan)
+            && let Some(i) = chunk.iter().position(|v| bad(*v))
+        {
             let kind = if chunk[i].is_nan() {
                 "NaN"
             } else {
@@ -485,6 +519,47 @@ pub fn vector_array_of(values: ScalarBuffer<f64>, dim: usize) -> Result<FixedSiz
 mod tests {
     use super::*;
     use arrow::array::{Float32Array, Int32Array, Int64Array, StringArray, UInt8Array};
+
+    /// The vectorised sweep finds exactly the values the per-value test refuses: ±∞ and NaN
+    /// in the lanes and in the remainder, NaN allowed or not, and never the largest finite
+    /// values or subnormals.
+    #[test]
+    fn any_non_finite_agrees_with_the_test_per_value() {
+        for n in [0usize, 1, 7, 8, 9, 23, 1024, 1030] {
+            let fine: Vec<f64> = (0..n)
+                .map(|i| match i % 4 {
+                    0 => f64::MAX,
+                    1 => -f64::MAX,
+                    2 => f64::MIN_POSITIVE / 4.0,
+                    _ => i as f64 - 3.5,
+                })
+                .collect();
+            assert!(!any_non_finite(&fine, false) && !any_non_finite(&fine, true));
+            assert_eq!(first_non_finite(&fine, false), None);
+            for at in [0, n / 2, n.saturating_sub(1)]
+                .into_iter()
+                .filter(|_| n > 0)
+            {
+                for (bad, kind) in [
+                    (f64::INFINITY, "infinite value"),
+                    (f64::NEG_INFINITY, "infinite value"),
+                    (f64::NAN, "NaN"),
+                ] {
+                    let mut v = fine.clone();
+                    v[at] = bad;
+                    assert!(any_non_finite(&v, false), "{bad} at {at} of {n}");
+                    assert_eq!(
+                        any_non_finite(&v, true),
+                        !bad.is_nan(),
+                        "{bad} at {at} of {n}"
+                    );
+                    assert_eq!(first_non_finite(&v, false), Some((at, kind)));
+                    let allowed = first_non_finite(&v, true);
+                    assert_eq!(allowed, (!bad.is_nan()).then_some((at, kind)));
+                }
+            }
+        }
+    }
 
     /// The blocked affine map gives each row's `offset + dot` bits, in every compilation the
     /// CPU runs: block and four-row edges, several weight vectors, odd widths, no features.

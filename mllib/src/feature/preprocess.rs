@@ -493,27 +493,18 @@ impl Encoder {
     /// kept. One vectorised sweep when every value is fine.
     fn check_finite(&self, j: usize, values: &[f64]) -> quiver_engine::Result<()> {
         let keep_nan = self.missing == MissingNumbers::Keep;
-        let refused = |x: f64| !(x.is_finite() || keep_nan && x.is_nan());
-        let mut any = false;
-        for block in values.chunks(1024) {
-            any |= block.iter().fold(false, |a, &x| a | refused(x));
+        match quiver_engine::vector::first_non_finite(values, keep_nan) {
+            None => Ok(()),
+            Some((r, kind)) => Err(QuiverError::InvalidValueInBatch {
+                kind: if kind == "NaN" {
+                    "NaN"
+                } else {
+                    "an infinite value"
+                },
+                column: self.columns[j].name.clone(),
+                row_in_batch: r,
+            }),
         }
-        if !any {
-            return Ok(());
-        }
-        let r = values
-            .iter()
-            .position(|&x| refused(x))
-            .expect("a refused value was seen");
-        Err(QuiverError::InvalidValueInBatch {
-            kind: if values[r].is_nan() {
-                "NaN"
-            } else {
-                "an infinite value"
-            },
-            column: self.columns[j].name.clone(),
-            row_in_batch: r,
-        })
     }
 
     fn encode_into(
