@@ -86,6 +86,11 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         doc: "Embedded: CREATE MODEL keeps its training query's result in memory up to this size, so the query runs once and every later pass (counts, preprocessing statistics, fit passes, evaluation) reads memory; larger results are read again per pass. 0 turns it off.",
     },
     ConfigKey {
+        key: "quiver.io.mmap",
+        default: "true",
+        doc: "Large reads of local files (a Parquet scan's column chunks) are memory maps of the page cache instead of copies into fresh buffers. A file truncated in place while a query reads it then stops the process; false reads with system calls.",
+    },
+    ConfigKey {
         key: "quiver.s3.endpoint",
         default: "$AWS_ENDPOINT_URL or AWS",
         doc: "Endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000.",
@@ -192,6 +197,8 @@ pub struct QuiverConfig {
     pub device_min_rows: usize,
     /// `quiver.device.precision`; defaults to f64.
     pub device_precision: crate::device::Precision,
+    /// `quiver.io.mmap`: local files' large reads are memory maps; defaults to `true`.
+    pub mmap_local_files: bool,
 }
 
 /// A byte size as people write it: `1048576`, `512MB`, `4GB`, `1.5GiB`, `64k`; `unlimited`
@@ -292,6 +299,7 @@ impl Default for QuiverConfig {
             device: crate::device::DeviceChoice::Auto,
             device_min_rows: crate::device::DEFAULT_MIN_ROWS,
             device_precision: crate::device::Precision::F64,
+            mmap_local_files: true,
         }
     }
 }
@@ -374,6 +382,7 @@ impl QuiverConfig {
             "quiver.training_cache" => {
                 self.training_cache = parse_bytes(value).map_err(|r| bad(&r))?.unwrap_or(0)
             }
+            "quiver.io.mmap" => self.mmap_local_files = boolean()?,
             "quiver.s3.endpoint" => self.s3.endpoint = Some(value.to_string()),
             "quiver.s3.region" => self.s3.region = Some(value.to_string()),
             "quiver.s3.access_key_id" => self.s3.access_key_id = Some(value.to_string()),

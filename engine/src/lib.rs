@@ -23,6 +23,7 @@ pub mod error;
 pub mod fanout;
 pub mod functions;
 pub mod io;
+pub mod local_files;
 pub mod map;
 pub mod math;
 pub mod moments;

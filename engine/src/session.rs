@@ -176,6 +176,13 @@ impl QuiverSession {
         let memory_url =
             Url::parse("memory://").map_err(|e| QuiverError::internal(e.to_string()))?;
         ctx.register_object_store(&memory_url, Arc::new(InMemory::new()));
+        let file_url = Url::parse("file://").map_err(|e| QuiverError::internal(e.to_string()))?;
+        let local_files: Arc<dyn object_store::ObjectStore> = if config.mmap_local_files {
+            Arc::new(crate::local_files::MappedLocalFiles::new())
+        } else {
+            Arc::new(object_store::local::LocalFileSystem::new())
+        };
+        ctx.register_object_store(&file_url, local_files);
         functions.register_into(&ctx);
         Ok(QuiverSession {
             ctx,

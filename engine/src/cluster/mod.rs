@@ -121,11 +121,13 @@ pub struct QuiverObjectStores {
 }
 
 impl QuiverObjectStores {
+    /// Local files' large reads are memory maps here ([`crate::local_files`]).
     pub fn new(s3: S3Config) -> Self {
-        QuiverObjectStores {
-            inner: DefaultObjectStoreRegistry::new(),
-            s3,
+        let inner = DefaultObjectStoreRegistry::new();
+        if let Ok(file) = Url::parse("file://") {
+            inner.register_store(&file, Arc::new(crate::local_files::MappedLocalFiles::new()));
         }
+        QuiverObjectStores { inner, s3 }
     }
 }
 
