@@ -5,7 +5,7 @@ same files, in one invocation.
     pip install scikit-learn pyarrow numpy
     python3 scripts/bench_sql.py [--quiver target/release/quiver] [--rows 1000000]
         [--features 20] [--files 8] [--runs 3] [--threads 2] [--baseline OLD_QUIVER]
-        [--cluster N [--no-auth] [--baseline-no-cache]]
+        [--cluster N [--no-auth] [--baseline-no-cache]] [--baseline-config KEY=VALUE ...]
 
 The rows: `features` standard-normal columns f0 … f{d-1}, a 0/1 `label` (logistic in a fixed
 linear score) and a numeric `target` (that score plus noise), in `files` Parquet files. Each
@@ -29,6 +29,8 @@ same invocation, interleaved, for a before/after column. With `--cluster N` ever
 on a local cluster of N executors the script starts (`quiver cluster up`, with a token unless
 `--no-auth`) and stops; `--baseline-no-cache` then times the same binary with
 `quiver.cluster.cache=false` beside it (the executors read the Parquet on every pass).
+`--baseline-config KEY=VALUE` (repeatable) times the same binary with those settings beside it,
+e.g. `quiver.io.mmap=false` (local Parquet read with system calls instead of memory maps).
 """
 
 import argparse
@@ -107,7 +109,11 @@ def main():
     ap.add_argument("--baseline-no-cache", action="store_true",
                     help="with --cluster: the baseline is the same binary with "
                     "quiver.cluster.cache=false (the executors read the data on every pass)")
+    ap.add_argument("--baseline-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="the baseline is the same binary with this setting (repeatable)")
     a = ap.parse_args()
+    if a.baseline_no_cache:
+        a.baseline_config.append("quiver.cluster.cache=false")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(a.threads)
 
@@ -136,14 +142,15 @@ def main():
     }
     models = os.path.join(work, "models")
     cluster_args = local_cluster(a.quiver, a.cluster, work, [work], a.no_auth) if a.cluster else []
-    if a.baseline_no_cache:
+    if a.baseline_config:
         a.baseline = a.quiver
 
     def quiver(sql, binary=None, output=False):
         args = [binary or a.quiver, "--models", models, "--config",
                 f"quiver.compute_threads={a.threads}"]
-        if binary and a.baseline_no_cache:
-            args += ["--config", "quiver.cluster.cache=false"]
+        if binary and a.baseline_config:
+            for setting in a.baseline_config:
+                args += ["--config", setting]
         args += ["sql", *cluster_args, "-e", table + sql]
         t = time.perf_counter()
         run = subprocess.run(args, capture_output=True, text=True)
@@ -189,7 +196,8 @@ def main():
              if a.cluster else "embedded")
     print(f"{a.rows} rows × {a.features} features in {a.files} Parquet files, {a.threads} "
           f"threads, median of {a.runs}, {where}; scikit-learn's Parquet read: {read_s:.2f} s")
-    label = "no cache s" if a.baseline_no_cache else "baseline s"
+    label = ("no cache s" if a.baseline_no_cache
+             else "other cfg s" if a.baseline_config else "baseline s")
     base = f" {label:>11}" if a.baseline else ""
     reference = {} if a.cluster else engine_reference(a, quiver, cols, statements)
     if reference:
