@@ -235,7 +235,9 @@ mod tests {
         assert_eq!(err, plain);
         assert!(err.contains("data.bin"), "{err}");
 
-        let missing = Path::from_filesystem_path(dir.path()).unwrap().join("gone.bin");
+        let missing = Path::from_filesystem_path(dir.path())
+            .unwrap()
+            .join("gone.bin");
         let first = 0..MIN_MAPPED_BYTES;
         let err = store.get_ranges(&missing, &[first]).await.unwrap_err();
         assert!(matches!(err, object_store::Error::NotFound { .. }), "{err}");
