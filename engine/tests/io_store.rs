@@ -527,3 +527,81 @@ async fn persisted_rows_outlive_their_file_and_keep_their_roles() {
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 100);
     assert_eq!(x, (0..100).map(|i| i as f64 * 0.5).sum::<f64>());
 }
+
+/// A Parquet file whose column chunks are read from a memory map (`quiver.io.mmap`, the
+/// default) gives the rows that reading it with system calls gives (two files, each well over
+/// the mapping threshold); and the two sessions really read differently.
+#[tokio::test]
+async fn parquet_read_from_memory_maps_equals_read_with_system_calls() {
+    use quiver_engine::QuiverConfig;
+    use quiver_engine::local_files::MIN_MAPPED_BYTES;
+
+    let rows = 200_000i64;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("x", DataType::Float64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..rows)),
+            Arc::new(Float64Array::from_iter_values(
+                (0..rows).map(|i| ((i * 7919) % 100_003) as f64 * 0.25),
+            )),
+        ],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let location = format!("{}/rows/", dir.path().to_str().unwrap());
+    let writer = QuiverSession::embedded().unwrap();
+    for part in 0..2 {
+        let df = writer.from_batches(vec![batch.clone()], 1).unwrap();
+        let file = format!("{location}part-{part}.parquet");
+        writer.write_parquet(df, &file).await.unwrap();
+        let len = std::fs::metadata(dir.path().join(format!("rows/part-{part}.parquet")))
+            .unwrap()
+            .len();
+        assert!(
+            len > 2 * MIN_MAPPED_BYTES,
+            "{file}: {len} bytes is too small to be mapped"
+        );
+    }
+
+    let mapped = QuiverSession::embedded_with(QuiverConfig::default()).unwrap();
+    let plain = QuiverSession::embedded_with(
+        QuiverConfig::default()
+            .with_pairs([("quiver.io.mmap", "false")])
+            .unwrap(),
+    )
+    .unwrap();
+    let file_url = url::Url::parse("file://").unwrap();
+    let store_of = |s: &QuiverSession| {
+        s.context()
+            .runtime_env()
+            .object_store_registry
+            .get_store(&file_url)
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        store_of(&mapped).starts_with("MappedLocalFiles"),
+        "{}",
+        store_of(&mapped)
+    );
+    assert!(!store_of(&plain).contains("Mapped"), "{}", store_of(&plain));
+
+    let expected: f64 = (0..rows)
+        .map(|i| ((i * 7919) % 100_003) as f64 * 0.25)
+        .sum();
+    let (n, sum) = sum_x(&mapped, &location).await;
+    assert_eq!(n, 2 * rows);
+    assert!(
+        (sum - 2.0 * expected).abs() <= 1e-9 * expected,
+        "{sum} vs {}",
+        2.0 * expected
+    );
+    assert_eq!(
+        sum_x(&mapped, &location).await,
+        sum_x(&plain, &location).await
+    );
+}
