@@ -128,7 +128,18 @@ impl ObjectStore for MappedLocalFiles {
         let requested: u64 = ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum();
         if requested >= MIN_MAPPED_BYTES {
             let path = self.inner.path_to_filesystem(location)?;
-            if let Some(parts) = mapped_ranges(&path, ranges) {
+            // Opening and mapping are file system calls: off the async workers, as
+            // `LocalFileSystem` does its reads (a slow or remote mount would stall them).
+            let wanted = ranges.to_vec();
+            let mapped = match tokio::runtime::Handle::try_current() {
+                Ok(rt) => rt
+                    .spawn_blocking(move || mapped_ranges(&path, &wanted))
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(_) => mapped_ranges(&path, &wanted),
+            };
+            if let Some(parts) = mapped {
                 return Ok(parts);
             }
         }
