@@ -8,10 +8,11 @@ Optuna (TPE + its SuccessiveHalvingPruner) tuning LightGBM on the same rows, in 
 
 For each seed it runs `quiver tune` twice on the exported classification rows (boosted trees,
 `max_iter` rounds as the budget; step size, depth and row subsampling searched; held-out log
-loss): once plain TPE, once TPE with `pruner = "asha"` (rungs at 1, 3, 9, 27, 81 rounds). From
+loss): once plain TPE, once TPE with `pruner = "asha"` (rungs at 9, 27, 81 rounds; Quiver's
+rungs judge extrapolated values unless --no-extrapolate). From
 the trial logs it takes the best held-out loss and the trial compute (the sum of the trials'
 durations), and it times each command whole. Optuna runs the same number of trials with the
-same space, budget and rungs (min_resource 1 unless --min-resource, reduction factor 3 unless
+same space, budget and rungs (min_resource 9 unless --min-resource, reduction factor 3 unless
 --reduction-factor), each a LightGBM fit
 reporting its validation log loss every round, on the same rows with a 20% random hold-out.
 Prints the medians over seeds and the ratios (pruned / plain), each side's own.
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -49,7 +51,8 @@ def read_log(path):
     return min(ok), compute, pruned
 
 
-def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="asha", eta=3):
+def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="asha", eta=3,
+         extrapolate=True):
     lines = [
         "[data]",
         f'dataset = "{data}"',
@@ -71,7 +74,8 @@ def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="
             lines.append('pruner = "median"')
         else:
             lines.append(f'pruner = {{ name = "{kind}", min_resource = {min_resource}, '
-                         f'reduction_factor = {eta} }}')
+                         f'reduction_factor = {eta}, '
+                         f'extrapolate = {"true" if extrapolate else "false"} }}')
     lines += [
         "[space]",
         "step_size = { loguniform = [0.01, 0.5] }",
@@ -157,19 +161,28 @@ def main():
     ap.add_argument("--trials", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=81)
     ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--min-resource", type=int, default=1, help="ASHA's first rung (rounds)")
+    ap.add_argument("--min-resource", type=int, default=9, help="ASHA's first rung (rounds)")
     ap.add_argument("--asha-trials", type=int, default=None,
                     help="trials of the pruned searches (default: --trials): pruning frees "
                          "compute for more of them")
     ap.add_argument("--reduction-factor", type=int, default=3, help="η of ASHA and Hyperband")
     ap.add_argument("--pruner", default="asha", choices=["asha", "hyperband", "median"])
+    ap.add_argument("--no-extrapolate", action="store_true",
+                    help="Quiver's ASHA / Hyperband judge the values reached (Optuna's rule) "
+                         "instead of what each curve extrapolates to")
+    ap.add_argument("--work", default=None,
+                    help="folder for the data and trial logs (default: a new temporary one); "
+                         "with --reuse-plain, plain searches already there are not rerun")
+    ap.add_argument("--reuse-plain", action="store_true")
     ap.add_argument("--no-optuna", action="store_true")
     a = ap.parse_args()
 
-    work = tempfile.mkdtemp()
-    data = os.path.join(work, "rows.parquet")
-    subprocess.run([a.quiver, "bench", "trees", "--rows", str(a.rows), "--export", data],
-                   capture_output=True, text=True, check=True)
+    work = a.work or tempfile.mkdtemp()
+    os.makedirs(work, exist_ok=True)
+    data = os.path.join(work, f"rows-{a.rows}.parquet")
+    if not os.path.exists(data):
+        subprocess.run([a.quiver, "bench", "trees", "--rows", str(a.rows), "--export", data],
+                       capture_output=True, text=True, check=True)
     def trials_of(pruned):
         return (a.asha_trials or a.trials) if pruned else a.trials
 
@@ -177,12 +190,29 @@ def main():
     for seed in range(a.seeds):
         for pruner in (False, True):
             name = "quiver asha" if pruner else "quiver plain"
-            log = os.path.join(work, f"s{seed}-{int(pruner)}.jsonl")
-            path = os.path.join(work, f"s{seed}-{int(pruner)}.toml")
-            with open(path, "w") as f:
-                f.write(spec(data, log, seed, trials_of(pruner), a.rounds, a.parallel, pruner,
-                             a.min_resource, a.pruner, a.reduction_factor))
-            wall = tune(a.quiver, path)
+            tag = (f"s{seed}-t{trials_of(pruner)}-r{a.rounds}-p{a.parallel}-"
+                   + (f"{a.pruner}-m{a.min_resource}-e{a.reduction_factor}-"
+                      f"x{int(not a.no_extrapolate)}" if pruner else "plain"))
+            log = os.path.join(work, f"{tag}.jsonl")
+            path = os.path.join(work, f"{tag}.toml")
+            timing = os.path.join(work, f"{tag}.wall")
+            if not pruner and a.reuse_plain and os.path.exists(timing):
+                with open(timing) as f:
+                    wall = float(f.read())
+            else:
+                # A fresh search, not a resume of an earlier run's log (and its segments).
+                for old in (log, log + ".segments"):
+                    if os.path.isdir(old):
+                        shutil.rmtree(old)
+                    elif os.path.exists(old):
+                        os.remove(old)
+                with open(path, "w") as f:
+                    f.write(spec(data, log, seed, trials_of(pruner), a.rounds, a.parallel,
+                                 pruner, a.min_resource, a.pruner, a.reduction_factor,
+                                 not a.no_extrapolate))
+                wall = tune(a.quiver, path)
+                with open(timing, "w") as f:
+                    f.write(str(wall))
             best, compute, n_pruned = read_log(log)
             rows[name].append((best, compute, n_pruned, wall))
             print(f"seed {seed:2} {name:13} best {best:.5f}  trial compute {compute:7.1f} s  "

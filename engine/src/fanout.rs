@@ -748,7 +748,8 @@ where
                     .block_on(f)
             })
             .join()
-            .expect("the blocking task's thread panicked")
+            // The original payload, so the task's error names what panicked.
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     };
     match Handle::try_current() {

@@ -901,8 +901,11 @@ async fn distributed_trials_find_what_executor_trials_find() {
     // Both placements take a pruner: executor-placed trials reach this process's board over
     // TCP as they report, distributed ones report in this process.
     for placement in [TrialPlacement::Executor, TrialPlacement::Distributed] {
+        // Rungs from step 1: the trials here run 9 iterations.
+        let mut asha = Pruner::asha();
+        asha.set("min_resource", 1).unwrap();
         let pruned = search(placement)
-            .pruner(Pruner::asha())
+            .pruner(asha)
             .run(&remote)
             .await
             .unwrap();

@@ -1138,13 +1138,19 @@ async fn pruners_stop_poor_trials_and_keep_the_best() {
     use quiver_engine::fanout::TaskStatus;
     use quiver_mllib::tuning::Pruner;
     let s = session();
+    // ASHA from step 1 (the default starts at 9): many rungs on a 27-step curve.
+    let asha = || {
+        let mut p = Pruner::asha();
+        p.set("min_resource", 1).unwrap();
+        p
+    };
     let full = Arc::new(AtomicUsize::new(0));
     let plain = curve_search(None, Arc::clone(&full)).run(&s).await.unwrap();
     assert!(plain.trials.iter().all(|t| t.status == TaskStatus::Ok));
     assert_eq!(full.load(Ordering::Relaxed), 30 * 27);
     for (pruner, runner) in [
-        (Pruner::asha(), Runner::Local),
-        (Pruner::asha(), Runner::Embedded),
+        (asha(), Runner::Local),
+        (asha(), Runner::Embedded),
         (Pruner::median(), Runner::Local),
         (Pruner::hyperband(), Runner::Local),
     ] {
@@ -1190,7 +1196,7 @@ async fn pruners_stop_poor_trials_and_keep_the_best() {
     let log = dir.path().join("trials.jsonl");
     let log = log.to_str().unwrap();
     let counter = Arc::new(AtomicUsize::new(0));
-    let first = curve_search(Some(Pruner::asha()), Arc::clone(&counter))
+    let first = curve_search(Some(asha()), Arc::clone(&counter))
         .max_evals(12)
         .trial_log(log)
         .run(&s)
@@ -1198,14 +1204,14 @@ async fn pruners_stop_poor_trials_and_keep_the_best() {
         .unwrap();
     let text = std::fs::read_to_string(log).unwrap();
     assert!(text.contains("\"status\":\"pruned\"") && text.contains("\"intermediate\":[[1,"));
-    let resumed = curve_search(Some(Pruner::asha()), Arc::clone(&counter))
+    let resumed = curve_search(Some(asha()), Arc::clone(&counter))
         .trial_log(log)
         .run(&s)
         .await
         .unwrap();
     assert_eq!(resumed.trials.len(), 30);
     assert_eq!(&resumed.trials[..12], &first.trials[..]);
-    let whole = curve_search(Some(Pruner::asha()), Arc::new(AtomicUsize::new(0)))
+    let whole = curve_search(Some(asha()), Arc::new(AtomicUsize::new(0)))
         .run(&s)
         .await
         .unwrap();
@@ -1225,7 +1231,7 @@ async fn pruners_stop_poor_trials_and_keep_the_best() {
         .to_string();
     assert!(err.contains("the pruner"), "{err}");
     // Bad settings are named.
-    let mut bad = Pruner::asha();
+    let mut bad = asha();
     bad.set("reduction_factor", 1).unwrap();
     let err = curve_search(Some(bad), Arc::new(AtomicUsize::new(0)))
         .run(&s)
@@ -1297,7 +1303,8 @@ async fn train_eval_reports_its_held_out_loss_at_each_rung() {
             r.trials.iter().any(|t| t.status == TaskStatus::Pruned),
             "{name}: nothing pruned"
         );
-        // Reports only at rungs 1, 3, 9, 27 (a converged fit stops earlier).
+        // Reports only at the first rung's lead-in steps 1 and 3 and at rungs 9, 27 (a
+        // converged fit stops earlier).
         for t in &r.trials {
             assert!(!t.intermediate.is_empty(), "{name}: {t:?}");
             for (step, _) in &t.intermediate {

@@ -6,7 +6,7 @@
 //! | `max_parallel_trials` | trials at once (default 1); this process's compute threads (`quiver.compute_threads`) are shared among them, so one trial at a time computes on all of them |
 //! | `hparam_tuning_algorithm` | `'vizier_default'` or `'tpe'` (TPE, default), `'random_search'`, `'grid_search'` |
 //! | `hparam_tuning_objectives` | the metric to optimise, e.g. `['roc_auc']`, `'log_loss'`, `'mean_squared_error'`, `'silhouette'` |
-//! | `hparam_tuning_pruner` | Quiver's extension: `'asha'`, `'median'`, `'hyperband'` or `'none'` (default): stop poor trials while they train, judged on their held-out rows every iteration / round / pass (`max_iterations` is each trial's budget); stopped trials show status `pruned` |
+//! | `hparam_tuning_pruner` | Quiver's extension: `'asha'`, `'median'`, `'hyperband'` or `'none'` (default): stop poor trials while they train, judged on their held-out rows at the pruner's steps (ASHA: from step 9, on what each curve extrapolates to at `max_iterations`, each trial's budget); stopped trials show status `pruned` |
 //!
 //! A tuned option is written `l2_reg = HPARAM_RANGE(0.0001, 1.0)` (a range: log-scaled when
 //! its bounds are positive and span two decades or more, integers for counts such as

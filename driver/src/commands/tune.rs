@@ -33,7 +33,7 @@
 //! max_failures = 5                    # stop the search (exit 1) after 5 failed trials
 //! early_stop = 20                     # finished trials without progress
 //! pruner = "asha"                     # median, hyperband, none: stop poor trials as they train
-//! # pruner = { name = "asha", min_resource = 1, reduction_factor = 3 }
+//! # pruner = { name = "asha", min_resource = 9, reduction_factor = 3, extrapolate = true }
 //! cluster = "df://127.0.0.1:50050"    # trials on a cluster's executors (or --cluster URL)
 //! trial_placement = "auto"             # executor (each trial on one executor), distributed
 //!                                      # (each a distributed fit driven from here; pruning works)
@@ -136,9 +136,10 @@ fn pruner(value: &toml::Value) -> Result<Option<Pruner>> {
                 let n = v
                     .as_integer()
                     .and_then(|n| u64::try_from(n).ok())
+                    .or_else(|| v.as_bool().map(u64::from))
                     .ok_or_else(|| {
                         invalid(format!(
-                            "[search] pruner.{k} = {v}: must be a whole number ≥ 0"
+                            "[search] pruner.{k} = {v}: must be a whole number ≥ 0 (or true / false)"
                         ))
                     })?;
                 p.set(k, n)

@@ -13,6 +13,19 @@
 //!   assigned to one (Li et al. 2018), trading how early trials are stopped against the risk of
 //!   stopping a slow starter; a trial competes only within its bracket.
 //!
+//! Rungs judge what a trial's curve *extrapolates* to at the largest budget, not the value it
+//! reached so far (unless `extrapolate` is off, Optuna's and Ray Tune's rule). Early values
+//! favour whatever learns fastest, not what ends best: a boosted-tree search over the step size
+//! sees the largest steps lead after 1, 3 or 9 rounds although a smaller step wins at round 81
+//! (the short-horizon bias), so plain ASHA cuts the eventual winner while it is still behind.
+//! The extrapolation takes the improvements over the two budget spans before the rung, `d₀` (from
+//! `r/η²` to `r/η`) and `d₁` (from `r/η` to `r`), assumes each later η-fold span improves by
+//! the same ratio `ρ = d₁/d₀` again (clamped to [0, 0.9]), and adds those spans up to the
+//! largest budget: `v(r) − d₁·(ρ + ρ² + … + ρ^m)`, `m = log_η(max / r)`. A trial still
+//! improving steeply keeps its chance; one that has flattened is judged on its value. A rung
+//! without two earlier reports (a first rung at step 1 or 3 with η = 3) judges the value itself,
+//! so the first rung's two lead-in steps (`r/η`, `r/η²`) are reported too.
+//!
 //! Losses are minimised: a trial reports the same loss its final result is (negated metrics
 //! for higher-is-better ones). A board ([`PruneBoard`]) holds every trial's reports; the
 //! fan-out's task context consults it at each report, so a trial stops at its next report once
@@ -48,6 +61,14 @@ pub enum Pruner {
         reduction_factor: u64,
         /// s: the first rung sits at `min_resource · η^s`.
         min_early_stopping_rate: u32,
+        /// The most steps a trial runs, the horizon of the extrapolation; `None`: the largest
+        /// step a finished trial reported (one rung ahead until a trial has finished).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_resource: Option<u64>,
+        /// Judge the value each trial's curve extrapolates to at `max_resource` (see the
+        /// module); false: the value reached (Optuna's `SuccessiveHalvingPruner`).
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        extrapolate: bool,
     },
     /// Brackets of successive halving between `min_resource` and `max_resource`.
     Hyperband {
@@ -56,7 +77,18 @@ pub enum Pruner {
         /// trial reported (no trial is pruned before one has finished).
         max_resource: Option<u64>,
         reduction_factor: u64,
+        /// As for [`Pruner::SuccessiveHalving`].
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        extrapolate: bool,
     },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Pruner {
@@ -69,13 +101,18 @@ impl Pruner {
         }
     }
 
-    /// ASHA from step 1 with η = 3 (Ray Tune's `grace_period` 1, `reduction_factor` 3… Optuna
-    /// uses 4; 3 halves less eagerly).
+    /// ASHA with η = 3 (Ray Tune's `reduction_factor`; Optuna uses 4, 3 halves less eagerly)
+    /// from step 9 = η², the first rung with two earlier reports to extrapolate from, judging
+    /// extrapolated values. Judging from step 1 (Ray Tune's `grace_period` 1) cut the eventual
+    /// winners of a boosted-tree search at rounds 1 and 3, where the largest step sizes lead
+    /// (see the module and `scripts/bench_pruning.py`).
     pub fn asha() -> Self {
         Pruner::SuccessiveHalving {
-            min_resource: 1,
+            min_resource: 9,
             reduction_factor: 3,
             min_early_stopping_rate: 0,
+            max_resource: None,
+            extrapolate: true,
         }
     }
 
@@ -86,6 +123,7 @@ impl Pruner {
             min_resource: 1,
             max_resource: None,
             reduction_factor: 3,
+            extrapolate: true,
         }
     }
 
@@ -105,8 +143,8 @@ impl Pruner {
     }
 
     /// Sets one setting by name (`min_resource`, `max_resource`, `reduction_factor`,
-    /// `min_early_stopping_rate`, `n_startup_trials`, `n_warmup_steps`, `interval_steps`); a
-    /// setting this pruner does not have is an error naming both.
+    /// `min_early_stopping_rate`, `extrapolate` (0 or 1), `n_startup_trials`, `n_warmup_steps`,
+    /// `interval_steps`); a setting this pruner does not have is an error naming both.
     pub fn set(&mut self, name: &str, value: u64) -> Result<()> {
         let unknown = |p: &Pruner| MllibError::InvalidParam {
             param: name.to_string(),
@@ -142,7 +180,27 @@ impl Pruner {
                 },
                 "min_early_stopping_rate",
             ) => *min_early_stopping_rate = u32::try_from(value).unwrap_or(u32::MAX),
-            (Pruner::Hyperband { max_resource, .. }, "max_resource") => *max_resource = Some(value),
+            (
+                Pruner::SuccessiveHalving { max_resource, .. }
+                | Pruner::Hyperband { max_resource, .. },
+                "max_resource",
+            ) => *max_resource = Some(value),
+            (
+                Pruner::SuccessiveHalving { extrapolate, .. }
+                | Pruner::Hyperband { extrapolate, .. },
+                "extrapolate",
+            ) => {
+                *extrapolate = match value {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(MllibError::InvalidParam {
+                            param: name.to_string(),
+                            reason: format!("{value}: use true or false (1 or 0)"),
+                        });
+                    }
+                }
+            }
             (p, _) => return Err(unknown(p)),
         }
         Ok(())
@@ -172,6 +230,8 @@ impl Pruner {
                 min_resource,
                 reduction_factor,
                 min_early_stopping_rate,
+                max_resource,
+                ..
             } => {
                 if *min_resource == 0 {
                     return bad("min_resource", "must be at least 1 step");
@@ -182,12 +242,16 @@ impl Pruner {
                 if *min_early_stopping_rate > 40 {
                     return bad("min_early_stopping_rate", "must be at most 40");
                 }
+                if max_resource.is_some_and(|m| m < *min_resource) {
+                    return bad("max_resource", "must be at least min_resource");
+                }
                 Ok(())
             }
             Pruner::Hyperband {
                 min_resource,
                 max_resource,
                 reduction_factor,
+                ..
             } => {
                 if *min_resource == 0 {
                     return bad("min_resource", "must be at least 1 step");
@@ -381,36 +445,39 @@ impl PruneBoard {
                 min_resource,
                 reduction_factor,
                 min_early_stopping_rate,
-            } => halving(
-                &mut s,
-                trial,
-                step,
-                value,
-                0,
-                *min_resource,
-                *reduction_factor,
-                *min_early_stopping_rate,
-            ),
+                max_resource,
+                extrapolate,
+            } => {
+                let rungs = Rungs {
+                    bracket: 0,
+                    min_resource: *min_resource,
+                    eta: *reduction_factor,
+                    rate: *min_early_stopping_rate,
+                    horizon: max_resource.or(s.max_finished_step),
+                    extrapolate: *extrapolate,
+                };
+                halving(&mut s, trial, step, value, &rungs)
+            }
             Pruner::Hyperband {
                 min_resource,
                 max_resource,
                 reduction_factor,
+                extrapolate,
             } => {
                 let Some(max) = max_resource.or(s.max_finished_step) else {
                     return false;
                 };
                 let n = brackets(*min_resource, max.max(*min_resource), *reduction_factor);
                 let bracket = bracket_of(trial, n, *reduction_factor);
-                halving(
-                    &mut s,
-                    trial,
-                    step,
-                    value,
+                let rungs = Rungs {
                     bracket,
-                    *min_resource,
-                    *reduction_factor,
-                    bracket,
-                )
+                    min_resource: *min_resource,
+                    eta: *reduction_factor,
+                    rate: bracket,
+                    horizon: Some(max),
+                    extrapolate: *extrapolate,
+                };
+                halving(&mut s, trial, step, value, &rungs)
             }
         }
     }
@@ -427,19 +494,21 @@ impl PruneBoard {
                 min_resource,
                 reduction_factor,
                 min_early_stopping_rate,
-            } => {
-                let reached = self.rungs_reached(trial);
-                step >= rung_step(
-                    *min_resource,
-                    *reduction_factor,
-                    *min_early_stopping_rate,
-                    reached,
-                )
-            }
+                extrapolate,
+                ..
+            } => self.next_due(
+                trial,
+                step,
+                *min_resource,
+                *reduction_factor,
+                *min_early_stopping_rate,
+                *extrapolate,
+            ),
             Pruner::Hyperband {
                 min_resource,
                 max_resource,
                 reduction_factor,
+                extrapolate,
             } => {
                 let max = match max_resource {
                     Some(m) => *m,
@@ -452,16 +521,51 @@ impl PruneBoard {
                 };
                 let n = brackets(*min_resource, max.max(*min_resource), *reduction_factor);
                 let bracket = bracket_of(trial, n, *reduction_factor);
-                step >= rung_step(
+                self.next_due(
+                    trial,
+                    step,
                     *min_resource,
                     *reduction_factor,
                     bracket,
-                    self.rungs_reached(trial),
+                    *extrapolate,
                 )
             }
         }
     }
 
+    /// Whether `step` reaches the trial's next rung or, before its first rung and when
+    /// extrapolating, the next of the first rung's lead-in steps (`r/η²`, `r/η`).
+    fn next_due(
+        &self,
+        trial: u64,
+        step: u64,
+        min_resource: u64,
+        eta: u64,
+        rate: u32,
+        extrapolate: bool,
+    ) -> bool {
+        let Ok(s) = self.state.lock() else {
+            return false;
+        };
+        let reached = s.reached.get(&trial).copied().unwrap_or(0);
+        let rung = rung_step(min_resource, eta, rate, reached);
+        if step >= rung {
+            return true;
+        }
+        if !extrapolate || reached > 0 {
+            return false;
+        }
+        let last = s
+            .reports
+            .get(&trial)
+            .and_then(|r| r.keys().next_back().copied());
+        lead_ins(rung, eta)
+            .into_iter()
+            .find(|p| last.is_none_or(|l| *p > l))
+            .is_some_and(|p| step >= p)
+    }
+
+    #[cfg(test)]
     fn rungs_reached(&self, trial: u64) -> u32 {
         self.state
             .lock()
@@ -469,6 +573,73 @@ impl PruneBoard {
             .and_then(|s| s.reached.get(&trial).copied())
             .unwrap_or(0)
     }
+}
+
+/// The steps before a first rung at `rung` whose values its extrapolation needs: `⌊r/η²⌋` and
+/// `⌊r/η⌋`, those that are at least 1, in order.
+fn lead_ins(rung: u64, eta: u64) -> Vec<u64> {
+    let eta = eta.max(2);
+    let mut steps = vec![rung / (eta * eta), rung / eta];
+    steps.retain(|p| *p >= 1);
+    steps.dedup();
+    steps
+}
+
+/// The largest ratio of successive improvements an extrapolation assumes.
+const MAX_RATIO: f64 = 0.9;
+
+/// What a curve extrapolates to at step `horizon` (see the module): `reports` hold its value at
+/// `step` and earlier ones; the two earlier points are the last reports at or before `step/η`
+/// and `step/η²`. Without both (or past the horizon), the value at `step`. `horizon` `None`:
+/// one η-fold span ahead.
+fn extrapolated(reports: &BTreeMap<u64, f64>, step: u64, eta: u64, horizon: Option<u64>) -> f64 {
+    let eta = eta.max(2);
+    let Some(&now) = reports.get(&step) else {
+        return f64::INFINITY;
+    };
+    let at_or_before = |t: u64| {
+        (t >= 1)
+            .then(|| reports.range(1..=t).next_back())
+            .flatten()
+            .map(|(k, v)| (*k, *v))
+    };
+    let (Some((s1, v1)), Some((s2, v2))) = (at_or_before(step / eta), at_or_before(step / (eta * eta)))
+    else {
+        return now;
+    };
+    if s2 >= s1 || !now.is_finite() || !v1.is_finite() || !v2.is_finite() {
+        return now;
+    }
+    let spans = match horizon {
+        Some(h) if h <= step => return now,
+        Some(h) => ((h as f64).ln() - (step as f64).ln()) / (eta as f64).ln(),
+        None => 1.0,
+    };
+    let (d0, d1) = (v2 - v1, v1 - now);
+    let ratio = if d0 > 0.0 {
+        (d1 / d0).clamp(0.0, MAX_RATIO)
+    } else {
+        0.0
+    };
+    // ρ + ρ² + … + ρ^m, for a real number m of spans.
+    let sum = if ratio == 0.0 {
+        0.0
+    } else {
+        ratio * (1.0 - ratio.powf(spans)) / (1.0 - ratio)
+    };
+    now - d1 * sum
+}
+
+/// One successive-halving schedule: its bracket (the key of its rungs), rungs at
+/// `min_resource · η^(rate + k)`, the most steps a trial runs when known (`max_resource`, or
+/// learnt), and whether rungs compare extrapolated values.
+struct Rungs {
+    bracket: u32,
+    min_resource: u64,
+    eta: u64,
+    rate: u32,
+    horizon: Option<u64>,
+    extrapolate: bool,
 }
 
 /// Whether `step` is `min_resource · η^k` for some k ≥ 0.
@@ -483,27 +654,26 @@ fn is_rung(step: u64, min_resource: u64, eta: u64) -> bool {
     rung == step
 }
 
-/// Successive halving in `bracket` with early-stopping rate `rate`: records the trial's value
+/// Successive halving on the schedule `r`: records the trial's value (or its extrapolation)
 /// at every rung its `step` has passed and prunes it at the first where it is not among the
-/// best ⌊n/η⌋ (the best one while fewer than η trials are there).
-#[allow(clippy::too_many_arguments)]
-fn halving(
-    s: &mut BoardState,
-    trial: u64,
-    step: u64,
-    value: f64,
-    bracket: u32,
-    min_resource: u64,
-    eta: u64,
-    rate: u32,
-) -> bool {
+/// best ⌊n/η⌋ (the best one while fewer than η trials are there). A trial at its last step is
+/// never pruned: its work is done, and its result may be the best.
+fn halving(s: &mut BoardState, trial: u64, step: u64, value: f64, r: &Rungs) -> bool {
+    if r.horizon.is_some_and(|h| step >= h) {
+        return false;
+    }
+    let value = match s.reports.get(&trial) {
+        Some(reports) if r.extrapolate => extrapolated(reports, step, r.eta, r.horizon),
+        _ => value,
+    };
+    let eta = r.eta;
     loop {
         let rung = s.reached.get(&trial).copied().unwrap_or(0);
-        if step < rung_step(min_resource, eta, rate, rung) {
+        if step < rung_step(r.min_resource, eta, r.rate, rung) {
             return false;
         }
         s.reached.insert(trial, rung + 1);
-        let at = s.rungs.entry((bracket, rung)).or_default();
+        let at = s.rungs.entry((r.bracket, rung)).or_default();
         at.push((trial, value));
         let mut values: Vec<f64> = at.iter().map(|(_, v)| *v).collect();
         values.sort_by(f64::total_cmp);
@@ -552,7 +722,9 @@ mod tests {
 
     #[test]
     fn asha_keeps_the_best_third_at_each_rung() {
-        let board = PruneBoard::new(Pruner::asha());
+        let mut p = Pruner::asha();
+        p.set("min_resource", 1).unwrap();
+        let board = PruneBoard::new(p);
         // Rungs at 1, 3, 9, …: the first trial is alone (kept), then each must be the best
         // while fewer than 3 are there, then in the best ⌊n/3⌋.
         assert!(board.due(0, 1) && !board.due(0, 0));
@@ -570,6 +742,83 @@ mod tests {
         assert!(!board.judge(4, 9, 0.1));
         assert_eq!(board.rungs_reached(4), 3);
         assert_eq!(rung_step(1, 3, 0, 3), 27);
+    }
+
+    #[test]
+    fn extrapolation_continues_the_ratio_of_successive_improvements() {
+        let curve = |points: &[(u64, f64)]| points.iter().copied().collect::<BTreeMap<_, _>>();
+        // Improvements halve every η-fold span: 1.0, 0.5, 0.25 at 1, 3, 9 go on to 0.125 at 27
+        // and 0.0625 at 81.
+        let r = curve(&[(1, 1.0), (3, 0.5), (9, 0.25)]);
+        assert!((extrapolated(&r, 9, 3, Some(81)) - 0.0625).abs() < 1e-12);
+        assert!((extrapolated(&r, 9, 3, Some(27)) - 0.125).abs() < 1e-12);
+        assert!((extrapolated(&r, 9, 3, None) - 0.125).abs() < 1e-12, "one span");
+        assert_eq!(extrapolated(&r, 9, 3, Some(9)), 0.25, "at the horizon");
+        // Without two earlier points, or for a curve that got worse, the value itself.
+        assert_eq!(extrapolated(&r, 3, 3, Some(81)), 0.5);
+        assert_eq!(extrapolated(&r, 1, 3, Some(81)), 1.0);
+        let worse = curve(&[(1, 1.0), (3, 1.2), (9, 1.1)]);
+        assert_eq!(extrapolated(&worse, 9, 3, Some(81)), 1.1);
+        // Reports between rungs: the last at or before r/η and r/η² count.
+        let dense = curve(&[(1, 1.0), (2, 0.7), (3, 0.5), (5, 0.4), (9, 0.25)]);
+        assert_eq!(
+            extrapolated(&dense, 9, 3, Some(81)),
+            extrapolated(&r, 9, 3, Some(81))
+        );
+        // The ratio is clamped: a curve whose improvements grow is not extrapolated to -∞.
+        let steep = curve(&[(1, 1.0), (3, 0.9), (9, 0.5)]);
+        let v = extrapolated(&steep, 9, 3, Some(81));
+        assert!((v - (0.5 - 0.4 * (0.9 + 0.81))).abs() < 1e-12, "{v}");
+        assert_eq!(lead_ins(9, 3), [1, 3]);
+        assert_eq!(lead_ins(3, 3), [1]);
+        assert!(lead_ins(1, 3).is_empty());
+    }
+
+    /// The short-horizon bias: a trial that starts fast and flattens leads at the first rung a
+    /// steeper one that will end lower. Judging reached values prunes the steep one;
+    /// extrapolating keeps it.
+    #[test]
+    fn extrapolating_asha_keeps_a_slow_starter_that_is_still_improving() {
+        let fast = [(1, 0.50), (3, 0.40), (9, 0.38)];
+        let slow = [(1, 0.90), (3, 0.60), (9, 0.40)];
+        for extrapolate in [false, true] {
+            let mut p = Pruner::asha();
+            p.set("min_resource", 9).unwrap();
+            p.set("max_resource", 81).unwrap();
+            p.set("extrapolate", u64::from(extrapolate)).unwrap();
+            p.check().unwrap();
+            let board = PruneBoard::new(p);
+            // The first rung's lead-in steps are reported only when extrapolating.
+            assert_eq!(board.due(0, 1), extrapolate);
+            assert!(board.due(0, 9));
+            for (trial, curve) in [(0, fast), (1, slow)] {
+                let mut pruned = false;
+                for (step, value) in curve {
+                    if board.due(trial, step) {
+                        pruned = board.judge(trial, step, value);
+                    }
+                    if step == 1 && extrapolate {
+                        assert!(!board.due(trial, 2) && board.due(trial, 3));
+                    }
+                }
+                assert_eq!(
+                    pruned,
+                    trial == 1 && !extrapolate,
+                    "trial {trial}, extrapolate {extrapolate}"
+                );
+            }
+        }
+        // A trial at its last step is not pruned, however it compares.
+        let mut p = Pruner::asha();
+        p.set("max_resource", 3).unwrap();
+        let board = PruneBoard::new(p);
+        assert!(!board.judge(0, 1, 0.1) && board.judge(1, 1, 0.2));
+        assert!(!board.judge(2, 3, 0.9), "at max_resource");
+        assert!(Pruner::asha().set("extrapolate", 2).is_err());
+        let mut bad = Pruner::asha();
+        bad.set("min_resource", 9).unwrap();
+        bad.set("max_resource", 3).unwrap();
+        assert!(bad.check().unwrap_err().to_string().contains("max_resource"));
     }
 
     #[test]
