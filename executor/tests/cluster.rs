@@ -904,11 +904,7 @@ async fn distributed_trials_find_what_executor_trials_find() {
         // Rungs from step 1: the trials here run 9 iterations.
         let mut asha = Pruner::asha();
         asha.set("min_resource", 1).unwrap();
-        let pruned = search(placement)
-            .pruner(asha)
-            .run(&remote)
-            .await
-            .unwrap();
+        let pruned = search(placement).pruner(asha).run(&remote).await.unwrap();
         assert!(
             pruned.trials.iter().any(|t| t.status == TaskStatus::Pruned),
             "{placement:?}: {:?}",

@@ -535,6 +535,11 @@ impl Tuning {
         spec: TrainEval,
         seed: u64,
     ) -> Result<(Trial, Vec<Trial>, String)> {
+        // A fixed max_iterations is every trial's budget: the pruner's horizon.
+        let budget = ["max_iterations", "max_iter"]
+            .iter()
+            .filter(|k| !self.space.params.iter().any(|p| p.name == **k))
+            .find_map(|k| spec.params.get(*k).and_then(serde_json::Value::as_u64));
         let mut search = Search::train_eval(self.space.clone(), spec)
             .algo(self.algo.clone())
             .max_evals(self.num_trials)
@@ -542,7 +547,10 @@ impl Tuning {
             .seed(seed)
             .runner(Runner::Embedded);
         if let Some(p) = &self.pruner {
-            search = search.pruner(p.clone());
+            search = search.pruner(match budget {
+                Some(steps) => p.clone().with_budget(steps),
+                None => p.clone(),
+            });
         }
         let result = search.run(session).await?;
         match result.best {

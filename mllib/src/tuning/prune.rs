@@ -32,7 +32,7 @@
 //! it is pruned.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use quiver_engine::fanout::Pruning;
 use serde::{Deserialize, Serialize};
@@ -206,6 +206,28 @@ impl Pruner {
         Ok(())
     }
 
+    /// This pruner with `max_resource` set to `steps`, every trial's budget when it is known
+    /// (a fixed `max_iter`), unless it is set already or below `min_resource`: the rungs then
+    /// know the horizon from the first trial on, not after the first has finished.
+    pub fn with_budget(mut self, steps: u64) -> Self {
+        if let Pruner::SuccessiveHalving {
+            min_resource,
+            max_resource,
+            ..
+        }
+        | Pruner::Hyperband {
+            min_resource,
+            max_resource,
+            ..
+        } = &mut self
+            && max_resource.is_none()
+            && steps >= *min_resource
+        {
+            *max_resource = Some(steps);
+        }
+        self
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Pruner::Median { .. } => "median",
@@ -364,6 +386,12 @@ impl PruneBoard {
         &self.pruner
     }
 
+    /// The state, also after a panic while it was held (a report's bookkeeping is complete or
+    /// harmless when cut short): one bad report must not turn pruning off for the search.
+    fn state(&self) -> MutexGuard<'_, BoardState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Replays a trial of an earlier run (resume): its reports, and whether it finished.
     pub fn replay(&self, trial: u64, reports: &[(u64, f64)], finished: bool) {
         for &(step, value) in reports {
@@ -376,7 +404,7 @@ impl PruneBoard {
 
     /// Marks `trial` finished (ran to its end): its reports join the median's reference.
     pub fn finish(&self, trial: u64) {
-        let Ok(mut s) = self.state.lock() else { return };
+        let mut s = self.state();
         s.finished.insert(trial);
         if let Some(last) = s
             .reports
@@ -389,14 +417,10 @@ impl PruneBoard {
 
     /// The reports of `trial` so far, by step.
     pub fn reports(&self, trial: u64) -> Vec<(u64, f64)> {
-        self.state
-            .lock()
-            .ok()
-            .and_then(|s| {
-                s.reports
-                    .get(&trial)
-                    .map(|r| r.iter().map(|(k, v)| (*k, *v)).collect())
-            })
+        self.state()
+            .reports
+            .get(&trial)
+            .map(|r| r.iter().map(|(k, v)| (*k, *v)).collect())
             .unwrap_or_default()
     }
 
@@ -404,9 +428,7 @@ impl PruneBoard {
     fn judge(&self, trial: u64, step: u64, value: f64) -> bool {
         // A NaN value is the worst value there is.
         let value = if value.is_nan() { f64::INFINITY } else { value };
-        let Ok(mut s) = self.state.lock() else {
-            return false;
-        };
+        let mut s = self.state();
         s.reports.entry(trial).or_default().insert(step, value);
         match &self.pruner {
             Pruner::Median {
@@ -512,7 +534,7 @@ impl PruneBoard {
             } => {
                 let max = match max_resource {
                     Some(m) => *m,
-                    None => match self.state.lock().ok().and_then(|s| s.max_finished_step) {
+                    None => match self.state().max_finished_step {
                         Some(m) => m,
                         // Not known yet: report at the rungs of the most aggressive bracket
                         // (min_resource · η^k), so the first finished trial teaches it.
@@ -544,9 +566,7 @@ impl PruneBoard {
         rate: u32,
         extrapolate: bool,
     ) -> bool {
-        let Ok(s) = self.state.lock() else {
-            return false;
-        };
+        let s = self.state();
         let reached = s.reached.get(&trial).copied().unwrap_or(0);
         let rung = rung_step(min_resource, eta, rate, reached);
         if step >= rung {
@@ -567,11 +587,7 @@ impl PruneBoard {
 
     #[cfg(test)]
     fn rungs_reached(&self, trial: u64) -> u32 {
-        self.state
-            .lock()
-            .ok()
-            .and_then(|s| s.reached.get(&trial).copied())
-            .unwrap_or(0)
+        self.state().reached.get(&trial).copied().unwrap_or(0)
     }
 }
 
@@ -603,7 +619,8 @@ fn extrapolated(reports: &BTreeMap<u64, f64>, step: u64, eta: u64, horizon: Opti
             .flatten()
             .map(|(k, v)| (*k, *v))
     };
-    let (Some((s1, v1)), Some((s2, v2))) = (at_or_before(step / eta), at_or_before(step / (eta * eta)))
+    let (Some((s1, v1)), Some((s2, v2))) =
+        (at_or_before(step / eta), at_or_before(step / (eta * eta)))
     else {
         return now;
     };
@@ -752,7 +769,10 @@ mod tests {
         let r = curve(&[(1, 1.0), (3, 0.5), (9, 0.25)]);
         assert!((extrapolated(&r, 9, 3, Some(81)) - 0.0625).abs() < 1e-12);
         assert!((extrapolated(&r, 9, 3, Some(27)) - 0.125).abs() < 1e-12);
-        assert!((extrapolated(&r, 9, 3, None) - 0.125).abs() < 1e-12, "one span");
+        assert!(
+            (extrapolated(&r, 9, 3, None) - 0.125).abs() < 1e-12,
+            "one span"
+        );
         assert_eq!(extrapolated(&r, 9, 3, Some(9)), 0.25, "at the horizon");
         // Without two earlier points, or for a curve that got worse, the value itself.
         assert_eq!(extrapolated(&r, 3, 3, Some(81)), 0.5);
@@ -810,15 +830,32 @@ mod tests {
         }
         // A trial at its last step is not pruned, however it compares.
         let mut p = Pruner::asha();
+        p.set("min_resource", 1).unwrap();
         p.set("max_resource", 3).unwrap();
         let board = PruneBoard::new(p);
         assert!(!board.judge(0, 1, 0.1) && board.judge(1, 1, 0.2));
         assert!(!board.judge(2, 3, 0.9), "at max_resource");
         assert!(Pruner::asha().set("extrapolate", 2).is_err());
+        let budget = |p: Pruner| match p {
+            Pruner::SuccessiveHalving { max_resource, .. } => max_resource,
+            _ => None,
+        };
+        assert_eq!(budget(Pruner::asha().with_budget(27)), Some(27));
+        assert_eq!(
+            budget(Pruner::asha().with_budget(5)),
+            None,
+            "below the first rung"
+        );
+        assert_eq!(Pruner::median().with_budget(27), Pruner::median());
         let mut bad = Pruner::asha();
         bad.set("min_resource", 9).unwrap();
         bad.set("max_resource", 3).unwrap();
-        assert!(bad.check().unwrap_err().to_string().contains("max_resource"));
+        assert!(
+            bad.check()
+                .unwrap_err()
+                .to_string()
+                .contains("max_resource")
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::objective::{
     DistributedTrainEval, TRAIN_EVAL, TRAIN_EVAL_DISTRIBUTED, TrainEval, train_eval_runner,
 };
 use super::prune::{PruneBoard, Pruner};
-use super::space::{Point, Space};
+use super::space::{Dist, Point, Space};
 use super::tpe::Tpe;
 use crate::error::{MllibError, Result};
 
@@ -491,7 +491,13 @@ impl Search {
         };
         // The pruner's board, fed with what resumed trials reported, registered for the
         // trials of this process to report to.
-        let board = self.pruner.clone().map(|p| Arc::new(PruneBoard::new(p)));
+        let board = self.pruner.clone().map(|p| {
+            let p = match fixed_budget(&self.space) {
+                Some(steps) => p.with_budget(steps),
+                None => p,
+            };
+            Arc::new(PruneBoard::new(p))
+        });
         if let Some(b) = &board {
             for t in &trials {
                 b.replay(t.id, &t.intermediate, t.status == TaskStatus::Ok);
@@ -1431,4 +1437,38 @@ async fn write_log(
     st.segment_bytes += bytes;
     st.segments = next;
     Ok(())
+}
+
+/// The `max_iter` (`max_iterations`) the space fixes to one value: every trial's budget, the
+/// pruner's horizon from the first trial on.
+fn fixed_budget(space: &Space) -> Option<u64> {
+    space
+        .params
+        .iter()
+        .find(|p| p.name == "max_iter" || p.name == "max_iterations")
+        .and_then(|p| match &p.dist {
+            Dist::Choice(options) if options.len() == 1 => options[0].value.as_u64(),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tuning::hp;
+
+    #[test]
+    fn a_space_that_fixes_max_iter_gives_the_pruners_horizon() {
+        let space = |max_iter: Vec<Value>| {
+            Space::new(vec![
+                hp::uniform("step_size", 0.01, 0.5),
+                hp::choice("max_iter", max_iter),
+            ])
+            .unwrap()
+        };
+        assert_eq!(fixed_budget(&space(vec![81.into()])), Some(81));
+        assert_eq!(fixed_budget(&space(vec![27.into(), 81.into()])), None);
+        let no_budget = Space::new(vec![hp::uniform("x", 0.0, 1.0)]).unwrap();
+        assert_eq!(fixed_budget(&no_budget), None);
+    }
 }
