@@ -463,43 +463,50 @@ impl PruneBoard {
                 };
                 best > median
             }
+            // Hyperband before its largest step is known: nothing is pruned.
+            _ => match self.rungs(&s, trial) {
+                Some(rungs) => halving(&mut s, trial, step, value, &rungs),
+                None => false,
+            },
+        }
+    }
+
+    /// The successive-halving schedule `trial` is judged on (its bracket's, for Hyperband);
+    /// `None` for the median rule, and for Hyperband while its largest step is unknown.
+    fn rungs(&self, s: &BoardState, trial: u64) -> Option<Rungs> {
+        match &self.pruner {
+            Pruner::Median { .. } => None,
             Pruner::SuccessiveHalving {
                 min_resource,
                 reduction_factor,
                 min_early_stopping_rate,
                 max_resource,
                 extrapolate,
-            } => {
-                let rungs = Rungs {
-                    bracket: 0,
-                    min_resource: *min_resource,
-                    eta: *reduction_factor,
-                    rate: *min_early_stopping_rate,
-                    horizon: max_resource.or(s.max_finished_step),
-                    extrapolate: *extrapolate,
-                };
-                halving(&mut s, trial, step, value, &rungs)
-            }
+            } => Some(Rungs {
+                bracket: 0,
+                min_resource: *min_resource,
+                eta: *reduction_factor,
+                rate: *min_early_stopping_rate,
+                horizon: max_resource.or(s.max_finished_step),
+                extrapolate: *extrapolate,
+            }),
             Pruner::Hyperband {
                 min_resource,
                 max_resource,
                 reduction_factor,
                 extrapolate,
             } => {
-                let Some(max) = max_resource.or(s.max_finished_step) else {
-                    return false;
-                };
+                let max = max_resource.or(s.max_finished_step)?;
                 let n = brackets(*min_resource, max.max(*min_resource), *reduction_factor);
                 let bracket = bracket_of(trial, n, *reduction_factor);
-                let rungs = Rungs {
+                Some(Rungs {
                     bracket,
                     min_resource: *min_resource,
                     eta: *reduction_factor,
                     rate: bracket,
                     horizon: Some(max),
                     extrapolate: *extrapolate,
-                };
-                halving(&mut s, trial, step, value, &rungs)
+                })
             }
         }
     }
@@ -512,83 +519,51 @@ impl PruneBoard {
                 interval_steps,
                 ..
             } => median_due(step, *n_warmup_steps, *interval_steps),
-            Pruner::SuccessiveHalving {
-                min_resource,
-                reduction_factor,
-                min_early_stopping_rate,
-                extrapolate,
-                ..
-            } => self.next_due(
-                trial,
-                step,
-                *min_resource,
-                *reduction_factor,
-                *min_early_stopping_rate,
-                *extrapolate,
-            ),
-            Pruner::Hyperband {
-                min_resource,
-                max_resource,
-                reduction_factor,
-                extrapolate,
-            } => {
-                let max = match max_resource {
-                    Some(m) => *m,
-                    None => match self.state().max_finished_step {
-                        Some(m) => m,
-                        // Not known yet: report at the rungs of the most aggressive bracket
-                        // (min_resource · η^k), so the first finished trial teaches it.
-                        None => return is_rung(step, *min_resource, *reduction_factor),
+            Pruner::SuccessiveHalving { .. } | Pruner::Hyperband { .. } => {
+                let s = self.state();
+                match self.rungs(&s, trial) {
+                    Some(r) => next_due(&s, trial, step, &r),
+                    // Hyperband before its largest step is known: report at the rungs of the
+                    // most aggressive bracket (min_resource · η^k), so the first finished trial
+                    // teaches it.
+                    None => match &self.pruner {
+                        Pruner::Hyperband {
+                            min_resource,
+                            reduction_factor,
+                            ..
+                        } => is_rung(step, *min_resource, *reduction_factor),
+                        _ => false,
                     },
-                };
-                let n = brackets(*min_resource, max.max(*min_resource), *reduction_factor);
-                let bracket = bracket_of(trial, n, *reduction_factor);
-                self.next_due(
-                    trial,
-                    step,
-                    *min_resource,
-                    *reduction_factor,
-                    bracket,
-                    *extrapolate,
-                )
+                }
             }
         }
-    }
-
-    /// Whether `step` reaches the trial's next rung or, before its first rung and when
-    /// extrapolating, the next of the first rung's lead-in steps (`r/η²`, `r/η`).
-    fn next_due(
-        &self,
-        trial: u64,
-        step: u64,
-        min_resource: u64,
-        eta: u64,
-        rate: u32,
-        extrapolate: bool,
-    ) -> bool {
-        let s = self.state();
-        let reached = s.reached.get(&trial).copied().unwrap_or(0);
-        let rung = rung_step(min_resource, eta, rate, reached);
-        if step >= rung {
-            return true;
-        }
-        if !extrapolate || reached > 0 {
-            return false;
-        }
-        let last = s
-            .reports
-            .get(&trial)
-            .and_then(|r| r.keys().next_back().copied());
-        lead_ins(rung, eta)
-            .into_iter()
-            .find(|p| last.is_none_or(|l| *p > l))
-            .is_some_and(|p| step >= p)
     }
 
     #[cfg(test)]
     fn rungs_reached(&self, trial: u64) -> u32 {
         self.state().reached.get(&trial).copied().unwrap_or(0)
     }
+}
+
+/// Whether `step` reaches the trial's next rung of `r` or, before its first rung and when
+/// extrapolating, the next of the first rung's lead-in steps (`r/η²`, `r/η`).
+fn next_due(s: &BoardState, trial: u64, step: u64, r: &Rungs) -> bool {
+    let reached = s.reached.get(&trial).copied().unwrap_or(0);
+    let rung = rung_step(r.min_resource, r.eta, r.rate, reached);
+    if step >= rung {
+        return true;
+    }
+    if !r.extrapolate || reached > 0 {
+        return false;
+    }
+    let last = s
+        .reports
+        .get(&trial)
+        .and_then(|reports| reports.keys().next_back().copied());
+    lead_ins(rung, r.eta)
+        .into_iter()
+        .find(|p| last.is_none_or(|l| *p > l))
+        .is_some_and(|p| step >= p)
 }
 
 /// The steps before a first rung at `rung` whose values its extrapolation needs: `⌊r/η²⌋` and
