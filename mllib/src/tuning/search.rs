@@ -850,14 +850,23 @@ impl Search {
         }
         match &self.algo {
             Algo::Tpe(tpe) => {
-                let finished: Vec<(Point, f64)> = trials
+                let mut finished: Vec<(Point, f64)> = trials
                     .iter()
                     .filter(|t| t.status == TaskStatus::Ok)
                     .filter_map(|t| t.loss.map(|l| (t.params.clone(), l)))
                     .collect();
+                // A pruned trial with the pruner's estimate of its final loss counts with that
+                // loss; one without ranks below the finished ones, as Optuna ranks them.
+                let estimate = |t: &Trial| run.board.as_ref().and_then(|b| b.estimate(t.id));
+                finished.extend(
+                    trials
+                        .iter()
+                        .filter(|t| t.status == TaskStatus::Pruned)
+                        .filter_map(|t| Some((t.params.clone(), estimate(t)?))),
+                );
                 let pruned: Vec<(Point, u64, f64)> = trials
                     .iter()
-                    .filter(|t| t.status == TaskStatus::Pruned)
+                    .filter(|t| t.status == TaskStatus::Pruned && estimate(t).is_none())
                     .filter_map(|t| {
                         let (step, value) = t.intermediate.last().copied()?;
                         Some((t.params.clone(), step, value))
