@@ -8,13 +8,11 @@
 //!   Rung k sits at step `min_resource · η^(s + k)`; a trial reaching a rung continues only
 //!   while its value there is among the best `⌊n / η⌋` of the `n` trials that reached it, so
 //!   many cheap trials start and the best are promoted without waiting for a full rung (no
-//!   trial is ever paused). The first trial at a rung goes on (someone must: pruning alone
-//!   never leaves a search without a finished trial); the second and any later one only by
-//!   that rule. Optuna's rule (`extrapolate = false`) lets the best one go on while fewer than
-//!   η trials are there: the first trials of a search then pass every rung on little
-//!   evidence — in the boosted-tree benchmark trials 0 and 1 ran all 81 rounds in most seeds,
-//!   a tenth of the search's compute. A pruned trial's extrapolation is TPE's estimate of the
-//!   loss it would have ended with ([`PruneBoard::estimate`]).
+//!   trial is ever paused; the best one goes on while fewer than η are there, so the best so
+//!   far at a rung is never stopped — and the first trials of a search pass rungs on little
+//!   evidence: in the boosted-tree benchmark trials 0 and 1 ran all 81 rounds in most seeds).
+//!   A pruned trial's extrapolation is TPE's estimate of the loss it would have ended with
+//!   ([`PruneBoard::estimate`]).
 //! - [`Pruner::Hyperband`]: brackets of ASHA with early-stopping rates 0, 1, …, each trial
 //!   assigned to one (Li et al. 2018), trading how early trials are stopped against the risk of
 //!   stopping a slow starter; a trial competes only within its bracket.
@@ -665,8 +663,7 @@ fn is_rung(step: u64, min_resource: u64, eta: u64) -> bool {
 
 /// Successive halving on the schedule `r`: records the trial's value (or its extrapolation)
 /// at every rung its `step` has passed and prunes it at the first where it is not among the
-/// best ⌊n/η⌋ (the first trial at a rung goes on; Optuna's rule: the best one while fewer
-/// than η trials are there, when not extrapolating). A trial at its last step is
+/// best ⌊n/η⌋ (the best one while fewer than η trials are there). A trial at its last step is
 /// never pruned: its work is done, and its result may be the best.
 fn halving(s: &mut BoardState, trial: u64, step: u64, value: f64, r: &Rungs) -> bool {
     if r.horizon.is_some_and(|h| step >= h) {
@@ -687,14 +684,7 @@ fn halving(s: &mut BoardState, trial: u64, step: u64, value: f64, r: &Rungs) -> 
         at.push((trial, value));
         let mut values: Vec<f64> = at.iter().map(|(_, v)| *v).collect();
         values.sort_by(f64::total_cmp);
-        let n = values.len();
-        let keep = match n {
-            // Someone must go on: the first trial at a rung does.
-            1 => 1,
-            // Optuna's rule: the best one while fewer than η are there.
-            _ if !r.extrapolate => (n / eta.max(2) as usize).max(1),
-            _ => n / eta.max(2) as usize,
-        };
+        let keep = (values.len() / eta.max(2) as usize).max(1);
         if r.extrapolate && r.horizon.is_some() {
             s.estimates.insert(trial, value);
         }
@@ -745,15 +735,15 @@ mod tests {
         let mut p = Pruner::asha();
         p.set("min_resource", 1).unwrap();
         let board = PruneBoard::new(p);
-        // Rungs at 1, 3, 9, …: the first trial at a rung goes on, every later one only while
-        // in the best ⌊n/3⌋ there (none of two).
+        // Rungs at 1, 3, 9, …: the first trial is alone (kept), then each must be the best
+        // while fewer than 3 are there, then in the best ⌊n/3⌋.
         assert!(board.due(0, 1) && !board.due(0, 0));
         assert!(!board.judge(0, 1, 0.5));
         assert!(!board.due(0, 2), "the next rung of trial 0 is at step 3");
         assert!(board.due(0, 3));
         assert!(
             board.judge(1, 1, 0.6),
-            "second of two at rung 0: ⌊2/3⌋ = 0 go on"
+            "second of two at rung 0: not the best"
         );
         assert!(!board.judge(2, 1, 0.4), "the best so far");
         // Four values at rung 0 (0.4, 0.5, 0.6, 0.45): keep ⌊4/3⌋ = 1, so 0.45 is pruned.
@@ -762,16 +752,6 @@ mod tests {
         assert!(!board.judge(4, 9, 0.1));
         assert_eq!(board.rungs_reached(4), 3);
         assert_eq!(rung_step(1, 3, 0, 3), 27);
-        // The second trial at a rung goes on even when it is the better of two? Only under
-        // Optuna's rule (values reached: the best while fewer than η are there).
-        for extrapolate in [true, false] {
-            let mut p = Pruner::asha();
-            p.set("min_resource", 1).unwrap();
-            p.set("extrapolate", u64::from(extrapolate)).unwrap();
-            let board = PruneBoard::new(p);
-            assert!(!board.judge(0, 1, 0.5));
-            assert_eq!(board.judge(1, 1, 0.4), extrapolate, "{extrapolate}");
-        }
     }
 
     #[test]
@@ -835,15 +815,9 @@ mod tests {
                         assert!(!board.due(trial, 2) && board.due(trial, 3));
                     }
                 }
-                // The first trial at the rung goes on. Values reached (Optuna's rule): the
-                // fast one is the best of two and goes on, the slow one is not the best of
-                // three. Extrapolating: the second of two is never in the best ⌊2/3⌋; the slow
-                // one is headed lowest and goes on.
-                let expected = match trial {
-                    0 => false,
-                    1 => extrapolate,
-                    _ => !extrapolate,
-                };
+                // The flat one is alone, the fast one the best of two. The slow one is not the
+                // best of three by the values reached; extrapolated, it is headed lowest.
+                let expected = trial == 2 && !extrapolate;
                 assert_eq!(pruned, expected, "trial {trial}, extrapolate {extrapolate}");
             }
             // What the pruned trials would have ended with, for TPE: only an extrapolating
