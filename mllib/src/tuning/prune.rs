@@ -688,7 +688,7 @@ fn halving(s: &mut BoardState, trial: u64, step: u64, value: f64, r: &Rungs) -> 
         if r.extrapolate && r.horizon.is_some() {
             s.estimates.insert(trial, value);
         }
-        if keep == 0 || value > values[keep - 1] {
+        if value > values[keep - 1] {
             return true;
         }
     }
