@@ -857,21 +857,17 @@ impl Search {
                     .collect();
                 // A pruned trial with the pruner's estimate of its final loss counts with that
                 // loss; one without ranks below the finished ones, as Optuna ranks them.
-                let estimate = |t: &Trial| run.board.as_ref().and_then(|b| b.estimate(t.id));
-                finished.extend(
-                    trials
-                        .iter()
-                        .filter(|t| t.status == TaskStatus::Pruned)
-                        .filter_map(|t| Some((t.params.clone(), estimate(t)?))),
-                );
-                let pruned: Vec<(Point, u64, f64)> = trials
-                    .iter()
-                    .filter(|t| t.status == TaskStatus::Pruned && estimate(t).is_none())
-                    .filter_map(|t| {
-                        let (step, value) = t.intermediate.last().copied()?;
-                        Some((t.params.clone(), step, value))
-                    })
-                    .collect();
+                let mut pruned: Vec<(Point, u64, f64)> = Vec::new();
+                for t in trials.iter().filter(|t| t.status == TaskStatus::Pruned) {
+                    match run.board.as_ref().and_then(|b| b.estimate(t.id)) {
+                        Some(loss) => finished.push((t.params.clone(), loss)),
+                        None => {
+                            if let Some(&(step, value)) = t.intermediate.last() {
+                                pruned.push((t.params.clone(), step, value));
+                            }
+                        }
+                    }
+                }
                 tpe.propose_with_pruned(&self.space, &finished, &pruned, pending, rng)
             }
             _ => self.space.sample(rng),
