@@ -893,8 +893,14 @@ pub fn fan_out_local(
                     Err(_) => None,
                 };
                 let Some(task) = next else { break };
+                // Past the deadline nothing starts: the caller reports what is left as not
+                // started (a task marked running here would read as stopped while it ran).
+                let now = now_ms();
+                if limits.deadline_ms.is_some_and(|d| now >= d) {
+                    break;
+                }
                 if let Ok(mut r) = running.lock() {
-                    r.insert(task.id, now_ms());
+                    r.insert(task.id, now);
                 }
                 let result = registry.execute_on(&pool, task.id, &task.kind, &task.params, limits);
                 if let Ok(mut r) = running.lock() {

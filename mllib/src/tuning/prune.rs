@@ -73,6 +73,11 @@ pub enum Pruner {
         /// module); false: the value reached (Optuna's `SuccessiveHalvingPruner`).
         #[serde(default = "yes", skip_serializing_if = "is_true")]
         extrapolate: bool,
+        /// Stop a trial that went on from a rung once later arrivals there push it out of the
+        /// best `⌊n / η⌋` before it reaches the next rung (see the module); false: a trial that
+        /// passed a rung keeps its place (Optuna's and Ray Tune's asynchronous rule).
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        demote: bool,
     },
     /// Brackets of successive halving between `min_resource` and `max_resource`.
     Hyperband {
@@ -84,6 +89,9 @@ pub enum Pruner {
         /// As for [`Pruner::SuccessiveHalving`].
         #[serde(default = "yes", skip_serializing_if = "is_true")]
         extrapolate: bool,
+        /// As for [`Pruner::SuccessiveHalving`].
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        demote: bool,
     },
 }
 
@@ -117,6 +125,7 @@ impl Pruner {
             min_early_stopping_rate: 0,
             max_resource: None,
             extrapolate: true,
+            demote: true,
         }
     }
 
@@ -128,6 +137,7 @@ impl Pruner {
             max_resource: None,
             reduction_factor: 3,
             extrapolate: true,
+            demote: true,
         }
     }
 
@@ -147,12 +157,21 @@ impl Pruner {
     }
 
     /// Sets one setting by name (`min_resource`, `max_resource`, `reduction_factor`,
-    /// `min_early_stopping_rate`, `extrapolate` (0 or 1), `n_startup_trials`, `n_warmup_steps`,
-    /// `interval_steps`); a setting this pruner does not have is an error naming both.
+    /// `min_early_stopping_rate`, `extrapolate` and `demote` (0 or 1), `n_startup_trials`,
+    /// `n_warmup_steps`, `interval_steps`); a setting this pruner does not have is an error
+    /// naming both.
     pub fn set(&mut self, name: &str, value: u64) -> Result<()> {
         let unknown = |p: &Pruner| MllibError::InvalidParam {
             param: name.to_string(),
             reason: format!("not a setting of the {} pruner", p.name()),
+        };
+        let flag = || match value {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(MllibError::InvalidParam {
+                param: name.to_string(),
+                reason: format!("{value}: use true or false (1 or 0)"),
+            }),
         };
         match (self, name) {
             (
@@ -193,18 +212,11 @@ impl Pruner {
                 Pruner::SuccessiveHalving { extrapolate, .. }
                 | Pruner::Hyperband { extrapolate, .. },
                 "extrapolate",
-            ) => {
-                *extrapolate = match value {
-                    0 => false,
-                    1 => true,
-                    _ => {
-                        return Err(MllibError::InvalidParam {
-                            param: name.to_string(),
-                            reason: format!("{value}: use true or false (1 or 0)"),
-                        });
-                    }
-                }
-            }
+            ) => *extrapolate = flag()?,
+            (
+                Pruner::SuccessiveHalving { demote, .. } | Pruner::Hyperband { demote, .. },
+                "demote",
+            ) => *demote = flag()?,
             (p, _) => return Err(unknown(p)),
         }
         Ok(())
@@ -379,6 +391,10 @@ struct BoardState {
     /// Per trial, what its curve extrapolated to at the horizon at its last rung (extrapolating
     /// pruners with a known horizon only).
     estimates: HashMap<u64, f64>,
+    /// Trials the pruner stopped.
+    stopped: HashSet<u64>,
+    /// Trials to stop at their next step: pushed out of the best at the last rung they passed.
+    demoted: HashSet<u64>,
 }
 
 impl PruneBoard {
@@ -480,7 +496,13 @@ impl PruneBoard {
             }
             // Hyperband before its largest step is known: nothing is pruned.
             _ => match self.rungs(&s, trial) {
-                Some(rungs) => halving(&mut s, trial, step, value, &rungs),
+                Some(rungs) => {
+                    let stop = halving(&mut s, trial, step, value, &rungs);
+                    if stop {
+                        s.stopped.insert(trial);
+                    }
+                    stop
+                }
                 None => false,
             },
         }
@@ -497,6 +519,7 @@ impl PruneBoard {
                 min_early_stopping_rate,
                 max_resource,
                 extrapolate,
+                demote,
             } => Some(Rungs {
                 bracket: 0,
                 min_resource: *min_resource,
@@ -504,12 +527,14 @@ impl PruneBoard {
                 rate: *min_early_stopping_rate,
                 horizon: max_resource.or(s.max_finished_step),
                 extrapolate: *extrapolate,
+                demote: *demote,
             }),
             Pruner::Hyperband {
                 min_resource,
                 max_resource,
                 reduction_factor,
                 extrapolate,
+                demote,
             } => {
                 let max = max_resource.or(s.max_finished_step)?;
                 let n = brackets(*min_resource, max.max(*min_resource), *reduction_factor);
@@ -521,6 +546,7 @@ impl PruneBoard {
                     rate: bracket,
                     horizon: Some(max),
                     extrapolate: *extrapolate,
+                    demote: *demote,
                 })
             }
         }
@@ -536,6 +562,9 @@ impl PruneBoard {
             } => median_due(step, *n_warmup_steps, *interval_steps),
             Pruner::SuccessiveHalving { .. } | Pruner::Hyperband { .. } => {
                 let s = self.state();
+                if s.demoted.contains(&trial) {
+                    return true;
+                }
                 match self.rungs(&s, trial) {
                     Some(r) => next_due(&s, trial, step, &r),
                     // Hyperband before its largest step is known: report at the rungs of the
@@ -647,6 +676,7 @@ struct Rungs {
     rate: u32,
     horizon: Option<u64>,
     extrapolate: bool,
+    demote: bool,
 }
 
 /// Whether `step` is `min_resource · η^k` for some k ≥ 0.
@@ -664,10 +694,15 @@ fn is_rung(step: u64, min_resource: u64, eta: u64) -> bool {
 /// Successive halving on the schedule `r`: records the trial's value (or its extrapolation)
 /// at every rung its `step` has passed and prunes it at the first where it is not among the
 /// best ⌊n/η⌋ (the best one while fewer than η trials are there). A trial at its last step is
-/// never pruned: its work is done, and its result may be the best.
+/// never pruned: its work is done, and its result may be the best. With `r.demote`, a trial
+/// demoted at the last rung it passed stops now, and trials that went on from a rung with less
+/// evidence than this one are demoted when this one pushes them out of the best ⌊n/η⌋ there.
 fn halving(s: &mut BoardState, trial: u64, step: u64, value: f64, r: &Rungs) -> bool {
     if r.horizon.is_some_and(|h| step >= h) {
         return false;
+    }
+    if s.demoted.remove(&trial) {
+        return true;
     }
     let value = match s.reports.get(&trial) {
         Some(reports) if r.extrapolate => extrapolated(reports, step, r.eta, r.horizon),
@@ -685,13 +720,38 @@ fn halving(s: &mut BoardState, trial: u64, step: u64, value: f64, r: &Rungs) -> 
         let mut values: Vec<f64> = at.iter().map(|(_, v)| *v).collect();
         values.sort_by(f64::total_cmp);
         let keep = (values.len() / eta.max(2) as usize).max(1);
+        let bar = values[keep - 1];
         if r.extrapolate && r.horizon.is_some() {
             s.estimates.insert(trial, value);
         }
-        if value > values[keep - 1] {
+        if r.demote {
+            demote_below(s, (r.bracket, rung), bar, trial);
+        }
+        if value > bar {
             return true;
         }
     }
+}
+
+/// Demotes the trials other than `arrival` that went on from rung `key` (and have not reached
+/// the next one, nor stopped or finished) whose value there is now worse than `bar`, the last
+/// of the best ⌊n/η⌋: at most that many trials run on from a rung, and the best so far always
+/// does.
+fn demote_below(s: &mut BoardState, key: (u32, u32), bar: f64, arrival: u64) {
+    let Some(at) = s.rungs.get(&key) else { return };
+    let next = key.1 + 1;
+    let out: Vec<u64> = at
+        .iter()
+        .filter(|(t, v)| {
+            *t != arrival
+                && *v > bar
+                && s.reached.get(t) == Some(&next)
+                && !s.stopped.contains(t)
+                && !s.finished.contains(t)
+        })
+        .map(|(t, _)| *t)
+        .collect();
+    s.demoted.extend(out);
 }
 
 impl Pruning for PruneBoard {
@@ -752,6 +812,41 @@ mod tests {
         assert!(!board.judge(4, 9, 0.1));
         assert_eq!(board.rungs_reached(4), 3);
         assert_eq!(rung_step(1, 3, 0, 3), 27);
+    }
+
+    /// A trial that went on from a rung with less evidence stops at its next step once a later
+    /// arrival there pushes it out of the best ⌊n/η⌋; the best so far, a trial already past the
+    /// next rung and a finished one are not touched; without `demote` none is.
+    #[test]
+    fn asha_demotes_a_trial_that_went_on_on_less_evidence() {
+        for demote in [true, false] {
+            let mut p = Pruner::asha();
+            p.set("min_resource", 1).unwrap();
+            p.set("max_resource", 27).unwrap();
+            p.set("extrapolate", 0).unwrap();
+            p.set("demote", u64::from(demote)).unwrap();
+            let board = PruneBoard::new(p);
+            // Trials 0, 1 and 2 each go on from rung 0 (step 1) as the best so far there.
+            assert!(!board.judge(0, 1, 0.5));
+            assert!(!board.judge(1, 1, 0.4));
+            // Trial 1 reaches rung 1 (step 3) before trial 2 arrives; trial 3 finishes.
+            assert!(!board.judge(1, 3, 0.3));
+            assert_eq!(board.due(0, 2), demote, "trial 0: stop at its next step");
+            assert_eq!(board.judge(0, 2, 0.45), demote);
+            assert!(!board.judge(3, 1, 0.35) && !board.judge(3, 27, 0.1));
+            board.finish(3);
+            assert!(!board.judge(2, 1, 0.3), "three at rung 0: 0.3 is the best");
+            // Trial 1 (past rung 1), trial 2 (the best) and the finished trial 3 go on.
+            for t in [1, 2, 3] {
+                assert!(!board.due(t, 2), "trial {t}");
+            }
+            assert!(!board.judge(1, 9, 0.25) && !board.judge(2, 2, 0.29));
+            // A fourth at rung 0, better than trial 2: ⌊4/3⌋ = 1 goes on, trial 2 is demoted.
+            assert!(!board.judge(4, 1, 0.28));
+            assert_eq!(board.judge(2, 3, 0.1), demote, "demoted: its rung value counts");
+        }
+        assert!(Pruner::asha().set("demote", 3).is_err());
+        assert!(Pruner::median().set("demote", 0).is_err());
     }
 
     #[test]
