@@ -9,7 +9,8 @@ Optuna (TPE + its SuccessiveHalvingPruner) tuning LightGBM on the same rows, in 
 For each seed it runs `quiver tune` twice on the exported classification rows (boosted trees,
 `max_iter` rounds as the budget; step size, depth and row subsampling searched; held-out log
 loss): once plain TPE, once TPE with `pruner = "asha"` (rungs at 9, 27, 81 rounds; Quiver's
-rungs judge extrapolated values unless --no-extrapolate). From
+rungs judge extrapolated values unless --no-extrapolate, and demote a trial that later arrivals
+push out of the best at a rung it passed unless --no-demote). From
 the trial logs it takes the best held-out loss and the trial compute (the sum of the trials'
 durations), and it times each command whole. Optuna runs the same number of trials with the
 same space, budget and rungs (min_resource 9 unless --min-resource, reduction factor 3 unless
@@ -38,7 +39,7 @@ def tune(quiver, spec_path):
     return wall
 
 
-def read_log(path):
+def read_log(path, budget):
     trials = []
     with open(path) as f:
         for line in f:
@@ -48,11 +49,15 @@ def read_log(path):
     ok = [t["loss"] for t in trials if t["status"] == "ok" and t["loss"] is not None]
     compute = sum(t["finished_ms"] - t["started_ms"] for t in trials) / 1e3
     pruned = sum(1 for t in trials if t["status"] == "pruned")
-    return min(ok), compute, pruned
+    # Boosting rounds run: a measure of compute the machine's load does not move.
+    rounds = sum(budget if t["status"] == "ok" else
+                 max((step for step, _ in t.get("intermediate") or []), default=0)
+                 for t in trials)
+    return min(ok), compute, pruned, rounds
 
 
 def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="asha", eta=3,
-         extrapolate=True):
+         extrapolate=True, demote=True):
     lines = [
         "[data]",
         f'dataset = "{data}"',
@@ -75,7 +80,8 @@ def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="
         else:
             lines.append(f'pruner = {{ name = "{kind}", min_resource = {min_resource}, '
                          f'reduction_factor = {eta}, '
-                         f'extrapolate = {"true" if extrapolate else "false"} }}')
+                         f'extrapolate = {"true" if extrapolate else "false"}, '
+                         f'demote = {"true" if demote else "false"} }}')
     lines += [
         "[space]",
         "step_size = { loguniform = [0.01, 0.5] }",
@@ -150,7 +156,9 @@ def optuna_search(X, y, seed, trials, rounds, parallel, pruned, min_resource, ki
     wall = time.perf_counter() - t
     done = [tr.value for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
     n_pruned = sum(1 for tr in study.trials if tr.state == optuna.trial.TrialState.PRUNED)
-    return min(done), compute[0], n_pruned, wall
+    run = sum(rounds if tr.state == optuna.trial.TrialState.COMPLETE
+              else max(tr.intermediate_values, default=0) for tr in study.trials)
+    return min(done), compute[0], n_pruned, wall, run
 
 
 def main():
@@ -170,6 +178,9 @@ def main():
     ap.add_argument("--no-extrapolate", action="store_true",
                     help="Quiver's ASHA / Hyperband judge the values reached (Optuna's rule) "
                          "instead of what each curve extrapolates to")
+    ap.add_argument("--no-demote", action="store_true",
+                    help="a trial that passed a rung keeps its place when later arrivals there "
+                         "are better (Optuna's rule) instead of stopping at its next step")
     ap.add_argument("--work", default=None,
                     help="folder for the data and trial logs (default: a new temporary one); "
                          "with --reuse-plain, plain searches already there are not rerun")
@@ -192,7 +203,8 @@ def main():
             name = "quiver asha" if pruner else "quiver plain"
             tag = (f"s{seed}-t{trials_of(pruner)}-r{a.rounds}-p{a.parallel}-"
                    + (f"{a.pruner}-m{a.min_resource}-e{a.reduction_factor}-"
-                      f"x{int(not a.no_extrapolate)}" if pruner else "plain"))
+                      f"x{int(not a.no_extrapolate)}-d{int(not a.no_demote)}"
+                      if pruner else "plain"))
             log = os.path.join(work, f"{tag}.jsonl")
             path = os.path.join(work, f"{tag}.toml")
             timing = os.path.join(work, f"{tag}.wall")
@@ -209,14 +221,14 @@ def main():
                 with open(path, "w") as f:
                     f.write(spec(data, log, seed, trials_of(pruner), a.rounds, a.parallel,
                                  pruner, a.min_resource, a.pruner, a.reduction_factor,
-                                 not a.no_extrapolate))
+                                 not a.no_extrapolate, not a.no_demote))
                 wall = tune(a.quiver, path)
                 with open(timing, "w") as f:
                     f.write(str(wall))
-            best, compute, n_pruned = read_log(log)
-            rows[name].append((best, compute, n_pruned, wall))
+            best, compute, n_pruned, run = read_log(log, a.rounds)
+            rows[name].append((best, compute, n_pruned, wall, run))
             print(f"seed {seed:2} {name:13} best {best:.5f}  trial compute {compute:7.1f} s  "
-                  f"pruned {n_pruned:2}  wall {wall:6.1f} s", flush=True)
+                  f"pruned {n_pruned:2}  wall {wall:6.1f} s  rounds {run:5}", flush=True)
     if not a.no_optuna:
         import numpy as np
         import pyarrow.parquet as pq
@@ -229,28 +241,30 @@ def main():
         for seed in range(a.seeds):
             for pruned in (False, True):
                 name = "optuna asha" if pruned else "optuna plain"
-                best, compute, n_pruned, wall = optuna_search(
+                best, compute, n_pruned, wall, run = optuna_search(
                     X, y, seed, trials_of(pruned), a.rounds, a.parallel, pruned,
                     a.min_resource, a.pruner, a.reduction_factor)
-                rows[name].append((best, compute, n_pruned, wall))
+                rows[name].append((best, compute, n_pruned, wall, run))
                 print(f"seed {seed:2} {name:13} best {best:.5f}  trial compute {compute:7.1f} s  "
-                      f"pruned {n_pruned:2}  wall {wall:6.1f} s", flush=True)
+                      f"pruned {n_pruned:2}  wall {wall:6.1f} s  rounds {run:5}", flush=True)
 
     print(f"\n{a.rows} rows, {a.trials} trials ({trials_of(True)} pruned) of up to {a.rounds} "
           f"rounds, {a.parallel} at a time, {a.seeds} seeds: medians")
-    print(f"{'search':14} {'best loss':>10} {'trial compute s':>16} {'pruned':>7} {'wall s':>8}")
+    print(f"{'search':14} {'best loss':>10} {'trial compute s':>16} {'pruned':>7} {'wall s':>8} "
+          f"{'rounds':>7}")
     med = {}
     for name, r in rows.items():
         if not r:
             continue
-        med[name] = [statistics.median(x[i] for x in r) for i in range(4)]
-        b, c, p, w = med[name]
-        print(f"{name:14} {b:10.5f} {c:16.1f} {p:7.1f} {w:8.1f}")
+        med[name] = [statistics.median(x[i] for x in r) for i in range(5)]
+        b, c, p, w, n = med[name]
+        print(f"{name:14} {b:10.5f} {c:16.1f} {p:7.1f} {w:8.1f} {n:7.0f}")
     for side in ("quiver", "optuna"):
         if f"{side} plain" in med and f"{side} asha" in med:
             plain, asha = med[f"{side} plain"], med[f"{side} asha"]
             print(f"{side}: asha/plain trial compute {asha[1] / plain[1]:.2f}, wall "
-                  f"{asha[3] / plain[3]:.2f}, best loss {asha[0] - plain[0]:+.5f}")
+                  f"{asha[3] / plain[3]:.2f}, rounds {asha[4] / plain[4]:.2f}, best loss "
+                  f"{asha[0] - plain[0]:+.5f}")
             # Paired by seed: is the difference noise?
             diffs = [x[0] - y[0] for x, y in zip(rows[f"{side} asha"], rows[f"{side} plain"])]
             rng = random.Random(1)

@@ -200,6 +200,14 @@ impl ClassScores for Ensemble {
         )
     }
 
+    /// The outputs of the whole batch, walked in blocks of rows ([`Ensemble::outputs_rows`]).
+    fn batch_scores(&self, x: &[f64], rows: usize) -> Option<(Vec<f64>, usize)> {
+        let k = self.base.len();
+        let mut out = vec![0.0; rows * k];
+        self.outputs_rows(x, &mut out);
+        Some((out, k))
+    }
+
     fn raw_from_scores(&self, s: &[f64], out: &mut [f64]) {
         if self.combine == Combine::Sum && self.groups == 1 {
             out[0] = -0.5 * s[0];
@@ -251,12 +259,9 @@ impl BatchFunction for TreeRegress {
         {
             return Ok(Arc::new(Float64Array::from(on_device)));
         }
-        let out: Float64Array = b
-            .values
-            .chunks_exact(self.ensemble.dim)
-            .map(|x| self.ensemble.value(x))
-            .collect();
-        Ok(Arc::new(out))
+        let mut out = vec![0.0; b.n_rows];
+        e.outputs_rows(b.values, &mut out);
+        Ok(Arc::new(Float64Array::from(out)))
     }
 }
 

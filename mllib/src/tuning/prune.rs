@@ -560,7 +560,13 @@ impl PruneBoard {
                 interval_steps,
                 ..
             } => median_due(step, *n_warmup_steps, *interval_steps),
-            Pruner::SuccessiveHalving { .. } | Pruner::Hyperband { .. } => {
+            Pruner::SuccessiveHalving { max_resource, .. }
+            | Pruner::Hyperband { max_resource, .. } => {
+                // At its budget a trial ends: no rung judges it there, and its result is
+                // scored anyway (a report would predict the whole ensemble once more).
+                if max_resource.is_some_and(|m| step >= m) {
+                    return false;
+                }
                 let s = self.state();
                 if s.demoted.contains(&trial) {
                     return true;
@@ -843,7 +849,11 @@ mod tests {
             assert!(!board.judge(1, 9, 0.25) && !board.judge(2, 2, 0.29));
             // A fourth at rung 0, better than trial 2: ⌊4/3⌋ = 1 goes on, trial 2 is demoted.
             assert!(!board.judge(4, 1, 0.28));
-            assert_eq!(board.judge(2, 3, 0.1), demote, "demoted: its rung value counts");
+            assert_eq!(
+                board.judge(2, 3, 0.1),
+                demote,
+                "demoted: its rung value counts"
+            );
         }
         assert!(Pruner::asha().set("demote", 3).is_err());
         assert!(Pruner::median().set("demote", 0).is_err());
@@ -900,6 +910,10 @@ mod tests {
             // The first rung's lead-in steps are reported only when extrapolating.
             assert_eq!(board.due(0, 1), extrapolate);
             assert!(board.due(0, 9));
+            assert!(
+                !board.due(0, 81),
+                "at the budget: its result is scored anyway"
+            );
             for (trial, curve) in [(0, flat), (1, fast), (2, slow)] {
                 let mut pruned = false;
                 for (step, value) in curve {
