@@ -33,7 +33,8 @@
 //! max_failures = 5                    # stop the search (exit 1) after 5 failed trials
 //! early_stop = 20                     # finished trials without progress
 //! pruner = "asha"                     # median, hyperband, none: stop poor trials as they train
-//! # pruner = { name = "asha", min_resource = 9, reduction_factor = 3, extrapolate = true }
+//! # pruner = { name = "asha", min_resource = 9, reduction_factor = 3, extrapolate = true,
+//! #           demote = true }
 //! cluster = "df://127.0.0.1:50050"    # trials on a cluster's executors (or --cluster URL)
 //! trial_placement = "auto"             # executor (each trial on one executor), distributed
 //!                                      # (each a distributed fit driven from here; pruning works)

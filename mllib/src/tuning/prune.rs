@@ -11,8 +11,13 @@
 //!   trial is ever paused; the best one goes on while fewer than η are there, so the best so
 //!   far at a rung is never stopped — and the first trials of a search pass rungs on little
 //!   evidence: in the boosted-tree benchmark trials 0 and 1 ran all 81 rounds in most seeds).
-//!   A pruned trial's extrapolation is TPE's estimate of the loss it would have ended with
-//!   ([`PruneBoard::estimate`]).
+//!   A trial that went on from a rung is *demoted* — stopped at its next step — when later
+//!   arrivals there push it out of the best ⌊n/η⌋ before it has reached the next rung
+//!   (`demote`, on by default; Optuna and Ray Tune let it run on): at most that many trials run
+//!   on from a rung at a time, as in the paper's promotion-based ASHA, without pausing any. A
+//!   pruned trial's extrapolation is TPE's estimate of the loss it would have ended with
+//!   ([`PruneBoard::estimate`]). No report is asked at the budget (`max_resource`): nothing is
+//!   judged there, and the trial's result is scored anyway.
 //! - [`Pruner::Hyperband`]: brackets of ASHA with early-stopping rates 0, 1, …, each trial
 //!   assigned to one (Li et al. 2018), trading how early trials are stopped against the risk of
 //!   stopping a slow starter; a trial competes only within its bracket.
