@@ -449,7 +449,7 @@ mod tests {
         t.left.push(LEAF);
         while let Some((i, d)) = queue.pop_front() {
             let r = next();
-            let split = d < depth && (d == 0 || r % 4 != 0);
+            let split = d < depth && (d == 0 || !r.is_multiple_of(4));
             t.feature
                 .push(if split { (r % dim as u64) as u32 } else { 0 });
             t.threshold.push(((r >> 8) % 200) as f64 / 100.0 - 1.0);
@@ -502,7 +502,7 @@ mod tests {
             let x: Vec<f64> = (0..rows * dim)
                 .map(|i| {
                     let h = (i as u64 + seed).wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-                    if h % 9 == 0 { f64::NAN } else { (h % 300) as f64 / 100.0 - 1.5 }
+                    if h.is_multiple_of(9) { f64::NAN } else { (h % 300) as f64 / 100.0 - 1.5 }
                 })
                 .collect();
             let mut blocked = vec![0.0; rows * groups];
