@@ -57,7 +57,7 @@ def read_log(path, budget):
 
 
 def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="asha", eta=3,
-         extrapolate=True, demote=True):
+         extrapolate=True, demote=True, asynchronous=False):
     lines = [
         "[data]",
         f'dataset = "{data}"',
@@ -73,6 +73,7 @@ def spec(data, log, seed, trials, rounds, parallel, pruner, min_resource, kind="
         f"parallelism = {parallel}",
         f"seed = {seed}",
         f'trial_log = "{log}"',
+        f'asynchronous = {"true" if asynchronous else "false"}',
     ]
     if pruner:
         if kind == "median":
@@ -181,6 +182,9 @@ def main():
     ap.add_argument("--no-demote", action="store_true",
                     help="a trial that passed a rung keeps its place when later arrivals there "
                          "are better (Optuna's rule) instead of stopping at its next step")
+    ap.add_argument("--asynchronous", action="store_true",
+                    help="Quiver's searches start a trial whenever one ends (as Optuna's n_jobs "
+                         "do) instead of running batches of --parallel trials")
     ap.add_argument("--work", default=None,
                     help="folder for the data and trial logs (default: a new temporary one); "
                          "with --reuse-plain, plain searches already there are not rerun")
@@ -201,7 +205,8 @@ def main():
     for seed in range(a.seeds):
         for pruner in (False, True):
             name = "quiver asha" if pruner else "quiver plain"
-            tag = (f"s{seed}-t{trials_of(pruner)}-r{a.rounds}-p{a.parallel}-"
+            tag = (f"s{seed}-t{trials_of(pruner)}-r{a.rounds}-p{a.parallel}"
+                   + ("a-" if a.asynchronous else "-")
                    + (f"{a.pruner}-m{a.min_resource}-e{a.reduction_factor}-"
                       f"x{int(not a.no_extrapolate)}-d{int(not a.no_demote)}"
                       if pruner else "plain"))
@@ -221,7 +226,7 @@ def main():
                 with open(path, "w") as f:
                     f.write(spec(data, log, seed, trials_of(pruner), a.rounds, a.parallel,
                                  pruner, a.min_resource, a.pruner, a.reduction_factor,
-                                 not a.no_extrapolate, not a.no_demote))
+                                 not a.no_extrapolate, not a.no_demote, a.asynchronous))
                 wall = tune(a.quiver, path)
                 with open(timing, "w") as f:
                     f.write(str(wall))

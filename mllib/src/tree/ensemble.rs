@@ -274,11 +274,18 @@ impl Ensemble {
     /// level). Small batches (online scoring) go row by row.
     pub fn outputs_rows(&self, x: &[f64], out: &mut [f64]) {
         let (dim, w) = (self.dim, self.base.len());
-        if dim == 0 || w == 0 || x.len() < ROW_BLOCK * dim {
-            for (x, o) in x
-                .chunks_exact(dim.max(1))
-                .zip(out.chunks_exact_mut(w.max(1)))
-            {
+        if w == 0 {
+            return;
+        }
+        if dim == 0 {
+            // No features: every row reaches the roots.
+            for o in out.chunks_exact_mut(w) {
+                self.outputs(&[], o);
+            }
+            return;
+        }
+        if x.len() < ROW_BLOCK * dim {
+            for (x, o) in x.chunks_exact(dim).zip(out.chunks_exact_mut(w)) {
                 self.outputs(x, o);
             }
             return;
