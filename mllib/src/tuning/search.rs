@@ -666,7 +666,7 @@ impl Search {
             let mut points: Vec<Point> = Vec::with_capacity(batch);
             let mut retry_of: Vec<Option<u64>> = Vec::with_capacity(batch);
             for _ in 0..batch {
-                let (p, retry) = self.next_point(run, trials, &points, &mut rng);
+                let (p, retry) = self.next_point(run, trials, &points, &[], &mut rng);
                 points.push(p);
                 retry_of.push(retry);
             }
@@ -717,9 +717,17 @@ impl Search {
                     stop = Some(reason);
                     break;
                 }
-                let liars: Vec<Point> = running.iter().map(|(_, p, _)| p.clone()).collect();
-                let (point, retry) =
-                    self.next_point(run, trials, &liars, &mut proposal_rng(self.seed, id));
+                // Running trials the pruner has judged at a rung count with where their curves
+                // are heading (as pruned ones do); the others are constant liars.
+                let (mut heading, mut liars) = (Vec::new(), Vec::new());
+                for (t, p, _) in &running {
+                    match run.board.as_ref().and_then(|b| b.estimate(*t)) {
+                        Some(loss) => heading.push((p.clone(), loss)),
+                        None => liars.push(p.clone()),
+                    }
+                }
+                let mut rng = proposal_rng(self.seed, id);
+                let (point, retry) = self.next_point(run, trials, &liars, &heading, &mut rng);
                 let task = self.trial_task(run, id, &point)?;
                 running.push((id, point, retry));
                 let options = FanOutOptions::new(1)
@@ -806,23 +814,26 @@ impl Search {
         run: &Run<'_>,
         trials: &[Trial],
         pending: &[Point],
+        heading: &[(Point, f64)],
         rng: &mut ChaCha8Rng,
     ) -> (Point, Option<u64>) {
         let retry = run.retries.lock().ok().and_then(|mut q| q.pop_front());
         match retry {
             Some((id, point)) => (point, Some(id)),
-            None => (self.propose(run, trials, pending, rng), None),
+            None => (self.propose(run, trials, pending, heading, rng), None),
         }
     }
 
     /// The next point: the first grid point no trial has covered (an unfinished one does not
-    /// cover its point), or a draw from `rng` given the finished trials and the `pending`
-    /// points (proposed, not finished: TPE's constant liars).
+    /// cover its point), or a draw from `rng` given the finished trials, the `pending` points
+    /// (proposed, not finished: TPE's constant liars) and the running trials `heading` for a
+    /// loss the pruner estimated (TPE counts them as finished with it).
     fn propose(
         &self,
         run: &Run<'_>,
         trials: &[Trial],
         pending: &[Point],
+        heading: &[(Point, f64)],
         rng: &mut ChaCha8Rng,
     ) -> Point {
         if let Some(g) = &run.grid {
@@ -854,6 +865,7 @@ impl Search {
                     .iter()
                     .filter(|t| t.status == TaskStatus::Ok)
                     .filter_map(|t| t.loss.map(|l| (t.params.clone(), l)))
+                    .chain(heading.iter().cloned())
                     .collect();
                 // A pruned trial with the pruner's estimate of its final loss counts with that
                 // loss; one without ranks below the finished ones, as Optuna ranks them.
