@@ -663,17 +663,18 @@ impl Search {
             // Proposals depend only on the seed and the trials so far: a resumed search
             // continues exactly as an uninterrupted one would.
             let mut rng = proposal_rng(self.seed, first_id);
-            let mut points: Vec<Point> = Vec::with_capacity(batch);
+            // The batch's proposals so far (none is running yet).
+            let mut pending: Vec<(Option<u64>, Point)> = Vec::with_capacity(batch);
             let mut retry_of: Vec<Option<u64>> = Vec::with_capacity(batch);
             for _ in 0..batch {
-                let (p, retry) = self.next_point(run, trials, &points, &[], &mut rng);
-                points.push(p);
+                let (p, retry) = self.next_point(run, trials, &pending, &mut rng);
+                pending.push((None, p));
                 retry_of.push(retry);
             }
-            let tasks: Vec<Task> = points
+            let tasks: Vec<Task> = pending
                 .iter()
                 .enumerate()
-                .map(|(i, p)| self.trial_task(run, first_id + i as u64, p))
+                .map(|(i, (_, p))| self.trial_task(run, first_id + i as u64, p))
                 .collect::<Result<_>>()?;
             let options = FanOutOptions::new(self.parallelism)
                 .threads_per_task(self.trial_threads(run.session))
@@ -690,7 +691,7 @@ impl Search {
                     |_| {},
                 )
                 .await?;
-            for ((point, r), retry) in points.into_iter().zip(results).zip(retry_of) {
+            for (((_, point), r), retry) in pending.into_iter().zip(results).zip(retry_of) {
                 let mut t = run.trial(point, r);
                 t.retry_of = retry;
                 trials.push(t);
@@ -717,17 +718,12 @@ impl Search {
                     stop = Some(reason);
                     break;
                 }
-                // Running trials the pruner has judged at a rung count with where their curves
-                // are heading (as pruned ones do); the others are constant liars.
-                let (mut heading, mut liars) = (Vec::new(), Vec::new());
-                for (t, p, _) in &running {
-                    match run.board.as_ref().and_then(|b| b.estimate(*t)) {
-                        Some(loss) => heading.push((p.clone(), loss)),
-                        None => liars.push(p.clone()),
-                    }
-                }
+                let pending: Vec<(Option<u64>, Point)> = running
+                    .iter()
+                    .map(|(t, p, _)| (Some(*t), p.clone()))
+                    .collect();
                 let mut rng = proposal_rng(self.seed, id);
-                let (point, retry) = self.next_point(run, trials, &liars, &heading, &mut rng);
+                let (point, retry) = self.next_point(run, trials, &pending, &mut rng);
                 let task = self.trial_task(run, id, &point)?;
                 running.push((id, point, retry));
                 let options = FanOutOptions::new(1)
@@ -813,27 +809,25 @@ impl Search {
         &self,
         run: &Run<'_>,
         trials: &[Trial],
-        pending: &[Point],
-        heading: &[(Point, f64)],
+        pending: &[(Option<u64>, Point)],
         rng: &mut ChaCha8Rng,
     ) -> (Point, Option<u64>) {
         let retry = run.retries.lock().ok().and_then(|mut q| q.pop_front());
         match retry {
             Some((id, point)) => (point, Some(id)),
-            None => (self.propose(run, trials, pending, heading, rng), None),
+            None => (self.propose(run, trials, pending, rng), None),
         }
     }
 
     /// The next point: the first grid point no trial has covered (an unfinished one does not
-    /// cover its point), or a draw from `rng` given the finished trials, the `pending` points
-    /// (proposed, not finished: TPE's constant liars) and the running trials `heading` for a
-    /// loss the pruner estimated (TPE counts them as finished with it).
+    /// cover its point), or a draw from `rng` given the finished trials and the `pending`
+    /// points (proposed, not finished, with the trial id of those running: TPE's constant liars,
+    /// unless the pruner has estimated where a running one is heading).
     fn propose(
         &self,
         run: &Run<'_>,
         trials: &[Trial],
-        pending: &[Point],
-        heading: &[(Point, f64)],
+        pending: &[(Option<u64>, Point)],
         rng: &mut ChaCha8Rng,
     ) -> Point {
         if let Some(g) = &run.grid {
@@ -846,7 +840,7 @@ impl Search {
                 .iter()
                 .filter(|t| !t.unfinished() || t.id >= run.first_id)
                 .map(|t| &t.params)
-                .chain(pending)
+                .chain(pending.iter().map(|(_, p)| p))
             {
                 *covered.entry(key(p)).or_default() += 1;
             }
@@ -861,17 +855,26 @@ impl Search {
         }
         match &self.algo {
             Algo::Tpe(tpe) => {
+                let estimate = |id: u64| run.board.as_ref().and_then(|b| b.estimate(id));
                 let mut finished: Vec<(Point, f64)> = trials
                     .iter()
                     .filter(|t| t.status == TaskStatus::Ok)
                     .filter_map(|t| t.loss.map(|l| (t.params.clone(), l)))
-                    .chain(heading.iter().cloned())
                     .collect();
+                // A running trial the pruner has judged at a rung counts with where its curve is
+                // heading; the others are constant liars.
+                let mut liars: Vec<Point> = Vec::new();
+                for (id, p) in pending {
+                    match id.and_then(estimate) {
+                        Some(loss) => finished.push((p.clone(), loss)),
+                        None => liars.push(p.clone()),
+                    }
+                }
                 // A pruned trial with the pruner's estimate of its final loss counts with that
                 // loss; one without ranks below the finished ones, as Optuna ranks them.
                 let mut pruned: Vec<(Point, u64, f64)> = Vec::new();
                 for t in trials.iter().filter(|t| t.status == TaskStatus::Pruned) {
-                    match run.board.as_ref().and_then(|b| b.estimate(t.id)) {
+                    match estimate(t.id) {
                         Some(loss) => finished.push((t.params.clone(), loss)),
                         None => {
                             if let Some(&(step, value)) = t.intermediate.last() {
@@ -880,7 +883,7 @@ impl Search {
                         }
                     }
                 }
-                tpe.propose_with_pruned(&self.space, &finished, &pruned, pending, rng)
+                tpe.propose_with_pruned(&self.space, &finished, &pruned, &liars, rng)
             }
             _ => self.space.sample(rng),
         }
