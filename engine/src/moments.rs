@@ -157,14 +157,29 @@ fn dense_moments_impl<const FMA: bool>(values: &[f64], out: &mut [f64; 5]) {
     let mut lo = [f64::INFINITY; LANES];
     let mut hi = [f64::NEG_INFINITY; LANES];
     let mut blocks = values.chunks_exact(LANES);
-    for block in &mut blocks {
-        for l in 0..LANES {
-            let v = block[l];
-            let take = v.is_finite();
-            n[l] += if take { 1.0 } else { 0.0 };
-            sum[l] += if take { v } else { 0.0 };
-            lo[l] = if take && v < lo[l] { v } else { lo[l] };
-            hi[l] = if take && v > hi[l] { v } else { hi[l] };
+    #[cfg(target_arch = "x86_64")]
+    let vector = FMA;
+    #[cfg(not(target_arch = "x86_64"))]
+    let vector = false;
+    if vector {
+        // LLVM leaves the loop below scalar (its selects on `is_finite` defeat the vectoriser:
+        // measured 1.4 ns per value against 0.36 here), so the AVX2 build spells it out.
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `FMA` is true only in the AVX2 (and AVX-512) builds of the kernel, which run
+        // only where the CPU has AVX2.
+        unsafe {
+            lane_sums_avx2(&mut blocks, [&mut n, &mut sum, &mut lo, &mut hi])
+        };
+    } else {
+        for block in &mut blocks {
+            for l in 0..LANES {
+                let v = block[l];
+                let take = v.is_finite();
+                n[l] += if take { 1.0 } else { 0.0 };
+                sum[l] += if take { v } else { 0.0 };
+                lo[l] = if take && v < lo[l] { v } else { lo[l] };
+                hi[l] = if take && v > hi[l] { v } else { hi[l] };
+            }
         }
     }
     for (l, &v) in blocks.remainder().iter().enumerate() {
@@ -203,6 +218,49 @@ fn dense_moments_impl<const FMA: bool>(values: &[f64], out: &mut [f64; 5]) {
         lo.iter().copied().fold(f64::INFINITY, f64::min),
         hi.iter().copied().fold(f64::NEG_INFINITY, f64::max),
     ];
+}
+
+/// The first pass of [`dense_moments_impl`] over whole blocks of `LANES` values, lane by lane
+/// as the scalar loop adds them (value `i` of a block into lane `i`), so both builds give the
+/// same sums: per lane the count, sum, minimum and maximum of the finite values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lane_sums_avx2(
+    blocks: &mut std::slice::ChunksExact<'_, f64>,
+    [n, sum, lo, hi]: [&mut [f64; LANES]; 4],
+) {
+    use std::arch::x86_64::*;
+    const HALVES: usize = LANES / 4;
+    let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
+    let inf = _mm256_set1_pd(f64::INFINITY);
+    let neg_inf = _mm256_set1_pd(f64::NEG_INFINITY);
+    let one = _mm256_set1_pd(1.0);
+    let mut vn = [_mm256_setzero_pd(); HALVES];
+    let mut vs = [_mm256_setzero_pd(); HALVES];
+    let mut vlo = [inf; HALVES];
+    let mut vhi = [neg_inf; HALVES];
+    for block in blocks {
+        for h in 0..HALVES {
+            // SAFETY: `block` holds `LANES` values, so 4 from `4 h` are inside it.
+            let v = unsafe { _mm256_loadu_pd(block.as_ptr().add(4 * h)) };
+            // |v| < ∞: false for NaN and ±∞.
+            let ok = _mm256_cmp_pd::<_CMP_LT_OQ>(_mm256_and_pd(v, abs), inf);
+            vn[h] = _mm256_add_pd(vn[h], _mm256_and_pd(ok, one));
+            vs[h] = _mm256_add_pd(vs[h], _mm256_and_pd(ok, v));
+            vlo[h] = _mm256_min_pd(_mm256_blendv_pd(inf, v, ok), vlo[h]);
+            vhi[h] = _mm256_max_pd(_mm256_blendv_pd(neg_inf, v, ok), vhi[h]);
+        }
+    }
+    for h in 0..HALVES {
+        let lanes = 4 * h..4 * h + 4;
+        // SAFETY: each destination holds the 4 lanes `lanes` names.
+        unsafe {
+            _mm256_storeu_pd(n[lanes.clone()].as_mut_ptr(), vn[h]);
+            _mm256_storeu_pd(sum[lanes.clone()].as_mut_ptr(), vs[h]);
+            _mm256_storeu_pd(lo[lanes.clone()].as_mut_ptr(), vlo[h]);
+            _mm256_storeu_pd(hi[lanes].as_mut_ptr(), vhi[h]);
+        }
+    }
 }
 
 // The dense kernel, compiled for the baseline target and for AVX2 with FMA.
@@ -408,6 +466,23 @@ mod tests {
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1.0);
             assert!(close(dense.mean, one_by_one.mean), "{len}");
             assert!(close(dense.m2, one_by_one.m2), "{len}");
+            // The AVX2 build adds lane by lane as the baseline build does: the same count, mean,
+            // minimum and maximum to the bit (the centred squares differ by FMA's rounding).
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu::has_avx2_fma() {
+                for chunk in values.chunks(CHUNK) {
+                    let (mut base, mut wide) = ([0.0; 5], [0.0; 5]);
+                    // SAFETY: the AVX2 build runs only where the CPU has it (checked above).
+                    unsafe {
+                        baseline::dense_moments(chunk, &mut base);
+                        avx2::dense_moments(chunk, &mut wide);
+                    }
+                    let [n, mean, m2, lo, hi] = base.map(f64::to_bits);
+                    let [wn, wmean, wm2, wlo, whi] = wide.map(f64::to_bits);
+                    assert_eq!([n, mean, lo, hi], [wn, wmean, wlo, whi], "{len}");
+                    assert!(close(f64::from_bits(m2), f64::from_bits(wm2)), "{len}");
+                }
+            }
         }
     }
 }
