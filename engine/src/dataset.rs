@@ -34,6 +34,35 @@ pub struct Dataset {
     /// The key its rows stay the same under ([`Dataset::reusable`]); dropped with any change
     /// of the rows.
     reuse: Option<Arc<str>>,
+    /// The features' moments, when known from how the rows were made
+    /// ([`Dataset::with_feature_moments`]); dropped with any change of the rows, and ignored
+    /// once the features are others than those they describe.
+    moments: Option<Arc<FeatureMoments>>,
+}
+
+/// The mean and sample standard deviation of each feature value over a dataset's rows (of its
+/// features in order, vector elements expanded), known without reading the rows: automatic
+/// preprocessing computes them in the read that encodes the rows, so a fit that standardises
+/// needs no pass of its own to learn them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureMoments {
+    /// The rows they were computed over.
+    pub rows: u64,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    /// The feature columns they describe.
+    features: Vec<String>,
+}
+
+impl FeatureMoments {
+    pub fn new(rows: u64, mean: Vec<f64>, std: Vec<f64>) -> Self {
+        FeatureMoments {
+            rows,
+            mean,
+            std,
+            features: Vec::new(),
+        }
+    }
 }
 
 impl Dataset {
@@ -47,6 +76,7 @@ impl Dataset {
             assembled: None,
             missing: Missing::Refuse,
             reuse: None,
+            moments: None,
         }
     }
 
@@ -61,6 +91,24 @@ impl Dataset {
     pub fn reusable(mut self, key: impl Into<String>) -> Self {
         self.reuse = Some(Arc::from(key.into()));
         self
+    }
+
+    /// Records what is known of the current features' values over these rows (`moments`, one
+    /// mean and deviation per feature value): a promise, like [`Dataset::reusable`]'s, that
+    /// they were computed over exactly these rows. [`Dataset::feature_moments`] gives them back
+    /// while the rows and features stay these.
+    pub fn with_feature_moments(mut self, mut moments: FeatureMoments) -> Self {
+        moments.features = self.features.clone();
+        self.moments = Some(Arc::new(moments));
+        self
+    }
+
+    /// The moments [`Dataset::with_feature_moments`] recorded, if the features are still the
+    /// ones they describe and as many values wide.
+    pub fn feature_moments(&self) -> Option<&FeatureMoments> {
+        let m = self.moments.as_deref()?;
+        let width = self.feature_dim().ok()?;
+        (m.features == self.features && m.mean.len() == width && m.std.len() == width).then_some(m)
     }
 
     /// The key of [`Dataset::reusable`] and the roles and missing-value policy: what derived
@@ -238,6 +286,7 @@ impl Dataset {
             assembled: None,
             missing: self.missing,
             reuse: None,
+            moments: None,
         }
         .with_features([column])
     }
@@ -332,18 +381,27 @@ impl Dataset {
     pub fn assemble(self, output: &str) -> Result<Dataset> {
         let expr = self.features_expr()?;
         let names = self.feature_names()?;
+        // The vector holds the features' values in their order: the same moments.
+        let features = vec![output.to_string()];
+        let moments = self.feature_moments().map(|m| {
+            Arc::new(FeatureMoments {
+                features: features.clone(),
+                ..m.clone()
+            })
+        });
         let df = self.df.with_column(output, expr)?;
         let reuse = self
             .reuse
             .map(|key| Arc::from(format!("{key}\u{0}assembled from {:?}", self.features)));
         Ok(Dataset {
             df,
-            features: vec![output.to_string()],
+            features,
             label: self.label,
             weight: self.weight,
             assembled: Some((output.to_string(), names)),
             missing: self.missing,
             reuse,
+            moments,
         })
     }
 

@@ -38,7 +38,7 @@ pub mod vector;
 
 pub use aggregate::{StatInputs, Statistic, StatisticUdaf, run_embedded, run_local};
 pub use config::{CONFIG_KEYS, QuiverConfig};
-pub use dataset::{Dataset, LocalFrame, SPLIT_DRAW};
+pub use dataset::{Dataset, FeatureMoments, LocalFrame, SPLIT_DRAW};
 pub use error::{QuiverError, Result};
 pub use fanout::{
     FanOutOptions, Task, TaskOutcome, TaskResult, TaskRunner, TaskStatus, fan_out_embedded,

@@ -426,3 +426,88 @@ async fn reusable_rows_share_the_set_up_pass() {
         assert_eq!(kept.intercepts(), fresh.intercepts(), "reg {reg}");
     }
 }
+
+/// Rows that come with their features' moments (as `CREATE MODEL`'s one read gives them) fit
+/// without summarising the features: with the true moments the same model as a fit that
+/// summarises (to rounding: the moments are summed in another order), through an assembled
+/// vector too; the moments are what the fit standardises by (other moments, another model);
+/// a weighted fit ignores them, and other features drop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_feature_moments_replace_the_summary() {
+    let s = QuiverSession::embedded_with(
+        QuiverConfig::default()
+            .with_pairs([("quiver.runner", "local")])
+            .unwrap(),
+    )
+    .unwrap();
+    let (train, _) = split(&s, "breast_cancer.parquet", "label").await;
+    let features: Vec<String> = train.columns().into_iter().filter(|c| c != "y").collect();
+    let train = train.with_features(&features).unwrap();
+    let summary = s.summarize(&train, s.runner()).await.unwrap();
+    let moments = |scale: f64| {
+        quiver_engine::FeatureMoments::new(
+            summary.count,
+            summary.mean.clone(),
+            summary.std.iter().map(|v| v * scale).collect(),
+        )
+    };
+    let known = train.clone().with_feature_moments(moments(1.0));
+    assert!(known.feature_moments().is_some());
+    let assembled = known.clone().assemble("v").unwrap();
+    let carried = assembled
+        .feature_moments()
+        .expect("assembling keeps the values");
+    assert_eq!((&carried.mean, &carried.std), (&summary.mean, &summary.std));
+    assert!(
+        known
+            .clone()
+            .with_features(&features[..3])
+            .unwrap()
+            .feature_moments()
+            .is_none()
+    );
+    let lr = LogisticRegression::new().reg_param(0.01).max_iter(100);
+    let fresh = lr.fit(&s, &train).await.unwrap();
+    let close = |a: &[f64], b: &[f64], tol: f64| {
+        a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= tol * y.abs().max(1.0))
+    };
+    for data in [&known, &assembled] {
+        let m = lr.fit(&s, data).await.unwrap();
+        assert!(close(
+            &m.coefficients().concat(),
+            &fresh.coefficients().concat(),
+            1e-7
+        ));
+        assert!(close(m.intercepts(), fresh.intercepts(), 1e-7));
+        assert_eq!(m.summary().feature_std, summary.std);
+    }
+    let other = lr
+        .fit(&s, &train.clone().with_feature_moments(moments(3.0)))
+        .await
+        .unwrap();
+    assert!(!close(
+        &other.coefficients().concat(),
+        &fresh.coefficients().concat(),
+        1e-3
+    ));
+    // Weighted: the moments are unweighted, so the fit summarises.
+    let weighted = train
+        .dataframe()
+        .clone()
+        .with_column("w", datafusion::prelude::lit(2.0))
+        .unwrap();
+    let weighted = train
+        .with_dataframe(weighted)
+        .unwrap()
+        .with_weight("w")
+        .unwrap();
+    let lr = lr.weighted(true);
+    let want = lr.fit(&s, &weighted).await.unwrap();
+    let got = lr
+        .fit(&s, &weighted.with_feature_moments(moments(3.0)))
+        .await
+        .unwrap();
+    assert_eq!(got.coefficients(), want.coefficients());
+}

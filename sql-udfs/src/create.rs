@@ -340,6 +340,7 @@ async fn read_encoded(
         train,
         held_out,
         rows,
+        moments,
     } = read;
     let rows = rows as usize;
     if matches!(
@@ -353,7 +354,10 @@ async fn read_encoded(
         let df = session.context().read_table(Arc::new(table))?;
         Ok(model.encoded_rows(df, fit.encoded_label(), None)?)
     };
-    let train = encoded(train)?;
+    let mut train = encoded(train)?;
+    if let Some(m) = moments {
+        train = train.with_feature_moments(m);
+    }
     let eval = held_out.map(&encoded).transpose()?;
     Ok(Some((model, train, eval, rows)))
 }

@@ -19,7 +19,7 @@ pub use params::{Family, LogisticRegression};
 use std::sync::Arc;
 use std::time::Instant;
 
-use quiver_engine::{Dataset, FeatureSummary, QuiverSession, Statistic, Summarizer};
+use quiver_engine::{Dataset, FeatureSummary, QuiverError, QuiverSession, Statistic, Summarizer};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Estimator;
@@ -70,6 +70,13 @@ impl Estimator for LogisticRegression {
         if self.weighted {
             summarizer = summarizer.weighted(true);
         }
+        // The features' means and deviations when the rows came with them (automatic
+        // preprocessing computes them in the read that encodes the rows): the set-up pass then
+        // only counts the classes. Unweighted moments only.
+        let known = data
+            .feature_moments()
+            .filter(|_| !self.weighted)
+            .map(|m| (m.mean.clone(), m.std.clone()));
         // The class counts and the feature summary in one pass; once for rows that trials
         // share (a search's fits over one kept split), whatever the hyperparameters.
         let setup = Setup {
@@ -78,7 +85,7 @@ impl Estimator for LogisticRegression {
                 weighted: self.weighted,
                 label: data.label().unwrap_or("label").to_string(),
             },
-            summary: summarizer,
+            summary: known.is_none().then_some(summarizer),
         };
         let key = data.reuse_key(&format!(
             "logistic set-up {}",
@@ -86,7 +93,7 @@ impl Estimator for LogisticRegression {
         ));
         let kept = key
             .as_deref()
-            .and_then(quiver_engine::reuse::get::<(Vec<f64>, FeatureSummary)>);
+            .and_then(quiver_engine::reuse::get::<(Vec<f64>, Option<FeatureSummary>)>);
         let (counts, summary) = match kept {
             Some(kept) => kept.as_ref().clone(),
             None => {
@@ -96,6 +103,15 @@ impl Estimator for LogisticRegression {
                     quiver_engine::reuse::put(key, Arc::new(computed.clone()), bytes);
                 }
                 computed
+            }
+        };
+        let (mean, std) = match (summary, known) {
+            (Some(summary), _) => (summary.mean, summary.std),
+            (None, Some(known)) => known,
+            (None, None) => {
+                return Err(MllibError::Engine(QuiverError::internal(
+                    "the set-up pass gave no feature summary",
+                )));
             }
         };
         let present = counts.iter().filter(|c| **c > 0.0).count();
@@ -120,13 +136,13 @@ impl Estimator for LogisticRegression {
             Family::Multinomial => true,
         };
         let vectors = if multinomial { num_classes } else { 1 };
-        let std = summary.std.clone();
+
         // With an intercept, optimise over centred standardised features (x − μ)/σ: the
         // intercept no longer fights the coefficients, which cuts the iterations on data far
         // from the origin several-fold. Virtual, as Spark does: the data is never shifted, the
         // centring moves into the intercept of each evaluation and out of its gradient.
         let shift: Vec<f64> = if self.fit_intercept {
-            summary.mean.clone()
+            mean.clone()
         } else {
             vec![0.0; d]
         };
@@ -253,8 +269,8 @@ impl Estimator for LogisticRegression {
                 convergence: min.reason,
                 num_classes,
                 data_passes: 2 + min.evaluations,
-                feature_mean: summary.mean,
-                feature_std: summary.std,
+                feature_mean: mean,
+                feature_std: std,
                 wall_time_ms: started.elapsed().as_secs_f64() * 1e3,
             },
         ))

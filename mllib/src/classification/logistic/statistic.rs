@@ -74,16 +74,17 @@ impl Statistic for ClassCounts {
 }
 
 /// What a fit needs before its first iteration, in one pass: the class counts and the
-/// feature summary (means and deviations for the standardisation).
+/// feature summary (means and deviations for the standardisation) unless the rows came with
+/// their features' moments (`summary` is then `None`).
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Setup {
     pub(super) counts: ClassCounts,
-    pub(super) summary: Summarizer,
+    pub(super) summary: Option<Summarizer>,
 }
 
 impl Statistic for Setup {
-    type State = (Vec<f64>, SummaryState);
-    type Output = (Vec<f64>, FeatureSummary);
+    type State = (Vec<f64>, Option<SummaryState>);
+    type Output = (Vec<f64>, Option<FeatureSummary>);
     const NAME: &'static str = "quiver_logistic_setup";
     fn params(&self) -> quiver_engine::Result<Vec<u8>> {
         quiver_engine::registry::json_params("the logistic set-up pass", self)
@@ -98,31 +99,52 @@ impl Statistic for Setup {
         }
     }
     fn init(&self) -> Self::State {
-        (self.counts.init(), self.summary.init())
+        (self.counts.init(), self.summary.as_ref().map(|m| m.init()))
     }
     fn update(&self, s: &mut Self::State, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
         self.counts.update(&mut s.0, b)?;
-        self.summary.update(&mut s.1, b)
+        match (&self.summary, &mut s.1) {
+            (Some(m), Some(state)) => m.update(state, b),
+            _ => Ok(()),
+        }
     }
     fn merge(&self, s: &mut Self::State, o: &Self::State) -> quiver_engine::Result<()> {
         self.counts.merge(&mut s.0, &o.0)?;
-        self.summary.merge(&mut s.1, &o.1)
+        match (&self.summary, &mut s.1, &o.1) {
+            (Some(m), Some(state), Some(other)) => m.merge(state, other),
+            _ => Ok(()),
+        }
     }
     fn finish(&self, s: Self::State) -> quiver_engine::Result<Self::Output> {
-        Ok((self.counts.finish(s.0)?, self.summary.finish(s.1)?))
+        let summary = match (&self.summary, s.1) {
+            (Some(m), Some(state)) => Some(m.finish(state)?),
+            _ => None,
+        };
+        Ok((self.counts.finish(s.0)?, summary))
     }
     fn encode_state(&self, s: &Self::State, out: &mut Vec<u8>) {
         // The counts' encoding starts with its length, so the summary's follows it.
         self.counts.encode_state(&s.0, out);
-        self.summary.encode_state(&s.1, out);
+        if let (Some(m), Some(state)) = (&self.summary, &s.1) {
+            m.encode_state(state, out);
+        }
     }
     fn state_size(&self, s: &Self::State) -> usize {
-        self.counts.state_size(&s.0) + self.summary.state_size(&s.1)
+        let summary = match (&self.summary, &s.1) {
+            (Some(m), Some(state)) => m.state_size(state),
+            _ => 0,
+        };
+        self.counts.state_size(&s.0) + summary
     }
     fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Self::State> {
         let (n, rest) = decode_f64s(bytes, 1)?;
         let (counts, rest) = decode_f64s(rest, n[0] as usize)?;
-        Ok((counts, self.summary.decode_state(rest)?))
+        let summary = self
+            .summary
+            .as_ref()
+            .map(|m| m.decode_state(rest))
+            .transpose()?;
+        Ok((counts, summary))
     }
 }
 
@@ -264,7 +286,7 @@ mod tests {
                 weighted: false,
                 label: "y".to_string(),
             },
-            summary: Summarizer::new(d),
+            summary: Some(Summarizer::new(d)),
         };
         let (mut a, mut b) = (setup.init(), setup.init());
         setup.update(&mut a, &batch(0..4)).unwrap();
@@ -275,6 +297,7 @@ mod tests {
             .merge(&mut a, &setup.decode_state(&bytes).unwrap())
             .unwrap();
         let (got_counts, got_summary) = setup.finish(a).unwrap();
+        let got_summary = got_summary.unwrap();
 
         let mut c = counts.init();
         counts.update(&mut c, &batch(0..10)).unwrap();
@@ -290,5 +313,19 @@ mod tests {
         for (g, w) in got_summary.std.iter().zip(&want.std) {
             assert!((g - w).abs() < 1e-12, "{g} vs {w}");
         }
+        // Without the summary (moments known): the counts alone, through the byte encoding.
+        let counting = Setup {
+            counts,
+            summary: None,
+        };
+        let (mut a, mut b) = (counting.init(), counting.init());
+        counting.update(&mut a, &batch(0..4)).unwrap();
+        counting.update(&mut b, &batch(4..10)).unwrap();
+        let mut bytes = Vec::new();
+        counting.encode_state(&b, &mut bytes);
+        assert_eq!(bytes.len(), counting.state_size(&b));
+        let b = counting.decode_state(&bytes).unwrap();
+        counting.merge(&mut a, &b).unwrap();
+        assert_eq!(counting.finish(a).unwrap(), (vec![4.0, 3.0, 3.0], None));
     }
 }

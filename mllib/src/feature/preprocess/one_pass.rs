@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
-use quiver_engine::QuiverError;
 use quiver_engine::moments::Moments;
 use quiver_engine::vector::{vector_array, vector_type};
+use quiver_engine::{FeatureMoments, QuiverError};
 use rayon::prelude::*;
 
 use super::{
@@ -133,6 +133,10 @@ pub struct OnePassRows {
     pub held_out: Option<Vec<Vec<RecordBatch>>>,
     /// The rows read (both sides).
     pub rows: u64,
+    /// The training rows' feature moments when every feature is a number column with a finite
+    /// value in every training row (the encoding copies the values, so they are the columns'
+    /// moments): for [`Dataset::with_feature_moments`](quiver_engine::Dataset).
+    pub moments: Option<FeatureMoments>,
 }
 
 /// Whether the encoding refused a value (the usual path then reports it with its row).
@@ -412,8 +416,21 @@ impl OnePassFit {
             _ => None,
         };
         let model = self.params.model(columns, classes)?;
+        let dim = model.encoder.derived.dim;
+        let copied =
+            |(_, _, kind): &(usize, DataType, ColumnKind)| *kind != ColumnKind::Categorical;
+        let moments = (dim == n
+            && self.inputs.iter().all(copied)
+            && moments.iter().all(|m| m.finite == train_rows))
+        .then(|| {
+            FeatureMoments::new(
+                train_rows,
+                moments.iter().map(|m| m.mean).collect(),
+                moments.iter().map(|m| m.stddev().unwrap_or(0.0)).collect(),
+            )
+        });
         let label = self.schema.fields().get(1).map(|f| f.as_ref());
-        let schema = encoded_schema(&self.params.output_col, model.encoder.derived.dim, label);
+        let schema = encoded_schema(&self.params.output_col, dim, label);
         let mut sides: [Vec<Vec<RecordBatch>>; 2] = [
             Vec::with_capacity(parts.len()),
             Vec::with_capacity(parts.len()),
@@ -438,6 +455,7 @@ impl OnePassFit {
             train,
             held_out: self.split.is_some().then_some(held_out),
             rows,
+            moments,
         }))
     }
 }
@@ -731,9 +749,12 @@ mod tests {
                     train: batches,
                     held_out,
                     rows,
+                    moments,
                 } = one_pass(&prep, &parts).unwrap();
                 assert_eq!(rows, 63);
                 assert!(held_out.is_none());
+                // Nulls and a string column: the features' moments are not the columns'.
+                assert!(moments.is_none());
                 same_stage(&model, &staged);
                 let columns = model.encoder().columns();
                 assert_eq!(columns[0].nulls, 2);
@@ -827,6 +848,65 @@ mod tests {
             fit.split_on(&read[0][0].schema(), "d", bounds[0], bounds[1])
                 .is_none()
         );
+    }
+
+    /// With number columns only and no null among the training rows (`b`, a Float32, and `d`,
+    /// a date), the read's moments are those of the encoded training vectors: their means and
+    /// sample deviations element by element, over the training rows only when split. A column
+    /// with a null (`a`) among them gives none.
+    #[tokio::test]
+    async fn null_free_numbers_give_the_encoded_features_moments() {
+        let parts = partitions(3, None);
+        let session = QuiverSession::embedded_with(QuiverConfig::default()).unwrap();
+        let data = dataset(&session, &parts);
+        let drawn = data.with_split_draw(&data.columns(), 5).unwrap();
+        let read = drawn
+            .dataframe()
+            .clone()
+            .collect_partitioned()
+            .await
+            .unwrap();
+        let schema = read[0][0].schema();
+        let bounds = quiver_engine::dataset::split_bounds(&[0.7, 0.3]).unwrap();
+        let prep = Preprocessor::new(["b", "d"])
+            .label("y", false)
+            .output_col("v");
+        for split in [false, true] {
+            let fit = prep.one_pass(&schema).unwrap();
+            let fit = match split {
+                true => fit
+                    .split_on(&schema, SPLIT_DRAW, bounds[0], bounds[1])
+                    .unwrap(),
+                false => fit,
+            };
+            let got = read_all(&fit, &read).unwrap().expect("every batch taken");
+            let train: Vec<RecordBatch> = got.train.into_iter().flatten().collect();
+            let rows: Vec<Vec<f64>> = vectors(&train, "y")
+                .iter()
+                .map(|r| r[..2].iter().map(|&x| f64::from_bits(x)).collect())
+                .collect();
+            assert!(rows.len() < 63 || !split, "some rows held out");
+            assert!(rows.len() == 63 || split, "every row trains");
+            let m = got.moments.expect("null-free number columns");
+            assert_eq!(m.rows, rows.len() as u64);
+            let n = rows.len() as f64;
+            for j in 0..2 {
+                let mean = rows.iter().map(|r| r[j]).sum::<f64>() / n;
+                let var = rows.iter().map(|r| (r[j] - mean).powi(2)).sum::<f64>() / (n - 1.0);
+                let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1.0);
+                assert!(
+                    close(m.mean[j], mean),
+                    "{split} {j}: {} vs {mean}",
+                    m.mean[j]
+                );
+                assert!(close(m.std[j], var.sqrt()), "{split} {j}");
+            }
+        }
+        let with_nulls = Preprocessor::new(["a", "b"])
+            .label("y", false)
+            .output_col("v");
+        let fit = with_nulls.one_pass(&schema).unwrap();
+        assert!(read_all(&fit, &read).unwrap().unwrap().moments.is_none());
     }
 
     /// What the one read does not take (a string label for a regression, a column of a type
