@@ -1,7 +1,6 @@
 //! Weighted means and centred co-moments of features and label (`XᵀWX`, `XᵀWy`, `yᵀWy` about
-//! the means) as one mergeable statistic: the input of the normal equations. Each block of a
-//! batch's rows (cache-sized) is reduced with its own means (two passes over the block while
-//! it is in cache) and blocks and batches are merged with Chan et al.'s update, so
+//! the means) as one mergeable statistic: the input of the normal equations. Each batch is
+//! reduced with its own means (two passes) and batches are merged with Chan et al.'s update, so
 //! large feature offsets do not cancel digits away.
 
 use quiver_engine::aggregate::{decode_f64s, encode_f64s};
@@ -115,7 +114,22 @@ impl Statistic for CoMomentsStatistic {
             zeros = vec![0.0; b.n_rows];
             &zeros
         };
+        if let Some(r) = first_nan(y) {
+            return Err(QuiverError::InvalidValueInBatch {
+                kind: "NaN",
+                column: "label".to_string(),
+                row_in_batch: r,
+            });
+        }
+        if let Some(i) = first_nan(b.values) {
+            return Err(QuiverError::InvalidValueInBatch {
+                kind: "NaN",
+                column: "features".to_string(),
+                row_in_batch: i / d,
+            });
+        }
         let weights = if self.weighted { b.weight } else { None };
+        let weight = |r: usize| weights.map_or(1.0, |w| w[r]);
         if let Some(w) = weights
             && let Some(r) = w.iter().position(|v| v.is_nan() || *v < 0.0)
         {
@@ -129,31 +143,43 @@ impl Statistic for CoMomentsStatistic {
                 row_in_batch: r,
             });
         }
-        // Blocks of rows small enough to stay in cache while they are checked, averaged and
-        // multiplied (one read of the rows from memory, not three), each merged into the state
-        // with Chan's update.
-        let block = (BLOCK_VALUES / d.max(1)).max(64);
-        let n = b.n_rows;
-        for start in (0..n).step_by(block) {
-            let end = (start + block).min(n);
-            let values = &b.values[start * d..end * d];
-            let y = &y[start..end];
-            if let Some(r) = first_nan(y) {
-                return Err(QuiverError::InvalidValueInBatch {
-                    kind: "NaN",
-                    column: "label".to_string(),
-                    row_in_batch: start + r,
-                });
+        // Pass 1: the batch's weighted means.
+        let mut part = CoMoments::new(d);
+        for (r, &yr) in y.iter().enumerate().take(b.n_rows) {
+            let w = weight(r);
+            if w == 0.0 {
+                continue;
             }
-            if let Some(i) = first_nan(values) {
-                return Err(QuiverError::InvalidValueInBatch {
-                    kind: "NaN",
-                    column: "features".to_string(),
-                    row_in_batch: start + i / d,
-                });
+            part.count += 1.0;
+            part.weight_sum += w;
+            part.mean_y += w * yr;
+            for (m, x) in part.mean_x.iter_mut().zip(b.row(r)) {
+                *m += w * x;
             }
-            self.add_block(state, values, y, weights.map(|w| &w[start..end]));
         }
+        if part.weight_sum == 0.0 {
+            state.count += part.count;
+            return Ok(());
+        }
+        part.mean_y /= part.weight_sum;
+        for m in part.mean_x.iter_mut() {
+            *m /= part.weight_sum;
+        }
+        // Pass 2: centred products (upper triangle, mirrored below), blocked.
+        let e = d + 1;
+        let mut g = vec![0.0; e * e];
+        centred_products(b.values, y, weights, &part.mean_x, part.mean_y, &mut g);
+        for i in 0..d {
+            part.cxx[i * d + i..(i + 1) * d].copy_from_slice(&g[i * e + i..i * e + d]);
+            part.cxy[i] = g[i * e + d];
+        }
+        part.cyy = g[d * e + d];
+        for i in 0..d {
+            for j in 0..i {
+                part.cxx[i * d + j] = part.cxx[j * d + i];
+            }
+        }
+        state.combine(&part);
         Ok(())
     }
 
@@ -291,52 +317,6 @@ quiver_engine::fma_kernels!(products_baseline, products_avx2;
     ) => products;
 );
 
-impl CoMomentsStatistic {
-    /// A block of rows (checked: no NaN) into `state`: its weighted means, then its centred
-    /// products about them (upper triangle, mirrored below), merged.
-    fn add_block(&self, state: &mut CoMoments, values: &[f64], y: &[f64], weights: Option<&[f64]>) {
-        let d = self.dim;
-        let mut part = CoMoments::new(d);
-        for (r, &yr) in y.iter().enumerate() {
-            let w = weights.map_or(1.0, |w| w[r]);
-            if w == 0.0 {
-                continue;
-            }
-            part.count += 1.0;
-            part.weight_sum += w;
-            part.mean_y += w * yr;
-            for (m, x) in part.mean_x.iter_mut().zip(&values[r * d..(r + 1) * d]) {
-                *m += w * x;
-            }
-        }
-        if part.weight_sum == 0.0 {
-            state.count += part.count;
-            return;
-        }
-        part.mean_y /= part.weight_sum;
-        for m in part.mean_x.iter_mut() {
-            *m /= part.weight_sum;
-        }
-        let e = d + 1;
-        let mut g = vec![0.0; e * e];
-        centred_products(values, y, weights, &part.mean_x, part.mean_y, &mut g);
-        for i in 0..d {
-            part.cxx[i * d + i..(i + 1) * d].copy_from_slice(&g[i * e + i..i * e + d]);
-            part.cxy[i] = g[i * e + d];
-        }
-        part.cyy = g[d * e + d];
-        for i in 0..d {
-            for j in 0..i {
-                part.cxx[i * d + j] = part.cxx[j * d + i];
-            }
-        }
-        state.combine(&part);
-    }
-}
-
-/// Feature values per block of [`CoMomentsStatistic`]'s update (128 KB: L2-resident).
-const BLOCK_VALUES: usize = 16 * 1024;
-
 /// [`products`] with the best compilation this CPU runs.
 fn centred_products(
     values: &[f64],
@@ -410,77 +390,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// A batch of several cache blocks gives the textbook co-moments (means, then centred
-    /// sums over every row), weighted or not, and a NaN past the first block is reported at
-    /// its row in the batch.
-    #[test]
-    fn blocks_of_a_batch_give_the_whole_batch_moments() {
-        let d = 20;
-        let n = 3 * (BLOCK_VALUES / d) + 17;
-        let value = |i: usize| ((i * 7919 % 1009) as f64 - 500.0) / 37.0 + 1e4;
-        let values: Vec<f64> = (0..n * d).map(value).collect();
-        let y: Vec<f64> = (0..n).map(|r| value(r * 13 + 5) * 0.5).collect();
-        let w: Vec<f64> = (0..n).map(|r| [0.0, 1.0, 2.5][r % 3]).collect();
-        for weighted in [false, true] {
-            let stat = CoMomentsStatistic {
-                dim: d,
-                weighted,
-                label: true,
-            };
-            let batch = FeatureBatch {
-                values: &values,
-                n_rows: n,
-                dim: d,
-                label: Some(&y),
-                weight: Some(&w),
-            };
-            let mut got = stat.init();
-            stat.update(&mut got, &batch).unwrap();
-            let wt = |r: usize| if weighted { w[r] } else { 1.0 };
-            let sw: f64 = (0..n).map(wt).sum();
-            let x = |r: usize, j: usize| values[r * d + j];
-            let mean: Vec<f64> = (0..d)
-                .map(|j| (0..n).map(|r| wt(r) * x(r, j)).sum::<f64>() / sw)
-                .collect();
-            let my = (0..n).map(|r| wt(r) * y[r]).sum::<f64>() / sw;
-            let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
-            assert!(close(got.weight_sum, sw));
-            assert!(close(got.mean_y, my));
-            for i in 0..d {
-                assert!(close(got.mean_x[i], mean[i]), "{weighted} mean {i}");
-                let cxy: f64 = (0..n)
-                    .map(|r| wt(r) * (x(r, i) - mean[i]) * (y[r] - my))
-                    .sum();
-                assert!(close(got.cxy[i], cxy), "{weighted} cxy {i}");
-                for j in 0..d {
-                    let c: f64 = (0..n)
-                        .map(|r| wt(r) * (x(r, i) - mean[i]) * (x(r, j) - mean[j]))
-                        .sum();
-                    assert!(close(got.cxx[i * d + j], c), "{weighted} cxx {i} {j}");
-                }
-            }
-        }
-        let mut bad = values.clone();
-        let row = 2 * (BLOCK_VALUES / d) + 3;
-        bad[row * d + 7] = f64::NAN;
-        let stat = CoMomentsStatistic {
-            dim: d,
-            weighted: false,
-            label: true,
-        };
-        let batch = FeatureBatch {
-            values: &bad,
-            n_rows: n,
-            dim: d,
-            label: Some(&y),
-            weight: None,
-        };
-        let err = stat.update(&mut stat.init(), &batch).unwrap_err();
-        assert!(
-            matches!(err, QuiverError::InvalidValueInBatch { row_in_batch, .. } if row_in_batch == row),
-            "{err}"
-        );
     }
 }
