@@ -402,10 +402,9 @@ async fn bad_labels_and_params_are_named() {
     );
 }
 
-/// Rows marked reusable (a search's kept split) summarise their classes and features once per
-/// process: fits after the first, with other hyperparameters, equal fits that summarise again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reusable_rows_share_the_set_up_pass() {
+/// A local-runner session and breast cancer's training rows with every column but the label
+/// `y` as features (and those features' names).
+async fn local_breast_cancer() -> (QuiverSession, Dataset, Vec<String>) {
     let s = QuiverSession::embedded_with(
         QuiverConfig::default()
             .with_pairs([("quiver.runner", "local")])
@@ -414,7 +413,15 @@ async fn reusable_rows_share_the_set_up_pass() {
     .unwrap();
     let (train, _) = split(&s, "breast_cancer.parquet", "label").await;
     let features: Vec<String> = train.columns().into_iter().filter(|c| c != "y").collect();
-    let train = train.with_features(features).unwrap();
+    let train = train.with_features(&features).unwrap();
+    (s, train, features)
+}
+
+/// Rows marked reusable (a search's kept split) summarise their classes and features once per
+/// process: fits after the first, with other hyperparameters, equal fits that summarise again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reusable_rows_share_the_set_up_pass() {
+    let (s, train, _) = local_breast_cancer().await;
     let reusable = train
         .clone()
         .reusable(format!("set-up test {}", std::process::id()));
@@ -434,15 +441,7 @@ async fn reusable_rows_share_the_set_up_pass() {
 /// a weighted fit ignores them, and other features drop them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_feature_moments_replace_the_summary() {
-    let s = QuiverSession::embedded_with(
-        QuiverConfig::default()
-            .with_pairs([("quiver.runner", "local")])
-            .unwrap(),
-    )
-    .unwrap();
-    let (train, _) = split(&s, "breast_cancer.parquet", "label").await;
-    let features: Vec<String> = train.columns().into_iter().filter(|c| c != "y").collect();
-    let train = train.with_features(&features).unwrap();
+    let (s, train, features) = local_breast_cancer().await;
     let summary = s.summarize(&train, s.runner()).await.unwrap();
     let moments = |scale: f64| {
         quiver_engine::FeatureMoments::new(

@@ -788,16 +788,12 @@ mod tests {
         }
     }
 
-    /// Split by the rows' draws, the one read fits the stage on the training rows only and
-    /// encodes each side as [`Dataset::random_split_on`] over the same draws followed by
-    /// [`Estimator::fit`] on the training side and `transform` of each side: the same rows on
-    /// each side, the same stage, the held-out nulls imputed with the training means.
-    #[tokio::test]
-    async fn split_read_equals_split_then_fit_then_transform() {
+    /// Three [`partitions`] with each row's split draw (`seed`) added, as a dataset of a new
+    /// session and as the batches read from it.
+    async fn drawn_partitions(seed: u64) -> (QuiverSession, Dataset, Vec<Vec<RecordBatch>>) {
         let parts = partitions(3, None);
         let session = QuiverSession::embedded_with(QuiverConfig::default()).unwrap();
         let data = dataset(&session, &parts);
-        let seed = 11;
         let drawn = data.with_split_draw(&data.columns(), seed).unwrap();
         let read = drawn
             .dataframe()
@@ -805,6 +801,17 @@ mod tests {
             .collect_partitioned()
             .await
             .unwrap();
+        (session, drawn, read)
+    }
+
+    /// Split by the rows' draws, the one read fits the stage on the training rows only and
+    /// encodes each side as [`Dataset::random_split_on`] over the same draws followed by
+    /// [`Estimator::fit`] on the training side and `transform` of each side: the same rows on
+    /// each side, the same stage, the held-out nulls imputed with the training means.
+    #[tokio::test]
+    async fn split_read_equals_split_then_fit_then_transform() {
+        let seed = 11;
+        let (session, drawn, read) = drawn_partitions(seed).await;
         let weights = [0.6, 0.4];
         let bounds = quiver_engine::dataset::split_bounds(&weights).unwrap();
         let sides = drawn
@@ -856,16 +863,7 @@ mod tests {
     /// with a null (`a`) among them gives none.
     #[tokio::test]
     async fn null_free_numbers_give_the_encoded_features_moments() {
-        let parts = partitions(3, None);
-        let session = QuiverSession::embedded_with(QuiverConfig::default()).unwrap();
-        let data = dataset(&session, &parts);
-        let drawn = data.with_split_draw(&data.columns(), 5).unwrap();
-        let read = drawn
-            .dataframe()
-            .clone()
-            .collect_partitioned()
-            .await
-            .unwrap();
+        let (_, _, read) = drawn_partitions(5).await;
         let schema = read[0][0].schema();
         let bounds = quiver_engine::dataset::split_bounds(&[0.7, 0.3]).unwrap();
         let prep = Preprocessor::new(["b", "d"])
