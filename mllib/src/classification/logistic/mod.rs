@@ -136,7 +136,6 @@ impl Estimator for LogisticRegression {
             Family::Multinomial => true,
         };
         let vectors = if multinomial { num_classes } else { 1 };
-
         // With an intercept, optimise over centred standardised features (x − μ)/σ: the
         // intercept no longer fights the coefficients, which cuts the iterations on data far
         // from the origin several-fold. Virtual, as Spark does: the data is never shifted, the
