@@ -38,34 +38,96 @@ use statistic::*;
 /// A uniform number in [0, 1) from a row's values, the seed and a round: the same row always
 /// draws the same number, wherever it is processed. Four lanes take every fourth value each
 /// (one multiply and shift per value, so the lanes' chains run side by side), then one
-/// splitmix64 finaliser mixes them.
+/// splitmix64 finaliser mixes them. [`row_uniforms`] draws a block's rows at once.
+#[cfg(test)]
 fn row_uniform(row: &[f64], seed: u64, round: u64) -> f64 {
-    const M: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut lanes = start_lanes(seed, round);
+    absorb(&mut lanes, row);
+    finish_lanes(&lanes, row.len())
+}
+
+/// [`row_uniform`] of every row of `block` (`d` values each), into `out`: the same numbers,
+/// four rows side by side, so that their sixteen multiply chains overlap (one row's four
+/// chains alone wait on the multiplier's latency).
+fn row_uniforms(block: &[f64], d: usize, seed: u64, round: u64, out: &mut Vec<f64>) {
+    out.clear();
+    if d == 0 {
+        return; // no values: the caller has no rows to draw
+    }
+    let start = start_lanes(seed, round);
+    let mut fours = block.chunks_exact(4 * d);
+    for x in &mut fours {
+        let mut lanes = [start; 4];
+        let (r0, rest) = x.split_at(d);
+        let (r1, rest) = rest.split_at(d);
+        let (r2, r3) = rest.split_at(d);
+        let rows = [r0, r1, r2, r3];
+        // The last `d % 4` values go first, one to each lane (as `absorb` takes them).
+        let tail = d / 4 * 4;
+        for l in 0..d - tail {
+            for q in 0..4 {
+                lanes[q][l] = lane_step(lanes[q][l], rows[q][tail + l]);
+            }
+        }
+        for c in (0..tail).step_by(4) {
+            for l in 0..4 {
+                for q in 0..4 {
+                    lanes[q][l] = lane_step(lanes[q][l], rows[q][c + l]);
+                }
+            }
+        }
+        out.extend(lanes.iter().map(|l| finish_lanes(l, d)));
+    }
+    for row in fours.remainder().chunks_exact(d) {
+        let mut lanes = start;
+        absorb(&mut lanes, row);
+        out.push(finish_lanes(&lanes, d));
+    }
+}
+
+const LANE_MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The four lanes' state before a row's values.
+#[inline(always)]
+fn start_lanes(seed: u64, round: u64) -> [u64; 4] {
     let start = seed ^ round.wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    let mut lanes = [
+    [
         start,
         start ^ 0xBF58_476D_1CE4_E5B9,
         start ^ 0x94D0_49BB_1331_11EB,
         start ^ 0x2545_F491_4F6C_DD1D,
-    ];
-    let step = |h: u64, v: f64| {
-        let h = (h ^ v.to_bits()).wrapping_mul(M);
-        h ^ (h >> 29)
-    };
+    ]
+}
+
+#[inline(always)]
+fn lane_step(h: u64, v: f64) -> u64 {
+    let h = (h ^ v.to_bits()).wrapping_mul(LANE_MULTIPLIER);
+    h ^ (h >> 29)
+}
+
+/// Lane `l` takes the row's `l`-th value of its last `len % 4` (if any), then every fourth value
+/// from the `l`-th.
+#[inline(always)]
+fn absorb(lanes: &mut [u64; 4], row: &[f64]) {
     let chunks = row.chunks_exact(4);
     for (l, v) in chunks.remainder().iter().enumerate() {
-        lanes[l] = step(lanes[l], *v);
+        lanes[l] = lane_step(lanes[l], *v);
     }
     for c in chunks {
         for l in 0..4 {
-            lanes[l] = step(lanes[l], c[l]);
+            lanes[l] = lane_step(lanes[l], c[l]);
         }
     }
+}
+
+/// The lanes mixed into one number in [0, 1).
+#[inline(always)]
+fn finish_lanes(lanes: &[u64; 4], len: usize) -> f64 {
     let mut h = lanes[0]
         ^ lanes[1].rotate_left(16)
         ^ lanes[2].rotate_left(32)
         ^ lanes[3].rotate_left(48)
-        ^ (row.len() as u64);
+        ^ (len as u64);
     h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     h ^= h >> 31;
@@ -76,6 +138,12 @@ fn row_uniform(row: &[f64], seed: u64, round: u64) -> f64 {
 /// sample; Spark counts every row, which costs a pass of distances to all ~2k·steps candidates
 /// — several Lloyd passes' worth — for weights that only guide the k-means++ among them).
 const WEIGHT_ROWS: f64 = 500.0;
+
+/// The most bytes of uniformly drawn rows the last k-means|| round brings back for the
+/// candidates' weights (instead of a pass of its own that counts them where they lie): ~3.4 MB
+/// at k = 10 and 20 features, whatever the partitioning (each task draws its share). Larger
+/// draws (large k) keep the counting pass.
+const FOLDED_DRAW_BYTES: f64 = 16.0 * 1024.0 * 1024.0;
 
 /// (index, squared distance) of the centre nearest to `x`.
 #[inline]
@@ -164,7 +232,7 @@ pub struct KMeansSummary {
 }
 
 impl KMeans {
-    async fn pass(&self, data: &Prepared, centers: &[f64], pass: Pass) -> Result<Vec<f64>> {
+    async fn pass(&self, data: &Prepared, centers: &[f64], pass: Pass) -> Result<PassState> {
         let stat = KMeansPass {
             d: data.dim(),
             centers: centers.to_vec(),
@@ -178,9 +246,10 @@ impl KMeans {
     /// The initial centres from the first pass's uniform sample (`first`: k rows for random
     /// initialisation, one for k-means||). k-means|| then runs `init_steps` rounds, each one
     /// pass drawing 2k rows by their squared distance to the candidates so far, weighs the
-    /// candidates by the rows nearest each (one pass, over a uniform sample of about
-    /// [`WEIGHT_ROWS`] rows per candidate), and runs weighted k-means++ and Lloyd on them in
-    /// the driver: `init_steps + 1` passes after the first.
+    /// candidates by the rows nearest each (a uniform sample of about [`WEIGHT_ROWS`] rows per
+    /// candidate, drawn by the last round's pass and counted here when it is small, else one
+    /// pass more), and runs weighted k-means++ and Lloyd on them in the driver: `init_steps`
+    /// passes after the first (`init_steps + 1` for a large draw).
     async fn initial_centers(&self, data: &Prepared, first: &[f64]) -> Result<Vec<f64>> {
         let d = data.dim();
         let rows = first[0];
@@ -196,12 +265,25 @@ impl KMeans {
             return Ok(candidates);
         }
         let steps = self.init_steps as u64;
+        // The weights' sample is drawn in round steps + 2 at a rate for the most candidates
+        // the rounds can give (the rows of a lower rate are among them), by the last round's
+        // pass when it is small enough to bring back.
+        let weight_round = steps + 2;
+        let most_candidates = (1 + 2 * k * self.init_steps) as f64;
+        let draw_rate = (WEIGHT_ROWS * most_candidates / rows).min(1.0);
+        let folded = draw_rate * rows * ((d + 1) * 8) as f64 <= FOLDED_DRAW_BYTES;
+        let mut drawn = Vec::new();
         for round in 1..=steps {
             let take = 2 * k;
+            let draw = (folded && round == steps).then_some(Draw {
+                round: weight_round,
+                rate: draw_rate,
+            });
             let s = self
-                .pass(data, &candidates, Pass::Sample { round, take })
+                .pass(data, &candidates, Pass::Sample { round, take, draw })
                 .await?;
-            candidates.extend(rows_of(&s));
+            candidates.extend(rows_of(&s.values));
+            drawn = s.drawn;
         }
         if candidates.len() / d < k {
             // Too few rows away from the candidates (repeated rows): top up uniformly.
@@ -212,20 +294,37 @@ impl KMeans {
                     Pass::Sample {
                         round: steps + 1,
                         take: k,
+                        draw: None,
                     },
                 )
                 .await?;
-            candidates.extend(rows_of(&s));
+            candidates.extend(rows_of(&s.values));
         }
         // The candidates' weights from a uniform sample of about WEIGHT_ROWS rows per
         // candidate (all rows of smaller data).
         let n_cand = candidates.len() / d;
         let rate = (WEIGHT_ROWS * n_cand as f64 / rows).min(1.0);
-        let round = steps + 2;
-        let sums = self
-            .pass(data, &candidates, Pass::Counts { round, rate })
-            .await?;
-        let weights: Vec<f64> = sums[1..1 + n_cand].to_vec();
+        let weights: Vec<f64> = if folded {
+            // The rows the counting pass would draw, counted here: the same counts.
+            let picked: Vec<f64> = drawn
+                .chunks_exact(d + 1)
+                .filter(|r| rate >= 1.0 || r[0] < rate)
+                .flat_map(|r| r[1..].iter().copied())
+                .collect();
+            let mut nearest = Vec::with_capacity(picked.len() / d);
+            CenterTable::new(&candidates, d).assign(&candidates, &picked, &mut nearest);
+            let mut counts = vec![0.0; n_cand];
+            for (c, _) in nearest {
+                counts[c] += 1.0;
+            }
+            counts
+        } else {
+            let round = weight_round;
+            let sums = self
+                .pass(data, &candidates, Pass::Counts { round, rate })
+                .await?;
+            sums.values[1..1 + n_cand].to_vec()
+        };
         let points: Vec<Vec<f64>> = candidates.chunks_exact(d).map(<[f64]>::to_vec).collect();
         Ok(local_kmeans(&points, &weights, k, self.seed, d))
     }
@@ -248,8 +347,17 @@ impl Estimator for KMeans {
             1
         };
         let first = self
-            .pass(&data, &[], Pass::Sample { round: 0, take })
-            .await?;
+            .pass(
+                &data,
+                &[],
+                Pass::Sample {
+                    round: 0,
+                    take,
+                    draw: None,
+                },
+            )
+            .await?
+            .values;
         let rows = first[0] as u64;
         if rows == 0 {
             return Err(QuiverError::EmptyDataset {
@@ -268,7 +376,7 @@ impl Estimator for KMeans {
         let mut history = Vec::new();
         let mut iterations = 0;
         let mut convergence = format!("reached max_iter = {}", self.max_iter);
-        let mut sums = self.pass(&data, &centers, Pass::Sums).await?;
+        let mut sums = self.pass(&data, &centers, Pass::Sums).await?.values;
         // A trial's pruner sees the model after each Lloyd pass (see crate::progress).
         let progress = crate::progress::current();
         while iterations < self.max_iter {
@@ -286,7 +394,7 @@ impl Estimator for KMeans {
                     centers[c * d + j] = v;
                 }
             }
-            sums = self.pass(&data, &centers, Pass::Sums).await?;
+            sums = self.pass(&data, &centers, Pass::Sums).await?.values;
             crate::progress::offer(progress.as_ref(), iterations as u64, || {
                 Ok(Arc::new(KMeansModel {
                     params: self.clone(),

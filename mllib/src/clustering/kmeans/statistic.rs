@@ -18,8 +18,33 @@ pub(super) enum Pass {
     /// squared distance to the nearest centre (Efraimidis and Spirakis' exponential race: a
     /// sample without replacement, each row drawn with probability proportional to d², the
     /// k-means|| round with a fixed size instead of Bernoulli draws, so no cost pass is needed
-    /// first); rows on a centre are never drawn.
-    Sample { round: u64, take: usize },
+    /// first); rows on a centre are never drawn. With `draw`, the pass also draws rows
+    /// uniformly (the candidates' weights of a fit's last round, without a pass of their own).
+    Sample {
+        round: u64,
+        take: usize,
+        #[serde(default)]
+        draw: Option<Draw>,
+    },
+}
+
+/// The rows a sample pass also draws uniformly: those whose `row_uniform` in `round` is below
+/// `rate` (every row at rate 1 or more), each kept with that number, so that a lower rate
+/// picks the rows [`Pass::Counts`] at that rate and round would count.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(super) struct Draw {
+    pub(super) round: u64,
+    pub(super) rate: f64,
+}
+
+/// A pass's partial state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct PassState {
+    /// Sums: [cost, counts (k), sums (k·d)]. Counts: [cost, counts (k)]. Sample: [rows seen,
+    /// n, then n × (key, row…)].
+    pub(super) values: Vec<f64>,
+    /// A sample pass's uniform [`Draw`]: (number, row…) per drawn row, in no particular order.
+    pub(super) drawn: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,9 +59,8 @@ pub(super) struct KMeansPass {
 }
 
 impl Statistic for KMeansPass {
-    /// Sums: [cost, counts (k), sums (k·d)]. Sample: [rows seen, n, then n × (key, row…)].
-    type State = Vec<f64>;
-    type Output = Vec<f64>;
+    type State = PassState;
+    type Output = PassState;
 
     const NAME: &'static str = "quiver_kmeans_pass";
 
@@ -52,16 +76,22 @@ impl Statistic for KMeansPass {
         StatInputs::default()
     }
 
-    fn init(&self) -> Vec<f64> {
-        match self.pass {
+    fn init(&self) -> PassState {
+        let values = match self.pass {
             Pass::Sums => vec![0.0; 1 + self.centers.len() / self.d * (1 + self.d)],
             Pass::Counts { .. } => vec![0.0; 1 + self.centers.len() / self.d],
             Pass::Sample { .. } => vec![0.0, 0.0],
+        };
+        PassState {
+            values,
+            drawn: Vec::new(),
         }
     }
 
-    fn update(&self, s: &mut Vec<f64>, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
+    fn update(&self, state: &mut PassState, b: &FeatureBatch<'_>) -> quiver_engine::Result<()> {
         let d = self.d;
+        let PassState { values: s, drawn } = state;
+        let mut uniforms = Vec::with_capacity(SUB_BLOCK_ROWS);
         let nan_check = |values: &[f64], first_row: usize| match first_nan(values) {
             Some(i) => Err(QuiverError::InvalidValueInBatch {
                 kind: "NaN",
@@ -93,19 +123,20 @@ impl Statistic for KMeansPass {
             }
             Pass::Counts { round, rate } => {
                 let mut nearest = Vec::with_capacity(SUB_BLOCK_ROWS);
-                let mut drawn = Vec::with_capacity(SUB_BLOCK_ROWS * d);
+                let mut picked = Vec::with_capacity(SUB_BLOCK_ROWS * d);
                 for (i, block) in b.values.chunks(SUB_BLOCK_ROWS * d).enumerate() {
                     nan_check(block, i * SUB_BLOCK_ROWS)?;
                     let rows = if *rate >= 1.0 {
                         block
                     } else {
-                        drawn.clear();
-                        for x in block.chunks_exact(d) {
-                            if row_uniform(x, self.seed, *round) < *rate {
-                                drawn.extend_from_slice(x);
+                        picked.clear();
+                        row_uniforms(block, d, self.seed, *round, &mut uniforms);
+                        for (x, u) in block.chunks_exact(d).zip(&uniforms) {
+                            if *u < *rate {
+                                picked.extend_from_slice(x);
                             }
                         }
-                        &drawn[..]
+                        &picked[..]
                     };
                     self.table.assign(&self.centers, rows, &mut nearest);
                     for &(c, dist) in &nearest {
@@ -114,7 +145,7 @@ impl Statistic for KMeansPass {
                     }
                 }
             }
-            Pass::Sample { round, take } => {
+            Pass::Sample { round, take, draw } => {
                 let take = *take;
                 // Only a row whose key is at most the take-th smallest so far can be kept.
                 let mut limit = sample_limit(s, d, take);
@@ -122,14 +153,23 @@ impl Statistic for KMeansPass {
                 for (i, block) in b.values.chunks(SUB_BLOCK_ROWS * d).enumerate() {
                     nan_check(block, i * SUB_BLOCK_ROWS)?;
                     s[0] += (block.len() / d) as f64;
+                    if let Some(draw) = draw {
+                        row_uniforms(block, d, self.seed, draw.round, &mut uniforms);
+                        for (x, &u) in block.chunks_exact(d).zip(&uniforms) {
+                            if draw.rate >= 1.0 || u < draw.rate {
+                                drawn.push(u);
+                                drawn.extend_from_slice(x);
+                            }
+                        }
+                    }
                     if take == 0 {
                         continue;
                     }
                     if !self.centers.is_empty() {
                         self.table.assign(&self.centers, block, &mut nearest);
                     }
-                    for (r, x) in block.chunks_exact(d).enumerate() {
-                        let u = row_uniform(x, self.seed, *round);
+                    row_uniforms(block, d, self.seed, *round, &mut uniforms);
+                    for (r, (x, &u)) in block.chunks_exact(d).zip(&uniforms).enumerate() {
                         let key = match nearest.get(r) {
                             _ if self.centers.is_empty() => u,
                             Some(&(_, d2)) if d2 > 0.0 => {
@@ -159,7 +199,9 @@ impl Statistic for KMeansPass {
         Ok(())
     }
 
-    fn merge(&self, s: &mut Vec<f64>, o: &Vec<f64>) -> quiver_engine::Result<()> {
+    fn merge(&self, state: &mut PassState, other: &PassState) -> quiver_engine::Result<()> {
+        state.drawn.extend_from_slice(&other.drawn);
+        let (s, o) = (&mut state.values, &other.values);
         match &self.pass {
             Pass::Sums | Pass::Counts { .. } => s.iter_mut().zip(o).for_each(|(a, b)| *a += b),
             Pass::Sample { take, .. } => {
@@ -172,21 +214,24 @@ impl Statistic for KMeansPass {
         Ok(())
     }
 
-    fn finish(&self, s: Vec<f64>) -> quiver_engine::Result<Vec<f64>> {
+    fn finish(&self, s: PassState) -> quiver_engine::Result<PassState> {
         Ok(s)
     }
 
-    fn encode_state(&self, s: &Vec<f64>, out: &mut Vec<u8>) {
-        encode_f64s(&[s.len() as f64], out);
-        encode_f64s(s, out);
+    fn encode_state(&self, s: &PassState, out: &mut Vec<u8>) {
+        encode_f64s(&[s.values.len() as f64, s.drawn.len() as f64], out);
+        encode_f64s(&s.values, out);
+        encode_f64s(&s.drawn, out);
     }
 
-    fn state_size(&self, s: &Vec<f64>) -> usize {
-        quiver_engine::aggregate::vec_size(s)
+    fn state_size(&self, s: &PassState) -> usize {
+        quiver_engine::aggregate::vec_size(&s.values) + quiver_engine::aggregate::vec_size(&s.drawn)
     }
-    fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<Vec<f64>> {
-        let (n, rest) = decode_f64s(bytes, 1)?;
-        Ok(decode_f64s(rest, n[0] as usize)?.0)
+    fn decode_state(&self, bytes: &[u8]) -> quiver_engine::Result<PassState> {
+        let (n, rest) = decode_f64s(bytes, 2)?;
+        let (values, rest) = decode_f64s(rest, n[0] as usize)?;
+        let (drawn, _) = decode_f64s(rest, n[1] as usize)?;
+        Ok(PassState { values, drawn })
     }
 }
 
@@ -242,9 +287,9 @@ impl quiver_engine::registry::FromParams for KMeansPass {
 mod tests {
     use super::*;
 
-    fn run(stat: &KMeansPass, parts: &[&[f64]]) -> Vec<f64> {
+    fn run(stat: &KMeansPass, parts: &[&[f64]]) -> PassState {
         let d = stat.d;
-        let mut states: Vec<Vec<f64>> = parts
+        let mut states: Vec<PassState> = parts
             .iter()
             .map(|values| {
                 let mut s = stat.init();
@@ -282,14 +327,19 @@ mod tests {
                 table: CenterTable::new(&centers, d),
                 centers: centers.clone(),
                 seed: 7,
-                pass: Pass::Sample { round, take: 5 },
+                pass: Pass::Sample {
+                    round,
+                    take: 5,
+                    draw: None,
+                },
             };
-            let whole = run(&stat, &[&values]);
+            let whole = run(&stat, &[&values]).values;
             let n = values.len();
             let split = run(
                 &stat,
                 &[&values[n / 2..], &values[..1000], &values[1000..n / 2]],
-            );
+            )
+            .values;
             assert_eq!(whole, split, "round {round}");
             assert_eq!(whole[0], 3000.0);
             let rows = sampled_rows(&whole, d);
@@ -318,7 +368,7 @@ mod tests {
             seed: 1,
             pass: Pass::Sums,
         };
-        let sums = run(&stat, &[&clean]);
+        let sums = run(&stat, &[&clean]).values;
         assert_eq!(sums[1] + sums[2], n as f64);
         for (row, column) in [(0, 0), (SUB_BLOCK_ROWS + 5, 2), (n - 1, 1)] {
             let mut values = clean.clone();
@@ -362,11 +412,11 @@ mod tests {
             seed: 3,
             pass: Pass::Counts { round: 9, rate },
         };
-        let all = run(&pass(1.0), &[&values]);
+        let all = run(&pass(1.0), &[&values]).values;
         assert_eq!(&all[1..], &[10_000.0, 20_000.0]);
         let n = values.len();
-        let some = run(&pass(0.1), &[&values]);
-        let split = run(&pass(0.1), &[&values[n / 3..], &values[..n / 3]]);
+        let some = run(&pass(0.1), &[&values]).values;
+        let split = run(&pass(0.1), &[&values[n / 3..], &values[..n / 3]]).values;
         assert_eq!(&some[1..], &split[1..]);
         let drawn = some[1] + some[2];
         assert!(
@@ -375,5 +425,92 @@ mod tests {
         );
         let share = some[1] / drawn;
         assert!((0.3..0.37).contains(&share), "{share}");
+    }
+
+    /// A block's uniforms are each row's own `row_uniform`, for every width (the lanes'
+    /// remainders) and any number of rows (the groups of four and the rest).
+    #[test]
+    fn block_uniforms_are_the_rows_own() {
+        for d in 1..=13 {
+            for rows in [0, 1, 3, 4, 5, 8, 11] {
+                let values: Vec<f64> = (0..rows * d).map(|i| (i as f64 * 0.37).sin()).collect();
+                let mut out = Vec::new();
+                row_uniforms(&values, d, 11, 3, &mut out);
+                let each: Vec<f64> = values
+                    .chunks_exact(d)
+                    .map(|x| row_uniform(x, 11, 3))
+                    .collect();
+                assert_eq!(out, each, "d = {d}, {rows} rows");
+            }
+        }
+    }
+
+    /// The last round's uniform draw, filtered to a lower rate and counted against the
+    /// candidates, gives exactly the counting pass's counts at that rate, however the rows are
+    /// split; the round's weighted sample is the same with or without the draw.
+    #[test]
+    fn a_rounds_draw_counts_as_the_counting_pass_does() {
+        let d = 3;
+        let values: Vec<f64> = (0..20_000 * d)
+            .map(|i| ((i * 7919) % 1000) as f64 * 0.01 + (i % d) as f64)
+            .collect();
+        let centers = vec![0.0, 1.0, 2.0, 5.0, 6.0, 7.0, 9.0, 10.0, 11.0];
+        let stat = |pass: Pass| KMeansPass {
+            d,
+            table: CenterTable::new(&centers, d),
+            centers: centers.clone(),
+            seed: 5,
+            pass,
+        };
+        let n = values.len();
+        let parts: [&[f64]; 3] = [&values[..n / 4], &values[n / 4..n / 2], &values[n / 2..]];
+        let draw = Draw {
+            round: 4,
+            rate: 0.2,
+        };
+        let with = run(
+            &stat(Pass::Sample {
+                round: 2,
+                take: 6,
+                draw: Some(draw),
+            }),
+            &parts,
+        );
+        let without = run(
+            &stat(Pass::Sample {
+                round: 2,
+                take: 6,
+                draw: None,
+            }),
+            &[&values],
+        );
+        assert_eq!(with.values, without.values);
+        assert!(without.drawn.is_empty());
+        for rate in [0.2, 0.05] {
+            let picked: Vec<f64> = with
+                .drawn
+                .chunks_exact(d + 1)
+                .filter(|r| r[0] < rate)
+                .flat_map(|r| r[1..].to_vec())
+                .collect();
+            let mut nearest = Vec::new();
+            CenterTable::new(&centers, d).assign(&centers, &picked, &mut nearest);
+            let mut counts = vec![0.0; 3];
+            for (c, _) in nearest {
+                counts[c] += 1.0;
+            }
+            let pass = run(&stat(Pass::Counts { round: 4, rate }), &[&values]).values;
+            assert_eq!(counts, pass[1..], "rate {rate}");
+            assert!(counts.iter().sum::<f64>() > 20_000.0 * rate * 0.8);
+        }
+        // The state travels as bytes between tasks and the driver.
+        let s = stat(Pass::Sample {
+            round: 2,
+            take: 6,
+            draw: Some(draw),
+        });
+        let mut bytes = Vec::new();
+        s.encode_state(&with, &mut bytes);
+        assert_eq!(s.decode_state(&bytes).expect("decode"), with);
     }
 }
