@@ -76,6 +76,18 @@ pub(crate) trait ClassScores:
     fn raw_from_scores(&self, s: &[f64], out: &mut [f64]) {
         out.copy_from_slice(s);
     }
+    /// The predicted class of every row from a batch's scores (`k` per row): the index of the
+    /// largest of the raw scores [`Self::raw_from_scores`] makes of them (the first on ties).
+    /// Overridden where a cheaper rule gives the same classes.
+    fn predictions_from_scores(&self, s: &[f64], k: usize) -> Vec<f64> {
+        let mut raw = vec![0.0; self.width()];
+        s.chunks_exact(k)
+            .map(|r| {
+                self.raw_from_scores(r, &mut raw);
+                argmax(&raw) as f64
+            })
+            .collect()
+    }
     /// Class probabilities from the raw scores; the softmax unless overridden.
     fn probabilities(&self, raw: &[f64], out: &mut [f64]) {
         softmax(raw, out);
@@ -94,7 +106,7 @@ pub(crate) fn softmax(scores: &[f64], out: &mut [f64]) {
 }
 
 /// The index of the largest score (the first on ties).
-fn argmax(scores: &[f64]) -> usize {
+pub(crate) fn argmax(scores: &[f64]) -> usize {
     let mut best = (0, f64::NEG_INFINITY);
     for (k, &s) in scores.iter().enumerate() {
         if s > best.1 {
@@ -146,7 +158,13 @@ impl<M: ClassScores> BatchFunction for ScoreOutput<M> {
     fn apply(&self, b: &FeatureBatch<'_>) -> quiver_engine::Result<ArrayRef> {
         let m = &self.model;
         let width = m.width();
-        let raw_of = raw_scores(m, b)?;
+        let scores = batch_scores(m, b)?;
+        if let (OutputKind::Prediction, Some((s, k))) = (self.kind, &scores) {
+            return Ok(Arc::new(Float64Array::from(
+                m.predictions_from_scores(s, *k),
+            )));
+        }
+        let raw_of = raw_scores(m, b, scores);
         let mut raw = vec![0.0; width];
         if self.kind == OutputKind::Prediction {
             let out: Vec<f64> = (0..b.n_rows)
@@ -170,22 +188,31 @@ impl<M: ClassScores> BatchFunction for ScoreOutput<M> {
     }
 }
 
-/// Row `r`'s raw scores of batch `b` into `out`: on the device when the process's policy sends
+/// The scores of batch `b`'s rows, `k` per row: on the device when the process's policy sends
 /// the batch there (`quiver.device`), else by the model's blocked kernel for the batch if it has
-/// one ([`ClassScores::batch_scores`]), else row by row.
+/// one ([`ClassScores::batch_scores`]); `None` for a model scored row by row.
+fn batch_scores<M: ClassScores>(
+    m: &M,
+    b: &FeatureBatch<'_>,
+) -> quiver_engine::Result<Option<(Vec<f64>, usize)>> {
+    Ok(match m.device_scores(b.values)? {
+        Some(s) => Some(s),
+        None => m.batch_scores(b.values, b.n_rows),
+    })
+}
+
+/// Row `r`'s raw scores of batch `b` into `out`: from the batch's `scores` ([`batch_scores`])
+/// when there are some, else row by row.
 fn raw_scores<'a, M: ClassScores>(
     m: &'a M,
     b: &'a FeatureBatch<'_>,
-) -> quiver_engine::Result<impl Fn(usize, &mut [f64]) + 'a> {
+    scores: Option<(Vec<f64>, usize)>,
+) -> impl Fn(usize, &mut [f64]) + 'a {
     let dim = m.dim();
-    let scores = match m.device_scores(b.values)? {
-        Some(s) => Some(s),
-        None => m.batch_scores(b.values, b.n_rows),
-    };
-    Ok(move |r: usize, out: &mut [f64]| match &scores {
+    move |r: usize, out: &mut [f64]| match &scores {
         Some((s, k)) => m.raw_from_scores(&s[r * k..(r + 1) * k], out),
         None => m.raw(&b.values[r * dim..(r + 1) * dim], out),
-    })
+    }
 }
 
 impl<M: ClassScores> quiver_engine::registry::FromParams for ScoreOutput<M> {
@@ -296,7 +323,7 @@ impl<M: ClassScores> Statistic for ScoredCounts<M> {
             .label
             .ok_or_else(|| quiver_engine::QuiverError::internal("evaluation needs a label"))?;
         let counts = self.counts();
-        let raw_of = raw_scores(m, b)?;
+        let raw_of = raw_scores(m, b, batch_scores(m, b)?);
         let mut raw = vec![0.0; width];
         let mut scored = vec![0.0; SCORED_ROWS.min(b.n_rows) * stride];
         for start in (0..b.n_rows).step_by(SCORED_ROWS) {

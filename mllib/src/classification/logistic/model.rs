@@ -127,6 +127,18 @@ impl ClassScores for LogisticPredict {
         }
     }
 
+    /// Binomial: class 1 exactly where the margin is above 0 (the argmax of `[−m, m]`, the
+    /// first on ties; a NaN margin gives class 0 as there), one compare per row.
+    fn predictions_from_scores(&self, s: &[f64], k: usize) -> Vec<f64> {
+        if self.multinomial {
+            return s
+                .chunks_exact(k)
+                .map(|r| scores::argmax(r) as f64)
+                .collect();
+        }
+        s.iter().map(|&m| if m > 0.0 { 1.0 } else { 0.0 }).collect()
+    }
+
     /// `[1 − p, p]` with `p = σ(m)` for binomial, the softmax for multinomial.
     fn probabilities(&self, raw: &[f64], out: &mut [f64]) {
         if self.multinomial {
@@ -262,4 +274,55 @@ impl Model for LogisticRegressionModel {
 /// Lets the model's map functions run on a cluster.
 pub(super) fn register_maps(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine::Result<()> {
     scores::register::<LogisticPredict>(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-compare rule gives the classes of the generic argmax over the raw scores, on
+    /// zeros of both signs, infinities and NaN; multinomial scores keep the argmax.
+    #[test]
+    fn predictions_from_margins_are_the_argmax_of_the_raw_scores() {
+        let generic = |m: &LogisticPredict, s: &[f64], k: usize| -> Vec<f64> {
+            let mut raw = vec![0.0; m.width()];
+            s.chunks_exact(k)
+                .map(|r| {
+                    m.raw_from_scores(r, &mut raw);
+                    scores::argmax(&raw) as f64
+                })
+                .collect()
+        };
+        let binomial = LogisticPredict {
+            dim: 1,
+            multinomial: false,
+            coefficients: vec![1.0],
+            intercepts: vec![0.0],
+        };
+        let margins = [
+            0.0,
+            -0.0,
+            1e-300,
+            -1e-300,
+            2.5,
+            -2.5,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        let fast = binomial.predictions_from_scores(&margins, 1);
+        assert_eq!(fast, generic(&binomial, &margins, 1));
+        assert_eq!(fast, [0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
+        let multinomial = LogisticPredict {
+            dim: 1,
+            multinomial: true,
+            coefficients: vec![1.0, 2.0, 3.0],
+            intercepts: vec![0.0; 3],
+        };
+        let s = [1.0, 3.0, 3.0, f64::NAN, 0.0, -1.0, -0.0, 0.0, 0.0];
+        assert_eq!(
+            multinomial.predictions_from_scores(&s, 3),
+            generic(&multinomial, &s, 3)
+        );
+    }
 }

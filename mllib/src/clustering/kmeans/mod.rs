@@ -48,8 +48,26 @@ fn row_uniform(row: &[f64], seed: u64, round: u64) -> f64 {
 
 /// [`row_uniform`] of every row of `block` (`d` values each), into `out`: the same numbers,
 /// four rows side by side, so that their sixteen multiply chains overlap (one row's four
-/// chains alone wait on the multiplier's latency).
+/// chains alone wait on the multiplier's latency). Compiled also for AVX-512 (a row's four
+/// lanes are one vector there: one 64-bit multiply instruction per four values) and chosen at
+/// run time; integer arithmetic, so every compilation draws the same numbers.
 fn row_uniforms(block: &[f64], d: usize, seed: u64, round: u64, out: &mut Vec<f64>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+        fn avx512(block: &[f64], d: usize, seed: u64, round: u64, out: &mut Vec<f64>) {
+            row_uniforms_into(block, d, seed, round, out)
+        }
+        if quiver_engine::cpu::has_avx512_fma() {
+            // SAFETY: the CPU reports AVX-512 F, DQ and VL.
+            return unsafe { avx512(block, d, seed, round, out) };
+        }
+    }
+    row_uniforms_into(block, d, seed, round, out)
+}
+
+#[inline(always)]
+fn row_uniforms_into(block: &[f64], d: usize, seed: u64, round: u64, out: &mut Vec<f64>) {
     out.clear();
     if d == 0 {
         return; // no values: the caller has no rows to draw
@@ -69,10 +87,15 @@ fn row_uniforms(block: &[f64], d: usize, seed: u64, round: u64, out: &mut Vec<f6
                 lanes[q][l] = lane_step(lanes[q][l], rows[q][tail + l]);
             }
         }
-        for c in (0..tail).step_by(4) {
-            for l in 0..4 {
-                for q in 0..4 {
-                    lanes[q][l] = lane_step(lanes[q][l], rows[q][c + l]);
+        let chunks = r0[..tail]
+            .chunks_exact(4)
+            .zip(r1[..tail].chunks_exact(4))
+            .zip(r2[..tail].chunks_exact(4))
+            .zip(r3[..tail].chunks_exact(4));
+        for (((c0, c1), c2), c3) in chunks {
+            for (q, c) in [c0, c1, c2, c3].into_iter().enumerate() {
+                for l in 0..4 {
+                    lanes[q][l] = lane_step(lanes[q][l], c[l]);
                 }
             }
         }

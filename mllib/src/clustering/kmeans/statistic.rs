@@ -150,8 +150,18 @@ impl Statistic for KMeansPass {
                 // Only a row whose key is at most the take-th smallest so far can be kept.
                 let mut limit = sample_limit(s, d, take);
                 let mut nearest = Vec::with_capacity(SUB_BLOCK_ROWS);
+                let assigns = take > 0 && !self.centers.is_empty();
                 for (i, block) in b.values.chunks(SUB_BLOCK_ROWS * d).enumerate() {
-                    nan_check(block, i * SUB_BLOCK_ROWS)?;
+                    if assigns {
+                        self.table.assign(&self.centers, block, &mut nearest);
+                        // A NaN value makes its row's distance NaN: only then is the block
+                        // searched for it (as the Lloyd pass does).
+                        if nearest.iter().any(|(_, d2)| d2.is_nan()) {
+                            nan_check(block, i * SUB_BLOCK_ROWS)?;
+                        }
+                    } else {
+                        nan_check(block, i * SUB_BLOCK_ROWS)?;
+                    }
                     s[0] += (block.len() / d) as f64;
                     if let Some(draw) = draw {
                         row_uniforms(block, d, self.seed, draw.round, &mut uniforms);
@@ -164,9 +174,6 @@ impl Statistic for KMeansPass {
                     }
                     if take == 0 {
                         continue;
-                    }
-                    if !self.centers.is_empty() {
-                        self.table.assign(&self.centers, block, &mut nearest);
                     }
                     row_uniforms(block, d, self.seed, *round, &mut uniforms);
                     for (r, (x, &u)) in block.chunks_exact(d).zip(&uniforms).enumerate() {
@@ -351,7 +358,7 @@ mod tests {
         assert!(far_draws >= 95, "{far_draws} of 100 draws far");
     }
 
-    /// A Lloyd pass names the first NaN value's row wherever it lies (past the first
+    /// A Lloyd pass and a k-means|| round name the first NaN value's row wherever it lies (past the first
     /// sub-block, in a column where a centre's coordinate is 0, after an infinite value, which
     /// is not one) and otherwise sums every row.
     #[test]
@@ -370,7 +377,20 @@ mod tests {
         };
         let sums = run(&stat, &[&clean]).values;
         assert_eq!(sums[1] + sums[2], n as f64);
-        for (row, column) in [(0, 0), (SUB_BLOCK_ROWS + 5, 2), (n - 1, 1)] {
+        // A k-means|| round finds it by the distance too.
+        let round = KMeansPass {
+            pass: Pass::Sample {
+                round: 1,
+                take: 4,
+                draw: None,
+            },
+            ..stat.clone()
+        };
+        assert_eq!(run(&round, &[&clean]).values[0], n as f64);
+        for ((row, column), stat) in [(0, 0), (SUB_BLOCK_ROWS + 5, 2), (n - 1, 1)]
+            .into_iter()
+            .flat_map(|at| [(at, &stat), (at, &round)])
+        {
             let mut values = clean.clone();
             values[7 * d + 1] = f64::INFINITY;
             values[row * d + column] = f64::NAN;
