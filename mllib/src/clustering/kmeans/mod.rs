@@ -292,7 +292,7 @@ impl KMeans {
         // the rounds can give (the rows of a lower rate are among them), by the last round's
         // pass when it is small enough to bring back.
         let weight_round = steps + 2;
-        let most_candidates = (1 + 2 * k * self.init_steps) as f64;
+        let most_candidates = 1.0 + 2.0 * k as f64 * self.init_steps as f64;
         let draw_rate = (WEIGHT_ROWS * most_candidates / rows).min(1.0);
         let folded = draw_rate * rows * ((d + 1) * 8) as f64 <= FOLDED_DRAW_BYTES;
         let mut drawn = Vec::new();
