@@ -62,6 +62,11 @@ impl CenterTable {
         if self.groups == 0 {
             return;
         }
+        if centers.len() == self.d && self.d > 0 {
+            // One centre (k-means||' first round): the nearest of every row, whose distance
+            // is all there is to compute (the kernels' exact distance, the same bits).
+            return one_centre(centers, values, out);
+        }
         // SAFETY: each variant runs only where the CPU reports its features.
         unsafe {
             #[cfg(target_arch = "x86_64")]
@@ -255,6 +260,31 @@ fn squared_distance_avx(x: &[f64], c: &[f64]) -> f64 {
 nearest_blocks!(nearest_blocks_avx2, "avx2,fma");
 nearest_blocks!(nearest_blocks_avx512, "avx2,fma,avx512f,avx512dq,avx512vl");
 
+/// Every row's distance to the one centre `c` (`(0, distance)`), compiled also for AVX2 (the
+/// four partial sums one vector; no fused multiply-adds, so the same bits).
+fn one_centre(c: &[f64], values: &[f64], out: &mut Vec<(usize, f64)>) {
+    #[inline(always)]
+    fn each(c: &[f64], values: &[f64], out: &mut Vec<(usize, f64)>) {
+        out.extend(
+            values
+                .chunks_exact(c.len())
+                .map(|x| (0, squared_distance(x, c))),
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2(c: &[f64], values: &[f64], out: &mut Vec<(usize, f64)>) {
+            each(c, values, out)
+        }
+        if quiver_engine::cpu::has_avx2_fma() {
+            // SAFETY: the CPU reports AVX2.
+            return unsafe { avx2(c, values, out) };
+        }
+    }
+    each(c, values, out)
+}
+
 /// The squared distance, with four independent partial sums.
 #[inline(always)]
 pub(super) fn squared_distance(x: &[f64], c: &[f64]) -> f64 {
@@ -425,6 +455,11 @@ mod tests {
                             );
                         }
                     }
+                }
+                if k == 1 {
+                    // One centre takes the direct distance: the kernels' bits.
+                    table.assign(&centers, &values, &mut out);
+                    assert_eq!(out, kernels[0], "n {n}");
                 }
                 for got in kernels {
                     assert_eq!(got.len(), n);
