@@ -256,13 +256,7 @@ pub struct KMeansSummary {
 
 impl KMeans {
     async fn pass(&self, data: &Prepared, centers: &[f64], pass: Pass) -> Result<PassState> {
-        let stat = KMeansPass {
-            d: data.dim(),
-            centers: centers.to_vec(),
-            table: CenterTable::new(centers, data.dim()),
-            seed: self.seed,
-            pass,
-        };
+        let stat = KMeansPass::new(data.dim(), centers.to_vec(), self.seed, pass);
         Ok(data.aggregate(Arc::new(stat)).await?)
     }
 
@@ -327,27 +321,20 @@ impl KMeans {
         // candidate (all rows of smaller data).
         let n_cand = candidates.len() / d;
         let rate = (WEIGHT_ROWS * n_cand as f64 / rows).min(1.0);
-        let weights: Vec<f64> = if folded {
-            // The rows the counting pass would draw, counted here: the same counts.
-            let picked: Vec<f64> = drawn
-                .chunks_exact(d + 1)
-                .filter(|r| rate >= 1.0 || r[0] < rate)
-                .flat_map(|r| r[1..].iter().copied())
-                .collect();
-            let mut nearest = Vec::with_capacity(picked.len() / d);
-            CenterTable::new(&candidates, d).assign(&candidates, &picked, &mut nearest);
-            let mut counts = vec![0.0; n_cand];
-            for (c, _) in nearest {
-                counts[c] += 1.0;
-            }
-            counts
-        } else {
-            let round = weight_round;
-            let sums = self
-                .pass(data, &candidates, Pass::Counts { round, rate })
-                .await?;
-            sums.values[1..1 + n_cand].to_vec()
+        let counting = Pass::Counts {
+            round: weight_round,
+            rate,
         };
+        let counted = if folded {
+            // The counting pass over the drawn rows: the same rows counted, the same counts.
+            let stat = KMeansPass::new(d, candidates.clone(), self.seed, counting);
+            let mut s = stat.init();
+            stat.update(&mut s, &FeatureBatch::new(&drawn, d)?)?;
+            s
+        } else {
+            self.pass(data, &candidates, counting).await?
+        };
+        let weights: Vec<f64> = counted.values[1..1 + n_cand].to_vec();
         let points: Vec<Vec<f64>> = candidates.chunks_exact(d).map(<[f64]>::to_vec).collect();
         Ok(local_kmeans(&points, &weights, k, self.seed, d))
     }

@@ -29,8 +29,8 @@ pub(super) enum Pass {
 }
 
 /// The rows a sample pass also draws uniformly: those whose `row_uniform` in `round` is below
-/// `rate` (every row at rate 1 or more), each kept with that number, so that a lower rate
-/// picks the rows [`Pass::Counts`] at that rate and round would count.
+/// `rate` (every row at rate 1 or more), so that [`Pass::Counts`] at that round and any rate up
+/// to this one, run over them, counts what it would count over all the rows.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(super) struct Draw {
     pub(super) round: u64,
@@ -43,7 +43,7 @@ pub(super) struct PassState {
     /// Sums: [cost, counts (k), sums (k·d)]. Counts: [cost, counts (k)]. Sample: [rows seen,
     /// n, then n × (key, row…)].
     pub(super) values: Vec<f64>,
-    /// A sample pass's uniform [`Draw`]: (number, row…) per drawn row, in no particular order.
+    /// A sample pass's uniform [`Draw`]: the drawn rows (row-major), in no particular order.
     pub(super) drawn: Vec<f64>,
 }
 
@@ -167,7 +167,6 @@ impl Statistic for KMeansPass {
                         row_uniforms(block, d, self.seed, draw.round, &mut uniforms);
                         for (x, &u) in block.chunks_exact(d).zip(&uniforms) {
                             if draw.rate >= 1.0 || u < draw.rate {
-                                drawn.push(u);
                                 drawn.extend_from_slice(x);
                             }
                         }
@@ -280,6 +279,18 @@ pub(super) fn sampled_rows(s: &[f64], d: usize) -> Vec<(f64, Vec<f64>)> {
         })
     });
     rows
+}
+
+impl KMeansPass {
+    pub(super) fn new(d: usize, centers: Vec<f64>, seed: u64, pass: Pass) -> Self {
+        KMeansPass {
+            d,
+            table: CenterTable::new(&centers, d),
+            centers,
+            seed,
+            pass,
+        }
+    }
 }
 
 impl quiver_engine::registry::FromParams for KMeansPass {
@@ -465,9 +476,9 @@ mod tests {
         }
     }
 
-    /// The last round's uniform draw, filtered to a lower rate and counted against the
-    /// candidates, gives exactly the counting pass's counts at that rate, however the rows are
-    /// split; the round's weighted sample is the same with or without the draw.
+    /// The counting pass over the last round's uniform draw counts exactly what it counts over
+    /// all the rows, at the draw's rate and at a lower one, however the rows are split; the
+    /// round's weighted sample is the same with or without the draw.
     #[test]
     fn a_rounds_draw_counts_as_the_counting_pass_does() {
         let d = 3;
@@ -475,13 +486,7 @@ mod tests {
             .map(|i| ((i * 7919) % 1000) as f64 * 0.01 + (i % d) as f64)
             .collect();
         let centers = vec![0.0, 1.0, 2.0, 5.0, 6.0, 7.0, 9.0, 10.0, 11.0];
-        let stat = |pass: Pass| KMeansPass {
-            d,
-            table: CenterTable::new(&centers, d),
-            centers: centers.clone(),
-            seed: 5,
-            pass,
-        };
+        let stat = |pass: Pass| KMeansPass::new(d, centers.clone(), 5, pass);
         let n = values.len();
         let parts: [&[f64]; 3] = [&values[..n / 4], &values[n / 4..n / 2], &values[n / 2..]];
         let draw = Draw {
@@ -507,21 +512,11 @@ mod tests {
         assert_eq!(with.values, without.values);
         assert!(without.drawn.is_empty());
         for rate in [0.2, 0.05] {
-            let picked: Vec<f64> = with
-                .drawn
-                .chunks_exact(d + 1)
-                .filter(|r| r[0] < rate)
-                .flat_map(|r| r[1..].to_vec())
-                .collect();
-            let mut nearest = Vec::new();
-            CenterTable::new(&centers, d).assign(&centers, &picked, &mut nearest);
-            let mut counts = vec![0.0; 3];
-            for (c, _) in nearest {
-                counts[c] += 1.0;
-            }
-            let pass = run(&stat(Pass::Counts { round: 4, rate }), &[&values]).values;
-            assert_eq!(counts, pass[1..], "rate {rate}");
-            assert!(counts.iter().sum::<f64>() > 20_000.0 * rate * 0.8);
+            let counts = stat(Pass::Counts { round: 4, rate });
+            let over_drawn = run(&counts, &[&with.drawn[..]]).values;
+            let over_all = run(&counts, &[&values]).values;
+            assert_eq!(over_drawn[1..], over_all[1..], "rate {rate}");
+            assert!(over_all[1..].iter().sum::<f64>() > 20_000.0 * rate * 0.8);
         }
         // The state travels as bytes between tasks and the driver.
         let s = stat(Pass::Sample {
