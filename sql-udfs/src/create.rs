@@ -195,7 +195,7 @@ fn split_of(o: &Options, rows: usize) -> Result<Split> {
     match method.as_str() {
         "no_split" => Ok(Split::None),
         "random" => Ok(Split::Random(fraction)),
-        "auto_split" if rows < 500 => Ok(Split::None),
+        "auto_split" if rows < AUTO_SPLIT_MIN_ROWS => Ok(Split::None),
         "auto_split" => Ok(Split::Random(0.2)),
         other => Err(SqlError::InvalidOption {
             option: "data_split_method".to_string(),
@@ -203,6 +203,9 @@ fn split_of(o: &Options, rows: usize) -> Result<Split> {
         }),
     }
 }
+
+/// `auto_split` holds rows out from this many rows of query result up; below, it does not split.
+const AUTO_SPLIT_MIN_ROWS: usize = 500;
 
 /// Runs the training query.
 async fn query_frame(session: &QuiverSession, c: &CreateModel) -> Result<DataFrame> {
@@ -300,18 +303,43 @@ where
     Ok(Some(states))
 }
 
+/// What the one read of the training query ([`read_encoded`]) gave.
+enum OneRead {
+    /// The rows encoded as read.
+    Encoded(Box<EncodedRows>),
+    /// Fewer rows than `auto_split` splits (the read split them as for more), or a value the
+    /// encoding refuses: the rows as the query returned them, kept in memory while they were
+    /// that few, for the usual path — the query does not run again.
+    Rows(DataFrame),
+    /// Not encoded as read: the usual path runs the query.
+    Not,
+}
+
+/// The fitted preprocessing, the encoded training rows, the held-out ones (if any), and the
+/// rows the query returned.
+struct EncodedRows {
+    prep: PreprocessorModel,
+    train: Dataset,
+    eval: Option<Dataset>,
+    rows: usize,
+}
+
 /// Embedded: the rows split as the statement's options `o` ask, the preprocessing fitted and
 /// the rows encoded in the one read of the training query ([`OnePassFit`]), the encoded rows
-/// kept in memory (not the rows as read). `None` when they do not fit the memory budget
-/// (`quiver.training_cache`), hold a value the encoding refuses (the usual path reports it
-/// with its row), or turn out too few for the split planned for larger results (auto_split
-/// does not split under 500 rows).
+/// kept in memory (not the rows as read). [`OneRead::Not`] when they do not fit the memory
+/// budget (`quiver.training_cache`) or hold a value the encoding refuses (the usual path
+/// reports it with its row); [`OneRead::Rows`] when they turn out too few for the split
+/// planned for larger results (auto_split does not split under [`AUTO_SPLIT_MIN_ROWS`] rows).
+/// While the rows read are fewer than that, the read also keeps them as read (a result that
+/// small costs little to hold, and an expensive query over much data, say an aggregate, would
+/// otherwise run twice).
 async fn read_encoded(
     session: &QuiverSession,
     df: &DataFrame,
     o: &Options,
     fit: OnePassFit,
-) -> Result<Option<(PreprocessorModel, Dataset, Option<Dataset>, usize)>> {
+) -> Result<OneRead> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let limit = session.config().training_cache;
     let schema = df.schema().as_arrow();
     let planned = split_of(o, usize::MAX)?;
@@ -321,22 +349,58 @@ async fn read_encoded(
             let bounds = quiver_engine::dataset::split_bounds(&[1.0 - f, f])?;
             match fit.split_on(schema, SPLIT_DRAW, bounds[0], bounds[1]) {
                 Some(fit) => fit,
-                None => return Ok(None),
+                None => return Ok(OneRead::Not),
             }
         }
     };
+    // Whether the split depends on the rows' count: then the rows as read are kept while there
+    // are fewer than auto_split splits (`seen` counts them over all partitions; a partition
+    // drops its rows once the count reaches that, as the split then happens).
+    let few_unsplit = matches!(planned, Split::Random(_)) && matches!(split_of(o, 0)?, Split::None);
+    let seen = Arc::new(AtomicUsize::new(0));
     let fit = Arc::new(fit);
     let pushing = Arc::clone(&fit);
-    let keep = move |part: &mut OnePassPart, b: RecordBatch| Ok(pushing.push(part, &b)?);
-    let Some(parts) = read_within(df, limit, || fit.part(), keep).await? else {
-        return Ok(None);
+    let keep = move |(part, rows): &mut (OnePassPart, Option<Vec<RecordBatch>>), b: RecordBatch| {
+        let Some(mut bytes) = pushing.push(part, &b)? else {
+            return Ok(None);
+        };
+        if let Some(kept) = rows {
+            let n = b.num_rows();
+            if seen.fetch_add(n, Ordering::Relaxed) + n < AUTO_SPLIT_MIN_ROWS {
+                bytes += b.get_array_memory_size();
+                kept.push(b);
+            } else {
+                *rows = None;
+            }
+        }
+        Ok(Some(bytes))
+    };
+    let init = || (fit.part(), few_unsplit.then(Vec::new));
+    let Some(read) = read_within(df, limit, init, keep).await? else {
+        return Ok(OneRead::Not);
+    };
+    let (parts, kept): (Vec<OnePassPart>, Vec<Option<Vec<RecordBatch>>>) = read.into_iter().unzip();
+    // The rows as read, when every partition kept them.
+    let as_read = || -> Result<OneRead> {
+        match kept.into_iter().collect::<Option<Vec<_>>>() {
+            Some(partitions) => {
+                let table = datafusion::datasource::MemTable::try_new(
+                    Arc::new(schema.clone()),
+                    partitions,
+                )?;
+                Ok(OneRead::Rows(
+                    session.context().read_table(Arc::new(table))?,
+                ))
+            }
+            None => Ok(OneRead::Not),
+        }
     };
     let Some(read) = session.run_compute(|| fit.finish(parts))? else {
-        return Ok(None);
+        return as_read();
     };
     let OnePassRows {
         model,
-        schema,
+        schema: encoded_schema,
         train,
         held_out,
         rows,
@@ -347,10 +411,11 @@ async fn read_encoded(
         (&planned, split_of(o, rows)?),
         (Split::Random(_), Split::None)
     ) {
-        return Ok(None);
+        return as_read();
     }
     let encoded = |partitions| -> Result<Dataset> {
-        let table = datafusion::datasource::MemTable::try_new(Arc::clone(&schema), partitions)?;
+        let table =
+            datafusion::datasource::MemTable::try_new(Arc::clone(&encoded_schema), partitions)?;
         let df = session.context().read_table(Arc::new(table))?;
         Ok(model.encoded_rows(df, fit.encoded_label(), None)?)
     };
@@ -359,7 +424,12 @@ async fn read_encoded(
         train = train.with_feature_moments(m);
     }
     let eval = held_out.map(&encoded).transpose()?;
-    Ok(Some((model, train, eval, rows)))
+    Ok(OneRead::Encoded(Box::new(EncodedRows {
+        prep: model,
+        train,
+        eval,
+        rows,
+    })))
 }
 
 /// A statement's rows, prepared for the fit: the fitted preprocessing, the encoded training
@@ -515,29 +585,34 @@ pub async fn create_model(
         None => true,
         Some(_) => matches!(split_of(&o, usize::MAX)?, Split::Random(_)),
     };
-    let one_pass =
-        match query_features {
-            Some(features)
-                if trials_take_sides && !global_explain && !session.is_cluster() && limit > 0 =>
-            {
-                match preprocessor_of(&features).one_pass(df.schema().as_arrow()) {
-                    Some(fit) => read_encoded(session, &df, &o, fit).await?.map(
-                        |(prep, train, eval, rows)| Prepared {
-                            prep,
-                            train,
-                            eval,
-                            rows,
-                            raw: None,
-                            train_raw: None,
-                            sql_transform: None,
-                            features,
-                        },
-                    ),
-                    None => None,
-                }
+    let mut df = df;
+    let one_pass = match query_features {
+        Some(features)
+            if trials_take_sides && !global_explain && !session.is_cluster() && limit > 0 =>
+        {
+            match preprocessor_of(&features).one_pass(df.schema().as_arrow()) {
+                Some(fit) => match read_encoded(session, &df, &o, fit).await? {
+                    OneRead::Encoded(read) => Some(Prepared {
+                        prep: read.prep,
+                        train: read.train,
+                        eval: read.eval,
+                        rows: read.rows,
+                        raw: None,
+                        train_raw: None,
+                        sql_transform: None,
+                        features,
+                    }),
+                    OneRead::Rows(rows) => {
+                        df = rows;
+                        None
+                    }
+                    OneRead::Not => None,
+                },
+                None => None,
             }
-            _ => None,
-        };
+        }
+        _ => None,
+    };
     let Prepared {
         prep,
         train,

@@ -379,3 +379,67 @@ async fn the_training_cache_changes_nothing_but_speed() {
         assert_eq!(tuned, &results[0].3, "training_cache = {cache}");
     }
 }
+
+/// CREATE MODEL with `auto_split` (the default) on fewer rows than it splits (the 442 patients)
+/// runs its query once: the rows as read are kept while they are few, so the statement's usual
+/// path does not run the query again. A function counting the rows it sees shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_split_under_its_threshold_runs_the_query_once() {
+    use datafusion::arrow::array::ArrayRef;
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/patients.csv")
+        .canonicalize()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sql = quiver_sql_udfs::SqlSession::new(session_with_store(&dir)).unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&seen);
+    let counted = create_udf(
+        "counted",
+        vec![arrow::datatypes::DataType::Float64],
+        arrow::datatypes::DataType::Float64,
+        Volatility::Volatile,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let values: ArrayRef = match &args[0] {
+                ColumnarValue::Array(a) => Arc::clone(a),
+                ColumnarValue::Scalar(s) => s.to_array()?,
+            };
+            counter.fetch_add(values.len(), Ordering::Relaxed);
+            Ok(ColumnarValue::Array(values))
+        }),
+    );
+    sql.session().context().register_udf(counted);
+    let create = |name: &str, options: &str| {
+        format!(
+            "CREATE MODEL {name} OPTIONS (model_type = 'linear_reg', input_label_cols = ['target']{options}) \
+             AS SELECT counted(CAST(age AS DOUBLE)) AS age, bmi, bp, s5, target FROM p"
+        )
+    };
+    sql.execute(&format!(
+        "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true')",
+        data.display()
+    ))
+    .await
+    .unwrap();
+    sql.execute(&create("once", "")).await.unwrap();
+    assert_eq!(seen.swap(0, Ordering::Relaxed), 442);
+    // The same model as the statement that does not plan a split at all.
+    sql.execute(&create("unsplit", ", data_split_method = 'no_split'"))
+        .await
+        .unwrap();
+    assert_eq!(seen.load(Ordering::Relaxed), 442);
+    let weights =
+        |m: &str| format!("SELECT feature, weight FROM ml_weights('{m}') ORDER BY feature");
+    let printed = |b: &[arrow::array::RecordBatch]| {
+        arrow::util::pretty::pretty_format_batches(b)
+            .unwrap()
+            .to_string()
+    };
+    let once = sql.execute(&weights("once")).await.unwrap();
+    let unsplit = sql.execute(&weights("unsplit")).await.unwrap();
+    assert_eq!(printed(&once[0].batches), printed(&unsplit[0].batches));
+}
