@@ -380,19 +380,21 @@ async fn read_encoded(
         return Ok(OneRead::Not);
     };
     let (parts, kept): (Vec<OnePassPart>, Vec<Option<Vec<RecordBatch>>>) = read.into_iter().unzip();
-    // The rows as read, when every partition kept them.
+    // The rows as read, when every partition kept them (as a table of the batches' own
+    // schema; should the partitions' schemas differ, the usual path runs the query).
     let as_read = || -> Result<OneRead> {
-        match kept.into_iter().collect::<Option<Vec<_>>>() {
-            Some(partitions) => {
-                let table = datafusion::datasource::MemTable::try_new(
-                    Arc::new(schema.clone()),
-                    partitions,
-                )?;
-                Ok(OneRead::Rows(
-                    session.context().read_table(Arc::new(table))?,
-                ))
-            }
-            None => Ok(OneRead::Not),
+        let Some(partitions) = kept.into_iter().collect::<Option<Vec<_>>>() else {
+            return Ok(OneRead::Not);
+        };
+        let batches_schema = match partitions.iter().flatten().next() {
+            Some(b) => b.schema(),
+            None => Arc::new(schema.clone()),
+        };
+        match datafusion::datasource::MemTable::try_new(batches_schema, partitions) {
+            Ok(table) => Ok(OneRead::Rows(
+                session.context().read_table(Arc::new(table))?,
+            )),
+            Err(_) => Ok(OneRead::Not),
         }
     };
     let Some(read) = session.run_compute(|| fit.finish(parts))? else {

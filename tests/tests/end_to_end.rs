@@ -442,4 +442,28 @@ async fn auto_split_under_its_threshold_runs_the_query_once() {
     let once = sql.execute(&weights("once")).await.unwrap();
     let unsplit = sql.execute(&weights("unsplit")).await.unwrap();
     assert_eq!(printed(&once[0].batches), printed(&unsplit[0].batches));
+    // From 500 rows up auto_split holds 20% out, still in one read of the query.
+    let cancer = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/breast_cancer.parquet")
+        .canonicalize()
+        .unwrap();
+    seen.store(0, Ordering::Relaxed);
+    let out = sql
+        .execute(&format!(
+            "CREATE EXTERNAL TABLE c STORED AS PARQUET LOCATION '{}'; \
+             CREATE MODEL split OPTIONS (model_type = 'logistic_reg', input_label_cols = ['label']) \
+             AS SELECT counted(f0) AS f0, f1, f2, f3, label FROM c",
+            cancer.display()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(seen.load(Ordering::Relaxed), 569);
+    let rows = |name: &str| -> i64 {
+        let b = &out[1].batches[0];
+        let c = b.column(b.schema().index_of(name).unwrap());
+        c.as_primitive::<arrow::datatypes::Int64Type>().value(0)
+    };
+    let (train, eval) = (rows("rows_train"), rows("rows_eval"));
+    assert_eq!(train + eval, 569);
+    assert!((90..=140).contains(&eval), "{eval} rows held out of 569");
 }
