@@ -239,6 +239,38 @@ pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine
 /// Rows per block of centred values (21 values each at 20 features: 43 KB, in L1/L2).
 const BLOCK: usize = 256;
 
+/// Rows `first .. first + n` centred into `z` (row `r` at `r * width`: its `d` features minus
+/// `mean_x`, then `y − mean_y`; the values past `d + 1` left as they are) and, times the
+/// row's weight, into `wz`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn centre_block(
+    values: &[f64],
+    y: &[f64],
+    w: Option<&[f64]>,
+    mean_x: &[f64],
+    mean_y: f64,
+    first: usize,
+    n: usize,
+    width: usize,
+    z: &mut [f64],
+    wz: &mut [f64],
+) {
+    let d = mean_x.len();
+    for r in 0..n {
+        let x = &values[(first + r) * d..(first + r + 1) * d];
+        let wr = w.map_or(1.0, |w| w[first + r]);
+        let zr = &mut z[r * width..r * width + d + 1];
+        for ((zj, xj), mj) in zr.iter_mut().zip(x).zip(mean_x) {
+            *zj = xj - mj;
+        }
+        zr[d] = y[first + r] - mean_y;
+        for (a, zj) in wz[r * width..r * width + d + 1].iter_mut().zip(zr.iter()) {
+            *a = wr * zj;
+        }
+    }
+}
+
 /// `g += Σ w z zᵀ` (upper triangle of the `e × e` matrix, `e = d + 1`) over the rows of
 /// `values` centred on `mean_x`, with `y − mean_y` as the last value of each `z`: a block of
 /// rows is centred into a buffer, then folded in four rows per step (each element of `g`
@@ -252,28 +284,23 @@ fn products(
     mean_y: f64,
     g: &mut [f64],
 ) {
-    let d = mean_x.len();
-    let e = d + 1;
+    let e = mean_x.len() + 1;
     let mut z = vec![0.0; BLOCK * e];
     let mut wz = vec![0.0; BLOCK * e];
     for (b, ys) in y.chunks(BLOCK).enumerate() {
-        let first = b * BLOCK;
         let n = ys.len();
-        for (r, yr) in ys.iter().enumerate() {
-            let x = &values[(first + r) * d..(first + r + 1) * d];
-            let wr = w.map_or(1.0, |w| w[first + r]);
-            let zr = &mut z[r * e..(r + 1) * e];
-            for ((zj, xj), mj) in zr.iter_mut().zip(x).zip(mean_x) {
-                *zj = xj - mj;
-            }
-            zr[d] = yr - mean_y;
-            for (a, zj) in wz[r * e..(r + 1) * e]
-                .iter_mut()
-                .zip(&z[r * e..(r + 1) * e])
-            {
-                *a = wr * zj;
-            }
-        }
+        centre_block(
+            values,
+            y,
+            w,
+            mean_x,
+            mean_y,
+            b * BLOCK,
+            n,
+            e,
+            &mut z,
+            &mut wz,
+        );
         let mut r = 0;
         while r + 4 <= n {
             let zs = &z[r * e..(r + 4) * e];
@@ -379,28 +406,26 @@ mod tiled {
         mean_y: f64,
         g: &mut [f64],
     ) {
-        let d = mean_x.len();
-        let e = d + 1;
+        let e = mean_x.len() + 1;
         let p = e.div_ceil(8) * 8;
         let tile_rows = if WIDE { 8 } else { 4 };
         let mut z = vec![0.0; BLOCK * p];
         let mut wz = vec![0.0; BLOCK * p];
         let mut out = vec![0.0; p * p];
         for (b, ys) in y.chunks(BLOCK).enumerate() {
-            let first = b * BLOCK;
             let n = ys.len();
-            for (r, yr) in ys.iter().enumerate() {
-                let x = &values[(first + r) * d..(first + r + 1) * d];
-                let wr = w.map_or(1.0, |w| w[first + r]);
-                let zr = &mut z[r * p..r * p + e];
-                for ((zj, xj), mj) in zr.iter_mut().zip(x).zip(mean_x) {
-                    *zj = xj - mj;
-                }
-                zr[d] = yr - mean_y;
-                for (a, zj) in wz[r * p..r * p + e].iter_mut().zip(&z[r * p..r * p + e]) {
-                    *a = wr * zj;
-                }
-            }
+            super::centre_block(
+                values,
+                y,
+                w,
+                mean_x,
+                mean_y,
+                b * BLOCK,
+                n,
+                p,
+                &mut z,
+                &mut wz,
+            );
             for i0 in (0..e).step_by(tile_rows) {
                 for j0 in (i0 / 8 * 8..e).step_by(8) {
                     // Rows i0 .. i0 + tile_rows and columns j0 .. j0 + 8 lie inside the
