@@ -167,7 +167,14 @@ impl Statistic for CoMomentsStatistic {
         // Pass 2: centred products (upper triangle, mirrored below), blocked.
         let e = d + 1;
         let mut g = vec![0.0; e * e];
-        centred_products(b.values, y, weights, &part.mean_x, part.mean_y, &mut g);
+        let rows = Centring {
+            values: b.values,
+            y,
+            w: weights,
+            mean_x: &part.mean_x,
+            mean_y: part.mean_y,
+        };
+        centred_products(&rows, &mut g);
         for i in 0..d {
             part.cxx[i * d + i..(i + 1) * d].copy_from_slice(&g[i * e + i..i * e + d]);
             part.cxy[i] = g[i * e + d];
@@ -239,34 +246,33 @@ pub(crate) fn register(r: &mut quiver_engine::FunctionRegistry) -> quiver_engine
 /// Rows per block of centred values (21 values each at 20 features: 43 KB, in L1/L2).
 const BLOCK: usize = 256;
 
-/// Rows `first .. first + n` centred into `z` (row `r` at `r * width`: its `d` features minus
-/// `mean_x`, then `y − mean_y`; the values past `d + 1` left as they are) and, times the
-/// row's weight, into `wz`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn centre_block(
-    values: &[f64],
-    y: &[f64],
-    w: Option<&[f64]>,
-    mean_x: &[f64],
+/// A batch's rows with the centre the products are taken about.
+struct Centring<'a> {
+    values: &'a [f64],
+    y: &'a [f64],
+    w: Option<&'a [f64]>,
+    mean_x: &'a [f64],
     mean_y: f64,
-    first: usize,
-    n: usize,
-    width: usize,
-    z: &mut [f64],
-    wz: &mut [f64],
-) {
-    let d = mean_x.len();
-    for r in 0..n {
-        let x = &values[(first + r) * d..(first + r + 1) * d];
-        let wr = w.map_or(1.0, |w| w[first + r]);
-        let zr = &mut z[r * width..r * width + d + 1];
-        for ((zj, xj), mj) in zr.iter_mut().zip(x).zip(mean_x) {
-            *zj = xj - mj;
-        }
-        zr[d] = y[first + r] - mean_y;
-        for (a, zj) in wz[r * width..r * width + d + 1].iter_mut().zip(zr.iter()) {
-            *a = wr * zj;
+}
+
+impl Centring<'_> {
+    /// Rows `first .. first + n` centred into `z` (row `r` at `r * width`: its `d` features
+    /// minus `mean_x`, then `y − mean_y`; the values past `d + 1` left as they are) and, times
+    /// the row's weight, into `wz`.
+    #[inline(always)]
+    fn block(&self, first: usize, n: usize, width: usize, z: &mut [f64], wz: &mut [f64]) {
+        let d = self.mean_x.len();
+        for r in 0..n {
+            let x = &self.values[(first + r) * d..(first + r + 1) * d];
+            let wr = self.w.map_or(1.0, |w| w[first + r]);
+            let zr = &mut z[r * width..r * width + d + 1];
+            for ((zj, xj), mj) in zr.iter_mut().zip(x).zip(self.mean_x) {
+                *zj = xj - mj;
+            }
+            zr[d] = self.y[first + r] - self.mean_y;
+            for (a, zj) in wz[r * width..r * width + d + 1].iter_mut().zip(zr.iter()) {
+                *a = wr * zj;
+            }
         }
     }
 }
@@ -276,31 +282,13 @@ fn centre_block(
 /// rows is centred into a buffer, then folded in four rows per step (each element of `g`
 /// loaded and stored once per four rows, the inner loops contiguous: they vectorise). The
 /// portable form, for CPUs without AVX2 and FMA; the others run [`tiled`].
-fn products(
-    values: &[f64],
-    y: &[f64],
-    w: Option<&[f64]>,
-    mean_x: &[f64],
-    mean_y: f64,
-    g: &mut [f64],
-) {
-    let e = mean_x.len() + 1;
+fn products(rows: &Centring<'_>, g: &mut [f64]) {
+    let e = rows.mean_x.len() + 1;
     let mut z = vec![0.0; BLOCK * e];
     let mut wz = vec![0.0; BLOCK * e];
-    for (b, ys) in y.chunks(BLOCK).enumerate() {
+    for (b, ys) in rows.y.chunks(BLOCK).enumerate() {
         let n = ys.len();
-        centre_block(
-            values,
-            y,
-            w,
-            mean_x,
-            mean_y,
-            b * BLOCK,
-            n,
-            e,
-            &mut z,
-            &mut wz,
-        );
+        rows.block(b * BLOCK, n, e, &mut z, &mut wz);
         let mut r = 0;
         while r + 4 <= n {
             let zs = &z[r * e..(r + 4) * e];
@@ -336,25 +324,18 @@ fn products(
 }
 
 /// [`products`] or, where the CPU runs them, its register-tiled AVX-512 or AVX2 form.
-fn centred_products(
-    values: &[f64],
-    y: &[f64],
-    w: Option<&[f64]>,
-    mean_x: &[f64],
-    mean_y: f64,
-    g: &mut [f64],
-) {
+fn centred_products(rows: &Centring<'_>, g: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: each variant runs only where the CPU reports its features.
         if quiver_engine::cpu::has_avx512_fma() {
-            return unsafe { tiled::products_avx512(values, y, w, mean_x, mean_y, g) };
+            return unsafe { tiled::products_avx512(rows, g) };
         }
         if quiver_engine::cpu::has_avx2_fma() {
-            return unsafe { tiled::products_avx2(values, y, w, mean_x, mean_y, g) };
+            return unsafe { tiled::products_avx2(rows, g) };
         }
     }
-    products(values, y, w, mean_x, mean_y, g)
+    products(rows, g)
 }
 
 /// The centred products with the output in registers: each block of rows is centred into a
@@ -372,60 +353,28 @@ mod tiled {
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma,avx512f,avx512dq,avx512vl")]
-    pub(super) fn products_avx512(
-        values: &[f64],
-        y: &[f64],
-        w: Option<&[f64]>,
-        mean_x: &[f64],
-        mean_y: f64,
-        g: &mut [f64],
-    ) {
-        products::<true>(values, y, w, mean_x, mean_y, g)
+    pub(super) fn products_avx512(rows: &super::Centring<'_>, g: &mut [f64]) {
+        products::<true>(rows, g)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn products_avx2(
-        values: &[f64],
-        y: &[f64],
-        w: Option<&[f64]>,
-        mean_x: &[f64],
-        mean_y: f64,
-        g: &mut [f64],
-    ) {
-        products::<false>(values, y, w, mean_x, mean_y, g)
+    pub(super) fn products_avx2(rows: &super::Centring<'_>, g: &mut [f64]) {
+        products::<false>(rows, g)
     }
 
     /// The tiled products; `WIDE`: 8 × 8 tiles of AVX-512 vectors, else 4 × 8 of AVX2 ones.
     /// Only called from the two compilations above, where the CPU has their features.
     #[inline(always)]
-    fn products<const WIDE: bool>(
-        values: &[f64],
-        y: &[f64],
-        w: Option<&[f64]>,
-        mean_x: &[f64],
-        mean_y: f64,
-        g: &mut [f64],
-    ) {
-        let e = mean_x.len() + 1;
+    fn products<const WIDE: bool>(rows: &super::Centring<'_>, g: &mut [f64]) {
+        let e = rows.mean_x.len() + 1;
         let p = e.div_ceil(8) * 8;
         let tile_rows = if WIDE { 8 } else { 4 };
         let mut z = vec![0.0; BLOCK * p];
         let mut wz = vec![0.0; BLOCK * p];
         let mut out = vec![0.0; p * p];
-        for (b, ys) in y.chunks(BLOCK).enumerate() {
+        for (b, ys) in rows.y.chunks(BLOCK).enumerate() {
             let n = ys.len();
-            super::centre_block(
-                values,
-                y,
-                w,
-                mean_x,
-                mean_y,
-                b * BLOCK,
-                n,
-                p,
-                &mut z,
-                &mut wz,
-            );
+            rows.block(b * BLOCK, n, p, &mut z, &mut wz);
             for i0 in (0..e).step_by(tile_rows) {
                 for j0 in (i0 / 8 * 8..e).step_by(8) {
                     // Rows i0 .. i0 + tile_rows and columns j0 .. j0 + 8 lie inside the
@@ -523,14 +472,21 @@ mod tests {
                     }
                 }
                 let mut blocked = vec![0.0; e * e];
-                centred_products(&values, &y, weights, &mean_x, mean_y, &mut blocked);
+                let rows = Centring {
+                    values: &values,
+                    y: &y,
+                    w: weights,
+                    mean_x: &mean_x,
+                    mean_y,
+                };
+                centred_products(&rows, &mut blocked);
                 let mut plain = vec![0.0; e * e];
-                products(&values, &y, weights, &mean_x, mean_y, &mut plain);
+                products(&rows, &mut plain);
                 let mut each = vec![blocked, plain];
                 // Each tiled compilation this CPU runs, called directly.
                 #[cfg(target_arch = "x86_64")]
                 {
-                    type Tiled = unsafe fn(&[f64], &[f64], Option<&[f64]>, &[f64], f64, &mut [f64]);
+                    type Tiled = unsafe fn(&Centring<'_>, &mut [f64]);
                     let mut tiled: Vec<Tiled> = Vec::new();
                     if quiver_engine::cpu::has_avx2_fma() {
                         tiled.push(tiled::products_avx2);
@@ -541,7 +497,7 @@ mod tests {
                     for f in tiled {
                         let mut got = vec![0.0; e * e];
                         // SAFETY: each only where the CPU has its features (above).
-                        unsafe { f(&values, &y, weights, &mean_x, mean_y, &mut got) };
+                        unsafe { f(&rows, &mut got) };
                         each.push(got);
                     }
                 }
