@@ -81,36 +81,6 @@ impl CenterTable {
         }
     }
 
-    /// [`CenterTable::assign`] (every row through the kernel, one centre or more), also
-    /// pushing into `second` each row's gap between its second smallest and its smallest
-    /// `‖c‖² − 2x·c` (+∞ with one centre): a lower bound, up to rounding, on how much farther
-    /// the second nearest centre is, in squared distance.
-    pub(super) fn assign_second(
-        &self,
-        centers: &[f64],
-        values: &[f64],
-        out: &mut Vec<(usize, f64)>,
-        second: &mut Vec<f64>,
-    ) {
-        out.clear();
-        second.clear();
-        if self.groups == 0 {
-            return;
-        }
-        // SAFETY: each variant runs only where the CPU reports its features.
-        unsafe {
-            #[cfg(target_arch = "x86_64")]
-            if quiver_engine::cpu::has_avx512_fma() {
-                return nearest_avx512::assign_second(self, centers, values, out, second);
-            }
-            #[cfg(target_arch = "x86_64")]
-            if quiver_engine::cpu::has_avx2_fma() {
-                return nearest_avx2::assign_second(self, centers, values, out, second);
-            }
-            nearest_baseline::assign_second(self, centers, values, out, second)
-        }
-    }
-
     /// [`CenterTable::assign_ahead`], then the rows added to Lloyd's sums `s = [cost, counts
     /// (k), sums (k × d)]` in row order, in the same compiled kernel. Returns `false`, leaving
     /// `s` as it was, when a row's distance is NaN (a NaN value: the caller looks for it and
@@ -147,13 +117,12 @@ impl CenterTable {
 }
 
 /// `‖c‖² − 2x·c` for `R` rows against every group of four centres; keeps the smallest per row
-/// (the first centre on ties) and, with `SECOND`, the second smallest value in `second`.
+/// (the first centre on ties).
 #[inline(always)]
-pub(super) fn nearest_rows<const R: usize, const FMA: bool, const SECOND: bool>(
+pub(super) fn nearest_rows<const R: usize, const FMA: bool>(
     t: &CenterTable,
     rows: &[f64],
     best: &mut [(f64, usize); R],
-    second: &mut [f64; R],
 ) {
     let d = t.d;
     for g in 0..t.groups {
@@ -177,30 +146,18 @@ pub(super) fn nearest_rows<const R: usize, const FMA: bool, const SECOND: bool>(
         }
         for (r, a) in acc.iter().enumerate() {
             for (l, v) in a.iter().enumerate() {
-                keep_best::<SECOND>(&mut best[r], &mut second[r], *v, g * 4 + l);
+                if *v < best[r].0 {
+                    best[r] = (*v, g * 4 + l);
+                }
             }
         }
-    }
-}
-
-/// Takes value `v` of centre `c` into a row's smallest `(value, centre)` (the first centre on
-/// ties) and, with `SECOND`, its second smallest value.
-#[inline(always)]
-fn keep_best<const SECOND: bool>(best: &mut (f64, usize), second: &mut f64, v: f64, c: usize) {
-    if v < best.0 {
-        if SECOND {
-            *second = best.0;
-        }
-        *best = (v, c);
-    } else if SECOND && v < *second {
-        *second = v;
     }
 }
 
 /// The whole [`ROWS`]-row blocks of `values`, each block's rows fetched ahead from `next` into
 /// L2 and assigned (centre, exact squared distance) into `out`, with AVX2 and FMA: per group of
 /// four centres, eight accumulators in registers, one broadcast and one multiply-add per row and
-/// feature — the same operations in the same order as `nearest_rows::<_, true, _>`, so the tail
+/// feature — the same operations in the same order as `nearest_rows::<_, true>`, so the tail
 /// rows agree bit for bit. Returns the rows assigned.
 ///
 /// Written out once per compilation (`$features`) by this macro rather than left for the
@@ -214,13 +171,12 @@ macro_rules! nearest_blocks {
     ($name:ident, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<const SECOND: bool>(
+        unsafe fn $name(
             t: &CenterTable,
             centers: &[f64],
             values: &[f64],
             next: &[f64],
             out: &mut Vec<(usize, f64)>,
-            second: &mut Vec<f64>,
         ) -> usize {
             use std::arch::x86_64::*;
             let d = t.d;
@@ -236,7 +192,6 @@ macro_rules! nearest_blocks {
                     }
                 }
                 let mut best = [(f64::INFINITY, 0usize); ROWS];
-                let mut next_best = [f64::INFINITY; ROWS];
                 let x = rows.as_ptr();
                 for g in 0..t.groups {
                     // SAFETY: every pointer below stays inside `rows` (ROWS × d values),
@@ -255,16 +210,15 @@ macro_rules! nearest_blocks {
                         for (r, a) in acc.iter().enumerate() {
                             _mm256_storeu_pd(lanes.as_mut_ptr(), *a);
                             for (l, v) in lanes.iter().enumerate() {
-                                keep_best::<SECOND>(&mut best[r], &mut next_best[r], *v, g * 4 + l);
+                                if *v < best[r].0 {
+                                    best[r] = (*v, g * 4 + l);
+                                }
                             }
                         }
                     }
                 }
                 for (x, (_, c)) in rows.chunks_exact(d).zip(best) {
                     out.push((c, squared_distance_avx(x, &centers[c * d..(c + 1) * d])));
-                }
-                if SECOND {
-                    second.extend(next_best.iter().zip(&best).map(|(s, b)| s - b.0));
                 }
             }
             done
@@ -358,34 +312,6 @@ pub(super) fn assign_all<const FMA: bool>(
     next: &[f64],
     out: &mut Vec<(usize, f64)>,
 ) {
-    assign_rows::<FMA, false>(t, centers, values, next, out, &mut Vec::new())
-}
-
-/// [`assign_all`], also pushing into `second` each row's gap between its second smallest and
-/// its smallest `‖c‖² − 2x·c` (+∞ with one centre): the same assignments and distances, to
-/// the bit.
-#[inline(always)]
-pub(super) fn assign_second_all<const FMA: bool>(
-    t: &CenterTable,
-    centers: &[f64],
-    values: &[f64],
-    out: &mut Vec<(usize, f64)>,
-    second: &mut Vec<f64>,
-) {
-    out.clear();
-    second.clear();
-    assign_rows::<FMA, true>(t, centers, values, &[], out, second)
-}
-
-#[inline(always)]
-fn assign_rows<const FMA: bool, const SECOND: bool>(
-    t: &CenterTable,
-    centers: &[f64],
-    values: &[f64],
-    next: &[f64],
-    out: &mut Vec<(usize, f64)>,
-    second: &mut Vec<f64>,
-) {
     let d = t.d;
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
@@ -394,9 +320,9 @@ fn assign_rows<const FMA: bool, const SECOND: bool>(
         // where the CPU has them; the AVX-512 blocks only where it has those too.
         done = unsafe {
             if quiver_engine::cpu::has_avx512_fma() {
-                nearest_blocks_avx512::<SECOND>(t, centers, values, next, out, second)
+                nearest_blocks_avx512(t, centers, values, next, out)
             } else {
-                nearest_blocks_avx2::<SECOND>(t, centers, values, next, out, second)
+                nearest_blocks_avx2(t, centers, values, next, out)
             }
         };
     }
@@ -409,26 +335,18 @@ fn assign_rows<const FMA: bool, const SECOND: bool>(
                 }
             }
             let mut best = [(f64::INFINITY, 0); ROWS];
-            let mut next_best = [f64::INFINITY; ROWS];
-            nearest_rows::<ROWS, FMA, SECOND>(t, block, &mut best, &mut next_best);
+            nearest_rows::<ROWS, FMA>(t, block, &mut best);
             for (x, (_, c)) in block.chunks_exact(d).zip(best) {
                 out.push((c, squared_distance(x, &centers[c * d..(c + 1) * d])));
-            }
-            if SECOND {
-                second.extend(next_best.iter().zip(&best).map(|(s, b)| s - b.0));
             }
             done += ROWS;
         }
     }
     for x in values[done * d..].chunks_exact(d) {
         let mut best = [(f64::INFINITY, 0); 1];
-        let mut next_best = [f64::INFINITY; 1];
-        nearest_rows::<1, FMA, SECOND>(t, x, &mut best, &mut next_best);
+        nearest_rows::<1, FMA>(t, x, &mut best);
         let c = best[0].1;
         out.push((c, squared_distance(x, &centers[c * d..(c + 1) * d])));
-        if SECOND {
-            second.push(next_best[0] - best[0].0);
-        }
     }
 }
 
@@ -475,10 +393,6 @@ quiver_engine::fma_kernels!(nearest_baseline, nearest_avx2, nearest_avx512;
         t: &CenterTable, centers: &[f64], values: &[f64], next: &[f64], out: &mut Vec<(usize, f64)>,
         s: &mut [f64], nan: &mut bool,
     ) => assign_sum_all;
-    fn assign_second(
-        t: &CenterTable, centers: &[f64], values: &[f64], out: &mut Vec<(usize, f64)>,
-        second: &mut Vec<f64>,
-    ) => assign_second_all;
 );
 
 #[cfg(test)]
@@ -524,13 +438,9 @@ mod tests {
                         kernels.push(out.clone());
                         // Each compilation of the whole blocks, called directly.
                         let (mut a, mut b) = (Vec::new(), Vec::new());
-                        let no = &mut Vec::new();
-                        let done = nearest_blocks_avx2::<false>(
-                            &table, &centers, &values, &values, &mut a, no,
-                        );
+                        let done = nearest_blocks_avx2(&table, &centers, &values, &values, &mut a);
                         assert_eq!(done, n / ROWS * ROWS);
-                        nearest_blocks_avx512::<false>(&table, &centers, &values, &[], &mut b, no);
-                        assert!(no.is_empty());
+                        nearest_blocks_avx512(&table, &centers, &values, &[], &mut b);
                         assert_eq!(a, b, "k {k} n {n}");
                         assert_eq!(a[..], out[..done]);
                     }
@@ -544,34 +454,6 @@ mod tests {
                                 squared_distance(x, c).to_bits()
                             );
                         }
-                    }
-                }
-                // With the gaps to the second nearest: the same assignments, to the bit, in
-                // each compilation; the gap is the second nearest's squared distance less the
-                // nearest's, up to rounding.
-                let mut gaps = Vec::new();
-                // SAFETY: the baseline compilation runs on any CPU.
-                unsafe {
-                    nearest_baseline::assign_second(&table, &centers, &values, &mut out, &mut gaps)
-                };
-                assert_eq!(out, kernels[0], "k {k} n {n}");
-                table.assign_second(&centers, &values, &mut out, &mut gaps);
-                assert_eq!(Some(&out), kernels.last(), "k {k} n {n}");
-                for ((x, (c, dist)), gap) in values.chunks_exact(d).zip(&out).zip(&gaps) {
-                    let second = centers
-                        .chunks_exact(d)
-                        .enumerate()
-                        .filter(|(j, _)| j != c)
-                        .map(|(_, o)| squared_distance(x, o))
-                        .fold(f64::INFINITY, f64::min);
-                    if k == 1 {
-                        assert_eq!(*gap, f64::INFINITY);
-                    } else {
-                        let scale = 1e-12 * (second + x.iter().map(|v| v * v).sum::<f64>());
-                        assert!(
-                            (second - dist - gap).abs() <= scale,
-                            "{second} {dist} {gap}"
-                        );
                     }
                 }
                 if k == 1 {

@@ -15,7 +15,7 @@ use quiver_engine::aggregate::{decode_f64s, encode_f64s};
 use quiver_engine::vector::first_nan;
 use quiver_engine::{
     BatchFunction, Dataset, FeatureBatch, ModelDraft, ModelMetadata, Prepared, QuiverError,
-    QuiverSession, Runner, StatInputs, Statistic, map_dataset,
+    QuiverSession, StatInputs, Statistic, map_dataset,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +23,6 @@ use crate::api::{Estimator, Model, Transformer, check_output_col};
 use crate::error::{MllibError, Result};
 use crate::persist::{params_json, take_vector, vectors_from_ipc, vectors_to_ipc};
 
-mod bounds;
 mod kernel;
 mod model;
 mod params;
@@ -32,7 +31,6 @@ mod statistic;
 pub use model::KMeansModel;
 pub use params::{KMeans, KMeansInit};
 
-use bounds::{BoundedPass, Bounds};
 use kernel::*;
 use model::*;
 use statistic::*;
@@ -262,19 +260,6 @@ impl KMeans {
         Ok(data.aggregate(Arc::new(stat)).await?)
     }
 
-    /// A Lloyd pass: `[cost, counts (k), sums (k × d)]` for `centers`, with Hamerly's bounds
-    /// where the fit keeps them.
-    async fn lloyd(
-        &self,
-        data: &Prepared,
-        centers: &[f64],
-        bounds: Option<&Arc<Bounds>>,
-    ) -> Result<Vec<f64>> {
-        let mut stat = KMeansPass::new(data.dim(), centers.to_vec(), self.seed, Pass::Sums);
-        stat.bounded = bounds.map(|b| BoundedPass::new(b, centers, data.dim()));
-        Ok(data.aggregate(Arc::new(stat)).await?.values)
-    }
-
     /// The initial centres from the first pass's uniform sample (`first`: k rows for random
     /// initialisation, one for k-means||). k-means|| then runs `init_steps` rounds, each one
     /// pass drawing 2k rows by their squared distance to the candidates so far, weighs the
@@ -362,10 +347,6 @@ impl Estimator for KMeans {
         self.check()?;
         let started = Instant::now();
         let data = session.prepare_iterative(data, session.runner()).await?;
-        // Rows this process holds are passed over where they lie, so that each Lloyd pass can
-        // keep Hamerly's bounds for the next (see `bounds`).
-        let data = data.resident().unwrap_or(data);
-        let bounds = (data.runner() == Runner::Local).then(Arc::<Bounds>::default);
         let init_started = Instant::now();
         let d = data.dim();
         let k = self.k;
@@ -405,7 +386,7 @@ impl Estimator for KMeans {
         let mut history = Vec::new();
         let mut iterations = 0;
         let mut convergence = format!("reached max_iter = {}", self.max_iter);
-        let mut sums = self.lloyd(&data, &centers, bounds.as_ref()).await?;
+        let mut sums = self.pass(&data, &centers, Pass::Sums).await?.values;
         // A trial's pruner sees the model after each Lloyd pass (see crate::progress).
         let progress = crate::progress::current();
         while iterations < self.max_iter {
@@ -423,7 +404,7 @@ impl Estimator for KMeans {
                     centers[c * d + j] = v;
                 }
             }
-            sums = self.lloyd(&data, &centers, bounds.as_ref()).await?;
+            sums = self.pass(&data, &centers, Pass::Sums).await?.values;
             crate::progress::offer(progress.as_ref(), iterations as u64, || {
                 Ok(Arc::new(KMeansModel {
                     params: self.clone(),
