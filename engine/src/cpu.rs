@@ -66,8 +66,46 @@ pub fn has_avx512_fma() -> bool {
 /// besides AVX2 and FMA (callable where [`has_avx512_fma`] holds): the same `FMA` code, so the
 /// same bits, with twice the vector registers (a kernel whose constants and temporaries spill
 /// with sixteen keeps them in registers).
+///
+/// Written `fma_kernels!(name => $baseline, …; …)`, it also makes a module `name` whose safe
+/// functions, one per kernel and of the same signature, run the best compilation this CPU has
+/// (AVX-512, then AVX2, then the baseline): what callers use, leaving the compilations
+/// themselves to tests that compare them.
 #[macro_export]
 macro_rules! fma_kernels {
+    ($dispatch:ident => $baseline:ident, $avx2:ident, $avx512:ident; $(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $target:ident;)+) => {
+        $crate::fma_kernels!($baseline, $avx2, $avx512; $(fn $name($($arg: $ty),*) => $target;)+);
+        $crate::fma_kernels!(@dispatch $dispatch; $baseline, $avx2, $avx512; $(fn $name($($arg: $ty),*);)+);
+    };
+    ($dispatch:ident => $baseline:ident, $avx2:ident; $(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $target:ident;)+) => {
+        $crate::fma_kernels!($baseline, $avx2; $(fn $name($($arg: $ty),*) => $target;)+);
+        // Where the CPU has AVX-512 too, the AVX2 compilation.
+        $crate::fma_kernels!(@dispatch $dispatch; $baseline, $avx2, $avx2; $(fn $name($($arg: $ty),*);)+);
+    };
+    (@dispatch $dispatch:ident; $baseline:ident, $avx2:ident, $avx512:ident; $(fn $name:ident($($arg:ident: $ty:ty),*);)+) => {
+        /// Each kernel in the best compilation this CPU runs.
+        mod $dispatch {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[inline]
+                pub(super) fn $name($($arg: $ty),*) {
+                    // SAFETY: each compilation runs only where the CPU reports its features.
+                    unsafe {
+                        #[cfg(target_arch = "x86_64")]
+                        if $crate::cpu::has_avx512_fma() {
+                            return super::$avx512::$name($($arg),*);
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        if $crate::cpu::has_avx2_fma() {
+                            return super::$avx2::$name($($arg),*);
+                        }
+                        super::$baseline::$name($($arg),*)
+                    }
+                }
+            )+
+        }
+    };
     ($baseline:ident, $avx2:ident, $avx512:ident; $(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $target:ident;)+) => {
         $crate::fma_kernels!($baseline, $avx2; $(fn $name($($arg: $ty),*) => $target;)+);
         #[cfg(target_arch = "x86_64")]
@@ -119,7 +157,7 @@ mod tests {
         );
     }
 
-    crate::fma_kernels!(plain, fast; fn sum(xs: &[f64], out: &mut f64) => sum_into;);
+    crate::fma_kernels!(best => plain, fast; fn sum(xs: &[f64], out: &mut f64) => sum_into;);
 
     #[test]
     fn both_variants_compute_the_same() {
@@ -141,6 +179,9 @@ mod tests {
         }
         assert_eq!(a, 3.0);
         assert_eq!(a, b);
+        let mut c = 0.0;
+        best::sum(&xs, &mut c);
+        assert_eq!(c, a);
         assert_eq!(has_avx2_fma(), has_avx2_fma());
     }
 }

@@ -79,17 +79,7 @@ impl Moments {
     /// Adds a chunk without nulls: the same sums with independent lanes, so they vectorise.
     fn add_dense_chunk(&mut self, values: &[f64]) {
         let mut out = [0.0; 5];
-        // SAFETY: the AVX2 variant runs only where the CPU has AVX2 and FMA.
-        unsafe {
-            #[cfg(target_arch = "x86_64")]
-            if crate::cpu::has_avx2_fma() {
-                avx2::dense_moments(values, &mut out);
-            } else {
-                baseline::dense_moments(values, &mut out);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            baseline::dense_moments(values, &mut out);
-        }
+        best::dense_moments(values, &mut out);
         let [n, mean, m2, lo, hi] = out;
         if n == 0.0 {
             return;
@@ -264,7 +254,7 @@ fn lane_sums_avx2(
 }
 
 // The dense kernel, compiled for the baseline target and for AVX2 with FMA.
-crate::fma_kernels!(baseline, avx2;
+crate::fma_kernels!(best => baseline, avx2;
     fn dense_moments(values: &[f64], out: &mut [f64; 5]) => dense_moments_impl;
 );
 

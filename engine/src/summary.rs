@@ -380,7 +380,7 @@ fn block_weighted_impl<const FMA: bool>(
 }
 
 // The block kernels, compiled for the baseline target and for AVX2 with FMA.
-crate::fma_kernels!(baseline, avx2;
+crate::fma_kernels!(best => baseline, avx2;
     fn block_unweighted(values: &[f64], dim: usize, b: &mut Block, mean: &mut [f64]) => block_unweighted_impl;
     fn block_weighted(values: &[f64], w: &[f64], ws: f64, dim: usize, b: &mut Block, mean: &mut [f64]) => block_weighted_impl;
 );
@@ -414,7 +414,6 @@ impl Summarizer {
     ) -> Result<()> {
         let dim = self.dim;
         b.reset();
-        let avx2 = crate::cpu::has_avx2_fma();
         let (count, ws, wsq) = match (self.weighted, block.weight) {
             (true, Some(w)) => {
                 let mut ws = 0.0;
@@ -436,15 +435,7 @@ impl Summarizer {
                     state.count += 0.0;
                     return Ok(());
                 }
-                // SAFETY: the AVX2 variant runs only when the CPU reports AVX2 and FMA.
-                unsafe {
-                    if avx2 {
-                        #[cfg(target_arch = "x86_64")]
-                        avx2::block_weighted(block.values, w, ws, dim, b, mean);
-                    } else {
-                        baseline::block_weighted(block.values, w, ws, dim, b, mean);
-                    }
-                }
+                best::block_weighted(block.values, w, ws, dim, b, mean);
                 (count, ws, wsq)
             }
             (true, None) => {
@@ -454,15 +445,7 @@ impl Summarizer {
                 });
             }
             (false, _) => {
-                // SAFETY: as above.
-                unsafe {
-                    if avx2 {
-                        #[cfg(target_arch = "x86_64")]
-                        avx2::block_unweighted(block.values, dim, b, mean);
-                    } else {
-                        baseline::block_unweighted(block.values, dim, b, mean);
-                    }
-                }
+                best::block_unweighted(block.values, dim, b, mean);
                 let n = block.n_rows as f64;
                 (n, n, n)
             }

@@ -190,20 +190,7 @@ pub fn affine_rows(values: &[f64], rows: usize, weights: &[f64], offsets: &[f64]
     let k = offsets.len();
     let mut out = vec![0.0; rows * k];
     debug_assert!(rows == 0 || values.len() / rows * k == weights.len());
-    // SAFETY: each variant runs only where the CPU reports its features.
-    unsafe {
-        #[cfg(target_arch = "x86_64")]
-        if crate::cpu::has_avx512_fma() {
-            affine_avx512::affine(values, rows, weights, offsets, &mut out);
-            return out;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if crate::cpu::has_avx2_fma() {
-            affine_avx2::affine(values, rows, weights, offsets, &mut out);
-            return out;
-        }
-        affine_baseline::affine(values, rows, weights, offsets, &mut out);
-    }
+    affine::affine(values, rows, weights, offsets, &mut out);
     out
 }
 
@@ -260,7 +247,7 @@ fn affine_into<const _WIDE: bool>(
     }
 }
 
-crate::fma_kernels!(affine_baseline, affine_avx2, affine_avx512;
+crate::fma_kernels!(affine => affine_baseline, affine_avx2, affine_avx512;
     fn affine(values: &[f64], rows: usize, weights: &[f64], offsets: &[f64], out: &mut [f64]) => affine_into;
 );
 

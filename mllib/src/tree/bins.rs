@@ -251,14 +251,7 @@ impl Bins {
     /// Codes a row-major block of rows: per value, the thresholds below it counted in one
     /// vectorised sweep (AVX2 where the CPU has it).
     pub fn code_rows(&self, values: &[f64], out: &mut [u8]) {
-        #[cfg(target_arch = "x86_64")]
-        if quiver_engine::cpu::has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            unsafe { code_avx2::code(self, values, out) };
-            return;
-        }
-        // SAFETY: the baseline kernel runs on any CPU.
-        unsafe { code_plain::code(self, values, out) };
+        code::code(self, values, out)
     }
 }
 
@@ -276,7 +269,7 @@ fn code_block<const FMA: bool>(bins: &Bins, values: &[f64], out: &mut [u8]) {
     }
 }
 
-quiver_engine::fma_kernels!(code_plain, code_avx2;
+quiver_engine::fma_kernels!(code => code_plain, code_avx2;
     fn code(bins: &Bins, values: &[f64], out: &mut [u8]) => code_block;
 );
 

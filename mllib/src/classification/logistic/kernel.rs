@@ -162,7 +162,7 @@ pub(super) fn binomial<const FMA: bool>(
     }
 }
 
-quiver_engine::fma_kernels!(loss_baseline, loss_avx2, loss_avx512;
+quiver_engine::fma_kernels!(loss => loss_baseline, loss_avx2, loss_avx512;
     fn binomial_loss(
         coef: &[f64], values: &[f64], y: &[f64], w: Option<&[f64]>, acc: &mut [f64], nan: &mut Option<usize>,
     ) => binomial;
@@ -177,18 +177,7 @@ pub(super) fn binomial_loss_gradient(
     acc: &mut [f64],
     nan: &mut Option<usize>,
 ) {
-    // SAFETY: each variant runs only where the CPU reports its features.
-    unsafe {
-        #[cfg(target_arch = "x86_64")]
-        if quiver_engine::cpu::has_avx512_fma() {
-            return loss_avx512::binomial_loss(coef, values, y, w, acc, nan);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if quiver_engine::cpu::has_avx2_fma() {
-            return loss_avx2::binomial_loss(coef, values, y, w, acc, nan);
-        }
-        loss_baseline::binomial_loss(coef, values, y, w, acc, nan)
-    }
+    loss::binomial_loss(coef, values, y, w, acc, nan)
 }
 
 #[cfg(test)]

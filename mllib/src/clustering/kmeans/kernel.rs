@@ -67,18 +67,7 @@ impl CenterTable {
             // is all there is to compute (the kernels' exact distance, the same bits).
             return one_centre(centers, values, out);
         }
-        // SAFETY: each variant runs only where the CPU reports its features.
-        unsafe {
-            #[cfg(target_arch = "x86_64")]
-            if quiver_engine::cpu::has_avx512_fma() {
-                return nearest_avx512::assign(self, centers, values, next, out);
-            }
-            #[cfg(target_arch = "x86_64")]
-            if quiver_engine::cpu::has_avx2_fma() {
-                return nearest_avx2::assign(self, centers, values, next, out);
-            }
-            nearest_baseline::assign(self, centers, values, next, out)
-        }
+        nearest::assign(self, centers, values, next, out)
     }
 
     /// [`CenterTable::assign_ahead`], then the rows added to Lloyd's sums `s = [cost, counts
@@ -98,20 +87,7 @@ impl CenterTable {
             return true;
         }
         let mut nan = false;
-        // SAFETY: each variant runs only where the CPU reports its features.
-        unsafe {
-            #[cfg(target_arch = "x86_64")]
-            if quiver_engine::cpu::has_avx512_fma() {
-                nearest_avx512::assign_sum(self, centers, values, next, out, s, &mut nan);
-                return !nan;
-            }
-            #[cfg(target_arch = "x86_64")]
-            if quiver_engine::cpu::has_avx2_fma() {
-                nearest_avx2::assign_sum(self, centers, values, next, out, s, &mut nan);
-                return !nan;
-            }
-            nearest_baseline::assign_sum(self, centers, values, next, out, s, &mut nan);
-        }
+        nearest::assign_sum(self, centers, values, next, out, s, &mut nan);
         !nan
     }
 }
@@ -387,7 +363,7 @@ pub(super) fn assign_sum_all<const FMA: bool>(
 
 // The kernel compiled for the baseline target and, chosen at run time, AVX2 with FMA or
 // AVX-512.
-quiver_engine::fma_kernels!(nearest_baseline, nearest_avx2, nearest_avx512;
+quiver_engine::fma_kernels!(nearest => nearest_baseline, nearest_avx2, nearest_avx512;
     fn assign(t: &CenterTable, centers: &[f64], values: &[f64], next: &[f64], out: &mut Vec<(usize, f64)>) => assign_all;
     fn assign_sum(
         t: &CenterTable, centers: &[f64], values: &[f64], next: &[f64], out: &mut Vec<(usize, f64)>,
