@@ -1036,6 +1036,52 @@ impl LocalFrame {
         })
     }
 
+    /// A frame over record batches already in memory whose columns are exactly `features`
+    /// (a fixed-size list of non-null `Float64`), and `label` / `weight` (`Float64`) when
+    /// `label` / `weight` name them: the batches' own buffers, nothing copied or checked
+    /// beyond the types and nulls. `None` when a batch is not of that form.
+    pub fn over_batches(
+        partitions: &[Vec<RecordBatch>],
+        label: Option<&str>,
+        weight: Option<&str>,
+    ) -> Option<Self> {
+        let mut chunks = Vec::new();
+        let mut dim = None;
+        let mut first_row = 0u64;
+        for batch in partitions.iter().flatten() {
+            let features = batch.column_by_name("features")?.as_fixed_size_list_opt()?;
+            let values = features.values().as_primitive_opt::<Float64Type>()?;
+            let d = features.value_length() as usize;
+            if features.null_count() > 0 || values.null_count() > 0 || *dim.get_or_insert(d) != d {
+                return None;
+            }
+            let role = |name: Option<&str>| -> Option<Option<ScalarBuffer<f64>>> {
+                let Some(name) = name else {
+                    return Some(None);
+                };
+                let v = batch
+                    .column_by_name(name)?
+                    .as_primitive_opt::<Float64Type>()?;
+                (v.null_count() == 0).then(|| Some(v.values().clone()))
+            };
+            chunks.push(LocalChunk {
+                features: features.clone(),
+                label: role(label)?,
+                weight: role(weight)?,
+                first_row,
+            });
+            first_row += batch.num_rows() as u64;
+        }
+        let dim = dim?;
+        Some(LocalFrame {
+            chunks,
+            dim,
+            feature_names: (0..dim).map(|j| format!("features[{j}]")).collect(),
+            label: label.map(str::to_string),
+            weight: weight.map(str::to_string),
+        })
+    }
+
     pub fn chunks(&self) -> &[LocalChunk] {
         &self.chunks
     }

@@ -70,6 +70,9 @@ pub struct Prepared {
     session: QuiverSession,
     dim: usize,
     input: PreparedInput,
+    /// The embedded input's rows as a frame over the same buffers, when this process holds
+    /// them ([`Prepared::resident`]).
+    resident: Option<Arc<LocalFrame>>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +92,24 @@ impl Prepared {
             PreparedInput::Local(_) => Runner::Local,
             PreparedInput::Embedded(_) => Runner::Embedded,
         }
+    }
+
+    /// The same rows on the local runner, over the same buffers, when this process holds
+    /// them all in memory (the local runner's input, or the embedded in-memory copy that
+    /// [`QuiverSession::prepare_iterative`] makes): statistics may then keep state of their
+    /// own per batch between passes, as the batches stay where they are while the returned
+    /// value lives. `None` when the rows are read on every pass or held on a cluster.
+    pub fn resident(&self) -> Option<Prepared> {
+        let frame = match &self.input {
+            PreparedInput::Local(frame) => Arc::clone(frame),
+            PreparedInput::Embedded(_) => Arc::clone(self.resident.as_ref()?),
+        };
+        Some(Prepared {
+            session: self.session.clone(),
+            dim: self.dim,
+            input: PreparedInput::Local(frame),
+            resident: None,
+        })
     }
 
     /// Runs one statistic over the prepared data.
@@ -404,6 +425,7 @@ impl QuiverSession {
             session: self.clone(),
             dim: dataset.feature_dim()?,
             input,
+            resident: None,
         })
     }
 
@@ -425,6 +447,7 @@ impl QuiverSession {
             exprs.push(cast(col(quoted_name(w)), DataType::Float64).alias("weight"));
         }
         let df = dataset.dataframe().clone().select(exprs)?;
+        let mut resident = None;
         let kept = if self.is_cluster() {
             match self.cache_on_executors(&df).await {
                 Some(kept) => kept,
@@ -432,8 +455,16 @@ impl QuiverSession {
                 None => return self.prepare(dataset, runner).await,
             }
         } else {
-            match self.in_memory(df).await {
-                Ok(kept) => kept,
+            match self.collect_in_memory(df).await {
+                Ok((kept, parts)) => {
+                    resident = LocalFrame::over_batches(
+                        &parts,
+                        dataset.label().map(|_| "label"),
+                        dataset.weight().map(|_| "weight"),
+                    )
+                    .map(Arc::new);
+                    kept
+                }
                 Err(
                     QuiverError::InvalidValueInBatch { .. }
                     | QuiverError::VectorLengthInBatch { .. },
@@ -456,16 +487,21 @@ impl QuiverSession {
             session: self.clone(),
             dim: dataset.feature_dim()?,
             input: PreparedInput::Embedded(Box::new(cached)),
+            resident,
         })
     }
 
     /// `df`'s rows collected into an in-memory table of this process, partitions kept.
     async fn in_memory(&self, df: DataFrame) -> Result<DataFrame> {
+        Ok(self.collect_in_memory(df).await?.0)
+    }
+
+    /// [`QuiverSession::in_memory`], with the collected partitions the table holds.
+    async fn collect_in_memory(&self, df: DataFrame) -> Result<(DataFrame, Vec<Vec<RecordBatch>>)> {
         let schema = Arc::new(df.schema().as_arrow().clone());
         let parts = df.collect_partitioned().await?;
-        Ok(self
-            .ctx
-            .read_table(Arc::new(MemTable::try_new(schema, parts)?))?)
+        let table = MemTable::try_new(schema, parts.clone())?;
+        Ok((self.ctx.read_table(Arc::new(table))?, parts))
     }
 
     /// Spark's `persist()`: `df`'s rows kept in memory for the queries and fits that follow —

@@ -936,6 +936,13 @@ pub const ALGORITHMS: &[Algorithm] = &[
                 "'kmeans++' (k-means‖, the default) or 'random'",
             )
             .tune(Tune::Yes),
+            opt(
+                "kmeans_algorithm",
+                P("algorithm"),
+                Text(&[("lloyd", "lloyd"), ("hamerly", "hamerly")]),
+                "'lloyd' (the default) or 'hamerly' (bounds kept between passes: the same \
+                 model, faster when the clusters are well separated)",
+            ),
             MAX_ITERATIONS,
             MIN_REL_PROGRESS,
             opt("seed", P("seed"), Whole, "seed of the initialisation"),

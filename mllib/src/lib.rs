@@ -38,7 +38,7 @@ pub use classification::{
     Family, LogisticRegression, LogisticRegressionModel, LogisticSummary, NaiveBayes,
     NaiveBayesModel, NaiveBayesType,
 };
-pub use clustering::{KMeans, KMeansInit, KMeansModel, KMeansSummary};
+pub use clustering::{KMeans, KMeansAlgorithm, KMeansInit, KMeansModel, KMeansSummary};
 pub use decomposition::{PCA, PCAModel, PcaSummary};
 pub use error::{MllibError, Result};
 pub use evaluation::{

@@ -8,7 +8,8 @@ use arrow::array::{AsArray, Float64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Schema};
 use quiver_engine::{Dataset, QuiverConfig, QuiverSession};
 use quiver_mllib::{
-    Estimator, KMeans, KMeansInit, KMeansModel, MllibError, Transformer, load, save,
+    Estimator, KMeans, KMeansAlgorithm, KMeansInit, KMeansModel, MllibError, Transformer, load,
+    save,
 };
 
 const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
@@ -189,6 +190,50 @@ async fn digits_inertia_within_two_percent_of_sklearn_and_runners_agree() {
     save(&store, "digits_kmeans", &models[0]).await.unwrap();
     let back: KMeansModel = load(&store, "digits_kmeans", None).await.unwrap();
     assert_eq!(back, models[0]);
+}
+
+/// Hamerly's bounds give Lloyd's model: on the local runner (the same batches, merged in the
+/// same order) to the bit, centres, costs and sizes; embedded (the bounds run on the kept
+/// copy's own batches, Lloyd's passes through DataFusion's partitions) up to the order of the
+/// partial sums. The bounds settle most rows of the shipped digits after the first passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hamerly_bounds_give_lloyds_model() {
+    for (runner, partitions) in [("local", 1), ("embedded", 3)] {
+        let s = session(runner, partitions);
+        let ds = Dataset::new(s.read(DIGITS).await.unwrap())
+            .with_label("label")
+            .unwrap()
+            .with_numeric_features_except(&[])
+            .unwrap();
+        let lloyd = KMeans::new().k(10).seed(7).fit(&s, &ds).await.unwrap();
+        let hamerly = KMeans::new()
+            .k(10)
+            .seed(7)
+            .algorithm(KMeansAlgorithm::Hamerly)
+            .fit(&s, &ds)
+            .await
+            .unwrap();
+        let (a, b) = (lloyd.summary(), hamerly.summary());
+        assert_eq!(a.settled_share, None);
+        let settled = b.settled_share.expect("the bounds were kept");
+        assert!(settled > 0.5, "{runner}: {settled}");
+        assert_eq!(a.iterations, b.iterations);
+        assert_eq!(a.cluster_sizes, b.cluster_sizes, "{runner}");
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * y.abs().max(1.0);
+        for (p, q) in lloyd.centers().iter().zip(hamerly.centers()) {
+            for (x, y) in p.iter().zip(q.iter()) {
+                if runner == "local" {
+                    assert_eq!(x.to_bits(), y.to_bits(), "{runner}");
+                } else {
+                    assert!(close(*x, *y), "{runner}: {x} {y}");
+                }
+            }
+        }
+        for (x, y) in a.objective_history.iter().zip(&b.objective_history) {
+            assert!(runner != "local" || x.to_bits() == y.to_bits(), "{x} {y}");
+            assert!(close(*x, *y), "{runner}: {x} {y}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

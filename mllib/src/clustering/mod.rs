@@ -2,4 +2,4 @@
 
 pub(crate) mod kmeans;
 
-pub use kmeans::{KMeans, KMeansInit, KMeansModel, KMeansSummary};
+pub use kmeans::{KMeans, KMeansAlgorithm, KMeansInit, KMeansModel, KMeansSummary};

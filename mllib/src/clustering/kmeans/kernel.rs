@@ -70,6 +70,26 @@ impl CenterTable {
         nearest::assign(self, centers, values, next, out)
     }
 
+    /// [`CenterTable::assign`] (every row through the kernel, one centre or more), also
+    /// pushing into `second` each row's gap between its second smallest and its smallest
+    /// `‖c‖² − 2x·c` (+∞ with one centre): a lower bound, up to rounding, on how much farther
+    /// the second nearest centre is, in squared distance. `next` is fetched into L2 as it goes
+    /// ([`CenterTable::assign_ahead`]).
+    pub(super) fn assign_second(
+        &self,
+        centers: &[f64],
+        values: &[f64],
+        next: &[f64],
+        out: &mut Vec<(usize, f64)>,
+        second: &mut Vec<f64>,
+    ) {
+        out.clear();
+        second.clear();
+        if self.groups > 0 {
+            nearest::assign_second(self, centers, values, next, out, second);
+        }
+    }
+
     /// [`CenterTable::assign_ahead`], then the rows added to Lloyd's sums `s = [cost, counts
     /// (k), sums (k × d)]` in row order, in the same compiled kernel. Returns `false`, leaving
     /// `s` as it was, when a row's distance is NaN (a NaN value: the caller looks for it and
@@ -93,12 +113,13 @@ impl CenterTable {
 }
 
 /// `‖c‖² − 2x·c` for `R` rows against every group of four centres; keeps the smallest per row
-/// (the first centre on ties).
+/// (the first centre on ties) and, with `SECOND`, the second smallest value in `second`.
 #[inline(always)]
-pub(super) fn nearest_rows<const R: usize, const FMA: bool>(
+pub(super) fn nearest_rows<const R: usize, const FMA: bool, const SECOND: bool>(
     t: &CenterTable,
     rows: &[f64],
     best: &mut [(f64, usize); R],
+    second: &mut [f64; R],
 ) {
     let d = t.d;
     for g in 0..t.groups {
@@ -122,18 +143,34 @@ pub(super) fn nearest_rows<const R: usize, const FMA: bool>(
         }
         for (r, a) in acc.iter().enumerate() {
             for (l, v) in a.iter().enumerate() {
-                if *v < best[r].0 {
-                    best[r] = (*v, g * 4 + l);
-                }
+                keep_best::<SECOND>(&mut best[r], &mut second[r], *v, g * 4 + l);
             }
         }
+    }
+}
+
+/// Takes value `v` of centre `c` into a row's smallest `(value, centre)` (the first centre on
+/// ties) and, with `SECOND`, its second smallest value.
+///
+/// The second smallest is kept without a branch: the distances to the centres other than the
+/// nearest are close together where the data has no clear clusters, and a branch on them was
+/// mispredicted so often that it doubled the kernel's time. Plain compares (one `maxsd`, one
+/// `minsd`): `f64::max` and `min` would add NaN handling, and a NaN row's bounds are never used.
+#[inline(always)]
+fn keep_best<const SECOND: bool>(best: &mut (f64, usize), second: &mut f64, v: f64, c: usize) {
+    if SECOND {
+        let above = if v > best.0 { v } else { best.0 };
+        *second = if above < *second { above } else { *second };
+    }
+    if v < best.0 {
+        *best = (v, c);
     }
 }
 
 /// The whole [`ROWS`]-row blocks of `values`, each block's rows fetched ahead from `next` into
 /// L2 and assigned (centre, exact squared distance) into `out`, with AVX2 and FMA: per group of
 /// four centres, eight accumulators in registers, one broadcast and one multiply-add per row and
-/// feature — the same operations in the same order as `nearest_rows::<_, true>`, so the tail
+/// feature — the same operations in the same order as `nearest_rows::<_, true, _>`, so the tail
 /// rows agree bit for bit. Returns the rows assigned.
 ///
 /// Written out once per compilation (`$features`) by this macro rather than left for the
@@ -147,19 +184,20 @@ macro_rules! nearest_blocks {
     ($name:ident, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name(
+        unsafe fn $name<const SECOND: bool, const R: usize>(
             t: &CenterTable,
             centers: &[f64],
             values: &[f64],
             next: &[f64],
             out: &mut Vec<(usize, f64)>,
+            second: &mut Vec<f64>,
         ) -> usize {
             use std::arch::x86_64::*;
             let d = t.d;
             assert!(t.neg2t.len() == t.groups * d * 4 && t.norms.len() == t.groups * 4);
-            let mut ahead = next.chunks(ROWS * d);
-            let blocks = values.chunks_exact(ROWS * d);
-            let done = values.len() / (ROWS * d) * ROWS;
+            let mut ahead = next.chunks(R * d);
+            let blocks = values.chunks_exact(R * d);
+            let done = values.len() / (R * d) * R;
             let mut lanes = [0.0f64; 4];
             for rows in blocks {
                 if let Some(lines) = ahead.next() {
@@ -167,14 +205,18 @@ macro_rules! nearest_blocks {
                         quiver_engine::math::prefetch_l2(line.as_ptr());
                     }
                 }
-                let mut best = [(f64::INFINITY, 0usize); ROWS];
+                let mut best = [(f64::INFINITY, 0usize); R];
+                // With SECOND, per row and lane the smallest and second smallest value so
+                // far (vector minima and maxima, no branches).
+                let mut low = [_mm256_set1_pd(f64::INFINITY); R];
+                let mut next_low = low;
                 let x = rows.as_ptr();
                 for g in 0..t.groups {
-                    // SAFETY: every pointer below stays inside `rows` (ROWS × d values),
+                    // SAFETY: every pointer below stays inside `rows` (R × d values),
                     // `t.neg2t` (groups × d × 4) and `t.norms` (groups × 4), asserted above.
                     unsafe {
                         let norms = _mm256_loadu_pd(t.norms.as_ptr().add(g * 4));
-                        let mut acc = [norms; ROWS];
+                        let mut acc = [norms; R];
                         let cols = t.neg2t.as_ptr().add(g * d * 4);
                         for j in 0..d {
                             let c = _mm256_loadu_pd(cols.add(j * 4));
@@ -184,11 +226,13 @@ macro_rules! nearest_blocks {
                             }
                         }
                         for (r, a) in acc.iter().enumerate() {
+                            if SECOND {
+                                next_low[r] = _mm256_min_pd(next_low[r], _mm256_max_pd(*a, low[r]));
+                                low[r] = _mm256_min_pd(low[r], *a);
+                            }
                             _mm256_storeu_pd(lanes.as_mut_ptr(), *a);
                             for (l, v) in lanes.iter().enumerate() {
-                                if *v < best[r].0 {
-                                    best[r] = (*v, g * 4 + l);
-                                }
+                                keep_best::<false>(&mut best[r], &mut 0.0, *v, g * 4 + l);
                             }
                         }
                     }
@@ -196,10 +240,35 @@ macro_rules! nearest_blocks {
                 for (x, (_, c)) in rows.chunks_exact(d).zip(best) {
                     out.push((c, squared_distance_avx(x, &centers[c * d..(c + 1) * d])));
                 }
+                if SECOND {
+                    for ((l, n), b) in low.iter().zip(&next_low).zip(&best) {
+                        let (mut lows, mut nexts) = ([0.0f64; 4], [0.0f64; 4]);
+                        // SAFETY: four lanes stored into four values.
+                        unsafe {
+                            _mm256_storeu_pd(lows.as_mut_ptr(), *l);
+                            _mm256_storeu_pd(nexts.as_mut_ptr(), *n);
+                        }
+                        second.push(second_smallest(&lows, &nexts) - b.0);
+                    }
+                }
             }
             done
         }
     };
+}
+
+/// The second smallest of the values whose per-lane smallest are `lows` and per-lane second
+/// smallest `nexts`: the smallest of `nexts` and of the `lows` but the smallest. Plain compares
+/// and selects, no branches.
+#[inline(always)]
+fn second_smallest(lows: &[f64; 4], nexts: &[f64; 4]) -> f64 {
+    let min = |a: f64, b: f64| if a < b { a } else { b };
+    let max = |a: f64, b: f64| if a > b { a } else { b };
+    let (a, b) = (min(lows[0], lows[1]), max(lows[0], lows[1]));
+    let (c, e) = (min(lows[2], lows[3]), max(lows[2], lows[3]));
+    let of_lows = min(max(a, c), min(b, e));
+    let of_nexts = min(min(nexts[0], nexts[1]), min(nexts[2], nexts[3]));
+    min(of_lows, of_nexts)
 }
 
 /// [`squared_distance`] in AVX registers, to the bit: the same four lanes (value `i` of each
@@ -288,6 +357,33 @@ pub(super) fn assign_all<const FMA: bool>(
     next: &[f64],
     out: &mut Vec<(usize, f64)>,
 ) {
+    assign_rows::<FMA, false>(t, centers, values, next, out, &mut Vec::new())
+}
+
+/// [`assign_all`], also pushing into `second` each row's gap between its second smallest and
+/// its smallest `‖c‖² − 2x·c` (+∞ with one centre): the same assignments and distances, to
+/// the bit.
+#[inline(always)]
+pub(super) fn assign_second_all<const FMA: bool>(
+    t: &CenterTable,
+    centers: &[f64],
+    values: &[f64],
+    next: &[f64],
+    out: &mut Vec<(usize, f64)>,
+    second: &mut Vec<f64>,
+) {
+    assign_rows::<FMA, true>(t, centers, values, next, out, second)
+}
+
+#[inline(always)]
+fn assign_rows<const FMA: bool, const SECOND: bool>(
+    t: &CenterTable,
+    centers: &[f64],
+    values: &[f64],
+    next: &[f64],
+    out: &mut Vec<(usize, f64)>,
+    second: &mut Vec<f64>,
+) {
     let d = t.d;
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
@@ -295,10 +391,21 @@ pub(super) fn assign_all<const FMA: bool>(
         // SAFETY: FMA is set only in the compilations with AVX2 and FMA, chosen at run time
         // where the CPU has them; the AVX-512 blocks only where it has those too.
         done = unsafe {
-            if quiver_engine::cpu::has_avx512_fma() {
-                nearest_blocks_avx512(t, centers, values, next, out)
-            } else {
-                nearest_blocks_avx2(t, centers, values, next, out)
+            // With SECOND, four rows a step: the per-lane minima of eight rows besides their
+            // accumulators spilled registers.
+            match (quiver_engine::cpu::has_avx512_fma(), SECOND) {
+                (true, true) => {
+                    nearest_blocks_avx512::<true, 4>(t, centers, values, next, out, second)
+                }
+                (true, false) => {
+                    nearest_blocks_avx512::<false, ROWS>(t, centers, values, next, out, second)
+                }
+                (false, true) => {
+                    nearest_blocks_avx2::<true, 4>(t, centers, values, next, out, second)
+                }
+                (false, false) => {
+                    nearest_blocks_avx2::<false, ROWS>(t, centers, values, next, out, second)
+                }
             }
         };
     }
@@ -311,18 +418,26 @@ pub(super) fn assign_all<const FMA: bool>(
                 }
             }
             let mut best = [(f64::INFINITY, 0); ROWS];
-            nearest_rows::<ROWS, FMA>(t, block, &mut best);
+            let mut next_best = [f64::INFINITY; ROWS];
+            nearest_rows::<ROWS, FMA, SECOND>(t, block, &mut best, &mut next_best);
             for (x, (_, c)) in block.chunks_exact(d).zip(best) {
                 out.push((c, squared_distance(x, &centers[c * d..(c + 1) * d])));
+            }
+            if SECOND {
+                second.extend(next_best.iter().zip(&best).map(|(s, b)| s - b.0));
             }
             done += ROWS;
         }
     }
     for x in values[done * d..].chunks_exact(d) {
         let mut best = [(f64::INFINITY, 0); 1];
-        nearest_rows::<1, FMA>(t, x, &mut best);
+        let mut next_best = [f64::INFINITY; 1];
+        nearest_rows::<1, FMA, SECOND>(t, x, &mut best, &mut next_best);
         let c = best[0].1;
         out.push((c, squared_distance(x, &centers[c * d..(c + 1) * d])));
+        if SECOND {
+            second.push(next_best[0] - best[0].0);
+        }
     }
 }
 
@@ -369,6 +484,10 @@ quiver_engine::fma_kernels!(nearest => nearest_baseline, nearest_avx2, nearest_a
         t: &CenterTable, centers: &[f64], values: &[f64], next: &[f64], out: &mut Vec<(usize, f64)>,
         s: &mut [f64], nan: &mut bool,
     ) => assign_sum_all;
+    fn assign_second(
+        t: &CenterTable, centers: &[f64], values: &[f64], next: &[f64],
+        out: &mut Vec<(usize, f64)>, second: &mut Vec<f64>,
+    ) => assign_second_all;
 );
 
 #[cfg(test)]
@@ -414,9 +533,20 @@ mod tests {
                         kernels.push(out.clone());
                         // Each compilation of the whole blocks, called directly.
                         let (mut a, mut b) = (Vec::new(), Vec::new());
-                        let done = nearest_blocks_avx2(&table, &centers, &values, &values, &mut a);
+                        let no = &mut Vec::new();
+                        let done = nearest_blocks_avx2::<false, ROWS>(
+                            &table, &centers, &values, &values, &mut a, no,
+                        );
                         assert_eq!(done, n / ROWS * ROWS);
-                        nearest_blocks_avx512(&table, &centers, &values, &[], &mut b);
+                        nearest_blocks_avx512::<false, ROWS>(
+                            &table,
+                            &centers,
+                            &values,
+                            &[],
+                            &mut b,
+                            no,
+                        );
+                        assert!(no.is_empty());
                         assert_eq!(a, b, "k {k} n {n}");
                         assert_eq!(a[..], out[..done]);
                     }
@@ -430,6 +560,42 @@ mod tests {
                                 squared_distance(x, c).to_bits()
                             );
                         }
+                    }
+                }
+                // With the gaps to the second nearest: the same assignments, to the bit, in
+                // each compilation; the gap is the second nearest's squared distance less the
+                // nearest's, up to rounding.
+                let mut gaps = Vec::new();
+                out.clear();
+                // SAFETY: the baseline compilation runs on any CPU.
+                unsafe {
+                    nearest_baseline::assign_second(
+                        &table,
+                        &centers,
+                        &values,
+                        &[],
+                        &mut out,
+                        &mut gaps,
+                    )
+                };
+                assert_eq!(out, kernels[0], "k {k} n {n}");
+                table.assign_second(&centers, &values, &values, &mut out, &mut gaps);
+                assert_eq!(Some(&out), kernels.last(), "k {k} n {n}");
+                for ((x, (c, dist)), gap) in values.chunks_exact(d).zip(&out).zip(&gaps) {
+                    let second = centers
+                        .chunks_exact(d)
+                        .enumerate()
+                        .filter(|(j, _)| j != c)
+                        .map(|(_, o)| squared_distance(x, o))
+                        .fold(f64::INFINITY, f64::min);
+                    if k == 1 {
+                        assert_eq!(*gap, f64::INFINITY);
+                    } else {
+                        let scale = 1e-12 * (second + x.iter().map(|v| v * v).sum::<f64>());
+                        assert!(
+                            (second - dist - gap).abs() <= scale,
+                            "{second} {dist} {gap}"
+                        );
                     }
                 }
                 if k == 1 {

@@ -14,6 +14,24 @@ pub enum KMeansInit {
     Random,
 }
 
+/// How the Lloyd iterations find each row's nearest centre. Both give the same centres,
+/// assignments and costs, to the bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KMeansAlgorithm {
+    /// Every row against every centre on every pass (the default).
+    #[default]
+    Lloyd,
+    /// Hamerly's bounds (scikit-learn's `algorithm="elkan"` is the same idea with a bound per
+    /// centre): per row its centre and a lower bound on the distance to the others, kept from
+    /// pass to pass, so that a row whose centre the bounds settle skips the other centres.
+    /// Faster where the clusters are well separated (about a third off each pass when nine
+    /// rows in ten settle), slower where they are not (the bounds cost a pass's worth of
+    /// memory traffic and settle few rows). Used where this process holds the rows (the local
+    /// runner, an embedded fit); a fit on a cluster runs Lloyd's passes.
+    Hamerly,
+}
+
 /// k-means clustering.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KMeans {
@@ -24,6 +42,8 @@ pub struct KMeans {
     pub(super) init_mode: KMeansInit,
     pub(super) init_steps: usize,
     pub(super) prediction_col: String,
+    #[serde(default)]
+    pub(super) algorithm: KMeansAlgorithm,
 }
 
 impl Default for KMeans {
@@ -36,6 +56,7 @@ impl Default for KMeans {
             init_mode: KMeansInit::KMeansParallel,
             init_steps: 2,
             prediction_col: "prediction".to_string(),
+            algorithm: KMeansAlgorithm::Lloyd,
         }
     }
 }
@@ -74,6 +95,12 @@ impl KMeans {
         self.init_steps = n;
         self
     }
+    /// Defaults to [`KMeansAlgorithm::Lloyd`].
+    pub fn algorithm(mut self, a: KMeansAlgorithm) -> Self {
+        self.algorithm = a;
+        self
+    }
+
     /// Defaults to `"prediction"`.
     pub fn prediction_col(mut self, c: impl Into<String>) -> Self {
         self.prediction_col = c.into();

@@ -56,6 +56,9 @@ pub(super) struct KMeansPass {
     pub(super) table: CenterTable,
     pub(super) seed: u64,
     pub(super) pass: Pass,
+    /// A Lloyd pass over rows this process holds: Hamerly's bounds, kept between passes.
+    #[serde(skip)]
+    pub(super) bounded: Option<BoundedPass>,
 }
 
 impl Statistic for KMeansPass {
@@ -101,6 +104,11 @@ impl Statistic for KMeansPass {
             None => Ok(()),
         };
         match &self.pass {
+            Pass::Sums if self.bounded.is_some() => {
+                if let Some(bounded) = &self.bounded {
+                    bounded.sums(&self.table, &self.centers, b.values, s, nan_check)?;
+                }
+            }
             Pass::Sums => {
                 // Sub-blocks that stay in cache while they are checked, assigned and summed.
                 // The next sub-block is fetched into L2 while this one is assigned; a NaN value
@@ -289,6 +297,7 @@ impl KMeansPass {
             centers,
             seed,
             pass,
+            bounded: None,
         }
     }
 }
@@ -345,6 +354,7 @@ mod tests {
                 table: CenterTable::new(&centers, d),
                 centers: centers.clone(),
                 seed: 7,
+                bounded: None,
                 pass: Pass::Sample {
                     round,
                     take: 5,
@@ -384,6 +394,7 @@ mod tests {
             table: CenterTable::new(&centers, d),
             centers: centers.clone(),
             seed: 1,
+            bounded: None,
             pass: Pass::Sums,
         };
         let sums = run(&stat, &[&clean]).values;
@@ -441,6 +452,7 @@ mod tests {
             table: CenterTable::new(&centers, d),
             centers: centers.clone(),
             seed: 3,
+            bounded: None,
             pass: Pass::Counts { round: 9, rate },
         };
         let all = run(&pass(1.0), &[&values]).values;
