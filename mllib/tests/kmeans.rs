@@ -12,7 +12,8 @@ use quiver_mllib::{
     save,
 };
 
-const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
+mod common;
+
 /// scikit-learn 1.9.1, KMeans(n_clusters=10, n_init=10, random_state=0) on the shipped digits.
 const SKLEARN_BEST_OF_10_INERTIA: f64 = 1_165_188.890449;
 
@@ -159,11 +160,7 @@ async fn digits_inertia_within_two_percent_of_sklearn_and_runners_agree() {
         ("embedded", 8),
     ] {
         let s = session(runner, partitions);
-        let ds = Dataset::new(s.read(DIGITS).await.unwrap())
-            .with_label("label")
-            .unwrap()
-            .with_numeric_features_except(&[])
-            .unwrap();
+        let ds = common::digits(&s).await;
         let m = KMeans::new().k(10).seed(7).fit(&s, &ds).await.unwrap();
         let inertia = m.summary().inertia;
         assert!(
@@ -200,11 +197,7 @@ async fn digits_inertia_within_two_percent_of_sklearn_and_runners_agree() {
 async fn hamerly_bounds_give_lloyds_model() {
     for (runner, partitions) in [("local", 1), ("embedded", 3)] {
         let s = session(runner, partitions);
-        let ds = Dataset::new(s.read(DIGITS).await.unwrap())
-            .with_label("label")
-            .unwrap()
-            .with_numeric_features_except(&[])
-            .unwrap();
+        let ds = common::digits(&s).await;
         let lloyd = KMeans::new().k(10).seed(7).fit(&s, &ds).await.unwrap();
         let hamerly = KMeans::new()
             .k(10)

@@ -11,7 +11,7 @@ use quiver_mllib::{
     save,
 };
 
-const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.parquet");
+mod common;
 
 fn session(runner: &str) -> QuiverSession {
     QuiverSession::embedded_with(
@@ -20,14 +20,6 @@ fn session(runner: &str) -> QuiverSession {
             .unwrap(),
     )
     .unwrap()
-}
-
-async fn digits(s: &QuiverSession) -> Dataset {
-    Dataset::new(s.read(DIGITS).await.unwrap())
-        .with_label("label")
-        .unwrap()
-        .with_numeric_features_except(&[])
-        .unwrap()
 }
 
 /// Every value of the output vector column, row-major.
@@ -110,7 +102,7 @@ async fn standardised_digits_have_zero_mean_and_unit_std_on_both_runners() {
     let mut fitted: Vec<StandardScalerModel> = Vec::new();
     for runner in ["local", "embedded"] {
         let s = session(runner);
-        let ds = digits(&s).await;
+        let ds = common::digits(&s).await;
         let model = StandardScaler::new()
             .with_mean(true)
             .fit(&s, &ds)
@@ -164,7 +156,7 @@ async fn saved_models_reload_and_transform_identically() {
     let s = session("embedded");
     let dir = tempfile::tempdir().unwrap();
     let store = s.model_store_at(dir.path().to_str().unwrap()).unwrap();
-    let ds = digits(&s).await;
+    let ds = common::digits(&s).await;
     let model = StandardScaler::new()
         .with_mean(true)
         .fit(&s, &ds)

@@ -20,6 +20,20 @@ pub fn session(runner: &str) -> QuiverSession {
     .unwrap()
 }
 
+/// The shipped digits (1797 rows): the 64 pixels as features, `label` the label.
+pub async fn digits(s: &QuiverSession) -> quiver_engine::Dataset {
+    quiver_engine::Dataset::new(s.read(&data_path("digits.parquet")).await.unwrap())
+        .with_label("label")
+        .unwrap()
+        .with_numeric_features_except(&[])
+        .unwrap()
+}
+
+/// The path of the shipped file `data/{file}`.
+pub fn data_path(file: &str) -> String {
+    format!("{}/../data/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
 /// Entry `key` of the reference file `data/{file}`.
 pub fn reference(file: &str, key: &str) -> Value {
     let path = format!("{}/../data/{file}", env!("CARGO_MANIFEST_DIR"));

@@ -427,14 +427,18 @@ mod tests {
         let mut data = rows(600, d);
         let centres = data[..3 * d].to_vec();
         let bounds = Arc::new(Bounds::default());
-        let mut stat = KMeansPass::new(d, centres.clone(), 1, Pass::Sums);
-        stat.bounded = Some(BoundedPass::new(&bounds, &centres, d));
+        // Each call: the next Lloyd pass with the bounds, for the same centres.
+        let next_pass = || {
+            let mut stat = KMeansPass::new(d, centres.clone(), 1, Pass::Sums);
+            stat.bounded = Some(BoundedPass::new(&bounds, &centres, d));
+            stat
+        };
+        let stat = next_pass();
         let mut s = stat.init();
         stat.update(&mut s, &FeatureBatch::new(&data, d).expect("batch"))
             .expect("first pass");
         data[517 * d + 2] = f64::NAN;
-        let mut stat = KMeansPass::new(d, centres.clone(), 1, Pass::Sums);
-        stat.bounded = Some(BoundedPass::new(&bounds, &centres, d));
+        let stat = next_pass();
         let mut s = stat.init();
         // The same values' address, so the batch's bounds are used.
         let err = stat
