@@ -370,11 +370,12 @@ impl Estimator for KMeans {
         let data = session.prepare_iterative(data, session.runner()).await?;
         // With Hamerly's bounds, rows this process holds are passed over where they lie, so
         // that each Lloyd pass can keep the bounds for the next (see `bounds`).
-        let (data, bounds) = match (self.algorithm, data.resident()) {
-            (KMeansAlgorithm::Hamerly, Some(resident)) => {
-                (resident, Some(Arc::<Bounds>::default()))
-            }
-            _ => (data, None),
+        let resident = (self.algorithm == KMeansAlgorithm::Hamerly)
+            .then(|| data.resident())
+            .flatten();
+        let (data, bounds) = match resident {
+            Some(resident) => (resident, Some(Arc::<Bounds>::default())),
+            None => (data, None),
         };
         let init_started = Instant::now();
         let d = data.dim();

@@ -103,13 +103,11 @@ impl Statistic for KMeansPass {
             }),
             None => Ok(()),
         };
-        match &self.pass {
-            Pass::Sums if self.bounded.is_some() => {
-                if let Some(bounded) = &self.bounded {
-                    bounded.sums(&self.table, &self.centers, b.values, s, nan_check)?;
-                }
+        match (&self.pass, &self.bounded) {
+            (Pass::Sums, Some(bounded)) => {
+                bounded.sums(&self.table, &self.centers, b.values, s, nan_check)?;
             }
-            Pass::Sums => {
+            (Pass::Sums, None) => {
                 // Sub-blocks that stay in cache while they are checked, assigned and summed.
                 // The next sub-block is fetched into L2 while this one is assigned; a NaN value
                 // makes its row's distance NaN, so only then is the sub-block searched for it.
@@ -129,7 +127,7 @@ impl Statistic for KMeansPass {
                     }
                 }
             }
-            Pass::Counts { round, rate } => {
+            (Pass::Counts { round, rate }, _) => {
                 let mut nearest = Vec::with_capacity(SUB_BLOCK_ROWS);
                 let mut picked = Vec::with_capacity(SUB_BLOCK_ROWS * d);
                 for (i, block) in b.values.chunks(SUB_BLOCK_ROWS * d).enumerate() {
@@ -153,7 +151,7 @@ impl Statistic for KMeansPass {
                     }
                 }
             }
-            Pass::Sample { round, take, draw } => {
+            (Pass::Sample { round, take, draw }, _) => {
                 let take = *take;
                 // Only a row whose key is at most the take-th smallest so far can be kept.
                 let mut limit = sample_limit(s, d, take);
