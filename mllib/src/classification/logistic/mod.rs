@@ -35,8 +35,10 @@ pub struct LogisticSummary {
     pub converged: bool,
     pub convergence: String,
     pub num_classes: usize,
-    /// Aggregate passes over the data: class counts, feature scales, then one per objective
-    /// evaluation (an iteration takes one, more when the line search backtracks).
+    /// Aggregate passes over the data: the set-up pass (class counts, with the feature scales
+    /// when the rows did not come with them; none when trials over the same rows share it),
+    /// then one per objective evaluation (an iteration takes one, more when the line search
+    /// backtracks).
     #[serde(default)]
     pub data_passes: usize,
     /// Mean and sample standard deviation of each training feature (what explanations centre
@@ -94,6 +96,7 @@ impl Estimator for LogisticRegression {
         let kept = key
             .as_deref()
             .and_then(quiver_engine::reuse::get::<(Vec<f64>, Option<FeatureSummary>)>);
+        let setup_passes = usize::from(kept.is_none());
         let (counts, summary) = match kept {
             Some(kept) => kept.as_ref().clone(),
             None => {
@@ -267,7 +270,7 @@ impl Estimator for LogisticRegression {
                 converged: min.converged,
                 convergence: min.reason,
                 num_classes,
-                data_passes: 2 + min.evaluations,
+                data_passes: setup_passes + min.evaluations,
                 feature_mean: mean,
                 feature_std: std,
                 wall_time_ms: started.elapsed().as_secs_f64() * 1e3,
