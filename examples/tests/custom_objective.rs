@@ -68,7 +68,9 @@ fn cluster(dir: &Path, procs: &mut Processes, executors: &[(&str, bool)]) -> Str
     wait_port(port, "the scheduler", &log);
     let url = format!("df://127.0.0.1:{port}");
     for (id, with_objective) in executors {
-        let (flight, grpc) = (free_port(), free_port());
+        // Both at once: ports taken one after another may repeat.
+        let ports = quiver_executor::standalone::free_ports(2).unwrap();
+        let (flight, grpc) = (ports[0], ports[1]);
         let elog = dir.join(format!("{id}.log"));
         let mut cmd = Command::new(BIN);
         cmd.arg("executor");

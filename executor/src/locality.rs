@@ -74,17 +74,21 @@ impl CacheLocality {
         let mut ids: Vec<String> = cluster
             .executor_heartbeats()
             .into_iter()
-            .filter(|(_, h)| {
-                matches!(
-                    h.status.as_ref().and_then(|s| s.status.as_ref()),
-                    Some(executor_status::Status::Active(_))
-                )
-            })
+            .filter(|(_, h)| counts_as_alive(h.status.as_ref().and_then(|s| s.status.as_ref())))
             .map(|(id, _)| id)
             .collect();
         ids.sort();
         ids
     }
+}
+
+/// Whether an executor whose last heartbeat said `status` takes tasks. A pulling executor's
+/// heartbeat is its poll, which Ballista records with no status at all (only a pushed
+/// heartbeat says `Active`): no status is alive, as Ballista's own scheduler counts it under
+/// pull scheduling — without this, clusters with a token (whose executors pull) placed every
+/// task round robin, and each executor read and kept every partition it happened to get.
+fn counts_as_alive(status: Option<&executor_status::Status>) -> bool {
+    matches!(status, None | Some(executor_status::Status::Active(_)))
 }
 
 /// Which of `executors` keeps each of the `partitions` partitions of the cached dataset

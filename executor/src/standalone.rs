@@ -12,9 +12,18 @@ use crate::worker::{ExecutorOptions, run_executor};
 
 /// A free loopback port (bound, then released: another process could take it in between).
 pub fn free_port() -> Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` different free loopback ports: all bound at once, then released (another process
+/// could take one in between). Ports taken one [`free_port`] call after another may repeat —
+/// the system can hand out a port again as soon as it is released — and two executors given
+/// the same port leave one of them dead.
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>();
+    held.and_then(|ls| ls.iter().map(|l| Ok(l.local_addr()?.port())).collect())
         .map_err(|source| QuiverError::Io {
             path: "127.0.0.1:0".into(),
             source,
@@ -52,10 +61,13 @@ pub async fn launch(config: QuiverConfig) -> Result<SchedulerAddress> {
         }
     });
     wait_for_port("127.0.0.1", port, Duration::from_secs(20)).await?;
+    let [flight, grpc] = free_ports(2)?[..] else {
+        return Err(QuiverError::internal("two free ports"));
+    };
     let executor = ExecutorOptions {
         scheduler: format!("df://127.0.0.1:{port}"),
-        port: free_port()?,
-        grpc_port: free_port()?,
+        port: flight,
+        grpc_port: grpc,
         concurrent_tasks: config.target_partitions.max(1),
         s3: config.s3.clone(),
         memory_limit: config.memory_limit,

@@ -293,6 +293,38 @@ async fn iterative_fits_read_each_partition_once_where_it_is_kept() {
     );
 }
 
+/// The same on a cluster with a token, where executors pull their tasks (their polls are
+/// their heartbeats, which carry no status): each partition is still read once, on its home
+/// executor, however the polls come in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulling_executors_also_read_each_partition_once_where_it_is_kept() {
+    quiver_executor::install().unwrap();
+    let token = "a-token-of-the-locality-test-0123456789";
+    let env = [("QUIVER_AUTH_TOKEN", token)];
+    let cluster = LocalCluster::start_with_args(2, false, &env, &env, &[]);
+    let data = write_synthetic(&cluster.dir.path().join("data"), 4, 2500);
+    let store = cluster.dir.path().join("models");
+    let mut settings = config(&store);
+    settings.auth_token = Some(quiver_engine::cluster::auth::AuthToken::new(token).unwrap());
+    let remote = QuiverSession::remote_with(&cluster.url(), settings)
+        .await
+        .unwrap();
+    let ds = Dataset::new(remote.read(&data).await.unwrap())
+        .with_features(FEATURES)
+        .unwrap()
+        .with_label("class")
+        .unwrap();
+    let m = LogisticRegression::new()
+        .max_iter(8)
+        .tol(0.0)
+        .fit(&remote, &ds)
+        .await
+        .unwrap();
+    let passes = m.summary().data_passes;
+    assert!(passes >= 8, "{passes} passes");
+    assert_eq!(kept_per_executor(&cluster), [2, 2], "after {passes} passes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_scheduler_and_wrong_scheme_fail_fast() {
     quiver_executor::install().unwrap();

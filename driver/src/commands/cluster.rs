@@ -121,10 +121,6 @@ fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-fn free_port() -> Result<u16> {
-    quiver_executor::standalone::free_port()
-}
-
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -282,9 +278,11 @@ pub fn up(opts: &UpOptions, out: &mut impl Write) -> Result<ClusterState> {
             opts.ready_timeout,
             || listening(port),
         )?;
-        for i in 1..=opts.executors {
+        // Every executor's two ports at once, so that no two of them are the same.
+        let ports = quiver_executor::standalone::free_ports(2 * opts.executors)?;
+        for (i, pair) in (1..=opts.executors).zip(ports.chunks_exact(2)) {
             let name = format!("exec-{i}");
-            let (flight, grpc) = (free_port()?, free_port()?);
+            let (flight, grpc) = (pair[0], pair[1]);
             let log = opts.dir.join(format!("{name}.log"));
             let mut args: Vec<String> = vec![
                 "cluster".into(),

@@ -157,7 +157,9 @@ impl LocalCluster {
         bare: bool,
         work_dir: Option<&std::path::Path>,
     ) -> (Command, u16) {
-        let (flight, grpc) = (free_port(), free_port());
+        // Both at once: ports taken one after another may repeat.
+        let ports = quiver_executor::standalone::free_ports(2).unwrap();
+        let (flight, grpc) = (ports[0], ports[1]);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver-executor"));
         cmd.args([
             "--scheduler",
