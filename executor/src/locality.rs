@@ -71,10 +71,14 @@ impl CacheLocality {
         let Some(cluster) = self.cluster.get() else {
             return Vec::new();
         };
+        let now = (now_ms() / 1000) as u64;
         let mut ids: Vec<String> = cluster
             .executor_heartbeats()
             .into_iter()
-            .filter(|(_, h)| counts_as_alive(h.status.as_ref().and_then(|s| s.status.as_ref())))
+            .filter(|(_, h)| {
+                let status = h.status.as_ref().and_then(|s| s.status.as_ref());
+                counts_as_alive(status, h.timestamp, now)
+            })
             .map(|(id, _)| id)
             .collect();
         ids.sort();
@@ -82,13 +86,25 @@ impl CacheLocality {
     }
 }
 
-/// Whether an executor whose last heartbeat said `status` takes tasks. A pulling executor's
-/// heartbeat is its poll, which Ballista records with no status at all (only a pushed
-/// heartbeat says `Active`): no status is alive, as Ballista's own scheduler counts it under
-/// pull scheduling — without this, clusters with a token (whose executors pull) placed every
-/// task round robin, and each executor read and kept every partition it happened to get.
-fn counts_as_alive(status: Option<&executor_status::Status>) -> bool {
-    matches!(status, None | Some(executor_status::Status::Active(_)))
+/// How recent (in seconds) a pulling executor's last poll must be for it to count as alive:
+/// Ballista's poll loop polls at least every 5 s even while every slot is busy, and the
+/// scheduler stamps polls in whole seconds.
+const POLL_FRESH_SECS: u64 = 7;
+
+/// Whether an executor whose last heartbeat said `status` at `at` (seconds) takes tasks at
+/// `now`. A pulling executor's heartbeat is its poll, which Ballista records with no status at
+/// all (only a pushed heartbeat says `Active`): no status is alive, as Ballista's own scheduler
+/// counts it under pull scheduling — without this, clusters with a token (whose executors
+/// pull) placed every task round robin, and each executor read and kept every partition it
+/// happened to get. Such an executor counts only while it polls: one that died stops being a
+/// home (whose partitions would wait the locality wait each stage) within seconds, not when the
+/// scheduler expires it (the executor timeout).
+fn counts_as_alive(status: Option<&executor_status::Status>, at: u64, now: u64) -> bool {
+    match status {
+        Some(executor_status::Status::Active(_)) => true,
+        None => at.saturating_add(POLL_FRESH_SECS) >= now,
+        Some(_) => false,
+    }
 }
 
 /// Which of `executors` keeps each of the `partitions` partitions of the cached dataset
@@ -380,6 +396,26 @@ impl DistributionPolicy for CacheLocality {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushing_executors_say_they_are_alive_and_pulling_ones_while_they_poll() {
+        use executor_status::Status;
+        let now = 1_000_000;
+        let active = Status::Active(String::new());
+        assert!(counts_as_alive(Some(&active), now - 60, now));
+        assert!(counts_as_alive(None, now, now));
+        assert!(
+            counts_as_alive(None, now - 6, now),
+            "a busy executor polls every 5 s"
+        );
+        assert!(!counts_as_alive(None, now - 30, now), "it stopped polling");
+        for gone in [
+            Status::Dead(String::new()),
+            Status::Terminating(String::new()),
+        ] {
+            assert!(!counts_as_alive(Some(&gone), now, now));
+        }
+    }
 
     #[test]
     fn partitions_spread_evenly_and_mostly_stay_when_an_executor_is_lost() {
