@@ -61,13 +61,11 @@ pub async fn launch(config: QuiverConfig) -> Result<SchedulerAddress> {
         }
     });
     wait_for_port("127.0.0.1", port, Duration::from_secs(20)).await?;
-    let [flight, grpc] = free_ports(2)?[..] else {
-        return Err(QuiverError::internal("two free ports"));
-    };
+    let ports = free_ports(2)?;
     let executor = ExecutorOptions {
         scheduler: format!("df://127.0.0.1:{port}"),
-        port: flight,
-        grpc_port: grpc,
+        port: ports[0],
+        grpc_port: ports[1],
         concurrent_tasks: config.target_partitions.max(1),
         s3: config.s3.clone(),
         memory_limit: config.memory_limit,

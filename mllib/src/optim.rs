@@ -129,10 +129,10 @@ where
     let mut iterations = 0;
     let mut reason = format!("reached max_iter = {max_iter}");
     let mut converged = false;
-    // The curvature scale `s·y / y·y` of the last kept pair, outliving a restart: a steepest
-    // descent step from a restart is scaled by it (as an empty-memory L-BFGS step with that
-    // initial Hessian would be) rather than to unit length, which near the minimum overshoots
-    // by orders of magnitude and then backtracks a tenth per pass.
+    // The curvature scale `s·y / y·y` of the last kept pair: the initial inverse Hessian of the
+    // two-loop recursion, and — as it outlives a restart — the scale of a steepest descent step
+    // from one (rather than unit length, which near the minimum overshoots by orders of
+    // magnitude and then backtracks a tenth per pass). Before any pair: unit length.
     let mut scale: Option<f64> = None;
     while iterations < max_iter {
         let pg = pseudo_gradient(l1, &x, &g);
@@ -152,11 +152,7 @@ where
                 *qj -= alpha[i] * yj;
             }
         }
-        let steepest = scale.unwrap_or(1.0 / gnorm.max(1e-300));
-        let gamma = match (s_hist.last(), y_hist.last()) {
-            (Some(s), Some(y)) => dot(s, y) / dot(y, y),
-            _ => steepest,
-        };
+        let gamma = scale.unwrap_or(1.0 / gnorm.max(1e-300));
         for v in q.iter_mut() {
             *v *= gamma;
         }
@@ -184,7 +180,7 @@ where
             // Not a descent direction (curvature lost): restart from steepest descent.
             s_hist.clear();
             y_hist.clear();
-            d = pg.iter().map(|v| -v * steepest).collect();
+            d = pg.iter().map(|v| -v * gamma).collect();
         }
         // The orthant the step stays in: the sign of x, or of the descent where x is 0.
         let orthant: Vec<f64> = x
